@@ -8,7 +8,7 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
-use hybridlive_stamp::{CaptureStamp, StampError, find_stamp};
+use hybridlive_stamp::{CaptureStamp, StampError, find_insert_point, find_stamp};
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::sync::{LazyLock, Mutex};
@@ -281,7 +281,10 @@ impl ElementImpl for LatencyMeter {
                  same object is readable as the `stats` property and appended as a JSON \
                  line to `location`. Clock caveat: the stamp and the measurement are UTC; \
                  across machines both need clocks synchronised to UTC (NTP or PTP), any \
-                 offset between them adds to every figure.",
+                 offset between them adds to every figure. After an H.265 decoder on GStreamer \
+                 1.22 (h265parse does not attach the SEI meta) put `latencystamp mode=meta` \
+                 between parser and decoder: it turns the SEI stamp into meta that decoders \
+                 carry.",
                 "hybridlive developers",
             )
         });
@@ -395,11 +398,14 @@ impl BaseTransformImpl for LatencyMeter {
 }
 
 /// Where a stamp was found.
+#[derive(Debug)]
 enum Found {
     Meta(u64),
     Sei(CaptureStamp),
     Missing,
     Malformed,
+    /// Codec configuration alone (no slice): not a frame, not counted.
+    NotAFrame,
 }
 
 fn find_in_buffer(buf: &gst::BufferRef, kind: Option<StreamKind>) -> Found {
@@ -424,6 +430,9 @@ fn find_in_buffer(buf: &gst::BufferRef, kind: Option<StreamKind>) -> Found {
     match result {
         Some(Ok(Some(stamp))) => Found::Sei(stamp),
         Some(Err(_)) => Found::Malformed,
+        _ if locate_in_buffer(buf, |au| find_insert_point(codec, framing, au)).is_none() => {
+            Found::NotAFrame
+        }
         _ => Found::Missing,
     }
 }
@@ -435,15 +444,16 @@ fn ms(ns: i64) -> f64 {
 impl LatencyMeter {
     /// Measures one buffer; returns the capture time when it came from the SEI.
     fn measure(&self, buf: &gst::BufferRef) -> Option<u64> {
-        if buf
-            .flags()
-            .intersects(gst::BufferFlags::HEADER | gst::BufferFlags::GAP)
-        {
+        // Parsers flag ordinary access units as HEADER when they carry parameter sets, so only
+        // GAP buffers (no content) are left out.
+        if buf.flags().contains(gst::BufferFlags::GAP) {
             return None;
         }
         let settings = self.settings.lock().unwrap().clone();
         let mut state = self.state.lock().unwrap();
-        let (capture, from_sei) = match find_in_buffer(buf, state.kind) {
+        let found = find_in_buffer(buf, state.kind);
+        gst::trace!(CAT, imp = self, "{buf:?}: {found:?}");
+        let (capture, from_sei) = match found {
             Found::Meta(t) => (t, None),
             Found::Sei(stamp) => {
                 state.counters.push(stamp.frame);
@@ -461,6 +471,7 @@ impl LatencyMeter {
                 state.missing += 1;
                 return None;
             }
+            Found::NotAFrame => return None,
         };
 
         let now = self.measuring_instant(buf, &settings, &mut state);

@@ -7,9 +7,7 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
-use hybridlive_stamp::{
-    CaptureStamp, Codec, Framing, find_insert_point, framed_sei_nal, locate_stamp,
-};
+use hybridlive_stamp::{CaptureStamp, find_insert_point, framed_sei_nal, locate_stamp};
 use std::sync::{LazyLock, Mutex};
 
 use super::StampMode;
@@ -122,9 +120,11 @@ impl ObjectImpl for LatencyStamp {
                 glib::ParamSpecBoolean::builder("overwrite")
                     .nick("Overwrite")
                     .blurb(
-                        "Replace a stamp already present upstream (meta; for an SEI stamp a \
-                         new SEI is placed before the old one, which readers then ignore). \
-                         When false an upstream stamp is kept and copied into the SEI",
+                        "Replace a stamp already present upstream (meta, or SEI in the \
+                         bitstream: a new SEI goes in front of the old one, which readers then \
+                         ignore). When false the upstream capture time is kept and copied into \
+                         whatever this element writes: `latencystamp mode=meta` after a parser \
+                         turns an SEI stamp back into meta that decoders carry on",
                     )
                     .default_value(DEFAULT_OVERWRITE)
                     .mutable_playing()
@@ -207,7 +207,8 @@ impl ElementImpl for LatencyStamp {
                  GstMemory so frame data is never copied. The capture time is derived from \
                  the buffer's running time and the pipeline clock, so a stamper placed after \
                  an encoder still names the capture instant. Raw video, raw audio, H.264 and \
-                 H.265 are stamped; other caps pass through untouched. Read it with \
+                 H.265 are stamped; other caps pass through untouched. A stamp already present \
+                 upstream (meta or SEI) is kept unless overwrite=true. Read it with \
                  latencymeter.",
                 "hybridlive developers",
             )
@@ -261,12 +262,29 @@ impl BaseTransformImpl for LatencyStamp {
         let settings = self.settings.lock().unwrap().clone();
         let mut state = self.state.lock().unwrap();
         let kind = state.kind;
-        if kind == StreamKind::Other || buf.flags().contains(gst::BufferFlags::HEADER) {
+        if kind == StreamKind::Other {
             return Ok(gst::FlowSuccess::Ok);
         }
 
-        let existing = upstream_meta_time(buf);
-        let capture_ns = match existing {
+        let meta_time = upstream_meta_time(buf);
+        // Access units: where a new SEI goes, and a stamp SEI already in the bitstream.
+        let bitstream = match kind {
+            StreamKind::Encoded { codec, framing } => {
+                let location = locate_in_buffer(buf, |au| {
+                    let point = find_insert_point(codec, framing, au)?;
+                    Some((point, locate_stamp(codec, framing, au).ok().flatten()))
+                });
+                Some((codec, framing, location))
+            }
+            _ => None,
+        };
+        let sei_time = bitstream
+            .as_ref()
+            .and_then(|(_, _, location)| location.as_ref())
+            .and_then(|(_, old)| old.as_ref())
+            .map(|old| old.stamp.capture_time_ns);
+
+        let capture_ns = match meta_time.or(sei_time) {
             Some(t) if !settings.overwrite => {
                 state.kept += 1;
                 t
@@ -279,8 +297,8 @@ impl BaseTransformImpl for LatencyStamp {
 
         let want_meta = settings.mode != StampMode::Sei;
         let want_sei = settings.mode != StampMode::Meta;
-        if want_meta && (existing.is_none() || settings.overwrite) {
-            if existing.is_some() {
+        if want_meta && (meta_time.is_none() || settings.overwrite) {
+            if meta_time.is_some() {
                 remove_unix_metas(buf);
             }
             gst::ReferenceTimestampMeta::add(
@@ -291,20 +309,29 @@ impl BaseTransformImpl for LatencyStamp {
             );
         }
 
-        match kind {
-            StreamKind::Encoded { codec, framing } if want_sei => {
-                let stamp = CaptureStamp {
-                    capture_time_ns: capture_ns,
-                    frame: state.frame,
-                    stream_id: settings.stream_id.clone(),
-                };
-                match self.insert_sei(buf, codec, framing, &stamp, settings.overwrite) {
-                    SeiOutcome::Inserted => state.sei_inserted += 1,
-                    SeiOutcome::Kept => state.sei_kept += 1,
-                    SeiOutcome::NoSlice => state.no_slice += 1,
+        match bitstream {
+            Some((codec, framing, location)) if want_sei => match location {
+                None => state.no_slice += 1,
+                Some((_, Some(_))) if !settings.overwrite => state.sei_kept += 1,
+                Some((point, old)) => {
+                    let stamp = CaptureStamp {
+                        capture_time_ns: capture_ns,
+                        frame: state.frame,
+                        stream_id: settings.stream_id.clone(),
+                    };
+                    // Readers take the first stamp of an access unit: a replacement goes in
+                    // front of the old one.
+                    let offset = old.map_or(point.offset, |old| old.prefix_start);
+                    match framed_sei_nal(codec, framing, &stamp, point.temporal_id_plus1) {
+                        Some(sei) => {
+                            insert_memory_at(buf, offset, gst::Memory::from_slice(sei));
+                            state.sei_inserted += 1;
+                        }
+                        None => state.no_slice += 1,
+                    }
                 }
-            }
-            StreamKind::EncodedUnaligned if want_sei && !state.warned_unaligned => {
+            },
+            None if want_sei && kind == StreamKind::EncodedUnaligned && !state.warned_unaligned => {
                 state.warned_unaligned = true;
                 gst::warning!(
                     CAT,
@@ -318,12 +345,6 @@ impl BaseTransformImpl for LatencyStamp {
         state.frame = state.frame.wrapping_add(1);
         Ok(gst::FlowSuccess::Ok)
     }
-}
-
-enum SeiOutcome {
-    Inserted,
-    Kept,
-    NoSlice,
 }
 
 /// Capture time of a `timestamp/x-unix` reference timestamp meta already on the buffer.
@@ -392,39 +413,6 @@ impl LatencyStamp {
                 utc_now_ns()
             }
         }
-    }
-
-    fn insert_sei(
-        &self,
-        buf: &mut gst::BufferRef,
-        codec: Codec,
-        framing: Framing,
-        stamp: &CaptureStamp,
-        overwrite: bool,
-    ) -> SeiOutcome {
-        let Some((point, existing)) = locate_in_buffer(buf, |au| {
-            let point = find_insert_point(codec, framing, au)?;
-            let existing = locate_stamp(codec, framing, au).ok().flatten();
-            Some((point, existing))
-        }) else {
-            return SeiOutcome::NoSlice;
-        };
-        let offset = match existing {
-            Some(_) if !overwrite => return SeiOutcome::Kept,
-            // Readers take the first stamp of an access unit: go in front of the old one.
-            Some(old) => old.prefix_start,
-            None => point.offset,
-        };
-        let Some(sei) = framed_sei_nal(codec, framing, stamp, point.temporal_id_plus1) else {
-            gst::warning!(
-                CAT,
-                imp = self,
-                "SEI does not fit the stream's NAL length size"
-            );
-            return SeiOutcome::NoSlice;
-        };
-        insert_memory_at(buf, offset, gst::Memory::from_slice(sei));
-        SeiOutcome::Inserted
     }
 }
 
