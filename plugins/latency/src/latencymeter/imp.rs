@@ -120,7 +120,8 @@ struct State {
     last_capture: Option<u64>,
     stream_id: Option<String>,
     last_report: Option<u64>,
-    upstream_latency: gst::ClockTime,
+    /// Latency configured on this branch; `None` until the sinks' latency event passes.
+    upstream_latency: Option<gst::ClockTime>,
 }
 
 #[derive(Default)]
@@ -165,7 +166,8 @@ impl ObjectImpl for LatencyMeter {
                     .blurb(
                         "arrival: latency up to the moment the buffer reaches the meter; \
                          render: up to the moment a synchronising sink after it renders the \
-                         buffer (base time + running time + the pipeline latency)",
+                         buffer (base time + running time + the pipeline latency; buffers \
+                         that pass before the sinks configure the latency are not measured)",
                     )
                     .mutable_ready()
                     .build(),
@@ -369,7 +371,7 @@ impl BaseTransformImpl for LatencyMeter {
 
     fn src_event(&self, event: gst::Event) -> bool {
         if let gst::EventView::Latency(latency) = event.view() {
-            self.state.lock().unwrap().upstream_latency = latency.latency();
+            self.state.lock().unwrap().upstream_latency = Some(latency.latency());
         }
         self.parent_src_event(event)
     }
@@ -474,7 +476,14 @@ impl LatencyMeter {
             Found::NotAFrame => return None,
         };
 
-        let now = self.measuring_instant(buf, &settings, &mut state);
+        let Some(now) = self.measuring_instant(buf, &settings, &mut state) else {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "no pipeline latency configured yet: not measured"
+            );
+            return from_sei;
+        };
         let latency = (i128::from(now) - i128::from(capture))
             .clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
         state.window.push(now, latency, settings.window.nseconds());
@@ -500,32 +509,34 @@ impl LatencyMeter {
         from_sei
     }
 
+    /// UTC of the measuring instant; `None` in render mode until the branch latency is known
+    /// (the first buffers of a live pipeline can pass before the sinks configure it).
     fn measuring_instant(
         &self,
         buf: &gst::BufferRef,
         settings: &Settings,
         state: &mut State,
-    ) -> u64 {
+    ) -> Option<u64> {
         let obj = self.obj();
         let clock = match settings.clock_source {
             ClockSource::Pipeline => obj.clock(),
             ClockSource::Realtime => None,
         };
         let Some(clock) = clock else {
-            return utc_now_ns();
+            return Some(utc_now_ns());
         };
         if settings.measure_at == MeasureAt::Render {
+            let latency = state.upstream_latency?;
             let render = buf.pts().or(buf.dts()).and_then(|ts| {
                 obj.segment()
                     .downcast_ref::<gst::ClockTime>()
                     .and_then(|segment| segment.to_running_time(ts))
             });
             if let (Some(rt), Some(base)) = (render, obj.base_time()) {
-                let at = base + rt + state.upstream_latency;
-                return state.mapper.utc_of(&clock, at);
+                return Some(state.mapper.utc_of(&clock, base + rt + latency));
             }
         }
-        state.mapper.now_utc(&clock)
+        Some(state.mapper.now_utc(&clock))
     }
 
     fn report(&self) -> gst::Structure {

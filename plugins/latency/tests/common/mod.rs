@@ -60,9 +60,17 @@ pub fn run_to_eos(
     meter: &str,
     timeout: gst::ClockTime,
 ) -> Option<gst::Structure> {
+    run_to_eos_reports(pipeline, timeout).remove(meter)
+}
+
+/// Runs `pipeline` to EOS and returns the last `latency-report` of every meter, by name.
+pub fn run_to_eos_reports(
+    pipeline: &gst::Pipeline,
+    timeout: gst::ClockTime,
+) -> std::collections::HashMap<String, gst::Structure> {
+    let mut reports = std::collections::HashMap::new();
     pipeline.set_state(gst::State::Playing).unwrap();
     let bus = pipeline.bus().unwrap();
-    let mut last = None;
     let deadline = std::time::Instant::now() + std::time::Duration::from_nanos(timeout.nseconds());
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -82,19 +90,17 @@ pub fn run_to_eos(
                 );
             }
             gst::MessageView::Element(e) => {
-                let from_meter = e.src().is_some_and(|s| s.name() == meter);
-                if let Some(s) = e.structure()
-                    && from_meter
+                if let (Some(s), Some(src)) = (e.structure(), e.src())
                     && s.name() == "latency-report"
                 {
-                    last = Some(s.to_owned());
+                    reports.insert(src.name().to_string(), s.to_owned());
                 }
             }
             _ => {}
         }
     }
     pipeline.set_state(gst::State::Null).unwrap();
-    last
+    reports
 }
 
 pub fn field_u64(s: &gst::Structure, name: &str) -> u64 {
