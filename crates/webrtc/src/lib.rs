@@ -7,10 +7,12 @@
 //!
 //! The HTTP side is the runner's; this crate takes an SDP offer and gives back the answer.
 
+mod http;
 mod nice;
 mod offer;
 mod whep;
 
+pub use http::{HttpRequest, HttpResponse, MAX_OFFER_BYTES};
 pub use nice::add_local_address;
 pub use offer::{H264Offer, OfferError, choose_h264};
 pub use whep::{Answer, SessionInfo, WhepConfig, WhepError, WhepOutput};

@@ -298,3 +298,86 @@ fn unusable_offers_are_refused_without_side_effects() {
     assert_eq!(tee_src_pads(&pipeline), 0);
     pipeline.set_state(gst::State::Null).unwrap();
 }
+
+#[test]
+fn http_status_codes_follow_whep() {
+    if !in_private_netns("http_status_codes_follow_whep") {
+        return;
+    }
+    use hybridlive_webrtc::HttpRequest;
+    init();
+    let (pipeline, output) = sender();
+    let req = |method, path, content_type, body: &[u8]| {
+        output.handle_http(
+            "/whep",
+            HttpRequest {
+                method,
+                path,
+                content_type,
+                body,
+            },
+        )
+    };
+    let header = |r: &hybridlive_webrtc::HttpResponse, name: &str| {
+        r.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let sdp = Some("application/sdp");
+
+    let preflight = req("OPTIONS", "", None, b"");
+    assert_eq!(preflight.status, 204);
+    assert_eq!(
+        header(&preflight, "Access-Control-Allow-Origin").unwrap(),
+        "*"
+    );
+    assert!(
+        header(&preflight, "Access-Control-Allow-Methods")
+            .unwrap()
+            .contains("POST")
+    );
+
+    assert_eq!(req("POST", "", Some("text/plain"), b"v=0").status, 415);
+    assert_eq!(req("POST", "", sdp, &vec![b'a'; 70_000]).status, 413);
+    assert_eq!(req("POST", "", sdp, b"not sdp").status, 400);
+    let vp8_only = b"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
+    assert_eq!(req("POST", "", sdp, vp8_only).status, 406);
+    assert_eq!(req("GET", "", None, b"").status, 405);
+    assert_eq!(req("DELETE", "/nope", None, b"").status, 404);
+    assert_eq!(
+        webrtcbins(&pipeline),
+        0,
+        "refused offers left nothing behind"
+    );
+
+    let viewer = Viewer::new();
+    let created = req(
+        "POST",
+        "",
+        Some("application/sdp; charset=utf-8"),
+        viewer.offer().as_bytes(),
+    );
+    assert_eq!(
+        created.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&created.body)
+    );
+    assert_eq!(header(&created, "Content-Type").unwrap(), "application/sdp");
+    let location = header(&created, "Location").unwrap();
+    let id = location
+        .strip_prefix("/whep/")
+        .expect("a resource under /whep");
+    assert_eq!(id.len(), 32);
+    viewer.answer(std::str::from_utf8(&created.body).unwrap());
+    viewer.wait_frames(10, Duration::from_secs(15));
+
+    let resource = format!("/{id}");
+    assert_eq!(req("PATCH", &resource, None, b"").status, 405);
+    assert_eq!(req("DELETE", &resource, None, b"").status, 200);
+    assert_eq!(req("DELETE", &resource, None, b"").status, 404);
+    assert_eq!(webrtcbins(&pipeline), 0);
+    pipeline.set_state(gst::State::Null).unwrap();
+}
