@@ -1,0 +1,81 @@
+// A WHEP (RFC 9725) viewer that measures glass-to-glass latency from the hybridlive capture
+// stamps carried in the H.264 SEI: capture time (UTC, from the stamp) against the moment the
+// frame is shown (requestVideoFrameCallback), matched by RTP timestamp.
+import { findStamp } from './stamp.js';
+
+function iceGatheringDone(pc, timeoutMs) {
+  if (pc.iceGatheringState === 'complete') return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { if (pc.iceGatheringState === 'complete') resolve(); };
+    pc.addEventListener('icegatheringstatechange', done);
+    setTimeout(resolve, timeoutMs);
+  });
+}
+
+/**
+ * Starts playing `endpoint` (a WHEP URL) in `video`.
+ * `onLatency(ms, stamp)` is called for every displayed frame whose stamp was read.
+ * Returns { pc, stop(), stats() }.
+ */
+export async function playWhep(video, endpoint, { onLatency = () => {}, token } = {}) {
+  const pc = new RTCPeerConnection({ encodedInsertableStreams: true });
+  const transceiver = pc.addTransceiver('video', { direction: 'recvonly' });
+  const captureByRtp = new Map();
+  let stampsRead = 0;
+
+  // Read the SEI of each received frame without altering it.
+  const { readable, writable } = transceiver.receiver.createEncodedStreams();
+  readable.pipeThrough(new TransformStream({
+    transform(frame, controller) {
+      const stamp = findStamp(new Uint8Array(frame.data));
+      if (stamp) {
+        stampsRead++;
+        captureByRtp.set(frame.timestamp, stamp);
+        if (captureByRtp.size > 300) captureByRtp.delete(captureByRtp.keys().next().value);
+      }
+      controller.enqueue(frame);
+    },
+  })).pipeTo(writable);
+
+  pc.ontrack = (event) => {
+    video.srcObject = event.streams[0] || new MediaStream([event.track]);
+  };
+
+  const onFrame = (now, meta) => {
+    const stamp = captureByRtp.get(meta.rtpTimestamp);
+    if (stamp) {
+      const shownMs = performance.timeOrigin + meta.expectedDisplayTime;
+      onLatency(shownMs - stamp.captureMs, stamp);
+    }
+    video.requestVideoFrameCallback(onFrame);
+  };
+  video.requestVideoFrameCallback(onFrame);
+
+  await pc.setLocalDescription(await pc.createOffer());
+  await iceGatheringDone(pc, 2000);
+  const headers = { 'Content-Type': 'application/sdp' };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(endpoint, { method: 'POST', headers, body: pc.localDescription.sdp });
+  if (response.status !== 201) {
+    pc.close();
+    throw new Error(`WHEP ${response.status}: ${await response.text()}`);
+  }
+  const resource = new URL(response.headers.get('Location'), new URL(endpoint, location.href));
+  await pc.setRemoteDescription({ type: 'answer', sdp: await response.text() });
+
+  return {
+    pc,
+    stampsRead: () => stampsRead,
+    async stats() {
+      const report = await pc.getStats();
+      for (const s of report.values()) {
+        if (s.type === 'inbound-rtp' && s.kind === 'video') return s;
+      }
+      return null;
+    },
+    async stop() {
+      pc.close();
+      await fetch(resource, { method: 'DELETE' }).catch(() => {});
+    },
+  };
+}
