@@ -338,7 +338,7 @@ impl OfferOverlay {
                     gst::element_imp_warning!(
                         self,
                         gst::ResourceError::Read,
-                        ["Schedule not reloaded, the previous one stays in force: {err}"]
+                        ("Schedule not reloaded, the previous one stays in force: {err}")
                     );
                     return false;
                 }
@@ -387,7 +387,7 @@ impl OfferOverlay {
                 gst::element_imp_warning!(
                     self,
                     gst::StreamError::Format,
-                    ["show-offer ignored: {err}"]
+                    ("show-offer ignored: {err}")
                 );
                 return false;
             }
@@ -736,7 +736,7 @@ impl OfferOverlay {
                     gst::element_imp_warning!(
                         self,
                         gst::LibraryError::Failed,
-                        ["Cannot draw offer `{id}`: {error}"]
+                        ("Cannot draw offer `{id}`: {error}")
                     );
                 }
             }
@@ -890,10 +890,16 @@ fn with_overlay_feature(caps: &gst::Caps, add: bool) -> gst::Caps {
             if f.is_any() {
                 continue;
             }
+            // System memory is implied by "video/x-raw(meta:...)" alone: keep that spelling,
+            // the one sinks and other overlays use, or the caps would not intersect.
             if add {
+                f.remove(gst::CAPS_FEATURE_MEMORY_SYSTEM_MEMORY);
                 f.add(gst_video::CAPS_FEATURE_META_GST_VIDEO_OVERLAY_COMPOSITION);
             } else {
                 f.remove(gst_video::CAPS_FEATURE_META_GST_VIDEO_OVERLAY_COMPOSITION);
+                if f.is_empty() {
+                    f.add(gst::CAPS_FEATURE_MEMORY_SYSTEM_MEMORY);
+                }
             }
             out.append_structure_full(s.to_owned(), Some(f));
         }
@@ -911,7 +917,7 @@ impl BaseTransformImpl for OfferOverlay {
         let settings = self.settings.lock().unwrap().clone();
         let offers = match &settings.schedule {
             Some(p) => schedule::load_schedule(&PathBuf::from(p)).map_err(|err| {
-                gst::error_msg!(gst::ResourceError::Read, ["Bad offer schedule: {err}"])
+                gst::error_msg!(gst::ResourceError::Read, ("Bad offer schedule: {err}"))
             })?,
             None => Vec::new(),
         };

@@ -1,0 +1,505 @@
+// SPDX-License-Identifier: MPL-2.0
+//! Behaviour of `offeroverlay` as a user sees it: where and when cards appear, how they fade,
+//! every listed format, overlay meta, the timeline events and messages, control and errors.
+
+mod common;
+
+use common::*;
+use gst::prelude::*;
+
+fn v<T: ToValue>(x: T) -> glib::Value {
+    x.to_value()
+}
+
+const SEC: gst::ClockTime = gst::ClockTime::SECOND;
+
+#[test]
+fn card_appears_where_and_when_scheduled_and_timeline_is_sent() {
+    let dir = TempDir::new("when");
+    let schedule = dir.write(
+        "s.toml",
+        &offer_toml(
+            "kit",
+            "subtitle = \"Everything from today\"\nstart = 1\nend = \"00:03\"",
+        ),
+    );
+    let (w, h) = (640, 360);
+    let mut run = Run::new(
+        "I420",
+        w,
+        h,
+        10,
+        &[
+            ("schedule", v(&schedule)),
+            ("fade-in", v(0u32)),
+            ("fade-out", v(0u32)),
+        ],
+    );
+    let (x0, x1, y1) = expected_bottom_right(w, h, 0.3, 0.03);
+    let mut shown_at = None;
+    let mut hidden_at = None;
+    for _ in 0..40 {
+        let (frame, events) = run.step();
+        let t = frame.pts;
+        for e in &events {
+            assert_eq!(e.name(), "hybridlive/offer");
+            assert_eq!(e.get::<&str>("id").unwrap(), "kit");
+            assert_eq!(
+                clock_field(e, "running-time"),
+                t,
+                "event sent just before its frame"
+            );
+            match e.get::<&str>("action").unwrap() {
+                "shown" => shown_at = Some(t),
+                "hidden" => hidden_at = Some(t),
+                other => panic!("unexpected action {other}"),
+            }
+        }
+        let bbox = frame.card_bbox();
+        if t < SEC || t >= 3 * SEC {
+            assert_eq!(bbox, None, "no card at {t}");
+        } else {
+            let (bx0, _by0, bx1, by1) = bbox.unwrap_or_else(|| panic!("card missing at {t}"));
+            assert!((bx0 as i64 - x0).abs() <= 2, "left edge {bx0} vs {x0}");
+            assert!((bx1 as i64 - x1).abs() <= 2, "right edge {bx1} vs {x1}");
+            assert!((by1 as i64 - y1).abs() <= 2, "bottom edge {by1} vs {y1}");
+        }
+    }
+    assert_eq!(shown_at, Some(SEC));
+    assert_eq!(hidden_at, Some(3 * SEC));
+
+    let messages = run.messages();
+    let named = |name: &str| -> Vec<gst::Structure> {
+        messages
+            .iter()
+            .filter_map(|m| match m.view() {
+                gst::MessageView::Element(e) => e.structure().map(|s| s.to_owned()),
+                _ => None,
+            })
+            .filter(|s| s.name() == name)
+            .collect()
+    };
+    let shown = named("offer-shown");
+    let hidden = named("offer-hidden");
+    assert_eq!(shown.len(), 1);
+    assert_eq!(hidden.len(), 1);
+    assert_eq!(clock_field(&shown[0], "running-time"), SEC);
+    assert_eq!(clock_field(&shown[0], "stream-time"), SEC);
+    assert_eq!(clock_field(&hidden[0], "running-time"), 3 * SEC);
+    let utc = shown[0].get::<&str>("utc").unwrap();
+    humantime::parse_rfc3339(utc).unwrap_or_else(|e| panic!("utc `{utc}`: {e}"));
+    assert_eq!(shown[0].get::<&str>("title").unwrap(), "Offer kit");
+}
+
+#[test]
+fn fades_are_monotonic() {
+    let dir = TempDir::new("fade");
+    let schedule = dir.write(
+        "s.json",
+        r#"{"offers": [{"id": "f", "title": "Fading", "price": "1 €", "start": 0, "end": 3}]}"#,
+    );
+    let (w, h) = (480, 270);
+    let mut run = Run::new(
+        "I420",
+        w,
+        h,
+        10,
+        &[
+            ("schedule", v(&schedule)),
+            ("fade-in", v(1000u32)),
+            ("fade-out", v(1000u32)),
+        ],
+    );
+    let (x0, x1, y1) = expected_bottom_right(w, h, 0.3, 0.03);
+    // A band at the card's bottom: card background whatever the content above.
+    let region = (x0 as u32 + 10, y1 as u32 - 8, x1 as u32 - 10, y1 as u32 - 3);
+    let strengths: Vec<f64> = (0..31).map(|_| run.step().0.strength(region)).collect();
+    let (fade_in, rest) = strengths.split_at(11);
+    let fade_out = &rest[9..];
+    for pair in fade_in.windows(2) {
+        assert!(
+            pair[1] >= pair[0] - 0.5,
+            "fade-in not monotonic: {fade_in:?}"
+        );
+    }
+    for pair in fade_out.windows(2) {
+        assert!(
+            pair[1] <= pair[0] + 0.5,
+            "fade-out not monotonic: {fade_out:?}"
+        );
+    }
+    let full = fade_in[10];
+    assert!(fade_in[0] < full * 0.1, "starts transparent: {fade_in:?}");
+    assert!(
+        fade_in[5] > full * 0.3 && fade_in[5] < full * 0.7,
+        "half way: {fade_in:?}"
+    );
+    assert!(
+        strengths[30] < full * 0.1,
+        "ends transparent: {strengths:?}"
+    );
+}
+
+#[test]
+fn every_listed_format_at_odd_sizes() {
+    let dir = TempDir::new("formats");
+    let schedule = dir.write("s.toml", &offer_toml("fmt", "badge = \"3 left\""));
+    let card_bg = 0xff20_4060u32;
+    for format in ["I420", "NV12", "RGBA", "BGRA", "RGBx", "BGRx"] {
+        for (w, h) in [(641u32, 359u32), (1280, 720)] {
+            let mut run = Run::new(
+                format,
+                w,
+                h,
+                10,
+                &[
+                    ("schedule", v(&schedule)),
+                    ("fade-in", v(0u32)),
+                    ("background-color", v(card_bg)),
+                ],
+            );
+            let (frame, _) = run.step();
+            let (x0, x1, y1) = expected_bottom_right(w, h, 0.3, 0.03);
+            let (bx0, by0, bx1, by1) = frame
+                .card_bbox()
+                .unwrap_or_else(|| panic!("{format} {w}x{h}: no card"));
+            assert!(
+                (bx0 as i64 - x0).abs() <= 2,
+                "{format} {w}x{h}: left {bx0} vs {x0}"
+            );
+            assert!(
+                (bx1 as i64 - x1).abs() <= 2,
+                "{format} {w}x{h}: right {bx1} vs {x1}"
+            );
+            assert!(
+                (by1 as i64 - y1).abs() <= 2,
+                "{format} {w}x{h}: bottom {by1} vs {y1}"
+            );
+            // Top padding, away from the rounded corners: the card background colour.
+            let d = frame.diff_at((bx0 + bx1) / 2, by0 + 2, card_bg);
+            assert!(d <= 18, "{format} {w}x{h}: card background off by {d}");
+            // Outside the card the picture is untouched.
+            assert!(
+                frame.diff_at(2, 2, BACKGROUND) <= 15,
+                "{format}: background changed"
+            );
+        }
+    }
+}
+
+#[test]
+fn overlay_meta_is_attached_when_downstream_accepts_it() {
+    let dir = TempDir::new("meta");
+    let schedule = dir.write("s.toml", &offer_toml("m", "qr = \"https://example.com/m\""));
+    init();
+    let mut h = gst_check::Harness::new("offeroverlay");
+    let overlay = h.element().unwrap();
+    overlay.set_property("schedule", &schedule);
+    overlay.set_property("fade-in", 0u32);
+    h.set_sink_caps_str("video/x-raw(meta:GstVideoOverlayComposition),format=I420,width=320,height=240,framerate=10/1");
+    h.add_src_parse(
+        &format!(
+            "videotestsrc pattern=solid-color foreground-color={BACKGROUND} ! capsfilter caps=\
+             video/x-raw,format=I420,width=320,height=240,framerate=10/1"
+        ),
+        false,
+    );
+    h.play();
+    h.push_from_src().unwrap();
+    let buf = h.pull().unwrap();
+    let meta = buf
+        .meta::<gst_video::VideoOverlayCompositionMeta>()
+        .expect("composition attached");
+    assert!(meta.overlay().n_rectangles() >= 1);
+    // The pixels are left for downstream to draw: Y plane still uniform.
+    let map = buf.map_readable().unwrap();
+    let y = &map[..320 * 240];
+    assert!(
+        y.iter().all(|&p| p == y[0]),
+        "frame was blended although meta was accepted"
+    );
+    let stats = overlay.property::<gst::Structure>("stats");
+    assert_eq!(stats.get::<u64>("frames-attached").unwrap(), 1);
+    assert_eq!(stats.get::<u64>("frames-blended").unwrap(), 0);
+}
+
+#[test]
+fn no_offer_means_untouched_frames_and_one_render_per_content() {
+    let dir = TempDir::new("work");
+    let schedule = dir.write(
+        "s.toml",
+        &offer_toml("c", "start = 2\nend = 12\ncountdown = true"),
+    );
+    let mut run = Run::new(
+        "I420",
+        320,
+        240,
+        10,
+        &[("schedule", v(&schedule)), ("fade-in", v(0u32))],
+    );
+    let mut left_seconds = std::collections::BTreeSet::new();
+    for i in 0..55 {
+        let (frame, _) = run.step();
+        if i < 20 {
+            assert_eq!(frame.card_bbox(), None);
+        } else {
+            let left = (12 * SEC - frame.pts).nseconds().div_ceil(1_000_000_000);
+            left_seconds.insert(left);
+        }
+    }
+    let stats = run.stats();
+    assert_eq!(stats.get::<u64>("frames").unwrap(), 55);
+    assert_eq!(
+        stats.get::<u64>("frames-passthrough").unwrap(),
+        20,
+        "{stats}"
+    );
+    assert_eq!(stats.get::<u64>("frames-blended").unwrap(), 35, "{stats}");
+    assert_eq!(stats.get::<u64>("card-renders").unwrap(), 1, "{stats}");
+    assert_eq!(
+        stats.get::<u64>("countdown-renders").unwrap(),
+        left_seconds.len() as u64,
+        "countdown re-drawn once per second: {stats}"
+    );
+}
+
+fn actions(events: &[gst::Structure]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e.get::<&str>("action").unwrap().to_string(),
+                e.get::<&str>("id").unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn pair(a: &str, id: &str) -> (String, String) {
+    (a.to_string(), id.to_string())
+}
+
+#[test]
+fn schedule_reloads_by_property_and_signal_and_keeps_the_old_one_when_bad() {
+    let dir = TempDir::new("reload");
+    let path = dir.write("s.toml", &offer_toml("a", ""));
+    let mut run = Run::new(
+        "I420",
+        320,
+        240,
+        10,
+        &[
+            ("schedule", v(&path)),
+            ("fade-in", v(0u32)),
+            ("fade-out", v(0u32)),
+        ],
+    );
+    let (_, ev) = run.step();
+    assert_eq!(actions(&ev), [pair("shown", "a")]);
+
+    dir.write("s.toml", &offer_toml("b", ""));
+    run.overlay.set_property("schedule", &path);
+    let (_, ev) = run.step();
+    assert_eq!(actions(&ev), [pair("hidden", "a"), pair("shown", "b")]);
+
+    dir.write("s.toml", &offer_toml("c", "start = \"100ms\""));
+    assert!(run.overlay.emit_by_name::<bool>("reload", &[]));
+    let (_, ev) = run.step();
+    assert_eq!(actions(&ev), [pair("hidden", "b"), pair("shown", "c")]);
+
+    dir.write(
+        "s.toml",
+        "[[offers]]\nid = \"d\"\ntitle = \"D\"\nprice = 3\n",
+    );
+    let _ = run.messages();
+    assert!(!run.overlay.emit_by_name::<bool>("reload", &[]));
+    let warning = run
+        .messages()
+        .into_iter()
+        .find_map(|m| match m.view() {
+            gst::MessageView::Warning(w) => Some(w.error().to_string()),
+            _ => None,
+        })
+        .expect("a warning for the bad schedule");
+    assert!(warning.contains(&format!("{path}:4:")), "{warning}");
+    assert!(warning.contains("offers[0].price"), "{warning}");
+    let (frame, ev) = run.step();
+    assert!(ev.is_empty(), "bad reload changed the timeline: {ev:?}");
+    assert!(
+        frame.card_bbox().is_some(),
+        "previous schedule stays in force"
+    );
+}
+
+#[test]
+fn show_and_hide_signals_stack_cards_without_overlap() {
+    let mut run = Run::new(
+        "NV12",
+        640,
+        360,
+        10,
+        &[
+            ("fade-in", v(0u32)),
+            ("fade-out", v(0u32)),
+            ("anchor", v(gstofferoverlay::Anchor::TopLeft)),
+        ],
+    );
+    let (frame, ev) = run.step();
+    assert!(ev.is_empty() && frame.card_bbox().is_none());
+
+    for id in ["one", "two"] {
+        let json = format!(
+            r#"{{"id": "{id}", "title": "Card {id}", "price": "€5", "badge": "today only"}}"#
+        );
+        assert!(run.overlay.emit_by_name::<bool>("show-offer", &[&json]));
+    }
+    let (frame, ev) = run.step();
+    assert_eq!(actions(&ev), [pair("shown", "one"), pair("shown", "two")]);
+    let (bx0, _, bx1, _) = frame.card_bbox().unwrap();
+    assert!(bx0 <= 22, "top-left anchor: {bx0}");
+    let runs = frame.runs_in_column((bx0 + bx1) / 2);
+    assert_eq!(runs.len(), 2, "two separate stacked cards: {runs:?}");
+    assert!(runs[0].1 < runs[1].0, "cards overlap: {runs:?}");
+
+    assert!(run.overlay.emit_by_name::<bool>("hide-offer", &[&"one"]));
+    assert!(!run.overlay.emit_by_name::<bool>("hide-offer", &[&"nope"]));
+    let (frame, ev) = run.step();
+    assert_eq!(actions(&ev), [pair("hidden", "one")]);
+    assert_eq!(frame.runs_in_column((bx0 + bx1) / 2).len(), 1);
+
+    let _ = run.messages();
+    let bad = "{\"id\": \"x\",\n \"title\": \"X\",\n \"price\": \"1\", \"anchor\": \"middle\"}";
+    assert!(!run.overlay.emit_by_name::<bool>("show-offer", &[&bad]));
+    let warning = run
+        .messages()
+        .into_iter()
+        .find_map(|m| match m.view() {
+            gst::MessageView::Warning(w) => Some(w.error().to_string()),
+            _ => None,
+        })
+        .expect("a warning for the bad offer");
+    assert!(warning.contains(":3:"), "{warning}");
+    assert!(warning.contains("anchor"), "{warning}");
+}
+
+#[test]
+fn offers_with_duration_and_utc_times() {
+    let dir = TempDir::new("utc");
+    let now = std::time::SystemTime::now();
+    let past = humantime::format_rfc3339(now - std::time::Duration::from_secs(60));
+    let future = humantime::format_rfc3339(now + std::time::Duration::from_secs(3600));
+    let later = humantime::format_rfc3339(now + std::time::Duration::from_secs(7200));
+    let schedule = dir.write(
+        "s.toml",
+        &format!(
+            "{}{}{}",
+            offer_toml("live", &format!("start = \"{past}\"\nduration = 3600")),
+            offer_toml("later", &format!("start = \"{future}\"\nend = \"{later}\"")),
+            offer_toml("short", "start = 0.5\nduration = 0.5"),
+        ),
+    );
+    let mut run = Run::new(
+        "I420",
+        320,
+        240,
+        10,
+        &[
+            ("schedule", v(&schedule)),
+            ("fade-in", v(0u32)),
+            ("fade-out", v(0u32)),
+        ],
+    );
+    let mut seen = Vec::new();
+    for _ in 0..12 {
+        let (frame, ev) = run.step();
+        for a in actions(&ev) {
+            seen.push((frame.pts, a));
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            (gst::ClockTime::ZERO, pair("shown", "live")),
+            (SEC / 2, pair("shown", "short")),
+            (SEC, pair("hidden", "short")),
+        ]
+    );
+}
+
+fn start_error(schedule: &str) -> String {
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc num-buffers=3 ! offeroverlay schedule=\"{schedule}\" ! fakesink"
+    ))
+    .unwrap();
+    let bus = pipeline.bus().unwrap();
+    let _ = pipeline.set_state(gst::State::Playing);
+    let msg = bus
+        .timed_pop_filtered(10 * SEC, &[gst::MessageType::Error, gst::MessageType::Eos])
+        .expect("pipeline ends");
+    pipeline.set_state(gst::State::Null).unwrap();
+    match msg.view() {
+        gst::MessageView::Error(e) => e.error().to_string(),
+        _ => panic!("no error for {schedule}"),
+    }
+}
+
+#[test]
+fn bad_schedules_and_images_are_element_errors_at_start() {
+    let dir = TempDir::new("bad");
+    let json = dir.write(
+        "bad.json",
+        "{\"offers\": [\n  {\"id\": \"a\", \"title\": \"A\", \"price\": \"1\",\n   \"start\": \"tomorrow-ish\"}\n]}",
+    );
+    let err = start_error(&json);
+    assert!(err.contains(&format!("{json}:3:")), "{err}");
+    assert!(err.contains("offers[0].start"), "{err}");
+
+    let toml = dir.write(
+        "bad.toml",
+        "[[offers]]\nid = \"a\"\ntitle = \"A\"\nprice = \"1\"\ncolour = \"red\"\n",
+    );
+    let err = start_error(&toml);
+    assert!(err.contains(&format!("{toml}:")), "{err}");
+    assert!(err.contains("colour"), "{err}");
+
+    let missing = dir.write("img.toml", &offer_toml("a", "image = \"nowhere.png\""));
+    let err = start_error(&missing);
+    assert!(err.contains("offers[0].image"), "{err}");
+    assert!(err.contains("nowhere.png"), "{err}");
+
+    std::fs::write(dir.path("broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let broken = dir.write("broken.toml", &offer_toml("a", "image = \"broken.png\""));
+    let err = start_error(&broken);
+    assert!(err.contains("offers[0].image"), "{err}");
+
+    let err = start_error(&dir.0.join("absent.toml").display().to_string());
+    assert!(err.contains("absent.toml"), "{err}");
+}
+
+#[test]
+fn images_render_inside_the_card() {
+    let dir = TempDir::new("img");
+    write_png(&dir.path("kit.png"), 160, 90);
+    let schedule = dir.write(
+        "s.toml",
+        &offer_toml("i", "image = \"kit.png\"\nanchor = \"top-left\""),
+    );
+    let mut run = Run::new(
+        "RGBA",
+        640,
+        360,
+        10,
+        &[("schedule", v(&schedule)), ("fade-in", v(0u32))],
+    );
+    let (frame, _) = run.step();
+    let (bx0, by0, bx1, _) = frame.card_bbox().unwrap();
+    // The gradient's red channel grows left to right across the image row.
+    let y = by0 + (bx1 - bx0) / 6;
+    let left = frame.rgb(bx0 + (bx1 - bx0) / 5, y)[0];
+    let right = frame.rgb(bx1 - (bx1 - bx0) / 5, y)[0];
+    assert!(
+        right as i32 - left as i32 > 60,
+        "image gradient not drawn: {left} .. {right}"
+    );
+}
