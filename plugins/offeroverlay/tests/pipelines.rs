@@ -1,0 +1,140 @@
+// SPDX-License-Identifier: MPL-2.0
+//! `offeroverlay` in real pipelines: the QR code read back by zbarimg after H.264 at
+//! 2 Mbit/s, and the timeline events reaching an appsink through a queue.
+
+mod common;
+
+use common::*;
+use gst::prelude::*;
+use gst_video::prelude::*;
+
+fn pipeline(desc: &str) -> (gst::Pipeline, gst_app::AppSink) {
+    init();
+    let pipeline = gst::parse::launch(desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let sink = pipeline
+        .by_name("sink")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    (pipeline, sink)
+}
+
+#[test]
+fn qr_code_decodes_after_h264_at_2_mbits_720p() {
+    let url = "https://shop.example.com/checkout/kit-42?src=live";
+    let dir = TempDir::new("qr");
+    let schedule = dir.write(
+        "s.toml",
+        &offer_toml(
+            "kit",
+            &format!("subtitle = \"Scan to buy\"\nqr = \"{url}\"\nbadge = \"12 kits left\"\ncountdown = true\nend = 600"),
+        ),
+    );
+    // The SMPTE pattern puts moving snow under the bottom-right card: the encoder has to spend
+    // bits on it too.
+    let (pipeline, sink) = pipeline(&format!(
+        "videotestsrc pattern=smpte num-buffers=30 ! \
+         video/x-raw,format=I420,width=1280,height=720,framerate=30/1 ! \
+         offeroverlay schedule=\"{schedule}\" fade-in=0 ! \
+         x264enc bitrate=2000 speed-preset=veryfast tune=zerolatency key-int-max=30 ! \
+         avdec_h264 ! videoconvert ! video/x-raw,format=GRAY8 ! \
+         appsink name=sink sync=false"
+    ));
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let mut last = None;
+    while let Ok(sample) = sink.pull_sample() {
+        last = Some(sample);
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    let sample = last.expect("decoded frames");
+    let info = gst_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap();
+    let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(sample.buffer().unwrap(), &info)
+        .unwrap();
+    let (w, h) = (info.width() as usize, info.height() as usize);
+    let stride = frame.plane_stride()[0] as usize;
+    let plane = frame.plane_data(0).unwrap();
+    let mut pgm = format!("P5\n{w} {h}\n255\n").into_bytes();
+    for y in 0..h {
+        pgm.extend_from_slice(&plane[y * stride..y * stride + w]);
+    }
+    let path = dir.path("frame.pgm");
+    std::fs::write(&path, pgm).unwrap();
+
+    let out = std::process::Command::new("zbarimg")
+        .args(["--raw", "-q"])
+        .arg(&path)
+        .output()
+        .expect("zbarimg (Debian zbar-tools) runs");
+    let decoded = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        decoded.trim(),
+        url,
+        "zbarimg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn timeline_events_reach_an_appsink_before_their_frames() {
+    let dir = TempDir::new("events");
+    let schedule = dir.write("s.toml", &offer_toml("kit", "start = 0.5\nend = 1.2"));
+    let (pipeline, sink) = pipeline(&format!(
+        "videotestsrc num-buffers=20 ! video/x-raw,format=I420,width=320,height=240,framerate=10/1 ! \
+         offeroverlay schedule=\"{schedule}\" ! queue ! appsink name=sink sync=false"
+    ));
+    let bus = pipeline.bus().unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+
+    // (action, running-time of the event, pts of the next frame)
+    let mut pending: Vec<(String, gst::ClockTime)> = Vec::new();
+    let mut seen = Vec::new();
+    loop {
+        let Ok(obj) = sink.pull_object() else { break };
+        if let Some(ev) = obj.downcast_ref::<gst::Event>() {
+            if let gst::EventView::CustomDownstream(c) = ev.view()
+                && let Some(s) = c.structure()
+                && s.name() == "hybridlive/offer"
+            {
+                assert_eq!(s.get::<&str>("id").unwrap(), "kit");
+                assert!(s.get::<&str>("utc").is_ok());
+                pending.push((
+                    s.get::<&str>("action").unwrap().to_string(),
+                    clock_field(s, "running-time"),
+                ));
+            }
+        } else if let Some(sample) = obj.downcast_ref::<gst::Sample>() {
+            let pts = sample.buffer().unwrap().pts().unwrap();
+            for (action, rt) in pending.drain(..) {
+                seen.push((action, rt, pts));
+            }
+        }
+    }
+    let messages: Vec<(String, gst::ClockTime)> = std::iter::from_fn(|| bus.pop())
+        .filter_map(|m| match m.view() {
+            gst::MessageView::Element(e) => e
+                .structure()
+                .map(|s| (s.name().to_string(), clock_field(s, "running-time"))),
+            _ => None,
+        })
+        .collect();
+    pipeline.set_state(gst::State::Null).unwrap();
+    let ms = gst::ClockTime::from_mseconds;
+    assert_eq!(
+        seen,
+        [
+            ("shown".to_string(), ms(500), ms(500)),
+            ("hidden".to_string(), ms(1200), ms(1200)),
+        ]
+    );
+
+    assert_eq!(
+        messages,
+        [
+            ("offer-shown".to_string(), ms(500)),
+            ("offer-hidden".to_string(), ms(1200))
+        ]
+    );
+}
