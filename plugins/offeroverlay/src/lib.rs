@@ -11,6 +11,7 @@
  */
 use gst::glib;
 
+mod blend;
 mod card;
 mod offeroverlay;
 mod schedule;

@@ -503,3 +503,112 @@ fn images_render_inside_the_card() {
         "image gradient not drawn: {left} .. {right}"
     );
 }
+
+/// One frame of `format` with a card, either attached as meta or blended by the element.
+fn one_frame(format: &str, schedule: &str, attach: bool) -> gst::Buffer {
+    init();
+    let mut h = gst_check::Harness::new("offeroverlay");
+    let overlay = h.element().unwrap();
+    overlay.set_property("schedule", schedule);
+    overlay.set_property("fade-in", 0u32);
+    let features = if attach {
+        "(meta:GstVideoOverlayComposition)"
+    } else {
+        ""
+    };
+    // GStreamer's blend converts cards with BT.709 whatever the frame says: use BT.709 frames
+    // so that both sides mean the same colours.
+    let colorimetry = if format.starts_with('I') || format.starts_with('N') {
+        ",colorimetry=bt709"
+    } else {
+        ""
+    };
+    h.set_sink_caps_str(&format!(
+        "video/x-raw{features},format={format},width=640,height=360,framerate=10/1{colorimetry}"
+    ));
+    h.add_src_parse(
+        &format!(
+            "videotestsrc pattern=smpte ! capsfilter caps=\
+             video/x-raw,format={format},width=640,height=360,framerate=10/1{colorimetry}"
+        ),
+        false,
+    );
+    h.play();
+    h.push_from_src().unwrap();
+    h.pull().unwrap()
+}
+
+#[test]
+fn own_blending_matches_gstreamer_reference_blend() {
+    let dir = TempDir::new("reference");
+    write_png(&dir.path("kit.png"), 160, 90);
+    let schedule = dir.write(
+        "s.toml",
+        &offer_toml(
+            "r",
+            "subtitle = \"Scan me\"\nimage = \"kit.png\"\nqr = \"https://example.com/r\"\n\
+             badge = \"2 left\"\ncountdown = true\nend = 60",
+        ),
+    );
+    for format in ["I420", "NV12", "RGBA", "BGRA", "RGBx", "BGRx"] {
+        // GStreamer's own blend of the composition the element attaches...
+        let attached = one_frame(format, &schedule, true);
+        let composition = attached
+            .meta::<gst_video::VideoOverlayCompositionMeta>()
+            .expect("composition attached")
+            .overlay_owned();
+        let mut reference = attached.copy_deep().unwrap();
+        {
+            let r = reference.make_mut();
+            while let Some(m) = r.meta_mut::<gst_video::VideoOverlayCompositionMeta>() {
+                m.remove().unwrap();
+            }
+            let caps = gst::Caps::builder("video/x-raw")
+                .field("format", format)
+                .field("width", 640)
+                .field("height", 360)
+                .build();
+            let info = gst_video::VideoInfo::from_caps(&caps).unwrap();
+            let mut frame = gst_video::VideoFrameRef::from_buffer_ref_writable(r, &info).unwrap();
+            composition.blend(&mut frame).unwrap();
+        }
+        // ...against the element's own blending of the same frame.
+        let blended = one_frame(format, &schedule, false);
+        let (a, b) = (
+            reference.map_readable().unwrap(),
+            blended.map_readable().unwrap(),
+        );
+        assert_eq!(a.len(), b.len());
+        let diffs: Vec<u8> = a
+            .iter()
+            .zip(b.iter())
+            .map(|(x, y)| x.abs_diff(*y))
+            .collect();
+        let changed = a
+            .iter()
+            .zip(b.iter())
+            .zip(attached.map_readable().unwrap().iter())
+            .filter(|((r, _), o)| r != o)
+            .count();
+        let off = diffs.iter().filter(|&&d| d > 4).count();
+        let max = diffs.iter().copied().max().unwrap();
+        eprintln!(
+            "{format}: {changed} bytes changed by the card, {off} differ by more than 4, max {max}"
+        );
+        // First plane: luma, or all of packed RGB. Same pixels in, same rounding out.
+        let first_plane = if format.starts_with('I') || format.starts_with('N') {
+            640 * 360
+        } else {
+            diffs.len()
+        };
+        let first_max = diffs[..first_plane].iter().copied().max().unwrap();
+        assert!(changed > 10_000, "{format}: the card was not blended");
+        assert!(first_max <= 4, "{format}: luma/RGB off by {first_max}");
+        // Chroma may differ at sharp edges: GStreamer keeps one pixel of each 2x2 block, we
+        // average the four.
+        assert!(
+            off * 50 < changed,
+            "{format}: {off} of {changed} card bytes differ from GStreamer's blend by more than 4 (max {max})"
+        );
+    }
+}

@@ -66,6 +66,7 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 use gst_video::subclass::prelude::*;
 
+use crate::blend::{Layout, Prepared, YuvMatrix};
 use crate::card::{self, RenderedCard, Theme};
 use crate::schedule::{self, Anchor, Offer, TimeSpec};
 
@@ -172,6 +173,9 @@ struct CardCache {
     body: RenderedCard,
     rect: Option<gst_video::VideoOverlayRectangle>,
     countdown: Option<(u64, gst_video::VideoOverlayRectangle)>,
+    /// The body and countdown converted for the frame format, when blending ourselves.
+    prepared_body: Option<Arc<Prepared>>,
+    prepared_countdown: Option<Arc<Prepared>>,
 }
 
 struct Entry {
@@ -221,6 +225,8 @@ struct State {
     entries: Vec<Entry>,
     composition: Option<gst_video::VideoOverlayComposition>,
     composition_key: Vec<u32>,
+    /// What `transform_ip` blends itself (card, global alpha); empty = use `composition`.
+    blend_plan: Vec<(Arc<Prepared>, u8)>,
     attach_caps: bool,
     attach_query: bool,
     last_running_time: Option<gst::ClockTime>,
@@ -553,6 +559,8 @@ impl OfferOverlay {
                             body,
                             rect: None,
                             countdown: None,
+                            prepared_body: None,
+                            prepared_countdown: None,
                         });
                     }
                     Err(error) => {
@@ -580,6 +588,7 @@ impl OfferOverlay {
                             gst_video::VideoOverlayFormatFlags::PREMULTIPLIED_ALPHA,
                         );
                         c.countdown = Some((secs, rect));
+                        c.prepared_countdown = None;
                     }
                     Err(error) => notices.push(Notice::RenderFailed {
                         id: e.offer.spec.id.clone(),
@@ -607,6 +616,23 @@ impl OfferOverlay {
                 None => groups.push((anchor, vec![(i, alpha)])),
             }
         }
+        let fast = if state.attach_caps || state.attach_query {
+            None
+        } else {
+            Layout::for_format(info.format()).map(|l| (l, YuvMatrix::from_info(&info)))
+        };
+        let prepare = |slot: &mut Option<Arc<Prepared>>,
+                       pixels: &gst::Buffer,
+                       (x, y, w, h): (i32, i32, u32, u32)|
+         -> Option<Arc<Prepared>> {
+            let (layout, matrix) = fast?;
+            if slot.as_ref().is_none_or(|p| !p.placed_at(x, y, w, h)) {
+                *slot = Prepared::new(pixels, x, y, w, h, layout, matrix).map(Arc::new);
+            }
+            slot.clone()
+        };
+        let mut plan: Vec<(Arc<Prepared>, u8)> = Vec::new();
+        let mut plan_complete = fast.is_some();
         let mut rects: Vec<gst_video::VideoOverlayRectangle> = Vec::new();
         for (anchor, members) in &groups {
             let heights: Vec<i32> = members
@@ -619,7 +645,8 @@ impl OfferOverlay {
                 0 => mx,
                 1 => (fw as i32 - card_w as i32) / 2,
                 _ => fw as i32 - mx - card_w as i32,
-            };
+            }
+            .max(0);
             let mut y = match anchor.row() {
                 0 => my,
                 1 => (fh as i32 - total) / 2,
@@ -660,6 +687,15 @@ impl OfferOverlay {
                     rect.make_mut().set_global_alpha(*alpha);
                 }
                 rects.push(rect.clone());
+                let alpha_u8 = (*alpha * 255.0).round().clamp(0.0, 255.0) as u8;
+                match prepare(
+                    &mut c.prepared_body,
+                    &c.body.pixels,
+                    (x, y, c.body.width, c.body.height),
+                ) {
+                    Some(p) => plan.push((p, alpha_u8)),
+                    None => plan_complete = false,
+                }
                 if let (Some((_, cd)), Some((sx, sy, sw, sh))) =
                     (c.countdown.as_mut(), c.body.countdown_slot)
                 {
@@ -672,6 +708,13 @@ impl OfferOverlay {
                         cd.make_mut().set_global_alpha(*alpha);
                     }
                     rects.push(cd.clone());
+                    let pixels = cd.pixels_unscaled_raw(
+                        gst_video::VideoOverlayFormatFlags::PREMULTIPLIED_ALPHA,
+                    );
+                    match prepare(&mut c.prepared_countdown, &pixels, pos) {
+                        Some(p) => plan.push((p, alpha_u8)),
+                        None => plan_complete = false,
+                    }
                 }
                 if anchor.row() != 2 {
                     y += h + my;
@@ -679,8 +722,10 @@ impl OfferOverlay {
             }
         }
 
+        state.blend_plan = if plan_complete { plan } else { Vec::new() };
         let key: Vec<u32> = rects.iter().map(|r| r.seqnum()).collect();
         if rects.is_empty() {
+            state.blend_plan.clear();
             state.composition = None;
             state.composition_key.clear();
         } else if key != state.composition_key {
@@ -943,6 +988,7 @@ impl BaseTransformImpl for OfferOverlay {
         state.started = false;
         state.composition = None;
         state.composition_key.clear();
+        state.blend_plan.clear();
         state.last_running_time = None;
         state.entries.retain(|e| !e.from_schedule);
         for e in &mut state.entries {
@@ -1032,12 +1078,13 @@ impl BaseTransformImpl for OfferOverlay {
     }
 
     fn transform_ip(&self, buf: &mut gst::BufferRef) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let (composition, attach, info) = {
+        let (composition, attach, info, plan) = {
             let state = self.state.lock().unwrap();
             (
                 state.composition.clone(),
                 state.attach_caps || state.attach_query,
                 state.info.clone(),
+                state.blend_plan.clone(),
             )
         };
         let Some(composition) = composition else {
@@ -1082,6 +1129,15 @@ impl BaseTransformImpl for OfferOverlay {
                 );
                 gst::FlowError::Error
             })?;
+        if !plan.is_empty() {
+            for (prepared, alpha) in &plan {
+                if !prepared.blend(&mut frame, *alpha) {
+                    gst::warning!(CAT, imp = self, "card outside the frame, not drawn");
+                }
+            }
+            self.stats.frames_blended.fetch_add(1, Ordering::Relaxed);
+            return Ok(gst::FlowSuccess::Ok);
+        }
         composition.blend(&mut frame).map_err(|err| {
             gst::element_imp_error!(self, gst::CoreError::Failed, ["Blending failed: {err}"]);
             gst::FlowError::Error
@@ -1114,6 +1170,7 @@ impl VideoFilterImpl for OfferOverlay {
                 state.info = Some(out_info.clone());
                 state.composition = None;
                 state.composition_key.clear();
+                state.blend_plan.clear();
                 for e in &mut state.entries {
                     e.card = None;
                 }
