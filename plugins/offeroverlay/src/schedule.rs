@@ -86,7 +86,8 @@ impl TimeSpec {
             TimeSpec::RunningTime(t) => TimeSpec::RunningTime(t.saturating_add(
                 gst::ClockTime::from_nseconds(d.as_nanos().min(u64::MAX as u128) as u64),
             )),
-            TimeSpec::Utc(t) => TimeSpec::Utc(t + d),
+            // Beyond what SystemTime can hold is "never" for a live class.
+            TimeSpec::Utc(t) => TimeSpec::Utc(t.checked_add(d).unwrap_or(t)),
         }
     }
 }
@@ -369,7 +370,12 @@ fn validate(
                 format!("{d} is not a duration: seconds must be above 0"),
             ));
         }
-        Some(d) => Some(Duration::from_secs_f64(d)),
+        Some(d) => Some(Duration::try_from_secs_f64(d).map_err(|e| {
+            invalid(
+                ".duration",
+                format!("{d} is not a usable number of seconds: {e}"),
+            )
+        })?),
         None => None,
     };
     let end = spec

@@ -612,3 +612,55 @@ fn own_blending_matches_gstreamer_reference_blend() {
         );
     }
 }
+
+#[test]
+fn utc_comes_from_unix_reference_timestamps_when_frames_carry_them() {
+    let dir = TempDir::new("refts");
+    let schedule = dir.write(
+        "s.toml",
+        &offer_toml(
+            "u",
+            "start = 2026-01-01T00:00:01Z\nend = 2026-01-01T00:00:02Z",
+        ),
+    );
+    init();
+    let mut h = gst_check::Harness::new("offeroverlay");
+    h.element().unwrap().set_property("schedule", &schedule);
+    h.set_src_caps_str("video/x-raw,format=I420,width=320,height=240,framerate=2/1");
+    h.set_sink_caps_str("video/x-raw,format=I420,width=320,height=240,framerate=2/1");
+    let unix = gst::Caps::builder("timestamp/x-unix").build();
+    let epoch_2026 = gst::ClockTime::from_seconds(1_767_225_600);
+    let mut seen = Vec::new();
+    for i in 0..6u64 {
+        let mut buf = gst::Buffer::with_size(320 * 240 * 3 / 2).unwrap();
+        {
+            let b = buf.get_mut().unwrap();
+            b.set_pts(gst::ClockTime::from_mseconds(500 * i));
+            gst::ReferenceTimestampMeta::add(
+                b,
+                &unix,
+                epoch_2026 + gst::ClockTime::from_mseconds(500 * i),
+                gst::ClockTime::NONE,
+            );
+        }
+        h.push(buf).unwrap();
+        h.pull().unwrap();
+        while let Some(ev) = h.try_pull_event() {
+            if let gst::EventView::CustomDownstream(c) = ev.view()
+                && let Some(s) = c.structure()
+            {
+                seen.push((
+                    s.get::<&str>("action").unwrap().to_string(),
+                    s.get::<&str>("utc").unwrap().to_string(),
+                ));
+            }
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            ("shown".to_string(), "2026-01-01T00:00:01.000Z".to_string()),
+            ("hidden".to_string(), "2026-01-01T00:00:02.000Z".to_string()),
+        ]
+    );
+}

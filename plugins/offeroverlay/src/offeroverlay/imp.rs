@@ -431,12 +431,14 @@ impl OfferOverlay {
     /// Wall-clock time of a frame: from a `timestamp/x-unix` reference meta if present,
     /// otherwise from how far the frame is from now on the pipeline clock.
     fn frame_utc(&self, buf: &gst::BufferRef, running_time: gst::ClockTime) -> SystemTime {
-        let unix = gst::Caps::builder("timestamp/x-unix").build();
-        if let Some(meta) = buf
+        static UNIX: LazyLock<gst::Caps> =
+            LazyLock::new(|| gst::Caps::builder("timestamp/x-unix").build());
+        let from_meta = buf
             .iter_meta::<gst::ReferenceTimestampMeta>()
-            .find(|m| m.reference().can_intersect(&unix))
-        {
-            return UNIX_EPOCH + Duration::from_nanos(meta.timestamp().nseconds());
+            .find(|m| m.reference().can_intersect(&UNIX))
+            .and_then(|m| UNIX_EPOCH.checked_add(Duration::from_nanos(m.timestamp().nseconds())));
+        if let Some(t) = from_meta {
+            return t;
         }
         let now = SystemTime::now();
         let obj = self.obj();
@@ -444,11 +446,12 @@ impl OfferOverlay {
             (Some(clock), Some(base_time)) => {
                 let clock_now = clock.time();
                 let frame_clock = base_time.saturating_add(running_time);
-                if clock_now >= frame_clock {
-                    now - Duration::from_nanos((clock_now - frame_clock).nseconds())
+                let utc = if clock_now >= frame_clock {
+                    now.checked_sub(Duration::from_nanos((clock_now - frame_clock).nseconds()))
                 } else {
-                    now + Duration::from_nanos((frame_clock - clock_now).nseconds())
-                }
+                    now.checked_add(Duration::from_nanos((frame_clock - clock_now).nseconds()))
+                };
+                utc.unwrap_or(now)
             }
             _ => now,
         }
@@ -482,9 +485,13 @@ impl OfferOverlay {
         for (i, e) in state.entries.iter_mut().enumerate() {
             let start = *e.start.get_or_insert(TimeSpec::RunningTime(running_time));
             if e.end.is_none()
-                && let Some(d) = e.offer.spec.duration
+                && let Some(d) = e
+                    .offer
+                    .spec
+                    .duration
+                    .and_then(|d| Duration::try_from_secs_f64(d).ok())
             {
-                e.end = Some(start.plus(Duration::from_secs_f64(d)));
+                e.end = Some(start.plus(d));
             }
             let since_start = start.elapsed_at(running_time, utc);
             let until_end = e.end.map(|end| -end.elapsed_at(running_time, utc));
