@@ -131,6 +131,8 @@ pub struct RenderedCard {
     pub height: u32,
     /// x, y, width, height of the countdown line within the card.
     pub countdown_slot: Option<(u32, u32, u32, u32)>,
+    /// Characters drawn as boxes because no installed font has them.
+    pub missing_glyphs: i32,
 }
 
 fn set_argb(cr: &cairo::Context, argb: u32, alpha_scale: f64) {
@@ -416,6 +418,16 @@ pub fn render_card(offer: &Offer, theme: &Theme, width: u32) -> Result<RenderedC
             (pad as u32, cy as u32, inner_w as u32, h.ceil() as u32)
         }))
     };
+    let missing_glyphs = [
+        Some(&title),
+        subtitle.as_ref(),
+        Some(&price),
+        badge.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|l| l.unknown_glyphs_count())
+    .sum();
     let countdown_slot = draw(&cr).map_err(|e| format!("drawing the card failed: {e}"))?;
     drop(cr);
     Ok(RenderedCard {
@@ -423,6 +435,7 @@ pub fn render_card(offer: &Offer, theme: &Theme, width: u32) -> Result<RenderedC
         width,
         height,
         countdown_slot,
+        missing_glyphs,
     })
 }
 
@@ -448,4 +461,53 @@ pub fn render_countdown(
     pangocairo::functions::show_layout(&cr, &layout);
     drop(cr);
     surface_to_buffer(surface)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::parse_offer_json;
+
+    fn theme() -> Theme {
+        Theme {
+            font: "Sans".into(),
+            background: 0xff00_0000,
+            text: 0xffff_ffff,
+            accent: 0xffff_ff00,
+            corner_radius: 0.04,
+        }
+    }
+
+    #[test]
+    fn long_text_stays_inside_the_card() {
+        let long = "Extraordinarily long workshop kit name ".repeat(20);
+        let offer = parse_offer_json(&format!(
+            r#"{{"id": "l", "title": "{long}", "subtitle": "{long}", "price": "{long}", "badge": "{long}"}}"#
+        ))
+        .unwrap();
+        let short = parse_offer_json(r#"{"id": "s", "title": "Kit", "price": "1"}"#).unwrap();
+        gst::init().unwrap();
+        let card = render_card(&offer, &theme(), 400).unwrap();
+        let small = render_card(&short, &theme(), 400).unwrap();
+        assert_eq!(card.width, 400);
+        // Title and subtitle wrap to two lines each, price and badge are one ellipsized line:
+        // the card grows by a bounded amount, not with the text.
+        assert!(
+            card.height < small.height * 3,
+            "{} vs {}",
+            card.height,
+            small.height
+        );
+    }
+
+    #[test]
+    fn scripts_and_emoji_have_fonts() {
+        let offer = parse_offer_json(
+            r#"{"id": "i", "title": "Aquarelle 🎨 Ölfarben", "subtitle": "مجموعة الرسم · ערכת ציור · Набор", "price": "€29"}"#,
+        )
+        .unwrap();
+        gst::init().unwrap();
+        let card = render_card(&offer, &theme(), 400).unwrap();
+        assert_eq!(card.missing_glyphs, 0, "install fonts (scripts/setup)");
+    }
 }

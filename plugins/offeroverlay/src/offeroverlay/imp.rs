@@ -255,7 +255,7 @@ enum Notice {
         stream_time: Option<gst::ClockTime>,
         utc: SystemTime,
     },
-    RenderFailed {
+    Warning {
         id: String,
         error: String,
     },
@@ -560,6 +560,15 @@ impl OfferOverlay {
                 match card::render_card(&e.offer, &theme, card_w) {
                     Ok(body) => {
                         self.stats.card_renders.fetch_add(1, Ordering::Relaxed);
+                        if body.missing_glyphs > 0 {
+                            notices.push(Notice::Warning {
+                                id: e.offer.spec.id.clone(),
+                                error: format!(
+                                    "{} characters have no installed font and show as boxes",
+                                    body.missing_glyphs
+                                ),
+                            });
+                        }
                         e.card = Some(CardCache {
                             width: card_w,
                             theme: theme.clone(),
@@ -571,9 +580,9 @@ impl OfferOverlay {
                         });
                     }
                     Err(error) => {
-                        notices.push(Notice::RenderFailed {
+                        notices.push(Notice::Warning {
                             id: e.offer.spec.id.clone(),
-                            error,
+                            error: format!("cannot draw the card: {error}"),
                         });
                         continue;
                     }
@@ -597,9 +606,9 @@ impl OfferOverlay {
                         c.countdown = Some((secs, rect));
                         c.prepared_countdown = None;
                     }
-                    Err(error) => notices.push(Notice::RenderFailed {
+                    Err(error) => notices.push(Notice::Warning {
                         id: e.offer.spec.id.clone(),
-                        error,
+                        error: format!("cannot draw the countdown: {error}"),
                     }),
                 }
             }
@@ -784,11 +793,11 @@ impl OfferOverlay {
                     let _ =
                         obj.post_message(gst::message::Element::builder(msg).src(&*obj).build());
                 }
-                Notice::RenderFailed { id, error } => {
+                Notice::Warning { id, error } => {
                     gst::element_imp_warning!(
                         self,
                         gst::LibraryError::Failed,
-                        ("Cannot draw offer `{id}`: {error}")
+                        ("Offer `{id}`: {error}")
                     );
                 }
             }
