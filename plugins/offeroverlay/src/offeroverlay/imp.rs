@@ -1064,9 +1064,6 @@ impl BaseTransformImpl for OfferOverlay {
         let pts = inbuf.pts();
         let running_time = segment.as_ref().and_then(|s| s.to_running_time(pts));
         let stream_time = segment.as_ref().and_then(|s| s.to_stream_time(pts));
-        if let Some(st) = stream_time {
-            let _ = obj.sync_values(st);
-        }
         let Some(running_time) = running_time else {
             gst::log!(
                 CAT,
