@@ -80,7 +80,14 @@ fn qr_code_decodes_after_h264_at_2_mbits_720p() {
 #[test]
 fn timeline_events_reach_an_appsink_before_their_frames() {
     let dir = TempDir::new("events");
-    let schedule = dir.write("s.toml", &offer_toml("kit", "start = 0.5\nend = 1.2"));
+    let schedule = dir.write(
+        "s.toml",
+        &format!(
+            "{}{}",
+            offer_toml("kit", "start = 0.5\nend = 1.2"),
+            offer_toml("open", "start = 1.5")
+        ),
+    );
     let (pipeline, sink) = pipeline(&format!(
         "videotestsrc num-buffers=20 ! video/x-raw,format=I420,width=320,height=240,framerate=10/1 ! \
          offeroverlay schedule=\"{schedule}\" ! queue ! appsink name=sink sync=false"
@@ -88,8 +95,8 @@ fn timeline_events_reach_an_appsink_before_their_frames() {
     let bus = pipeline.bus().unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
 
-    // (action, running-time of the event, pts of the next frame)
-    let mut pending: Vec<(String, gst::ClockTime)> = Vec::new();
+    // (action, id, running-time of the event, pts of the next frame if any)
+    let mut pending: Vec<(String, String, gst::ClockTime)> = Vec::new();
     let mut seen = Vec::new();
     loop {
         let Ok(obj) = sink.pull_object() else { break };
@@ -98,19 +105,23 @@ fn timeline_events_reach_an_appsink_before_their_frames() {
                 && let Some(s) = c.structure()
                 && s.name() == "hybridlive/offer"
             {
-                assert_eq!(s.get::<&str>("id").unwrap(), "kit");
                 assert!(s.get::<&str>("utc").is_ok());
                 pending.push((
                     s.get::<&str>("action").unwrap().to_string(),
+                    s.get::<&str>("id").unwrap().to_string(),
                     clock_field(s, "running-time"),
                 ));
             }
         } else if let Some(sample) = obj.downcast_ref::<gst::Sample>() {
             let pts = sample.buffer().unwrap().pts().unwrap();
-            for (action, rt) in pending.drain(..) {
-                seen.push((action, rt, pts));
+            for (action, id, rt) in pending.drain(..) {
+                seen.push((action, id, rt, Some(pts)));
             }
         }
+    }
+    // Offers still on screen at EOS are closed where the last frame ends.
+    for (action, id, rt) in pending.drain(..) {
+        seen.push((action, id, rt, None));
     }
     let messages: Vec<(String, gst::ClockTime)> = std::iter::from_fn(|| bus.pop())
         .filter_map(|m| match m.view() {
@@ -122,11 +133,14 @@ fn timeline_events_reach_an_appsink_before_their_frames() {
         .collect();
     pipeline.set_state(gst::State::Null).unwrap();
     let ms = gst::ClockTime::from_mseconds;
+    let row = |a: &str, id: &str, rt, pts| (a.to_string(), id.to_string(), ms(rt), pts);
     assert_eq!(
         seen,
         [
-            ("shown".to_string(), ms(500), ms(500)),
-            ("hidden".to_string(), ms(1200), ms(1200)),
+            row("shown", "kit", 500, Some(ms(500))),
+            row("hidden", "kit", 1200, Some(ms(1200))),
+            row("shown", "open", 1500, Some(ms(1500))),
+            row("hidden", "open", 2000, None),
         ]
     );
 
@@ -134,7 +148,9 @@ fn timeline_events_reach_an_appsink_before_their_frames() {
         messages,
         [
             ("offer-shown".to_string(), ms(500)),
-            ("offer-hidden".to_string(), ms(1200))
+            ("offer-hidden".to_string(), ms(1200)),
+            ("offer-shown".to_string(), ms(1500)),
+            ("offer-hidden".to_string(), ms(2000)),
         ]
     );
 }

@@ -29,7 +29,8 @@
  * When an offer appears (its start is reached) and when it is gone (its end, including the
  * fade-out, is reached), the element posts an element message named `offer-shown` or
  * `offer-hidden`, and sends downstream, just before that frame, a serialized custom downstream
- * event whose structure is named `hybridlive/offer`. Both carry:
+ * event whose structure is named `hybridlive/offer`. Offers still on screen at EOS get their
+ * `offer-hidden` (and event, ahead of EOS) at the end of the last frame. Both carry:
  *
  * - `id` (string): the offer id; `title`, `price` (strings),
  * - `running-time` (guint64, ns): running time of the frame,
@@ -230,6 +231,8 @@ struct State {
     attach_caps: bool,
     attach_query: bool,
     last_running_time: Option<gst::ClockTime>,
+    /// Running time, stream time and UTC where the last frame ends, for `offer-hidden` at EOS.
+    last_frame_end: Option<(gst::ClockTime, Option<gst::ClockTime>, SystemTime)>,
 }
 
 // SAFETY: the only non-Send parts are pango-free GStreamer mini objects (Send) and plain data;
@@ -1006,6 +1009,7 @@ impl BaseTransformImpl for OfferOverlay {
         state.composition_key.clear();
         state.blend_plan.clear();
         state.last_running_time = None;
+        state.last_frame_end = None;
         state.entries.retain(|e| !e.from_schedule);
         for e in &mut state.entries {
             e.visible = false;
@@ -1035,6 +1039,35 @@ impl BaseTransformImpl for OfferOverlay {
         }
         gst::debug!(CAT, imp = self, "{direction:?} {caps} -> {out}");
         Some(out)
+    }
+
+    fn sink_event(&self, event: gst::Event) -> bool {
+        // Close the timeline at the end of the stream: a recording made from this stream
+        // should not hold an offer that never ends.
+        if let gst::EventView::Eos(_) = event.view() {
+            let notices: Vec<Notice> = {
+                let mut state = self.state.lock().unwrap();
+                let end = state.last_frame_end;
+                state
+                    .entries
+                    .iter_mut()
+                    .filter(|e| e.visible)
+                    .filter_map(|e| {
+                        e.visible = false;
+                        let (running_time, stream_time, utc) = end?;
+                        Some(Notice::Timeline {
+                            shown: false,
+                            offer: e.offer.clone(),
+                            running_time,
+                            stream_time,
+                            utc,
+                        })
+                    })
+                    .collect()
+            };
+            self.announce(notices);
+        }
+        self.parent_sink_event(event)
     }
 
     fn propose_allocation(
@@ -1076,6 +1109,13 @@ impl BaseTransformImpl for OfferOverlay {
         let settings = self.settings.lock().unwrap().clone();
         let (passthrough, notices) = {
             let mut state = self.state.lock().unwrap();
+            let duration = inbuf.duration().unwrap_or_default();
+            state.last_frame_end = Some((
+                running_time + duration,
+                stream_time.map(|t| t + duration),
+                utc.checked_add(Duration::from_nanos(duration.nseconds()))
+                    .unwrap_or(utc),
+            ));
             self.evaluate(&mut state, &settings, running_time, stream_time, utc)
         };
         if obj.is_passthrough() != passthrough {
