@@ -443,22 +443,155 @@ pub fn load_schedule(path: &Path) -> Result<Vec<Arc<Offer>>, ScheduleError> {
     for (i, spec) in file.offers.into_iter().enumerate() {
         let field = format!("offers[{i}]");
         if !ids.insert(spec.id.clone()) {
-            return Err(ScheduleError::Invalid {
+            let err = ScheduleError::Invalid {
                 origin,
                 field: format!("{field}.id"),
                 message: format!("`{}` is used by an earlier offer", spec.id),
-            });
+            };
+            return Err(with_position(err, &text, syntax, Some(i)));
         }
-        offers.push(Arc::new(validate(&origin, &field, spec, base_dir)?));
+        let offer = validate(&origin, &field, spec, base_dir)
+            .map_err(|e| with_position(e, &text, syntax, Some(i)))?;
+        offers.push(Arc::new(offer));
     }
     Ok(offers)
+}
+
+/// Gives a validation error the line and column of the offending key (or of its offer).
+fn with_position(
+    err: ScheduleError,
+    text: &str,
+    syntax: Syntax,
+    offer_index: Option<usize>,
+) -> ScheduleError {
+    let ScheduleError::Invalid {
+        origin,
+        field,
+        message,
+    } = err
+    else {
+        return err;
+    };
+    let key = field.rsplit('.').next().unwrap_or_default();
+    let offset = match syntax {
+        Syntax::Toml => offer_index.and_then(|i| toml_key_offset(text, i, key)),
+        Syntax::Json => json_key_offset(text, offer_index, key),
+    };
+    match offset {
+        Some(offset) => {
+            let (line, column) = line_column(text, offset);
+            ScheduleError::Syntax {
+                origin,
+                line,
+                column,
+                field,
+                message,
+            }
+        }
+        None => ScheduleError::Invalid {
+            origin,
+            field,
+            message,
+        },
+    }
+}
+
+/// Byte offset of `key` in the `index`-th `[[offers]]` table, or of the table header.
+fn toml_key_offset(text: &str, index: usize, key: &str) -> Option<usize> {
+    let mut offset = 0;
+    let mut tables_seen = 0;
+    // Offset of the target table's header, once inside it.
+    let mut header: Option<usize> = None;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        let at = offset + line.len() - trimmed.len();
+        offset += line.len();
+        if trimmed.starts_with('[') {
+            if header.is_some() {
+                break;
+            }
+            if trimmed.trim_end().replace(' ', "") == "[[offers]]" {
+                if tables_seen == index {
+                    header = Some(at);
+                }
+                tables_seen += 1;
+            }
+        } else if header.is_some()
+            && let Some(rest) = trimmed.strip_prefix(key)
+            && rest.trim_start().starts_with('=')
+        {
+            return Some(at);
+        }
+    }
+    header
+}
+
+/// Byte offset of `key` in an offer object of JSON text: the `index`-th object of the root's
+/// array, or the root object itself when `index` is None; else the object's opening brace.
+fn json_key_offset(text: &str, index: Option<usize>, key: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut stack: Vec<u8> = Vec::new();
+    let mut objects_seen = 0usize;
+    let mut target: Option<(usize, usize)> = None; // (depth inside the object, brace offset)
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    if bytes[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                let name = text.get(start + 1..i.min(bytes.len()))?;
+                let next = text.get(i + 1..)?.trim_start();
+                if let Some((depth, _)) = target
+                    && stack.len() == depth
+                    && name == key
+                    && next.starts_with(':')
+                {
+                    return Some(start);
+                }
+            }
+            b'{' => {
+                let is_offer = match index {
+                    None => stack.is_empty(),
+                    Some(n) => {
+                        let here = stack.as_slice() == b"{[";
+                        if here {
+                            objects_seen += 1;
+                        }
+                        here && objects_seen == n + 1
+                    }
+                };
+                stack.push(b'{');
+                if is_offer {
+                    target = Some((stack.len(), i));
+                }
+            }
+            b'[' => stack.push(b'['),
+            b'}' | b']' => {
+                if let Some((depth, brace)) = target
+                    && stack.len() == depth
+                {
+                    return Some(brace);
+                }
+                stack.pop();
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    target.map(|(_, brace)| brace)
 }
 
 /// Parses and validates one offer given as JSON (the `show-offer` signal).
 pub fn parse_offer_json(json: &str) -> Result<Offer, ScheduleError> {
     let origin = "show-offer JSON";
     let spec: OfferSpec = parse_document(origin, json, Syntax::Json)?;
-    validate(origin, "offer", spec, None)
+    validate(origin, "offer", spec, None).map_err(|e| with_position(e, json, Syntax::Json, None))
 }
 
 /// Formats a UTC time as RFC 3339 with milliseconds.
@@ -508,6 +641,44 @@ mod tests {
             .to_string();
         assert!(err.starts_with("s.toml:5:"), "{err}");
         assert!(err.contains("offers[0].start"), "{err}");
+    }
+
+    #[test]
+    fn validation_errors_point_at_the_key() {
+        let dir = std::env::temp_dir().join(format!("offeroverlay-pos-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml = dir.join("s.toml");
+        std::fs::write(
+            &toml,
+            "[[offers]]\nid = \"a\"\ntitle = \"A\"\nprice = \"1\"\n\n[[offers]]\nid = \"b\"\ntitle = \"B\"\nprice = \"2\"\n  image = \"missing.png\"\n",
+        )
+        .unwrap();
+        let err = load_schedule(&toml).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("{}:10:3: offers[1].image: ", toml.display())),
+            "{err}"
+        );
+        let json = dir.join("s.json");
+        std::fs::write(
+            &json,
+            "{\"offers\": [{\"id\": \"a\", \"title\": \"A\", \"price\": \"1\"},\n {\"id\": \"a\",\n  \"title\": \"B\", \"price\": \"2\"}]}",
+        )
+        .unwrap();
+        let err = load_schedule(&json).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("{}:2:3: offers[1].id: ", json.display())),
+            "{err}"
+        );
+        let err = parse_offer_json(
+            "{\"id\": \"x\", \"title\": \"X\", \"price\": \"1\",\n \"duration\": -4}",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("show-offer JSON:2:2: offer.duration: "),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -465,7 +465,7 @@ fn bad_schedules_and_images_are_element_errors_at_start() {
 
     let missing = dir.write("img.toml", &offer_toml("a", "image = \"nowhere.png\""));
     let err = start_error(&missing);
-    assert!(err.contains("offers[0].image"), "{err}");
+    assert!(err.contains(&format!("{missing}:5:1: offers[0].image")), "{err}");
     assert!(err.contains("nowhere.png"), "{err}");
 
     std::fs::write(dir.path("broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
