@@ -465,7 +465,10 @@ fn bad_schedules_and_images_are_element_errors_at_start() {
 
     let missing = dir.write("img.toml", &offer_toml("a", "image = \"nowhere.png\""));
     let err = start_error(&missing);
-    assert!(err.contains(&format!("{missing}:5:1: offers[0].image")), "{err}");
+    assert!(
+        err.contains(&format!("{missing}:5:1: offers[0].image")),
+        "{err}"
+    );
     assert!(err.contains("nowhere.png"), "{err}");
 
     std::fs::write(dir.path("broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
@@ -662,5 +665,54 @@ fn utc_comes_from_unix_reference_timestamps_when_frames_carry_them() {
             ("shown".to_string(), "2026-01-01T00:00:01.000Z".to_string()),
             ("hidden".to_string(), "2026-01-01T00:00:02.000Z".to_string()),
         ]
+    );
+}
+
+#[test]
+fn a_card_without_room_is_left_out_with_a_warning_not_drawn_over_another() {
+    let dir = TempDir::new("room");
+    let schedule = dir.write(
+        "s.toml",
+        &format!(
+            "{}{}",
+            offer_toml(
+                "big",
+                "qr = \"https://example.com/big\"\nbadge = \"last one\""
+            ),
+            offer_toml("second", "qr = \"https://example.com/second\""),
+        ),
+    );
+    let mut run = Run::new(
+        "I420",
+        640,
+        360,
+        10,
+        &[
+            ("schedule", v(&schedule)),
+            ("fade-in", v(0u32)),
+            ("card-width", v(0.5f64)),
+        ],
+    );
+    for _ in 0..3 {
+        let (frame, _) = run.step();
+        let (bx0, _, bx1, _) = frame.card_bbox().unwrap();
+        assert_eq!(
+            frame.runs_in_column((bx0 + bx1) / 2).len(),
+            1,
+            "exactly one card"
+        );
+    }
+    let warnings: Vec<String> = run
+        .messages()
+        .into_iter()
+        .filter_map(|m| match m.view() {
+            gst::MessageView::Warning(w) => Some(w.error().to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(warnings.len(), 1, "warned once: {warnings:?}");
+    assert!(
+        warnings[0].contains("second") && warnings[0].contains("no room"),
+        "{warnings:?}"
     );
 }

@@ -187,6 +187,8 @@ struct Entry {
     end: Option<TimeSpec>,
     visible: bool,
     card: Option<CardCache>,
+    /// Last frame found no room for the card at its anchor (warned once).
+    out_of_room: bool,
 }
 
 impl Entry {
@@ -204,6 +206,7 @@ impl Entry {
             end,
             visible: false,
             card: None,
+            out_of_room: false,
         }
     }
 
@@ -672,22 +675,31 @@ impl OfferOverlay {
                 _ => fh as i32 - my - heights.first().copied().unwrap_or(0),
             };
             for (k, (i, alpha)) in members.iter().enumerate() {
-                let Some(c) = state.entries[*i].card.as_mut() else {
+                let entry = &mut state.entries[*i];
+                let Some(c) = entry.card.as_mut() else {
                     continue;
                 };
                 let h = c.body.height as i32;
                 if anchor.row() == 2 && k > 0 {
                     y -= h + my;
                 }
-                if y < 0 || y + h > fh as i32 {
-                    gst::debug!(
-                        CAT,
-                        imp = self,
-                        "no room for `{}` at {anchor:?}",
-                        state.entries[*i].offer.spec.id
-                    );
+                let fits = y >= 0 && y + h <= fh as i32;
+                if !fits && !entry.out_of_room {
+                    notices.push(Notice::Warning {
+                        id: entry.offer.spec.id.clone(),
+                        error: format!(
+                            "no room at {anchor:?} under the cards already there; it is not shown \
+                             (use another anchor or a smaller card-width)"
+                        ),
+                    });
+                }
+                entry.out_of_room = !fits;
+                if !fits {
                     continue;
                 }
+                let Some(c) = entry.card.as_mut() else {
+                    continue;
+                };
                 let rect = c.rect.get_or_insert_with(|| {
                     gst_video::VideoOverlayRectangle::new_raw(
                         &c.body.pixels,
