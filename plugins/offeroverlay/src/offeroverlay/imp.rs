@@ -272,43 +272,43 @@ enum Notice {
 pub struct OfferOverlay {
     #[property(name = "schedule", nick = "Schedule file",
         blurb = "Path of the offer schedule: JSON if it ends in .json, TOML otherwise. Setting it while running reloads it (NULL = no schedule)",
-        get, set = Self::set_schedule, type = Option<String>, member = schedule)]
+        mutable_playing, get, set = Self::set_schedule, type = Option<String>, member = schedule)]
     #[property(name = "anchor", nick = "Anchor",
         blurb = "Where cards sit in the frame (one of nine positions); offers may override it",
-        get, set, type = Anchor, member = anchor, builder(DEFAULT_ANCHOR))]
+        mutable_playing, get, set, type = Anchor, member = anchor, builder(DEFAULT_ANCHOR))]
     #[property(name = "card-width", nick = "Card width",
         blurb = "Card width as a fraction of the frame width (0.05 to 1)",
-        get, set, type = f64, member = card_width, minimum = 0.05, maximum = 1.0, default = DEFAULT_CARD_WIDTH)]
+        mutable_playing, controllable, get, set, type = f64, member = card_width, minimum = 0.05, maximum = 1.0, default = DEFAULT_CARD_WIDTH)]
     #[property(name = "margin-x", nick = "Horizontal margin",
         blurb = "Distance of cards from the left/right edge as a fraction of the frame width (0 to 0.5)",
-        get, set, type = f64, member = margin_x, minimum = 0.0, maximum = 0.5, default = DEFAULT_MARGIN)]
+        mutable_playing, controllable, get, set, type = f64, member = margin_x, minimum = 0.0, maximum = 0.5, default = DEFAULT_MARGIN)]
     #[property(name = "margin-y", nick = "Vertical margin",
         blurb = "Distance of cards from the top/bottom edge and between stacked cards, as a fraction of the frame height (0 to 0.5)",
-        get, set, type = f64, member = margin_y, minimum = 0.0, maximum = 0.5, default = DEFAULT_MARGIN)]
+        mutable_playing, controllable, get, set, type = f64, member = margin_y, minimum = 0.0, maximum = 0.5, default = DEFAULT_MARGIN)]
     #[property(name = "fade-in", nick = "Fade-in duration",
         blurb = "Time a card takes to fade in after its start, in milliseconds (0 to 60000, 0 = cut)",
-        get, set, type = u32, member = fade_in_ms, maximum = 60_000, default = DEFAULT_FADE_MS)]
+        mutable_playing, controllable, get, set, type = u32, member = fade_in_ms, maximum = 60_000, default = DEFAULT_FADE_MS)]
     #[property(name = "fade-out", nick = "Fade-out duration",
         blurb = "Time a card takes to fade out before its end, in milliseconds (0 to 60000, 0 = cut)",
-        get, set, type = u32, member = fade_out_ms, maximum = 60_000, default = DEFAULT_FADE_MS)]
+        mutable_playing, controllable, get, set, type = u32, member = fade_out_ms, maximum = 60_000, default = DEFAULT_FADE_MS)]
     #[property(name = "opacity", nick = "Opacity",
         blurb = "Opacity of every card (0 = invisible to 1 = as drawn)",
-        get, set, type = f64, member = opacity, minimum = 0.0, maximum = 1.0, default = DEFAULT_OPACITY)]
+        mutable_playing, controllable, get, set, type = f64, member = opacity, minimum = 0.0, maximum = 1.0, default = DEFAULT_OPACITY)]
     #[property(name = "font", nick = "Font",
         blurb = "Pango font family and style of the card text, e.g. \"Sans\" or \"Noto Sans\"; sizes follow the card width",
-        get, set, type = String, member = font)]
+        mutable_playing, get, set, type = String, member = font)]
     #[property(name = "background-color", nick = "Background colour",
         blurb = "Card background colour as 0xAARRGGBB",
-        get, set, type = u32, member = background_color, default = DEFAULT_BACKGROUND)]
+        mutable_playing, controllable, get, set, type = u32, member = background_color, default = DEFAULT_BACKGROUND)]
     #[property(name = "text-color", nick = "Text colour",
         blurb = "Colour of title, subtitle and countdown as 0xAARRGGBB",
-        get, set, type = u32, member = text_color, default = DEFAULT_TEXT)]
+        mutable_playing, controllable, get, set, type = u32, member = text_color, default = DEFAULT_TEXT)]
     #[property(name = "accent-color", nick = "Accent colour",
         blurb = "Colour of the price and the badge as 0xAARRGGBB",
-        get, set, type = u32, member = accent_color, default = DEFAULT_ACCENT)]
+        mutable_playing, controllable, get, set, type = u32, member = accent_color, default = DEFAULT_ACCENT)]
     #[property(name = "corner-radius", nick = "Corner radius",
         blurb = "Card corner radius as a fraction of the card width (0 to 0.5)",
-        get, set, type = f64, member = corner_radius, minimum = 0.0, maximum = 0.5, default = DEFAULT_CORNER_RADIUS)]
+        mutable_playing, controllable, get, set, type = f64, member = corner_radius, minimum = 0.0, maximum = 0.5, default = DEFAULT_CORNER_RADIUS)]
     settings: Mutex<Settings>,
     state: Mutex<State>,
     stats: Stats,
@@ -1109,6 +1109,10 @@ impl BaseTransformImpl for OfferOverlay {
         let pts = inbuf.pts();
         let running_time = segment.as_ref().and_then(|s| s.to_running_time(pts));
         let stream_time = segment.as_ref().and_then(|s| s.to_stream_time(pts));
+        // Numeric properties are controllable: animate them on the stream's timeline.
+        if let Some(st) = stream_time {
+            let _ = obj.sync_values(st);
+        }
         let Some(running_time) = running_time else {
             gst::log!(
                 CAT,
