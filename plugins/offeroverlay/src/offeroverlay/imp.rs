@@ -997,6 +997,17 @@ impl BaseTransformImpl for OfferOverlay {
             })?,
             None => Vec::new(),
         };
+        for counter in [
+            &self.stats.frames,
+            &self.stats.frames_passthrough,
+            &self.stats.frames_blended,
+            &self.stats.frames_attached,
+            &self.stats.card_renders,
+            &self.stats.countdown_renders,
+            &self.stats.offers_visible,
+        ] {
+            counter.store(0, Ordering::Relaxed);
+        }
         let mut state = self.state.lock().unwrap();
         state.started = true;
         state.entries.retain(|e| !e.from_schedule);
