@@ -122,6 +122,12 @@ fn main() {
     };
 
     let ours = measure(&mut offeroverlay_harness(&schedule, ""));
+    let fading = {
+        let mut h = offeroverlay_harness(&schedule, "");
+        // A fade-in longer than the run: opacity changes on every frame.
+        h.element().unwrap().set_property("fade-in", 60_000u32);
+        measure(&mut h)
+    };
     let ours_meta = measure(&mut offeroverlay_harness(
         &schedule,
         "(meta:GstVideoOverlayComposition)",
@@ -163,6 +169,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
     println!("card {w}x{hgt} at ({x},{y}) on {WIDTH}x{HEIGHT} I420, {FRAMES} frames, one thread");
     println!("offeroverlay, blended              {ours:8.1} us/frame");
+    println!("offeroverlay, blended while fading {fading:8.1} us/frame");
     println!("offeroverlay, attached as meta     {ours_meta:8.1} us/frame");
     println!("offeroverlay, no card visible      {idle:8.1} us/frame");
     println!("gdkpixbufoverlay + textoverlay     {theirs:8.1} us/frame");
