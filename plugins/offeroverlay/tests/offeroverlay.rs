@@ -716,3 +716,32 @@ fn a_card_without_room_is_left_out_with_a_warning_not_drawn_over_another() {
         "{warnings:?}"
     );
 }
+
+#[test]
+fn theme_changes_while_playing_redraw_the_card_once() {
+    let dir = TempDir::new("theme");
+    let schedule = dir.write("s.toml", &offer_toml("t", ""));
+    let mut run = Run::new(
+        "RGBA",
+        320,
+        240,
+        10,
+        &[
+            ("schedule", v(&schedule)),
+            ("fade-in", v(0u32)),
+            ("background-color", v(0xff10_1010u32)),
+        ],
+    );
+    let probe = |frame: &Frame| {
+        let (bx0, by0, bx1, _) = frame.card_bbox().unwrap();
+        frame.rgb((bx0 + bx1) / 2, by0 + 2)
+    };
+    let (frame, _) = run.step();
+    assert_eq!(probe(&frame), [0x10, 0x10, 0x10]);
+    run.overlay.set_property("background-color", 0xff80_2040u32);
+    for _ in 0..3 {
+        let (frame, _) = run.step();
+        assert_eq!(probe(&frame), [0x80, 0x20, 0x40]);
+    }
+    assert_eq!(run.stats().get::<u64>("card-renders").unwrap(), 2);
+}

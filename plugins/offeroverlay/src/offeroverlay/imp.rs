@@ -424,10 +424,14 @@ impl OfferOverlay {
             gst::info!(CAT, imp = self, "hide-offer: no offer `{id}`");
             return false;
         };
-        if e.visible {
-            e.end = Some(now.plus(fade_out));
-        } else {
-            e.end = Some(now);
+        let hide_at = if e.visible { now.plus(fade_out) } else { now };
+        // An offer already ending sooner keeps its end (and its fade).
+        let ends_sooner = matches!(
+            (e.end, hide_at),
+            (Some(TimeSpec::RunningTime(old)), TimeSpec::RunningTime(new)) if old <= new
+        );
+        if !ends_sooner {
+            e.end = Some(hide_at);
         }
         // A hidden offer stays hidden even if it came from the schedule.
         e.from_schedule = false;
