@@ -25,12 +25,20 @@ fn pipeline(desc: &str) -> (gst::Pipeline, gst_app::AppSink) {
 #[test]
 fn qr_code_decodes_after_h264_at_2_mbits_720p() {
     let url = "https://shop.example.com/checkout/kit-42?src=live";
+    // A long URL needs a denser code: 3 px modules on a default-width card at 720p.
+    let long_url = "https://shop.example.com/checkout/watercolour-starter-kit-42?utm_source=live&utm_medium=class&ref=abc123";
     let dir = TempDir::new("qr");
     let schedule = dir.write(
         "s.toml",
-        &offer_toml(
-            "kit",
-            &format!("subtitle = \"Scan to buy\"\nqr = \"{url}\"\nbadge = \"12 kits left\"\ncountdown = true\nend = 600"),
+        &format!(
+            "{}{}",
+            offer_toml(
+                "kit",
+                &format!(
+                    "subtitle = \"Scan to buy\"\nqr = \"{url}\"\nbadge = \"12 kits left\"\ncountdown = true\nend = 600"
+                ),
+            ),
+            offer_toml("seat", &format!("qr = \"{long_url}\"\nanchor = \"top-left\"")),
         ),
     );
     // The SMPTE pattern puts moving snow under the bottom-right card: the encoder has to spend
@@ -68,10 +76,18 @@ fn qr_code_decodes_after_h264_at_2_mbits_720p() {
         .arg(&path)
         .output()
         .expect("zbarimg (Debian zbar-tools) runs");
-    let decoded = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut decoded: Vec<&str> = stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    decoded.sort();
+    let mut expected = vec![url, long_url];
+    expected.sort();
     assert_eq!(
-        decoded.trim(),
-        url,
+        decoded,
+        expected,
         "zbarimg: {}",
         String::from_utf8_lossy(&out.stderr)
     );
