@@ -44,6 +44,7 @@ fn card_appears_where_and_when_scheduled_and_timeline_is_sent() {
         for e in &events {
             assert_eq!(e.name(), "hybridlive/offer");
             assert_eq!(e.get::<&str>("id").unwrap(), "kit");
+            assert_eq!(e.get::<&str>("subtitle").unwrap(), "Everything from today");
             assert_eq!(
                 clock_field(e, "running-time"),
                 t,
@@ -145,8 +146,13 @@ fn every_listed_format_at_odd_sizes() {
     let dir = TempDir::new("formats");
     let schedule = dir.write("s.toml", &offer_toml("fmt", "badge = \"3 left\""));
     let card_bg = 0xff20_4060u32;
-    for format in ["I420", "NV12", "RGBA", "BGRA", "RGBx", "BGRx"] {
-        for (w, h) in [(641u32, 359u32), (1280, 720)] {
+    // The listed formats have their own blending; Y444, YUY2 and AYUV go through GStreamer's.
+    for format in [
+        "I420", "NV12", "RGBA", "BGRA", "RGBx", "BGRx", "Y444", "YUY2", "AYUV",
+    ] {
+        // Odd widths do not exist in 4:2:2 packed YUY2 (the last column is not a whole pixel).
+        let odd_width = if format == "YUY2" { 642 } else { 641 };
+        for (w, h) in [(odd_width, 359u32), (1280, 720)] {
             let mut run = Run::new(
                 format,
                 w,

@@ -122,6 +122,11 @@ fn timeline_events_reach_an_appsink_before_their_frames() {
                 && s.name() == "hybridlive/offer"
             {
                 assert!(s.get::<&str>("utc").is_ok());
+                assert_eq!(
+                    s.get::<&str>("title").unwrap(),
+                    format!("Offer {}", s.get::<&str>("id").unwrap())
+                );
+                assert!(!s.has_field("badge"), "no badge in this offer");
                 pending.push((
                     s.get::<&str>("action").unwrap().to_string(),
                     s.get::<&str>("id").unwrap().to_string(),

@@ -32,7 +32,8 @@
  * event whose structure is named `hybridlive/offer`. Offers still on screen at EOS get their
  * `offer-hidden` (and event, ahead of EOS) at the end of the last frame. Both carry:
  *
- * - `id` (string): the offer id; `title`, `price` (strings),
+ * - `id` (string): the offer id; `title`, `price` (strings); `subtitle`, `badge`, `qr`
+ *   (strings, only when the offer has them),
  * - `running-time` (guint64, ns): running time of the frame,
  * - `stream-time` (guint64, ns; GST_CLOCK_TIME_NONE if unknown): stream time of the frame,
  * - `utc` (string, RFC 3339 with milliseconds): wall-clock time of the frame, from a
@@ -798,6 +799,9 @@ impl OfferOverlay {
                                 stream_time.map_or(u64::MAX, |t| t.nseconds()),
                             )
                             .field("utc", schedule::format_utc(utc))
+                            .field_if_some("subtitle", offer.spec.subtitle.as_deref())
+                            .field_if_some("badge", offer.spec.badge.as_deref())
+                            .field_if_some("qr", offer.spec.qr.as_deref())
                     };
                     let msg = fill(gst::Structure::builder(name)).build();
                     let event = fill(gst::Structure::builder(EVENT_NAME))
