@@ -179,6 +179,55 @@ impl<'de> Deserialize<'de> for TimeSpec {
     }
 }
 
+/// A colour as 0xAARRGGBB: written "#RRGGBB", "#AARRGGBB" or as an integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Colour(pub u32);
+
+impl<'de> Deserialize<'de> for Colour {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ColourVisitor;
+
+        impl Visitor<'_> for ColourVisitor {
+            type Value = Colour;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a colour: \"#RRGGBB\", \"#AARRGGBB\" or an integer 0xAARRGGBB")
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Colour, E> {
+                u32::try_from(v)
+                    .map(Colour)
+                    .map_err(|_| E::custom(format!("{v:#x} is more than 0xAARRGGBB")))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Colour, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom("a colour cannot be negative"))
+                    .and_then(|v| self.visit_u64(v))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Colour, E> {
+                let hex = v.strip_prefix('#').ok_or_else(|| {
+                    E::custom(format!(
+                        "`{v}` is not a colour like \"#1c1f26\" or \"#eb1c1f26\""
+                    ))
+                })?;
+                let value = u32::from_str_radix(hex, 16)
+                    .ok()
+                    .filter(|_| hex.len() == 6 || hex.len() == 8)
+                    .ok_or_else(|| E::custom(format!("`{v}` is not #RRGGBB or #AARRGGBB")))?;
+                Ok(Colour(if hex.len() == 6 {
+                    0xff00_0000 | value
+                } else {
+                    value
+                }))
+            }
+        }
+
+        deserializer.deserialize_any(ColourVisitor)
+    }
+}
+
 /// One offer as written in a schedule file or passed to `show-offer`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -209,6 +258,13 @@ pub struct OfferSpec {
     /// Overrides the element's `anchor` for this card.
     #[serde(default)]
     pub anchor: Option<Anchor>,
+    /// Override the element's colours for this card.
+    #[serde(default)]
+    pub background_color: Option<Colour>,
+    #[serde(default)]
+    pub text_color: Option<Colour>,
+    #[serde(default)]
+    pub accent_color: Option<Colour>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,6 +285,21 @@ pub struct Offer {
 }
 
 impl Offer {
+    /// The element's theme with this offer's colour overrides.
+    pub fn theme(&self, base: &crate::card::Theme) -> crate::card::Theme {
+        let mut theme = base.clone();
+        if let Some(Colour(c)) = self.spec.background_color {
+            theme.background = c;
+        }
+        if let Some(Colour(c)) = self.spec.text_color {
+            theme.text = c;
+        }
+        if let Some(Colour(c)) = self.spec.accent_color {
+            theme.accent = c;
+        }
+        theme
+    }
+
     /// Whether two offers render the same card (used to keep caches across reloads).
     pub fn same_content(&self, other: &Offer) -> bool {
         self.spec == other.spec
@@ -679,6 +750,26 @@ mod tests {
             "{err}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn colours() {
+        let spec: OfferSpec = serde_json::from_str(
+            r##"{"id": "c", "title": "C", "price": "1", "accent-color": "#ff8800", "text-color": "#80ffffff", "background-color": 4278190080}"##,
+        )
+        .unwrap();
+        assert_eq!(spec.accent_color, Some(Colour(0xffff_8800)));
+        assert_eq!(spec.text_color, Some(Colour(0x80ff_ffff)));
+        assert_eq!(spec.background_color, Some(Colour(0xff00_0000)));
+        let err = parse_offer_json(
+            r#"{"id": "c", "title": "C", "price": "1", "accent-color": "orange"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("offer.accent-color") || err.contains("accent-color"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -750,4 +750,12 @@ fn theme_changes_while_playing_redraw_the_card_once() {
         assert_eq!(probe(&frame), [0x80, 0x20, 0x40]);
     }
     assert_eq!(run.stats().get::<u64>("card-renders").unwrap(), 2);
+
+    // An offer's own colours win over the element's.
+    assert!(run.overlay.emit_by_name::<bool>(
+        "show-offer",
+        &[&r##"{"id": "t", "title": "T", "price": "1", "background-color": "#204060"}"##],
+    ));
+    let (frame, _) = run.step();
+    assert_eq!(probe(&frame), [0x20, 0x40, 0x60]);
 }

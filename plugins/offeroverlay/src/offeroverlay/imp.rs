@@ -16,7 +16,8 @@
  * - `qr`: URL shown as a QR code, `countdown`: true shows "ends in MM:SS" until `end`,
  * - `start`, `end`: seconds of running time (`90`, `"01:30"`, `"90s"`) or a UTC time
  *   (`"2026-11-27T10:30:00Z"`, or a TOML date-time); or `duration` (seconds) instead of `end`,
- * - `anchor`: overrides the `anchor` property for this card.
+ * - `anchor`: overrides the `anchor` property for this card; `background-color`,
+ *   `text-color`, `accent-color` ("#RRGGBB", "#AARRGGBB" or 0xAARRGGBB) override the theme.
  *
  * Without `start` a schedule offer starts at running time 0 and a `show-offer` offer on the
  * next frame; without `end` it stays until `hide-offer`. Cards sharing an anchor are stacked
@@ -559,9 +560,10 @@ impl OfferOverlay {
 
         // Render what is missing or stale.
         let card_w = ((settings.card_width * fw as f64).round() as u32).clamp(16.min(fw), fw);
-        let theme = settings.theme();
+        let base_theme = settings.theme();
         for &(i, _, secs_left) in &on_screen {
             let e = &mut state.entries[i];
+            let theme = e.offer.theme(&base_theme);
             let stale = e
                 .card
                 .as_ref()
