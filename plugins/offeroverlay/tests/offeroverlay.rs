@@ -759,3 +759,69 @@ fn theme_changes_while_playing_redraw_the_card_once() {
     let (frame, _) = run.step();
     assert_eq!(probe(&frame), [0x20, 0x40, 0x60]);
 }
+
+#[test]
+fn resolution_change_midstream_redraws_at_the_new_size() {
+    let dir = TempDir::new("resize");
+    let schedule = dir.write("s.toml", &offer_toml("r", ""));
+    init();
+    let mut h = gst_check::Harness::new_parse(
+        "offeroverlay name=o ! videoconvert ! capsfilter caps=video/x-raw,format=RGBA",
+    );
+    let bin = h.element().unwrap().downcast::<gst::Bin>().unwrap();
+    let overlay = bin.by_name("o").unwrap();
+    overlay.set_property("schedule", &schedule);
+    overlay.set_property("fade-in", 0u32);
+    let mut pts = gst::ClockTime::ZERO;
+    for (w, hgt) in [(320u32, 240u32), (1280, 720), (640, 360)] {
+        h.set_src_caps_str(&format!(
+            "video/x-raw,format=I420,width={w},height={hgt},framerate=10/1"
+        ));
+        let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, w, hgt)
+            .build()
+            .unwrap();
+        let mut buf = gst::Buffer::with_size(info.size()).unwrap();
+        {
+            let b = buf.get_mut().unwrap();
+            b.set_pts(pts);
+            // Mid grey: luma 128, neutral chroma.
+            b.map_writable().unwrap().fill(128);
+        }
+        pts += gst::ClockTime::SECOND / 10;
+        h.push(buf).unwrap();
+        let out = h.pull().unwrap();
+        let frame = Frame::from_rgba(&out, w, hgt);
+        let grey = frame.rgb(1, 1);
+        let grey = u32::from_be_bytes([0xff, grey[0], grey[1], grey[2]]);
+        let (x0, x1, y1) = expected_bottom_right(w, hgt, 0.3, 0.03);
+        let (mut bx0, mut bx1, mut by1) = (u32::MAX, 0, 0);
+        for y in 0..hgt {
+            for x in 0..w {
+                if frame.diff_at(x, y, grey) > 30 {
+                    bx0 = bx0.min(x);
+                    bx1 = bx1.max(x + 1);
+                    by1 = by1.max(y + 1);
+                }
+            }
+        }
+        assert!(
+            (bx0 as i64 - x0).abs() <= 2,
+            "{w}x{hgt}: left {bx0} vs {x0}"
+        );
+        assert!(
+            (bx1 as i64 - x1).abs() <= 2,
+            "{w}x{hgt}: right {bx1} vs {x1}"
+        );
+        assert!(
+            (by1 as i64 - y1).abs() <= 2,
+            "{w}x{hgt}: bottom {by1} vs {y1}"
+        );
+    }
+    assert_eq!(
+        overlay
+            .property::<gst::Structure>("stats")
+            .get::<u64>("card-renders")
+            .unwrap(),
+        3
+    );
+}
