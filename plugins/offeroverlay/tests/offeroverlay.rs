@@ -676,6 +676,13 @@ fn utc_comes_from_unix_reference_timestamps_when_frames_carry_them() {
 
 #[test]
 fn a_card_without_room_is_left_out_with_a_warning_not_drawn_over_another() {
+    // Same anchor (stacked) and opposite anchors in one column (top-right vs bottom-right).
+    for second_anchor in ["bottom-right", "top-right"] {
+        no_room_for_second_card(second_anchor);
+    }
+}
+
+fn no_room_for_second_card(second_anchor: &str) {
     let dir = TempDir::new("room");
     let schedule = dir.write(
         "s.toml",
@@ -685,7 +692,10 @@ fn a_card_without_room_is_left_out_with_a_warning_not_drawn_over_another() {
                 "big",
                 "qr = \"https://example.com/big\"\nbadge = \"last one\""
             ),
-            offer_toml("second", "qr = \"https://example.com/second\""),
+            offer_toml(
+                "second",
+                &format!("qr = \"https://example.com/second\"\nanchor = \"{second_anchor}\""),
+            ),
         ),
     );
     let mut run = Run::new(

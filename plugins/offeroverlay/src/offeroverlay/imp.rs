@@ -663,6 +663,8 @@ impl OfferOverlay {
         let mut plan: Vec<(Arc<Prepared>, u8)> = Vec::new();
         let mut plan_complete = fast.is_some();
         let mut rects: Vec<gst_video::VideoOverlayRectangle> = Vec::new();
+        // Cards already placed, any anchor: a later card never covers an earlier one.
+        let mut placed: Vec<(i32, i32, i32, i32)> = Vec::new();
         for (anchor, members) in &groups {
             let heights: Vec<i32> = members
                 .iter()
@@ -690,12 +692,16 @@ impl OfferOverlay {
                 if anchor.row() == 2 && k > 0 {
                     y -= h + my;
                 }
-                let fits = y >= 0 && y + h <= fh as i32;
+                let cw = c.body.width as i32;
+                let overlaps = |&(px, py, pw, ph): &(i32, i32, i32, i32)| {
+                    x < px + pw && px < x + cw && y < py + ph && py < y + h
+                };
+                let fits = y >= 0 && y + h <= fh as i32 && !placed.iter().any(overlaps);
                 if !fits && !entry.out_of_room {
                     notices.push(Notice::Warning {
                         id: entry.offer.spec.id.clone(),
                         error: format!(
-                            "no room at {anchor:?} under the cards already there; it is not shown \
+                            "no room at {anchor:?} beside the cards already shown; it is not shown \
                              (use another anchor or a smaller card-width)"
                         ),
                     });
@@ -704,6 +710,7 @@ impl OfferOverlay {
                 if !fits {
                     continue;
                 }
+                placed.push((x, y, cw, h));
                 let Some(c) = entry.card.as_mut() else {
                     continue;
                 };
