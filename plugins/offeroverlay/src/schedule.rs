@@ -339,14 +339,18 @@ fn field_or_root(path: &serde_path_to_error::Path) -> String {
     }
 }
 
+/// 1-based line and column (in characters) of a byte offset.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rfind('\n')
-        .map_or(before.len(), |nl| before.len() - nl - 1)
-        + 1;
-    (line, column)
+    let bytes = &text.as_bytes()[..offset.min(text.len())];
+    let line = bytes.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = bytes
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |nl| nl + 1);
+    let column = text
+        .get(line_start..bytes.len())
+        .map_or(bytes.len() - line_start, |s| s.chars().count());
+    (line, column + 1)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -21,7 +21,8 @@
  *
  * Without `start` a schedule offer starts at running time 0 and a `show-offer` offer on the
  * next frame; without `end` it stays until `hide-offer`. Cards sharing an anchor are stacked
- * away from its edge, `margin-y` apart. Setting `schedule` again, or emitting `reload`, reloads
+ * away from its edge, `margin-y` apart; a card that would leave the frame or cover another is
+ * left out, with a warning. Setting `schedule` again, or emitting `reload`, reloads
  * the file while playing; a bad file then leaves the previous schedule in force and posts a
  * warning naming file, line, column and field (at start it is an error).
  *
