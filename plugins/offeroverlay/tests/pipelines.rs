@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use gst::prelude::*;
 use gst_video::prelude::*;
+use hybridlive_offer_timeline::TimelineEntry;
 
 fn pipeline(desc: &str) -> (gst::Pipeline, gst_app::AppSink) {
     init();
@@ -114,6 +115,7 @@ fn timeline_events_reach_an_appsink_before_their_frames() {
     // (action, id, running-time of the event, pts of the next frame if any)
     let mut pending: Vec<(String, String, gst::ClockTime)> = Vec::new();
     let mut seen = Vec::new();
+    let mut sidecar = Vec::new();
     loop {
         let Ok(obj) = sink.pull_object() else { break };
         if let Some(ev) = obj.downcast_ref::<gst::Event>() {
@@ -127,6 +129,9 @@ fn timeline_events_reach_an_appsink_before_their_frames() {
                     format!("Offer {}", s.get::<&str>("id").unwrap())
                 );
                 assert!(!s.has_field("badge"), "no badge in this offer");
+                // What a recorder does with it: one JSON line per change.
+                let entry = TimelineEntry::from_event(ev).unwrap().unwrap();
+                sidecar.push(entry.to_json_line());
                 pending.push((
                     s.get::<&str>("action").unwrap().to_string(),
                     s.get::<&str>("id").unwrap().to_string(),
@@ -144,6 +149,12 @@ fn timeline_events_reach_an_appsink_before_their_frames() {
     for (action, id, rt) in pending.drain(..) {
         seen.push((action, id, rt, None));
     }
+    assert_eq!(sidecar.len(), 4);
+    assert!(
+        sidecar[0].starts_with(r#"{"action":"shown","id":"kit","title":"Offer kit""#)
+            && sidecar[0].contains(r#""running-time":500000000"#),
+        "{sidecar:?}"
+    );
     let messages: Vec<(String, gst::ClockTime)> = std::iter::from_fn(|| bus.pop())
         .filter_map(|m| match m.view() {
             gst::MessageView::Element(e) => e

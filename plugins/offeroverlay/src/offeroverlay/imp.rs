@@ -73,6 +73,7 @@ use gst_video::subclass::prelude::*;
 use crate::blend::{Layout, Prepared, YuvMatrix};
 use crate::card::{self, RenderedCard, Theme};
 use crate::schedule::{self, Anchor, Offer, TimeSpec};
+use hybridlive_offer_timeline::{Action, TimelineEntry};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -81,9 +82,6 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
         Some("Offer card overlay"),
     )
 });
-
-/// Name of the custom downstream event structure carrying the offer timeline.
-pub const EVENT_NAME: &str = "hybridlive/offer";
 
 const DEFAULT_ANCHOR: Anchor = Anchor::BottomRight;
 const DEFAULT_CARD_WIDTH: f64 = 0.3;
@@ -792,39 +790,26 @@ impl OfferOverlay {
                     stream_time,
                     utc,
                 } => {
-                    let name = if shown { "offer-shown" } else { "offer-hidden" };
-                    gst::info!(
-                        CAT,
-                        imp = self,
-                        "{name} `{}` at running time {running_time}",
-                        offer.spec.id
-                    );
-                    let fill = |b: gst::structure::Builder| {
-                        b.field("id", &offer.spec.id)
-                            .field("title", &offer.spec.title)
-                            .field("price", &offer.spec.price)
-                            .field("running-time", running_time)
-                            .field(
-                                "stream-time",
-                                stream_time.map_or(u64::MAX, |t| t.nseconds()),
-                            )
-                            .field("utc", schedule::format_utc(utc))
-                            .field_if_some("subtitle", offer.spec.subtitle.as_deref())
-                            .field_if_some("badge", offer.spec.badge.as_deref())
-                            .field_if_some("qr", offer.spec.qr.as_deref())
+                    let entry = TimelineEntry {
+                        action: if shown { Action::Shown } else { Action::Hidden },
+                        id: offer.spec.id.clone(),
+                        title: offer.spec.title.clone(),
+                        price: offer.spec.price.clone(),
+                        subtitle: offer.spec.subtitle.clone(),
+                        badge: offer.spec.badge.clone(),
+                        qr: offer.spec.qr.clone(),
+                        running_time,
+                        stream_time,
+                        utc: schedule::format_utc(utc),
                     };
-                    let msg = fill(gst::Structure::builder(name)).build();
-                    let event = fill(gst::Structure::builder(EVENT_NAME))
-                        .field("action", if shown { "shown" } else { "hidden" })
-                        .build();
-                    if !obj
-                        .src_pad()
-                        .push_event(gst::event::CustomDownstream::new(event))
-                    {
-                        gst::debug!(CAT, imp = self, "downstream did not take the {name} event");
+                    gst::info!(CAT, imp = self, "{entry:?}");
+                    if !obj.src_pad().push_event(entry.to_event()) {
+                        gst::debug!(CAT, imp = self, "downstream did not take {entry:?}");
                     }
-                    let _ =
-                        obj.post_message(gst::message::Element::builder(msg).src(&*obj).build());
+                    let msg = gst::message::Element::builder(entry.to_message_structure())
+                        .src(&*obj)
+                        .build();
+                    let _ = obj.post_message(msg);
                 }
                 Notice::Warning { id, error } => {
                     gst::element_imp_warning!(
