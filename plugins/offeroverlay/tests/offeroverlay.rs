@@ -489,28 +489,37 @@ fn bad_schedules_and_images_are_element_errors_at_start() {
 #[test]
 fn images_render_inside_the_card() {
     let dir = TempDir::new("img");
+    // The same gradient as PNG and as JPEG (files named without a telling extension: the
+    // format is read from the content).
     write_png(&dir.path("kit.png"), 160, 90);
-    let schedule = dir.write(
-        "s.toml",
-        &offer_toml("i", "image = \"kit.png\"\nanchor = \"top-left\""),
-    );
-    let mut run = Run::new(
-        "RGBA",
-        640,
-        360,
-        10,
-        &[("schedule", v(&schedule)), ("fade-in", v(0u32))],
-    );
-    let (frame, _) = run.step();
-    let (bx0, by0, bx1, _) = frame.card_bbox().unwrap();
-    // The gradient's red channel grows left to right across the image row.
-    let y = by0 + (bx1 - bx0) / 6;
-    let left = frame.rgb(bx0 + (bx1 - bx0) / 5, y)[0];
-    let right = frame.rgb(bx1 - (bx1 - bx0) / 5, y)[0];
-    assert!(
-        right as i32 - left as i32 > 60,
-        "image gradient not drawn: {left} .. {right}"
-    );
+    image::open(dir.path("kit.png"))
+        .unwrap()
+        .to_rgb8()
+        .save_with_format(dir.path("kit.photo"), image::ImageFormat::Jpeg)
+        .unwrap();
+    for file in ["kit.png", "kit.photo"] {
+        let schedule = dir.write(
+            "s.toml",
+            &offer_toml("i", &format!("image = \"{file}\"\nanchor = \"top-left\"")),
+        );
+        let mut run = Run::new(
+            "RGBA",
+            640,
+            360,
+            10,
+            &[("schedule", v(&schedule)), ("fade-in", v(0u32))],
+        );
+        let (frame, _) = run.step();
+        let (bx0, by0, bx1, _) = frame.card_bbox().unwrap();
+        // The gradient's red channel grows left to right across the image row.
+        let y = by0 + (bx1 - bx0) / 6;
+        let left = frame.rgb(bx0 + (bx1 - bx0) / 5, y)[0];
+        let right = frame.rgb(bx1 - (bx1 - bx0) / 5, y)[0];
+        assert!(
+            right as i32 - left as i32 > 60,
+            "{file}: image gradient not drawn: {left} .. {right}"
+        );
+    }
 }
 
 /// One frame of `format` with a card, either attached as meta or blended by the element.
