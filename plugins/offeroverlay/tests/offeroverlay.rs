@@ -230,6 +230,36 @@ fn overlay_meta_is_attached_when_downstream_accepts_it() {
 }
 
 #[test]
+fn overlay_meta_is_attached_when_the_allocation_query_accepts_it() {
+    let dir = TempDir::new("alloc");
+    let schedule = dir.write("s.toml", &offer_toml("a", ""));
+    init();
+    let mut h = gst_check::Harness::new("offeroverlay");
+    let overlay = h.element().unwrap();
+    overlay.set_property("schedule", &schedule);
+    overlay.set_property("fade-in", 0u32);
+    // Plain caps, but downstream says in the allocation query that it draws compositions.
+    h.set_sink_caps_str("video/x-raw,format=I420,width=320,height=240,framerate=10/1");
+    h.add_propose_allocation_meta(gst_video::VideoOverlayCompositionMeta::meta_api(), None);
+    h.add_src_parse(
+        &format!(
+            "videotestsrc pattern=solid-color foreground-color={BACKGROUND} ! capsfilter caps=\
+             video/x-raw,format=I420,width=320,height=240,framerate=10/1"
+        ),
+        false,
+    );
+    h.play();
+    h.push_from_src().unwrap();
+    let buf = h.pull().unwrap();
+    assert!(
+        buf.meta::<gst_video::VideoOverlayCompositionMeta>()
+            .is_some()
+    );
+    let stats = overlay.property::<gst::Structure>("stats");
+    assert_eq!(stats.get::<u64>("frames-attached").unwrap(), 1, "{stats}");
+}
+
+#[test]
 fn no_offer_means_untouched_frames_and_one_render_per_content() {
     let dir = TempDir::new("work");
     let schedule = dir.write(
