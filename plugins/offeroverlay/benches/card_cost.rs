@@ -194,7 +194,7 @@ fn main() {
     println!("gdkpixbufoverlay + textoverlay     {theirs:8.1} us/frame");
     println!("harness alone (identity)           {harness_only:8.1} us/frame");
     println!(
-        "ratio offeroverlay / baseline: {:.2} (net of harness: {:.2})",
+        "ratio offeroverlay / baseline: {:.3} (net of harness: {:.3})",
         ours / theirs,
         (ours - harness_only).max(0.0) / (theirs - harness_only).max(1e-9)
     );
