@@ -20,6 +20,7 @@ pub const SURFACE_FORMAT: gst_video::VideoFormat = gst_video::VideoFormat::Argb;
 const MAX_IMAGE_SIDE: u32 = 8192;
 
 /// An offer image decoded once, as premultiplied cairo ARGB32 pixels.
+#[derive(PartialEq)]
 pub struct DecodedImage {
     width: u32,
     height: u32,

@@ -300,9 +300,37 @@ impl Offer {
         theme
     }
 
-    /// Whether two offers render the same card (used to keep caches across reloads).
+    /// Whether two offers render the same card (used to keep drawn cards across reloads):
+    /// everything but when and where it shows. Images compare by their pixels, so that an
+    /// image file changed on disk is drawn again on reload.
     pub fn same_content(&self, other: &Offer) -> bool {
-        self.spec == other.spec
+        if self.image.as_deref() != other.image.as_deref() {
+            return false;
+        }
+        let (a, b) = (&self.spec, &other.spec);
+        (
+            &a.title,
+            &a.subtitle,
+            &a.price,
+            &a.badge,
+            &a.image,
+            &a.qr,
+            a.countdown,
+            a.background_color,
+            a.text_color,
+            a.accent_color,
+        ) == (
+            &b.title,
+            &b.subtitle,
+            &b.price,
+            &b.badge,
+            &b.image,
+            &b.qr,
+            b.countdown,
+            b.background_color,
+            b.text_color,
+            b.accent_color,
+        )
     }
 }
 

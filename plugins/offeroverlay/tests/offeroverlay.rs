@@ -335,7 +335,10 @@ fn schedule_reloads_by_property_and_signal_and_keeps_the_old_one_when_bad() {
 
     dir.write("s.toml", &offer_toml("b", ""));
     run.overlay.set_property("schedule", &path);
+    // The new card is drawn by the thread that reloads, before the next frame.
+    assert_eq!(run.stats().get::<u64>("card-renders").unwrap(), 2);
     let (_, ev) = run.step();
+    assert_eq!(run.stats().get::<u64>("card-renders").unwrap(), 2);
     assert_eq!(actions(&ev), [pair("hidden", "a"), pair("shown", "b")]);
 
     dir.write("s.toml", &offer_toml("c", "start = \"100ms\""));
@@ -383,14 +386,20 @@ fn show_and_hide_signals_stack_cards_without_overlap() {
     let (frame, ev) = run.step();
     assert!(ev.is_empty() && frame.card_bbox().is_none());
 
-    for id in ["one", "two"] {
+    for (n, id) in ["one", "two"].into_iter().enumerate() {
         let json = format!(
             r#"{{"id": "{id}", "title": "Card {id}", "price": "€5", "badge": "today only"}}"#
         );
         assert!(run.overlay.emit_by_name::<bool>("show-offer", &[&json]));
+        // Drawn right away in the calling thread, not later on the streaming thread.
+        assert_eq!(
+            run.stats().get::<u64>("card-renders").unwrap(),
+            n as u64 + 1
+        );
     }
     let (frame, ev) = run.step();
     assert_eq!(actions(&ev), [pair("shown", "one"), pair("shown", "two")]);
+    assert_eq!(run.stats().get::<u64>("card-renders").unwrap(), 2);
     let (bx0, _, bx1, _) = frame.card_bbox().unwrap();
     assert!(bx0 <= 22, "top-left anchor: {bx0}");
     let runs = frame.runs_in_column((bx0 + bx1) / 2);

@@ -45,8 +45,10 @@
  *
  * ## Rendering
  *
- * A card is drawn with Cairo and Pango once per content and size, into premultiplied ARGB;
- * its countdown is a separate small rectangle re-drawn once a second. When downstream accepts
+ * A card is drawn with Cairo and Pango once per content and size, into premultiplied ARGB:
+ * by the thread that emits `show-offer` or reloads the schedule once the frame size is known,
+ * else on the first frame that shows it. Its countdown is a separate small rectangle re-drawn
+ * once a second. When downstream accepts
  * `GstVideoOverlayCompositionMeta` (caps feature `meta:GstVideoOverlayComposition` or the
  * allocation query) the cards are attached as that meta; otherwise only the card area is
  * blended. With no card visible the element is in passthrough and does not touch the frames.
@@ -115,6 +117,12 @@ const FORMATS: &[gst_video::VideoFormat] = &[
     gst_video::VideoFormat::Rgb,
     gst_video::VideoFormat::Bgr,
 ];
+
+/// Card width in pixels for a frame `frame_width` wide.
+fn card_width_px(settings: &Settings, frame_width: u32) -> u32 {
+    ((settings.card_width * frame_width as f64).round() as u32)
+        .clamp(16.min(frame_width), frame_width)
+}
 
 // Lock order: `settings` may be taken alone or before `state`, never the other way round.
 // Messages are posted and events pushed only with neither held.
@@ -358,14 +366,50 @@ impl OfferOverlay {
             },
             None => Vec::new(),
         };
+        // Draw new or changed cards here rather than on the streaming thread.
+        let unchanged: HashSet<String> = {
+            let state = self.state.lock().unwrap();
+            state
+                .entries
+                .iter()
+                .filter(|e| e.card.is_some())
+                .filter(|e| {
+                    offers
+                        .iter()
+                        .any(|o| o.spec.id == e.offer.spec.id && o.same_content(&e.offer))
+                })
+                .map(|e| e.offer.spec.id.clone())
+                .collect()
+        };
+        let to_draw: Vec<Arc<Offer>> = offers
+            .iter()
+            .filter(|o| !unchanged.contains(&o.spec.id))
+            .cloned()
+            .collect();
+        let mut drawn = self.predraw(&to_draw).into_iter();
+        let cards = offers
+            .iter()
+            .map(|o| {
+                if unchanged.contains(&o.spec.id) {
+                    None
+                } else {
+                    drawn.next().flatten()
+                }
+            })
+            .collect();
         let fade_out = Duration::from_millis(self.settings.lock().unwrap().fade_out_ms as u64);
         let mut state = self.state.lock().unwrap();
-        Self::apply_schedule(&mut state, offers, fade_out);
+        Self::apply_schedule(&mut state, offers, cards, fade_out);
         gst::info!(CAT, imp = self, "schedule reloaded");
         true
     }
 
-    fn apply_schedule(state: &mut State, offers: Vec<Arc<Offer>>, fade_out: Duration) {
+    fn apply_schedule(
+        state: &mut State,
+        offers: Vec<Arc<Offer>>,
+        mut cards: Vec<Option<CardCache>>,
+        fade_out: Duration,
+    ) {
         let now = TimeSpec::RunningTime(state.last_running_time.unwrap_or_default());
         let new_ids: HashSet<String> = offers.iter().map(|o| o.spec.id.clone()).collect();
         // Offers dropped from the schedule fade out if they are on screen, else go at once.
@@ -381,15 +425,9 @@ impl OfferOverlay {
                 false
             }
         });
-        for offer in offers {
-            match state
-                .entries
-                .iter_mut()
-                .find(|e| e.offer.spec.id == offer.spec.id)
-            {
-                Some(e) => e.replace_offer(offer, true),
-                None => state.entries.push(Entry::new(offer, true)),
-            }
+        cards.resize_with(offers.len(), || None);
+        for (offer, card) in offers.into_iter().zip(cards) {
+            Self::install(state, offer, true, card);
         }
     }
 
@@ -405,16 +443,31 @@ impl OfferOverlay {
                 return false;
             }
         };
+        let card = self.predraw(std::slice::from_ref(&offer)).pop().flatten();
         let mut state = self.state.lock().unwrap();
-        match state
+        Self::install(&mut state, offer, false, card);
+        true
+    }
+
+    /// Adds an offer, or replaces the one with its id, with its card if already drawn.
+    fn install(state: &mut State, offer: Arc<Offer>, from_schedule: bool, card: Option<CardCache>) {
+        let entry = match state
             .entries
             .iter_mut()
-            .find(|e| e.offer.spec.id == offer.spec.id)
+            .position(|e| e.offer.spec.id == offer.spec.id)
         {
-            Some(e) => e.replace_offer(offer, false),
-            None => state.entries.push(Entry::new(offer, false)),
+            Some(i) => {
+                state.entries[i].replace_offer(offer, from_schedule);
+                &mut state.entries[i]
+            }
+            None => {
+                state.entries.push(Entry::new(offer, from_schedule));
+                state.entries.last_mut().expect("just pushed")
+            }
+        };
+        if entry.card.is_none() {
+            entry.card = card;
         }
-        true
     }
 
     fn hide_offer(&self, id: &str) -> bool {
@@ -558,7 +611,7 @@ impl OfferOverlay {
             .store(on_screen.len() as u64, Ordering::Relaxed);
 
         // Render what is missing or stale.
-        let card_w = ((settings.card_width * fw as f64).round() as u32).clamp(16.min(fw), fw);
+        let card_w = card_width_px(settings, fw);
         let base_theme = settings.theme();
         for &(i, _, secs_left) in &on_screen {
             let e = &mut state.entries[i];
@@ -568,36 +621,9 @@ impl OfferOverlay {
                 .as_ref()
                 .is_none_or(|c| c.width != card_w || c.theme != theme);
             if stale {
-                e.card = None;
-                match card::render_card(&e.offer, &theme, card_w) {
-                    Ok(body) => {
-                        self.stats.card_renders.fetch_add(1, Ordering::Relaxed);
-                        if body.missing_glyphs > 0 {
-                            notices.push(Notice::Warning {
-                                id: e.offer.spec.id.clone(),
-                                error: format!(
-                                    "{} characters have no installed font and show as boxes",
-                                    body.missing_glyphs
-                                ),
-                            });
-                        }
-                        e.card = Some(CardCache {
-                            width: card_w,
-                            theme: theme.clone(),
-                            body,
-                            rect: None,
-                            countdown: None,
-                            prepared_body: None,
-                            prepared_countdown: None,
-                        });
-                    }
-                    Err(error) => {
-                        notices.push(Notice::Warning {
-                            id: e.offer.spec.id.clone(),
-                            error: format!("cannot draw the card: {error}"),
-                        });
-                        continue;
-                    }
+                e.card = self.draw_card(&e.offer, &theme, card_w, &mut notices);
+                if e.card.is_none() {
+                    continue;
                 }
             }
             let Some(c) = e.card.as_mut() else { continue };
@@ -777,6 +803,64 @@ impl OfferOverlay {
             state.composition_key = key;
         }
         (state.composition.is_none(), notices)
+    }
+
+    /// Draws an offer's card body; problems become warnings.
+    fn draw_card(
+        &self,
+        offer: &Offer,
+        theme: &Theme,
+        card_w: u32,
+        notices: &mut Vec<Notice>,
+    ) -> Option<CardCache> {
+        match card::render_card(offer, theme, card_w) {
+            Ok(body) => {
+                self.stats.card_renders.fetch_add(1, Ordering::Relaxed);
+                if body.missing_glyphs > 0 {
+                    notices.push(Notice::Warning {
+                        id: offer.spec.id.clone(),
+                        error: format!(
+                            "{} characters have no installed font and show as boxes",
+                            body.missing_glyphs
+                        ),
+                    });
+                }
+                Some(CardCache {
+                    width: card_w,
+                    theme: theme.clone(),
+                    body,
+                    rect: None,
+                    countdown: None,
+                    prepared_body: None,
+                    prepared_countdown: None,
+                })
+            }
+            Err(error) => {
+                notices.push(Notice::Warning {
+                    id: offer.spec.id.clone(),
+                    error: format!("cannot draw the card: {error}"),
+                });
+                None
+            }
+        }
+    }
+
+    /// Draws cards in the calling (application) thread, so that the streaming thread finds
+    /// them ready; only once the frame size is known. Takes no lock while drawing.
+    fn predraw(&self, offers: &[Arc<Offer>]) -> Vec<Option<CardCache>> {
+        let settings = self.settings.lock().unwrap().clone();
+        let Some(info) = self.state.lock().unwrap().info.clone() else {
+            return offers.iter().map(|_| None).collect();
+        };
+        let card_w = card_width_px(&settings, info.width());
+        let base_theme = settings.theme();
+        let mut notices = Vec::new();
+        let cards = offers
+            .iter()
+            .map(|o| self.draw_card(o, &o.theme(&base_theme), card_w, &mut notices))
+            .collect();
+        self.announce(notices);
+        cards
     }
 
     fn announce(&self, notices: Vec<Notice>) {
@@ -1017,6 +1101,7 @@ impl BaseTransformImpl for OfferOverlay {
         Self::apply_schedule(
             &mut state,
             offers,
+            Vec::new(),
             Duration::from_millis(settings.fade_out_ms as u64),
         );
         gst::debug!(
