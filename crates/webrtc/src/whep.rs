@@ -25,7 +25,8 @@ pub struct WhepConfig {
     /// How much media a slow viewer's queue holds before it drops (the others never wait).
     pub viewer_queue: Duration,
     /// A session whose viewer sent no RTCP for this long is torn down: the viewer vanished
-    /// without DELETE (ICE on GStreamer 1.22 does not notice a silent peer).
+    /// without DELETE (ICE on GStreamer 1.22 does not notice a silent peer). Browsers report
+    /// about once a second; GStreamer receivers every 5 s by default (up to 7.5 s randomised).
     pub viewer_timeout: Duration,
 }
 
@@ -36,7 +37,7 @@ impl Default for WhepConfig {
             gather_timeout: Duration::from_secs(3),
             max_sessions: 64,
             viewer_queue: Duration::from_millis(500),
-            viewer_timeout: Duration::from_secs(10),
+            viewer_timeout: Duration::from_secs(15),
         }
     }
 }

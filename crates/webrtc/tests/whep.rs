@@ -154,6 +154,18 @@ impl Viewer {
         self.webrtcbin
             .emit_by_name::<()>("set-remote-description", &[&answer, &promise]);
         promise.wait();
+        // Report every second, as browsers do (GStreamer's default is every 5 s).
+        let rtpbin = self
+            .webrtcbin
+            .downcast_ref::<gst::Bin>()
+            .unwrap()
+            .iterate_elements()
+            .into_iter()
+            .filter_map(Result::ok)
+            .find(|e| e.factory().is_some_and(|f| f.name() == "rtpbin"))
+            .unwrap();
+        let session = rtpbin.emit_by_name::<gst::glib::Object>("get-internal-session", &[&0u32]);
+        session.set_property("rtcp-min-interval", 1_000_000_000u64);
     }
 
     /// Waits until the meter counted `frames` stamped frames; returns its stats.
