@@ -81,6 +81,23 @@ pub fn choose_h264(offer: &gst_sdp::SDPMessageRef) -> Result<H264Offer, OfferErr
     Err(OfferError::NoH264)
 }
 
+/// The payload type of Opus (opus/48000/2) in the offer's first audio section, if it offers it.
+pub fn choose_opus(offer: &gst_sdp::SDPMessageRef) -> Option<u32> {
+    let audio = offer.medias().find(|m| m.media() == Some("audio"))?;
+    audio.attributes().find_map(|a| {
+        if a.key() != "rtpmap" {
+            return None;
+        }
+        let mut parts = a.value()?.split_whitespace();
+        let pt = parts.next()?.parse::<u32>().ok()?;
+        let codec = parts.next()?;
+        codec
+            .to_ascii_lowercase()
+            .starts_with("opus/48000")
+            .then_some(pt)
+    })
+}
+
 /// profile_idc 0x42 (baseline) with constraint_set1_flag: constrained baseline, as 42e01f or
 /// 42c01f.
 fn is_constrained_baseline(profile_level_id: &str) -> bool {
@@ -125,6 +142,16 @@ mod tests {
                 profile_level_id: "42e01f".into()
             })
         );
+    }
+
+    #[test]
+    fn finds_opus() {
+        assert_eq!(choose_opus(&parse(CHROME_LIKE)), Some(111));
+        let no_audio = CHROME_LIKE.replace(
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n",
+            "",
+        );
+        assert_eq!(choose_opus(&parse(&no_audio)), None);
     }
 
     #[test]

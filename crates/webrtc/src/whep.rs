@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::nice::add_local_address;
-use crate::offer::{OfferError, choose_h264};
+use crate::offer::{OfferError, choose_h264, choose_opus};
 
 /// Settings of the WHEP output.
 #[derive(Debug, Clone)]
@@ -79,7 +79,8 @@ pub struct SessionInfo {
 struct Session {
     bin: gst::Bin,
     webrtcbin: gst::Element,
-    tee_pad: gst::Pad,
+    /// Video tee pad, and the audio one when the viewer takes audio.
+    tee_pads: Vec<gst::Pad>,
     created: Instant,
     /// Last RTCP packet from the viewer.
     last_heard: Arc<Mutex<Instant>>,
@@ -88,22 +89,31 @@ struct Session {
 struct Inner {
     pipeline: gst::Pipeline,
     tee: gst::Element,
+    audio_tee: Option<gst::Element>,
     config: WhepConfig,
     sessions: Mutex<HashMap<String, Session>>,
 }
 
-/// WHEP sessions fed from one tee of H.264 (byte-stream, access units, constrained baseline).
+/// WHEP sessions fed from one tee of H.264 (byte-stream, access units, constrained baseline)
+/// and optionally one tee of Opus.
 #[derive(Clone)]
 pub struct WhepOutput {
     inner: Arc<Inner>,
 }
 
 impl WhepOutput {
-    /// Serves viewers from `tee`, an element of `pipeline` carrying the shared encoded video.
-    pub fn new(pipeline: &gst::Pipeline, tee: &gst::Element, config: WhepConfig) -> Self {
+    /// Serves viewers from `tee`, an element of `pipeline` carrying the shared encoded video,
+    /// and `audio_tee` carrying the shared Opus audio, if any.
+    pub fn new(
+        pipeline: &gst::Pipeline,
+        tee: &gst::Element,
+        audio_tee: Option<&gst::Element>,
+        config: WhepConfig,
+    ) -> Self {
         let inner = Arc::new(Inner {
             pipeline: pipeline.clone(),
             tee: tee.clone(),
+            audio_tee: audio_tee.cloned(),
             config,
             sessions: Mutex::new(HashMap::new()),
         });
@@ -140,6 +150,7 @@ impl WhepOutput {
         let sdp =
             gst_sdp::SDPMessage::parse_buffer(offer.as_bytes()).map_err(|_| OfferError::NotSdp)?;
         let h264 = choose_h264(&sdp)?;
+        let opus = choose_opus(&sdp).filter(|_| self.inner.audio_tee.is_some());
         {
             let sessions = self.inner.sessions.lock().unwrap();
             if sessions.len() >= self.inner.config.max_sessions {
@@ -149,7 +160,7 @@ impl WhepOutput {
         let id = session_id();
         let last_heard = Arc::new(Mutex::new(Instant::now()));
         let (bin, webrtcbin) = self
-            .build_branch(&id, h264.payload_type, &h264.profile_level_id)
+            .build_branch(&id, h264.payload_type, &h264.profile_level_id, opus)
             .map_err(|e| WhepError::Negotiation(e.to_string()))?;
 
         self.inner
@@ -173,21 +184,38 @@ impl WhepOutput {
             return Err(torn_down(self, e));
         }
 
-        let Some(tee_pad) = self.inner.tee.request_pad_simple("src_%u") else {
-            return Err(torn_down(self, "the tee gave no pad".into()));
-        };
-        let sink = bin.static_pad("sink").expect("ghost sink pad");
-        if let Err(e) = tee_pad.link(&sink) {
-            self.inner.tee.release_request_pad(&tee_pad);
-            return Err(torn_down(self, e.to_string()));
+        let mut tee_pads = Vec::new();
+        let mut feeds = vec![(&self.inner.tee, "video")];
+        if let (Some(audio_tee), Some(_)) = (&self.inner.audio_tee, opus) {
+            feeds.push((audio_tee, "audio"));
         }
+        for (tee, ghost) in feeds {
+            let linked = tee.request_pad_simple("src_%u").and_then(|pad| {
+                tee_pads.push(pad.clone());
+                let sink = bin.static_pad(ghost).expect("ghost pad");
+                pad.link(&sink).ok()
+            });
+            if linked.is_none() {
+                for (pad, tee) in tee_pads
+                    .iter()
+                    .zip([&self.inner.tee].into_iter().chain(&self.inner.audio_tee))
+                {
+                    tee.release_request_pad(pad);
+                }
+                return Err(torn_down(
+                    self,
+                    format!("could not feed the {ghost} branch"),
+                ));
+            }
+        }
+        let tee_pad = tee_pads[0].clone();
         self.watch_ice(&id, &webrtcbin, &tee_pad);
         self.inner.sessions.lock().unwrap().insert(
             id.clone(),
             Session {
                 bin,
                 webrtcbin,
-                tee_pad: tee_pad.clone(),
+                tee_pads,
                 created: Instant::now(),
                 last_heard,
             },
@@ -230,6 +258,7 @@ impl WhepOutput {
         id: &str,
         payload_type: u32,
         profile_level_id: &str,
+        opus_payload_type: Option<u32>,
     ) -> Result<(gst::Bin, gst::Element), gst::glib::BoolError> {
         let bin = gst::Bin::with_name(&format!("whep-{id}"));
         // A slow viewer loses media rather than holding the others back.
@@ -289,9 +318,53 @@ impl WhepOutput {
             .expect("capssetter src")
             .link(&sink)
             .map_err(|e| gst::glib::bool_error!("linking to webrtcbin: {e}"))?;
-        let ghost = gst::GhostPad::with_target(&queue.static_pad("sink").expect("queue sink"))?;
-        ghost.set_property("name", "sink");
+        let ghost = gst::GhostPad::builder_with_target(&queue.static_pad("sink").expect("queue"))?
+            .name("video")
+            .build();
         bin.add_pad(&ghost)?;
+
+        if let Some(pt) = opus_payload_type {
+            let queue = gst::ElementFactory::make("queue")
+                .property_from_str("leaky", "downstream")
+                .property("max-size-buffers", 0u32)
+                .property("max-size-bytes", 0u32)
+                .property(
+                    "max-size-time",
+                    self.inner.config.viewer_queue.as_nanos() as u64,
+                )
+                .build()?;
+            let pay = gst::ElementFactory::make("rtpopuspay")
+                .property("pt", pt)
+                .build()?;
+            bin.add_many([&queue, &pay])?;
+            queue.link(&pay)?;
+            let sink = webrtcbin
+                .request_pad_simple("sink_%u")
+                .ok_or_else(|| gst::glib::bool_error!("webrtcbin gave no audio pad"))?;
+            let transceiver = sink.property::<gst_webrtc::WebRTCRTPTransceiver>("transceiver");
+            transceiver.set_property(
+                "direction",
+                gst_webrtc::WebRTCRTPTransceiverDirection::Sendonly,
+            );
+            transceiver.set_property(
+                "codec-preferences",
+                gst::Caps::builder("application/x-rtp")
+                    .field("media", "audio")
+                    .field("encoding-name", "OPUS")
+                    .field("clock-rate", 48000i32)
+                    .field("payload", pt as i32)
+                    .build(),
+            );
+            pay.static_pad("src")
+                .expect("payloader src")
+                .link(&sink)
+                .map_err(|e| gst::glib::bool_error!("linking audio to webrtcbin: {e}"))?;
+            let ghost =
+                gst::GhostPad::builder_with_target(&queue.static_pad("sink").expect("queue"))?
+                    .name("audio")
+                    .build();
+            bin.add_pad(&ghost)?;
+        }
         Ok((bin, webrtcbin))
     }
 
@@ -384,11 +457,14 @@ fn request_key_frame(tee_pad: &gst::Pad) {
 }
 
 fn teardown(inner: &Inner, session: Session) {
-    let Session { bin, tee_pad, .. } = session;
-    if let Some(peer) = tee_pad.peer() {
-        let _ = tee_pad.unlink(&peer);
+    let Session { bin, tee_pads, .. } = session;
+    let tees = [&inner.tee].into_iter().chain(&inner.audio_tee);
+    for (tee_pad, tee) in tee_pads.iter().zip(tees) {
+        if let Some(peer) = tee_pad.peer() {
+            let _ = tee_pad.unlink(&peer);
+        }
+        tee.release_request_pad(tee_pad);
     }
-    inner.tee.release_request_pad(&tee_pad);
     let _ = bin.set_state(gst::State::Null);
     let _ = inner.pipeline.remove(&bin);
 }

@@ -22,12 +22,14 @@ const player = await playWhep(document.getElementById('v'), '/whep', {
 });
 await new Promise((r) => setTimeout(r, seconds * 1000));
 const inbound = await player.stats();
+const audio = await player.stats('audio');
 const stampsRead = player.stampsRead();
 await player.stop();
 latencies.sort((a, b) => a - b);
 const q = (p) => latencies.length ? latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))] : null;
 window.result = {
   framesDecoded: inbound ? inbound.framesDecoded : 0,
+  audioPackets: audio ? audio.packetsReceived : 0,
   stampsRead, measured: latencies.length, streamIds: [...ids],
   p50: q(0.5), p95: q(0.95), max: latencies.length ? latencies[latencies.length - 1] : null,
 };
@@ -150,7 +152,8 @@ fn chromium_plays_whep_and_measures_latency_from_sei() {
         "videotestsrc is-live=true pattern=ball ! video/x-raw,width=640,height=360,framerate=30/1 ! \
          latencystamp ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=300 ! \
          latencystamp mode=sei stream-id=browser ! h264parse config-interval=-1 ! \
-         video/x-h264,stream-format=byte-stream,alignment=au ! tee name=t allow-not-linked=true",
+         video/x-h264,stream-format=byte-stream,alignment=au ! tee name=t allow-not-linked=true \
+         audiotestsrc is-live=true wave=ticks ! opusenc ! tee name=a allow-not-linked=true",
     )
     .unwrap()
     .downcast::<gst::Pipeline>()
@@ -158,6 +161,7 @@ fn chromium_plays_whep_and_measures_latency_from_sei() {
     let output = WhepOutput::new(
         &pipeline,
         &pipeline.by_name("t").unwrap(),
+        Some(&pipeline.by_name("a").unwrap()),
         WhepConfig {
             loopback_ice: true,
             ..Default::default()
@@ -186,6 +190,9 @@ fn chromium_plays_whep_and_measures_latency_from_sei() {
     assert!(result["stampsRead"].as_u64().unwrap() >= 60, "{result}");
     assert!(result["measured"].as_u64().unwrap() >= 30, "{result}");
     assert_eq!(result["streamIds"], serde_json::json!(["browser"]));
+    // Opus from the shared audio encoder arrives (headless Chromium has no audio device to
+    // play it out, so decoded samples are not counted): 20 ms packets for 3 s.
+    assert!(result["audioPackets"].as_u64().unwrap() >= 100, "{result}");
     let p50 = result["p50"].as_f64().unwrap();
     assert!(p50 > 0.0 && p50 < 500.0, "glass-to-glass p50 {p50} ms");
 

@@ -48,14 +48,16 @@ fn sender_with(config: WhepConfig) -> (gst::Pipeline, WhepOutput) {
         "videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=30/1 ! \
          latencystamp ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=300 ! \
          latencystamp mode=sei stream-id=whep ! h264parse config-interval=-1 ! \
-         video/x-h264,stream-format=byte-stream,alignment=au ! tee name=t allow-not-linked=true",
+         video/x-h264,stream-format=byte-stream,alignment=au ! tee name=t allow-not-linked=true \
+         audiotestsrc is-live=true wave=ticks ! opusenc ! tee name=a allow-not-linked=true",
     )
     .unwrap()
     .downcast::<gst::Pipeline>()
     .unwrap();
     let tee = pipeline.by_name("t").unwrap();
+    let audio = pipeline.by_name("a").unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
-    let output = WhepOutput::new(&pipeline, &tee, config);
+    let output = WhepOutput::new(&pipeline, &tee, Some(&audio), config);
     (pipeline, output)
 }
 
@@ -65,10 +67,15 @@ struct Viewer {
     pipeline: gst::Pipeline,
     webrtcbin: gst::Element,
     meter: gst::Element,
+    audio_buffers: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Viewer {
     fn new() -> Self {
+        Self::with_audio(false)
+    }
+
+    fn with_audio(audio: bool) -> Self {
         let pipeline = gst::Pipeline::new();
         let webrtcbin = gst::ElementFactory::make("webrtcbin")
             .property_from_str("bundle-policy", "max-bundle")
@@ -89,11 +96,46 @@ impl Viewer {
             "add-transceiver",
             &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &caps],
         );
-        let (pipe, m) = (pipeline.downgrade(), meter.clone());
+        if audio {
+            let caps = gst::Caps::builder("application/x-rtp")
+                .field("media", "audio")
+                .field("encoding-name", "OPUS")
+                .field("clock-rate", 48000i32)
+                .field("payload", 111i32)
+                .build();
+            webrtcbin.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
+                "add-transceiver",
+                &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &caps],
+            );
+        }
+        let audio_buffers = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (pipe, m, counter) = (pipeline.downgrade(), meter.clone(), audio_buffers.clone());
         webrtcbin.connect_pad_added(move |_, pad| {
             let Some(pipeline) = pipe.upgrade() else {
                 return;
             };
+            let caps = pad.current_caps().unwrap();
+            if caps.structure(0).unwrap().get::<&str>("media").unwrap() == "audio" {
+                let decode = gst::parse::bin_from_description(
+                    "rtpopusdepay ! opusdec ! fakesink name=s",
+                    true,
+                )
+                .unwrap();
+                pipeline.add(&decode).unwrap();
+                decode.sync_state_with_parent().unwrap();
+                let counter = counter.clone();
+                decode
+                    .by_name("s")
+                    .unwrap()
+                    .static_pad("sink")
+                    .unwrap()
+                    .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        gst::PadProbeReturn::Ok
+                    });
+                pad.link(&decode.static_pad("sink").unwrap()).unwrap();
+                return;
+            }
             let decode = gst::parse::bin_from_description(
                 "rtph264depay ! h264parse ! avdec_h264 ! queue name=q",
                 true,
@@ -112,6 +154,7 @@ impl Viewer {
             pipeline,
             webrtcbin,
             meter,
+            audio_buffers,
         }
     }
 
@@ -188,8 +231,8 @@ impl Drop for Viewer {
     }
 }
 
-fn tee_src_pads(pipeline: &gst::Pipeline) -> usize {
-    pipeline.by_name("t").unwrap().src_pads().len()
+fn tee_src_pads(pipeline: &gst::Pipeline, tee: &str) -> usize {
+    pipeline.by_name(tee).unwrap().src_pads().len()
 }
 
 fn webrtcbins(pipeline: &gst::Pipeline) -> usize {
@@ -208,7 +251,7 @@ fn viewer_decodes_stamped_frames_and_delete_frees_everything() {
     }
     init();
     let (pipeline, output) = sender();
-    let viewer = Viewer::new();
+    let viewer = Viewer::with_audio(true);
     let answer = output.offer(&viewer.offer()).expect("an answer");
     assert!(answer.sdp.contains("a=candidate"), "{}", answer.sdp);
     viewer.answer(&answer.sdp);
@@ -222,11 +265,17 @@ fn viewer_decodes_stamped_frames_and_delete_frees_everything() {
     );
     assert_eq!(output.session_count(), 1);
     assert_eq!(webrtcbins(&pipeline), 1);
+    // Opus from the shared audio encoder decodes too.
+    let audio = viewer
+        .audio_buffers
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(audio >= 20, "{audio} audio buffers decoded");
 
     output.delete(&answer.id).unwrap();
     assert_eq!(output.session_count(), 0);
     assert_eq!(webrtcbins(&pipeline), 0);
-    assert_eq!(tee_src_pads(&pipeline), 0);
+    assert_eq!(tee_src_pads(&pipeline, "t"), 0);
+    assert_eq!(tee_src_pads(&pipeline, "a"), 0);
     assert!(matches!(
         output.delete(&answer.id),
         Err(WhepError::UnknownSession(_))
@@ -307,7 +356,7 @@ fn unusable_offers_are_refused_without_side_effects() {
         m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
     assert!(matches!(output.offer(vp8_only), Err(WhepError::Offer(_))));
     assert_eq!(webrtcbins(&pipeline), 0);
-    assert_eq!(tee_src_pads(&pipeline), 0);
+    assert_eq!(tee_src_pads(&pipeline, "t"), 0);
     pipeline.set_state(gst::State::Null).unwrap();
 }
 

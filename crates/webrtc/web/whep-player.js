@@ -20,6 +20,7 @@ function iceGatheringDone(pc, timeoutMs) {
 export async function playWhep(video, endpoint, { onLatency = () => {}, token } = {}) {
   const pc = new RTCPeerConnection({ encodedInsertableStreams: true });
   const transceiver = pc.addTransceiver('video', { direction: 'recvonly' });
+  pc.addTransceiver('audio', { direction: 'recvonly' });
   const captureByRtp = new Map();
   let stampsRead = 0;
 
@@ -37,9 +38,9 @@ export async function playWhep(video, endpoint, { onLatency = () => {}, token } 
     },
   })).pipeTo(writable);
 
-  pc.ontrack = (event) => {
-    video.srcObject = event.streams[0] || new MediaStream([event.track]);
-  };
+  const stream = new MediaStream();
+  video.srcObject = stream;
+  pc.ontrack = (event) => stream.addTrack(event.track);
 
   const onFrame = (now, meta) => {
     const stamp = captureByRtp.get(meta.rtpTimestamp);
@@ -66,10 +67,11 @@ export async function playWhep(video, endpoint, { onLatency = () => {}, token } 
   return {
     pc,
     stampsRead: () => stampsRead,
-    async stats() {
+    /** The inbound-rtp statistics of the `kind` ('video' or 'audio') track. */
+    async stats(kind = 'video') {
       const report = await pc.getStats();
       for (const s of report.values()) {
-        if (s.type === 'inbound-rtp' && s.kind === 'video') return s;
+        if (s.type === 'inbound-rtp' && s.kind === kind) return s;
       }
       return null;
     },
