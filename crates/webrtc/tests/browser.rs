@@ -183,7 +183,7 @@ fn chromium_plays_whep_and_measures_latency_from_sei() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "browser run failed:\n{stderr}");
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    eprintln!("chromium: {result}");
+    eprintln!("chromium: {result}\n{stderr}");
 
     // About 150 frames in 5 s; the browser decoded most of them and read their stamps.
     assert!(result["framesDecoded"].as_u64().unwrap() >= 60, "{result}");
