@@ -15,4 +15,4 @@ mod whep;
 pub use http::{HttpRequest, HttpResponse, MAX_OFFER_BYTES};
 pub use nice::add_local_address;
 pub use offer::{H264Offer, OfferError, choose_h264, choose_opus};
-pub use whep::{Answer, SessionInfo, WhepConfig, WhepError, WhepOutput};
+pub use whep::{Answer, MAX_HAND_TEXT, RaisedHand, SessionInfo, WhepConfig, WhepError, WhepOutput};

@@ -71,10 +71,27 @@ pub struct Answer {
 /// A live session, for status pages.
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
+    /// Session id (the last part of its resource URL).
     pub id: String,
+    /// Time since the answer was sent.
     pub age: Duration,
+    /// ICE connection state, as webrtcbin names it.
     pub ice_state: String,
 }
+
+/// A viewer's "raise hand / ask" message, received over the session's data channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RaisedHand {
+    /// The session it came from.
+    pub session: String,
+    /// What the viewer typed (at most [`MAX_HAND_TEXT`] characters kept).
+    pub text: String,
+    /// When it arrived (UTC, ms since the Unix epoch).
+    pub at_ms: u64,
+}
+
+/// Longest question kept from a raised hand, in characters.
+pub const MAX_HAND_TEXT: usize = 500;
 
 struct Session {
     bin: gst::Bin,
@@ -87,6 +104,7 @@ struct Session {
 }
 
 struct Inner {
+    hands: Mutex<Vec<RaisedHand>>,
     pipeline: gst::Pipeline,
     tee: gst::Element,
     audio_tee: Option<gst::Element>,
@@ -111,6 +129,7 @@ impl WhepOutput {
         config: WhepConfig,
     ) -> Self {
         let inner = Arc::new(Inner {
+            hands: Mutex::new(Vec::new()),
             pipeline: pipeline.clone(),
             tee: tee.clone(),
             audio_tee: audio_tee.cloned(),
@@ -119,6 +138,11 @@ impl WhepOutput {
         });
         spawn_watchdog(Arc::downgrade(&inner));
         Self { inner }
+    }
+
+    /// Hands raised so far, oldest first.
+    pub fn raised_hands(&self) -> Vec<RaisedHand> {
+        self.inner.hands.lock().unwrap().clone()
     }
 
     /// Number of live sessions.
@@ -210,6 +234,7 @@ impl WhepOutput {
         }
         let tee_pad = tee_pads[0].clone();
         self.watch_ice(&id, &webrtcbin, &tee_pad);
+        self.serve_data_channel(&id, &webrtcbin);
         self.inner.sessions.lock().unwrap().insert(
             id.clone(),
             Session {
@@ -368,6 +393,42 @@ impl WhepOutput {
         Ok((bin, webrtcbin))
     }
 
+    /// The viewer's data channel carries interaction: every text message is echoed back at once
+    /// (the page measures the round trip) and a `{"type":"hand",...}` message is recorded as a
+    /// raised hand for the host.
+    fn serve_data_channel(&self, id: &str, webrtcbin: &gst::Element) {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let id = id.to_string();
+        webrtcbin.connect("on-data-channel", false, move |values| {
+            let channel = values[1].get::<gst_webrtc::WebRTCDataChannel>().ok()?;
+            let (weak, id) = (weak.clone(), id.clone());
+            channel.connect("on-message-string", false, move |values| {
+                let channel = values[0].get::<gst_webrtc::WebRTCDataChannel>().ok()?;
+                let message = values[1].get::<Option<String>>().ok()??;
+                // Echo first: the round trip measures the interaction path, not our bookkeeping.
+                channel.emit_by_name::<()>("send-string", &[&Some(message.as_str())]);
+                if let (Some(inner), Some(text)) = (weak.upgrade(), hand_text(&message)) {
+                    let at_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_millis() as u64;
+                    let mut hands = inner.hands.lock().unwrap();
+                    hands.push(RaisedHand {
+                        session: id.clone(),
+                        text,
+                        at_ms,
+                    });
+                    // Bounded: a spamming viewer cannot grow memory without limit.
+                    if hands.len() > 1000 {
+                        hands.remove(0);
+                    }
+                }
+                None
+            });
+            None
+        });
+    }
+
     /// Tears the session down when its ICE connection fails or closes (a viewer that vanished
     /// without DELETE), and asks for a key frame when it connects.
     fn watch_ice(&self, id: &str, webrtcbin: &gst::Element, tee_pad: &gst::Pad) {
@@ -422,6 +483,16 @@ fn watch_rtcp(webrtcbin: &gst::Element, last_heard: &Arc<Mutex<Instant>>) -> Res
         None
     });
     Ok(())
+}
+
+/// The question of a `{"type":"hand","text":"..."}` message; `None` for other messages.
+fn hand_text(message: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(message).ok()?;
+    if value.get("type")?.as_str()? != "hand" {
+        return None;
+    }
+    let text = value.get("text").and_then(|t| t.as_str()).unwrap_or("");
+    Some(text.chars().take(MAX_HAND_TEXT).collect())
 }
 
 /// Tears down sessions whose viewer fell silent. Ends when the output is dropped.

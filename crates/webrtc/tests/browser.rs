@@ -21,6 +21,7 @@ const player = await playWhep(document.getElementById('v'), '/whep', {
   onLatency: (ms, stamp) => { latencies.push(ms); ids.add(stamp.streamId); },
 });
 await new Promise((r) => setTimeout(r, seconds * 1000));
+const handRttMs = await player.raiseHand('How thick is the glaze?');
 const inbound = await player.stats();
 const audio = await player.stats('audio');
 const stampsRead = player.stampsRead();
@@ -28,7 +29,7 @@ await player.stop();
 latencies.sort((a, b) => a - b);
 const q = (p) => latencies.length ? latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))] : null;
 window.result = {
-  framesDecoded: inbound ? inbound.framesDecoded : 0,
+  framesDecoded: inbound ? inbound.framesDecoded : 0, handRttMs,
   audioPackets: audio ? audio.packetsReceived : 0,
   stampsRead, measured: latencies.length, streamIds: [...ids],
   p50: q(0.5), p95: q(0.95), max: latencies.length ? latencies[latencies.length - 1] : null,
@@ -195,6 +196,16 @@ fn chromium_plays_whep_and_measures_latency_from_sei() {
     assert!(result["audioPackets"].as_u64().unwrap() >= 100, "{result}");
     let p50 = result["p50"].as_f64().unwrap();
     assert!(p50 > 0.0 && p50 < 500.0, "glass-to-glass p50 {p50} ms");
+
+    // The question reached the host, and its echo came back over the data channel.
+    let hands = output.raised_hands();
+    assert_eq!(hands.len(), 1, "{hands:?}");
+    assert_eq!(hands[0].text, "How thick is the glaze?");
+    let rtt = result["handRttMs"].as_f64().unwrap();
+    assert!(
+        rtt > 0.0 && rtt < 1000.0,
+        "data channel round trip {rtt} ms"
+    );
 
     // The page's DELETE ended the session.
     std::thread::sleep(Duration::from_millis(500));

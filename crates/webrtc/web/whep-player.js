@@ -21,6 +21,18 @@ export async function playWhep(video, endpoint, { onLatency = () => {}, token } 
   const pc = new RTCPeerConnection({ encodedInsertableStreams: true });
   const transceiver = pc.addTransceiver('video', { direction: 'recvonly' });
   pc.addTransceiver('audio', { direction: 'recvonly' });
+  // Interaction: the server echoes every message, so a raised hand also measures the round trip.
+  const channel = pc.createDataChannel('interaction');
+  const pending = new Map();
+  let nextId = 1;
+  channel.onmessage = (event) => {
+    try {
+      const echo = JSON.parse(event.data);
+      const waiter = pending.get(echo.id);
+      if (waiter) { pending.delete(echo.id); waiter(performance.now() - echo.sentAt); }
+    } catch (_) { /* not ours */ }
+  };
+  const channelOpen = new Promise((resolve) => { channel.onopen = resolve; });
   const captureByRtp = new Map();
   let stampsRead = 0;
 
@@ -67,6 +79,14 @@ export async function playWhep(video, endpoint, { onLatency = () => {}, token } 
   return {
     pc,
     stampsRead: () => stampsRead,
+    /** Sends a question to the host; resolves to the data-channel round trip in ms. */
+    async raiseHand(text) {
+      await channelOpen;
+      const id = nextId++;
+      const rtt = new Promise((resolve) => pending.set(id, resolve));
+      channel.send(JSON.stringify({ type: 'hand', text, id, sentAt: performance.now() }));
+      return rtt;
+    },
     /** The inbound-rtp statistics of the `kind` ('video' or 'audio') track. */
     async stats(kind = 'video') {
       const report = await pc.getStats();
