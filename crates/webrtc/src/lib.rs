@@ -7,11 +7,13 @@
 //!
 //! The HTTP side is the runner's; this crate takes an SDP offer and gives back the answer.
 
+mod egress;
 mod http;
 mod nice;
 mod offer;
 mod whep;
 
+pub use egress::{Egress, add_egress, register_webrtc_elements};
 pub use http::{HttpRequest, HttpResponse, MAX_OFFER_BYTES};
 pub use nice::add_local_address;
 pub use offer::{H264Offer, OfferError, choose_h264, choose_opus};

@@ -2,6 +2,9 @@
 //! stream and reads the capture stamps from the SEI to measure glass-to-glass latency. Runs in a
 //! private network namespace: only 127.0.0.1 exists.
 
+mod common;
+
+use common::*;
 use gst::prelude::*;
 use hybridlive_webrtc::{HttpRequest, WhepConfig, WhepOutput};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -36,27 +39,6 @@ window.result = {
 };
 </script>
 "#;
-
-fn in_private_netns(test: &str) -> bool {
-    if std::env::var_os("HYBRIDLIVE_NETNS").is_some() {
-        return true;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let status = Command::new("unshare")
-        .args(["--net", "--", "sh", "-c"])
-        .arg(format!(
-            "ip link set lo up && exec \"{}\" --exact {test} --nocapture --test-threads=1",
-            exe.display()
-        ))
-        .env("HYBRIDLIVE_NETNS", "1")
-        .status()
-        .expect("unshare runs (the WebRTC tests need root for a network namespace)");
-    assert!(
-        status.success(),
-        "{test} failed inside its network namespace"
-    );
-    false
-}
 
 fn web_file(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -147,18 +129,7 @@ fn chromium_plays_whep_and_measures_latency_from_sei() {
     if !in_private_netns("chromium_plays_whep_and_measures_latency_from_sei") {
         return;
     }
-    gst::init().unwrap();
-    gstlatency::plugin_register_static().unwrap();
-    let pipeline = gst::parse::launch(
-        "videotestsrc is-live=true pattern=ball ! video/x-raw,width=640,height=360,framerate=30/1 ! \
-         latencystamp ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=300 ! \
-         latencystamp mode=sei stream-id=browser ! h264parse config-interval=-1 ! \
-         video/x-h264,stream-format=byte-stream,alignment=au ! tee name=t allow-not-linked=true \
-         audiotestsrc is-live=true wave=ticks ! opusenc ! tee name=a allow-not-linked=true",
-    )
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
+    let pipeline = encoded_source(640, 360, "browser");
     let output = WhepOutput::new(
         &pipeline,
         &pipeline.by_name("t").unwrap(),

@@ -1,39 +1,13 @@
 //! WHEP sessions against real webrtcbin viewers over loopback ICE/DTLS/SRTP, inside a network
 //! namespace of their own so that no traffic leaves 127.0.0.1.
 
+mod common;
+
+use common::*;
 use gst::prelude::*;
 use hybridlive_webrtc::{WhepConfig, WhepError, WhepOutput, add_local_address};
-use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-/// Runs the named test in a fresh network namespace holding only `lo`, where libnice can find
-/// no other interface. Returns true when the caller is already inside it.
-fn in_private_netns(test: &str) -> bool {
-    if std::env::var_os("HYBRIDLIVE_NETNS").is_some() {
-        return true;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let status = Command::new("unshare")
-        .args(["--net", "--", "sh", "-c"])
-        .arg(format!(
-            "ip link set lo up && exec \"{}\" --exact {test} --nocapture --test-threads=1",
-            exe.display()
-        ))
-        .env("HYBRIDLIVE_NETNS", "1")
-        .status()
-        .expect("unshare runs (the WebRTC tests need root for a network namespace)");
-    assert!(
-        status.success(),
-        "{test} failed inside its network namespace"
-    );
-    false
-}
-
-fn init() {
-    gst::init().unwrap();
-    let _ = gstlatency::plugin_register_static();
-}
 
 /// The sending side: one live encode, stamped, on a tee.
 fn sender() -> (gst::Pipeline, WhepOutput) {
@@ -44,16 +18,7 @@ fn sender() -> (gst::Pipeline, WhepOutput) {
 }
 
 fn sender_with(config: WhepConfig) -> (gst::Pipeline, WhepOutput) {
-    let pipeline = gst::parse::launch(
-        "videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=30/1 ! \
-         latencystamp ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=300 ! \
-         latencystamp mode=sei stream-id=whep ! h264parse config-interval=-1 ! \
-         video/x-h264,stream-format=byte-stream,alignment=au ! tee name=t allow-not-linked=true \
-         audiotestsrc is-live=true wave=ticks ! opusenc ! tee name=a allow-not-linked=true",
-    )
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
+    let pipeline = encoded_source(320, 240, "whep");
     let tee = pipeline.by_name("t").unwrap();
     let audio = pipeline.by_name("a").unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
@@ -249,7 +214,6 @@ fn viewer_decodes_stamped_frames_and_delete_frees_everything() {
     if !in_private_netns("viewer_decodes_stamped_frames_and_delete_frees_everything") {
         return;
     }
-    init();
     let (pipeline, output) = sender();
     let viewer = Viewer::with_audio(true);
     let answer = output.offer(&viewer.offer()).expect("an answer");
@@ -288,7 +252,6 @@ fn several_viewers_share_one_encoder() {
     if !in_private_netns("several_viewers_share_one_encoder") {
         return;
     }
-    init();
     let (pipeline, output) = sender();
     let viewers: Vec<Viewer> = (0..3).map(|_| Viewer::new()).collect();
     for viewer in &viewers {
@@ -316,7 +279,6 @@ fn vanished_viewer_is_torn_down() {
     if !in_private_netns("vanished_viewer_is_torn_down") {
         return;
     }
-    init();
     let (pipeline, output) = sender_with(WhepConfig {
         loopback_ice: true,
         viewer_timeout: Duration::from_secs(3),
@@ -349,7 +311,6 @@ fn unusable_offers_are_refused_without_side_effects() {
     if !in_private_netns("unusable_offers_are_refused_without_side_effects") {
         return;
     }
-    init();
     let (pipeline, output) = sender();
     assert!(matches!(output.offer("not sdp"), Err(WhepError::Offer(_))));
     let vp8_only = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
@@ -366,7 +327,6 @@ fn http_status_codes_follow_whep() {
         return;
     }
     use hybridlive_webrtc::HttpRequest;
-    init();
     let (pipeline, output) = sender();
     let req = |method, path, content_type, body: &[u8]| {
         output.handle_http(
