@@ -68,8 +68,8 @@ pub fn add_egress(
             let sink = gst::ElementFactory::make("janusvrwebrtcsink").build()?;
             let signaller = sink.property::<glib::Object>("signaller");
             signaller.set_property("janus-endpoint", endpoint);
-            signaller.set_property("room-id", room_id.to_string());
-            signaller.set_property("feed-id", feed_id.to_string());
+            signaller.set_property("room-id", *room_id);
+            signaller.set_property("feed-id", *feed_id);
             signaller.set_property("display-name", display_name);
             sink
         }

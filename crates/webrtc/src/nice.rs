@@ -17,7 +17,8 @@ unsafe extern "C" {
 
 /// Adds `ip` (e.g. `127.0.0.1`) to the local addresses the ICE agent of `webrtcbin` gathers
 /// host candidates on. libnice skips loopback interfaces by default, so a loopback-only network
-/// (a test namespace, one machine) needs this. Call it before negotiation starts.
+/// (a test namespace, one machine) needs this. Once an address is added, libnice gathers on the
+/// added addresses only. Call it before negotiation starts.
 pub fn add_local_address(webrtcbin: &gst::Element, ip: &str) -> Result<(), glib::BoolError> {
     let ice = webrtcbin.property::<glib::Object>("ice-agent");
     if ice.find_property("agent").is_none() {

@@ -16,7 +16,8 @@ use crate::offer::{OfferError, choose_h264, choose_opus};
 /// Settings of the WHEP output.
 #[derive(Debug, Clone)]
 pub struct WhepConfig {
-    /// Add 127.0.0.1 to every ICE agent (loopback-only networks and single-host setups).
+    /// Gather ICE candidates on 127.0.0.1 only (loopback-only networks and single-host setups;
+    /// viewers must then be on the same machine).
     pub loopback_ice: bool,
     /// How long an offer may wait for ICE gathering before the answer is sent as it is.
     pub gather_timeout: Duration,

@@ -8,6 +8,22 @@ use std::process::Command;
 /// no other interface and nothing leaves 127.0.0.1. Returns true when the caller is already
 /// inside it (and should run the test body), false when it ran it in a child process.
 pub fn in_private_netns(test: &str) -> bool {
+    in_private_netns_with(test, "")
+}
+
+/// Like [`in_private_netns`], with a veth pair `hl0` (10.213.0.1) / `hl1` (10.213.0.2) inside
+/// the namespace: two test hosts for servers that refuse loopback (Janus gathers no ICE
+/// candidates on `lo`).
+pub fn in_private_netns_with_veth(test: &str) -> bool {
+    in_private_netns_with(
+        test,
+        "ip link add hl0 type veth peer name hl1 && \
+         ip addr add 10.213.0.1/24 dev hl0 && ip addr add 10.213.0.2/24 dev hl1 && \
+         ip link set hl0 up && ip link set hl1 up && ",
+    )
+}
+
+fn in_private_netns_with(test: &str, setup: &str) -> bool {
     if std::env::var_os("HYBRIDLIVE_NETNS").is_some() {
         return true;
     }
@@ -15,7 +31,7 @@ pub fn in_private_netns(test: &str) -> bool {
     let status = Command::new("unshare")
         .args(["--net", "--", "sh", "-c"])
         .arg(format!(
-            "ip link set lo up && exec \"{}\" --exact {test} --nocapture --test-threads=1",
+            "ip link set lo up && {setup}exec \"{}\" --exact {test} --nocapture --test-threads=1",
             exe.display()
         ))
         .env("HYBRIDLIVE_NETNS", "1")
