@@ -9,7 +9,8 @@
 //! 1. **Decrease** as soon as one signal shows clear congestion. Each signal proposes a
 //!    ceiling and the lowest one wins:
 //!    * loss at or above `loss_high`: `target × (1 − loss/2)`, at most −50 %, at least −5 %
-//!      (the loss rule of Google Congestion Control);
+//!      (the loss rule of Google Congestion Control), or what got through, the smoothed send
+//!      rate × (1 − loss), when that is lower;
 //!    * queuing delay (RTT minus the lowest RTT of the last 30 s) at or above `rtt_threshold`
 //!      and not already shrinking: `target × 0.85`;
 //!    * a send backlog (queue level before a TCP-like sink, SRT send buffer) at or above
@@ -210,6 +211,8 @@ impl Decision {
 }
 
 const RTT_WINDOW: Duration = Duration::from_secs(30);
+/// Weight of the newest sample in the smoothed send rate (about 1 s of memory at 100 ms ticks).
+const SENT_SMOOTHING: f64 = 0.2;
 const FIRST_STEP: f64 = 0.05;
 const STEP_GROWTH: f64 = 0.03;
 const LAST_STEP: f64 = 0.25;
@@ -228,6 +231,7 @@ pub struct Controller {
     congestion_bps: Option<u64>,
     step: f64,
     rtts: VecDeque<(Duration, Duration)>,
+    sent_avg: Option<f64>,
     previous_delay: Option<Duration>,
     previous_backlog: Option<(Duration, Duration, Option<u64>)>,
 }
@@ -249,6 +253,7 @@ impl Controller {
             congestion_bps: None,
             step: FIRST_STEP,
             rtts: VecDeque::new(),
+            sent_avg: None,
             previous_delay: None,
             previous_backlog: None,
         };
@@ -363,11 +368,23 @@ impl Controller {
         let mut ceilings: Vec<(u64, Reason)> = Vec::new();
         let mut caution = false;
 
+        if let Some(sent) = obs.sent_bps {
+            self.sent_avg = Some(match self.sent_avg {
+                Some(avg) => avg + (sent as f64 - avg) * SENT_SMOOTHING,
+                None => sent as f64,
+            });
+        }
         if let Some(loss) = obs.loss {
             if loss >= self.config.loss_high {
                 if !in_holdoff {
                     let factor = (1.0 - loss / 2.0).clamp(0.5, 0.95);
-                    ceilings.push(((target * factor) as u64, Reason::Loss));
+                    let mut ceiling = target * factor;
+                    // What got through is what the path carries: a policer dropping 70 %
+                    // needs more than a halving.
+                    if let Some(avg) = self.sent_avg {
+                        ceiling = ceiling.min(avg * (1.0 - loss));
+                    }
+                    ceilings.push((ceiling as u64, Reason::Loss));
                 }
                 caution = true;
             } else if loss > self.config.loss_low {

@@ -48,6 +48,8 @@ struct Settings {
     webrtcbin_name: Option<String>,
     srtsink: Option<gst::Element>,
     srtsink_name: Option<String>,
+    rtpbin: Option<gst::Element>,
+    rtpbin_name: Option<String>,
     queue: Option<gst::Element>,
     queue_name: Option<String>,
     estimator: Option<gst::Element>,
@@ -74,6 +76,8 @@ impl Default for Settings {
             webrtcbin_name: None,
             srtsink: None,
             srtsink_name: None,
+            rtpbin: None,
+            rtpbin_name: None,
             queue: None,
             queue_name: None,
             estimator: None,
@@ -151,6 +155,7 @@ struct State {
     upstream_encoder: Option<gst::Element>,
     webrtc_latest: Option<WebrtcReport>,
     webrtc_used: Option<WebrtcReport>,
+    rtp_used: Option<WebrtcReport>,
     stats_pending: bool,
     srt_previous: Option<(f64, f64)>,
     events: EventSignals,
@@ -185,6 +190,12 @@ pub struct AbrController {
     #[property(name = "srtsink-name", nick = "srtsink name",
         blurb = "Name of the srtsink in the pipeline, used when srtsink is NULL",
         get, set, type = Option<String>, member = srtsink_name)]
+    #[property(name = "rtpbin", nick = "rtpbin",
+        blurb = "rtpbin whose sessions' RTCP receiver reports (fraction lost, round-trip time, jitter) are followed",
+        get, set, type = Option<gst::Element>, member = rtpbin)]
+    #[property(name = "rtpbin-name", nick = "rtpbin name",
+        blurb = "Name of the rtpbin in the pipeline, used when rtpbin is NULL",
+        get, set, type = Option<String>, member = rtpbin_name)]
     #[property(name = "queue", nick = "Backlog queue",
         blurb = "queue between the encoder and a TCP-like sink; its fill level is the send backlog",
         get, set, type = Option<gst::Element>, member = queue)]
@@ -282,14 +293,16 @@ impl ElementImpl for AbrController {
                 "Pass-through element that steers an encoder's bitrate and, through a \
                  capsfilter, its resolution and framerate from congestion signals. \
                  Inputs: webrtcbin stats (remote-inbound-rtp fraction-lost, \
-                 round-trip-time, jitter; gst-twcc-stats), srtsink stats (rtt-ms, \
+                 round-trip-time, jitter; gst-twcc-stats), rtpbin RTCP receiver \
+                 reports, srtsink stats (rtt-ms, \
                  packets-sent-lost, bandwidth-mbps), the fill level of a queue before a \
                  TCP-like sink, the estimated-bitrate of an estimator such as rtpgccbwe, \
                  and 'abr-estimate' custom events (upstream or downstream) with optional \
                  fields bitrate (bit/s), loss (0-1), rtt, jitter, backlog (ns) and \
                  backlog-bytes. Algorithm, every interval: DECREASE on the first tick \
                  with clear congestion to the lowest ceiling proposed by the signals \
-                 (loss >= loss-threshold: x(1-loss/2), 0.5..0.95; queuing delay >= \
+                 (loss >= loss-threshold: x(1-loss/2), 0.5..0.95, or the smoothed \
+                 send rate x(1-loss) if lower; queuing delay >= \
                  rtt-threshold and not shrinking: x0.85; backlog >= backlog-threshold \
                  and growing: 85% of its drain rate; an estimate below the target: the \
                  estimate), one multiplicative cut per max(2 RTT, 300 ms); HOLD while a \
@@ -382,6 +395,7 @@ struct Targets {
     capsfilter: Option<gst::Element>,
     webrtcbin: Option<gst::Element>,
     srtsink: Option<gst::Element>,
+    rtpbin: Option<gst::Element>,
     queue: Option<gst::Element>,
     estimator: Option<gst::Element>,
 }
@@ -553,6 +567,7 @@ impl AbrController {
                 &settings.webrtcbin_name,
             ),
             srtsink: pick("srtsink-name", &settings.srtsink, &settings.srtsink_name),
+            rtpbin: pick("rtpbin-name", &settings.rtpbin, &settings.rtpbin_name),
             queue: pick("queue-name", &settings.queue, &settings.queue_name),
             estimator: pick(
                 "estimator-name",
@@ -663,6 +678,7 @@ impl AbrController {
         if let Some(webrtcbin) = &targets.webrtcbin {
             self.request_webrtc_stats(webrtcbin);
         }
+        let rtp_report = targets.rtpbin.as_ref().map(rtpbin_report);
         let encoder_bps = encoder.as_ref().map(|e| e.bitrate_bps());
 
         let mut state = self.state.lock().unwrap();
@@ -707,6 +723,16 @@ impl AbrController {
             merge_max(&mut obs.rtt, report.rtt);
             merge_max(&mut obs.jitter, report.jitter);
             merge_min(&mut obs.estimate_bps, report.estimate_bps);
+        }
+
+        // rtpbin: same rule, a receiver report counts once.
+        if let Some(report) = rtp_report
+            && state.rtp_used != Some(report)
+        {
+            state.rtp_used = Some(report);
+            merge_max(&mut obs.loss, report.loss);
+            merge_max(&mut obs.rtt, report.rtt);
+            merge_max(&mut obs.jitter, report.jitter);
         }
 
         if let Some(stats) = &srt_stats {
@@ -970,6 +996,80 @@ fn parse_webrtc_stats(stats: &gst::StructureRef) -> WebrtcReport {
     report
 }
 
+/// The last receiver reports of all sessions of an rtpbin, worst values.
+fn rtpbin_report(rtpbin: &gst::Element) -> WebrtcReport {
+    let mut report = WebrtcReport::default();
+    for id in 0u32..16 {
+        let Some(session) =
+            rtpbin.emit_by_name::<Option<glib::Object>>("get-internal-session", &[&id])
+        else {
+            break;
+        };
+        let stats = session.property::<gst::Structure>("stats");
+        let other = parse_rtp_session_stats(&stats);
+        merge_max(&mut report.loss, other.loss);
+        merge_max(&mut report.rtt, other.rtt);
+        merge_max(&mut report.jitter, other.jitter);
+        merge_max(&mut report.packets_lost, other.packets_lost);
+    }
+    report
+}
+
+/// RTPSession `stats`: report blocks are in the `source-stats` list, fraction lost in
+/// 1/256, round trip in 1/65536 s, jitter in clock-rate units.
+fn parse_rtp_session_stats(stats: &gst::StructureRef) -> WebrtcReport {
+    let mut report = WebrtcReport::default();
+    for source in structure_list(stats, "source-stats") {
+        if !source.get::<bool>("have-rb").unwrap_or(false) {
+            continue;
+        }
+        merge_max(
+            &mut report.loss,
+            field_f64(&source, "rb-fractionlost").map(|v| v / 256.0),
+        );
+        merge_max(
+            &mut report.rtt,
+            field_f64(&source, "rb-round-trip")
+                .filter(|&v| v > 0.0)
+                .map(|v| Duration::from_secs_f64(v / 65536.0)),
+        );
+        if let (Some(jitter), Some(rate)) = (
+            field_f64(&source, "rb-jitter"),
+            field_f64(&source, "clock-rate").filter(|&r| r > 0.0),
+        ) {
+            merge_max(
+                &mut report.jitter,
+                Some(Duration::from_secs_f64(jitter / rate)),
+            );
+        }
+        merge_max(
+            &mut report.packets_lost,
+            field_f64(&source, "rb-packetslost").map(|v| v as i64),
+        );
+    }
+    report
+}
+
+/// Structures in a list field, whether it is a `GstValueArray` or a `GValueArray`.
+fn structure_list(s: &gst::StructureRef, field: &str) -> Vec<gst::Structure> {
+    let Ok(value) = s.value(field) else {
+        return Vec::new();
+    };
+    if let Ok(array) = value.get::<gst::Array>() {
+        array
+            .iter()
+            .filter_map(|v| v.get::<gst::Structure>().ok())
+            .collect()
+    } else if let Ok(array) = value.get::<glib::ValueArray>() {
+        array
+            .iter()
+            .filter_map(|v| v.get::<gst::Structure>().ok())
+            .collect()
+    } else {
+        Vec::new()
+    }
+}
+
 #[derive(Debug, Default)]
 struct SrtSignals {
     rtt: Option<Duration>,
@@ -984,13 +1084,7 @@ fn parse_srt_stats(stats: &gst::StructureRef) -> SrtSignals {
     if stats.has_field("rtt-ms") {
         connections.push(stats.to_owned());
     }
-    if let Ok(value) = stats.value("callers") {
-        if let Ok(array) = value.get::<gst::Array>() {
-            connections.extend(array.iter().filter_map(|v| v.get::<gst::Structure>().ok()));
-        } else if let Ok(array) = value.get::<glib::ValueArray>() {
-            connections.extend(array.iter().filter_map(|v| v.get::<gst::Structure>().ok()));
-        }
-    }
+    connections.extend(structure_list(stats, "callers"));
     let mut signals = SrtSignals::default();
     let mut sent_total = 0.0;
     let mut lost_total = 0.0;
