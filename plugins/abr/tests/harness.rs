@@ -417,3 +417,68 @@ fn bad_configuration_is_reported_not_fatal() {
     assert!(warnings.contains("1280x720@30"), "{warnings}");
     assert!(warnings.contains("not a known encoder"), "{warnings}");
 }
+
+#[test]
+fn real_queue_filling_up_lowers_bitrate() {
+    init();
+    // A TCP-like uplink that stopped draining: the sink waits for a time an hour away.
+    let uplink = gst::parse::launch(
+        "appsrc name=src format=time ! queue name=q max-size-time=0 max-size-bytes=0 \
+         max-size-buffers=0 ! fakesink sync=true async=false",
+    )
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let queue = uplink.by_name("q").unwrap();
+    let appsrc = uplink
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    appsrc.set_caps(Some(&gst::Caps::new_empty_simple("video/x-h264")));
+    uplink.set_state(gst::State::Playing).unwrap();
+
+    let mut r = rig(
+        "x264enc",
+        &[("start-bitrate", &2_000_000u32), ("queue", &queue)],
+    );
+    let mut pts = gst::ClockTime::from_seconds(3600);
+    let mut cut = None;
+    for i in 0..20u32 {
+        let mut buffer = gst::Buffer::with_size(25_000).unwrap();
+        {
+            let b = buffer.get_mut().unwrap();
+            b.set_pts(pts);
+            b.set_duration(gst::ClockTime::from_mseconds(100));
+        }
+        pts += gst::ClockTime::from_mseconds(100);
+        appsrc.push_buffer(buffer).unwrap();
+        // Let appsrc's thread hand the buffer over to the queue before the tick reads it (the
+        // first buffer leaves the queue and waits in the sink).
+        for _ in 0..1000 {
+            if queue.property::<u32>("current-level-bytes") >= i * 25_000 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        r.tick(25_000);
+        if r.x264_kbps() < 2000 {
+            cut = Some(i);
+            break;
+        }
+    }
+    let level = queue.property::<u64>("current-level-time");
+    uplink.set_state(gst::State::Null).unwrap();
+    let ticks = cut.expect("a filling queue lowers the bitrate");
+    assert!(level >= 200_000_000, "backlog {level} ns");
+    assert!(ticks <= 6, "{ticks}");
+    let d = r.decisions();
+    let last = d.last().unwrap();
+    assert_eq!(last.get::<&str>("reason").unwrap(), "backlog");
+    assert!(
+        last.get::<gst::Structure>("inputs")
+            .unwrap()
+            .get::<gst::ClockTime>("backlog")
+            .is_ok()
+    );
+}

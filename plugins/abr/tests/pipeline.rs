@@ -146,3 +146,48 @@ fn netsim_rate_drop_lowers_x264enc_bitrate() {
         "{before} → {after} kbit/s"
     );
 }
+
+#[test]
+fn rate_drop_moves_to_a_lower_rung_that_the_receiver_decodes() {
+    init();
+    let pipeline = rtp_loopback(
+        "capsfilter-name=scale min-bitrate=150000 max-bitrate=2000000 \
+         ladder=\"640x360@30:700-2000;320x180@15:0-800\"",
+        "! videoscale ! videorate ! capsfilter name=scale",
+    );
+    let _stop = StopOnDrop(pipeline.clone());
+    let net = pipeline.by_name("net").unwrap();
+    let out = pipeline
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+
+    let decoded_size = |timeout: Duration| -> Option<(i32, i32)> {
+        let sample =
+            out.try_pull_sample(gst::ClockTime::from_nseconds(timeout.as_nanos() as u64))?;
+        let s = sample.caps()?.structure(0)?.to_owned();
+        Some((s.get::<i32>("width").ok()?, s.get::<i32>("height").ok()?))
+    };
+    assert_eq!(decoded_size(Duration::from_secs(10)), Some((640, 360)));
+
+    net.set_property("max-kbps", 300i32);
+    let change = wait_for_decision(&pipeline, Duration::from_secs(15), |s| {
+        s.get::<bool>("rung-changed").unwrap_or(false)
+    })
+    .expect("the controller moves to the lower rung");
+    assert_eq!(change.get::<i32>("height").unwrap(), 180);
+    assert_eq!(
+        change.get::<gst::Fraction>("framerate").unwrap(),
+        gst::Fraction::new(15, 1)
+    );
+
+    // The receiver keeps decoding, now at the rung's size.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut size = None;
+    while Instant::now() < deadline && size != Some((320, 180)) {
+        size = decoded_size(Duration::from_secs(1));
+    }
+    assert_eq!(size, Some((320, 180)));
+}
