@@ -9,6 +9,7 @@ fn init() {
     INIT.call_once(|| {
         gst::init().expect("GStreamer initialises");
         gstabr::plugin_register_static().expect("abr plugin registers");
+        gstrsrtp::plugin_register_static().expect("rtp plugin (rtpgccbwe) registers");
     });
 }
 
@@ -480,5 +481,26 @@ fn real_queue_filling_up_lowers_bitrate() {
             .unwrap()
             .get::<gst::ClockTime>("backlog")
             .is_ok()
+    );
+}
+
+#[test]
+fn rtpgccbwe_estimate_is_followed() {
+    init();
+    let gcc = gst::ElementFactory::make("rtpgccbwe")
+        .property("estimated-bitrate", 700_000u32)
+        .build()
+        .expect("rtpgccbwe from gst-plugin-rtp");
+    let mut r = rig(
+        "x264enc",
+        &[("start-bitrate", &2_000_000u32), ("estimator", &gcc)],
+    );
+    r.ticks(2, 25_000);
+    assert_eq!(r.x264_kbps(), 700);
+    let d = r.decisions();
+    assert!(
+        d.iter().any(|d| d.get::<&str>("reason") == Ok("estimate")
+            && d.get::<u32>("estimate") == Ok(700_000)),
+        "{d:?}"
     );
 }
