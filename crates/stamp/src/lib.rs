@@ -23,7 +23,9 @@ mod nal;
 mod sei;
 
 pub use nal::{Codec, Framing, NalUnit, NalUnits, escape_into, unescape};
-pub use sei::{InsertPoint, find_insert_point, find_stamp, framed_sei_nal, sei_nal};
+pub use sei::{
+    InsertPoint, LocatedStamp, find_insert_point, find_stamp, framed_sei_nal, locate_stamp, sei_nal,
+};
 
 /// UUID identifying hybridlive stamps among other user-data-unregistered SEI messages.
 pub const STAMP_UUID: [u8; 16] = [
@@ -122,7 +124,9 @@ impl CaptureStamp {
         let capture_time_ns = u64::from_be_bytes(data[1..9].try_into().expect("8 bytes"));
         let frame = u32::from_be_bytes(data[9..13].try_into().expect("4 bytes"));
         let id_len = usize::from(data[13]);
-        let id = data.get(14..14 + id_len).ok_or(StampError::Truncated(16 + data.len()))?;
+        let id = data
+            .get(14..14 + id_len)
+            .ok_or(StampError::Truncated(16 + data.len()))?;
         Ok(Self {
             capture_time_ns,
             frame,
@@ -168,10 +172,16 @@ mod tests {
         let mut out = Vec::new();
         stamp().write_payload(&mut out);
         for len in 0..out.len() {
-            assert!(CaptureStamp::from_payload(&out[..len]).is_err(), "len {len}");
+            assert!(
+                CaptureStamp::from_payload(&out[..len]).is_err(),
+                "len {len}"
+            );
         }
         out[3] ^= 1;
-        assert_eq!(CaptureStamp::from_payload(&out), Err(StampError::ForeignUuid));
+        assert_eq!(
+            CaptureStamp::from_payload(&out),
+            Err(StampError::ForeignUuid)
+        );
     }
 
     #[test]

@@ -92,19 +92,26 @@ impl<'a> NalUnit<'a> {
 pub struct NalUnits<'a> {
     buf: &'a [u8],
     framing: Framing,
-    /// Annex B: offset of the next header byte, found already; length-prefixed: next prefix.
-    pos: Option<usize>,
+    next: Next,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Next {
+    /// Annex B: look for the next start code from this offset. Length-prefixed: a prefix
+    /// starts here.
+    At(usize),
+    Done,
 }
 
 impl<'a> NalUnits<'a> {
     /// Iterates over the NAL units in `buf`. Bytes before the first start code are skipped;
     /// a length prefix that overruns the buffer ends the iteration.
     pub fn new(buf: &'a [u8], framing: Framing) -> Self {
-        let pos = match framing {
-            Framing::AnnexB => find_start_code(buf, 0).map(|(_, header)| header),
-            Framing::LengthPrefixed(_) => Some(0),
-        };
-        Self { buf, framing, pos }
+        Self {
+            buf,
+            framing,
+            next: Next::At(0),
+        }
     }
 }
 
@@ -112,50 +119,46 @@ impl<'a> Iterator for NalUnits<'a> {
     type Item = NalUnit<'a>;
 
     fn next(&mut self) -> Option<NalUnit<'a>> {
-        let pos = self.pos?;
+        let Next::At(pos) = self.next else {
+            return None;
+        };
+        self.next = Next::Done;
         match self.framing {
             Framing::AnnexB => {
-                if pos >= self.buf.len() {
-                    self.pos = None;
+                let (_, start) = find_start_code(self.buf, pos)?;
+                if start >= self.buf.len() {
                     return None;
                 }
-                let prefix_start = prefix_start_before(self.buf, pos);
-                self.pos = find_start_code(self.buf, pos).map(|(_, header)| header);
+                // The unit's body is scanned for the following start code only if asked for.
+                self.next = Next::At(start + 1);
                 Some(NalUnit {
                     buf: self.buf,
                     framing: self.framing,
-                    prefix_start,
-                    start: pos,
+                    prefix_start: prefix_start_before(self.buf, start),
+                    start,
                     end: None,
                 })
             }
             Framing::LengthPrefixed(size) => {
                 let size = usize::from(size);
                 if !matches!(size, 1 | 2 | 4) || pos + size > self.buf.len() {
-                    self.pos = None;
                     return None;
                 }
                 let len = self.buf[pos..pos + size]
                     .iter()
                     .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
                 let start = pos + size;
-                let end = start.checked_add(len).filter(|end| *end <= self.buf.len());
-                match end {
-                    Some(end) if len > 0 => {
-                        self.pos = Some(end);
-                        Some(NalUnit {
-                            buf: self.buf,
-                            framing: self.framing,
-                            prefix_start: pos,
-                            start,
-                            end: Some(end),
-                        })
-                    }
-                    _ => {
-                        self.pos = None;
-                        None
-                    }
-                }
+                let end = start
+                    .checked_add(len)
+                    .filter(|end| len > 0 && *end <= self.buf.len())?;
+                self.next = Next::At(end);
+                Some(NalUnit {
+                    buf: self.buf,
+                    framing: self.framing,
+                    prefix_start: pos,
+                    start,
+                    end: Some(end),
+                })
             }
         }
     }

@@ -104,6 +104,15 @@ fn read_sei_varint(rbsp: &[u8], pos: &mut usize) -> Option<usize> {
     }
 }
 
+/// A stamp found in an access unit, and where its SEI NAL unit starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocatedStamp {
+    /// The stamp.
+    pub stamp: CaptureStamp,
+    /// Offset of the start code or length prefix of the SEI NAL unit that holds it.
+    pub prefix_start: usize,
+}
+
 /// Finds the first hybridlive stamp in the prefix SEI of an access unit. Only the units before
 /// the first slice are read, so the cost does not depend on the size of the picture.
 ///
@@ -114,6 +123,15 @@ pub fn find_stamp(
     framing: Framing,
     au: &[u8],
 ) -> Result<Option<CaptureStamp>, StampError> {
+    locate_stamp(codec, framing, au).map(|found| found.map(|l| l.stamp))
+}
+
+/// Like [`find_stamp`], also telling where the SEI NAL unit holding the stamp starts.
+pub fn locate_stamp(
+    codec: Codec,
+    framing: Framing,
+    au: &[u8],
+) -> Result<Option<LocatedStamp>, StampError> {
     let mut first_error = None;
     for unit in NalUnits::new(au, framing) {
         let nal_type = codec.nal_type(unit.header());
@@ -126,7 +144,12 @@ pub fn find_stamp(
         let data = unit.data();
         let rbsp = unescape(data.get(codec.header_len()..).unwrap_or_default());
         match stamp_in_sei_rbsp(&rbsp) {
-            Ok(Some(stamp)) => return Ok(Some(stamp)),
+            Ok(Some(stamp)) => {
+                return Ok(Some(LocatedStamp {
+                    stamp,
+                    prefix_start: unit.prefix_start,
+                }));
+            }
             Ok(None) => {}
             Err(err) => {
                 first_error.get_or_insert(err);
@@ -220,7 +243,13 @@ mod tests {
     #[test]
     fn round_trip_annexb_and_avc_with_emulation_prevention() {
         // Times whose bytes contain 00 00 0x sequences need emulation prevention.
-        for t in [0u64, 1, 0x0000_0001_0000_0003, u64::MAX, 1_795_000_000_000_000_000] {
+        for t in [
+            0u64,
+            1,
+            0x0000_0001_0000_0003,
+            u64::MAX,
+            1_795_000_000_000_000_000,
+        ] {
             let au = h264_annexb_au();
             let out = insert(Codec::H264, Framing::AnnexB, &au, &stamp(t));
             assert_eq!(
@@ -322,7 +351,10 @@ mod tests {
     fn framed_unit_fits_small_length_prefixes_or_is_refused() {
         let s = stamp(3);
         let two = framed_sei_nal(Codec::H264, Framing::LengthPrefixed(2), &s, 1).unwrap();
-        assert_eq!(usize::from(u16::from_be_bytes([two[0], two[1]])), two.len() - 2);
+        assert_eq!(
+            usize::from(u16::from_be_bytes([two[0], two[1]])),
+            two.len() - 2
+        );
         assert!(framed_sei_nal(Codec::H264, Framing::LengthPrefixed(1), &s, 1).is_some());
         assert!(framed_sei_nal(Codec::H264, Framing::LengthPrefixed(3), &s, 1).is_none());
     }
