@@ -9,8 +9,8 @@
 //! 1. **Decrease** as soon as one signal shows clear congestion. Each signal proposes a
 //!    ceiling and the lowest one wins:
 //!    * loss at or above `loss_high`: `target × (1 − loss/2)`, at most −50 %, at least −5 %
-//!      (the loss rule of Google Congestion Control), or what got through, the smoothed send
-//!      rate × (1 − loss), when that is lower;
+//!      (the loss rule of Google Congestion Control), and what got through, 95 % of the
+//!      smoothed send rate × (1 − loss);
 //!    * queuing delay (RTT minus the lowest RTT of the last 30 s) at or above `rtt_threshold`
 //!      and not already shrinking: `target × 0.85`;
 //!    * a send backlog (queue level before a TCP-like sink, SRT send buffer) at or above
@@ -20,18 +20,19 @@
 //!    * an explicit estimate (rtpgccbwe, SRT bandwidth, an `abr-estimate` event) below the
 //!      target: the estimate.
 //!
-//!    Multiplicative ceilings (loss, delay, unknown drain) are not compounded within a
-//!    hold-off of `max(2 × RTT, 300 ms)` after a decrease, so one congestion episode costs
-//!    one cut; ceilings computed from rates apply on every tick. Since every tick may
+//!    Multiplicative ceilings (target × factor for loss, delay, unknown drain) are not compounded within a
+//!    hold-off of `max(2 × RTT, 300 ms)` after a decrease, nor while the encoder still sends
+//!    more than 1.15 × the new target (for at most 1 s: its rate control lags), so one
+//!    congestion episode costs one cut; ceilings computed from rates apply on every tick. Since every tick may
 //!    decrease, the reaction time is one tick interval plus the age of the signal.
 //! 2. **Hold** while any signal is elevated without being clear congestion (loss above
 //!    `loss_low`, half the delay or backlog threshold, a backlog still draining), and for
 //!    `increase_hold` after the last decrease.
 //! 3. **Increase** by probing: one step per `probe_interval` (at least 2 × RTT) so that the
-//!    effect of a step is seen before the next one. Steps start at +5 % and grow by 3 points
-//!    per clear step up to +25 %, which recovers a 3× capacity increase in about 5 s; near the
-//!    rate at which congestion was last seen (±15 %) steps stay at +5 %, because that is where
-//!    the link broke before. Increases never pass `max_bps`, the explicit estimate, or 1.5× the
+//!    effect of a step is seen before the next one. Steps start at +5 % and grow by 4 points
+//!    per clear step up to +30 %, which recovers a 2.5× capacity increase in about 4 s; near
+//!    the rate at which congestion was last seen (±10 %) steps stay at most +8 %, because
+//!    that is where the link broke before. Increases never pass `max_bps`, the explicit estimate, or 1.5× the
 //!    rate the encoder really produces plus 100 kbit/s (an encoder undershooting on a static
 //!    scene must not lead the target into the sky).
 //!
@@ -211,11 +212,16 @@ impl Decision {
 }
 
 const RTT_WINDOW: Duration = Duration::from_secs(30);
-/// Weight of the newest sample in the smoothed send rate (about 1 s of memory at 100 ms ticks).
-const SENT_SMOOTHING: f64 = 0.2;
+/// Weight of the newest sample in the smoothed send rate (about 0.6 s of memory at 100 ms
+/// ticks).
+const SENT_SMOOTHING: f64 = 0.3;
+/// Longest wait for the encoder to follow a cut before signals may cut again.
+const ENCODER_SETTLE: Duration = Duration::from_secs(1);
 const FIRST_STEP: f64 = 0.05;
-const STEP_GROWTH: f64 = 0.03;
-const LAST_STEP: f64 = 0.25;
+const STEP_GROWTH: f64 = 0.04;
+const LAST_STEP: f64 = 0.30;
+/// Step near the rate where congestion was last seen.
+const NEAR_CONGESTION_STEP: f64 = 0.08;
 
 /// The bitrate controller state machine.
 #[derive(Debug, Clone)]
@@ -341,9 +347,20 @@ impl Controller {
         // Reports may carry an RTT only when they are fresh: keep using the last one known.
         let rtt = self.rtts.back().map_or(Duration::ZERO, |&(_, rtt)| rtt);
         let holdoff = (rtt * 2).max(Duration::from_millis(300));
-        let in_holdoff = self
-            .last_decrease
-            .is_some_and(|t| now.saturating_sub(t) < holdoff);
+        if let Some(sent) = obs.sent_bps {
+            self.sent_avg = Some(match self.sent_avg {
+                Some(avg) => avg + (sent as f64 - avg) * SENT_SMOOTHING,
+                None => sent as f64,
+            });
+        }
+        let since_decrease = self.last_decrease.map(|t| now.saturating_sub(t));
+        // After a cut the encoder's rate control needs a moment to follow: loss and delay
+        // measured meanwhile still describe the old rate. Cut again once it follows.
+        let encoder_lagging = since_decrease.is_some_and(|d| d < ENCODER_SETTLE)
+            && self
+                .sent_avg
+                .is_some_and(|sent| sent > self.target_bps as f64 * 1.15);
+        let in_holdoff = since_decrease.is_some_and(|d| d < holdoff) || encoder_lagging;
 
         // Backlog trend and drain rate.
         let mut backlog_growing = false;
@@ -368,23 +385,16 @@ impl Controller {
         let mut ceilings: Vec<(u64, Reason)> = Vec::new();
         let mut caution = false;
 
-        if let Some(sent) = obs.sent_bps {
-            self.sent_avg = Some(match self.sent_avg {
-                Some(avg) => avg + (sent as f64 - avg) * SENT_SMOOTHING,
-                None => sent as f64,
-            });
-        }
         if let Some(loss) = obs.loss {
             if loss >= self.config.loss_high {
+                // What got through is what the path carries: a policer dropping 70 % needs
+                // more than a halving. A rate, not a factor: it applies on every report.
+                if let Some(avg) = self.sent_avg {
+                    ceilings.push(((avg * (1.0 - loss) * 0.95) as u64, Reason::Loss));
+                }
                 if !in_holdoff {
                     let factor = (1.0 - loss / 2.0).clamp(0.5, 0.95);
-                    let mut ceiling = target * factor;
-                    // What got through is what the path carries: a policer dropping 70 %
-                    // needs more than a halving.
-                    if let Some(avg) = self.sent_avg {
-                        ceiling = ceiling.min(avg * (1.0 - loss));
-                    }
-                    ceilings.push((ceiling as u64, Reason::Loss));
+                    ceilings.push(((target * factor) as u64, Reason::Loss));
                 }
                 caution = true;
             } else if loss > self.config.loss_low {
@@ -458,9 +468,9 @@ impl Controller {
         } else {
             let near_congestion = self
                 .congestion_bps
-                .is_some_and(|c| target > c as f64 * 0.85 && target < c as f64 * 1.15);
+                .is_some_and(|c| target > c as f64 * 0.9 && target < c as f64 * 1.1);
             let step = if near_congestion {
-                FIRST_STEP
+                self.step.min(NEAR_CONGESTION_STEP)
             } else {
                 self.step
             };

@@ -301,14 +301,15 @@ impl ElementImpl for AbrController {
                  fields bitrate (bit/s), loss (0-1), rtt, jitter, backlog (ns) and \
                  backlog-bytes. Algorithm, every interval: DECREASE on the first tick \
                  with clear congestion to the lowest ceiling proposed by the signals \
-                 (loss >= loss-threshold: x(1-loss/2), 0.5..0.95, or the smoothed \
-                 send rate x(1-loss) if lower; queuing delay >= \
+                 (loss >= loss-threshold: x(1-loss/2), 0.5..0.95, and 95% of the \
+                 smoothed send rate x(1-loss); queuing delay >= \
                  rtt-threshold and not shrinking: x0.85; backlog >= backlog-threshold \
                  and growing: 85% of its drain rate; an estimate below the target: the \
-                 estimate), one multiplicative cut per max(2 RTT, 300 ms); HOLD while a \
+                 estimate), one multiplicative cut per max(2 RTT, 300 ms) and not while \
+                 the encoder still sends 1.15x the new target (up to 1 s); HOLD while a \
                  signal is elevated and for 1 s after a cut; INCREASE by probing, one step \
-                 per max(500 ms, 2 RTT), +5% growing 3 points per clear step to +25%, \
-                 only +5% within 15% of the rate where congestion was last seen, never \
+                 per max(500 ms, 2 RTT), +5% growing 4 points per clear step to +30%, \
+                 at most +8% within 10% of the rate where congestion was last seen, never \
                  above max-bitrate, the estimate or 1.5x the measured encoder output. \
                  Rungs: down on the tick the target falls below the rung minimum, up one \
                  rung after the target has stayed at 1.15x the next rung's minimum for \
