@@ -9,8 +9,8 @@
 //! 1. **Decrease** as soon as one signal shows clear congestion. Each signal proposes a
 //!    ceiling and the lowest one wins:
 //!    * loss at or above `loss_high`: `target × (1 − loss/2)`, at most −50 %, at least −5 %
-//!      (the loss rule of Google Congestion Control), and what got through, 95 % of the
-//!      smoothed send rate × (1 − loss);
+//!      (the loss rule of Google Congestion Control), and what got through: 95 % of the
+//!      send rate over the period the report covers (since the previous one) × (1 − loss);
 //!    * queuing delay (RTT minus the lowest RTT of the last 30 s) at or above `rtt_threshold`
 //!      and not already shrinking: `target × 0.85`;
 //!    * a send backlog (queue level before a TCP-like sink, SRT send buffer) at or above
@@ -29,14 +29,17 @@
 //!    `loss_low`, half the delay or backlog threshold, a backlog still draining), and for
 //!    `increase_hold` after the last decrease.
 //! 3. **Increase** by probing: one step per `probe_interval` (at least 2 × RTT) so that the
-//!    effect of a step is seen before the next one. Steps start at +5 % and grow by 4 points
-//!    per clear step up to +30 %, which recovers a 2.5× capacity increase in about 4 s; near
+//!    effect of a step is seen before the next one. Steps start at +8 % and grow by 5 points
+//!    per clear step up to +30 %, which recovers a 3× capacity increase in about 3.5 s; near
 //!    the rate at which congestion was last seen (±10 %) steps stay at most +8 %, because
-//!    that is where the link broke before. Increases never pass `max_bps`, the explicit estimate, or 1.5× the
-//!    rate the encoder really produces plus 100 kbit/s (an encoder undershooting on a static
-//!    scene must not lead the target into the sky).
+//!    that is where the link broke before. Increases never pass `max_bps`, the explicit
+//!    estimate, or 1.5 × the rate the encoder really produces (smoothed) plus 100 kbit/s: an
+//!    encoder undershooting on a static scene must not lead the target into the sky, where
+//!    the next real congestion would find it.
 //!
-//! The target always stays within `[min_bps, max_bps]`.
+//! The target always stays within `[min_bps, max_bps]`. When a loss episode that cut the
+//! target ends (first clean report once the encoder follows), the decision asks for a key
+//! frame: receivers that lost references get a clean picture at the new rate.
 //!
 //! # Ladder
 //!
@@ -198,6 +201,9 @@ pub struct Decision {
     pub rung: Option<usize>,
     /// The rung changed on this tick: apply new caps and force a key frame.
     pub rung_changed: bool,
+    /// A loss episode just ended: ask the encoder for a key frame so that receivers that
+    /// lost references get a clean picture at the new rate.
+    pub recovery_key_frame: bool,
     /// Way the target moved.
     pub direction: Direction,
     /// Why.
@@ -215,10 +221,12 @@ const RTT_WINDOW: Duration = Duration::from_secs(30);
 /// Weight of the newest sample in the smoothed send rate (about 0.6 s of memory at 100 ms
 /// ticks).
 const SENT_SMOOTHING: f64 = 0.3;
+/// How much send-rate history is kept to match loss reports with what was sent.
+const SENT_HISTORY: Duration = Duration::from_secs(3);
 /// Longest wait for the encoder to follow a cut before signals may cut again.
 const ENCODER_SETTLE: Duration = Duration::from_secs(1);
-const FIRST_STEP: f64 = 0.05;
-const STEP_GROWTH: f64 = 0.04;
+const FIRST_STEP: f64 = 0.08;
+const STEP_GROWTH: f64 = 0.05;
 const LAST_STEP: f64 = 0.30;
 /// Step near the rate where congestion was last seen.
 const NEAR_CONGESTION_STEP: f64 = 0.08;
@@ -238,6 +246,9 @@ pub struct Controller {
     step: f64,
     rtts: VecDeque<(Duration, Duration)>,
     sent_avg: Option<f64>,
+    sent_history: VecDeque<(Duration, u64)>,
+    last_loss_report: Option<Duration>,
+    loss_episode: bool,
     previous_delay: Option<Duration>,
     previous_backlog: Option<(Duration, Duration, Option<u64>)>,
 }
@@ -260,6 +271,9 @@ impl Controller {
             step: FIRST_STEP,
             rtts: VecDeque::new(),
             sent_avg: None,
+            sent_history: VecDeque::new(),
+            last_loss_report: None,
+            loss_episode: false,
             previous_delay: None,
             previous_backlog: None,
         };
@@ -352,6 +366,14 @@ impl Controller {
                 Some(avg) => avg + (sent as f64 - avg) * SENT_SMOOTHING,
                 None => sent as f64,
             });
+            self.sent_history.push_back((now, sent));
+            while self
+                .sent_history
+                .front()
+                .is_some_and(|&(t, _)| now.saturating_sub(t) > SENT_HISTORY)
+            {
+                self.sent_history.pop_front();
+            }
         }
         let since_decrease = self.last_decrease.map(|t| now.saturating_sub(t));
         // After a cut the encoder's rate control needs a moment to follow: loss and delay
@@ -389,8 +411,8 @@ impl Controller {
             if loss >= self.config.loss_high {
                 // What got through is what the path carries: a policer dropping 70 % needs
                 // more than a halving. A rate, not a factor: it applies on every report.
-                if let Some(avg) = self.sent_avg {
-                    ceilings.push(((avg * (1.0 - loss) * 0.95) as u64, Reason::Loss));
+                if let Some(sent) = self.sent_since(self.last_loss_report) {
+                    ceilings.push(((sent * (1.0 - loss) * 0.95) as u64, Reason::Loss));
                 }
                 if !in_holdoff {
                     let factor = (1.0 - loss / 2.0).clamp(0.5, 0.95);
@@ -406,6 +428,9 @@ impl Controller {
             .is_some_and(|(delay, previous)| delay + Duration::from_millis(5) < previous);
         if queuing_delay.is_some() {
             self.previous_delay = queuing_delay;
+        }
+        if obs.loss.is_some() {
+            self.last_loss_report = Some(now);
         }
         if let Some(delay) = queuing_delay {
             if delay >= self.config.rtt_threshold {
@@ -451,6 +476,7 @@ impl Controller {
             self.target_bps = ceiling.max(min_bps);
             self.last_decrease = Some(now);
             self.step = FIRST_STEP;
+            self.loss_episode |= reason == Reason::Loss;
             (Direction::Decrease, reason)
         } else if caution
             || lowest.is_some()
@@ -478,8 +504,8 @@ impl Controller {
             if let Some(estimate) = obs.estimate_bps {
                 limit = limit.min(estimate);
             }
-            if let Some(sent) = obs.sent_bps.filter(|&s| s > 0) {
-                limit = limit.min(sent.saturating_mul(3) / 2 + 100_000);
+            if let Some(sent) = self.sent_avg.filter(|&s| s > 0.0) {
+                limit = limit.min((sent * 1.5) as u64 + 100_000);
             }
             let proposed = ((target * (1.0 + step)) as u64).min(limit);
             if proposed > self.target_bps {
@@ -493,7 +519,18 @@ impl Controller {
         };
         self.target_bps = self.target_bps.clamp(min_bps, max_bps);
 
+        // The episode ends with the first report under the hold threshold once the encoder
+        // follows the new rate. A rung change brings its own key frame.
+        let mut recovery_key_frame = false;
+        if self.loss_episode
+            && obs.loss.is_some_and(|l| l <= self.config.loss_low)
+            && !encoder_lagging
+        {
+            self.loss_episode = false;
+            recovery_key_frame = true;
+        }
         let rung_changed = self.update_rung(now);
+        let recovery_key_frame = recovery_key_frame && !rung_changed;
         self.encoder_bps = self.encoder_rate();
         Decision {
             time: now,
@@ -502,8 +539,28 @@ impl Controller {
             previous_encoder_bps,
             rung: self.rung,
             rung_changed,
+            recovery_key_frame,
             direction,
             reason,
+        }
+    }
+
+    /// Mean send rate since `since` (the previous loss report: the period the new report
+    /// describes), the smoothed rate when there is no such history.
+    fn sent_since(&self, since: Option<Duration>) -> Option<f64> {
+        let window: Vec<u64> = match since {
+            Some(since) => self
+                .sent_history
+                .iter()
+                .filter(|&&(t, _)| t > since)
+                .map(|&(_, s)| s)
+                .collect(),
+            None => Vec::new(),
+        };
+        if window.is_empty() {
+            self.sent_avg
+        } else {
+            Some(window.iter().sum::<u64>() as f64 / window.len() as f64)
         }
     }
 
@@ -600,6 +657,30 @@ mod tests {
         );
         assert_eq!(again.direction, Direction::Hold);
         assert_eq!(again.target_bps, d.target_bps);
+    }
+
+    #[test]
+    fn a_key_frame_is_requested_once_a_loss_episode_ends() {
+        let mut c = Controller::new(Config::default());
+        let mut t = Duration::ZERO;
+        run(&mut c, &mut t, 10, clear(2_000_000));
+        let lossy = Observation {
+            loss: Some(0.4),
+            ..clear(2_000_000)
+        };
+        let cut = run(&mut c, &mut t, 1, lossy);
+        assert_eq!(cut.direction, Direction::Decrease);
+        assert!(!cut.recovery_key_frame);
+        // The encoder still sends the old rate: no key frame yet, whatever the report says.
+        let d = run(&mut c, &mut t, 1, clear(2_000_000));
+        assert!(!d.recovery_key_frame);
+        // It follows the new rate and the next report is clean: one key frame.
+        let followed = clear(cut.encoder_bps);
+        let mut keys = 0;
+        for _ in 0..30 {
+            keys += run(&mut c, &mut t, 1, followed).recovery_key_frame as u32;
+        }
+        assert_eq!(keys, 1);
     }
 
     #[test]
@@ -741,9 +822,13 @@ mod tests {
             previous = d.target_bps;
         }
         assert!(steps.len() >= 8, "{steps:?}");
-        assert!(steps[0] <= 1.06, "first step {}", steps[0]);
-        assert!(steps.windows(2).all(|w| w[1] >= w[0] - 1e-4), "{steps:?}");
-        assert!(*steps.last().unwrap() > 1.15, "{steps:?}");
+        assert!(steps[0] <= 1.081, "first step {}", steps[0]);
+        // Until the encoder's real output caps them.
+        assert!(
+            steps[..6].windows(2).all(|w| w[1] >= w[0] - 1e-4),
+            "{steps:?}"
+        );
+        assert!(steps.iter().any(|&s| s > 1.25), "{steps:?}");
         // 6 s of clear signals: at least 3× the start.
         assert!(c.target_bps() >= 1_500_000, "{}", c.target_bps());
     }

@@ -302,19 +302,19 @@ impl ElementImpl for AbrController {
                  backlog-bytes. Algorithm, every interval: DECREASE on the first tick \
                  with clear congestion to the lowest ceiling proposed by the signals \
                  (loss >= loss-threshold: x(1-loss/2), 0.5..0.95, and 95% of the \
-                 smoothed send rate x(1-loss); queuing delay >= \
+                 send rate over the reported period x(1-loss); queuing delay >= \
                  rtt-threshold and not shrinking: x0.85; backlog >= backlog-threshold \
                  and growing: 85% of its drain rate; an estimate below the target: the \
                  estimate), one multiplicative cut per max(2 RTT, 300 ms) and not while \
                  the encoder still sends 1.15x the new target (up to 1 s); HOLD while a \
                  signal is elevated and for 1 s after a cut; INCREASE by probing, one step \
-                 per max(500 ms, 2 RTT), +5% growing 4 points per clear step to +30%, \
+                 per max(500 ms, 2 RTT), +8% growing 5 points per clear step to +30%, \
                  at most +8% within 10% of the rate where congestion was last seen, never \
                  above max-bitrate, the estimate or 1.5x the measured encoder output. \
                  Rungs: down on the tick the target falls below the rung minimum, up one \
                  rung after the target has stayed at 1.15x the next rung's minimum for \
                  rung-up-hold; each rung change sets the capsfilter caps and forces a \
-                 key frame. Posts 'abr-decision' element messages on every change.",
+                 key frame, and so does the end of a loss episode that cut the bitrate. Posts 'abr-decision' element messages on every change.",
                 "The hybridlive developers",
             )
         });
@@ -820,7 +820,13 @@ impl AbrController {
                 );
             }
         }
-        if decision.changed() || start || force_apply {
+        if decision.recovery_key_frame
+            && let Some(encoder) = &encoder
+        {
+            gst::debug!(CAT, imp = self, "Loss episode over, asking for a key frame");
+            encoder.force_key_frame();
+        }
+        if decision.changed() || start || force_apply || decision.recovery_key_frame {
             self.post_decision(now, &decision, &obs, rung.as_ref(), encoder.as_ref());
         }
     }
@@ -847,6 +853,10 @@ impl AbrController {
             .field("previous-bitrate", clamp_u32(decision.previous_encoder_bps))
             .field("rung", decision.rung.map_or(-1, |r| r as i32))
             .field("rung-changed", decision.rung_changed)
+            .field(
+                "key-frame",
+                decision.rung_changed || decision.recovery_key_frame,
+            )
             .field("direction", decision.direction.as_str())
             .field("reason", decision.reason.as_str())
             .field_if_some("encoder", encoder.map(|e| e.element().name().to_string()))
