@@ -11,6 +11,8 @@
 //!    * loss at or above `loss_high`: `target × (1 − loss/2)`, at most −50 %, at least −5 %
 //!      (the loss rule of Google Congestion Control), and what got through: 95 % of the
 //!      send rate over the period the report covers (since the previous one) × (1 − loss);
+//!    * loss between `loss_low` and `loss_high` in three reports in a row: 97 % of what got
+//!      through (a link carrying a little less than we send, e.g. a policer);
 //!    * queuing delay (RTT minus the lowest RTT of the last 30 s) at or above `rtt_threshold`
 //!      and not already shrinking: `target × 0.85`;
 //!    * a send backlog (queue level before a TCP-like sink, SRT send buffer) at or above
@@ -26,7 +28,7 @@
 //!    congestion episode costs one cut; ceilings computed from rates apply on every tick. Since every tick may
 //!    decrease, the reaction time is one tick interval plus the age of the signal.
 //! 2. **Hold** while any signal is elevated without being clear congestion (loss above
-//!    `loss_low`, half the delay or backlog threshold, a backlog still draining), and for
+//!    `loss_low` in fewer than three reports in a row, half the delay or backlog threshold, a backlog still draining), and for
 //!    `increase_hold` after the last decrease.
 //! 3. **Increase** by probing: one step per `probe_interval` (at least 2 × RTT) so that the
 //!    effect of a step is seen before the next one. Steps start at +8 % and grow by 5 points
@@ -221,6 +223,8 @@ const RTT_WINDOW: Duration = Duration::from_secs(30);
 /// Weight of the newest sample in the smoothed send rate (about 0.6 s of memory at 100 ms
 /// ticks).
 const SENT_SMOOTHING: f64 = 0.3;
+/// Consecutive reports with loss between `loss_low` and `loss_high` that count as congestion.
+const SUSTAINED_LOSS_REPORTS: u32 = 3;
 /// How much send-rate history is kept to match loss reports with what was sent.
 const SENT_HISTORY: Duration = Duration::from_secs(3);
 /// Longest wait for the encoder to follow a cut before signals may cut again.
@@ -249,6 +253,7 @@ pub struct Controller {
     sent_history: VecDeque<(Duration, u64)>,
     last_loss_report: Option<Duration>,
     loss_episode: bool,
+    moderate_loss_reports: u32,
     previous_delay: Option<Duration>,
     previous_backlog: Option<(Duration, Duration, Option<u64>)>,
 }
@@ -274,6 +279,7 @@ impl Controller {
             sent_history: VecDeque::new(),
             last_loss_report: None,
             loss_episode: false,
+            moderate_loss_reports: 0,
             previous_delay: None,
             previous_backlog: None,
         };
@@ -419,8 +425,20 @@ impl Controller {
                     ceilings.push(((target * factor) as u64, Reason::Loss));
                 }
                 caution = true;
+                self.moderate_loss_reports = 0;
             } else if loss > self.config.loss_low {
+                // A few percent now and then is noise; report after report it is a link
+                // carrying a little less than we send, and every lost packet hurts video.
+                self.moderate_loss_reports += 1;
+                if self.moderate_loss_reports >= SUSTAINED_LOSS_REPORTS
+                    && let Some(sent) = self.sent_since(self.last_loss_report)
+                {
+                    ceilings.push(((sent * (1.0 - loss) * 0.97) as u64, Reason::Loss));
+                    self.moderate_loss_reports = 0;
+                }
                 caution = true;
+            } else {
+                self.moderate_loss_reports = 0;
             }
         }
         let delay_shrinking = queuing_delay
@@ -684,21 +702,35 @@ mod tests {
     }
 
     #[test]
-    fn moderate_loss_holds_and_never_increases() {
+    fn moderate_loss_holds_then_cuts_when_it_persists() {
         let mut c = Controller::new(Config::default());
         let mut t = Duration::ZERO;
+        run(&mut c, &mut t, 1, clear(2_000_000));
         let start = c.target_bps();
-        let d = run(
-            &mut c,
-            &mut t,
-            50,
-            Observation {
-                loss: Some(0.05),
-                ..clear(2_000_000)
-            },
-        );
-        assert_eq!(d.target_bps, start);
-        assert_eq!(d.reason, Reason::Caution);
+        let moderate = Observation {
+            loss: Some(0.05),
+            ..clear(2_000_000)
+        };
+        for _ in 0..2 {
+            let d = run(&mut c, &mut t, 1, moderate);
+            assert_eq!(d.target_bps, start);
+            assert_eq!(d.reason, Reason::Caution);
+        }
+        // The third report in a row: down to what got through, 2 Mbit/s × 0.95 × 0.97.
+        let d = run(&mut c, &mut t, 1, moderate);
+        assert_eq!(d.direction, Direction::Decrease);
+        assert_eq!(d.reason, Reason::Loss);
+        assert_eq!(d.target_bps, 1_843_000);
+        // Isolated moderate losses between clean reports never cut.
+        let mut c = Controller::new(Config::default());
+        for i in 0..60 {
+            let obs = if i % 2 == 0 {
+                moderate
+            } else {
+                clear(2_000_000)
+            };
+            assert_ne!(run(&mut c, &mut t, 1, obs).direction, Direction::Decrease);
+        }
     }
 
     #[test]

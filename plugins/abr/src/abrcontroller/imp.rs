@@ -302,7 +302,8 @@ impl ElementImpl for AbrController {
                  backlog-bytes. Algorithm, every interval: DECREASE on the first tick \
                  with clear congestion to the lowest ceiling proposed by the signals \
                  (loss >= loss-threshold: x(1-loss/2), 0.5..0.95, and 95% of the \
-                 send rate over the reported period x(1-loss); queuing delay >= \
+                 send rate over the reported period x(1-loss); loss above a fifth of \
+                 that threshold in 3 reports in a row: 97% of what got through; queuing delay >= \
                  rtt-threshold and not shrinking: x0.85; backlog >= backlog-threshold \
                  and growing: 85% of its drain rate; an estimate below the target: the \
                  estimate), one multiplicative cut per max(2 RTT, 300 ms) and not while \
