@@ -191,3 +191,48 @@ fn rate_drop_moves_to_a_lower_rung_that_the_receiver_decodes() {
     }
     assert_eq!(size, Some((320, 180)));
 }
+
+#[test]
+fn srtsink_statistics_are_followed() {
+    init();
+    let port = free_udp_port();
+    let launch = |description: String| {
+        gst::parse::launch(&description)
+            .unwrap()
+            .downcast::<gst::Pipeline>()
+            .unwrap()
+    };
+    // The listener first, so that the caller finds it.
+    let receiver = launch(format!(
+        "srtsrc uri=srt://127.0.0.1:{port}?mode=listener latency=100 ! fakesink sync=false"
+    ));
+    let sender = launch(format!(
+        "videotestsrc is-live=true pattern=zone-plate kx2=20 ky2=20 kt=1 \
+         ! video/x-raw,width=320,height=180,framerate=30/1 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast bitrate=800 \
+         ! abrcontroller name=abr srtsink-name=srt ! mpegtsmux \
+         ! srtsink name=srt uri=srt://127.0.0.1:{port}?mode=caller latency=100"
+    ));
+    receiver.set_state(gst::State::Playing).unwrap();
+    let _stop_receiver = StopOnDrop(receiver.clone());
+    let _stop_sender = StopOnDrop(sender.clone());
+    sender.set_state(gst::State::Playing).unwrap();
+    let abr = sender.by_name("abr").unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut inputs = None;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let i = abr
+            .property::<gst::Structure>("stats")
+            .get::<gst::Structure>("inputs")
+            .unwrap();
+        if i.has_field("rtt") && i.has_field("loss") {
+            inputs = Some(i);
+            break;
+        }
+    }
+    let inputs = inputs.expect("srtsink RTT and loss reach the controller");
+    assert!(inputs.get::<gst::ClockTime>("rtt").unwrap() < gst::ClockTime::from_seconds(1));
+    assert_eq!(inputs.get::<f64>("loss").unwrap(), 0.0);
+}
