@@ -9,7 +9,7 @@
 //! 1. **Decrease** as soon as one signal shows clear congestion. Each signal proposes a
 //!    ceiling and the lowest one wins:
 //!    * loss at or above `loss_high`: `target × (1 − loss/2)`, at most −50 %, at least −5 %
-//!      (the loss rule of Google Congestion Control), and what got through: 95 % of the
+//!      (the loss rule of Google Congestion Control), and what got through: 90 % of the
 //!      send rate over the period the report covers (since the previous one) × (1 − loss);
 //!    * loss between `loss_low` and `loss_high` in three reports in a row: 97 % of what got
 //!      through (a link carrying a little less than we send, e.g. a policer);
@@ -418,7 +418,7 @@ impl Controller {
                 // What got through is what the path carries: a policer dropping 70 % needs
                 // more than a halving. A rate, not a factor: it applies on every report.
                 if let Some(sent) = self.sent_since(self.last_loss_report) {
-                    ceilings.push(((sent * (1.0 - loss) * 0.95) as u64, Reason::Loss));
+                    ceilings.push(((sent * (1.0 - loss) * 0.9) as u64, Reason::Loss));
                 }
                 if !in_holdoff {
                     let factor = (1.0 - loss / 2.0).clamp(0.5, 0.95);

@@ -301,7 +301,7 @@ impl ElementImpl for AbrController {
                  fields bitrate (bit/s), loss (0-1), rtt, jitter, backlog (ns) and \
                  backlog-bytes. Algorithm, every interval: DECREASE on the first tick \
                  with clear congestion to the lowest ceiling proposed by the signals \
-                 (loss >= loss-threshold: x(1-loss/2), 0.5..0.95, and 95% of the \
+                 (loss >= loss-threshold: x(1-loss/2), 0.5..0.95, and 90% of the \
                  send rate over the reported period x(1-loss); loss above a fifth of \
                  that threshold in 3 reports in a row: 97% of what got through; queuing delay >= \
                  rtt-threshold and not shrinking: x0.85; backlog >= backlog-threshold \
