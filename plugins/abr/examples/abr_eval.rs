@@ -73,7 +73,18 @@ impl Mode {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// RTP through netsim inside the pipeline.
+    Netsim,
+    /// SRT across a veth pair into a network namespace, shaped by `tc tbf` (needs root).
+    SrtTbf,
+}
+
 struct Args {
+    link: Link,
+    /// Child process mode: SRT listener on this port, reporting to stdout.
+    receiver: Option<u16>,
     profile: Vec<(u32, Duration)>,
     modes: Vec<Mode>,
     fixed_kbps: u32,
@@ -84,6 +95,8 @@ struct Args {
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
+        link: Link::Netsim,
+        receiver: None,
         profile: parse_profile("4000:20,1000:20,3000:20")?,
         modes: vec![Mode::Fixed, Mode::Gcc, Mode::Abr, Mode::AbrGcc],
         fixed_kbps: 2500,
@@ -108,15 +121,32 @@ fn parse_args() -> Result<Args> {
                 args.rtcp_interval_ms = value()?.parse().context("--rtcp-interval-ms")?
             }
             "--out" => args.out = PathBuf::from(value()?),
+            "--link" => {
+                args.link = match value()?.as_str() {
+                    "netsim" => Link::Netsim,
+                    "srt-tbf" => Link::SrtTbf,
+                    other => bail!("unknown link '{other}' (netsim, srt-tbf)"),
+                }
+            }
+            "--receiver" => args.receiver = Some(value()?.parse().context("--receiver")?),
             "--help" | "-h" => {
                 println!(
-                    "abr-eval [--profile KBPS:SECS,...] [--modes fixed,gcc,abr,abr-gcc] \
-                     [--fixed-kbps N] [--delay-ms N] [--rtcp-interval-ms N] [--out DIR]"
+                    "abr-eval [--link netsim|srt-tbf] [--profile KBPS:SECS,...] \
+                     [--modes fixed,gcc,abr,abr-gcc] [--fixed-kbps N] [--delay-ms N] \
+                     [--rtcp-interval-ms N] [--out DIR]"
                 );
                 std::process::exit(0);
             }
             other => bail!("unknown argument '{other}' (see --help)"),
         }
+    }
+    if args.link == Link::SrtTbf
+        && let Some(m) = args.modes.iter().find(|m| m.uses_gcc())
+    {
+        bail!(
+            "mode {} needs RTP with TWCC: not available over SRT",
+            m.name()
+        );
     }
     Ok(args)
 }
@@ -165,15 +195,39 @@ struct Sample {
     latency_ms: Option<f64>,
 }
 
+/// Where the bottleneck is and how the receiver is observed.
+enum Bottleneck {
+    Netsim {
+        net: gst::Element,
+        meter: gst::Element,
+    },
+    SrtTbf {
+        device: String,
+        srtsink: gst::Element,
+        receiver: std::process::Child,
+        latency_ms: Arc<Mutex<Option<f64>>>,
+    },
+}
+
 struct Run {
     mode: Mode,
     pipeline: gst::Pipeline,
     encoder: Encoder,
-    net: gst::Element,
-    meter: gst::Element,
+    bottleneck: Bottleneck,
     counters: Arc<Counters>,
     samples: Vec<Sample>,
     last: (u64, u64, u64, u64),
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+        // A receiver left running would outlive its namespace's name.
+        if let Bottleneck::SrtTbf { receiver, .. } = &mut self.bottleneck {
+            let _ = receiver.kill();
+            let _ = receiver.wait();
+        }
+    }
 }
 
 fn free_udp_port() -> Result<u16> {
@@ -316,23 +370,259 @@ fn build(mode: Mode, args: &Args, start: Instant) -> Result<Run> {
         mode,
         pipeline,
         encoder,
-        net,
-        meter,
+        bottleneck: Bottleneck::Netsim { net, meter },
         counters,
         samples: Vec::new(),
         last: (0, 0, 0, 0),
     })
 }
 
-fn set_capacity(run: &Run, kbps: u32) {
-    // A quarter second of burst: a keyframe larger than that loses packets, as on a real link.
-    run.net
-        .set_property("max-bucket-size", (kbps / 4).max(20) as i32);
-    run.net.set_property("max-kbps", kbps as i32);
+fn set_capacity(run: &Run, kbps: u32) -> Result<()> {
+    match &run.bottleneck {
+        Bottleneck::Netsim { net, .. } => {
+            // A quarter second of burst: a key frame larger than that loses packets.
+            net.set_property("max-bucket-size", (kbps / 4).max(20) as i32);
+            net.set_property("max-kbps", kbps as i32);
+        }
+        Bottleneck::SrtTbf { device, .. } => {
+            // A 200 ms queue in front of the link, tail drop beyond.
+            command(&[
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                device,
+                "root",
+                "tbf",
+                "rate",
+                &format!("{kbps}kbit"),
+                "burst",
+                "32kbit",
+                "latency",
+                "200ms",
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+fn command(argv: &[&str]) -> Result<()> {
+    let status = std::process::Command::new(argv[0])
+        .args(&argv[1..])
+        .status()
+        .with_context(|| format!("cannot run {}", argv.join(" ")))?;
+    if !status.success() {
+        bail!("'{}' failed ({status})", argv.join(" "));
+    }
+    Ok(())
+}
+
+/// A network namespace holding the receiving ends of one veth pair per mode; deleted (with
+/// the pairs) on drop.
+struct Namespace {
+    name: String,
+}
+
+impl Namespace {
+    fn create() -> Result<Namespace> {
+        let name = format!("abreval{}", std::process::id());
+        command(&["ip", "netns", "add", &name])
+            .context("creating a network namespace (srt-tbf needs root)")?;
+        let ns = Namespace { name };
+        command(&[
+            "ip", "netns", "exec", &ns.name, "ip", "link", "set", "lo", "up",
+        ])?;
+        Ok(ns)
+    }
+
+    /// Adds veth pair `index`; returns the sending device and the receiver's address.
+    fn add_link(&self, index: usize) -> Result<(String, String)> {
+        let id = std::process::id() % 10_000;
+        let (a, b) = (format!("abr{id}x{index}a"), format!("abr{id}x{index}b"));
+        let (ip_a, ip_b) = (
+            format!("10.213.{}.1", 200 + index),
+            format!("10.213.{}.2", 200 + index),
+        );
+        command(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b])?;
+        command(&["ip", "link", "set", &b, "netns", &self.name])?;
+        command(&["ip", "addr", "add", &format!("{ip_a}/30"), "dev", &a])?;
+        command(&["ip", "link", "set", &a, "up"])?;
+        let exec = ["ip", "netns", "exec", &self.name];
+        command(
+            &[
+                &exec[..],
+                &["ip", "addr", "add", &format!("{ip_b}/30"), "dev", &b],
+            ]
+            .concat(),
+        )?;
+        command(&[&exec[..], &["ip", "link", "set", &b, "up"]].concat())?;
+        Ok((a, ip_b))
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth ends inside it, and with them the pairs.
+        let _ = command(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+/// Child-process mode: an SRT listener that decodes and reports to stdout, one line each:
+/// `F <unix ns>` per decoded frame, `B <unix ns> <bytes so far>` and `L <unix ns> <latency ms>`
+/// every 100 ms.
+fn run_receiver(port: u16) -> Result<()> {
+    gst::init()?;
+    gstlatency::plugin_register_static()?;
+    let pipeline = gst::parse::launch(&format!(
+        "srtsrc name=src uri=srt://:{port}?mode=listener latency=200 ! tsdemux ! h264parse \
+         ! latencymeter name=meter window=1000000000 ! avdec_h264 name=dec ! fakesink sync=false"
+    ))?
+    .downcast::<gst::Pipeline>()
+    .map_err(|_| anyhow::anyhow!("not a pipeline"))?;
+    let unix_ns = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    };
+    let bytes = Arc::new(AtomicU64::new(0));
+    let counter = bytes.clone();
+    let by_name = |n: &str| pipeline.by_name(n).with_context(|| format!("no {n}"));
+    by_name("src")?
+        .static_pad("src")
+        .context("srtsrc pad")?
+        .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+            if let Some(gst::PadProbeData::Buffer(b)) = &info.data {
+                counter.fetch_add(b.size() as u64, Ordering::Relaxed);
+            }
+            gst::PadProbeReturn::Ok
+        });
+    by_name("dec")?
+        .static_pad("src")
+        .context("decoder pad")?
+        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            println!("F {}", unix_ns());
+            gst::PadProbeReturn::Ok
+        });
+    let meter = by_name("meter")?;
+    pipeline.set_state(gst::State::Playing)?;
+    loop {
+        std::thread::sleep(SAMPLE);
+        let now = unix_ns();
+        println!("B {now} {}", bytes.load(Ordering::Relaxed));
+        if let Some(ms) = meter
+            .property::<Option<gst::Structure>>("stats")
+            .and_then(|s| s.get::<f64>("last-ms").ok())
+        {
+            println!("L {now} {ms}");
+        }
+    }
+}
+
+fn build_srt(
+    mode: Mode,
+    args: &Args,
+    start: Instant,
+    start_unix: Duration,
+    ns: &Namespace,
+    index: usize,
+) -> Result<Run> {
+    let (device, address) = ns.add_link(index)?;
+    let port = 5000 + index as u16;
+    let exe = std::env::current_exe()?;
+    let mut receiver = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns.name])
+        .arg(&exe)
+        .args(["--receiver", &port.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting the receiver in the namespace")?;
+    let counters = Arc::new(Counters::default());
+    let latency_ms = Arc::new(Mutex::new(None));
+    let stdout = receiver.stdout.take().context("receiver stdout")?;
+    {
+        let counters = counters.clone();
+        let latency_ms = latency_ms.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let since_start = |ns: u128| Duration::from_nanos(ns as u64).saturating_sub(start_unix);
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let parts: Vec<&str> = line.split_whitespace().collect();
+                match parts.as_slice() {
+                    ["F", t] => {
+                        if let Ok(t) = t.parse::<u128>() {
+                            counters.frames.lock().unwrap().push(since_start(t));
+                        }
+                    }
+                    ["B", _, bytes] => {
+                        if let Ok(b) = bytes.parse::<u64>() {
+                            counters.bytes_out.store(b, Ordering::Relaxed);
+                        }
+                    }
+                    ["L", _, ms] => *latency_ms.lock().unwrap() = ms.parse::<f64>().ok(),
+                    _ => {}
+                }
+            }
+        });
+    }
+    let abr = match mode {
+        Mode::Abr => {
+            "! abrcontroller name=abr srtsink-name=srt min-bitrate=150000 max-bitrate=6000000"
+        }
+        _ => "",
+    };
+    let description = format!(
+        "videotestsrc is-live=true pattern=zone-plate kx2=20 ky2=20 kt=1 ! video/x-raw,width=640,height=360,framerate=30/1 \
+         ! x264enc name=enc tune=zerolatency speed-preset=ultrafast bitrate={kbps} key-int-max=60 \
+         ! latencystamp mode=sei stream-id={name} {abr} ! mpegtsmux alignment=7 \
+         ! srtsink name=srt uri=srt://{address}:{port}?mode=caller latency=200",
+        kbps = args.fixed_kbps,
+        name = mode.name(),
+    );
+    let pipeline = gst::parse::launch(&description)?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| anyhow::anyhow!("not a pipeline"))?;
+    let enc = pipeline.by_name("enc").context("no encoder")?;
+    let srtsink = pipeline.by_name("srt").context("no srtsink")?;
+    // What the encoder produces: srtsink itself takes only what SRT's buffer accepts.
+    count_probe(&enc.static_pad("src").unwrap(), "in", counters.clone());
+    let _ = start;
+    Ok(Run {
+        mode,
+        pipeline,
+        encoder: Encoder::new(&enc)?,
+        bottleneck: Bottleneck::SrtTbf {
+            device,
+            srtsink,
+            receiver,
+            latency_ms,
+        },
+        counters,
+        samples: Vec::new(),
+        last: (0, 0, 0, 0),
+    })
 }
 
 fn sample(run: &mut Run, t: f64, capacity_kbps: u32) {
     let c = &run.counters;
+    if let Bottleneck::SrtTbf { srtsink, .. } = &run.bottleneck
+        && let Some(stats) = srtsink.property::<Option<gst::Structure>>("stats")
+    {
+        let number = |f: &str| {
+            stats
+                .get::<i64>(f)
+                .ok()
+                .or_else(|| stats.get::<i32>(f).ok().map(i64::from))
+                .unwrap_or(0)
+                .max(0) as u64
+        };
+        let (sent, lost) = (number("packets-sent"), number("packets-sent-lost"));
+        c.packets_in.store(sent, Ordering::Relaxed);
+        c.packets_out
+            .store(sent.saturating_sub(lost), Ordering::Relaxed);
+    }
     let now = (
         c.bytes_in.load(Ordering::Relaxed),
         c.packets_in.load(Ordering::Relaxed),
@@ -340,18 +630,20 @@ fn sample(run: &mut Run, t: f64, capacity_kbps: u32) {
         c.packets_out.load(Ordering::Relaxed),
     );
     let secs = SAMPLE.as_secs_f64();
-    let latency_ms = run
-        .meter
-        .property::<Option<gst::Structure>>("stats")
-        .and_then(|s| s.get::<f64>("last-ms").ok());
+    let latency_ms = match &run.bottleneck {
+        Bottleneck::Netsim { meter, .. } => meter
+            .property::<Option<gst::Structure>>("stats")
+            .and_then(|s| s.get::<f64>("last-ms").ok()),
+        Bottleneck::SrtTbf { latency_ms, .. } => *latency_ms.lock().unwrap(),
+    };
     run.samples.push(Sample {
         t,
         capacity_kbps: capacity_kbps as f64,
         target_kbps: run.encoder.bitrate_bps() as f64 / 1000.0,
         sent_kbps: (now.0 - run.last.0) as f64 * 8.0 / 1000.0 / secs,
         recv_kbps: (now.2 - run.last.2) as f64 * 8.0 / 1000.0 / secs,
-        packets_in: now.1 - run.last.1,
-        packets_out: now.3 - run.last.3,
+        packets_in: now.1.saturating_sub(run.last.1),
+        packets_out: now.3.saturating_sub(run.last.3),
         latency_ms,
     });
     run.last = now;
@@ -540,19 +832,35 @@ fn svg(runs: &[Run], total: f64) -> String {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
+    if let Some(port) = args.receiver {
+        return run_receiver(port);
+    }
     gst::init()?;
     gstabr::plugin_register_static()?;
     gstrsrtp::plugin_register_static()?;
     gstlatency::plugin_register_static()?;
 
     let start = Instant::now();
+    let start_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    let namespace = match args.link {
+        Link::SrtTbf => Some(Namespace::create()?),
+        Link::Netsim => None,
+    };
     let mut runs = args
         .modes
         .iter()
-        .map(|&m| build(m, &args, start))
+        .enumerate()
+        .map(|(i, &m)| match &namespace {
+            Some(ns) => build_srt(m, &args, start, start_unix, ns, i),
+            None => build(m, &args, start),
+        })
         .collect::<Result<Vec<_>>>()?;
+    if namespace.is_some() {
+        // Let the listeners come up before the callers dial.
+        std::thread::sleep(Duration::from_secs(1));
+    }
     for run in &runs {
-        set_capacity(run, args.profile[0].0);
+        set_capacity(run, args.profile[0].0)?;
         run.pipeline
             .set_state(gst::State::Playing)
             .with_context(|| format!("{}: cannot start", run.mode.name()))?;
@@ -588,7 +896,7 @@ fn main() -> Result<()> {
         if current != step {
             step = current;
             for run in &runs {
-                set_capacity(run, args.profile[step].0);
+                set_capacity(run, args.profile[step].0)?;
             }
             eprintln!("t={t:.1}s capacity {} kbit/s", args.profile[step].0);
         }
@@ -602,9 +910,14 @@ fn main() -> Result<()> {
             }
         }
     }
-    for run in &runs {
+    for run in &mut runs {
         let _ = run.pipeline.set_state(gst::State::Null);
+        if let Bottleneck::SrtTbf { receiver, .. } = &mut run.bottleneck {
+            let _ = receiver.kill();
+            let _ = receiver.wait();
+        }
     }
+    drop(namespace);
 
     // Figures per step.
     let mut table = String::new();
@@ -678,15 +991,24 @@ fn main() -> Result<()> {
     write(
         "report.md",
         &format!(
-            "# abr-eval\n\nProfile: {}; one-way delay {} ms; RTCP interval {} ms; fixed bitrate {} kbit/s; \
+            "# abr-eval\n\nLink: {}. Profile: {}; fixed bitrate {} kbit/s; \
              640x360@30 moving zone plate (x264 meets its target within 5 %) with x264 ultrafast/zerolatency.\n\n{table}\n\n![step response](step-response.svg)\n",
+            match args.link {
+                Link::Netsim => format!(
+                    "RTP (rtpbin) through netsim (policer, burst = 250 ms of capacity), one-way delay {} ms, \
+                     RTCP interval {} ms, receiver jitterbuffer 200 ms",
+                    args.delay_ms, args.rtcp_interval_ms
+                ),
+                Link::SrtTbf =>
+                    "MPEG-TS over SRT (latency 200 ms) across a veth pair into a network \
+                     namespace, tc tbf (200 ms queue) on the sending side"
+                        .to_string(),
+            },
             args.profile
                 .iter()
                 .map(|(k, d)| format!("{k} kbit/s × {:.0} s", d.as_secs_f64()))
                 .collect::<Vec<_>>()
                 .join(" → "),
-            args.delay_ms,
-            args.rtcp_interval_ms,
             args.fixed_kbps
         ),
     )?;

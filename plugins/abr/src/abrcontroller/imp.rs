@@ -158,6 +158,7 @@ struct State {
     rtp_used: Option<WebrtcReport>,
     stats_pending: bool,
     srt_previous: Option<(f64, f64)>,
+    srt_bandwidth: Option<u64>,
     events: EventSignals,
     counters: Counters,
     warned: Vec<String>,
@@ -185,7 +186,7 @@ pub struct AbrController {
         blurb = "Name of the webrtcbin in the pipeline, used when webrtcbin is NULL",
         get, set, type = Option<String>, member = webrtcbin_name)]
     #[property(name = "srtsink", nick = "srtsink",
-        blurb = "srtsink whose statistics (RTT, loss, estimated bandwidth) are followed",
+        blurb = "srtsink whose statistics (RTT, loss) are followed; its bandwidth estimate is shown in stats only",
         get, set, type = Option<gst::Element>, member = srtsink)]
     #[property(name = "srtsink-name", nick = "srtsink name",
         blurb = "Name of the srtsink in the pipeline, used when srtsink is NULL",
@@ -295,7 +296,7 @@ impl ElementImpl for AbrController {
                  Inputs: webrtcbin stats (remote-inbound-rtp fraction-lost, \
                  round-trip-time, jitter; gst-twcc-stats), rtpbin RTCP receiver \
                  reports, srtsink stats (rtt-ms, \
-                 packets-sent-lost, bandwidth-mbps), the fill level of a queue before a \
+                 packets-sent-lost; bandwidth-mbps only shown in stats), the fill level of a queue before a \
                  TCP-like sink, the estimated-bitrate of an estimator such as rtpgccbwe, \
                  and 'abr-estimate' custom events (upstream or downstream) with optional \
                  fields bitrate (bit/s), loss (0-1), rtt, jitter, backlog (ns) and \
@@ -441,6 +442,9 @@ impl AbrController {
             s.set("last-direction", last.direction.as_str());
         }
         s.set("inputs", inputs_structure(&c.last_inputs));
+        if let Some(bps) = state.srt_bandwidth {
+            s.set("srt-bandwidth", clamp_u32(bps));
+        }
         s
     }
 
@@ -751,7 +755,9 @@ impl AbrController {
                 state.srt_previous = Some((sent, lost));
             }
             merge_max(&mut obs.rtt, srt.rtt);
-            merge_min(&mut obs.estimate_bps, srt.bandwidth_bps);
+            // Not a ceiling: measured across a tbf-shaped veth link, SRT's packet-pair
+            // estimate follows the send rate down and would drag the target to the floor.
+            state.srt_bandwidth = srt.bandwidth_bps;
         }
 
         let start_bps = match settings.start_bitrate {
@@ -793,7 +799,10 @@ impl AbrController {
         let start = decision.reason == Reason::Start;
         let apply_rung = decision.rung_changed || start || force_apply;
         if let Some(encoder) = &encoder
-            && (decision.changed() || start || encoder_bps != Some(decision.encoder_bps))
+            && (decision.changed()
+                || start
+                // Someone else changed it: put ours back (unit rounding aside).
+                || encoder_bps.is_some_and(|b| b.abs_diff(decision.encoder_bps) >= 1000))
         {
             let applied = encoder.set_bitrate_bps(decision.encoder_bps);
             gst::debug!(
