@@ -37,6 +37,12 @@ const DEFAULT_LOSS_THRESHOLD: f64 = 0.10;
 const DEFAULT_RTT_THRESHOLD_MS: u32 = 100;
 const DEFAULT_BACKLOG_THRESHOLD_MS: u32 = 200;
 const DEFAULT_RUNG_UP_HOLD_MS: u32 = 4000;
+/// An SRT loss report covers at least this many packets...
+const SRT_REPORT_PACKETS: f64 = 100.0;
+/// ...or this much time.
+const SRT_REPORT_PERIOD: gst::ClockTime = gst::ClockTime::from_mseconds(500);
+/// Highest loss fraction an SRT report counts as (see where it is used).
+const SRT_LOSS_CAP: f64 = 0.15;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -157,7 +163,8 @@ struct State {
     webrtc_used: Option<WebrtcReport>,
     rtp_used: Option<WebrtcReport>,
     stats_pending: bool,
-    srt_previous: Option<(f64, f64)>,
+    /// Sent and lost packet counters and clock time at the start of the SRT loss window.
+    srt_previous: Option<(f64, f64, gst::ClockTime)>,
     srt_bandwidth: Option<u64>,
     events: EventSignals,
     counters: Counters,
@@ -296,7 +303,8 @@ impl ElementImpl for AbrController {
                  Inputs: webrtcbin stats (remote-inbound-rtp fraction-lost, \
                  round-trip-time, jitter; gst-twcc-stats), rtpbin RTCP receiver \
                  reports, srtsink stats (rtt-ms, \
-                 packets-sent-lost; bandwidth-mbps only shown in stats), the fill level of a queue before a \
+                 packets-sent-lost counted as at most 15 % loss since SRT retransmits; \
+                 bandwidth-mbps only shown in stats), the fill level of a queue before a \
                  TCP-like sink, the estimated-bitrate of an estimator such as rtpgccbwe, \
                  and 'abr-estimate' custom events (upstream or downstream) with optional \
                  fields bitrate (bit/s), loss (0-1), rtt, jitter, backlog (ns) and \
@@ -744,15 +752,23 @@ impl AbrController {
         if let Some(stats) = &srt_stats {
             let srt = parse_srt_stats(stats);
             if let Some((sent, lost)) = srt.counters {
-                if let Some((sent0, lost0)) = state.srt_previous
-                    && sent > sent0
-                {
-                    merge_max(
-                        &mut obs.loss,
-                        Some(((lost - lost0).max(0.0) / (sent - sent0)).min(1.0)),
-                    );
+                match state.srt_previous {
+                    // A loss report needs enough packets to mean something: at low rates a
+                    // tick carries a handful, and one lost packet of three is not 33 % loss.
+                    Some((sent0, lost0, since))
+                        if sent - sent0 >= SRT_REPORT_PACKETS
+                            || (now.saturating_sub(since) >= SRT_REPORT_PERIOD && sent > sent0) =>
+                    {
+                        // SRT's lost packets are retransmitted: they say "congested", not
+                        // "this much never arrived". Capped, a report cuts by a quarter at
+                        // most instead of to what it claims got through.
+                        let loss = ((lost - lost0).max(0.0) / (sent - sent0)).min(SRT_LOSS_CAP);
+                        merge_max(&mut obs.loss, Some(loss));
+                        state.srt_previous = Some((sent, lost, now));
+                    }
+                    Some(_) => {}
+                    None => state.srt_previous = Some((sent, lost, now)),
                 }
-                state.srt_previous = Some((sent, lost));
             }
             merge_max(&mut obs.rtt, srt.rtt);
             // Not a ceiling: measured across a tbf-shaped veth link, SRT's packet-pair
