@@ -22,7 +22,8 @@
 //!    * an explicit estimate (rtpgccbwe, SRT bandwidth, an `abr-estimate` event) below the
 //!      target: the estimate.
 //!
-//!    Multiplicative ceilings (target × factor for loss, delay, unknown drain) are not compounded within a
+//!    Factors apply to the lower of the target and the smoothed rate the encoder really
+//!    sends. Multiplicative ceilings (factor for loss, delay, unknown drain) are not compounded within a
 //!    hold-off of `max(2 × RTT, 300 ms)` after a decrease, nor while the encoder still sends
 //!    more than 1.15 × the new target (for at most 1 s: its rate control lags), so one
 //!    congestion episode costs one cut; ceilings computed from rates apply on every tick. Since every tick may
@@ -410,6 +411,12 @@ impl Controller {
         }
 
         let target = self.target_bps as f64;
+        // Factors apply to what is really sent when the encoder undershoots its target: a cut
+        // from a target nobody reaches would change nothing.
+        let effective = self
+            .sent_avg
+            .filter(|&s| s > 0.0)
+            .map_or(target, |s| target.min(s));
         let mut ceilings: Vec<(u64, Reason)> = Vec::new();
         let mut caution = false;
 
@@ -422,7 +429,7 @@ impl Controller {
                 }
                 if !in_holdoff {
                     let factor = (1.0 - loss / 2.0).clamp(0.5, 0.95);
-                    ceilings.push(((target * factor) as u64, Reason::Loss));
+                    ceilings.push(((effective * factor) as u64, Reason::Loss));
                 }
                 caution = true;
                 self.moderate_loss_reports = 0;
@@ -454,7 +461,7 @@ impl Controller {
             if delay >= self.config.rtt_threshold {
                 // A queue that already drains after a cut needs time, not another cut.
                 if !in_holdoff && !delay_shrinking {
-                    ceilings.push(((target * 0.85) as u64, Reason::Rtt));
+                    ceilings.push(((effective * 0.85) as u64, Reason::Rtt));
                 }
                 caution = true;
             } else if delay >= self.config.rtt_threshold / 2 {
@@ -468,7 +475,7 @@ impl Controller {
                     Some(drain) if drain > 0 => {
                         ceilings.push(((drain as f64 * 0.85) as u64, Reason::Backlog))
                     }
-                    _ if !in_holdoff => ceilings.push(((target * 0.8) as u64, Reason::Backlog)),
+                    _ if !in_holdoff => ceilings.push(((effective * 0.8) as u64, Reason::Backlog)),
                     _ => {}
                 }
                 caution = true;
@@ -883,6 +890,28 @@ mod tests {
         assert_eq!(d.target_bps, cut.target_bps, "no increase within 1 s");
         let d = run(&mut c, &mut t, 10, clear(2_000_000));
         assert!(d.target_bps > cut.target_bps, "probing after the hold");
+    }
+
+    #[test]
+    fn cuts_apply_to_what_the_encoder_really_sends() {
+        let mut c = Controller::new(Config {
+            start_bps: 4_000_000,
+            ..Default::default()
+        });
+        let mut t = Duration::ZERO;
+        // The encoder cannot fill 4 Mbit/s: it sends 2.
+        run(&mut c, &mut t, 20, clear(2_000_000));
+        let d = run(
+            &mut c,
+            &mut t,
+            1,
+            Observation {
+                rtt: Some(ms(300)),
+                ..clear(2_000_000)
+            },
+        );
+        assert_eq!(d.reason, Reason::Rtt);
+        assert_eq!(d.target_bps, 1_700_000);
     }
 
     #[test]

@@ -177,7 +177,12 @@ fn rtt_rise_lowers_bitrate_within_half_a_second() {
     let ticks = cut_after.expect("RTT rise lowers the bitrate within 5 ticks (500 ms)");
     assert!(ticks <= 3, "{ticks}");
     let after = r.x264_kbps();
-    assert!(after as f64 >= before as f64 * 0.8, "{before} → {after}");
+    // One cut of 15 % from what is really sent (2 Mbit/s of buffers per second here).
+    let sent_kbps = 2000.min(before);
+    assert!(
+        (sent_kbps * 8 / 10..sent_kbps).contains(&after),
+        "{before} → {after}"
+    );
     let reasons: Vec<String> = r
         .decisions()
         .iter()
