@@ -85,6 +85,7 @@ struct Args {
     link: Link,
     /// Child process mode: SRT listener on this port, reporting to stdout.
     receiver: Option<u16>,
+    repeat: usize,
     profile: Vec<(u32, Duration)>,
     modes: Vec<Mode>,
     fixed_kbps: u32,
@@ -97,6 +98,7 @@ fn parse_args() -> Result<Args> {
     let mut args = Args {
         link: Link::Netsim,
         receiver: None,
+        repeat: 1,
         profile: parse_profile("4000:20,1000:20,3000:20")?,
         modes: vec![Mode::Fixed, Mode::Gcc, Mode::Abr, Mode::AbrGcc],
         fixed_kbps: 2500,
@@ -129,11 +131,12 @@ fn parse_args() -> Result<Args> {
                 }
             }
             "--receiver" => args.receiver = Some(value()?.parse().context("--receiver")?),
+            "--repeat" => args.repeat = value()?.parse().context("--repeat")?,
             "--help" | "-h" => {
                 println!(
                     "abr-eval [--link netsim|srt-tbf] [--profile KBPS:SECS,...] \
                      [--modes fixed,gcc,abr,abr-gcc] [--fixed-kbps N] [--delay-ms N] \
-                     [--rtcp-interval-ms N] [--out DIR]"
+                     [--rtcp-interval-ms N] [--repeat N] [--out DIR]"
                 );
                 std::process::exit(0);
             }
@@ -830,16 +833,9 @@ fn svg(runs: &[Run], total: f64) -> String {
     out
 }
 
-fn main() -> Result<()> {
-    let args = parse_args()?;
-    if let Some(port) = args.receiver {
-        return run_receiver(port);
-    }
-    gst::init()?;
-    gstabr::plugin_register_static()?;
-    gstrsrtp::plugin_register_static()?;
-    gstlatency::plugin_register_static()?;
-
+/// One run of every mode over the whole profile. Returns the runs (stopped) and the step
+/// boundaries in seconds.
+fn experiment(args: &Args) -> Result<(Vec<Run>, Vec<f64>)> {
     let start = Instant::now();
     let start_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
     let namespace = match args.link {
@@ -851,8 +847,8 @@ fn main() -> Result<()> {
         .iter()
         .enumerate()
         .map(|(i, &m)| match &namespace {
-            Some(ns) => build_srt(m, &args, start, start_unix, ns, i),
-            None => build(m, &args, start),
+            Some(ns) => build_srt(m, args, start, start_unix, ns, i),
+            None => build(m, args, start),
         })
         .collect::<Result<Vec<_>>>()?;
     if namespace.is_some() {
@@ -918,46 +914,104 @@ fn main() -> Result<()> {
         }
     }
     drop(namespace);
+    Ok((runs, boundaries))
+}
 
-    // Figures per step.
+type Figures = HashMap<(usize, Mode), StepFigures>;
+
+fn step_figures(runs: &[Run], args: &Args, boundaries: &[f64]) -> Figures {
+    let mut all = Figures::new();
+    let mut from = 0.0;
+    for (i, &(kbps, _)) in args.profile.iter().enumerate() {
+        let to = boundaries[i];
+        let previous = (i > 0).then(|| args.profile[i - 1].0 as f64);
+        for run in runs {
+            all.insert((i, run.mode), figures(run, from, to, kbps as f64, previous));
+        }
+        from = to;
+    }
+    all
+}
+
+/// Median of the values, "never" (None) counting as the largest.
+fn median_opt(mut values: Vec<Option<f64>>) -> Option<f64> {
+    values.sort_by(|a, b| match (a, b) {
+        (Some(a), Some(b)) => a.total_cmp(b),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => std::cmp::Ordering::Equal,
+    });
+    values.get((values.len().max(1) - 1) / 2).copied().flatten()
+}
+
+fn median(values: Vec<f64>) -> f64 {
+    median_opt(values.into_iter().map(Some).collect()).unwrap_or(0.0)
+}
+
+/// The table; with several rounds every figure is the median over the rounds.
+fn render_table(args: &Args, rounds: &[Figures]) -> String {
     let mut table = String::new();
     let _ = writeln!(
         table,
         "| step | capacity | mode | under capacity after drop | 80 % reached after rise | utilization | loss | freezes > 200 ms (longest) | latency p95 |"
     );
     let _ = writeln!(table, "|---|---|---|---|---|---|---|---|---|");
-    let mut all: HashMap<(usize, Mode), StepFigures> = HashMap::new();
-    let mut from = 0.0;
     for (i, &(kbps, _)) in args.profile.iter().enumerate() {
-        let to = boundaries[i];
         let previous = (i > 0).then(|| args.profile[i - 1].0 as f64);
-        for run in &runs {
-            let f = figures(run, from, to, kbps as f64, previous);
+        for &mode in &args.modes {
+            let all: Vec<&StepFigures> = rounds.iter().filter_map(|r| r.get(&(i, mode))).collect();
+            let pick = |f: fn(&StepFigures) -> f64| median(all.iter().map(|s| f(s)).collect());
+            let pick_opt =
+                |f: fn(&StepFigures) -> Option<f64>| median_opt(all.iter().map(|s| f(s)).collect());
             let _ = writeln!(
                 table,
-                "| {} | {kbps} kbit/s | {} | {} | {} | {:.0} % | {:.1} % | {} ({:.0} ms) | {} |",
+                "| {} | {kbps} kbit/s | {} | {} | {} | {:.0} % | {:.1} % | {:.0} ({:.0} ms) | {} |",
                 i + 1,
-                run.mode.name(),
+                mode.name(),
                 if previous.is_some_and(|p| (kbps as f64) < p) {
-                    fmt_opt(f.reaction_s, "s")
+                    fmt_opt(pick_opt(|s| s.reaction_s), "s")
                 } else {
                     "–".into()
                 },
                 if previous.is_none_or(|p| (kbps as f64) > p) {
-                    fmt_opt(f.t80_s, "s")
+                    fmt_opt(pick_opt(|s| s.t80_s), "s")
                 } else {
                     "–".into()
                 },
-                f.utilization * 100.0,
-                f.loss * 100.0,
-                f.freezes,
-                f.longest_freeze_ms,
-                fmt_opt(f.latency_p95_ms, "ms"),
+                pick(|s| s.utilization) * 100.0,
+                pick(|s| s.loss) * 100.0,
+                pick(|s| s.freezes as f64),
+                pick(|s| s.longest_freeze_ms),
+                fmt_opt(pick_opt(|s| s.latency_p95_ms), "ms"),
             );
-            all.insert((i, run.mode), f);
         }
-        from = to;
     }
+    table
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    if let Some(port) = args.receiver {
+        return run_receiver(port);
+    }
+    gst::init()?;
+    gstabr::plugin_register_static()?;
+    gstrsrtp::plugin_register_static()?;
+    gstlatency::plugin_register_static()?;
+
+    let mut rounds = Vec::new();
+    let mut last = None;
+    for round in 1..=args.repeat {
+        if args.repeat > 1 {
+            eprintln!("round {round} of {}", args.repeat);
+        }
+        let (runs, boundaries) = experiment(&args)?;
+        rounds.push(step_figures(&runs, &args, &boundaries));
+        last = Some((runs, boundaries));
+    }
+    let (runs, boundaries) = last.context("--repeat must be at least 1")?;
+    let total = *boundaries.last().unwrap_or(&0.0);
+    let table = render_table(&args, &rounds);
     println!("{table}");
 
     std::fs::create_dir_all(&args.out)
@@ -991,7 +1045,7 @@ fn main() -> Result<()> {
     write(
         "report.md",
         &format!(
-            "# abr-eval\n\nLink: {}. Profile: {}; fixed bitrate {} kbit/s; \
+            "# abr-eval\n\nLink: {}. Profile: {}; fixed bitrate {} kbit/s; {}; \
              640x360@30 moving zone plate (x264 meets its target within 5 %) with x264 ultrafast/zerolatency.\n\n{table}\n\n![step response](step-response.svg)\n",
             match args.link {
                 Link::Netsim => format!(
@@ -1009,7 +1063,15 @@ fn main() -> Result<()> {
                 .map(|(k, d)| format!("{k} kbit/s × {:.0} s", d.as_secs_f64()))
                 .collect::<Vec<_>>()
                 .join(" → "),
-            args.fixed_kbps
+            args.fixed_kbps,
+            if args.repeat > 1 {
+                format!(
+                    "figures are medians of {} rounds, plot of the last",
+                    args.repeat
+                )
+            } else {
+                "one round".to_string()
+            }
         ),
     )?;
     eprintln!(
