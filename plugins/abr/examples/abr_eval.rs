@@ -424,6 +424,7 @@ fn command(argv: &[&str]) -> Result<()> {
 /// the pairs) on drop.
 struct Namespace {
     name: String,
+    devices: Mutex<Vec<String>>,
 }
 
 impl Namespace {
@@ -431,7 +432,10 @@ impl Namespace {
         let name = format!("abreval{}", std::process::id());
         command(&["ip", "netns", "add", &name])
             .context("creating a network namespace (srt-tbf needs root)")?;
-        let ns = Namespace { name };
+        let ns = Namespace {
+            name,
+            devices: Mutex::new(Vec::new()),
+        };
         command(&[
             "ip", "netns", "exec", &ns.name, "ip", "link", "set", "lo", "up",
         ])?;
@@ -447,6 +451,7 @@ impl Namespace {
             format!("10.213.{}.2", 200 + index),
         );
         command(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b])?;
+        self.devices.lock().unwrap().push(a.clone());
         command(&["ip", "link", "set", &b, "netns", &self.name])?;
         command(&["ip", "addr", "add", &format!("{ip_a}/30"), "dev", &a])?;
         command(&["ip", "link", "set", &a, "up"])?;
@@ -465,7 +470,11 @@ impl Namespace {
 
 impl Drop for Namespace {
     fn drop(&mut self) {
-        // Deleting the namespace deletes the veth ends inside it, and with them the pairs.
+        // Deleting one end of a veth pair deletes both, now; deleting the namespace alone
+        // would remove them only later, and the next round could not reuse the names.
+        for device in self.devices.lock().unwrap().drain(..) {
+            let _ = command(&["ip", "link", "del", &device]);
+        }
         let _ = command(&["ip", "netns", "del", &self.name]);
     }
 }

@@ -7,30 +7,32 @@
 //! looks at the congestion signals it was given and does one of three things.
 //!
 //! 1. **Decrease** as soon as one signal shows clear congestion. Each signal proposes a
-//!    ceiling and the lowest one wins:
-//!    * loss at or above `loss_high`: `target × (1 − loss/2)`, at most −50 %, at least −5 %
+//!    ceiling and the lowest one wins. *Rate* below means the lower of the target and the
+//!    smoothed rate the encoder really sends (a cut from a target nobody reaches changes
+//!    nothing).
+//!    * loss at or above `loss_high`: `rate × (1 − loss/2)`, at most −50 %, at least −5 %
 //!      (the loss rule of Google Congestion Control), and what got through: 90 % of the
 //!      send rate over the period the report covers (since the previous one) × (1 − loss);
 //!    * loss between `loss_low` and `loss_high` in three reports in a row: 97 % of what got
 //!      through (a link carrying a little less than we send, e.g. a policer);
 //!    * queuing delay (RTT minus the lowest RTT of the last 30 s) at or above `rtt_threshold`
-//!      and not already shrinking: `target × 0.85`;
-//!    * a send backlog (queue level before a TCP-like sink, SRT send buffer) at or above
+//!      and not already shrinking: `rate × 0.85`;
+//!    * a send backlog (e.g. the queue before a TCP-like sink) at or above
 //!      `backlog_threshold` and still growing, or above twice that: 85 % of the rate the
-//!      backlog drains at (media rate in minus backlog growth), or `target × 0.8` when the
+//!      backlog drains at (media rate in minus backlog growth), or `rate × 0.8` when the
 //!      drain rate is unknown;
-//!    * an explicit estimate (rtpgccbwe, SRT bandwidth, an `abr-estimate` event) below the
-//!      target: the estimate.
+//!    * an explicit estimate (rtpgccbwe, an `abr-estimate` event) below the target: the
+//!      estimate.
 //!
-//!    Factors apply to the lower of the target and the smoothed rate the encoder really
-//!    sends. Multiplicative ceilings (factor for loss, delay, unknown drain) are not compounded within a
+//!    The factor cuts (loss factor, delay, unknown drain) are not compounded within a
 //!    hold-off of `max(2 × RTT, 300 ms)` after a decrease, nor while the encoder still sends
 //!    more than 1.15 × the new target (for at most 1 s: its rate control lags), so one
-//!    congestion episode costs one cut; ceilings computed from rates apply on every tick. Since every tick may
-//!    decrease, the reaction time is one tick interval plus the age of the signal.
+//!    congestion episode costs one cut; ceilings computed from measured rates apply on every
+//!    tick. Since every tick may decrease, the reaction time is one tick interval plus the
+//!    age of the signal.
 //! 2. **Hold** while any signal is elevated without being clear congestion (loss above
-//!    `loss_low` in fewer than three reports in a row, half the delay or backlog threshold, a backlog still draining), and for
-//!    `increase_hold` after the last decrease.
+//!    `loss_low` in fewer than three reports in a row, half the delay or backlog threshold,
+//!    a backlog still draining), and for `increase_hold` after the last decrease.
 //! 3. **Increase** by probing: one step per `probe_interval` (at least 2 × RTT) so that the
 //!    effect of a step is seen before the next one. Steps start at +8 % and grow by 5 points
 //!    per clear step up to +30 %, which recovers a 3× capacity increase in about 3.5 s; near
