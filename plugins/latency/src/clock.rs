@@ -30,6 +30,14 @@ pub enum ClockSource {
 /// How often the pipeline-clock to UTC offset is sampled again, to follow NTP slewing.
 const RESAMPLE_INTERVAL: gst::ClockTime = gst::ClockTime::from_seconds(1);
 
+/// Running time of a buffer's PTS (DTS when it has none) in a time segment.
+pub fn buffer_running_time(segment: &gst::Segment, buf: &gst::BufferRef) -> Option<gst::ClockTime> {
+    let ts = buf.pts().or(buf.dts())?;
+    segment
+        .downcast_ref::<gst::ClockTime>()?
+        .to_running_time(ts)
+}
+
 /// Current UTC time in nanoseconds since the Unix epoch.
 pub fn utc_now_ns() -> u64 {
     SystemTime::now()

@@ -44,6 +44,22 @@ impl StreamKind {
     }
 }
 
+/// Always `sink` and `src` pads with ANY caps: both elements accept every stream and act only
+/// on those they understand.
+pub fn any_caps_templates() -> Vec<gst::PadTemplate> {
+    let caps = gst::Caps::new_any();
+    [
+        ("src", gst::PadDirection::Src),
+        ("sink", gst::PadDirection::Sink),
+    ]
+    .into_iter()
+    .map(|(name, direction)| {
+        gst::PadTemplate::new(name, direction, gst::PadPresence::Always, &caps)
+            .expect("valid ANY template")
+    })
+    .collect()
+}
+
 /// NAL length size from avcC (`lengthSizeMinusOne` in byte 4) or hvcC (byte 21).
 fn nal_length_size(codec: Codec, codec_data: Option<gst::Buffer>) -> Option<u8> {
     let codec_data = codec_data?;

@@ -14,8 +14,9 @@ use std::io::{BufWriter, Write};
 use std::sync::{LazyLock, Mutex};
 
 use super::MeasureAt;
-use crate::clock::{ClockSource, UtcMapper, utc_now_ns};
+use crate::clock::{ClockSource, UtcMapper, buffer_running_time, utc_now_ns};
 use crate::format::StreamKind;
+use crate::format::any_caps_templates;
 use crate::latencystamp::imp::{UNIX_CAPS, locate_in_buffer, upstream_meta_time};
 use crate::stats::{Histogram, Summary, Window};
 
@@ -294,25 +295,7 @@ impl ElementImpl for LatencyMeter {
     }
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
-        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let caps = gst::Caps::new_any();
-            vec![
-                gst::PadTemplate::new(
-                    "src",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Always,
-                    &caps,
-                )
-                .expect("valid src template"),
-                gst::PadTemplate::new(
-                    "sink",
-                    gst::PadDirection::Sink,
-                    gst::PadPresence::Always,
-                    &caps,
-                )
-                .expect("valid sink template"),
-            ]
-        });
+        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(any_caps_templates);
         PAD_TEMPLATES.as_ref()
     }
 }
@@ -527,11 +510,7 @@ impl LatencyMeter {
         };
         if settings.measure_at == MeasureAt::Render {
             let latency = state.upstream_latency?;
-            let render = buf.pts().or(buf.dts()).and_then(|ts| {
-                obj.segment()
-                    .downcast_ref::<gst::ClockTime>()
-                    .and_then(|segment| segment.to_running_time(ts))
-            });
+            let render = buffer_running_time(&obj.segment(), buf);
             if let (Some(rt), Some(base)) = (render, obj.base_time()) {
                 return Some(state.mapper.utc_of(&clock, base + rt + latency));
             }

@@ -11,8 +11,9 @@ use hybridlive_stamp::{CaptureStamp, find_insert_point, framed_sei_nal, locate_s
 use std::sync::{LazyLock, Mutex};
 
 use super::StampMode;
-use crate::clock::{ClockSource, UtcMapper, utc_now_ns};
+use crate::clock::{ClockSource, UtcMapper, buffer_running_time, utc_now_ns};
 use crate::format::StreamKind;
+use crate::format::any_caps_templates;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -217,25 +218,7 @@ impl ElementImpl for LatencyStamp {
     }
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
-        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
-            let caps = gst::Caps::new_any();
-            vec![
-                gst::PadTemplate::new(
-                    "src",
-                    gst::PadDirection::Src,
-                    gst::PadPresence::Always,
-                    &caps,
-                )
-                .expect("valid src template"),
-                gst::PadTemplate::new(
-                    "sink",
-                    gst::PadDirection::Sink,
-                    gst::PadPresence::Always,
-                    &caps,
-                )
-                .expect("valid sink template"),
-            ]
-        });
+        static PAD_TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(any_caps_templates);
         PAD_TEMPLATES.as_ref()
     }
 }
@@ -394,11 +377,7 @@ impl LatencyStamp {
             return utc_now_ns();
         }
         let obj = self.obj();
-        let running_time = buf.pts().or(buf.dts()).and_then(|ts| {
-            obj.segment()
-                .downcast_ref::<gst::ClockTime>()
-                .and_then(|segment| segment.to_running_time(ts))
-        });
+        let running_time = buffer_running_time(&obj.segment(), buf);
         match (running_time, obj.clock(), obj.base_time()) {
             (Some(rt), Some(clock), Some(base)) => state.mapper.utc_of(&clock, base + rt),
             _ => {

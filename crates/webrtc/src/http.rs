@@ -1,0 +1,131 @@
+//! WHEP over HTTP (RFC 9725), independent of the HTTP server that carries it: the runner hands
+//! each request under its WHEP prefix to [`WhepOutput::handle_http`].
+
+use crate::offer::OfferError;
+use crate::whep::{WhepError, WhepOutput};
+
+/// Largest SDP offer accepted (browsers send 4-10 kB).
+pub const MAX_OFFER_BYTES: usize = 64 * 1024;
+
+/// An HTTP request as far as WHEP needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpRequest<'a> {
+    /// `POST`, `DELETE`, `PATCH`, `OPTIONS`, ...
+    pub method: &'a str,
+    /// Path below the WHEP prefix: `""` for the endpoint, `"/<id>"` for a session resource.
+    pub path: &'a str,
+    /// The Content-Type header, if any.
+    pub content_type: Option<&'a str>,
+    /// The request body.
+    pub body: &'a [u8],
+}
+
+/// The response to send back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers, CORS included.
+    pub headers: Vec<(String, String)>,
+    /// Body (the SDP answer, or a plain-text reason for errors).
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    fn new(status: u16) -> Self {
+        Self {
+            status,
+            headers: vec![
+                // Viewer pages may live on another origin (a CMS, a course platform).
+                ("Access-Control-Allow-Origin".into(), "*".into()),
+                ("Access-Control-Expose-Headers".into(), "Location".into()),
+            ],
+            body: Vec::new(),
+        }
+    }
+
+    fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    fn text(mut self, text: impl Into<String>) -> Self {
+        self.body = text.into().into_bytes();
+        self.header("Content-Type", "text/plain; charset=utf-8")
+    }
+}
+
+impl WhepOutput {
+    /// Answers one WHEP request. `prefix` is where the endpoint is mounted (e.g. `/whep`): it
+    /// is used for the `Location` of new sessions.
+    pub fn handle_http(&self, prefix: &str, req: HttpRequest<'_>) -> HttpResponse {
+        let resource = req.path.strip_prefix('/').filter(|id| !id.is_empty());
+        match (req.method, resource) {
+            ("OPTIONS", _) => HttpResponse::new(204)
+                .header(
+                    "Access-Control-Allow-Methods",
+                    "POST, DELETE, PATCH, OPTIONS",
+                )
+                .header(
+                    "Access-Control-Allow-Headers",
+                    "Content-Type, Authorization",
+                )
+                .header("Access-Control-Max-Age", "600")
+                .header("Accept-Post", "application/sdp"),
+            ("POST", None) => self.post(prefix, req),
+            ("DELETE", Some(id)) => match self.delete(id) {
+                Ok(()) => HttpResponse::new(200),
+                Err(e) => HttpResponse::new(404).text(e.to_string()),
+            },
+            // Candidates all travel in the answer (no trickle ICE, no ICE restart).
+            ("PATCH", Some(_)) => HttpResponse::new(405)
+                .header("Allow", "DELETE, OPTIONS")
+                .text("trickle ICE is not supported: all candidates are in the answer"),
+            (_, None) => HttpResponse::new(405)
+                .header("Allow", "POST, OPTIONS")
+                .text("POST an SDP offer here"),
+            (_, Some(_)) => HttpResponse::new(405)
+                .header("Allow", "DELETE, PATCH, OPTIONS")
+                .text("DELETE ends the session"),
+        }
+    }
+
+    fn post(&self, prefix: &str, req: HttpRequest<'_>) -> HttpResponse {
+        let is_sdp = req.content_type.is_some_and(|ct| {
+            ct.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
+        });
+        if !is_sdp {
+            return HttpResponse::new(415)
+                .header("Accept-Post", "application/sdp")
+                .text("the offer must be sent as application/sdp");
+        }
+        if req.body.len() > MAX_OFFER_BYTES {
+            return HttpResponse::new(413)
+                .text(format!("an offer is at most {MAX_OFFER_BYTES} bytes"));
+        }
+        let Ok(offer) = std::str::from_utf8(req.body) else {
+            return HttpResponse::new(400).text("the offer is not UTF-8");
+        };
+        match self.offer(offer) {
+            Ok(answer) => {
+                let location = format!("{}/{}", prefix.trim_end_matches('/'), answer.id);
+                let mut response = HttpResponse::new(201)
+                    .header("Content-Type", "application/sdp")
+                    .header("Location", &location);
+                response.body = answer.sdp.into_bytes();
+                response
+            }
+            Err(WhepError::Offer(OfferError::NoH264)) => {
+                HttpResponse::new(406).text(OfferError::NoH264.to_string())
+            }
+            Err(e @ WhepError::Offer(_)) => HttpResponse::new(400).text(e.to_string()),
+            Err(e @ WhepError::Full(_)) => HttpResponse::new(503)
+                .header("Retry-After", "10")
+                .text(e.to_string()),
+            Err(e @ WhepError::UnknownSession(_)) => HttpResponse::new(404).text(e.to_string()),
+            Err(e @ WhepError::Negotiation(_)) => HttpResponse::new(500).text(e.to_string()),
+        }
+    }
+}

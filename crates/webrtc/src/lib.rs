@@ -1,0 +1,20 @@
+//! WebRTC output of hybridlive: WHEP (RFC 9725) sessions served from one shared encoded stream.
+//!
+//! The encoder runs once. Every viewer gets a branch off a `tee` of the encoded H.264: a leaky
+//! queue, its own RTP payloader (own SSRC and sequence numbers) and its own `webrtcbin`. A
+//! session ends on `DELETE`, when its ICE connection fails or closes, and nothing of it (bin,
+//! tee pad, webrtcbin) survives.
+//!
+//! The HTTP side is the runner's; this crate takes an SDP offer and gives back the answer.
+
+mod egress;
+mod http;
+mod nice;
+mod offer;
+mod whep;
+
+pub use egress::{Egress, add_egress, register_webrtc_elements};
+pub use http::{HttpRequest, HttpResponse, MAX_OFFER_BYTES};
+pub use nice::add_local_address;
+pub use offer::{H264Offer, OfferError, choose_h264, choose_opus};
+pub use whep::{Answer, MAX_HAND_TEXT, RaisedHand, SessionInfo, WhepConfig, WhepError, WhepOutput};

@@ -1,0 +1,624 @@
+//! WHEP sessions: one `webrtcbin` per viewer on a tee of the shared encoded stream.
+//!
+//! Lock order: `sessions` only; no GStreamer call that can wait on streaming threads (state
+//! changes, promises) is made while it is held.
+
+use gst::prelude::*;
+use gst_webrtc::{WebRTCICEConnectionState, WebRTCICEGatheringState, WebRTCSDPType};
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use crate::nice::add_local_address;
+use crate::offer::{OfferError, choose_h264, choose_opus};
+
+/// Settings of the WHEP output.
+#[derive(Debug, Clone)]
+pub struct WhepConfig {
+    /// Add 127.0.0.1 to every ICE agent (loopback-only networks and single-host setups).
+    pub loopback_ice: bool,
+    /// How long an offer may wait for ICE gathering before the answer is sent as it is.
+    pub gather_timeout: Duration,
+    /// Viewers at most; further offers are refused (HTTP 503).
+    pub max_sessions: usize,
+    /// How much media a slow viewer's queue holds before it drops (the others never wait).
+    pub viewer_queue: Duration,
+    /// A session whose viewer sent no RTCP for this long is torn down: the viewer vanished
+    /// without DELETE (ICE on GStreamer 1.22 does not notice a silent peer). Browsers report
+    /// about once a second; GStreamer receivers every 5 s by default (up to 7.5 s randomised).
+    pub viewer_timeout: Duration,
+}
+
+impl Default for WhepConfig {
+    fn default() -> Self {
+        Self {
+            loopback_ice: false,
+            gather_timeout: Duration::from_secs(3),
+            max_sessions: 64,
+            viewer_queue: Duration::from_millis(500),
+            viewer_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Why an offer or a delete failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WhepError {
+    /// The offer is unusable: HTTP 400 (or 406 for codecs).
+    #[error(transparent)]
+    Offer(#[from] OfferError),
+    /// Too many viewers: HTTP 503.
+    #[error("the output serves {0} viewers already")]
+    Full(usize),
+    /// No such session: HTTP 404.
+    #[error("no session {0}")]
+    UnknownSession(String),
+    /// webrtcbin could not negotiate: HTTP 500 (or 400 when the offer was refused).
+    #[error("negotiation failed: {0}")]
+    Negotiation(String),
+}
+
+/// The answer to an offer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// Session id, for the resource URL and `DELETE`.
+    pub id: String,
+    /// SDP answer with the ICE candidates gathered.
+    pub sdp: String,
+}
+
+/// A live session, for status pages.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Session id (the last part of its resource URL).
+    pub id: String,
+    /// Time since the answer was sent.
+    pub age: Duration,
+    /// ICE connection state, as webrtcbin names it.
+    pub ice_state: String,
+}
+
+/// A viewer's "raise hand / ask" message, received over the session's data channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RaisedHand {
+    /// The session it came from.
+    pub session: String,
+    /// What the viewer typed (at most [`MAX_HAND_TEXT`] characters kept).
+    pub text: String,
+    /// When it arrived (UTC, ms since the Unix epoch).
+    pub at_ms: u64,
+}
+
+/// Longest question kept from a raised hand, in characters.
+pub const MAX_HAND_TEXT: usize = 500;
+
+struct Session {
+    bin: gst::Bin,
+    webrtcbin: gst::Element,
+    /// Video tee pad, and the audio one when the viewer takes audio.
+    tee_pads: Vec<gst::Pad>,
+    created: Instant,
+    /// Last RTCP packet from the viewer.
+    last_heard: Arc<Mutex<Instant>>,
+}
+
+struct Inner {
+    hands: Mutex<Vec<RaisedHand>>,
+    pipeline: gst::Pipeline,
+    tee: gst::Element,
+    audio_tee: Option<gst::Element>,
+    config: WhepConfig,
+    sessions: Mutex<HashMap<String, Session>>,
+}
+
+/// WHEP sessions fed from one tee of H.264 (byte-stream, access units, constrained baseline)
+/// and optionally one tee of Opus.
+#[derive(Clone)]
+pub struct WhepOutput {
+    inner: Arc<Inner>,
+}
+
+impl WhepOutput {
+    /// Serves viewers from `tee`, an element of `pipeline` carrying the shared encoded video,
+    /// and `audio_tee` carrying the shared Opus audio, if any.
+    pub fn new(
+        pipeline: &gst::Pipeline,
+        tee: &gst::Element,
+        audio_tee: Option<&gst::Element>,
+        config: WhepConfig,
+    ) -> Self {
+        let inner = Arc::new(Inner {
+            hands: Mutex::new(Vec::new()),
+            pipeline: pipeline.clone(),
+            tee: tee.clone(),
+            audio_tee: audio_tee.cloned(),
+            config,
+            sessions: Mutex::new(HashMap::new()),
+        });
+        spawn_watchdog(Arc::downgrade(&inner));
+        Self { inner }
+    }
+
+    /// Hands raised so far, oldest first.
+    pub fn raised_hands(&self) -> Vec<RaisedHand> {
+        self.inner.hands.lock().unwrap().clone()
+    }
+
+    /// Number of live sessions.
+    pub fn session_count(&self) -> usize {
+        self.inner.sessions.lock().unwrap().len()
+    }
+
+    /// The live sessions.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        let sessions = self.inner.sessions.lock().unwrap();
+        sessions
+            .iter()
+            .map(|(id, s)| SessionInfo {
+                id: id.clone(),
+                age: s.created.elapsed(),
+                ice_state: format!(
+                    "{:?}",
+                    s.webrtcbin
+                        .property::<WebRTCICEConnectionState>("ice-connection-state")
+                ),
+            })
+            .collect()
+    }
+
+    /// Starts a session for `offer` (SDP text) and returns its answer once ICE gathering is done
+    /// (or `gather_timeout` passed). Blocks the calling thread; never call it from a streaming
+    /// thread.
+    pub fn offer(&self, offer: &str) -> Result<Answer, WhepError> {
+        let sdp =
+            gst_sdp::SDPMessage::parse_buffer(offer.as_bytes()).map_err(|_| OfferError::NotSdp)?;
+        let h264 = choose_h264(&sdp)?;
+        let opus = choose_opus(&sdp).filter(|_| self.inner.audio_tee.is_some());
+        {
+            let sessions = self.inner.sessions.lock().unwrap();
+            if sessions.len() >= self.inner.config.max_sessions {
+                return Err(WhepError::Full(sessions.len()));
+            }
+        }
+        let id = session_id();
+        let last_heard = Arc::new(Mutex::new(Instant::now()));
+        let (bin, webrtcbin) = self
+            .build_branch(&id, h264.payload_type, &h264.profile_level_id, opus)
+            .map_err(|e| WhepError::Negotiation(e.to_string()))?;
+
+        self.inner
+            .pipeline
+            .add(&bin)
+            .map_err(|e| WhepError::Negotiation(e.to_string()))?;
+        let torn_down = |this: &Self, err: String| {
+            let _ = bin.set_state(gst::State::Null);
+            let _ = this.inner.pipeline.remove(&bin);
+            WhepError::Negotiation(err)
+        };
+        if let Err(e) = bin.sync_state_with_parent() {
+            return Err(torn_down(self, e.to_string()));
+        }
+
+        let answer = match negotiate(&webrtcbin, sdp, self.inner.config.gather_timeout) {
+            Ok(answer) => answer,
+            Err(e) => return Err(torn_down(self, e)),
+        };
+        if let Err(e) = watch_rtcp(&webrtcbin, &last_heard) {
+            return Err(torn_down(self, e));
+        }
+
+        let mut tee_pads = Vec::new();
+        let mut feeds = vec![(&self.inner.tee, "video")];
+        if let (Some(audio_tee), Some(_)) = (&self.inner.audio_tee, opus) {
+            feeds.push((audio_tee, "audio"));
+        }
+        for (tee, ghost) in feeds {
+            let linked = tee.request_pad_simple("src_%u").and_then(|pad| {
+                tee_pads.push(pad.clone());
+                let sink = bin.static_pad(ghost).expect("ghost pad");
+                pad.link(&sink).ok()
+            });
+            if linked.is_none() {
+                for (pad, tee) in tee_pads
+                    .iter()
+                    .zip([&self.inner.tee].into_iter().chain(&self.inner.audio_tee))
+                {
+                    tee.release_request_pad(pad);
+                }
+                return Err(torn_down(
+                    self,
+                    format!("could not feed the {ghost} branch"),
+                ));
+            }
+        }
+        let tee_pad = tee_pads[0].clone();
+        self.watch_ice(&id, &webrtcbin, &tee_pad);
+        self.serve_data_channel(&id, &webrtcbin);
+        self.inner.sessions.lock().unwrap().insert(
+            id.clone(),
+            Session {
+                bin,
+                webrtcbin,
+                tee_pads,
+                created: Instant::now(),
+                last_heard,
+            },
+        );
+        // The viewer starts with a key frame instead of waiting for the next GOP.
+        request_key_frame(&tee_pad);
+        Ok(Answer { id, sdp: answer })
+    }
+
+    /// Ends session `id` and frees everything it held.
+    pub fn delete(&self, id: &str) -> Result<(), WhepError> {
+        let session = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap()
+            .remove(id)
+            .ok_or_else(|| WhepError::UnknownSession(id.to_string()))?;
+        teardown(&self.inner, session);
+        Ok(())
+    }
+
+    /// Ends every session.
+    pub fn close_all(&self) {
+        let sessions: Vec<Session> = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for session in sessions {
+            teardown(&self.inner, session);
+        }
+    }
+
+    fn build_branch(
+        &self,
+        id: &str,
+        payload_type: u32,
+        profile_level_id: &str,
+        opus_payload_type: Option<u32>,
+    ) -> Result<(gst::Bin, gst::Element), gst::glib::BoolError> {
+        let bin = gst::Bin::with_name(&format!("whep-{id}"));
+        // A slow viewer loses media rather than holding the others back.
+        let queue = gst::ElementFactory::make("queue")
+            .property_from_str("leaky", "downstream")
+            .property("max-size-buffers", 0u32)
+            .property("max-size-bytes", 0u32)
+            .property(
+                "max-size-time",
+                self.inner.config.viewer_queue.as_nanos() as u64,
+            )
+            .build()?;
+        let pay = gst::ElementFactory::make("rtph264pay")
+            .property("pt", payload_type)
+            .property("config-interval", -1i32)
+            .property_from_str("aggregate-mode", "zero-latency")
+            .build()?;
+        // Echo the viewer's own profile-level-id: the stream is constrained baseline either
+        // way, but webrtcbin 1.22 matches the string.
+        let setter = gst::ElementFactory::make("capssetter")
+            .property(
+                "caps",
+                gst::Caps::builder("application/x-rtp")
+                    .field("profile-level-id", profile_level_id)
+                    .build(),
+            )
+            .build()?;
+        let webrtcbin = gst::ElementFactory::make("webrtcbin")
+            .property_from_str("bundle-policy", "max-bundle")
+            .build()?;
+        if self.inner.config.loopback_ice {
+            add_local_address(&webrtcbin, "127.0.0.1")?;
+        }
+        bin.add_many([&queue, &pay, &setter, &webrtcbin])?;
+        gst::Element::link_many([&queue, &pay, &setter])?;
+        let sink = webrtcbin
+            .request_pad_simple("sink_%u")
+            .ok_or_else(|| gst::glib::bool_error!("webrtcbin gave no sink pad"))?;
+        let transceiver = sink.property::<gst_webrtc::WebRTCRTPTransceiver>("transceiver");
+        transceiver.set_property(
+            "direction",
+            gst_webrtc::WebRTCRTPTransceiverDirection::Sendonly,
+        );
+        transceiver.set_property(
+            "codec-preferences",
+            gst::Caps::builder("application/x-rtp")
+                .field("media", "video")
+                .field("encoding-name", "H264")
+                .field("clock-rate", 90000i32)
+                .field("payload", payload_type as i32)
+                .field("packetization-mode", "1")
+                .field("profile-level-id", profile_level_id)
+                .build(),
+        );
+        setter
+            .static_pad("src")
+            .expect("capssetter src")
+            .link(&sink)
+            .map_err(|e| gst::glib::bool_error!("linking to webrtcbin: {e}"))?;
+        let ghost = gst::GhostPad::builder_with_target(&queue.static_pad("sink").expect("queue"))?
+            .name("video")
+            .build();
+        bin.add_pad(&ghost)?;
+
+        if let Some(pt) = opus_payload_type {
+            let queue = gst::ElementFactory::make("queue")
+                .property_from_str("leaky", "downstream")
+                .property("max-size-buffers", 0u32)
+                .property("max-size-bytes", 0u32)
+                .property(
+                    "max-size-time",
+                    self.inner.config.viewer_queue.as_nanos() as u64,
+                )
+                .build()?;
+            let pay = gst::ElementFactory::make("rtpopuspay")
+                .property("pt", pt)
+                .build()?;
+            bin.add_many([&queue, &pay])?;
+            queue.link(&pay)?;
+            let sink = webrtcbin
+                .request_pad_simple("sink_%u")
+                .ok_or_else(|| gst::glib::bool_error!("webrtcbin gave no audio pad"))?;
+            let transceiver = sink.property::<gst_webrtc::WebRTCRTPTransceiver>("transceiver");
+            transceiver.set_property(
+                "direction",
+                gst_webrtc::WebRTCRTPTransceiverDirection::Sendonly,
+            );
+            transceiver.set_property(
+                "codec-preferences",
+                gst::Caps::builder("application/x-rtp")
+                    .field("media", "audio")
+                    .field("encoding-name", "OPUS")
+                    .field("clock-rate", 48000i32)
+                    .field("payload", pt as i32)
+                    .build(),
+            );
+            pay.static_pad("src")
+                .expect("payloader src")
+                .link(&sink)
+                .map_err(|e| gst::glib::bool_error!("linking audio to webrtcbin: {e}"))?;
+            let ghost =
+                gst::GhostPad::builder_with_target(&queue.static_pad("sink").expect("queue"))?
+                    .name("audio")
+                    .build();
+            bin.add_pad(&ghost)?;
+        }
+        Ok((bin, webrtcbin))
+    }
+
+    /// The viewer's data channel carries interaction: every text message is echoed back at once
+    /// (the page measures the round trip) and a `{"type":"hand",...}` message is recorded as a
+    /// raised hand for the host.
+    fn serve_data_channel(&self, id: &str, webrtcbin: &gst::Element) {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let id = id.to_string();
+        webrtcbin.connect("on-data-channel", false, move |values| {
+            let channel = values[1].get::<gst_webrtc::WebRTCDataChannel>().ok()?;
+            let (weak, id) = (weak.clone(), id.clone());
+            channel.connect("on-message-string", false, move |values| {
+                let channel = values[0].get::<gst_webrtc::WebRTCDataChannel>().ok()?;
+                let message = values[1].get::<Option<String>>().ok()??;
+                // Echo first: the round trip measures the interaction path, not our bookkeeping.
+                channel.emit_by_name::<()>("send-string", &[&Some(message.as_str())]);
+                if let (Some(inner), Some(text)) = (weak.upgrade(), hand_text(&message)) {
+                    let at_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_millis() as u64;
+                    let mut hands = inner.hands.lock().unwrap();
+                    hands.push(RaisedHand {
+                        session: id.clone(),
+                        text,
+                        at_ms,
+                    });
+                    // Bounded: a spamming viewer cannot grow memory without limit.
+                    if hands.len() > 1000 {
+                        hands.remove(0);
+                    }
+                }
+                None
+            });
+            None
+        });
+    }
+
+    /// Tears the session down when its ICE connection fails or closes (a viewer that vanished
+    /// without DELETE), and asks for a key frame when it connects.
+    fn watch_ice(&self, id: &str, webrtcbin: &gst::Element, tee_pad: &gst::Pad) {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let id = id.to_string();
+        let tee_pad = tee_pad.downgrade();
+        webrtcbin.connect_notify(Some("ice-connection-state"), move |webrtcbin, _| {
+            let state = webrtcbin.property::<WebRTCICEConnectionState>("ice-connection-state");
+            match state {
+                WebRTCICEConnectionState::Connected | WebRTCICEConnectionState::Completed => {
+                    if let Some(pad) = tee_pad.upgrade() {
+                        request_key_frame(&pad);
+                    }
+                }
+                WebRTCICEConnectionState::Failed | WebRTCICEConnectionState::Closed => {
+                    let (weak, id) = (weak.clone(), id.clone());
+                    // Not from webrtcbin's own thread: tearing it down waits for that thread.
+                    std::thread::spawn(move || {
+                        if let Some(inner) = weak.upgrade() {
+                            let session = inner.sessions.lock().unwrap().remove(&id);
+                            if let Some(session) = session {
+                                teardown(&inner, session);
+                            }
+                        }
+                    });
+                }
+                _ => {}
+            }
+        });
+    }
+}
+
+/// Records the arrival of every RTCP packet from the viewer (receiver reports, NACK, PLI): the
+/// proof that it is still there.
+fn watch_rtcp(webrtcbin: &gst::Element, last_heard: &Arc<Mutex<Instant>>) -> Result<(), String> {
+    let rtpbin = webrtcbin
+        .downcast_ref::<gst::Bin>()
+        .and_then(|b| {
+            b.iterate_elements()
+                .into_iter()
+                .filter_map(Result::ok)
+                .find(|e| e.factory().is_some_and(|f| f.name() == "rtpbin"))
+        })
+        .ok_or("webrtcbin has no rtpbin")?;
+    // One bundled transport: RTP session 0 carries the video.
+    let session = rtpbin
+        .emit_by_name::<Option<gst::glib::Object>>("get-internal-session", &[&0u32])
+        .ok_or("no RTP session after negotiation")?;
+    let heard = last_heard.clone();
+    session.connect("on-receiving-rtcp", false, move |_| {
+        *heard.lock().unwrap() = Instant::now();
+        None
+    });
+    Ok(())
+}
+
+/// The question of a `{"type":"hand","text":"..."}` message; `None` for other messages.
+fn hand_text(message: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(message).ok()?;
+    if value.get("type")?.as_str()? != "hand" {
+        return None;
+    }
+    let text = value.get("text").and_then(|t| t.as_str()).unwrap_or("");
+    Some(text.chars().take(MAX_HAND_TEXT).collect())
+}
+
+/// Tears down sessions whose viewer fell silent. Ends when the output is dropped.
+fn spawn_watchdog(inner: Weak<Inner>) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let timeout = inner.config.viewer_timeout;
+            let silent: Vec<Session> = {
+                let mut sessions = inner.sessions.lock().unwrap();
+                let ids: Vec<String> = sessions
+                    .iter()
+                    .filter(|(_, s)| s.last_heard.lock().unwrap().elapsed() > timeout)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                ids.iter().filter_map(|id| sessions.remove(id)).collect()
+            };
+            for session in silent {
+                teardown(&inner, session);
+            }
+        }
+    });
+}
+
+fn request_key_frame(tee_pad: &gst::Pad) {
+    let event = gst_video::UpstreamForceKeyUnitEvent::builder()
+        .all_headers(true)
+        .build();
+    tee_pad.send_event(event);
+}
+
+fn teardown(inner: &Inner, session: Session) {
+    let Session { bin, tee_pads, .. } = session;
+    let tees = [&inner.tee].into_iter().chain(&inner.audio_tee);
+    for (tee_pad, tee) in tee_pads.iter().zip(tees) {
+        if let Some(peer) = tee_pad.peer() {
+            let _ = tee_pad.unlink(&peer);
+        }
+        tee.release_request_pad(tee_pad);
+    }
+    let _ = bin.set_state(gst::State::Null);
+    let _ = inner.pipeline.remove(&bin);
+}
+
+/// Sets the offer, creates and sets the answer, waits for ICE gathering, returns the answer SDP.
+fn negotiate(
+    webrtcbin: &gst::Element,
+    offer: gst_sdp::SDPMessage,
+    gather_timeout: Duration,
+) -> Result<String, String> {
+    let offer = gst_webrtc::WebRTCSessionDescription::new(WebRTCSDPType::Offer, offer);
+    let promise = gst::Promise::new();
+    webrtcbin.emit_by_name::<()>("set-remote-description", &[&offer, &promise]);
+    wait_promise(&promise, "set-remote-description")?;
+
+    let promise = gst::Promise::new();
+    webrtcbin.emit_by_name::<()>("create-answer", &[&None::<gst::Structure>, &promise]);
+    let reply = wait_promise(&promise, "create-answer")?;
+    let answer = reply
+        .and_then(|r| r.get::<gst_webrtc::WebRTCSessionDescription>("answer").ok())
+        .ok_or("webrtcbin created no answer (no codec in common?)")?;
+
+    let gathered = Arc::new((Mutex::new(false), Condvar::new()));
+    let signal = gathered.clone();
+    let handler = webrtcbin.connect_notify(Some("ice-gathering-state"), move |webrtcbin, _| {
+        let state = webrtcbin.property::<WebRTCICEGatheringState>("ice-gathering-state");
+        if state == WebRTCICEGatheringState::Complete {
+            *signal.0.lock().unwrap() = true;
+            signal.1.notify_all();
+        }
+    });
+    let promise = gst::Promise::new();
+    webrtcbin.emit_by_name::<()>("set-local-description", &[&answer, &promise]);
+    let set = wait_promise(&promise, "set-local-description");
+    if set.is_ok() {
+        let complete = webrtcbin.property::<WebRTCICEGatheringState>("ice-gathering-state")
+            == WebRTCICEGatheringState::Complete;
+        let (lock, cvar) = &*gathered;
+        let done = lock.lock().unwrap();
+        if !complete {
+            let _ = cvar.wait_timeout_while(done, gather_timeout, |done| !*done);
+        }
+    }
+    webrtcbin.disconnect(handler);
+    set?;
+    let local = webrtcbin
+        .property::<Option<gst_webrtc::WebRTCSessionDescription>>("local-description")
+        .ok_or("no local description")?;
+    local
+        .sdp()
+        .as_text()
+        .map_err(|e| format!("answer SDP: {e}"))
+}
+
+fn wait_promise(promise: &gst::Promise, what: &str) -> Result<Option<gst::Structure>, String> {
+    match promise.wait() {
+        gst::PromiseResult::Replied => {
+            let reply = promise.get_reply().map(|r| r.to_owned());
+            if let Some(err) = reply
+                .as_ref()
+                .and_then(|r| r.get::<gst::glib::Error>("error").ok())
+            {
+                return Err(format!("{what}: {err}"));
+            }
+            Ok(reply)
+        }
+        other => Err(format!("{what}: {other:?}")),
+    }
+}
+
+/// 128 random bits as hex: the resource URL is the only credential of a viewer session.
+fn session_id() -> String {
+    let mut bytes = [0u8; 16];
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .is_err()
+    {
+        // No urandom: fall back to time and address entropy (ids stay unique, less secret).
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        bytes = (t ^ (&bytes as *const _ as u128)).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

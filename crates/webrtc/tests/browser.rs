@@ -1,0 +1,185 @@
+//! Headless Chromium (Debian's, driven by playwright-core) plays the WHEP output, decodes the
+//! stream and reads the capture stamps from the SEI to measure glass-to-glass latency. Runs in a
+//! private network namespace: only 127.0.0.1 exists.
+
+mod common;
+
+use common::*;
+use gst::prelude::*;
+use hybridlive_webrtc::{HttpRequest, WhepConfig, WhepOutput};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+const PAGE: &str = r#"<!doctype html>
+<video id="v" autoplay muted playsinline></video>
+<script type="module">
+import { playWhep } from '/whep-player.js';
+const seconds = Number(new URLSearchParams(location.search).get('seconds') || 5);
+const latencies = [];
+const ids = new Set();
+const player = await playWhep(document.getElementById('v'), '/whep', {
+  onLatency: (ms, stamp) => { latencies.push(ms); ids.add(stamp.streamId); },
+});
+await new Promise((r) => setTimeout(r, seconds * 1000));
+const handRttMs = await player.raiseHand('How thick is the glaze?');
+const inbound = await player.stats();
+const audio = await player.stats('audio');
+const stampsRead = player.stampsRead();
+await player.stop();
+latencies.sort((a, b) => a - b);
+const q = (p) => latencies.length ? latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))] : null;
+window.result = {
+  framesDecoded: inbound ? inbound.framesDecoded : 0, handRttMs,
+  audioPackets: audio ? audio.packetsReceived : 0,
+  stampsRead, measured: latencies.length, streamIds: [...ids],
+  p50: q(0.5), p95: q(0.95), max: latencies.length ? latencies[latencies.length - 1] : null,
+};
+</script>
+"#;
+
+fn web_file(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("web")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Just enough HTTP/1.1 for one page, two scripts and the WHEP endpoint.
+fn serve(listener: TcpListener, output: WhepOutput) {
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let output = output.clone();
+        std::thread::spawn(move || {
+            let _ = handle(stream, &output);
+        });
+    }
+}
+
+fn handle(mut stream: TcpStream, output: &WhepOutput) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
+    let path = target.split('?').next().unwrap_or("/").to_string();
+    let method = method.to_string();
+    let (mut length, mut content_type) = (0usize, None);
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header)?;
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse().unwrap_or(0),
+                "content-type" => content_type = Some(value.trim().to_string()),
+                _ => {}
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    let whep = path
+        .strip_prefix("/whep")
+        .filter(|rest| rest.is_empty() || rest.starts_with('/'));
+    let (status, headers, body) = if let Some(rest) = whep {
+        let r = output.handle_http(
+            "/whep",
+            HttpRequest {
+                method: &method,
+                path: rest,
+                content_type: content_type.as_deref(),
+                body: &body,
+            },
+        );
+        (r.status, r.headers, r.body)
+    } else {
+        let (ct, text) = match path.as_str() {
+            "/" => ("text/html", PAGE.to_string()),
+            "/whep-player.js" => ("text/javascript", web_file("whep-player.js")),
+            "/stamp.js" => ("text/javascript", web_file("stamp.js")),
+            _ => ("text/plain", String::new()),
+        };
+        let status = if text.is_empty() { 404 } else { 200 };
+        (
+            status,
+            vec![("Content-Type".into(), ct.into())],
+            text.into_bytes(),
+        )
+    };
+    let mut head = format!(
+        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(&body)
+}
+
+#[test]
+fn chromium_plays_whep_and_measures_latency_from_sei() {
+    if !in_private_netns("chromium_plays_whep_and_measures_latency_from_sei") {
+        return;
+    }
+    let pipeline = encoded_source(640, 360, "browser");
+    let output = WhepOutput::new(
+        &pipeline,
+        &pipeline.by_name("t").unwrap(),
+        Some(&pipeline.by_name("a").unwrap()),
+        WhepConfig {
+            loopback_ice: true,
+            ..Default::default()
+        },
+    );
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server_output = output.clone();
+    std::thread::spawn(move || serve(listener, server_output));
+
+    let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/viewer.mjs");
+    let out = Command::new("node")
+        .arg(&driver)
+        .arg(format!("http://127.0.0.1:{port}/?seconds=3"))
+        .arg("20")
+        .output()
+        .expect("node runs (scripts/setup installs it with the browser test packages)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "browser run failed:\n{stderr}");
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("chromium: {result}\n{stderr}");
+
+    // About 150 frames in 5 s; the browser decoded most of them and read their stamps.
+    assert!(result["framesDecoded"].as_u64().unwrap() >= 60, "{result}");
+    assert!(result["stampsRead"].as_u64().unwrap() >= 60, "{result}");
+    assert!(result["measured"].as_u64().unwrap() >= 30, "{result}");
+    assert_eq!(result["streamIds"], serde_json::json!(["browser"]));
+    // Opus from the shared audio encoder arrives (headless Chromium has no audio device to
+    // play it out, so decoded samples are not counted): 20 ms packets for 3 s.
+    assert!(result["audioPackets"].as_u64().unwrap() >= 100, "{result}");
+    let p50 = result["p50"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p50 < 500.0, "glass-to-glass p50 {p50} ms");
+
+    // The question reached the host, and its echo came back over the data channel.
+    let hands = output.raised_hands();
+    assert_eq!(hands.len(), 1, "{hands:?}");
+    assert_eq!(hands[0].text, "How thick is the glaze?");
+    let rtt = result["handRttMs"].as_f64().unwrap();
+    assert!(
+        rtt > 0.0 && rtt < 1000.0,
+        "data channel round trip {rtt} ms"
+    );
+
+    // The page's DELETE ended the session.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(output.session_count(), 0);
+    pipeline.set_state(gst::State::Null).unwrap();
+}

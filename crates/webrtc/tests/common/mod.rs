@@ -1,0 +1,65 @@
+//! Shared by the WebRTC integration tests.
+#![allow(dead_code)]
+
+use gst::prelude::*;
+use std::process::Command;
+
+/// Runs the named test in a fresh network namespace holding only `lo`, where libnice can find
+/// no other interface and nothing leaves 127.0.0.1. Returns true when the caller is already
+/// inside it (and should run the test body), false when it ran it in a child process.
+pub fn in_private_netns(test: &str) -> bool {
+    if std::env::var_os("HYBRIDLIVE_NETNS").is_some() {
+        return true;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let status = Command::new("unshare")
+        .args(["--net", "--", "sh", "-c"])
+        .arg(format!(
+            "ip link set lo up && exec \"{}\" --exact {test} --nocapture --test-threads=1",
+            exe.display()
+        ))
+        .env("HYBRIDLIVE_NETNS", "1")
+        .status()
+        .expect("unshare runs (the WebRTC tests need root for a network namespace)");
+    assert!(
+        status.success(),
+        "{test} failed inside its network namespace"
+    );
+    false
+}
+
+/// Initialises GStreamer and registers the latency plugin, once: registering a static plugin a
+/// second time replaces its factories under the feet of existing elements.
+pub fn init() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        gst::init().unwrap();
+        gstlatency::plugin_register_static().unwrap();
+    });
+}
+
+/// A live source encoded once, stamped, on a video tee `t` (H.264) and an audio tee `a` (Opus).
+/// No parser after the encoder: h264parse completes its caps after the first SPS, and
+/// webrtcsink-based egress refuses any caps change that needs renegotiation.
+pub fn encoded_source(width: u32, height: u32, stream_id: &str) -> gst::Pipeline {
+    init();
+    gst::parse::launch(&format!(
+        "videotestsrc is-live=true pattern=ball ! \
+         video/x-raw,format=I420,width={width},height={height},framerate=30/1 ! \
+         latencystamp ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=300 ! \
+         video/x-h264,profile=constrained-baseline ! latencystamp mode=sei stream-id={stream_id} ! \
+         tee name=t allow-not-linked=true \
+         audiotestsrc is-live=true wave=ticks ! opusenc ! tee name=a allow-not-linked=true"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap()
+}
+
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

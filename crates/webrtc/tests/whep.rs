@@ -1,0 +1,404 @@
+//! WHEP sessions against real webrtcbin viewers over loopback ICE/DTLS/SRTP, inside a network
+//! namespace of their own so that no traffic leaves 127.0.0.1.
+
+mod common;
+
+use common::*;
+use gst::prelude::*;
+use hybridlive_webrtc::{WhepConfig, WhepError, WhepOutput, add_local_address};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The sending side: one live encode, stamped, on a tee.
+fn sender() -> (gst::Pipeline, WhepOutput) {
+    sender_with(WhepConfig {
+        loopback_ice: true,
+        ..Default::default()
+    })
+}
+
+fn sender_with(config: WhepConfig) -> (gst::Pipeline, WhepOutput) {
+    let pipeline = encoded_source(320, 240, "whep");
+    let tee = pipeline.by_name("t").unwrap();
+    let audio = pipeline.by_name("a").unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let output = WhepOutput::new(&pipeline, &tee, Some(&audio), config);
+    (pipeline, output)
+}
+
+/// A viewer: a receive-only webrtcbin that decodes and measures. Returns its pipeline and a
+/// channel that receives the meter's stats once frames flowed.
+struct Viewer {
+    pipeline: gst::Pipeline,
+    webrtcbin: gst::Element,
+    meter: gst::Element,
+    audio_buffers: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Viewer {
+    fn new() -> Self {
+        Self::with_audio(false)
+    }
+
+    fn with_audio(audio: bool) -> Self {
+        let pipeline = gst::Pipeline::new();
+        let webrtcbin = gst::ElementFactory::make("webrtcbin")
+            .property_from_str("bundle-policy", "max-bundle")
+            .build()
+            .unwrap();
+        add_local_address(&webrtcbin, "127.0.0.1").unwrap();
+        let meter = gst::ElementFactory::make("latencymeter").build().unwrap();
+        pipeline.add(&webrtcbin).unwrap();
+        let caps = gst::Caps::builder("application/x-rtp")
+            .field("media", "video")
+            .field("encoding-name", "H264")
+            .field("clock-rate", 90000i32)
+            .field("payload", 102i32)
+            .field("packetization-mode", "1")
+            .field("profile-level-id", "42e01f")
+            .build();
+        webrtcbin.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
+            "add-transceiver",
+            &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &caps],
+        );
+        if audio {
+            let caps = gst::Caps::builder("application/x-rtp")
+                .field("media", "audio")
+                .field("encoding-name", "OPUS")
+                .field("clock-rate", 48000i32)
+                .field("payload", 111i32)
+                .build();
+            webrtcbin.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
+                "add-transceiver",
+                &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &caps],
+            );
+        }
+        let audio_buffers = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (pipe, m, counter) = (pipeline.downgrade(), meter.clone(), audio_buffers.clone());
+        webrtcbin.connect_pad_added(move |_, pad| {
+            let Some(pipeline) = pipe.upgrade() else {
+                return;
+            };
+            let caps = pad.current_caps().unwrap();
+            if caps.structure(0).unwrap().get::<&str>("media").unwrap() == "audio" {
+                let decode = gst::parse::bin_from_description(
+                    "rtpopusdepay ! opusdec ! fakesink name=s",
+                    true,
+                )
+                .unwrap();
+                pipeline.add(&decode).unwrap();
+                decode.sync_state_with_parent().unwrap();
+                let counter = counter.clone();
+                decode
+                    .by_name("s")
+                    .unwrap()
+                    .static_pad("sink")
+                    .unwrap()
+                    .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        gst::PadProbeReturn::Ok
+                    });
+                pad.link(&decode.static_pad("sink").unwrap()).unwrap();
+                return;
+            }
+            let decode = gst::parse::bin_from_description(
+                "rtph264depay ! h264parse ! avdec_h264 ! queue name=q",
+                true,
+            )
+            .unwrap();
+            let sink = gst::ElementFactory::make("fakesink").build().unwrap();
+            pipeline.add_many([decode.upcast_ref(), &m, &sink]).unwrap();
+            gst::Element::link_many([decode.upcast_ref(), &m, &sink]).unwrap();
+            for e in [decode.upcast_ref::<gst::Element>(), &m, &sink] {
+                e.sync_state_with_parent().unwrap();
+            }
+            pad.link(&decode.static_pad("sink").unwrap()).unwrap();
+        });
+        pipeline.set_state(gst::State::Playing).unwrap();
+        Viewer {
+            pipeline,
+            webrtcbin,
+            meter,
+            audio_buffers,
+        }
+    }
+
+    fn offer(&self) -> String {
+        let promise = gst::Promise::new();
+        self.webrtcbin
+            .emit_by_name::<()>("create-offer", &[&None::<gst::Structure>, &promise]);
+        promise.wait();
+        let offer = promise
+            .get_reply()
+            .unwrap()
+            .get::<gst_webrtc::WebRTCSessionDescription>("offer")
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        self.webrtcbin
+            .connect_notify(Some("ice-gathering-state"), move |w, _| {
+                if w.property::<gst_webrtc::WebRTCICEGatheringState>("ice-gathering-state")
+                    == gst_webrtc::WebRTCICEGatheringState::Complete
+                {
+                    let _ = tx.send(());
+                }
+            });
+        let promise = gst::Promise::new();
+        self.webrtcbin
+            .emit_by_name::<()>("set-local-description", &[&offer, &promise]);
+        promise.wait();
+        let _ = rx.recv_timeout(Duration::from_secs(5));
+        self.webrtcbin
+            .property::<gst_webrtc::WebRTCSessionDescription>("local-description")
+            .sdp()
+            .as_text()
+            .unwrap()
+    }
+
+    fn answer(&self, sdp: &str) {
+        let sdp = gst_sdp::SDPMessage::parse_buffer(sdp.as_bytes()).unwrap();
+        let answer =
+            gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Answer, sdp);
+        let promise = gst::Promise::new();
+        self.webrtcbin
+            .emit_by_name::<()>("set-remote-description", &[&answer, &promise]);
+        promise.wait();
+        // Report every second, as browsers do (GStreamer's default is every 5 s).
+        let rtpbin = self
+            .webrtcbin
+            .downcast_ref::<gst::Bin>()
+            .unwrap()
+            .iterate_elements()
+            .into_iter()
+            .filter_map(Result::ok)
+            .find(|e| e.factory().is_some_and(|f| f.name() == "rtpbin"))
+            .unwrap();
+        let session = rtpbin.emit_by_name::<gst::glib::Object>("get-internal-session", &[&0u32]);
+        session.set_property("rtcp-min-interval", 1_000_000_000u64);
+    }
+
+    /// Waits until the meter counted `frames` stamped frames; returns its stats.
+    fn wait_frames(&self, frames: u64, timeout: Duration) -> gst::Structure {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stats = self.meter.property::<gst::Structure>("stats");
+            if stats.get::<u64>("count").unwrap() >= frames {
+                return stats;
+            }
+            assert!(Instant::now() < deadline, "only {stats} after {timeout:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+fn tee_src_pads(pipeline: &gst::Pipeline, tee: &str) -> usize {
+    pipeline.by_name(tee).unwrap().src_pads().len()
+}
+
+fn webrtcbins(pipeline: &gst::Pipeline) -> usize {
+    pipeline
+        .iterate_recurse()
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.factory().is_some_and(|f| f.name() == "webrtcbin"))
+        .count()
+}
+
+#[test]
+fn viewer_decodes_stamped_frames_and_delete_frees_everything() {
+    if !in_private_netns("viewer_decodes_stamped_frames_and_delete_frees_everything") {
+        return;
+    }
+    let (pipeline, output) = sender();
+    let viewer = Viewer::with_audio(true);
+    let answer = output.offer(&viewer.offer()).expect("an answer");
+    assert!(answer.sdp.contains("a=candidate"), "{}", answer.sdp);
+    viewer.answer(&answer.sdp);
+
+    let stats = viewer.wait_frames(30, Duration::from_secs(15));
+    assert_eq!(stats.get::<String>("stream-id").unwrap(), "whep");
+    let p50 = stats.get::<f64>("window-p50-ms").unwrap();
+    assert!(
+        p50 > 0.0 && p50 < 500.0,
+        "capture to decoded over WebRTC: {p50} ms"
+    );
+    assert_eq!(output.session_count(), 1);
+    assert_eq!(webrtcbins(&pipeline), 1);
+    // Opus from the shared audio encoder decodes too.
+    let audio = viewer
+        .audio_buffers
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(audio >= 20, "{audio} audio buffers decoded");
+
+    output.delete(&answer.id).unwrap();
+    assert_eq!(output.session_count(), 0);
+    assert_eq!(webrtcbins(&pipeline), 0);
+    assert_eq!(tee_src_pads(&pipeline, "t"), 0);
+    assert_eq!(tee_src_pads(&pipeline, "a"), 0);
+    assert!(matches!(
+        output.delete(&answer.id),
+        Err(WhepError::UnknownSession(_))
+    ));
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn several_viewers_share_one_encoder() {
+    if !in_private_netns("several_viewers_share_one_encoder") {
+        return;
+    }
+    let (pipeline, output) = sender();
+    let viewers: Vec<Viewer> = (0..3).map(|_| Viewer::new()).collect();
+    for viewer in &viewers {
+        let answer = output.offer(&viewer.offer()).unwrap();
+        viewer.answer(&answer.sdp);
+    }
+    for viewer in &viewers {
+        viewer.wait_frames(20, Duration::from_secs(15));
+    }
+    let encoders = pipeline
+        .iterate_recurse()
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.factory().is_some_and(|f| f.name() == "x264enc"))
+        .count();
+    assert_eq!(encoders, 1);
+    assert_eq!(webrtcbins(&pipeline), 3);
+    output.close_all();
+    assert_eq!(webrtcbins(&pipeline), 0);
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn vanished_viewer_is_torn_down() {
+    if !in_private_netns("vanished_viewer_is_torn_down") {
+        return;
+    }
+    let (pipeline, output) = sender_with(WhepConfig {
+        loopback_ice: true,
+        viewer_timeout: Duration::from_secs(3),
+        ..Default::default()
+    });
+    let viewer = Viewer::new();
+    let answer = output.offer(&viewer.offer()).unwrap();
+    viewer.answer(&answer.sdp);
+    viewer.wait_frames(10, Duration::from_secs(15));
+    // Still there after more than the timeout while the viewer lives and reports.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(output.session_count(), 1, "a live viewer was torn down");
+    // The viewer disappears without DELETE.
+    drop(viewer);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while output.session_count() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "session still alive: {:?}",
+            output.sessions()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(webrtcbins(&pipeline), 0);
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn unusable_offers_are_refused_without_side_effects() {
+    if !in_private_netns("unusable_offers_are_refused_without_side_effects") {
+        return;
+    }
+    let (pipeline, output) = sender();
+    assert!(matches!(output.offer("not sdp"), Err(WhepError::Offer(_))));
+    let vp8_only = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
+    assert!(matches!(output.offer(vp8_only), Err(WhepError::Offer(_))));
+    assert_eq!(webrtcbins(&pipeline), 0);
+    assert_eq!(tee_src_pads(&pipeline, "t"), 0);
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn http_status_codes_follow_whep() {
+    if !in_private_netns("http_status_codes_follow_whep") {
+        return;
+    }
+    use hybridlive_webrtc::HttpRequest;
+    let (pipeline, output) = sender();
+    let req = |method, path, content_type, body: &[u8]| {
+        output.handle_http(
+            "/whep",
+            HttpRequest {
+                method,
+                path,
+                content_type,
+                body,
+            },
+        )
+    };
+    let header = |r: &hybridlive_webrtc::HttpResponse, name: &str| {
+        r.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
+    let sdp = Some("application/sdp");
+
+    let preflight = req("OPTIONS", "", None, b"");
+    assert_eq!(preflight.status, 204);
+    assert_eq!(
+        header(&preflight, "Access-Control-Allow-Origin").unwrap(),
+        "*"
+    );
+    assert!(
+        header(&preflight, "Access-Control-Allow-Methods")
+            .unwrap()
+            .contains("POST")
+    );
+
+    assert_eq!(req("POST", "", Some("text/plain"), b"v=0").status, 415);
+    assert_eq!(req("POST", "", sdp, &vec![b'a'; 70_000]).status, 413);
+    assert_eq!(req("POST", "", sdp, b"not sdp").status, 400);
+    let vp8_only = b"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
+    assert_eq!(req("POST", "", sdp, vp8_only).status, 406);
+    assert_eq!(req("GET", "", None, b"").status, 405);
+    assert_eq!(req("DELETE", "/nope", None, b"").status, 404);
+    assert_eq!(
+        webrtcbins(&pipeline),
+        0,
+        "refused offers left nothing behind"
+    );
+
+    let viewer = Viewer::new();
+    let created = req(
+        "POST",
+        "",
+        Some("application/sdp; charset=utf-8"),
+        viewer.offer().as_bytes(),
+    );
+    assert_eq!(
+        created.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&created.body)
+    );
+    assert_eq!(header(&created, "Content-Type").unwrap(), "application/sdp");
+    let location = header(&created, "Location").unwrap();
+    let id = location
+        .strip_prefix("/whep/")
+        .expect("a resource under /whep");
+    assert_eq!(id.len(), 32);
+    viewer.answer(std::str::from_utf8(&created.body).unwrap());
+    viewer.wait_frames(10, Duration::from_secs(15));
+
+    let resource = format!("/{id}");
+    assert_eq!(req("PATCH", &resource, None, b"").status, 405);
+    assert_eq!(req("DELETE", &resource, None, b"").status, 200);
+    assert_eq!(req("DELETE", &resource, None, b"").status, 404);
+    assert_eq!(webrtcbins(&pipeline), 0);
+    pipeline.set_state(gst::State::Null).unwrap();
+}

@@ -1,0 +1,814 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! Offers and schedules: what a schedule file or a `show-offer` JSON says, parsed with serde,
+//! validated, and with its images decoded, so that nothing read from outside is trusted later.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use gst::glib;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+
+use crate::card::{DecodedImage, QrMatrix};
+
+/// Where a card sits in the frame. Cards sharing an anchor are stacked away from its edge.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash, glib::Enum, Deserialize)]
+#[enum_type(name = "GstOfferOverlayAnchor")]
+#[serde(rename_all = "kebab-case")]
+#[repr(u32)]
+pub enum Anchor {
+    #[enum_value(name = "Top left", nick = "top-left")]
+    TopLeft = 0,
+    #[enum_value(name = "Top centre", nick = "top")]
+    #[serde(alias = "top-center")]
+    Top = 1,
+    #[enum_value(name = "Top right", nick = "top-right")]
+    TopRight = 2,
+    #[enum_value(name = "Middle left", nick = "left")]
+    #[serde(alias = "center-left")]
+    Left = 3,
+    #[enum_value(name = "Centre", nick = "center")]
+    Center = 4,
+    #[enum_value(name = "Middle right", nick = "right")]
+    #[serde(alias = "center-right")]
+    Right = 5,
+    #[enum_value(name = "Bottom left", nick = "bottom-left")]
+    BottomLeft = 6,
+    #[enum_value(name = "Bottom centre", nick = "bottom")]
+    #[serde(alias = "bottom-center")]
+    Bottom = 7,
+    #[default]
+    #[enum_value(name = "Bottom right", nick = "bottom-right")]
+    BottomRight = 8,
+}
+
+impl Anchor {
+    /// Horizontal placement: 0 = left, 1 = centre, 2 = right.
+    pub fn column(self) -> u32 {
+        self as u32 % 3
+    }
+
+    /// Vertical placement: 0 = top, 1 = middle, 2 = bottom.
+    pub fn row(self) -> u32 {
+        self as u32 / 3
+    }
+}
+
+/// A point in time an offer starts or ends at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSpec {
+    /// Running time of the stream (time since the pipeline started playing, for a live one).
+    RunningTime(gst::ClockTime),
+    /// Wall-clock time (UTC).
+    Utc(SystemTime),
+}
+
+impl TimeSpec {
+    /// Signed nanoseconds from this point to the frame at `running_time` / `utc`:
+    /// positive once the frame is past it.
+    pub fn elapsed_at(self, running_time: gst::ClockTime, utc: SystemTime) -> i128 {
+        match self {
+            TimeSpec::RunningTime(t) => running_time.nseconds() as i128 - t.nseconds() as i128,
+            TimeSpec::Utc(t) => match utc.duration_since(t) {
+                Ok(d) => d.as_nanos() as i128,
+                Err(e) => -(e.duration().as_nanos() as i128),
+            },
+        }
+    }
+
+    /// The same instant shifted later by `d`.
+    pub fn plus(self, d: Duration) -> TimeSpec {
+        match self {
+            TimeSpec::RunningTime(t) => TimeSpec::RunningTime(t.saturating_add(
+                gst::ClockTime::from_nseconds(d.as_nanos().min(u64::MAX as u128) as u64),
+            )),
+            // Beyond what SystemTime can hold is "never" for a live class.
+            TimeSpec::Utc(t) => TimeSpec::Utc(t.checked_add(d).unwrap_or(t)),
+        }
+    }
+}
+
+fn parse_clock_string(s: &str) -> Result<TimeSpec, String> {
+    let s = s.trim();
+    // A date means wall-clock time; anything else is a running-time offset.
+    if s.len() >= 10 && s.as_bytes()[4] == b'-' {
+        return humantime::parse_rfc3339_weak(s)
+            .map(TimeSpec::Utc)
+            .map_err(|e| {
+                format!("`{s}` is not an RFC 3339 UTC time (like 2026-11-27T10:30:00Z): {e}")
+            });
+    }
+    if s.contains(':') {
+        // [[HH:]MM:]SS[.fff]
+        let mut total = 0f64;
+        for part in s.split(':') {
+            let v: f64 = part
+                .parse()
+                .map_err(|_| format!("`{s}` is not a time like 01:30 or 1:02:03.5"))?;
+            if !(0.0..60.0).contains(&v) && total > 0.0 {
+                return Err(format!("`{s}`: minutes and seconds must be below 60"));
+            }
+            total = total * 60.0 + v;
+        }
+        return seconds_to_running_time(total);
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) => Ok(TimeSpec::RunningTime(gst::ClockTime::from_nseconds(
+            d.as_nanos().min(u64::MAX as u128) as u64,
+        ))),
+        Err(_) => Err(format!(
+            "`{s}` is neither a running-time offset (seconds, \"01:30\", \"90s\") nor a UTC time (\"2026-11-27T10:30:00Z\")"
+        )),
+    }
+}
+
+fn seconds_to_running_time(secs: f64) -> Result<TimeSpec, String> {
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!(
+            "{secs} is not a running-time offset: seconds must be 0 or more"
+        ));
+    }
+    Ok(TimeSpec::RunningTime(gst::ClockTime::from_nseconds(
+        (secs * 1e9).round() as u64,
+    )))
+}
+
+impl<'de> Deserialize<'de> for TimeSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TimeVisitor;
+
+        impl<'de> Visitor<'de> for TimeVisitor {
+            type Value = TimeSpec;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "seconds of running time (90, \"01:30\", \"90s\") or a UTC time (\"2026-11-27T10:30:00Z\")",
+                )
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<TimeSpec, E> {
+                seconds_to_running_time(v as f64).map_err(E::custom)
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<TimeSpec, E> {
+                seconds_to_running_time(v as f64).map_err(E::custom)
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<TimeSpec, E> {
+                seconds_to_running_time(v).map_err(E::custom)
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<TimeSpec, E> {
+                parse_clock_string(v).map_err(E::custom)
+            }
+
+            // TOML's own date-time values arrive as a one-entry map.
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TimeSpec, A::Error> {
+                let Some((_, value)) = map.next_entry::<String, String>()? else {
+                    return Err(de::Error::custom("empty time"));
+                };
+                parse_clock_string(&value).map_err(de::Error::custom)
+            }
+        }
+
+        deserializer.deserialize_any(TimeVisitor)
+    }
+}
+
+/// A colour as 0xAARRGGBB: written "#RRGGBB", "#AARRGGBB" or as an integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Colour(pub u32);
+
+impl<'de> Deserialize<'de> for Colour {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ColourVisitor;
+
+        impl Visitor<'_> for ColourVisitor {
+            type Value = Colour;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a colour: \"#RRGGBB\", \"#AARRGGBB\" or an integer 0xAARRGGBB")
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Colour, E> {
+                u32::try_from(v)
+                    .map(Colour)
+                    .map_err(|_| E::custom(format!("{v:#x} is more than 0xAARRGGBB")))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Colour, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom("a colour cannot be negative"))
+                    .and_then(|v| self.visit_u64(v))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Colour, E> {
+                let hex = v.strip_prefix('#').ok_or_else(|| {
+                    E::custom(format!(
+                        "`{v}` is not a colour like \"#1c1f26\" or \"#eb1c1f26\""
+                    ))
+                })?;
+                let value = u32::from_str_radix(hex, 16)
+                    .ok()
+                    .filter(|_| hex.len() == 6 || hex.len() == 8)
+                    .ok_or_else(|| E::custom(format!("`{v}` is not #RRGGBB or #AARRGGBB")))?;
+                Ok(Colour(if hex.len() == 6 {
+                    0xff00_0000 | value
+                } else {
+                    value
+                }))
+            }
+        }
+
+        deserializer.deserialize_any(ColourVisitor)
+    }
+}
+
+/// One offer as written in a schedule file or passed to `show-offer`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct OfferSpec {
+    pub id: String,
+    pub title: String,
+    #[serde(default)]
+    pub subtitle: Option<String>,
+    pub price: String,
+    #[serde(default)]
+    pub badge: Option<String>,
+    /// PNG or JPEG file; relative paths are relative to the schedule file.
+    #[serde(default)]
+    pub image: Option<PathBuf>,
+    /// URL encoded as a QR code on the card.
+    #[serde(default)]
+    pub qr: Option<String>,
+    /// Show "ends in MM:SS" counting down to `end`.
+    #[serde(default)]
+    pub countdown: bool,
+    #[serde(default)]
+    pub start: Option<TimeSpec>,
+    #[serde(default)]
+    pub end: Option<TimeSpec>,
+    /// Seconds after `start`; an alternative to `end`.
+    #[serde(default)]
+    pub duration: Option<f64>,
+    /// Overrides the element's `anchor` for this card.
+    #[serde(default)]
+    pub anchor: Option<Anchor>,
+    /// Override the element's colours for this card.
+    #[serde(default)]
+    pub background_color: Option<Colour>,
+    #[serde(default)]
+    pub text_color: Option<Colour>,
+    #[serde(default)]
+    pub accent_color: Option<Colour>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleFile {
+    #[serde(default)]
+    offers: Vec<OfferSpec>,
+}
+
+/// An offer that passed validation, with its image decoded and its QR code encoded.
+#[derive(Debug)]
+pub struct Offer {
+    pub spec: OfferSpec,
+    pub image: Option<Arc<DecodedImage>>,
+    pub qr: Option<Arc<QrMatrix>>,
+    /// `end`, or `start + duration`, when known without running the stream.
+    pub end: Option<TimeSpec>,
+}
+
+impl Offer {
+    /// The element's theme with this offer's colour overrides.
+    pub fn theme(&self, base: &crate::card::Theme) -> crate::card::Theme {
+        let mut theme = base.clone();
+        if let Some(Colour(c)) = self.spec.background_color {
+            theme.background = c;
+        }
+        if let Some(Colour(c)) = self.spec.text_color {
+            theme.text = c;
+        }
+        if let Some(Colour(c)) = self.spec.accent_color {
+            theme.accent = c;
+        }
+        theme
+    }
+
+    /// Whether two offers render the same card (used to keep drawn cards across reloads):
+    /// everything but when and where it shows. Images compare by their pixels, so that an
+    /// image file changed on disk is drawn again on reload.
+    pub fn same_content(&self, other: &Offer) -> bool {
+        if self.image.as_deref() != other.image.as_deref() {
+            return false;
+        }
+        let (a, b) = (&self.spec, &other.spec);
+        (
+            &a.title,
+            &a.subtitle,
+            &a.price,
+            &a.badge,
+            &a.image,
+            &a.qr,
+            a.countdown,
+            a.background_color,
+            a.text_color,
+            a.accent_color,
+        ) == (
+            &b.title,
+            &b.subtitle,
+            &b.price,
+            &b.badge,
+            &b.image,
+            &b.qr,
+            b.countdown,
+            b.background_color,
+            b.text_color,
+            b.accent_color,
+        )
+    }
+}
+
+/// Everything that can be wrong with a schedule or an offer; each names where and which field.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    #[error("{origin}: cannot read: {source}")]
+    Read {
+        origin: String,
+        source: std::io::Error,
+    },
+    #[error("{origin}:{line}:{column}: {field}: {message}")]
+    Syntax {
+        origin: String,
+        line: usize,
+        column: usize,
+        field: String,
+        message: String,
+    },
+    #[error("{origin}: {field}: {message}")]
+    Invalid {
+        origin: String,
+        field: String,
+        message: String,
+    },
+}
+
+fn field_or_root(path: &serde_path_to_error::Path) -> String {
+    let s = path.to_string();
+    if s == "." || s.is_empty() {
+        "(document)".into()
+    } else {
+        s
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let bytes = &text.as_bytes()[..offset.min(text.len())];
+    let line = bytes.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = bytes
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |nl| nl + 1);
+    let column = text
+        .get(line_start..bytes.len())
+        .map_or(bytes.len() - line_start, |s| s.chars().count());
+    (line, column + 1)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Syntax {
+    Json,
+    Toml,
+}
+
+fn parse_document<T: for<'de> Deserialize<'de>>(
+    origin: &str,
+    text: &str,
+    syntax: Syntax,
+) -> Result<T, ScheduleError> {
+    match syntax {
+        Syntax::Json => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                let field = field_or_root(e.path());
+                let inner = e.into_inner();
+                ScheduleError::Syntax {
+                    origin: origin.into(),
+                    line: inner.line(),
+                    column: inner.column(),
+                    field,
+                    message: strip_json_position(&inner.to_string()),
+                }
+            })?;
+            de.end().map_err(|e| ScheduleError::Syntax {
+                origin: origin.into(),
+                line: e.line(),
+                column: e.column(),
+                field: "(document)".into(),
+                message: strip_json_position(&e.to_string()),
+            })?;
+            Ok(value)
+        }
+        Syntax::Toml => {
+            let de = toml::Deserializer::new(text);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let field = field_or_root(e.path());
+                let inner = e.into_inner();
+                let (line, column) = inner
+                    .span()
+                    .map_or((1, 1), |span| line_column(text, span.start));
+                ScheduleError::Syntax {
+                    origin: origin.into(),
+                    line,
+                    column,
+                    field,
+                    message: inner.message().trim().to_string(),
+                }
+            })
+        }
+    }
+}
+
+// serde_json appends " at line L column C"; we print the position ourselves, in front.
+fn strip_json_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+fn validate(
+    origin: &str,
+    field: &str,
+    spec: OfferSpec,
+    base_dir: Option<&Path>,
+) -> Result<Offer, ScheduleError> {
+    let invalid = |sub: &str, message: String| ScheduleError::Invalid {
+        origin: origin.into(),
+        field: format!("{field}{sub}"),
+        message,
+    };
+    if spec.id.trim().is_empty() {
+        return Err(invalid(".id", "must not be empty".into()));
+    }
+    if spec.title.trim().is_empty() {
+        return Err(invalid(".title", "must not be empty".into()));
+    }
+    if spec.end.is_some() && spec.duration.is_some() {
+        return Err(invalid(
+            ".duration",
+            "give either `end` or `duration`, not both".into(),
+        ));
+    }
+    let duration = match spec.duration {
+        Some(d) if !d.is_finite() || d <= 0.0 => {
+            return Err(invalid(
+                ".duration",
+                format!("{d} is not a duration: seconds must be above 0"),
+            ));
+        }
+        Some(d) => Some(Duration::try_from_secs_f64(d).map_err(|e| {
+            invalid(
+                ".duration",
+                format!("{d} is not a usable number of seconds: {e}"),
+            )
+        })?),
+        None => None,
+    };
+    let end = spec
+        .end
+        .or_else(|| spec.start.zip(duration).map(|(s, d)| s.plus(d)));
+    if let (Some(start), Some(end)) = (spec.start, end) {
+        let ordered = match (start, end) {
+            (TimeSpec::RunningTime(s), TimeSpec::RunningTime(e)) => e > s,
+            (TimeSpec::Utc(s), TimeSpec::Utc(e)) => e > s,
+            // Mixed clocks can only be compared while the stream runs.
+            _ => true,
+        };
+        if !ordered {
+            return Err(invalid(".end", "must be after `start`".into()));
+        }
+    }
+    if spec.countdown && end.is_none() && duration.is_none() {
+        return Err(invalid(
+            ".countdown",
+            "a countdown needs `end` or `duration`".into(),
+        ));
+    }
+    let image = match &spec.image {
+        Some(path) => {
+            let path = match base_dir {
+                Some(dir) if path.is_relative() => dir.join(path),
+                _ => path.clone(),
+            };
+            let decoded = DecodedImage::load(&path)
+                .map_err(|e| invalid(".image", format!("{}: {e}", path.display())))?;
+            Some(Arc::new(decoded))
+        }
+        None => None,
+    };
+    let qr = match &spec.qr {
+        Some(url) if url.is_empty() => return Err(invalid(".qr", "must not be empty".into())),
+        Some(url) => Some(Arc::new(
+            QrMatrix::encode(url).map_err(|e| invalid(".qr", e))?,
+        )),
+        None => None,
+    };
+    Ok(Offer {
+        end,
+        spec,
+        image,
+        qr,
+    })
+}
+
+/// Reads and validates a schedule file (`.json`, or TOML otherwise).
+pub fn load_schedule(path: &Path) -> Result<Vec<Arc<Offer>>, ScheduleError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ScheduleError::Read {
+        origin: origin.clone(),
+        source,
+    })?;
+    let is_json = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let syntax = if is_json { Syntax::Json } else { Syntax::Toml };
+    let file: ScheduleFile = parse_document(&origin, &text, syntax)?;
+    let base_dir = path.parent();
+    let mut ids = HashSet::new();
+    let mut offers = Vec::with_capacity(file.offers.len());
+    for (i, spec) in file.offers.into_iter().enumerate() {
+        let field = format!("offers[{i}]");
+        if !ids.insert(spec.id.clone()) {
+            let err = ScheduleError::Invalid {
+                origin,
+                field: format!("{field}.id"),
+                message: format!("`{}` is used by an earlier offer", spec.id),
+            };
+            return Err(with_position(err, &text, syntax, Some(i)));
+        }
+        let offer = validate(&origin, &field, spec, base_dir)
+            .map_err(|e| with_position(e, &text, syntax, Some(i)))?;
+        offers.push(Arc::new(offer));
+    }
+    Ok(offers)
+}
+
+/// Gives a validation error the line and column of the offending key (or of its offer).
+fn with_position(
+    err: ScheduleError,
+    text: &str,
+    syntax: Syntax,
+    offer_index: Option<usize>,
+) -> ScheduleError {
+    let ScheduleError::Invalid {
+        origin,
+        field,
+        message,
+    } = err
+    else {
+        return err;
+    };
+    let key = field.rsplit('.').next().unwrap_or_default();
+    let offset = match syntax {
+        Syntax::Toml => offer_index.and_then(|i| toml_key_offset(text, i, key)),
+        Syntax::Json => json_key_offset(text, offer_index, key),
+    };
+    match offset {
+        Some(offset) => {
+            let (line, column) = line_column(text, offset);
+            ScheduleError::Syntax {
+                origin,
+                line,
+                column,
+                field,
+                message,
+            }
+        }
+        None => ScheduleError::Invalid {
+            origin,
+            field,
+            message,
+        },
+    }
+}
+
+/// Byte offset of `key` in the `index`-th `[[offers]]` table, or of the table header.
+fn toml_key_offset(text: &str, index: usize, key: &str) -> Option<usize> {
+    let mut offset = 0;
+    let mut tables_seen = 0;
+    // Offset of the target table's header, once inside it.
+    let mut header: Option<usize> = None;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        let at = offset + line.len() - trimmed.len();
+        offset += line.len();
+        if trimmed.starts_with('[') {
+            if header.is_some() {
+                break;
+            }
+            if trimmed.trim_end().replace(' ', "") == "[[offers]]" {
+                if tables_seen == index {
+                    header = Some(at);
+                }
+                tables_seen += 1;
+            }
+        } else if header.is_some()
+            && let Some(rest) = trimmed.strip_prefix(key)
+            && rest.trim_start().starts_with('=')
+        {
+            return Some(at);
+        }
+    }
+    header
+}
+
+/// Byte offset of `key` in an offer object of JSON text: the `index`-th object of the root's
+/// array, or the root object itself when `index` is None; else the object's opening brace.
+fn json_key_offset(text: &str, index: Option<usize>, key: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut stack: Vec<u8> = Vec::new();
+    let mut objects_seen = 0usize;
+    let mut target: Option<(usize, usize)> = None; // (depth inside the object, brace offset)
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    if bytes[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                let name = text.get(start + 1..i.min(bytes.len()))?;
+                let next = text.get(i + 1..)?.trim_start();
+                if let Some((depth, _)) = target
+                    && stack.len() == depth
+                    && name == key
+                    && next.starts_with(':')
+                {
+                    return Some(start);
+                }
+            }
+            b'{' => {
+                let is_offer = match index {
+                    None => stack.is_empty(),
+                    Some(n) => {
+                        let here = stack.as_slice() == b"{[";
+                        if here {
+                            objects_seen += 1;
+                        }
+                        here && objects_seen == n + 1
+                    }
+                };
+                stack.push(b'{');
+                if is_offer {
+                    target = Some((stack.len(), i));
+                }
+            }
+            b'[' => stack.push(b'['),
+            b'}' | b']' => {
+                if let Some((depth, brace)) = target
+                    && stack.len() == depth
+                {
+                    return Some(brace);
+                }
+                stack.pop();
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    target.map(|(_, brace)| brace)
+}
+
+/// Parses and validates one offer given as JSON (the `show-offer` signal).
+pub fn parse_offer_json(json: &str) -> Result<Offer, ScheduleError> {
+    let origin = "show-offer JSON";
+    let spec: OfferSpec = parse_document(origin, json, Syntax::Json)?;
+    validate(origin, "offer", spec, None).map_err(|e| with_position(e, json, Syntax::Json, None))
+}
+
+/// Formats a UTC time as RFC 3339 with milliseconds.
+pub fn format_utc(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_forms() {
+        assert_eq!(
+            parse_clock_string("01:30").unwrap(),
+            TimeSpec::RunningTime(gst::ClockTime::from_seconds(90))
+        );
+        assert_eq!(
+            parse_clock_string("90s").unwrap(),
+            TimeSpec::RunningTime(gst::ClockTime::from_seconds(90))
+        );
+        assert!(matches!(
+            parse_clock_string("2026-11-27T10:30:00Z").unwrap(),
+            TimeSpec::Utc(_)
+        ));
+        assert!(parse_clock_string("soon").is_err());
+    }
+
+    #[test]
+    fn json_error_names_line_column_and_field() {
+        let err = parse_document::<ScheduleFile>(
+            "s.json",
+            "{\"offers\": [\n {\"id\": \"a\", \"title\": \"T\", \"price\": \"1\",\n  \"start\": \"later\"}]}",
+            Syntax::Json,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("s.json:3:"), "{err}");
+        assert!(err.contains("offers[0].start"), "{err}");
+    }
+
+    #[test]
+    fn toml_error_names_line_column_and_field() {
+        let text = "[[offers]]\nid = \"a\"\ntitle = \"T\"\nprice = \"1\"\nstart = true\n";
+        let err = parse_document::<ScheduleFile>("s.toml", text, Syntax::Toml)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("s.toml:5:"), "{err}");
+        assert!(err.contains("offers[0].start"), "{err}");
+    }
+
+    #[test]
+    fn validation_errors_point_at_the_key() {
+        let dir = std::env::temp_dir().join(format!("offeroverlay-pos-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml = dir.join("s.toml");
+        std::fs::write(
+            &toml,
+            "[[offers]]\nid = \"a\"\ntitle = \"A\"\nprice = \"1\"\n\n[[offers]]\nid = \"b\"\ntitle = \"B\"\nprice = \"2\"\n  image = \"missing.png\"\n",
+        )
+        .unwrap();
+        let err = load_schedule(&toml).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("{}:10:3: offers[1].image: ", toml.display())),
+            "{err}"
+        );
+        let json = dir.join("s.json");
+        std::fs::write(
+            &json,
+            "{\"offers\": [{\"id\": \"a\", \"title\": \"A\", \"price\": \"1\"},\n {\"id\": \"a\",\n  \"title\": \"B\", \"price\": \"2\"}]}",
+        )
+        .unwrap();
+        let err = load_schedule(&json).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("{}:2:3: offers[1].id: ", json.display())),
+            "{err}"
+        );
+        let err = parse_offer_json(
+            "{\"id\": \"x\", \"title\": \"X\", \"price\": \"1\",\n \"duration\": -4}",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("show-offer JSON:2:2: offer.duration: "),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn colours() {
+        let spec: OfferSpec = serde_json::from_str(
+            r##"{"id": "c", "title": "C", "price": "1", "accent-color": "#ff8800", "text-color": "#80ffffff", "background-color": 4278190080}"##,
+        )
+        .unwrap();
+        assert_eq!(spec.accent_color, Some(Colour(0xffff_8800)));
+        assert_eq!(spec.text_color, Some(Colour(0x80ff_ffff)));
+        assert_eq!(spec.background_color, Some(Colour(0xff00_0000)));
+        let err = parse_offer_json(
+            r#"{"id": "c", "title": "C", "price": "1", "accent-color": "orange"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("offer.accent-color") || err.contains("accent-color"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn toml_datetime_is_utc() {
+        let text =
+            "[[offers]]\nid = \"a\"\ntitle = \"T\"\nprice = \"1\"\nstart = 2026-11-27T10:30:00Z\n";
+        let file: ScheduleFile = parse_document("s.toml", text, Syntax::Toml).unwrap();
+        assert!(matches!(file.offers[0].start, Some(TimeSpec::Utc(_))));
+    }
+}
