@@ -1,0 +1,1250 @@
+// SPDX-License-Identifier: MPL-2.0
+
+//! GStreamer glue of `abrcontroller`: gathers signals, runs [`Controller`] on a clock tick and
+//! applies its decisions to the encoder and the capsfilter.
+//!
+//! Lock order: `settings` before `state`. Neither is held while touching other elements
+//! (property reads and writes, events, `get-stats`) or posting messages.
+
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::prelude::*;
+use gst_base::subclass::prelude::*;
+use hybridlive_encoders::{Encoder, find_upstream_encoder};
+
+use crate::ESTIMATE_EVENT;
+use crate::controller::{Config, Controller, Decision, Observation, Reason};
+use crate::ladder::{Ladder, Rung};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "abrcontroller",
+        gst::DebugColorFlags::empty(),
+        Some("Adaptive bitrate controller"),
+    )
+});
+
+const DEFAULT_MIN_BITRATE: u32 = 150_000;
+const DEFAULT_MAX_BITRATE: u32 = 6_000_000;
+const DEFAULT_START_BITRATE: u32 = 0;
+const FALLBACK_START_BITRATE: u64 = 2_000_000;
+const DEFAULT_INTERVAL_MS: u32 = 100;
+const DEFAULT_LOSS_THRESHOLD: f64 = 0.10;
+const DEFAULT_RTT_THRESHOLD_MS: u32 = 100;
+const DEFAULT_BACKLOG_THRESHOLD_MS: u32 = 200;
+const DEFAULT_RUNG_UP_HOLD_MS: u32 = 4000;
+/// An SRT loss report covers at least this many packets...
+const SRT_REPORT_PACKETS: f64 = 100.0;
+/// ...or this much time.
+const SRT_REPORT_PERIOD: gst::ClockTime = gst::ClockTime::from_mseconds(500);
+/// Highest loss fraction an SRT report counts as (see where it is used).
+const SRT_LOSS_CAP: f64 = 0.15;
+
+#[derive(Debug, Clone)]
+struct Settings {
+    encoder: Option<gst::Element>,
+    encoder_name: Option<String>,
+    capsfilter: Option<gst::Element>,
+    capsfilter_name: Option<String>,
+    webrtcbin: Option<gst::Element>,
+    webrtcbin_name: Option<String>,
+    srtsink: Option<gst::Element>,
+    srtsink_name: Option<String>,
+    rtpbin: Option<gst::Element>,
+    rtpbin_name: Option<String>,
+    queue: Option<gst::Element>,
+    queue_name: Option<String>,
+    estimator: Option<gst::Element>,
+    estimator_name: Option<String>,
+    ladder: Ladder,
+    min_bitrate: u32,
+    max_bitrate: u32,
+    start_bitrate: u32,
+    interval: u32,
+    loss_threshold: f64,
+    rtt_threshold: u32,
+    backlog_threshold: u32,
+    rung_up_hold: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            encoder: None,
+            encoder_name: None,
+            capsfilter: None,
+            capsfilter_name: None,
+            webrtcbin: None,
+            webrtcbin_name: None,
+            srtsink: None,
+            srtsink_name: None,
+            rtpbin: None,
+            rtpbin_name: None,
+            queue: None,
+            queue_name: None,
+            estimator: None,
+            estimator_name: None,
+            ladder: Ladder::default(),
+            min_bitrate: DEFAULT_MIN_BITRATE,
+            max_bitrate: DEFAULT_MAX_BITRATE,
+            start_bitrate: DEFAULT_START_BITRATE,
+            interval: DEFAULT_INTERVAL_MS,
+            loss_threshold: DEFAULT_LOSS_THRESHOLD,
+            rtt_threshold: DEFAULT_RTT_THRESHOLD_MS,
+            backlog_threshold: DEFAULT_BACKLOG_THRESHOLD_MS,
+            rung_up_hold: DEFAULT_RUNG_UP_HOLD_MS,
+        }
+    }
+}
+
+impl Settings {
+    fn config(&self, with_ladder: bool, start_bps: u64) -> Config {
+        let defaults = Config::default();
+        Config {
+            min_bps: self.min_bitrate as u64,
+            max_bps: self.max_bitrate as u64,
+            start_bps,
+            loss_high: self.loss_threshold,
+            loss_low: (self.loss_threshold / 5.0).min(defaults.loss_low),
+            rtt_threshold: Duration::from_millis(self.rtt_threshold as u64),
+            backlog_threshold: Duration::from_millis(self.backlog_threshold as u64),
+            rung_up_hold: Duration::from_millis(self.rung_up_hold as u64),
+            ladder: with_ladder.then(|| self.ladder.clone()),
+            ..defaults
+        }
+    }
+}
+
+/// Signals carried by `abr-estimate` events since the last tick.
+#[derive(Debug, Clone, Copy, Default)]
+struct EventSignals {
+    /// Persists until replaced: an estimate stays valid until a newer one arrives.
+    estimate_bps: Option<u64>,
+    loss: Option<f64>,
+    rtt: Option<Duration>,
+    jitter: Option<Duration>,
+    backlog: Option<Duration>,
+    backlog_bytes: Option<u64>,
+}
+
+/// Latest parsed `webrtcbin` statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct WebrtcReport {
+    loss: Option<f64>,
+    rtt: Option<Duration>,
+    jitter: Option<Duration>,
+    packets_lost: Option<i64>,
+    estimate_bps: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    ticks: u64,
+    decreases: u64,
+    increases: u64,
+    rung_changes: u64,
+    last: Option<Decision>,
+    last_inputs: Observation,
+}
+
+#[derive(Default)]
+struct State {
+    running: bool,
+    clock_id: Option<gst::SingleShotClockId>,
+    controller: Option<Controller>,
+    last_tick: Option<gst::ClockTime>,
+    bytes: u64,
+    upstream_encoder: Option<gst::Element>,
+    webrtc_latest: Option<WebrtcReport>,
+    webrtc_used: Option<WebrtcReport>,
+    rtp_used: Option<WebrtcReport>,
+    stats_pending: bool,
+    /// Sent and lost packet counters and clock time at the start of the SRT loss window.
+    srt_previous: Option<(f64, f64, gst::ClockTime)>,
+    srt_bandwidth: Option<u64>,
+    events: EventSignals,
+    counters: Counters,
+    warned: Vec<String>,
+}
+
+#[derive(glib::Properties, Default)]
+#[properties(wrapper_type = super::AbrController)]
+pub struct AbrController {
+    #[property(name = "encoder", nick = "Encoder",
+        blurb = "Encoder whose bitrate is controlled (NULL: encoder-name, else the first known encoder upstream)",
+        get, set, type = Option<gst::Element>, member = encoder)]
+    #[property(name = "encoder-name", nick = "Encoder name",
+        blurb = "Name of the encoder element in the pipeline, used when encoder is NULL",
+        get, set, type = Option<String>, member = encoder_name)]
+    #[property(name = "capsfilter", nick = "Capsfilter",
+        blurb = "Capsfilter after videoscale/videorate that receives each rung's resolution and framerate (NULL: bitrate only)",
+        get, set, type = Option<gst::Element>, member = capsfilter)]
+    #[property(name = "capsfilter-name", nick = "Capsfilter name",
+        blurb = "Name of the capsfilter element in the pipeline, used when capsfilter is NULL",
+        get, set, type = Option<String>, member = capsfilter_name)]
+    #[property(name = "webrtcbin", nick = "webrtcbin",
+        blurb = "webrtcbin whose statistics (remote-inbound-rtp loss, RTT, jitter; TWCC) are followed",
+        get, set, type = Option<gst::Element>, member = webrtcbin)]
+    #[property(name = "webrtcbin-name", nick = "webrtcbin name",
+        blurb = "Name of the webrtcbin in the pipeline, used when webrtcbin is NULL",
+        get, set, type = Option<String>, member = webrtcbin_name)]
+    #[property(name = "srtsink", nick = "srtsink",
+        blurb = "srtsink whose statistics (RTT, loss) are followed; its bandwidth estimate is shown in stats only",
+        get, set, type = Option<gst::Element>, member = srtsink)]
+    #[property(name = "srtsink-name", nick = "srtsink name",
+        blurb = "Name of the srtsink in the pipeline, used when srtsink is NULL",
+        get, set, type = Option<String>, member = srtsink_name)]
+    #[property(name = "rtpbin", nick = "rtpbin",
+        blurb = "rtpbin whose sessions' RTCP receiver reports (fraction lost, round-trip time, jitter) are followed",
+        get, set, type = Option<gst::Element>, member = rtpbin)]
+    #[property(name = "rtpbin-name", nick = "rtpbin name",
+        blurb = "Name of the rtpbin in the pipeline, used when rtpbin is NULL",
+        get, set, type = Option<String>, member = rtpbin_name)]
+    #[property(name = "queue", nick = "Backlog queue",
+        blurb = "queue between the encoder and a TCP-like sink; its fill level is the send backlog",
+        get, set, type = Option<gst::Element>, member = queue)]
+    #[property(name = "queue-name", nick = "Backlog queue name",
+        blurb = "Name of the backlog queue in the pipeline, used when queue is NULL",
+        get, set, type = Option<String>, member = queue_name)]
+    #[property(name = "estimator", nick = "Estimator",
+        blurb = "Element with an estimated-bitrate property in bit/s (e.g. rtpgccbwe), used as a ceiling",
+        get, set, type = Option<gst::Element>, member = estimator)]
+    #[property(name = "estimator-name", nick = "Estimator name",
+        blurb = "Name of the estimator element in the pipeline, used when estimator is NULL",
+        get, set, type = Option<String>, member = estimator_name)]
+    #[property(name = "ladder", nick = "Ladder",
+        blurb = "Rungs 'WIDTHxHEIGHT@FPS:MIN-MAX' (kbit/s) separated by ';', applied through capsfilter",
+        get = Self::ladder, set = Self::set_ladder, type = String)]
+    #[property(name = "min-bitrate", nick = "Minimum bitrate",
+        blurb = "Lowest bitrate given to the encoder, in bit/s",
+        get, set, type = u32, member = min_bitrate, minimum = 1000, default = DEFAULT_MIN_BITRATE)]
+    #[property(name = "max-bitrate", nick = "Maximum bitrate",
+        blurb = "Highest bitrate given to the encoder, in bit/s",
+        get, set, type = u32, member = max_bitrate, minimum = 1000, default = DEFAULT_MAX_BITRATE)]
+    #[property(name = "start-bitrate", nick = "Start bitrate",
+        blurb = "Bitrate at start, in bit/s (0: the encoder's configured bitrate)",
+        get, set, type = u32, member = start_bitrate, default = DEFAULT_START_BITRATE)]
+    #[property(name = "interval", nick = "Interval",
+        blurb = "Time between two decisions, in milliseconds (10-1000)",
+        get, set, type = u32, member = interval, minimum = 10, maximum = 1000, default = DEFAULT_INTERVAL_MS)]
+    #[property(name = "loss-threshold", nick = "Loss threshold",
+        blurb = "Loss fraction (0-1) that cuts the bitrate; a fifth of it (at most 0.02) holds it",
+        get, set, type = f64, member = loss_threshold, minimum = 0.0, maximum = 1.0, default = DEFAULT_LOSS_THRESHOLD)]
+    #[property(name = "rtt-threshold", nick = "RTT threshold",
+        blurb = "Queuing delay (RTT above its 30 s minimum) that cuts the bitrate, in milliseconds (1-60000)",
+        get, set, type = u32, member = rtt_threshold, minimum = 1, maximum = 60_000, default = DEFAULT_RTT_THRESHOLD_MS)]
+    #[property(name = "backlog-threshold", nick = "Backlog threshold",
+        blurb = "Growing send backlog that cuts the bitrate, in milliseconds (1-60000)",
+        get, set, type = u32, member = backlog_threshold, minimum = 1, maximum = 60_000, default = DEFAULT_BACKLOG_THRESHOLD_MS)]
+    #[property(name = "rung-up-hold", nick = "Rung up hold",
+        blurb = "How long the bitrate must afford the next rung before climbing to it, in milliseconds (0-600000)",
+        get, set, type = u32, member = rung_up_hold, maximum = 600_000, default = DEFAULT_RUNG_UP_HOLD_MS)]
+    settings: Mutex<Settings>,
+    state: Mutex<State>,
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for AbrController {
+    const NAME: &'static str = "GstAbrController";
+    type Type = super::AbrController;
+    type ParentType = gst_base::BaseTransform;
+}
+
+impl ObjectImpl for AbrController {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            let mut props = AbrController::derived_properties().to_vec();
+            props.push(
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb(
+                        "abr-stats structure: target-bitrate and bitrate (bit/s), rung, \
+                         ticks, decreases, increases, rung-changes, last-reason, inputs",
+                    )
+                    .read_only()
+                    .build(),
+            );
+            props
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        self.derived_set_property(id, value, pspec)
+    }
+
+    fn property(&self, id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        match pspec.name() {
+            "stats" => self.stats().to_value(),
+            _ => self.derived_property(id, pspec),
+        }
+    }
+
+    fn constructed(&self) {
+        self.parent_constructed();
+        self.obj().set_passthrough(true);
+    }
+}
+
+impl GstObjectImpl for AbrController {}
+
+impl ElementImpl for AbrController {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "Adaptive bitrate controller",
+                "Filter/Network/Video/Audio",
+                "Pass-through element that steers an encoder's bitrate and, through a \
+                 capsfilter, its resolution and framerate from congestion signals. \
+                 Inputs: webrtcbin stats (remote-inbound-rtp fraction-lost, \
+                 round-trip-time, jitter; gst-twcc-stats), rtpbin RTCP receiver \
+                 reports, srtsink stats (rtt-ms, \
+                 packets-sent-lost counted as at most 15 % loss since SRT retransmits; \
+                 bandwidth-mbps only shown in stats), the fill level of a queue before a \
+                 TCP-like sink, the estimated-bitrate of an estimator such as rtpgccbwe, \
+                 and 'abr-estimate' custom events (upstream or downstream) with optional \
+                 fields bitrate (bit/s), loss (0-1), rtt, jitter, backlog (ns) and \
+                 backlog-bytes. Algorithm, every interval: DECREASE on the first tick \
+                 with clear congestion to the lowest ceiling proposed by the signals \
+                 (loss >= loss-threshold: x(1-loss/2), 0.5..0.95, and 90% of the \
+                 send rate over the reported period x(1-loss); loss above a fifth of \
+                 that threshold in 3 reports in a row: 97% of what got through; queuing delay >= \
+                 rtt-threshold and not shrinking: x0.85; backlog >= backlog-threshold \
+                 and growing: 85% of its drain rate; an estimate below the target: the \
+                 estimate), one multiplicative cut per max(2 RTT, 300 ms) and not while \
+                 the encoder still sends 1.15x the new target (up to 1 s); HOLD while a \
+                 signal is elevated and for 1 s after a cut; INCREASE by probing, one step \
+                 per max(500 ms, 2 RTT), +8% growing 5 points per clear step to +30%, \
+                 at most +8% within 10% of the rate where congestion was last seen, never \
+                 above max-bitrate, the estimate or 1.5x the measured encoder output. \
+                 Rungs: down on the tick the target falls below the rung minimum, up one \
+                 rung after the target has stayed at 1.15x the next rung's minimum for \
+                 rung-up-hold; each rung change sets the capsfilter caps and forces a \
+                 key frame, and so does the end of a loss episode that cut the bitrate. Posts 'abr-decision' element messages on every change.",
+                "The hybridlive developers",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let caps = gst::Caps::new_any();
+            vec![
+                gst::PadTemplate::new(
+                    "sink",
+                    gst::PadDirection::Sink,
+                    gst::PadPresence::Always,
+                    &caps,
+                )
+                .expect("sink template"),
+                gst::PadTemplate::new(
+                    "src",
+                    gst::PadDirection::Src,
+                    gst::PadPresence::Always,
+                    &caps,
+                )
+                .expect("src template"),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        if transition == gst::StateChange::PlayingToPaused {
+            self.stop_ticking();
+        }
+        let ret = self.parent_change_state(transition)?;
+        match transition {
+            gst::StateChange::PausedToPlaying => self.start_ticking(),
+            gst::StateChange::PausedToReady => {
+                self.stop_ticking();
+                *self.state.lock().unwrap() = State::default();
+            }
+            _ => {}
+        }
+        Ok(ret)
+    }
+}
+
+impl BaseTransformImpl for AbrController {
+    const MODE: gst_base::subclass::BaseTransformMode =
+        gst_base::subclass::BaseTransformMode::AlwaysInPlace;
+    const PASSTHROUGH_ON_SAME_CAPS: bool = false;
+    const TRANSFORM_IP_ON_PASSTHROUGH: bool = true;
+
+    fn transform_ip_passthrough(
+        &self,
+        buffer: &gst::Buffer,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        self.state.lock().unwrap().bytes += buffer.size() as u64;
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    fn sink_event(&self, event: gst::Event) -> bool {
+        self.take_estimate_event(&event);
+        self.parent_sink_event(event)
+    }
+
+    fn src_event(&self, event: gst::Event) -> bool {
+        self.take_estimate_event(&event);
+        self.parent_src_event(event)
+    }
+}
+
+/// The elements a tick works with, resolved from the settings.
+#[derive(Default)]
+struct Targets {
+    encoder: Option<gst::Element>,
+    capsfilter: Option<gst::Element>,
+    webrtcbin: Option<gst::Element>,
+    srtsink: Option<gst::Element>,
+    rtpbin: Option<gst::Element>,
+    queue: Option<gst::Element>,
+    estimator: Option<gst::Element>,
+}
+
+impl AbrController {
+    fn ladder(&self) -> String {
+        self.settings.lock().unwrap().ladder.to_string()
+    }
+
+    fn set_ladder(&self, text: String) {
+        match Ladder::parse(&text) {
+            Ok(ladder) => self.settings.lock().unwrap().ladder = ladder,
+            Err(err) => {
+                gst::error!(CAT, imp = self, "Ignoring ladder '{text}': {err}");
+                gst::element_imp_warning!(
+                    self,
+                    gst::LibraryError::Settings,
+                    ("Invalid ladder, keeping the previous one"),
+                    ["{err}"]
+                );
+            }
+        }
+    }
+
+    fn stats(&self) -> gst::Structure {
+        let state = self.state.lock().unwrap();
+        let c = &state.counters;
+        let mut s = gst::Structure::builder("abr-stats")
+            .field("ticks", c.ticks)
+            .field("decreases", c.decreases)
+            .field("increases", c.increases)
+            .field("rung-changes", c.rung_changes)
+            .build();
+        if let Some(controller) = &state.controller {
+            s.set("target-bitrate", clamp_u32(controller.target_bps()));
+            s.set("bitrate", clamp_u32(controller.encoder_bps()));
+            s.set("rung", controller.rung().map_or(-1, |r| r as i32));
+        }
+        if let Some(last) = &c.last {
+            s.set("last-reason", last.reason.as_str());
+            s.set("last-direction", last.direction.as_str());
+        }
+        s.set("inputs", inputs_structure(&c.last_inputs));
+        if let Some(bps) = state.srt_bandwidth {
+            s.set("srt-bandwidth", clamp_u32(bps));
+        }
+        s
+    }
+
+    fn start_ticking(&self) {
+        let Some(clock) = self.obj().clock() else {
+            gst::warning!(CAT, imp = self, "No clock, cannot run");
+            return;
+        };
+        self.state.lock().unwrap().running = true;
+        let interval = self.settings.lock().unwrap().interval;
+        let first = clock.time() + gst::ClockTime::from_mseconds(interval as u64);
+        self.schedule(&clock, first);
+    }
+
+    fn stop_ticking(&self) {
+        let id = {
+            let mut state = self.state.lock().unwrap();
+            state.running = false;
+            state.clock_id.take()
+        };
+        if let Some(id) = id {
+            id.unschedule();
+        }
+    }
+
+    fn schedule(&self, clock: &gst::Clock, at: gst::ClockTime) {
+        let id = clock.new_single_shot_id(at);
+        let weak = self.obj().downgrade();
+        let result = id.wait_async(move |clock, time, _id| {
+            if let Some(obj) = weak.upgrade() {
+                obj.imp()
+                    .on_clock(clock, time.unwrap_or(gst::ClockTime::ZERO));
+            }
+        });
+        if let Err(err) = result {
+            gst::warning!(CAT, imp = self, "Cannot wait on the clock: {err:?}");
+            return;
+        }
+        let mut state = self.state.lock().unwrap();
+        if state.running {
+            state.clock_id = Some(id);
+        } else {
+            drop(state);
+            id.unschedule();
+        }
+    }
+
+    fn on_clock(&self, clock: &gst::Clock, time: gst::ClockTime) {
+        if !self.state.lock().unwrap().running {
+            return;
+        }
+        self.tick(time);
+        let interval = gst::ClockTime::from_mseconds(self.settings.lock().unwrap().interval as u64);
+        // Never try to catch up on missed ticks: the next one is one interval from now at most.
+        let next = (time + interval).max(clock.time().min(time + interval * 10));
+        if self.state.lock().unwrap().running {
+            self.schedule(clock, next);
+        }
+    }
+
+    fn warn_once(&self, key: String, text: String) {
+        {
+            let mut state = self.state.lock().unwrap();
+            if state.warned.contains(&key) {
+                return;
+            }
+            state.warned.push(key);
+        }
+        gst::warning!(CAT, imp = self, "{text}");
+        gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", text));
+    }
+
+    fn find_by_name(&self, property: &str, name: &str) -> Option<gst::Element> {
+        let mut top: gst::Object = self.obj().clone().upcast();
+        while let Some(parent) = top.parent() {
+            top = parent;
+        }
+        let found = top
+            .downcast::<gst::Bin>()
+            .ok()
+            .and_then(|bin| bin.by_name(name));
+        if found.is_none() {
+            self.warn_once(
+                format!("{property}:{name}"),
+                format!("{property} '{name}': no element of that name in the pipeline"),
+            );
+        }
+        found
+    }
+
+    fn resolve(&self, settings: &Settings) -> Targets {
+        let pick = |property: &str, element: &Option<gst::Element>, name: &Option<String>| {
+            element.clone().or_else(|| {
+                name.as_deref()
+                    .and_then(|name| self.find_by_name(property, name))
+            })
+        };
+        let mut encoder = pick("encoder-name", &settings.encoder, &settings.encoder_name);
+        if encoder.is_none() && settings.encoder_name.is_none() {
+            let cached = self.state.lock().unwrap().upstream_encoder.clone();
+            encoder = cached.or_else(|| {
+                let pad = self.obj().static_pad("sink")?;
+                let found = find_upstream_encoder(&pad, None);
+                if let Some(found) = &found {
+                    gst::info!(
+                        CAT,
+                        imp = self,
+                        "Controlling upstream encoder {}",
+                        found.name()
+                    );
+                    self.state.lock().unwrap().upstream_encoder = Some(found.clone());
+                }
+                found
+            });
+        }
+        Targets {
+            encoder,
+            capsfilter: pick(
+                "capsfilter-name",
+                &settings.capsfilter,
+                &settings.capsfilter_name,
+            ),
+            webrtcbin: pick(
+                "webrtcbin-name",
+                &settings.webrtcbin,
+                &settings.webrtcbin_name,
+            ),
+            srtsink: pick("srtsink-name", &settings.srtsink, &settings.srtsink_name),
+            rtpbin: pick("rtpbin-name", &settings.rtpbin, &settings.rtpbin_name),
+            queue: pick("queue-name", &settings.queue, &settings.queue_name),
+            estimator: pick(
+                "estimator-name",
+                &settings.estimator,
+                &settings.estimator_name,
+            ),
+        }
+    }
+
+    fn take_estimate_event(&self, event: &gst::Event) {
+        use gst::EventType::*;
+        if !matches!(
+            event.type_(),
+            CustomUpstream | CustomDownstream | CustomDownstreamOob | CustomBoth | CustomBothOob
+        ) {
+            return;
+        }
+        let Some(s) = event.structure().filter(|s| s.name() == ESTIMATE_EVENT) else {
+            return;
+        };
+        let parsed = parse_estimate_event(s);
+        gst::debug!(CAT, imp = self, "Explicit signals {parsed:?} from {s}");
+        let mut state = self.state.lock().unwrap();
+        let events = &mut state.events;
+        events.estimate_bps = parsed.estimate_bps.or(events.estimate_bps);
+        events.loss = parsed.loss.or(events.loss);
+        events.rtt = parsed.rtt.or(events.rtt);
+        events.jitter = parsed.jitter.or(events.jitter);
+        events.backlog = parsed.backlog.or(events.backlog);
+        events.backlog_bytes = parsed.backlog_bytes.or(events.backlog_bytes);
+    }
+
+    fn request_webrtc_stats(&self, webrtcbin: &gst::Element) {
+        {
+            let mut state = self.state.lock().unwrap();
+            if state.stats_pending {
+                return;
+            }
+            state.stats_pending = true;
+        }
+        let weak = self.obj().downgrade();
+        let promise = gst::Promise::with_change_func(move |reply| {
+            let Some(obj) = weak.upgrade() else {
+                return;
+            };
+            let report = match reply {
+                Ok(Some(stats)) => Some(parse_webrtc_stats(stats)),
+                _ => None,
+            };
+            let mut state = obj.imp().state.lock().unwrap();
+            state.stats_pending = false;
+            if report.is_some() {
+                state.webrtc_latest = report;
+            }
+        });
+        webrtcbin.emit_by_name::<()>("get-stats", &[&None::<gst::Pad>, &promise]);
+    }
+
+    fn tick(&self, now: gst::ClockTime) {
+        let settings = self.settings.lock().unwrap().clone();
+        let targets = self.resolve(&settings);
+
+        // Read the other elements without holding our locks.
+        let encoder = targets
+            .encoder
+            .as_ref()
+            .and_then(|e| match Encoder::new(e) {
+                Ok(encoder) => Some(encoder),
+                Err(err) => {
+                    self.warn_once(format!("encoder:{}", e.name()), err.to_string());
+                    None
+                }
+            });
+        if targets.encoder.is_none() {
+            self.warn_once(
+                "encoder".into(),
+                "No encoder to control: set encoder or encoder-name, or place abrcontroller \
+                 downstream of a known encoder"
+                    .into(),
+            );
+        }
+        let queue_level = targets.queue.as_ref().map(|q| {
+            (
+                q.property::<u64>("current-level-time"),
+                q.property::<u32>("current-level-bytes") as u64,
+            )
+        });
+        let srt_stats = targets
+            .srtsink
+            .as_ref()
+            .and_then(|s| s.property::<Option<gst::Structure>>("stats"));
+        let estimator_bps = targets.estimator.as_ref().and_then(|e| {
+            let value = e
+                .find_property("estimated-bitrate")
+                .map(|_| e.property_value("estimated-bitrate"));
+            if value.is_none() {
+                self.warn_once(
+                    format!("estimator:{}", e.name()),
+                    format!("estimator {} has no estimated-bitrate property", e.name()),
+                );
+            }
+            value
+                .as_ref()
+                .and_then(value_as_f64)
+                .map(|v| v as u64)
+                .filter(|&v| v > 0)
+        });
+        if let Some(webrtcbin) = &targets.webrtcbin {
+            self.request_webrtc_stats(webrtcbin);
+        }
+        let rtp_report = targets.rtpbin.as_ref().map(rtpbin_report);
+        let encoder_bps = encoder.as_ref().map(|e| e.bitrate_bps());
+
+        let mut state = self.state.lock().unwrap();
+        let elapsed = state.last_tick.map(|t| now.saturating_sub(t));
+        state.last_tick = Some(now);
+        let bytes = std::mem::take(&mut state.bytes);
+        let sent_bps = elapsed
+            .filter(|e| !e.is_zero() && bytes > 0)
+            .map(|e| (bytes as f64 * 8.0 / e.seconds_f64()) as u64);
+
+        let mut obs = Observation {
+            now: Duration::from_nanos(now.nseconds()),
+            sent_bps,
+            ..Default::default()
+        };
+
+        // Explicit signals from events: the estimate persists, the rest is used once.
+        let persistent = EventSignals {
+            estimate_bps: state.events.estimate_bps,
+            ..Default::default()
+        };
+        let events = std::mem::replace(&mut state.events, persistent);
+        merge_max(&mut obs.loss, events.loss);
+        merge_max(&mut obs.rtt, events.rtt);
+        merge_max(&mut obs.jitter, events.jitter);
+        merge_max(&mut obs.backlog, events.backlog);
+        merge_max(&mut obs.backlog_bytes, events.backlog_bytes);
+        merge_min(&mut obs.estimate_bps, events.estimate_bps);
+        merge_min(&mut obs.estimate_bps, estimator_bps);
+
+        if let Some((time, bytes)) = queue_level {
+            merge_max(&mut obs.backlog, Some(Duration::from_nanos(time)));
+            merge_max(&mut obs.backlog_bytes, Some(bytes));
+        }
+
+        // webrtcbin: a receiver report is only used on the first tick after it changed.
+        if let Some(report) = state.webrtc_latest
+            && state.webrtc_used != Some(report)
+        {
+            state.webrtc_used = Some(report);
+            merge_max(&mut obs.loss, report.loss);
+            merge_max(&mut obs.rtt, report.rtt);
+            merge_max(&mut obs.jitter, report.jitter);
+            merge_min(&mut obs.estimate_bps, report.estimate_bps);
+        }
+
+        // rtpbin: same rule, a receiver report counts once.
+        if let Some(report) = rtp_report
+            && state.rtp_used != Some(report)
+        {
+            state.rtp_used = Some(report);
+            merge_max(&mut obs.loss, report.loss);
+            merge_max(&mut obs.rtt, report.rtt);
+            merge_max(&mut obs.jitter, report.jitter);
+        }
+
+        if let Some(stats) = &srt_stats {
+            let srt = parse_srt_stats(stats);
+            if let Some((sent, lost)) = srt.counters {
+                match state.srt_previous {
+                    // A loss report needs enough packets to mean something: at low rates a
+                    // tick carries a handful, and one lost packet of three is not 33 % loss.
+                    Some((sent0, lost0, since))
+                        if sent - sent0 >= SRT_REPORT_PACKETS
+                            || (now.saturating_sub(since) >= SRT_REPORT_PERIOD && sent > sent0) =>
+                    {
+                        // SRT's lost packets are retransmitted: they say "congested", not
+                        // "this much never arrived". Capped, a report cuts by a quarter at
+                        // most instead of to what it claims got through.
+                        let loss = ((lost - lost0).max(0.0) / (sent - sent0)).min(SRT_LOSS_CAP);
+                        merge_max(&mut obs.loss, Some(loss));
+                        state.srt_previous = Some((sent, lost, now));
+                    }
+                    Some(_) => {}
+                    None => state.srt_previous = Some((sent, lost, now)),
+                }
+            }
+            merge_max(&mut obs.rtt, srt.rtt);
+            // Not a ceiling: measured across a tbf-shaped veth link, SRT's packet-pair
+            // estimate follows the send rate down and would drag the target to the floor.
+            state.srt_bandwidth = srt.bandwidth_bps;
+        }
+
+        let start_bps = match settings.start_bitrate {
+            0 => encoder_bps
+                .filter(|&b| b > 0)
+                .unwrap_or(FALLBACK_START_BITRATE),
+            bps => bps as u64,
+        };
+        let config = settings.config(targets.capsfilter.is_some(), start_bps);
+        let mut force_apply = false;
+        let controller = match &mut state.controller {
+            Some(controller) => {
+                let mut config = config;
+                config.start_bps = controller.config().start_bps;
+                if *controller.config() != config {
+                    force_apply = controller.reconfigure(config);
+                }
+                controller
+            }
+            None => state.controller.insert(Controller::new(config)),
+        };
+        let decision = controller.update(&obs);
+        let rung = controller
+            .config()
+            .ladder
+            .as_ref()
+            .zip(decision.rung)
+            .map(|(ladder, i)| ladder.rungs()[i]);
+
+        let counters = &mut state.counters;
+        counters.ticks += 1;
+        counters.decreases += (decision.direction == crate::controller::Direction::Decrease) as u64;
+        counters.increases += (decision.direction == crate::controller::Direction::Increase) as u64;
+        counters.rung_changes += decision.rung_changed as u64;
+        counters.last = Some(decision);
+        counters.last_inputs = obs;
+        drop(state);
+
+        let start = decision.reason == Reason::Start;
+        let apply_rung = decision.rung_changed || start || force_apply;
+        if let Some(encoder) = &encoder
+            && (decision.changed()
+                || start
+                // Someone else changed it: put ours back (unit rounding aside).
+                || encoder_bps.is_some_and(|b| b.abs_diff(decision.encoder_bps) >= 1000))
+        {
+            let applied = encoder.set_bitrate_bps(decision.encoder_bps);
+            gst::debug!(
+                CAT,
+                imp = self,
+                "{} bitrate {} bit/s ({}), target {} bit/s",
+                encoder.element().name(),
+                applied,
+                decision.reason.as_str(),
+                decision.target_bps
+            );
+        }
+        if apply_rung && let (Some(capsfilter), Some(rung)) = (&targets.capsfilter, rung) {
+            let caps = rung_caps(capsfilter, &rung);
+            gst::info!(CAT, imp = self, "Rung {rung}: {caps}");
+            capsfilter.set_property("caps", &caps);
+            if !start
+                && let Some(encoder) = &encoder
+                && !encoder.force_key_frame()
+            {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "Encoder did not take the key frame request"
+                );
+            }
+        }
+        if decision.recovery_key_frame
+            && let Some(encoder) = &encoder
+        {
+            gst::debug!(CAT, imp = self, "Loss episode over, asking for a key frame");
+            encoder.force_key_frame();
+        }
+        if decision.changed() || start || force_apply || decision.recovery_key_frame {
+            self.post_decision(now, &decision, &obs, rung.as_ref(), encoder.as_ref());
+        }
+    }
+
+    fn post_decision(
+        &self,
+        now: gst::ClockTime,
+        decision: &Decision,
+        obs: &Observation,
+        rung: Option<&Rung>,
+        encoder: Option<&Encoder>,
+    ) {
+        let obj = self.obj();
+        let mut s = gst::Structure::builder("abr-decision")
+            .field("time", now)
+            .field_if_some(
+                "running-time",
+                obj.base_time().map(|base| now.saturating_sub(base)),
+            )
+            .field("inputs", inputs_structure(obs))
+            .field_if_some("estimate", obs.estimate_bps.map(clamp_u32))
+            .field("target-bitrate", clamp_u32(decision.target_bps))
+            .field("bitrate", clamp_u32(decision.encoder_bps))
+            .field("previous-bitrate", clamp_u32(decision.previous_encoder_bps))
+            .field("rung", decision.rung.map_or(-1, |r| r as i32))
+            .field("rung-changed", decision.rung_changed)
+            .field(
+                "key-frame",
+                decision.rung_changed || decision.recovery_key_frame,
+            )
+            .field("direction", decision.direction.as_str())
+            .field("reason", decision.reason.as_str())
+            .field_if_some("encoder", encoder.map(|e| e.element().name().to_string()))
+            .build();
+        if let Some(rung) = rung {
+            s.set("width", rung.width as i32);
+            s.set("height", rung.height as i32);
+            if let Some((n, d)) = rung.framerate {
+                s.set("framerate", gst::Fraction::new(n as i32, d as i32));
+            }
+        }
+        let _ = obj.post_message(gst::message::Element::builder(s).src(&*obj).build());
+    }
+}
+
+fn clamp_u32(v: u64) -> u32 {
+    v.min(u32::MAX as u64) as u32
+}
+
+fn merge_max<T: PartialOrd + Copy>(into: &mut Option<T>, value: Option<T>) {
+    if let Some(v) = value
+        && into.is_none_or(|cur| v > cur)
+    {
+        *into = Some(v);
+    }
+}
+
+fn merge_min<T: PartialOrd + Copy>(into: &mut Option<T>, value: Option<T>) {
+    if let Some(v) = value
+        && into.is_none_or(|cur| v < cur)
+    {
+        *into = Some(v);
+    }
+}
+
+fn inputs_structure(obs: &Observation) -> gst::Structure {
+    let time = |d: Duration| gst::ClockTime::from_nseconds(d.as_nanos() as u64);
+    gst::Structure::builder("abr-inputs")
+        .field_if_some("sent-bitrate", obs.sent_bps.map(clamp_u32))
+        .field_if_some("loss", obs.loss)
+        .field_if_some("rtt", obs.rtt.map(time))
+        .field_if_some("jitter", obs.jitter.map(time))
+        .field_if_some("backlog", obs.backlog.map(time))
+        .field_if_some("backlog-bytes", obs.backlog_bytes)
+        .field_if_some("estimate", obs.estimate_bps.map(clamp_u32))
+        .build()
+}
+
+/// Caps for a rung, keeping the other fields (format...) the capsfilter already had.
+fn rung_caps(capsfilter: &gst::Element, rung: &Rung) -> gst::Caps {
+    let current = capsfilter.property::<Option<gst::Caps>>("caps");
+    let mut s = current
+        .as_ref()
+        .and_then(|c| c.structure(0))
+        .filter(|s| s.name().starts_with("video/"))
+        .map(|s| s.to_owned())
+        .unwrap_or_else(|| gst::Structure::new_empty("video/x-raw"));
+    s.set("width", rung.width as i32);
+    s.set("height", rung.height as i32);
+    s.set("pixel-aspect-ratio", gst::Fraction::new(1, 1));
+    match rung.framerate {
+        Some((n, d)) => s.set("framerate", gst::Fraction::new(n as i32, d as i32)),
+        None => s.remove_field("framerate"),
+    }
+    gst::Caps::builder_full().structure(s).build()
+}
+
+fn value_as_f64(value: &glib::Value) -> Option<f64> {
+    value
+        .get::<f64>()
+        .ok()
+        .or_else(|| value.get::<u32>().ok().map(f64::from))
+        .or_else(|| value.get::<i32>().ok().map(f64::from))
+        .or_else(|| value.get::<u64>().ok().map(|v| v as f64))
+        .or_else(|| value.get::<i64>().ok().map(|v| v as f64))
+        .or_else(|| value.get::<f32>().ok().map(f64::from))
+}
+
+fn field_f64(s: &gst::StructureRef, field: &str) -> Option<f64> {
+    s.value(field).ok().and_then(|v| value_as_f64(v))
+}
+
+fn field_time(s: &gst::StructureRef, field: &str) -> Option<Duration> {
+    s.get::<gst::ClockTime>(field)
+        .ok()
+        .map(|t| Duration::from_nanos(t.nseconds()))
+        .or_else(|| field_f64(s, field).map(|ns| Duration::from_nanos(ns.max(0.0) as u64)))
+}
+
+fn parse_estimate_event(s: &gst::StructureRef) -> EventSignals {
+    EventSignals {
+        estimate_bps: field_f64(s, "bitrate")
+            .filter(|&v| v > 0.0)
+            .map(|v| v as u64),
+        loss: field_f64(s, "loss").map(|v| v.clamp(0.0, 1.0)),
+        rtt: field_time(s, "rtt"),
+        jitter: field_time(s, "jitter"),
+        backlog: field_time(s, "backlog"),
+        backlog_bytes: field_f64(s, "backlog-bytes").map(|v| v.max(0.0) as u64),
+    }
+}
+
+fn parse_webrtc_stats(stats: &gst::StructureRef) -> WebrtcReport {
+    let mut report = WebrtcReport::default();
+    for (_, value) in stats.iter() {
+        let Ok(s) = value.get::<gst::Structure>() else {
+            continue;
+        };
+        let Ok(kind) = s.get::<gst_webrtc::WebRTCStatsType>("type") else {
+            continue;
+        };
+        match kind {
+            gst_webrtc::WebRTCStatsType::RemoteInboundRtp => {
+                merge_max(&mut report.loss, field_f64(&s, "fraction-lost"));
+                merge_max(
+                    &mut report.rtt,
+                    field_f64(&s, "round-trip-time").map(Duration::from_secs_f64),
+                );
+                merge_max(
+                    &mut report.jitter,
+                    field_f64(&s, "jitter").map(Duration::from_secs_f64),
+                );
+                merge_max(
+                    &mut report.packets_lost,
+                    field_f64(&s, "packets-lost").map(|v| v as i64),
+                );
+            }
+            gst_webrtc::WebRTCStatsType::Transport | gst_webrtc::WebRTCStatsType::CandidatePair => {
+                if let Ok(twcc) = s.get::<gst::Structure>("gst-twcc-stats") {
+                    merge_max(
+                        &mut report.loss,
+                        field_f64(&twcc, "packet-loss-pct").map(|pct| pct / 100.0),
+                    );
+                    // Sent faster than received: what arrives is what the path carries.
+                    if let (Some(sent), Some(recv)) = (
+                        field_f64(&twcc, "bitrate-sent"),
+                        field_f64(&twcc, "bitrate-recv"),
+                    ) && recv > 0.0
+                        && sent > recv * 1.1
+                    {
+                        merge_min(&mut report.estimate_bps, Some((recv * 0.95) as u64));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    report
+}
+
+/// The last receiver reports of all sessions of an rtpbin, worst values.
+fn rtpbin_report(rtpbin: &gst::Element) -> WebrtcReport {
+    let mut report = WebrtcReport::default();
+    for id in 0u32..16 {
+        let Some(session) =
+            rtpbin.emit_by_name::<Option<glib::Object>>("get-internal-session", &[&id])
+        else {
+            break;
+        };
+        let stats = session.property::<gst::Structure>("stats");
+        let other = parse_rtp_session_stats(&stats);
+        merge_max(&mut report.loss, other.loss);
+        merge_max(&mut report.rtt, other.rtt);
+        merge_max(&mut report.jitter, other.jitter);
+        merge_max(&mut report.packets_lost, other.packets_lost);
+    }
+    report
+}
+
+/// RTPSession `stats`: report blocks are in the `source-stats` list, fraction lost in
+/// 1/256, round trip in 1/65536 s, jitter in clock-rate units.
+fn parse_rtp_session_stats(stats: &gst::StructureRef) -> WebrtcReport {
+    let mut report = WebrtcReport::default();
+    for source in structure_list(stats, "source-stats") {
+        if !source.get::<bool>("have-rb").unwrap_or(false) {
+            continue;
+        }
+        merge_max(
+            &mut report.loss,
+            field_f64(&source, "rb-fractionlost").map(|v| v / 256.0),
+        );
+        merge_max(
+            &mut report.rtt,
+            field_f64(&source, "rb-round-trip")
+                .filter(|&v| v > 0.0)
+                .map(|v| Duration::from_secs_f64(v / 65536.0)),
+        );
+        if let (Some(jitter), Some(rate)) = (
+            field_f64(&source, "rb-jitter"),
+            field_f64(&source, "clock-rate").filter(|&r| r > 0.0),
+        ) {
+            merge_max(
+                &mut report.jitter,
+                Some(Duration::from_secs_f64(jitter / rate)),
+            );
+        }
+        merge_max(
+            &mut report.packets_lost,
+            field_f64(&source, "rb-packetslost").map(|v| v as i64),
+        );
+    }
+    report
+}
+
+/// Structures in a list field, whether it is a `GstValueArray` or a `GValueArray`.
+fn structure_list(s: &gst::StructureRef, field: &str) -> Vec<gst::Structure> {
+    let Ok(value) = s.value(field) else {
+        return Vec::new();
+    };
+    if let Ok(array) = value.get::<gst::Array>() {
+        array
+            .iter()
+            .filter_map(|v| v.get::<gst::Structure>().ok())
+            .collect()
+    } else if let Ok(array) = value.get::<glib::ValueArray>() {
+        array
+            .iter()
+            .filter_map(|v| v.get::<gst::Structure>().ok())
+            .collect()
+    } else {
+        Vec::new()
+    }
+}
+
+#[derive(Debug, Default)]
+struct SrtSignals {
+    rtt: Option<Duration>,
+    bandwidth_bps: Option<u64>,
+    counters: Option<(f64, f64)>,
+}
+
+/// srtsink stats: one connection at the top level (caller mode) or one per caller in a
+/// `callers` list (listener mode). The worst connection wins.
+fn parse_srt_stats(stats: &gst::StructureRef) -> SrtSignals {
+    let mut connections: Vec<gst::Structure> = Vec::new();
+    if stats.has_field("rtt-ms") {
+        connections.push(stats.to_owned());
+    }
+    connections.extend(structure_list(stats, "callers"));
+    let mut signals = SrtSignals::default();
+    let mut sent_total = 0.0;
+    let mut lost_total = 0.0;
+    let mut have_counters = false;
+    for c in &connections {
+        merge_max(
+            &mut signals.rtt,
+            field_f64(c, "rtt-ms").map(|ms| Duration::from_secs_f64(ms.max(0.0) / 1000.0)),
+        );
+        merge_min(
+            &mut signals.bandwidth_bps,
+            field_f64(c, "bandwidth-mbps")
+                .filter(|&v| v > 0.0)
+                .map(|mbps| (mbps * 1_000_000.0) as u64),
+        );
+        if let (Some(sent), Some(lost)) = (
+            field_f64(c, "packets-sent"),
+            field_f64(c, "packets-sent-lost"),
+        ) {
+            sent_total += sent;
+            lost_total += lost;
+            have_counters = true;
+        }
+    }
+    if have_counters {
+        signals.counters = Some((sent_total, lost_total));
+    }
+    signals
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webrtc_stats_take_the_worst_stream() {
+        gst::init().unwrap();
+        let stats = gst::Structure::builder("application/x-webrtc-stats")
+            .field(
+                "remote-inbound-rtp_1",
+                gst::Structure::builder("remote-inbound-rtp")
+                    .field("type", gst_webrtc::WebRTCStatsType::RemoteInboundRtp)
+                    .field("fraction-lost", 0.25f64)
+                    .field("round-trip-time", 0.120f64)
+                    .field("jitter", 0.004f64)
+                    .build(),
+            )
+            .field(
+                "remote-inbound-rtp_2",
+                gst::Structure::builder("remote-inbound-rtp")
+                    .field("type", gst_webrtc::WebRTCStatsType::RemoteInboundRtp)
+                    .field("fraction-lost", 0.0f64)
+                    .field("round-trip-time", 0.030f64)
+                    .build(),
+            )
+            .field(
+                "transport",
+                gst::Structure::builder("transport")
+                    .field("type", gst_webrtc::WebRTCStatsType::Transport)
+                    .field(
+                        "gst-twcc-stats",
+                        gst::Structure::builder("twcc")
+                            .field("bitrate-sent", 2_000_000u32)
+                            .field("bitrate-recv", 1_000_000u32)
+                            .field("packet-loss-pct", 5.0f64)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .build();
+        let report = parse_webrtc_stats(&stats);
+        assert_eq!(report.loss, Some(0.25));
+        assert_eq!(report.rtt, Some(Duration::from_millis(120)));
+        assert_eq!(report.jitter, Some(Duration::from_millis(4)));
+        assert_eq!(report.estimate_bps, Some(950_000));
+    }
+
+    #[test]
+    fn srt_stats_in_caller_and_listener_mode() {
+        gst::init().unwrap();
+        let caller = gst::Structure::builder("application/x-srt-statistics")
+            .field("rtt-ms", 42.0f64)
+            .field("bandwidth-mbps", 3.5f64)
+            .field("packets-sent", 1000i64)
+            .field("packets-sent-lost", 10i32)
+            .build();
+        let signals = parse_srt_stats(&caller);
+        assert_eq!(signals.rtt, Some(Duration::from_millis(42)));
+        assert_eq!(signals.bandwidth_bps, Some(3_500_000));
+        assert_eq!(signals.counters, Some((1000.0, 10.0)));
+
+        let second = gst::Structure::builder("application/x-srt-statistics")
+            .field("rtt-ms", 80.0f64)
+            .field("bandwidth-mbps", 9.0f64)
+            .field("packets-sent", 500i64)
+            .field("packets-sent-lost", 0i32)
+            .build();
+        let listener = gst::Structure::builder("application/x-srt-statistics")
+            .field(
+                "callers",
+                gst::Array::new([caller.to_send_value(), second.to_send_value()]),
+            )
+            .build();
+        let signals = parse_srt_stats(&listener);
+        assert_eq!(signals.rtt, Some(Duration::from_millis(80)));
+        assert_eq!(signals.bandwidth_bps, Some(3_500_000));
+        assert_eq!(signals.counters, Some((1500.0, 10.0)));
+    }
+
+    #[test]
+    fn estimate_event_fields() {
+        gst::init().unwrap();
+        let s = gst::Structure::builder(ESTIMATE_EVENT)
+            .field("bitrate", 1_200_000u32)
+            .field("loss", 1.5f64)
+            .field("rtt", gst::ClockTime::from_mseconds(80))
+            .field("backlog-bytes", 5000u64)
+            .build();
+        let e = parse_estimate_event(&s);
+        assert_eq!(e.estimate_bps, Some(1_200_000));
+        assert_eq!(e.loss, Some(1.0));
+        assert_eq!(e.rtt, Some(Duration::from_millis(80)));
+        assert_eq!(e.backlog, None);
+        assert_eq!(e.backlog_bytes, Some(5000));
+    }
+}

@@ -1,0 +1,1026 @@
+//! The decision logic of `abrcontroller`, free of GStreamer: a state machine fed with one
+//! [`Observation`] per tick that answers with a [`Decision`].
+//!
+//! # Algorithm
+//!
+//! The controller keeps a *target*: the rate it believes the uplink carries. Every tick it
+//! looks at the congestion signals it was given and does one of three things.
+//!
+//! 1. **Decrease** as soon as one signal shows clear congestion. Each signal proposes a
+//!    ceiling and the lowest one wins. *Rate* below means the lower of the target and the
+//!    smoothed rate the encoder really sends (a cut from a target nobody reaches changes
+//!    nothing).
+//!    * loss at or above `loss_high`: `rate × (1 − loss/2)`, at most −50 %, at least −5 %
+//!      (the loss rule of Google Congestion Control), and what got through: 90 % of the
+//!      send rate over the period the report covers (since the previous one) × (1 − loss);
+//!    * loss between `loss_low` and `loss_high` in three reports in a row: 97 % of what got
+//!      through (a link carrying a little less than we send, e.g. a policer);
+//!    * queuing delay (RTT minus the lowest RTT of the last 30 s) at or above `rtt_threshold`
+//!      and not already shrinking: `rate × 0.85`;
+//!    * a send backlog (e.g. the queue before a TCP-like sink) at or above
+//!      `backlog_threshold` and still growing, or above twice that: 85 % of the rate the
+//!      backlog drains at (media rate in minus backlog growth), or `rate × 0.8` when the
+//!      drain rate is unknown;
+//!    * an explicit estimate (rtpgccbwe, an `abr-estimate` event) below the target: the
+//!      estimate.
+//!
+//!    The factor cuts (loss factor, delay, unknown drain) are not compounded within a
+//!    hold-off of `max(2 × RTT, 300 ms)` after a decrease, nor while the encoder still sends
+//!    more than 1.15 × the new target (for at most 1 s: its rate control lags), so one
+//!    congestion episode costs one cut; ceilings computed from measured rates apply on every
+//!    tick. Since every tick may decrease, the reaction time is one tick interval plus the
+//!    age of the signal.
+//! 2. **Hold** while any signal is elevated without being clear congestion (loss above
+//!    `loss_low` in fewer than three reports in a row, half the delay or backlog threshold,
+//!    a backlog still draining), and for `increase_hold` after the last decrease.
+//! 3. **Increase** by probing: one step per `probe_interval` (at least 2 × RTT) so that the
+//!    effect of a step is seen before the next one. Steps start at +8 % and grow by 5 points
+//!    per clear step up to +30 %, which recovers a 3× capacity increase in about 3.5 s; near
+//!    the rate at which congestion was last seen (±10 %) steps stay at most +8 %, because
+//!    that is where the link broke before. Increases never pass `max_bps`, the explicit
+//!    estimate, or 1.5 × the rate the encoder really produces (smoothed) plus 100 kbit/s: an
+//!    encoder undershooting on a static scene must not lead the target into the sky, where
+//!    the next real congestion would find it.
+//!
+//! The target always stays within `[min_bps, max_bps]`. When a loss episode that cut the
+//! target ends (first clean report once the encoder follows), the decision asks for a key
+//! frame: receivers that lost references get a clean picture at the new rate.
+//!
+//! # Ladder
+//!
+//! With a ladder, the encoder gets `min(target, rung maximum)`. The controller drops to a
+//! lower rung on the tick the target falls below the current rung's minimum, and climbs one
+//! rung only once the target has stayed at or above the next rung's minimum × `rung_up_margin`
+//! for `rung_up_hold`. Together with overlapping rung ranges this hysteresis keeps a target
+//! hovering around a rung boundary from flipping resolutions.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::ladder::Ladder;
+
+/// Tunables of the controller. Rates in bit/s.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Lowest target.
+    pub min_bps: u64,
+    /// Highest target.
+    pub max_bps: u64,
+    /// Target on the first tick.
+    pub start_bps: u64,
+    /// Loss fraction (0–1) at which the target is cut.
+    pub loss_high: f64,
+    /// Loss fraction (0–1) above which the target is held.
+    pub loss_low: f64,
+    /// Queuing delay (RTT above its recent minimum) that counts as congestion.
+    pub rtt_threshold: Duration,
+    /// Send backlog that counts as congestion.
+    pub backlog_threshold: Duration,
+    /// Quiet time after a decrease before probing up.
+    pub increase_hold: Duration,
+    /// Minimum time between two upward steps.
+    pub probe_interval: Duration,
+    /// How long the target must afford the next rung before climbing to it.
+    pub rung_up_hold: Duration,
+    /// Factor over the next rung's minimum the target must reach before climbing.
+    pub rung_up_margin: f64,
+    /// Resolution ladder, `None` to control the bitrate only.
+    pub ladder: Option<Ladder>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            min_bps: 150_000,
+            max_bps: 6_000_000,
+            start_bps: 2_000_000,
+            loss_high: 0.10,
+            loss_low: 0.02,
+            rtt_threshold: Duration::from_millis(100),
+            backlog_threshold: Duration::from_millis(200),
+            increase_hold: Duration::from_secs(1),
+            probe_interval: Duration::from_millis(500),
+            rung_up_hold: Duration::from_secs(4),
+            rung_up_margin: 1.15,
+            ladder: None,
+        }
+    }
+}
+
+/// What the controller knows at one tick. Every signal is optional: the controller uses
+/// whatever it is given.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Observation {
+    /// Time of the tick, from any monotonic origin.
+    pub now: Duration,
+    /// Media rate leaving the encoder during the last interval, bit/s.
+    pub sent_bps: Option<u64>,
+    /// Fraction of packets lost (0–1) since the previous report.
+    pub loss: Option<f64>,
+    /// Round-trip time.
+    pub rtt: Option<Duration>,
+    /// Interarrival jitter seen by the receiver (reported, not acted upon).
+    pub jitter: Option<Duration>,
+    /// Media waiting to be sent, as a duration.
+    pub backlog: Option<Duration>,
+    /// Media waiting to be sent, in bytes; with `sent_bps` it gives the drain rate.
+    pub backlog_bytes: Option<u64>,
+    /// Explicit estimate of the available rate, bit/s.
+    pub estimate_bps: Option<u64>,
+}
+
+/// Which way the target moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Lowered.
+    Decrease,
+    /// Unchanged.
+    Hold,
+    /// Raised.
+    Increase,
+}
+
+impl Direction {
+    /// Lower-case name used in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Decrease => "decrease",
+            Direction::Hold => "hold",
+            Direction::Increase => "increase",
+        }
+    }
+}
+
+/// Why the controller decided what it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// First decision.
+    Start,
+    /// Packet loss.
+    Loss,
+    /// Queuing delay.
+    Rtt,
+    /// Send backlog.
+    Backlog,
+    /// Explicit estimate below the target.
+    Estimate,
+    /// A signal is elevated, or a decrease was recent.
+    Caution,
+    /// Waiting for the next probe slot.
+    Steady,
+    /// Stepped up.
+    Probe,
+    /// Could not step up: at the maximum, the estimate, or the encoder's real output.
+    Limit,
+}
+
+impl Reason {
+    /// Lower-case name used in messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Start => "start",
+            Reason::Loss => "loss",
+            Reason::Rtt => "rtt",
+            Reason::Backlog => "backlog",
+            Reason::Estimate => "estimate",
+            Reason::Caution => "caution",
+            Reason::Steady => "steady",
+            Reason::Probe => "probe",
+            Reason::Limit => "limit",
+        }
+    }
+}
+
+/// The outcome of one tick.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    /// Time of the tick.
+    pub time: Duration,
+    /// Rate the controller believes the uplink carries, bit/s.
+    pub target_bps: u64,
+    /// Rate to give the encoder (target capped by the rung), bit/s.
+    pub encoder_bps: u64,
+    /// Encoder rate before this tick.
+    pub previous_encoder_bps: u64,
+    /// Current rung index (0 = highest), `None` without a ladder.
+    pub rung: Option<usize>,
+    /// The rung changed on this tick: apply new caps and force a key frame.
+    pub rung_changed: bool,
+    /// A loss episode just ended: ask the encoder for a key frame so that receivers that
+    /// lost references get a clean picture at the new rate.
+    pub recovery_key_frame: bool,
+    /// Way the target moved.
+    pub direction: Direction,
+    /// Why.
+    pub reason: Reason,
+}
+
+impl Decision {
+    /// Whether the encoder or the scaler has to be touched.
+    pub fn changed(&self) -> bool {
+        self.rung_changed || self.encoder_bps != self.previous_encoder_bps
+    }
+}
+
+const RTT_WINDOW: Duration = Duration::from_secs(30);
+/// Weight of the newest sample in the smoothed send rate (about 0.6 s of memory at 100 ms
+/// ticks).
+const SENT_SMOOTHING: f64 = 0.3;
+/// Consecutive reports with loss between `loss_low` and `loss_high` that count as congestion.
+const SUSTAINED_LOSS_REPORTS: u32 = 3;
+/// How much send-rate history is kept to match loss reports with what was sent.
+const SENT_HISTORY: Duration = Duration::from_secs(3);
+/// Longest wait for the encoder to follow a cut before signals may cut again.
+const ENCODER_SETTLE: Duration = Duration::from_secs(1);
+const FIRST_STEP: f64 = 0.08;
+const STEP_GROWTH: f64 = 0.05;
+const LAST_STEP: f64 = 0.30;
+/// Step near the rate where congestion was last seen.
+const NEAR_CONGESTION_STEP: f64 = 0.08;
+
+/// The bitrate controller state machine.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    config: Config,
+    target_bps: u64,
+    encoder_bps: u64,
+    rung: Option<usize>,
+    started: bool,
+    last_decrease: Option<Duration>,
+    last_increase: Option<Duration>,
+    rung_up_since: Option<Duration>,
+    congestion_bps: Option<u64>,
+    step: f64,
+    rtts: VecDeque<(Duration, Duration)>,
+    sent_avg: Option<f64>,
+    sent_history: VecDeque<(Duration, u64)>,
+    last_loss_report: Option<Duration>,
+    loss_episode: bool,
+    moderate_loss_reports: u32,
+    previous_delay: Option<Duration>,
+    previous_backlog: Option<(Duration, Duration, Option<u64>)>,
+}
+
+impl Controller {
+    /// A controller that starts at `config.start_bps` (clamped to the range).
+    pub fn new(config: Config) -> Self {
+        let (min, max) = sane_range(&config);
+        let target_bps = config.start_bps.clamp(min, max);
+        let mut controller = Controller {
+            config,
+            target_bps,
+            encoder_bps: 0,
+            rung: None,
+            started: false,
+            last_decrease: None,
+            last_increase: None,
+            rung_up_since: None,
+            congestion_bps: None,
+            step: FIRST_STEP,
+            rtts: VecDeque::new(),
+            sent_avg: None,
+            sent_history: VecDeque::new(),
+            last_loss_report: None,
+            loss_episode: false,
+            moderate_loss_reports: 0,
+            previous_delay: None,
+            previous_backlog: None,
+        };
+        controller.rung = controller
+            .config
+            .ladder
+            .as_ref()
+            .map(|l| l.rung_for(target_bps));
+        controller.encoder_bps = controller.encoder_rate();
+        controller
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Replaces the configuration, keeping the target (clamped to the new range). Returns
+    /// `true` when the ladder changed and the rung was chosen afresh: the caller has to apply
+    /// it.
+    pub fn reconfigure(&mut self, config: Config) -> bool {
+        let ladder_changed = config.ladder != self.config.ladder;
+        self.config = config;
+        let (min, max) = sane_range(&self.config);
+        self.target_bps = self.target_bps.clamp(min, max);
+        if ladder_changed {
+            self.rung = self
+                .config
+                .ladder
+                .as_ref()
+                .map(|l| l.rung_for(self.target_bps));
+            self.rung_up_since = None;
+        }
+        self.encoder_bps = self.encoder_rate();
+        ladder_changed
+    }
+
+    /// Current target, bit/s.
+    pub fn target_bps(&self) -> u64 {
+        self.target_bps
+    }
+
+    /// Current encoder rate, bit/s.
+    pub fn encoder_bps(&self) -> u64 {
+        self.encoder_bps
+    }
+
+    /// Current rung.
+    pub fn rung(&self) -> Option<usize> {
+        self.rung
+    }
+
+    /// Lowest RTT seen over the last 30 s.
+    pub fn base_rtt(&self) -> Option<Duration> {
+        self.rtts.iter().map(|&(_, rtt)| rtt).min()
+    }
+
+    fn encoder_rate(&self) -> u64 {
+        match (&self.config.ladder, self.rung) {
+            (Some(ladder), Some(rung)) => self.target_bps.min(ladder.rungs()[rung].max_bps),
+            _ => self.target_bps,
+        }
+    }
+
+    /// Feeds one observation and returns the decision for this tick.
+    pub fn update(&mut self, obs: &Observation) -> Decision {
+        let previous_encoder_bps = self.encoder_bps;
+        let (min_bps, max_bps) = sane_range(&self.config);
+        let now = obs.now;
+
+        if let Some(rtt) = obs.rtt {
+            self.rtts.push_back((now, rtt));
+            while self
+                .rtts
+                .front()
+                .is_some_and(|&(t, _)| now.saturating_sub(t) > RTT_WINDOW)
+            {
+                self.rtts.pop_front();
+            }
+        }
+        let queuing_delay = obs
+            .rtt
+            .zip(self.base_rtt())
+            .map(|(rtt, base)| rtt.saturating_sub(base));
+        // Reports may carry an RTT only when they are fresh: keep using the last one known.
+        let rtt = self.rtts.back().map_or(Duration::ZERO, |&(_, rtt)| rtt);
+        let holdoff = (rtt * 2).max(Duration::from_millis(300));
+        if let Some(sent) = obs.sent_bps {
+            self.sent_avg = Some(match self.sent_avg {
+                Some(avg) => avg + (sent as f64 - avg) * SENT_SMOOTHING,
+                None => sent as f64,
+            });
+            self.sent_history.push_back((now, sent));
+            while self
+                .sent_history
+                .front()
+                .is_some_and(|&(t, _)| now.saturating_sub(t) > SENT_HISTORY)
+            {
+                self.sent_history.pop_front();
+            }
+        }
+        let since_decrease = self.last_decrease.map(|t| now.saturating_sub(t));
+        // After a cut the encoder's rate control needs a moment to follow: loss and delay
+        // measured meanwhile still describe the old rate. Cut again once it follows.
+        let encoder_lagging = since_decrease.is_some_and(|d| d < ENCODER_SETTLE)
+            && self
+                .sent_avg
+                .is_some_and(|sent| sent > self.target_bps as f64 * 1.15);
+        let in_holdoff = since_decrease.is_some_and(|d| d < holdoff) || encoder_lagging;
+
+        // Backlog trend and drain rate.
+        let mut backlog_growing = false;
+        let mut drain_bps = None;
+        if let Some(backlog) = obs.backlog {
+            if let Some((t0, b0, bytes0)) = self.previous_backlog {
+                backlog_growing = backlog > b0 + Duration::from_millis(10);
+                let dt = now.saturating_sub(t0).as_secs_f64();
+                if let (Some(bytes0), Some(bytes1), Some(sent), true) =
+                    (bytes0, obs.backlog_bytes, obs.sent_bps, dt > 0.0)
+                {
+                    let growth_bps = (bytes1 as f64 - bytes0 as f64) * 8.0 / dt;
+                    drain_bps = Some((sent as f64 - growth_bps).max(0.0) as u64);
+                }
+            }
+            self.previous_backlog = Some((now, backlog, obs.backlog_bytes));
+        } else {
+            self.previous_backlog = None;
+        }
+
+        let target = self.target_bps as f64;
+        // Factors apply to what is really sent when the encoder undershoots its target: a cut
+        // from a target nobody reaches would change nothing.
+        let effective = self
+            .sent_avg
+            .filter(|&s| s > 0.0)
+            .map_or(target, |s| target.min(s));
+        let mut ceilings: Vec<(u64, Reason)> = Vec::new();
+        let mut caution = false;
+
+        if let Some(loss) = obs.loss {
+            if loss >= self.config.loss_high {
+                // What got through is what the path carries: a policer dropping 70 % needs
+                // more than a halving. A rate, not a factor: it applies on every report.
+                if let Some(sent) = self.sent_since(self.last_loss_report) {
+                    ceilings.push(((sent * (1.0 - loss) * 0.9) as u64, Reason::Loss));
+                }
+                if !in_holdoff {
+                    let factor = (1.0 - loss / 2.0).clamp(0.5, 0.95);
+                    ceilings.push(((effective * factor) as u64, Reason::Loss));
+                }
+                caution = true;
+                self.moderate_loss_reports = 0;
+            } else if loss > self.config.loss_low {
+                // A few percent now and then is noise; report after report it is a link
+                // carrying a little less than we send, and every lost packet hurts video.
+                self.moderate_loss_reports += 1;
+                if self.moderate_loss_reports >= SUSTAINED_LOSS_REPORTS
+                    && let Some(sent) = self.sent_since(self.last_loss_report)
+                {
+                    ceilings.push(((sent * (1.0 - loss) * 0.97) as u64, Reason::Loss));
+                    self.moderate_loss_reports = 0;
+                }
+                caution = true;
+            } else {
+                self.moderate_loss_reports = 0;
+            }
+        }
+        let delay_shrinking = queuing_delay
+            .zip(self.previous_delay)
+            .is_some_and(|(delay, previous)| delay + Duration::from_millis(5) < previous);
+        if queuing_delay.is_some() {
+            self.previous_delay = queuing_delay;
+        }
+        if obs.loss.is_some() {
+            self.last_loss_report = Some(now);
+        }
+        if let Some(delay) = queuing_delay {
+            if delay >= self.config.rtt_threshold {
+                // A queue that already drains after a cut needs time, not another cut.
+                if !in_holdoff && !delay_shrinking {
+                    ceilings.push(((effective * 0.85) as u64, Reason::Rtt));
+                }
+                caution = true;
+            } else if delay >= self.config.rtt_threshold / 2 {
+                caution = true;
+            }
+        }
+        if let Some(backlog) = obs.backlog {
+            let threshold = self.config.backlog_threshold;
+            if backlog >= threshold && (backlog_growing || backlog >= threshold * 2) {
+                match drain_bps {
+                    Some(drain) if drain > 0 => {
+                        ceilings.push(((drain as f64 * 0.85) as u64, Reason::Backlog))
+                    }
+                    _ if !in_holdoff => ceilings.push(((effective * 0.8) as u64, Reason::Backlog)),
+                    _ => {}
+                }
+                caution = true;
+            } else if backlog >= threshold / 2 {
+                caution = true;
+            }
+        }
+        if let Some(estimate) = obs.estimate_bps
+            && estimate < self.target_bps
+        {
+            ceilings.push((estimate, Reason::Estimate));
+        }
+
+        let lowest = ceilings.iter().min_by_key(|(bps, _)| *bps).copied();
+        let (direction, reason) = if !self.started {
+            self.started = true;
+            (Direction::Hold, Reason::Start)
+        } else if let Some((ceiling, reason)) = lowest
+            && ceiling.max(min_bps) < self.target_bps
+        {
+            // Remember where the link broke: the rate actually sent if known, else the target.
+            self.congestion_bps = Some(obs.sent_bps.unwrap_or(self.target_bps).max(ceiling));
+            self.target_bps = ceiling.max(min_bps);
+            self.last_decrease = Some(now);
+            self.step = FIRST_STEP;
+            self.loss_episode |= reason == Reason::Loss;
+            (Direction::Decrease, reason)
+        } else if caution
+            || lowest.is_some()
+            || self
+                .last_decrease
+                .is_some_and(|t| now.saturating_sub(t) < self.config.increase_hold)
+        {
+            self.step = FIRST_STEP;
+            (Direction::Hold, Reason::Caution)
+        } else if self
+            .last_increase
+            .is_some_and(|t| now.saturating_sub(t) < self.config.probe_interval.max(rtt * 2))
+        {
+            (Direction::Hold, Reason::Steady)
+        } else {
+            let near_congestion = self
+                .congestion_bps
+                .is_some_and(|c| target > c as f64 * 0.9 && target < c as f64 * 1.1);
+            let step = if near_congestion {
+                self.step.min(NEAR_CONGESTION_STEP)
+            } else {
+                self.step
+            };
+            let mut limit = max_bps;
+            if let Some(estimate) = obs.estimate_bps {
+                limit = limit.min(estimate);
+            }
+            if let Some(sent) = self.sent_avg.filter(|&s| s > 0.0) {
+                limit = limit.min((sent * 1.5) as u64 + 100_000);
+            }
+            let proposed = ((target * (1.0 + step)) as u64).min(limit);
+            if proposed > self.target_bps {
+                self.target_bps = proposed;
+                self.last_increase = Some(now);
+                self.step = (self.step + STEP_GROWTH).min(LAST_STEP);
+                (Direction::Increase, Reason::Probe)
+            } else {
+                (Direction::Hold, Reason::Limit)
+            }
+        };
+        self.target_bps = self.target_bps.clamp(min_bps, max_bps);
+
+        // The episode ends with the first report under the hold threshold once the encoder
+        // follows the new rate. A rung change brings its own key frame.
+        let mut recovery_key_frame = false;
+        if self.loss_episode
+            && obs.loss.is_some_and(|l| l <= self.config.loss_low)
+            && !encoder_lagging
+        {
+            self.loss_episode = false;
+            recovery_key_frame = true;
+        }
+        let rung_changed = self.update_rung(now);
+        let recovery_key_frame = recovery_key_frame && !rung_changed;
+        self.encoder_bps = self.encoder_rate();
+        Decision {
+            time: now,
+            target_bps: self.target_bps,
+            encoder_bps: self.encoder_bps,
+            previous_encoder_bps,
+            rung: self.rung,
+            rung_changed,
+            recovery_key_frame,
+            direction,
+            reason,
+        }
+    }
+
+    /// Mean send rate since `since` (the previous loss report: the period the new report
+    /// describes), the smoothed rate when there is no such history.
+    fn sent_since(&self, since: Option<Duration>) -> Option<f64> {
+        let window: Vec<u64> = match since {
+            Some(since) => self
+                .sent_history
+                .iter()
+                .filter(|&&(t, _)| t > since)
+                .map(|&(_, s)| s)
+                .collect(),
+            None => Vec::new(),
+        };
+        if window.is_empty() {
+            self.sent_avg
+        } else {
+            Some(window.iter().sum::<u64>() as f64 / window.len() as f64)
+        }
+    }
+
+    fn update_rung(&mut self, now: Duration) -> bool {
+        let (Some(ladder), Some(current)) = (&self.config.ladder, self.rung) else {
+            return false;
+        };
+        let rungs = ladder.rungs();
+        let target = self.target_bps;
+        if target < rungs[current].min_bps && current + 1 < rungs.len() {
+            self.rung = Some(ladder.rung_for(target).max(current + 1));
+            self.rung_up_since = None;
+            return true;
+        }
+        if current == 0 {
+            return false;
+        }
+        let needed = rungs[current - 1].min_bps as f64 * self.config.rung_up_margin;
+        if (target as f64) < needed {
+            self.rung_up_since = None;
+            return false;
+        }
+        let since = *self.rung_up_since.get_or_insert(now);
+        if now.saturating_sub(since) >= self.config.rung_up_hold {
+            self.rung = Some(current - 1);
+            self.rung_up_since = None;
+            return true;
+        }
+        false
+    }
+}
+
+fn sane_range(config: &Config) -> (u64, u64) {
+    let min = config.min_bps.max(1);
+    (min, config.max_bps.max(min))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TICK: Duration = Duration::from_millis(100);
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    /// Runs `ticks` ticks of `obs` (with `now` filled in), returns the last decision.
+    fn run(c: &mut Controller, t: &mut Duration, ticks: u32, obs: Observation) -> Decision {
+        let mut last = None;
+        for _ in 0..ticks {
+            *t += TICK;
+            last = Some(c.update(&Observation { now: *t, ..obs }));
+        }
+        last.expect("at least one tick")
+    }
+
+    fn clear(sent_bps: u64) -> Observation {
+        Observation {
+            sent_bps: Some(sent_bps),
+            loss: Some(0.0),
+            rtt: Some(ms(40)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn loss_spike_cuts_on_the_next_tick_once() {
+        let mut c = Controller::new(Config::default());
+        let mut t = Duration::ZERO;
+        run(&mut c, &mut t, 10, clear(2_000_000));
+        let before = c.target_bps();
+        let d = run(
+            &mut c,
+            &mut t,
+            1,
+            Observation {
+                loss: Some(0.3),
+                ..clear(2_000_000)
+            },
+        );
+        assert_eq!(d.direction, Direction::Decrease);
+        assert_eq!(d.reason, Reason::Loss);
+        assert!(d.target_bps < before && d.target_bps as f64 >= before as f64 * 0.5);
+        // The same episode reported again within the hold-off does not cut again.
+        let again = run(
+            &mut c,
+            &mut t,
+            1,
+            Observation {
+                loss: Some(0.3),
+                ..clear(2_000_000)
+            },
+        );
+        assert_eq!(again.direction, Direction::Hold);
+        assert_eq!(again.target_bps, d.target_bps);
+    }
+
+    #[test]
+    fn a_key_frame_is_requested_once_a_loss_episode_ends() {
+        let mut c = Controller::new(Config::default());
+        let mut t = Duration::ZERO;
+        run(&mut c, &mut t, 10, clear(2_000_000));
+        let lossy = Observation {
+            loss: Some(0.4),
+            ..clear(2_000_000)
+        };
+        let cut = run(&mut c, &mut t, 1, lossy);
+        assert_eq!(cut.direction, Direction::Decrease);
+        assert!(!cut.recovery_key_frame);
+        // The encoder still sends the old rate: no key frame yet, whatever the report says.
+        let d = run(&mut c, &mut t, 1, clear(2_000_000));
+        assert!(!d.recovery_key_frame);
+        // It follows the new rate and the next report is clean: one key frame.
+        let followed = clear(cut.encoder_bps);
+        let mut keys = 0;
+        for _ in 0..30 {
+            keys += run(&mut c, &mut t, 1, followed).recovery_key_frame as u32;
+        }
+        assert_eq!(keys, 1);
+    }
+
+    #[test]
+    fn moderate_loss_holds_then_cuts_when_it_persists() {
+        let mut c = Controller::new(Config::default());
+        let mut t = Duration::ZERO;
+        run(&mut c, &mut t, 1, clear(2_000_000));
+        let start = c.target_bps();
+        let moderate = Observation {
+            loss: Some(0.05),
+            ..clear(2_000_000)
+        };
+        for _ in 0..2 {
+            let d = run(&mut c, &mut t, 1, moderate);
+            assert_eq!(d.target_bps, start);
+            assert_eq!(d.reason, Reason::Caution);
+        }
+        // The third report in a row: down to what got through, 2 Mbit/s × 0.95 × 0.97.
+        let d = run(&mut c, &mut t, 1, moderate);
+        assert_eq!(d.direction, Direction::Decrease);
+        assert_eq!(d.reason, Reason::Loss);
+        assert_eq!(d.target_bps, 1_843_000);
+        // Isolated moderate losses between clean reports never cut.
+        let mut c = Controller::new(Config::default());
+        for i in 0..60 {
+            let obs = if i % 2 == 0 {
+                moderate
+            } else {
+                clear(2_000_000)
+            };
+            assert_ne!(run(&mut c, &mut t, 1, obs).direction, Direction::Decrease);
+        }
+    }
+
+    #[test]
+    fn rtt_rise_decreases_within_500_ms() {
+        let mut c = Controller::new(Config::default());
+        let mut t = Duration::ZERO;
+        run(&mut c, &mut t, 20, clear(2_000_000));
+        let before = c.target_bps();
+        let mut decreased_after = None;
+        for i in 1..=5 {
+            let d = run(
+                &mut c,
+                &mut t,
+                1,
+                Observation {
+                    rtt: Some(ms(40 + 60 * i)),
+                    ..clear(2_000_000)
+                },
+            );
+            if d.direction == Direction::Decrease {
+                decreased_after = Some(i);
+                assert_eq!(d.reason, Reason::Rtt);
+                break;
+            }
+        }
+        assert!(decreased_after.is_some_and(|i| i <= 5));
+        assert!(c.target_bps() < before);
+    }
+
+    #[test]
+    fn growing_backlog_cuts_below_the_drain_rate() {
+        let mut c = Controller::new(Config {
+            start_bps: 3_000_000,
+            ..Default::default()
+        });
+        let mut t = Duration::ZERO;
+        run(&mut c, &mut t, 5, clear(3_000_000));
+        // The link drains 1 Mbit/s while 3 Mbit/s come in: 250 kB/s of backlog growth.
+        let mut bytes = 0u64;
+        let mut decision = None;
+        for i in 0..20u64 {
+            bytes += 25_000;
+            t += TICK;
+            let d = c.update(&Observation {
+                now: t,
+                backlog: Some(ms(i * 70)),
+                backlog_bytes: Some(bytes),
+                ..clear(3_000_000)
+            });
+            if d.direction == Direction::Decrease {
+                decision = Some((i, d));
+                break;
+            }
+        }
+        let (tick, d) = decision.expect("backlog leads to a decrease");
+        assert!(tick <= 5, "decided after {tick} ticks");
+        assert_eq!(d.reason, Reason::Backlog);
+        assert!(d.target_bps <= 1_000_000, "{}", d.target_bps);
+        assert!(d.target_bps >= 700_000, "{}", d.target_bps);
+    }
+
+    #[test]
+    fn explicit_estimate_is_a_ceiling() {
+        let mut c = Controller::new(Config::default());
+        let mut t = Duration::ZERO;
+        let obs = Observation {
+            estimate_bps: Some(800_000),
+            ..clear(2_000_000)
+        };
+        let d = run(&mut c, &mut t, 2, obs);
+        assert_eq!(d.target_bps, 800_000);
+        let d = run(&mut c, &mut t, 100, obs);
+        assert_eq!(d.target_bps, 800_000);
+    }
+
+    #[test]
+    fn respects_min_and_max() {
+        let config = Config {
+            min_bps: 300_000,
+            max_bps: 2_500_000,
+            start_bps: 10_000_000,
+            ..Default::default()
+        };
+        let mut c = Controller::new(config);
+        assert_eq!(c.target_bps(), 2_500_000);
+        let mut t = Duration::ZERO;
+        let d = run(&mut c, &mut t, 200, clear(2_500_000));
+        assert_eq!(d.target_bps, 2_500_000);
+        for _ in 0..50 {
+            let d = run(
+                &mut c,
+                &mut t,
+                4,
+                Observation {
+                    loss: Some(0.5),
+                    ..clear(100_000)
+                },
+            );
+            assert!(d.target_bps >= 300_000);
+        }
+        assert_eq!(c.target_bps(), 300_000);
+    }
+
+    #[test]
+    fn increases_cautiously_then_faster() {
+        let mut c = Controller::new(Config {
+            start_bps: 500_000,
+            ..Default::default()
+        });
+        let mut t = Duration::ZERO;
+        let mut previous = c.target_bps();
+        let mut steps = Vec::new();
+        for _ in 0..60 {
+            // The encoder delivers what it is asked for.
+            let sent = c.encoder_bps();
+            let d = run(&mut c, &mut t, 1, clear(sent));
+            if d.direction == Direction::Increase {
+                steps.push(d.target_bps as f64 / previous as f64);
+            }
+            assert_ne!(d.direction, Direction::Decrease);
+            previous = d.target_bps;
+        }
+        assert!(steps.len() >= 8, "{steps:?}");
+        assert!(steps[0] <= 1.081, "first step {}", steps[0]);
+        // Until the encoder's real output caps them.
+        assert!(
+            steps[..6].windows(2).all(|w| w[1] >= w[0] - 1e-4),
+            "{steps:?}"
+        );
+        assert!(steps.iter().any(|&s| s > 1.25), "{steps:?}");
+        // 6 s of clear signals: at least 3× the start.
+        assert!(c.target_bps() >= 1_500_000, "{}", c.target_bps());
+    }
+
+    #[test]
+    fn no_increase_right_after_a_decrease() {
+        let mut c = Controller::new(Config::default());
+        let mut t = Duration::ZERO;
+        run(&mut c, &mut t, 5, clear(2_000_000));
+        let cut = run(
+            &mut c,
+            &mut t,
+            1,
+            Observation {
+                loss: Some(0.4),
+                ..clear(2_000_000)
+            },
+        );
+        let d = run(&mut c, &mut t, 9, clear(2_000_000));
+        assert_eq!(d.target_bps, cut.target_bps, "no increase within 1 s");
+        let d = run(&mut c, &mut t, 10, clear(2_000_000));
+        assert!(d.target_bps > cut.target_bps, "probing after the hold");
+    }
+
+    #[test]
+    fn cuts_apply_to_what_the_encoder_really_sends() {
+        let mut c = Controller::new(Config {
+            start_bps: 4_000_000,
+            ..Default::default()
+        });
+        let mut t = Duration::ZERO;
+        // The encoder cannot fill 4 Mbit/s: it sends 2.
+        run(&mut c, &mut t, 20, clear(2_000_000));
+        let d = run(
+            &mut c,
+            &mut t,
+            1,
+            Observation {
+                rtt: Some(ms(300)),
+                ..clear(2_000_000)
+            },
+        );
+        assert_eq!(d.reason, Reason::Rtt);
+        assert_eq!(d.target_bps, 1_700_000);
+    }
+
+    #[test]
+    fn encoder_undershoot_limits_increase() {
+        let mut c = Controller::new(Config {
+            start_bps: 1_000_000,
+            ..Default::default()
+        });
+        let mut t = Duration::ZERO;
+        let d = run(&mut c, &mut t, 300, clear(200_000));
+        assert!(d.target_bps <= 1_000_000);
+        assert_eq!(d.reason, Reason::Limit);
+    }
+
+    fn laddered(start_bps: u64) -> Controller {
+        Controller::new(Config {
+            start_bps,
+            ladder: Some(Ladder::default()),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn rung_drops_on_the_tick_the_target_falls_below() {
+        let mut c = laddered(2_000_000);
+        assert_eq!(c.rung(), Some(1));
+        let mut t = Duration::ZERO;
+        run(&mut c, &mut t, 3, clear(2_000_000));
+        let d = run(
+            &mut c,
+            &mut t,
+            1,
+            Observation {
+                estimate_bps: Some(700_000),
+                ..clear(2_000_000)
+            },
+        );
+        assert!(d.rung_changed);
+        assert_eq!(d.rung, Some(3));
+        assert_eq!(d.encoder_bps, 700_000);
+    }
+
+    #[test]
+    fn encoder_rate_is_capped_by_the_rung() {
+        let mut c = laddered(1_400_000);
+        assert_eq!(c.rung(), Some(2));
+        let mut t = Duration::ZERO;
+        let d = run(&mut c, &mut t, 1, clear(1_400_000));
+        assert_eq!(d.encoder_bps, 1_400_000);
+        let ladder = Ladder::default();
+        let mut c = Controller::new(Config {
+            start_bps: 2_500_000,
+            ladder: Some(ladder.clone()),
+            ..Default::default()
+        });
+        // A 960x540 ladder only: the encoder never gets more than the rung's maximum.
+        let only_540 = Ladder::parse("960x540@30:0-2200").unwrap();
+        c.config.ladder = Some(only_540);
+        c.rung = Some(0);
+        let d = run(&mut c, &mut t, 1, clear(2_500_000));
+        assert_eq!(d.target_bps, 2_500_000);
+        assert_eq!(d.encoder_bps, 2_200_000);
+    }
+
+    #[test]
+    fn rungs_do_not_oscillate_around_a_boundary() {
+        let mut c = laddered(1_600_000);
+        assert_eq!(c.rung(), Some(1));
+        let mut t = Duration::ZERO;
+        let mut changes = 0;
+        // The estimate wobbles around the 720p minimum (1500 kbit/s) every second.
+        for i in 0..60 {
+            let estimate = if i % 2 == 0 { 1_450_000 } else { 1_700_000 };
+            for _ in 0..10 {
+                t += TICK;
+                let d = c.update(&Observation {
+                    now: t,
+                    estimate_bps: Some(estimate),
+                    ..clear(c.encoder_bps())
+                });
+                changes += d.rung_changed as u32;
+            }
+        }
+        assert_eq!(changes, 1, "one drop to 540p and no climb back");
+        assert_eq!(c.rung(), Some(2));
+    }
+
+    #[test]
+    fn rung_climbs_after_the_hold() {
+        let mut c = laddered(600_000);
+        assert_eq!(c.rung(), Some(3));
+        let mut t = Duration::ZERO;
+        let mut climbs = Vec::new();
+        for _ in 0..300 {
+            t += TICK;
+            let d = c.update(&Observation {
+                now: t,
+                estimate_bps: Some(1_200_000),
+                ..clear(c.encoder_bps())
+            });
+            if d.rung_changed {
+                climbs.push((t, d.rung));
+            }
+        }
+        // 1200 kbit/s affords 540p (800 × 1.15 = 920) but not 720p (1500).
+        assert_eq!(climbs.len(), 1, "{climbs:?}");
+        assert_eq!(climbs[0].1, Some(2));
+        assert_eq!(c.target_bps(), 1_200_000);
+    }
+}
