@@ -504,7 +504,7 @@ mod tests {
     #[test]
     fn scripts_and_emoji_have_fonts() {
         let offer = parse_offer_json(
-            r#"{"id": "i", "title": "Aquarelle 🎨 Ölfarben", "subtitle": "مجموعة الرسم · ערכת ציור · Набор", "price": "€29"}"#,
+            r#"{"id": "i", "title": "Aquarelle 🎨 Ölfarben", "subtitle": "مجموعة الرسم · ערכת ציור · Набор · 水彩セット · 水彩套装 · जलरंग · ชุดสีน้ำ", "price": "€29"}"#,
         )
         .unwrap();
         gst::init().unwrap();
