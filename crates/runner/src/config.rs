@@ -72,12 +72,18 @@ pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
 
 /// The closest candidate to `name`, if it is close enough to be a likely typo.
 pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    // Edit distance catches short swaps (`cma` → `cam`) that Jaro-Winkler misses; Jaro-Winkler
+    // catches long names with a wrong tail.
     candidates
         .into_iter()
-        .map(|c| (strsim::jaro_winkler(name, c), c))
-        .filter(|(score, _)| *score >= 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| format!("did you mean `{c}`?"))
+        .map(|c| {
+            let edits = strsim::normalized_damerau_levenshtein(name, c);
+            let jw = strsim::jaro_winkler(name, c);
+            (edits >= 0.6 || jw >= 0.85, edits + jw, c)
+        })
+        .filter(|(close, _, _)| *close)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(_, _, c)| format!("did you mean `{c}`?"))
 }
 
 /// A whole validated pipeline file.
@@ -327,7 +333,10 @@ pub fn parse(text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
         return Err(diags);
     }
     let document = document.into_inner();
-    let mut reader = Reader { diags: &mut diags };
+    let mut reader = Reader {
+        diags: &mut diags,
+        broken: BTreeSet::new(),
+    };
     let pipeline = reader.pipeline(&document);
     if diags.is_empty() {
         Ok(pipeline)
@@ -339,6 +348,8 @@ pub fn parse(text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
 
 struct Reader<'d> {
     diags: &'d mut Vec<Diagnostic>,
+    /// Components declared but unreadable: already reported, so inputs naming them are not.
+    broken: BTreeSet<String>,
 }
 
 /// The keys of one table, read one by one; whatever is left unread at the end is unknown.
@@ -737,12 +748,15 @@ impl Reader<'_> {
             };
             let read = read(self, &mut fields, name);
             fields.finish(self.diags);
-            if let Some(value) = read {
-                out.push(Named {
+            match read {
+                Some(value) => out.push(Named {
                     value,
                     span: key.span(),
                     inputs,
-                });
+                }),
+                None => {
+                    self.broken.insert(name.to_string());
+                }
             }
         }
         out
@@ -945,6 +959,9 @@ impl Reader<'_> {
         allowed: &[&str],
         what: &str,
     ) {
+        if self.broken.contains(input) {
+            return;
+        }
         self.diags.push(Diagnostic {
             span,
             component: Some(component.to_string()),
@@ -1026,8 +1043,10 @@ impl Reader<'_> {
             let component = format!("outputs.{}", o.value.name);
             let mut video = 0;
             let mut audio = 0;
+            let mut resolved = true;
             for (input, span) in &o.inputs {
                 let Some(encoder) = encoders.iter().find(|e| &e.value.name == input) else {
+                    resolved = false;
                     self.unknown_input(
                         &component,
                         input,
@@ -1088,7 +1107,7 @@ impl Reader<'_> {
                     });
                 }
             }
-            if video != 1 || audio > 1 {
+            if resolved && !o.inputs.is_empty() && (video != 1 || audio > 1) {
                 self.diags.push(Diagnostic {
                     span: o.span.clone(),
                     component: Some(component),

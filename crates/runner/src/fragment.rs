@@ -42,12 +42,11 @@ pub fn build(description: &str) -> Result<gst::Bin, (String, Option<String>)> {
                     let missing = context.missing_elements();
                     let name = missing.first().cloned().or_else(|| quoted.first().cloned());
                     name.and_then(|name| {
-                        let factories = gst::ElementFactory::factories_with_type(
-                            gst::ElementFactoryType::ANY,
-                            gst::Rank::NONE,
-                        );
-                        let names: Vec<String> =
-                            factories.iter().map(|f| f.name().to_string()).collect();
+                        let names: Vec<String> = gst::Registry::get()
+                            .features(gst::ElementFactory::static_type())
+                            .iter()
+                            .map(|f| f.name().to_string())
+                            .collect();
                         crate::config::suggest(&name, names.iter().map(String::as_str))
                     })
                 }

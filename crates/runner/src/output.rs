@@ -47,6 +47,8 @@ pub struct OutputRunner {
     inner: Mutex<Inner>,
     /// The HLS folder, fixed for the whole run.
     hls_dir: Option<PathBuf>,
+    /// Whether the runner made that folder (a temporary one) and removes it at the end.
+    hls_dir_is_temporary: bool,
 }
 
 #[derive(Default)]
@@ -104,6 +106,13 @@ impl OutputRunner {
         inputs: Vec<Input>,
         shared: Arc<Shared>,
     ) -> anyhow::Result<Arc<Self>> {
+        let hls_dir_is_temporary = matches!(
+            config.kind,
+            OutputKind::Hls {
+                directory: None,
+                ..
+            }
+        );
         let hls_dir = match &config.kind {
             OutputKind::Hls { directory, .. } => {
                 let dir = directory.clone().unwrap_or_else(|| {
@@ -123,6 +132,11 @@ impl OutputRunner {
                 None
             }
         };
+        // Absolute paths in events and the API: the runner's working folder is not the user's.
+        let mut config = config;
+        if let OutputKind::Record { directory, .. } = &mut config.kind {
+            *directory = std::path::absolute(&*directory).unwrap_or_else(|_| directory.clone());
+        }
         let kind = match config.kind {
             OutputKind::Hls { .. } => "hls",
             OutputKind::Record { .. } => "record",
@@ -150,6 +164,7 @@ impl OutputRunner {
                 ..Inner::default()
             }),
             hls_dir,
+            hls_dir_is_temporary,
         }))
     }
 
@@ -166,6 +181,15 @@ impl OutputRunner {
     /// Where HLS playlists and segments are written (HLS outputs).
     pub fn hls_dir(&self) -> Option<&Path> {
         self.hls_dir.as_deref()
+    }
+
+    /// Removes the temporary HLS folder, once the output has stopped.
+    pub fn cleanup(&self) {
+        if self.hls_dir_is_temporary
+            && let Some(dir) = &self.hls_dir
+        {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 
     /// Whether the output starts with the runner.
@@ -481,10 +505,9 @@ impl OutputRunner {
     }
 
     fn begin_timeline(&self, utc_start_ns: u64) {
-        let OutputKind::Record { directory, .. } = &self.config.kind else {
+        if !self.is_record() {
             return;
-        };
-        let stem = format!("{}-{}", self.config.name, state::compact_utc(utc_start_ns));
+        }
         let (path, timeline) = {
             let inner = self.inner.lock().unwrap();
             let Some(pipeline) = inner.pipeline.as_ref() else {
@@ -497,7 +520,7 @@ impl OutputRunner {
                 sink.property::<Option<String>>("location")
                     .unwrap_or_default(),
             );
-            let timeline_path = directory.join(format!("{stem}.timeline.json"));
+            let timeline_path = path.with_extension("timeline.json");
             let timeline = Timeline {
                 recording: path
                     .file_name()

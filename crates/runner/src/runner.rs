@@ -385,6 +385,9 @@ pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
     main_loop.run();
     let _ = runner.ingest.set_state(gst::State::Null);
     server.stop();
+    for o in &runner.outputs {
+        o.cleanup();
+    }
     if terminal {
         println!();
     }
@@ -579,6 +582,14 @@ impl Graph<'_> {
         }
         // Stamped once normalised: the capture time every later latency is measured from.
         let stamp = make("latencystamp", &format!("{name}-stamp"))?;
+        if matches!(
+            source.kind,
+            SourceKind::File { .. } | SourceKind::Network { .. }
+        ) {
+            // Decoded network and file frames are timestamped ahead of the clock by the
+            // jitter buffer or the pacing: their capture instant is when they arrive here.
+            stamp.set_property_from_str("clock-source", "realtime");
+        }
         let video = self.tee(&format!("{name}-video-tee"))?;
         self.add_chain(&[&stamp, &video])?;
         video_out.link(&stamp)?;
