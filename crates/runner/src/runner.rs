@@ -297,6 +297,7 @@ pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
                     *ingest_error.lock().unwrap() = Some(text);
                     runner.shutdown("ingest error");
                 }
+                gst::MessageView::Eos(_) => runner.shutdown("end of input"),
                 gst::MessageView::SegmentDone(_) => {
                     for l in &runner.loopers {
                         loop_again(l);

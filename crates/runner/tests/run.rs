@@ -539,7 +539,7 @@ fn hls_pipeline_runs_and_stops_after_its_duration() {
 fn ingest_pipeline_takes_an_srt_contribution() {
     let dir = scratch("ingest");
     let mut runner = Runner::start(&pipeline("ingest.toml"), &dir, &[]);
-    let mut sender = Command::new("gst-launch-1.0")
+    let sender = Command::new("gst-launch-1.0")
         .args([
             "-q",
             "videotestsrc",
@@ -570,6 +570,7 @@ fn ingest_pipeline_takes_an_srt_contribution() {
         .stdout(Stdio::null())
         .spawn()
         .expect("gst-launch-1.0");
+    let sender = KillOnDrop(sender);
     let playlist = eventually(
         Duration::from_secs(20),
         "HLS segments from the SRT contribution",
@@ -598,12 +599,21 @@ fn ingest_pipeline_takes_an_srt_contribution() {
         &segment,
     );
     assert_eq!(size.lines().next(), Some("1280,720"), "{size}");
-    let _ = sender.kill();
-    let _ = sender.wait();
+    drop(sender);
     runner.signal(libc::SIGINT);
     let status = runner.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "exit status {status}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A helper process that dies with the test, even when an assertion fails first.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn now_ms() -> i64 {
@@ -625,4 +635,63 @@ fn chrono_free_ms(rfc3339: &str) -> i64 {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     ((days * 24 + n(11, 13)) * 60 + n(14, 16)) * 60_000 + n(17, 19) * 1000 + n(20, 23)
+}
+
+#[test]
+fn a_looping_file_source_plays_longer_than_the_file() {
+    let dir = scratch("file");
+    let made = Command::new("gst-launch-1.0")
+        .current_dir(&dir)
+        .args([
+            "-q",
+            "videotestsrc",
+            "num-buffers=30",
+            "!",
+            "video/x-raw,width=320,height=180,framerate=30/1",
+        ])
+        .args([
+            "!",
+            "x264enc",
+            "!",
+            "h264parse",
+            "!",
+            "mp4mux",
+            "name=m",
+            "!",
+            "filesink",
+            "location=clip.mp4",
+        ])
+        .args([
+            "audiotestsrc",
+            "num-buffers=47",
+            "!",
+            "audioconvert",
+            "!",
+            "avenc_aac",
+            "!",
+            "aacparse",
+            "!",
+            "m.",
+        ])
+        .status()
+        .expect("gst-launch-1.0");
+    assert!(made.success());
+    let config = dir.join("file.toml");
+    std::fs::write(
+        &config,
+        "[sources.clip]\ntype = \"file\"\nlocation = \"clip.mp4\"\nloop = true\n\n\
+         [encoders.video]\ntype = \"h264\"\ninputs = [\"clip\"]\n\n\
+         [encoders.audio]\ntype = \"aac\"\ninputs = [\"clip\"]\n\n\
+         [outputs.rec]\ntype = \"record\"\ninputs = [\"video\", \"audio\"]\ndirectory = \"rec\"\n",
+    )
+    .unwrap();
+    let mut runner = Runner::start(&config, &dir, &["--duration", "4"]);
+    let started = runner.wait_event("recording-started", Duration::from_secs(10));
+    let status = runner.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "exit status {status}");
+    let file = PathBuf::from(started["path"].as_str().unwrap());
+    let duration = media_duration(&file);
+    // The clip lasts 1 s; looping keeps the programme going for the whole run.
+    assert!(duration > 2.5, "recorded {duration} s from a 1 s clip");
+    let _ = std::fs::remove_dir_all(&dir);
 }
