@@ -163,13 +163,17 @@ pub enum SourceKind {
     File {
         /// `location`: path of the file.
         location: PathBuf,
-        /// `loop`: start again at the end.
+        /// `loop`: start again at the end (otherwise the run ends with the file).
         looping: bool,
+        /// What takes over if decoding stalls.
+        fallback: Fallback,
     },
     /// `type = "srt"`, `"rtmp"`, `"rtsp"`: a network stream, by URI.
     Network {
-        /// The URI handed to uridecodebin.
+        /// `uri`: handed to fallbacksrc (uridecodebin3).
         uri: String,
+        /// What takes over while the stream is stalled or gone.
+        fallback: Fallback,
     },
     /// `type = "v4l2"`: a camera and a PulseAudio microphone.
     V4l2 {
@@ -178,6 +182,18 @@ pub enum SourceKind {
         /// `microphone`: PulseAudio source name; empty for the default.
         microphone: String,
     },
+}
+
+/// Redundancy of a file or network source: after `stall_timeout` without data the slate
+/// takes over, the source is restarted, and it is given back as soon as it delivers again.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Fallback {
+    /// `stall_timeout`: seconds without data before the slate takes over.
+    pub stall_timeout: f64,
+    /// `slate`: an image or media file shown meanwhile (with silence); black otherwise.
+    pub slate: Option<PathBuf>,
+    /// `backup_uri`: a second source of the same programme, used instead of the slate.
+    pub backup_uri: Option<String>,
 }
 
 /// Which raw stream a transform works on.
@@ -818,13 +834,17 @@ impl Reader<'_> {
             "file" => {
                 let location = f.required_string(self.diags, "location");
                 let looping = f.bool(self.diags, "loop", false);
+                let fallback = self.fallback(f);
                 SourceKind::File {
                     location: PathBuf::from(location?.0),
                     looping,
+                    fallback,
                 }
             }
             scheme @ ("srt" | "rtmp" | "rtsp") => {
-                let (uri, span) = f.required_string(self.diags, "uri")?;
+                let uri = f.required_string(self.diags, "uri");
+                let fallback = self.fallback(f);
+                let (uri, span) = uri?;
                 if !uri.starts_with(&format!("{scheme}://")) {
                     f.error(
                         self.diags,
@@ -833,7 +853,7 @@ impl Reader<'_> {
                         format!("a {scheme} source needs a `{scheme}://` URI"),
                     );
                 }
-                SourceKind::Network { uri }
+                SourceKind::Network { uri, fallback }
             }
             "v4l2" => SourceKind::V4l2 {
                 device: f
@@ -852,6 +872,32 @@ impl Reader<'_> {
             video,
             audio: has_audio.then_some(audio),
         })
+    }
+
+    fn fallback(&mut self, f: &mut Fields) -> Fallback {
+        let stall_timeout = f.number(self.diags, "stall_timeout", 0.1, 60.0, 1.0);
+        let slate = f.string(self.diags, "slate").map(|(path, span)| {
+            if !std::path::Path::new(&path).is_file() {
+                f.error(self.diags, span, "slate", format!("`{path}` is not a file"));
+            }
+            PathBuf::from(path)
+        });
+        let backup_uri = f.string(self.diags, "backup_uri").map(|(uri, span)| {
+            if !uri.contains("://") {
+                f.error(
+                    self.diags,
+                    span,
+                    "backup_uri",
+                    format!("`{uri}` is not a URI"),
+                );
+            }
+            uri
+        });
+        Fallback {
+            stall_timeout,
+            slate,
+            backup_uri,
+        }
     }
 
     fn transform(&mut self, f: &mut Fields, name: &str) -> Option<Transform> {

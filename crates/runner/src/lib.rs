@@ -68,8 +68,11 @@ pub fn init() -> anyhow::Result<()> {
     gst::init().context("could not initialise GStreamer")?;
     static REGISTER: std::sync::Once = std::sync::Once::new();
     let mut result = Ok(());
-    REGISTER.call_once(|| result = gstlatency::plugin_register_static());
-    result.context("could not register the latency plugin")
+    REGISTER.call_once(|| {
+        result = gstlatency::plugin_register_static()
+            .and_then(|()| gstfallbackswitch::plugin_register_static());
+    });
+    result.context("could not register the latency and fallbackswitch plugins")
 }
 
 /// Reads and validates one pipeline file.

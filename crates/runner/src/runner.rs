@@ -11,7 +11,9 @@ use anyhow::{Context as _, anyhow};
 use gst::prelude::*;
 
 use crate::RunArgs;
-use crate::config::{EncoderKind, H264Preset, Media, Pipeline, Source, SourceKind, TransformKind};
+use crate::config::{
+    EncoderKind, Fallback, H264Preset, Media, Pipeline, Source, SourceKind, TransformKind,
+};
 use crate::output::{self, Input, OutputRunner, make};
 use crate::state::{self, Shared};
 
@@ -61,7 +63,8 @@ pub struct Runner {
     shutting_down: AtomicBool,
     counters: BTreeMap<String, Arc<Counter>>,
     previous: Mutex<BTreeMap<String, (u64, u64)>>,
-    loopers: Vec<gst::Element>,
+    fallback_sources: Vec<(String, gst::Element)>,
+    source_states: Mutex<BTreeMap<String, String>>,
 }
 
 impl Runner {
@@ -150,6 +153,27 @@ impl Runner {
         for o in &self.outputs {
             o.refresh_stats();
         }
+        for (name, src) in &self.fallback_sources {
+            let state = if on_fallback(src) {
+                "fallback"
+            } else {
+                "primary"
+            };
+            let changed = self
+                .source_states
+                .lock()
+                .unwrap()
+                .insert(name.clone(), state.to_string())
+                .is_none_or(|previous| previous != state);
+            if changed {
+                event(
+                    "source",
+                    serde_json::json!({"source": name, "state": state}),
+                );
+            }
+            self.shared
+                .with(|s| s.sources.insert(name.clone(), state.to_string()));
+        }
     }
 
     fn status_line(&self) -> String {
@@ -200,7 +224,7 @@ pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
     let mut graph = Graph {
         pipeline: &ingest,
         streams: BTreeMap::new(),
-        loopers: Vec::new(),
+        fallback_sources: Vec::new(),
     };
     for source in &config.sources {
         let streams = graph.source(source)?;
@@ -280,7 +304,8 @@ pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
         shutting_down: AtomicBool::new(false),
         counters,
         previous: Mutex::new(BTreeMap::new()),
-        loopers: graph.loopers,
+        fallback_sources: graph.fallback_sources,
+        source_states: Mutex::new(BTreeMap::new()),
     });
 
     let bus = ingest.bus().context("pipeline without bus")?;
@@ -298,11 +323,6 @@ pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
                     runner.shutdown("ingest error");
                 }
                 gst::MessageView::Eos(_) => runner.shutdown("end of input"),
-                gst::MessageView::SegmentDone(_) => {
-                    for l in &runner.loopers {
-                        loop_again(l);
-                    }
-                }
                 gst::MessageView::Element(e) => {
                     if let Some(s) = e.structure()
                         && s.name() == "latency-report"
@@ -318,9 +338,6 @@ pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
         })
         .context("cannot watch the ingest bus")?
     };
-    for l in &runner.loopers {
-        loop_again(l);
-    }
 
     for o in &runner.outputs {
         if o.autostart() {
@@ -428,22 +445,10 @@ fn source_of<'a>(config: &'a Pipeline, name: &str) -> Option<&'a Source> {
     None
 }
 
-/// Seeks a looping file source back to its start without flushing, so running time goes on.
-fn loop_again(decodebin: &gst::Element) {
-    let _ = decodebin.seek(
-        1.0,
-        gst::SeekFlags::SEGMENT,
-        gst::SeekType::Set,
-        gst::ClockTime::ZERO,
-        gst::SeekType::None,
-        gst::ClockTime::NONE,
-    );
-}
-
 struct Graph<'p> {
     pipeline: &'p gst::Pipeline,
     streams: BTreeMap<String, Streams>,
-    loopers: Vec<gst::Element>,
+    fallback_sources: Vec<(String, gst::Element)>,
 }
 
 impl Graph<'_> {
@@ -552,19 +557,35 @@ impl Graph<'_> {
                     tone.link(audio_in)?;
                 }
             }
-            SourceKind::File { location, looping } => {
+            SourceKind::File {
+                location,
+                looping,
+                fallback,
+            } => {
                 let path = std::fs::canonicalize(location).with_context(|| {
                     format!("source `{name}`: cannot open {}", location.display())
                 })?;
                 let uri = glib::filename_to_uri(&path, None).context("file URI")?;
-                let decodebin =
-                    self.decoder(name, &uri, &video_in, audio.as_ref().map(|a| &a.0), true)?;
-                if *looping {
-                    self.loopers.push(decodebin);
-                }
+                let src = self.fallback_source(
+                    name,
+                    &uri,
+                    fallback,
+                    *looping,
+                    &video_in,
+                    audio.as_ref().map(|a| &a.0),
+                )?;
+                self.fallback_sources.push((name.clone(), src));
             }
-            SourceKind::Network { uri } => {
-                self.decoder(name, uri, &video_in, audio.as_ref().map(|a| &a.0), false)?;
+            SourceKind::Network { uri, fallback } => {
+                let src = self.fallback_source(
+                    name,
+                    uri,
+                    fallback,
+                    true,
+                    &video_in,
+                    audio.as_ref().map(|a| &a.0),
+                )?;
+                self.fallback_sources.push((name.clone(), src));
             }
             SourceKind::V4l2 { device, microphone } => {
                 let src = make("v4l2src", &format!("{name}-video"))?;
@@ -606,59 +627,68 @@ impl Graph<'_> {
         Ok(Streams { video, audio })
     }
 
-    /// uridecodebin for files and network streams; decoded pads join the normalisers.
-    fn decoder(
+    /// fallbacksrc for files and network streams: it decodes, restarts the source when it
+    /// stalls or ends, and meanwhile shows the slate (or the backup source) with silence.
+    fn fallback_source(
         &self,
         name: &str,
         uri: &str,
+        fallback: &Fallback,
+        restart_on_eos: bool,
         video_in: &gst::Element,
         audio_in: Option<&gst::Element>,
-        pace: bool,
     ) -> anyhow::Result<gst::Element> {
-        let decodebin = make("uridecodebin", &format!("{name}-decode"))?;
-        decodebin.set_property("uri", uri);
-        self.pipeline.add(&decodebin)?;
-        let mut targets = vec![("video/", video_in.clone())];
-        if let Some(a) = audio_in {
-            targets.push(("audio/", a.clone()));
+        let src = make("fallbacksrc", &format!("{name}-source"))?;
+        src.set_property("uri", uri);
+        src.set_property("enable-audio", audio_in.is_some());
+        let stall = (fallback.stall_timeout * 1e9) as u64;
+        src.set_property("timeout", stall);
+        // Try again quickly once the slate is up, and never give up: outputs must not stop.
+        src.set_property("restart-timeout", gst::ClockTime::SECOND.nseconds());
+        src.set_property("retry-timeout", u64::MAX - 1);
+        src.set_property("restart-on-eos", restart_on_eos);
+        src.set_property("immediate-fallback", true);
+        let fallback_uri = match (&fallback.backup_uri, &fallback.slate) {
+            (Some(uri), _) => Some(uri.clone()),
+            (None, Some(path)) => {
+                let path = std::fs::canonicalize(path).with_context(|| {
+                    format!("source `{name}`: cannot open slate {}", path.display())
+                })?;
+                Some(
+                    glib::filename_to_uri(&path, None)
+                        .context("slate URI")?
+                        .to_string(),
+                )
+            }
+            (None, None) => None,
+        };
+        if let Some(uri) = fallback_uri {
+            src.set_property("fallback-uri", uri);
         }
-        let pipeline = self.pipeline.clone();
-        decodebin.connect_pad_added(move |_, pad| {
-            let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
-            let Some(media) = caps.structure(0).map(|s| s.name().to_string()) else {
-                return;
-            };
+        self.pipeline.add(&src)?;
+        retimestamp_on_arrival(video_in, false);
+        if let Some(a) = audio_in {
+            retimestamp_on_arrival(a, true);
+        }
+        let mut targets = vec![("video", video_in.clone())];
+        if let Some(a) = audio_in {
+            targets.push(("audio", a.clone()));
+        }
+        src.connect_pad_added(move |_, pad| {
             for (prefix, target) in &targets {
                 let Some(sink) = target.static_pad("sink") else {
                     continue;
                 };
-                if !media.starts_with(prefix) || sink.is_linked() {
-                    continue;
-                }
-                // A file decodes as fast as it can: pace it on the clock like a live source.
-                let linked = if pace {
-                    gst::ElementFactory::make("clocksync")
-                        .build()
-                        .ok()
-                        .and_then(|sync| {
-                            pipeline.add(&sync).ok()?;
-                            sync.sync_state_with_parent().ok()?;
-                            pad.link(&sync.static_pad("sink")?).ok()?;
-                            sync.link(target).ok()
-                        })
-                } else {
-                    pad.link(&sink).ok().map(|_| ())
-                };
-                if linked.is_none() {
+                if pad.name().starts_with(prefix) && !sink.is_linked() && pad.link(&sink).is_err() {
                     gst::warning!(
                         gst::CAT_DEFAULT,
-                        "could not link {media} from {uri_name}",
-                        uri_name = pad.name()
+                        "could not link {} to the normaliser",
+                        pad.name()
                     );
                 }
             }
         });
-        Ok(decodebin)
+        Ok(src)
     }
 
     fn transform(
@@ -789,6 +819,99 @@ impl Graph<'_> {
         }
         Ok(tee)
     }
+}
+
+/// Gives every buffer entering `element` the running time at which it arrives, in one plain
+/// time segment. A restarted or switched source starts its timestamps anew; without this,
+/// videorate would fill the jump with a burst of duplicated frames and muxers would see time
+/// go backwards.
+fn retimestamp_on_arrival(element: &gst::Element, continuous: bool) {
+    let Some(pad) = element.static_pad("sink") else {
+        return;
+    };
+    let last = Mutex::new(None::<gst::ClockTime>);
+    let segment_sent = AtomicBool::new(false);
+    pad.add_probe(
+        gst::PadProbeType::BUFFER
+            | gst::PadProbeType::BUFFER_LIST
+            | gst::PadProbeType::EVENT_DOWNSTREAM,
+        move |pad, info| {
+            match &mut info.data {
+                Some(gst::PadProbeData::Event(event))
+                    if event.type_() == gst::EventType::Segment =>
+                {
+                    // One segment for the whole run: a new one (the source restarted or the
+                    // slate took over) would make videorate start counting from its start
+                    // again, and time would go backwards downstream.
+                    // (Replaced rather than dropped: dropping an event from a probe trips a
+                    // GStreamer-CRITICAL in the 0.25 bindings on 1.22.)
+                    if segment_sent.swap(true, Ordering::SeqCst) {
+                        let s = gst::Structure::new_empty("hybridlive-segment-suppressed");
+                        *event = gst::event::CustomDownstream::new(s);
+                        return gst::PadProbeReturn::Ok;
+                    }
+                    let segment = gst::FormattedSegment::<gst::ClockTime>::new();
+                    *event = gst::event::Segment::new(&segment);
+                }
+                Some(gst::PadProbeData::Buffer(buffer)) => {
+                    if let Some(now) = running_time_now(pad) {
+                        stamp_arrival(&last, buffer.make_mut(), now, continuous);
+                    }
+                }
+                Some(gst::PadProbeData::BufferList(list)) => {
+                    if let Some(now) = running_time_now(pad) {
+                        list.make_mut().foreach_mut(|mut buffer, _| {
+                            stamp_arrival(&last, buffer.make_mut(), now, continuous);
+                            std::ops::ControlFlow::Continue(Some(buffer))
+                        });
+                    }
+                }
+                _ => {}
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+}
+
+fn running_time_now(pad: &gst::Pad) -> Option<gst::ClockTime> {
+    let element = pad.parent_element()?;
+    Some(element.clock()?.time().saturating_sub(element.base_time()?))
+}
+
+/// `last` holds where the previous buffer ended. Audio (`continuous`) is laid end to end so a
+/// burst neither overlaps nor leaves gaps; video only never goes backwards, and videorate
+/// evens it out.
+fn stamp_arrival(
+    last: &Mutex<Option<gst::ClockTime>>,
+    buffer: &mut gst::BufferRef,
+    now: gst::ClockTime,
+    continuous: bool,
+) {
+    let mut last = last.lock().unwrap();
+    let pts = last.map_or(now, |end| now.max(end));
+    let length = match buffer.duration() {
+        Some(d) if continuous => d,
+        _ => gst::ClockTime::from_nseconds(1),
+    };
+    *last = Some(pts + length);
+    buffer.set_pts(pts);
+    buffer.set_dts(gst::ClockTime::NONE);
+}
+
+/// Whether any of fallbacksrc's switches is on its fallback (slate or backup) input.
+fn on_fallback(src: &gst::Element) -> bool {
+    let Some(bin) = src.downcast_ref::<gst::Bin>() else {
+        return false;
+    };
+    bin.iterate_recurse()
+        .into_iter()
+        .flatten()
+        .filter(|e| e.factory().is_some_and(|f| f.name() == "fallbackswitch"))
+        .any(|switch| {
+            switch
+                .property::<Option<gst::Pad>>("active-pad")
+                .is_some_and(|pad| pad.property::<u32>("priority") != 0)
+        })
 }
 
 /// tee → leaky queue → appsink whose samples go to the output's appsrc.

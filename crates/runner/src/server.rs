@@ -349,7 +349,13 @@ pub fn metrics(runner: &Runner) -> String {
                 let _ = writeln!(out, "hybridlive_recording_bytes{{output=\"{}\"}} {}", label(name), r.bytes);
             }
         }
-        out.push_str("# HELP hybridlive_markers_total Markers set through the API.\n");
+        out.push_str("# HELP hybridlive_source_on_fallback 1 while a source's slate or backup is on air.\n");
+        out.push_str("# TYPE hybridlive_source_on_fallback gauge\n");
+        for (name, state) in &s.sources {
+            let on = u8::from(state == "fallback");
+            let _ = writeln!(out, "hybridlive_source_on_fallback{{source=\"{}\"}} {on}", label(name));
+        }
+                out.push_str("# HELP hybridlive_markers_total Markers set through the API.\n");
         out.push_str("# TYPE hybridlive_markers_total counter\n");
         let _ = writeln!(out, "hybridlive_markers_total {}", s.markers.len());
         out

@@ -77,6 +77,8 @@ pub struct Snapshot {
     pub started_utc_ns: u64,
     /// Per measured path (output or encoder name).
     pub latency: BTreeMap<String, Latency>,
+    /// Per file or network source: `primary` or `fallback` (slate or backup on air).
+    pub sources: BTreeMap<String, String>,
     /// Per encoder.
     pub encoders: BTreeMap<String, EncoderStats>,
     /// Per output.

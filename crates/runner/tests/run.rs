@@ -535,11 +535,8 @@ fn hls_pipeline_runs_and_stops_after_its_duration() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn ingest_pipeline_takes_an_srt_contribution() {
-    let dir = scratch("ingest");
-    let mut runner = Runner::start(&pipeline("ingest.toml"), &dir, &[]);
-    let sender = Command::new("gst-launch-1.0")
+fn srt_sender() -> KillOnDrop {
+    let child = Command::new("gst-launch-1.0")
         .args([
             "-q",
             "videotestsrc",
@@ -570,7 +567,29 @@ fn ingest_pipeline_takes_an_srt_contribution() {
         .stdout(Stdio::null())
         .spawn()
         .expect("gst-launch-1.0");
-    let sender = KillOnDrop(sender);
+    KillOnDrop(child)
+}
+
+/// Waits for the `source` event that puts `state` on air.
+fn wait_source_state(runner: &mut Runner, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "the source never went to `{state}`");
+        let event = runner.wait_event("source", left);
+        if event["state"] == state {
+            return;
+        }
+    }
+}
+
+#[test]
+fn ingest_takes_an_srt_contribution_and_the_slate_covers_while_the_sender_is_gone() {
+    let dir = scratch("ingest");
+    let mut runner = Runner::start(&pipeline("ingest.toml"), &dir, &[]);
+    let started = runner.wait_event("recording-started", Duration::from_secs(10));
+    let sender = srt_sender();
+    wait_source_state(&mut runner, "primary");
     let playlist = eventually(
         Duration::from_secs(20),
         "HLS segments from the SRT contribution",
@@ -599,10 +618,43 @@ fn ingest_pipeline_takes_an_srt_contribution() {
         &segment,
     );
     assert_eq!(size.lines().next(), Some("1280,720"), "{size}");
+
+    // The sender dies: the slate takes over and HLS goes on.
     drop(sender);
+    wait_source_state(&mut runner, "fallback");
+    let before = runner.get("/hls/live.m3u8").text();
+    eventually(
+        Duration::from_secs(5),
+        "HLS to go on over the slate",
+        || (runner.get("/hls/live.m3u8").text() != before).then_some(()),
+    );
+    let metrics = runner.get("/metrics").text();
+    assert_eq!(
+        metric(
+            &metrics,
+            "hybridlive_source_on_fallback{source=\"presenter\"}"
+        ),
+        Some(1.0)
+    );
+
+    // It comes back: the source is given back.
+    let _sender = srt_sender();
+    wait_source_state(&mut runner, "primary");
+    std::thread::sleep(Duration::from_secs(1));
     runner.signal(libc::SIGINT);
+    let stopped_at_ms = now_ms();
     let status = runner.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "exit status {status}");
+    // Nothing was lost across the two switches: the recording covers the whole run.
+    let file = PathBuf::from(started["path"].as_str().unwrap());
+    let ran =
+        (stopped_at_ms - chrono_free_ms(started["utc_start"].as_str().unwrap())) as f64 / 1000.0;
+    let duration = media_duration(&file);
+    assert!(
+        (ran - duration).abs() <= 1.0,
+        "ran {ran:.2} s, recorded {duration:.2} s"
+    );
+    assert!(decoded_video_frames(&file) as f64 >= (duration - 0.5) * 30.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
