@@ -523,13 +523,52 @@ fn recording_survives_kill_9() {
 }
 
 #[test]
-fn hls_pipeline_runs_and_stops_after_its_duration() {
+fn hls_pipeline_plays_in_headless_chromium_and_stops_after_its_duration() {
     let dir = scratch("hls");
-    let mut runner = Runner::start(&pipeline("hls.toml"), &dir, &["--duration", "4"]);
-    eventually(Duration::from_secs(10), "an HLS segment", || {
+    let mut runner = Runner::start(&pipeline("hls.toml"), &dir, &["--duration", "8"]);
+    eventually(Duration::from_secs(10), "two HLS segments", || {
         let r = runner.get("/hls/live.m3u8");
-        (r.status == 200 && r.text().contains(".ts")).then_some(())
+        (r.status == 200 && r.text().matches(".ts").count() >= 2).then_some(())
     });
+    // The viewer page itself, in a real browser: hls.js loads the playlist, MSE plays it.
+    let profile = dir.join("chromium-profile");
+    let dom = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+        ])
+        .args([
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .args([
+            "--autoplay-policy=no-user-gesture-required",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("{}/", runner.base))
+        .stderr(Stdio::null())
+        .output()
+        .expect("chromium is installed (scripts/setup)");
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    let state = dom
+        .split("<div id=\"state\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</div>").next())
+        .unwrap_or_else(|| panic!("no state element in the page:\n{dom}"));
+    assert!(state.contains(">live"), "the page is not playing: {state}");
+    let played: f64 = state
+        .split("data-current-time=\"")
+        .nth(1)
+        .and_then(|v| v.split('"').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no playback position: {state}"));
+    assert!(played > 0.5, "played only {played} s: {state}");
     let status = runner.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "exit status {status}");
     let _ = std::fs::remove_dir_all(&dir);
