@@ -322,6 +322,16 @@ pub enum OutputKind {
         /// `autostart`: record from the start (otherwise `POST /api/recording`).
         autostart: bool,
     },
+    /// `type = "srt"`: MPEG-TS pushed over SRT (caller, or listener for the far end to pull).
+    Srt {
+        /// `uri`: e.g. `srt://ingest.example:9000?mode=caller`.
+        uri: String,
+    },
+    /// `type = "rtmp"`: FLV pushed to an RTMP server (H.264 + AAC).
+    Rtmp {
+        /// `location`: e.g. `rtmp://live.example/app/stream-key`.
+        location: String,
+    },
 }
 
 const SECTIONS: &[&str] = &["server", "sources", "transforms", "encoders", "outputs"];
@@ -329,8 +339,8 @@ const SOURCE_TYPES: &[&str] = &["test", "file", "srt", "rtmp", "rtsp", "v4l2"];
 const TRANSFORM_TYPES: &[&str] = &["latencystamp", "gst"];
 const PLANNED_TRANSFORM_TYPES: &[&str] = &["offeroverlay", "abrcontroller"];
 const ENCODER_TYPES: &[&str] = &["h264", "aac", "opus"];
-const OUTPUT_TYPES: &[&str] = &["hls", "record"];
-const PLANNED_OUTPUT_TYPES: &[&str] = &["webrtc", "whep", "srt", "rtmp"];
+const OUTPUT_TYPES: &[&str] = &["hls", "record", "srt", "rtmp"];
+const PLANNED_OUTPUT_TYPES: &[&str] = &["webrtc", "whep"];
 
 /// Reads a pipeline file. On failure, every problem found is returned, in file order.
 pub fn parse(text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
@@ -988,6 +998,30 @@ impl Reader<'_> {
                     .map_or_else(|| PathBuf::from("recordings"), |d| PathBuf::from(d.0)),
                 autostart: f.bool(self.diags, "autostart", true),
             },
+            "srt" => {
+                let (uri, span) = f.required_string(self.diags, "uri")?;
+                if !uri.starts_with("srt://") {
+                    f.error(
+                        self.diags,
+                        span,
+                        "uri",
+                        format!("`{uri}` is not an srt:// URI"),
+                    );
+                }
+                OutputKind::Srt { uri }
+            }
+            "rtmp" => {
+                let (location, span) = f.required_string(self.diags, "location")?;
+                if !(location.starts_with("rtmp://") || location.starts_with("rtmps://")) {
+                    f.error(
+                        self.diags,
+                        span,
+                        "location",
+                        format!("`{location}` is not an rtmp:// URL"),
+                    );
+                }
+                OutputKind::Rtmp { location }
+            }
             _ => return None,
         };
         Some(Output {
@@ -1124,6 +1158,16 @@ impl Reader<'_> {
                                 });
                             }
                         }
+                    }
+                    EncoderKind::Opus { .. } if matches!(o.value.kind, OutputKind::Rtmp { .. }) => {
+                        audio += 1;
+                        self.diags.push(Diagnostic {
+                            span: span.clone(),
+                            component: Some(component.clone()),
+                            key: Some("inputs".into()),
+                            message: format!("`{input}` is Opus, which RTMP (FLV) cannot carry"),
+                            help: Some("use an encoder with `type = \"aac\"` for RTMP".into()),
+                        });
                     }
                     EncoderKind::Opus { .. } if matches!(o.value.kind, OutputKind::Hls { .. }) => {
                         audio += 1;

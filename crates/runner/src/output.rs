@@ -131,6 +131,7 @@ impl OutputRunner {
                     .with_context(|| format!("cannot create {}", directory.display()))?;
                 None
             }
+            OutputKind::Srt { .. } | OutputKind::Rtmp { .. } => None,
         };
         // Absolute paths in events and the API: the runner's working folder is not the user's.
         let mut config = config;
@@ -140,6 +141,8 @@ impl OutputRunner {
         let kind = match config.kind {
             OutputKind::Hls { .. } => "hls",
             OutputKind::Record { .. } => "record",
+            OutputKind::Srt { .. } => "srt",
+            OutputKind::Rtmp { .. } => "rtmp",
         };
         shared.with(|s| {
             s.outputs.insert(
@@ -628,6 +631,27 @@ impl OutputRunner {
                 mux.link(&filesink)?;
                 mux
             }
+            OutputKind::Srt { uri } => {
+                let mux = make("mpegtsmux", "mux")?;
+                // Whole 188-byte packets, 7 to a datagram: what SRT receivers expect.
+                mux.set_property("alignment", 7i32);
+                let sink = make("srtsink", "srtsink")?;
+                sink.set_property("uri", uri);
+                // A missing peer is an error (and a restart), not a silent wait.
+                sink.set_property("wait-for-connection", false);
+                pipeline.add_many([&mux, &sink])?;
+                mux.link(&sink)?;
+                mux
+            }
+            OutputKind::Rtmp { location } => {
+                let mux = make("flvmux", "mux")?;
+                mux.set_property("streamable", true);
+                let sink = make("rtmpsink", "rtmpsink")?;
+                sink.set_property("location", location);
+                pipeline.add_many([&mux, &sink])?;
+                mux.link(&sink)?;
+                mux
+            }
         };
         let mut appsrcs = BTreeMap::new();
         for input in &self.inputs {
@@ -659,6 +683,8 @@ impl OutputRunner {
             let template = match (&self.config.kind, pad_name) {
                 (OutputKind::Hls { .. }, name) => name.to_string(),
                 (OutputKind::Record { .. }, name) => format!("{name}_%u"),
+                (OutputKind::Srt { .. }, _) => "sink_%d".to_string(),
+                (OutputKind::Rtmp { .. }, name) => name.to_string(),
             };
             let sinkpad = sink
                 .request_pad_simple(&template)
