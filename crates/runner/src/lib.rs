@@ -16,6 +16,7 @@ use anyhow::Context as _;
 
 pub mod config;
 mod fragment;
+mod hls;
 mod output;
 mod runner;
 mod server;

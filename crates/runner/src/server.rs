@@ -52,6 +52,7 @@ struct Context {
     runner: Arc<Runner>,
     token: Option<String>,
     hls_dir: Option<PathBuf>,
+    segment_times: crate::hls::SegmentTimes,
 }
 
 /// Binds `addr` and serves from a few worker threads.
@@ -72,6 +73,7 @@ pub fn start(
         runner,
         token,
         hls_dir: hls_dir.and_then(|d| std::fs::canonicalize(d).ok()),
+        segment_times: crate::hls::SegmentTimes::default(),
     });
     let workers = (0..WORKERS)
         .map(|_| {
@@ -271,6 +273,12 @@ fn hls_file(context: &Context, name: &str) -> Response<std::io::Cursor<Vec<u8>>>
     let path = dir.join(name);
     match std::fs::read(&path) {
         Ok(data) => {
+            let data = if content_type == "video/mp2t" {
+                data
+            } else {
+                let playlist = String::from_utf8_lossy(&data);
+                context.segment_times.annotate(dir, &playlist).into_bytes()
+            };
             // The playlist changes every segment; a segment never changes once listed.
             let cache = if content_type == "video/mp2t" {
                 "public, max-age=60, immutable"

@@ -339,6 +339,25 @@ fn workshop_serves_hls_metrics_and_a_guarded_api_and_exits_cleanly_on_sigterm() 
     assert!(playlist.header("cache-control").contains("no-cache"));
     let text = playlist.text();
     assert!(text.contains("#EXT-X-TARGETDURATION:1"), "{text}");
+    // Program-date-time: the capture time of each segment's first frame, read from its stamp.
+    let dates: Vec<i64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:"))
+        .map(chrono_free_ms)
+        .collect();
+    assert_eq!(dates.len(), text.matches("#EXTINF").count(), "{text}");
+    for pair in dates.windows(2) {
+        assert!(
+            (pair[1] - pair[0] - 1000).abs() <= 100,
+            "segments {} ms apart: {text}",
+            pair[1] - pair[0]
+        );
+    }
+    let age_ms = now_ms() - dates.last().copied().unwrap_or_default();
+    assert!(
+        (0..10_000).contains(&age_ms),
+        "last segment dated {age_ms} ms ago"
+    );
     let segment_name = text
         .lines()
         .find(|l| l.ends_with(".ts"))
