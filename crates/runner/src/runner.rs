@@ -33,6 +33,21 @@ pub fn event(kind: &str, fields: serde_json::Value) {
             o.extend(f);
         }
         let _ = writeln!(out, "{object}");
+    } else if kind == "ready" {
+        let url = |key: &str| {
+            fields
+                .get(key)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let _ = writeln!(
+            out,
+            "\r\x1b[Khybridlive: viewer at {}  (HLS {}, metrics {})",
+            url("viewer"),
+            url("hls"),
+            url("metrics")
+        );
     } else {
         let _ = writeln!(out, "\r\x1b[K{kind}: {fields}");
     }
