@@ -43,10 +43,13 @@ pub fn event(kind: &str, fields: serde_json::Value) {
         };
         let _ = writeln!(
             out,
-            "\r\x1b[Khybridlive: viewer at {}  (HLS {}, metrics {})",
+            "\r\x1b[Khybridlive: viewer at {}  (metrics {}{})",
             url("viewer"),
-            url("hls"),
-            url("metrics")
+            url("metrics"),
+            match url("hls").as_str() {
+                "" => String::new(),
+                hls => format!(", HLS {hls}"),
+            }
         );
     } else {
         let _ = writeln!(out, "\r\x1b[K{kind}: {fields}");
@@ -369,13 +372,14 @@ pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| config.server.http.clone())
         .unwrap_or_else(|| DEFAULT_HTTP.to_string());
-    let server = crate::server::start(&addr, runner.clone(), token, hls_dir)?;
+    let server = crate::server::start(&addr, runner.clone(), token, hls_dir.clone())?;
     let url = format!("http://{}/", server.addr);
     shared.with(|s| s.viewer_url = url.clone());
-    event(
-        "ready",
-        serde_json::json!({"viewer": url, "hls": format!("{url}hls/live.m3u8"), "metrics": format!("{url}metrics")}),
-    );
+    let mut ready = serde_json::json!({"viewer": url, "metrics": format!("{url}metrics")});
+    if hls_dir.is_some() {
+        ready["hls"] = format!("{url}hls/live.m3u8").into();
+    }
+    event("ready", ready);
 
     install_signal_handlers();
     {
