@@ -10,6 +10,8 @@
 //!
 //! The pipeline format is described in `pipelines/README.md`.
 
+#![warn(missing_docs)]
+
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
