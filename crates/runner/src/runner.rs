@@ -238,6 +238,13 @@ pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
         (None, None) => None,
     };
 
+    let addr = args
+        .http
+        .clone()
+        .or_else(|| config.server.http.clone())
+        .unwrap_or_else(|| DEFAULT_HTTP.to_string());
+    let listener = crate::server::bind(&addr)?;
+
     let ingest = gst::Pipeline::with_name("ingest");
     let mut graph = Graph {
         pipeline: &ingest,
@@ -367,12 +374,7 @@ pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
         .outputs
         .iter()
         .find_map(|o| o.hls_dir().map(|d| d.to_path_buf()));
-    let addr = args
-        .http
-        .clone()
-        .or_else(|| config.server.http.clone())
-        .unwrap_or_else(|| DEFAULT_HTTP.to_string());
-    let server = crate::server::start(&addr, runner.clone(), token, hls_dir.clone())?;
+    let server = crate::server::start(listener, runner.clone(), token, hls_dir.clone())?;
     let url = format!("http://{}/", server.addr);
     shared.with(|s| s.viewer_url = url.clone());
     let mut ready = serde_json::json!({"viewer": url, "metrics": format!("{url}metrics")});

@@ -55,15 +55,18 @@ struct Context {
     segment_times: crate::hls::SegmentTimes,
 }
 
-/// Binds `addr` and serves from a few worker threads.
+/// Binds `addr`; done before anything else starts so a busy port fails fast.
+pub fn bind(addr: &str) -> anyhow::Result<tiny_http::Server> {
+    tiny_http::Server::http(addr).map_err(|e| anyhow!("cannot listen on {addr}: {e}"))
+}
+
+/// Serves from a few worker threads.
 pub fn start(
-    addr: &str,
+    server: tiny_http::Server,
     runner: Arc<Runner>,
     token: Option<String>,
     hls_dir: Option<PathBuf>,
 ) -> anyhow::Result<ServerHandle> {
-    let server =
-        tiny_http::Server::http(addr).map_err(|e| anyhow!("cannot listen on {addr}: {e}"))?;
     let bound = server
         .server_addr()
         .to_ip()
