@@ -20,6 +20,8 @@ use crate::state::{self, Shared};
 /// How long a shutdown waits for outputs to finish their files before tearing them down.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const DEFAULT_HTTP: &str = "127.0.0.1:8080";
+/// How often fallbacksrc restarts a source that stalled.
+const RESTART_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(3);
 
 static JSON: AtomicBool = AtomicBool::new(false);
 
@@ -664,8 +666,10 @@ impl Graph<'_> {
         src.set_property("enable-audio", audio_in.is_some());
         let stall = (fallback.stall_timeout * 1e9) as u64;
         src.set_property("timeout", stall);
-        // Try again quickly once the slate is up, and never give up: outputs must not stop.
-        src.set_property("restart-timeout", gst::ClockTime::SECOND.nseconds());
+        // Restart a stalled source every few seconds (often enough for a caller to come back,
+        // seldom enough that a listener is not torn down while one connects), and never give
+        // up: outputs must not stop.
+        src.set_property("restart-timeout", RESTART_TIMEOUT.nseconds());
         src.set_property("retry-timeout", u64::MAX - 1);
         src.set_property("restart-on-eos", restart_on_eos);
         src.set_property("immediate-fallback", true);

@@ -593,39 +593,71 @@ fn hls_pipeline_plays_in_headless_chromium_and_stops_after_its_duration() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn srt_sender() -> KillOnDrop {
-    let child = Command::new("gst-launch-1.0")
-        .args([
-            "-q",
-            "videotestsrc",
-            "is-live=true",
-            "!",
-            "video/x-raw,width=640,height=360,framerate=30/1",
-        ])
-        .args([
-            "!",
-            "x264enc",
-            "tune=zerolatency",
-            "key-int-max=30",
-            "!",
-            "mpegtsmux",
-            "name=m",
-        ])
-        .args(["!", "srtsink", "uri=srt://127.0.0.1:9000?mode=caller"])
-        .args([
-            "audiotestsrc",
-            "is-live=true",
-            "!",
-            "audioconvert",
-            "!",
-            "avenc_aac",
-            "!",
-            "m.",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("gst-launch-1.0");
-    KillOnDrop(child)
+/// An SRT caller that, like a real encoder, dials again whenever the connection fails.
+struct SrtSender {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn srt_sender() -> SrtSender {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        while !flag.load(Ordering::SeqCst) {
+            let mut child = Command::new("gst-launch-1.0")
+                .args([
+                    "-q",
+                    "videotestsrc",
+                    "is-live=true",
+                    "!",
+                    "video/x-raw,width=640,height=360,framerate=30/1",
+                ])
+                .args([
+                    "!",
+                    "x264enc",
+                    "tune=zerolatency",
+                    "key-int-max=30",
+                    "!",
+                    "mpegtsmux",
+                    "name=m",
+                ])
+                .args(["!", "srtsink", "uri=srt://127.0.0.1:9000?mode=caller"])
+                .args([
+                    "audiotestsrc",
+                    "is-live=true",
+                    "!",
+                    "audioconvert",
+                    "!",
+                    "avenc_aac",
+                    "!",
+                    "m.",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("gst-launch-1.0");
+            while !flag.load(Ordering::SeqCst) && child.try_wait().ok().flatten().is_none() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    SrtSender {
+        stop,
+        thread: Some(thread),
+    }
+}
+
+impl Drop for SrtSender {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Waits for the `source` event that puts `state` on air.
