@@ -57,6 +57,8 @@ struct Inner {
     watch: Option<gst::bus::BusWatchGuard>,
     appsrcs: BTreeMap<String, gst_app::AppSrc>,
     waiting_for_keyframe: bool,
+    /// Set while `start` builds a pipeline outside the lock.
+    building: bool,
     /// Set while EOS travels through the pipeline; its EOS message then means "done".
     stopping: bool,
     /// Cleared by a stop request (recordings) or shutdown: no restart then.
@@ -282,15 +284,21 @@ impl OutputRunner {
     pub fn start(self: &Arc<Self>) {
         let generation = {
             let mut inner = self.inner.lock().unwrap();
-            if inner.pipeline.is_some() {
+            // The API thread and a restart timer may both ask; one build at a time.
+            if inner.pipeline.is_some() || inner.building {
                 return;
             }
+            inner.building = true;
             inner.wanted = true;
             inner.generation += 1;
             inner.generation
         };
         self.set_state("starting", None);
-        match self.build() {
+        let built = self.build();
+        if built.is_err() {
+            self.inner.lock().unwrap().building = false;
+        }
+        match built {
             Ok((pipeline, appsrcs)) => {
                 let bus = pipeline.bus().expect("a pipeline has a bus");
                 let weak = Arc::downgrade(self);
@@ -303,6 +311,7 @@ impl OutputRunner {
                 let watch = match watch {
                     Ok(w) => w,
                     Err(err) => {
+                        self.inner.lock().unwrap().building = false;
                         self.failed(generation, format!("cannot watch the bus: {err}"));
                         return;
                     }
@@ -310,6 +319,7 @@ impl OutputRunner {
                 {
                     let mut inner = self.inner.lock().unwrap();
                     inner.pipeline = Some(pipeline.clone());
+                    inner.building = false;
                     inner.watch = Some(watch);
                     inner.appsrcs = appsrcs;
                     inner.waiting_for_keyframe = true;
