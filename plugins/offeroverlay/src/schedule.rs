@@ -416,7 +416,19 @@ fn parse_document<T: for<'de> Deserialize<'de>>(
             Ok(value)
         }
         Syntax::Toml => {
-            let de = toml::Deserializer::new(text);
+            let syntax_error = |e: toml::de::Error| {
+                let (line, column) = e
+                    .span()
+                    .map_or((1, 1), |span| line_column(text, span.start));
+                ScheduleError::Syntax {
+                    origin: origin.into(),
+                    line,
+                    column,
+                    field: "(document)".into(),
+                    message: e.message().trim().to_string(),
+                }
+            };
+            let de = toml::Deserializer::parse(text).map_err(syntax_error)?;
             serde_path_to_error::deserialize(de).map_err(|e| {
                 let field = field_or_root(e.path());
                 let inner = e.into_inner();

@@ -1,0 +1,1311 @@
+//! The pipeline file: a TOML description of named components, read into [`Pipeline`].
+//!
+//! Like Vector's configuration, a file lists `sources`, `transforms`, `encoders` and `outputs`,
+//! each a table named by the user, and every component that consumes something names its
+//! `inputs`. Reading never stops at the first mistake: every problem is collected as a
+//! [`Diagnostic`] that knows its byte span, component and key, so `validate` can print all of
+//! them with file:line:column and a "did you mean" suggestion.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::PathBuf;
+
+use serde::Serialize;
+use toml::de::{DeTable, DeValue};
+
+type Spanned<T> = toml::Spanned<T>;
+
+/// One problem found in a pipeline file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// Byte range in the file the problem points at.
+    pub span: Range<usize>,
+    /// `sources.cam`, `server`, ... when the problem belongs to one component.
+    pub component: Option<String>,
+    /// The key within the component, when the problem is about one key.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+    /// A suggestion, e.g. `did you mean "bitrate"?`.
+    pub help: Option<String>,
+}
+
+impl Diagnostic {
+    /// Renders the diagnostic as `file:line:column: error: ...` followed by the source line
+    /// with a caret under the culprit and the suggestion, if any.
+    pub fn render(&self, file: &str, text: &str) -> String {
+        let (line, column) = line_column(text, self.span.start);
+        let mut out = format!("{file}:{line}:{column}: error: ");
+        match (&self.component, &self.key) {
+            (Some(c), Some(k)) => out.push_str(&format!("{c}: `{k}`: ")),
+            (Some(c), None) => out.push_str(&format!("{c}: ")),
+            (None, Some(k)) => out.push_str(&format!("`{k}`: ")),
+            (None, None) => {}
+        }
+        out.push_str(&self.message);
+        if let Some(source_line) = text.lines().nth(line - 1) {
+            let width = self
+                .span
+                .len()
+                .clamp(1, source_line.len().saturating_sub(column - 1).max(1));
+            out.push_str(&format!(
+                "\n  {line:>4} | {source_line}\n       | {}{}",
+                " ".repeat(column - 1),
+                "^".repeat(width)
+            ));
+        }
+        if let Some(help) = &self.help {
+            out.push_str(&format!("\n       = help: {help}"));
+        }
+        out
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// The closest candidate to `name`, if it is close enough to be a likely typo.
+pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    // Edit distance catches short swaps (`cma` → `cam`) that Jaro-Winkler misses; Jaro-Winkler
+    // catches long names with a wrong tail.
+    candidates
+        .into_iter()
+        .map(|c| {
+            let edits = strsim::normalized_damerau_levenshtein(name, c);
+            let jw = strsim::jaro_winkler(name, c);
+            (edits >= 0.6 || jw >= 0.85, edits + jw, c)
+        })
+        .filter(|(close, _, _)| *close)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(_, _, c)| format!("did you mean `{c}`?"))
+}
+
+/// A whole validated pipeline file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pipeline {
+    /// The `[server]` table.
+    pub server: Server,
+    /// `[sources.NAME]` in file order.
+    pub sources: Vec<Source>,
+    /// `[transforms.NAME]` in file order.
+    pub transforms: Vec<Transform>,
+    /// `[encoders.NAME]` in file order.
+    pub encoders: Vec<Encoder>,
+    /// `[outputs.NAME]` in file order.
+    pub outputs: Vec<Output>,
+}
+
+/// `[server]`: the HTTP server and its write-access token.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Server {
+    /// `http`: listen address; `--http` overrides it.
+    pub http: Option<String>,
+    /// `token`: bearer token for write endpoints, written in the file.
+    #[serde(skip)]
+    pub token: Option<String>,
+    /// `token_env`: name of an environment variable holding the bearer token.
+    pub token_env: Option<String>,
+}
+
+/// Raw video every source is normalised to.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct VideoFormat {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Frames per second.
+    pub framerate: u32,
+}
+
+/// Raw audio every source is normalised to.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct AudioFormat {
+    /// Sample rate in Hz.
+    pub rate: u32,
+    /// Number of channels.
+    pub channels: u32,
+}
+
+/// `[sources.NAME]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Source {
+    /// The table name.
+    pub name: String,
+    /// What produces the media.
+    pub kind: SourceKind,
+    /// Normalised raw video.
+    pub video: VideoFormat,
+    /// Normalised raw audio; `None` with `audio = false`.
+    pub audio: Option<AudioFormat>,
+}
+
+/// The `type` of a source and its own keys.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SourceKind {
+    /// `type = "test"`: moving pattern with a wall clock, and a tone.
+    Test {
+        /// `pattern`: a videotestsrc pattern nick.
+        pattern: String,
+        /// `clock`: burn the UTC wall clock into the picture.
+        clock: bool,
+        /// `tone_hz`: frequency of the test tone.
+        tone_hz: f64,
+    },
+    /// `type = "file"`: a media file, decoded and paced in real time.
+    File {
+        /// `location`: path of the file.
+        location: PathBuf,
+        /// `loop`: start again at the end (otherwise the run ends with the file).
+        looping: bool,
+        /// What takes over if decoding stalls.
+        fallback: Fallback,
+    },
+    /// `type = "srt"`, `"rtmp"`, `"rtsp"`: a network stream, by URI.
+    Network {
+        /// `uri`: handed to fallbacksrc (uridecodebin3).
+        uri: String,
+        /// What takes over while the stream is stalled or gone.
+        fallback: Fallback,
+    },
+    /// `type = "v4l2"`: a camera and a PulseAudio microphone.
+    V4l2 {
+        /// `device`: the V4L2 device node.
+        device: String,
+        /// `microphone`: PulseAudio source name; empty for the default.
+        microphone: String,
+    },
+}
+
+/// Redundancy of a file or network source: after `stall_timeout` without data the slate
+/// takes over, the source is restarted, and it is given back as soon as it delivers again.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Fallback {
+    /// `stall_timeout`: seconds without data before the slate takes over.
+    pub stall_timeout: f64,
+    /// `slate`: an image or media file shown meanwhile (with silence); black otherwise.
+    pub slate: Option<PathBuf>,
+    /// `backup_uri`: a second source of the same programme, used instead of the slate.
+    pub backup_uri: Option<String>,
+}
+
+/// Which raw stream a transform works on.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Media {
+    /// Raw video.
+    Video,
+    /// Raw audio.
+    Audio,
+}
+
+/// `[transforms.NAME]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Transform {
+    /// The table name.
+    pub name: String,
+    /// The one component it reads from.
+    pub input: String,
+    /// What it does.
+    pub kind: TransformKind,
+}
+
+/// The `type` of a transform.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TransformKind {
+    /// `type = "latencystamp"`: (re)stamp the capture time, e.g. after a slow effect.
+    Latencystamp {
+        /// `overwrite`: replace a stamp already present.
+        overwrite: bool,
+    },
+    /// `type = "gst"`: an escape hatch, a gst-launch fragment on raw video or audio.
+    Gst {
+        /// `media`: which stream the fragment processes.
+        media: Media,
+        /// `pipeline`: the gst-launch description.
+        pipeline: String,
+    },
+}
+
+/// `[encoders.NAME]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Encoder {
+    /// The table name.
+    pub name: String,
+    /// The source or transform it encodes.
+    pub input: String,
+    /// Codec and settings.
+    pub kind: EncoderKind,
+}
+
+/// H.264 encoder presets (x264).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum H264Preset {
+    /// tune=zerolatency, ultrafast, constrained baseline: what WebRTC receivers decode.
+    Zerolatency,
+    /// tune=zerolatency, veryfast, main profile: better pictures for HLS and recordings.
+    Balanced,
+}
+
+/// The `type` of an encoder.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EncoderKind {
+    /// `type = "h264"` (x264).
+    H264 {
+        /// `preset`.
+        preset: H264Preset,
+        /// `bitrate`: kbit/s.
+        bitrate: u32,
+        /// `keyframe_interval`: seconds between IDR frames.
+        keyframe_interval: f64,
+    },
+    /// `type = "aac"`.
+    Aac {
+        /// `bitrate`: kbit/s.
+        bitrate: u32,
+    },
+    /// `type = "opus"`.
+    Opus {
+        /// `bitrate`: kbit/s.
+        bitrate: u32,
+    },
+}
+
+impl EncoderKind {
+    /// The raw stream this encoder consumes.
+    pub fn media(&self) -> Media {
+        match self {
+            EncoderKind::H264 { .. } => Media::Video,
+            EncoderKind::Aac { .. } | EncoderKind::Opus { .. } => Media::Audio,
+        }
+    }
+}
+
+/// `[outputs.NAME]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Output {
+    /// The table name.
+    pub name: String,
+    /// Encoders it muxes: one video, at most one audio.
+    pub inputs: Vec<String>,
+    /// Where the media goes.
+    pub kind: OutputKind,
+}
+
+/// The `type` of an output.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OutputKind {
+    /// `type = "hls"`: MPEG-TS segments and a live playlist, served at `/hls/live.m3u8`.
+    Hls {
+        /// `segment_duration`: seconds per segment.
+        segment_duration: u32,
+        /// `playlist_length`: segments listed in the live playlist.
+        playlist_length: u32,
+        /// `directory`: where segments are written; a fresh temporary folder by default.
+        directory: Option<PathBuf>,
+    },
+    /// `type = "record"`: crash-safe fragmented MP4 plus a sidecar timeline JSON.
+    Record {
+        /// `directory`: folder the recordings go to.
+        directory: PathBuf,
+        /// `autostart`: record from the start (otherwise `POST /api/recording`).
+        autostart: bool,
+    },
+    /// `type = "srt"`: MPEG-TS pushed over SRT (caller, or listener for the far end to pull).
+    Srt {
+        /// `uri`: e.g. `srt://ingest.example:9000?mode=caller`.
+        uri: String,
+    },
+    /// `type = "rtmp"`: FLV pushed to an RTMP server (H.264 + AAC).
+    Rtmp {
+        /// `location`: e.g. `rtmp://live.example/app/stream-key`.
+        location: String,
+    },
+}
+
+const SECTIONS: &[&str] = &["server", "sources", "transforms", "encoders", "outputs"];
+const SOURCE_TYPES: &[&str] = &["test", "file", "srt", "rtmp", "rtsp", "v4l2"];
+const TRANSFORM_TYPES: &[&str] = &["latencystamp", "gst"];
+const PLANNED_TRANSFORM_TYPES: &[&str] = &["offeroverlay", "abrcontroller"];
+const ENCODER_TYPES: &[&str] = &["h264", "aac", "opus"];
+const OUTPUT_TYPES: &[&str] = &["hls", "record", "srt", "rtmp"];
+const PLANNED_OUTPUT_TYPES: &[&str] = &["webrtc", "whep"];
+
+/// Reads a pipeline file. On failure, every problem found is returned, in file order.
+pub fn parse(text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
+    let (document, syntax) = DeTable::parse_recoverable(text);
+    let mut diags: Vec<Diagnostic> = syntax
+        .iter()
+        .map(|e| Diagnostic {
+            span: e.span().unwrap_or(0..0),
+            component: None,
+            key: None,
+            message: e.message().trim().to_string(),
+            help: None,
+        })
+        .collect();
+    if !diags.is_empty() {
+        return Err(diags);
+    }
+    let document = document.into_inner();
+    let mut reader = Reader {
+        diags: &mut diags,
+        broken: BTreeSet::new(),
+    };
+    let pipeline = reader.pipeline(&document);
+    if diags.is_empty() {
+        Ok(pipeline)
+    } else {
+        diags.sort_by_key(|d| d.span.start);
+        Err(diags)
+    }
+}
+
+struct Reader<'d> {
+    diags: &'d mut Vec<Diagnostic>,
+    /// Components declared but unreadable: already reported, so inputs naming them are not.
+    broken: BTreeSet<String>,
+}
+
+/// The keys of one table, read one by one; whatever is left unread at the end is unknown.
+struct Fields<'t, 'i> {
+    table: &'t DeTable<'i>,
+    component: Option<String>,
+    header: Range<usize>,
+    known: Vec<&'static str>,
+}
+
+impl<'t, 'i> Fields<'t, 'i> {
+    fn new(table: &'t DeTable<'i>, component: Option<String>, header: Range<usize>) -> Self {
+        Fields {
+            table,
+            component,
+            header,
+            known: Vec::new(),
+        }
+    }
+
+    fn entry(&mut self, key: &'static str) -> Option<&'t Spanned<DeValue<'i>>> {
+        self.known.push(key);
+        self.table.get(key)
+    }
+
+    fn error(&self, diags: &mut Vec<Diagnostic>, span: Range<usize>, key: &str, message: String) {
+        diags.push(Diagnostic {
+            span,
+            component: self.component.clone(),
+            key: Some(key.to_string()),
+            message,
+            help: None,
+        });
+    }
+
+    fn type_error(
+        &self,
+        diags: &mut Vec<Diagnostic>,
+        value: &Spanned<DeValue>,
+        key: &str,
+        want: &str,
+    ) {
+        let got = type_name(value.get_ref());
+        self.error(
+            diags,
+            value.span(),
+            key,
+            format!("expected {want}, found {got}"),
+        );
+    }
+
+    fn string(
+        &mut self,
+        diags: &mut Vec<Diagnostic>,
+        key: &'static str,
+    ) -> Option<(String, Range<usize>)> {
+        let value = self.entry(key)?;
+        match value.get_ref().as_str() {
+            Some(s) => Some((s.to_string(), value.span())),
+            None => {
+                self.type_error(diags, value, key, "a string");
+                None
+            }
+        }
+    }
+
+    fn required_string(
+        &mut self,
+        diags: &mut Vec<Diagnostic>,
+        key: &'static str,
+    ) -> Option<(String, Range<usize>)> {
+        let present = self.table.contains_key(key);
+        let value = self.string(diags, key);
+        if !present {
+            self.error(
+                diags,
+                self.header.clone(),
+                key,
+                "missing required key".into(),
+            );
+        }
+        value
+    }
+
+    fn bool(&mut self, diags: &mut Vec<Diagnostic>, key: &'static str, default: bool) -> bool {
+        let Some(value) = self.entry(key) else {
+            return default;
+        };
+        value.get_ref().as_bool().unwrap_or_else(|| {
+            self.type_error(diags, value, key, "true or false");
+            default
+        })
+    }
+
+    fn integer(
+        &mut self,
+        diags: &mut Vec<Diagnostic>,
+        key: &'static str,
+        range: Range<i64>,
+        default: u32,
+    ) -> u32 {
+        let Some(value) = self.entry(key) else {
+            return default;
+        };
+        let Some(int) = value.get_ref().as_integer() else {
+            self.type_error(diags, value, key, "an integer");
+            return default;
+        };
+        let digits = int.as_str().replace('_', "");
+        match i64::from_str_radix(&digits, int.radix()) {
+            Ok(n) if range.contains(&n) => n as u32,
+            _ => {
+                let message = format!(
+                    "{} is out of range: expected {}..={}",
+                    int.as_str(),
+                    range.start,
+                    range.end - 1
+                );
+                self.error(diags, value.span(), key, message);
+                default
+            }
+        }
+    }
+
+    fn number(
+        &mut self,
+        diags: &mut Vec<Diagnostic>,
+        key: &'static str,
+        min: f64,
+        max: f64,
+        default: f64,
+    ) -> f64 {
+        let Some(value) = self.entry(key) else {
+            return default;
+        };
+        let parsed = match value.get_ref() {
+            DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
+            DeValue::Integer(i) => i.as_str().replace('_', "").parse::<f64>().ok(),
+            _ => {
+                self.type_error(diags, value, key, "a number");
+                return default;
+            }
+        };
+        match parsed {
+            Some(n) if (min..=max).contains(&n) => n,
+            _ => {
+                self.error(
+                    diags,
+                    value.span(),
+                    key,
+                    format!("out of range: expected {min} to {max}"),
+                );
+                default
+            }
+        }
+    }
+
+    fn choice(
+        &mut self,
+        diags: &mut Vec<Diagnostic>,
+        key: &'static str,
+        choices: &[&str],
+        default: &str,
+    ) -> String {
+        let Some((value, span)) = self.string(diags, key) else {
+            return default.to_string();
+        };
+        if choices.contains(&value.as_str()) {
+            return value;
+        }
+        diags.push(Diagnostic {
+            span,
+            component: self.component.clone(),
+            key: Some(key.to_string()),
+            message: format!(
+                "unknown value `{value}`: expected one of {}",
+                choices.join(", ")
+            ),
+            help: suggest(&value, choices.iter().copied()),
+        });
+        default.to_string()
+    }
+
+    fn string_list(
+        &mut self,
+        diags: &mut Vec<Diagnostic>,
+        key: &'static str,
+    ) -> Vec<(String, Range<usize>)> {
+        let Some(value) = self.entry(key) else {
+            self.error(
+                diags,
+                self.header.clone(),
+                key,
+                "missing required key".into(),
+            );
+            return Vec::new();
+        };
+        let DeValue::Array(items) = value.get_ref() else {
+            self.type_error(diags, value, key, "an array of component names");
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in items.iter() {
+            match item.get_ref().as_str() {
+                Some(s) => out.push((s.to_string(), item.span())),
+                None => self.type_error(diags, item, key, "a component name (string)"),
+            }
+        }
+        if out.is_empty() && items.is_empty() {
+            self.error(
+                diags,
+                value.span(),
+                key,
+                "must name at least one component".into(),
+            );
+        }
+        out
+    }
+
+    /// Reports every key that nothing asked for, with the closest known key.
+    fn finish(self, diags: &mut Vec<Diagnostic>) {
+        for (key, _) in self.table.iter() {
+            let name: &str = key.get_ref();
+            if !self.known.contains(&name) {
+                diags.push(Diagnostic {
+                    span: key.span(),
+                    component: self.component.clone(),
+                    key: Some(name.to_string()),
+                    message: format!("unknown key (known keys: {})", self.known.join(", ")),
+                    help: suggest(name, self.known.iter().copied()),
+                });
+            }
+        }
+    }
+}
+
+fn first_input(inputs: &[(String, Range<usize>)]) -> String {
+    inputs.first().map(|i| i.0.clone()).unwrap_or_default()
+}
+
+fn type_name(value: &DeValue) -> &'static str {
+    match value {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a date-time",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+/// A component before its inputs are checked: the name, its span and its resolved inputs.
+struct Named<T> {
+    value: T,
+    span: Range<usize>,
+    inputs: Vec<(String, Range<usize>)>,
+}
+
+impl Reader<'_> {
+    fn pipeline(&mut self, document: &DeTable) -> Pipeline {
+        let root = Fields::new(document, None, 0..0);
+        for (key, value) in document.iter() {
+            let name: &str = key.get_ref();
+            if !SECTIONS.contains(&name) {
+                self.diags.push(Diagnostic {
+                    span: key.span(),
+                    component: None,
+                    key: Some(name.to_string()),
+                    message: format!("unknown section (sections: {})", SECTIONS.join(", ")),
+                    help: suggest(name, SECTIONS.iter().copied()),
+                });
+            } else if !matches!(value.get_ref(), DeValue::Table(_)) {
+                root.type_error(self.diags, value, name, "a table");
+            }
+        }
+        let server = self.server(document);
+        let sources = self.section(document, "sources", |r, f, name| r.source(f, name));
+        let transforms = self.section(document, "transforms", |r, f, name| r.transform(f, name));
+        let encoders = self.section(document, "encoders", |r, f, name| r.encoder(f, name));
+        let outputs = self.section(document, "outputs", |r, f, name| r.output(f, name));
+        if sources.is_empty()
+            && !self
+                .diags
+                .iter()
+                .any(|d| d.key.as_deref() == Some("sources"))
+        {
+            self.diags.push(Diagnostic {
+                span: 0..0,
+                component: None,
+                key: Some("sources".into()),
+                message: "the pipeline has no source: add a [sources.NAME] table".into(),
+                help: Some("the smallest source is `[sources.cam]` with `type = \"test\"`".into()),
+            });
+        }
+        self.check_graph(&sources, &transforms, &encoders, &outputs);
+        Pipeline {
+            server,
+            sources: sources.into_iter().map(|n| n.value).collect(),
+            transforms: transforms
+                .into_iter()
+                .map(|n| Transform {
+                    input: first_input(&n.inputs),
+                    ..n.value
+                })
+                .collect(),
+            encoders: encoders
+                .into_iter()
+                .map(|n| Encoder {
+                    input: first_input(&n.inputs),
+                    ..n.value
+                })
+                .collect(),
+            outputs: outputs
+                .into_iter()
+                .map(|n| Output {
+                    inputs: n.inputs.into_iter().map(|i| i.0).collect(),
+                    ..n.value
+                })
+                .collect(),
+        }
+    }
+
+    fn server(&mut self, document: &DeTable) -> Server {
+        let Some(value) = document.get("server") else {
+            return Server::default();
+        };
+        let DeValue::Table(table) = value.get_ref() else {
+            return Server::default();
+        };
+        let mut f = Fields::new(table, Some("server".into()), value.span());
+        let http = f.string(self.diags, "http");
+        if let Some((addr, span)) = &http
+            && addr.parse::<std::net::SocketAddr>().is_err()
+        {
+            f.error(
+                self.diags,
+                span.clone(),
+                "http",
+                format!("`{addr}` is not an address like 127.0.0.1:8080"),
+            );
+        }
+        let token = f.string(self.diags, "token").map(|t| t.0);
+        let token_env = f.string(self.diags, "token_env").map(|t| t.0);
+        f.finish(self.diags);
+        Server {
+            http: http.map(|h| h.0),
+            token,
+            token_env,
+        }
+    }
+
+    fn section<T>(
+        &mut self,
+        document: &DeTable,
+        section: &str,
+        mut read: impl FnMut(&mut Self, &mut Fields, &str) -> Option<T>,
+    ) -> Vec<Named<T>> {
+        let Some(DeValue::Table(components)) = document.get(section).map(|v| v.get_ref()) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (key, value) in components.iter() {
+            let name: &str = key.get_ref();
+            let component = format!("{section}.{name}");
+            let DeValue::Table(table) = value.get_ref() else {
+                self.diags.push(Diagnostic {
+                    span: value.span(),
+                    component: Some(component),
+                    key: None,
+                    message: format!(
+                        "expected a table `[{section}.{name}]`, found {}",
+                        type_name(value.get_ref())
+                    ),
+                    help: None,
+                });
+                continue;
+            };
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                self.diags.push(Diagnostic {
+                    span: key.span(),
+                    component: Some(component.clone()),
+                    key: None,
+                    message: "component names use letters, digits, `_` and `-` only".into(),
+                    help: None,
+                });
+            }
+            let mut fields = Fields::new(table, Some(component), key.span());
+            let inputs = if section == "sources" {
+                Vec::new()
+            } else {
+                fields.string_list(self.diags, "inputs")
+            };
+            let read = read(self, &mut fields, name);
+            fields.finish(self.diags);
+            match read {
+                Some(value) => out.push(Named {
+                    value,
+                    span: key.span(),
+                    inputs,
+                }),
+                None => {
+                    self.broken.insert(name.to_string());
+                }
+            }
+        }
+        out
+    }
+
+    fn component_type(
+        &mut self,
+        f: &mut Fields,
+        types: &[&str],
+        planned: &[&str],
+    ) -> Option<String> {
+        let (kind, span) = f.required_string(self.diags, "type")?;
+        if types.contains(&kind.as_str()) {
+            return Some(kind);
+        }
+        if planned.contains(&kind.as_str()) {
+            f.error(
+                self.diags,
+                span,
+                "type",
+                format!(
+                    "`{kind}` is not supported by this build yet (supported: {})",
+                    types.join(", ")
+                ),
+            );
+            return None;
+        }
+        self.diags.push(Diagnostic {
+            span,
+            component: f.component.clone(),
+            key: Some("type".into()),
+            message: format!(
+                "unknown type `{kind}`: expected one of {}",
+                types.join(", ")
+            ),
+            help: suggest(&kind, types.iter().chain(planned).copied()),
+        });
+        None
+    }
+
+    fn source(&mut self, f: &mut Fields, _name: &str) -> Option<Source> {
+        let kind = self.component_type(f, SOURCE_TYPES, &[]);
+        let video = VideoFormat {
+            width: f.integer(self.diags, "width", 16..7681, 1280),
+            height: f.integer(self.diags, "height", 16..4321, 720),
+            framerate: f.integer(self.diags, "framerate", 1..121, 30),
+        };
+        let has_audio = f.bool(self.diags, "audio", true);
+        let audio = AudioFormat {
+            rate: f.integer(self.diags, "audio_rate", 8000..192_001, 48_000),
+            channels: f.integer(self.diags, "audio_channels", 1..3, 2),
+        };
+        let kind = match kind?.as_str() {
+            "test" => SourceKind::Test {
+                pattern: f.choice(self.diags, "pattern", TEST_PATTERNS, "smpte"),
+                clock: f.bool(self.diags, "clock", true),
+                tone_hz: f.number(self.diags, "tone_hz", 20.0, 20_000.0, 440.0),
+            },
+            "file" => {
+                let location = f.required_string(self.diags, "location");
+                let looping = f.bool(self.diags, "loop", false);
+                let fallback = self.fallback(f);
+                SourceKind::File {
+                    location: PathBuf::from(location?.0),
+                    looping,
+                    fallback,
+                }
+            }
+            scheme @ ("srt" | "rtmp" | "rtsp") => {
+                let uri = f.required_string(self.diags, "uri");
+                let fallback = self.fallback(f);
+                let (uri, span) = uri?;
+                if !uri.starts_with(&format!("{scheme}://")) {
+                    f.error(
+                        self.diags,
+                        span,
+                        "uri",
+                        format!("a {scheme} source needs a `{scheme}://` URI"),
+                    );
+                }
+                SourceKind::Network { uri, fallback }
+            }
+            "v4l2" => SourceKind::V4l2 {
+                device: f
+                    .string(self.diags, "device")
+                    .map_or_else(|| "/dev/video0".into(), |d| d.0),
+                microphone: f
+                    .string(self.diags, "microphone")
+                    .map(|m| m.0)
+                    .unwrap_or_default(),
+            },
+            _ => return None,
+        };
+        Some(Source {
+            name: _name.to_string(),
+            kind,
+            video,
+            audio: has_audio.then_some(audio),
+        })
+    }
+
+    fn fallback(&mut self, f: &mut Fields) -> Fallback {
+        let stall_timeout = f.number(self.diags, "stall_timeout", 0.1, 60.0, 1.0);
+        let slate = f.string(self.diags, "slate").map(|(path, span)| {
+            if !std::path::Path::new(&path).is_file() {
+                f.error(self.diags, span, "slate", format!("`{path}` is not a file"));
+            }
+            PathBuf::from(path)
+        });
+        let backup_uri = f.string(self.diags, "backup_uri").map(|(uri, span)| {
+            if !uri.contains("://") {
+                f.error(
+                    self.diags,
+                    span,
+                    "backup_uri",
+                    format!("`{uri}` is not a URI"),
+                );
+            }
+            uri
+        });
+        Fallback {
+            stall_timeout,
+            slate,
+            backup_uri,
+        }
+    }
+
+    fn transform(&mut self, f: &mut Fields, name: &str) -> Option<Transform> {
+        let kind = self.component_type(f, TRANSFORM_TYPES, PLANNED_TRANSFORM_TYPES)?;
+        let kind = match kind.as_str() {
+            "latencystamp" => TransformKind::Latencystamp {
+                overwrite: f.bool(self.diags, "overwrite", true),
+            },
+            "gst" => {
+                let media = match f
+                    .choice(self.diags, "media", &["video", "audio"], "video")
+                    .as_str()
+                {
+                    "audio" => Media::Audio,
+                    _ => Media::Video,
+                };
+                let (pipeline, span) = f.required_string(self.diags, "pipeline")?;
+                if let Err((message, help)) = crate::fragment::check(&pipeline) {
+                    self.diags.push(Diagnostic {
+                        span,
+                        component: f.component.clone(),
+                        key: Some("pipeline".into()),
+                        message,
+                        help,
+                    });
+                }
+                TransformKind::Gst { media, pipeline }
+            }
+            _ => return None,
+        };
+        Some(Transform {
+            name: name.to_string(),
+            input: String::new(),
+            kind,
+        })
+    }
+
+    fn encoder(&mut self, f: &mut Fields, name: &str) -> Option<Encoder> {
+        let kind = self.component_type(f, ENCODER_TYPES, &[])?;
+        let kind = match kind.as_str() {
+            "h264" => {
+                let preset = match f
+                    .choice(
+                        self.diags,
+                        "preset",
+                        &["zerolatency", "balanced"],
+                        "zerolatency",
+                    )
+                    .as_str()
+                {
+                    "balanced" => H264Preset::Balanced,
+                    _ => H264Preset::Zerolatency,
+                };
+                EncoderKind::H264 {
+                    preset,
+                    bitrate: f.integer(self.diags, "bitrate", 100..50_001, 2500),
+                    keyframe_interval: f.number(self.diags, "keyframe_interval", 0.1, 10.0, 1.0),
+                }
+            }
+            "aac" => EncoderKind::Aac {
+                bitrate: f.integer(self.diags, "bitrate", 16..513, 128),
+            },
+            "opus" => EncoderKind::Opus {
+                bitrate: f.integer(self.diags, "bitrate", 6..511, 96),
+            },
+            _ => return None,
+        };
+        Some(Encoder {
+            name: name.to_string(),
+            input: String::new(),
+            kind,
+        })
+    }
+
+    fn output(&mut self, f: &mut Fields, name: &str) -> Option<Output> {
+        let kind = self.component_type(f, OUTPUT_TYPES, PLANNED_OUTPUT_TYPES)?;
+        let kind = match kind.as_str() {
+            "hls" => OutputKind::Hls {
+                segment_duration: f.integer(self.diags, "segment_duration", 1..11, 1),
+                playlist_length: f.integer(self.diags, "playlist_length", 2..31, 5),
+                directory: f
+                    .string(self.diags, "directory")
+                    .map(|d| PathBuf::from(d.0)),
+            },
+            "record" => OutputKind::Record {
+                directory: f
+                    .string(self.diags, "directory")
+                    .map_or_else(|| PathBuf::from("recordings"), |d| PathBuf::from(d.0)),
+                autostart: f.bool(self.diags, "autostart", true),
+            },
+            "srt" => {
+                let (uri, span) = f.required_string(self.diags, "uri")?;
+                if !uri.starts_with("srt://") {
+                    f.error(
+                        self.diags,
+                        span,
+                        "uri",
+                        format!("`{uri}` is not an srt:// URI"),
+                    );
+                }
+                OutputKind::Srt { uri }
+            }
+            "rtmp" => {
+                let (location, span) = f.required_string(self.diags, "location")?;
+                if !(location.starts_with("rtmp://") || location.starts_with("rtmps://")) {
+                    f.error(
+                        self.diags,
+                        span,
+                        "location",
+                        format!("`{location}` is not an rtmp:// URL"),
+                    );
+                }
+                OutputKind::Rtmp { location }
+            }
+            _ => return None,
+        };
+        Some(Output {
+            name: name.to_string(),
+            inputs: Vec::new(),
+            kind,
+        })
+    }
+
+    fn unknown_input(
+        &mut self,
+        component: &str,
+        input: &str,
+        span: Range<usize>,
+        allowed: &[&str],
+        what: &str,
+    ) {
+        if self.broken.contains(input) {
+            return;
+        }
+        self.diags.push(Diagnostic {
+            span,
+            component: Some(component.to_string()),
+            key: Some("inputs".into()),
+            message: format!("`{input}` is not {what}"),
+            help: suggest(input, allowed.iter().copied()),
+        });
+    }
+
+    fn check_graph(
+        &mut self,
+        sources: &[Named<Source>],
+        transforms: &[Named<Transform>],
+        encoders: &[Named<Encoder>],
+        outputs: &[Named<Output>],
+    ) {
+        // Names are global: an input names a component, whatever its section.
+        let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+        let all = sources
+            .iter()
+            .map(|n| (n.value.name.as_str(), "sources", &n.span))
+            .chain(
+                transforms
+                    .iter()
+                    .map(|n| (n.value.name.as_str(), "transforms", &n.span)),
+            )
+            .chain(
+                encoders
+                    .iter()
+                    .map(|n| (n.value.name.as_str(), "encoders", &n.span)),
+            )
+            .chain(
+                outputs
+                    .iter()
+                    .map(|n| (n.value.name.as_str(), "outputs", &n.span)),
+            );
+        for (name, section, span) in all {
+            if let Some(first) = seen.insert(name, section) {
+                self.diags.push(Diagnostic {
+                    span: span.clone(),
+                    component: Some(format!("{section}.{name}")),
+                    key: None,
+                    message: format!(
+                        "the name `{name}` is already used by {first}.{name}: names must be unique"
+                    ),
+                    help: None,
+                });
+            }
+        }
+        let raw: Vec<&str> = sources
+            .iter()
+            .map(|n| n.value.name.as_str())
+            .chain(transforms.iter().map(|n| n.value.name.as_str()))
+            .collect();
+        for t in transforms {
+            let component = format!("transforms.{}", t.value.name);
+            self.single_input(&component, t, &raw, "a source or transform");
+        }
+        self.check_transform_cycles(transforms);
+        for e in encoders {
+            let component = format!("encoders.{}", e.value.name);
+            if let Some((input, span)) =
+                self.single_input(&component, e, &raw, "a source or transform")
+                && e.value.kind.media() == Media::Audio
+                && !self.has_audio(&input, sources, transforms)
+            {
+                self.diags.push(Diagnostic {
+                    span,
+                    component: Some(component),
+                    key: Some("inputs".into()),
+                    message: format!("`{input}` carries no audio (its source has `audio = false`)"),
+                    help: None,
+                });
+            }
+        }
+        let encoder_names: Vec<&str> = encoders.iter().map(|n| n.value.name.as_str()).collect();
+        let mut hls_outputs = 0;
+        for o in outputs {
+            let component = format!("outputs.{}", o.value.name);
+            let mut video = 0;
+            let mut audio = 0;
+            let mut resolved = true;
+            for (input, span) in &o.inputs {
+                let Some(encoder) = encoders.iter().find(|e| &e.value.name == input) else {
+                    resolved = false;
+                    self.unknown_input(
+                        &component,
+                        input,
+                        span.clone(),
+                        &encoder_names,
+                        "an encoder: outputs take encoded streams",
+                    );
+                    continue;
+                };
+                match &encoder.value.kind {
+                    EncoderKind::H264 {
+                        keyframe_interval, ..
+                    } => {
+                        video += 1;
+                        if let OutputKind::Hls {
+                            segment_duration, ..
+                        } = o.value.kind
+                        {
+                            let per_segment = f64::from(segment_duration) / keyframe_interval;
+                            if (per_segment - per_segment.round()).abs() > 1e-6 {
+                                self.diags.push(Diagnostic {
+                                    span: span.clone(),
+                                    component: Some(component.clone()),
+                                    key: Some("inputs".into()),
+                                    message: format!(
+                                        "HLS segments of {segment_duration} s need a keyframe interval that divides them; `{input}` has {keyframe_interval} s"
+                                    ),
+                                    help: Some(format!("set `keyframe_interval = {segment_duration}` in [encoders.{input}]")),
+                                });
+                            }
+                        }
+                    }
+                    EncoderKind::Opus { .. } if matches!(o.value.kind, OutputKind::Rtmp { .. }) => {
+                        audio += 1;
+                        self.diags.push(Diagnostic {
+                            span: span.clone(),
+                            component: Some(component.clone()),
+                            key: Some("inputs".into()),
+                            message: format!("`{input}` is Opus, which RTMP (FLV) cannot carry"),
+                            help: Some("use an encoder with `type = \"aac\"` for RTMP".into()),
+                        });
+                    }
+                    EncoderKind::Opus { .. } if matches!(o.value.kind, OutputKind::Hls { .. }) => {
+                        audio += 1;
+                        self.diags.push(Diagnostic {
+                            span: span.clone(),
+                            component: Some(component.clone()),
+                            key: Some("inputs".into()),
+                            message: format!(
+                                "`{input}` is Opus, which browsers do not play from HLS MPEG-TS"
+                            ),
+                            help: Some("use an encoder with `type = \"aac\"` for HLS".into()),
+                        });
+                    }
+                    EncoderKind::Aac { .. } | EncoderKind::Opus { .. } => audio += 1,
+                }
+            }
+            if matches!(o.value.kind, OutputKind::Hls { .. }) {
+                hls_outputs += 1;
+                if hls_outputs > 1 {
+                    self.diags.push(Diagnostic {
+                        span: o.span.clone(),
+                        component: Some(component.clone()),
+                        key: None,
+                        message: "only one hls output is served at /hls/live.m3u8; remove this one"
+                            .into(),
+                        help: None,
+                    });
+                }
+            }
+            if resolved && !o.inputs.is_empty() && (video != 1 || audio > 1) {
+                self.diags.push(Diagnostic {
+                    span: o.span.clone(),
+                    component: Some(component),
+                    key: Some("inputs".into()),
+                    message: format!("an output takes exactly one video encoder and at most one audio encoder (found {video} video, {audio} audio)"),
+                    help: None,
+                });
+            }
+        }
+    }
+
+    fn single_input<T>(
+        &mut self,
+        component: &str,
+        n: &Named<T>,
+        allowed: &[&str],
+        what: &str,
+    ) -> Option<(String, Range<usize>)> {
+        if n.inputs.len() > 1 {
+            self.diags.push(Diagnostic {
+                span: n.inputs[1].1.clone(),
+                component: Some(component.to_string()),
+                key: Some("inputs".into()),
+                message: "takes exactly one input".into(),
+                help: None,
+            });
+        }
+        let (input, span) = n.inputs.first()?;
+        if !allowed.contains(&input.as_str()) {
+            self.unknown_input(component, input, span.clone(), allowed, what);
+            return None;
+        }
+        Some((input.clone(), span.clone()))
+    }
+
+    fn has_audio(
+        &self,
+        name: &str,
+        sources: &[Named<Source>],
+        transforms: &[Named<Transform>],
+    ) -> bool {
+        let mut current = name;
+        for _ in 0..=transforms.len() {
+            if let Some(s) = sources.iter().find(|s| s.value.name == current) {
+                return s.value.audio.is_some();
+            }
+            match transforms
+                .iter()
+                .find(|t| t.value.name == current)
+                .and_then(|t| t.inputs.first())
+            {
+                Some((input, _)) => current = input,
+                None => return false,
+            }
+        }
+        false
+    }
+
+    fn check_transform_cycles(&mut self, transforms: &[Named<Transform>]) {
+        for t in transforms {
+            let mut visited = BTreeSet::new();
+            let mut current = t.value.name.as_str();
+            while let Some(next) = transforms.iter().find(|x| x.value.name == current) {
+                if !visited.insert(current) {
+                    self.diags.push(Diagnostic {
+                        span: t.span.clone(),
+                        component: Some(format!("transforms.{}", t.value.name)),
+                        key: Some("inputs".into()),
+                        message: "transforms feed each other in a loop".into(),
+                        help: None,
+                    });
+                    break;
+                }
+                match next.inputs.first() {
+                    Some((input, _)) => current = input,
+                    None => break,
+                }
+            }
+        }
+    }
+}
+
+/// videotestsrc pattern nicks offered for `type = "test"` sources.
+const TEST_PATTERNS: &[&str] = &[
+    "smpte",
+    "snow",
+    "black",
+    "white",
+    "red",
+    "green",
+    "blue",
+    "checkers-1",
+    "checkers-2",
+    "checkers-4",
+    "checkers-8",
+    "circular",
+    "blink",
+    "smpte75",
+    "zone-plate",
+    "gamut",
+    "chroma-zone-plate",
+    "solid-color",
+    "ball",
+    "smpte100",
+    "bar",
+    "pinwheel",
+    "spokes",
+    "gradient",
+    "colors",
+    "smpte-rp-219",
+];

@@ -1,0 +1,133 @@
+//! The hybridlive runner: reads a declarative pipeline file (TOML), validates it and runs it.
+//!
+//! The `hybridlive` binary wires two subcommands to this crate:
+//!
+//! - `hybridlive validate FILE` → [`validate`] with [`ValidateArgs`]: every mistake in the file
+//!   is reported with file:line:column, the component, the key and a suggestion.
+//! - `hybridlive run [FILE]` → [`run`] with [`RunArgs`]: builds the GStreamer pipelines, serves
+//!   the viewer page, HLS, metrics and the control API over HTTP, and runs until SIGINT/SIGTERM
+//!   (or `--duration`), finalising recordings before it exits.
+//!
+//! The pipeline format is described in `pipelines/README.md`.
+
+#![warn(missing_docs)]
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+pub mod config;
+mod fragment;
+mod hls;
+mod output;
+mod runner;
+mod server;
+mod state;
+
+pub use config::{Diagnostic, Pipeline};
+
+/// Arguments of `hybridlive validate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ValidateArgs {
+    /// Pipeline files to check.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+/// Arguments of `hybridlive run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The pipeline file to run.
+    #[arg(value_name = "FILE", default_value = "pipelines/workshop.toml")]
+    pub file: PathBuf,
+    /// Address of the HTTP server (viewer page, HLS, metrics, API); overrides `[server] http`.
+    /// Port 0 picks a free port. [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<String>,
+    /// Print one JSON object per line (events and a status every second) instead of a live
+    /// status line.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop by itself after this many seconds, as on SIGINT (for CI and tests).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+}
+
+/// The error `validate` and `run` return for a file with mistakes: every diagnostic, rendered.
+#[derive(Debug, thiserror::Error)]
+#[error("{rendered}\n{file}: {count} error(s)")]
+pub struct InvalidPipeline {
+    /// The file that was read.
+    pub file: String,
+    /// How many problems were found.
+    pub count: usize,
+    /// All diagnostics rendered as `file:line:column: error: ...` blocks.
+    pub rendered: String,
+}
+
+/// Initialises GStreamer and registers the project's plugins statically, so neither
+/// `validate` nor `run` needs `GST_PLUGIN_PATH`.
+pub fn init() -> anyhow::Result<()> {
+    gst::init().context("could not initialise GStreamer")?;
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    let mut result = Ok(());
+    REGISTER.call_once(|| {
+        result = gstlatency::plugin_register_static()
+            .and_then(|()| gstfallbackswitch::plugin_register_static());
+    });
+    result.context("could not register the latency and fallbackswitch plugins")
+}
+
+/// Reads and validates one pipeline file.
+pub fn load(path: &Path) -> anyhow::Result<Pipeline> {
+    init()?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse_named(&path.display().to_string(), &text).map_err(anyhow::Error::new)
+}
+
+/// Validates pipeline text; `file` is the name used in diagnostics. GStreamer must be
+/// initialised ([`init`]) because escape-hatch fragments are parsed.
+pub fn parse_named(file: &str, text: &str) -> Result<Pipeline, InvalidPipeline> {
+    config::parse(text).map_err(|diags| InvalidPipeline {
+        file: file.to_string(),
+        count: diags.len(),
+        rendered: diags
+            .iter()
+            .map(|d| d.render(file, text))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    })
+}
+
+/// `hybridlive validate`: checks each file and reports every error; fails if any file has one.
+pub fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
+    let mut failed = 0;
+    for file in &args.files {
+        match load(file) {
+            Ok(p) => println!(
+                "{}: ok ({} sources, {} transforms, {} encoders, {} outputs)",
+                file.display(),
+                p.sources.len(),
+                p.transforms.len(),
+                p.encoders.len(),
+                p.outputs.len()
+            ),
+            Err(err) => {
+                eprintln!("{err}");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} file(s) are invalid", args.files.len());
+    }
+    Ok(())
+}
+
+/// `hybridlive run`: runs the pipeline until SIGINT/SIGTERM or `--duration`, then sends EOS,
+/// finalises recordings and returns `Ok(())`.
+pub fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let pipeline = load(&args.file)?;
+    runner::run(pipeline, args)
+}

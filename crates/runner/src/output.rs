@@ -1,0 +1,747 @@
+//! Outputs, each in its own GStreamer pipeline fed from the ingest through appsink → appsrc.
+//!
+//! A separate pipeline per output is what isolates them: a full disk or a failing muxer posts
+//! an error on that output's bus only, the output is torn down and started again with
+//! back-off, and the ingest and the other outputs never notice. Every output pipeline shares
+//! the ingest's clock and base time, so running times (and the capture stamps derived from
+//! them) mean the same everywhere.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use gst::prelude::*;
+
+use crate::config::{EncoderKind, Output, OutputKind};
+use crate::state::{self, Marker, OutputStatus, Recording, Shared};
+
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// An output that ran this long before failing starts again after the first back-off.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+/// Media an output may lag behind before its oldest buffers are dropped.
+const MAX_QUEUED: gst::ClockTime = gst::ClockTime::from_seconds(2);
+/// mp4mux fragment length: at most this much media is lost on `kill -9`.
+const FRAGMENT_MS: u32 = 500;
+
+/// One encoded stream an output consumes.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// Encoder name.
+    pub encoder: String,
+    /// Its codec.
+    pub kind: EncoderKind,
+}
+
+/// A running output: its configuration and, while it runs, its pipeline.
+pub struct OutputRunner {
+    config: Output,
+    inputs: Vec<Input>,
+    shared: Arc<Shared>,
+    /// The ingest's clock and base time, set once the ingest plays.
+    timing: Mutex<Option<(gst::Clock, gst::ClockTime)>>,
+    /// appsinks on the ingest side; a start asks them for a keyframe.
+    keyframe_requesters: Mutex<Vec<gst::Element>>,
+    inner: Mutex<Inner>,
+    /// The HLS folder, fixed for the whole run.
+    hls_dir: Option<PathBuf>,
+    /// Whether the runner made that folder (a temporary one) and removes it at the end.
+    hls_dir_is_temporary: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    pipeline: Option<gst::Pipeline>,
+    watch: Option<gst::bus::BusWatchGuard>,
+    appsrcs: BTreeMap<String, gst_app::AppSrc>,
+    waiting_for_keyframe: bool,
+    /// Set while `start` builds a pipeline outside the lock.
+    building: bool,
+    /// Set while EOS travels through the pipeline; its EOS message then means "done".
+    stopping: bool,
+    /// Cleared by a stop request (recordings) or shutdown: no restart then.
+    wanted: bool,
+    backoff: Duration,
+    started_at: Option<Instant>,
+    generation: u64,
+    timeline: Option<Timeline>,
+    first_pts: Option<gst::ClockTime>,
+    last_pts: Option<gst::ClockTime>,
+}
+
+/// The sidecar JSON next to a recording, rewritten whole (atomically) on every change.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Timeline {
+    recording: String,
+    utc_start: String,
+    utc_start_ns: u64,
+    utc_end: Option<String>,
+    markers: Vec<TimelineEvent>,
+    offers: Vec<TimelineEvent>,
+    #[serde(skip)]
+    path: PathBuf,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct TimelineEvent {
+    utc: String,
+    /// Seconds from the start of the recording.
+    offset_s: f64,
+    label: String,
+}
+
+impl Timeline {
+    fn write(&self) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("json.tmp");
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(&tmp, &self.path)
+    }
+}
+
+impl OutputRunner {
+    /// Prepares an output; nothing runs until [`OutputRunner::start`].
+    pub fn new(
+        config: Output,
+        inputs: Vec<Input>,
+        shared: Arc<Shared>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let hls_dir_is_temporary = matches!(
+            config.kind,
+            OutputKind::Hls {
+                directory: None,
+                ..
+            }
+        );
+        let hls_dir = match &config.kind {
+            OutputKind::Hls { directory, .. } => {
+                let dir = directory.clone().unwrap_or_else(|| {
+                    std::env::temp_dir().join(format!(
+                        "hybridlive-{}-{}",
+                        std::process::id(),
+                        config.name
+                    ))
+                });
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                Some(dir)
+            }
+            OutputKind::Record { directory, .. } => {
+                std::fs::create_dir_all(directory)
+                    .with_context(|| format!("cannot create {}", directory.display()))?;
+                None
+            }
+            OutputKind::Srt { .. } | OutputKind::Rtmp { .. } => None,
+        };
+        // Absolute paths in events and the API: the runner's working folder is not the user's.
+        let mut config = config;
+        if let OutputKind::Record { directory, .. } = &mut config.kind {
+            *directory = std::path::absolute(&*directory).unwrap_or_else(|_| directory.clone());
+        }
+        let kind = match config.kind {
+            OutputKind::Hls { .. } => "hls",
+            OutputKind::Record { .. } => "record",
+            OutputKind::Srt { .. } => "srt",
+            OutputKind::Rtmp { .. } => "rtmp",
+        };
+        shared.with(|s| {
+            s.outputs.insert(
+                config.name.clone(),
+                OutputStatus {
+                    kind,
+                    state: "stopped".into(),
+                    restarts: 0,
+                    last_error: None,
+                    recording: None,
+                },
+            )
+        });
+        Ok(Arc::new(OutputRunner {
+            config,
+            inputs,
+            shared,
+            timing: Mutex::new(None),
+            keyframe_requesters: Mutex::new(Vec::new()),
+            inner: Mutex::new(Inner {
+                backoff: FIRST_BACKOFF,
+                ..Inner::default()
+            }),
+            hls_dir,
+            hls_dir_is_temporary,
+        }))
+    }
+
+    /// Shares the ingest's clock and base time; call before [`OutputRunner::start`].
+    pub fn set_timing(&self, clock: gst::Clock, base_time: gst::ClockTime) {
+        *self.timing.lock().unwrap() = Some((clock, base_time));
+    }
+
+    /// The output's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Where HLS playlists and segments are written (HLS outputs).
+    pub fn hls_dir(&self) -> Option<&Path> {
+        self.hls_dir.as_deref()
+    }
+
+    /// Removes the temporary HLS folder, once the output has stopped.
+    pub fn cleanup(&self) {
+        if self.hls_dir_is_temporary
+            && let Some(dir) = &self.hls_dir
+        {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    /// Whether the output starts with the runner.
+    pub fn autostart(&self) -> bool {
+        !matches!(
+            self.config.kind,
+            OutputKind::Record {
+                autostart: false,
+                ..
+            }
+        )
+    }
+
+    /// Whether this is a recording output.
+    pub fn is_record(&self) -> bool {
+        matches!(self.config.kind, OutputKind::Record { .. })
+    }
+
+    /// Remembers an ingest appsink that can be asked for a keyframe.
+    pub fn add_keyframe_requester(&self, appsink: gst::Element) {
+        self.keyframe_requesters.lock().unwrap().push(appsink);
+    }
+
+    /// Called from the ingest appsink: forwards one encoded sample to the output's appsrc.
+    pub fn push(&self, encoder: &str, sample: gst::Sample) {
+        let Some(buffer) = sample.buffer() else {
+            return;
+        };
+        let is_video = self
+            .inputs
+            .iter()
+            .any(|i| i.encoder == encoder && matches!(i.kind, EncoderKind::H264 { .. }));
+        // appsrc starts a fresh segment at 0: carry running times, not the encoder's own
+        // timestamps (x264enc, for one, starts its segment 1000 hours in).
+        let mut buffer = buffer.copy();
+        if let Some(segment) = sample
+            .segment()
+            .and_then(|s| s.downcast_ref::<gst::ClockTime>())
+        {
+            let b = buffer.make_mut();
+            let pts = b.pts().and_then(|t| segment.to_running_time(t));
+            let dts = b.dts().and_then(|t| segment.to_running_time(t)).or(pts);
+            b.set_pts(pts);
+            b.set_dts(dts);
+        }
+        let (appsrc, timeline_started) = {
+            let mut inner = self.inner.lock().unwrap();
+            if inner.stopping {
+                return;
+            }
+            let Some(appsrc) = inner.appsrcs.get(encoder).cloned() else {
+                return;
+            };
+            let mut started = None;
+            if inner.waiting_for_keyframe {
+                // Muxers and players need the stream to begin with a keyframe; audio waits too
+                // so that both start together.
+                if !is_video || buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) {
+                    return;
+                }
+                inner.waiting_for_keyframe = false;
+                started = Some(capture_utc_ns(&buffer).unwrap_or_else(state::utc_now_ns));
+            }
+            if is_video && let Some(pts) = buffer.pts() {
+                inner.first_pts.get_or_insert(pts);
+                inner.last_pts = Some(pts);
+            }
+            (appsrc, started)
+        };
+        if let Some(utc_ns) = timeline_started {
+            self.begin_timeline(utc_ns);
+        }
+        if let Some(caps) = sample.caps()
+            && appsrc.caps().is_none_or(|current| current.as_ref() != caps)
+        {
+            appsrc.set_caps(Some(&caps.to_owned()));
+        }
+        let _ = appsrc.push_buffer(buffer);
+    }
+
+    /// Called from the ingest appsink at EOS.
+    pub fn end_of_input(&self) {
+        self.stop();
+    }
+
+    /// Starts (or restarts) the output pipeline.
+    pub fn start(self: &Arc<Self>) {
+        let generation = {
+            let mut inner = self.inner.lock().unwrap();
+            // The API thread and a restart timer may both ask; one build at a time.
+            if inner.pipeline.is_some() || inner.building {
+                return;
+            }
+            inner.building = true;
+            inner.wanted = true;
+            inner.generation += 1;
+            inner.generation
+        };
+        self.set_state("starting", None);
+        let built = self.build();
+        if built.is_err() {
+            self.inner.lock().unwrap().building = false;
+        }
+        match built {
+            Ok((pipeline, appsrcs)) => {
+                let bus = pipeline.bus().expect("a pipeline has a bus");
+                let weak = Arc::downgrade(self);
+                let watch = bus.add_watch(move |_, msg| {
+                    if let Some(runner) = weak.upgrade() {
+                        runner.on_message(generation, msg);
+                    }
+                    glib::ControlFlow::Continue
+                });
+                let watch = match watch {
+                    Ok(w) => w,
+                    Err(err) => {
+                        self.inner.lock().unwrap().building = false;
+                        self.failed(generation, format!("cannot watch the bus: {err}"));
+                        return;
+                    }
+                };
+                {
+                    let mut inner = self.inner.lock().unwrap();
+                    inner.pipeline = Some(pipeline.clone());
+                    inner.building = false;
+                    inner.watch = Some(watch);
+                    inner.appsrcs = appsrcs;
+                    inner.waiting_for_keyframe = true;
+                    inner.stopping = false;
+                    inner.started_at = Some(Instant::now());
+                    inner.first_pts = None;
+                    inner.last_pts = None;
+                }
+                if let Err(err) = pipeline.set_state(gst::State::Playing) {
+                    self.failed(generation, format!("cannot start: {err}"));
+                    return;
+                }
+                self.set_state("running", None);
+                for appsink in self.keyframe_requesters.lock().unwrap().iter() {
+                    let event = gst_video::UpstreamForceKeyUnitEvent::builder()
+                        .all_headers(true)
+                        .build();
+                    appsink.send_event(event);
+                }
+            }
+            Err(err) => self.failed(generation, format!("{err:#}")),
+        }
+    }
+
+    /// Sends EOS so the output finishes its files; no restart follows.
+    pub fn stop(&self) {
+        let appsrcs: Vec<gst_app::AppSrc> = {
+            let mut inner = self.inner.lock().unwrap();
+            inner.wanted = false;
+            if inner.pipeline.is_none() || inner.stopping {
+                return;
+            }
+            inner.stopping = true;
+            inner.appsrcs.values().cloned().collect()
+        };
+        self.set_state("stopping", None);
+        for appsrc in appsrcs {
+            let _ = appsrc.end_of_stream();
+        }
+    }
+
+    /// Whether a pipeline is still up (running or finishing).
+    pub fn is_active(&self) -> bool {
+        self.inner.lock().unwrap().pipeline.is_some()
+    }
+
+    /// Tears the pipeline down at once, e.g. when a shutdown's EOS takes too long.
+    pub fn force_stop(&self) {
+        let pipeline = {
+            let mut inner = self.inner.lock().unwrap();
+            inner.wanted = false;
+            inner.appsrcs.clear();
+            inner.watch = None;
+            inner.pipeline.take()
+        };
+        if let Some(p) = pipeline {
+            let _ = p.set_state(gst::State::Null);
+            self.finish_timeline();
+            self.set_state("stopped", None);
+        }
+    }
+
+    /// Adds a marker to the current recording's timeline.
+    pub fn add_marker(&self, marker: &Marker) {
+        let timeline = {
+            let mut inner = self.inner.lock().unwrap();
+            let Some(t) = inner.timeline.as_mut() else {
+                return;
+            };
+            t.markers.push(TimelineEvent {
+                utc: state::rfc3339(marker.utc_ns),
+                offset_s: marker.utc_ns.saturating_sub(t.utc_start_ns) as f64 / 1e9,
+                label: marker.label.clone(),
+            });
+            t.clone()
+        };
+        if let Err(err) = timeline.write() {
+            self.set_state(
+                "running",
+                Some(format!("cannot write {}: {err}", timeline.path.display())),
+            );
+        }
+    }
+
+    /// Updates size and duration of the recording in the shared state.
+    pub fn refresh_stats(&self) {
+        let (duration, path) = {
+            let inner = self.inner.lock().unwrap();
+            let duration = match (inner.first_pts, inner.last_pts) {
+                (Some(a), Some(b)) => b.saturating_sub(a).seconds_f64(),
+                _ => 0.0,
+            };
+            (duration, inner.timeline.as_ref().map(|t| t.path.clone()))
+        };
+        let Some(timeline_path) = path else { return };
+        self.shared.with(|s| {
+            if let Some(rec) = s
+                .outputs
+                .get_mut(&self.config.name)
+                .and_then(|o| o.recording.as_mut())
+                && rec.timeline == timeline_path
+            {
+                rec.duration_s = duration;
+                rec.bytes = std::fs::metadata(&rec.path).map_or(0, |m| m.len());
+            }
+        });
+    }
+
+    fn on_message(self: &Arc<Self>, generation: u64, msg: &gst::Message) {
+        if self.inner.lock().unwrap().generation != generation {
+            return;
+        }
+        match msg.view() {
+            gst::MessageView::Error(err) => {
+                let src = msg.src().map(|s| s.name().to_string()).unwrap_or_default();
+                self.failed(generation, format!("{src}: {}", err.error()));
+            }
+            gst::MessageView::Eos(_) => {
+                let stopping = self.inner.lock().unwrap().stopping;
+                if stopping {
+                    self.force_stop();
+                } else {
+                    self.failed(generation, "unexpected end of stream".into());
+                }
+            }
+            gst::MessageView::Element(e) => {
+                if let Some(s) = e.structure()
+                    && s.name() == "latency-report"
+                {
+                    record_latency(&self.shared, &self.config.name, s);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn failed(self: &Arc<Self>, generation: u64, error: String) {
+        let (pipeline, wanted, delay) = {
+            let mut inner = self.inner.lock().unwrap();
+            if inner.generation != generation {
+                return;
+            }
+            if inner
+                .started_at
+                .is_some_and(|t| t.elapsed() > HEALTHY_AFTER)
+            {
+                inner.backoff = FIRST_BACKOFF;
+            }
+            let delay = inner.backoff;
+            inner.backoff = (inner.backoff * 2).min(MAX_BACKOFF);
+            inner.appsrcs.clear();
+            inner.watch = None;
+            (inner.pipeline.take(), inner.wanted, delay)
+        };
+        if let Some(p) = pipeline {
+            let _ = p.set_state(gst::State::Null);
+        }
+        self.finish_timeline();
+        self.set_state("failed", Some(error.clone()));
+        crate::runner::event(
+            "output-failed",
+            serde_json::json!({"output": self.config.name, "error": error, "restart_in_s": delay.as_secs_f64()}),
+        );
+        if !wanted {
+            return;
+        }
+        let weak: Weak<Self> = Arc::downgrade(self);
+        glib::timeout_add_once(delay, move || {
+            if let Some(runner) = weak.upgrade() {
+                let wanted = runner.inner.lock().unwrap().wanted;
+                if wanted {
+                    runner.shared.with(|s| {
+                        if let Some(o) = s.outputs.get_mut(&runner.config.name) {
+                            o.restarts += 1;
+                        }
+                    });
+                    crate::runner::event(
+                        "output-restart",
+                        serde_json::json!({"output": runner.config.name}),
+                    );
+                    runner.start();
+                }
+            }
+        });
+    }
+
+    fn set_state(&self, state: &str, error: Option<String>) {
+        self.shared.with(|s| {
+            if let Some(o) = s.outputs.get_mut(&self.config.name) {
+                o.state = state.to_string();
+                if error.is_some() {
+                    o.last_error = error;
+                }
+            }
+        });
+    }
+
+    fn begin_timeline(&self, utc_start_ns: u64) {
+        if !self.is_record() {
+            return;
+        }
+        let (path, timeline) = {
+            let inner = self.inner.lock().unwrap();
+            let Some(pipeline) = inner.pipeline.as_ref() else {
+                return;
+            };
+            let Some(sink) = pipeline.by_name("filesink") else {
+                return;
+            };
+            let path = PathBuf::from(
+                sink.property::<Option<String>>("location")
+                    .unwrap_or_default(),
+            );
+            let timeline_path = path.with_extension("timeline.json");
+            let timeline = Timeline {
+                recording: path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                utc_start: state::rfc3339(utc_start_ns),
+                utc_start_ns,
+                utc_end: None,
+                markers: Vec::new(),
+                offers: Vec::new(),
+                path: timeline_path,
+            };
+            (path, timeline)
+        };
+        let written = timeline.write();
+        self.shared.with(|s| {
+            if let Some(o) = s.outputs.get_mut(&self.config.name) {
+                o.recording = Some(Recording {
+                    path: path.clone(),
+                    timeline: timeline.path.clone(),
+                    start_utc_ns: utc_start_ns,
+                    duration_s: 0.0,
+                    bytes: 0,
+                });
+            }
+        });
+        if let Err(err) = written {
+            self.set_state(
+                "running",
+                Some(format!("cannot write {}: {err}", timeline.path.display())),
+            );
+        }
+        crate::runner::event(
+            "recording-started",
+            serde_json::json!({"output": self.config.name, "path": path, "timeline": timeline.path, "utc_start": timeline.utc_start}),
+        );
+        self.inner.lock().unwrap().timeline = Some(timeline);
+    }
+
+    fn finish_timeline(&self) {
+        self.refresh_stats();
+        let Some(mut timeline) = self.inner.lock().unwrap().timeline.take() else {
+            return;
+        };
+        timeline.utc_end = Some(state::rfc3339(state::utc_now_ns()));
+        let _ = timeline.write();
+        crate::runner::event(
+            "recording-finished",
+            serde_json::json!({"output": self.config.name, "path": timeline.path.with_file_name(&timeline.recording), "timeline": timeline.path}),
+        );
+    }
+
+    fn build(&self) -> anyhow::Result<(gst::Pipeline, BTreeMap<String, gst_app::AppSrc>)> {
+        let pipeline = gst::Pipeline::with_name(&format!("output-{}", self.config.name));
+        let (clock, base_time) = self
+            .timing
+            .lock()
+            .unwrap()
+            .clone()
+            .context("the ingest is not running")?;
+        pipeline.use_clock(Some(&clock));
+        pipeline.set_start_time(gst::ClockTime::NONE);
+        pipeline.set_base_time(base_time);
+        let sink = match &self.config.kind {
+            OutputKind::Hls {
+                segment_duration,
+                playlist_length,
+                ..
+            } => {
+                let dir = self
+                    .hls_dir
+                    .as_deref()
+                    .context("HLS output without a folder")?;
+                let sink = make("hlssink2", "sink")?;
+                sink.set_property(
+                    "location",
+                    dir.join("segment%05d.ts").to_string_lossy().as_ref(),
+                );
+                sink.set_property(
+                    "playlist-location",
+                    dir.join("live.m3u8").to_string_lossy().as_ref(),
+                );
+                sink.set_property("target-duration", *segment_duration);
+                sink.set_property("playlist-length", *playlist_length);
+                sink.set_property("max-files", *playlist_length + 3);
+                // Keyframes come every segment from the encoder already; hlssink2's own
+                // requests would reach the shared encoder through appsrc and nowhere.
+                sink.set_property("send-keyframe-requests", false);
+                pipeline.add(&sink)?;
+                sink
+            }
+            OutputKind::Record { directory, .. } => {
+                let mux = make("mp4mux", "mux")?;
+                // Fragments make the file playable up to the last one written after a crash.
+                mux.set_property("fragment-duration", FRAGMENT_MS);
+                mux.set_property("streamable", true);
+                let filesink = make("filesink", "filesink")?;
+                let file = directory.join(format!(
+                    "{}-{}.mp4",
+                    self.config.name,
+                    state::compact_utc(state::utc_now_ns())
+                ));
+                filesink.set_property("location", file.to_string_lossy().as_ref());
+                pipeline.add_many([&mux, &filesink])?;
+                mux.link(&filesink)?;
+                mux
+            }
+            OutputKind::Srt { uri } => {
+                let mux = make("mpegtsmux", "mux")?;
+                // Whole 188-byte packets, 7 to a datagram: what SRT receivers expect.
+                mux.set_property("alignment", 7i32);
+                let sink = make("srtsink", "srtsink")?;
+                sink.set_property("uri", uri);
+                // A missing peer is an error (and a restart), not a silent wait.
+                sink.set_property("wait-for-connection", false);
+                pipeline.add_many([&mux, &sink])?;
+                mux.link(&sink)?;
+                mux
+            }
+            OutputKind::Rtmp { location } => {
+                let mux = make("flvmux", "mux")?;
+                mux.set_property("streamable", true);
+                let sink = make("rtmpsink", "rtmpsink")?;
+                sink.set_property("location", location);
+                pipeline.add_many([&mux, &sink])?;
+                mux.link(&sink)?;
+                mux
+            }
+        };
+        let mut appsrcs = BTreeMap::new();
+        for input in &self.inputs {
+            let appsrc = gst_app::AppSrc::builder()
+                .name(format!("src-{}", input.encoder))
+                .format(gst::Format::Time)
+                .is_live(true)
+                .block(false)
+                .max_bytes(0)
+                .max_buffers(0)
+                .max_time(MAX_QUEUED)
+                .leaky_type(gst_app::AppLeakyType::Downstream)
+                .build();
+            let queue = make("queue", &format!("queue-{}", input.encoder))?;
+            let (parser, pad_name) = match &input.kind {
+                EncoderKind::H264 { .. } => (make("h264parse", "")?, "video"),
+                EncoderKind::Aac { .. } => (make("aacparse", "")?, "audio"),
+                EncoderKind::Opus { .. } => (make("opusparse", "")?, "audio"),
+            };
+            pipeline.add_many([appsrc.upcast_ref(), &queue, &parser])?;
+            gst::Element::link_many([appsrc.upcast_ref(), &queue, &parser])?;
+            let mut last = parser;
+            if pad_name == "video" {
+                let meter = make("latencymeter", &format!("meter-{}", self.config.name))?;
+                pipeline.add(&meter)?;
+                last.link(&meter)?;
+                last = meter;
+            }
+            let template = match (&self.config.kind, pad_name) {
+                (OutputKind::Hls { .. }, name) => name.to_string(),
+                (OutputKind::Record { .. }, name) => format!("{name}_%u"),
+                (OutputKind::Srt { .. }, _) => "sink_%d".to_string(),
+                (OutputKind::Rtmp { .. }, name) => name.to_string(),
+            };
+            let sinkpad = sink
+                .request_pad_simple(&template)
+                .with_context(|| format!("{} has no {template} pad", sink.name()))?;
+            last.static_pad("src")
+                .context("element without src pad")?
+                .link(&sinkpad)
+                .with_context(|| format!("cannot link {} into {}", input.encoder, sink.name()))?;
+            appsrcs.insert(input.encoder.clone(), appsrc);
+        }
+        Ok((pipeline, appsrcs))
+    }
+}
+
+/// Creates an element, with a name unless `name` is empty.
+pub fn make(factory: &str, name: &str) -> anyhow::Result<gst::Element> {
+    let mut builder = gst::ElementFactory::make(factory);
+    if !name.is_empty() {
+        builder = builder.name(name);
+    }
+    builder
+        .build()
+        .with_context(|| format!("the GStreamer element `{factory}` is not installed"))
+}
+
+/// The capture time latencystamp attached to a buffer, UTC nanoseconds.
+fn capture_utc_ns(buffer: &gst::BufferRef) -> Option<u64> {
+    let caps = gst::Caps::builder("timestamp/x-unix").build();
+    buffer
+        .iter_meta::<gst::ReferenceTimestampMeta>()
+        .find(|m| m.reference().is_subset(&caps))
+        .map(|m| m.timestamp().nseconds())
+}
+
+/// Stores a latencymeter report under a path name.
+pub fn record_latency(shared: &Shared, path: &str, report: &gst::StructureRef) {
+    let p50 = report.get::<f64>("window-p50-ms").unwrap_or(0.0);
+    let p95 = report.get::<f64>("window-p95-ms").unwrap_or(0.0);
+    let count = report.get::<u64>("count").unwrap_or(0);
+    shared.with(|s| {
+        s.latency.insert(
+            path.to_string(),
+            state::Latency {
+                p50_ms: p50,
+                p95_ms: p95,
+                count,
+            },
+        );
+    });
+}

@@ -1,0 +1,982 @@
+//! `hybridlive run`: the ingest pipeline (sources → normalisation → latencystamp → transforms →
+//! encoders), the outputs, the HTTP server, the status line and the shutdown sequence.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal as _, Write as _};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use gst::prelude::*;
+
+use crate::RunArgs;
+use crate::config::{
+    EncoderKind, Fallback, H264Preset, Media, Pipeline, Source, SourceKind, TransformKind,
+};
+use crate::output::{self, Input, OutputRunner, make};
+use crate::state::{self, Shared};
+
+/// How long a shutdown waits for outputs to finish their files before tearing them down.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+const DEFAULT_HTTP: &str = "127.0.0.1:8080";
+/// How often fallbacksrc restarts a source that stalled.
+const RESTART_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(3);
+
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// Prints one event: a JSON line with `--json`, a plain line otherwise.
+pub fn event(kind: &str, fields: serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    if JSON.load(Ordering::Relaxed) {
+        let mut object =
+            serde_json::json!({"event": kind, "utc": state::rfc3339(state::utc_now_ns())});
+        if let (Some(o), serde_json::Value::Object(f)) = (object.as_object_mut(), fields) {
+            o.extend(f);
+        }
+        let _ = writeln!(out, "{object}");
+    } else if kind == "ready" {
+        let url = |key: &str| {
+            fields
+                .get(key)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let _ = writeln!(
+            out,
+            "\r\x1b[Khybridlive: viewer at {}  (metrics {}{})",
+            url("viewer"),
+            url("metrics"),
+            match url("hls").as_str() {
+                "" => String::new(),
+                hls => format!(", HLS {hls}"),
+            }
+        );
+    } else {
+        let _ = writeln!(out, "\r\x1b[K{kind}: {fields}");
+    }
+}
+
+/// The two raw streams of a component, each a tee anyone can branch from.
+#[derive(Clone)]
+struct Streams {
+    video: gst::Element,
+    audio: Option<gst::Element>,
+}
+
+/// Per-encoder counters, written by a pad probe and read by the status tick.
+#[derive(Default)]
+struct Counter {
+    bytes: AtomicU64,
+    buffers: AtomicU64,
+}
+
+/// The whole running thing, shared with the HTTP server and the GLib callbacks.
+pub struct Runner {
+    /// Shared figures.
+    pub shared: Arc<Shared>,
+    /// Outputs by name.
+    pub outputs: Vec<Arc<OutputRunner>>,
+    ingest: gst::Pipeline,
+    main_loop: glib::MainLoop,
+    shutting_down: AtomicBool,
+    counters: BTreeMap<String, Arc<Counter>>,
+    previous: Mutex<BTreeMap<String, (u64, u64)>>,
+    fallback_sources: Vec<(String, gst::Element)>,
+    source_states: Mutex<BTreeMap<String, String>>,
+}
+
+impl Runner {
+    /// Starts or stops recording outputs (all, or the one named).
+    pub fn recording(&self, start: bool, name: Option<&str>) -> Result<Vec<String>, String> {
+        let selected: Vec<&Arc<OutputRunner>> = self
+            .outputs
+            .iter()
+            .filter(|o| o.is_record() && name.is_none_or(|n| n == o.name()))
+            .collect();
+        if selected.is_empty() {
+            return Err(match name {
+                Some(n) => format!("no record output named `{n}`"),
+                None => "the pipeline has no record output".into(),
+            });
+        }
+        for o in &selected {
+            if start {
+                o.start();
+            } else {
+                o.stop();
+            }
+        }
+        Ok(selected.iter().map(|o| o.name().to_string()).collect())
+    }
+
+    /// Adds a marker to the runner's list and to every recording's timeline.
+    pub fn marker(&self, label: String) -> state::Marker {
+        let marker = state::Marker {
+            utc_ns: state::utc_now_ns(),
+            label,
+        };
+        for o in &self.outputs {
+            o.add_marker(&marker);
+        }
+        self.shared.with(|s| s.markers.push(marker.clone()));
+        event(
+            "marker",
+            serde_json::json!({"utc": state::rfc3339(marker.utc_ns), "label": marker.label}),
+        );
+        marker
+    }
+
+    /// Begins the shutdown: EOS into every output, then quit once they are done.
+    pub fn shutdown(self: &Arc<Self>, reason: &str) {
+        if self.shutting_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        event("shutdown", serde_json::json!({"reason": reason}));
+        for o in &self.outputs {
+            o.stop();
+        }
+        let runner = self.clone();
+        let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
+        glib::timeout_add(Duration::from_millis(50), move || {
+            let pending = runner.outputs.iter().any(|o| o.is_active());
+            if pending && std::time::Instant::now() < deadline {
+                return glib::ControlFlow::Continue;
+            }
+            for o in &runner.outputs {
+                o.force_stop();
+            }
+            runner.main_loop.quit();
+            glib::ControlFlow::Break
+        });
+    }
+
+    fn tick(&self) {
+        for (name, counter) in &self.counters {
+            let bytes = counter.bytes.load(Ordering::Relaxed);
+            let buffers = counter.buffers.load(Ordering::Relaxed);
+            let (pb, pn) = self
+                .previous
+                .lock()
+                .unwrap()
+                .insert(name.clone(), (bytes, buffers))
+                .unwrap_or((0, 0));
+            self.shared.with(|s| {
+                let e = s.encoders.entry(name.clone()).or_default();
+                e.bytes = bytes;
+                e.buffers = buffers;
+                e.kbps = (bytes - pb) as f64 * 8.0 / 1000.0;
+                e.fps = (buffers - pn) as f64;
+            });
+        }
+        for o in &self.outputs {
+            o.refresh_stats();
+        }
+        for (name, src) in &self.fallback_sources {
+            let state = if on_fallback(src) {
+                "fallback"
+            } else {
+                "primary"
+            };
+            let changed = self
+                .source_states
+                .lock()
+                .unwrap()
+                .insert(name.clone(), state.to_string())
+                .is_none_or(|previous| previous != state);
+            if changed {
+                event(
+                    "source",
+                    serde_json::json!({"source": name, "state": state}),
+                );
+            }
+            self.shared
+                .with(|s| s.sources.insert(name.clone(), state.to_string()));
+        }
+    }
+
+    fn status_line(&self) -> String {
+        self.shared.with(|s| {
+            let mut parts = Vec::new();
+            for (name, e) in &s.encoders {
+                parts.push(format!("{name} {:.0} fps {:.0} kbit/s", e.fps, e.kbps));
+            }
+            for (path, l) in &s.latency {
+                parts.push(format!("{path} p95 {:.1} ms", l.p95_ms));
+            }
+            for (name, o) in &s.outputs {
+                match &o.recording {
+                    Some(r) if o.state == "running" => parts.push(format!(
+                        "{name} rec {:.0} s {:.1} MB",
+                        r.duration_s,
+                        r.bytes as f64 / 1e6
+                    )),
+                    _ => parts.push(format!("{name} {}", o.state)),
+                }
+            }
+            parts.join(" | ")
+        })
+    }
+}
+
+/// Builds everything, serves, and runs the main loop until shutdown.
+pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
+    JSON.store(args.json, Ordering::Relaxed);
+    let shared = Arc::new(Shared::default());
+    shared.with(|s| s.started_utc_ns = state::utc_now_ns());
+    let token = match (&config.server.token, &config.server.token_env) {
+        (_, Some(var)) if std::env::var(var).is_ok_and(|v| !v.is_empty()) => {
+            std::env::var(var).ok()
+        }
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(var)) => {
+            event(
+                "warning",
+                serde_json::json!({"message": format!("{var} is not set: write endpoints are disabled")}),
+            );
+            None
+        }
+        (None, None) => None,
+    };
+
+    let addr = args
+        .http
+        .clone()
+        .or_else(|| config.server.http.clone())
+        .unwrap_or_else(|| DEFAULT_HTTP.to_string());
+    let listener = crate::server::bind(&addr)?;
+
+    let ingest = gst::Pipeline::with_name("ingest");
+    let mut graph = Graph {
+        pipeline: &ingest,
+        streams: BTreeMap::new(),
+        fallback_sources: Vec::new(),
+    };
+    for source in &config.sources {
+        let streams = graph.source(source)?;
+        graph.streams.insert(source.name.clone(), streams);
+    }
+    // Transforms may name each other in any order: build each once its input exists.
+    let mut pending: Vec<_> = config.transforms.iter().collect();
+    while !pending.is_empty() {
+        let before = pending.len();
+        let mut rest = Vec::new();
+        for t in pending {
+            match graph.streams.get(&t.input).cloned() {
+                Some(input) => {
+                    let streams = graph.transform(&t.name, &t.kind, &input)?;
+                    graph.streams.insert(t.name.clone(), streams);
+                }
+                None => rest.push(t),
+            }
+        }
+        if rest.len() == before {
+            return Err(anyhow!("transforms without a reachable input"));
+        }
+        pending = rest;
+    }
+    let mut encoded = BTreeMap::new();
+    let mut counters = BTreeMap::new();
+    for e in &config.encoders {
+        let input = graph
+            .streams
+            .get(&e.input)
+            .context("encoder input")?
+            .clone();
+        let framerate = source_of(&config, &e.input).map_or(30, |s| s.video.framerate);
+        let counter = Arc::new(Counter::default());
+        let tee = graph.encoder(&e.name, &e.kind, &input, framerate, counter.clone())?;
+        counters.insert(e.name.clone(), counter);
+        encoded.insert(e.name.clone(), (tee, e.kind.clone()));
+    }
+
+    let mut outputs = Vec::new();
+    for o in &config.outputs {
+        let inputs: Vec<Input> = o
+            .inputs
+            .iter()
+            .map(|name| Input {
+                encoder: name.clone(),
+                kind: encoded[name].1.clone(),
+            })
+            .collect();
+        let runner = OutputRunner::new(o.clone(), inputs, shared.clone())?;
+        for name in &o.inputs {
+            let appsink = bridge(&ingest, &encoded[name].0, &runner, name)?;
+            if matches!(encoded[name].1, EncoderKind::H264 { .. }) {
+                runner.add_keyframe_requester(appsink);
+            }
+        }
+        outputs.push(runner);
+    }
+
+    ingest
+        .set_state(gst::State::Playing)
+        .context("cannot start the ingest pipeline")?;
+    // Output pipelines share the ingest's clock and base time, known once it plays.
+    let _ = ingest.state(gst::ClockTime::from_seconds(5));
+    let clock = ingest.clock().unwrap_or_else(gst::SystemClock::obtain);
+    let base_time = ingest.base_time().unwrap_or(gst::ClockTime::ZERO);
+    for o in &outputs {
+        o.set_timing(clock.clone(), base_time);
+    }
+
+    let main_loop = glib::MainLoop::new(None, false);
+    let runner = Arc::new(Runner {
+        shared: shared.clone(),
+        outputs,
+        ingest: ingest.clone(),
+        main_loop: main_loop.clone(),
+        shutting_down: AtomicBool::new(false),
+        counters,
+        previous: Mutex::new(BTreeMap::new()),
+        fallback_sources: graph.fallback_sources,
+        source_states: Mutex::new(BTreeMap::new()),
+    });
+
+    let bus = ingest.bus().context("pipeline without bus")?;
+    let ingest_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let _watch = {
+        let runner = runner.clone();
+        let ingest_error = ingest_error.clone();
+        bus.add_watch(move |_, msg| {
+            match msg.view() {
+                gst::MessageView::Error(err) => {
+                    let src = msg.src().map(|s| s.path_string().to_string()).unwrap_or_default();
+                    let text = format!("{src}: {}", err.error());
+                    event("ingest-error", serde_json::json!({"error": text, "debug": err.debug().map(|d| d.to_string())}));
+                    *ingest_error.lock().unwrap() = Some(text);
+                    runner.shutdown("ingest error");
+                }
+                gst::MessageView::Eos(_) => runner.shutdown("end of input"),
+                gst::MessageView::Element(e) => {
+                    if let Some(s) = e.structure()
+                        && s.name() == "latency-report"
+                        && let Some(src) = msg.src()
+                    {
+                        let path = src.name().trim_start_matches("meter-").to_string();
+                        output::record_latency(&runner.shared, &path, s);
+                    }
+                }
+                _ => {}
+            }
+            glib::ControlFlow::Continue
+        })
+        .context("cannot watch the ingest bus")?
+    };
+
+    for o in &runner.outputs {
+        if o.autostart() {
+            o.start();
+        }
+    }
+
+    let hls_dir = runner
+        .outputs
+        .iter()
+        .find_map(|o| o.hls_dir().map(|d| d.to_path_buf()));
+    let server = crate::server::start(listener, runner.clone(), token, hls_dir.clone())?;
+    let url = format!("http://{}/", server.addr);
+    shared.with(|s| s.viewer_url = url.clone());
+    let mut ready = serde_json::json!({"viewer": url, "metrics": format!("{url}metrics")});
+    if hls_dir.is_some() {
+        ready["hls"] = format!("{url}hls/live.m3u8").into();
+    }
+    event("ready", ready);
+
+    install_signal_handlers();
+    {
+        let runner = runner.clone();
+        glib::timeout_add(Duration::from_millis(100), move || {
+            match SIGNAL.load(Ordering::SeqCst) {
+                0 => {}
+                libc::SIGTERM => runner.shutdown("SIGTERM"),
+                _ => runner.shutdown("SIGINT"),
+            }
+            glib::ControlFlow::Continue
+        });
+    }
+    if let Some(secs) = args.duration {
+        let runner = runner.clone();
+        glib::timeout_add_once(Duration::from_secs_f64(secs.max(0.0)), move || {
+            runner.shutdown("duration")
+        });
+    }
+    let terminal = std::io::stdout().is_terminal() && !args.json;
+    {
+        let runner = runner.clone();
+        let json = args.json;
+        glib::timeout_add_seconds(1, move || {
+            runner.tick();
+            if json {
+                let status = runner
+                    .shared
+                    .with(|s| serde_json::to_value(&*s).unwrap_or_default());
+                event("status", serde_json::json!({"status": status}));
+            } else if terminal {
+                let line = runner.status_line();
+                print!("\r\x1b[K{line}");
+                let _ = std::io::stdout().flush();
+            }
+            glib::ControlFlow::Continue
+        });
+    }
+
+    main_loop.run();
+    let _ = runner.ingest.set_state(gst::State::Null);
+    server.stop();
+    for o in &runner.outputs {
+        o.cleanup();
+    }
+    if terminal {
+        println!();
+    }
+    if let Some(err) = ingest_error.lock().unwrap().take() {
+        return Err(anyhow!("the ingest failed: {err}"));
+    }
+    event("stopped", serde_json::json!({}));
+    Ok(())
+}
+
+/// The last SIGINT/SIGTERM received, polled by the main loop.
+static SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn on_signal(signal: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    SIGNAL.store(signal, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    let handler = on_signal as extern "C" fn(libc::c_int);
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
+        unsafe {
+            libc::signal(signal, handler as libc::sighandler_t);
+        }
+    }
+}
+
+fn source_of<'a>(config: &'a Pipeline, name: &str) -> Option<&'a Source> {
+    let mut current = name;
+    for _ in 0..=config.transforms.len() {
+        if let Some(s) = config.sources.iter().find(|s| s.name == current) {
+            return Some(s);
+        }
+        current = &config.transforms.iter().find(|t| t.name == current)?.input;
+    }
+    None
+}
+
+struct Graph<'p> {
+    pipeline: &'p gst::Pipeline,
+    streams: BTreeMap<String, Streams>,
+    fallback_sources: Vec<(String, gst::Element)>,
+}
+
+impl Graph<'_> {
+    fn add_chain(&self, elements: &[&gst::Element]) -> anyhow::Result<()> {
+        self.pipeline.add_many(elements.iter().copied())?;
+        gst::Element::link_many(elements.iter().copied())?;
+        Ok(())
+    }
+
+    fn tee(&self, name: &str) -> anyhow::Result<gst::Element> {
+        let tee = make("tee", name)?;
+        tee.set_property("allow-not-linked", true);
+        Ok(tee)
+    }
+
+    /// A queue on a new branch of `tee`, linked to `first`.
+    fn branch(&self, tee: &gst::Element, first: &gst::Element) -> anyhow::Result<()> {
+        let queue = make("queue", "")?;
+        self.pipeline.add(&queue)?;
+        tee.link(&queue)?;
+        queue.link(first)?;
+        Ok(())
+    }
+
+    fn video_normaliser(
+        &self,
+        name: &str,
+        source: &Source,
+    ) -> anyhow::Result<(gst::Element, gst::Element)> {
+        let v = source.video;
+        let convert = make("videoconvert", &format!("{name}-videoconvert"))?;
+        let scale = make("videoscale", "")?;
+        let rate = make("videorate", "")?;
+        let caps = make("capsfilter", "")?;
+        caps.set_property(
+            "caps",
+            gst::Caps::builder("video/x-raw")
+                .field("format", "I420")
+                .field("width", v.width as i32)
+                .field("height", v.height as i32)
+                .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+                .field("framerate", gst::Fraction::new(v.framerate as i32, 1))
+                .build(),
+        );
+        self.add_chain(&[&convert, &scale, &rate, &caps])?;
+        Ok((convert, caps))
+    }
+
+    fn audio_normaliser(
+        &self,
+        name: &str,
+        source: &Source,
+    ) -> anyhow::Result<Option<(gst::Element, gst::Element)>> {
+        let Some(a) = source.audio else {
+            return Ok(None);
+        };
+        let convert = make("audioconvert", &format!("{name}-audioconvert"))?;
+        let resample = make("audioresample", "")?;
+        let caps = make("capsfilter", "")?;
+        caps.set_property(
+            "caps",
+            gst::Caps::builder("audio/x-raw")
+                .field("format", "S16LE")
+                .field("layout", "interleaved")
+                .field("rate", a.rate as i32)
+                .field("channels", a.channels as i32)
+                .build(),
+        );
+        self.add_chain(&[&convert, &resample, &caps])?;
+        Ok(Some((convert, caps)))
+    }
+
+    fn source(&mut self, source: &Source) -> anyhow::Result<Streams> {
+        let name = &source.name;
+        let (video_in, video_out) = self.video_normaliser(name, source)?;
+        let audio = self.audio_normaliser(name, source)?;
+        match &source.kind {
+            SourceKind::Test {
+                pattern,
+                clock,
+                tone_hz,
+            } => {
+                let src = make("videotestsrc", &format!("{name}-video"))?;
+                src.set_property("is-live", true);
+                src.set_property_from_str("pattern", pattern);
+                // A moving picture shows a frozen output at a glance.
+                src.set_property("horizontal-speed", 4i32);
+                self.pipeline.add(&src)?;
+                if *clock {
+                    let overlay = make("clockoverlay", "")?;
+                    overlay.set_property("time-format", "%Y-%m-%d %H:%M:%S UTC");
+                    overlay.set_property("shaded-background", true);
+                    overlay.set_property("font-desc", "Sans 24");
+                    self.pipeline.add(&overlay)?;
+                    src.link(&overlay)?;
+                    overlay.link(&video_in)?;
+                } else {
+                    src.link(&video_in)?;
+                }
+                if let Some((audio_in, _)) = &audio {
+                    let tone = make("audiotestsrc", &format!("{name}-audio"))?;
+                    tone.set_property("is-live", true);
+                    tone.set_property("freq", *tone_hz);
+                    tone.set_property("volume", 0.2f64);
+                    self.pipeline.add(&tone)?;
+                    tone.link(audio_in)?;
+                }
+            }
+            SourceKind::File {
+                location,
+                looping,
+                fallback,
+            } => {
+                let path = std::fs::canonicalize(location).with_context(|| {
+                    format!("source `{name}`: cannot open {}", location.display())
+                })?;
+                let uri = glib::filename_to_uri(&path, None).context("file URI")?;
+                let src = self.fallback_source(
+                    name,
+                    &uri,
+                    fallback,
+                    *looping,
+                    &video_in,
+                    audio.as_ref().map(|a| &a.0),
+                )?;
+                self.fallback_sources.push((name.clone(), src));
+            }
+            SourceKind::Network { uri, fallback } => {
+                let src = self.fallback_source(
+                    name,
+                    uri,
+                    fallback,
+                    true,
+                    &video_in,
+                    audio.as_ref().map(|a| &a.0),
+                )?;
+                self.fallback_sources.push((name.clone(), src));
+            }
+            SourceKind::V4l2 { device, microphone } => {
+                let src = make("v4l2src", &format!("{name}-video"))?;
+                src.set_property("device", device);
+                self.pipeline.add(&src)?;
+                src.link(&video_in)?;
+                if let Some((audio_in, _)) = &audio {
+                    let mic = make("pulsesrc", &format!("{name}-audio"))?;
+                    if !microphone.is_empty() {
+                        mic.set_property("device", microphone);
+                    }
+                    self.pipeline.add(&mic)?;
+                    mic.link(audio_in)?;
+                }
+            }
+        }
+        // Stamped once normalised: the capture time every later latency is measured from.
+        let stamp = make("latencystamp", &format!("{name}-stamp"))?;
+        if matches!(
+            source.kind,
+            SourceKind::File { .. } | SourceKind::Network { .. }
+        ) {
+            // Decoded network and file frames are timestamped ahead of the clock by the
+            // jitter buffer or the pacing: their capture instant is when they arrive here.
+            stamp.set_property_from_str("clock-source", "realtime");
+        }
+        let video = self.tee(&format!("{name}-video-tee"))?;
+        self.add_chain(&[&stamp, &video])?;
+        video_out.link(&stamp)?;
+        let audio = match audio {
+            Some((_, audio_out)) => {
+                let tee = self.tee(&format!("{name}-audio-tee"))?;
+                self.pipeline.add(&tee)?;
+                audio_out.link(&tee)?;
+                Some(tee)
+            }
+            None => None,
+        };
+        Ok(Streams { video, audio })
+    }
+
+    /// fallbacksrc for files and network streams: it decodes, restarts the source when it
+    /// stalls or ends, and meanwhile shows the slate (or the backup source) with silence.
+    fn fallback_source(
+        &self,
+        name: &str,
+        uri: &str,
+        fallback: &Fallback,
+        restart_on_eos: bool,
+        video_in: &gst::Element,
+        audio_in: Option<&gst::Element>,
+    ) -> anyhow::Result<gst::Element> {
+        let src = make("fallbacksrc", &format!("{name}-source"))?;
+        src.set_property("uri", uri);
+        src.set_property("enable-audio", audio_in.is_some());
+        let stall = (fallback.stall_timeout * 1e9) as u64;
+        src.set_property("timeout", stall);
+        // Restart a stalled source every few seconds (often enough for a caller to come back,
+        // seldom enough that a listener is not torn down while one connects), and never give
+        // up: outputs must not stop.
+        src.set_property("restart-timeout", RESTART_TIMEOUT.nseconds());
+        src.set_property("retry-timeout", u64::MAX - 1);
+        src.set_property("restart-on-eos", restart_on_eos);
+        src.set_property("immediate-fallback", true);
+        let fallback_uri = match (&fallback.backup_uri, &fallback.slate) {
+            (Some(uri), _) => Some(uri.clone()),
+            (None, Some(path)) => {
+                let path = std::fs::canonicalize(path).with_context(|| {
+                    format!("source `{name}`: cannot open slate {}", path.display())
+                })?;
+                Some(
+                    glib::filename_to_uri(&path, None)
+                        .context("slate URI")?
+                        .to_string(),
+                )
+            }
+            (None, None) => None,
+        };
+        if let Some(uri) = fallback_uri {
+            src.set_property("fallback-uri", uri);
+        }
+        self.pipeline.add(&src)?;
+        retimestamp_on_arrival(video_in, false);
+        if let Some(a) = audio_in {
+            retimestamp_on_arrival(a, true);
+        }
+        let mut targets = vec![("video", video_in.clone())];
+        if let Some(a) = audio_in {
+            targets.push(("audio", a.clone()));
+        }
+        src.connect_pad_added(move |_, pad| {
+            for (prefix, target) in &targets {
+                let Some(sink) = target.static_pad("sink") else {
+                    continue;
+                };
+                if pad.name().starts_with(prefix) && !sink.is_linked() && pad.link(&sink).is_err() {
+                    gst::warning!(
+                        gst::CAT_DEFAULT,
+                        "could not link {} to the normaliser",
+                        pad.name()
+                    );
+                }
+            }
+        });
+        Ok(src)
+    }
+
+    fn transform(
+        &self,
+        name: &str,
+        kind: &TransformKind,
+        input: &Streams,
+    ) -> anyhow::Result<Streams> {
+        let (media, element): (Media, gst::Element) = match kind {
+            TransformKind::Latencystamp { overwrite } => {
+                let stamp = make("latencystamp", name)?;
+                stamp.set_property("overwrite", *overwrite);
+                (Media::Video, stamp)
+            }
+            TransformKind::Gst { media, pipeline } => {
+                let bin = crate::fragment::build(pipeline)
+                    .map_err(|(message, _)| anyhow!("transform `{name}`: {message}"))?;
+                bin.set_property("name", name);
+                (*media, bin.upcast())
+            }
+        };
+        let tee = self.tee(&format!("{name}-tee"))?;
+        self.add_chain(&[&element, &tee])?;
+        let upstream = match media {
+            Media::Video => &input.video,
+            Media::Audio => input
+                .audio
+                .as_ref()
+                .context("transform on audio without audio")?,
+        };
+        self.branch(upstream, &element)?;
+        Ok(match media {
+            Media::Video => Streams {
+                video: tee,
+                audio: input.audio.clone(),
+            },
+            Media::Audio => Streams {
+                video: input.video.clone(),
+                audio: Some(tee),
+            },
+        })
+    }
+
+    fn encoder(
+        &self,
+        name: &str,
+        kind: &EncoderKind,
+        input: &Streams,
+        framerate: u32,
+        counter: Arc<Counter>,
+    ) -> anyhow::Result<gst::Element> {
+        let tee = self.tee(&format!("{name}-tee"))?;
+        let chain: Vec<gst::Element> = match kind {
+            EncoderKind::H264 {
+                preset,
+                bitrate,
+                keyframe_interval,
+            } => {
+                let enc = make("x264enc", name)?;
+                enc.set_property_from_str("tune", "zerolatency");
+                let (speed, profile) = match preset {
+                    H264Preset::Zerolatency => ("ultrafast", "constrained-baseline"),
+                    H264Preset::Balanced => ("veryfast", "main"),
+                };
+                enc.set_property_from_str("speed-preset", speed);
+                enc.set_property("bitrate", *bitrate);
+                let gop = ((f64::from(framerate) * keyframe_interval).round() as u32).max(1);
+                enc.set_property("key-int-max", gop);
+                // Without this x264 adds IDRs on scene cuts and HLS segments come out uneven.
+                enc.set_property("option-string", "scenecut=0");
+                enc.set_property("bframes", 0u32);
+                let profile_caps = make("capsfilter", "")?;
+                profile_caps.set_property(
+                    "caps",
+                    gst::Caps::builder("video/x-h264")
+                        .field("profile", profile)
+                        .build(),
+                );
+                let parse = make("h264parse", "")?;
+                parse.set_property("config-interval", -1i32);
+                let au = make("capsfilter", "")?;
+                au.set_property(
+                    "caps",
+                    gst::Caps::builder("video/x-h264")
+                        .field("stream-format", "byte-stream")
+                        .field("alignment", "au")
+                        .build(),
+                );
+                // The capture stamp goes into the bitstream as SEI, for players and other tools.
+                let sei = make("latencystamp", &format!("{name}-sei"))?;
+                let meter = make("latencymeter", &format!("meter-{name}"))?;
+                vec![enc, profile_caps, parse, au, sei, meter]
+            }
+            EncoderKind::Aac { bitrate } => {
+                let convert = make("audioconvert", "")?;
+                let enc = make("avenc_aac", name)?;
+                enc.set_property("bitrate", (*bitrate * 1000) as i32);
+                vec![convert, enc, make("aacparse", "")?]
+            }
+            EncoderKind::Opus { bitrate } => {
+                let convert = make("audioconvert", "")?;
+                let enc = make("opusenc", name)?;
+                enc.set_property("bitrate", (*bitrate * 1000) as i32);
+                vec![convert, enc]
+            }
+        };
+        let mut all: Vec<&gst::Element> = chain.iter().collect();
+        all.push(&tee);
+        self.add_chain(&all)?;
+        let upstream = match kind.media() {
+            Media::Video => &input.video,
+            Media::Audio => input
+                .audio
+                .as_ref()
+                .context("audio encoder without audio")?,
+        };
+        self.branch(upstream, &chain[0])?;
+        if let Some(pad) = tee.static_pad("sink") {
+            pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                if let Some(buffer) = info.buffer() {
+                    counter
+                        .bytes
+                        .fetch_add(buffer.size() as u64, Ordering::Relaxed);
+                    counter.buffers.fetch_add(1, Ordering::Relaxed);
+                }
+                gst::PadProbeReturn::Ok
+            });
+        }
+        Ok(tee)
+    }
+}
+
+/// Gives every buffer entering `element` the running time at which it arrives, in one plain
+/// time segment. A restarted or switched source starts its timestamps anew; without this,
+/// videorate would fill the jump with a burst of duplicated frames and muxers would see time
+/// go backwards.
+fn retimestamp_on_arrival(element: &gst::Element, continuous: bool) {
+    let Some(pad) = element.static_pad("sink") else {
+        return;
+    };
+    let last = Mutex::new(None::<gst::ClockTime>);
+    let segment_sent = AtomicBool::new(false);
+    pad.add_probe(
+        gst::PadProbeType::BUFFER
+            | gst::PadProbeType::BUFFER_LIST
+            | gst::PadProbeType::EVENT_DOWNSTREAM,
+        move |pad, info| {
+            match &mut info.data {
+                Some(gst::PadProbeData::Event(event))
+                    if event.type_() == gst::EventType::Segment =>
+                {
+                    // One segment for the whole run: a new one (the source restarted or the
+                    // slate took over) would make videorate start counting from its start
+                    // again, and time would go backwards downstream.
+                    // (Replaced rather than dropped: dropping an event from a probe trips a
+                    // GStreamer-CRITICAL in the 0.25 bindings on 1.22.)
+                    if segment_sent.swap(true, Ordering::SeqCst) {
+                        let s = gst::Structure::new_empty("hybridlive-segment-suppressed");
+                        *event = gst::event::CustomDownstream::new(s);
+                        return gst::PadProbeReturn::Ok;
+                    }
+                    let segment = gst::FormattedSegment::<gst::ClockTime>::new();
+                    *event = gst::event::Segment::new(&segment);
+                }
+                Some(gst::PadProbeData::Buffer(buffer)) => {
+                    if let Some(now) = running_time_now(pad) {
+                        stamp_arrival(&last, buffer.make_mut(), now, continuous);
+                    }
+                }
+                Some(gst::PadProbeData::BufferList(list)) => {
+                    if let Some(now) = running_time_now(pad) {
+                        list.make_mut().foreach_mut(|mut buffer, _| {
+                            stamp_arrival(&last, buffer.make_mut(), now, continuous);
+                            std::ops::ControlFlow::Continue(Some(buffer))
+                        });
+                    }
+                }
+                _ => {}
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+}
+
+fn running_time_now(pad: &gst::Pad) -> Option<gst::ClockTime> {
+    let element = pad.parent_element()?;
+    Some(element.clock()?.time().saturating_sub(element.base_time()?))
+}
+
+/// `last` holds where the previous buffer ended. Audio (`continuous`) is laid end to end so a
+/// burst neither overlaps nor leaves gaps; video only never goes backwards, and videorate
+/// evens it out.
+fn stamp_arrival(
+    last: &Mutex<Option<gst::ClockTime>>,
+    buffer: &mut gst::BufferRef,
+    now: gst::ClockTime,
+    continuous: bool,
+) {
+    let mut last = last.lock().unwrap();
+    let pts = last.map_or(now, |end| now.max(end));
+    let length = match buffer.duration() {
+        Some(d) if continuous => d,
+        _ => gst::ClockTime::from_nseconds(1),
+    };
+    *last = Some(pts + length);
+    buffer.set_pts(pts);
+    buffer.set_dts(gst::ClockTime::NONE);
+}
+
+/// Whether any of fallbacksrc's switches is on its fallback (slate or backup) input.
+fn on_fallback(src: &gst::Element) -> bool {
+    let Some(bin) = src.downcast_ref::<gst::Bin>() else {
+        return false;
+    };
+    bin.iterate_recurse()
+        .into_iter()
+        .flatten()
+        .filter(|e| e.factory().is_some_and(|f| f.name() == "fallbackswitch"))
+        .any(|switch| {
+            switch
+                .property::<Option<gst::Pad>>("active-pad")
+                .is_some_and(|pad| pad.property::<u32>("priority") != 0)
+        })
+}
+
+/// tee → leaky queue → appsink whose samples go to the output's appsrc.
+fn bridge(
+    ingest: &gst::Pipeline,
+    tee: &gst::Element,
+    output: &Arc<OutputRunner>,
+    encoder: &str,
+) -> anyhow::Result<gst::Element> {
+    let queue = make("queue", "")?;
+    queue.set_property_from_str("leaky", "downstream");
+    queue.set_property("max-size-time", 2 * gst::ClockTime::SECOND.nseconds());
+    queue.set_property("max-size-buffers", 0u32);
+    queue.set_property("max-size-bytes", 0u32);
+    let appsink = gst_app::AppSink::builder()
+        .name(format!("to-{}-{encoder}", output.name()))
+        .sync(false)
+        .build();
+    appsink.set_property("async", false);
+    let sample_output = Arc::downgrade(output);
+    let eos_output = Arc::downgrade(output);
+    let encoder_name = encoder.to_string();
+    appsink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                if let Some(o) = sample_output.upgrade() {
+                    o.push(&encoder_name, sample);
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .eos(move |_| {
+                if let Some(o) = eos_output.upgrade() {
+                    o.end_of_input();
+                }
+            })
+            .build(),
+    );
+    ingest.add_many([&queue, appsink.upcast_ref()])?;
+    tee.link(&queue)?;
+    queue.link(&appsink)?;
+    Ok(appsink.upcast())
+}

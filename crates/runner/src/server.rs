@@ -1,0 +1,388 @@
+//! The runner's one HTTP server: viewer page, HLS, Prometheus metrics and the control API.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /` | viewer page (hls.js, vendored) |
+//! | `GET /hls/live.m3u8`, `GET /hls/<segment>.ts` | the HLS output |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /api/status` | JSON status |
+//! | `POST /api/markers` | `{"label": "..."}`: mark a moment for repurposing (token) |
+//! | `POST /api/recording` | `{"action": "start"\|"stop", "output": "rec"}` (token) |
+
+use std::fmt::Write as _;
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::{Context as _, anyhow};
+use tiny_http::{Header, Method, Request, Response};
+
+use crate::runner::Runner;
+
+/// Largest request body accepted by the API.
+pub const MAX_BODY: usize = 16 * 1024;
+const WORKERS: usize = 4;
+
+const INDEX_HTML: &str = include_str!("../assets/index.html");
+const HLS_JS: &[u8] = include_bytes!("../assets/hls.min.js");
+const HLS_JS_LICENSE: &str = include_str!("../assets/hls.js.LICENSE");
+
+/// A running server.
+pub struct ServerHandle {
+    /// The address it listens on (with the real port when 0 was asked for).
+    pub addr: std::net::SocketAddr,
+    server: Arc<tiny_http::Server>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// Stops accepting requests and joins the workers.
+    pub fn stop(self) {
+        for _ in &self.workers {
+            self.server.unblock();
+        }
+        for w in self.workers {
+            let _ = w.join();
+        }
+    }
+}
+
+struct Context {
+    runner: Arc<Runner>,
+    token: Option<String>,
+    hls_dir: Option<PathBuf>,
+    segment_times: crate::hls::SegmentTimes,
+}
+
+/// Binds `addr`; done before anything else starts so a busy port fails fast.
+pub fn bind(addr: &str) -> anyhow::Result<tiny_http::Server> {
+    tiny_http::Server::http(addr).map_err(|e| anyhow!("cannot listen on {addr}: {e}"))
+}
+
+/// Serves from a few worker threads.
+pub fn start(
+    server: tiny_http::Server,
+    runner: Arc<Runner>,
+    token: Option<String>,
+    hls_dir: Option<PathBuf>,
+) -> anyhow::Result<ServerHandle> {
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .context("the HTTP server is not on an IP address")?;
+    let server = Arc::new(server);
+    let context = Arc::new(Context {
+        runner,
+        token,
+        hls_dir: hls_dir.and_then(|d| std::fs::canonicalize(d).ok()),
+        segment_times: crate::hls::SegmentTimes::default(),
+    });
+    let workers = (0..WORKERS)
+        .map(|_| {
+            let server = server.clone();
+            let context = context.clone();
+            std::thread::spawn(move || {
+                while let Ok(request) = server.recv() {
+                    handle(&context, request);
+                }
+            })
+        })
+        .collect();
+    Ok(ServerHandle {
+        addr: bound,
+        server,
+        workers,
+    })
+}
+
+fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header names are valid")
+}
+
+fn text(status: u16, body: impl Into<String>) -> Response<std::io::Cursor<Vec<u8>>> {
+    Response::from_string(body.into())
+        .with_status_code(status)
+        .with_header(header("Content-Type", "text/plain; charset=utf-8"))
+        .with_header(header("Cache-Control", "no-store"))
+}
+
+fn json(status: u16, value: &serde_json::Value) -> Response<std::io::Cursor<Vec<u8>>> {
+    Response::from_string(value.to_string())
+        .with_status_code(status)
+        .with_header(header("Content-Type", "application/json"))
+        .with_header(header("Cache-Control", "no-store"))
+}
+
+fn error(status: u16, message: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+fn handle(context: &Context, mut request: Request) {
+    let url = request.url().to_string();
+    let path = url.split('?').next().unwrap_or("").to_string();
+    let method = request.method().clone();
+    let response = match (&method, path.as_str()) {
+        (Method::Get | Method::Head, "/" | "/index.html") => Response::from_string(INDEX_HTML)
+            .with_header(header("Content-Type", "text/html; charset=utf-8"))
+            .with_header(header("Cache-Control", "no-cache")),
+        (Method::Get | Method::Head, "/assets/hls.min.js") => Response::from_data(HLS_JS.to_vec())
+            .with_header(header("Content-Type", "text/javascript; charset=utf-8"))
+            .with_header(header("Cache-Control", "public, max-age=86400")),
+        (Method::Get | Method::Head, "/assets/hls.js.LICENSE") => text(200, HLS_JS_LICENSE),
+        (Method::Get | Method::Head, "/metrics") => Response::from_string(metrics(&context.runner))
+            .with_header(header(
+                "Content-Type",
+                "text/plain; version=0.0.4; charset=utf-8",
+            ))
+            .with_header(header("Cache-Control", "no-store")),
+        (Method::Get | Method::Head, "/api/status") => {
+            let status = context
+                .runner
+                .shared
+                .with(|s| serde_json::to_value(&*s).unwrap_or_default());
+            json(200, &status)
+        }
+        (Method::Get | Method::Head, p) if p.starts_with("/hls/") => {
+            hls_file(context, &p["/hls/".len()..])
+        }
+        (Method::Post, "/api/markers" | "/api/recording") => {
+            match authorised_body(context, &mut request) {
+                Ok(body) if path == "/api/markers" => markers(context, &body),
+                Ok(body) => recording(context, &body),
+                Err(response) => response,
+            }
+        }
+        (_, "/api/markers" | "/api/recording") => error(405, "use POST"),
+        (_, "/" | "/metrics" | "/api/status") => error(405, "use GET"),
+        _ => error(404, "not found"),
+    };
+    let _ = request.respond(response);
+}
+
+/// Checks the bearer token, then reads a body of at most [`MAX_BODY`] bytes.
+fn authorised_body(
+    context: &Context,
+    request: &mut Request,
+) -> Result<Vec<u8>, Response<std::io::Cursor<Vec<u8>>>> {
+    let Some(expected) = &context.token else {
+        return Err(error(
+            403,
+            "write endpoints are disabled: set [server] token or token_env in the pipeline file",
+        ));
+    };
+    let given = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .and_then(|h| h.value.as_str().strip_prefix("Bearer ").map(str::to_string));
+    let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes()));
+    if !ok {
+        return Err(error(401, "missing or wrong bearer token")
+            .with_header(header("WWW-Authenticate", "Bearer")));
+    }
+    if request.body_length().is_some_and(|n| n > MAX_BODY) {
+        return Err(error(413, "request body too large"));
+    }
+    let mut body = Vec::new();
+    let read = request
+        .as_reader()
+        .take(MAX_BODY as u64 + 1)
+        .read_to_end(&mut body);
+    match read {
+        Err(_) => Err(error(400, "cannot read the request body")),
+        Ok(_) if body.len() > MAX_BODY => Err(error(413, "request body too large")),
+        Ok(_) => Ok(body),
+    }
+}
+
+/// Compares without returning early, so the time taken does not reveal the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for (i, x) in a.iter().enumerate() {
+        diff |= x ^ b.get(i).copied().unwrap_or(!x);
+    }
+    diff == 0
+}
+
+fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_slice(body) {
+        Ok(serde_json::Value::Object(o)) => Ok(o),
+        Ok(_) => Err("the body must be a JSON object".into()),
+        Err(e) => Err(format!("invalid JSON: {e}")),
+    }
+}
+
+fn markers(context: &Context, body: &[u8]) -> Response<std::io::Cursor<Vec<u8>>> {
+    let object = match parse_object(body) {
+        Ok(o) => o,
+        Err(e) => return error(400, &e),
+    };
+    let label = match object.get("label") {
+        None => String::new(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(_) => return error(400, "`label` must be a string"),
+    };
+    let marker = context.runner.marker(label);
+    json(
+        201,
+        &serde_json::json!({"utc": crate::state::rfc3339(marker.utc_ns), "utc_ns": marker.utc_ns, "label": marker.label}),
+    )
+}
+
+fn recording(context: &Context, body: &[u8]) -> Response<std::io::Cursor<Vec<u8>>> {
+    let object = match parse_object(body) {
+        Ok(o) => o,
+        Err(e) => return error(400, &e),
+    };
+    let start = match object.get("action").and_then(|a| a.as_str()) {
+        Some("start") => true,
+        Some("stop") => false,
+        _ => return error(400, "`action` must be \"start\" or \"stop\""),
+    };
+    let output = object.get("output").and_then(|o| o.as_str());
+    match context.runner.recording(start, output) {
+        Ok(names) => json(
+            202,
+            &serde_json::json!({"action": if start { "start" } else { "stop" }, "outputs": names}),
+        ),
+        Err(e) => error(404, &e),
+    }
+}
+
+fn hls_file(context: &Context, name: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+    let Some(dir) = &context.hls_dir else {
+        return error(404, "this pipeline has no hls output");
+    };
+    // Only plain file names from the HLS folder: no separators, no dot files, no `..`.
+    let plain = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let content_type = if name.ends_with(".m3u8") {
+        "application/vnd.apple.mpegurl"
+    } else if name.ends_with(".ts") {
+        "video/mp2t"
+    } else {
+        return error(404, "not found");
+    };
+    if !plain {
+        return error(404, "not found");
+    }
+    let path = dir.join(name);
+    match std::fs::read(&path) {
+        Ok(data) => {
+            let data = if content_type == "video/mp2t" {
+                data
+            } else {
+                let playlist = String::from_utf8_lossy(&data);
+                context.segment_times.annotate(dir, &playlist).into_bytes()
+            };
+            // The playlist changes every segment; a segment never changes once listed.
+            let cache = if content_type == "video/mp2t" {
+                "public, max-age=60, immutable"
+            } else {
+                "no-cache, no-store"
+            };
+            Response::from_data(data)
+                .with_header(header("Content-Type", content_type))
+                .with_header(header("Cache-Control", cache))
+                .with_header(header("Access-Control-Allow-Origin", "*"))
+        }
+        Err(_) => error(404, "not found"),
+    }
+}
+
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Prometheus text exposition of the runner's figures.
+pub fn metrics(runner: &Runner) -> String {
+    runner.shared.with(|s| {
+        let mut out = String::new();
+        out.push_str("# HELP hybridlive_latency_ms Capture-to-here latency per path over the meter window, milliseconds.\n");
+        out.push_str("# TYPE hybridlive_latency_ms gauge\n");
+        for (path, l) in &s.latency {
+            let p = label(path);
+            let _ = writeln!(out, "hybridlive_latency_ms{{path=\"{p}\",quantile=\"0.5\"}} {}", l.p50_ms);
+            let _ = writeln!(out, "hybridlive_latency_ms{{path=\"{p}\",quantile=\"0.95\"}} {}", l.p95_ms);
+        }
+        out.push_str("# HELP hybridlive_latency_frames_total Frames measured per path.\n");
+        out.push_str("# TYPE hybridlive_latency_frames_total counter\n");
+        for (path, l) in &s.latency {
+            let _ = writeln!(out, "hybridlive_latency_frames_total{{path=\"{}\"}} {}", label(path), l.count);
+        }
+        out.push_str("# HELP hybridlive_encoder_bitrate_kbps Encoder output over the last second, kbit/s.\n");
+        out.push_str("# TYPE hybridlive_encoder_bitrate_kbps gauge\n");
+        for (name, e) in &s.encoders {
+            let _ = writeln!(out, "hybridlive_encoder_bitrate_kbps{{encoder=\"{}\"}} {}", label(name), e.kbps);
+        }
+        out.push_str("# HELP hybridlive_encoder_fps Encoded buffers over the last second.\n");
+        out.push_str("# TYPE hybridlive_encoder_fps gauge\n");
+        for (name, e) in &s.encoders {
+            let _ = writeln!(out, "hybridlive_encoder_fps{{encoder=\"{}\"}} {}", label(name), e.fps);
+        }
+        out.push_str("# HELP hybridlive_encoder_bytes_total Bytes produced per encoder.\n");
+        out.push_str("# TYPE hybridlive_encoder_bytes_total counter\n");
+        for (name, e) in &s.encoders {
+            let _ = writeln!(out, "hybridlive_encoder_bytes_total{{encoder=\"{}\"}} {}", label(name), e.bytes);
+        }
+        out.push_str("# HELP hybridlive_output_up 1 while the output runs.\n");
+        out.push_str("# TYPE hybridlive_output_up gauge\n");
+        for (name, o) in &s.outputs {
+            let up = u8::from(o.state == "running");
+            let _ = writeln!(out, "hybridlive_output_up{{output=\"{}\",type=\"{}\"}} {up}", label(name), o.kind);
+        }
+        out.push_str("# HELP hybridlive_output_restarts_total Restarts after failures.\n");
+        out.push_str("# TYPE hybridlive_output_restarts_total counter\n");
+        for (name, o) in &s.outputs {
+            let _ = writeln!(out, "hybridlive_output_restarts_total{{output=\"{}\"}} {}", label(name), o.restarts);
+        }
+        out.push_str("# HELP hybridlive_recording_duration_seconds Media in the current recording.\n");
+        out.push_str("# TYPE hybridlive_recording_duration_seconds gauge\n");
+        for (name, o) in &s.outputs {
+            if let Some(r) = &o.recording {
+                let _ = writeln!(out, "hybridlive_recording_duration_seconds{{output=\"{}\"}} {}", label(name), r.duration_s);
+            }
+        }
+        out.push_str("# HELP hybridlive_recording_bytes Size of the current recording on disk.\n");
+        out.push_str("# TYPE hybridlive_recording_bytes gauge\n");
+        for (name, o) in &s.outputs {
+            if let Some(r) = &o.recording {
+                let _ = writeln!(out, "hybridlive_recording_bytes{{output=\"{}\"}} {}", label(name), r.bytes);
+            }
+        }
+        out.push_str("# HELP hybridlive_source_on_fallback 1 while a source's slate or backup is on air.\n");
+        out.push_str("# TYPE hybridlive_source_on_fallback gauge\n");
+        for (name, state) in &s.sources {
+            let on = u8::from(state == "fallback");
+            let _ = writeln!(out, "hybridlive_source_on_fallback{{source=\"{}\"}} {on}", label(name));
+        }
+                out.push_str("# HELP hybridlive_markers_total Markers set through the API.\n");
+        out.push_str("# TYPE hybridlive_markers_total counter\n");
+        let _ = writeln!(out, "hybridlive_markers_total {}", s.markers.len());
+        out
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn compares_tokens() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

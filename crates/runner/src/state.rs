@@ -1,0 +1,166 @@
+//! What the runner knows about itself, shared by the pipelines, the status line and the HTTP
+//! server: latency per path, encoder rates, output states, recordings and markers.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+/// Latency figures of one measured path, from the latest `latency-report`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    /// Median over the meter's window, milliseconds.
+    pub p50_ms: f64,
+    /// 95th percentile over the meter's window, milliseconds.
+    pub p95_ms: f64,
+    /// Frames measured since the meter started.
+    pub count: u64,
+}
+
+/// Throughput of one encoder, updated once a second.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EncoderStats {
+    /// Bytes produced since start.
+    pub bytes: u64,
+    /// Buffers (frames) produced since start.
+    pub buffers: u64,
+    /// Output rate over the last second, kbit/s.
+    pub kbps: f64,
+    /// Buffers over the last second.
+    pub fps: f64,
+}
+
+/// The current recording of a `record` output.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recording {
+    /// The MP4 file.
+    pub path: PathBuf,
+    /// The sidecar timeline JSON.
+    pub timeline: PathBuf,
+    /// UTC capture time of the first frame, nanoseconds since the Unix epoch.
+    pub start_utc_ns: u64,
+    /// Seconds of media written so far.
+    pub duration_s: f64,
+    /// Bytes on disk.
+    pub bytes: u64,
+}
+
+/// State of one output.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputStatus {
+    /// `hls` or `record`.
+    pub kind: &'static str,
+    /// `starting`, `running`, `failed`, `stopping`, `stopped`.
+    pub state: String,
+    /// Restarts after failures since the runner started.
+    pub restarts: u32,
+    /// The last failure, if any.
+    pub last_error: Option<String>,
+    /// The recording in progress or last finished (record outputs).
+    pub recording: Option<Recording>,
+}
+
+/// A moment marked for repurposing.
+#[derive(Debug, Clone, Serialize)]
+pub struct Marker {
+    /// UTC time of the mark, nanoseconds since the Unix epoch.
+    pub utc_ns: u64,
+    /// Free text from the request.
+    pub label: String,
+}
+
+/// Everything the status line, `/metrics` and `/api/status` show.
+#[derive(Debug, Default, Serialize)]
+pub struct Snapshot {
+    /// UTC start of the runner, nanoseconds since the Unix epoch.
+    pub started_utc_ns: u64,
+    /// Per measured path (output or encoder name).
+    pub latency: BTreeMap<String, Latency>,
+    /// Per file or network source: `primary` or `fallback` (slate or backup on air).
+    pub sources: BTreeMap<String, String>,
+    /// Per encoder.
+    pub encoders: BTreeMap<String, EncoderStats>,
+    /// Per output.
+    pub outputs: BTreeMap<String, OutputStatus>,
+    /// Markers set through the API.
+    pub markers: Vec<Marker>,
+    /// URL of the viewer page.
+    pub viewer_url: String,
+}
+
+/// The shared state, behind one mutex; nothing holds it while calling into GStreamer.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// The figures.
+    pub snapshot: Mutex<Snapshot>,
+}
+
+impl Shared {
+    /// Runs `f` on the snapshot.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Snapshot) -> R) -> R {
+        let mut guard = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+}
+
+/// Now, UTC, in nanoseconds since the Unix epoch.
+pub fn utc_now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-27T11:15:00.123Z`.
+pub fn rfc3339(utc_ns: u64) -> String {
+    let secs = (utc_ns / 1_000_000_000) as i64;
+    let millis = (utc_ns / 1_000_000) % 1000;
+    let (y, mo, d, h, mi, s) = civil(secs);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{millis:03}Z")
+}
+
+/// Compact UTC for file names, e.g. `20261127T111500Z`.
+pub fn compact_utc(utc_ns: u64) -> String {
+    let (y, mo, d, h, mi, s) = civil((utc_ns / 1_000_000_000) as i64);
+    format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
+}
+
+/// Seconds since the epoch to (year, month, day, hour, minute, second), proleptic Gregorian.
+fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's days-from-civil inverse.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        ((rem % 3600) / 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        // 2024-02-29T12:34:56.789Z (leap day).
+        assert_eq!(
+            rfc3339(1_709_210_096_789_000_000),
+            "2024-02-29T12:34:56.789Z"
+        );
+        assert_eq!(compact_utc(1_709_210_096_789_000_000), "20240229T123456Z");
+    }
+}

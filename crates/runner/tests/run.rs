@@ -1,0 +1,909 @@
+//! `hybridlive run` end to end: each shipped pipeline runs on its test sources in a child
+//! process; HLS is checked with ffprobe, recordings survive `kill -9`, the HTTP API enforces
+//! its token and limits, a failing output is restarted while the others keep running, and
+//! SIGTERM finalises the recording and exits 0.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use clap::Parser as _;
+
+const TOKEN: &str = "test-token-5f1c";
+
+#[derive(clap::Parser)]
+struct ChildCli {
+    #[command(flatten)]
+    run: hybridlive_runner::RunArgs,
+}
+
+/// The runner in a child process: the other tests start this test binary again with only this
+/// test selected and the arguments in `HYBRIDLIVE_RUNNER_ARGS`.
+#[test]
+#[ignore = "entry point of the runner child process started by the other tests"]
+fn runner_child_process() {
+    let args: Vec<String> = serde_json::from_str(
+        &std::env::var("HYBRIDLIVE_RUNNER_ARGS").expect("HYBRIDLIVE_RUNNER_ARGS"),
+    )
+    .expect("JSON list of arguments");
+    let cli = ChildCli::parse_from(std::iter::once("hybridlive-run".to_string()).chain(args));
+    let code = match hybridlive_runner::run(&cli.run) {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("run failed: {err:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn pipeline(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../pipelines")
+        .join(name)
+        .canonicalize()
+        .expect("shipped pipeline")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "hybridlive-runner-test-{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    dir
+}
+
+struct Runner {
+    child: Child,
+    events: mpsc::Receiver<serde_json::Value>,
+    base: String,
+}
+
+impl Runner {
+    /// Starts `run FILE --http 127.0.0.1:0 --json` in `dir` and waits for `ready`.
+    fn start(file: &Path, dir: &Path, extra: &[&str]) -> Runner {
+        let mut args = vec![
+            file.to_string_lossy().into_owned(),
+            "--http".into(),
+            "127.0.0.1:0".into(),
+            "--json".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut child = Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--ignored",
+                "--exact",
+                "runner_child_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(
+                "HYBRIDLIVE_RUNNER_ARGS",
+                serde_json::to_string(&args).unwrap(),
+            )
+            .env("HYBRIDLIVE_TOKEN", TOKEN)
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the runner");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, events) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // libtest prints `test runner_child_process ... ` before the first line.
+                let json = line.find('{').map_or("", |i| &line[i..]);
+                if let Ok(value) = serde_json::from_str::<serde_json::Value>(json)
+                    && tx.send(value).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let mut runner = Runner {
+            child,
+            events,
+            base: String::new(),
+        };
+        let ready = runner.wait_event("ready", Duration::from_secs(20));
+        runner.base = ready["viewer"]
+            .as_str()
+            .expect("viewer URL")
+            .trim_end_matches('/')
+            .to_string();
+        runner
+    }
+
+    fn wait_event(&mut self, kind: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(event) if event["event"] == kind => return event,
+                Ok(event) => {
+                    assert_ne!(event["event"], "ingest-error", "the ingest failed: {event}");
+                }
+                Err(_) => panic!("no `{kind}` event within {timeout:?}"),
+            }
+        }
+    }
+
+    fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
+    }
+
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        http(&self.addr(), method, path, headers, body)
+    }
+
+    fn get(&self, path: &str) -> Response {
+        self.request("GET", path, &[], b"")
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the runner did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Response {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map_or("", String::as_str)
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection.
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    // The server may answer (413) before reading the whole body.
+    let _ = stream.write_all(body);
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP response head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = matches!(
+        headers_get(&headers, "transfer-encoding"),
+        Some(v) if v.eq_ignore_ascii_case("chunked")
+    );
+    if chunked {
+        body = dechunk(&body);
+    }
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn headers_get<'a>(headers: &'a BTreeMap<String, String>, name: &str) -> Option<&'a str> {
+    headers.get(name).map(String::as_str)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = data.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16).unwrap_or(0);
+        if size == 0 || data.len() < end + 4 + size {
+            break;
+        }
+        out.extend_from_slice(&data[end + 2..end + 2 + size]);
+        data = &data[end + 4 + size..];
+    }
+    out
+}
+
+fn ffprobe(args: &[&str], file: &Path) -> String {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error"])
+        .args(args)
+        .arg(file)
+        .output()
+        .expect("ffprobe is installed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn media_duration(file: &Path) -> f64 {
+    ffprobe(
+        &["-show_entries", "format=duration", "-of", "csv=p=0"],
+        file,
+    )
+    .trim()
+    .parse()
+    .unwrap_or_else(|_| panic!("ffprobe reads no duration from {}", file.display()))
+}
+
+fn decoded_video_frames(file: &Path) -> usize {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "quiet", "-i"])
+        .arg(file)
+        .args(["-map", "0:v", "-f", "framemd5", "-"])
+        .output()
+        .expect("ffmpeg is installed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .count()
+}
+
+/// Polls `f` every 200 ms until it returns `Some` or `timeout` passes.
+fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn metric(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn workshop_serves_hls_metrics_and_a_guarded_api_and_exits_cleanly_on_sigterm() {
+    let dir = scratch("workshop");
+    let mut runner = Runner::start(&pipeline("workshop.toml"), &dir, &[]);
+    let first = runner.wait_event("recording-started", Duration::from_secs(10));
+
+    // The viewer page plays /hls/live.m3u8 with the vendored hls.js.
+    let page = runner.get("/");
+    assert_eq!(page.status, 200);
+    assert!(page.header("content-type").starts_with("text/html"));
+    assert!(page.text().contains("/assets/hls.min.js") && page.text().contains("/hls/live.m3u8"));
+    let js = runner.get("/assets/hls.min.js");
+    assert_eq!(js.status, 200);
+    assert!(js.header("content-type").starts_with("text/javascript"));
+    assert!(js.body.len() > 100_000);
+
+    // HLS: a live playlist of 1 s segments, served with the right types and cache headers.
+    let playlist = eventually(Duration::from_secs(20), "two HLS segments", || {
+        let r = runner.get("/hls/live.m3u8");
+        (r.status == 200 && r.text().matches(".ts").count() >= 2).then_some(r)
+    });
+    assert_eq!(
+        playlist.header("content-type"),
+        "application/vnd.apple.mpegurl"
+    );
+    assert!(playlist.header("cache-control").contains("no-cache"));
+    let text = playlist.text();
+    assert!(text.contains("#EXT-X-TARGETDURATION:1"), "{text}");
+    // Program-date-time: the capture time of each segment's first frame, read from its stamp.
+    let dates: Vec<i64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:"))
+        .map(chrono_free_ms)
+        .collect();
+    assert_eq!(dates.len(), text.matches("#EXTINF").count(), "{text}");
+    for pair in dates.windows(2) {
+        assert!(
+            (pair[1] - pair[0] - 1000).abs() <= 100,
+            "segments {} ms apart: {text}",
+            pair[1] - pair[0]
+        );
+    }
+    let age_ms = now_ms() - dates.last().copied().unwrap_or_default();
+    assert!(
+        (0..10_000).contains(&age_ms),
+        "last segment dated {age_ms} ms ago"
+    );
+    let segment_name = text
+        .lines()
+        .find(|l| l.ends_with(".ts"))
+        .expect("a segment")
+        .to_string();
+    let segment = runner.get(&format!("/hls/{segment_name}"));
+    assert_eq!(segment.status, 200);
+    assert_eq!(segment.header("content-type"), "video/mp2t");
+    assert!(segment.header("cache-control").contains("max-age"));
+    let segment_file = dir.join("segment.ts");
+    std::fs::write(&segment_file, &segment.body).unwrap();
+    let streams = ffprobe(
+        &["-show_entries", "stream=codec_name", "-of", "csv=p=0"],
+        &segment_file,
+    );
+    assert!(
+        streams.contains("h264") && streams.contains("aac"),
+        "{streams}"
+    );
+    let duration = media_duration(&segment_file);
+    assert!((0.5..=1.6).contains(&duration), "segment of {duration} s");
+    // The capture stamps travel inside the segments as SEI, readable by other tools.
+    let side_data = ffprobe(
+        &[
+            "-select_streams",
+            "v",
+            "-show_frames",
+            "-show_entries",
+            "frame_side_data=side_data_type",
+            "-of",
+            "csv",
+        ],
+        &segment_file,
+    );
+    assert!(
+        side_data.contains("User Data Unregistered SEI"),
+        "no SEI stamps in the segment"
+    );
+
+    // Static routes never leave their folder.
+    for path in [
+        "/hls/../Cargo.toml",
+        "/hls/..%2F..%2Fetc%2Fpasswd",
+        "/hls/%2Fetc%2Fpasswd",
+        "/hls/.hidden.ts",
+    ] {
+        let r = runner.get(path);
+        assert_eq!(r.status, 404, "{path} answered {}", r.status);
+    }
+
+    // Write endpoints need the bearer token, and bodies are size-limited.
+    let marker = br#"{"label":"intro done"}"#;
+    assert_eq!(
+        runner.request("POST", "/api/markers", &[], marker).status,
+        401
+    );
+    let wrong = [("Authorization", "Bearer wrong-token-5f1c")];
+    assert_eq!(
+        runner
+            .request("POST", "/api/markers", &wrong, marker)
+            .status,
+        401
+    );
+    let auth = [("Authorization", "Bearer test-token-5f1c")];
+    let huge = vec![b' '; 64 * 1024];
+    assert_eq!(
+        runner.request("POST", "/api/markers", &auth, &huge).status,
+        413
+    );
+    assert_eq!(
+        runner
+            .request("POST", "/api/markers", &auth, b"not json")
+            .status,
+        400
+    );
+    assert_eq!(
+        runner.request("GET", "/api/markers", &auth, b"").status,
+        405
+    );
+    let created = runner.request("POST", "/api/markers", &auth, marker);
+    assert_eq!(created.status, 201, "{}", created.text());
+
+    // Metrics: latency per path from latencymeter, bitrates, the recording.
+    let metrics = eventually(
+        Duration::from_secs(10),
+        "latency metrics of the hls path",
+        || {
+            let m = runner.get("/metrics").text();
+            m.contains("hybridlive_latency_ms{path=\"hls\",quantile=\"0.95\"}")
+                .then_some(m)
+        },
+    );
+    let p95 = metric(
+        &metrics,
+        "hybridlive_latency_ms{path=\"hls\",quantile=\"0.95\"}",
+    )
+    .expect("p95");
+    assert!(p95 > 0.0 && p95 < 2000.0, "hls p95 {p95} ms");
+    let kbps = metric(
+        &metrics,
+        "hybridlive_encoder_bitrate_kbps{encoder=\"video\"}",
+    )
+    .expect("bitrate");
+    assert!(kbps > 100.0, "video at {kbps} kbit/s");
+    assert!(
+        metric(&metrics, "hybridlive_recording_bytes{output=\"recording\"}")
+            .expect("recording size")
+            > 0.0
+    );
+    assert_eq!(metric(&metrics, "hybridlive_markers_total"), Some(1.0));
+    let status: serde_json::Value =
+        serde_json::from_slice(&runner.get("/api/status").body).expect("JSON status");
+    assert_eq!(status["outputs"]["hls"]["state"], "running");
+
+    // Stop the recording: the file is finalised and its timeline holds the marker.
+    let stop = runner.request("POST", "/api/recording", &auth, br#"{"action":"stop"}"#);
+    assert_eq!(stop.status, 202, "{}", stop.text());
+    let finished = runner.wait_event("recording-finished", Duration::from_secs(10));
+    let first_file = PathBuf::from(first["path"].as_str().unwrap());
+    assert_eq!(finished["path"].as_str(), first["path"].as_str());
+    assert!(media_duration(&first_file) > 1.0);
+    let timeline: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(first["timeline"].as_str().unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(timeline["markers"][0]["label"], "intro done");
+    assert!(timeline["utc_start"].as_str().unwrap().ends_with('Z'));
+    assert!(timeline["utc_end"].is_string());
+
+    // A failing output is reported and retried while HLS keeps going: the recording folder is
+    // replaced by a file, so the next recording cannot be created.
+    let folder = first_file.parent().unwrap().to_path_buf();
+    let aside = dir.join("recordings-aside");
+    std::fs::rename(&folder, &aside).unwrap();
+    std::fs::write(&folder, b"not a folder").unwrap();
+    let start = runner.request("POST", "/api/recording", &auth, br#"{"action":"start"}"#);
+    assert_eq!(start.status, 202);
+    let failed = runner.wait_event("output-failed", Duration::from_secs(10));
+    assert_eq!(failed["output"], "recording");
+    let segments_before = runner.get("/hls/live.m3u8").text();
+    std::fs::remove_file(&folder).unwrap();
+    std::fs::rename(&aside, &folder).unwrap();
+    runner.wait_event("output-restart", Duration::from_secs(10));
+    let second = runner.wait_event("recording-started", Duration::from_secs(10));
+    eventually(Duration::from_secs(5), "HLS to keep going", || {
+        (runner.get("/hls/live.m3u8").text() != segments_before).then_some(())
+    });
+
+    // SIGTERM: EOS, the recording is finalised, exit 0.
+    std::thread::sleep(Duration::from_secs(2));
+    runner.signal(libc::SIGTERM);
+    let status = runner.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "exit status {status}");
+    let second_file = PathBuf::from(second["path"].as_str().unwrap());
+    assert!(media_duration(&second_file) > 1.0);
+    assert!(decoded_video_frames(&second_file) > 30);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn recording_survives_kill_9() {
+    let dir = scratch("kill9");
+    let mut runner = Runner::start(&pipeline("record.toml"), &dir, &[]);
+    let started = runner.wait_event("recording-started", Duration::from_secs(10));
+    let utc_start_ms = chrono_free_ms(started["utc_start"].as_str().unwrap());
+    std::thread::sleep(Duration::from_secs(4));
+    runner.signal(libc::SIGKILL);
+    let killed_at_ms = now_ms();
+    runner.wait_exit(Duration::from_secs(5));
+    let file = PathBuf::from(started["path"].as_str().unwrap());
+    let ran = (killed_at_ms - utc_start_ms) as f64 / 1000.0;
+    let duration = media_duration(&file);
+    assert!(
+        (ran - duration).abs() <= 1.0,
+        "ran {ran:.2} s from the first frame, the file holds {duration:.2} s"
+    );
+    let frames = decoded_video_frames(&file);
+    assert!(
+        frames as f64 >= (duration - 0.5) * 30.0,
+        "{frames} frames decode in {duration} s"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn hls_pipeline_plays_in_headless_chromium_and_stops_after_its_duration() {
+    let dir = scratch("hls");
+    let mut runner = Runner::start(&pipeline("hls.toml"), &dir, &["--duration", "8"]);
+    eventually(Duration::from_secs(10), "two HLS segments", || {
+        let r = runner.get("/hls/live.m3u8");
+        (r.status == 200 && r.text().matches(".ts").count() >= 2).then_some(())
+    });
+    // The viewer page itself, in a real browser: hls.js loads the playlist, MSE plays it.
+    let profile = dir.join("chromium-profile");
+    let dom = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+        ])
+        .args([
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .args([
+            "--autoplay-policy=no-user-gesture-required",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("{}/", runner.base))
+        .stderr(Stdio::null())
+        .output()
+        .expect("chromium is installed (scripts/setup)");
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    let state = dom
+        .split("<div id=\"state\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</div>").next())
+        .unwrap_or_else(|| panic!("no state element in the page:\n{dom}"));
+    assert!(state.contains(">live"), "the page is not playing: {state}");
+    let played: f64 = state
+        .split("data-current-time=\"")
+        .nth(1)
+        .and_then(|v| v.split('"').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no playback position: {state}"));
+    assert!(played > 0.0, "playback did not advance: {state}");
+    let status = runner.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "exit status {status}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An SRT caller that, like a real encoder, dials again whenever the connection fails.
+struct SrtSender {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn srt_sender() -> SrtSender {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        while !flag.load(Ordering::SeqCst) {
+            let mut child = Command::new("gst-launch-1.0")
+                .args([
+                    "-q",
+                    "videotestsrc",
+                    "is-live=true",
+                    "!",
+                    "video/x-raw,width=640,height=360,framerate=30/1",
+                ])
+                .args([
+                    "!",
+                    "x264enc",
+                    "tune=zerolatency",
+                    "key-int-max=30",
+                    "!",
+                    "mpegtsmux",
+                    "name=m",
+                ])
+                .args(["!", "srtsink", "uri=srt://127.0.0.1:9000?mode=caller"])
+                .args([
+                    "audiotestsrc",
+                    "is-live=true",
+                    "!",
+                    "audioconvert",
+                    "!",
+                    "avenc_aac",
+                    "!",
+                    "m.",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("gst-launch-1.0");
+            while !flag.load(Ordering::SeqCst) && child.try_wait().ok().flatten().is_none() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    SrtSender {
+        stop,
+        thread: Some(thread),
+    }
+}
+
+impl Drop for SrtSender {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Waits for the `source` event that puts `state` on air.
+fn wait_source_state(runner: &mut Runner, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "the source never went to `{state}`");
+        let event = runner.wait_event("source", left);
+        if event["state"] == state {
+            return;
+        }
+    }
+}
+
+#[test]
+fn ingest_takes_an_srt_contribution_and_the_slate_covers_while_the_sender_is_gone() {
+    let dir = scratch("ingest");
+    let mut runner = Runner::start(&pipeline("ingest.toml"), &dir, &[]);
+    let started = runner.wait_event("recording-started", Duration::from_secs(10));
+    let sender = srt_sender();
+    wait_source_state(&mut runner, "primary");
+    let playlist = eventually(
+        Duration::from_secs(20),
+        "HLS segments from the SRT contribution",
+        || {
+            let r = runner.get("/hls/live.m3u8");
+            (r.status == 200 && r.text().matches(".ts").count() >= 2).then_some(r.text())
+        },
+    );
+    let name = playlist
+        .lines()
+        .find(|l| l.ends_with(".ts"))
+        .unwrap()
+        .to_string();
+    let segment = dir.join("segment.ts");
+    std::fs::write(&segment, runner.get(&format!("/hls/{name}")).body).unwrap();
+    // Normalised to the configured 1280x720, whatever the sender sent.
+    let size = ffprobe(
+        &[
+            "-select_streams",
+            "v",
+            "-show_entries",
+            "stream=width,height",
+            "-of",
+            "csv=p=0",
+        ],
+        &segment,
+    );
+    assert_eq!(size.lines().next(), Some("1280,720"), "{size}");
+
+    // The sender dies: the slate takes over and HLS goes on.
+    drop(sender);
+    wait_source_state(&mut runner, "fallback");
+    let before = runner.get("/hls/live.m3u8").text();
+    eventually(
+        Duration::from_secs(5),
+        "HLS to go on over the slate",
+        || (runner.get("/hls/live.m3u8").text() != before).then_some(()),
+    );
+    let metrics = runner.get("/metrics").text();
+    assert_eq!(
+        metric(
+            &metrics,
+            "hybridlive_source_on_fallback{source=\"presenter\"}"
+        ),
+        Some(1.0)
+    );
+
+    // It comes back: the source is given back.
+    let _sender = srt_sender();
+    wait_source_state(&mut runner, "primary");
+    std::thread::sleep(Duration::from_secs(1));
+    runner.signal(libc::SIGINT);
+    let stopped_at_ms = now_ms();
+    let status = runner.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "exit status {status}");
+    // Nothing was lost across the two switches: the recording covers the whole run.
+    let file = PathBuf::from(started["path"].as_str().unwrap());
+    let ran =
+        (stopped_at_ms - chrono_free_ms(started["utc_start"].as_str().unwrap())) as f64 / 1000.0;
+    let duration = media_duration(&file);
+    assert!(
+        (ran - duration).abs() <= 1.0,
+        "ran {ran:.2} s, recorded {duration:.2} s"
+    );
+    assert!(decoded_video_frames(&file) as f64 >= (duration - 0.5) * 30.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn uplink_pushes_rtmp_and_serves_srt_and_survives_a_missing_platform() {
+    let dir = scratch("uplink");
+    let mut runner = Runner::start(&pipeline("uplink.toml"), &dir, &[]);
+    // No RTMP server yet: that output fails and is retried; the others run on.
+    let failed = runner.wait_event("output-failed", Duration::from_secs(10));
+    assert_eq!(failed["output"], "platform");
+    let flv = dir.join("platform.flv");
+    let server = KillOnDrop(
+        Command::new("ffmpeg")
+            .args([
+                "-v",
+                "error",
+                "-listen",
+                "1",
+                "-i",
+                "rtmp://127.0.0.1:1935/live/stream-key",
+            ])
+            .args(["-c", "copy", "-f", "flv", "-y"])
+            .arg(&flv)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("ffmpeg"),
+    );
+    let ts = dir.join("contribution.ts");
+    let pulled = Command::new("timeout")
+        .args([
+            "4",
+            "gst-launch-1.0",
+            "-q",
+            "srtsrc",
+            "uri=srt://127.0.0.1:9100?mode=caller",
+            "!",
+            "filesink",
+        ])
+        .arg(format!("location={}", ts.display()))
+        .status()
+        .expect("gst-launch-1.0");
+    assert!(!pulled.success() || ts.exists(), "the SRT pull did not run");
+    eventually(
+        Duration::from_secs(15),
+        "the RTMP platform to receive",
+        || {
+            std::fs::metadata(&flv)
+                .is_ok_and(|m| m.len() > 200_000)
+                .then_some(())
+        },
+    );
+    runner.signal(libc::SIGINT);
+    assert!(runner.wait_exit(Duration::from_secs(15)).success());
+    drop(server);
+    for file in [&ts, &flv] {
+        let streams = ffprobe(
+            &["-show_entries", "stream=codec_name", "-of", "csv=p=0"],
+            file,
+        );
+        assert!(
+            streams.contains("h264") && streams.contains("aac"),
+            "{}: {streams}",
+            file.display()
+        );
+        assert!(
+            decoded_video_frames(file) > 30,
+            "{} does not decode",
+            file.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A helper process that dies with the test, even when an assertion fails first.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Milliseconds since the epoch of `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn chrono_free_ms(rfc3339: &str) -> i64 {
+    let n = |a: usize, b: usize| rfc3339[a..b].parse::<i64>().expect("timestamp digits");
+    let (y, m, d) = (n(0, 4), n(5, 7), n(8, 10));
+    // Days from civil (Howard Hinnant).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    ((days * 24 + n(11, 13)) * 60 + n(14, 16)) * 60_000 + n(17, 19) * 1000 + n(20, 23)
+}
+
+#[test]
+fn a_looping_file_source_plays_longer_than_the_file() {
+    let dir = scratch("file");
+    let made = Command::new("gst-launch-1.0")
+        .current_dir(&dir)
+        .args([
+            "-q",
+            "videotestsrc",
+            "num-buffers=30",
+            "!",
+            "video/x-raw,width=320,height=180,framerate=30/1",
+        ])
+        .args([
+            "!",
+            "x264enc",
+            "!",
+            "h264parse",
+            "!",
+            "mp4mux",
+            "name=m",
+            "!",
+            "filesink",
+            "location=clip.mp4",
+        ])
+        .args([
+            "audiotestsrc",
+            "num-buffers=47",
+            "!",
+            "audioconvert",
+            "!",
+            "avenc_aac",
+            "!",
+            "aacparse",
+            "!",
+            "m.",
+        ])
+        .status()
+        .expect("gst-launch-1.0");
+    assert!(made.success());
+    let config = dir.join("file.toml");
+    std::fs::write(
+        &config,
+        "[sources.clip]\ntype = \"file\"\nlocation = \"clip.mp4\"\nloop = true\n\n\
+         [encoders.video]\ntype = \"h264\"\ninputs = [\"clip\"]\n\n\
+         [encoders.audio]\ntype = \"aac\"\ninputs = [\"clip\"]\n\n\
+         [outputs.rec]\ntype = \"record\"\ninputs = [\"video\", \"audio\"]\ndirectory = \"rec\"\n",
+    )
+    .unwrap();
+    let mut runner = Runner::start(&config, &dir, &["--duration", "4"]);
+    let started = runner.wait_event("recording-started", Duration::from_secs(10));
+    let status = runner.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "exit status {status}");
+    let file = PathBuf::from(started["path"].as_str().unwrap());
+    let duration = media_duration(&file);
+    // The clip lasts 1 s; looping keeps the programme going for the whole run.
+    assert!(duration > 2.5, "recorded {duration} s from a 1 s clip");
+    let _ = std::fs::remove_dir_all(&dir);
+}

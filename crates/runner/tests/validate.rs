@@ -1,0 +1,215 @@
+//! `hybridlive validate`: a table of broken pipeline files and the messages a user must see,
+//! and every shipped pipeline file accepted.
+
+use std::path::PathBuf;
+
+fn init() {
+    hybridlive_runner::init().expect("GStreamer initialises");
+}
+
+const VALID: &str = r#"
+[sources.cam]
+type = "test"
+
+[encoders.video]
+type = "h264"
+inputs = ["cam"]
+
+[encoders.audio]
+type = "aac"
+inputs = ["cam"]
+
+[outputs.hls]
+type = "hls"
+inputs = ["video", "audio"]
+"#;
+
+/// Replaces `from` in the valid file with `to`; panics if `from` is absent so a table row can
+/// never silently test the valid file.
+fn broken(from: &str, to: &str) -> String {
+    assert!(VALID.contains(from), "`{from}` is not in the base file");
+    VALID.replacen(from, to, 1)
+}
+
+fn errors(text: &str) -> String {
+    match hybridlive_runner::parse_named("broken.toml", text) {
+        Ok(_) => panic!("accepted a broken file:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn the_base_file_is_valid() {
+    init();
+    let pipeline = hybridlive_runner::parse_named("valid.toml", VALID).expect("valid");
+    assert_eq!(pipeline.sources.len(), 1);
+    assert_eq!(pipeline.outputs[0].inputs, ["video", "audio"]);
+}
+
+#[test]
+fn broken_files_report_position_component_key_and_suggestion() {
+    init();
+    // (what is broken, replaced by, expected fragments of the report)
+    let table: &[(&str, &str, &[&str])] = &[
+        (
+            "type = \"test\"",
+            "type = \"tset\"",
+            &[
+                "broken.toml:3:8: error: sources.cam: `type`: unknown type `tset`",
+                "did you mean `test`?",
+            ],
+        ),
+        (
+            "type = \"test\"",
+            "type = \"test\"\nwidht = 640",
+            &[
+                "broken.toml:4:1: error: sources.cam: `widht`: unknown key",
+                "did you mean `width`?",
+            ],
+        ),
+        (
+            "type = \"test\"",
+            "type = \"test\"\nheight = \"720\"",
+            &[
+                "broken.toml:4:10: error: sources.cam: `height`: expected an integer, found a string",
+            ],
+        ),
+        (
+            "type = \"test\"",
+            "type = \"test\"\nframerate = 0",
+            &[
+                "broken.toml:4:13: error: sources.cam: `framerate`: 0 is out of range: expected 1..=120",
+            ],
+        ),
+        (
+            "inputs = [\"cam\"]\n\n[encoders.audio]",
+            "inputs = [\"cma\"]\n\n[encoders.audio]",
+            &[
+                "broken.toml:7:11: error: encoders.video: `inputs`: `cma` is not a source or transform",
+                "did you mean `cam`?",
+            ],
+        ),
+        (
+            "inputs = [\"video\", \"audio\"]",
+            "inputs = [\"vidoe\", \"audio\"]",
+            &[
+                "broken.toml:15:11: error: outputs.hls: `inputs`: `vidoe` is not an encoder",
+                "did you mean `video`?",
+            ],
+        ),
+        (
+            "type = \"hls\"",
+            "type = \"webrtc\"",
+            &[
+                "broken.toml:14:8: error: outputs.hls: `type`: `webrtc` is not supported by this build yet",
+            ],
+        ),
+        (
+            "type = \"hls\"",
+            "type = \"hsl\"",
+            &[
+                "`type`: unknown type `hsl`: expected one of hls, record",
+                "did you mean `hls`?",
+            ],
+        ),
+        (
+            "[sources.cam]\ntype = \"test\"",
+            "[sources.cam]\ntype = \"file\"",
+            &["broken.toml:2:10: error: sources.cam: `location`: missing required key"],
+        ),
+        (
+            "[sources.cam]",
+            "[sorces.cam]",
+            &[
+                "broken.toml:2:2: error: `sorces`: unknown section",
+                "did you mean `sources`?",
+            ],
+        ),
+        (
+            "type = \"aac\"",
+            "type = \"opus\"",
+            &[
+                "outputs.hls: `inputs`: `audio` is Opus, which browsers do not play from HLS MPEG-TS",
+            ],
+        ),
+        (
+            "type = \"h264\"",
+            "type = \"h264\"\nkeyframe_interval = 0.7",
+            &[
+                "HLS segments of 1 s need a keyframe interval that divides them",
+                "set `keyframe_interval = 1`",
+            ],
+        ),
+        (
+            "[outputs.hls]",
+            "[transforms.fx]\ntype = \"gst\"\ninputs = [\"cam\"]\npipeline = \"videobalanse saturation=0.5\"\n\n[outputs.hls]",
+            &[
+                "broken.toml:16:12: error: transforms.fx: `pipeline`: invalid GStreamer fragment: no element \"videobalanse\"",
+                "did you mean `videobalance`?",
+            ],
+        ),
+        (
+            "[outputs.hls]",
+            "[transforms.fx]\ntype = \"gst\"\ninputs = [\"cam\"]\npipeline = \"videobalance saturaton=0.5\"\n\n[outputs.hls]",
+            &[
+                "no property \"saturaton\" in element \"videobalance\"",
+                "did you mean `saturation`?",
+            ],
+        ),
+        (
+            "[outputs.hls]",
+            "[transforms.fx]\ntype = \"offeroverlay\"\ninputs = [\"cam\"]\n\n[outputs.hls]",
+            &["transforms.fx: `type`: `offeroverlay` is not supported by this build yet"],
+        ),
+        (
+            "[sources.cam]",
+            "[sources.cam",
+            &["broken.toml:2:13: error: unclosed table"],
+        ),
+    ];
+    for (from, to, expected) in table {
+        let report = errors(&broken(from, to));
+        for fragment in *expected {
+            assert!(
+                report.contains(fragment),
+                "replacing `{from}` by `{to}`: expected `{fragment}` in:\n{report}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_error_is_reported_not_just_the_first() {
+    init();
+    let text = broken("type = \"test\"", "type = \"test\"\nwidht = 1\nhieght = 2")
+        .replace("type = \"aac\"", "type = \"acc\"");
+    let report = errors(&text);
+    assert!(report.contains("`widht`"), "{report}");
+    assert!(report.contains("`hieght`"), "{report}");
+    assert!(report.contains("unknown type `acc`"), "{report}");
+    assert!(report.contains("3 error(s)"), "{report}");
+}
+
+#[test]
+fn shipped_pipelines_are_valid() {
+    init();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../pipelines");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("pipelines folder")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for expected in ["hls.toml", "ingest.toml", "record.toml", "workshop.toml"] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} is missing from {names:?}"
+        );
+    }
+    hybridlive_runner::validate(&hybridlive_runner::ValidateArgs { files })
+        .expect("all shipped pipelines validate");
+}
