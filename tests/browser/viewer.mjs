@@ -2,6 +2,9 @@
 // JSON on stdout. Page console lines go to stderr.
 //
 //   node tests/browser/viewer.mjs URL [TIMEOUT_SECONDS]
+//
+// WAIT (a JS expression, default `window.result !== undefined`) and RESULT (a JS expression,
+// may be a promise, default `window.result`) in the environment drive other pages.
 import { chromium } from 'playwright-core';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -30,10 +33,10 @@ try {
   page.on('console', (msg) => console.error(`page: ${msg.text()}`));
   page.on('pageerror', (err) => console.error(`page error: ${err.message}`));
   await page.goto(url);
-  await page.waitForFunction(() => window.result !== undefined, null, {
-    timeout: Number(timeout) * 1000,
-  });
-  console.log(JSON.stringify(await page.evaluate(() => window.result)));
+  const wait = process.env.WAIT || 'window.result !== undefined';
+  const result = process.env.RESULT || 'window.result';
+  await page.waitForFunction(wait, null, { timeout: Number(timeout) * 1000 });
+  console.log(JSON.stringify(await page.evaluate(result)));
 } catch (err) {
   console.error(String(err));
   status = 1;

@@ -332,6 +332,15 @@ pub enum OutputKind {
         /// `location`: e.g. `rtmp://live.example/app/stream-key`.
         location: String,
     },
+    /// `type = "webrtc"`: WHEP at `/whep`, every viewer fed from the one encode (H.264
+    /// constrained baseline + Opus).
+    Webrtc {
+        /// `max_viewers`: further offers get 503.
+        max_viewers: u32,
+        /// `loopback_only`: ICE on 127.0.0.1 only (viewers on this machine, loopback-only
+        /// networks).
+        loopback_only: bool,
+    },
 }
 
 const SECTIONS: &[&str] = &["server", "sources", "transforms", "encoders", "outputs"];
@@ -339,8 +348,8 @@ const SOURCE_TYPES: &[&str] = &["test", "file", "srt", "rtmp", "rtsp", "v4l2"];
 const TRANSFORM_TYPES: &[&str] = &["latencystamp", "gst"];
 const PLANNED_TRANSFORM_TYPES: &[&str] = &["offeroverlay", "abrcontroller"];
 const ENCODER_TYPES: &[&str] = &["h264", "aac", "opus"];
-const OUTPUT_TYPES: &[&str] = &["hls", "record", "srt", "rtmp"];
-const PLANNED_OUTPUT_TYPES: &[&str] = &["webrtc", "whep"];
+const OUTPUT_TYPES: &[&str] = &["hls", "record", "srt", "rtmp", "webrtc"];
+const PLANNED_OUTPUT_TYPES: &[&str] = &[];
 
 /// Reads a pipeline file. On failure, every problem found is returned, in file order.
 pub fn parse(text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
@@ -1022,6 +1031,10 @@ impl Reader<'_> {
                 }
                 OutputKind::Rtmp { location }
             }
+            "webrtc" => OutputKind::Webrtc {
+                max_viewers: f.integer(self.diags, "max_viewers", 1..1001, 64),
+                loopback_only: f.bool(self.diags, "loopback_only", false),
+            },
             _ => return None,
         };
         Some(Output {
@@ -1119,6 +1132,7 @@ impl Reader<'_> {
         }
         let encoder_names: Vec<&str> = encoders.iter().map(|n| n.value.name.as_str()).collect();
         let mut hls_outputs = 0;
+        let mut webrtc_outputs = 0;
         for o in outputs {
             let component = format!("outputs.{}", o.value.name);
             let mut video = 0;
@@ -1138,9 +1152,26 @@ impl Reader<'_> {
                 };
                 match &encoder.value.kind {
                     EncoderKind::H264 {
-                        keyframe_interval, ..
+                        keyframe_interval,
+                        preset,
+                        ..
                     } => {
                         video += 1;
+                        if matches!(o.value.kind, OutputKind::Webrtc { .. })
+                            && *preset != H264Preset::Zerolatency
+                        {
+                            self.diags.push(Diagnostic {
+                                span: span.clone(),
+                                component: Some(component.clone()),
+                                key: Some("inputs".into()),
+                                message: format!(
+                                    "`{input}` is not constrained baseline, which browsers need over WebRTC"
+                                ),
+                                help: Some(format!(
+                                    "set `preset = \"zerolatency\"` in [encoders.{input}]"
+                                )),
+                            });
+                        }
                         if let OutputKind::Hls {
                             segment_duration, ..
                         } = o.value.kind
@@ -1181,7 +1212,32 @@ impl Reader<'_> {
                             help: Some("use an encoder with `type = \"aac\"` for HLS".into()),
                         });
                     }
+                    EncoderKind::Aac { .. }
+                        if matches!(o.value.kind, OutputKind::Webrtc { .. }) =>
+                    {
+                        audio += 1;
+                        self.diags.push(Diagnostic {
+                            span: span.clone(),
+                            component: Some(component.clone()),
+                            key: Some("inputs".into()),
+                            message: format!("`{input}` is AAC; WebRTC carries Opus"),
+                            help: Some("use an encoder with `type = \"opus\"` for WebRTC".into()),
+                        });
+                    }
                     EncoderKind::Aac { .. } | EncoderKind::Opus { .. } => audio += 1,
+                }
+            }
+            if matches!(o.value.kind, OutputKind::Webrtc { .. }) {
+                webrtc_outputs += 1;
+                if webrtc_outputs > 1 {
+                    self.diags.push(Diagnostic {
+                        span: o.span.clone(),
+                        component: Some(component.clone()),
+                        key: None,
+                        message: "only one webrtc output is served at /whep; remove this one"
+                            .into(),
+                        help: None,
+                    });
                 }
             }
             if matches!(o.value.kind, OutputKind::Hls { .. }) {

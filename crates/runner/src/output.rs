@@ -49,6 +49,8 @@ pub struct OutputRunner {
     hls_dir: Option<PathBuf>,
     /// Whether the runner made that folder (a temporary one) and removes it at the end.
     hls_dir_is_temporary: bool,
+    /// WebRTC outputs: the WHEP sessions of the running pipeline.
+    whep: Mutex<Option<hybridlive_webrtc::WhepOutput>>,
 }
 
 #[derive(Default)]
@@ -133,7 +135,7 @@ impl OutputRunner {
                     .with_context(|| format!("cannot create {}", directory.display()))?;
                 None
             }
-            OutputKind::Srt { .. } | OutputKind::Rtmp { .. } => None,
+            OutputKind::Srt { .. } | OutputKind::Rtmp { .. } | OutputKind::Webrtc { .. } => None,
         };
         // Absolute paths in events and the API: the runner's working folder is not the user's.
         let mut config = config;
@@ -145,6 +147,7 @@ impl OutputRunner {
             OutputKind::Record { .. } => "record",
             OutputKind::Srt { .. } => "srt",
             OutputKind::Rtmp { .. } => "rtmp",
+            OutputKind::Webrtc { .. } => "webrtc",
         };
         shared.with(|s| {
             s.outputs.insert(
@@ -170,6 +173,7 @@ impl OutputRunner {
             }),
             hls_dir,
             hls_dir_is_temporary,
+            whep: Mutex::new(None),
         }))
     }
 
@@ -211,6 +215,18 @@ impl OutputRunner {
     /// Whether this is a recording output.
     pub fn is_record(&self) -> bool {
         matches!(self.config.kind, OutputKind::Record { .. })
+    }
+
+    /// The WHEP sessions, while a WebRTC output runs.
+    pub fn whep(&self) -> Option<hybridlive_webrtc::WhepOutput> {
+        self.whep.lock().unwrap().clone()
+    }
+
+    /// Ends every WebRTC session before the pipeline goes down.
+    fn close_viewers(&self) {
+        if let Some(whep) = self.whep.lock().unwrap().take() {
+            whep.close_all();
+        }
     }
 
     /// Remembers an ingest appsink that can be asked for a keyframe.
@@ -376,6 +392,7 @@ impl OutputRunner {
             inner.pipeline.take()
         };
         if let Some(p) = pipeline {
+            self.close_viewers();
             let _ = p.set_state(gst::State::Null);
             self.finish_timeline();
             self.set_state("stopped", None);
@@ -475,6 +492,7 @@ impl OutputRunner {
             (inner.pipeline.take(), inner.wanted, delay)
         };
         if let Some(p) = pipeline {
+            self.close_viewers();
             let _ = p.set_state(gst::State::Null);
         }
         self.finish_timeline();
@@ -653,6 +671,23 @@ impl OutputRunner {
                 mux.link(&sink)?;
                 mux
             }
+            OutputKind::Webrtc { .. } => {
+                // One tee per medium; each viewer's branch hangs off them. A fakesink on each
+                // keeps the tees flowing and lets EOS finish the pipeline without viewers.
+                let video = make("tee", "video")?;
+                let audio = make("tee", "audio")?;
+                for tee in [&video, &audio] {
+                    tee.set_property("allow-not-linked", true);
+                    let queue = make("queue", "")?;
+                    queue.set_property_from_str("leaky", "downstream");
+                    let sink = make("fakesink", "")?;
+                    sink.set_property("sync", false);
+                    sink.set_property("async", false);
+                    pipeline.add_many([tee, &queue, &sink])?;
+                    gst::Element::link_many([tee, &queue, &sink])?;
+                }
+                video
+            }
             OutputKind::Rtmp { location } => {
                 let mux = make("flvmux", "mux")?;
                 mux.set_property("streamable", true);
@@ -695,15 +730,58 @@ impl OutputRunner {
                 (OutputKind::Record { .. }, name) => format!("{name}_%u"),
                 (OutputKind::Srt { .. }, _) => "sink_%d".to_string(),
                 (OutputKind::Rtmp { .. }, name) => name.to_string(),
+                (OutputKind::Webrtc { .. }, name) => name.to_string(),
             };
-            let sinkpad = sink
-                .request_pad_simple(&template)
-                .with_context(|| format!("{} has no {template} pad", sink.name()))?;
+            let sinkpad = if let OutputKind::Webrtc { .. } = self.config.kind {
+                // A joining viewer asks its branch for a key frame; the encoder is in the
+                // ingest pipeline, behind the appsrc: pass the request on to it.
+                let requesters = self.keyframe_requesters.lock().unwrap().clone();
+                appsrc.static_pad("src").context("appsrc src")?.add_probe(
+                    gst::PadProbeType::EVENT_UPSTREAM,
+                    move |_, info| {
+                        if let Some(event) = info.event()
+                            && gst_video::UpstreamForceKeyUnitEvent::parse(event).is_ok()
+                        {
+                            for appsink in &requesters {
+                                appsink.send_event(event.clone());
+                            }
+                        }
+                        gst::PadProbeReturn::Ok
+                    },
+                );
+                pipeline
+                    .by_name(&template)
+                    .and_then(|tee| tee.static_pad("sink"))
+                    .with_context(|| format!("no {template} tee"))?
+            } else {
+                sink.request_pad_simple(&template)
+                    .with_context(|| format!("{} has no {template} pad", sink.name()))?
+            };
             last.static_pad("src")
                 .context("element without src pad")?
                 .link(&sinkpad)
                 .with_context(|| format!("cannot link {} into {}", input.encoder, sink.name()))?;
             appsrcs.insert(input.encoder.clone(), appsrc);
+        }
+        if let OutputKind::Webrtc {
+            max_viewers,
+            loopback_only,
+        } = &self.config.kind
+        {
+            let video = pipeline.by_name("video").context("no video tee")?;
+            let audio = pipeline.by_name("audio").context("no audio tee")?;
+            let audio_fed = audio.static_pad("sink").is_some_and(|pad| pad.is_linked());
+            let whep = hybridlive_webrtc::WhepOutput::new(
+                &pipeline,
+                &video,
+                audio_fed.then_some(&audio),
+                hybridlive_webrtc::WhepConfig {
+                    loopback_ice: *loopback_only,
+                    max_sessions: *max_viewers as usize,
+                    ..Default::default()
+                },
+            );
+            *self.whep.lock().unwrap() = Some(whep);
         }
         Ok((pipeline, appsrcs))
     }

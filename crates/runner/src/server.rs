@@ -137,10 +137,22 @@ fn handle(context: &Context, mut request: Request) {
             ))
             .with_header(header("Cache-Control", "no-store")),
         (Method::Get | Method::Head, "/api/status") => {
-            let status = context
+            let mut status = context
                 .runner
                 .shared
                 .with(|s| serde_json::to_value(&*s).unwrap_or_default());
+            if let Some(whep) = context.runner.outputs.iter().find_map(|o| o.whep()) {
+                // Viewers by session id only, and their questions: no personal data.
+                let hands: Vec<serde_json::Value> = whep
+                    .raised_hands()
+                    .into_iter()
+                    .map(|h| serde_json::json!({"session": h.session, "text": h.text, "utc_ms": h.at_ms}))
+                    .collect();
+                status["webrtc"] = serde_json::json!({
+                    "viewers": whep.session_count(),
+                    "raised_hands": hands,
+                });
+            }
             json(200, &status)
         }
         (Method::Get | Method::Head, p) if p.starts_with("/hls/") => {
@@ -153,11 +165,58 @@ fn handle(context: &Context, mut request: Request) {
                 Err(response) => response,
             }
         }
+        (_, p) if p == "/whep" || p.starts_with("/whep/") => whep(context, &mut request, p),
+        (Method::Get | Method::Head, "/assets/whep-player.js") => {
+            Response::from_string(hybridlive_webrtc::WHEP_PLAYER_JS)
+                .with_header(header("Content-Type", "text/javascript; charset=utf-8"))
+                .with_header(header("Cache-Control", "no-cache"))
+        }
+        (Method::Get | Method::Head, "/assets/stamp.js") => {
+            Response::from_string(hybridlive_webrtc::STAMP_JS)
+                .with_header(header("Content-Type", "text/javascript; charset=utf-8"))
+                .with_header(header("Cache-Control", "no-cache"))
+        }
         (_, "/api/markers" | "/api/recording") => error(405, "use POST"),
         (_, "/" | "/metrics" | "/api/status") => error(405, "use GET"),
         _ => error(404, "not found"),
     };
     let _ = request.respond(response);
+}
+
+/// WHEP (viewer routes: no token; an SDP offer of at most `MAX_OFFER_BYTES`).
+fn whep(
+    context: &Context,
+    request: &mut Request,
+    path: &str,
+) -> Response<std::io::Cursor<Vec<u8>>> {
+    let Some(whep) = context.runner.outputs.iter().find_map(|o| o.whep()) else {
+        return error(503, "no WebRTC output is running");
+    };
+    let mut body = Vec::new();
+    let limit = hybridlive_webrtc::MAX_OFFER_BYTES as u64 + 1;
+    if std::io::Read::read_to_end(&mut request.as_reader().take(limit), &mut body).is_err() {
+        return error(400, "cannot read the request body");
+    }
+    let content_type = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Content-Type"))
+        .map(|h| h.value.as_str().to_string());
+    let method = request.method().as_str().to_string();
+    let reply = whep.handle_http(
+        "/whep",
+        hybridlive_webrtc::HttpRequest {
+            method: &method,
+            path: &path["/whep".len()..],
+            content_type: content_type.as_deref(),
+            body: &body,
+        },
+    );
+    let mut response = Response::from_data(reply.body).with_status_code(reply.status);
+    for (name, value) in &reply.headers {
+        response.add_header(header(name, value));
+    }
+    response
 }
 
 /// Checks the bearer token, then reads a body of at most [`MAX_BODY`] bytes.

@@ -551,7 +551,9 @@ fn hls_pipeline_plays_in_headless_chromium_and_stops_after_its_duration() {
     });
     // The viewer page itself, in a real browser: hls.js loads the playlist, MSE plays it.
     let profile = dir.join("chromium-profile");
-    let dom = Command::new("chromium")
+    // Bounded: a browser that hangs fails the test instead of stalling the suite.
+    let dom = Command::new("timeout")
+        .args(["90", "chromium"])
         .args([
             "--headless",
             "--no-sandbox",
@@ -580,7 +582,11 @@ fn hls_pipeline_plays_in_headless_chromium_and_stops_after_its_duration() {
         .nth(1)
         .and_then(|rest| rest.split("</div>").next())
         .unwrap_or_else(|| panic!("no state element in the page:\n{dom}"));
-    assert!(state.contains(">live"), "the page is not playing: {state}");
+    // No WebRTC output in hls.toml: the page falls back to HLS and plays it.
+    assert!(
+        state.contains("data-mode=\"hls\""),
+        "the page is not on HLS: {state}"
+    );
     let played: f64 = state
         .split("data-current-time=\"")
         .nth(1)
@@ -906,4 +912,108 @@ fn a_looping_file_source_plays_longer_than_the_file() {
     // The clip lasts 1 s; looping keeps the programme going for the whole run.
     assert!(duration > 2.5, "recorded {duration} s from a 1 s clip");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs the named test again in a fresh network namespace holding only `lo`, where WebRTC can
+/// use nothing but 127.0.0.1. Returns true when the caller is already inside it.
+fn in_private_netns(test: &str) -> bool {
+    if std::env::var_os("HYBRIDLIVE_NETNS").is_some() {
+        return true;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let status = Command::new("unshare")
+        .args(["--net", "--", "sh", "-c"])
+        .arg(format!(
+            "ip link set lo up && exec \"{}\" --exact {test} --nocapture --test-threads=1",
+            exe.display()
+        ))
+        .env("HYBRIDLIVE_NETNS", "1")
+        .status()
+        .expect("unshare runs (the WebRTC tests need root for a network namespace)");
+    assert!(
+        status.success(),
+        "{test} failed inside its network namespace"
+    );
+    false
+}
+
+#[test]
+fn viewer_page_plays_webrtc_over_whep_and_a_raised_hand_reaches_the_host() {
+    if !in_private_netns("viewer_page_plays_webrtc_over_whep_and_a_raised_hand_reaches_the_host") {
+        return;
+    }
+    let dir = scratch("webrtc");
+    let file = dir.join("webrtc.toml");
+    std::fs::write(
+        &file,
+        r#"
+[sources.cam]
+type = "test"
+width = 640
+height = 360
+framerate = 30
+
+[encoders.video]
+type = "h264"
+inputs = ["cam"]
+preset = "zerolatency"
+bitrate = 1500
+keyframe_interval = 1
+
+[encoders.voice]
+type = "opus"
+inputs = ["cam"]
+bitrate = 64
+
+[outputs.webrtc]
+type = "webrtc"
+inputs = ["video", "voice"]
+loopback_only = true
+"#,
+    )
+    .unwrap();
+    let runner = Runner::start(&file, &dir, &[]);
+    let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/viewer.mjs");
+    let out = Command::new("node")
+        .arg(&driver)
+        .arg(format!("{}/", runner.base))
+        .arg("40")
+        .env(
+            "WAIT",
+            "window.viewer && window.viewer.mode === 'webrtc' && window.viewer.latencies.length >= 60",
+        )
+        .env(
+            "RESULT",
+            "(async () => { \
+               const rtt = await window.viewer.player.raiseHand('Which brush for the edges?'); \
+               const s = await window.viewer.player.stats(); \
+               const l = [...window.viewer.latencies].sort((a, b) => a - b); \
+               return { rtt, framesDecoded: s.framesDecoded, p50: l[Math.floor(l.length / 2)], \
+                        p95: l[Math.floor(l.length * 0.95)] }; })()",
+        )
+        .output()
+        .expect("node runs (scripts/setup installs the browser test driver)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "browser run failed:\n{stderr}");
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("chromium through the runner: {result}");
+    assert!(result["framesDecoded"].as_u64().unwrap() >= 60, "{result}");
+    let p50 = result["p50"].as_f64().unwrap();
+    assert!(p50 > 0.0 && p50 < 500.0, "glass-to-glass p50 {p50} ms");
+    assert!(result["rtt"].as_f64().unwrap() > 0.0, "{result}");
+
+    let status: serde_json::Value =
+        serde_json::from_str(&runner.get("/api/status").text()).unwrap();
+    let hands = &status["webrtc"]["raised_hands"];
+    assert_eq!(hands[0]["text"], "Which brush for the edges?", "{status}");
+    // The page closed with the browser: its session is gone (DELETE or RTCP silence).
+    eventually(
+        Duration::from_secs(30),
+        "the viewer's session torn down",
+        || {
+            let status: serde_json::Value =
+                serde_json::from_str(&runner.get("/api/status").text()).ok()?;
+            (status["webrtc"]["viewers"] == 0).then_some(())
+        },
+    );
 }

@@ -101,7 +101,8 @@ fn broken_files_report_position_component_key_and_suggestion() {
             "type = \"hls\"",
             "type = \"webrtc\"",
             &[
-                "broken.toml:14:8: error: outputs.hls: `type`: `webrtc` is not supported by this build yet",
+                "broken.toml:15:20: error: outputs.hls: `inputs`: `audio` is AAC; WebRTC carries Opus",
+                "use an encoder with `type = \"opus\"` for WebRTC",
             ],
         ),
         (
@@ -165,6 +166,21 @@ fn broken_files_report_position_component_key_and_suggestion() {
             "[sources.cam]",
             "[sources.cam",
             &["broken.toml:2:13: error: unclosed table"],
+        ),
+        (
+            "[outputs.hls]",
+            "[encoders.hq]\ntype = \"h264\"\ninputs = [\"cam\"]\npreset = \"balanced\"\n\n\
+             [outputs.live]\ntype = \"webrtc\"\ninputs = [\"hq\", \"audio\"]\n\n[outputs.hls]",
+            &[
+                "outputs.live: `inputs`: `hq` is not constrained baseline",
+                "set `preset = \"zerolatency\"` in [encoders.hq]",
+                "outputs.live: `inputs`: `audio` is AAC; WebRTC carries Opus",
+            ],
+        ),
+        (
+            "[outputs.hls]",
+            "[outputs.live]\ntype = \"webrtc\"\ninputs = [\"video\"]\nmax_viewers = 0\n\n[outputs.hls]",
+            &["outputs.live: `max_viewers`"],
         ),
     ];
     for (from, to, expected) in table {

@@ -16,5 +16,11 @@ mod whep;
 pub use egress::{Egress, add_egress, register_webrtc_elements};
 pub use http::{HttpRequest, HttpResponse, MAX_OFFER_BYTES};
 pub use nice::add_local_address;
+
+/// The browser side of WHEP: plays an endpoint and measures glass-to-glass latency from the
+/// capture stamps (ES module, imports `./stamp.js`).
+pub const WHEP_PLAYER_JS: &str = include_str!("../web/whep-player.js");
+/// Reads capture stamps from H.264 access units in the browser (ES module).
+pub const STAMP_JS: &str = include_str!("../web/stamp.js");
 pub use offer::{H264Offer, OfferError, choose_h264, choose_opus};
 pub use whep::{Answer, MAX_HAND_TEXT, RaisedHand, SessionInfo, WhepConfig, WhepError, WhepOutput};
