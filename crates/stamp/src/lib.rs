@@ -122,7 +122,9 @@ impl CaptureStamp {
         let capture_time_ns = u64::from_be_bytes(data[1..9].try_into().expect("8 bytes"));
         let frame = u32::from_be_bytes(data[9..13].try_into().expect("4 bytes"));
         let id_len = usize::from(data[13]);
-        let id = data.get(14..14 + id_len).ok_or(StampError::Truncated(16 + data.len()))?;
+        let id = data
+            .get(14..14 + id_len)
+            .ok_or(StampError::Truncated(16 + data.len()))?;
         Ok(Self {
             capture_time_ns,
             frame,
@@ -168,10 +170,16 @@ mod tests {
         let mut out = Vec::new();
         stamp().write_payload(&mut out);
         for len in 0..out.len() {
-            assert!(CaptureStamp::from_payload(&out[..len]).is_err(), "len {len}");
+            assert!(
+                CaptureStamp::from_payload(&out[..len]).is_err(),
+                "len {len}"
+            );
         }
         out[3] ^= 1;
-        assert_eq!(CaptureStamp::from_payload(&out), Err(StampError::ForeignUuid));
+        assert_eq!(
+            CaptureStamp::from_payload(&out),
+            Err(StampError::ForeignUuid)
+        );
     }
 
     #[test]

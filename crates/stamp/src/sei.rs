@@ -220,7 +220,13 @@ mod tests {
     #[test]
     fn round_trip_annexb_and_avc_with_emulation_prevention() {
         // Times whose bytes contain 00 00 0x sequences need emulation prevention.
-        for t in [0u64, 1, 0x0000_0001_0000_0003, u64::MAX, 1_795_000_000_000_000_000] {
+        for t in [
+            0u64,
+            1,
+            0x0000_0001_0000_0003,
+            u64::MAX,
+            1_795_000_000_000_000_000,
+        ] {
             let au = h264_annexb_au();
             let out = insert(Codec::H264, Framing::AnnexB, &au, &stamp(t));
             assert_eq!(
@@ -322,7 +328,10 @@ mod tests {
     fn framed_unit_fits_small_length_prefixes_or_is_refused() {
         let s = stamp(3);
         let two = framed_sei_nal(Codec::H264, Framing::LengthPrefixed(2), &s, 1).unwrap();
-        assert_eq!(usize::from(u16::from_be_bytes([two[0], two[1]])), two.len() - 2);
+        assert_eq!(
+            usize::from(u16::from_be_bytes([two[0], two[1]])),
+            two.len() - 2
+        );
         assert!(framed_sei_nal(Codec::H264, Framing::LengthPrefixed(1), &s, 1).is_some());
         assert!(framed_sei_nal(Codec::H264, Framing::LengthPrefixed(3), &s, 1).is_none());
     }
