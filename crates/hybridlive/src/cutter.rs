@@ -44,22 +44,34 @@ struct TrackInfo {
     end: u64,
 }
 
-/// Holds the streams at their first buffer until the seek is sent, so nothing from the
-/// file's start (not even an EOS of a short file) reaches clipextract.
-#[derive(Clone)]
+/// Holds each stream at its first buffer until the seek is sent, so nothing from the file's
+/// start (not even an EOS of a short file) reaches clipextract. The first buffers also give
+/// the recording's origin: the stream time of its first frame, which users call 0.
+#[derive(Clone, Default)]
 struct Gate {
-    released: Arc<AtomicBool>,
-    data_seen: Arc<AtomicBool>,
     probes: Arc<Mutex<Vec<(gst::Pad, gst::PadProbeId)>>>,
+    /// Streams that reached the gate.
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+    /// Smallest stream time of the first buffers.
+    origin: Arc<Mutex<Option<u64>>>,
 }
 
 impl Gate {
     fn open(&self) {
-        self.released.store(true, Ordering::SeqCst);
         for (pad, id) in lock(&self.probes).drain(..) {
             pad.remove_probe(id);
         }
     }
+
+    fn streams(&self) -> usize {
+        lock(&self.probes).len()
+    }
+}
+
+/// A range as clipextract reads it, to the nanosecond.
+fn range_property(start: u64, end: u64) -> String {
+    let s = |ns: u64| format!("{}.{:09}", ns / 1_000_000_000, ns % 1_000_000_000);
+    format!("{}-{}", s(start), s(end))
 }
 
 #[derive(Default)]
@@ -140,12 +152,7 @@ fn cut_to(
     let shared = Arc::new(Mutex::new(Shared::default()));
     // Buffers pass into clipextract only after the seek (or right away when none is needed),
     // so nothing from the file's start reaches the muxer.
-    let gate = Gate {
-        released: Arc::new(AtomicBool::new(range.start == 0)),
-        // Set when the first buffer reaches the gate: demuxers expose all streams before data.
-        data_seen: Arc::new(AtomicBool::new(false)),
-        probes: Arc::new(Mutex::new(Vec::new())),
-    };
+    let gate = Gate::default();
 
     {
         let pipeline_weak = pipeline.downgrade();
@@ -170,30 +177,48 @@ fn cut_to(
         pipeline
             .set_state(gst::State::Paused)
             .map_err(|_| anyhow!("cannot open the recording"))?;
-        if range.start > 0 {
-            // Wait for the demuxer to expose its streams and start pushing, then seek to the
-            // key frame before the clip. The seek goes through clipextract to the demuxer:
-            // muxers do not forward seeks.
+        {
+            // Wait until every stream the demuxer exposed holds its first buffer at the gate,
+            // then seek to the key frame before the clip. The seek goes through clipextract
+            // to the demuxer (muxers do not forward seeks); its flush makes clipextract read
+            // the ranges again, now moved by the recording's origin.
             let deadline = Instant::now() + Duration::from_secs(10);
-            while !gate.data_seen.load(Ordering::SeqCst) && Instant::now() < deadline {
+            loop {
+                let streams = gate.streams();
+                if streams > 0 && gate.hits.load(Ordering::SeqCst) >= streams {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    if streams == 0 {
+                        bail!("no H.264/H.265 video or audio stream found");
+                    }
+                    break;
+                }
                 if let Some(msg) = bus.timed_pop_filtered(
-                    gst::ClockTime::from_mseconds(20),
+                    gst::ClockTime::from_mseconds(10),
                     &[gst::MessageType::Error],
                 ) {
                     return Err(bus_error(&msg));
                 }
+                if let Some(e) = lock(&shared).error.take() {
+                    bail!(e);
+                }
             }
+            let origin = lock(&gate.origin).unwrap_or(0);
+            clip.set_property(
+                "ranges",
+                range_property(range.start + origin, range.end + origin),
+            );
             let flags =
                 gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT | gst::SeekFlags::SNAP_BEFORE;
             let seek = gst::event::Seek::new(
                 1.0,
                 flags,
                 gst::SeekType::Set,
-                gst::ClockTime::from_nseconds(range.start),
+                gst::ClockTime::from_nseconds(range.start + origin),
                 gst::SeekType::None,
                 gst::ClockTime::NONE,
             );
-            gate.released.store(true, Ordering::SeqCst);
             // When not seekable the recording is read from the start; clipextract skips what
             // precedes the clip.
             let _ = clip.send_event(seek);
@@ -254,7 +279,7 @@ fn cut_to(
         };
         Ok(CutResult {
             duration: 0,
-            first_frame,
+            first_frame: first_frame.saturating_sub(lock(&gate.origin).unwrap_or(0)),
             frames_copied: frames.0,
             frames_encoded: frames.1,
         })
@@ -354,6 +379,18 @@ fn link_stream(
             );
             chain.push(filter);
         }
+        "audio/mpeg" if !matches!(s.get::<i32>("mpegversion"), Ok(1)) => {
+            // MPEG-TS carries AAC as ADTS; MP4 wants raw AAC.
+            chain.push(make("aacparse")?);
+            let filter = make("capsfilter")?;
+            filter.set_property(
+                "caps",
+                gst::Caps::builder("audio/mpeg")
+                    .field("stream-format", "raw")
+                    .build(),
+            );
+            chain.push(filter);
+        }
         "audio/mpeg" | "audio/x-opus" | "audio/x-ac3" | "audio/x-eac3" => {}
         n if n.starts_with("video/") => {
             bail!("unsupported video codec {n} (H.264 or H.265 needed)")
@@ -392,18 +429,29 @@ fn link_stream(
         .ok_or_else(|| anyhow!("no src pad"))?
         .link(&sink)?;
     // Hold the stream at its first buffer until the seek; the seek's flush drops it.
-    if !gate.released.load(Ordering::SeqCst) {
-        let g = gate.clone();
-        let id = sink.add_probe(
-            gst::PadProbeType::BLOCK | gst::PadProbeType::BUFFER,
-            move |_, _| {
-                g.data_seen.store(true, Ordering::SeqCst);
-                gst::PadProbeReturn::Ok
-            },
-        );
-        if let Some(id) = id {
-            lock(&gate.probes).push((sink.clone(), id));
-        }
+    let g = gate.clone();
+    let hit = AtomicBool::new(false);
+    let id = sink.add_probe(
+        gst::PadProbeType::BLOCK | gst::PadProbeType::BUFFER,
+        move |pad, info| {
+            if hit.swap(true, Ordering::SeqCst) {
+                return gst::PadProbeReturn::Ok;
+            }
+            let seg = pad
+                .sticky_event::<gst::event::Segment>(0)
+                .and_then(|e| e.segment().downcast_ref::<gst::ClockTime>().cloned());
+            if let (Some(seg), Some(b)) = (seg, info.buffer())
+                && let Some(t) = b.pts().or(b.dts()).and_then(|t| seg.to_stream_time(t))
+            {
+                let mut origin = lock(&g.origin);
+                *origin = Some(origin.map_or(t.nseconds(), |o| o.min(t.nseconds())));
+            }
+            g.hits.fetch_add(1, Ordering::SeqCst);
+            gst::PadProbeReturn::Ok
+        },
+    );
+    if let Some(id) = id {
+        lock(&gate.probes).push((sink.clone(), id));
     }
     for e in &chain {
         e.sync_state_with_parent()?;

@@ -13,6 +13,7 @@ use gst::subclass::prelude::*;
 use hybridlive_stamp::{Codec, Framing, NalUnits};
 use hybridlive_timeline::{ClipRange, parse_range_list};
 
+use super::dts::{DEFAULT_DEPTH, DtsSynth};
 use super::selector::{Frame, Kind, Mode, Output, Role, Selector};
 use super::transcode::Transcoder;
 use super::{CLIP_END_EVENT, CLIP_START_EVENT, ClipMode};
@@ -52,6 +53,9 @@ impl Default for Settings {
     }
 }
 
+/// A video frame waiting for a synthesized decode time.
+type Pending = (gst::Buffer, i64, bool, bool);
+
 /// Per sink pad, under `state`.
 #[derive(Debug, Default)]
 struct StreamInfo {
@@ -59,11 +63,27 @@ struct StreamInfo {
     caps: Option<gst::Caps>,
     video: Option<(Codec, Framing)>,
     kind: Option<Kind>,
+    /// Whether the first frame carried a decode time (decided once per stream).
+    has_dts: Option<bool>,
+    /// For video without decode times.
+    dts_synth: Option<DtsSynth<Pending>>,
+}
+
+/// Frame duration from the caps' framerate, 40 ms when unknown.
+fn frame_duration(caps: Option<&gst::Caps>) -> i64 {
+    caps.and_then(|c| c.structure(0))
+        .and_then(|s| s.get::<gst::Fraction>("framerate").ok())
+        .filter(|f| f.numer() > 0 && f.denom() > 0)
+        .map_or(40_000_000, |f| {
+            1_000_000_000i64 * i64::from(f.denom()) / i64::from(f.numer())
+        })
 }
 
 struct State {
     mode: Mode,
     exact_segment: bool,
+    /// Seqnum of the last flush handled, so a seek's flush rebuilds the selector once.
+    last_flush: Option<gst::Seqnum>,
     ranges: Vec<ClipRange>,
     selector: Selector<gst::Buffer>,
     streams: Vec<StreamInfo>,
@@ -74,6 +94,7 @@ impl Default for State {
         Self {
             mode: Mode::Exact,
             exact_segment: DEFAULT_EXACT_SEGMENT,
+            last_flush: None,
             ranges: Vec::new(),
             selector: Selector::new(Mode::Exact, Vec::new()),
             streams: Vec::new(),
@@ -140,7 +161,7 @@ pub struct ClipExtract {
         nick = "Clip ranges",
         blurb = "Clips to output as START-END separated by ';' (stream time; START inclusive, END \
                  exclusive; each time HH:MM:SS[.fff] or seconds, e.g. \"90.0-135.0;200-230\"). \
-                 Sorted, must not overlap. Read when the element starts."
+                 Must not overlap. Read when the element starts and on a flushing seek."
     )]
     #[property(
         name = "ranges-file",
@@ -150,7 +171,7 @@ pub struct ClipExtract {
         member = ranges_file,
         nick = "Clip ranges file",
         blurb = "File with more ranges in the same syntax, one or more per line, '#' starts a \
-                 comment; added to 'ranges'. Read when the element starts."
+                 comment; added to 'ranges'. Read with 'ranges'."
     )]
     #[property(
         name = "mode",
@@ -455,6 +476,7 @@ impl ClipExtract {
         *lock(&self.state) = State {
             mode,
             exact_segment,
+            last_flush: None,
             ranges,
             selector,
             streams: (0..n).map(|_| StreamInfo::default()).collect(),
@@ -505,10 +527,7 @@ impl ClipExtract {
                 );
                 return Ok(gst::FlowSuccess::Ok);
             };
-            let dts = buffer
-                .dts()
-                .and_then(|t| stream_ns(&segment, t))
-                .map_or(pts, |d| d.min(pts));
+            let dts = buffer.dts().and_then(|t| stream_ns(&segment, t));
             let duration = buffer.duration().map_or(0, |d| d.nseconds() as i64);
             let (key, disposable) = match (kind, info.video) {
                 (Kind::Video, Some((codec, framing))) => {
@@ -522,17 +541,41 @@ impl ClipExtract {
                 }
                 _ => (true, false),
             };
-            st.selector.push(
-                pair.index,
-                Frame {
-                    data: buffer,
-                    pts,
-                    dts,
-                    duration,
-                    key,
-                    disposable,
-                },
-            );
+            let index = pair.index;
+            let info = &mut st.streams[index];
+            let has_dts = *info.has_dts.get_or_insert(dts.is_some());
+            if kind == Kind::Video && !has_dts {
+                let fd = frame_duration(info.caps.as_ref());
+                let synth = info
+                    .dts_synth
+                    .get_or_insert_with(|| DtsSynth::new(DEFAULT_DEPTH, fd));
+                let ready = synth.push((buffer, duration, key, disposable), pts);
+                for ((data, duration, key, disposable), pts, dts) in ready {
+                    st.selector.push(
+                        index,
+                        Frame {
+                            data,
+                            pts,
+                            dts,
+                            duration,
+                            key,
+                            disposable,
+                        },
+                    );
+                }
+            } else {
+                st.selector.push(
+                    index,
+                    Frame {
+                        data: buffer,
+                        pts,
+                        dts: dts.map_or(pts, |d| d.min(pts)),
+                        duration,
+                        key,
+                        disposable,
+                    },
+                );
+            }
         }
         lock(&self.stats).frames_in += 1;
         self.drain_all(pair.index, false)?;
@@ -953,13 +996,81 @@ impl ClipExtract {
                 true
             }
             EventView::Eos(_) => {
-                lock(&self.state).selector.eos(pair.index);
+                {
+                    let mut st = lock(&self.state);
+                    let waiting = st.streams[pair.index]
+                        .dts_synth
+                        .as_mut()
+                        .map(|s| s.drain())
+                        .unwrap_or_default();
+                    for ((data, duration, key, disposable), pts, dts) in waiting {
+                        st.selector.push(
+                            pair.index,
+                            Frame {
+                                data,
+                                pts,
+                                dts,
+                                duration,
+                                key,
+                                disposable,
+                            },
+                        );
+                    }
+                    st.selector.eos(pair.index);
+                }
                 let _ = self.drain_all(pair.index, true);
                 // Done pushed EOS downstream already.
                 true
             }
             EventView::FlushStop(_) => {
-                lock(&self.state).selector.flush();
+                // A seek restarts the timeline: the first flush of it re-reads the ranges so an
+                // application can set them and then seek.
+                let reload = lock(&self.state).last_flush != Some(event.seqnum());
+                let ranges = if reload {
+                    match self.load_ranges() {
+                        Ok(r) => Some(r),
+                        Err(e) => {
+                            self.post_error_message(e);
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                {
+                    let mut st = lock(&self.state);
+                    st.last_flush = Some(event.seqnum());
+                    match ranges {
+                        Some((mode, exact_segment, ranges)) => {
+                            let mut selector = Selector::new(
+                                mode,
+                                ranges
+                                    .iter()
+                                    .map(|r| (r.start as i64, r.end as i64))
+                                    .collect(),
+                            );
+                            for info in &st.streams {
+                                let i = selector.add_stream();
+                                if let Some(kind) = info.kind {
+                                    selector.set_kind(i, kind);
+                                }
+                            }
+                            st.selector = selector;
+                            st.mode = mode;
+                            st.exact_segment = exact_segment;
+                            st.ranges = ranges;
+                        }
+                        None if reload => st.selector.flush(),
+                        None => {}
+                    }
+                    if reload {
+                        for info in &mut st.streams {
+                            if let Some(s) = info.dts_synth.as_mut() {
+                                s.clear();
+                            }
+                        }
+                    }
+                }
                 {
                     let mut ps = lock(&pair.push);
                     ps.transcoder = None;
