@@ -18,6 +18,11 @@ use hybridlive_timeline::ClipRange;
 
 use crate::mp4edit::{TrackEdit, set_edits};
 
+/// How far before the clip the recording is seeked to. Demuxers of fragmented files land each
+/// stream on its own fragment boundary, so audio could start after the video's key frame;
+/// clipextract finds the key frame itself in what flows from here.
+const SEEK_MARGIN: u64 = 2_000_000_000;
+
 /// How long a pipeline may make no progress before the cut is abandoned.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -215,7 +220,7 @@ fn cut_to(
                 1.0,
                 flags,
                 gst::SeekType::Set,
-                gst::ClockTime::from_nseconds(range.start + origin),
+                gst::ClockTime::from_nseconds((range.start + origin).saturating_sub(SEEK_MARGIN)),
                 gst::SeekType::None,
                 gst::ClockTime::NONE,
             );

@@ -54,7 +54,7 @@ impl Default for Settings {
 }
 
 /// A video frame waiting for a synthesized decode time.
-type Pending = (gst::Buffer, i64, bool, bool);
+type Pending = (gst::Buffer, i64, bool, bool, bool);
 
 /// Per sink pad, under `state`.
 #[derive(Debug, Default)]
@@ -317,6 +317,15 @@ fn is_disposable(data: &[u8], codec: Codec, framing: Framing) -> bool {
     false
 }
 
+/// Whether a key frame starts a new coded sequence (see `Frame::splice`).
+fn is_splice_point(data: &[u8], codec: Codec, framing: Framing) -> bool {
+    match codec {
+        // Any VCL NAL of type 5 (IDR slice).
+        Codec::H264 => NalUnits::new(data, framing).any(|n| codec.nal_type(n.header()) == 5),
+        Codec::H265 => true,
+    }
+}
+
 /// The parameter set NAL units (without framing) stored in avcC / hvcC `codec_data`.
 fn parameter_sets(s: &gst::StructureRef, codec: Codec) -> Vec<Vec<u8>> {
     let Ok(buf) = s.get::<gst::Buffer>("codec_data") else {
@@ -529,17 +538,16 @@ impl ClipExtract {
             };
             let dts = buffer.dts().and_then(|t| stream_ns(&segment, t));
             let duration = buffer.duration().map_or(0, |d| d.nseconds() as i64);
-            let (key, disposable) = match (kind, info.video) {
+            let (key, disposable, splice) = match (kind, info.video) {
                 (Kind::Video, Some((codec, framing))) => {
                     let key = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
-                    let disposable = !key
-                        && buffer
-                            .map_readable()
-                            .map(|m| is_disposable(m.as_slice(), codec, framing))
-                            .unwrap_or(false);
-                    (key, disposable)
+                    let map = buffer.map_readable().ok();
+                    let data = map.as_ref().map(|m| m.as_slice()).unwrap_or(&[]);
+                    let disposable = !key && is_disposable(data, codec, framing);
+                    let splice = key && is_splice_point(data, codec, framing);
+                    (key, disposable, splice)
                 }
-                _ => (true, false),
+                _ => (true, false, true),
             };
             let index = pair.index;
             let info = &mut st.streams[index];
@@ -549,8 +557,8 @@ impl ClipExtract {
                 let synth = info
                     .dts_synth
                     .get_or_insert_with(|| DtsSynth::new(DEFAULT_DEPTH, fd));
-                let ready = synth.push((buffer, duration, key, disposable), pts);
-                for ((data, duration, key, disposable), pts, dts) in ready {
+                let ready = synth.push((buffer, duration, key, disposable, splice), pts);
+                for ((data, duration, key, disposable, splice), pts, dts) in ready {
                     st.selector.push(
                         index,
                         Frame {
@@ -560,6 +568,7 @@ impl ClipExtract {
                             duration,
                             key,
                             disposable,
+                            splice,
                         },
                     );
                 }
@@ -573,6 +582,7 @@ impl ClipExtract {
                         duration,
                         key,
                         disposable,
+                        splice,
                     },
                 );
             }
@@ -1003,7 +1013,7 @@ impl ClipExtract {
                         .as_mut()
                         .map(|s| s.drain())
                         .unwrap_or_default();
-                    for ((data, duration, key, disposable), pts, dts) in waiting {
+                    for ((data, duration, key, disposable, splice), pts, dts) in waiting {
                         st.selector.push(
                             pair.index,
                             Frame {
@@ -1013,6 +1023,7 @@ impl ClipExtract {
                                 duration,
                                 key,
                                 disposable,
+                                splice,
                             },
                         );
                     }

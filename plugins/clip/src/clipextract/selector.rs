@@ -52,6 +52,10 @@ pub struct Frame<T> {
     pub key: bool,
     /// No other frame references this one, so it can be left out.
     pub disposable: bool,
+    /// Copied frames can follow re-encoded ones from here: a key frame that starts a new coded
+    /// sequence (H.264 IDR; H.265 IDR/CRA/BLA). An H.264 open-GOP I frame is a key frame but
+    /// not a splice point: the frames after it carry on the source's frame numbering.
+    pub splice: bool,
 }
 
 /// What to do with a selected frame.
@@ -428,7 +432,7 @@ impl<T: Clone> Selector<T> {
             self.emit(si, f, a.timing, Role::Copy);
             return;
         }
-        if f.key && f.pts > start {
+        if f.key && f.splice && f.pts > start {
             // The next key frame: the head ends here. It is decoded too (open GOP leading frames
             // reference it) and copied once the head's last frames are in.
             let s = &mut self.streams[si];
