@@ -2,8 +2,9 @@
 //!
 //! Lock order: `pads` (only to clone the pad list) → a pad's `PushState` → `state` →
 //! `stats`. `settings` is never held with another lock. Nothing is pushed or posted while
-//! `state` is held; pushes happen under the pad's own `PushState` lock so that outputs of one
-//! pad stay in order when two upstream threads produce them.
+//! `state` is held. The selector may queue outputs for any stream (video decides where audio
+//! clips start), but each stream's outputs are pushed only by that stream's own thread, under
+//! its `PushState` lock.
 
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
@@ -505,6 +506,9 @@ impl ClipExtract {
         {
             let mut st = lock(&self.state);
             if st.selector.is_done(pair.index) {
+                // Outputs queued for this pad by another thread (its EOS) go out first.
+                drop(st);
+                let _ = self.drain_own(pair.index);
                 return Err(gst::FlowError::Eos);
             }
             let info = &st.streams[pair.index];
@@ -588,49 +592,27 @@ impl ClipExtract {
             }
         }
         lock(&self.stats).frames_in += 1;
-        self.drain_all(pair.index, false)?;
+        self.drain_own(pair.index)?;
         if lock(&self.state).selector.is_done(pair.index) {
             return Err(gst::FlowError::Eos);
         }
         Ok(gst::FlowSuccess::Ok)
     }
 
-    /// Pushes what every stream has to emit: `own` first (the caller's stream, waiting for its
-    /// lock), then the others when their lock is free. Waiting for another pad's lock could
-    /// deadlock: its holder may be blocked downstream on a muxer that waits for our data. A
-    /// skipped pad's outputs stay queued and go out with the next buffer or event on any pad.
-    fn drain_all(&self, own: usize, wait_for_others: bool) -> Result<(), gst::FlowError> {
-        let pairs = self.pairs();
-        let mut result = Ok(());
-        let order = pairs
-            .iter()
-            .filter(|p| p.index == own)
-            .chain(pairs.iter().filter(|p| p.index != own));
-        for pair in order {
-            let ps = if pair.index == own || wait_for_others {
-                lock(&pair.push)
-            } else {
-                match pair.push.try_lock() {
-                    Ok(ps) => ps,
-                    Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-                    Err(std::sync::TryLockError::WouldBlock) => continue,
-                }
-            };
-            let r = self.drain_pad(pair, ps);
-            if pair.index == own
-                && let Err(e) = r
-            {
-                result = Err(e);
-            }
-        }
-        result
+    /// Pushes what the caller's stream has to emit. Each stream pushes only from its own
+    /// streaming thread: pushing another pad's outputs could block this thread on that pad's
+    /// downstream (a sink prerolling, a full queue, a muxer waiting for this very stream).
+    /// Outputs another thread queued for a stream go out with that stream's next buffer or
+    /// event.
+    fn drain_own(&self, own: usize) -> Result<(), gst::FlowError> {
+        let Some(pair) = self.pairs().into_iter().find(|p| p.index == own) else {
+            return Ok(());
+        };
+        let mut ps = lock(&pair.push);
+        self.drain_pad(&pair, &mut ps)
     }
 
-    fn drain_pad(
-        &self,
-        pair: &PadPair,
-        mut ps: MutexGuard<'_, PushState>,
-    ) -> Result<(), gst::FlowError> {
+    fn drain_pad(&self, pair: &PadPair, ps: &mut PushState) -> Result<(), gst::FlowError> {
         // Loop: another thread may queue more outputs for this pad while we push.
         loop {
             let (outputs, mode, exact_segment, info_caps, video, ranges, leads) = {
@@ -662,7 +644,7 @@ impl ClipExtract {
                     ranges: &ranges,
                     leads,
                 };
-                self.handle_output(pair, &mut ps, out, &ctx)?;
+                self.handle_output(pair, ps, out, &ctx)?;
             }
         }
     }
@@ -989,7 +971,7 @@ impl ClipExtract {
                     st.selector.set_kind(pair.index, kind);
                 }
                 // Caps are sent with each clip's first buffer.
-                let _ = self.drain_all(pair.index, false);
+                let _ = self.drain_own(pair.index);
                 true
             }
             EventView::Segment(e) => {
@@ -1029,7 +1011,7 @@ impl ClipExtract {
                     }
                     st.selector.eos(pair.index);
                 }
-                let _ = self.drain_all(pair.index, true);
+                let _ = self.drain_own(pair.index);
                 // Done pushed EOS downstream already.
                 true
             }
