@@ -569,3 +569,222 @@ impl<T: Clone> Selector<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const F: i64 = 40; // frame duration, "ns" for readability
+
+    fn video(pts: i64, dts: i64, key: bool, disposable: bool) -> Frame<i64> {
+        Frame {
+            data: pts,
+            pts,
+            dts,
+            duration: F,
+            key,
+            disposable,
+            splice: key,
+        }
+    }
+
+    fn audio(pts: i64) -> Frame<i64> {
+        Frame {
+            data: pts,
+            pts,
+            dts: pts,
+            duration: 21,
+            key: true,
+            disposable: false,
+            splice: true,
+        }
+    }
+
+    fn frames(out: &[Output<i64>]) -> Vec<(i64, i64, Role)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Frame {
+                    data, pts, role, ..
+                } => Some((*data, *pts, *role)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Closed GOPs of 10 frames with one B frame: decode order I0 P2 B1 P4 B3 ...
+    fn closed_gops(n: i64) -> Vec<Frame<i64>> {
+        let mut v = Vec::new();
+        for i in 0..n {
+            let base = i * 10 * F;
+            v.push(video(base, base - F, true, false));
+            for k in (1..10).step_by(2) {
+                let p = base + (k + 1).min(9) * F;
+                let b = base + k * F;
+                v.push(video(p, b - F, false, false));
+                if k < 9 {
+                    v.push(video(b, b, false, true));
+                }
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn exact_starts_from_the_key_frame_before_and_stops_at_the_end() {
+        let mut s = Selector::new(Mode::Exact, vec![(13 * F, 17 * F)]);
+        let v = s.add_stream();
+        s.set_kind(v, Kind::Video);
+        for f in closed_gops(3) {
+            s.push(v, f);
+        }
+        let out = s.take_output(v);
+        let Output::Start {
+            present_start,
+            present_stop,
+            first,
+            ..
+        } = out[0]
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(first, 10 * F, "starts at the key frame at or before 13");
+        let offset = F; // the key frame's decode delay
+        assert_eq!(present_start, 3 * F + offset);
+        assert_eq!(present_stop, Some(7 * F + offset));
+        let got: Vec<i64> = frames(&out).iter().map(|f| f.0 / F).collect();
+        // Disposable B frames before the start are left out; everything else up to the
+        // last frame before 17 and the reference frame it needs.
+        assert!(got.contains(&10) && got.contains(&16) && !got.contains(&11));
+        assert!(got.iter().all(|&f| f < 19), "{got:?}");
+        assert!(matches!(out.last(), Some(Output::Done)));
+    }
+
+    #[test]
+    fn keyframe_mode_presents_from_the_key_frame() {
+        let mut s = Selector::new(Mode::Keyframe, vec![(13 * F, 17 * F)]);
+        let v = s.add_stream();
+        s.set_kind(v, Kind::Video);
+        for f in closed_gops(3) {
+            s.push(v, f);
+        }
+        let out = s.take_output(v);
+        let Output::Start {
+            present_start,
+            present_stop,
+            first_out,
+            ..
+        } = out[0]
+        else {
+            panic!()
+        };
+        assert_eq!(present_start, first_out);
+        assert_eq!(present_stop, None);
+        assert!(
+            frames(&out).iter().any(|f| f.0 == 11 * F),
+            "keeps every frame"
+        );
+    }
+
+    #[test]
+    fn open_gop_leading_frames_of_the_first_key_frame_are_dropped() {
+        // Decode order: I10 B8 B9 P12 B11 ... (B8, B9 reference the previous GOP).
+        let mut s = Selector::new(Mode::Keyframe, vec![(10 * F, 14 * F)]);
+        let v = s.add_stream();
+        s.set_kind(v, Kind::Video);
+        for (pts, dts, key) in [
+            (10, 7, true),
+            (8, 8, false),
+            (9, 9, false),
+            (12, 10, false),
+            (11, 11, false),
+            (13, 12, false),
+            (14, 13, false),
+            (15, 14, false),
+        ] {
+            s.push(v, video(pts * F, dts * F, key, false));
+        }
+        let got: Vec<i64> = frames(&s.take_output(v)).iter().map(|f| f.0 / F).collect();
+        assert_eq!(&got[..2], &[10, 12], "{got:?}");
+        assert!(!got.contains(&8) && !got.contains(&9));
+    }
+
+    #[test]
+    fn smart_reencodes_up_to_the_next_key_frame() {
+        let mut s = Selector::new(Mode::Smart, vec![(13 * F, 25 * F)]);
+        let v = s.add_stream();
+        s.set_kind(v, Kind::Video);
+        for f in closed_gops(3) {
+            s.push(v, f);
+        }
+        let out = s.take_output(v);
+        let junction = out
+            .iter()
+            .position(|o| matches!(o, Output::Junction))
+            .expect("junction");
+        let head_end = out
+            .iter()
+            .position(|o| matches!(o, Output::HeadEnd { .. }))
+            .expect("head end");
+        assert!(head_end < junction);
+        let before: Vec<_> = frames(&out[..junction]);
+        let after: Vec<_> = frames(&out[junction..]);
+        assert!(before.iter().all(|f| f.2 == Role::Decode));
+        assert!(after.iter().all(|f| f.2 == Role::Copy));
+        assert_eq!(after[0].0, 20 * F, "copy resumes on the next key frame");
+    }
+
+    #[test]
+    fn audio_follows_the_video_clip_start() {
+        let mut s = Selector::new(Mode::Exact, vec![(13 * F, 17 * F)]);
+        let v = s.add_stream();
+        let a = s.add_stream();
+        s.set_kind(v, Kind::Video);
+        s.set_kind(a, Kind::Audio);
+        // Audio runs ahead of video, as demuxers interleave it.
+        for t in (0..40).map(|i| i * 21) {
+            s.push(a, audio(t));
+        }
+        assert!(
+            frames(&s.take_output(a)).is_empty(),
+            "audio waits for the video's decision"
+        );
+        for f in closed_gops(2) {
+            s.push(v, f);
+        }
+        s.push(a, audio(40 * 21));
+        let out = s.take_output(a);
+        let Output::Start { present_start, .. } = out[0] else {
+            panic!("{out:?}")
+        };
+        let first = frames(&out)[0];
+        // The first audio frame contains the first presented video instant.
+        assert!(first.0 <= 13 * F && first.0 + 21 > 13 * F, "{first:?}");
+        assert_eq!(first.1, present_start - (13 * F - first.0));
+    }
+
+    #[test]
+    fn ranges_past_the_end_are_skipped() {
+        let mut s = Selector::new(Mode::Exact, vec![(2 * F, 4 * F), (100 * F, 110 * F)]);
+        let v = s.add_stream();
+        let a = s.add_stream();
+        s.set_kind(v, Kind::Video);
+        s.set_kind(a, Kind::Audio);
+        for f in closed_gops(1) {
+            s.push(v, f);
+        }
+        s.eos(v);
+        for t in (0..20).map(|i| i * 21) {
+            s.push(a, audio(t));
+        }
+        s.eos(a);
+        for st in [v, a] {
+            let out = s.take_output(st);
+            let starts = out
+                .iter()
+                .filter(|o| matches!(o, Output::Start { .. }))
+                .count();
+            assert_eq!(starts, 1, "{out:?}");
+            assert!(matches!(out.last(), Some(Output::Done)));
+        }
+    }
+}
