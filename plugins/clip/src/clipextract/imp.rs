@@ -615,7 +615,7 @@ impl ClipExtract {
     fn drain_pad(&self, pair: &PadPair, ps: &mut PushState) -> Result<(), gst::FlowError> {
         // Loop: another thread may queue more outputs for this pad while we push.
         loop {
-            let (outputs, mode, exact_segment, info_caps, video, ranges, leads) = {
+            let (outputs, mode, exact_segment, mut info_caps, video, ranges, leads) = {
                 let mut st = lock(&self.state);
                 let outputs = st.selector.take_output(pair.index);
                 if outputs.is_empty() {
@@ -634,6 +634,20 @@ impl ClipExtract {
                     leads,
                 )
             };
+            if mode == Mode::Smart
+                && let (Some(caps), Some((codec, Framing::LengthPrefixed(_)))) = (&info_caps, video)
+            {
+                // Re-encoded heads bring their own parameter sets in band: label the stream
+                // as one whose parameter sets may change in band (avc3 / hev1 sample entries).
+                let mut c = caps.clone();
+                if let Some(s) = c.make_mut().structure_mut(0) {
+                    s.set(
+                        "stream-format",
+                        if codec == Codec::H264 { "avc3" } else { "hev1" },
+                    );
+                }
+                info_caps = Some(c);
+            }
             for out in outputs {
                 // On failure the rest is dropped: flushing, or downstream gave up.
                 let ctx = Ctx {
