@@ -73,31 +73,20 @@ struct Inner {
     last_pts: Option<gst::ClockTime>,
 }
 
-/// The sidecar JSON next to a recording, rewritten whole (atomically) on every change.
-#[derive(Debug, Clone, serde::Serialize)]
+/// The sidecar timeline next to a recording (the format `hybridlive repurpose` reads, defined
+/// in `hybridlive-timeline`), rewritten whole and atomically on every change.
+#[derive(Debug, Clone)]
 struct Timeline {
-    recording: String,
-    utc_start: String,
+    sidecar: hybridlive_timeline::Timeline,
+    /// Capture time of the recording's first frame, ns since the Unix epoch.
     utc_start_ns: u64,
-    utc_end: Option<String>,
-    markers: Vec<TimelineEvent>,
-    offers: Vec<TimelineEvent>,
-    #[serde(skip)]
     path: PathBuf,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-struct TimelineEvent {
-    utc: String,
-    /// Seconds from the start of the recording.
-    offset_s: f64,
-    label: String,
 }
 
 impl Timeline {
     fn write(&self) -> std::io::Result<()> {
         let tmp = self.path.with_extension("json.tmp");
-        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        let json = serde_json::to_vec_pretty(&self.sidecar).map_err(std::io::Error::other)?;
         std::fs::write(&tmp, json)?;
         std::fs::rename(&tmp, &self.path)
     }
@@ -406,11 +395,14 @@ impl OutputRunner {
             let Some(t) = inner.timeline.as_mut() else {
                 return;
             };
-            t.markers.push(TimelineEvent {
-                utc: state::rfc3339(marker.utc_ns),
-                offset_s: marker.utc_ns.saturating_sub(t.utc_start_ns) as f64 / 1e9,
-                label: marker.label.clone(),
-            });
+            t.sidecar
+                .events
+                .push(hybridlive_timeline::TimelineEvent::Marker {
+                    at: marker.utc_ns.saturating_sub(t.utc_start_ns) as f64 / 1e9,
+                    duration: 0.0,
+                    label: marker.label.clone(),
+                    kind: None,
+                });
             t.clone()
         };
         if let Err(err) = timeline.write() {
@@ -551,18 +543,14 @@ impl OutputRunner {
                 sink.property::<Option<String>>("location")
                     .unwrap_or_default(),
             );
-            let timeline_path = path.with_extension("timeline.json");
+            let mut sidecar = hybridlive_timeline::Timeline::new();
+            sidecar.recording = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            sidecar.started_at = Some(state::rfc3339(utc_start_ns));
+            sidecar.started_at_ns = Some(utc_start_ns);
             let timeline = Timeline {
-                recording: path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                utc_start: state::rfc3339(utc_start_ns),
+                sidecar,
                 utc_start_ns,
-                utc_end: None,
-                markers: Vec::new(),
-                offers: Vec::new(),
-                path: timeline_path,
+                path: hybridlive_timeline::sidecar_path(&path),
             };
             (path, timeline)
         };
@@ -586,7 +574,7 @@ impl OutputRunner {
         }
         crate::runner::event(
             "recording-started",
-            serde_json::json!({"output": self.config.name, "path": path, "timeline": timeline.path, "utc_start": timeline.utc_start}),
+            serde_json::json!({"output": self.config.name, "path": path, "timeline": timeline.path, "utc_start": timeline.sidecar.started_at}),
         );
         self.inner.lock().unwrap().timeline = Some(timeline);
     }
@@ -596,11 +584,11 @@ impl OutputRunner {
         let Some(mut timeline) = self.inner.lock().unwrap().timeline.take() else {
             return;
         };
-        timeline.utc_end = Some(state::rfc3339(state::utc_now_ns()));
+        timeline.sidecar.ended_at = Some(state::rfc3339(state::utc_now_ns()));
         let _ = timeline.write();
         crate::runner::event(
             "recording-finished",
-            serde_json::json!({"output": self.config.name, "path": timeline.path.with_file_name(&timeline.recording), "timeline": timeline.path}),
+            serde_json::json!({"output": self.config.name, "path": timeline.path.with_file_name(timeline.sidecar.recording.as_deref().unwrap_or_default()), "timeline": timeline.path}),
         );
     }
 

@@ -482,9 +482,13 @@ fn workshop_serves_hls_metrics_and_a_guarded_api_and_exits_cleanly_on_sigterm() 
     let timeline: serde_json::Value =
         serde_json::from_slice(&std::fs::read(first["timeline"].as_str().unwrap()).unwrap())
             .unwrap();
-    assert_eq!(timeline["markers"][0]["label"], "intro done");
-    assert!(timeline["utc_start"].as_str().unwrap().ends_with('Z'));
-    assert!(timeline["utc_end"].is_string());
+    // The shared sidecar format (hybridlive-timeline), the one `hybridlive repurpose` reads.
+    assert_eq!(timeline["version"], 1);
+    assert_eq!(timeline["events"][0]["type"], "marker");
+    assert_eq!(timeline["events"][0]["label"], "intro done");
+    assert!(timeline["events"][0]["at"].as_f64().unwrap() >= 0.0);
+    assert!(timeline["started_at"].as_str().unwrap().ends_with('Z'));
+    assert!(timeline["ended_at"].is_string());
 
     // A failing output is reported and retried while HLS keeps going: the recording folder is
     // replaced by a file, so the next recording cannot be created.

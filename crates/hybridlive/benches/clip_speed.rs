@@ -1,0 +1,137 @@
+//! Speed of `hybridlive clip` against ffmpeg on one 1080p recording, measured in the same run.
+//!
+//! - `keyframe` mode against `ffmpeg -ss S -to E -i rec -c copy` (goal: no slower than 1.5×)
+//! - `smart` mode against `ffmpeg -ss S -to E -i rec -c:v libx264 -c:a copy` (ffmpeg's
+//!   defaults, and with the settings smart mode uses: `-preset faster -crf 18`); goal: at
+//!   least 5× faster for 30 s clips with 2 s GOPs.
+//!
+//! Run: `cargo bench -p hybridlive --bench clip_speed` (add `--profile dev` to skip a release
+//! build: the work happens in GStreamer and x264 either way). `CLIP_BENCH_SECONDS` sets the
+//! recording length (default 75 s: two 30 s clips).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const RANGES: &[(f64, f64)] = &[(10.3, 40.3), (42.7, 72.7)];
+
+fn run(cmd: &mut Command) -> Duration {
+    let start = Instant::now();
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    start.elapsed()
+}
+
+fn hybridlive(rec: &Path, mode: &str, out: &Path) -> Duration {
+    let _ = std::fs::remove_dir_all(out);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hybridlive"));
+    cmd.arg("clip").arg(rec);
+    for (s, e) in RANGES {
+        cmd.args(["--range", &format!("{s}-{e}")]);
+    }
+    cmd.args(["--mode", mode, "--out"]).arg(out);
+    run(&mut cmd)
+}
+
+fn ffmpeg(rec: &Path, video: &[&str], out: &Path) -> Duration {
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::create_dir_all(out).expect("mkdir");
+    let mut total = Duration::ZERO;
+    for (i, (s, e)) in RANGES.iter().enumerate() {
+        total += run(Command::new("ffmpeg")
+            .args([
+                "-v",
+                "error",
+                "-y",
+                "-ss",
+                &s.to_string(),
+                "-to",
+                &e.to_string(),
+                "-i",
+            ])
+            .arg(rec)
+            .args(video)
+            .args(["-c:a", "copy"])
+            .arg(out.join(format!("{i}.mp4"))));
+    }
+    total
+}
+
+fn main() {
+    let seconds: u32 = std::env::var("CLIP_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(75);
+    let dir = std::env::temp_dir().join(format!("hybridlive-clip-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let rec = dir.join("class-1080p.mp4");
+    eprintln!("making a {seconds} s 1080p25 recording (x264, 2 s GOP, B-frames, AAC)...");
+    run(Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!(
+            "testsrc2=size=1920x1080:rate=25:duration={seconds}"
+        ))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!(
+            "sine=frequency=440:sample_rate=48000:duration={seconds}"
+        ))
+        .args([
+            "-c:v", "libx264", "-preset", "veryfast", "-g", "50", "-bf", "2",
+        ])
+        .args(["-pix_fmt", "yuv420p", "-c:a", "aac"])
+        .arg(&rec));
+
+    let clip_s: f64 = RANGES.iter().map(|(s, e)| e - s).sum();
+    println!(
+        "recording: {seconds} s 1080p25, clips: {} x 30 s ({clip_s} s)",
+        RANGES.len()
+    );
+    // Stream copies take fractions of a second: warm the page cache, then keep the median of
+    // five alternating runs so neither side pays for the first read.
+    let _ = std::fs::read(&rec);
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (mut kfs, mut copies, mut exacts) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..5 {
+        kfs.push(hybridlive(&rec, "keyframe", &dir.join("kf")));
+        copies.push(ffmpeg(&rec, &["-c:v", "copy"], &dir.join("ffcopy")));
+        exacts.push(hybridlive(&rec, "exact", &dir.join("exact")));
+    }
+    let (kf, ff_copy, exact) = (median(kfs), median(copies), median(exacts));
+    println!(
+        "keyframe: hybridlive {:.2} s, ffmpeg -c copy {:.2} s, ratio {:.2}x (goal <= 1.5x)",
+        kf.as_secs_f64(),
+        ff_copy.as_secs_f64(),
+        kf.as_secs_f64() / ff_copy.as_secs_f64()
+    );
+    println!(
+        "exact: hybridlive {:.2} s, ratio to ffmpeg -c copy {:.2}x",
+        exact.as_secs_f64(),
+        exact.as_secs_f64() / ff_copy.as_secs_f64()
+    );
+    let smart = hybridlive(&rec, "smart", &dir.join("smart"));
+    let ff_x264 = ffmpeg(&rec, &["-c:v", "libx264"], &dir.join("ffx264"));
+    let ff_x264_same = ffmpeg(
+        &rec,
+        &["-c:v", "libx264", "-preset", "faster", "-crf", "18"],
+        &dir.join("ffx264same"),
+    );
+    println!(
+        "smart: hybridlive {:.2} s; ffmpeg libx264 (defaults) {:.2} s: {:.1}x faster (goal >= 5x); \
+         ffmpeg libx264 -preset faster -crf 18 {:.2} s: {:.1}x faster",
+        smart.as_secs_f64(),
+        ff_x264.as_secs_f64(),
+        ff_x264.as_secs_f64() / smart.as_secs_f64(),
+        ff_x264_same.as_secs_f64(),
+        ff_x264_same.as_secs_f64() / smart.as_secs_f64()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

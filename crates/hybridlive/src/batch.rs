@@ -1,0 +1,259 @@
+//! Runs clip jobs for many recordings in parallel, skipping clips already cut, and keeps the
+//! manifest. Shared by `clip` and `repurpose`.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::Context;
+use gstclip::ClipMode;
+use hybridlive_timeline::{ClipRange, format_time};
+
+use crate::cutter;
+use crate::manifest::{ClipEntry, ErrorEntry, Manifest};
+use crate::progress::Progress;
+
+/// A clip to cut.
+#[derive(Debug, Clone)]
+pub struct PlannedClip {
+    /// The range in the recording.
+    pub range: ClipRange,
+    /// Why it is cut (timeline labels).
+    pub markers: Vec<String>,
+}
+
+/// One recording and its clips, or why it cannot be cut.
+#[derive(Debug, Clone)]
+pub enum Job {
+    /// Ready to cut.
+    Ready {
+        /// The recording.
+        source: PathBuf,
+        /// Its clips.
+        clips: Vec<PlannedClip>,
+    },
+    /// Failed before cutting (e.g. a missing sidecar).
+    Failed {
+        /// The file concerned.
+        source: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Options shared by the batch subcommands.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Accuracy mode.
+    pub mode: ClipMode,
+    /// Output folder.
+    pub out: PathBuf,
+    /// Recordings cut at the same time.
+    pub jobs: usize,
+}
+
+fn mode_name(mode: ClipMode) -> &'static str {
+    match mode {
+        ClipMode::Keyframe => "keyframe",
+        ClipMode::Exact => "exact",
+        ClipMode::Smart => "smart",
+        ClipMode::Reencode => "reencode",
+    }
+}
+
+/// `HH-MM-SS.mmm`: a time that sorts and is safe in file names.
+fn file_time(ns: u64) -> String {
+    format_time(ns).replace(':', "-")
+}
+
+/// The clip's file name: source stem, range and mode, so a rerun finds it again.
+fn clip_name(stem: &str, range: ClipRange, mode: ClipMode) -> String {
+    format!(
+        "{stem}_{}_{}_{}.mp4",
+        file_time(range.start),
+        file_time(range.end),
+        mode_name(mode)
+    )
+}
+
+struct Work {
+    source: PathBuf,
+    stem: String,
+    clips: Vec<PlannedClip>,
+}
+
+/// Cuts every job; returns failure when anything failed.
+pub fn run(jobs: Vec<Job>, opts: &Options) -> anyhow::Result<ExitCode> {
+    crate::init_gstreamer()?;
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("cannot create output folder {}", opts.out.display()))?;
+    let mut manifest = Manifest::load(&opts.out);
+    manifest.errors.clear();
+    let mut errors = Vec::new();
+    let mut work = VecDeque::new();
+    let mut stems: HashMap<String, usize> = HashMap::new();
+    for job in jobs {
+        match job {
+            Job::Failed { source, reason } => errors.push(ErrorEntry {
+                source: source.display().to_string(),
+                range: None,
+                reason,
+            }),
+            Job::Ready { source, clips } => {
+                let base = source
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "clip".to_owned());
+                // Two recordings with the same name in different folders get distinct names.
+                let n = stems.entry(base.clone()).or_default();
+                *n += 1;
+                let stem = if *n == 1 { base } else { format!("{base}-{n}") };
+                work.push_back(Work {
+                    source,
+                    stem,
+                    clips,
+                });
+            }
+        }
+    }
+    let total: usize = work.iter().map(|w| w.clips.len()).sum();
+    let progress = Progress::new(total);
+    for e in &errors {
+        progress.line(&format!("error: {}: {}", e.source, e.reason));
+    }
+    let queue = Mutex::new(work);
+    let entries: Mutex<Vec<ClipEntry>> = Mutex::new(Vec::new());
+    let errors = Mutex::new(errors);
+    let old: HashMap<String, ClipEntry> = manifest
+        .clips
+        .iter()
+        .map(|c| (c.output.clone(), c.clone()))
+        .collect();
+    let workers = opts.jobs.max(1);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                    let Some(w) = next else {
+                        break;
+                    };
+                    let (done, failed) = cut_file(&w, opts, &progress, &old);
+                    entries
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(done);
+                    errors
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(failed);
+                }
+            });
+        }
+    });
+    progress.finish();
+    let entries = entries.into_inner().unwrap_or_else(|e| e.into_inner());
+    let errors = errors.into_inner().unwrap_or_else(|e| e.into_inner());
+    // Replace entries for the same output, keep the rest of an earlier manifest.
+    let new_outputs: std::collections::HashSet<String> =
+        entries.iter().map(|e| e.output.clone()).collect();
+    manifest.clips.retain(|c| !new_outputs.contains(&c.output));
+    manifest.clips.extend(entries);
+    manifest.errors = errors;
+    manifest.save(&opts.out)?;
+    let failed = manifest.errors.len();
+    if failed > 0 {
+        eprintln!(
+            "{failed} error(s); see {}",
+            opts.out.join(crate::manifest::MANIFEST_NAME).display()
+        );
+        for e in &manifest.errors {
+            match &e.range {
+                Some(r) => eprintln!("error: {} [{r}]: {}", e.source, e.reason),
+                None => eprintln!("error: {}: {}", e.source, e.reason),
+            }
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cut_file(
+    w: &Work,
+    opts: &Options,
+    progress: &Progress,
+    old: &HashMap<String, ClipEntry>,
+) -> (Vec<ClipEntry>, Vec<ErrorEntry>) {
+    let source = w.source.display().to_string();
+    let fp = progress.file(&source, w.clips.len());
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    for (i, clip) in w.clips.iter().enumerate() {
+        let name = clip_name(&w.stem, clip.range, opts.mode);
+        let output = opts.out.join(&name);
+        if output.exists() {
+            if let Some(e) = old.get(&name) {
+                done.push(e.clone());
+            }
+            fp.clip_done(i, &format!("{name} exists, skipped"));
+            continue;
+        }
+        let started = Instant::now();
+        match cutter::cut(&w.source, clip.range, opts.mode, &output, &|f| {
+            fp.clip(i, f)
+        }) {
+            Ok(r) => {
+                fp.clip_done(
+                    i,
+                    &format!(
+                        "{} -> {name} ({:.1} s in {:.1} s)",
+                        clip.range,
+                        r.duration as f64 / 1e9,
+                        started.elapsed().as_secs_f64()
+                    ),
+                );
+                done.push(ClipEntry {
+                    source: source.clone(),
+                    start: clip.range.start as f64 / 1e9,
+                    end: clip.range.end as f64 / 1e9,
+                    range: clip.range.to_string(),
+                    mode: mode_name(opts.mode).to_owned(),
+                    output: name,
+                    duration: r.duration as f64 / 1e9,
+                    first_frame: r.first_frame as f64 / 1e9,
+                    markers: clip.markers.clone(),
+                    frames_copied: r.frames_copied,
+                    frames_encoded: r.frames_encoded,
+                });
+            }
+            Err(e) => {
+                let reason = format!("{e:#}");
+                fp.clip_done(i, &format!("{} failed: {reason}", clip.range));
+                failed.push(ErrorEntry {
+                    source: source.clone(),
+                    range: Some(clip.range.to_string()),
+                    reason,
+                });
+            }
+        }
+    }
+    fp.finish();
+    (done, failed)
+}
+
+/// Default parallelism: the machine's cores.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Whether `path` looks like a recording (by extension).
+pub fn is_recording(path: &Path) -> bool {
+    matches!(
+        path.extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .as_deref(),
+        Some("mp4" | "m4v" | "mov" | "mkv" | "webm" | "ts" | "m2ts" | "mts")
+    )
+}

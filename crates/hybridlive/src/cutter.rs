@@ -1,0 +1,542 @@
+//! Cuts one clip out of one recording into an MP4 file.
+//!
+//! `filesrc ! parsebin`, each elementary stream into `clipextract`, its outputs into `mp4mux`
+//! and a temporary file; the recording is first seeked to the key frame before the clip so
+//! only the clip's neighbourhood is read. After EOS the clip's presentation window becomes
+//! the MP4 edit list, then the file is renamed to its final name: a clip is either complete
+//! under its final name or absent.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use gst::prelude::*;
+use gstclip::{CLIP_START_EVENT, ClipMode};
+use hybridlive_timeline::ClipRange;
+
+use crate::mp4edit::{TrackEdit, set_edits};
+
+/// How far before the clip the recording is seeked to. Demuxers of fragmented files land each
+/// stream on its own fragment boundary, so audio could start after the video's key frame;
+/// clipextract finds the key frame itself in what flows from here.
+const SEEK_MARGIN: u64 = 2_000_000_000;
+
+/// How long a pipeline may make no progress before the cut is abandoned.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A finished clip.
+#[derive(Debug, Clone)]
+pub struct CutResult {
+    /// Presented duration (ns).
+    pub duration: u64,
+    /// Stream time of the first frame in the file (the key frame the clip decodes from).
+    pub first_frame: u64,
+    /// Coded frames copied from the recording.
+    pub frames_copied: u64,
+    /// Frames re-encoded.
+    pub frames_encoded: u64,
+}
+
+/// What the src pad probes learn about each output track.
+#[derive(Debug, Default, Clone)]
+struct TrackInfo {
+    handler: &'static str,
+    present_start: Option<u64>,
+    present_stop: Option<u64>,
+    first_dts: Option<u64>,
+    end: u64,
+}
+
+/// Holds each stream at its first buffer until the seek is sent, so nothing from the file's
+/// start (not even an EOS of a short file) reaches clipextract. The first buffers also give
+/// the recording's origin: the stream time of its first frame, which users call 0.
+#[derive(Clone, Default)]
+struct Gate {
+    probes: Arc<Mutex<Vec<(gst::Pad, gst::PadProbeId)>>>,
+    /// Streams that reached the gate.
+    hits: Arc<std::sync::atomic::AtomicUsize>,
+    /// Smallest stream time of the first buffers.
+    origin: Arc<Mutex<Option<u64>>>,
+}
+
+impl Gate {
+    fn open(&self) {
+        for (pad, id) in lock(&self.probes).drain(..) {
+            pad.remove_probe(id);
+        }
+    }
+
+    fn streams(&self) -> usize {
+        lock(&self.probes).len()
+    }
+}
+
+/// A range as clipextract reads it, to the nanosecond.
+fn range_property(start: u64, end: u64) -> String {
+    let s = |ns: u64| format!("{}.{:09}", ns / 1_000_000_000, ns % 1_000_000_000);
+    format!("{}-{}", s(start), s(end))
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Per clipextract src pad, in mp4mux request order per handler.
+    tracks: Vec<TrackInfo>,
+    error: Option<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn make(factory: &str) -> anyhow::Result<gst::Element> {
+    gst::ElementFactory::make(factory)
+        .build()
+        .with_context(|| format!("GStreamer element {factory} is missing"))
+}
+
+/// The temporary name `output` is written under before it is complete.
+pub fn temp_path(output: &Path) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    output.with_file_name(format!(".{name}.part"))
+}
+
+/// Cuts `range` of `source` into `output` (MP4). `progress` gets the fraction done.
+pub fn cut(
+    source: &Path,
+    range: ClipRange,
+    mode: ClipMode,
+    output: &Path,
+    progress: &dyn Fn(f64),
+) -> anyhow::Result<CutResult> {
+    let temp = temp_path(output);
+    let result = cut_to(source, range, mode, &temp, progress);
+    match result {
+        Ok(r) => {
+            std::fs::rename(&temp, output).with_context(|| {
+                format!("cannot rename {} to {}", temp.display(), output.display())
+            })?;
+            Ok(r)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&temp);
+            Err(e)
+        }
+    }
+}
+
+fn cut_to(
+    source: &Path,
+    range: ClipRange,
+    mode: ClipMode,
+    temp: &Path,
+    progress: &dyn Fn(f64),
+) -> anyhow::Result<CutResult> {
+    if !source.is_file() {
+        bail!("not a readable file");
+    }
+    let pipeline = gst::Pipeline::new();
+    let filesrc = make("filesrc")?;
+    filesrc.set_property("location", source.to_string_lossy().as_ref());
+    let parsebin = make("parsebin")?;
+    let clip = make("clipextract")?;
+    clip.set_property("ranges", range.to_string());
+    clip.set_property("mode", mode);
+    let mux = make("mp4mux")?;
+    let sink = make("filesink")?;
+    sink.set_property("location", temp.to_string_lossy().as_ref());
+    sink.set_property("async", false);
+    pipeline.add_many([&filesrc, &parsebin, &clip, &mux, &sink])?;
+    filesrc.link(&parsebin)?;
+    mux.link(&sink)?;
+
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    // Buffers pass into clipextract only after the seek (or right away when none is needed),
+    // so nothing from the file's start reaches the muxer.
+    let gate = Gate::default();
+
+    {
+        let pipeline_weak = pipeline.downgrade();
+        let clip = clip.clone();
+        let mux = mux.clone();
+        let shared = shared.clone();
+        let gate = gate.clone();
+        parsebin.connect_pad_added(move |_, pad| {
+            let Some(pipeline) = pipeline_weak.upgrade() else {
+                return;
+            };
+            if let Err(e) = link_stream(&pipeline, pad, &clip, &mux, &shared, &gate) {
+                lock(&shared).error.get_or_insert(e.to_string());
+            }
+        });
+    }
+
+    let bus = pipeline
+        .bus()
+        .ok_or_else(|| anyhow!("pipeline without bus"))?;
+    let run = || -> anyhow::Result<CutResult> {
+        pipeline
+            .set_state(gst::State::Paused)
+            .map_err(|_| anyhow!("cannot open the recording"))?;
+        {
+            // Wait until every stream the demuxer exposed holds its first buffer at the gate,
+            // then seek to the key frame before the clip. The seek goes through clipextract
+            // to the demuxer (muxers do not forward seeks); its flush makes clipextract read
+            // the ranges again, now moved by the recording's origin.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let streams = gate.streams();
+                if streams > 0 && gate.hits.load(Ordering::SeqCst) >= streams {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    if streams == 0 {
+                        bail!("no H.264/H.265 video or audio stream found");
+                    }
+                    break;
+                }
+                if let Some(msg) = bus.timed_pop_filtered(
+                    gst::ClockTime::from_mseconds(10),
+                    &[gst::MessageType::Error],
+                ) {
+                    return Err(bus_error(&msg));
+                }
+                if let Some(e) = lock(&shared).error.take() {
+                    bail!(e);
+                }
+            }
+            let origin = lock(&gate.origin).unwrap_or(0);
+            clip.set_property(
+                "ranges",
+                range_property(range.start + origin, range.end + origin),
+            );
+            let flags =
+                gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT | gst::SeekFlags::SNAP_BEFORE;
+            let seek = gst::event::Seek::new(
+                1.0,
+                flags,
+                gst::SeekType::Set,
+                gst::ClockTime::from_nseconds((range.start + origin).saturating_sub(SEEK_MARGIN)),
+                gst::SeekType::None,
+                gst::ClockTime::NONE,
+            );
+            // When not seekable the recording is read from the start; clipextract skips what
+            // precedes the clip.
+            let _ = clip.send_event(seek);
+            gate.open();
+        }
+        if let Some(e) = lock(&shared).error.take() {
+            bail!(e);
+        }
+        pipeline
+            .set_state(gst::State::Playing)
+            .map_err(|_| anyhow!("cannot start the pipeline"))?;
+
+        let mut first_frame = None;
+        let mut frames = (0u64, 0u64);
+        let mut last_in = 0u64;
+        let mut last_progress = Instant::now();
+        loop {
+            if let Some(e) = lock(&shared).error.take() {
+                bail!(e);
+            }
+            let msg = bus.timed_pop(gst::ClockTime::from_mseconds(200));
+            if let Some(msg) = msg {
+                use gst::MessageView;
+                match msg.view() {
+                    MessageView::Eos(_) => break,
+                    MessageView::Error(_) => return Err(bus_error(&msg)),
+                    MessageView::Element(e) => {
+                        if let Some(s) = e.structure() {
+                            if s.name() == "clip-started" {
+                                first_frame = s.get::<u64>("first-frame").ok();
+                            } else if s.name() == "clip-finished" {
+                                frames = (
+                                    s.get::<u64>("frames-copied").unwrap_or(0),
+                                    s.get::<u64>("frames-encoded").unwrap_or(0),
+                                );
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let stats = clip.property::<gst::Structure>("stats");
+            let frames_in = stats.get::<u64>("frames-in").unwrap_or(0);
+            if frames_in != last_in {
+                last_in = frames_in;
+                last_progress = Instant::now();
+            } else if last_progress.elapsed() > STALL_TIMEOUT {
+                bail!("no progress for {} s", STALL_TIMEOUT.as_secs());
+            }
+            if let Some(pos) = pipeline.query_position::<gst::ClockTime>() {
+                let done = (pos.nseconds().saturating_sub(range.start)) as f64
+                    / range.duration().max(1) as f64;
+                progress(done.clamp(0.0, 1.0));
+            }
+        }
+        let Some(first_frame) = first_frame else {
+            bail!("the recording has no video or audio in {range} (it ends before?)");
+        };
+        Ok(CutResult {
+            duration: 0,
+            first_frame: first_frame.saturating_sub(lock(&gate.origin).unwrap_or(0)),
+            frames_copied: frames.0,
+            frames_encoded: frames.1,
+        })
+    };
+    let result = run();
+    let _ = pipeline.set_state(gst::State::Null);
+    let mut result = result?;
+
+    let tracks = lock(&shared).tracks.clone();
+    if tracks.iter().all(|t| t.first_dts.is_none()) {
+        bail!("no frames were written for {range}");
+    }
+    let edits: Vec<(&'static str, Option<TrackEdit>)> = tracks
+        .iter()
+        .map(|t| {
+            let edit = match (t.present_start, t.present_stop, t.first_dts) {
+                (Some(start), Some(stop), Some(first)) if mode != ClipMode::Keyframe => {
+                    let stop = stop.min(t.end);
+                    Some(TrackEdit {
+                        media_time: start.saturating_sub(first),
+                        duration: stop.saturating_sub(start),
+                    })
+                }
+                _ => None,
+            };
+            (t.handler, edit)
+        })
+        .collect();
+    if edits.iter().any(|(_, e)| e.is_some()) {
+        set_edits(temp, |handler, n| {
+            edits
+                .iter()
+                .filter(|(h, _)| *h == handler)
+                .nth(n)
+                .and_then(|(_, e)| *e)
+        })
+        .context("cannot write the edit list")?;
+    }
+    result.duration = edits
+        .iter()
+        .filter_map(|(_, e)| e.map(|e| e.duration))
+        .max()
+        .unwrap_or_else(|| {
+            tracks
+                .iter()
+                .map(|t| t.end.saturating_sub(t.present_start.unwrap_or(0)))
+                .max()
+                .unwrap_or(0)
+        });
+    Ok(result)
+}
+
+fn bus_error(msg: &gst::Message) -> anyhow::Error {
+    match msg.view() {
+        gst::MessageView::Error(e) => {
+            let detail = e.debug().map(|d| format!(" ({d})")).unwrap_or_default();
+            let src = msg
+                .src()
+                .map(|s| format!("{}: ", s.name()))
+                .unwrap_or_default();
+            anyhow!("{src}{}{detail}", e.error())
+        }
+        _ => anyhow!("pipeline error"),
+    }
+}
+
+/// Links one parsed elementary stream into clipextract.
+fn link_stream(
+    pipeline: &gst::Pipeline,
+    pad: &gst::Pad,
+    clip: &gst::Element,
+    mux: &gst::Element,
+    shared: &Arc<Mutex<Shared>>,
+    gate: &Gate,
+) -> anyhow::Result<()> {
+    let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
+    let s = caps
+        .structure(0)
+        .ok_or_else(|| anyhow!("stream without caps"))?;
+    let name = s.name().as_str();
+    let mut chain = vec![make("queue")?];
+    match name {
+        "video/x-h264" | "video/x-h265" => {
+            let (parser, format) = if name == "video/x-h264" {
+                ("h264parse", "avc")
+            } else {
+                ("h265parse", "hvc1")
+            };
+            chain.push(make(parser)?);
+            let filter = make("capsfilter")?;
+            filter.set_property(
+                "caps",
+                gst::Caps::builder(name)
+                    .field("stream-format", format)
+                    .field("alignment", "au")
+                    .build(),
+            );
+            chain.push(filter);
+        }
+        "audio/mpeg" if !matches!(s.get::<i32>("mpegversion"), Ok(1)) => {
+            // MPEG-TS carries AAC as ADTS; MP4 wants raw AAC.
+            chain.push(make("aacparse")?);
+            let filter = make("capsfilter")?;
+            filter.set_property(
+                "caps",
+                gst::Caps::builder("audio/mpeg")
+                    .field("stream-format", "raw")
+                    .build(),
+            );
+            chain.push(filter);
+        }
+        "audio/mpeg" | "audio/x-opus" | "audio/x-ac3" | "audio/x-eac3" => {}
+        n if n.starts_with("video/") => {
+            bail!("unsupported video codec {n} (H.264 or H.265 needed)")
+        }
+        _ => {
+            // Subtitles, data, unsupported audio: not part of clips.
+            let fakesink = make("fakesink")?;
+            pipeline.add(&fakesink)?;
+            fakesink.sync_state_with_parent()?;
+            pad.link(
+                &fakesink
+                    .static_pad("sink")
+                    .ok_or_else(|| anyhow!("fakesink"))?,
+            )?;
+            return Ok(());
+        }
+    }
+    for e in &chain {
+        pipeline.add(e)?;
+    }
+    gst::Element::link_many(chain.iter())?;
+    let sink = clip
+        .request_pad_simple("sink_%u")
+        .ok_or_else(|| anyhow!("clipextract refused a stream"))?;
+    let src = clip
+        .static_pad(&sink.name().replace("sink_", "src_"))
+        .ok_or_else(|| anyhow!("clipextract has no output for {}", sink.name()))?;
+    let handler = if name.starts_with("video/") {
+        "vide"
+    } else {
+        "soun"
+    };
+    link_output(pipeline, &src, mux, shared, handler)?;
+    let last = chain.last().ok_or_else(|| anyhow!("empty chain"))?;
+    last.static_pad("src")
+        .ok_or_else(|| anyhow!("no src pad"))?
+        .link(&sink)?;
+    // Hold the stream at its first buffer until the seek; the seek's flush drops it.
+    let g = gate.clone();
+    let hit = AtomicBool::new(false);
+    let id = sink.add_probe(
+        gst::PadProbeType::BLOCK | gst::PadProbeType::BUFFER,
+        move |pad, info| {
+            if hit.swap(true, Ordering::SeqCst) {
+                return gst::PadProbeReturn::Ok;
+            }
+            let seg = pad
+                .sticky_event::<gst::event::Segment>(0)
+                .and_then(|e| e.segment().downcast_ref::<gst::ClockTime>().cloned());
+            if let (Some(seg), Some(b)) = (seg, info.buffer())
+                && let Some(t) = b.pts().or(b.dts()).and_then(|t| seg.to_stream_time(t))
+            {
+                let mut origin = lock(&g.origin);
+                *origin = Some(origin.map_or(t.nseconds(), |o| o.min(t.nseconds())));
+            }
+            g.hits.fetch_add(1, Ordering::SeqCst);
+            gst::PadProbeReturn::Ok
+        },
+    );
+    if let Some(id) = id {
+        lock(&gate.probes).push((sink.clone(), id));
+    }
+    for e in &chain {
+        e.sync_state_with_parent()?;
+    }
+    let first = chain.first().ok_or_else(|| anyhow!("empty chain"))?;
+    pad.link(
+        &first
+            .static_pad("sink")
+            .ok_or_else(|| anyhow!("no sink pad"))?,
+    )?;
+    Ok(())
+}
+
+/// Links one clipextract output to the muxer and watches it for the edit list.
+fn link_output(
+    pipeline: &gst::Pipeline,
+    pad: &gst::Pad,
+    mux: &gst::Element,
+    shared: &Arc<Mutex<Shared>>,
+    handler: &'static str,
+) -> anyhow::Result<()> {
+    // Re-encoded video comes out late (encoder look-ahead, the smart head is held until the
+    // next key frame) while audio flows on: bound the muxer's input queues by bytes only, or
+    // the muxer waits for video while the demuxer is stuck on a full audio queue.
+    let queue = make("queue")?;
+    queue.set_property("max-size-time", 0u64);
+    queue.set_property("max-size-buffers", 0u32);
+    queue.set_property("max-size-bytes", 512u32 * 1024 * 1024);
+    pipeline.add(&queue)?;
+    queue.sync_state_with_parent()?;
+    pad.link(&queue.static_pad("sink").ok_or_else(|| anyhow!("queue"))?)?;
+    let template = if handler == "vide" {
+        "video_%u"
+    } else {
+        "audio_%u"
+    };
+    let mux_pad = mux
+        .request_pad_simple(template)
+        .ok_or_else(|| anyhow!("mp4mux refused a {template} pad"))?;
+    queue
+        .static_pad("src")
+        .ok_or_else(|| anyhow!("queue"))?
+        .link(&mux_pad)?;
+    let index = {
+        let mut sh = lock(shared);
+        sh.tracks.push(TrackInfo {
+            handler,
+            ..Default::default()
+        });
+        sh.tracks.len() - 1
+    };
+    let shared = shared.clone();
+    pad.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+        move |_, info| {
+            let mut sh = lock(&shared);
+            let t = &mut sh.tracks[index];
+            match &info.data {
+                Some(gst::PadProbeData::Buffer(b)) => {
+                    let dts = b.dts().or(b.pts()).map(|t| t.nseconds());
+                    if t.first_dts.is_none() {
+                        t.first_dts = dts;
+                    }
+                    if let Some(pts) = b.pts() {
+                        let end = pts + b.duration().unwrap_or(gst::ClockTime::ZERO);
+                        t.end = t.end.max(end.nseconds());
+                    }
+                }
+                Some(gst::PadProbeData::Event(e)) => {
+                    if let Some(s) = e.structure()
+                        && s.name() == CLIP_START_EVENT
+                    {
+                        t.present_start = s.get::<u64>("present-start").ok();
+                        t.present_stop = s.get::<u64>("present-stop").ok();
+                    }
+                }
+                _ => {}
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! `hybridlive`: the command line of the hybridlive tools: `run` and `validate` (the runner,
+//! in `hybridlive-runner`), `clip` and `repurpose`.
+//!
+//! One module per subcommand; a new subcommand adds a variant to [`Command`] and a module with
+//! an `Args` struct and a `run(args) -> anyhow::Result<ExitCode>`.
+
+mod batch;
+mod clip;
+mod cutter;
+mod manifest;
+mod mp4edit;
+mod progress;
+mod repurpose;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hybridlive",
+    version,
+    about = "Hybrid live classes: tools around the pipelines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a pipeline file (default pipelines/workshop.toml) until Ctrl-C; prints the viewer URL.
+    Run(hybridlive_runner::RunArgs),
+    /// Check pipeline files and report every error with file:line:column.
+    Validate(hybridlive_runner::ValidateArgs),
+    /// Cut clips out of one recording.
+    Clip(clip::Args),
+    /// Cut the moments worth sharing out of many recordings, from their sidecar timelines.
+    Repurpose(repurpose::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => hybridlive_runner::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Validate(args) => hybridlive_runner::validate(&args).map(|()| ExitCode::SUCCESS),
+        Command::Clip(args) => clip::run(args),
+        Command::Repurpose(args) => repurpose::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Initializes GStreamer and registers the plugins this binary carries.
+pub(crate) fn init_gstreamer() -> anyhow::Result<()> {
+    gst::init()?;
+    gstclip::plugin_register_static()?;
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! The manifest written next to the clips: what was cut from where, and what went wrong.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+/// File name of the manifest in the output folder.
+pub const MANIFEST_NAME: &str = "manifest.json";
+
+/// The whole manifest.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Format version.
+    pub version: u32,
+    /// Every clip in the output folder that this tool made, sorted by source and start.
+    pub clips: Vec<ClipEntry>,
+    /// What failed in the last run.
+    #[serde(default)]
+    pub errors: Vec<ErrorEntry>,
+}
+
+/// One clip file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClipEntry {
+    /// The recording, as given on the command line.
+    pub source: String,
+    /// Requested start (seconds of the recording).
+    pub start: f64,
+    /// Requested end, exclusive (seconds).
+    pub end: f64,
+    /// The range as text, `HH:MM:SS.mmm-HH:MM:SS.mmm`.
+    pub range: String,
+    /// Accuracy mode.
+    pub mode: String,
+    /// Clip file name, relative to the manifest.
+    pub output: String,
+    /// Presented duration (seconds).
+    pub duration: f64,
+    /// Stream time (seconds) of the first frame stored in the file (the key frame).
+    pub first_frame: f64,
+    /// Labels of the timeline events the clip was cut for.
+    #[serde(default)]
+    pub markers: Vec<String>,
+    /// Frames copied from the recording.
+    pub frames_copied: u64,
+    /// Frames re-encoded.
+    pub frames_encoded: u64,
+}
+
+/// One failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorEntry {
+    /// The recording (or sidecar) that failed.
+    pub source: String,
+    /// The range, when one clip failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<String>,
+    /// Why.
+    pub reason: String,
+}
+
+impl Manifest {
+    /// Reads the manifest of `dir`, or an empty one.
+    pub fn load(dir: &Path) -> Self {
+        std::fs::read_to_string(dir.join(MANIFEST_NAME))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Manifest {
+                version: 1,
+                ..Default::default()
+            })
+    }
+
+    /// Writes the manifest into `dir` atomically (temporary file, then rename).
+    pub fn save(&mut self, dir: &Path) -> anyhow::Result<()> {
+        self.version = 1;
+        self.clips.sort_by(|a, b| {
+            (a.source.as_str(), a.start)
+                .partial_cmp(&(b.source.as_str(), b.start))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
+        let path = dir.join(MANIFEST_NAME);
+        let temp = dir.join(format!(".{MANIFEST_NAME}.part"));
+        let text = serde_json::to_string_pretty(self)?;
+        std::fs::write(&temp, text).with_context(|| format!("cannot write {}", temp.display()))?;
+        std::fs::rename(&temp, &path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(())
+    }
+}

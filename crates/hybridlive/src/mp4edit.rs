@@ -1,0 +1,253 @@
+//! Edit lists in MP4 files written by `mp4mux`.
+//!
+//! `mp4mux` drops buffers outside the segment instead of writing an edit list for them, so
+//! `clipextract` keeps the segment around every frame and reports the window to present; this
+//! module then writes that window as each track's edit list. Only the `moov` box is rewritten;
+//! it must come after `mdat` (mp4mux's default), so no chunk offset moves.
+
+use std::fs::OpenOptions;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+/// What a track presents, in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackEdit {
+    /// Media time (relative to the track's first decode time) of the first presented instant.
+    pub media_time: u64,
+    /// How long the track presents.
+    pub duration: u64,
+}
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+struct Mp4Box {
+    kind: [u8; 4],
+    payload: Vec<u8>,
+}
+
+fn parse_boxes(mut data: &[u8]) -> io::Result<Vec<Mp4Box>> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        if data.len() < 8 {
+            return Err(invalid("truncated box header"));
+        }
+        let size32 = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as u64;
+        let kind = [data[4], data[5], data[6], data[7]];
+        let (size, header) = match size32 {
+            0 => (data.len() as u64, 8),
+            1 => {
+                let b = data
+                    .get(8..16)
+                    .ok_or_else(|| invalid("truncated box size"))?;
+                (
+                    u64::from_be_bytes(b.try_into().map_err(|_| invalid("box size"))?),
+                    16,
+                )
+            }
+            s => (s, 8),
+        };
+        let size = usize::try_from(size).map_err(|_| invalid("box too large"))?;
+        if size < header || size > data.len() {
+            return Err(invalid(format!(
+                "box {} has an invalid size",
+                String::from_utf8_lossy(&kind)
+            )));
+        }
+        out.push(Mp4Box {
+            kind,
+            payload: data[header..size].to_vec(),
+        });
+        data = &data[size..];
+    }
+    Ok(out)
+}
+
+fn write_box(kind: &[u8; 4], payload: &[u8], out: &mut Vec<u8>) {
+    let size = payload.len() as u64 + 8;
+    if size > u32::MAX as u64 {
+        out.extend_from_slice(&1u32.to_be_bytes());
+        out.extend_from_slice(kind);
+        out.extend_from_slice(&(size + 8).to_be_bytes());
+    } else {
+        out.extend_from_slice(&(size as u32).to_be_bytes());
+        out.extend_from_slice(kind);
+    }
+    out.extend_from_slice(payload);
+}
+
+fn serialize(boxes: &[Mp4Box]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for b in boxes {
+        write_box(&b.kind, &b.payload, &mut out);
+    }
+    out
+}
+
+fn be32(d: &[u8], at: usize) -> io::Result<u32> {
+    d.get(at..at + 4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or_else(|| invalid("truncated full box"))
+}
+
+/// Timescale of an `mvhd` or `mdhd` payload.
+fn timescale(payload: &[u8]) -> io::Result<u32> {
+    let version = *payload.first().ok_or_else(|| invalid("empty header box"))?;
+    be32(payload, if version == 1 { 20 } else { 12 })
+}
+
+/// Sets the duration field of an `mvhd`/`mdhd` (`offset_v0`/`offset_v1` differ for `tkhd`).
+fn set_duration(payload: &mut [u8], value: u64, offset_v0: usize, offset_v1: usize) {
+    if payload.first() == Some(&1) {
+        if let Some(b) = payload.get_mut(offset_v1..offset_v1 + 8) {
+            b.copy_from_slice(&value.to_be_bytes());
+        }
+    } else if let Some(b) = payload.get_mut(offset_v0..offset_v0 + 4) {
+        b.copy_from_slice(&(value.min(u32::MAX as u64) as u32).to_be_bytes());
+    }
+}
+
+fn scale(ns: u64, timescale: u32) -> u64 {
+    ((ns as u128 * timescale as u128 + 500_000_000) / 1_000_000_000) as u64
+}
+
+fn edts_payload(duration: u64, media_time: u64) -> Vec<u8> {
+    let mut elst = Vec::new();
+    let wide = duration > u32::MAX as u64 || media_time > i32::MAX as u64;
+    elst.push(u8::from(wide));
+    elst.extend_from_slice(&[0, 0, 0]);
+    elst.extend_from_slice(&1u32.to_be_bytes());
+    if wide {
+        elst.extend_from_slice(&duration.to_be_bytes());
+        elst.extend_from_slice(&media_time.to_be_bytes());
+    } else {
+        elst.extend_from_slice(&(duration as u32).to_be_bytes());
+        elst.extend_from_slice(&(media_time as u32).to_be_bytes());
+    }
+    // media_rate 1.0
+    elst.extend_from_slice(&[0, 1, 0, 0]);
+    let mut edts = Vec::new();
+    write_box(b"elst", &elst, &mut edts);
+    edts
+}
+
+/// Replaces every track's edit list with one edit chosen by `edit_for(handler, n)`, where
+/// `handler` is the track's handler type (`vide`, `soun`...) and `n` counts tracks of that
+/// handler in file order; tracks for which it returns `None` keep theirs. Movie and track
+/// durations follow the edits.
+pub fn set_edits(
+    path: &Path,
+    mut edit_for: impl FnMut(&str, usize) -> Option<TrackEdit>,
+) -> io::Result<()> {
+    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+    let len = file.metadata()?.len();
+    // Find the top-level moov.
+    let mut pos = 0u64;
+    let mut moov: Option<(u64, u64)> = None;
+    let mut seen_mdat = false;
+    while pos + 8 <= len {
+        file.seek(SeekFrom::Start(pos))?;
+        let mut h = [0u8; 16];
+        file.read_exact(&mut h[..8])?;
+        let mut size = u32::from_be_bytes([h[0], h[1], h[2], h[3]]) as u64;
+        if size == 1 {
+            file.read_exact(&mut h[8..16])?;
+            size = u64::from_be_bytes(h[8..16].try_into().map_err(|_| invalid("size"))?);
+        } else if size == 0 {
+            size = len - pos;
+        }
+        if size < 8 || pos + size > len {
+            return Err(invalid("truncated top-level box"));
+        }
+        match &h[4..8] {
+            b"mdat" => seen_mdat = true,
+            b"moov" => {
+                if !seen_mdat {
+                    return Err(invalid("moov before mdat: cannot rewrite it in place"));
+                }
+                moov = Some((pos, size));
+            }
+            _ => {}
+        }
+        pos += size;
+    }
+    let (moov_pos, moov_size) = moov.ok_or_else(|| invalid("no moov box"))?;
+    let mut moov_bytes = vec![0u8; moov_size as usize];
+    file.seek(SeekFrom::Start(moov_pos))?;
+    file.read_exact(&mut moov_bytes)?;
+    let mut rest = Vec::new();
+    file.read_to_end(&mut rest)?;
+
+    let header =
+        if u32::from_be_bytes([moov_bytes[0], moov_bytes[1], moov_bytes[2], moov_bytes[3]]) == 1 {
+            16
+        } else {
+            8
+        };
+    let mut children = parse_boxes(&moov_bytes[header..])?;
+    let movie_ts = children
+        .iter()
+        .find(|b| &b.kind == b"mvhd")
+        .map(|b| timescale(&b.payload))
+        .transpose()?
+        .ok_or_else(|| invalid("no mvhd"))?;
+    let mut counts: std::collections::HashMap<String, usize> = Default::default();
+    let mut movie_duration = 0u64;
+    for trak in children.iter_mut().filter(|b| &b.kind == b"trak") {
+        let mut tchildren = parse_boxes(&trak.payload)?;
+        let mdia = tchildren
+            .iter()
+            .find(|b| &b.kind == b"mdia")
+            .ok_or_else(|| invalid("trak without mdia"))?;
+        let mchildren = parse_boxes(&mdia.payload)?;
+        let handler = mchildren
+            .iter()
+            .find(|b| &b.kind == b"hdlr")
+            .and_then(|b| b.payload.get(8..12))
+            .map(|h| String::from_utf8_lossy(h).into_owned())
+            .ok_or_else(|| invalid("mdia without hdlr"))?;
+        let track_ts = mchildren
+            .iter()
+            .find(|b| &b.kind == b"mdhd")
+            .map(|b| timescale(&b.payload))
+            .transpose()?
+            .ok_or_else(|| invalid("mdia without mdhd"))?;
+        let n = counts.entry(handler.clone()).or_default();
+        let edit = edit_for(&handler, *n);
+        *n += 1;
+        let Some(edit) = edit else {
+            continue;
+        };
+        let duration = scale(edit.duration, movie_ts);
+        let media_time = scale(edit.media_time, track_ts);
+        movie_duration = movie_duration.max(duration);
+        tchildren.retain(|b| &b.kind != b"edts");
+        let at = tchildren
+            .iter()
+            .position(|b| &b.kind == b"tkhd")
+            .ok_or_else(|| invalid("trak without tkhd"))?;
+        set_duration(&mut tchildren[at].payload, duration, 20, 28);
+        tchildren.insert(
+            at + 1,
+            Mp4Box {
+                kind: *b"edts",
+                payload: edts_payload(duration, media_time),
+            },
+        );
+        trak.payload = serialize(&tchildren);
+    }
+    if movie_duration > 0
+        && let Some(mvhd) = children.iter_mut().find(|b| &b.kind == b"mvhd")
+    {
+        set_duration(&mut mvhd.payload, movie_duration, 16, 24);
+    }
+    let mut new_moov = Vec::new();
+    write_box(b"moov", &serialize(&children), &mut new_moov);
+    file.seek(SeekFrom::Start(moov_pos))?;
+    file.write_all(&new_moov)?;
+    file.write_all(&rest)?;
+    file.set_len(moov_pos + new_moov.len() as u64 + rest.len() as u64)?;
+    file.sync_all()?;
+    Ok(())
+}

@@ -1,0 +1,121 @@
+//! `hybridlive repurpose`: cut the moments worth sharing out of many recordings, using the
+//! sidecar timeline next to each (see `hybridlive_timeline::sidecar`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use hybridlive_timeline::{Timeline, parse_time, sidecar_path};
+
+use crate::batch::{self, Job, Options, PlannedClip, default_jobs, is_recording};
+use crate::clip::Mode;
+
+/// Arguments of `hybridlive repurpose`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Recordings, or folders searched (not recursively) for recordings.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Output folder (created if missing); clips are MP4 files plus manifest.json.
+    #[arg(long, short = 'o')]
+    pub out: PathBuf,
+    /// How exactly clips start.
+    #[arg(long, value_enum, default_value_t = Mode::Smart)]
+    pub mode: Mode,
+    /// Time kept before each event (HH:MM:SS[.mmm] or seconds).
+    #[arg(long, default_value = "5", value_parser = parse_duration)]
+    pub lead_in: u64,
+    /// Time kept after each event ends.
+    #[arg(long, default_value = "10", value_parser = parse_duration)]
+    pub lead_out: u64,
+    /// Recordings cut at the same time (default: the number of cores).
+    #[arg(long, short = 'j')]
+    pub jobs: Option<usize>,
+}
+
+fn parse_duration(s: &str) -> Result<u64, String> {
+    parse_time(s).map_err(|e| e.to_string())
+}
+
+/// Expands folders into the recordings they hold, sorted; files are kept as given.
+fn expand(inputs: &[PathBuf]) -> Vec<Result<PathBuf, (PathBuf, String)>> {
+    let mut out = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            match std::fs::read_dir(input) {
+                Ok(entries) => {
+                    let mut files: Vec<PathBuf> = entries
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.is_file() && is_recording(p))
+                        .collect();
+                    files.sort();
+                    if files.is_empty() {
+                        out.push(Err((
+                            input.clone(),
+                            "folder holds no recordings".to_owned(),
+                        )));
+                    }
+                    out.extend(files.into_iter().map(Ok));
+                }
+                Err(e) => out.push(Err((input.clone(), format!("cannot read folder: {e}")))),
+            }
+        } else if input.is_file() {
+            out.push(Ok(input.clone()));
+        } else {
+            out.push(Err((input.clone(), "no such file or folder".to_owned())));
+        }
+    }
+    out
+}
+
+fn plan(recording: &Path, lead_in: u64, lead_out: u64) -> Job {
+    let sidecar = sidecar_path(recording);
+    if !sidecar.is_file() {
+        return Job::Failed {
+            source: recording.to_owned(),
+            reason: format!("missing sidecar timeline {}", sidecar.display()),
+        };
+    }
+    match Timeline::read(&sidecar) {
+        Ok(t) => {
+            let clips: Vec<PlannedClip> = t
+                .clips(lead_in, lead_out)
+                .into_iter()
+                .map(|c| PlannedClip {
+                    range: c.range,
+                    markers: c.markers,
+                })
+                .collect();
+            if clips.is_empty() {
+                return Job::Failed {
+                    source: recording.to_owned(),
+                    reason: format!("sidecar {} lists no offers or markers", sidecar.display()),
+                };
+            }
+            Job::Ready {
+                source: recording.to_owned(),
+                clips,
+            }
+        }
+        Err(e) => Job::Failed {
+            source: recording.to_owned(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// Runs `hybridlive repurpose`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let jobs = expand(&args.inputs)
+        .into_iter()
+        .map(|r| match r {
+            Ok(rec) => plan(&rec, args.lead_in, args.lead_out),
+            Err((source, reason)) => Job::Failed { source, reason },
+        })
+        .collect();
+    let opts = Options {
+        mode: args.mode.into(),
+        out: args.out,
+        jobs: args.jobs.unwrap_or_else(default_jobs),
+    };
+    batch::run(jobs, &opts)
+}

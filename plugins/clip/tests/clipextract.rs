@@ -1,0 +1,319 @@
+//! clipextract in real pipelines: what a muxer or a file-per-clip bin downstream sees.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, Once};
+
+use gst::prelude::*;
+
+fn init() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        gst::init().expect("gst init");
+        gstclip::plugin_register_static().expect("register clip plugin");
+    });
+}
+
+/// 6 s of 320x240 at 25 fps, key frames every 2 s, B-frames, AAC, made by ffmpeg.
+fn source(name: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("clipextract-{}-{name}.mp4", std::process::id()));
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=320x240:rate=25:duration=6")
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000:duration=6",
+        ])
+        .args([
+            "-c:v", "libx264", "-g", "50", "-bf", "2", "-pix_fmt", "yuv420p",
+        ])
+        .args(["-c:a", "aac"])
+        .arg(&path)
+        .status()
+        .expect("ffmpeg");
+    assert!(status.success());
+    path
+}
+
+#[derive(Debug, Clone)]
+enum Item {
+    ClipStart {
+        index: u32,
+        present_start: u64,
+        present_stop: Option<u64>,
+    },
+    Segment {
+        start: u64,
+        stop: Option<u64>,
+    },
+    Buffer {
+        pts: u64,
+    },
+    ClipEnd {
+        index: u32,
+    },
+    Eos,
+}
+
+struct Run {
+    video: Vec<Item>,
+    audio: Vec<Item>,
+    stats: gst::Structure,
+}
+
+fn record(sink: &gst::Element, items: Arc<Mutex<Vec<Item>>>) {
+    let pad = sink.static_pad("sink").expect("sink pad");
+    pad.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+        move |_, info| {
+            let item = match &info.data {
+                Some(gst::PadProbeData::Buffer(b)) => b.pts().map(|pts| Item::Buffer {
+                    pts: pts.nseconds(),
+                }),
+                Some(gst::PadProbeData::Event(e)) => match e.view() {
+                    gst::EventView::Segment(s) => {
+                        let seg = s.segment().downcast_ref::<gst::ClockTime>().cloned();
+                        seg.map(|seg| Item::Segment {
+                            start: seg.start().map_or(0, |t| t.nseconds()),
+                            stop: seg.stop().map(|t| t.nseconds()),
+                        })
+                    }
+                    gst::EventView::Eos(_) => Some(Item::Eos),
+                    gst::EventView::CustomDownstream(c) => {
+                        let s = c.structure().expect("structure");
+                        let index = s.get::<u32>("index").expect("index");
+                        match s.name().as_str() {
+                            gstclip::CLIP_START_EVENT => Some(Item::ClipStart {
+                                index,
+                                present_start: s.get("present-start").expect("present-start"),
+                                present_stop: s.get("present-stop").ok(),
+                            }),
+                            gstclip::CLIP_END_EVENT => Some(Item::ClipEnd { index }),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(item) = item {
+                items.lock().expect("lock").push(item);
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+}
+
+fn run(src: &Path, props: &str) -> Result<Run, String> {
+    init();
+    let desc = format!(
+        "filesrc location={} ! qtdemux name=d \
+         d.video_0 ! queue ! h264parse ! c.sink_0 \
+         d.audio_0 ! queue ! aacparse ! c.sink_1 \
+         clipextract name=c {props} \
+         c.src_0 ! fakesink name=v sync=false c.src_1 ! fakesink name=a sync=false",
+        src.display()
+    );
+    let pipeline = gst::parse::launch(&desc)
+        .map_err(|e| e.to_string())?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| "not a pipeline".to_owned())?;
+    let video = Arc::new(Mutex::new(Vec::new()));
+    let audio = Arc::new(Mutex::new(Vec::new()));
+    record(&pipeline.by_name("v").expect("v"), video.clone());
+    record(&pipeline.by_name("a").expect("a"), audio.clone());
+    let bus = pipeline.bus().expect("bus");
+    let started = pipeline.set_state(gst::State::Playing);
+    let mut result = Ok(());
+    if started.is_err() {
+        result = Err("state change failed".to_owned());
+    }
+    for msg in bus.iter_timed(gst::ClockTime::from_seconds(30)) {
+        match msg.view() {
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => {
+                result = Err(format!("{} {:?}", e.error(), e.debug()));
+                break;
+            }
+            _ => {}
+        }
+    }
+    let stats = pipeline
+        .by_name("c")
+        .expect("c")
+        .property::<gst::Structure>("stats");
+    let _ = pipeline.set_state(gst::State::Null);
+    result?;
+    let video = video.lock().expect("lock").clone();
+    let audio = audio.lock().expect("lock").clone();
+    Ok(Run {
+        video,
+        audio,
+        stats,
+    })
+}
+
+/// The items of each clip, split at clip-start.
+fn clips(items: &[Item]) -> Vec<Vec<Item>> {
+    let mut out: Vec<Vec<Item>> = Vec::new();
+    for i in items {
+        if matches!(i, Item::ClipStart { .. }) {
+            out.push(Vec::new());
+        }
+        if let Some(last) = out.last_mut() {
+            last.push(i.clone());
+        }
+    }
+    out
+}
+
+const MS: u64 = 1_000_000;
+
+#[test]
+fn two_clips_each_zero_based_with_markers() {
+    let src = source("two");
+    let run = run(&src, "ranges=1.3-2.1;3.3-4.1 mode=exact").expect("pipeline");
+    let _ = std::fs::remove_file(&src);
+    assert!(
+        matches!(run.video.last(), Some(Item::Eos)),
+        "no EOS after the last clip"
+    );
+    assert!(matches!(run.audio.last(), Some(Item::Eos)));
+    let video = clips(&run.video);
+    assert_eq!(video.len(), 2, "{:?}", run.video);
+    for (n, clip) in video.iter().enumerate() {
+        let Item::ClipStart {
+            index,
+            present_start,
+            present_stop,
+        } = clip[0]
+        else {
+            unreachable!()
+        };
+        assert_eq!(index as usize, n);
+        let Some(Item::Segment { start, stop }) = clip
+            .iter()
+            .find(|i| matches!(i, Item::Segment { .. }))
+            .cloned()
+        else {
+            panic!("clip {n} without segment");
+        };
+        assert_eq!(stop, None, "muxer-friendly segment has no stop");
+        let pts: Vec<u64> = clip
+            .iter()
+            .filter_map(|i| match i {
+                Item::Buffer { pts } => Some(*pts),
+                _ => None,
+            })
+            .collect();
+        // The clip starts on its key frame at running time zero (the segment start, which is
+        // the decoder delay of the source: two frames here) ...
+        assert_eq!(
+            pts[0], start,
+            "clip {n}: first frame is not at the segment start"
+        );
+        assert!(
+            start <= 200 * MS,
+            "clip {n}: timestamps do not start near zero: {start}"
+        );
+        // ... the key frame is at 0 s / 2 s, so the requested start lies 1.3 s after it ...
+        assert_eq!(present_start - start, 1300 * MS, "clip {n}: present-start");
+        assert_eq!(
+            present_stop,
+            Some(present_start + 800 * MS),
+            "clip {n}: present-stop"
+        );
+        // ... and nothing from beyond the clip's decode needs is copied.
+        assert!(pts.iter().all(|&p| p < present_start + 800 * MS + 200 * MS));
+        assert!(
+            matches!(clip.last(), Some(Item::ClipEnd { index: i }) if *i as usize == n) || n == 1
+        );
+    }
+    let audio = clips(&run.audio);
+    assert_eq!(audio.len(), 2);
+    for (n, clip) in audio.iter().enumerate() {
+        let Item::ClipStart { present_start, .. } = clip[0] else {
+            unreachable!()
+        };
+        let first = clip.iter().find_map(|i| match i {
+            Item::Buffer { pts } => Some(*pts),
+            _ => None,
+        });
+        let first = first.expect("audio buffers");
+        // The first audio frame contains the first presented video frame's instant.
+        assert!(
+            first <= present_start && present_start - first < 22 * MS,
+            "clip {n}: audio starts at {first}, video at {present_start}"
+        );
+    }
+    assert_eq!(run.stats.get::<u32>("clips-finished").ok(), Some(2));
+    // Stopped after the last clip instead of reading the whole file (150 frames + 282 audio).
+    let frames_in = run.stats.get::<u64>("frames-in").unwrap_or(0);
+    assert!(frames_in < 380, "read {frames_in} frames");
+}
+
+#[test]
+fn exact_segment_for_players() {
+    let src = source("seg");
+    let run = run(&src, "ranges=1.3-2.1 mode=exact exact-segment=true").expect("pipeline");
+    let _ = std::fs::remove_file(&src);
+    let clip = &clips(&run.video)[0];
+    let Item::ClipStart {
+        present_start,
+        present_stop,
+        ..
+    } = clip[0]
+    else {
+        unreachable!()
+    };
+    let seg = clip.iter().find_map(|i| match i {
+        Item::Segment { start, stop } => Some((*start, *stop)),
+        _ => None,
+    });
+    assert_eq!(seg, Some((present_start, present_stop)));
+}
+
+#[test]
+fn keyframe_mode_starts_on_the_key_frame() {
+    let src = source("kf");
+    let run = run(&src, "ranges=3.3-4.1 mode=keyframe").expect("pipeline");
+    let _ = std::fs::remove_file(&src);
+    let clip = &clips(&run.video)[0];
+    let Item::ClipStart {
+        present_start,
+        present_stop,
+        ..
+    } = clip[0]
+    else {
+        unreachable!()
+    };
+    let seg_start = clip.iter().find_map(|i| match i {
+        Item::Segment { start, .. } => Some(*start),
+        _ => None,
+    });
+    assert_eq!(
+        seg_start,
+        Some(present_start),
+        "presentation starts on the key frame"
+    );
+    assert_eq!(present_stop, None);
+}
+
+#[test]
+fn bad_ranges_are_element_errors() {
+    let src = source("bad");
+    for (ranges, needle) in [
+        ("ranges=5-3", "empty range"),
+        ("ranges=1-3;2-4", "overlap"),
+        ("ranges=abc", "invalid"),
+        ("ranges-file=/nonexistent/ranges.txt", "ranges file"),
+    ] {
+        let err = run(&src, ranges)
+            .err()
+            .unwrap_or_else(|| panic!("{ranges} accepted"));
+        assert!(err.to_lowercase().contains(needle), "{ranges}: {err}");
+    }
+    let _ = std::fs::remove_file(&src);
+}
