@@ -287,16 +287,7 @@ impl WhepOutput {
         opus_payload_type: Option<u32>,
     ) -> Result<(gst::Bin, gst::Element), gst::glib::BoolError> {
         let bin = gst::Bin::with_name(&format!("whep-{id}"));
-        // A slow viewer loses media rather than holding the others back.
-        let queue = gst::ElementFactory::make("queue")
-            .property_from_str("leaky", "downstream")
-            .property("max-size-buffers", 0u32)
-            .property("max-size-bytes", 0u32)
-            .property(
-                "max-size-time",
-                self.inner.config.viewer_queue.as_nanos() as u64,
-            )
-            .build()?;
+        let queue = self.viewer_queue()?;
         let pay = gst::ElementFactory::make("rtph264pay")
             .property("pt", payload_type)
             .property("config-interval", -1i32)
@@ -320,16 +311,8 @@ impl WhepOutput {
         }
         bin.add_many([&queue, &pay, &setter, &webrtcbin])?;
         gst::Element::link_many([&queue, &pay, &setter])?;
-        let sink = webrtcbin
-            .request_pad_simple("sink_%u")
-            .ok_or_else(|| gst::glib::bool_error!("webrtcbin gave no sink pad"))?;
-        let transceiver = sink.property::<gst_webrtc::WebRTCRTPTransceiver>("transceiver");
-        transceiver.set_property(
-            "direction",
-            gst_webrtc::WebRTCRTPTransceiverDirection::Sendonly,
-        );
-        transceiver.set_property(
-            "codec-preferences",
+        let sink = sendonly_pad(
+            &webrtcbin,
             gst::Caps::builder("application/x-rtp")
                 .field("media", "video")
                 .field("encoding-name", "H264")
@@ -338,7 +321,7 @@ impl WhepOutput {
                 .field("packetization-mode", "1")
                 .field("profile-level-id", profile_level_id)
                 .build(),
-        );
+        )?;
         setter
             .static_pad("src")
             .expect("capssetter src")
@@ -350,37 +333,21 @@ impl WhepOutput {
         bin.add_pad(&ghost)?;
 
         if let Some(pt) = opus_payload_type {
-            let queue = gst::ElementFactory::make("queue")
-                .property_from_str("leaky", "downstream")
-                .property("max-size-buffers", 0u32)
-                .property("max-size-bytes", 0u32)
-                .property(
-                    "max-size-time",
-                    self.inner.config.viewer_queue.as_nanos() as u64,
-                )
-                .build()?;
+            let queue = self.viewer_queue()?;
             let pay = gst::ElementFactory::make("rtpopuspay")
                 .property("pt", pt)
                 .build()?;
             bin.add_many([&queue, &pay])?;
             queue.link(&pay)?;
-            let sink = webrtcbin
-                .request_pad_simple("sink_%u")
-                .ok_or_else(|| gst::glib::bool_error!("webrtcbin gave no audio pad"))?;
-            let transceiver = sink.property::<gst_webrtc::WebRTCRTPTransceiver>("transceiver");
-            transceiver.set_property(
-                "direction",
-                gst_webrtc::WebRTCRTPTransceiverDirection::Sendonly,
-            );
-            transceiver.set_property(
-                "codec-preferences",
+            let sink = sendonly_pad(
+                &webrtcbin,
                 gst::Caps::builder("application/x-rtp")
                     .field("media", "audio")
                     .field("encoding-name", "OPUS")
                     .field("clock-rate", 48000i32)
                     .field("payload", pt as i32)
                     .build(),
-            );
+            )?;
             pay.static_pad("src")
                 .expect("payloader src")
                 .link(&sink)
@@ -392,6 +359,19 @@ impl WhepOutput {
             bin.add_pad(&ghost)?;
         }
         Ok((bin, webrtcbin))
+    }
+
+    /// A slow viewer loses media rather than holding the others back.
+    fn viewer_queue(&self) -> Result<gst::Element, gst::glib::BoolError> {
+        gst::ElementFactory::make("queue")
+            .property_from_str("leaky", "downstream")
+            .property("max-size-buffers", 0u32)
+            .property("max-size-bytes", 0u32)
+            .property(
+                "max-size-time",
+                self.inner.config.viewer_queue.as_nanos() as u64,
+            )
+            .build()
     }
 
     /// The viewer's data channel carries interaction: every text message is echoed back at once
@@ -460,6 +440,24 @@ impl WhepOutput {
             }
         });
     }
+}
+
+/// A send-only webrtcbin pad whose transceiver offers exactly `codec` (the viewer's payload type
+/// and parameters).
+fn sendonly_pad(
+    webrtcbin: &gst::Element,
+    codec: gst::Caps,
+) -> Result<gst::Pad, gst::glib::BoolError> {
+    let sink = webrtcbin
+        .request_pad_simple("sink_%u")
+        .ok_or_else(|| gst::glib::bool_error!("webrtcbin gave no sink pad"))?;
+    let transceiver = sink.property::<gst_webrtc::WebRTCRTPTransceiver>("transceiver");
+    transceiver.set_property(
+        "direction",
+        gst_webrtc::WebRTCRTPTransceiverDirection::Sendonly,
+    );
+    transceiver.set_property("codec-preferences", codec);
+    Ok(sink)
 }
 
 /// Records the arrival of every RTCP packet from the viewer (receiver reports, NACK, PLI): the
