@@ -226,6 +226,12 @@ pub enum TransformKind {
         /// `overwrite`: replace a stamp already present.
         overwrite: bool,
     },
+    /// `type = "offeroverlay"`: offer cards burned into the video; the offers shown land in
+    /// every recording's sidecar timeline; `POST /api/offers` shows and hides them live.
+    Offeroverlay {
+        /// `schedule`: a JSON or TOML schedule file (see plugins/offeroverlay/README.md).
+        schedule: Option<PathBuf>,
+    },
     /// `type = "gst"`: an escape hatch, a gst-launch fragment on raw video or audio.
     Gst {
         /// `media`: which stream the fragment processes.
@@ -345,8 +351,8 @@ pub enum OutputKind {
 
 const SECTIONS: &[&str] = &["server", "sources", "transforms", "encoders", "outputs"];
 const SOURCE_TYPES: &[&str] = &["test", "file", "srt", "rtmp", "rtsp", "v4l2"];
-const TRANSFORM_TYPES: &[&str] = &["latencystamp", "gst"];
-const PLANNED_TRANSFORM_TYPES: &[&str] = &["offeroverlay", "abrcontroller"];
+const TRANSFORM_TYPES: &[&str] = &["latencystamp", "offeroverlay", "gst"];
+const PLANNED_TRANSFORM_TYPES: &[&str] = &["abrcontroller"];
 const ENCODER_TYPES: &[&str] = &["h264", "aac", "opus"];
 const OUTPUT_TYPES: &[&str] = &["hls", "record", "srt", "rtmp", "webrtc"];
 const PLANNED_OUTPUT_TYPES: &[&str] = &[];
@@ -925,6 +931,21 @@ impl Reader<'_> {
             "latencystamp" => TransformKind::Latencystamp {
                 overwrite: f.bool(self.diags, "overwrite", true),
             },
+            "offeroverlay" => {
+                let schedule = f.string(self.diags, "schedule").map(|(path, span)| {
+                    let path = PathBuf::from(path);
+                    if !path.is_file() {
+                        f.error(
+                            self.diags,
+                            span,
+                            "schedule",
+                            format!("`{}` is not a readable file", path.display()),
+                        );
+                    }
+                    path
+                });
+                TransformKind::Offeroverlay { schedule }
+            }
             "gst" => {
                 let media = match f
                     .choice(self.diags, "media", &["video", "audio"], "video")

@@ -73,9 +73,10 @@ pub fn init() -> anyhow::Result<()> {
     let mut result = Ok(());
     REGISTER.call_once(|| {
         result = gstlatency::plugin_register_static()
-            .and_then(|()| gstfallbackswitch::plugin_register_static());
+            .and_then(|()| gstfallbackswitch::plugin_register_static())
+            .and_then(|()| gstofferoverlay::plugin_register_static());
     });
-    result.context("could not register the latency and fallbackswitch plugins")
+    result.context("could not register the latency, fallbackswitch and offeroverlay plugins")
 }
 
 /// Reads and validates one pipeline file.

@@ -78,6 +78,8 @@ struct Inner {
 #[derive(Debug, Clone)]
 struct Timeline {
     sidecar: hybridlive_timeline::Timeline,
+    /// Offers on screen: id -> (seconds from the start, title).
+    showing: BTreeMap<String, (f64, String)>,
     /// Capture time of the recording's first frame, ns since the Unix epoch.
     utc_start_ns: u64,
     path: PathBuf,
@@ -413,6 +415,40 @@ impl OutputRunner {
         }
     }
 
+    /// An offer appeared or left (at `utc_ns`): an `offer-shown` event with its duration in
+    /// the current recording's timeline once it leaves (or when the recording ends).
+    pub fn add_offer(&self, entry: &hybridlive_offer_timeline::TimelineEntry, utc_ns: u64) {
+        let timeline = {
+            let mut inner = self.inner.lock().unwrap();
+            let Some(t) = inner.timeline.as_mut() else {
+                return;
+            };
+            let at = utc_ns.saturating_sub(t.utc_start_ns) as f64 / 1e9;
+            match entry.action {
+                hybridlive_offer_timeline::Action::Shown => {
+                    t.showing
+                        .insert(entry.id.clone(), (at, entry.title.clone()));
+                    return;
+                }
+                hybridlive_offer_timeline::Action::Hidden => {
+                    let Some((start, title)) = t.showing.remove(&entry.id) else {
+                        return;
+                    };
+                    t.sidecar
+                        .events
+                        .push(offer_event(&entry.id, start, at, title));
+                }
+            }
+            t.clone()
+        };
+        if let Err(err) = timeline.write() {
+            self.set_state(
+                "running",
+                Some(format!("cannot write {}: {err}", timeline.path.display())),
+            );
+        }
+    }
+
     /// Updates size and duration of the recording in the shared state.
     pub fn refresh_stats(&self) {
         let (duration, path) = {
@@ -549,6 +585,7 @@ impl OutputRunner {
             sidecar.started_at_ns = Some(utc_start_ns);
             let timeline = Timeline {
                 sidecar,
+                showing: BTreeMap::new(),
                 utc_start_ns,
                 path: hybridlive_timeline::sidecar_path(&path),
             };
@@ -584,7 +621,16 @@ impl OutputRunner {
         let Some(mut timeline) = self.inner.lock().unwrap().timeline.take() else {
             return;
         };
-        timeline.sidecar.ended_at = Some(state::rfc3339(state::utc_now_ns()));
+        let end_ns = state::utc_now_ns();
+        // Offers still on screen when the recording ends last until its end.
+        let end = end_ns.saturating_sub(timeline.utc_start_ns) as f64 / 1e9;
+        for (id, (start, title)) in std::mem::take(&mut timeline.showing) {
+            timeline
+                .sidecar
+                .events
+                .push(offer_event(&id, start, end, title));
+        }
+        timeline.sidecar.ended_at = Some(state::rfc3339(end_ns));
         let _ = timeline.write();
         crate::runner::event(
             "recording-finished",
@@ -772,6 +818,20 @@ impl OutputRunner {
             *self.whep.lock().unwrap() = Some(whep);
         }
         Ok((pipeline, appsrcs))
+    }
+}
+
+fn offer_event(
+    id: &str,
+    start: f64,
+    end: f64,
+    title: String,
+) -> hybridlive_timeline::TimelineEvent {
+    hybridlive_timeline::TimelineEvent::OfferShown {
+        at: start,
+        duration: (end - start).max(0.0),
+        offer_id: id.to_string(),
+        title: Some(title),
     }
 }
 

@@ -128,6 +128,44 @@ impl Runner {
         marker
     }
 
+    /// An offer appeared or left: into every recording's timeline, and the events.
+    pub fn offer(&self, entry: &hybridlive_offer_timeline::TimelineEntry) {
+        let utc_ns = humantime::parse_rfc3339(&entry.utc)
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or_else(state::utc_now_ns, |d| d.as_nanos() as u64);
+        for o in &self.outputs {
+            o.add_offer(entry, utc_ns);
+        }
+        event(
+            match entry.action {
+                hybridlive_offer_timeline::Action::Shown => "offer-shown",
+                hybridlive_offer_timeline::Action::Hidden => "offer-hidden",
+            },
+            serde_json::json!({"id": entry.id, "title": entry.title, "utc": entry.utc}),
+        );
+    }
+
+    /// Shows (`show` = the offer as JSON) or hides (`hide` = its id) an offer on every
+    /// offeroverlay of the ingest; returns how many overlays took it.
+    pub fn control_offer(&self, show: Option<&str>, hide: Option<&str>) -> usize {
+        let overlays: Vec<gst::Element> = self
+            .ingest
+            .iterate_recurse()
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.factory().is_some_and(|f| f.name() == "offeroverlay"))
+            .collect();
+        overlays
+            .iter()
+            .filter(|overlay| match (show, hide) {
+                (Some(json), _) => overlay.emit_by_name::<bool>("show-offer", &[&json]),
+                (None, Some(id)) => overlay.emit_by_name::<bool>("hide-offer", &[&id]),
+                (None, None) => false,
+            })
+            .count()
+    }
+
     /// Begins the shutdown: EOS into every output, then quit once they are done.
     pub fn shutdown(self: &Arc<Self>, reason: &str) {
         if self.shutting_down.swap(true, Ordering::SeqCst) {
@@ -357,6 +395,18 @@ pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
                     {
                         let path = src.name().trim_start_matches("meter-").to_string();
                         output::record_latency(&runner.shared, &path, s);
+                    }
+                    if let Some(s) = e.structure()
+                        && [
+                            hybridlive_offer_timeline::MESSAGE_SHOWN,
+                            hybridlive_offer_timeline::MESSAGE_HIDDEN,
+                        ]
+                        .contains(&s.name().as_str())
+                    {
+                        match hybridlive_offer_timeline::TimelineEntry::from_structure(s) {
+                            Ok(entry) => runner.offer(&entry),
+                            Err(err) => event("warning", serde_json::json!({"message": err.to_string()})),
+                        }
                     }
                 }
                 _ => {}
@@ -727,6 +777,13 @@ impl Graph<'_> {
                 let stamp = make("latencystamp", name)?;
                 stamp.set_property("overwrite", *overwrite);
                 (Media::Video, stamp)
+            }
+            TransformKind::Offeroverlay { schedule } => {
+                let overlay = make("offeroverlay", name)?;
+                if let Some(schedule) = schedule {
+                    overlay.set_property("schedule", schedule.to_string_lossy().as_ref());
+                }
+                (Media::Video, overlay)
             }
             TransformKind::Gst { media, pipeline } => {
                 let bin = crate::fragment::build(pipeline)

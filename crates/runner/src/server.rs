@@ -158,9 +158,10 @@ fn handle(context: &Context, mut request: Request) {
         (Method::Get | Method::Head, p) if p.starts_with("/hls/") => {
             hls_file(context, &p["/hls/".len()..])
         }
-        (Method::Post, "/api/markers" | "/api/recording") => {
+        (Method::Post, "/api/markers" | "/api/recording" | "/api/offers") => {
             match authorised_body(context, &mut request) {
                 Ok(body) if path == "/api/markers" => markers(context, &body),
+                Ok(body) if path == "/api/offers" => offers(context, &body),
                 Ok(body) => recording(context, &body),
                 Err(response) => response,
             }
@@ -176,7 +177,7 @@ fn handle(context: &Context, mut request: Request) {
                 .with_header(header("Content-Type", "text/javascript; charset=utf-8"))
                 .with_header(header("Cache-Control", "no-cache"))
         }
-        (_, "/api/markers" | "/api/recording") => error(405, "use POST"),
+        (_, "/api/markers" | "/api/recording" | "/api/offers") => error(405, "use POST"),
         (_, "/" | "/metrics" | "/api/status") => error(405, "use GET"),
         _ => error(404, "not found"),
     };
@@ -273,6 +274,34 @@ fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value
         Ok(_) => Err("the body must be a JSON object".into()),
         Err(e) => Err(format!("invalid JSON: {e}")),
     }
+}
+
+/// `{"show": {offer as in a schedule}}` or `{"hide": "id"}`.
+fn offers(context: &Context, body: &[u8]) -> Response<std::io::Cursor<Vec<u8>>> {
+    let object = match parse_object(body) {
+        Ok(o) => o,
+        Err(e) => return error(400, &e),
+    };
+    let taken = match (object.get("show"), object.get("hide")) {
+        (Some(offer @ serde_json::Value::Object(_)), None) => {
+            context.runner.control_offer(Some(&offer.to_string()), None)
+        }
+        (None, Some(serde_json::Value::String(id))) => context.runner.control_offer(None, Some(id)),
+        _ => {
+            return error(
+                400,
+                "send {\"show\": {offer}} or {\"hide\": \"id\"} (see plugins/offeroverlay/README.md)",
+            );
+        }
+    };
+    if taken == 0 {
+        // No overlay, or every overlay refused it (malformed offer, unknown id).
+        return error(
+            422,
+            "no offeroverlay took it: check the offer fields or the id",
+        );
+    }
+    json(200, &serde_json::json!({"overlays": taken}))
 }
 
 fn markers(context: &Context, body: &[u8]) -> Response<std::io::Cursor<Vec<u8>>> {

@@ -1021,3 +1021,94 @@ loopback_only = true
         },
     );
 }
+
+#[test]
+fn offers_shown_over_the_api_land_in_the_recording_timeline() {
+    let dir = scratch("offers");
+    let file = dir.join("offers.toml");
+    std::fs::write(
+        &file,
+        r#"
+[server]
+token_env = "HYBRIDLIVE_TOKEN"
+
+[sources.cam]
+type = "test"
+width = 640
+height = 360
+framerate = 30
+
+[transforms.offers]
+type = "offeroverlay"
+inputs = ["cam"]
+
+[encoders.video]
+type = "h264"
+inputs = ["offers"]
+
+[encoders.audio]
+type = "aac"
+inputs = ["cam"]
+
+[outputs.recording]
+type = "record"
+inputs = ["video", "audio"]
+directory = "rec"
+"#,
+    )
+    .unwrap();
+    let mut runner = Runner::start(&file, &dir, &[]);
+    let started = runner.wait_event("recording-started", Duration::from_secs(10));
+    let bearer = format!("Bearer {TOKEN}");
+    let auth = [("Authorization", bearer.as_str())];
+    let show = br#"{"show": {"id": "kit", "title": "Watercolour starter kit", "price": "29 EUR", "qr": "https://shop.example/kit"}}"#;
+
+    assert_eq!(runner.request("POST", "/api/offers", &[], show).status, 401);
+    assert_eq!(
+        runner
+            .request("POST", "/api/offers", &auth, br#"{"show": 3}"#)
+            .status,
+        400
+    );
+    // A card without a title is refused by the overlay itself.
+    let untitled = br#"{"show": {"id": "x", "price": "1"}}"#;
+    assert_eq!(
+        runner
+            .request("POST", "/api/offers", &auth, untitled)
+            .status,
+        422
+    );
+
+    let shown = runner.request("POST", "/api/offers", &auth, show);
+    assert_eq!(shown.status, 200, "{}", shown.text());
+    let event = runner.wait_event("offer-shown", Duration::from_secs(5));
+    assert_eq!(event["id"], "kit");
+    std::thread::sleep(Duration::from_millis(1500));
+    let hide = runner.request("POST", "/api/offers", &auth, br#"{"hide": "kit"}"#);
+    assert_eq!(hide.status, 200, "{}", hide.text());
+    runner.wait_event("offer-hidden", Duration::from_secs(5));
+    assert_eq!(
+        runner
+            .request("POST", "/api/offers", &auth, br#"{"hide": "nope"}"#)
+            .status,
+        422
+    );
+
+    let stop = runner.request("POST", "/api/recording", &auth, br#"{"action":"stop"}"#);
+    assert_eq!(stop.status, 202, "{}", stop.text());
+    runner.wait_event("recording-finished", Duration::from_secs(10));
+    let timeline: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(started["timeline"].as_str().unwrap()).unwrap())
+            .unwrap();
+    let offer = &timeline["events"][0];
+    assert_eq!(offer["type"], "offer-shown", "{timeline}");
+    assert_eq!(offer["offer_id"], "kit");
+    assert_eq!(offer["title"], "Watercolour starter kit");
+    // On screen from the show to the end of the fade-out that followed the hide.
+    let duration = offer["duration"].as_f64().unwrap();
+    assert!(
+        (1.2..4.0).contains(&duration),
+        "on screen {duration} s: {timeline}"
+    );
+    assert!(offer["at"].as_f64().unwrap() > 0.0);
+}

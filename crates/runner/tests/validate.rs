@@ -159,8 +159,13 @@ fn broken_files_report_position_component_key_and_suggestion() {
         ),
         (
             "[outputs.hls]",
-            "[transforms.fx]\ntype = \"offeroverlay\"\ninputs = [\"cam\"]\n\n[outputs.hls]",
-            &["transforms.fx: `type`: `offeroverlay` is not supported by this build yet"],
+            "[transforms.fx]\ntype = \"abrcontroller\"\ninputs = [\"cam\"]\n\n[outputs.hls]",
+            &["transforms.fx: `type`: `abrcontroller` is not supported by this build yet"],
+        ),
+        (
+            "[outputs.hls]",
+            "[transforms.fx]\ntype = \"offeroverlay\"\ninputs = [\"cam\"]\nschedule = \"/nonexistent/offers.toml\"\n\n[outputs.hls]",
+            &["transforms.fx: `schedule`: `/nonexistent/offers.toml` is not a readable file"],
         ),
         (
             "[sources.cam]",
