@@ -394,7 +394,7 @@ fn label(value: &str) -> String {
 
 /// Prometheus text exposition of the runner's figures.
 pub fn metrics(runner: &Runner) -> String {
-    runner.shared.with(|s| {
+    let mut out = runner.shared.with(|s| {
         let mut out = String::new();
         out.push_str("# HELP hybridlive_latency_ms Capture-to-here latency per path over the meter window, milliseconds.\n");
         out.push_str("# TYPE hybridlive_latency_ms gauge\n");
@@ -458,7 +458,42 @@ pub fn metrics(runner: &Runner) -> String {
         out.push_str("# TYPE hybridlive_markers_total counter\n");
         let _ = writeln!(out, "hybridlive_markers_total {}", s.markers.len());
         out
-    })
+    });
+    if let Some(whep) = runner.outputs.iter().find_map(|o| o.whep()) {
+        out.push_str(&viewer_metrics(
+            whep.session_count(),
+            &whep.viewer_latencies(),
+        ));
+    }
+    out
+}
+
+/// WebRTC viewers and the glass-to-glass latency their pages report: the median of the
+/// viewers' medians and the worst viewer's p95, so one bad link shows.
+fn viewer_metrics(viewers: usize, reported: &[hybridlive_webrtc::ViewerLatency]) -> String {
+    let mut out = String::new();
+    out.push_str("# HELP hybridlive_webrtc_viewers WebRTC sessions open.\n");
+    out.push_str("# TYPE hybridlive_webrtc_viewers gauge\n");
+    let _ = writeln!(out, "hybridlive_webrtc_viewers {viewers}");
+    if reported.is_empty() {
+        return out;
+    }
+    let mut p50: Vec<f64> = reported.iter().map(|l| l.p50_ms).collect();
+    p50.sort_by(f64::total_cmp);
+    let median_p50 = p50[p50.len() / 2];
+    let worst_p95 = reported.iter().map(|l| l.p95_ms).fold(f64::MIN, f64::max);
+    out.push_str("# HELP hybridlive_viewer_latency_ms Glass-to-glass latency reported by WebRTC viewers' pages, milliseconds.\n");
+    out.push_str("# TYPE hybridlive_viewer_latency_ms gauge\n");
+    let _ = writeln!(
+        out,
+        "hybridlive_viewer_latency_ms{{stat=\"median_p50\"}} {median_p50}"
+    );
+    let _ = writeln!(
+        out,
+        "hybridlive_viewer_latency_ms{{stat=\"worst_p95\"}} {worst_p95}"
+    );
+    let _ = writeln!(out, "hybridlive_viewer_latency_reports {}", reported.len());
+    out
 }
 
 #[cfg(test)]

@@ -992,19 +992,43 @@ loopback_only = true
                const rtt = await window.viewer.player.raiseHand('Which brush for the edges?'); \
                const s = await window.viewer.player.stats(); \
                const l = [...window.viewer.latencies].sort((a, b) => a - b); \
-               return { rtt, framesDecoded: s.framesDecoded, p50: l[Math.floor(l.length / 2)], \
-                        p95: l[Math.floor(l.length * 0.95)] }; })()",
+               const p50 = l[Math.floor(l.length / 2)], p95 = l[Math.floor(l.length * 0.95)]; \
+               await window.viewer.player.reportLatency(p50, p95); \
+               await new Promise((r) => setTimeout(r, 300)); \
+               const metrics = await (await fetch('/metrics')).text(); \
+               return { rtt, framesDecoded: s.framesDecoded, p50, p95, metrics }; })()",
         )
         .output()
         .expect("node runs (scripts/setup installs the browser test driver)");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "browser run failed:\n{stderr}");
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    eprintln!("chromium through the runner: {result}");
+    eprintln!("chromium through the runner: {}", {
+        let mut shown = result.clone();
+        shown["metrics"] = serde_json::Value::Null;
+        shown
+    });
     assert!(result["framesDecoded"].as_u64().unwrap() >= 60, "{result}");
     let p50 = result["p50"].as_f64().unwrap();
     assert!(p50 > 0.0 && p50 < 500.0, "glass-to-glass p50 {p50} ms");
     assert!(result["rtt"].as_f64().unwrap() > 0.0, "{result}");
+
+    // The page reported its latency over the data channel while it played (read by the page
+    // itself, while its session is certainly alive).
+    let metrics = result["metrics"].as_str().unwrap_or_default();
+    let reported = metric(
+        &metrics,
+        "hybridlive_viewer_latency_ms{stat=\"median_p50\"}",
+    );
+    assert!(
+        reported.is_some_and(|ms| ms > 0.0 && ms < 500.0),
+        "viewer latency in /metrics: {metrics}"
+    );
+    assert_eq!(
+        metric(metrics, "hybridlive_webrtc_viewers"),
+        Some(1.0),
+        "{metrics}"
+    );
 
     let status: serde_json::Value =
         serde_json::from_str(&runner.get("/api/status").text()).unwrap();

@@ -23,4 +23,7 @@ pub const WHEP_PLAYER_JS: &str = include_str!("../web/whep-player.js");
 /// Reads capture stamps from H.264 access units in the browser (ES module).
 pub const STAMP_JS: &str = include_str!("../web/stamp.js");
 pub use offer::{H264Offer, OfferError, choose_h264, choose_opus};
-pub use whep::{Answer, MAX_HAND_TEXT, RaisedHand, SessionInfo, WhepConfig, WhepError, WhepOutput};
+pub use whep::{
+    Answer, MAX_HAND_TEXT, RaisedHand, SessionInfo, ViewerLatency, WhepConfig, WhepError,
+    WhepOutput,
+};

@@ -102,6 +102,18 @@ struct Session {
     created: Instant,
     /// Last RTCP packet from the viewer.
     last_heard: Arc<Mutex<Instant>>,
+    /// What the viewer's page last reported of its glass-to-glass latency.
+    reported: Arc<Mutex<Option<ViewerLatency>>>,
+}
+
+/// Glass-to-glass latency a viewer's page measured and reported over its data channel
+/// (`{"type":"latency","p50_ms":..,"p95_ms":..}`): figures only, nothing about the viewer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ViewerLatency {
+    /// Median over the page's recent frames, ms.
+    pub p50_ms: f64,
+    /// 95th percentile, ms.
+    pub p95_ms: f64,
 }
 
 struct Inner {
@@ -144,6 +156,18 @@ impl WhepOutput {
     /// Hands raised so far, oldest first.
     pub fn raised_hands(&self) -> Vec<RaisedHand> {
         self.inner.hands.lock().unwrap().clone()
+    }
+
+    /// The latest latency each live viewer reported (viewers that reported nothing yet are left
+    /// out).
+    pub fn viewer_latencies(&self) -> Vec<ViewerLatency> {
+        self.inner
+            .sessions
+            .lock()
+            .unwrap()
+            .values()
+            .filter_map(|s| *s.reported.lock().unwrap())
+            .collect()
     }
 
     /// Number of live sessions.
@@ -235,7 +259,8 @@ impl WhepOutput {
         }
         let tee_pad = tee_pads[0].clone();
         self.watch_ice(&id, &webrtcbin, &tee_pad);
-        self.serve_data_channel(&id, &webrtcbin);
+        let reported = Arc::new(Mutex::new(None));
+        self.serve_data_channel(&id, &webrtcbin, &reported);
         self.inner.sessions.lock().unwrap().insert(
             id.clone(),
             Session {
@@ -244,6 +269,7 @@ impl WhepOutput {
                 tee_pads,
                 created: Instant::now(),
                 last_heard,
+                reported,
             },
         );
         // The viewer starts with a key frame instead of waiting for the next GOP.
@@ -377,15 +403,25 @@ impl WhepOutput {
     /// The viewer's data channel carries interaction: every text message is echoed back at once
     /// (the page measures the round trip) and a `{"type":"hand",...}` message is recorded as a
     /// raised hand for the host.
-    fn serve_data_channel(&self, id: &str, webrtcbin: &gst::Element) {
+    fn serve_data_channel(
+        &self,
+        id: &str,
+        webrtcbin: &gst::Element,
+        reported: &Arc<Mutex<Option<ViewerLatency>>>,
+    ) {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let id = id.to_string();
+        let reported = reported.clone();
         webrtcbin.connect("on-data-channel", false, move |values| {
             let channel = values[1].get::<gst_webrtc::WebRTCDataChannel>().ok()?;
-            let (weak, id) = (weak.clone(), id.clone());
+            let (weak, id, reported) = (weak.clone(), id.clone(), reported.clone());
             channel.connect("on-message-string", false, move |values| {
                 let channel = values[0].get::<gst_webrtc::WebRTCDataChannel>().ok()?;
                 let message = values[1].get::<Option<String>>().ok()??;
+                if let Some(latency) = latency_report(&message) {
+                    *reported.lock().unwrap() = Some(latency);
+                    return None;
+                }
                 // Echo first: the round trip measures the interaction path, not our bookkeeping.
                 channel.emit_by_name::<()>("send-string", &[&Some(message.as_str())]);
                 if let (Some(inner), Some(text)) = (weak.upgrade(), hand_text(&message)) {
@@ -482,6 +518,24 @@ fn watch_rtcp(webrtcbin: &gst::Element, last_heard: &Arc<Mutex<Instant>>) -> Res
         None
     });
     Ok(())
+}
+
+/// A `{"type":"latency","p50_ms":..,"p95_ms":..}` report with plausible figures.
+fn latency_report(message: &str) -> Option<ViewerLatency> {
+    let value: serde_json::Value = serde_json::from_str(message).ok()?;
+    if value.get("type")?.as_str()? != "latency" {
+        return None;
+    }
+    let figure = |key: &str| {
+        value
+            .get(key)?
+            .as_f64()
+            .filter(|v| v.is_finite() && (-60_000.0..=600_000.0).contains(v))
+    };
+    Some(ViewerLatency {
+        p50_ms: figure("p50_ms")?,
+        p95_ms: figure("p95_ms")?,
+    })
 }
 
 /// The question of a `{"type":"hand","text":"..."}` message; `None` for other messages.

@@ -79,6 +79,11 @@ export async function playWhep(video, endpoint, { onLatency = () => {}, token } 
   return {
     pc,
     stampsRead: () => stampsRead,
+    /** Reports this viewer's glass-to-glass latency to the server (figures only). */
+    async reportLatency(p50Ms, p95Ms) {
+      await channelOpen;
+      channel.send(JSON.stringify({ type: 'latency', p50_ms: p50Ms, p95_ms: p95Ms }));
+    },
     /** Sends a question to the host; resolves to the data-channel round trip in ms. */
     async raiseHand(text) {
       await channelOpen;
