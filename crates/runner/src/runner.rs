@@ -554,7 +554,12 @@ impl Graph<'_> {
         let v = source.video;
         let convert = make("videoconvert", &format!("{name}-videoconvert"))?;
         let scale = make("videoscale", "")?;
-        let rate = make("videorate", "")?;
+        // videorate holds every frame until the next one arrives (a frame of latency); the
+        // test source already runs at the configured rate, so it goes without.
+        let rate = match source.kind {
+            SourceKind::Test { .. } => make("identity", "")?,
+            _ => make("videorate", "")?,
+        };
         let caps = make("capsfilter", "")?;
         caps.set_property(
             "caps",
