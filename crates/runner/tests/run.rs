@@ -12,6 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
+use hybridlive_testkit::in_private_netns;
 
 const TOKEN: &str = "test-token-5f1c";
 
@@ -916,29 +917,6 @@ fn a_looping_file_source_plays_longer_than_the_file() {
     // The clip lasts 1 s; looping keeps the programme going for the whole run.
     assert!(duration > 2.5, "recorded {duration} s from a 1 s clip");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Runs the named test again in a fresh network namespace holding only `lo`, where WebRTC can
-/// use nothing but 127.0.0.1. Returns true when the caller is already inside it.
-fn in_private_netns(test: &str) -> bool {
-    if std::env::var_os("HYBRIDLIVE_NETNS").is_some() {
-        return true;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let status = Command::new("unshare")
-        .args(["--net", "--", "sh", "-c"])
-        .arg(format!(
-            "ip link set lo up && exec \"{}\" --exact {test} --nocapture --test-threads=1",
-            exe.display()
-        ))
-        .env("HYBRIDLIVE_NETNS", "1")
-        .status()
-        .expect("unshare runs (the WebRTC tests need root for a network namespace)");
-    assert!(
-        status.success(),
-        "{test} failed inside its network namespace"
-    );
-    false
 }
 
 #[test]

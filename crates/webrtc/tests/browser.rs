@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use gst::prelude::*;
+use hybridlive_testkit::in_private_netns;
 use hybridlive_webrtc::{HttpRequest, WhepConfig, WhepOutput};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use gst::prelude::*;
+use hybridlive_testkit::in_private_netns;
 use hybridlive_webrtc::{Egress, add_egress, add_local_address, register_webrtc_elements};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

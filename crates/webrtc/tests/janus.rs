@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use gst::prelude::*;
+use hybridlive_testkit::in_private_netns_with_veth;
 use hybridlive_webrtc::{Egress, add_egress};
 use serde_json::{Value, json};
 use std::io::{Read, Write};

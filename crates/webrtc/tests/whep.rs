@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use gst::prelude::*;
+use hybridlive_testkit::in_private_netns;
 use hybridlive_webrtc::{WhepConfig, WhepError, WhepOutput, add_local_address};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};

@@ -2,47 +2,6 @@
 #![allow(dead_code)]
 
 use gst::prelude::*;
-use std::process::Command;
-
-/// Runs the named test in a fresh network namespace holding only `lo`, where libnice can find
-/// no other interface and nothing leaves 127.0.0.1. Returns true when the caller is already
-/// inside it (and should run the test body), false when it ran it in a child process.
-pub fn in_private_netns(test: &str) -> bool {
-    in_private_netns_with(test, "")
-}
-
-/// Like [`in_private_netns`], with a veth pair `hl0` (10.213.0.1) / `hl1` (10.213.0.2) inside
-/// the namespace: two test hosts for servers that refuse loopback (Janus gathers no ICE
-/// candidates on `lo`).
-pub fn in_private_netns_with_veth(test: &str) -> bool {
-    in_private_netns_with(
-        test,
-        "ip link add hl0 type veth peer name hl1 && \
-         ip addr add 10.213.0.1/24 dev hl0 && ip addr add 10.213.0.2/24 dev hl1 && \
-         ip link set hl0 up && ip link set hl1 up && ",
-    )
-}
-
-fn in_private_netns_with(test: &str, setup: &str) -> bool {
-    if std::env::var_os("HYBRIDLIVE_NETNS").is_some() {
-        return true;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let status = Command::new("unshare")
-        .args(["--net", "--", "sh", "-c"])
-        .arg(format!(
-            "ip link set lo up && {setup}exec \"{}\" --exact {test} --nocapture --test-threads=1",
-            exe.display()
-        ))
-        .env("HYBRIDLIVE_NETNS", "1")
-        .status()
-        .expect("unshare runs (the WebRTC tests need root for a network namespace)");
-    assert!(
-        status.success(),
-        "{test} failed inside its network namespace"
-    );
-    false
-}
 
 /// Initialises GStreamer and registers the latency plugin, once: registering a static plugin a
 /// second time replaces its factories under the feet of existing elements.
