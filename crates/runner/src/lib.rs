@@ -19,6 +19,7 @@ use anyhow::Context as _;
 pub mod config;
 mod fragment;
 mod hls;
+mod mp4file;
 mod output;
 mod runner;
 mod server;

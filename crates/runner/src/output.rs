@@ -15,6 +15,7 @@ use anyhow::Context as _;
 use gst::prelude::*;
 
 use crate::config::{EncoderKind, Output, OutputKind};
+use crate::mp4file::FragmentedMp4File;
 use crate::state::{self, Marker, OutputStatus, Recording, Shared};
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -51,6 +52,8 @@ pub struct OutputRunner {
     hls_dir_is_temporary: bool,
     /// WebRTC outputs: the WHEP sessions of the running pipeline.
     whep: Mutex<Option<hybridlive_webrtc::WhepOutput>>,
+    /// Record outputs: the file the running pipeline writes.
+    recording_file: Mutex<Option<PathBuf>>,
 }
 
 #[derive(Default)]
@@ -165,6 +168,7 @@ impl OutputRunner {
             hls_dir,
             hls_dir_is_temporary,
             whep: Mutex::new(None),
+            recording_file: Mutex::new(None),
         }))
     }
 
@@ -482,6 +486,14 @@ impl OutputRunner {
                 let src = msg.src().map(|s| s.name().to_string()).unwrap_or_default();
                 self.failed(generation, format!("{src}: {}", err.error()));
             }
+            // srtsink (1.22) only warns when its peer is gone and then redials on its own,
+            // silently: the uplink would be down with nobody told. Treat it as the failure it
+            // is, so it is reported and retried with back-off like any other.
+            gst::MessageView::Warning(warning)
+                if msg.src().is_some_and(|s| s.name() == "srtsink") =>
+            {
+                self.failed(generation, format!("srtsink: {}", warning.error()));
+            }
             gst::MessageView::Eos(_) => {
                 let stopping = self.inner.lock().unwrap().stopping;
                 if stopping {
@@ -572,13 +584,12 @@ impl OutputRunner {
             let Some(pipeline) = inner.pipeline.as_ref() else {
                 return;
             };
-            let Some(sink) = pipeline.by_name("filesink") else {
+            if pipeline.by_name("recorder").is_none() {
+                return;
+            }
+            let Some(path) = self.recording_file.lock().unwrap().clone() else {
                 return;
             };
-            let path = PathBuf::from(
-                sink.property::<Option<String>>("location")
-                    .unwrap_or_default(),
-            );
             let mut sidecar = hybridlive_timeline::Timeline::new();
             sidecar.recording = path.file_name().map(|n| n.to_string_lossy().into_owned());
             sidecar.started_at = Some(state::rfc3339(utc_start_ns));
@@ -674,6 +685,18 @@ impl OutputRunner {
                 // Keyframes come every segment from the encoder already; hlssink2's own
                 // requests would reach the shared encoder through appsrc and nowhere.
                 sink.set_property("send-keyframe-requests", false);
+                // A restarted output numbers its segments on from the last one written: the
+                // playlist's media sequence follows the index, and players that hold the old
+                // playlist neither see time go backwards nor get a segment name reused.
+                let next = next_segment_index(dir);
+                if let Some(split) = sink.downcast_ref::<gst::Bin>().and_then(|bin| {
+                    bin.iterate_elements()
+                        .into_iter()
+                        .flatten()
+                        .find(|e| e.factory().is_some_and(|f| f.name() == "splitmuxsink"))
+                }) {
+                    split.set_property("start-index", next as i32);
+                }
                 pipeline.add(&sink)?;
                 sink
             }
@@ -682,15 +705,17 @@ impl OutputRunner {
                 // Fragments make the file playable up to the last one written after a crash.
                 mux.set_property("fragment-duration", FRAGMENT_MS);
                 mux.set_property("streamable", true);
-                let filesink = make("filesink", "filesink")?;
                 let file = directory.join(format!(
                     "{}-{}.mp4",
                     self.config.name,
                     state::compact_utc(state::utc_now_ns())
                 ));
-                filesink.set_property("location", file.to_string_lossy().as_ref());
-                pipeline.add_many([&mux, &filesink])?;
-                mux.link(&filesink)?;
+                // Not filesink: it leaves half a fragment (or no header at all) behind when
+                // the process is killed or the disk fills; this writes whole fragments only.
+                let writer = recording_writer(&file);
+                pipeline.add_many([&mux, writer.upcast_ref()])?;
+                mux.link(&writer)?;
+                *self.recording_file.lock().unwrap() = Some(file);
                 mux
             }
             OutputKind::Srt { uri } => {
@@ -833,6 +858,61 @@ fn offer_event(
         offer_id: id.to_string(),
         title: Some(title),
     }
+}
+
+/// An appsink named `recorder` that appends mp4mux's output to `file` whole fragments at a
+/// time ([`FragmentedMp4File`]); a failed write is an element error (the output restarts).
+fn recording_writer(file: &Path) -> gst_app::AppSink {
+    let writer = Arc::new(Mutex::new(FragmentedMp4File::new(file)));
+    let at_eos = writer.clone();
+    let path = file.to_path_buf();
+    let sink = gst_app::AppSink::builder()
+        .name("recorder")
+        .sync(false)
+        .build();
+    sink.set_property("async", false);
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let Some(buffer) = sample.buffer() else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+                if let Err(err) = writer.lock().unwrap().push(&map) {
+                    let kind = if err.raw_os_error() == Some(libc::ENOSPC) {
+                        gst::ResourceError::NoSpaceLeft
+                    } else {
+                        gst::ResourceError::Write
+                    };
+                    gst::element_error!(sink, kind, ["cannot write {}: {err}", path.display()]);
+                    return Err(gst::FlowError::Error);
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .eos(move |sink| {
+                if let Err(err) = at_eos.lock().unwrap().finish() {
+                    gst::element_error!(
+                        sink,
+                        gst::ResourceError::Write,
+                        ["cannot finish the recording: {err}"]
+                    );
+                }
+            })
+            .build(),
+    );
+    sink
+}
+
+/// The index after the highest `segmentNNNNN.ts` in `dir` (0 in an empty folder).
+fn next_segment_index(dir: &Path) -> u32 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| crate::hls::segment_index(entry.file_name().to_str()?))
+        .max()
+        .map_or(0, |highest| u32::try_from(highest + 1).unwrap_or(u32::MAX))
 }
 
 /// Creates an element, with a name unless `name` is empty.
