@@ -1312,3 +1312,103 @@ fn media_sequence(runner: &Runner) -> Option<u64> {
         .find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))
         .and_then(|v| v.trim().parse().ok())
 }
+
+#[test]
+fn disk_full_the_recording_keeps_what_it_wrote_and_resumes_when_space_returns() {
+    if !isolated("disk_full_the_recording_keeps_what_it_wrote_and_resumes_when_space_returns") {
+        return;
+    }
+    let dir = scratch("disk-full");
+    let rec = dir.join("rec");
+    std::fs::create_dir_all(&rec).unwrap();
+    // A small disk of its own for the recordings, two thirds taken by other files.
+    sh(&format!(
+        "mount -t tmpfs -o size=3m tmpfs {}",
+        rec.display()
+    ));
+    let ballast = rec.join("ballast");
+    std::fs::write(&ballast, vec![0u8; 2_000_000]).unwrap();
+    let config = write_config(&dir, &[TEST_SOURCE, ENCODERS, HLS, RECORD, WEBRTC]);
+    let mut runner = Runner::start(&config, &dir);
+    let started = runner.wait_event("recording-started", Duration::from_secs(30));
+    let first = PathBuf::from(started["path"].as_str().unwrap());
+    let viewer = Viewer::join(&runner);
+    let watched = Watched {
+        runner: &runner,
+        recording: None,
+        viewer: Some(&viewer),
+        uplink: None,
+    };
+    let p = watched.all_advance(&Progress::default(), &[], "every output to produce");
+
+    // The disk fills up: the recording reports it; what it wrote stays playable.
+    let failed = runner.wait_output_event("output-failed", "recording");
+    let error = failed["error"].as_str().unwrap_or_default().to_string();
+    let recorded_for = (utc_ms(failed["utc"].as_str().unwrap())
+        - utc_ms(started["utc_start"].as_str().unwrap())) as f64
+        / 1000.0;
+    let kept = assert_plays(&first);
+    let p = watched.all_advance(&p, &["recording"], "the other outputs to go on");
+    // Still full: the retries fail too, with back-off; whatever a retry managed to write
+    // before failing is whole fragments that play, never an empty or broken file.
+    runner.wait_output_event("output-restart", "recording");
+    runner.wait_output_event("output-failed", "recording");
+    let p = watched.all_advance(&p, &["recording"], "the other outputs to go on");
+    let retries: Vec<_> = std::fs::read_dir(&rec)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "mp4") && *p != first)
+        .collect();
+    for file in &retries {
+        assert_plays(file);
+    }
+
+    // Space returns: the next try records again, into a new file.
+    let freed_at = Instant::now();
+    std::fs::remove_file(&ballast).unwrap();
+    let resumed = runner.wait(
+        "a new recording once space returned",
+        Duration::from_secs(60),
+        |e| e["event"] == "recording-started" && e["path"] != started["path"],
+    );
+    let resumed_after = freed_at.elapsed().as_secs_f64();
+    let second = PathBuf::from(resumed["path"].as_str().unwrap());
+    let watched = Watched {
+        runner: &runner,
+        recording: Some(second.clone()),
+        viewer: Some(&viewer),
+        uplink: None,
+    };
+    watched.all_advance(&p, &[], "every output to produce, the recording again");
+    let (failures, restarts) = failures_of(&runner, "recording");
+    assert_only_failed(&runner, "recording");
+    drop(viewer);
+    assert!(runner.stop().success());
+    let again = assert_plays(&second);
+    report(
+        "output storage gone: recording disk full (3 MB tmpfs), space freed later",
+        1,
+        &format!(
+            "recording reported `output-failed` ({error}) after {recorded_for:.1} s, retried \
+             with back-off ({} s; {restarts} restarts; {} short files of retries, all \
+             playable), recorded again \
+             {resumed_after:.1} s after space was freed ({:.1} s, plays); HLS and WHEP never \
+             stopped",
+            backoffs(&failures),
+            retries.len(),
+            again.duration
+        ),
+        &format!(
+            "nothing written before the disk filled ({:.2} s kept of {recorded_for:.2} s, \
+             plays cleanly); the time the disk was full",
+            kept.duration
+        ),
+    );
+    assert!(
+        recorded_for - kept.duration <= 1.0,
+        "recorded for {recorded_for:.2} s, kept {:.2} s",
+        kept.duration
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

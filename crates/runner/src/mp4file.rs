@@ -38,6 +38,11 @@ impl FragmentedMp4File {
     /// Takes more of the muxer's output and writes every fragment it completes.
     pub fn push(&mut self, data: &[u8]) -> std::io::Result<()> {
         self.pending.extend_from_slice(data);
+        // mp4mux writes a moof + mdat per track: the file is created once every track has
+        // one, so that it never exists with, say, sound and no picture.
+        if self.file.is_none() && fragments(&self.pending) < tracks(&self.pending).max(1) {
+            return Ok(());
+        }
         match last_fragment_end(&self.pending) {
             Some(end) => self.write(end),
             None => Ok(()),
@@ -119,6 +124,22 @@ fn last_fragment_end(data: &[u8]) -> Option<usize> {
         .last()
 }
 
+/// Complete `mdat` boxes in `data`.
+fn fragments(data: &[u8]) -> usize {
+    boxes(data).filter(|(kind, _, _)| kind == b"mdat").count()
+}
+
+/// Tracks (`trak` boxes) in the complete `moov` of `data`; 0 before it is complete.
+fn tracks(data: &[u8]) -> usize {
+    boxes(data)
+        .find(|(kind, _, _)| kind == b"moov")
+        .map_or(0, |(_, start, end)| {
+            boxes(&data[start + 8..end])
+                .filter(|(kind, _, _)| kind == b"trak")
+                .count()
+        })
+}
+
 /// End of the last complete box.
 fn whole_boxes_end(data: &[u8]) -> usize {
     boxes(data).map(|(_, _, end)| end).last().unwrap_or(0)
@@ -140,29 +161,37 @@ mod tests {
     }
 
     #[test]
-    fn the_file_appears_with_the_first_fragment_and_grows_by_whole_fragments() {
+    fn the_file_appears_with_a_fragment_of_every_track_and_grows_by_whole_fragments() {
         let path = scratch("grow");
         let _ = std::fs::remove_file(&path);
         let mut w = FragmentedMp4File::new(&path);
-        let header = [mp4_box(b"ftyp", 16), mp4_box(b"moov", 500)].concat();
-        let fragment = [mp4_box(b"moof", 100), mp4_box(b"mdat", 3000)].concat();
+        let traks = [
+            mp4_box(b"mvhd", 100),
+            mp4_box(b"trak", 200),
+            mp4_box(b"trak", 200),
+        ]
+        .concat();
+        let mut moov = ((8 + traks.len()) as u32).to_be_bytes().to_vec();
+        moov.extend_from_slice(b"moov");
+        moov.extend_from_slice(&traks);
+        let header = [mp4_box(b"ftyp", 16), moov].concat();
+        // Two tracks: mp4mux writes a moof + mdat for each.
+        let track = [mp4_box(b"moof", 100), mp4_box(b"mdat", 3000)].concat();
+        let fragment = [track.clone(), track.clone()].concat();
+        let size = || std::fs::metadata(&path).map_or(0, |m| m.len() as usize);
 
         w.push(&header).unwrap();
         assert!(!path.exists(), "a file without a fragment was created");
-        // The first fragment arrives in pieces, as the muxer pushes it.
-        for piece in fragment.chunks(700) {
+        w.push(&track).unwrap();
+        assert!(!path.exists(), "a file with one track only was created");
+        // The second track's fragment arrives in pieces, as the muxer pushes it.
+        for piece in track.chunks(700) {
             w.push(piece).unwrap();
         }
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().len() as usize,
-            header.len() + fragment.len()
-        );
-        // Half of the second fragment: not on disk yet.
+        assert_eq!(size(), header.len() + fragment.len());
+        // Half of the next fragment: not on disk yet.
         w.push(&fragment[..1500]).unwrap();
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().len() as usize,
-            header.len() + fragment.len()
-        );
+        assert_eq!(size(), header.len() + fragment.len());
         w.push(&fragment[1500..]).unwrap();
         let mfra = mp4_box(b"mfra", 40);
         w.push(&mfra).unwrap();
