@@ -778,8 +778,12 @@ impl OfferOverlay {
                         cd.make_mut().set_global_alpha(*alpha);
                     }
                     rects.push(cd.clone());
+                    // GLOBAL_ALPHA: the blend plan applies the fade itself. Without it GStreamer
+                    // would bake the alpha into the pixels of a rectangle the composition shares
+                    // (a CRITICAL on a non-writable rectangle).
                     let pixels = cd.pixels_unscaled_raw(
-                        gst_video::VideoOverlayFormatFlags::PREMULTIPLIED_ALPHA,
+                        gst_video::VideoOverlayFormatFlags::PREMULTIPLIED_ALPHA
+                            | gst_video::VideoOverlayFormatFlags::GLOBAL_ALPHA,
                     );
                     match prepare(&mut c.prepared_countdown, &pixels, pos) {
                         Some(p) => plan.push((p, alpha_u8)),
