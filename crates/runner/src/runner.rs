@@ -19,6 +19,8 @@ use crate::state::{self, Shared};
 
 /// How long a shutdown waits for outputs to finish their files before tearing them down.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long after the grace period a shutdown that still has not finished is called stuck.
+const SHUTDOWN_STUCK_AFTER: Duration = Duration::from_secs(10);
 const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 /// How often fallbacksrc restarts a source that stalled.
 const RESTART_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(3);
@@ -172,6 +174,7 @@ impl Runner {
             return;
         }
         event("shutdown", serde_json::json!({"reason": reason}));
+        self.shutdown_watchdog();
         for o in &self.outputs {
             o.stop();
         }
@@ -187,6 +190,44 @@ impl Runner {
             }
             runner.main_loop.quit();
             glib::ControlFlow::Break
+        });
+    }
+
+    /// A stop must never hang: tearing down an output pipeline after it failed and restarted
+    /// can deadlock inside GStreamer (seen in the fault suite: a queue's task waiting for its
+    /// stream lock while the main thread deactivates its pads). Recordings are crash-safe, so
+    /// once the grace period and a margin have passed the process exits anyway: 0 when every
+    /// recording was finalised, 1 otherwise.
+    fn shutdown_watchdog(self: &Arc<Self>) {
+        let shared = self.shared.clone();
+        let records: Vec<String> = self
+            .outputs
+            .iter()
+            .filter(|o| o.is_record())
+            .map(|o| o.name().to_string())
+            .collect();
+        std::thread::spawn(move || {
+            std::thread::sleep(SHUTDOWN_GRACE + SHUTDOWN_STUCK_AFTER);
+            let (stuck, unfinished) = shared.with(|s| {
+                let stuck: Vec<String> = s
+                    .outputs
+                    .iter()
+                    .filter(|(_, o)| o.state != "stopped" && o.state != "failed")
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                // A failed recording has nothing open: what it wrote is whole fragments.
+                let unfinished = records.iter().any(|name| {
+                    s.outputs
+                        .get(name)
+                        .is_some_and(|o| o.state != "stopped" && o.state != "failed")
+                });
+                (stuck, unfinished)
+            });
+            event(
+                "shutdown-stuck",
+                serde_json::json!({"outputs": stuck, "recordings_finalised": !unfinished}),
+            );
+            std::process::exit(i32::from(unfinished));
         });
     }
 
