@@ -113,6 +113,7 @@ fn helper_process(name: &str) -> KillOnDrop {
 struct Runner {
     child: Child,
     events: mpsc::Receiver<serde_json::Value>,
+    skipped: Mutex<Vec<serde_json::Value>>,
     log: Arc<Mutex<Vec<serde_json::Value>>>,
     addr: String,
 }
@@ -148,6 +149,7 @@ impl Runner {
         let mut runner = Runner {
             child,
             events,
+            skipped: Mutex::new(Vec::new()),
             log,
             addr: String::new(),
         };
@@ -168,6 +170,14 @@ impl Runner {
         timeout: Duration,
         matches: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
+        // Events that came while another was awaited (e.g. `recording-started` before
+        // `ready` on a loaded machine) are still there for the next wait.
+        {
+            let mut skipped = self.skipped.lock().unwrap();
+            if let Some(i) = skipped.iter().position(&matches) {
+                return skipped.remove(i);
+            }
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -175,8 +185,14 @@ impl Runner {
                 Ok(event) if matches(&event) => return event,
                 Ok(event) => {
                     assert_ne!(event["event"], "ingest-error", "the ingest failed: {event}");
+                    if event["event"] != "status" {
+                        self.skipped.lock().unwrap().push(event);
+                    }
                 }
-                Err(_) => panic!("no {what} within {timeout:?}"),
+                Err(_) => panic!(
+                    "no {what} within {timeout:?}; events so far: {:?}",
+                    self.log.lock().unwrap()
+                ),
             }
         }
     }
@@ -263,7 +279,11 @@ impl Runner {
     /// SIGINT, and the exit status once the outputs are finalised.
     fn stop(&mut self) -> std::process::ExitStatus {
         self.signal(libc::SIGINT);
-        self.wait_exit(Duration::from_secs(30))
+        let status = self.wait_exit(Duration::from_secs(30));
+        for stuck in self.logged("shutdown-stuck") {
+            eprintln!("the shutdown hung and the runner's watchdog ended it: {stuck}");
+        }
+        status
     }
 }
 
@@ -1283,6 +1303,12 @@ fn hls_folder_unwritable_hls_retries_and_the_rest_goes_on() {
     drop(viewer);
     let stopped_ms = now_ms();
     assert!(runner.stop().success());
+    let watchdog = if runner.logged("shutdown-stuck").is_empty() {
+        ""
+    } else {
+        "; the SIGINT teardown hung in GStreamer and the runner's watchdog ended it (exit 0, \
+         recording finalised)"
+    };
     let ran = (stopped_ms - utc_ms(started["utc_start"].as_str().unwrap())) as f64 / 1000.0;
     let played = assert_plays(&recording);
     report(
@@ -1291,7 +1317,8 @@ fn hls_folder_unwritable_hls_retries_and_the_rest_goes_on() {
         &format!(
             "HLS reported `output-failed` ({error}), retried with back-off ({} s; {restarts} \
              restarts), wrote again {recovered:.1} s after the folder came back ({last_before} -> \
-             {last_after}, media sequence {before} -> {after}); recording and WHEP never stopped",
+             {last_after}, media sequence {before} -> {after}); recording and WHEP never \
+             stopped{watchdog}",
             backoffs(&failures)
         ),
         &format!(
@@ -1367,13 +1394,18 @@ fn disk_full_the_recording_keeps_what_it_wrote_and_resumes_when_space_returns() 
     // Space returns: the next try records again, into a new file.
     let freed_at = Instant::now();
     std::fs::remove_file(&ballast).unwrap();
-    let resumed = runner.wait(
-        "a new recording once space returned",
+    // (Retries that failed announced recordings too: the one that counts is the one the
+    // status shows running and growing.)
+    let second = eventually(
         Duration::from_secs(60),
-        |e| e["event"] == "recording-started" && e["path"] != started["path"],
+        "a new recording once space returned",
+        || {
+            let recording = runner.status()["outputs"]["recording"]["recording"].clone();
+            let path = PathBuf::from(recording["path"].as_str()?);
+            (path != first && std::fs::metadata(&path).is_ok_and(|m| m.len() > 0)).then_some(path)
+        },
     );
     let resumed_after = freed_at.elapsed().as_secs_f64();
-    let second = PathBuf::from(resumed["path"].as_str().unwrap());
     let watched = Watched {
         runner: &runner,
         recording: Some(second.clone()),
