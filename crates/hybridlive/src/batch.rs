@@ -9,10 +9,11 @@ use std::time::Instant;
 
 use anyhow::Context;
 use gstclip::ClipMode;
-use hybridlive_timeline::{ClipRange, format_time};
+use hybridlive_timeline::{ClipRange, ProposedClip, format_time, merge_clips};
 
 use crate::cutter;
 use crate::manifest::{ClipEntry, ErrorEntry, Manifest};
+use crate::peaks::{self, PeakOptions};
 use crate::progress::Progress;
 
 /// A clip to cut.
@@ -33,6 +34,8 @@ pub enum Job {
         source: PathBuf,
         /// Its clips.
         clips: Vec<PlannedClip>,
+        /// Also cut around the loudest moments of the audio (found when the file's turn comes).
+        peaks: Option<PeakOptions>,
     },
     /// Failed before cutting (e.g. a missing sidecar).
     Failed {
@@ -82,6 +85,7 @@ struct Work {
     source: PathBuf,
     stem: String,
     clips: Vec<PlannedClip>,
+    peaks: Option<PeakOptions>,
 }
 
 /// Cuts every job; returns failure when anything failed.
@@ -101,7 +105,11 @@ pub fn run(jobs: Vec<Job>, opts: &Options) -> anyhow::Result<ExitCode> {
                 range: None,
                 reason,
             }),
-            Job::Ready { source, clips } => {
+            Job::Ready {
+                source,
+                clips,
+                peaks,
+            } => {
                 let base = source
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
@@ -114,6 +122,7 @@ pub fn run(jobs: Vec<Job>, opts: &Options) -> anyhow::Result<ExitCode> {
                     source,
                     stem,
                     clips,
+                    peaks,
                 });
             }
         }
@@ -140,7 +149,10 @@ pub fn run(jobs: Vec<Job>, opts: &Options) -> anyhow::Result<ExitCode> {
                     let Some(w) = next else {
                         break;
                     };
-                    let (done, failed) = cut_file(&w, opts, &progress, &old);
+                    let (done, failed) = match with_peaks(w, &progress) {
+                        Ok(w) => cut_file(&w, opts, &progress, &old),
+                        Err(e) => (Vec::new(), vec![e]),
+                    };
                     entries
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -178,6 +190,55 @@ pub fn run(jobs: Vec<Job>, opts: &Options) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Adds the clips around the job's loudness peaks to its timeline clips, merged so no two
+/// overlap.
+fn with_peaks(mut w: Work, progress: &Progress) -> Result<Work, ErrorEntry> {
+    let Some(opts) = w.peaks.take() else {
+        return Ok(w);
+    };
+    let source = w.source.display().to_string();
+    let fail = |reason: String| {
+        progress.line(&format!("error: {source}: {reason}"));
+        ErrorEntry {
+            source: source.clone(),
+            range: None,
+            reason,
+        }
+    };
+    let profile = peaks::analyse(&w.source).map_err(|e| fail(format!("{e:#}")))?;
+    let found = peaks::peak_clips(&profile, &opts);
+    progress.line(&format!(
+        "{source}: programme loudness {:.1} LUFS, {} loudness peak(s) {:.1} LU above it",
+        profile.programme,
+        found.len(),
+        opts.threshold
+    ));
+    let before = w.clips.len();
+    let all: Vec<ProposedClip> = w
+        .clips
+        .drain(..)
+        .map(|c| ProposedClip {
+            range: c.range,
+            markers: c.markers,
+        })
+        .chain(found)
+        .collect();
+    w.clips = merge_clips(all)
+        .into_iter()
+        .map(|c| PlannedClip {
+            range: c.range,
+            markers: c.markers,
+        })
+        .collect();
+    if w.clips.is_empty() {
+        return Err(fail(
+            "no offers, markers or loudness peaks to cut clips around".to_owned(),
+        ));
+    }
+    progress.add_clips(w.clips.len() as i64 - before as i64);
+    Ok(w)
 }
 
 fn cut_file(

@@ -72,6 +72,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         vec![Job::Ready {
             source: args.recording,
             clips,
+            peaks: None,
         }],
         &opts,
     )

@@ -9,6 +9,7 @@ mod clip;
 mod cutter;
 mod manifest;
 mod mp4edit;
+mod peaks;
 mod progress;
 mod repurpose;
 
