@@ -12,9 +12,10 @@ use gstclip::ClipMode;
 use hybridlive_timeline::{ClipRange, ProposedClip, format_time, merge_clips};
 
 use crate::cutter;
-use crate::manifest::{ClipEntry, ErrorEntry, Manifest};
+use crate::manifest::{ClipEntry, ErrorEntry, Manifest, VerticalEntry};
 use crate::peaks::{self, PeakOptions};
 use crate::progress::Progress;
+use crate::vertical::Vertical;
 
 /// A clip to cut.
 #[derive(Debug, Clone)]
@@ -55,6 +56,8 @@ pub struct Options {
     pub out: PathBuf,
     /// Recordings cut at the same time.
     pub jobs: usize,
+    /// Also write a vertical 9:16 version of every clip.
+    pub vertical: Option<Vertical>,
 }
 
 fn mode_name(mode: ClipMode) -> &'static str {
@@ -254,54 +257,114 @@ fn cut_file(
     for (i, clip) in w.clips.iter().enumerate() {
         let name = clip_name(&w.stem, clip.range, opts.mode);
         let output = opts.out.join(&name);
-        if output.exists() {
-            if let Some(e) = old.get(&name) {
-                done.push(e.clone());
+        let fail = |what: &str, e: anyhow::Error| {
+            let reason = format!("{what}{e:#}");
+            fp.clip_done(i, &format!("{} failed: {reason}", clip.range));
+            ErrorEntry {
+                source: source.clone(),
+                range: Some(clip.range.to_string()),
+                reason,
             }
-            fp.clip_done(i, &format!("{name} exists, skipped"));
-            continue;
-        }
-        let started = Instant::now();
-        match cutter::cut(&w.source, clip.range, opts.mode, &output, &|f| {
-            fp.clip(i, f)
-        }) {
-            Ok(r) => {
-                fp.clip_done(
-                    i,
-                    &format!(
+        };
+        let mut entry = if output.exists() {
+            let entry = old.get(&name).cloned();
+            if entry.is_none() || opts.vertical.is_none() {
+                fp.clip_done(i, &format!("{name} exists, skipped"));
+            }
+            entry
+        } else {
+            let started = Instant::now();
+            match cutter::cut(&w.source, clip.range, opts.mode, None, &output, &|f| {
+                fp.clip(i, f)
+            }) {
+                Ok(r) => {
+                    let outcome = format!(
                         "{} -> {name} ({:.1} s in {:.1} s)",
                         clip.range,
                         r.duration as f64 / 1e9,
                         started.elapsed().as_secs_f64()
-                    ),
-                );
-                done.push(ClipEntry {
-                    source: source.clone(),
-                    start: clip.range.start as f64 / 1e9,
-                    end: clip.range.end as f64 / 1e9,
-                    range: clip.range.to_string(),
-                    mode: mode_name(opts.mode).to_owned(),
-                    output: name,
-                    duration: r.duration as f64 / 1e9,
-                    first_frame: r.first_frame as f64 / 1e9,
-                    markers: clip.markers.clone(),
-                    frames_copied: r.frames_copied,
-                    frames_encoded: r.frames_encoded,
-                });
+                    );
+                    if opts.vertical.is_some() {
+                        progress.line(&format!(
+                            "{source} clip {}/{}: {outcome}",
+                            i + 1,
+                            w.clips.len()
+                        ));
+                    } else {
+                        fp.clip_done(i, &outcome);
+                    }
+                    Some(ClipEntry {
+                        source: source.clone(),
+                        start: clip.range.start as f64 / 1e9,
+                        end: clip.range.end as f64 / 1e9,
+                        range: clip.range.to_string(),
+                        mode: mode_name(opts.mode).to_owned(),
+                        output: name,
+                        duration: r.duration as f64 / 1e9,
+                        first_frame: r.first_frame as f64 / 1e9,
+                        markers: clip.markers.clone(),
+                        frames_copied: r.frames_copied,
+                        frames_encoded: r.frames_encoded,
+                        vertical: None,
+                    })
+                }
+                Err(e) => {
+                    failed.push(fail("", e));
+                    None
+                }
             }
-            Err(e) => {
-                let reason = format!("{e:#}");
-                fp.clip_done(i, &format!("{} failed: {reason}", clip.range));
-                failed.push(ErrorEntry {
-                    source: source.clone(),
-                    range: Some(clip.range.to_string()),
-                    reason,
-                });
+        };
+        if let (Some(v), Some(e)) = (&opts.vertical, entry.as_mut()) {
+            let vname = vertical_name(&w.stem, clip.range, v);
+            let voutput = opts.out.join(&vname);
+            let known = e.vertical.as_ref().is_some_and(|x| x.output == vname);
+            if voutput.exists() && known {
+                fp.clip_done(i, &format!("{vname} exists, skipped"));
+            } else {
+                let started = Instant::now();
+                match cutter::cut(&w.source, clip.range, opts.mode, Some(v), &voutput, &|f| {
+                    fp.clip(i, f)
+                }) {
+                    Ok(r) => {
+                        fp.clip_done(
+                            i,
+                            &format!(
+                                "{} -> {vname} ({:.1} s in {:.1} s)",
+                                clip.range,
+                                r.duration as f64 / 1e9,
+                                started.elapsed().as_secs_f64()
+                            ),
+                        );
+                        e.vertical = r.crop.map(|c| VerticalEntry {
+                            output: vname,
+                            region: v.region.to_string(),
+                            width: c.width,
+                            height: c.height,
+                            crop_x: c.left,
+                            crop_y: c.top,
+                            duration: r.duration as f64 / 1e9,
+                        });
+                    }
+                    Err(err) => failed.push(fail("vertical clip: ", err)),
+                }
             }
         }
+        done.extend(entry);
     }
     fp.finish();
     (done, failed)
+}
+
+/// The vertical clip's file name: like the clip's, with the crop region instead of the mode
+/// (it is always re-encoded).
+fn vertical_name(stem: &str, range: ClipRange, v: &Vertical) -> String {
+    let size = v.height.map(|h| format!("-{h}")).unwrap_or_default();
+    format!(
+        "{stem}_{}_{}_vertical-{}{size}.mp4",
+        file_time(range.start),
+        file_time(range.end),
+        v.region
+    )
 }
 
 /// Default parallelism: the machine's cores.

@@ -12,6 +12,7 @@ mod mp4edit;
 mod peaks;
 mod progress;
 mod repurpose;
+mod vertical;
 
 use std::process::ExitCode;
 

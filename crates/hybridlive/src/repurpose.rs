@@ -9,6 +9,7 @@ use hybridlive_timeline::{Timeline, parse_time, sidecar_path};
 use crate::batch::{self, Job, Options, PlannedClip, default_jobs, is_recording};
 use crate::clip::Mode;
 use crate::peaks::PeakOptions;
+use crate::vertical::VerticalArgs;
 
 /// Arguments of `hybridlive repurpose`.
 #[derive(Debug, clap::Args)]
@@ -19,6 +20,8 @@ pub struct Args {
     /// Output folder (created if missing); clips are MP4 files plus manifest.json.
     #[arg(long, short = 'o')]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub vertical: VerticalArgs,
     /// How exactly clips start.
     #[arg(long, value_enum, default_value_t = Mode::Smart)]
     pub mode: Mode,
@@ -148,6 +151,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         mode: args.mode.into(),
         out: args.out,
         jobs: args.jobs.unwrap_or_else(default_jobs),
+        vertical: args.vertical.vertical(),
     };
     batch::run(jobs, &opts)
 }

@@ -54,13 +54,15 @@ fn make(factory: &str) -> Result<gst::Element, glib::BoolError> {
 impl Transcoder {
     /// Starts a transcoder for coded frames with caps `caps`, presenting `[start, end)`.
     /// `in_band` asks for parameter sets in front of every key frame (for splicing with copied
-    /// frames) and byte-stream vs. length-prefixed framing follows `caps`.
+    /// frames) and byte-stream vs. length-prefixed framing follows `caps`. `filter` (gst-launch
+    /// syntax) goes between decoder and encoder, e.g. a crop.
     pub fn new(
         caps: &gst::Caps,
         codec: Codec,
         start: i64,
         end: Option<i64>,
         in_band: bool,
+        filter: Option<&str>,
     ) -> Result<Self, glib::BoolError> {
         let s = caps
             .structure(0)
@@ -77,6 +79,13 @@ impl Transcoder {
         let in_parse = make(parser)?;
         let dec = make(decoder)?;
         let convert = make("videoconvert")?;
+        let filter = filter
+            .map(|f| gst::parse::bin_from_description(f, true))
+            .transpose()
+            .map_err(|e| glib::bool_error!("invalid re-encode filter: {e}"))?
+            .map(|b| b.upcast::<gst::Element>());
+        // The filter may change the format; the encoder gets what it takes.
+        let convert_out = make("videoconvert")?;
         let enc = make(encoder)?;
         match codec {
             Codec::H264 => {
@@ -109,26 +118,14 @@ impl Transcoder {
             .field("alignment", "au")
             .build();
         let appsink = AppSink::builder().caps(&out_caps).sync(false).build();
-        pipeline.add_many([
-            appsrc.upcast_ref(),
-            &in_parse,
-            &dec,
-            &convert,
-            &enc,
-            &enc_filter,
-            &out_parse,
-            appsink.upcast_ref(),
-        ])?;
-        gst::Element::link_many([
-            appsrc.upcast_ref(),
-            &in_parse,
-            &dec,
-            &convert,
-            &enc,
-            &enc_filter,
-            &out_parse,
-            appsink.upcast_ref(),
-        ])?;
+        let mut chain: Vec<&gst::Element> = vec![appsrc.upcast_ref(), &in_parse, &dec, &convert];
+        if let Some(f) = &filter {
+            chain.push(f);
+            chain.push(&convert_out);
+        }
+        chain.extend([&enc, &enc_filter, &out_parse, appsink.upcast_ref()]);
+        pipeline.add_many(chain.iter().copied())?;
+        gst::Element::link_many(chain.iter().copied())?;
 
         let window = Arc::new(Mutex::new(Window { start, end }));
         let probe_window = window.clone();
