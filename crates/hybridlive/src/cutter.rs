@@ -279,7 +279,10 @@ fn cut_to(
                 }
             }
             let stats = clip.property::<gst::Structure>("stats");
-            let frames_in = stats.get::<u64>("frames-in").unwrap_or(0);
+            // Input read or frames re-encoded: a re-encoder draining a long clip after the
+            // last input is progress too.
+            let frames_in = stats.get::<u64>("frames-in").unwrap_or(0)
+                + stats.get::<u64>("frames-encoded").unwrap_or(0);
             if frames_in != last_in {
                 last_in = frames_in;
                 last_progress = Instant::now();

@@ -6,6 +6,7 @@
 //! clips start), but each stream's outputs are pushed only by that stream's own thread, under
 //! its `PushState` lock.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
 use gst::glib;
@@ -123,7 +124,6 @@ struct Stats {
     frames_in: u64,
     frames_copied: u64,
     frames_decoded: u64,
-    frames_encoded: u64,
 }
 
 /// Per src pad, held while pushing.
@@ -230,6 +230,9 @@ pub struct ClipExtract {
     pads: Mutex<Vec<PadPair>>,
     state: Mutex<State>,
     stats: Mutex<Stats>,
+    /// Frames the re-encoders produced (counted as they come out, so a long drain at the end
+    /// of a clip shows progress).
+    encoded: Arc<AtomicU64>,
 }
 
 #[glib::object_subclass]
@@ -444,7 +447,7 @@ impl ClipExtract {
             .field("frames-in", s.frames_in)
             .field("frames-copied", s.frames_copied)
             .field("frames-decoded", s.frames_decoded)
-            .field("frames-encoded", s.frames_encoded)
+            .field("frames-encoded", self.encoded.load(Ordering::Relaxed))
             .build()
     }
 
@@ -545,6 +548,7 @@ impl ClipExtract {
             streams: (0..n).map(|_| StreamInfo::default()).collect(),
         };
         *lock(&self.stats) = Stats::default();
+        self.encoded.store(0, Ordering::Relaxed);
         for p in self.pairs() {
             *lock(&p.push) = PushState::default();
         }
@@ -760,7 +764,6 @@ impl ClipExtract {
     ) -> Result<(), gst::FlowError> {
         let n = buffers.len() as u64;
         ps.clip_encoded += n;
-        lock(&self.stats).frames_encoded += n;
         for b in buffers {
             self.push_buffer(pair, ps, b, caps.as_ref())?;
         }
@@ -899,6 +902,7 @@ impl ClipExtract {
                                 stop,
                                 mode == Mode::Smart,
                                 filter,
+                                self.encoded.clone(),
                             )
                             .map_err(|e| {
                                 self.transcode_error(&format!("cannot start re-encoder: {e}"))

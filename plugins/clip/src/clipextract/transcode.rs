@@ -5,6 +5,7 @@
 //! clip's first frame up to the next copied key frame, or the clip end) so the encoder sees
 //! exactly the frames that are to be shown, starting with an IDR.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use gst::glib;
@@ -39,6 +40,8 @@ pub struct Transcoder {
     appsink: AppSink,
     window: Arc<Mutex<Window>>,
     caps: Option<gst::Caps>,
+    /// Counts every frame the encoder produces.
+    produced: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Transcoder {
@@ -63,6 +66,7 @@ impl Transcoder {
         end: Option<i64>,
         in_band: bool,
         filter: Option<&str>,
+        produced: Arc<AtomicU64>,
     ) -> Result<Self, glib::BoolError> {
         let s = caps
             .structure(0)
@@ -156,6 +160,7 @@ impl Transcoder {
             appsink,
             window,
             caps: None,
+            produced,
         })
     }
 
@@ -187,6 +192,7 @@ impl Transcoder {
         let Some(mut b) = sample.buffer_owned() else {
             return;
         };
+        self.produced.fetch_add(1, Ordering::Relaxed);
         if let Some(seg) = sample
             .segment()
             .and_then(|s| s.downcast_ref::<gst::ClockTime>())
