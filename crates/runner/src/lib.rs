@@ -74,9 +74,10 @@ pub fn init() -> anyhow::Result<()> {
     REGISTER.call_once(|| {
         result = gstlatency::plugin_register_static()
             .and_then(|()| gstfallbackswitch::plugin_register_static())
-            .and_then(|()| gstofferoverlay::plugin_register_static());
+            .and_then(|()| gstofferoverlay::plugin_register_static())
+            .and_then(|()| gstabr::plugin_register_static());
     });
-    result.context("could not register the latency, fallbackswitch and offeroverlay plugins")
+    result.context("could not register the latency, fallbackswitch, offeroverlay and abr plugins")
 }
 
 /// Reads and validates one pipeline file.

@@ -165,6 +165,8 @@ struct State {
     stats_pending: bool,
     /// Sent and lost packet counters and clock time at the start of the SRT loss window.
     srt_previous: Option<(f64, f64, gst::ClockTime)>,
+    /// The srtsink those counters belong to: a new one (an output restarted) counts from 0.
+    srt_element: Option<gst::Element>,
     srt_bandwidth: Option<u64>,
     events: EventSignals,
     counters: Counters,
@@ -749,6 +751,10 @@ impl AbrController {
             merge_max(&mut obs.jitter, report.jitter);
         }
 
+        if state.srt_element != targets.srtsink {
+            state.srt_element = targets.srtsink.clone();
+            state.srt_previous = None;
+        }
         if let Some(stats) = &srt_stats {
             let srt = parse_srt_stats(stats);
             if let Some((sent, lost)) = srt.counters {
