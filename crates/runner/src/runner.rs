@@ -274,24 +274,19 @@ impl Runner {
             a.clone()
         });
         let inputs = s.get::<gst::Structure>("inputs").ok();
-        let input = |field: &str| -> serde_json::Value {
-            let Some(inputs) = &inputs else {
-                return serde_json::Value::Null;
-            };
-            if let Ok(v) = inputs.get::<f64>(field) {
-                return v.into();
-            }
-            if let Ok(v) = inputs.get::<u32>(field) {
-                return v.into();
-            }
-            if let Ok(v) = inputs.get::<u64>(field) {
-                return v.into();
-            }
-            if let Ok(Some(t)) = inputs.get::<Option<gst::ClockTime>>(field) {
-                return (t.nseconds() as f64 / 1e6).into();
-            }
-            serde_json::Value::Null
+        let input = |field: &str| inputs.as_ref().and_then(|i| i.value(field).ok());
+        // Rates in kbit/s and durations in ms, like the rest of the status.
+        let kbps_in = |field: &str| {
+            input(field)
+                .and_then(|v| v.get::<u32>().ok())
+                .map(|b| (f64::from(b) / 1000.0).round())
         };
+        let ms_in = |field: &str| {
+            input(field)
+                .and_then(|v| v.get::<Option<gst::ClockTime>>().ok().flatten())
+                .map(|t| (t.nseconds() as f64 / 1e5).round() / 10.0)
+        };
+        let loss = input("loss").and_then(|v| v.get::<f64>().ok());
         event(
             "abr-decision",
             serde_json::json!({
@@ -308,11 +303,11 @@ impl Runner {
                 "reason": status.reason,
                 "key_frame": s.get::<bool>("key-frame").unwrap_or(false),
                 "inputs": {
-                    "sent_kbps": input("sent-bitrate").as_f64().map(|b| (b / 1000.0).round()),
-                    "loss": input("loss"),
-                    "rtt_ms": input("rtt"),
-                    "backlog_ms": input("backlog"),
-                    "estimate_kbps": input("estimate").as_f64().map(|b| (b / 1000.0).round()),
+                    "sent_kbps": kbps_in("sent-bitrate"),
+                    "loss": loss,
+                    "rtt_ms": ms_in("rtt"),
+                    "backlog_ms": ms_in("backlog"),
+                    "estimate_kbps": kbps_in("estimate"),
                 },
             }),
         );
