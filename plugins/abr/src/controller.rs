@@ -18,7 +18,10 @@
 //!    * loss between `loss_low` and `loss_high` in three reports in a row: 97 % of what got
 //!      through (a link carrying a little less than we send, e.g. a policer);
 //!    * queuing delay (RTT minus the lowest RTT of the last 30 s) at or above `rtt_threshold`
-//!      and not already shrinking: `rate × 0.85`;
+//!      and not already shrinking: `rate / (1 + g)` where `g` is how fast the delay grew
+//!      since the previous sample (seconds per second: a queue filling at `g` holds what
+//!      arrives beyond the link's rate), between `× 0.5` and `× 0.85` (a full queue that
+//!      stopped growing still costs 15 %);
 //!    * a send backlog (e.g. the queue before a TCP-like sink) at or above
 //!      `backlog_threshold` and still growing, or above twice that: 85 % of the rate the
 //!      backlog drains at (media rate in minus backlog growth), or `rate × 0.8` when the
@@ -275,7 +278,8 @@ pub struct Controller {
     last_loss_report: Option<Duration>,
     loss_episode: bool,
     moderate_loss_reports: u32,
-    previous_delay: Option<Duration>,
+    /// The previous queuing delay and when it was measured.
+    previous_delay: Option<(Duration, Duration)>,
     previous_backlog: Option<(Duration, Duration, Option<u64>)>,
 }
 
@@ -480,9 +484,18 @@ impl Controller {
         }
         let delay_shrinking = queuing_delay
             .zip(self.previous_delay)
-            .is_some_and(|(delay, previous)| delay + Duration::from_millis(5) < previous);
-        if queuing_delay.is_some() {
-            self.previous_delay = queuing_delay;
+            .is_some_and(|(delay, (_, previous))| delay + Duration::from_millis(5) < previous);
+        // How fast the queue grows: a queue filling at g seconds per second holds what
+        // arrives beyond the link's rate, so the link carries 1 / (1 + g) of what is sent.
+        let delay_growth =
+            queuing_delay
+                .zip(self.previous_delay)
+                .and_then(|(delay, (at, previous))| {
+                    let dt = now.saturating_sub(at).as_secs_f64();
+                    (dt > 0.0 && delay > previous).then(|| (delay - previous).as_secs_f64() / dt)
+                });
+        if let Some(delay) = queuing_delay {
+            self.previous_delay = Some((now, delay));
         }
         if obs.loss.is_some() {
             self.last_loss_report = Some(now);
@@ -491,7 +504,8 @@ impl Controller {
             if delay >= self.config.rtt_threshold {
                 // A queue that already drains after a cut needs time, not another cut.
                 if !in_holdoff && !delay_shrinking {
-                    ceilings.push(((effective * 0.85) as u64, Reason::Rtt));
+                    let factor = delay_growth.map_or(0.85, |g| (1.0 / (1.0 + g)).clamp(0.5, 0.85));
+                    ceilings.push(((effective * factor) as u64, Reason::Rtt));
                 }
                 caution = true;
             } else if delay >= self.config.rtt_threshold / 2 {
@@ -858,6 +872,46 @@ mod tests {
     }
 
     #[test]
+    fn a_fast_growing_delay_cuts_deeper() {
+        let mut c = Controller::new(Config::default());
+        let mut t = Duration::ZERO;
+        run(&mut c, &mut t, 20, clear(2_000_000));
+        // A queue filling at 1.5 s per second (2.5× what the link carries is sent): the delay
+        // jumps by 150 ms in one 100 ms tick.
+        let d = run(
+            &mut c,
+            &mut t,
+            1,
+            Observation {
+                rtt: Some(ms(40 + 150)),
+                ..clear(2_000_000)
+            },
+        );
+        assert_eq!(d.reason, Reason::Rtt);
+        assert_eq!(d.target_bps, 1_000_000, "halved at most");
+        // A slow creep cuts by 15 %.
+        let mut c = Controller::new(Config::default());
+        run(&mut c, &mut t, 20, clear(2_000_000));
+        let mut last = None;
+        for i in 1..=12 {
+            let d = run(
+                &mut c,
+                &mut t,
+                1,
+                Observation {
+                    rtt: Some(ms(40 + 10 * i)),
+                    ..clear(2_000_000)
+                },
+            );
+            if d.direction == Direction::Decrease {
+                last = Some(d);
+                break;
+            }
+        }
+        assert_eq!(last.expect("a cut").target_bps, 1_700_000);
+    }
+
+    #[test]
     fn growing_backlog_cuts_below_the_drain_rate() {
         let mut c = Controller::new(Config {
             start_bps: 3_000_000,
@@ -1039,7 +1093,8 @@ mod tests {
             },
         );
         assert_eq!(d.reason, Reason::Rtt);
-        assert_eq!(d.target_bps, 1_700_000);
+        // The delay jumped by 260 ms in 100 ms: halved, from the 2 Mbit/s really sent.
+        assert_eq!(d.target_bps, 1_000_000);
     }
 
     #[test]

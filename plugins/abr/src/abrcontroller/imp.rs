@@ -326,7 +326,8 @@ impl ElementImpl for AbrController {
                  got through: the transport's delivery rate, else the send rate over the \
                  reported period x(1-loss); loss above a fifth of \
                  that threshold in 3 reports in a row: 97% of what got through; queuing delay >= \
-                 rtt-threshold and not shrinking: x0.85; backlog >= backlog-threshold \
+                 rtt-threshold and not shrinking: /(1+g) where g is the delay's growth \
+                 in s/s since the previous sample, x0.5..x0.85; backlog >= backlog-threshold \
                  and growing: 85% of its drain rate; an estimate below the target: the \
                  estimate), one multiplicative cut per max(2 RTT, 300 ms) and not while \
                  the encoder still sends 1.15x the new target (up to 1 s); HOLD while a \
