@@ -77,11 +77,14 @@ pub fn init() -> anyhow::Result<()> {
         result = gstlatency::plugin_register_static()
             .and_then(|()| gstfallbackswitch::plugin_register_static())
             .and_then(|()| gstofferoverlay::plugin_register_static())
+            .and_then(|()| gstabr::plugin_register_static())
             .and_then(|()| {
                 gstfmp4::plugin_register_static().map_err(|e| gst::glib::bool_error!("{e}"))
             });
     });
-    result.context("could not register the latency, fallbackswitch, offeroverlay and fmp4 plugins")
+    result.context(
+        "could not register the latency, fallbackswitch, offeroverlay, abr and fmp4 plugins",
+    )
 }
 
 /// Reads and validates one pipeline file.

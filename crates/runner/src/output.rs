@@ -25,6 +25,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 /// Media an output may lag behind before its oldest buffers are dropped.
 const MAX_QUEUED: gst::ClockTime = gst::ClockTime::from_seconds(2);
+/// Longest send backlog kept before an RTMP sink.
+const RTMP_BACKLOG: gst::ClockTime = gst::ClockTime::from_seconds(5);
 /// mp4mux fragment length: at most this much media is lost on `kill -9`.
 const FRAGMENT_MS: u32 = 500;
 
@@ -55,6 +57,8 @@ pub struct OutputRunner {
     whep: Mutex<Option<hybridlive_webrtc::WhepOutput>>,
     /// Record outputs: the file the running pipeline writes.
     recording_file: Mutex<Option<PathBuf>>,
+    /// The abrcontroller (in the ingest) that steers this output's encoder from its feedback.
+    abr: Mutex<Option<gst::Element>>,
     /// Low-Latency HLS outputs: parts and segments in memory, kept across restarts.
     ll_hls: Option<Arc<LlHls>>,
 }
@@ -187,6 +191,7 @@ impl OutputRunner {
             hls_dir_is_temporary,
             whep: Mutex::new(None),
             recording_file: Mutex::new(None),
+            abr: Mutex::new(None),
         }))
     }
 
@@ -244,6 +249,60 @@ impl OutputRunner {
     fn close_viewers(&self) {
         if let Some(whep) = self.whep.lock().unwrap().take() {
             whep.close_all();
+        }
+    }
+
+    /// Lets `abr` (an abrcontroller in the ingest) follow this output's link: the srtsink's
+    /// statistics, the backlog queue before the RTMP sink, or a WebRTC viewer's webrtcbin,
+    /// re-bound on every (re)start of the output.
+    pub fn set_abr(&self, abr: gst::Element) {
+        *self.abr.lock().unwrap() = Some(abr);
+    }
+
+    /// The abrcontroller steering this output, if any.
+    pub fn abr(&self) -> Option<gst::Element> {
+        self.abr.lock().unwrap().clone()
+    }
+
+    /// Points the abrcontroller at the feedback elements of `pipeline`, or at nothing while
+    /// the output is down (its statistics would be those of a dead connection).
+    fn bind_feedback(&self, pipeline: Option<&gst::Pipeline>) {
+        let Some(abr) = self.abr() else {
+            return;
+        };
+        let find = |name: &str| pipeline.and_then(|p| p.by_name(name));
+        match self.config.kind {
+            OutputKind::Srt { .. } => abr.set_property("srtsink", find("srtsink")),
+            OutputKind::Rtmp { .. } => abr.set_property("queue", find("backlog")),
+            OutputKind::Webrtc { .. } => abr.set_property("webrtcbin", None::<gst::Element>),
+            _ => {}
+        }
+    }
+
+    /// WebRTC outputs: the abrcontroller follows the viewer with the most recent session
+    /// (one encode feeds every viewer; see pipelines/README.md). Called every status tick.
+    pub fn follow_viewers(&self) {
+        if !matches!(self.config.kind, OutputKind::Webrtc { .. }) {
+            return;
+        }
+        let Some(abr) = self.abr() else {
+            return;
+        };
+        let pipeline = self.inner.lock().unwrap().pipeline.clone();
+        let newest = pipeline.and_then(|p| {
+            p.iterate_recurse()
+                .into_iter()
+                .filter_map(Result::ok)
+                .filter(|e| e.factory().is_some_and(|f| f.name() == "webrtcbin"))
+                // Unnamed: webrtcbin0, webrtcbin1...: the longest, then greatest name is the newest.
+                .max_by_key(|e| {
+                    let name = e.name().to_string();
+                    (name.len(), name)
+                })
+        });
+        let current = abr.property::<Option<gst::Element>>("webrtcbin");
+        if current != newest {
+            abr.set_property("webrtcbin", newest);
         }
     }
 
@@ -367,6 +426,7 @@ impl OutputRunner {
                     return;
                 }
                 self.set_state("running", None);
+                self.bind_feedback(Some(&pipeline));
                 for appsink in self.keyframe_requesters.lock().unwrap().iter() {
                     let event = gst_video::UpstreamForceKeyUnitEvent::builder()
                         .all_headers(true)
@@ -410,6 +470,7 @@ impl OutputRunner {
             inner.pipeline.take()
         };
         if let Some(p) = pipeline {
+            self.bind_feedback(None);
             self.close_viewers();
             let _ = p.set_state(gst::State::Null);
             self.finish_timeline();
@@ -555,6 +616,7 @@ impl OutputRunner {
             (inner.pipeline.take(), inner.wanted, delay)
         };
         if let Some(p) = pipeline {
+            self.bind_feedback(None);
             self.close_viewers();
             let _ = p.set_state(gst::State::Null);
         }
@@ -820,10 +882,17 @@ impl OutputRunner {
             OutputKind::Rtmp { location } => {
                 let mux = make("flvmux", "mux")?;
                 mux.set_property("streamable", true);
+                // What TCP has not taken yet waits here: the send backlog an abrcontroller
+                // reads. Bounded, so a stuck connection drops old media instead of memory.
+                let backlog = make("queue", "backlog")?;
+                backlog.set_property("max-size-time", RTMP_BACKLOG.nseconds());
+                backlog.set_property("max-size-bytes", 0u32);
+                backlog.set_property("max-size-buffers", 0u32);
+                backlog.set_property_from_str("leaky", "downstream");
                 let sink = make("rtmpsink", "rtmpsink")?;
                 sink.set_property("location", location);
-                pipeline.add_many([&mux, &sink])?;
-                mux.link(&sink)?;
+                pipeline.add_many([&mux, &backlog, &sink])?;
+                gst::Element::link_many([&mux, &backlog, &sink])?;
                 mux
             }
         };

@@ -159,8 +159,45 @@ fn broken_files_report_position_component_key_and_suggestion() {
         ),
         (
             "[outputs.hls]",
-            "[transforms.fx]\ntype = \"abrcontroller\"\ninputs = [\"cam\"]\n\n[outputs.hls]",
-            &["transforms.fx: `type`: `abrcontroller` is not supported by this build yet"],
+            "[transforms.abr]\ntype = \"abrcontroller\"\ninputs = [\"cam\"]\noutput = \"up\"\nmax_bitrat = 3000\n\n\
+             [encoders.upv]\ntype = \"h264\"\ninputs = [\"abr\"]\n\n\
+             [outputs.up]\ntype = \"srt\"\ninputs = [\"upv\"]\nuri = \"srt://127.0.0.1:9100?mode=listener\"\n\n[outputs.hls]",
+            &[
+                "broken.toml:17:1: error: transforms.abr: `max_bitrat`: unknown key",
+                "did you mean `max_bitrate`?",
+            ],
+        ),
+        (
+            "[outputs.hls]",
+            "[transforms.abr]\ntype = \"abrcontroller\"\ninputs = [\"cam\"]\noutput = \"uplnk\"\n\
+             ladder = [\"1280x720@30:1500-4000\", \"640x360:900\"]\nmin_bitrate = 5000\nmax_bitrate = 4000\n\n\
+             [encoders.upv]\ntype = \"h264\"\ninputs = [\"abr\"]\n\n\
+             [outputs.uplink]\ntype = \"rtmp\"\ninputs = [\"upv\"]\nlocation = \"rtmp://127.0.0.1/live/key\"\n\n[outputs.hls]",
+            &[
+                "transforms.abr: `output`: `uplnk` is not an output",
+                "did you mean `uplink`?",
+                "transforms.abr: `ladder`: rung '640x360:900'",
+                "transforms.abr: `max_bitrate`: 4000 kbit/s is below min_bitrate (5000 kbit/s)",
+            ],
+        ),
+        (
+            "[outputs.hls]",
+            "[transforms.abr]\ntype = \"abrcontroller\"\ninputs = [\"cam\"]\noutput = \"hls\"\n\n\
+             [encoders.upv]\ntype = \"h264\"\ninputs = [\"abr\"]\n\n\
+             [outputs.up]\ntype = \"srt\"\ninputs = [\"upv\"]\nuri = \"srt://127.0.0.1:9100?mode=listener\"\n\n\
+             [outputs.rec]\ntype = \"record\"\ninputs = [\"upv\"]\n\n[outputs.hls]",
+            &[
+                "transforms.abr: `output`: `hls` is a hls output, which gives no feedback about its link",
+                "transforms.abr: `output`: `hls` does not take `upv`, the encoder this abrcontroller steers",
+                "outputs.up: `inputs`: `upv` is steered by abrcontroller `abr` for `hls`",
+                "outputs.rec: `inputs`: `upv` is steered by abrcontroller `abr`",
+                "give this output an encoder of its own",
+            ],
+        ),
+        (
+            "[outputs.hls]",
+            "[transforms.abr]\ntype = \"abrcontroller\"\ninputs = [\"cam\"]\noutput = \"hls\"\n\n[outputs.hls]",
+            &["transforms.abr: no h264 encoder reads from this abrcontroller"],
         ),
         (
             "[outputs.hls]",
