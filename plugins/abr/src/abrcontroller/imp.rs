@@ -340,7 +340,18 @@ impl ElementImpl for AbrController {
                  rung after the target has stayed at 1.15x the next rung's minimum for \
                  rung-up-hold; each rung change sets the capsfilter caps and forces a \
                  key frame, and so does the end of a loss episode that cut the bitrate (first report \
-                 under loss-threshold once the encoder follows). Posts 'abr-decision' element messages on every change.",
+                 under loss-threshold once the encoder follows). Element message abr-decision, posted at start and on every change of bitrate or rung, \
+                 with fields: time (guint64 ns, clock time), running-time (guint64 ns), inputs \
+                 (GstStructure abr-inputs: sent-bitrate guint bit/s, loss double 0-1, rtt, \
+                 jitter and backlog guint64 ns, backlog-bytes guint64, estimate guint bit/s; \
+                 only the signals present), estimate (guint bit/s, when an estimator or event \
+                 gave one), target-bitrate, bitrate (what the encoder was given) and \
+                 previous-bitrate (guint bit/s), rung (gint, index in the ladder, -1 without \
+                 one), rung-changed and key-frame (gboolean), direction (string: decrease, \
+                 hold, increase), reason (string: start, loss, rtt, backlog, estimate, \
+                 caution, steady, probe, limit), encoder (string, its name), and width, height \
+                 (gint) and framerate (fraction) of the rung. The stats property is an \
+                 abr-stats structure with the running totals.",
                 "The hybridlive developers",
             )
         });
