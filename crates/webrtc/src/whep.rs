@@ -290,6 +290,28 @@ impl WhepOutput {
         Ok(())
     }
 
+    /// If `src` (the source of an error message) lives inside a viewer's session, ends that
+    /// session and returns its id. An error there belongs to that one viewer — e.g. its peer
+    /// went away and the data channel's `sctpenc` can no longer write — and must not fail the
+    /// output the other viewers are watching. The session is torn down on a thread of its own.
+    pub fn end_session_of(&self, src: &gst::Object) -> Option<String> {
+        let mut object = Some(src.clone());
+        while let Some(current) = object {
+            let parent = current.parent();
+            if parent.as_ref() == Some(self.inner.pipeline.upcast_ref::<gst::Object>()) {
+                let id = current.name().strip_prefix("whep-")?.to_string();
+                let session = self.inner.sessions.lock().unwrap().remove(&id);
+                if let Some(session) = session {
+                    let inner = self.inner.clone();
+                    std::thread::spawn(move || teardown(&inner, session));
+                }
+                return Some(id);
+            }
+            object = parent;
+        }
+        None
+    }
+
     /// Ends every session.
     pub fn close_all(&self) {
         let sessions: Vec<Session> = self
