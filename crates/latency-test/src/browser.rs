@@ -32,8 +32,29 @@ pub fn driver() -> anyhow::Result<PathBuf> {
 /// Opens every URL in its own tab of one headless Chromium and returns what each page
 /// published as `window.result`, in URL order.
 pub fn open_pages(urls: &[String], timeout_s: f64) -> anyhow::Result<Vec<serde_json::Value>> {
+    run_driver(urls, timeout_s, Command::new("node"))
+}
+
+/// Opens `url`, waits for the JS expression `wait`, returns the value of `result`.
+pub fn open_page_with(
+    url: &str,
+    timeout_s: f64,
+    wait: &str,
+    result: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let mut node = Command::new("node");
+    node.env("WAIT", wait).env("RESULT", result);
+    let mut pages = run_driver(&[url.to_string()], timeout_s, node)?;
+    pages.pop().context("the browser driver returned nothing")
+}
+
+fn run_driver(
+    urls: &[String],
+    timeout_s: f64,
+    mut node: Command,
+) -> anyhow::Result<Vec<serde_json::Value>> {
     let driver = driver()?;
-    let out = Command::new("node")
+    let out = node
         .arg(&driver)
         .args(urls)
         .arg(format!("{}", timeout_s.ceil() as u64))

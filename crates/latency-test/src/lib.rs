@@ -35,6 +35,8 @@ pub const DEFAULT_DURATION_S: f64 = 20.0;
 pub const EXIT_OVER_BUDGET: u8 = 2;
 /// Between starting the WebRTC viewer's browser and the HLS viewer's.
 const SECOND_BROWSER_DELAY: Duration = Duration::from_secs(4);
+/// How long the WebRTC output may take to accept viewers once the server is up.
+const OUTPUT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the HLS output may take to list its first segments.
 const HLS_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -229,28 +231,10 @@ pub fn measure(args: &Args) -> anyhow::Result<Report> {
         );
     }
 
-    let run_args = RunCli::try_parse_from([
-        "run".as_ref(),
-        args.file.as_os_str(),
-        "--http".as_ref(),
-        args.http.as_ref(),
-    ])
-    .map_err(|e| anyhow!("{e}"))?
-    .run;
-    let (tx, rx) = mpsc::channel();
     let measured_paths = paths.clone();
-    let ran = hybridlive_runner::run_embedded(pipeline, &run_args, move |handle| {
-        std::thread::spawn(move || {
-            let result = open_viewers(handle.viewer_url(), &measured_paths, duration);
-            let _ = tx.send(result);
-            handle.stop();
-        });
-    });
-    let _ = std::fs::remove_dir_all(&scratch);
-    ran?;
-    let pages = rx
-        .recv()
-        .map_err(|_| anyhow!("the pipeline stopped before the browser finished"))??;
+    let pages = run_prepared(pipeline, &args.file, &args.http, &scratch, move |url| {
+        open_viewers(url, &measured_paths, duration)
+    })??;
 
     let mut paths_report = Vec::new();
     let (mut rtt, mut interaction) = (Vec::new(), Vec::new());
@@ -338,6 +322,81 @@ pub fn measure(args: &Args) -> anyhow::Result<Report> {
         report.plot = Some(args.out.clone());
     }
     Ok(report)
+}
+
+/// Runs `file` as `latency-test` does (test sources, loopback WebRTC, scratch recordings, no
+/// pushes) with its HTTP server on `http`, calls `job` with the viewer page's URL on a thread
+/// of its own once it serves, and stops the pipeline when `job` returns. For benchmarks and
+/// other measurements that drive the page themselves.
+pub fn with_pipeline<T: Send + 'static>(
+    file: &Path,
+    http: &str,
+    job: impl FnOnce(&str) -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let mut pipeline = hybridlive_runner::load(file)?;
+    let scratch =
+        std::env::temp_dir().join(format!("hybridlive-latency-test-{}", std::process::id()));
+    prepare(&mut pipeline, &scratch);
+    run_prepared(pipeline, file, http, &scratch, job)
+}
+
+fn run_prepared<T: Send + 'static>(
+    pipeline: hybridlive_runner::Pipeline,
+    file: &Path,
+    http: &str,
+    scratch: &Path,
+    job: impl FnOnce(&str) -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let run_args = RunCli::try_parse_from([
+        "run".as_ref(),
+        file.as_os_str(),
+        "--http".as_ref(),
+        http.as_ref(),
+    ])
+    .map_err(|e| anyhow!("{e}"))?
+    .run;
+    let serves_webrtc = pipeline
+        .outputs
+        .iter()
+        .any(|o| matches!(o.kind, OutputKind::Webrtc { .. }));
+    let (tx, rx) = mpsc::channel();
+    let ran = hybridlive_runner::run_embedded(pipeline, &run_args, move |handle| {
+        std::thread::spawn(move || {
+            // Outputs start after the server: a page opened now could find no WHEP yet and
+            // fall back to HLS.
+            let host = handle
+                .viewer_url()
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string();
+            if serves_webrtc {
+                let deadline = Instant::now() + OUTPUT_READY_TIMEOUT;
+                while http_request(&host, "OPTIONS", "/whep")
+                    .is_none_or(|(status, _)| status != 204)
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            let _ = tx.send(job(handle.viewer_url()));
+            handle.stop();
+        });
+    });
+    let _ = std::fs::remove_dir_all(scratch);
+    ran?;
+    rx.recv()
+        .map_err(|_| anyhow!("the pipeline stopped before the measurement finished"))
+}
+
+/// Opens `url` in headless Chromium, waits until the JS expression `wait` is true, and returns
+/// the value of the JS expression `result` (may be a promise).
+pub fn browse(
+    url: &str,
+    timeout: Duration,
+    wait: &str,
+    result: &str,
+) -> anyhow::Result<serde_json::Value> {
+    browser::open_page_with(url, timeout.as_secs_f64(), wait, result)
 }
 
 /// `hybridlive run`'s own argument parser, so the runner's defaults apply to every option.
@@ -458,17 +517,25 @@ fn wait_for_segments(host: &str, count: usize) -> anyhow::Result<()> {
 
 /// The body of a `200` answer to `GET path`, or `None`.
 fn http_get(host: &str, path: &str) -> Option<String> {
+    http_request(host, "GET", path)
+        .filter(|(status, _)| *status == 200)
+        .map(|(_, body)| body)
+}
+
+/// Status and body of a bodiless request, or `None` when there was no HTTP answer.
+fn http_request(host: &str, method: &str, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(host).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
 }
 
 fn check_budgets(
