@@ -133,6 +133,23 @@ fn main() {
             s.p95 / FIRST_FRAME_GOAL_MS
         );
     }
+    let figure = |case: &str, value: f64| {
+        hybridlive_bench::record(&hybridlive_bench::Figure {
+            benchmark: "WebRTC in Chromium, 1280x720@30 through the runner",
+            case,
+            value,
+            unit: "ms",
+            baseline: None,
+            better: hybridlive_bench::Better::Lower,
+        })
+    };
+    if let Some(s) = webrtc {
+        figure("glass-to-glass p50", s.p50);
+        figure("glass-to-glass p95 (goal ≤ 45 ms)", s.p95);
+    }
+    if let Some(s) = joins_summary {
+        figure("first frame, WHEP POST → shown, p95 (goal ≤ 500 ms)", s.p95);
+    }
     if missed > 0 {
         println!(
             "{missed} of {} joins showed no frame within 5 s",

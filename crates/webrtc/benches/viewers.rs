@@ -571,6 +571,32 @@ fn main() {
         println!("| {} | {} | {p50:.0} | {max:.0} |", o.name, o.served);
     }
     let (baseline, ours) = (&outcomes[0], &outcomes[1]);
+    hybridlive_bench::record(&hybridlive_bench::Figure {
+        benchmark: "WebRTC viewers at 1280x720@30 within p95 100 ms (webrtcbin viewers)",
+        case: "hybridlive WHEP, one encode",
+        value: ours.served as f64,
+        unit: "viewers",
+        baseline: Some((
+            "whepserversink, an encoder per viewer",
+            baseline.served as f64,
+        )),
+        better: hybridlive_bench::Better::Higher,
+    });
+    let join_p50 = |o: &Outcome| {
+        let mut joins = o.joins_ms.clone();
+        joins.sort_by(f64::total_cmp);
+        (!joins.is_empty()).then(|| quantile(&joins, 0.5))
+    };
+    if let (Some(value), Some(base)) = (join_p50(ours), join_p50(baseline)) {
+        hybridlive_bench::record(&hybridlive_bench::Figure {
+            benchmark: "WebRTC viewers at 1280x720@30 within p95 100 ms (webrtcbin viewers)",
+            case: "hybridlive WHEP: join, offer → first access unit, p50",
+            value,
+            unit: "ms",
+            baseline: Some(("whepserversink", base)),
+            better: hybridlive_bench::Better::Lower,
+        });
+    }
     let last = steps.last().copied().unwrap_or(0);
     println!(
         "\nratio: {} viewers served vs {} ({}){}",
