@@ -99,6 +99,24 @@ pub struct Pipeline {
     pub encoders: Vec<Encoder>,
     /// `[outputs.NAME]` in file order.
     pub outputs: Vec<Output>,
+    /// `[latency_test]`: the run and budgets of `hybridlive latency-test` (unused by `run`).
+    pub latency_test: LatencyTest,
+}
+
+/// `[latency_test]`: how long `hybridlive latency-test` measures and the budgets it checks
+/// (a measured figure above its budget makes the test fail). Flags override each key.
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
+pub struct LatencyTest {
+    /// `duration`: seconds of measurement per path.
+    pub duration: Option<f64>,
+    /// `webrtc_p95_ms`: glass-to-glass p95 over WebRTC, ms.
+    pub webrtc_p95_ms: Option<f64>,
+    /// `hls_p95_ms`: glass-to-glass p95 over HLS, ms.
+    pub hls_p95_ms: Option<f64>,
+    /// `first_frame_ms`: WHEP `POST` to the first WebRTC frame shown, ms.
+    pub first_frame_ms: Option<f64>,
+    /// `interaction_ms`: data-channel round trip p95 ("raise hand" lag), ms.
+    pub interaction_ms: Option<f64>,
 }
 
 /// `[server]`: the HTTP server and its write-access token.
@@ -372,7 +390,14 @@ pub enum OutputKind {
     },
 }
 
-const SECTIONS: &[&str] = &["server", "sources", "transforms", "encoders", "outputs"];
+const SECTIONS: &[&str] = &[
+    "server",
+    "sources",
+    "transforms",
+    "encoders",
+    "outputs",
+    "latency_test",
+];
 const SOURCE_TYPES: &[&str] = &["test", "file", "srt", "rtmp", "rtsp", "v4l2"];
 const TRANSFORM_TYPES: &[&str] = &["latencystamp", "offeroverlay", "abrcontroller", "gst"];
 const PLANNED_TRANSFORM_TYPES: &[&str] = &[];
@@ -697,6 +722,7 @@ impl Reader<'_> {
         let transforms = self.section(document, "transforms", |r, f, name| r.transform(f, name));
         let encoders = self.section(document, "encoders", |r, f, name| r.encoder(f, name));
         let outputs = self.section(document, "outputs", |r, f, name| r.output(f, name));
+        let latency_test = self.latency_test(document);
         if sources.is_empty()
             && !self
                 .diags
@@ -736,7 +762,31 @@ impl Reader<'_> {
                     ..n.value
                 })
                 .collect(),
+            latency_test,
         }
+    }
+
+    fn latency_test(&mut self, document: &DeTable) -> LatencyTest {
+        let Some(value) = document.get("latency_test") else {
+            return LatencyTest::default();
+        };
+        let DeValue::Table(table) = value.get_ref() else {
+            return LatencyTest::default();
+        };
+        let mut f = Fields::new(table, Some("latency_test".into()), value.span());
+        let mut budget = |f: &mut Fields, key: &'static str, max: f64| {
+            let value = f.number(self.diags, key, 0.0, max, 0.0);
+            table.contains_key(key).then_some(value)
+        };
+        let test = LatencyTest {
+            duration: budget(&mut f, "duration", 3600.0),
+            webrtc_p95_ms: budget(&mut f, "webrtc_p95_ms", 600_000.0),
+            hls_p95_ms: budget(&mut f, "hls_p95_ms", 600_000.0),
+            first_frame_ms: budget(&mut f, "first_frame_ms", 600_000.0),
+            interaction_ms: budget(&mut f, "interaction_ms", 600_000.0),
+        };
+        f.finish(self.diags);
+        test
     }
 
     fn server(&mut self, document: &DeTable) -> Server {

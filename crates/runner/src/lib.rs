@@ -26,7 +26,8 @@ mod runner;
 mod server;
 mod state;
 
-pub use config::{Diagnostic, Pipeline};
+pub use config::{Diagnostic, LatencyTest, Pipeline};
+pub use runner::RunHandle;
 
 /// Arguments of `hybridlive validate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -139,4 +140,15 @@ pub fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let pipeline = load(&args.file)?;
     runner::run(pipeline, args)
+}
+
+/// Runs a loaded pipeline inside another tool (e.g. `hybridlive latency-test`) until
+/// [`RunHandle::stop`], SIGINT/SIGTERM or `--duration`: like [`run`] but printing nothing;
+/// `on_ready` gets the handle, on the calling thread, once the HTTP server serves.
+pub fn run_embedded(
+    pipeline: Pipeline,
+    args: &RunArgs,
+    on_ready: impl FnOnce(RunHandle) + 'static,
+) -> anyhow::Result<()> {
+    runner::run_embedded(pipeline, args, on_ready)
 }

@@ -567,6 +567,16 @@ impl OutputRunner {
         }
         match msg.view() {
             gst::MessageView::Error(err) => {
+                // One viewer's session failing (its peer vanished) ends that session only.
+                if let (Some(whep), Some(src)) = (self.whep(), msg.src())
+                    && let Some(session) = whep.end_session_of(src)
+                {
+                    crate::runner::event(
+                        "viewer-error",
+                        serde_json::json!({"output": self.config.name, "session": session, "error": err.error().to_string()}),
+                    );
+                    return;
+                }
                 let src = msg.src().map(|s| s.name().to_string()).unwrap_or_default();
                 self.failed(generation, format!("{src}: {}", err.error()));
             }

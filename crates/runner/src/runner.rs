@@ -28,9 +28,14 @@ const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 const RESTART_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(3);
 
 static JSON: AtomicBool = AtomicBool::new(false);
+/// Embedded runs ([`run_embedded`]) print nothing: the embedding tool owns the terminal.
+static QUIET: AtomicBool = AtomicBool::new(false);
 
 /// Prints one event: a JSON line with `--json`, a plain line otherwise.
 pub fn event(kind: &str, fields: serde_json::Value) {
+    if QUIET.load(Ordering::Relaxed) {
+        return;
+    }
     let mut out = std::io::stdout().lock();
     if JSON.load(Ordering::Relaxed) {
         let mut object =
@@ -392,8 +397,44 @@ impl Runner {
     }
 }
 
+/// A pipeline running inside another tool (see [`run_embedded`]).
+#[derive(Clone)]
+pub struct RunHandle {
+    runner: Arc<Runner>,
+    url: String,
+}
+
+impl RunHandle {
+    /// The viewer page's URL, e.g. `http://127.0.0.1:8080/`.
+    pub fn viewer_url(&self) -> &str {
+        &self.url
+    }
+
+    /// Ends the run as SIGINT would: outputs finish their files, then the run returns.
+    pub fn stop(&self) {
+        self.runner.shutdown("stopped by the embedding tool");
+    }
+}
+
 /// Builds everything, serves, and runs the main loop until shutdown.
 pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
+    QUIET.store(false, Ordering::Relaxed);
+    run_with(config, args, None)
+}
+
+/// Like [`run`], printing nothing; `on_ready` gets a handle once the HTTP server serves.
+pub fn run_embedded(
+    config: Pipeline,
+    args: &RunArgs,
+    on_ready: impl FnOnce(RunHandle) + 'static,
+) -> anyhow::Result<()> {
+    QUIET.store(true, Ordering::Relaxed);
+    run_with(config, args, Some(Box::new(on_ready)))
+}
+
+type OnReady = Box<dyn FnOnce(RunHandle)>;
+
+fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyhow::Result<()> {
     JSON.store(args.json, Ordering::Relaxed);
     let shared = Arc::new(Shared::default());
     shared.with(|s| s.started_utc_ns = state::utc_now_ns());
@@ -607,6 +648,12 @@ pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
         ready["hls"] = format!("{url}hls/live.m3u8").into();
     }
     event("ready", ready);
+    if let Some(on_ready) = on_ready {
+        on_ready(RunHandle {
+            runner: runner.clone(),
+            url: url.clone(),
+        });
+    }
 
     install_signal_handlers();
     {
@@ -626,7 +673,7 @@ pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
             runner.shutdown("duration")
         });
     }
-    let terminal = std::io::stdout().is_terminal() && !args.json;
+    let terminal = std::io::stdout().is_terminal() && !args.json && !QUIET.load(Ordering::Relaxed);
     {
         let runner = runner.clone();
         let json = args.json;

@@ -975,6 +975,8 @@ loopback_only = true
                await window.viewer.player.reportLatency(p50, p95); \
                await new Promise((r) => setTimeout(r, 300)); \
                const metrics = await (await fetch('/metrics')).text(); \
+               await window.viewer.player.stop(); \
+               await new Promise((r) => setTimeout(r, 1000)); \
                return { rtt, framesDecoded: s.framesDecoded, p50, p95, metrics }; })()",
         )
         .output()
@@ -1020,6 +1022,14 @@ loopback_only = true
             (status["webrtc"]["viewers"] == 0).then_some(())
         },
     );
+    // The viewer leaving (its data channel torn down under the server's feet) ended its own
+    // session only: the output the other viewers watch kept running.
+    let status: serde_json::Value =
+        serde_json::from_str(&runner.get("/api/status").text()).unwrap();
+    let webrtc = &status["outputs"]["webrtc"];
+    assert_eq!(webrtc["state"], "running", "{status}");
+    assert_eq!(webrtc["restarts"], 0, "{status}");
+    assert_eq!(runner.request("OPTIONS", "/whep", &[], b"").status, 204);
 }
 
 #[test]

@@ -271,3 +271,25 @@ fn shipped_pipelines_are_valid() {
     hybridlive_runner::validate(&hybridlive_runner::ValidateArgs { files })
         .expect("all shipped pipelines validate");
 }
+
+#[test]
+fn latency_test_budgets_are_read_and_checked() {
+    init();
+    let text = format!("{VALID}\n[latency_test]\nduration = 5\nwebrtc_p95_ms = 45\n");
+    let pipeline = hybridlive_runner::parse_named("budgets.toml", &text).expect("valid");
+    assert_eq!(pipeline.latency_test.duration, Some(5.0));
+    assert_eq!(pipeline.latency_test.webrtc_p95_ms, Some(45.0));
+    assert_eq!(pipeline.latency_test.hls_p95_ms, None);
+
+    let report = errors(&format!("{VALID}\n[latency_test]\nwebrtc_p95 = 45\n"));
+    assert!(
+        report.contains("latency_test: `webrtc_p95`: unknown key"),
+        "{report}"
+    );
+    assert!(report.contains("did you mean `webrtc_p95_ms`?"), "{report}");
+    let report = errors(&format!("{VALID}\n[latency_test]\nhls_p95_ms = \"3 s\"\n"));
+    assert!(
+        report.contains("`hls_p95_ms`: expected a number"),
+        "{report}"
+    );
+}
