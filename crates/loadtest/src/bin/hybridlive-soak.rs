@@ -325,6 +325,10 @@ fn summarise(
         .filter(|r| r.t >= 60.0)
         .map(|r| (r.t, r.rss_mb))
         .collect();
+    // The second half alone: a one-off step (a queue filling up while the machine was busy,
+    // its memory kept by the allocator) weighs on the whole-run slope; a leak shows in both.
+    let half = rows.last().map_or(0.0, |r| r.t / 2.0);
+    let second_half: Vec<(f64, f64)> = settled.iter().copied().filter(|p| p.0 >= half).collect();
     let windows: Vec<serde_json::Value> = rows
         .chunk_by(|a, b| (a.t / 300.0).floor() == (b.t / 300.0).floor())
         .map(|chunk| {
@@ -347,6 +351,7 @@ fn summarise(
             "start": round1(first.rss_mb()),
             "end": round1(last.rss_mb()),
             "slope_mb_per_10min_after_1min": round2(slope(&settled) * 600.0),
+            "slope_mb_per_10min_second_half": round2(slope(&second_half) * 600.0),
         },
         "threads": {"start": first.threads, "end": last.threads},
         "fds": {"start": first.fds, "end": last.fds},
