@@ -9,8 +9,10 @@ mod clip;
 mod cutter;
 mod manifest;
 mod mp4edit;
+mod peaks;
 mod progress;
 mod repurpose;
+mod vertical;
 
 use std::process::ExitCode;
 
