@@ -478,6 +478,13 @@ pub fn metrics(runner: &Runner) -> String {
             whep.session_count(),
             &whep.viewer_latencies(),
         ));
+        let branches = whep.branches();
+        out.push_str("# HELP hybridlive_webrtc_branches webrtcbin elements in the WebRTC output's pipeline (one per session; more means a leak).\n");
+        out.push_str("# TYPE hybridlive_webrtc_branches gauge\n");
+        let _ = writeln!(out, "hybridlive_webrtc_branches {}", branches.webrtcbins);
+        out.push_str("# HELP hybridlive_webrtc_tee_pads Tee pads feeding viewer branches (one per medium per session).\n");
+        out.push_str("# TYPE hybridlive_webrtc_tee_pads gauge\n");
+        let _ = writeln!(out, "hybridlive_webrtc_tee_pads {}", branches.tee_pads);
     }
     out
 }

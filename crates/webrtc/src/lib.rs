@@ -24,6 +24,6 @@ pub const WHEP_PLAYER_JS: &str = include_str!("../web/whep-player.js");
 pub const STAMP_JS: &str = include_str!("../web/stamp.js");
 pub use offer::{H264Offer, OfferError, choose_h264, choose_opus};
 pub use whep::{
-    Answer, MAX_HAND_TEXT, RaisedHand, SessionInfo, ViewerLatency, WhepConfig, WhepError,
+    Answer, Branches, MAX_HAND_TEXT, RaisedHand, SessionInfo, ViewerLatency, WhepConfig, WhepError,
     WhepOutput,
 };
