@@ -20,6 +20,7 @@ pub mod config;
 mod fragment;
 mod hls;
 mod output;
+mod probe;
 mod runner;
 mod server;
 mod state;

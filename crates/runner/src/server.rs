@@ -193,6 +193,20 @@ fn whep(
     let Some(whep) = context.runner.outputs.iter().find_map(|o| o.whep()) else {
         return error(503, "no WebRTC output is running");
     };
+    // Refuse an announced oversized body before reading it: reading would block this worker
+    // until the client sent it all.
+    if request
+        .body_length()
+        .is_some_and(|n| n > hybridlive_webrtc::MAX_OFFER_BYTES)
+    {
+        return error(
+            413,
+            &format!(
+                "an SDP offer is at most {} bytes",
+                hybridlive_webrtc::MAX_OFFER_BYTES
+            ),
+        );
+    }
     let mut body = Vec::new();
     let limit = hybridlive_webrtc::MAX_OFFER_BYTES as u64 + 1;
     if std::io::Read::read_to_end(&mut request.as_reader().take(limit), &mut body).is_err() {

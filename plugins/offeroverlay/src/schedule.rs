@@ -550,9 +550,19 @@ pub fn load_schedule(path: &Path) -> Result<Vec<Arc<Offer>>, ScheduleError> {
     let is_json = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    parse_schedule(origin, &text, is_json, path.parent())
+}
+
+/// Validates schedule text (JSON when `is_json`, TOML otherwise); images are looked up
+/// relative to `base_dir`.
+pub fn parse_schedule(
+    origin: String,
+    text: &str,
+    is_json: bool,
+    base_dir: Option<&Path>,
+) -> Result<Vec<Arc<Offer>>, ScheduleError> {
     let syntax = if is_json { Syntax::Json } else { Syntax::Toml };
-    let file: ScheduleFile = parse_document(&origin, &text, syntax)?;
-    let base_dir = path.parent();
+    let file: ScheduleFile = parse_document(&origin, text, syntax)?;
     let mut ids = HashSet::new();
     let mut offers = Vec::with_capacity(file.offers.len());
     for (i, spec) in file.offers.into_iter().enumerate() {
@@ -563,10 +573,10 @@ pub fn load_schedule(path: &Path) -> Result<Vec<Arc<Offer>>, ScheduleError> {
                 field: format!("{field}.id"),
                 message: format!("`{}` is used by an earlier offer", spec.id),
             };
-            return Err(with_position(err, &text, syntax, Some(i)));
+            return Err(with_position(err, text, syntax, Some(i)));
         }
         let offer = validate(&origin, &field, spec, base_dir)
-            .map_err(|e| with_position(e, &text, syntax, Some(i)))?;
+            .map_err(|e| with_position(e, text, syntax, Some(i)))?;
         offers.push(Arc::new(offer));
     }
     Ok(offers)
