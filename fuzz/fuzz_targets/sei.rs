@@ -66,5 +66,8 @@ fuzz_target!(|input: Input| {
     assert!(stamp.stream_id.starts_with(&read.stamp.stream_id));
     let mut payload = Vec::new();
     stamp.write_payload(&mut payload);
-    assert_eq!(CaptureStamp::from_payload(&payload).as_ref(), Ok(&read.stamp));
+    assert_eq!(
+        CaptureStamp::from_payload(&payload).as_ref(),
+        Ok(&read.stamp)
+    );
 });
