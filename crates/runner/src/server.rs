@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use anyhow::{Context as _, anyhow};
@@ -23,6 +24,8 @@ use crate::runner::Runner;
 /// Largest request body accepted by the API.
 pub const MAX_BODY: usize = 16 * 1024;
 const WORKERS: usize = 4;
+/// WHEP requests handled at once; more get 503 until one finishes.
+const MAX_WHEP_IN_FLIGHT: usize = 32;
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 const HLS_JS: &[u8] = include_bytes!("../assets/hls.min.js");
@@ -53,6 +56,8 @@ struct Context {
     token: Option<String>,
     hls_dir: Option<PathBuf>,
     segment_times: crate::hls::SegmentTimes,
+    /// WHEP requests being read or negotiated on their own threads.
+    whep_in_flight: AtomicUsize,
 }
 
 /// Binds `addr`; done before anything else starts so a busy port fails fast.
@@ -77,6 +82,7 @@ pub fn start(
         token,
         hls_dir: hls_dir.and_then(|d| std::fs::canonicalize(d).ok()),
         segment_times: crate::hls::SegmentTimes::default(),
+        whep_in_flight: AtomicUsize::new(0),
     });
     let workers = (0..WORKERS)
         .map(|_| {
@@ -118,7 +124,7 @@ fn error(status: u16, message: &str) -> Response<std::io::Cursor<Vec<u8>>> {
     json(status, &serde_json::json!({ "error": message }))
 }
 
-fn handle(context: &Context, mut request: Request) {
+fn handle(context: &Arc<Context>, mut request: Request) {
     let url = request.url().to_string();
     let path = url.split('?').next().unwrap_or("").to_string();
     let method = request.method().clone();
@@ -166,7 +172,24 @@ fn handle(context: &Context, mut request: Request) {
                 Err(response) => response,
             }
         }
-        (_, p) if p == "/whep" || p.starts_with("/whep/") => whep(context, &mut request, p),
+        (_, p) if p == "/whep" || p.starts_with("/whep/") => {
+            // Reading an offer waits on the client and answering it waits on ICE gathering: a
+            // slow or hostile viewer must not hold a worker the viewer page and HLS need.
+            let taken = context.whep_in_flight.fetch_add(1, Ordering::SeqCst);
+            if taken >= MAX_WHEP_IN_FLIGHT {
+                context.whep_in_flight.fetch_sub(1, Ordering::SeqCst);
+                error(503, "too many WebRTC sessions are being set up; retry")
+                    .with_header(header("Retry-After", "2"))
+            } else {
+                let context = context.clone();
+                std::thread::spawn(move || {
+                    let response = whep(&context, &mut request, &path);
+                    let _ = request.respond(response);
+                    context.whep_in_flight.fetch_sub(1, Ordering::SeqCst);
+                });
+                return;
+            }
+        }
         (Method::Get | Method::Head, "/assets/whep-player.js") => {
             Response::from_string(hybridlive_webrtc::WHEP_PLAYER_JS)
                 .with_header(header("Content-Type", "text/javascript; charset=utf-8"))

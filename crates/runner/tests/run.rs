@@ -708,8 +708,9 @@ fn broken_file_sources_fail_at_start_naming_the_file_and_the_reason() {
 }
 
 /// Oversized bodies, malformed SDP, bad JSON, path traversal and control calls without the
-/// right token all get their 4xx while HLS keeps producing segments, no session is left
-/// behind, and the token never appears in anything the runner prints.
+/// right token all get their 4xx, slow senders hold no worker, HLS keeps producing segments
+/// throughout, no session is left behind, and the token never appears in anything the runner
+/// prints.
 #[test]
 fn http_abuse_gets_4xx_while_the_stream_plays_and_the_token_is_never_printed() {
     const SECRET: &str = "file-token-8d2e41c07b";
@@ -899,6 +900,28 @@ fn http_abuse_gets_4xx_while_the_stream_plays_and_the_token_is_never_printed() {
         String::from_utf8_lossy(&answer)
     );
     tried.set(tried.get() + 1);
+
+    // Clients that announce an offer and never finish sending it hold none of the workers the
+    // viewer page and HLS need (there are 4).
+    let slow: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut stream = TcpStream::connect(&addr).expect("connect");
+            write!(
+                stream,
+                "POST /whep HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\n\
+                 Content-Length: 60000\r\n\r\nv=0\r\n"
+            )
+            .unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        expect(200, "GET", "/hls/live.m3u8", &[], b"");
+        expect(200, "GET", "/", &[], b"");
+        expect(200, "GET", "/api/status", &[], b"");
+    }
+    drop(slow);
 
     // The right token still works, and nothing of the abuse stayed behind.
     expect(201, "POST", "/api/markers", &json(&auth), marker);
