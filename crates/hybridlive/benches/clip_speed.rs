@@ -7,13 +7,27 @@
 //!
 //! Run: `cargo bench -p hybridlive --bench clip_speed` (add `--profile dev` to skip a release
 //! build: the work happens in GStreamer and x264 either way). `CLIP_BENCH_SECONDS` sets the
-//! recording length (default 75 s: two 30 s clips).
+//! recording length (default 75 s: two 30 s clips; shorter recordings get shorter clips) and
+//! `CLIP_BENCH_ROUNDS` the stream-copy rounds whose median is kept (default 5).
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const RANGES: &[(f64, f64)] = &[(10.3, 40.3), (42.7, 72.7)];
+/// Length of the recording, in seconds.
+fn recording_seconds() -> u32 {
+    std::env::var("CLIP_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(75)
+        .max(20)
+}
+
+/// Two clips, each starting off a key frame (2 s GOPs), of up to 30 s.
+fn ranges() -> [(f64, f64); 2] {
+    let len = ((f64::from(recording_seconds()) - 15.0) / 2.0).min(30.0);
+    [(10.3, 10.3 + len), (12.7 + len, 12.7 + 2.0 * len)]
+}
 
 fn run(cmd: &mut Command) -> Duration {
     let start = Instant::now();
@@ -32,7 +46,7 @@ fn hybridlive(rec: &Path, mode: &str, out: &Path) -> Duration {
     let _ = std::fs::remove_dir_all(out);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_hybridlive"));
     cmd.arg("clip").arg(rec);
-    for (s, e) in RANGES {
+    for (s, e) in ranges() {
         cmd.args(["--range", &format!("{s}-{e}")]);
     }
     cmd.args(["--mode", mode, "--out"]).arg(out);
@@ -43,7 +57,7 @@ fn ffmpeg(rec: &Path, video: &[&str], out: &Path) -> Duration {
     let _ = std::fs::remove_dir_all(out);
     std::fs::create_dir_all(out).expect("mkdir");
     let mut total = Duration::ZERO;
-    for (i, (s, e)) in RANGES.iter().enumerate() {
+    for (i, (s, e)) in ranges().iter().enumerate() {
         total += run(Command::new("ffmpeg")
             .args([
                 "-v",
@@ -64,10 +78,12 @@ fn ffmpeg(rec: &Path, video: &[&str], out: &Path) -> Duration {
 }
 
 fn main() {
-    let seconds: u32 = std::env::var("CLIP_BENCH_SECONDS")
+    let seconds = recording_seconds();
+    let rounds: usize = std::env::var("CLIP_BENCH_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(75);
+        .unwrap_or(5)
+        .max(1);
     let dir = std::env::temp_dir().join(format!("hybridlive-clip-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("mkdir");
     let rec = dir.join("class-1080p.mp4");
@@ -87,10 +103,11 @@ fn main() {
         .args(["-pix_fmt", "yuv420p", "-c:a", "aac"])
         .arg(&rec));
 
-    let clip_s: f64 = RANGES.iter().map(|(s, e)| e - s).sum();
+    let clip_s: f64 = ranges().iter().map(|(s, e)| e - s).sum();
     println!(
-        "recording: {seconds} s 1080p25, clips: {} x 30 s ({clip_s} s)",
-        RANGES.len()
+        "recording: {seconds} s 1080p25, clips: {} x {:.0} s ({clip_s} s)",
+        ranges().len(),
+        clip_s / ranges().len() as f64
     );
     // Stream copies take fractions of a second: warm the page cache, then keep the median of
     // five alternating runs so neither side pays for the first read.
@@ -100,7 +117,7 @@ fn main() {
         v[v.len() / 2]
     };
     let (mut kfs, mut copies, mut exacts) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..5 {
+    for _ in 0..rounds {
         kfs.push(hybridlive(&rec, "keyframe", &dir.join("kf")));
         copies.push(ffmpeg(&rec, &["-c:v", "copy"], &dir.join("ffcopy")));
         exacts.push(hybridlive(&rec, "exact", &dir.join("exact")));
@@ -132,6 +149,34 @@ fn main() {
         ff_x264.as_secs_f64() / smart.as_secs_f64(),
         ff_x264_same.as_secs_f64(),
         ff_x264_same.as_secs_f64() / smart.as_secs_f64()
+    );
+    let record = |case: &str, value: Duration, baseline: &str, base: Duration| {
+        hybridlive_bench::record(&hybridlive_bench::Figure {
+            benchmark: "clip 2 ranges from a 1080p recording",
+            case,
+            value: value.as_secs_f64(),
+            unit: "s",
+            baseline: Some((baseline, base.as_secs_f64())),
+            better: hybridlive_bench::Better::Lower,
+        })
+    };
+    record(
+        "hybridlive clip --mode keyframe",
+        kf,
+        "ffmpeg -c copy",
+        ff_copy,
+    );
+    record(
+        "hybridlive clip --mode exact",
+        exact,
+        "ffmpeg -c copy",
+        ff_copy,
+    );
+    record(
+        "hybridlive clip --mode smart",
+        smart,
+        "ffmpeg -c:v libx264",
+        ff_x264,
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -318,6 +318,11 @@ pub enum OutputKind {
         segment_duration: u32,
         /// `playlist_length`: segments listed in the live playlist.
         playlist_length: u32,
+        /// `low_latency`: Low-Latency HLS (fMP4 parts, preload hints, blocking reload) served
+        /// from memory instead of MPEG-TS segment files.
+        low_latency: bool,
+        /// `part_duration_ms`: duration of a Low-Latency HLS part, milliseconds.
+        part_duration_ms: u32,
         /// `directory`: where segments are written; a fresh temporary folder by default.
         directory: Option<PathBuf>,
     },
@@ -1049,6 +1054,8 @@ impl Reader<'_> {
             "hls" => OutputKind::Hls {
                 segment_duration: f.integer(self.diags, "segment_duration", 1..11, 1),
                 playlist_length: f.integer(self.diags, "playlist_length", 2..31, 5),
+                low_latency: f.bool(self.diags, "low_latency", false),
+                part_duration_ms: f.integer(self.diags, "part_duration_ms", 100..2001, 200),
                 directory: f
                     .string(self.diags, "directory")
                     .map(|d| PathBuf::from(d.0)),

@@ -19,6 +19,7 @@ use anyhow::Context as _;
 pub mod config;
 mod fragment;
 mod hls;
+mod llhls;
 mod output;
 mod probe;
 mod runner;
@@ -75,9 +76,12 @@ pub fn init() -> anyhow::Result<()> {
     REGISTER.call_once(|| {
         result = gstlatency::plugin_register_static()
             .and_then(|()| gstfallbackswitch::plugin_register_static())
-            .and_then(|()| gstofferoverlay::plugin_register_static());
+            .and_then(|()| gstofferoverlay::plugin_register_static())
+            .and_then(|()| {
+                gstfmp4::plugin_register_static().map_err(|e| gst::glib::bool_error!("{e}"))
+            });
     });
-    result.context("could not register the latency, fallbackswitch and offeroverlay plugins")
+    result.context("could not register the latency, fallbackswitch, offeroverlay and fmp4 plugins")
 }
 
 /// Reads and validates one pipeline file.

@@ -15,6 +15,7 @@ use anyhow::Context as _;
 use gst::prelude::*;
 
 use crate::config::{EncoderKind, Output, OutputKind};
+use crate::llhls::LlHls;
 use crate::state::{self, Marker, OutputStatus, Recording, Shared};
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -51,6 +52,8 @@ pub struct OutputRunner {
     hls_dir_is_temporary: bool,
     /// WebRTC outputs: the WHEP sessions of the running pipeline.
     whep: Mutex<Option<hybridlive_webrtc::WhepOutput>>,
+    /// Low-Latency HLS outputs: parts and segments in memory, kept across restarts.
+    ll_hls: Option<Arc<LlHls>>,
 }
 
 #[derive(Default)]
@@ -128,6 +131,20 @@ impl OutputRunner {
             }
             OutputKind::Srt { .. } | OutputKind::Rtmp { .. } | OutputKind::Webrtc { .. } => None,
         };
+        let ll_hls = match config.kind {
+            OutputKind::Hls {
+                low_latency: true,
+                segment_duration,
+                playlist_length,
+                part_duration_ms,
+                ..
+            } => Some(Arc::new(LlHls::new(
+                Duration::from_secs(u64::from(segment_duration)),
+                Duration::from_millis(u64::from(part_duration_ms)),
+                playlist_length as usize,
+            ))),
+            _ => None,
+        };
         // Absolute paths in events and the API: the runner's working folder is not the user's.
         let mut config = config;
         if let OutputKind::Record { directory, .. } = &mut config.kind {
@@ -162,6 +179,7 @@ impl OutputRunner {
                 backoff: FIRST_BACKOFF,
                 ..Inner::default()
             }),
+            ll_hls,
             hls_dir,
             hls_dir_is_temporary,
             whep: Mutex::new(None),
@@ -206,6 +224,11 @@ impl OutputRunner {
     /// Whether this is a recording output.
     pub fn is_record(&self) -> bool {
         matches!(self.config.kind, OutputKind::Record { .. })
+    }
+
+    /// The Low-Latency HLS store of a `low_latency` HLS output.
+    pub fn ll_hls(&self) -> Option<Arc<LlHls>> {
+        self.ll_hls.clone()
     }
 
     /// The WHEP sessions, while a WebRTC output runs.
@@ -651,6 +674,53 @@ impl OutputRunner {
         pipeline.set_base_time(base_time);
         let sink = match &self.config.kind {
             OutputKind::Hls {
+                low_latency: true,
+                segment_duration,
+                part_duration_ms,
+                ..
+            } => {
+                let store = self
+                    .ll_hls
+                    .clone()
+                    .context("LL-HLS output without a store")?;
+                // One fragment per segment (fragments start on key frames), one chunk per part.
+                let mux = make("isofmp4mux", "sink")?;
+                mux.set_property(
+                    "fragment-duration",
+                    gst::ClockTime::from_seconds(u64::from(*segment_duration)),
+                );
+                mux.set_property(
+                    "chunk-duration",
+                    gst::ClockTime::from_mseconds(u64::from(*part_duration_ms)),
+                );
+                let appsink = gst_app::AppSink::builder()
+                    .name("llhls")
+                    .sync(false)
+                    .async_(false)
+                    .buffer_list(true)
+                    .build();
+                let on_eos = store.clone();
+                appsink.set_callbacks(
+                    gst_app::AppSinkCallbacks::builder()
+                        .new_sample(move |sink| {
+                            let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                            if let Some(list) = sample.buffer_list() {
+                                store.push_chunk(list);
+                            } else if let Some(buffer) = sample.buffer_owned() {
+                                let mut list = gst::BufferList::new();
+                                list.get_mut().unwrap().add(buffer);
+                                store.push_chunk(&list);
+                            }
+                            Ok(gst::FlowSuccess::Ok)
+                        })
+                        .eos(move |_| on_eos.finish())
+                        .build(),
+                );
+                pipeline.add_many([&mux, appsink.upcast_ref()])?;
+                mux.link(&appsink)?;
+                mux
+            }
+            OutputKind::Hls {
                 segment_duration,
                 playlist_length,
                 ..
@@ -760,6 +830,12 @@ impl OutputRunner {
                 last = meter;
             }
             let template = match (&self.config.kind, pad_name) {
+                (
+                    OutputKind::Hls {
+                        low_latency: true, ..
+                    },
+                    _,
+                ) => "sink_%u".to_string(),
                 (OutputKind::Hls { .. }, name) => name.to_string(),
                 (OutputKind::Record { .. }, name) => format!("{name}_%u"),
                 (OutputKind::Srt { .. }, _) => "sink_%d".to_string(),
@@ -847,7 +923,7 @@ pub fn make(factory: &str, name: &str) -> anyhow::Result<gst::Element> {
 }
 
 /// The capture time latencystamp attached to a buffer, UTC nanoseconds.
-fn capture_utc_ns(buffer: &gst::BufferRef) -> Option<u64> {
+pub(crate) fn capture_utc_ns(buffer: &gst::BufferRef) -> Option<u64> {
     let caps = gst::Caps::builder("timestamp/x-unix").build();
     buffer
         .iter_meta::<gst::ReferenceTimestampMeta>()

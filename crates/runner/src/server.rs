@@ -23,8 +23,11 @@ use crate::runner::Runner;
 
 /// Largest request body accepted by the API.
 pub const MAX_BODY: usize = 16 * 1024;
-const WORKERS: usize = 4;
-/// WHEP requests handled at once; more get 503 until one finishes.
+/// Worker threads. Low-Latency HLS holds requests (blocking playlist reload, preload hints) for
+/// up to three target durations, two per viewer at a time: enough threads that a few dozen
+/// waiting viewers never starve the rest.
+const WORKERS: usize = 64;
+/// WHEP requests handled at once, each on its own thread; more get 503 until one finishes.
 const MAX_WHEP_IN_FLIGHT: usize = 32;
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
@@ -162,7 +165,18 @@ fn handle(context: &Arc<Context>, mut request: Request) {
             json(200, &status)
         }
         (Method::Get | Method::Head, p) if p.starts_with("/hls/") => {
-            hls_file(context, &p["/hls/".len()..])
+            match context.runner.outputs.iter().find_map(|o| o.ll_hls()) {
+                Some(ll) => {
+                    let query = url.split_once('?').map_or("", |(_, q)| q);
+                    let reply = ll.respond(&p["/hls/".len()..], query);
+                    Response::from_data(reply.body.to_vec())
+                        .with_status_code(reply.status)
+                        .with_header(header("Content-Type", reply.content_type))
+                        .with_header(header("Cache-Control", reply.cache))
+                        .with_header(header("Access-Control-Allow-Origin", "*"))
+                }
+                None => hls_file(context, &p["/hls/".len()..]),
+            }
         }
         (Method::Post, "/api/markers" | "/api/recording" | "/api/offers") => {
             match authorised_body(context, &mut request) {

@@ -1587,3 +1587,95 @@ directory = "rec"
     );
     assert!(offer["at"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn low_latency_hls_serves_parts_blocks_reloads_and_plays_in_chromium() {
+    let dir = scratch("llhls");
+    let file = dir.join("llhls.toml");
+    let hls = std::fs::read_to_string(pipeline("hls.toml")).unwrap();
+    std::fs::write(&file, hls + "low_latency = true\npart_duration_ms = 200\n").unwrap();
+    let runner = Runner::start(&file, &dir, &["--duration", "40"]);
+
+    let playlist = eventually(Duration::from_secs(15), "two complete segments", || {
+        let r = runner.get("/hls/live.m3u8");
+        (r.status == 200 && r.text().matches("#EXTINF").count() >= 2).then(|| r.text())
+    });
+    for tag in [
+        "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES",
+        "#EXT-X-PART-INF:PART-TARGET=",
+        "#EXT-X-MAP:URI=\"init.mp4\"",
+        "#EXT-X-PROGRAM-DATE-TIME:",
+        ",INDEPENDENT=YES",
+        "#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part",
+    ] {
+        assert!(playlist.contains(tag), "no {tag} in\n{playlist}");
+    }
+
+    // A blocking reload for the hinted part answers once that part exists, and lists it.
+    let hint = playlist
+        .split("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part")
+        .nth(1)
+        .and_then(|rest| rest.split(".m4s").next())
+        .and_then(|mp| mp.split_once('.'))
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .expect("a preload hint partM.P.m4s");
+    let blocked = runner.get(&format!(
+        "/hls/live.m3u8?_HLS_msn={}&_HLS_part={}",
+        hint.0, hint.1
+    ));
+    assert_eq!(blocked.status, 200);
+    assert!(
+        blocked
+            .text()
+            .contains(&format!("URI=\"part{}.{}.m4s\"", hint.0, hint.1)),
+        "the blocking reload does not list the part it waited for:\n{}",
+        blocked.text()
+    );
+    let hinted = runner.get(&format!("/hls/part{}.{}.m4s", hint.0, hint.1));
+    assert_eq!(hinted.status, 200);
+    assert_eq!(hinted.header("content-type"), "video/iso.segment");
+    assert_eq!(runner.get("/hls/live.m3u8?_HLS_msn=999999").status, 400);
+
+    // The initialisation segment plus a complete segment decode: one second of 720p30.
+    let segment = playlist
+        .lines()
+        .find(|l| l.starts_with("seg") && l.ends_with(".m4s"))
+        .expect("a complete segment");
+    let mut file_data = runner.get("/hls/init.mp4").body;
+    file_data.extend(runner.get(&format!("/hls/{segment}")).body);
+    let mp4 = dir.join("segment.mp4");
+    std::fs::write(&mp4, file_data).unwrap();
+    assert_eq!(decoded_video_frames(&mp4), 30, "{segment}");
+
+    // hls.js in Chromium plays the parts (lowLatencyMode) from the viewer page.
+    let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/viewer.mjs");
+    let out = Command::new("node")
+        .arg(&driver)
+        .arg(format!("{}/", runner.base))
+        .arg("40")
+        .env(
+            "WAIT",
+            "window.viewer && window.viewer.mode === 'hls' && window.viewer.hls \
+             && window.viewer.hls.playingDate && document.querySelector('video').currentTime > 3",
+        )
+        .env(
+            "RESULT",
+            "(() => { const h = window.viewer.hls; \
+               const d = h.latestLevelDetails || h.levels[h.currentLevel].details; \
+               return { parts: d.partList ? d.partList.length : 0, lowLatency: h.lowLatencyMode, \
+                        glassToGlassMs: Date.now() - h.playingDate.getTime(), \
+                        played: document.querySelector('video').currentTime }; })()",
+        )
+        .output()
+        .expect("node runs (scripts/setup installs the browser test driver)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "browser run failed:\n{stderr}");
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("LL-HLS in Chromium: {result}");
+    assert!(result["parts"].as_u64().unwrap_or(0) > 0, "{result}");
+    assert!(result["played"].as_f64().unwrap_or(0.0) > 3.0, "{result}");
+    // Capture time (program date time from the stamps) to the frame on screen: a real figure.
+    let g2g = result["glassToGlassMs"].as_f64().unwrap_or(f64::NAN);
+    assert!(g2g.is_finite() && g2g > 0.0, "{result}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -167,5 +167,15 @@ fn main() {
             best[i] - base,
             best[i] / base
         );
+        if !case.name.starts_with("identity") {
+            hybridlive_bench::record(&hybridlive_bench::Figure {
+                benchmark: "stamp cost per buffer",
+                case: case.name,
+                value: best[i],
+                unit: "ns/buffer",
+                baseline: Some(("identity", base)),
+                better: hybridlive_bench::Better::Lower,
+            });
+        }
     }
 }

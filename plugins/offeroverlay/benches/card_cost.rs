@@ -193,6 +193,22 @@ fn main() {
     println!("offeroverlay, no card visible      {idle:8.1} us/frame");
     println!("gdkpixbufoverlay + textoverlay     {theirs:8.1} us/frame");
     println!("harness alone (identity)           {harness_only:8.1} us/frame");
+    let baseline = Some(("gdkpixbufoverlay + textoverlay", theirs));
+    for (case, value) in [
+        ("offeroverlay, card blended", ours),
+        ("offeroverlay, card blended while fading", fading),
+        ("offeroverlay, card attached as meta", ours_meta),
+        ("offeroverlay, no card visible", idle),
+    ] {
+        hybridlive_bench::record(&hybridlive_bench::Figure {
+            benchmark: "offer card per 1080p frame",
+            case,
+            value,
+            unit: "us/frame",
+            baseline,
+            better: hybridlive_bench::Better::Lower,
+        });
+    }
     println!(
         "ratio offeroverlay / baseline: {:.3} (net of harness: {:.3})",
         ours / theirs,

@@ -883,3 +883,50 @@ fn resolution_change_midstream_redraws_at_the_new_size() {
         3
     );
 }
+
+#[test]
+fn a_fading_countdown_card_draws_without_glib_criticals() {
+    // GStreamer reports misuse of overlay rectangles (e.g. changing a shared one) as GLib
+    // criticals and carries on: catch them.
+    let criticals = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = criticals.clone();
+    let handler = glib::log_set_handler(
+        Some("GStreamer-Video"),
+        glib::LogLevels::LEVEL_CRITICAL | glib::LogLevels::LEVEL_WARNING,
+        false,
+        false,
+        move |_, _, message| sink.lock().unwrap().push(message.to_string()),
+    );
+    let dir = TempDir::new("countdown-fade");
+    let schedule = dir.write(
+        "s.toml",
+        "[[offers]]\nid = \"c\"\ntitle = \"Countdown\"\nprice = \"9 €\"\ncountdown = true\nstart = 0\nend = 3\n",
+    );
+    let (w, h) = (640, 360);
+    let mut run = Run::new(
+        "I420",
+        w,
+        h,
+        10,
+        &[
+            ("schedule", v(&schedule)),
+            ("fade-in", v(1000u32)),
+            ("fade-out", v(1000u32)),
+        ],
+    );
+    let (x0, x1, y1) = expected_bottom_right(w, h, 0.3, 0.03);
+    let region = (x0 as u32 + 10, y1 as u32 - 8, x1 as u32 - 10, y1 as u32 - 3);
+    let strengths: Vec<f64> = (0..31).map(|_| run.step().0.strength(region)).collect();
+    glib::log_remove_handler(Some("GStreamer-Video"), handler);
+    assert!(
+        criticals.lock().unwrap().is_empty(),
+        "{:?}",
+        criticals.lock().unwrap()
+    );
+    // And the card really was there, fading in and out.
+    let full = strengths[10..20].iter().copied().fold(0.0, f64::max);
+    assert!(
+        full > 0.0 && strengths[5] < full && strengths[30] < full * 0.1,
+        "{strengths:?}"
+    );
+}

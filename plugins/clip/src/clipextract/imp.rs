@@ -1112,9 +1112,20 @@ impl ElementImpl for ClipExtract {
             gst::subclass::ElementMetadata::new(
                 "Clip extractor",
                 "Filter/Editor/Video/Audio",
-                "Outputs only the given time ranges of encoded streams, each as its own \
+                "Outputs only the given time ranges of encoded streams (H.264, H.265 with \
+                 alignment=au; AAC, Opus) after a demuxer and parsers, each clip as its own \
                  zero-based segment: stream copy from key frames, exact starts via segment/edit \
-                 list, or re-encoding of the first group of pictures",
+                 list, or re-encoding of the first group of pictures. Request one sink_%u pad \
+                 per stream; src_%u carries that stream's clips. Per clip, downstream gets a \
+                 serialized custom event clip-start (index guint, start/end guint64 ns of the \
+                 requested range in source stream time, mode string, present-start and \
+                 present-stop guint64 ns: the window players must present), caps, a TIME \
+                 segment starting at the clip's first frame, the buffers, then a custom event \
+                 clip-end (index). After the last clip every src pad gets EOS. Element messages: \
+                 clip-started (index guint, start, end guint64 ns, first-frame guint64 ns: \
+                 stream time of the first output frame) and clip-finished (index, start, end, \
+                 frames-copied and frames-encoded guint64). Bad ranges are an element error \
+                 naming the range.",
                 "The hybridlive developers",
             )
         });

@@ -778,8 +778,12 @@ impl OfferOverlay {
                         cd.make_mut().set_global_alpha(*alpha);
                     }
                     rects.push(cd.clone());
+                    // GLOBAL_ALPHA: the blend plan applies the fade itself. Without it GStreamer
+                    // would bake the alpha into the pixels of a rectangle the composition shares
+                    // (a CRITICAL on a non-writable rectangle).
                     let pixels = cd.pixels_unscaled_raw(
-                        gst_video::VideoOverlayFormatFlags::PREMULTIPLIED_ALPHA,
+                        gst_video::VideoOverlayFormatFlags::PREMULTIPLIED_ALPHA
+                            | gst_video::VideoOverlayFormatFlags::GLOBAL_ALPHA,
                     );
                     match prepare(&mut c.prepared_countdown, &pixels, pos) {
                         Some(p) => plan.push((p, alpha_u8)),
@@ -1005,7 +1009,24 @@ impl ElementImpl for OfferOverlay {
             gst::subclass::ElementMetadata::new(
                 "Offer card overlay",
                 "Filter/Editor/Video/Overlay",
-                "Burns timed commerce offer cards into video and reports the offer timeline",
+                "Burns timed commerce offer cards (title, subtitle, price, badge, image, QR code, \
+                 countdown) into raw video and reports the offer timeline. Offers come from the \
+                 schedule file (JSON/TOML list 'offers': id, title, price, subtitle, badge, image, \
+                 qr, countdown, start/end or duration as running time or UTC, anchor, colours; \
+                 format in the plugin's README) and from three action signals: \
+                 show-offer(json: one offer, same fields) -> boolean, shows or replaces it by id, \
+                 FALSE and a warning naming line, column and field on bad JSON; \
+                 hide-offer(id) -> boolean, fades it out, FALSE when unknown; \
+                 reload() -> boolean, re-reads the schedule, a bad file keeps the previous one. \
+                 Element messages offer-shown and offer-hidden, when a card appears and when it \
+                 is gone (fade-out included; cards still up at EOS are closed at the last frame), \
+                 with fields: id, title, price (string), subtitle, badge, qr (string, when set), \
+                 running-time (guint64 ns), stream-time (guint64 ns, GST_CLOCK_TIME_NONE if \
+                 unknown), utc (string, RFC 3339 ms, from the timestamp/x-unix meta when present). \
+                 The same fields plus action (shown/hidden) travel downstream in a serialized \
+                 custom event 'hybridlive/offer' just before that frame, for recorders. Cards are \
+                 attached as GstVideoOverlayCompositionMeta when downstream accepts it, else \
+                 blended over their area; with no card visible the element is in passthrough.",
                 "The hybridlive developers",
             )
         });
