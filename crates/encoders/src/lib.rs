@@ -105,6 +105,10 @@ pub struct EncoderProperties {
     /// Smallest step the encoder really honours, in bit/s. libvpx keeps kbit/s internally
     /// although its GStreamer property is in bit/s, so vp8enc/vp9enc have 1000 here.
     pub granularity_bps: u64,
+    /// Property holding the rate-control buffer (VBV) in milliseconds of the target rate, if
+    /// the encoder has one that can change while PLAYING: it bounds how far one frame (a key
+    /// frame) may exceed the average frame size.
+    pub vbv_ms_property: Option<&'static str>,
 }
 
 /// Finds the table row for an element factory name.
@@ -262,6 +266,24 @@ impl Encoder {
         let min = min.max(1).div_ceil(step) * step;
         let max = (max / step * step).max(min);
         (min, max)
+    }
+
+    /// Sets the rate-control buffer to `ms` milliseconds of the target rate, when the encoder
+    /// has such a property ([`EncoderProperties::vbv_ms_property`]). Returns whether it did.
+    pub fn set_vbv_ms(&self, ms: u32) -> bool {
+        let Some(name) = self.properties.vbv_ms_property else {
+            return false;
+        };
+        let Some(pspec) = self.element.find_property(name) else {
+            return false;
+        };
+        if pspec.value_type() != u32::static_type() {
+            return false;
+        }
+        if self.element.property::<u32>(name) != ms {
+            self.element.set_property(name, ms);
+        }
+        true
     }
 
     /// Asks the encoder for a key frame as soon as possible. Returns `false` when the

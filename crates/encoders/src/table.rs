@@ -21,6 +21,7 @@ const fn video(
         live_update,
         key_frame: KeyFrameRequest::ForceKeyUnitEvent,
         granularity_bps: 1,
+        vbv_ms_property: None,
     }
 }
 
@@ -38,12 +39,18 @@ const fn audio(
         live_update,
         key_frame: KeyFrameRequest::NotApplicable,
         granularity_bps: 1,
+        vbv_ms_property: None,
     }
 }
 
 impl EncoderProperties {
     const fn with_granularity(mut self, granularity_bps: u64) -> Self {
         self.granularity_bps = granularity_bps;
+        self
+    }
+
+    const fn with_vbv_ms(mut self, property: &'static str) -> Self {
+        self.vbv_ms_property = Some(property);
         self
     }
 }
@@ -56,7 +63,8 @@ use RateUnit::{BitsPerSecond as Bps, KilobitsPerSecond as Kbps};
 /// factory to the generic FFmpeg row.
 pub static ENCODERS: &[EncoderProperties] = &[
     // Software video encoders.
-    video("x264enc", "bitrate", Kbps, true),
+    // vbv-buf-capacity (ms) is re-read with the bitrate while PLAYING.
+    video("x264enc", "bitrate", Kbps, true).with_vbv_ms("vbv-buf-capacity"),
     video("x265enc", "bitrate", Kbps, true),
     video("openh264enc", "bitrate", Bps, true),
     // libvpx re-reads its configuration when target-bitrate changes while running.

@@ -9,11 +9,13 @@ use std::time::Instant;
 
 use anyhow::Context;
 use gstclip::ClipMode;
-use hybridlive_timeline::{ClipRange, format_time};
+use hybridlive_timeline::{ClipRange, ProposedClip, format_time, merge_clips};
 
 use crate::cutter;
-use crate::manifest::{ClipEntry, ErrorEntry, Manifest};
+use crate::manifest::{ClipEntry, ErrorEntry, Manifest, VerticalEntry};
+use crate::peaks::{self, PeakOptions};
 use crate::progress::Progress;
+use crate::vertical::Vertical;
 
 /// A clip to cut.
 #[derive(Debug, Clone)]
@@ -33,6 +35,8 @@ pub enum Job {
         source: PathBuf,
         /// Its clips.
         clips: Vec<PlannedClip>,
+        /// Also cut around the loudest moments of the audio (found when the file's turn comes).
+        peaks: Option<PeakOptions>,
     },
     /// Failed before cutting (e.g. a missing sidecar).
     Failed {
@@ -52,6 +56,8 @@ pub struct Options {
     pub out: PathBuf,
     /// Recordings cut at the same time.
     pub jobs: usize,
+    /// Also write a vertical 9:16 version of every clip.
+    pub vertical: Option<Vertical>,
 }
 
 fn mode_name(mode: ClipMode) -> &'static str {
@@ -82,6 +88,7 @@ struct Work {
     source: PathBuf,
     stem: String,
     clips: Vec<PlannedClip>,
+    peaks: Option<PeakOptions>,
 }
 
 /// Cuts every job; returns failure when anything failed.
@@ -101,7 +108,11 @@ pub fn run(jobs: Vec<Job>, opts: &Options) -> anyhow::Result<ExitCode> {
                 range: None,
                 reason,
             }),
-            Job::Ready { source, clips } => {
+            Job::Ready {
+                source,
+                clips,
+                peaks,
+            } => {
                 let base = source
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
@@ -114,6 +125,7 @@ pub fn run(jobs: Vec<Job>, opts: &Options) -> anyhow::Result<ExitCode> {
                     source,
                     stem,
                     clips,
+                    peaks,
                 });
             }
         }
@@ -140,7 +152,10 @@ pub fn run(jobs: Vec<Job>, opts: &Options) -> anyhow::Result<ExitCode> {
                     let Some(w) = next else {
                         break;
                     };
-                    let (done, failed) = cut_file(&w, opts, &progress, &old);
+                    let (done, failed) = match with_peaks(w, &progress) {
+                        Ok(w) => cut_file(&w, opts, &progress, &old),
+                        Err(e) => (Vec::new(), vec![e]),
+                    };
                     entries
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -180,6 +195,55 @@ pub fn run(jobs: Vec<Job>, opts: &Options) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Adds the clips around the job's loudness peaks to its timeline clips, merged so no two
+/// overlap.
+fn with_peaks(mut w: Work, progress: &Progress) -> Result<Work, ErrorEntry> {
+    let Some(opts) = w.peaks.take() else {
+        return Ok(w);
+    };
+    let source = w.source.display().to_string();
+    let fail = |reason: String| {
+        progress.line(&format!("error: {source}: {reason}"));
+        ErrorEntry {
+            source: source.clone(),
+            range: None,
+            reason,
+        }
+    };
+    let profile = peaks::analyse(&w.source).map_err(|e| fail(format!("{e:#}")))?;
+    let found = peaks::peak_clips(&profile, &opts);
+    progress.line(&format!(
+        "{source}: programme loudness {:.1} LUFS, {} loudness peak(s) {:.1} LU above it",
+        profile.programme,
+        found.len(),
+        opts.threshold
+    ));
+    let before = w.clips.len();
+    let all: Vec<ProposedClip> = w
+        .clips
+        .drain(..)
+        .map(|c| ProposedClip {
+            range: c.range,
+            markers: c.markers,
+        })
+        .chain(found)
+        .collect();
+    w.clips = merge_clips(all)
+        .into_iter()
+        .map(|c| PlannedClip {
+            range: c.range,
+            markers: c.markers,
+        })
+        .collect();
+    if w.clips.is_empty() {
+        return Err(fail(
+            "no offers, markers or loudness peaks to cut clips around".to_owned(),
+        ));
+    }
+    progress.add_clips(w.clips.len() as i64 - before as i64);
+    Ok(w)
+}
+
 fn cut_file(
     w: &Work,
     opts: &Options,
@@ -193,54 +257,114 @@ fn cut_file(
     for (i, clip) in w.clips.iter().enumerate() {
         let name = clip_name(&w.stem, clip.range, opts.mode);
         let output = opts.out.join(&name);
-        if output.exists() {
-            if let Some(e) = old.get(&name) {
-                done.push(e.clone());
+        let fail = |what: &str, e: anyhow::Error| {
+            let reason = format!("{what}{e:#}");
+            fp.clip_done(i, &format!("{} failed: {reason}", clip.range));
+            ErrorEntry {
+                source: source.clone(),
+                range: Some(clip.range.to_string()),
+                reason,
             }
-            fp.clip_done(i, &format!("{name} exists, skipped"));
-            continue;
-        }
-        let started = Instant::now();
-        match cutter::cut(&w.source, clip.range, opts.mode, &output, &|f| {
-            fp.clip(i, f)
-        }) {
-            Ok(r) => {
-                fp.clip_done(
-                    i,
-                    &format!(
+        };
+        let mut entry = if output.exists() {
+            let entry = old.get(&name).cloned();
+            if entry.is_none() || opts.vertical.is_none() {
+                fp.clip_done(i, &format!("{name} exists, skipped"));
+            }
+            entry
+        } else {
+            let started = Instant::now();
+            match cutter::cut(&w.source, clip.range, opts.mode, None, &output, &|f| {
+                fp.clip(i, f)
+            }) {
+                Ok(r) => {
+                    let outcome = format!(
                         "{} -> {name} ({:.1} s in {:.1} s)",
                         clip.range,
                         r.duration as f64 / 1e9,
                         started.elapsed().as_secs_f64()
-                    ),
-                );
-                done.push(ClipEntry {
-                    source: source.clone(),
-                    start: clip.range.start as f64 / 1e9,
-                    end: clip.range.end as f64 / 1e9,
-                    range: clip.range.to_string(),
-                    mode: mode_name(opts.mode).to_owned(),
-                    output: name,
-                    duration: r.duration as f64 / 1e9,
-                    first_frame: r.first_frame as f64 / 1e9,
-                    markers: clip.markers.clone(),
-                    frames_copied: r.frames_copied,
-                    frames_encoded: r.frames_encoded,
-                });
+                    );
+                    if opts.vertical.is_some() {
+                        progress.line(&format!(
+                            "{source} clip {}/{}: {outcome}",
+                            i + 1,
+                            w.clips.len()
+                        ));
+                    } else {
+                        fp.clip_done(i, &outcome);
+                    }
+                    Some(ClipEntry {
+                        source: source.clone(),
+                        start: clip.range.start as f64 / 1e9,
+                        end: clip.range.end as f64 / 1e9,
+                        range: clip.range.to_string(),
+                        mode: mode_name(opts.mode).to_owned(),
+                        output: name,
+                        duration: r.duration as f64 / 1e9,
+                        first_frame: r.first_frame as f64 / 1e9,
+                        markers: clip.markers.clone(),
+                        frames_copied: r.frames_copied,
+                        frames_encoded: r.frames_encoded,
+                        vertical: None,
+                    })
+                }
+                Err(e) => {
+                    failed.push(fail("", e));
+                    None
+                }
             }
-            Err(e) => {
-                let reason = format!("{e:#}");
-                fp.clip_done(i, &format!("{} failed: {reason}", clip.range));
-                failed.push(ErrorEntry {
-                    source: source.clone(),
-                    range: Some(clip.range.to_string()),
-                    reason,
-                });
+        };
+        if let (Some(v), Some(e)) = (&opts.vertical, entry.as_mut()) {
+            let vname = vertical_name(&w.stem, clip.range, v);
+            let voutput = opts.out.join(&vname);
+            let known = e.vertical.as_ref().is_some_and(|x| x.output == vname);
+            if voutput.exists() && known {
+                fp.clip_done(i, &format!("{vname} exists, skipped"));
+            } else {
+                let started = Instant::now();
+                match cutter::cut(&w.source, clip.range, opts.mode, Some(v), &voutput, &|f| {
+                    fp.clip(i, f)
+                }) {
+                    Ok(r) => {
+                        fp.clip_done(
+                            i,
+                            &format!(
+                                "{} -> {vname} ({:.1} s in {:.1} s)",
+                                clip.range,
+                                r.duration as f64 / 1e9,
+                                started.elapsed().as_secs_f64()
+                            ),
+                        );
+                        e.vertical = r.crop.map(|c| VerticalEntry {
+                            output: vname,
+                            region: v.region.to_string(),
+                            width: c.width,
+                            height: c.height,
+                            crop_x: c.left,
+                            crop_y: c.top,
+                            duration: r.duration as f64 / 1e9,
+                        });
+                    }
+                    Err(err) => failed.push(fail("vertical clip: ", err)),
+                }
             }
         }
+        done.extend(entry);
     }
     fp.finish();
     (done, failed)
+}
+
+/// The vertical clip's file name: like the clip's, with the crop region instead of the mode
+/// (it is always re-encoded).
+fn vertical_name(stem: &str, range: ClipRange, v: &Vertical) -> String {
+    let size = v.height.map(|h| format!("-{h}")).unwrap_or_default();
+    format!(
+        "{stem}_{}_{}_vertical-{}{size}.mp4",
+        file_time(range.start),
+        file_time(range.end),
+        v.region
+    )
 }
 
 /// Default parallelism: the machine's cores.

@@ -8,6 +8,7 @@ use gstclip::ClipMode;
 use hybridlive_timeline::{ClipRange, parse_range};
 
 use crate::batch::{self, Job, Options, PlannedClip};
+use crate::vertical::VerticalArgs;
 
 /// Accuracy mode, as typed on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -47,6 +48,8 @@ pub struct Args {
     /// Output folder (created if missing); clips are MP4 files plus manifest.json.
     #[arg(long, short = 'o')]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub vertical: VerticalArgs,
 }
 
 fn parse_clip_range(s: &str) -> Result<ClipRange, String> {
@@ -67,11 +70,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         mode: args.mode.into(),
         out: args.out,
         jobs: 1,
+        vertical: args.vertical.vertical(),
     };
     batch::run(
         vec![Job::Ready {
             source: args.recording,
             clips,
+            peaks: None,
         }],
         &opts,
     )

@@ -17,6 +17,7 @@ use gstclip::{CLIP_START_EVENT, ClipMode};
 use hybridlive_timeline::ClipRange;
 
 use crate::mp4edit::{TrackEdit, set_edits};
+use crate::vertical::{Crop, Vertical};
 
 /// How far before the clip the recording is seeked to. Demuxers of fragmented files land each
 /// stream on its own fragment boundary, so audio could start after the video's key frame;
@@ -37,6 +38,8 @@ pub struct CutResult {
     pub frames_copied: u64,
     /// Frames re-encoded.
     pub frames_encoded: u64,
+    /// The crop, for a vertical clip.
+    pub crop: Option<Crop>,
 }
 
 /// What the src pad probes learn about each output track.
@@ -84,6 +87,7 @@ struct Shared {
     /// Per clipextract src pad, in mp4mux request order per handler.
     tracks: Vec<TrackInfo>,
     error: Option<String>,
+    crop: Option<Crop>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -105,16 +109,23 @@ pub fn temp_path(output: &Path) -> PathBuf {
     output.with_file_name(format!(".{name}.part"))
 }
 
-/// Cuts `range` of `source` into `output` (MP4). `progress` gets the fraction done.
+/// Cuts `range` of `source` into `output` (MP4). `progress` gets the fraction done. With
+/// `vertical` the video is re-encoded as a 9:16 crop (whatever `mode` says).
 pub fn cut(
     source: &Path,
     range: ClipRange,
     mode: ClipMode,
+    vertical: Option<&Vertical>,
     output: &Path,
     progress: &dyn Fn(f64),
 ) -> anyhow::Result<CutResult> {
     let temp = temp_path(output);
-    let result = cut_to(source, range, mode, &temp, progress);
+    let mode = if vertical.is_some() {
+        ClipMode::Reencode
+    } else {
+        mode
+    };
+    let result = cut_to(source, range, mode, vertical, &temp, progress);
     match result {
         Ok(r) => {
             std::fs::rename(&temp, output).with_context(|| {
@@ -133,6 +144,7 @@ fn cut_to(
     source: &Path,
     range: ClipRange,
     mode: ClipMode,
+    vertical: Option<&Vertical>,
     temp: &Path,
     progress: &dyn Fn(f64),
 ) -> anyhow::Result<CutResult> {
@@ -168,11 +180,12 @@ fn cut_to(
         let mux = mux.clone();
         let shared = shared.clone();
         let gate = gate.clone();
+        let vertical = vertical.copied();
         parsebin.connect_pad_added(move |_, pad| {
             let Some(pipeline) = pipeline_weak.upgrade() else {
                 return;
             };
-            if let Err(e) = link_stream(&pipeline, pad, &clip, &mux, &shared, &gate) {
+            if let Err(e) = link_stream(&pipeline, pad, &clip, &mux, &shared, &gate, vertical) {
                 lock(&shared).error.get_or_insert(e.to_string());
             }
         });
@@ -269,7 +282,10 @@ fn cut_to(
                 }
             }
             let stats = clip.property::<gst::Structure>("stats");
-            let frames_in = stats.get::<u64>("frames-in").unwrap_or(0);
+            // Input read or frames re-encoded: a re-encoder draining a long clip after the
+            // last input is progress too.
+            let frames_in = stats.get::<u64>("frames-in").unwrap_or(0)
+                + stats.get::<u64>("frames-encoded").unwrap_or(0);
             if frames_in != last_in {
                 last_in = frames_in;
                 last_progress = Instant::now();
@@ -290,6 +306,7 @@ fn cut_to(
             first_frame: first_frame.saturating_sub(lock(&gate.origin).unwrap_or(0)),
             frames_copied: frames.0,
             frames_encoded: frames.1,
+            crop: lock(&shared).crop,
         })
     };
     let result = run();
@@ -377,6 +394,7 @@ fn link_stream(
     mux: &gst::Element,
     shared: &Arc<Mutex<Shared>>,
     gate: &Gate,
+    vertical: Option<Vertical>,
 ) -> anyhow::Result<()> {
     let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
     let s = caps
@@ -411,6 +429,16 @@ fn link_stream(
                     .build(),
             );
             chain.push(filter);
+            if let Some(v) = vertical {
+                let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height")) else {
+                    bail!("the video size is unknown: cannot crop it");
+                };
+                let crop = v
+                    .crop(w.max(0) as u32, h.max(0) as u32)
+                    .map_err(|e| anyhow!(e))?;
+                clip.set_property("reencode-filter", crop.filter());
+                lock(shared).crop = Some(crop);
+            }
         }
         "audio/mpeg" if !matches!(s.get::<i32>("mpegversion"), Ok(1)) => {
             // MPEG-TS carries AAC as ADTS; MP4 wants raw AAC.

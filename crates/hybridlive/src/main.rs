@@ -9,8 +9,10 @@ mod clip;
 mod cutter;
 mod manifest;
 mod mp4edit;
+mod peaks;
 mod progress;
 mod repurpose;
+mod vertical;
 
 use std::process::ExitCode;
 
@@ -37,6 +39,9 @@ enum Command {
     Clip(clip::Args),
     /// Cut the moments worth sharing out of many recordings, from their sidecar timelines.
     Repurpose(repurpose::Args),
+    /// Pre-event check: run a pipeline on test sources, measure glass-to-glass latency in
+    /// headless Chromium over WebRTC and HLS, and fail when a budget is exceeded.
+    LatencyTest(hybridlive_latency_test::Args),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +51,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => hybridlive_runner::validate(&args).map(|()| ExitCode::SUCCESS),
         Command::Clip(args) => clip::run(args),
         Command::Repurpose(args) => repurpose::run(args),
+        Command::LatencyTest(args) => hybridlive_latency_test::run(args),
     };
     match result {
         Ok(code) => code,

@@ -46,6 +46,28 @@ pub struct ClipEntry {
     pub frames_copied: u64,
     /// Frames re-encoded.
     pub frames_encoded: u64,
+    /// The vertical 9:16 version of the clip, when one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vertical: Option<VerticalEntry>,
+}
+
+/// A vertical 9:16 version of a clip: the same range, cropped and re-encoded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerticalEntry {
+    /// File name, relative to the manifest.
+    pub output: String,
+    /// Crop region as asked for (`center`, `left`, `right`, `x<pixels>`).
+    pub region: String,
+    /// Picture width.
+    pub width: u32,
+    /// Picture height.
+    pub height: u32,
+    /// Left edge of the crop in the source picture (pixels).
+    pub crop_x: u32,
+    /// Top edge of the crop in the source picture (pixels).
+    pub crop_y: u32,
+    /// Presented duration (seconds).
+    pub duration: f64,
 }
 
 /// One failure.

@@ -67,6 +67,14 @@ impl Progress {
         }
     }
 
+    /// Changes the number of clips to cut by `delta` (clips found while the batch runs).
+    pub fn add_clips(&self, delta: i64) {
+        if let Some((_, overall)) = &self.bars {
+            let len = overall.length().unwrap_or(0);
+            overall.set_length(len.saturating_add_signed(delta));
+        }
+    }
+
     /// Prints a line above the bars (or plainly).
     pub fn line(&self, text: &str) {
         match &self.bars {

@@ -8,6 +8,8 @@ use hybridlive_timeline::{Timeline, parse_time, sidecar_path};
 
 use crate::batch::{self, Job, Options, PlannedClip, default_jobs, is_recording};
 use crate::clip::Mode;
+use crate::peaks::PeakOptions;
+use crate::vertical::VerticalArgs;
 
 /// Arguments of `hybridlive repurpose`.
 #[derive(Debug, clap::Args)]
@@ -18,6 +20,8 @@ pub struct Args {
     /// Output folder (created if missing); clips are MP4 files plus manifest.json.
     #[arg(long, short = 'o')]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub vertical: VerticalArgs,
     /// How exactly clips start.
     #[arg(long, value_enum, default_value_t = Mode::Smart)]
     pub mode: Mode,
@@ -27,6 +31,20 @@ pub struct Args {
     /// Time kept after each event ends.
     #[arg(long, default_value = "10", value_parser = parse_duration)]
     pub lead_out: u64,
+    /// Also cut around the N loudest moments of the audio (applause, laughter): EBU R128
+    /// momentary loudness well above the programme loudness. Clips that overlap timeline
+    /// clips are merged with them. A recording without a sidecar is then cut on its peaks.
+    #[arg(long, value_name = "N")]
+    pub peaks: Option<usize>,
+    /// How far above the programme (integrated) loudness a peak must reach, in LU.
+    #[arg(long, default_value_t = 10.0, value_name = "LU", requires = "peaks")]
+    pub peak_threshold: f64,
+    /// Time kept before a loudness peak (the moment people reacted to comes first).
+    #[arg(long, default_value = "8", value_parser = parse_duration, requires = "peaks")]
+    pub peak_lead_in: u64,
+    /// Time kept after a loudness peak ends.
+    #[arg(long, default_value = "2", value_parser = parse_duration, requires = "peaks")]
+    pub peak_lead_out: u64,
     /// Recordings cut at the same time (default: the number of cores).
     #[arg(long, short = 'j')]
     pub jobs: Option<usize>,
@@ -67,8 +85,15 @@ fn expand(inputs: &[PathBuf]) -> Vec<Result<PathBuf, (PathBuf, String)>> {
     out
 }
 
-fn plan(recording: &Path, lead_in: u64, lead_out: u64) -> Job {
+fn plan(recording: &Path, lead_in: u64, lead_out: u64, peaks: Option<PeakOptions>) -> Job {
     let sidecar = sidecar_path(recording);
+    if !sidecar.is_file() && peaks.is_some() {
+        return Job::Ready {
+            source: recording.to_owned(),
+            clips: Vec::new(),
+            peaks,
+        };
+    }
     if !sidecar.is_file() {
         return Job::Failed {
             source: recording.to_owned(),
@@ -85,7 +110,7 @@ fn plan(recording: &Path, lead_in: u64, lead_out: u64) -> Job {
                     markers: c.markers,
                 })
                 .collect();
-            if clips.is_empty() {
+            if clips.is_empty() && peaks.is_none() {
                 return Job::Failed {
                     source: recording.to_owned(),
                     reason: format!("sidecar {} lists no offers or markers", sidecar.display()),
@@ -94,6 +119,7 @@ fn plan(recording: &Path, lead_in: u64, lead_out: u64) -> Job {
             Job::Ready {
                 source: recording.to_owned(),
                 clips,
+                peaks,
             }
         }
         Err(e) => Job::Failed {
@@ -105,10 +131,19 @@ fn plan(recording: &Path, lead_in: u64, lead_out: u64) -> Job {
 
 /// Runs `hybridlive repurpose`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if !(args.peak_threshold.is_finite()) {
+        anyhow::bail!("--peak-threshold must be a number of LU");
+    }
+    let peaks = args.peaks.map(|count| PeakOptions {
+        count,
+        threshold: args.peak_threshold,
+        lead_in: args.peak_lead_in,
+        lead_out: args.peak_lead_out,
+    });
     let jobs = expand(&args.inputs)
         .into_iter()
         .map(|r| match r {
-            Ok(rec) => plan(&rec, args.lead_in, args.lead_out),
+            Ok(rec) => plan(&rec, args.lead_in, args.lead_out, peaks),
             Err((source, reason)) => Job::Failed { source, reason },
         })
         .collect();
@@ -116,6 +151,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         mode: args.mode.into(),
         out: args.out,
         jobs: args.jobs.unwrap_or_else(default_jobs),
+        vertical: args.vertical.vertical(),
     };
     batch::run(jobs, &opts)
 }

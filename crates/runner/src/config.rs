@@ -99,6 +99,24 @@ pub struct Pipeline {
     pub encoders: Vec<Encoder>,
     /// `[outputs.NAME]` in file order.
     pub outputs: Vec<Output>,
+    /// `[latency_test]`: the run and budgets of `hybridlive latency-test` (unused by `run`).
+    pub latency_test: LatencyTest,
+}
+
+/// `[latency_test]`: how long `hybridlive latency-test` measures and the budgets it checks
+/// (a measured figure above its budget makes the test fail). Flags override each key.
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
+pub struct LatencyTest {
+    /// `duration`: seconds of measurement per path.
+    pub duration: Option<f64>,
+    /// `webrtc_p95_ms`: glass-to-glass p95 over WebRTC, ms.
+    pub webrtc_p95_ms: Option<f64>,
+    /// `hls_p95_ms`: glass-to-glass p95 over HLS, ms.
+    pub hls_p95_ms: Option<f64>,
+    /// `first_frame_ms`: WHEP `POST` to the first WebRTC frame shown, ms.
+    pub first_frame_ms: Option<f64>,
+    /// `interaction_ms`: data-channel round trip p95 ("raise hand" lag), ms.
+    pub interaction_ms: Option<f64>,
 }
 
 /// `[server]`: the HTTP server and its write-access token.
@@ -232,6 +250,24 @@ pub enum TransformKind {
         /// `schedule`: a JSON or TOML schedule file (see plugins/offeroverlay/README.md).
         schedule: Option<PathBuf>,
     },
+    /// `type = "abrcontroller"`: adaptive bitrate for an uplink. On raw video, it scales the
+    /// picture to the current rung of its ladder; the one h264 encoder reading from it gets
+    /// its bitrate steered from the feedback of `output` (srtsink statistics for SRT, the
+    /// send backlog for RTMP, webrtcbin statistics for WebRTC).
+    Abrcontroller {
+        /// `output`: the uplink output whose feedback drives the encoder.
+        output: String,
+        /// Span of the `output` value, for diagnostics about it.
+        #[serde(skip)]
+        output_span: Range<usize>,
+        /// `min_bitrate`: kbit/s.
+        min_bitrate: u32,
+        /// `max_bitrate`: kbit/s; the encoder's `bitrate` when absent.
+        max_bitrate: Option<u32>,
+        /// `ladder`: rungs `WIDTHxHEIGHT@FPS:MIN-MAX` (kbit/s); `None` for the default ladder
+        /// cut to the source's size, empty for bitrate only.
+        ladder: Option<Vec<String>>,
+    },
     /// `type = "gst"`: an escape hatch, a gst-launch fragment on raw video or audio.
     Gst {
         /// `media`: which stream the fragment processes.
@@ -354,10 +390,19 @@ pub enum OutputKind {
     },
 }
 
-const SECTIONS: &[&str] = &["server", "sources", "transforms", "encoders", "outputs"];
+const SECTIONS: &[&str] = &[
+    "server",
+    "sources",
+    "transforms",
+    "encoders",
+    "outputs",
+    "latency_test",
+];
 const SOURCE_TYPES: &[&str] = &["test", "file", "srt", "rtmp", "rtsp", "v4l2"];
-const TRANSFORM_TYPES: &[&str] = &["latencystamp", "offeroverlay", "gst"];
-const PLANNED_TRANSFORM_TYPES: &[&str] = &["abrcontroller"];
+const TRANSFORM_TYPES: &[&str] = &["latencystamp", "offeroverlay", "abrcontroller", "gst"];
+const PLANNED_TRANSFORM_TYPES: &[&str] = &[];
+/// Outputs an abrcontroller can read feedback from.
+const ABR_OUTPUT_TYPES: &[&str] = &["srt", "rtmp", "webrtc"];
 const ENCODER_TYPES: &[&str] = &["h264", "aac", "opus"];
 const OUTPUT_TYPES: &[&str] = &["hls", "record", "srt", "rtmp", "webrtc"];
 const PLANNED_OUTPUT_TYPES: &[&str] = &[];
@@ -696,6 +741,7 @@ impl Reader<'_> {
         let transforms = self.section(document, "transforms", |r, f, name| r.transform(f, name));
         let encoders = self.section(document, "encoders", |r, f, name| r.encoder(f, name));
         let outputs = self.section(document, "outputs", |r, f, name| r.output(f, name));
+        let latency_test = self.latency_test(document);
         if sources.is_empty()
             && !self
                 .diags
@@ -735,7 +781,31 @@ impl Reader<'_> {
                     ..n.value
                 })
                 .collect(),
+            latency_test,
         }
+    }
+
+    fn latency_test(&mut self, document: &DeTable) -> LatencyTest {
+        let Some(value) = document.get("latency_test") else {
+            return LatencyTest::default();
+        };
+        let DeValue::Table(table) = value.get_ref() else {
+            return LatencyTest::default();
+        };
+        let mut f = Fields::new(table, Some("latency_test".into()), value.span());
+        let mut budget = |f: &mut Fields, key: &'static str, max: f64| {
+            let value = f.number(self.diags, key, 0.0, max, 0.0);
+            table.contains_key(key).then_some(value)
+        };
+        let test = LatencyTest {
+            duration: budget(&mut f, "duration", 3600.0),
+            webrtc_p95_ms: budget(&mut f, "webrtc_p95_ms", 600_000.0),
+            hls_p95_ms: budget(&mut f, "hls_p95_ms", 600_000.0),
+            first_frame_ms: budget(&mut f, "first_frame_ms", 600_000.0),
+            interaction_ms: budget(&mut f, "interaction_ms", 600_000.0),
+        };
+        f.finish(self.diags);
+        test
     }
 
     fn server(&mut self, document: &DeTable) -> Server {
@@ -982,6 +1052,7 @@ impl Reader<'_> {
                 });
                 TransformKind::Offeroverlay { schedule }
             }
+            "abrcontroller" => self.abrcontroller(f)?,
             "gst" => {
                 let media = match f
                     .choice(self.diags, "media", &["video", "audio"], "video")
@@ -1008,6 +1079,60 @@ impl Reader<'_> {
             name: name.to_string(),
             input: String::new(),
             kind,
+        })
+    }
+
+    fn abrcontroller(&mut self, f: &mut Fields) -> Option<TransformKind> {
+        let output = f.required_string(self.diags, "output");
+        let min_bitrate = f.integer(self.diags, "min_bitrate", 50..50_001, 300);
+        // 0: absent (the encoder's bitrate is the ceiling).
+        let max_bitrate = f.integer(self.diags, "max_bitrate", 100..50_001, 0);
+        if max_bitrate != 0
+            && max_bitrate < min_bitrate
+            && let Some(value) = f.table.get("max_bitrate")
+        {
+            f.error(
+                self.diags,
+                value.span(),
+                "max_bitrate",
+                format!("{max_bitrate} kbit/s is below min_bitrate ({min_bitrate} kbit/s)"),
+            );
+        }
+        let ladder = match f.entry("ladder") {
+            None => None,
+            Some(value) => {
+                let DeValue::Array(items) = value.get_ref() else {
+                    f.type_error(self.diags, value, "ladder", "an array of rungs");
+                    return None;
+                };
+                let mut rungs = Vec::new();
+                for item in items.iter() {
+                    let Some(rung) = item.get_ref().as_str() else {
+                        f.type_error(self.diags, item, "ladder", "a rung string");
+                        continue;
+                    };
+                    if let Err(err) = gstabr::ladder::Ladder::parse(rung) {
+                        f.error(self.diags, item.span(), "ladder", err.to_string());
+                    } else if rung.contains(';') {
+                        f.error(
+                            self.diags,
+                            item.span(),
+                            "ladder",
+                            "one rung per string".into(),
+                        );
+                    }
+                    rungs.push(rung.to_string());
+                }
+                Some(rungs)
+            }
+        };
+        let (output, output_span) = output?;
+        Some(TransformKind::Abrcontroller {
+            output,
+            output_span,
+            min_bitrate,
+            max_bitrate: (max_bitrate != 0).then_some(max_bitrate),
+            ladder,
         })
     }
 
@@ -1175,6 +1300,7 @@ impl Reader<'_> {
             self.single_input(&component, t, &raw, "a source or transform");
         }
         self.check_transform_cycles(transforms);
+        self.check_abrcontrollers(transforms, encoders, outputs);
         for e in encoders {
             let component = format!("encoders.{}", e.value.name);
             if let Some((input, span)) =
@@ -1322,6 +1448,158 @@ impl Reader<'_> {
                     message: format!("an output takes exactly one video encoder and at most one audio encoder (found {video} video, {audio} audio)"),
                     help: None,
                 });
+            }
+        }
+    }
+
+    /// An abrcontroller feeds exactly one h264 encoder, which feeds only the uplink output
+    /// named by `output`: its bitrate and picture size change with the link, which recordings
+    /// and HLS must not inherit.
+    fn check_abrcontrollers(
+        &mut self,
+        transforms: &[Named<Transform>],
+        encoders: &[Named<Encoder>],
+        outputs: &[Named<Output>],
+    ) {
+        let mut controlled_outputs: BTreeMap<&str, &str> = BTreeMap::new();
+        for t in transforms {
+            let TransformKind::Abrcontroller {
+                output,
+                output_span,
+                ..
+            } = &t.value.kind
+            else {
+                continue;
+            };
+            let name = t.value.name.as_str();
+            let component = format!("transforms.{name}");
+            for reader in transforms.iter().filter(|u| {
+                u.inputs.first().is_some_and(|i| i.0 == name)
+                    && !matches!(
+                        u.value.kind,
+                        TransformKind::Gst {
+                            media: Media::Audio,
+                            ..
+                        }
+                    )
+            }) {
+                let (_, span) = &reader.inputs[0];
+                self.diags.push(Diagnostic {
+                    span: span.clone(),
+                    component: Some(format!("transforms.{}", reader.value.name)),
+                    key: Some("inputs".into()),
+                    message: format!(
+                        "`{name}` is an abrcontroller: only the encoder it steers may read its video"
+                    ),
+                    help: Some(format!(
+                        "put this transform before `{name}`, or read from `{name}`'s input"
+                    )),
+                });
+            }
+            let video_encoders: Vec<&Named<Encoder>> = encoders
+                .iter()
+                .filter(|e| {
+                    e.value.kind.media() == Media::Video
+                        && e.inputs.first().is_some_and(|i| i.0 == name)
+                })
+                .collect();
+            let encoder = match video_encoders.as_slice() {
+                [one] => &one.value.name,
+                [] => {
+                    self.diags.push(Diagnostic {
+                        span: t.span.clone(),
+                        component: Some(component),
+                        key: None,
+                        message: "no h264 encoder reads from this abrcontroller".into(),
+                        help: Some(format!(
+                            "add an encoder with `type = \"h264\"` and `inputs = [\"{name}\"]`"
+                        )),
+                    });
+                    continue;
+                }
+                [_, second, ..] => {
+                    self.diags.push(Diagnostic {
+                        span: second.inputs[0].1.clone(),
+                        component: Some(format!("encoders.{}", second.value.name)),
+                        key: Some("inputs".into()),
+                        message: format!(
+                            "`{name}` already steers `{}`: an abrcontroller steers one encoder",
+                            video_encoders[0].value.name
+                        ),
+                        help: None,
+                    });
+                    continue;
+                }
+            };
+            let Some(target) = outputs.iter().find(|o| &o.value.name == output) else {
+                if !self.broken.contains(output.as_str()) {
+                    let names: Vec<&str> = outputs.iter().map(|o| o.value.name.as_str()).collect();
+                    self.diags.push(Diagnostic {
+                        span: output_span.clone(),
+                        component: Some(component),
+                        key: Some("output".into()),
+                        message: format!("`{output}` is not an output"),
+                        help: suggest(output, names),
+                    });
+                }
+                continue;
+            };
+            let kind = match target.value.kind {
+                OutputKind::Srt { .. } => "srt",
+                OutputKind::Rtmp { .. } => "rtmp",
+                OutputKind::Webrtc { .. } => "webrtc",
+                OutputKind::Hls { .. } => "hls",
+                OutputKind::Record { .. } => "record",
+            };
+            if !ABR_OUTPUT_TYPES.contains(&kind) {
+                self.diags.push(Diagnostic {
+                    span: output_span.clone(),
+                    component: Some(component.clone()),
+                    key: Some("output".into()),
+                    message: format!(
+                        "`{output}` is a {kind} output, which gives no feedback about its link (expected one of {})",
+                        ABR_OUTPUT_TYPES.join(", ")
+                    ),
+                    help: None,
+                });
+            }
+            if let Some(first) = controlled_outputs.insert(output.as_str(), name) {
+                self.diags.push(Diagnostic {
+                    span: output_span.clone(),
+                    component: Some(component.clone()),
+                    key: Some("output".into()),
+                    message: format!("`{output}` is already steered by transforms.{first}"),
+                    help: None,
+                });
+            }
+            if !target.inputs.iter().any(|i| &i.0 == encoder) {
+                self.diags.push(Diagnostic {
+                    span: output_span.clone(),
+                    component: Some(component.clone()),
+                    key: Some("output".into()),
+                    message: format!(
+                        "`{output}` does not take `{encoder}`, the encoder this abrcontroller steers"
+                    ),
+                    help: Some(format!(
+                        "list `{encoder}` in the `inputs` of [outputs.{output}]"
+                    )),
+                });
+            }
+            for other in outputs.iter().filter(|o| &o.value.name != output) {
+                if let Some((_, span)) = other.inputs.iter().find(|i| &i.0 == encoder) {
+                    self.diags.push(Diagnostic {
+                        span: span.clone(),
+                        component: Some(format!("outputs.{}", other.value.name)),
+                        key: Some("inputs".into()),
+                        message: format!(
+                            "`{encoder}` is steered by abrcontroller `{name}` for `{output}`: its bitrate and picture size follow that link"
+                        ),
+                        help: Some(
+                            "give this output an encoder of its own, reading from the abrcontroller's input"
+                                .into(),
+                        ),
+                    });
+                }
             }
         }
     }

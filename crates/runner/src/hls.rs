@@ -22,10 +22,22 @@ pub struct SegmentTimes {
 
 impl SegmentTimes {
     /// The playlist with a program-date-time line before each segment whose start is known.
+    ///
+    /// The media sequence is the index of the first segment listed: hlssink2 counts it from 0
+    /// again when a failed output restarts, while the runner numbers the segments of the new
+    /// sink on from the old ones, so players never see the sequence go back.
     pub fn annotate(&self, dir: &Path, playlist: &str) -> String {
         let mut out = String::with_capacity(playlist.len() + 512);
         let mut pending_extinf: Option<&str> = None;
+        let first_index = playlist
+            .lines()
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .and_then(segment_index);
         for line in playlist.lines() {
+            if let (Some(index), true) = (first_index, line.starts_with("#EXT-X-MEDIA-SEQUENCE:")) {
+                out.push_str(&format!("#EXT-X-MEDIA-SEQUENCE:{index}\n"));
+                continue;
+            }
             if line.starts_with("#EXTINF") {
                 pending_extinf = Some(line);
                 continue;
@@ -63,6 +75,14 @@ impl SegmentTimes {
         known.insert(name.to_string(), found);
         found
     }
+}
+
+/// `N` of a `segmentN.ts` name (the runner's segment names).
+pub fn segment_index(name: &str) -> Option<u64> {
+    name.strip_prefix("segment")?
+        .strip_suffix(".ts")?
+        .parse()
+        .ok()
 }
 
 /// The capture stamp of the first video access unit in an MPEG-TS file.
@@ -107,4 +127,24 @@ pub fn first_video_stamp(ts: &[u8]) -> Option<u64> {
         .ok()
         .flatten()
         .map(|s| s.capture_time_ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_media_sequence_follows_the_first_segment_listed() {
+        // What hlssink2 writes after the output restarted with segments numbered on from 41.
+        let playlist = "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-MEDIA-SEQUENCE:0\n\
+                        #EXT-X-TARGETDURATION:1\n\n#EXTINF:1,\nsegment00041.ts\n\
+                        #EXTINF:1,\nsegment00042.ts\n";
+        let out = SegmentTimes::default().annotate(Path::new("/nonexistent"), playlist);
+        assert!(out.contains("#EXT-X-MEDIA-SEQUENCE:41\n"), "{out}");
+        assert!(!out.contains("#EXT-X-MEDIA-SEQUENCE:0"), "{out}");
+        assert!(
+            out.contains("segment00041.ts\n#EXTINF:1,\nsegment00042.ts"),
+            "{out}"
+        );
+    }
 }

@@ -20,13 +20,15 @@ pub mod config;
 mod fragment;
 mod hls;
 mod llhls;
+mod mp4file;
 mod output;
 mod probe;
 mod runner;
 mod server;
 mod state;
 
-pub use config::{Diagnostic, Pipeline};
+pub use config::{Diagnostic, LatencyTest, Pipeline};
+pub use runner::RunHandle;
 
 /// Arguments of `hybridlive validate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -77,11 +79,14 @@ pub fn init() -> anyhow::Result<()> {
         result = gstlatency::plugin_register_static()
             .and_then(|()| gstfallbackswitch::plugin_register_static())
             .and_then(|()| gstofferoverlay::plugin_register_static())
+            .and_then(|()| gstabr::plugin_register_static())
             .and_then(|()| {
                 gstfmp4::plugin_register_static().map_err(|e| gst::glib::bool_error!("{e}"))
             });
     });
-    result.context("could not register the latency, fallbackswitch, offeroverlay and fmp4 plugins")
+    result.context(
+        "could not register the latency, fallbackswitch, offeroverlay, abr and fmp4 plugins",
+    )
 }
 
 /// Reads and validates one pipeline file.
@@ -136,4 +141,15 @@ pub fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
 pub fn run(args: &RunArgs) -> anyhow::Result<()> {
     let pipeline = load(&args.file)?;
     runner::run(pipeline, args)
+}
+
+/// Runs a loaded pipeline inside another tool (e.g. `hybridlive latency-test`) until
+/// [`RunHandle::stop`], SIGINT/SIGTERM or `--duration`: like [`run`] but printing nothing;
+/// `on_ready` gets the handle, on the calling thread, once the HTTP server serves.
+pub fn run_embedded(
+    pipeline: Pipeline,
+    args: &RunArgs,
+    on_ready: impl FnOnce(RunHandle) + 'static,
+) -> anyhow::Result<()> {
+    runner::run_embedded(pipeline, args, on_ready)
 }

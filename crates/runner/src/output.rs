@@ -16,6 +16,7 @@ use gst::prelude::*;
 
 use crate::config::{EncoderKind, Output, OutputKind};
 use crate::llhls::LlHls;
+use crate::mp4file::FragmentedMp4File;
 use crate::state::{self, Marker, OutputStatus, Recording, Shared};
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -24,6 +25,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 /// Media an output may lag behind before its oldest buffers are dropped.
 const MAX_QUEUED: gst::ClockTime = gst::ClockTime::from_seconds(2);
+/// Longest send backlog kept before an RTMP sink.
+const RTMP_BACKLOG: gst::ClockTime = gst::ClockTime::from_seconds(5);
 /// mp4mux fragment length: at most this much media is lost on `kill -9`.
 const FRAGMENT_MS: u32 = 500;
 
@@ -52,6 +55,10 @@ pub struct OutputRunner {
     hls_dir_is_temporary: bool,
     /// WebRTC outputs: the WHEP sessions of the running pipeline.
     whep: Mutex<Option<hybridlive_webrtc::WhepOutput>>,
+    /// Record outputs: the file the running pipeline writes.
+    recording_file: Mutex<Option<PathBuf>>,
+    /// The abrcontroller (in the ingest) that steers this output's encoder from its feedback.
+    abr: Mutex<Option<gst::Element>>,
     /// Low-Latency HLS outputs: parts and segments in memory, kept across restarts.
     ll_hls: Option<Arc<LlHls>>,
 }
@@ -183,6 +190,8 @@ impl OutputRunner {
             hls_dir,
             hls_dir_is_temporary,
             whep: Mutex::new(None),
+            recording_file: Mutex::new(None),
+            abr: Mutex::new(None),
         }))
     }
 
@@ -240,6 +249,60 @@ impl OutputRunner {
     fn close_viewers(&self) {
         if let Some(whep) = self.whep.lock().unwrap().take() {
             whep.close_all();
+        }
+    }
+
+    /// Lets `abr` (an abrcontroller in the ingest) follow this output's link: the srtsink's
+    /// statistics, the backlog queue before the RTMP sink, or a WebRTC viewer's webrtcbin,
+    /// re-bound on every (re)start of the output.
+    pub fn set_abr(&self, abr: gst::Element) {
+        *self.abr.lock().unwrap() = Some(abr);
+    }
+
+    /// The abrcontroller steering this output, if any.
+    pub fn abr(&self) -> Option<gst::Element> {
+        self.abr.lock().unwrap().clone()
+    }
+
+    /// Points the abrcontroller at the feedback elements of `pipeline`, or at nothing while
+    /// the output is down (its statistics would be those of a dead connection).
+    fn bind_feedback(&self, pipeline: Option<&gst::Pipeline>) {
+        let Some(abr) = self.abr() else {
+            return;
+        };
+        let find = |name: &str| pipeline.and_then(|p| p.by_name(name));
+        match self.config.kind {
+            OutputKind::Srt { .. } => abr.set_property("srtsink", find("srtsink")),
+            OutputKind::Rtmp { .. } => abr.set_property("queue", find("backlog")),
+            OutputKind::Webrtc { .. } => abr.set_property("webrtcbin", None::<gst::Element>),
+            _ => {}
+        }
+    }
+
+    /// WebRTC outputs: the abrcontroller follows the viewer with the most recent session
+    /// (one encode feeds every viewer; see pipelines/README.md). Called every status tick.
+    pub fn follow_viewers(&self) {
+        if !matches!(self.config.kind, OutputKind::Webrtc { .. }) {
+            return;
+        }
+        let Some(abr) = self.abr() else {
+            return;
+        };
+        let pipeline = self.inner.lock().unwrap().pipeline.clone();
+        let newest = pipeline.and_then(|p| {
+            p.iterate_recurse()
+                .into_iter()
+                .filter_map(Result::ok)
+                .filter(|e| e.factory().is_some_and(|f| f.name() == "webrtcbin"))
+                // Unnamed: webrtcbin0, webrtcbin1...: the longest, then greatest name is the newest.
+                .max_by_key(|e| {
+                    let name = e.name().to_string();
+                    (name.len(), name)
+                })
+        });
+        let current = abr.property::<Option<gst::Element>>("webrtcbin");
+        if current != newest {
+            abr.set_property("webrtcbin", newest);
         }
     }
 
@@ -363,6 +426,7 @@ impl OutputRunner {
                     return;
                 }
                 self.set_state("running", None);
+                self.bind_feedback(Some(&pipeline));
                 for appsink in self.keyframe_requesters.lock().unwrap().iter() {
                     let event = gst_video::UpstreamForceKeyUnitEvent::builder()
                         .all_headers(true)
@@ -406,6 +470,7 @@ impl OutputRunner {
             inner.pipeline.take()
         };
         if let Some(p) = pipeline {
+            self.bind_feedback(None);
             self.close_viewers();
             let _ = p.set_state(gst::State::Null);
             self.finish_timeline();
@@ -502,8 +567,26 @@ impl OutputRunner {
         }
         match msg.view() {
             gst::MessageView::Error(err) => {
+                // One viewer's session failing (its peer vanished) ends that session only.
+                if let (Some(whep), Some(src)) = (self.whep(), msg.src())
+                    && let Some(session) = whep.end_session_of(src)
+                {
+                    crate::runner::event(
+                        "viewer-error",
+                        serde_json::json!({"output": self.config.name, "session": session, "error": err.error().to_string()}),
+                    );
+                    return;
+                }
                 let src = msg.src().map(|s| s.name().to_string()).unwrap_or_default();
                 self.failed(generation, format!("{src}: {}", err.error()));
+            }
+            // srtsink (1.22) only warns when its peer is gone and then redials on its own,
+            // silently: the uplink would be down with nobody told. Treat it as the failure it
+            // is, so it is reported and retried with back-off like any other.
+            gst::MessageView::Warning(warning)
+                if msg.src().is_some_and(|s| s.name() == "srtsink") =>
+            {
+                self.failed(generation, format!("srtsink: {}", warning.error()));
             }
             gst::MessageView::Eos(_) => {
                 let stopping = self.inner.lock().unwrap().stopping;
@@ -543,6 +626,7 @@ impl OutputRunner {
             (inner.pipeline.take(), inner.wanted, delay)
         };
         if let Some(p) = pipeline {
+            self.bind_feedback(None);
             self.close_viewers();
             let _ = p.set_state(gst::State::Null);
         }
@@ -595,13 +679,12 @@ impl OutputRunner {
             let Some(pipeline) = inner.pipeline.as_ref() else {
                 return;
             };
-            let Some(sink) = pipeline.by_name("filesink") else {
+            if pipeline.by_name("recorder").is_none() {
+                return;
+            }
+            let Some(path) = self.recording_file.lock().unwrap().clone() else {
                 return;
             };
-            let path = PathBuf::from(
-                sink.property::<Option<String>>("location")
-                    .unwrap_or_default(),
-            );
             let mut sidecar = hybridlive_timeline::Timeline::new();
             sidecar.recording = path.file_name().map(|n| n.to_string_lossy().into_owned());
             sidecar.started_at = Some(state::rfc3339(utc_start_ns));
@@ -744,6 +827,18 @@ impl OutputRunner {
                 // Keyframes come every segment from the encoder already; hlssink2's own
                 // requests would reach the shared encoder through appsrc and nowhere.
                 sink.set_property("send-keyframe-requests", false);
+                // A restarted output numbers its segments on from the last one written, and the
+                // served playlist's media sequence is the first listed segment's number
+                // (hls.rs): players never see the sequence go back or a segment name reused.
+                let next = next_segment_index(dir);
+                if let Some(split) = sink.downcast_ref::<gst::Bin>().and_then(|bin| {
+                    bin.iterate_elements()
+                        .into_iter()
+                        .flatten()
+                        .find(|e| e.factory().is_some_and(|f| f.name() == "splitmuxsink"))
+                }) {
+                    split.set_property("start-index", next as i32);
+                }
                 pipeline.add(&sink)?;
                 sink
             }
@@ -752,15 +847,17 @@ impl OutputRunner {
                 // Fragments make the file playable up to the last one written after a crash.
                 mux.set_property("fragment-duration", FRAGMENT_MS);
                 mux.set_property("streamable", true);
-                let filesink = make("filesink", "filesink")?;
                 let file = directory.join(format!(
                     "{}-{}.mp4",
                     self.config.name,
                     state::compact_utc(state::utc_now_ns())
                 ));
-                filesink.set_property("location", file.to_string_lossy().as_ref());
-                pipeline.add_many([&mux, &filesink])?;
-                mux.link(&filesink)?;
+                // Not filesink: it leaves half a fragment (or no header at all) behind when
+                // the process is killed or the disk fills; this writes whole fragments only.
+                let writer = recording_writer(&file);
+                pipeline.add_many([&mux, writer.upcast_ref()])?;
+                mux.link(&writer)?;
+                *self.recording_file.lock().unwrap() = Some(file);
                 mux
             }
             OutputKind::Srt { uri } => {
@@ -795,10 +892,17 @@ impl OutputRunner {
             OutputKind::Rtmp { location } => {
                 let mux = make("flvmux", "mux")?;
                 mux.set_property("streamable", true);
+                // What TCP has not taken yet waits here: the send backlog an abrcontroller
+                // reads. Bounded, so a stuck connection drops old media instead of memory.
+                let backlog = make("queue", "backlog")?;
+                backlog.set_property("max-size-time", RTMP_BACKLOG.nseconds());
+                backlog.set_property("max-size-bytes", 0u32);
+                backlog.set_property("max-size-buffers", 0u32);
+                backlog.set_property_from_str("leaky", "downstream");
                 let sink = make("rtmpsink", "rtmpsink")?;
                 sink.set_property("location", location);
-                pipeline.add_many([&mux, &sink])?;
-                mux.link(&sink)?;
+                pipeline.add_many([&mux, &backlog, &sink])?;
+                gst::Element::link_many([&mux, &backlog, &sink])?;
                 mux
             }
         };
@@ -909,6 +1013,61 @@ fn offer_event(
         offer_id: id.to_string(),
         title: Some(title),
     }
+}
+
+/// An appsink named `recorder` that appends mp4mux's output to `file` whole fragments at a
+/// time ([`FragmentedMp4File`]); a failed write is an element error (the output restarts).
+fn recording_writer(file: &Path) -> gst_app::AppSink {
+    let writer = Arc::new(Mutex::new(FragmentedMp4File::new(file)));
+    let at_eos = writer.clone();
+    let path = file.to_path_buf();
+    let sink = gst_app::AppSink::builder()
+        .name("recorder")
+        .sync(false)
+        .build();
+    sink.set_property("async", false);
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let Some(buffer) = sample.buffer() else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
+                if let Err(err) = writer.lock().unwrap().push(&map) {
+                    let kind = if err.raw_os_error() == Some(libc::ENOSPC) {
+                        gst::ResourceError::NoSpaceLeft
+                    } else {
+                        gst::ResourceError::Write
+                    };
+                    gst::element_error!(sink, kind, ["cannot write {}: {err}", path.display()]);
+                    return Err(gst::FlowError::Error);
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .eos(move |sink| {
+                if let Err(err) = at_eos.lock().unwrap().finish() {
+                    gst::element_error!(
+                        sink,
+                        gst::ResourceError::Write,
+                        ["cannot finish the recording: {err}"]
+                    );
+                }
+            })
+            .build(),
+    );
+    sink
+}
+
+/// The index after the highest `segmentNNNNN.ts` in `dir` (0 in an empty folder).
+fn next_segment_index(dir: &Path) -> u32 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| crate::hls::segment_index(entry.file_name().to_str()?))
+        .max()
+        .map_or(0, |highest| u32::try_from(highest + 1).unwrap_or(u32::MAX))
 }
 
 /// Creates an element, with a name unless `name` is empty.

@@ -13,20 +13,29 @@ use gst::prelude::*;
 use crate::RunArgs;
 use crate::config::{
     EncoderKind, Fallback, H264Preset, Media, Pipeline, Source, SourceKind, TransformKind,
+    VideoFormat,
 };
 use crate::output::{self, Input, OutputRunner, make};
 use crate::state::{self, Shared};
+use gstabr::ladder::Ladder;
 
 /// How long a shutdown waits for outputs to finish their files before tearing them down.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long after the grace period a shutdown that still has not finished is called stuck.
+const SHUTDOWN_STUCK_AFTER: Duration = Duration::from_secs(10);
 const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 /// How often fallbacksrc restarts a source that stalled.
 const RESTART_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(3);
 
 static JSON: AtomicBool = AtomicBool::new(false);
+/// Embedded runs ([`run_embedded`]) print nothing: the embedding tool owns the terminal.
+static QUIET: AtomicBool = AtomicBool::new(false);
 
 /// Prints one event: a JSON line with `--json`, a plain line otherwise.
 pub fn event(kind: &str, fields: serde_json::Value) {
+    if QUIET.load(Ordering::Relaxed) {
+        return;
+    }
     let mut out = std::io::stdout().lock();
     if JSON.load(Ordering::Relaxed) {
         let mut object =
@@ -137,6 +146,15 @@ impl Runner {
         for o in &self.outputs {
             o.add_offer(entry, utc_ns);
         }
+        self.shared.with(|s| match entry.action {
+            hybridlive_offer_timeline::Action::Shown => {
+                s.offers_on_screen
+                    .insert(entry.id.clone(), entry.title.clone());
+            }
+            hybridlive_offer_timeline::Action::Hidden => {
+                s.offers_on_screen.remove(&entry.id);
+            }
+        });
         event(
             match entry.action {
                 hybridlive_offer_timeline::Action::Shown => "offer-shown",
@@ -172,6 +190,7 @@ impl Runner {
             return;
         }
         event("shutdown", serde_json::json!({"reason": reason}));
+        self.shutdown_watchdog();
         for o in &self.outputs {
             o.stop();
         }
@@ -187,6 +206,44 @@ impl Runner {
             }
             runner.main_loop.quit();
             glib::ControlFlow::Break
+        });
+    }
+
+    /// A stop must never hang: tearing down an output pipeline after it failed and restarted
+    /// can deadlock inside GStreamer (seen in the fault suite: a queue's task waiting for its
+    /// stream lock while the main thread deactivates its pads). Recordings are crash-safe, so
+    /// once the grace period and a margin have passed the process exits anyway: 0 when every
+    /// recording was finalised, 1 otherwise.
+    fn shutdown_watchdog(self: &Arc<Self>) {
+        let shared = self.shared.clone();
+        let records: Vec<String> = self
+            .outputs
+            .iter()
+            .filter(|o| o.is_record())
+            .map(|o| o.name().to_string())
+            .collect();
+        std::thread::spawn(move || {
+            std::thread::sleep(SHUTDOWN_GRACE + SHUTDOWN_STUCK_AFTER);
+            let (stuck, unfinished) = shared.with(|s| {
+                let stuck: Vec<String> = s
+                    .outputs
+                    .iter()
+                    .filter(|(_, o)| o.state != "stopped" && o.state != "failed")
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                // A failed recording has nothing open: what it wrote is whole fragments.
+                let unfinished = records.iter().any(|name| {
+                    s.outputs
+                        .get(name)
+                        .is_some_and(|o| o.state != "stopped" && o.state != "failed")
+                });
+                (stuck, unfinished)
+            });
+            event(
+                "shutdown-stuck",
+                serde_json::json!({"outputs": stuck, "recordings_finalised": !unfinished}),
+            );
+            std::process::exit(i32::from(unfinished));
         });
     }
 
@@ -208,9 +265,13 @@ impl Runner {
                 e.fps = (buffers - pn) as f64;
             });
         }
+        let mut viewers = 0;
         for o in &self.outputs {
             o.refresh_stats();
+            o.follow_viewers();
+            viewers += o.whep().map_or(0, |w| w.session_count());
         }
+        self.shared.with(|s| s.viewers = viewers);
         for (name, src) in &self.fallback_sources {
             let state = if on_fallback(src) {
                 "fallback"
@@ -234,6 +295,70 @@ impl Runner {
         }
     }
 
+    /// An `abr-decision` from the abrcontroller steering `output`: into the status and the
+    /// event stream.
+    fn abr_decision(&self, output: &str, controller: &str, s: &gst::StructureRef) {
+        let kbps = |field: &str| s.get::<u32>(field).map_or(0, |b| u64::from(b) / 1000);
+        let rung = s
+            .get::<i32>("rung")
+            .ok()
+            .filter(|&r| r >= 0)
+            .map(|r| r as u32);
+        let text = |field: &str| s.get::<&str>(field).unwrap_or_default().to_string();
+        let status = self.shared.with(|snapshot| {
+            let a = snapshot.abr.entry(output.to_string()).or_default();
+            a.controller = controller.to_string();
+            a.encoder = text("encoder");
+            a.bitrate_kbps = kbps("bitrate");
+            a.target_kbps = kbps("target-bitrate");
+            a.rung = rung;
+            a.width = s.get::<i32>("width").ok().map(|w| w as u32);
+            a.height = s.get::<i32>("height").ok().map(|h| h as u32);
+            a.direction = text("direction");
+            a.reason = text("reason");
+            a.decisions += 1;
+            a.clone()
+        });
+        let inputs = s.get::<gst::Structure>("inputs").ok();
+        let input = |field: &str| inputs.as_ref().and_then(|i| i.value(field).ok());
+        // Rates in kbit/s and durations in ms, like the rest of the status.
+        let kbps_in = |field: &str| {
+            input(field)
+                .and_then(|v| v.get::<u32>().ok())
+                .map(|b| (f64::from(b) / 1000.0).round())
+        };
+        let ms_in = |field: &str| {
+            input(field)
+                .and_then(|v| v.get::<Option<gst::ClockTime>>().ok().flatten())
+                .map(|t| (t.nseconds() as f64 / 1e5).round() / 10.0)
+        };
+        let loss = input("loss").and_then(|v| v.get::<f64>().ok());
+        event(
+            "abr-decision",
+            serde_json::json!({
+                "output": output,
+                "controller": status.controller,
+                "encoder": status.encoder,
+                "bitrate_kbps": status.bitrate_kbps,
+                "previous_bitrate_kbps": kbps("previous-bitrate"),
+                "target_kbps": status.target_kbps,
+                "rung": status.rung,
+                "width": status.width,
+                "height": status.height,
+                "direction": status.direction,
+                "reason": status.reason,
+                "key_frame": s.get::<bool>("key-frame").unwrap_or(false),
+                "inputs": {
+                    "sent_kbps": kbps_in("sent-bitrate"),
+                    "loss": loss,
+                    "rtt_ms": ms_in("rtt"),
+                    "backlog_ms": ms_in("backlog"),
+                    "estimate_kbps": kbps_in("estimate"),
+                },
+            }),
+        );
+    }
+
     fn status_line(&self) -> String {
         self.shared.with(|s| {
             let mut parts = Vec::new();
@@ -242,6 +367,20 @@ impl Runner {
             }
             for (path, l) in &s.latency {
                 parts.push(format!("{path} p95 {:.1} ms", l.p95_ms));
+            }
+            for (output, a) in &s.abr {
+                let size = match (a.width, a.height) {
+                    (Some(w), Some(h)) => format!(" {w}x{h}"),
+                    _ => String::new(),
+                };
+                parts.push(format!("{output} abr {} kbit/s{size}", a.bitrate_kbps));
+            }
+            if s.viewers > 0 {
+                parts.push(format!("{} viewers", s.viewers));
+            }
+            if !s.offers_on_screen.is_empty() {
+                let titles: Vec<&str> = s.offers_on_screen.values().map(String::as_str).collect();
+                parts.push(format!("offer: {}", titles.join(", ")));
             }
             for (name, o) in &s.outputs {
                 match &o.recording {
@@ -258,8 +397,44 @@ impl Runner {
     }
 }
 
+/// A pipeline running inside another tool (see [`run_embedded`]).
+#[derive(Clone)]
+pub struct RunHandle {
+    runner: Arc<Runner>,
+    url: String,
+}
+
+impl RunHandle {
+    /// The viewer page's URL, e.g. `http://127.0.0.1:8080/`.
+    pub fn viewer_url(&self) -> &str {
+        &self.url
+    }
+
+    /// Ends the run as SIGINT would: outputs finish their files, then the run returns.
+    pub fn stop(&self) {
+        self.runner.shutdown("stopped by the embedding tool");
+    }
+}
+
 /// Builds everything, serves, and runs the main loop until shutdown.
 pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
+    QUIET.store(false, Ordering::Relaxed);
+    run_with(config, args, None)
+}
+
+/// Like [`run`], printing nothing; `on_ready` gets a handle once the HTTP server serves.
+pub fn run_embedded(
+    config: Pipeline,
+    args: &RunArgs,
+    on_ready: impl FnOnce(RunHandle) + 'static,
+) -> anyhow::Result<()> {
+    QUIET.store(true, Ordering::Relaxed);
+    run_with(config, args, Some(Box::new(on_ready)))
+}
+
+type OnReady = Box<dyn FnOnce(RunHandle)>;
+
+fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyhow::Result<()> {
     JSON.store(args.json, Ordering::Relaxed);
     let shared = Arc::new(Shared::default());
     shared.with(|s| s.started_utc_ns = state::utc_now_ns());
@@ -290,6 +465,7 @@ pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
         pipeline: &ingest,
         streams: BTreeMap::new(),
         fallback_sources: Vec::new(),
+        abr_scalers: BTreeMap::new(),
     };
     for source in &config.sources {
         let streams = graph.source(source)?;
@@ -303,7 +479,8 @@ pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
         for t in pending {
             match graph.streams.get(&t.input).cloned() {
                 Some(input) => {
-                    let streams = graph.transform(&t.name, &t.kind, &input)?;
+                    let video = source_of(&config, &t.input).map(|s| s.video);
+                    let streams = graph.transform(&t.name, &t.kind, &input, video)?;
                     graph.streams.insert(t.name.clone(), streams);
                 }
                 None => rest.push(t),
@@ -316,6 +493,8 @@ pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
     }
     let mut encoded = BTreeMap::new();
     let mut counters = BTreeMap::new();
+    // (output, abrcontroller) pairs: each output's feedback drives its controller.
+    let mut abr_elements: Vec<(String, gst::Element)> = Vec::new();
     for e in &config.encoders {
         let input = graph
             .streams
@@ -324,7 +503,27 @@ pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
             .clone();
         let framerate = source_of(&config, &e.input).map_or(30, |s| s.video.framerate);
         let counter = Arc::new(Counter::default());
-        let tee = graph.encoder(&e.name, &e.kind, &input, framerate, counter.clone())?;
+        let steering = config
+            .transforms
+            .iter()
+            .find(|t| t.name == e.input && matches!(t.kind, TransformKind::Abrcontroller { .. }));
+        let steering = match steering {
+            Some(t) if e.kind.media() == Media::Video => Some(t),
+            _ => None,
+        };
+        let (tee, abr) = graph.encoder(
+            &e.name,
+            &e.kind,
+            &input,
+            framerate,
+            counter.clone(),
+            steering,
+        )?;
+        if let (Some(abr), Some(t)) = (abr, steering)
+            && let TransformKind::Abrcontroller { output, .. } = &t.kind
+        {
+            abr_elements.push((output.clone(), abr));
+        }
         counters.insert(e.name.clone(), counter);
         encoded.insert(e.name.clone(), (tee, e.kind.clone()));
     }
@@ -340,6 +539,9 @@ pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
             })
             .collect();
         let runner = OutputRunner::new(o.clone(), inputs, shared.clone())?;
+        if let Some((_, abr)) = abr_elements.iter().find(|(output, _)| *output == o.name) {
+            runner.set_abr(abr.clone());
+        }
         for name in &o.inputs {
             let appsink = bridge(&ingest, &encoded[name].0, &runner, name)?;
             if matches!(encoded[name].1, EncoderKind::H264 { .. }) {
@@ -373,6 +575,10 @@ pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
         source_states: Mutex::new(BTreeMap::new()),
     });
 
+    let abr_outputs: Vec<(String, String)> = abr_elements
+        .iter()
+        .map(|(output, abr)| (output.clone(), abr.name().to_string()))
+        .collect();
     let bus = ingest.bus().context("pipeline without bus")?;
     let ingest_error: Arc<Mutex<Option<String>>> = Arc::default();
     let _watch = {
@@ -389,6 +595,14 @@ pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
                 }
                 gst::MessageView::Eos(_) => runner.shutdown("end of input"),
                 gst::MessageView::Element(e) => {
+                    if let Some(s) = e.structure()
+                        && s.name() == "abr-decision"
+                        && let Some(src) = msg.src()
+                        && let Some((output, _)) =
+                            abr_outputs.iter().find(|(_, name)| *name == src.name().as_str())
+                    {
+                        runner.abr_decision(output, src.name().as_str(), s);
+                    }
                     if let Some(s) = e.structure()
                         && s.name() == "latency-report"
                         && let Some(src) = msg.src()
@@ -434,6 +648,12 @@ pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
         ready["hls"] = format!("{url}hls/live.m3u8").into();
     }
     event("ready", ready);
+    if let Some(on_ready) = on_ready {
+        on_ready(RunHandle {
+            runner: runner.clone(),
+            url: url.clone(),
+        });
+    }
 
     install_signal_handlers();
     {
@@ -453,7 +673,7 @@ pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
             runner.shutdown("duration")
         });
     }
-    let terminal = std::io::stdout().is_terminal() && !args.json;
+    let terminal = std::io::stdout().is_terminal() && !args.json && !QUIET.load(Ordering::Relaxed);
     {
         let runner = runner.clone();
         let json = args.json;
@@ -522,6 +742,30 @@ struct Graph<'p> {
     pipeline: &'p gst::Pipeline,
     streams: BTreeMap<String, Streams>,
     fallback_sources: Vec<(String, gst::Element)>,
+    /// Per abrcontroller transform: its ladder (`None`: bitrate only) and rung capsfilter.
+    abr_scalers: BTreeMap<String, (Option<Ladder>, gst::Element, Option<VideoFormat>)>,
+}
+
+/// The ladder an abrcontroller transform uses: the rungs it lists, or the default ladder
+/// without the rungs larger than the source (upscaling spends bits on nothing); `None` for
+/// bitrate-only control (`ladder = []`, or a source smaller than every default rung).
+fn abr_ladder(ladder: &Option<Vec<String>>, video: Option<VideoFormat>) -> Option<Ladder> {
+    match ladder {
+        Some(rungs) if rungs.is_empty() => None,
+        Some(rungs) => Ladder::parse(&rungs.join(";")).ok(),
+        None => {
+            let fits = |r: &&gstabr::ladder::Rung| {
+                video.is_none_or(|v| r.width <= v.width && r.height <= v.height)
+            };
+            let rungs: Vec<String> = Ladder::default()
+                .rungs()
+                .iter()
+                .filter(fits)
+                .map(ToString::to_string)
+                .collect();
+            Ladder::parse(&rungs.join(";")).ok()
+        }
+    }
 }
 
 impl Graph<'_> {
@@ -775,10 +1019,11 @@ impl Graph<'_> {
     }
 
     fn transform(
-        &self,
+        &mut self,
         name: &str,
         kind: &TransformKind,
         input: &Streams,
+        video: Option<VideoFormat>,
     ) -> anyhow::Result<Streams> {
         let (media, element): (Media, gst::Element) = match kind {
             TransformKind::Latencystamp { overwrite } => {
@@ -792,6 +1037,35 @@ impl Graph<'_> {
                     overlay.set_property("schedule", schedule.to_string_lossy().as_ref());
                 }
                 (Media::Video, overlay)
+            }
+            TransformKind::Abrcontroller { ladder, .. } => {
+                // The scaler half: the rung's size (and framerate, if a rung sets one) through a
+                // capsfilter the abrcontroller after the encoder rewrites.
+                let ladder = abr_ladder(ladder, video);
+                let bin = gst::Bin::with_name(&format!("{name}-scaler"));
+                let scale = make("videoscale", "")?;
+                let caps = make("capsfilter", &format!("{name}-rung"))?;
+                let mut chain = vec![scale];
+                let framerates = ladder.as_ref().is_some_and(|l| {
+                    l.rungs().iter().any(|r| {
+                        r.framerate
+                            .is_some_and(|(n, d)| video.is_none_or(|v| n != v.framerate * d))
+                    })
+                });
+                if framerates {
+                    // Only then: videorate holds each frame until the next (a frame of latency).
+                    chain.push(make("videorate", "")?);
+                }
+                chain.push(caps.clone());
+                bin.add_many(&chain)?;
+                gst::Element::link_many(&chain)?;
+                let sink = chain[0].static_pad("sink").context("videoscale sink")?;
+                let src = caps.static_pad("src").context("capsfilter src")?;
+                bin.add_pad(&gst::GhostPad::with_target(&sink)?)?;
+                bin.add_pad(&gst::GhostPad::with_target(&src)?)?;
+                self.abr_scalers
+                    .insert(name.to_string(), (ladder, caps, video));
+                (Media::Video, bin.upcast())
             }
             TransformKind::Gst { media, pipeline } => {
                 let bin = crate::fragment::build(pipeline)
@@ -829,8 +1103,10 @@ impl Graph<'_> {
         input: &Streams,
         framerate: u32,
         counter: Arc<Counter>,
-    ) -> anyhow::Result<gst::Element> {
+        steering: Option<&crate::config::Transform>,
+    ) -> anyhow::Result<(gst::Element, Option<gst::Element>)> {
         let tee = self.tee(&format!("{name}-tee"))?;
+        let mut abr = None;
         let chain: Vec<gst::Element> = match kind {
             EncoderKind::H264 {
                 preset,
@@ -870,7 +1146,50 @@ impl Graph<'_> {
                 // The capture stamp goes into the bitstream as SEI, for players and other tools.
                 let sei = make("latencystamp", &format!("{name}-sei"))?;
                 let meter = make("latencymeter", &format!("meter-{name}"))?;
-                vec![enc, profile_caps, parse, au, sei, meter]
+                let mut chain = vec![enc.clone()];
+                if let Some(t) = steering
+                    && let TransformKind::Abrcontroller {
+                        min_bitrate,
+                        max_bitrate,
+                        ..
+                    } = &t.kind
+                {
+                    let controller = make("abrcontroller", &t.name)?;
+                    let max_bps = u64::from(max_bitrate.unwrap_or(*bitrate)) * 1000;
+                    let start_bps = max_bps.min(u64::from(*bitrate) * 1000);
+                    controller.set_property("encoder", &enc);
+                    controller.set_property("min-bitrate", min_bitrate * 1000);
+                    controller.set_property("max-bitrate", max_bps as u32);
+                    controller.set_property("start-bitrate", start_bps as u32);
+                    enc.set_property("bitrate", (start_bps / 1000) as u32);
+                    if let Some((Some(ladder), caps, video)) = self.abr_scalers.get(&t.name) {
+                        controller.set_property("ladder", ladder.to_string());
+                        controller.set_property("capsfilter", caps);
+                        // Start on the start bitrate's rung: no renegotiation on the first tick.
+                        let rung = ladder.rungs()[ladder.rung_for(start_bps)];
+                        let framerate = rung
+                            .framerate
+                            .map(|(n, d)| gst::Fraction::new(n as i32, d as i32))
+                            .unwrap_or(gst::Fraction::new(
+                                video.map_or(framerate, |v| v.framerate) as i32,
+                                1,
+                            ));
+                        caps.set_property(
+                            "caps",
+                            gst::Caps::builder("video/x-raw")
+                                .field("format", "I420")
+                                .field("width", rung.width as i32)
+                                .field("height", rung.height as i32)
+                                .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+                                .field("framerate", framerate)
+                                .build(),
+                        );
+                    }
+                    chain.push(controller.clone());
+                    abr = Some(controller);
+                }
+                chain.extend([profile_caps, parse, au, sei, meter]);
+                chain
             }
             EncoderKind::Aac { bitrate } => {
                 let convert = make("audioconvert", "")?;
@@ -907,7 +1226,7 @@ impl Graph<'_> {
                 gst::PadProbeReturn::Ok
             });
         }
-        Ok(tee)
+        Ok((tee, abr))
     }
 }
 

@@ -61,6 +61,31 @@ pub struct OutputStatus {
     pub recording: Option<Recording>,
 }
 
+/// What the abrcontroller steering one output decided last.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AbrStatus {
+    /// The abrcontroller transform.
+    pub controller: String,
+    /// The encoder it steers.
+    pub encoder: String,
+    /// Bitrate given to the encoder, kbit/s.
+    pub bitrate_kbps: u64,
+    /// Rate the controller believes the link carries, kbit/s.
+    pub target_kbps: u64,
+    /// Rung index, 0 the highest; `None` for bitrate-only control.
+    pub rung: Option<u32>,
+    /// Picture size of the rung, when there is a ladder.
+    pub width: Option<u32>,
+    /// Picture height of the rung.
+    pub height: Option<u32>,
+    /// `decrease`, `hold` or `increase`.
+    pub direction: String,
+    /// Why (`loss`, `rtt`, `backlog`, `probe`, ...).
+    pub reason: String,
+    /// Decisions that changed something since the start.
+    pub decisions: u64,
+}
+
 /// A moment marked for repurposing.
 #[derive(Debug, Clone, Serialize)]
 pub struct Marker {
@@ -83,6 +108,12 @@ pub struct Snapshot {
     pub encoders: BTreeMap<String, EncoderStats>,
     /// Per output.
     pub outputs: BTreeMap<String, OutputStatus>,
+    /// Per uplink output steered by an abrcontroller.
+    pub abr: BTreeMap<String, AbrStatus>,
+    /// WebRTC viewers connected (WHEP sessions).
+    pub viewers: usize,
+    /// Offers on screen now: id -> title.
+    pub offers_on_screen: BTreeMap<String, String>,
     /// Markers set through the API.
     pub markers: Vec<Marker>,
     /// URL of the viewer page.

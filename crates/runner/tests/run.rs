@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -1450,6 +1451,8 @@ loopback_only = true
                await window.viewer.player.reportLatency(p50, p95); \
                await new Promise((r) => setTimeout(r, 300)); \
                const metrics = await (await fetch('/metrics')).text(); \
+               await window.viewer.player.stop(); \
+               await new Promise((r) => setTimeout(r, 1000)); \
                return { rtt, framesDecoded: s.framesDecoded, p50, p95, metrics }; })()",
         )
         .output()
@@ -1495,6 +1498,14 @@ loopback_only = true
             (status["webrtc"]["viewers"] == 0).then_some(())
         },
     );
+    // The viewer leaving (its data channel torn down under the server's feet) ended its own
+    // session only: the output the other viewers watch kept running.
+    let status: serde_json::Value =
+        serde_json::from_str(&runner.get("/api/status").text()).unwrap();
+    let webrtc = &status["outputs"]["webrtc"];
+    assert_eq!(webrtc["state"], "running", "{status}");
+    assert_eq!(webrtc["restarts"], 0, "{status}");
+    assert_eq!(runner.request("OPTIONS", "/whep", &[], b"").status, 204);
 }
 
 #[test]
@@ -1586,6 +1597,194 @@ directory = "rec"
         "on screen {duration} s: {timeline}"
     );
     assert!(offer["at"].as_f64().unwrap() > 0.0);
+}
+
+/// Runs a shell command, panicking with its output when it fails.
+fn sh(command: &str) {
+    let out = Command::new("sh")
+        .args(["-c", command])
+        .output()
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "`{command}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A helper process and everything it started, killed with the test.
+struct KillGroupOnDrop(Child);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group this test created.
+        unsafe {
+            libc::kill(-(self.0.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// The latest `status` and every `abr-decision` a runner printed so far.
+#[derive(Default)]
+struct Seen {
+    status: serde_json::Value,
+    decisions: Vec<serde_json::Value>,
+}
+
+impl Seen {
+    /// Reads events until `done` holds for what was seen.
+    fn until(
+        &mut self,
+        runner: &mut Runner,
+        timeout: Duration,
+        what: &str,
+        done: &dyn Fn(&serde_json::Value, &[serde_json::Value]) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while !done(&self.status, &self.decisions) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match runner.events.recv_timeout(left) {
+                Ok(event) if event["event"] == "status" => self.status = event["status"].clone(),
+                Ok(event) if event["event"] == "abr-decision" => self.decisions.push(event),
+                Ok(event) => {
+                    assert_ne!(event["event"], "ingest-error", "{event}");
+                    eprintln!("{event}");
+                }
+                Err(_) => panic!(
+                    "timed out waiting for {what}; last status {}; decisions {:#?}",
+                    self.status,
+                    self.decisions.iter().rev().take(10).collect::<Vec<_>>()
+                ),
+            }
+        }
+    }
+}
+
+#[test]
+fn an_srt_uplink_squeezed_by_tc_tbf_gets_a_lower_bitrate_from_its_abrcontroller() {
+    // hl0 stays here, shaped by tbf; hl1 moves into the receiver's own namespace so that the
+    // SRT traffic really crosses the veth pair (between two local addresses it would not).
+    if !hybridlive_testkit::in_private_netns_with_veth(
+        "an_srt_uplink_squeezed_by_tc_tbf_gets_a_lower_bitrate_from_its_abrcontroller",
+    ) {
+        return;
+    }
+    let dir = scratch("abr-tbf");
+    // A receiver that listens again whenever a connection ends (as a real one would), in a
+    // process group of its own so that the whole loop dies with the test.
+    let receiver = KillGroupOnDrop(
+        Command::new("unshare")
+            .process_group(0)
+            .args(["--net", "--", "sh", "-c"])
+            .arg(
+                "while ! ip link show hl1 >/dev/null 2>&1; do sleep 0.1; done; \
+                 ip link set lo up && ip addr add 10.213.0.2/24 dev hl1 && ip link set hl1 up && \
+                 while true; do \
+                   gst-launch-1.0 -q srtsrc uri=srt://10.213.0.2:9100?mode=listener ! fakesink; \
+                 done",
+            )
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("unshare"),
+    );
+    sh(&format!("ip link set hl1 netns {}", receiver.0.id()));
+    sh("tc qdisc add dev hl0 root tbf rate 8mbit burst 32kb latency 200ms");
+    let file = dir.join("uplink.toml");
+    std::fs::write(
+        &file,
+        r#"
+[sources.cam]
+type = "test"
+width = 960
+height = 540
+audio = false
+
+[transforms.uplink-abr]
+type = "abrcontroller"
+inputs = ["cam"]
+output = "contribution"
+min_bitrate = 200
+
+[encoders.uplink-video]
+type = "h264"
+inputs = ["uplink-abr"]
+bitrate = 2500
+
+[outputs.contribution]
+type = "srt"
+inputs = ["uplink-video"]
+uri = "srt://10.213.0.2:9100?mode=caller&latency=200"
+"#,
+    )
+    .expect("pipeline file");
+    let mut runner = Runner::start(&file, &dir, &[]);
+    // A roomy link: the contribution runs and its encoder makes its full bitrate.
+    let mut seen = Seen::default();
+    let video_kbps = |status: &serde_json::Value| {
+        status["encoders"]["uplink-video"]["kbps"]
+            .as_f64()
+            .unwrap_or(0.0)
+    };
+    seen.until(
+        &mut runner,
+        Duration::from_secs(30),
+        "the contribution to run at its full bitrate",
+        &|status, _| {
+            status["outputs"]["contribution"]["state"] == "running" && video_kbps(status) > 1800.0
+        },
+    );
+    assert!(
+        seen.decisions.iter().all(|d| d["direction"] != "decrease"),
+        "cut on a roomy link: {:?}",
+        seen.decisions
+    );
+    let before = seen.decisions.len();
+    // The venue's uplink collapses to 800 kbit/s.
+    sh("tc qdisc change dev hl0 root tbf rate 800kbit burst 16kb latency 200ms");
+    seen.until(
+        &mut runner,
+        Duration::from_secs(40),
+        "the encoder to be given less than the link carries and to follow",
+        &|status, decisions| {
+            decisions[before..]
+                .iter()
+                .any(|d| d["direction"] == "decrease")
+                && status["abr"]["contribution"]["bitrate_kbps"]
+                    .as_u64()
+                    .is_some_and(|b| b < 800)
+                // Measured over one second, key frames included: near the target, far below
+                // the 2500 kbit/s of before.
+                && video_kbps(status) < 1000.0
+        },
+    );
+    for d in &seen.decisions[before..] {
+        eprintln!(
+            "{} {} kbit/s {} {:?} {}",
+            d["utc"], d["bitrate_kbps"], d["reason"], d["height"], d["inputs"]
+        );
+    }
+    let cut = seen.decisions[before..]
+        .iter()
+        .find(|d| d["direction"] == "decrease")
+        .expect("a decrease");
+    assert_eq!(cut["output"], "contribution");
+    assert_eq!(cut["encoder"], "uplink-video");
+    assert!(
+        ["loss", "rtt", "backlog", "estimate"].contains(&cut["reason"].as_str().unwrap_or("")),
+        "{cut}"
+    );
+    assert!(cut["bitrate_kbps"].as_u64() < cut["previous_bitrate_kbps"].as_u64());
+    // A ladder is on by default: below 800 kbit/s the picture drops from 960x540 to 640x360.
+    assert_eq!(
+        seen.status["abr"]["contribution"]["height"], 360,
+        "{}",
+        seen.status
+    );
+    runner.signal(libc::SIGINT);
+    assert!(runner.wait_exit(Duration::from_secs(15)).success());
+    drop(receiver);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

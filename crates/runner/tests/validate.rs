@@ -159,8 +159,45 @@ fn broken_files_report_position_component_key_and_suggestion() {
         ),
         (
             "[outputs.hls]",
-            "[transforms.fx]\ntype = \"abrcontroller\"\ninputs = [\"cam\"]\n\n[outputs.hls]",
-            &["transforms.fx: `type`: `abrcontroller` is not supported by this build yet"],
+            "[transforms.abr]\ntype = \"abrcontroller\"\ninputs = [\"cam\"]\noutput = \"up\"\nmax_bitrat = 3000\n\n\
+             [encoders.upv]\ntype = \"h264\"\ninputs = [\"abr\"]\n\n\
+             [outputs.up]\ntype = \"srt\"\ninputs = [\"upv\"]\nuri = \"srt://127.0.0.1:9100?mode=listener\"\n\n[outputs.hls]",
+            &[
+                "broken.toml:17:1: error: transforms.abr: `max_bitrat`: unknown key",
+                "did you mean `max_bitrate`?",
+            ],
+        ),
+        (
+            "[outputs.hls]",
+            "[transforms.abr]\ntype = \"abrcontroller\"\ninputs = [\"cam\"]\noutput = \"uplnk\"\n\
+             ladder = [\"1280x720@30:1500-4000\", \"640x360:900\"]\nmin_bitrate = 5000\nmax_bitrate = 4000\n\n\
+             [encoders.upv]\ntype = \"h264\"\ninputs = [\"abr\"]\n\n\
+             [outputs.uplink]\ntype = \"rtmp\"\ninputs = [\"upv\"]\nlocation = \"rtmp://127.0.0.1/live/key\"\n\n[outputs.hls]",
+            &[
+                "transforms.abr: `output`: `uplnk` is not an output",
+                "did you mean `uplink`?",
+                "transforms.abr: `ladder`: rung '640x360:900'",
+                "transforms.abr: `max_bitrate`: 4000 kbit/s is below min_bitrate (5000 kbit/s)",
+            ],
+        ),
+        (
+            "[outputs.hls]",
+            "[transforms.abr]\ntype = \"abrcontroller\"\ninputs = [\"cam\"]\noutput = \"hls\"\n\n\
+             [encoders.upv]\ntype = \"h264\"\ninputs = [\"abr\"]\n\n\
+             [outputs.up]\ntype = \"srt\"\ninputs = [\"upv\"]\nuri = \"srt://127.0.0.1:9100?mode=listener\"\n\n\
+             [outputs.rec]\ntype = \"record\"\ninputs = [\"upv\"]\n\n[outputs.hls]",
+            &[
+                "transforms.abr: `output`: `hls` is a hls output, which gives no feedback about its link",
+                "transforms.abr: `output`: `hls` does not take `upv`, the encoder this abrcontroller steers",
+                "outputs.up: `inputs`: `upv` is steered by abrcontroller `abr` for `hls`",
+                "outputs.rec: `inputs`: `upv` is steered by abrcontroller `abr`",
+                "give this output an encoder of its own",
+            ],
+        ),
+        (
+            "[outputs.hls]",
+            "[transforms.abr]\ntype = \"abrcontroller\"\ninputs = [\"cam\"]\noutput = \"hls\"\n\n[outputs.hls]",
+            &["transforms.abr: no h264 encoder reads from this abrcontroller"],
         ),
         (
             "[outputs.hls]",
@@ -289,6 +326,28 @@ fn a_file_source_must_name_a_file() {
     assert!(
         report.contains("broken.toml:3:12: error: sources.clip: `location`")
             && report.contains("`/nonexistent/lesson.mp4` is not a file"),
+        "{report}"
+    );
+}
+
+#[test]
+fn latency_test_budgets_are_read_and_checked() {
+    init();
+    let text = format!("{VALID}\n[latency_test]\nduration = 5\nwebrtc_p95_ms = 45\n");
+    let pipeline = hybridlive_runner::parse_named("budgets.toml", &text).expect("valid");
+    assert_eq!(pipeline.latency_test.duration, Some(5.0));
+    assert_eq!(pipeline.latency_test.webrtc_p95_ms, Some(45.0));
+    assert_eq!(pipeline.latency_test.hls_p95_ms, None);
+
+    let report = errors(&format!("{VALID}\n[latency_test]\nwebrtc_p95 = 45\n"));
+    assert!(
+        report.contains("latency_test: `webrtc_p95`: unknown key"),
+        "{report}"
+    );
+    assert!(report.contains("did you mean `webrtc_p95_ms`?"), "{report}");
+    let report = errors(&format!("{VALID}\n[latency_test]\nhls_p95_ms = \"3 s\"\n"));
+    assert!(
+        report.contains("`hls_p95_ms`: expected a number"),
         "{report}"
     );
 }

@@ -11,4 +11,6 @@ pub mod range;
 pub mod sidecar;
 
 pub use range::{ClipRange, RangeError, format_time, parse_range, parse_range_list, parse_time};
-pub use sidecar::{SIDECAR_SUFFIX, SidecarError, Timeline, TimelineEvent, sidecar_path};
+pub use sidecar::{
+    ProposedClip, SIDECAR_SUFFIX, SidecarError, Timeline, TimelineEvent, merge_clips, sidecar_path,
+};

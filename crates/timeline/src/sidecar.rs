@@ -243,7 +243,7 @@ impl Timeline {
     /// (nanoseconds), clamped at 0; overlapping clips are merged into one, keeping every label.
     /// Sorted by start.
     pub fn clips(&self, lead_in: u64, lead_out: u64) -> Vec<ProposedClip> {
-        let mut clips: Vec<ProposedClip> = self
+        let clips: Vec<ProposedClip> = self
             .events
             .iter()
             .filter_map(|e| {
@@ -257,19 +257,26 @@ impl Timeline {
                 })
             })
             .collect();
-        clips.sort_by_key(|c| c.range);
-        let mut merged: Vec<ProposedClip> = Vec::new();
-        for clip in clips {
-            match merged.last_mut() {
-                Some(last) if last.range.overlaps(&clip.range) => {
-                    last.range.end = last.range.end.max(clip.range.end);
-                    last.markers.extend(clip.markers);
-                }
-                _ => merged.push(clip),
-            }
-        }
-        merged
+        merge_clips(clips)
     }
+}
+
+/// Sorts clips by start and merges overlapping ones into one, keeping every label, so no two
+/// clips share an instant. Clips from several sources (timeline events, loudness peaks) go
+/// through here together.
+pub fn merge_clips(mut clips: Vec<ProposedClip>) -> Vec<ProposedClip> {
+    clips.sort_by_key(|c| c.range);
+    let mut merged: Vec<ProposedClip> = Vec::new();
+    for clip in clips {
+        match merged.last_mut() {
+            Some(last) if last.range.overlaps(&clip.range) => {
+                last.range.end = last.range.end.max(clip.range.end);
+                last.markers.extend(clip.markers);
+            }
+            _ => merged.push(clip),
+        }
+    }
+    merged
 }
 
 impl Default for Timeline {

@@ -293,6 +293,28 @@ impl WhepOutput {
         Ok(())
     }
 
+    /// If `src` (the source of an error message) lives inside a viewer's session, ends that
+    /// session and returns its id. An error there belongs to that one viewer — e.g. its peer
+    /// went away and the data channel's `sctpenc` can no longer write — and must not fail the
+    /// output the other viewers are watching. The session is torn down on a thread of its own.
+    pub fn end_session_of(&self, src: &gst::Object) -> Option<String> {
+        let mut object = Some(src.clone());
+        while let Some(current) = object {
+            let parent = current.parent();
+            if parent.as_ref() == Some(self.inner.pipeline.upcast_ref::<gst::Object>()) {
+                let id = current.name().strip_prefix("whep-")?.to_string();
+                let session = self.inner.sessions.lock().unwrap().remove(&id);
+                if let Some(session) = session {
+                    let inner = self.inner.clone();
+                    std::thread::spawn(move || teardown(&inner, session));
+                }
+                return Some(id);
+            }
+            object = parent;
+        }
+        None
+    }
+
     /// Ends every session.
     pub fn close_all(&self) {
         let sessions: Vec<Session> = self
@@ -317,8 +339,13 @@ impl WhepOutput {
     ) -> Result<(gst::Bin, gst::Element), gst::glib::BoolError> {
         let bin = gst::Bin::with_name(&format!("whep-{id}"));
         let queue = self.viewer_queue()?;
+        // The SSRC is chosen here and written into the caps webrtcbin answers from: the answer
+        // is made before media flows, and without it webrtcbin announces SSRC 0 (with NACK on,
+        // `a=ssrc-group:FID 0 <rtx>`, after which Chromium showed only the first frame).
+        let ssrc = random_u32();
         let pay = gst::ElementFactory::make("rtph264pay")
             .property("pt", payload_type)
+            .property("ssrc", ssrc)
             .property("config-interval", -1i32)
             .property_from_str("aggregate-mode", "zero-latency")
             .build()?;
@@ -329,6 +356,7 @@ impl WhepOutput {
                 "caps",
                 gst::Caps::builder("application/x-rtp")
                     .field("profile-level-id", profile_level_id)
+                    .field("ssrc", ssrc)
                     .build(),
             )
             .build()?;
@@ -342,6 +370,7 @@ impl WhepOutput {
         gst::Element::link_many([&queue, &pay, &setter])?;
         let sink = sendonly_pad(
             &webrtcbin,
+            true,
             gst::Caps::builder("application/x-rtp")
                 .field("media", "video")
                 .field("encoding-name", "H264")
@@ -349,6 +378,7 @@ impl WhepOutput {
                 .field("payload", payload_type as i32)
                 .field("packetization-mode", "1")
                 .field("profile-level-id", profile_level_id)
+                .field("ssrc", ssrc)
                 .build(),
         )?;
         setter
@@ -370,6 +400,7 @@ impl WhepOutput {
             queue.link(&pay)?;
             let sink = sendonly_pad(
                 &webrtcbin,
+                false,
                 gst::Caps::builder("application/x-rtp")
                     .field("media", "audio")
                     .field("encoding-name", "OPUS")
@@ -482,9 +513,11 @@ impl WhepOutput {
 }
 
 /// A send-only webrtcbin pad whose transceiver offers exactly `codec` (the viewer's payload type
-/// and parameters).
+/// and parameters). With `nack`, packets the viewer reports lost are sent again (RTX, RFC 4588,
+/// when the viewer offers it; otherwise as they were).
 fn sendonly_pad(
     webrtcbin: &gst::Element,
+    nack: bool,
     codec: gst::Caps,
 ) -> Result<gst::Pad, gst::glib::BoolError> {
     let sink = webrtcbin
@@ -496,6 +529,8 @@ fn sendonly_pad(
         gst_webrtc::WebRTCRTPTransceiverDirection::Sendonly,
     );
     transceiver.set_property("codec-preferences", codec);
+    transceiver.set_property("do-nack", nack);
+
     Ok(sink)
 }
 
@@ -660,6 +695,12 @@ fn wait_promise(promise: &gst::Promise, what: &str) -> Result<Option<gst::Struct
         }
         other => Err(format!("{what}: {other:?}")),
     }
+}
+
+/// A random RTP SSRC.
+fn random_u32() -> u32 {
+    let id = session_id();
+    u32::from_str_radix(&id[..8], 16).unwrap_or(0x6879_6272)
 }
 
 /// 128 random bits as hex: the resource URL is the only credential of a viewer session.

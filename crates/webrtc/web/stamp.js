@@ -64,14 +64,30 @@ export function findStamp(bytes) {
       if (type < 0 || size < 0 || pos.i + size > rbsp.length) break;
       const payload = rbsp.slice(pos.i, pos.i + size);
       pos.i += size;
-      if (type !== 5 || size < 30 || !UUID.every((b, k) => payload[k] === b) || payload[16] === 0) continue;
-      let captureNs = 0n;
-      for (let k = 17; k < 25; k++) captureNs = (captureNs << 8n) | BigInt(payload[k]);
-      const frame = ((payload[25] << 24) | (payload[26] << 16) | (payload[27] << 8) | payload[28]) >>> 0;
-      const idLen = payload[29];
-      const streamId = new TextDecoder().decode(new Uint8Array(payload.slice(30, 30 + idLen)));
-      return { captureNs, captureMs: Number(captureNs / 1000n) / 1000, frame, streamId };
+      if (type !== 5 || size < 30 || !UUID.every((b, k) => payload[k] === b)) continue;
+      const stamp = stampFromUserData(payload.slice(16));
+      if (stamp) return stamp;
     }
   }
   return null;
+}
+
+/** The UUID of the stamp's user data unregistered SEI, as hls.js spells it in its samples. */
+export const STAMP_UUID = UUID.map((b) => b.toString(16).padStart(2, '0')).join('')
+  .replace(/^(.{8})(.{4})(.{4})(.{4})/, '$1-$2-$3-$4-');
+
+/**
+ * A stamp from the user data that follows the UUID in the SEI payload (what hls.js hands over
+ * as `userDataBytes` in FRAG_PARSING_USERDATA samples), or null.
+ * @returns {{captureNs: bigint, captureMs: number, frame: number, streamId: string} | null}
+ */
+export function stampFromUserData(data) {
+  if (data.length < 14 || data[0] === 0) return null;
+  let captureNs = 0n;
+  for (let k = 1; k < 9; k++) captureNs = (captureNs << 8n) | BigInt(data[k]);
+  const frame = ((data[9] << 24) | (data[10] << 16) | (data[11] << 8) | data[12]) >>> 0;
+  const idLen = data[13];
+  if (14 + idLen > data.length) return null;
+  const streamId = new TextDecoder().decode(new Uint8Array(Array.from(data.slice(14, 14 + idLen))));
+  return { captureNs, captureMs: Number(captureNs / 1000n) / 1000, frame, streamId };
 }

@@ -68,6 +68,8 @@ export async function playWhep(video, endpoint, { onLatency = () => {}, token } 
   await iceGatheringDone(pc, 2000);
   const headers = { 'Content-Type': 'application/sdp' };
   if (token) headers.Authorization = `Bearer ${token}`;
+  // Join time runs from the offer leaving (ICE gathering is the browser's own business).
+  const postedAt = performance.now();
   const response = await fetch(endpoint, { method: 'POST', headers, body: pc.localDescription.sdp });
   if (response.status !== 201) {
     pc.close();
@@ -76,8 +78,18 @@ export async function playWhep(video, endpoint, { onLatency = () => {}, token } 
   const resource = new URL(response.headers.get('Location'), new URL(endpoint, location.href));
   await pc.setRemoteDescription({ type: 'answer', sdp: await response.text() });
 
+  const roundTrip = async (message) => {
+    await channelOpen;
+    const id = nextId++;
+    const rtt = new Promise((resolve) => pending.set(id, resolve));
+    channel.send(JSON.stringify({ ...message, id, sentAt: performance.now() }));
+    return rtt;
+  };
+
   return {
     pc,
+    /** `performance.now()` when the offer was POSTed. */
+    postedAt,
     stampsRead: () => stampsRead,
     /** Reports this viewer's glass-to-glass latency to the server (figures only). */
     async reportLatency(p50Ms, p95Ms) {
@@ -85,12 +97,28 @@ export async function playWhep(video, endpoint, { onLatency = () => {}, token } 
       channel.send(JSON.stringify({ type: 'latency', p50_ms: p50Ms, p95_ms: p95Ms }));
     },
     /** Sends a question to the host; resolves to the data-channel round trip in ms. */
-    async raiseHand(text) {
-      await channelOpen;
-      const id = nextId++;
-      const rtt = new Promise((resolve) => pending.set(id, resolve));
-      channel.send(JSON.stringify({ type: 'hand', text, id, sentAt: performance.now() }));
-      return rtt;
+    raiseHand(text) {
+      return roundTrip({ type: 'hand', text });
+    },
+    /** Data-channel round trip in ms, without raising a hand (the server echoes it). */
+    ping() {
+      return roundTrip({ type: 'ping' });
+    },
+    /** ICE round-trip time of the connection in use, in ms (null before it is measured). */
+    async rtt() {
+      const report = await pc.getStats();
+      for (const s of report.values()) {
+        if (s.type === 'transport' && s.selectedCandidatePairId) {
+          const pair = report.get(s.selectedCandidatePairId);
+          if (pair && pair.currentRoundTripTime !== undefined) return pair.currentRoundTripTime * 1000;
+        }
+      }
+      for (const s of report.values()) {
+        if (s.type === 'candidate-pair' && s.nominated && s.currentRoundTripTime !== undefined) {
+          return s.currentRoundTripTime * 1000;
+        }
+      }
+      return null;
     },
     /** The inbound-rtp statistics of the `kind` ('video' or 'audio') track. */
     async stats(kind = 'video') {

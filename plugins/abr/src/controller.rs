@@ -11,12 +11,17 @@
 //!    smoothed rate the encoder really sends (a cut from a target nobody reaches changes
 //!    nothing).
 //!    * loss at or above `loss_high`: `rate × (1 − loss/2)`, at most −50 %, at least −5 %
-//!      (the loss rule of Google Congestion Control), and what got through: 90 % of the
-//!      send rate over the period the report covers (since the previous one) × (1 − loss);
+//!      (the loss rule of Google Congestion Control), and 90 % of what got through: the
+//!      delivery rate the transport measured when it gives one (SRT: bytes sent minus the
+//!      share reported lost, scaled to this stream's part of the connection), else the send
+//!      rate over the period the report covers (since the previous one) × (1 − loss);
 //!    * loss between `loss_low` and `loss_high` in three reports in a row: 97 % of what got
 //!      through (a link carrying a little less than we send, e.g. a policer);
 //!    * queuing delay (RTT minus the lowest RTT of the last 30 s) at or above `rtt_threshold`
-//!      and not already shrinking: `rate × 0.85`;
+//!      and not already shrinking: `rate / (1 + g)` where `g` is how fast the delay grew
+//!      since the previous sample (seconds per second: a queue filling at `g` holds what
+//!      arrives beyond the link's rate), between `× 0.5` and `× 0.85` (a full queue that
+//!      stopped growing still costs 15 %);
 //!    * a send backlog (e.g. the queue before a TCP-like sink) at or above
 //!      `backlog_threshold` and still growing, or above twice that: 85 % of the rate the
 //!      backlog drains at (media rate in minus backlog growth), or `rate × 0.8` when the
@@ -33,18 +38,25 @@
 //! 2. **Hold** while any signal is elevated without being clear congestion (loss above
 //!    `loss_low` in fewer than three reports in a row, half the delay or backlog threshold,
 //!    a backlog still draining), and for `increase_hold` after the last decrease.
-//! 3. **Increase** by probing: one step per `probe_interval` (at least 2 × RTT) so that the
-//!    effect of a step is seen before the next one. Steps start at +8 % and grow by 5 points
-//!    per clear step up to +30 %, which recovers a 3× capacity increase in about 3.5 s; near
-//!    the rate at which congestion was last seen (±10 %) steps stay at most +8 %, because
-//!    that is where the link broke before. Increases never pass `max_bps`, the explicit
+//! 3. **Increase** by probing: one step per `probe_interval` (300 ms by default, at least
+//!    2 × RTT) so that the effect of a step is seen before the next one. Steps start at +8 %
+//!    and grow by 8 points per clear step up to +45 % (sustained headroom is climbed
+//!    geometrically). Below the rate at which congestion was last seen (the smoothed send
+//!    rate at the last cut), steps stop at 95 % of it; from there to 105 % of it steps are at
+//!    most +4 %, because that is where the link broke before (probing a policed or full link
+//!    costs loss, and loss costs frozen pictures). Past 105 % without loss, the link has grown:
+//!    the steps, which kept growing, are large again (a 3× capacity increase is recovered
+//!    in about 4 s). Increases never pass `max_bps`, the explicit
 //!    estimate, or 1.5 × the rate the encoder really produces (smoothed) plus 100 kbit/s: an
 //!    encoder undershooting on a static scene must not lead the target into the sky, where
 //!    the next real congestion would find it.
 //!
 //! The target always stays within `[min_bps, max_bps]`. When a loss episode that cut the
-//! target ends (first clean report once the encoder follows), the decision asks for a key
-//! frame: receivers that lost references get a clean picture at the new rate.
+//! target ends (the first report under `loss_high` once the encoder follows the new rate and
+//! nothing cuts on that tick), the decision asks for a key frame: receivers that lost
+//! references get a clean picture at the new rate, as early as the link can carry it (a key
+//! frame sent into a still-congested link would be lost too, and waiting for a perfectly
+//! clean report left receivers frozen for up to a second).
 //!
 //! # Ladder
 //!
@@ -99,7 +111,7 @@ impl Default for Config {
             rtt_threshold: Duration::from_millis(100),
             backlog_threshold: Duration::from_millis(200),
             increase_hold: Duration::from_secs(1),
-            probe_interval: Duration::from_millis(500),
+            probe_interval: Duration::from_millis(300),
             rung_up_hold: Duration::from_secs(4),
             rung_up_margin: 1.15,
             ladder: None,
@@ -127,6 +139,11 @@ pub struct Observation {
     pub backlog_bytes: Option<u64>,
     /// Explicit estimate of the available rate, bit/s.
     pub estimate_bps: Option<u64>,
+    /// What the link delivered of this stream over the period the loss report covers, bit/s,
+    /// measured by the transport (SRT: bytes sent, retransmissions included, minus the share
+    /// reported lost, scaled to this stream's part of the traffic). With loss, the best
+    /// measure of the link's capacity.
+    pub delivered_bps: Option<u64>,
 }
 
 /// Which way the target moved.
@@ -233,10 +250,14 @@ const SENT_HISTORY: Duration = Duration::from_secs(3);
 /// Longest wait for the encoder to follow a cut before signals may cut again.
 const ENCODER_SETTLE: Duration = Duration::from_secs(1);
 const FIRST_STEP: f64 = 0.08;
-const STEP_GROWTH: f64 = 0.05;
-const LAST_STEP: f64 = 0.30;
+const STEP_GROWTH: f64 = 0.08;
+const LAST_STEP: f64 = 0.45;
 /// Step near the rate where congestion was last seen.
-const NEAR_CONGESTION_STEP: f64 = 0.08;
+const NEAR_CONGESTION_STEP: f64 = 0.04;
+/// The band around the rate where congestion was last seen that is probed carefully
+/// (fractions of that rate).
+const NEAR_CONGESTION_BELOW: f64 = 0.95;
+const NEAR_CONGESTION_ABOVE: f64 = 1.05;
 
 /// The bitrate controller state machine.
 #[derive(Debug, Clone)]
@@ -257,7 +278,8 @@ pub struct Controller {
     last_loss_report: Option<Duration>,
     loss_episode: bool,
     moderate_loss_reports: u32,
-    previous_delay: Option<Duration>,
+    /// The previous queuing delay and when it was measured.
+    previous_delay: Option<(Duration, Duration)>,
     previous_backlog: Option<(Duration, Duration, Option<u64>)>,
 }
 
@@ -426,8 +448,14 @@ impl Controller {
             if loss >= self.config.loss_high {
                 // What got through is what the path carries: a policer dropping 70 % needs
                 // more than a halving. A rate, not a factor: it applies on every report.
-                if let Some(sent) = self.sent_since(self.last_loss_report) {
-                    ceilings.push(((sent * (1.0 - loss) * 0.9) as u64, Reason::Loss));
+                match (obs.delivered_bps, self.sent_since(self.last_loss_report)) {
+                    (Some(delivered), _) => {
+                        ceilings.push(((delivered as f64 * 0.9) as u64, Reason::Loss))
+                    }
+                    (None, Some(sent)) => {
+                        ceilings.push(((sent * (1.0 - loss) * 0.9) as u64, Reason::Loss))
+                    }
+                    (None, None) => {}
                 }
                 if !in_holdoff {
                     let factor = (1.0 - loss / 2.0).clamp(0.5, 0.95);
@@ -439,10 +467,14 @@ impl Controller {
                 // A few percent now and then is noise; report after report it is a link
                 // carrying a little less than we send, and every lost packet hurts video.
                 self.moderate_loss_reports += 1;
+                let got_through = obs.delivered_bps.map(|d| d as f64).or_else(|| {
+                    self.sent_since(self.last_loss_report)
+                        .map(|sent| sent * (1.0 - loss))
+                });
                 if self.moderate_loss_reports >= SUSTAINED_LOSS_REPORTS
-                    && let Some(sent) = self.sent_since(self.last_loss_report)
+                    && let Some(got_through) = got_through
                 {
-                    ceilings.push(((sent * (1.0 - loss) * 0.97) as u64, Reason::Loss));
+                    ceilings.push(((got_through * 0.97) as u64, Reason::Loss));
                     self.moderate_loss_reports = 0;
                 }
                 caution = true;
@@ -452,9 +484,18 @@ impl Controller {
         }
         let delay_shrinking = queuing_delay
             .zip(self.previous_delay)
-            .is_some_and(|(delay, previous)| delay + Duration::from_millis(5) < previous);
-        if queuing_delay.is_some() {
-            self.previous_delay = queuing_delay;
+            .is_some_and(|(delay, (_, previous))| delay + Duration::from_millis(5) < previous);
+        // How fast the queue grows: a queue filling at g seconds per second holds what
+        // arrives beyond the link's rate, so the link carries 1 / (1 + g) of what is sent.
+        let delay_growth =
+            queuing_delay
+                .zip(self.previous_delay)
+                .and_then(|(delay, (at, previous))| {
+                    let dt = now.saturating_sub(at).as_secs_f64();
+                    (dt > 0.0 && delay > previous).then(|| (delay - previous).as_secs_f64() / dt)
+                });
+        if let Some(delay) = queuing_delay {
+            self.previous_delay = Some((now, delay));
         }
         if obs.loss.is_some() {
             self.last_loss_report = Some(now);
@@ -463,7 +504,8 @@ impl Controller {
             if delay >= self.config.rtt_threshold {
                 // A queue that already drains after a cut needs time, not another cut.
                 if !in_holdoff && !delay_shrinking {
-                    ceilings.push(((effective * 0.85) as u64, Reason::Rtt));
+                    let factor = delay_growth.map_or(0.85, |g| (1.0 / (1.0 + g)).clamp(0.5, 0.85));
+                    ceilings.push(((effective * factor) as u64, Reason::Rtt));
                 }
                 caution = true;
             } else if delay >= self.config.rtt_threshold / 2 {
@@ -498,8 +540,13 @@ impl Controller {
         } else if let Some((ceiling, reason)) = lowest
             && ceiling.max(min_bps) < self.target_bps
         {
-            // Remember where the link broke: the rate actually sent if known, else the target.
-            self.congestion_bps = Some(obs.sent_bps.unwrap_or(self.target_bps).max(ceiling));
+            // Remember where the link broke: the rate actually sent (smoothed: one tick's
+            // worth of frames is noisy) if known, else the target.
+            self.congestion_bps = Some(
+                self.sent_avg
+                    .map_or(self.target_bps, |s| s as u64)
+                    .max(ceiling),
+            );
             self.target_bps = ceiling.max(min_bps);
             self.last_decrease = Some(now);
             self.step = FIRST_STEP;
@@ -519,15 +566,19 @@ impl Controller {
         {
             (Direction::Hold, Reason::Steady)
         } else {
-            let near_congestion = self
-                .congestion_bps
-                .is_some_and(|c| target > c as f64 * 0.9 && target < c as f64 * 1.1);
+            let near_congestion = self.near_congestion(target);
             let step = if near_congestion {
                 self.step.min(NEAR_CONGESTION_STEP)
             } else {
                 self.step
             };
             let mut limit = max_bps;
+            // Climb fast up to just below where the link broke, then carefully through it.
+            if let Some(c) = self.congestion_bps
+                && self.target_bps < band_low(c)
+            {
+                limit = limit.min(band_low(c));
+            }
             if let Some(estimate) = obs.estimate_bps {
                 limit = limit.min(estimate);
             }
@@ -550,7 +601,8 @@ impl Controller {
         // follows the new rate. A rung change brings its own key frame.
         let mut recovery_key_frame = false;
         if self.loss_episode
-            && obs.loss.is_some_and(|l| l <= self.config.loss_low)
+            && obs.loss.is_some_and(|l| l < self.config.loss_high)
+            && direction != Direction::Decrease
             && !encoder_lagging
         {
             self.loss_episode = false;
@@ -570,6 +622,14 @@ impl Controller {
             direction,
             reason,
         }
+    }
+
+    /// Whether `target` is in the band around the rate where congestion was last seen.
+    fn near_congestion(&self, target: f64) -> bool {
+        // The same integer bound as the cap in `update`: a target stopped at it is in the band.
+        self.congestion_bps.is_some_and(|c| {
+            target as u64 >= band_low(c) && target < c as f64 * NEAR_CONGESTION_ABOVE
+        })
     }
 
     /// Mean send rate since `since` (the previous loss report: the period the new report
@@ -618,6 +678,11 @@ impl Controller {
         }
         false
     }
+}
+
+/// Where fast probing stops below the rate congestion was last seen at.
+fn band_low(congestion_bps: u64) -> u64 {
+    (congestion_bps as f64 * NEAR_CONGESTION_BELOW) as u64
 }
 
 fn sane_range(config: &Config) -> (u64, u64) {
@@ -671,7 +736,9 @@ mod tests {
         );
         assert_eq!(d.direction, Direction::Decrease);
         assert_eq!(d.reason, Reason::Loss);
-        assert!(d.target_bps < before && d.target_bps as f64 >= before as f64 * 0.5);
+        // Below what the encoder really sent (2 Mbit/s), by at most half of it.
+        assert!(d.target_bps < before && d.target_bps < 2_000_000);
+        assert!(d.target_bps >= 1_000_000, "{}", d.target_bps);
         // The same episode reported again within the hold-off does not cut again.
         let again = run(
             &mut c,
@@ -708,6 +775,41 @@ mod tests {
             keys += run(&mut c, &mut t, 1, followed).recovery_key_frame as u32;
         }
         assert_eq!(keys, 1);
+    }
+
+    #[test]
+    fn a_measured_delivery_rate_sets_the_depth_of_a_loss_cut() {
+        let mut c = Controller::new(Config::default());
+        let mut t = Duration::ZERO;
+        run(&mut c, &mut t, 5, clear(2_000_000));
+        // The transport saw 60 % loss and measured 700 kbit/s getting through: one cut to
+        // 90 % of that, not the 15 % a capped loss factor would give.
+        let d = run(
+            &mut c,
+            &mut t,
+            1,
+            Observation {
+                loss: Some(0.15),
+                delivered_bps: Some(700_000),
+                ..clear(2_000_000)
+            },
+        );
+        assert_eq!(d.direction, Direction::Decrease);
+        assert_eq!(d.reason, Reason::Loss);
+        assert_eq!(d.target_bps, 630_000);
+        // A delivery rate without loss is no congestion.
+        let mut c = Controller::new(Config::default());
+        let d = run(
+            &mut c,
+            &mut t,
+            20,
+            Observation {
+                delivered_bps: Some(700_000),
+                ..clear(2_000_000)
+            },
+        );
+        assert_ne!(d.direction, Direction::Decrease);
+        assert!(c.target_bps() >= 2_000_000);
     }
 
     #[test]
@@ -767,6 +869,46 @@ mod tests {
         }
         assert!(decreased_after.is_some_and(|i| i <= 5));
         assert!(c.target_bps() < before);
+    }
+
+    #[test]
+    fn a_fast_growing_delay_cuts_deeper() {
+        let mut c = Controller::new(Config::default());
+        let mut t = Duration::ZERO;
+        run(&mut c, &mut t, 20, clear(2_000_000));
+        // A queue filling at 1.5 s per second (2.5× what the link carries is sent): the delay
+        // jumps by 150 ms in one 100 ms tick.
+        let d = run(
+            &mut c,
+            &mut t,
+            1,
+            Observation {
+                rtt: Some(ms(40 + 150)),
+                ..clear(2_000_000)
+            },
+        );
+        assert_eq!(d.reason, Reason::Rtt);
+        assert_eq!(d.target_bps, 1_000_000, "halved at most");
+        // A slow creep cuts by 15 %.
+        let mut c = Controller::new(Config::default());
+        run(&mut c, &mut t, 20, clear(2_000_000));
+        let mut last = None;
+        for i in 1..=12 {
+            let d = run(
+                &mut c,
+                &mut t,
+                1,
+                Observation {
+                    rtt: Some(ms(40 + 10 * i)),
+                    ..clear(2_000_000)
+                },
+            );
+            if d.direction == Direction::Decrease {
+                last = Some(d);
+                break;
+            }
+        }
+        assert_eq!(last.expect("a cut").target_bps, 1_700_000);
     }
 
     #[test]
@@ -866,12 +1008,50 @@ mod tests {
         assert!(steps[0] <= 1.081, "first step {}", steps[0]);
         // Until the encoder's real output caps them.
         assert!(
-            steps[..6].windows(2).all(|w| w[1] >= w[0] - 1e-4),
+            steps[..5].windows(2).all(|w| w[1] >= w[0] - 1e-4),
             "{steps:?}"
         );
-        assert!(steps.iter().any(|&s| s > 1.25), "{steps:?}");
+        assert!(steps.iter().any(|&s| s > 1.35), "{steps:?}");
         // 6 s of clear signals: at least 3× the start.
         assert!(c.target_bps() >= 1_500_000, "{}", c.target_bps());
+    }
+
+    #[test]
+    fn probing_slows_where_the_link_broke_and_climbs_past_it() {
+        let mut c = Controller::new(Config::default());
+        let mut t = Duration::ZERO;
+        run(&mut c, &mut t, 5, clear(2_000_000));
+        // The link breaks at about 2 Mbit/s.
+        let cut = run(
+            &mut c,
+            &mut t,
+            1,
+            Observation {
+                loss: Some(0.3),
+                ..clear(2_000_000)
+            },
+        );
+        assert_eq!(cut.direction, Direction::Decrease);
+        let mut targets = Vec::new();
+        for _ in 0..100 {
+            let sent = c.encoder_bps();
+            let d = run(&mut c, &mut t, 1, clear(sent));
+            if d.direction == Direction::Increase {
+                targets.push(d.target_bps);
+            }
+        }
+        // Up to 95 % of 2 Mbit/s at once, then steps of at most 4 % through the band...
+        assert!(targets.contains(&1_900_000), "{targets:?}");
+        let in_band: Vec<&u64> = targets
+            .iter()
+            .filter(|&&b| (1_900_000..2_100_000).contains(&b))
+            .collect();
+        assert!(in_band.len() >= 3, "{targets:?}");
+        for w in in_band.windows(2) {
+            assert!(*w[1] as f64 <= *w[0] as f64 * 1.041, "{targets:?}");
+        }
+        // ...and on, never stuck: the link carries more now.
+        assert!(c.target_bps() >= 4_000_000, "{targets:?}");
     }
 
     #[test]
@@ -913,7 +1093,8 @@ mod tests {
             },
         );
         assert_eq!(d.reason, Reason::Rtt);
-        assert_eq!(d.target_bps, 1_700_000);
+        // The delay jumped by 260 ms in 100 ms: halved, from the 2 Mbit/s really sent.
+        assert_eq!(d.target_bps, 1_000_000);
     }
 
     #[test]

@@ -309,6 +309,15 @@ fn bad_ranges_are_element_errors() {
         ("ranges=1-3;2-4", "overlap"),
         ("ranges=abc", "invalid"),
         ("ranges-file=/nonexistent/ranges.txt", "ranges file"),
+        // Copied frames cannot be cropped; a filter that does not parse is named.
+        (
+            "ranges=1-2 mode=smart reencode-filter=videoflip",
+            "needs mode=reencode",
+        ),
+        (
+            "ranges=1-2 mode=reencode reencode-filter=nosuchfilter",
+            "invalid 'reencode-filter'",
+        ),
     ] {
         let err = run(&src, ranges)
             .err()

@@ -37,10 +37,11 @@ const DEFAULT_LOSS_THRESHOLD: f64 = 0.10;
 const DEFAULT_RTT_THRESHOLD_MS: u32 = 100;
 const DEFAULT_BACKLOG_THRESHOLD_MS: u32 = 200;
 const DEFAULT_RUNG_UP_HOLD_MS: u32 = 4000;
+const DEFAULT_VBV_CAPACITY_MS: u32 = 250;
 /// An SRT loss report covers at least this many packets...
-const SRT_REPORT_PACKETS: f64 = 100.0;
+const SRT_REPORT_PACKETS: f64 = 30.0;
 /// ...or this much time.
-const SRT_REPORT_PERIOD: gst::ClockTime = gst::ClockTime::from_mseconds(500);
+const SRT_REPORT_PERIOD: gst::ClockTime = gst::ClockTime::from_mseconds(250);
 /// Highest loss fraction an SRT report counts as (see where it is used).
 const SRT_LOSS_CAP: f64 = 0.15;
 
@@ -69,6 +70,7 @@ struct Settings {
     rtt_threshold: u32,
     backlog_threshold: u32,
     rung_up_hold: u32,
+    vbv_capacity: u32,
 }
 
 impl Default for Settings {
@@ -97,6 +99,7 @@ impl Default for Settings {
             rtt_threshold: DEFAULT_RTT_THRESHOLD_MS,
             backlog_threshold: DEFAULT_BACKLOG_THRESHOLD_MS,
             rung_up_hold: DEFAULT_RUNG_UP_HOLD_MS,
+            vbv_capacity: DEFAULT_VBV_CAPACITY_MS,
         }
     }
 }
@@ -158,13 +161,17 @@ struct State {
     controller: Option<Controller>,
     last_tick: Option<gst::ClockTime>,
     bytes: u64,
+    /// Bytes passed through since the start (for the stream's share of an SRT connection).
+    bytes_total: u64,
     upstream_encoder: Option<gst::Element>,
     webrtc_latest: Option<WebrtcReport>,
     webrtc_used: Option<WebrtcReport>,
     rtp_used: Option<WebrtcReport>,
     stats_pending: bool,
     /// Sent and lost packet counters and clock time at the start of the SRT loss window.
-    srt_previous: Option<(f64, f64, gst::ClockTime)>,
+    srt_previous: Option<SrtCounters>,
+    /// The srtsink those counters belong to: a new one (an output restarted) counts from 0.
+    srt_element: Option<gst::Element>,
     srt_bandwidth: Option<u64>,
     events: EventSignals,
     counters: Counters,
@@ -243,6 +250,9 @@ pub struct AbrController {
     #[property(name = "rung-up-hold", nick = "Rung up hold",
         blurb = "How long the bitrate must afford the next rung before climbing to it, in milliseconds (0-600000)",
         get, set, type = u32, member = rung_up_hold, maximum = 600_000, default = DEFAULT_RUNG_UP_HOLD_MS)]
+    #[property(name = "vbv-capacity", nick = "VBV capacity",
+        blurb = "Rate-control buffer the encoder is given, in milliseconds of its bitrate (0: leave the encoder's; only encoders whose table row names one, e.g. x264enc vbv-buf-capacity): bounds how far a key frame bursts above the link's rate (0-10000)",
+        get, set, type = u32, member = vbv_capacity, maximum = 10_000, default = DEFAULT_VBV_CAPACITY_MS)]
     settings: Mutex<Settings>,
     state: Mutex<State>,
 }
@@ -302,29 +312,46 @@ impl ElementImpl for AbrController {
                  capsfilter, its resolution and framerate from congestion signals. \
                  Inputs: webrtcbin stats (remote-inbound-rtp fraction-lost, \
                  round-trip-time, jitter; gst-twcc-stats), rtpbin RTCP receiver \
-                 reports, srtsink stats (rtt-ms, \
-                 packets-sent-lost counted as at most 15 % loss since SRT retransmits; \
+                 reports, srtsink stats (rtt-ms; \
+                 packets-sent-lost over at least 30 packets and 250 ms, counted as at most \
+                 15 % loss since SRT retransmits; bytes-sent minus the share lost, scaled \
+                 to this stream's part of the connection, as the delivery rate; \
                  bandwidth-mbps only shown in stats), the fill level of a queue before a \
                  TCP-like sink, the estimated-bitrate of an estimator such as rtpgccbwe, \
                  and 'abr-estimate' custom events (upstream or downstream) with optional \
                  fields bitrate (bit/s), loss (0-1), rtt, jitter, backlog (ns) and \
                  backlog-bytes. Algorithm, every interval: DECREASE on the first tick \
                  with clear congestion to the lowest ceiling proposed by the signals \
-                 (loss >= loss-threshold: x(1-loss/2), 0.5..0.95, and 90% of the \
-                 send rate over the reported period x(1-loss); loss above a fifth of \
+                 (loss >= loss-threshold: x(1-loss/2), 0.5..0.95, and 90% of what \
+                 got through: the transport's delivery rate, else the send rate over the \
+                 reported period x(1-loss); loss above a fifth of \
                  that threshold in 3 reports in a row: 97% of what got through; queuing delay >= \
-                 rtt-threshold and not shrinking: x0.85; backlog >= backlog-threshold \
+                 rtt-threshold and not shrinking: /(1+g) where g is the delay's growth \
+                 in s/s since the previous sample, x0.5..x0.85; backlog >= backlog-threshold \
                  and growing: 85% of its drain rate; an estimate below the target: the \
                  estimate), one multiplicative cut per max(2 RTT, 300 ms) and not while \
                  the encoder still sends 1.15x the new target (up to 1 s); HOLD while a \
                  signal is elevated and for 1 s after a cut; INCREASE by probing, one step \
-                 per max(500 ms, 2 RTT), +8% growing 5 points per clear step to +30%, \
-                 at most +8% within 10% of the rate where congestion was last seen, never \
+                 per max(300 ms, 2 RTT), +8% growing 8 points per clear step to +45%, \
+                 stopping at 95% of the rate where congestion was last seen and at most \
+                 +4% from there to 105% of it, never \
                  above max-bitrate, the estimate or 1.5x the measured encoder output. \
                  Rungs: down on the tick the target falls below the rung minimum, up one \
                  rung after the target has stayed at 1.15x the next rung's minimum for \
                  rung-up-hold; each rung change sets the capsfilter caps and forces a \
-                 key frame, and so does the end of a loss episode that cut the bitrate. Posts 'abr-decision' element messages on every change.",
+                 key frame, and so does the end of a loss episode that cut the bitrate (first report \
+                 under loss-threshold once the encoder follows). Element message abr-decision, posted at start and on every change of bitrate or rung, \
+                 with fields: time (guint64 ns, clock time), running-time (guint64 ns), inputs \
+                 (GstStructure abr-inputs: sent-bitrate guint bit/s, loss double 0-1, rtt, \
+                 jitter and backlog guint64 ns, backlog-bytes guint64, estimate guint bit/s; \
+                 only the signals present), estimate (guint bit/s, when an estimator or event \
+                 gave one), target-bitrate, bitrate (what the encoder was given) and \
+                 previous-bitrate (guint bit/s), rung (gint, index in the ladder, -1 without \
+                 one), rung-changed and key-frame (gboolean), direction (string: decrease, \
+                 hold, increase), reason (string: start, loss, rtt, backlog, estimate, \
+                 caution, steady, probe, limit), encoder (string, its name), and width, height \
+                 (gint) and framerate (fraction) of the rung. The stats property is an \
+                 abr-stats structure with the running totals.",
                 "The hybridlive developers",
             )
         });
@@ -384,7 +411,9 @@ impl BaseTransformImpl for AbrController {
         &self,
         buffer: &gst::Buffer,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        self.state.lock().unwrap().bytes += buffer.size() as u64;
+        let mut state = self.state.lock().unwrap();
+        state.bytes += buffer.size() as u64;
+        state.bytes_total += buffer.size() as u64;
         Ok(gst::FlowSuccess::Ok)
     }
 
@@ -749,25 +778,38 @@ impl AbrController {
             merge_max(&mut obs.jitter, report.jitter);
         }
 
+        if state.srt_element != targets.srtsink {
+            state.srt_element = targets.srtsink.clone();
+            state.srt_previous = None;
+        }
         if let Some(stats) = &srt_stats {
             let srt = parse_srt_stats(stats);
-            if let Some((sent, lost)) = srt.counters {
+            if let Some(counters) = srt.counters {
+                let counters = SrtCounters {
+                    time: now,
+                    stream_bytes: state.bytes_total as f64,
+                    ..counters
+                };
                 match state.srt_previous {
                     // A loss report needs enough packets to mean something: at low rates a
                     // tick carries a handful, and one lost packet of three is not 33 % loss.
-                    Some((sent0, lost0, since))
-                        if sent - sent0 >= SRT_REPORT_PACKETS
-                            || (now.saturating_sub(since) >= SRT_REPORT_PERIOD && sent > sent0) =>
+                    Some(previous)
+                        if counters.sent - previous.sent >= SRT_REPORT_PACKETS
+                            && now.saturating_sub(previous.time) >= SRT_REPORT_PERIOD
+                            || (now.saturating_sub(previous.time) >= SRT_REPORT_PERIOD * 2
+                                && counters.sent > previous.sent) =>
                     {
+                        let report = counters.since(&previous);
                         // SRT's lost packets are retransmitted: they say "congested", not
-                        // "this much never arrived". Capped, a report cuts by a quarter at
-                        // most instead of to what it claims got through.
-                        let loss = ((lost - lost0).max(0.0) / (sent - sent0)).min(SRT_LOSS_CAP);
-                        merge_max(&mut obs.loss, Some(loss));
-                        state.srt_previous = Some((sent, lost, now));
+                        // "this much never arrived". Capped, the loss factor cuts by a
+                        // quarter at most; how deep the link really is comes from what it
+                        // delivered.
+                        merge_max(&mut obs.loss, Some(report.loss.min(SRT_LOSS_CAP)));
+                        merge_min(&mut obs.delivered_bps, report.delivered_bps);
+                        state.srt_previous = Some(counters);
                     }
                     Some(_) => {}
-                    None => state.srt_previous = Some((sent, lost, now)),
+                    None => state.srt_previous = Some(counters),
                 }
             }
             merge_max(&mut obs.rtt, srt.rtt);
@@ -830,6 +872,13 @@ impl AbrController {
                 decision.reason.as_str(),
                 decision.target_bps
             );
+        }
+        // A key frame larger than a few hundred ms of the link's rate overflows a policer's
+        // bucket or a shallow queue: its tail is lost and the picture freezes until the next.
+        if settings.vbv_capacity > 0
+            && let Some(encoder) = &encoder
+        {
+            encoder.set_vbv_ms(settings.vbv_capacity);
         }
         if apply_rung && let (Some(capsfilter), Some(rung)) = (&targets.capsfilter, rung) {
             let caps = rung_caps(capsfilter, &rung);
@@ -1111,7 +1160,58 @@ fn structure_list(s: &gst::StructureRef, field: &str) -> Vec<gst::Structure> {
 struct SrtSignals {
     rtt: Option<Duration>,
     bandwidth_bps: Option<u64>,
-    counters: Option<(f64, f64)>,
+    counters: Option<SrtCounters>,
+}
+
+/// Cumulative srtsink counters (summed over connections) at one instant.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct SrtCounters {
+    time: gst::ClockTime,
+    /// Data packets sent, retransmissions included.
+    sent: f64,
+    /// Packets the receiver reported lost.
+    lost: f64,
+    /// Data bytes sent, retransmissions included.
+    bytes_sent: f64,
+    /// Bytes sent again.
+    bytes_retransmitted: f64,
+    /// Bytes of this stream that passed the controller.
+    stream_bytes: f64,
+}
+
+/// What one SRT loss report says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SrtReport {
+    /// Lost packets / sent packets over the period (uncapped).
+    loss: f64,
+    /// This stream's share of what got through, bit/s.
+    delivered_bps: Option<u64>,
+}
+
+impl SrtCounters {
+    fn since(&self, earlier: &SrtCounters) -> SrtReport {
+        let sent = self.sent - earlier.sent;
+        let loss = if sent > 0.0 {
+            ((self.lost - earlier.lost).max(0.0) / sent).clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        let seconds = self.time.saturating_sub(earlier.time).seconds_f64();
+        let wire = self.bytes_sent - earlier.bytes_sent;
+        let fresh = wire - (self.bytes_retransmitted - earlier.bytes_retransmitted);
+        let stream = self.stream_bytes - earlier.stream_bytes;
+        // The connection also carries audio, the muxer's overhead and retransmissions: the
+        // stream's share is its bytes over the fresh bytes sent.
+        let delivered_bps =
+            (seconds > 0.0 && wire > 0.0 && fresh > 0.0 && stream > 0.0).then(|| {
+                let share = (stream / fresh).clamp(0.2, 1.0);
+                (wire * (1.0 - loss) * share * 8.0 / seconds) as u64
+            });
+        SrtReport {
+            loss,
+            delivered_bps,
+        }
+    }
 }
 
 /// srtsink stats: one connection at the top level (caller mode) or one per caller in a
@@ -1123,8 +1223,7 @@ fn parse_srt_stats(stats: &gst::StructureRef) -> SrtSignals {
     }
     connections.extend(structure_list(stats, "callers"));
     let mut signals = SrtSignals::default();
-    let mut sent_total = 0.0;
-    let mut lost_total = 0.0;
+    let mut sent_total = SrtCounters::default();
     let mut have_counters = false;
     for c in &connections {
         merge_max(
@@ -1141,13 +1240,15 @@ fn parse_srt_stats(stats: &gst::StructureRef) -> SrtSignals {
             field_f64(c, "packets-sent"),
             field_f64(c, "packets-sent-lost"),
         ) {
-            sent_total += sent;
-            lost_total += lost;
+            sent_total.sent += sent;
+            sent_total.lost += lost;
+            sent_total.bytes_sent += field_f64(c, "bytes-sent").unwrap_or(0.0);
+            sent_total.bytes_retransmitted += field_f64(c, "bytes-retransmitted").unwrap_or(0.0);
             have_counters = true;
         }
     }
     if have_counters {
-        signals.counters = Some((sent_total, lost_total));
+        signals.counters = Some(sent_total);
     }
     signals
 }
@@ -1207,11 +1308,16 @@ mod tests {
             .field("bandwidth-mbps", 3.5f64)
             .field("packets-sent", 1000i64)
             .field("packets-sent-lost", 10i32)
+            .field("bytes-sent", 1_316_000u64)
+            .field("bytes-retransmitted", 13_160u64)
             .build();
         let signals = parse_srt_stats(&caller);
         assert_eq!(signals.rtt, Some(Duration::from_millis(42)));
         assert_eq!(signals.bandwidth_bps, Some(3_500_000));
-        assert_eq!(signals.counters, Some((1000.0, 10.0)));
+        let counters = signals.counters.expect("counters");
+        assert_eq!((counters.sent, counters.lost), (1000.0, 10.0));
+        assert_eq!(counters.bytes_sent, 1_316_000.0);
+        assert_eq!(counters.bytes_retransmitted, 13_160.0);
 
         let second = gst::Structure::builder("application/x-srt-statistics")
             .field("rtt-ms", 80.0f64)
@@ -1228,7 +1334,38 @@ mod tests {
         let signals = parse_srt_stats(&listener);
         assert_eq!(signals.rtt, Some(Duration::from_millis(80)));
         assert_eq!(signals.bandwidth_bps, Some(3_500_000));
-        assert_eq!(signals.counters, Some((1500.0, 10.0)));
+        let counters = signals.counters.expect("counters");
+        assert_eq!((counters.sent, counters.lost), (1500.0, 10.0));
+    }
+
+    #[test]
+    fn srt_delivered_rate_is_the_stream_share_of_what_got_through() {
+        // 1 s: 2000 packets of 1316 bytes on the wire, 500 of them retransmissions, 40 % of
+        // the packets reported lost; the stream is 80 % of the fresh bytes.
+        let earlier = SrtCounters::default();
+        let now = SrtCounters {
+            time: gst::ClockTime::SECOND,
+            sent: 2000.0,
+            lost: 800.0,
+            bytes_sent: 2000.0 * 1316.0,
+            bytes_retransmitted: 500.0 * 1316.0,
+            stream_bytes: 1500.0 * 1316.0 * 0.8,
+        };
+        let report = now.since(&earlier);
+        assert!((report.loss - 0.4).abs() < 1e-9);
+        let expected = 2000.0 * 1316.0 * 8.0 * 0.6 * 0.8;
+        let delivered = report.delivered_bps.expect("a rate") as f64;
+        assert!(
+            (delivered - expected).abs() < 2.0,
+            "{delivered} vs {expected}"
+        );
+        // Nothing sent: no rate, no loss.
+        let idle = SrtCounters {
+            time: gst::ClockTime::SECOND,
+            ..earlier
+        };
+        assert_eq!(idle.since(&earlier).delivered_bps, None);
+        assert_eq!(idle.since(&earlier).loss, 0.0);
     }
 
     #[test]

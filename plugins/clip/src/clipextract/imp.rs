@@ -6,6 +6,7 @@
 //! clips start), but each stream's outputs are pushed only by that stream's own thread, under
 //! its `PushState` lock.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
 use gst::glib;
@@ -41,6 +42,15 @@ struct Settings {
     ranges_file: Option<String>,
     mode: ClipMode,
     exact_segment: bool,
+    reencode_filter: Option<String>,
+}
+
+/// What the element reads from its settings when it starts and on a flushing seek.
+struct Config {
+    mode: Mode,
+    exact_segment: bool,
+    ranges: Vec<ClipRange>,
+    reencode_filter: Option<String>,
 }
 
 impl Default for Settings {
@@ -50,6 +60,7 @@ impl Default for Settings {
             ranges_file: None,
             mode: DEFAULT_MODE,
             exact_segment: DEFAULT_EXACT_SEGMENT,
+            reencode_filter: None,
         }
     }
 }
@@ -83,6 +94,8 @@ fn frame_duration(caps: Option<&gst::Caps>) -> i64 {
 struct State {
     mode: Mode,
     exact_segment: bool,
+    /// Raw video elements between decoder and encoder (`reencode` only).
+    reencode_filter: Option<String>,
     /// Seqnum of the last flush handled, so a seek's flush rebuilds the selector once.
     last_flush: Option<gst::Seqnum>,
     ranges: Vec<ClipRange>,
@@ -95,6 +108,7 @@ impl Default for State {
         Self {
             mode: Mode::Exact,
             exact_segment: DEFAULT_EXACT_SEGMENT,
+            reencode_filter: None,
             last_flush: None,
             ranges: Vec::new(),
             selector: Selector::new(Mode::Exact, Vec::new()),
@@ -110,7 +124,6 @@ struct Stats {
     frames_in: u64,
     frames_copied: u64,
     frames_decoded: u64,
-    frames_encoded: u64,
 }
 
 /// Per src pad, held while pushing.
@@ -140,6 +153,7 @@ struct Ctx<'a> {
     video: Option<(Codec, Framing)>,
     ranges: &'a [ClipRange],
     leads: bool,
+    reencode_filter: Option<&'a str>,
 }
 
 #[derive(Clone)]
@@ -200,10 +214,25 @@ pub struct ClipExtract {
                  for the writer's edit list. Read when the element starts.",
         default = DEFAULT_EXACT_SEGMENT
     )]
+    #[property(
+        name = "reencode-filter",
+        get,
+        set,
+        type = Option<String>,
+        member = reencode_filter,
+        nick = "Re-encode filter",
+        blurb = "Raw video elements placed between decoder and encoder, in gst-launch syntax \
+                 (e.g. \"videocrop left=656 right=656 ! videoscale ! capsfilter \
+                 caps=video/x-raw,width=1080,height=1920\" for a 9:16 crop); only with \
+                 mode=reencode, since copied frames cannot be filtered. Read with 'ranges'."
+    )]
     settings: Mutex<Settings>,
     pads: Mutex<Vec<PadPair>>,
     state: Mutex<State>,
     stats: Mutex<Stats>,
+    /// Frames the re-encoders produced (counted as they come out, so a long drain at the end
+    /// of a clip shows progress).
+    encoded: Arc<AtomicU64>,
 }
 
 #[glib::object_subclass]
@@ -418,7 +447,7 @@ impl ClipExtract {
             .field("frames-in", s.frames_in)
             .field("frames-copied", s.frames_copied)
             .field("frames-decoded", s.frames_decoded)
-            .field("frames-encoded", s.frames_encoded)
+            .field("frames-encoded", self.encoded.load(Ordering::Relaxed))
             .build()
     }
 
@@ -434,7 +463,7 @@ impl ClipExtract {
     }
 
     /// Reads and checks the ranges from the properties.
-    fn load_ranges(&self) -> Result<(Mode, bool, Vec<ClipRange>), gst::ErrorMessage> {
+    fn load_ranges(&self) -> Result<Config, gst::ErrorMessage> {
         let settings = lock(&self.settings).clone();
         let mut ranges = parse_range_list(&settings.ranges)
             .map_err(|e| gst::error_msg!(gst::LibraryError::Settings, ["Invalid 'ranges': {e}"]))?;
@@ -468,10 +497,36 @@ impl ClipExtract {
                 ));
             }
         }
-        Ok((mode_of(settings.mode), settings.exact_segment, ranges))
+        let reencode_filter = settings.reencode_filter.filter(|f| !f.trim().is_empty());
+        if reencode_filter.is_some() && settings.mode != ClipMode::Reencode {
+            return Err(gst::error_msg!(
+                gst::LibraryError::Settings,
+                ["'reencode-filter' needs mode=reencode: copied frames cannot be filtered"]
+            ));
+        }
+        if let Some(f) = &reencode_filter
+            && let Err(e) = gst::parse::bin_from_description(f, true)
+        {
+            return Err(gst::error_msg!(
+                gst::LibraryError::Settings,
+                ["Invalid 'reencode-filter' {f:?}: {e}"]
+            ));
+        }
+        Ok(Config {
+            mode: mode_of(settings.mode),
+            exact_segment: settings.exact_segment,
+            ranges,
+            reencode_filter,
+        })
     }
 
-    fn reset_state(&self, mode: Mode, exact_segment: bool, ranges: Vec<ClipRange>) {
+    fn reset_state(&self, config: Config) {
+        let Config {
+            mode,
+            exact_segment,
+            ranges,
+            reencode_filter,
+        } = config;
         let n = self.pairs().len();
         let mut selector = Selector::new(
             mode,
@@ -486,12 +541,14 @@ impl ClipExtract {
         *lock(&self.state) = State {
             mode,
             exact_segment,
+            reencode_filter,
             last_flush: None,
             ranges,
             selector,
             streams: (0..n).map(|_| StreamInfo::default()).collect(),
         };
         *lock(&self.stats) = Stats::default();
+        self.encoded.store(0, Ordering::Relaxed);
         for p in self.pairs() {
             *lock(&p.push) = PushState::default();
         }
@@ -615,7 +672,7 @@ impl ClipExtract {
     fn drain_pad(&self, pair: &PadPair, ps: &mut PushState) -> Result<(), gst::FlowError> {
         // Loop: another thread may queue more outputs for this pad while we push.
         loop {
-            let (outputs, mode, exact_segment, mut info_caps, video, ranges, leads) = {
+            let (outputs, mode, exact_segment, mut info_caps, video, ranges, leads, filter) = {
                 let mut st = lock(&self.state);
                 let outputs = st.selector.take_output(pair.index);
                 if outputs.is_empty() {
@@ -632,6 +689,7 @@ impl ClipExtract {
                     info.video,
                     st.ranges.clone(),
                     leads,
+                    st.reencode_filter.clone(),
                 )
             };
             if mode == Mode::Smart
@@ -657,6 +715,7 @@ impl ClipExtract {
                     video,
                     ranges: &ranges,
                     leads,
+                    reencode_filter: filter.as_deref(),
                 };
                 self.handle_output(pair, ps, out, &ctx)?;
             }
@@ -705,7 +764,6 @@ impl ClipExtract {
     ) -> Result<(), gst::FlowError> {
         let n = buffers.len() as u64;
         ps.clip_encoded += n;
-        lock(&self.stats).frames_encoded += n;
         for b in buffers {
             self.push_buffer(pair, ps, b, caps.as_ref())?;
         }
@@ -731,6 +789,7 @@ impl ClipExtract {
             video,
             ranges,
             leads,
+            reencode_filter,
         } = *ctx;
         match out {
             Output::Start {
@@ -835,10 +894,19 @@ impl ClipExtract {
                                 );
                             };
                             let (start, stop) = ps.present;
-                            let t = Transcoder::new(caps, codec, start, stop, mode == Mode::Smart)
-                                .map_err(|e| {
-                                    self.transcode_error(&format!("cannot start re-encoder: {e}"))
-                                })?;
+                            let filter = reencode_filter.filter(|_| mode == Mode::Reencode);
+                            let t = Transcoder::new(
+                                caps,
+                                codec,
+                                start,
+                                stop,
+                                mode == Mode::Smart,
+                                filter,
+                                self.encoded.clone(),
+                            )
+                            .map_err(|e| {
+                                self.transcode_error(&format!("cannot start re-encoder: {e}"))
+                            })?;
                             ps.transcoder = Some(t);
                         }
                         let Some(t) = ps.transcoder.as_mut() else {
@@ -1048,7 +1116,12 @@ impl ClipExtract {
                     let mut st = lock(&self.state);
                     st.last_flush = Some(event.seqnum());
                     match ranges {
-                        Some((mode, exact_segment, ranges)) => {
+                        Some(Config {
+                            mode,
+                            exact_segment,
+                            ranges,
+                            reencode_filter,
+                        }) => {
                             let mut selector = Selector::new(
                                 mode,
                                 ranges
@@ -1065,6 +1138,7 @@ impl ClipExtract {
                             st.selector = selector;
                             st.mode = mode;
                             st.exact_segment = exact_segment;
+                            st.reencode_filter = reencode_filter;
                             st.ranges = ranges;
                         }
                         None if reload => st.selector.flush(),
@@ -1287,7 +1361,7 @@ impl ElementImpl for ClipExtract {
     ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
         if transition == gst::StateChange::ReadyToPaused {
             match self.load_ranges() {
-                Ok((mode, exact, ranges)) => self.reset_state(mode, exact, ranges),
+                Ok(config) => self.reset_state(config),
                 Err(e) => {
                     self.post_error_message(e);
                     return Err(gst::StateChangeError);

@@ -5,6 +5,7 @@
 //! clip's first frame up to the next copied key frame, or the clip end) so the encoder sees
 //! exactly the frames that are to be shown, starting with an IDR.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use gst::glib;
@@ -39,6 +40,8 @@ pub struct Transcoder {
     appsink: AppSink,
     window: Arc<Mutex<Window>>,
     caps: Option<gst::Caps>,
+    /// Counts every frame the encoder produces.
+    produced: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Transcoder {
@@ -54,13 +57,16 @@ fn make(factory: &str) -> Result<gst::Element, glib::BoolError> {
 impl Transcoder {
     /// Starts a transcoder for coded frames with caps `caps`, presenting `[start, end)`.
     /// `in_band` asks for parameter sets in front of every key frame (for splicing with copied
-    /// frames) and byte-stream vs. length-prefixed framing follows `caps`.
+    /// frames) and byte-stream vs. length-prefixed framing follows `caps`. `filter` (gst-launch
+    /// syntax) goes between decoder and encoder, e.g. a crop.
     pub fn new(
         caps: &gst::Caps,
         codec: Codec,
         start: i64,
         end: Option<i64>,
         in_band: bool,
+        filter: Option<&str>,
+        produced: Arc<AtomicU64>,
     ) -> Result<Self, glib::BoolError> {
         let s = caps
             .structure(0)
@@ -77,6 +83,13 @@ impl Transcoder {
         let in_parse = make(parser)?;
         let dec = make(decoder)?;
         let convert = make("videoconvert")?;
+        let filter = filter
+            .map(|f| gst::parse::bin_from_description(f, true))
+            .transpose()
+            .map_err(|e| glib::bool_error!("invalid re-encode filter: {e}"))?
+            .map(|b| b.upcast::<gst::Element>());
+        // The filter may change the format; the encoder gets what it takes.
+        let convert_out = make("videoconvert")?;
         let enc = make(encoder)?;
         match codec {
             Codec::H264 => {
@@ -109,26 +122,14 @@ impl Transcoder {
             .field("alignment", "au")
             .build();
         let appsink = AppSink::builder().caps(&out_caps).sync(false).build();
-        pipeline.add_many([
-            appsrc.upcast_ref(),
-            &in_parse,
-            &dec,
-            &convert,
-            &enc,
-            &enc_filter,
-            &out_parse,
-            appsink.upcast_ref(),
-        ])?;
-        gst::Element::link_many([
-            appsrc.upcast_ref(),
-            &in_parse,
-            &dec,
-            &convert,
-            &enc,
-            &enc_filter,
-            &out_parse,
-            appsink.upcast_ref(),
-        ])?;
+        let mut chain: Vec<&gst::Element> = vec![appsrc.upcast_ref(), &in_parse, &dec, &convert];
+        if let Some(f) = &filter {
+            chain.push(f);
+            chain.push(&convert_out);
+        }
+        chain.extend([&enc, &enc_filter, &out_parse, appsink.upcast_ref()]);
+        pipeline.add_many(chain.iter().copied())?;
+        gst::Element::link_many(chain.iter().copied())?;
 
         let window = Arc::new(Mutex::new(Window { start, end }));
         let probe_window = window.clone();
@@ -159,6 +160,7 @@ impl Transcoder {
             appsink,
             window,
             caps: None,
+            produced,
         })
     }
 
@@ -190,6 +192,7 @@ impl Transcoder {
         let Some(mut b) = sample.buffer_owned() else {
             return;
         };
+        self.produced.fetch_add(1, Ordering::Relaxed);
         if let Some(seg) = sample
             .segment()
             .and_then(|s| s.downcast_ref::<gst::ClockTime>())

@@ -1,0 +1,1572 @@
+//! The fault suite: the real `hybridlive run` binary under the faults a live class meets.
+//!
+//! Every test runs in a network and mount namespace of its own (fixed ports cannot collide
+//! with other runs; tmpfs and read-only mounts stay private), drives the runner through its
+//! `--json` events and HTTP API, injects one fault with real components (a killed SRT sender, a
+//! stopped RTSP server, a truncated file, a vanished SRT listener, a read-only HLS folder, a
+//! full disk, a collapsed uplink) and asserts what a viewer or the host would notice: which
+//! source is on air, whether HLS segments, recordings, WHEP viewers and the uplink keep
+//! coming, whether recordings play (ffprobe, ffmpeg decode to null) and how much media was
+//! lost.
+//!
+//! Each test prints one row of the reliability table; with `HYBRIDLIVE_FAULT_REPORT=FILE`
+//! the rows are also appended there as JSON lines (`scripts/faults` runs the whole suite with
+//! 20 kills and prints the table).
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use gst::prelude::*;
+
+// ---------------------------------------------------------------------------------------------
+// Isolation and helper processes
+
+/// Runs `test` again in fresh network and mount namespaces (only `lo`, up; mounts private).
+/// Returns true inside them (run the body), false in the parent (the child's result counts).
+fn isolated(test: &str) -> bool {
+    if std::env::var_os("HYBRIDLIVE_FAULT_NS").is_some() {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let status = Command::new("unshare")
+        .args(["--net", "--mount", "--propagation", "private", "--"])
+        .args(["sh", "-c"])
+        .arg(format!(
+            "ip link set lo up && exec \"{}\" --exact {test} --nocapture --test-threads=1",
+            exe.display()
+        ))
+        .env("HYBRIDLIVE_FAULT_NS", "1")
+        .status()
+        .expect("unshare runs (the fault tests need root for namespaces)");
+    assert!(status.success(), "{test} failed inside its namespaces");
+    false
+}
+
+/// A helper process that dies with the test, even when an assertion fails first.
+struct KillOnDrop(Child);
+
+impl KillOnDrop {
+    fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// SIGINT (gst-launch -e: EOS, files finished), then waits up to 10 s for the exit.
+    fn interrupt(mut self) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGINT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sh(command: &str) {
+    let status = Command::new("sh")
+        .args(["-c", command])
+        .status()
+        .expect("sh");
+    assert!(status.success(), "`{command}` failed");
+}
+
+fn gst_launch(args: &str) -> KillOnDrop {
+    KillOnDrop(
+        Command::new("gst-launch-1.0")
+            .args(["-q", "-e"])
+            .args(args.split_whitespace())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gst-launch-1.0"),
+    )
+}
+
+/// The same test binary started for one ignored helper "test" (an RTSP server).
+fn helper_process(name: &str) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--ignored", "--exact", name, "--nocapture"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the helper process"),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The runner under test
+
+struct Runner {
+    child: Child,
+    events: mpsc::Receiver<serde_json::Value>,
+    skipped: Mutex<Vec<serde_json::Value>>,
+    log: Arc<Mutex<Vec<serde_json::Value>>>,
+    addr: String,
+}
+
+impl Runner {
+    /// `hybridlive run FILE --http 127.0.0.1:0 --json` in `dir`, once it reports `ready`.
+    fn start(file: &Path, dir: &Path) -> Runner {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hybridlive"))
+            .arg("run")
+            .arg(file)
+            .args(["--http", "127.0.0.1:0", "--json"])
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start hybridlive run");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, events) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let all = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if value["event"] != "status" {
+                        all.lock().unwrap().push(value.clone());
+                    }
+                    if tx.send(value).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut runner = Runner {
+            child,
+            events,
+            skipped: Mutex::new(Vec::new()),
+            log,
+            addr: String::new(),
+        };
+        let ready = runner.wait_event("ready", Duration::from_secs(30));
+        runner.addr = ready["viewer"]
+            .as_str()
+            .expect("viewer URL")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        runner
+    }
+
+    /// The next event for which `matches` holds.
+    fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+        matches: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        // Events that came while another was awaited (e.g. `recording-started` before
+        // `ready` on a loaded machine) are still there for the next wait.
+        {
+            let mut skipped = self.skipped.lock().unwrap();
+            if let Some(i) = skipped.iter().position(&matches) {
+                return skipped.remove(i);
+            }
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(event) if matches(&event) => return event,
+                Ok(event) => {
+                    assert_ne!(event["event"], "ingest-error", "the ingest failed: {event}");
+                    if event["event"] != "status" {
+                        self.skipped.lock().unwrap().push(event);
+                    }
+                }
+                Err(_) => panic!(
+                    "no {what} within {timeout:?}; events so far: {:?}",
+                    self.log.lock().unwrap()
+                ),
+            }
+        }
+    }
+
+    fn wait_event(&self, kind: &str, timeout: Duration) -> serde_json::Value {
+        self.wait(&format!("`{kind}` event"), timeout, |e| e["event"] == kind)
+    }
+
+    fn wait_output_event(&self, kind: &str, output: &str) -> serde_json::Value {
+        self.wait(
+            &format!("`{kind}` of output `{output}`"),
+            Duration::from_secs(30),
+            |e| e["event"] == kind && e["output"] == output,
+        )
+    }
+
+    /// Waits for the `source` event that puts `state` ("primary" / "fallback") on air.
+    fn wait_source(&self, state: &str, timeout: Duration) {
+        self.wait(&format!("source `{state}`"), timeout, |e| {
+            e["event"] == "source" && e["state"] == state
+        });
+    }
+
+    /// Every event so far (status lines excluded) of that kind.
+    fn logged(&self, kind: &str) -> Vec<serde_json::Value> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"] == kind)
+            .cloned()
+            .collect()
+    }
+
+    fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        http(&self.addr, "GET", path, "", b"").unwrap_or((0, Vec::new()))
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let (_, body) = self.get("/api/status");
+        serde_json::from_slice(&body).unwrap_or_default()
+    }
+
+    /// The name of the newest segment in the live playlist.
+    fn last_segment(&self) -> Option<String> {
+        let (status, body) = self.get("/hls/live.m3u8");
+        (status == 200).then_some(())?;
+        String::from_utf8_lossy(&body)
+            .lines()
+            .rfind(|l| l.ends_with(".ts"))
+            .map(str::to_string)
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                // Where it hangs, for whoever reads the failure.
+                let stacks = Command::new("gdb")
+                    .args(["-p", &self.child.id().to_string(), "-batch"])
+                    .args(["-ex", "thread apply all bt 12"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                panic!(
+                    "the runner did not exit within {timeout:?}; events: {:?}\n{stacks}",
+                    self.log.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGINT, and the exit status once the outputs are finalised.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGINT);
+        let status = self.wait_exit(Duration::from_secs(30));
+        for stuck in self.logged("shutdown-stuck") {
+            eprintln!("the shutdown hung and the runner's watchdog ended it: {stuck}");
+        }
+        status
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request on its own connection; `None` when nothing answers.
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> Option<(u16, Vec<u8>)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n{headers}\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).ok()?;
+    stream.write_all(body).ok()?;
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let mut body = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    Some((status, body))
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = data.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16).unwrap_or(0);
+        if size == 0 || data.len() < end + 4 + size {
+            break;
+        }
+        out.extend_from_slice(&data[end + 2..end + 2 + size]);
+        data = &data[end + 4 + size..];
+    }
+    out
+}
+
+/// Polls `f` every 200 ms until it returns `Some`, or fails after `timeout`.
+fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Milliseconds since the epoch of `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn utc_ms(rfc3339: &str) -> i64 {
+    let n = |a: usize, b: usize| rfc3339[a..b].parse::<i64>().expect("timestamp digits");
+    let (y, m, d) = (n(0, 4), n(5, 7), n(8, 10));
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    ((days * 24 + n(11, 13)) * 60 + n(14, 16)) * 60_000 + n(17, 19) * 1000 + n(20, 23)
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hybridlive-faults-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    dir
+}
+
+// ---------------------------------------------------------------------------------------------
+// Independent checks of the media
+
+/// What ffprobe and ffmpeg make of a recording.
+#[derive(Debug)]
+struct Playback {
+    /// Seconds ffprobe reports (0 when it reports none).
+    duration: f64,
+    /// Video frames ffmpeg decodes.
+    frames: usize,
+    /// What ffmpeg printed at `-v error` while decoding everything to null.
+    errors: String,
+}
+
+fn playback(file: &Path) -> Playback {
+    if !file.exists() {
+        // Killed before the first fragment was complete: no file, nothing to play, and what
+        // was lost is the time it ran (checked by the caller).
+        return Playback {
+            duration: 0.0,
+            frames: 0,
+            errors: String::new(),
+        };
+    }
+    let probe = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(file)
+        .output()
+        .expect("ffprobe is installed");
+    let duration = String::from_utf8_lossy(&probe.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0.0);
+    let decode = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-i"])
+        .arg(file)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg is installed");
+    let mut errors = String::from_utf8_lossy(&decode.stderr).trim().to_string();
+    if !decode.status.success() && errors.is_empty() {
+        errors = format!("ffmpeg exited with {}", decode.status);
+    }
+    let frames = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "quiet", "-i"])
+        .arg(file)
+        .args(["-map", "0:v", "-f", "framemd5", "-"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .count()
+        })
+        .unwrap_or(0);
+    Playback {
+        duration,
+        frames,
+        errors,
+    }
+}
+
+fn assert_plays(file: &Path) -> Playback {
+    let p = playback(file);
+    assert!(
+        p.errors.is_empty(),
+        "{} does not decode cleanly: {}",
+        file.display(),
+        p.errors
+    );
+    assert!(
+        p.frames as f64 >= (p.duration - 0.5) * 30.0,
+        "{}: {} frames decode in {:.2} s",
+        file.display(),
+        p.frames,
+        p.duration
+    );
+    p
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report rows
+
+/// One row of the reliability table, printed and appended to `HYBRIDLIVE_FAULT_REPORT`.
+fn report(fault: &str, cases: usize, held: &str, lost: &str) {
+    let row = serde_json::json!({"fault": fault, "cases": cases, "held": held, "lost": lost});
+    eprintln!("| {fault} | {cases} | {held} | {lost} |");
+    if let Some(path) = std::env::var_os("HYBRIDLIVE_FAULT_REPORT")
+        && let Ok(mut file) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    {
+        let _ = writeln!(file, "{row}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A WHEP viewer: a receive-only webrtcbin that counts the H.264 frames it gets
+
+fn gst_init() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| gst::init().expect("GStreamer initialises"));
+}
+
+struct Viewer {
+    pipeline: gst::Pipeline,
+    frames: Arc<AtomicU64>,
+}
+
+impl Viewer {
+    /// Joins the runner's `/whep` endpoint and waits until frames arrive.
+    fn join(runner: &Runner) -> Viewer {
+        gst_init();
+        let pipeline = gst::Pipeline::new();
+        let webrtcbin = gst::ElementFactory::make("webrtcbin")
+            .property_from_str("bundle-policy", "max-bundle")
+            .build()
+            .expect("webrtcbin");
+        hybridlive_webrtc::add_local_address(&webrtcbin, "127.0.0.1").expect("libnice agent");
+        pipeline.add(&webrtcbin).unwrap();
+        let caps = gst::Caps::builder("application/x-rtp")
+            .field("media", "video")
+            .field("encoding-name", "H264")
+            .field("clock-rate", 90000i32)
+            .field("payload", 102i32)
+            .field("packetization-mode", "1")
+            .field("profile-level-id", "42e01f")
+            .build();
+        webrtcbin.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
+            "add-transceiver",
+            &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &caps],
+        );
+        let frames = Arc::new(AtomicU64::new(0));
+        let (weak, counter) = (pipeline.downgrade(), frames.clone());
+        webrtcbin.connect_pad_added(move |_, pad| {
+            let Some(pipeline) = weak.upgrade() else {
+                return;
+            };
+            let Ok(bin) = gst::parse::bin_from_description(
+                "rtph264depay ! video/x-h264,alignment=au ! fakesink name=frames",
+                true,
+            ) else {
+                return;
+            };
+            if pipeline.add(&bin).is_err() {
+                return;
+            }
+            let _ = bin.sync_state_with_parent();
+            if let Some(sink) = bin.by_name("frames").and_then(|s| s.static_pad("sink")) {
+                let counter = counter.clone();
+                sink.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    gst::PadProbeReturn::Ok
+                });
+            }
+            if let Some(sink) = bin.static_pad("sink") {
+                let _ = pad.link(&sink);
+            }
+        });
+        pipeline.set_state(gst::State::Playing).unwrap();
+
+        let promise = gst::Promise::new();
+        webrtcbin.emit_by_name::<()>("create-offer", &[&None::<gst::Structure>, &promise]);
+        promise.wait();
+        let offer = promise
+            .get_reply()
+            .expect("an offer")
+            .get::<gst_webrtc::WebRTCSessionDescription>("offer")
+            .expect("an offer");
+        let (tx, gathered) = mpsc::channel();
+        webrtcbin.connect_notify(Some("ice-gathering-state"), move |w, _| {
+            if w.property::<gst_webrtc::WebRTCICEGatheringState>("ice-gathering-state")
+                == gst_webrtc::WebRTCICEGatheringState::Complete
+            {
+                let _ = tx.send(());
+            }
+        });
+        let promise = gst::Promise::new();
+        webrtcbin.emit_by_name::<()>("set-local-description", &[&offer, &promise]);
+        promise.wait();
+        let _ = gathered.recv_timeout(Duration::from_secs(10));
+        let sdp = webrtcbin
+            .property::<gst_webrtc::WebRTCSessionDescription>("local-description")
+            .sdp()
+            .as_text()
+            .expect("SDP text");
+        let (status, answer) = http(
+            &runner.addr,
+            "POST",
+            "/whep",
+            "Content-Type: application/sdp\r\n",
+            sdp.as_bytes(),
+        )
+        .expect("the runner answers WHEP");
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+        let answer = gst_sdp::SDPMessage::parse_buffer(&answer).expect("an SDP answer");
+        let answer =
+            gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Answer, answer);
+        let promise = gst::Promise::new();
+        webrtcbin.emit_by_name::<()>("set-remote-description", &[&answer, &promise]);
+        promise.wait();
+        let viewer = Viewer { pipeline, frames };
+        eventually(Duration::from_secs(30), "WHEP frames", || {
+            (viewer.frames() >= 30).then_some(())
+        });
+        viewer
+    }
+
+    fn frames(&self) -> u64 {
+        self.frames.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// "The outputs keep running": what each output has produced so far
+
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    hls_segment: Option<String>,
+    recording_bytes: u64,
+    viewer_frames: u64,
+    uplink_bytes: u64,
+}
+
+struct Watched<'a> {
+    runner: &'a Runner,
+    recording: Option<PathBuf>,
+    viewer: Option<&'a Viewer>,
+    uplink: Option<PathBuf>,
+}
+
+impl Watched<'_> {
+    fn progress(&self) -> Progress {
+        let size = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .and_then(|p| std::fs::metadata(p).ok())
+                .map_or(0, |m| m.len())
+        };
+        Progress {
+            hls_segment: self.runner.last_segment(),
+            recording_bytes: size(&self.recording),
+            viewer_frames: self.viewer.map_or(0, Viewer::frames),
+            uplink_bytes: size(&self.uplink),
+        }
+    }
+
+    /// Waits until every watched output (except those in `skip`) produced more than at
+    /// `before`: a new HLS segment, a longer recording, more WHEP frames, more uplink bytes.
+    fn all_advance(&self, before: &Progress, skip: &[&str], what: &str) -> Progress {
+        eventually(Duration::from_secs(20), what, || {
+            let now = self.progress();
+            let hls = skip.contains(&"hls") || now.hls_segment > before.hls_segment;
+            let rec = skip.contains(&"recording")
+                || self.recording.is_none()
+                || now.recording_bytes > before.recording_bytes;
+            let whep = skip.contains(&"webrtc")
+                || self.viewer.is_none()
+                || now.viewer_frames >= before.viewer_frames + 15;
+            let uplink = skip.contains(&"uplink")
+                || self.uplink.is_none()
+                || now.uplink_bytes > before.uplink_bytes;
+            (hls && rec && whep && uplink).then_some(now)
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pipeline files
+
+const ENCODERS: &str = r#"
+[encoders.video]
+type = "h264"
+inputs = ["cam"]
+preset = "zerolatency"
+bitrate = 1200
+keyframe_interval = 1
+
+[encoders.audio]
+type = "aac"
+inputs = ["cam"]
+bitrate = 96
+
+[encoders.voice]
+type = "opus"
+inputs = ["cam"]
+bitrate = 48
+"#;
+
+const HLS: &str = r#"
+[outputs.hls]
+type = "hls"
+inputs = ["video", "audio"]
+directory = "hls"
+"#;
+
+const RECORD: &str = r#"
+[outputs.recording]
+type = "record"
+inputs = ["video", "audio"]
+directory = "rec"
+"#;
+
+const WEBRTC: &str = r#"
+[outputs.webrtc]
+type = "webrtc"
+inputs = ["video", "voice"]
+loopback_only = true
+"#;
+
+const TEST_SOURCE: &str = r#"
+[sources.cam]
+type = "test"
+width = 640
+height = 360
+framerate = 30
+"#;
+
+fn write_config(dir: &Path, parts: &[&str]) -> PathBuf {
+    let file = dir.join("pipeline.toml");
+    std::fs::write(&file, parts.concat()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hybridlive"))
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the test's pipeline does not validate: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    file
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. kill -9 during recording
+
+/// xorshift64*: random kill moments, reproducible from the printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Rng {
+        let seed = std::env::var("HYBRIDLIVE_FAULT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| now_ms() as u64 | 1);
+        eprintln!("kill moments from seed {seed} (HYBRIDLIVE_FAULT_SEED)");
+        Rng(seed)
+    }
+
+    /// Uniform in [0, 1).
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[test]
+fn kill_9_during_recording_loses_at_most_a_second() {
+    if !isolated("kill_9_during_recording_loses_at_most_a_second") {
+        return;
+    }
+    // CI kills 4 times; `scripts/faults` sets 20.
+    let kills: usize = std::env::var("HYBRIDLIVE_FAULT_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
+    let dir = scratch("kill9");
+    let config = write_config(&dir, &[TEST_SOURCE, ENCODERS, RECORD]);
+    let mut rng = Rng::new();
+    let mut rows = Vec::new();
+    for i in 0..kills {
+        let mut runner = Runner::start(&config, &dir);
+        let started = runner.wait_event("recording-started", Duration::from_secs(30));
+        // Anywhere from the first fragment being written to several fragments in.
+        let moment = Duration::from_secs_f64(0.2 + rng.next() * 6.0);
+        std::thread::sleep(moment);
+        runner.signal(libc::SIGKILL);
+        let killed_ms = now_ms();
+        runner.wait_exit(Duration::from_secs(10));
+        let file = PathBuf::from(started["path"].as_str().unwrap());
+        let ran = (killed_ms - utc_ms(started["utc_start"].as_str().unwrap())) as f64 / 1000.0;
+        let p = playback(&file);
+        eprintln!(
+            "kill {}: after {:.2} s of recording: {:.2} s in the file, {} frames, lost {:.2} s{}",
+            i + 1,
+            ran,
+            p.duration,
+            p.frames,
+            ran - p.duration,
+            if p.errors.is_empty() {
+                String::new()
+            } else {
+                format!(", ffmpeg: {}", p.errors)
+            }
+        );
+        rows.push((file, ran, p));
+    }
+    let worst = rows
+        .iter()
+        .map(|(_, ran, p)| ran - p.duration)
+        .fold(f64::MIN, f64::max);
+    let clean = rows.iter().filter(|(_, _, p)| p.errors.is_empty()).count();
+    report(
+        "`kill -9` of the runner while recording",
+        kills,
+        &format!("{clean}/{kills} recordings decode without error (ffprobe + ffmpeg)"),
+        &format!("at most {worst:.2} s of media"),
+    );
+    for (file, ran, p) in &rows {
+        assert!(
+            p.errors.is_empty(),
+            "{} does not decode cleanly: {}",
+            file.display(),
+            p.errors
+        );
+        assert!(
+            ran - p.duration <= 1.0,
+            "{}: ran {ran:.2} s, holds {:.2} s",
+            file.display(),
+            p.duration
+        );
+        assert!(
+            p.frames as f64 >= (p.duration - 0.5) * 30.0,
+            "{}: {} frames in {:.2} s",
+            file.display(),
+            p.frames,
+            p.duration
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. The primary source dies
+
+/// An SRT caller that, like a real encoder, dials again whenever the connection fails; drop
+/// it to kill it (SIGKILL, no goodbye on the wire).
+struct SrtSender {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn srt_sender(port: u16) -> SrtSender {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        while !flag.load(Ordering::SeqCst) {
+            let child = gst_launch(&format!(
+                "videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=180,framerate=30/1 \
+                 ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! mpegtsmux name=m \
+                 ! srtsink uri=srt://127.0.0.1:{port}?mode=caller \
+                 audiotestsrc is-live=true ! audioconvert ! avenc_aac ! m."
+            ));
+            let mut child = child;
+            while !flag.load(Ordering::SeqCst) && child.0.try_wait().ok().flatten().is_none() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            child.kill();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    });
+    SrtSender {
+        stop,
+        thread: Some(thread),
+    }
+}
+
+impl Drop for SrtSender {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The RTSP server of the source test (gst-rtsp-server), in a process of its own so that it
+/// can be stopped for real: the test starts this test binary again with only this selected.
+#[test]
+#[ignore = "helper process of rtsp_server_stopped_the_slate_covers_and_the_camera_comes_back"]
+fn rtsp_server_process() {
+    use gst_rtsp_server::prelude::*;
+    gst_init();
+    let server = gst_rtsp_server::RTSPServer::new();
+    server.set_address("127.0.0.1");
+    server.set_service("8554");
+    let factory = gst_rtsp_server::RTSPMediaFactory::new();
+    factory.set_launch(
+        "( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=180,framerate=30/1 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! rtph264pay name=pay0 pt=96 \
+         audiotestsrc is-live=true ! audioconvert ! opusenc ! rtpopuspay name=pay1 pt=97 )",
+    );
+    factory.set_shared(true);
+    server
+        .mount_points()
+        .expect("mount points")
+        .add_factory("/live", factory);
+    let main_loop = glib::MainLoop::new(None, false);
+    let _source = server
+        .attach(None)
+        .expect("the RTSP server binds 127.0.0.1:8554");
+    main_loop.run();
+}
+
+/// Runs the whole programme (HLS, recording, a WHEP viewer) from the source in `source_toml`,
+/// takes the primary away by dropping what `primary` returned, brings it back with `primary`
+/// again, and checks what viewers and the host notice. Returns nothing: it reports a row.
+fn primary_source_dies<P>(test: &str, fault: &str, source_toml: &str, primary: impl Fn() -> P) {
+    const STALL_S: f64 = 1.0;
+    let dir = scratch(test);
+    let config = write_config(&dir, &[source_toml, ENCODERS, HLS, RECORD, WEBRTC]);
+    let live = primary();
+    let mut runner = Runner::start(&config, &dir);
+    let started = runner.wait_event("recording-started", Duration::from_secs(30));
+    runner.wait_source("primary", Duration::from_secs(30));
+    let viewer = Viewer::join(&runner);
+    let watched = Watched {
+        runner: &runner,
+        recording: Some(PathBuf::from(started["path"].as_str().unwrap())),
+        viewer: Some(&viewer),
+        uplink: None,
+    };
+    let p = watched.all_advance(&Progress::default(), &[], "every output to produce");
+    let p = watched.all_advance(&p, &[], "every output to go on producing");
+
+    // The primary dies: the slate is on air within the stall timeout (plus the runner's 1 s
+    // status tick that reports it), and every output goes on.
+    let lost_at = Instant::now();
+    drop(live);
+    runner.wait_source("fallback", Duration::from_secs(20));
+    let to_slate = lost_at.elapsed().as_secs_f64();
+    let watched = Watched {
+        runner: &runner,
+        recording: Some(PathBuf::from(started["path"].as_str().unwrap())),
+        viewer: Some(&viewer),
+        uplink: None,
+    };
+    let p = watched.all_advance(&p, &[], "every output to go on over the slate");
+    let p = watched.all_advance(&p, &[], "every output to stay up over the slate");
+
+    // It returns and is taken back.
+    let back_at = Instant::now();
+    let _live = primary();
+    runner.wait_source("primary", Duration::from_secs(30));
+    let to_primary = back_at.elapsed().as_secs_f64();
+    let watched = Watched {
+        runner: &runner,
+        recording: Some(PathBuf::from(started["path"].as_str().unwrap())),
+        viewer: Some(&viewer),
+        uplink: None,
+    };
+    let p = watched.all_advance(&p, &[], "every output to go on with the primary back");
+    let frames = p.viewer_frames;
+
+    // No output noticed: nothing failed, nothing restarted.
+    let failures = runner.logged("output-failed");
+    let restarts: u64 = runner.status()["outputs"]
+        .as_object()
+        .map(|o| o.values().filter_map(|v| v["restarts"].as_u64()).sum())
+        .unwrap_or(0);
+    drop(viewer);
+    let stopped_ms = now_ms();
+    let status = runner.stop();
+    let file = PathBuf::from(started["path"].as_str().unwrap());
+    let ran = (stopped_ms - utc_ms(started["utc_start"].as_str().unwrap())) as f64 / 1000.0;
+    let played = playback(&file);
+    report(
+        fault,
+        1,
+        &format!(
+            "slate on air {to_slate:.1} s after the loss (stall_timeout {STALL_S} s + 1 s status \
+             tick), primary back {to_primary:.1} s after it returned; HLS, recording and a WHEP \
+             viewer ({frames} frames) kept going; {} output failures, {restarts} restarts",
+            failures.len()
+        ),
+        &format!(
+            "{:.2} s of {ran:.1} s (recording vs time run)",
+            (ran - played.duration).max(0.0)
+        ),
+    );
+    assert!(failures.is_empty(), "outputs failed: {failures:?}");
+    assert_eq!(restarts, 0, "outputs restarted");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        to_slate <= STALL_S + 3.0,
+        "the slate came {to_slate:.1} s after the loss"
+    );
+    let played = assert_plays(&file);
+    assert!(
+        (ran - played.duration).abs() <= 1.0,
+        "ran {ran:.2} s, recorded {:.2} s",
+        played.duration
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn srt_sender_killed_the_slate_covers_and_the_sender_comes_back() {
+    if !isolated("srt_sender_killed_the_slate_covers_and_the_sender_comes_back") {
+        return;
+    }
+    primary_source_dies(
+        "srt-source",
+        "primary source: SRT sender killed (`kill -9`) and back",
+        r#"
+[sources.cam]
+type = "srt"
+uri = "srt://127.0.0.1:9000?mode=listener"
+width = 640
+height = 360
+stall_timeout = 1
+"#,
+        || srt_sender(9000),
+    );
+}
+
+#[test]
+fn rtsp_server_stopped_the_slate_covers_and_the_camera_comes_back() {
+    if !isolated("rtsp_server_stopped_the_slate_covers_and_the_camera_comes_back") {
+        return;
+    }
+    primary_source_dies(
+        "rtsp-source",
+        "primary source: RTSP server (gst-rtsp-server) stopped and restarted",
+        r#"
+[sources.cam]
+type = "rtsp"
+uri = "rtsp://127.0.0.1:8554/live"
+width = 640
+height = 360
+stall_timeout = 1
+"#,
+        || {
+            let server = helper_process("rtsp_server_process");
+            // Listening before the runner dials.
+            eventually(Duration::from_secs(20), "the RTSP server to listen", || {
+                TcpStream::connect("127.0.0.1:8554").ok().map(|_| ())
+            });
+            server
+        },
+    );
+}
+
+/// Puts the complete programme file in place (atomically); dropping it truncates the file to
+/// a tenth while the runner reads it.
+struct FileInPlace {
+    live: PathBuf,
+}
+
+impl Drop for FileInPlace {
+    fn drop(&mut self) {
+        if let Ok(file) = std::fs::OpenOptions::new().write(true).open(&self.live)
+            && let Ok(meta) = file.metadata()
+        {
+            let _ = file.set_len(meta.len() / 10);
+        }
+    }
+}
+
+#[test]
+fn file_truncated_while_read_the_slate_covers_and_the_file_comes_back() {
+    if !isolated("file_truncated_while_read_the_slate_covers_and_the_file_comes_back") {
+        return;
+    }
+    // Not the scratch folder of the run (primary_source_dies starts that afresh).
+    let dir = scratch("file-master");
+    let master = dir.join("master.mp4");
+    let made = Command::new("gst-launch-1.0")
+        .args(["-q", "videotestsrc", "num-buffers=900", "pattern=ball"])
+        .args(["!", "video/x-raw,width=320,height=180,framerate=30/1"])
+        .args(["!", "x264enc", "speed-preset=ultrafast", "key-int-max=30"])
+        .args(["!", "h264parse", "!", "mp4mux", "name=m", "!", "filesink"])
+        .arg(format!("location={}", master.display()))
+        .args(["audiotestsrc", "num-buffers=1400", "!", "audioconvert"])
+        .args(["!", "avenc_aac", "!", "aacparse", "!", "m."])
+        .status()
+        .expect("gst-launch-1.0");
+    assert!(made.success(), "cannot make the programme file");
+    let live = dir.join("programme.mp4");
+    let source = format!(
+        r#"
+[sources.cam]
+type = "file"
+location = "{}"
+loop = true
+width = 640
+height = 360
+stall_timeout = 1
+"#,
+        live.display()
+    );
+    primary_source_dies(
+        "file-source",
+        "primary source: file truncated while read, then restored",
+        &source,
+        || {
+            let tmp = live.with_extension("tmp");
+            std::fs::copy(&master, &tmp).expect("copy the programme");
+            std::fs::rename(&tmp, &live).expect("put the programme in place");
+            FileInPlace { live: live.clone() }
+        },
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. An output's peer or storage disappears
+
+/// Failures and restarts the runner reported for one output.
+fn failures_of(runner: &Runner, output: &str) -> (Vec<serde_json::Value>, usize) {
+    let failed: Vec<_> = runner
+        .logged("output-failed")
+        .into_iter()
+        .filter(|e| e["output"] == output)
+        .collect();
+    let restarts = runner
+        .logged("output-restart")
+        .into_iter()
+        .filter(|e| e["output"] == output)
+        .count();
+    (failed, restarts)
+}
+
+/// No output but `except` failed or restarted.
+fn assert_only_failed(runner: &Runner, except: &str) {
+    let others: Vec<_> = runner
+        .logged("output-failed")
+        .into_iter()
+        .chain(runner.logged("output-restart"))
+        .filter(|e| e["output"] != except)
+        .collect();
+    assert!(
+        others.is_empty(),
+        "other outputs were disturbed: {others:?}"
+    );
+}
+
+/// The back-off delays announced with each failure, in seconds.
+fn backoffs(failed: &[serde_json::Value]) -> String {
+    failed
+        .iter()
+        .filter_map(|e| e["restart_in_s"].as_f64())
+        .map(|s| format!("{s:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+const UPLINK: &str = r#"
+[outputs.uplink]
+type = "srt"
+inputs = ["video", "audio"]
+uri = "srt://127.0.0.1:9300?mode=caller"
+"#;
+
+fn srt_listener(file: &Path) -> KillOnDrop {
+    gst_launch(&format!(
+        "srtsrc uri=srt://127.0.0.1:9300?mode=listener ! filesink location={}",
+        file.display()
+    ))
+}
+
+#[test]
+fn srt_listener_gone_the_uplink_retries_and_the_rest_goes_on() {
+    if !isolated("srt_listener_gone_the_uplink_retries_and_the_rest_goes_on") {
+        return;
+    }
+    let dir = scratch("srt-output");
+    let config = write_config(&dir, &[TEST_SOURCE, ENCODERS, HLS, RECORD, WEBRTC, UPLINK]);
+    let first = dir.join("uplink-1.ts");
+    let listener = srt_listener(&first);
+    let mut runner = Runner::start(&config, &dir);
+    let started = runner.wait_event("recording-started", Duration::from_secs(30));
+    let recording = PathBuf::from(started["path"].as_str().unwrap());
+    let viewer = Viewer::join(&runner);
+    let watched = Watched {
+        runner: &runner,
+        recording: Some(recording.clone()),
+        viewer: Some(&viewer),
+        uplink: Some(first.clone()),
+    };
+    let p = watched.all_advance(&Progress::default(), &[], "every output to produce");
+
+    // The far end vanishes without a word (SIGKILL): SRT notices when the peer falls silent.
+    listener.kill();
+    let gone_at = Instant::now();
+    runner.wait_output_event("output-failed", "uplink");
+    let noticed = gone_at.elapsed().as_secs_f64();
+    let watched = Watched {
+        runner: &runner,
+        recording: Some(recording.clone()),
+        viewer: Some(&viewer),
+        uplink: None,
+    };
+    let p = watched.all_advance(&p, &["uplink"], "the other outputs to go on");
+    // It retries with back-off while the listener is away.
+    runner.wait_output_event("output-restart", "uplink");
+    runner.wait_output_event("output-failed", "uplink");
+    let state = runner.status()["outputs"]["uplink"].clone();
+    assert_ne!(state["state"], "running", "{state}");
+    assert!(state["last_error"].is_string(), "{state}");
+    watched.all_advance(&p, &["uplink"], "the other outputs to go on");
+
+    // The listener returns: the uplink reconnects on its next try.
+    let second = dir.join("uplink-2.ts");
+    let listener = srt_listener(&second);
+    let back_at = Instant::now();
+    let watched = Watched {
+        runner: &runner,
+        recording: Some(recording.clone()),
+        viewer: Some(&viewer),
+        uplink: Some(second.clone()),
+    };
+    let p = eventually(
+        Duration::from_secs(60),
+        "the uplink to deliver again",
+        || {
+            let now = watched.progress();
+            (now.uplink_bytes > 100_000).then_some(now)
+        },
+    );
+    let reconnected = back_at.elapsed().as_secs_f64();
+    watched.all_advance(&p, &[], "every output to produce");
+    let (failed, restarts) = failures_of(&runner, "uplink");
+    assert_only_failed(&runner, "uplink");
+    drop(viewer);
+    let stopped_ms = now_ms();
+    assert!(runner.stop().success());
+    let ran = (stopped_ms - utc_ms(started["utc_start"].as_str().unwrap())) as f64 / 1000.0;
+    let played = assert_plays(&recording);
+    listener.interrupt();
+    // A live stream cut by the sender's shutdown may end in half a frame: what counts is that
+    // the reconnected uplink carried decodable pictures.
+    let uplink = playback(&second);
+    assert!(
+        uplink.frames >= 30,
+        "{}: {} frames decode after the reconnection ({})",
+        second.display(),
+        uplink.frames,
+        uplink.errors
+    );
+    report(
+        "output peer gone: SRT listener of the uplink killed, back later",
+        1,
+        &format!(
+            "uplink reported `output-failed` {noticed:.1} s after the peer vanished, retried \
+             with back-off ({} s; {restarts} restarts), delivered again {reconnected:.1} s after \
+             the listener returned ({} frames decodable); HLS, recording and WHEP never stopped",
+            backoffs(&failed),
+            uplink.frames
+        ),
+        &format!(
+            "uplink: the time it was away; recording: {:.2} s of {ran:.1} s",
+            (ran - played.duration).max(0.0)
+        ),
+    );
+    assert!((ran - played.duration).abs() <= 1.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn hls_folder_unwritable_hls_retries_and_the_rest_goes_on() {
+    if !isolated("hls_folder_unwritable_hls_retries_and_the_rest_goes_on") {
+        return;
+    }
+    let dir = scratch("hls-readonly");
+    let config = write_config(&dir, &[TEST_SOURCE, ENCODERS, HLS, RECORD, WEBRTC]);
+    let mut runner = Runner::start(&config, &dir);
+    let started = runner.wait_event("recording-started", Duration::from_secs(30));
+    let recording = PathBuf::from(started["path"].as_str().unwrap());
+    let viewer = Viewer::join(&runner);
+    let watched = Watched {
+        runner: &runner,
+        recording: Some(recording.clone()),
+        viewer: Some(&viewer),
+        uplink: None,
+    };
+    let p = watched.all_advance(&Progress::default(), &[], "every output to produce");
+
+    // The folder turns read-only under the running output (root ignores permissions; a
+    // read-only bind mount stops root too).
+    let hls = dir.join("hls");
+    sh(&format!(
+        "mount --bind {0} {0} && mount -o remount,bind,ro {0}",
+        hls.display()
+    ));
+    let failed = runner.wait_output_event("output-failed", "hls");
+    let error = failed["error"].as_str().unwrap_or_default().to_string();
+    let p = watched.all_advance(&p, &["hls"], "the other outputs to go on");
+    runner.wait_output_event("output-restart", "hls");
+    runner.wait_output_event("output-failed", "hls");
+    let p = watched.all_advance(&p, &["hls"], "the other outputs to go on");
+    // The playlist still answers (the last one written), so players keep what they have.
+    let (status, _) = runner.get("/hls/live.m3u8");
+    assert_eq!(status, 200);
+
+    let before = media_sequence(&runner).unwrap_or(0);
+    let last_before = runner.last_segment().unwrap_or_default();
+    sh(&format!("umount {}", hls.display()));
+    let back_at = Instant::now();
+    // Back on its next try: new segments, numbered on from the ones players already have.
+    let last_after = eventually(Duration::from_secs(60), "HLS to write again", || {
+        runner.last_segment().filter(|s| *s > last_before)
+    });
+    let after = media_sequence(&runner).unwrap_or(0);
+    assert!(
+        after >= before,
+        "the media sequence went back from {before} to {after}"
+    );
+    let recovered = back_at.elapsed().as_secs_f64();
+    watched.all_advance(&p, &[], "every output to produce");
+    let (failures, restarts) = failures_of(&runner, "hls");
+    assert_only_failed(&runner, "hls");
+    drop(viewer);
+    let stopped_ms = now_ms();
+    assert!(runner.stop().success());
+    let watchdog = if runner.logged("shutdown-stuck").is_empty() {
+        ""
+    } else {
+        "; the SIGINT teardown hung in GStreamer and the runner's watchdog ended it (exit 0, \
+         recording finalised)"
+    };
+    let ran = (stopped_ms - utc_ms(started["utc_start"].as_str().unwrap())) as f64 / 1000.0;
+    let played = assert_plays(&recording);
+    report(
+        "output storage gone: HLS folder turned read-only, writable later",
+        1,
+        &format!(
+            "HLS reported `output-failed` ({error}), retried with back-off ({} s; {restarts} \
+             restarts), wrote again {recovered:.1} s after the folder came back ({last_before} -> \
+             {last_after}, media sequence {before} -> {after}); recording and WHEP never \
+             stopped{watchdog}",
+            backoffs(&failures)
+        ),
+        &format!(
+            "HLS: the segments of the time it could not write; recording: {:.2} s of {ran:.1} s",
+            (ran - played.duration).max(0.0)
+        ),
+    );
+    assert!((ran - played.duration).abs() <= 1.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `#EXT-X-MEDIA-SEQUENCE` of the live playlist.
+fn media_sequence(runner: &Runner) -> Option<u64> {
+    let (status, body) = runner.get("/hls/live.m3u8");
+    (status == 200).then_some(())?;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn disk_full_the_recording_keeps_what_it_wrote_and_resumes_when_space_returns() {
+    if !isolated("disk_full_the_recording_keeps_what_it_wrote_and_resumes_when_space_returns") {
+        return;
+    }
+    let dir = scratch("disk-full");
+    let rec = dir.join("rec");
+    std::fs::create_dir_all(&rec).unwrap();
+    // A small disk of its own for the recordings, two thirds taken by other files.
+    sh(&format!(
+        "mount -t tmpfs -o size=3m tmpfs {}",
+        rec.display()
+    ));
+    let ballast = rec.join("ballast");
+    std::fs::write(&ballast, vec![0u8; 2_000_000]).unwrap();
+    let config = write_config(&dir, &[TEST_SOURCE, ENCODERS, HLS, RECORD, WEBRTC]);
+    let mut runner = Runner::start(&config, &dir);
+    let started = runner.wait_event("recording-started", Duration::from_secs(30));
+    let first = PathBuf::from(started["path"].as_str().unwrap());
+    let viewer = Viewer::join(&runner);
+    let watched = Watched {
+        runner: &runner,
+        recording: None,
+        viewer: Some(&viewer),
+        uplink: None,
+    };
+    let p = watched.all_advance(&Progress::default(), &[], "every output to produce");
+
+    // The disk fills up: the recording reports it; what it wrote stays playable.
+    let failed = runner.wait_output_event("output-failed", "recording");
+    let error = failed["error"].as_str().unwrap_or_default().to_string();
+    let recorded_for = (utc_ms(failed["utc"].as_str().unwrap())
+        - utc_ms(started["utc_start"].as_str().unwrap())) as f64
+        / 1000.0;
+    let kept = assert_plays(&first);
+    let p = watched.all_advance(&p, &["recording"], "the other outputs to go on");
+    // Still full: the retries fail too, with back-off; whatever a retry managed to write
+    // before failing is whole fragments that play, never an empty or broken file.
+    runner.wait_output_event("output-restart", "recording");
+    runner.wait_output_event("output-failed", "recording");
+    let p = watched.all_advance(&p, &["recording"], "the other outputs to go on");
+    let retries: Vec<_> = std::fs::read_dir(&rec)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "mp4") && *p != first)
+        .collect();
+    for file in &retries {
+        assert_plays(file);
+    }
+
+    // Space returns: the next try records again, into a new file.
+    let freed_at = Instant::now();
+    std::fs::remove_file(&ballast).unwrap();
+    // (Retries that failed announced recordings too: the one that counts is the one the
+    // status shows running and growing.)
+    let second = eventually(
+        Duration::from_secs(60),
+        "a new recording once space returned",
+        || {
+            let recording = runner.status()["outputs"]["recording"]["recording"].clone();
+            let path = PathBuf::from(recording["path"].as_str()?);
+            (path != first && std::fs::metadata(&path).is_ok_and(|m| m.len() > 0)).then_some(path)
+        },
+    );
+    let resumed_after = freed_at.elapsed().as_secs_f64();
+    let watched = Watched {
+        runner: &runner,
+        recording: Some(second.clone()),
+        viewer: Some(&viewer),
+        uplink: None,
+    };
+    watched.all_advance(&p, &[], "every output to produce, the recording again");
+    let (failures, restarts) = failures_of(&runner, "recording");
+    assert_only_failed(&runner, "recording");
+    drop(viewer);
+    assert!(runner.stop().success());
+    let again = assert_plays(&second);
+    report(
+        "output storage gone: recording disk full (3 MB tmpfs), space freed later",
+        1,
+        &format!(
+            "recording reported `output-failed` ({error}) after {recorded_for:.1} s, retried \
+             with back-off ({} s; {restarts} restarts; {} short files of retries, all \
+             playable), recorded again \
+             {resumed_after:.1} s after space was freed ({:.1} s, plays); HLS and WHEP never \
+             stopped",
+            backoffs(&failures),
+            retries.len(),
+            again.duration
+        ),
+        &format!(
+            "nothing written before the disk filled ({:.2} s kept of {recorded_for:.2} s, \
+             plays cleanly); the time the disk was full",
+            kept.duration
+        ),
+    );
+    assert!(
+        recorded_for - kept.duration <= 1.0,
+        "recorded for {recorded_for:.2} s, kept {:.2} s",
+        kept.duration
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. The uplink collapses to 10 % for 10 s
+
+/// Bytes in `file` sampled every 500 ms for `secs`: the receiver's rate in kbit/s per sample.
+fn sample_rate(file: &Path, secs: f64) -> Vec<f64> {
+    let mut rates = Vec::new();
+    let mut last = std::fs::metadata(file).map_or(0, |m| m.len());
+    let mut at = Instant::now();
+    let end = at + Duration::from_secs_f64(secs);
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = std::fs::metadata(file).map_or(0, |m| m.len());
+        let elapsed = at.elapsed().as_secs_f64();
+        rates.push((now.saturating_sub(last)) as f64 * 8.0 / 1000.0 / elapsed);
+        last = now;
+        at = Instant::now();
+    }
+    rates
+}
+
+fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len().max(1) as f64
+}
+
+#[test]
+fn uplink_collapses_to_a_tenth_for_10_s_and_the_stream_recovers() {
+    if !isolated("uplink_collapses_to_a_tenth_for_10_s_and_the_stream_recovers") {
+        return;
+    }
+    const CAPACITY_KBPS: u32 = 3000;
+    let dir = scratch("collapse");
+    // The receiving platform in a network namespace of its own, behind a veth pair whose
+    // sending side is shaped by tc tbf (a 200 ms queue, tail drop beyond).
+    let received = dir.join("received.ts");
+    let receiver = KillOnDrop(
+        Command::new("unshare")
+            .args(["--net", "--", "sh", "-c"])
+            .arg(format!(
+                "ip link set lo up; while ! ip link show hlb >/dev/null 2>&1; do sleep 0.1; done; \
+                 ip addr add 10.213.9.2/24 dev hlb && ip link set hlb up && \
+                 exec gst-launch-1.0 -q -e srtsrc uri=srt://:9300?mode=listener ! filesink location={}",
+                received.display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("unshare"),
+    );
+    sh(&format!(
+        "ip link add hla type veth peer name hlb && ip link set hlb netns {} && \
+         ip addr add 10.213.9.1/24 dev hla && ip link set hla up",
+        receiver.0.id()
+    ));
+    let shape = |kbps: u32| {
+        sh(&format!(
+            "tc qdisc replace dev hla root tbf rate {kbps}kbit burst 32kbit latency 200ms"
+        ))
+    };
+    shape(CAPACITY_KBPS);
+    let uplink = r#"
+[outputs.uplink]
+type = "srt"
+inputs = ["video", "audio"]
+uri = "srt://10.213.9.2:9300?mode=caller"
+"#;
+    let config = write_config(&dir, &[TEST_SOURCE, ENCODERS, HLS, RECORD, uplink]);
+    let mut runner = Runner::start(&config, &dir);
+    let started = runner.wait_event("recording-started", Duration::from_secs(30));
+    let recording = PathBuf::from(started["path"].as_str().unwrap());
+    let watched = Watched {
+        runner: &runner,
+        recording: Some(recording.clone()),
+        viewer: None,
+        uplink: Some(received.clone()),
+    };
+    let p = eventually(Duration::from_secs(30), "the platform to receive", || {
+        let now = watched.progress();
+        (now.uplink_bytes > 200_000).then_some(now)
+    });
+    let before = sample_rate(&received, 4.0);
+    shape(CAPACITY_KBPS / 10);
+    let during = sample_rate(&received, 10.0);
+    let p = watched.all_advance(&p, &["uplink"], "HLS and the recording to go on");
+    shape(CAPACITY_KBPS);
+    let after = sample_rate(&received, 10.0);
+    watched.all_advance(&p, &[], "every output to produce");
+    let (failures, restarts) = failures_of(&runner, "uplink");
+    assert_only_failed(&runner, "uplink");
+    let stopped_ms = now_ms();
+    assert!(runner.stop().success());
+    let ran = (stopped_ms - utc_ms(started["utc_start"].as_str().unwrap())) as f64 / 1000.0;
+    let played = assert_plays(&recording);
+    drop(receiver);
+    let (b, d, a) = (mean(&before), mean(&during), mean(&after[4..]));
+    let during_min = during.iter().copied().fold(f64::MAX, f64::min);
+    report(
+        "uplink (SRT caller, fixed 1.2 Mbit/s encode) through tc tbf: 3000 -> 300 kbit/s for 10 s -> 3000",
+        1,
+        &format!(
+            "received {b:.0} kbit/s before, {d:.0} kbit/s during (lowest 0.5 s: \
+             {during_min:.0}), {a:.0} kbit/s once recovered; uplink {} failures, {restarts} \
+             restarts; HLS and recording untouched",
+            failures.len()
+        ),
+        &format!(
+            "uplink: what did not fit through 300 kbit/s (no bitrate adaptation in the runner \
+             yet); recording: {:.2} s of {ran:.1} s",
+            (ran - played.duration).max(0.0)
+        ),
+    );
+    // The stream goes on through the collapse at a lower rate, and comes back.
+    assert!(d > 0.0 && d < b, "during {d:.0} kbit/s, before {b:.0}");
+    assert!(a >= 0.8 * b, "recovered to {a:.0} kbit/s of {b:.0}");
+    assert!((ran - played.duration).abs() <= 1.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
