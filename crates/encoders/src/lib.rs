@@ -21,6 +21,11 @@ mod table;
 
 pub use table::ENCODERS;
 
+/// The largest frame the top levels of H.264 and H.265 allow (level 6.2: 139264 macroblocks of
+/// 16x16 pixels, e.g. 8192x4352). A stream claiming more is corrupt or hostile: decoding it
+/// would allocate gigabytes, so readers of untrusted files refuse it.
+pub const MAX_FRAME_PIXELS: u64 = 139_264 * 256;
+
 /// The unit an encoder's bitrate property is expressed in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RateUnit {

@@ -148,8 +148,11 @@ fn cut_to(
     temp: &Path,
     progress: &dyn Fn(f64),
 ) -> anyhow::Result<CutResult> {
-    if !source.is_file() {
-        bail!("not a readable file");
+    match std::fs::metadata(source) {
+        Ok(m) if !m.is_file() => bail!("not a regular file"),
+        Ok(m) if m.len() == 0 => bail!("the file is empty"),
+        Ok(_) => {}
+        Err(e) => bail!("cannot read it: {e}"),
     }
     let pipeline = gst::Pipeline::new();
     let filesrc = make("filesrc")?;
@@ -216,7 +219,7 @@ fn cut_to(
                     gst::ClockTime::from_mseconds(10),
                     &[gst::MessageType::Error],
                 ) {
-                    return Err(bus_error(&msg));
+                    return Err(stream_error(&shared, &msg));
                 }
                 if let Some(e) = lock(&shared).error.take() {
                     bail!(e);
@@ -262,7 +265,7 @@ fn cut_to(
                 use gst::MessageView;
                 match msg.view() {
                     MessageView::Eos(_) => break,
-                    MessageView::Error(_) => return Err(bus_error(&msg)),
+                    MessageView::Error(_) => return Err(stream_error(&shared, &msg)),
                     MessageView::Element(e) => {
                         if let Some(s) = e.structure() {
                             if s.name() == "clip-started" {
@@ -354,10 +357,25 @@ fn cut_to(
     Ok(result)
 }
 
+/// The error to report for an error message on the bus: a stream refused while linking (an
+/// unsupported codec, absurd dimensions) makes the demuxer fail with `not-linked`, which says
+/// nothing to a user, so the refusal wins.
+fn stream_error(shared: &Mutex<Shared>, msg: &gst::Message) -> anyhow::Error {
+    match lock(shared).error.take() {
+        Some(refused) => anyhow!(refused),
+        None => bus_error(msg),
+    }
+}
+
 fn bus_error(msg: &gst::Message) -> anyhow::Error {
     match msg.view() {
         gst::MessageView::Error(e) => {
-            let detail = e.debug().map(|d| format!(" ({d})")).unwrap_or_default();
+            // The debug text starts with GStreamer's source location and element path; only
+            // its last line (when it has more than one) says something to a user.
+            let detail = e
+                .debug()
+                .and_then(|d| d.lines().skip(1).last().map(|l| format!(" ({})", l.trim())))
+                .unwrap_or_default();
             let src = msg
                 .src()
                 .map(|s| format!("{}: ", s.name()))
@@ -383,6 +401,16 @@ fn link_stream(
         .structure(0)
         .ok_or_else(|| anyhow!("stream without caps"))?;
     let name = s.name().as_str();
+    if let (Ok(width), Ok(height)) = (s.get::<i32>("width"), s.get::<i32>("height")) {
+        let max = hybridlive_encoders::MAX_FRAME_PIXELS;
+        let pixels = u64::try_from(i64::from(width) * i64::from(height)).unwrap_or(0);
+        if pixels == 0 || pixels > max {
+            bail!(
+                "the video claims {width}x{height} pixels: beyond what any H.264/H.265 level \
+                 allows ({max} pixels a frame), so the stream is corrupt"
+            );
+        }
+    }
     let mut chain = vec![make("queue")?];
     match name {
         "video/x-h264" | "video/x-h265" => {

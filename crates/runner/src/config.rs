@@ -407,6 +407,25 @@ const ENCODER_TYPES: &[&str] = &["h264", "aac", "opus"];
 const OUTPUT_TYPES: &[&str] = &["hls", "record", "srt", "rtmp", "webrtc"];
 const PLANNED_OUTPUT_TYPES: &[&str] = &[];
 
+/// An SRT listener URI without a host (`srt://:9000`) would listen on every interface;
+/// like every other listener of the runner it gets 127.0.0.1 unless an address is written
+/// (`srt://0.0.0.0:9000?mode=listener` to accept senders from other machines). Other URIs are
+/// returned unchanged.
+pub fn loopback_if_unbound(uri: String) -> String {
+    let Some(rest) = uri.strip_prefix("srt://:") else {
+        return uri;
+    };
+    // GStreamer's SRT elements listen when the host is left out: keep that meaning.
+    let mode = if rest.contains("mode=") {
+        ""
+    } else if rest.contains('?') {
+        "&mode=listener"
+    } else {
+        "?mode=listener"
+    };
+    format!("srt://127.0.0.1:{rest}{mode}")
+}
+
 /// Reads a pipeline file. On failure, every problem found is returned, in file order.
 pub fn parse(text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
     let (document, syntax) = DeTable::parse_recoverable(text);
@@ -935,8 +954,17 @@ impl Reader<'_> {
                 let location = f.required_string(self.diags, "location");
                 let looping = f.bool(self.diags, "loop", false);
                 let fallback = self.fallback(f);
+                let (location, span) = location?;
+                if !std::path::Path::new(&location).is_file() {
+                    f.error(
+                        self.diags,
+                        span,
+                        "location",
+                        format!("`{location}` is not a file"),
+                    );
+                }
                 SourceKind::File {
-                    location: PathBuf::from(location?.0),
+                    location: PathBuf::from(location),
                     looping,
                     fallback,
                 }
@@ -953,7 +981,10 @@ impl Reader<'_> {
                         format!("a {scheme} source needs a `{scheme}://` URI"),
                     );
                 }
-                SourceKind::Network { uri, fallback }
+                SourceKind::Network {
+                    uri: loopback_if_unbound(uri),
+                    fallback,
+                }
             }
             "v4l2" => SourceKind::V4l2 {
                 device: f
@@ -996,7 +1027,7 @@ impl Reader<'_> {
         Fallback {
             stall_timeout,
             slate,
-            backup_uri,
+            backup_uri: backup_uri.map(loopback_if_unbound),
         }
     }
 
@@ -1170,7 +1201,9 @@ impl Reader<'_> {
                         format!("`{uri}` is not an srt:// URI"),
                     );
                 }
-                OutputKind::Srt { uri }
+                OutputKind::Srt {
+                    uri: loopback_if_unbound(uri),
+                }
             }
             "rtmp" => {
                 let (location, span) = f.required_string(self.diags, "location")?;

@@ -22,6 +22,7 @@ mod hls;
 mod llhls;
 mod mp4file;
 mod output;
+mod probe;
 mod runner;
 mod server;
 mod state;

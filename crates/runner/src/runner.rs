@@ -887,6 +887,9 @@ impl Graph<'_> {
                 let path = std::fs::canonicalize(location).with_context(|| {
                     format!("source `{name}`: cannot open {}", location.display())
                 })?;
+                crate::probe::media_file(&path).map_err(|reason| {
+                    anyhow!("source `{name}`: {}: {reason}", location.display())
+                })?;
                 let uri = glib::filename_to_uri(&path, None).context("file URI")?;
                 let src = self.fallback_source(
                     name,

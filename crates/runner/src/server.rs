@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use anyhow::{Context as _, anyhow};
@@ -26,6 +27,8 @@ pub const MAX_BODY: usize = 16 * 1024;
 /// up to three target durations, two per viewer at a time: enough threads that a few dozen
 /// waiting viewers never starve the rest.
 const WORKERS: usize = 64;
+/// WHEP requests handled at once, each on its own thread; more get 503 until one finishes.
+const MAX_WHEP_IN_FLIGHT: usize = 32;
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 const HLS_JS: &[u8] = include_bytes!("../assets/hls.min.js");
@@ -56,6 +59,8 @@ struct Context {
     token: Option<String>,
     hls_dir: Option<PathBuf>,
     segment_times: crate::hls::SegmentTimes,
+    /// WHEP requests being read or negotiated on their own threads.
+    whep_in_flight: AtomicUsize,
 }
 
 /// Binds `addr`; done before anything else starts so a busy port fails fast.
@@ -80,6 +85,7 @@ pub fn start(
         token,
         hls_dir: hls_dir.and_then(|d| std::fs::canonicalize(d).ok()),
         segment_times: crate::hls::SegmentTimes::default(),
+        whep_in_flight: AtomicUsize::new(0),
     });
     let workers = (0..WORKERS)
         .map(|_| {
@@ -121,7 +127,7 @@ fn error(status: u16, message: &str) -> Response<std::io::Cursor<Vec<u8>>> {
     json(status, &serde_json::json!({ "error": message }))
 }
 
-fn handle(context: &Context, mut request: Request) {
+fn handle(context: &Arc<Context>, mut request: Request) {
     let url = request.url().to_string();
     let path = url.split('?').next().unwrap_or("").to_string();
     let method = request.method().clone();
@@ -180,7 +186,24 @@ fn handle(context: &Context, mut request: Request) {
                 Err(response) => response,
             }
         }
-        (_, p) if p == "/whep" || p.starts_with("/whep/") => whep(context, &mut request, p),
+        (_, p) if p == "/whep" || p.starts_with("/whep/") => {
+            // Reading an offer waits on the client and answering it waits on ICE gathering: a
+            // slow or hostile viewer must not hold a worker the viewer page and HLS need.
+            let taken = context.whep_in_flight.fetch_add(1, Ordering::SeqCst);
+            if taken >= MAX_WHEP_IN_FLIGHT {
+                context.whep_in_flight.fetch_sub(1, Ordering::SeqCst);
+                error(503, "too many WebRTC sessions are being set up; retry")
+                    .with_header(header("Retry-After", "2"))
+            } else {
+                let context = context.clone();
+                std::thread::spawn(move || {
+                    let response = whep(&context, &mut request, &path);
+                    let _ = request.respond(response);
+                    context.whep_in_flight.fetch_sub(1, Ordering::SeqCst);
+                });
+                return;
+            }
+        }
         (Method::Get | Method::Head, "/assets/whep-player.js") => {
             Response::from_string(hybridlive_webrtc::WHEP_PLAYER_JS)
                 .with_header(header("Content-Type", "text/javascript; charset=utf-8"))
@@ -207,6 +230,20 @@ fn whep(
     let Some(whep) = context.runner.outputs.iter().find_map(|o| o.whep()) else {
         return error(503, "no WebRTC output is running");
     };
+    // Refuse an announced oversized body before reading it: reading would block this worker
+    // until the client sent it all.
+    if request
+        .body_length()
+        .is_some_and(|n| n > hybridlive_webrtc::MAX_OFFER_BYTES)
+    {
+        return error(
+            413,
+            &format!(
+                "an SDP offer is at most {} bytes",
+                hybridlive_webrtc::MAX_OFFER_BYTES
+            ),
+        );
+    }
     let mut body = Vec::new();
     let limit = hybridlive_webrtc::MAX_OFFER_BYTES as u64 + 1;
     if std::io::Read::read_to_end(&mut request.as_reader().take(limit), &mut body).is_err() {

@@ -522,6 +522,482 @@ fn workshop_serves_hls_metrics_and_a_guarded_api_and_exits_cleanly_on_sigterm() 
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A runner child whose stdout and stderr are both kept, for tests that read everything it
+/// prints (the token must never show) or expect it to fail before `ready`.
+struct LoggedRunner {
+    child: Child,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl LoggedRunner {
+    fn start(file: &Path, dir: &Path, env: &[(&str, &str)]) -> LoggedRunner {
+        let args = [
+            file.to_string_lossy().into_owned(),
+            "--http".into(),
+            "127.0.0.1:0".into(),
+            "--json".into(),
+        ];
+        let mut child = Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "--ignored",
+                "--exact",
+                "runner_child_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(
+                "HYBRIDLIVE_RUNNER_ARGS",
+                serde_json::to_string(&args).unwrap(),
+            )
+            .envs(env.iter().copied())
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the runner");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().expect("stdout"));
+        let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().expect("stderr"));
+        for stream in [stdout, stderr] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        LoggedRunner { child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for the `ready` event and returns the server address.
+    fn ready(&self) -> String {
+        let event = eventually(Duration::from_secs(30), "the ready event", || {
+            self.log().lines().find_map(|l| {
+                let json = l.find('{').map_or("", |i| &l[i..]);
+                serde_json::from_str::<serde_json::Value>(json)
+                    .ok()
+                    .filter(|e| e["event"] == "ready")
+            })
+        });
+        event["viewer"]
+            .as_str()
+            .expect("viewer URL")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    /// Waits until the child exits, at most `timeout` (a longer run is a hang).
+    fn exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                // Let the reader threads drain the pipes.
+                std::thread::sleep(Duration::from_millis(200));
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the runner still runs after {timeout:?}: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for LoggedRunner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn file_source_pipeline(location: &str) -> String {
+    format!(
+        "[sources.lesson]\ntype = \"file\"\nlocation = \"{location}\"\n\n\
+         [encoders.video]\ntype = \"h264\"\ninputs = [\"lesson\"]\n\n\
+         [encoders.audio]\ntype = \"aac\"\ninputs = [\"lesson\"]\n\n\
+         [outputs.hls]\ntype = \"hls\"\ninputs = [\"video\", \"audio\"]\n"
+    )
+}
+
+/// File ingest refuses media it cannot play before anything starts: the error names the file
+/// and the reason, the run exits non-zero, nothing hangs or panics.
+#[test]
+fn broken_file_sources_fail_at_start_naming_the_file_and_the_reason() {
+    let dir = scratch("broken-files");
+    let good = dir.join("good.mp4");
+    let made = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=320x240:rate=25:duration=2")
+        .args(["-c:v", "libx264", "-pix_fmt", "yuv420p"])
+        .arg(&good)
+        .status()
+        .expect("ffmpeg");
+    assert!(made.success());
+    let whole = std::fs::read(&good).unwrap();
+    let audio_only = dir.join("audio-only.m4a");
+    let made = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "sine=duration=2"])
+        .args(["-c:a", "aac"])
+        .arg(&audio_only)
+        .status()
+        .expect("ffmpeg");
+    assert!(made.success());
+    let huge = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/media/broken/huge-dimensions.mp4")
+        .canonicalize()
+        .expect("committed broken media");
+    let mut noise = vec![0u8; 128 * 1024];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for b in &mut noise {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = (x >> 24) as u8;
+    }
+    let write = |name: &str, data: &[u8]| {
+        let path = dir.join(name);
+        std::fs::write(&path, data).unwrap();
+        path
+    };
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (write("zero-length.mp4", &[]), "the file is empty"),
+        (
+            write("truncated.mp4", &whole[..whole.len() / 2]),
+            "not playable",
+        ),
+        (write("garbage.mp4", &noise), "not playable"),
+        (
+            write("notes.mkv", b"lesson plan, not a recording\n"),
+            "not playable",
+        ),
+        (audio_only, "has no video stream"),
+        (huge, "16000x16000"),
+        (dir.join("missing.mp4"), "is not a file"),
+    ];
+    for (file, reason) in cases {
+        let toml = dir.join("broken-file.toml");
+        std::fs::write(&toml, file_source_pipeline(&file.to_string_lossy())).unwrap();
+        let mut runner = LoggedRunner::start(&toml, &dir, &[]);
+        let status = runner.exit(Duration::from_secs(90));
+        let log = runner.log();
+        assert!(
+            !status.success(),
+            "{}: the run went on: {log}",
+            file.display()
+        );
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            log.lines().any(|l| l.contains(&name) && l.contains(reason)),
+            "{name}: no error naming the file and `{reason}`: {log}"
+        );
+        assert!(!log.contains("panicked"), "{name}: {log}");
+        assert!(
+            !log.contains("\"event\":\"ready\""),
+            "{name}: served anyway"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Oversized bodies, malformed SDP, bad JSON, path traversal and control calls without the
+/// right token all get their 4xx, slow senders hold no worker, HLS keeps producing segments
+/// throughout, no session is left behind, and the token never appears in anything the runner
+/// prints.
+#[test]
+fn http_abuse_gets_4xx_while_the_stream_plays_and_the_token_is_never_printed() {
+    const SECRET: &str = "file-token-8d2e41c07b";
+    const ENV_SECRET: &str = "env-token-3a9f5570c1";
+    let dir = scratch("abuse");
+    let toml = dir.join("abuse.toml");
+    let pipeline = |token_line: &str| {
+        format!(
+            "[server]\n{token_line}\n\n\
+             [sources.cam]\ntype = \"test\"\nwidth = 320\nheight = 240\nframerate = 15\n\n\
+             [encoders.video]\ntype = \"h264\"\ninputs = [\"cam\"]\npreset = \"zerolatency\"\n\
+             bitrate = 400\nkeyframe_interval = 1\n\n\
+             [encoders.audio]\ntype = \"aac\"\ninputs = [\"cam\"]\n\n\
+             [outputs.webrtc]\ntype = \"webrtc\"\ninputs = [\"video\"]\nloopback_only = true\n\n\
+             [outputs.hls]\ntype = \"hls\"\ninputs = [\"video\", \"audio\"]\n\
+             segment_duration = 1\nplaylist_length = 5\n"
+        )
+    };
+    std::fs::write(&toml, pipeline(&format!("token = \"{SECRET}\""))).unwrap();
+    let runner = LoggedRunner::start(&toml, &dir, &[("GST_DEBUG", "3")]);
+    let addr = runner.ready();
+    let request = |method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]| {
+        http(&addr, method, path, headers, body)
+    };
+    eventually(Duration::from_secs(30), "the first HLS segments", || {
+        let playlist = request("GET", "/hls/live.m3u8", &[], b"");
+        (playlist.status == 200 && playlist.text().matches(".ts").count() >= 2).then_some(())
+    });
+
+    // HLS is watched all along: every segment name it lists, in order.
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let addr = addr.clone();
+        let watching = watching.clone();
+        std::thread::spawn(move || {
+            let mut seen: Vec<String> = Vec::new();
+            while watching.load(std::sync::atomic::Ordering::SeqCst) {
+                let playlist = http(&addr, "GET", "/hls/live.m3u8", &[], b"");
+                assert_eq!(playlist.status, 200, "the playlist went away");
+                for line in playlist.text().lines().filter(|l| l.ends_with(".ts")) {
+                    if !seen.iter().any(|s| s == line) {
+                        seen.push(line.to_string());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            seen
+        })
+    };
+
+    let auth = format!("Bearer {SECRET}");
+    let auth = [("Authorization", auth.as_str())];
+    let sdp = [("Content-Type", "application/sdp")];
+    fn json<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut h = vec![("Content-Type", "application/json")];
+        h.extend_from_slice(extra);
+        h
+    }
+    let tried = std::cell::Cell::new(0);
+    let expect = |status: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]| {
+        let r = request(method, path, headers, body);
+        assert_eq!(r.status, status, "{method} {path}: {}", r.text());
+        assert!(!r.text().contains("root:"), "{path} leaked a file");
+        tried.set(tried.get() + 1);
+    };
+
+    // Oversized bodies.
+    expect(413, "POST", "/api/markers", &auth, &vec![b' '; 1 << 20]);
+    expect(413, "POST", "/whep", &sdp, &vec![b'a'; 1 << 20]);
+    // Malformed SDP and offers the stream cannot serve.
+    expect(400, "POST", "/whep", &sdp, b"v=0\r\nthis is not sdp");
+    expect(400, "POST", "/whep", &sdp, &[0xff, 0xfe, 0x00, 0x80]);
+    let audio_only = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n";
+    expect(400, "POST", "/whep", &sdp, audio_only.as_bytes());
+    let vp8_only = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
+    expect(406, "POST", "/whep", &sdp, vp8_only.as_bytes());
+    let out_of_range = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 300\r\na=rtpmap:300 H264/90000\r\n\
+        a=fmtp:300 packetization-mode=1;profile-level-id=42e01f\r\n";
+    expect(406, "POST", "/whep", &sdp, out_of_range.as_bytes());
+    expect(
+        415,
+        "POST",
+        "/whep",
+        &[("Content-Type", "text/plain")],
+        vp8_only.as_bytes(),
+    );
+    expect(
+        404,
+        "DELETE",
+        "/whep/0123456789abcdef0123456789abcdef",
+        &[],
+        b"",
+    );
+    expect(405, "GET", "/whep", &[], b"");
+    // Bad JSON on every write endpoint (with the token).
+    for body in [
+        &b"{"[..],
+        b"[]",
+        b"\"label\"",
+        b"{\"label\": 5}",
+        &[0xc3, 0x28],
+    ] {
+        expect(400, "POST", "/api/markers", &json(&auth), body);
+    }
+    expect(
+        400,
+        "POST",
+        "/api/recording",
+        &json(&auth),
+        br#"{"action":"explode"}"#,
+    );
+    expect(400, "POST", "/api/offers", &json(&auth), br#"{"show": 5}"#);
+    expect(
+        422,
+        "POST",
+        "/api/offers",
+        &json(&auth),
+        br#"{"hide": "no-such-offer"}"#,
+    );
+    // Path traversal on the static and HLS routes.
+    for path in [
+        "/hls/../Cargo.toml",
+        "/hls/..%2F..%2F..%2Fetc%2Fpasswd",
+        "/hls/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/hls/%2e%2e%2f%2e%2e%2fetc%2fpasswd.m3u8",
+        "/hls/..%5c..%5cetc%5cpasswd.ts",
+        "/hls//etc/passwd",
+        "/hls/%2Fetc%2Fpasswd.ts",
+        "/hls/live.m3u8%00.ts",
+        "/../../../etc/passwd",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/assets/../../../etc/passwd",
+        "/assets/%2e%2e/%2e%2e/Cargo.toml",
+        "//etc/passwd",
+        "/etc/passwd",
+    ] {
+        expect(404, "GET", path, &[], b"");
+    }
+    // Viewer routes are read-only.
+    expect(405, "POST", "/metrics", &auth, b"");
+    expect(405, "DELETE", "/api/status", &auth, b"");
+    expect(405, "PUT", "/", &auth, b"x");
+    // Control calls without the token, with a wrong one, or with it in the wrong place.
+    let marker = br#"{"label": "x"}"#;
+    let wrong_case = format!("Bearer {}", SECRET.to_uppercase());
+    let prefix = format!("Bearer {}", &SECRET[..SECRET.len() - 1]);
+    let longer = format!("Bearer {SECRET}0");
+    let basic = format!("Basic {SECRET}");
+    for path in ["/api/markers", "/api/recording", "/api/offers"] {
+        expect(401, "POST", path, &json(&[]), marker);
+        for header in [&wrong_case, &prefix, &longer, &basic] {
+            expect(
+                401,
+                "POST",
+                path,
+                &json(&[("Authorization", header)]),
+                marker,
+            );
+        }
+        expect(
+            401,
+            "POST",
+            &format!("{path}?token={SECRET}"),
+            &json(&[]),
+            marker,
+        );
+    }
+    // A body announced as huge is refused before it is read.
+    let mut stream = TcpStream::connect(&addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /whep HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\n\
+         Content-Length: 10000000000\r\nConnection: close\r\n\r\nv=0\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 413"),
+        "a 10 GB Content-Length: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    tried.set(tried.get() + 1);
+
+    // Clients that announce an offer and never finish sending it hold none of the workers the
+    // viewer page and HLS need (there are 4).
+    let slow: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut stream = TcpStream::connect(&addr).expect("connect");
+            write!(
+                stream,
+                "POST /whep HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\n\
+                 Content-Length: 60000\r\n\r\nv=0\r\n"
+            )
+            .unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        expect(200, "GET", "/hls/live.m3u8", &[], b"");
+        expect(200, "GET", "/", &[], b"");
+        expect(200, "GET", "/api/status", &[], b"");
+    }
+    drop(slow);
+
+    // The right token still works, and nothing of the abuse stayed behind.
+    expect(201, "POST", "/api/markers", &json(&auth), marker);
+    let metrics = request("GET", "/metrics", &[], b"").text();
+    assert_eq!(metric(&metrics, "hybridlive_webrtc_viewers"), Some(0.0));
+    assert_eq!(
+        metric(&metrics, "hybridlive_output_restarts_total{output=\"hls\"}"),
+        Some(0.0)
+    );
+    // HLS went on during all of it: new segments, consecutive, the newest one plays.
+    // A few more segments after the abuse.
+    std::thread::sleep(Duration::from_secs(3));
+    watching.store(false, std::sync::atomic::Ordering::SeqCst);
+    let seen = watcher.join().expect("the HLS watcher");
+    let index = |name: &str| -> u64 {
+        name.trim_end_matches(".ts")
+            .rsplit(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or_else(|| panic!("segment name {name}"))
+    };
+    let indexes: Vec<u64> = seen.iter().map(|s| index(s)).collect();
+    assert!(indexes.len() >= 4, "HLS stalled during the abuse: {seen:?}");
+    assert!(
+        indexes.windows(2).all(|w| w[1] == w[0] + 1),
+        "HLS skipped or restarted during the abuse: {seen:?}"
+    );
+    let newest = seen.last().expect("a segment");
+    let segment = request("GET", &format!("/hls/{newest}"), &[], b"");
+    assert_eq!(segment.status, 200);
+    let file = dir.join("newest.ts");
+    std::fs::write(&file, &segment.body).unwrap();
+    assert!(
+        decoded_video_frames(&file) > 5,
+        "the newest segment does not play"
+    );
+    eprintln!(
+        "http abuse: {} requests refused or answered as expected; HLS {seen:?}",
+        tried.get()
+    );
+
+    let log = runner.log();
+    assert!(!log.contains(SECRET), "the token was printed:\n{log}");
+    drop(runner);
+
+    // The same for a token from the environment.
+    std::fs::write(&toml, pipeline("token_env = \"ABUSE_TOKEN\"")).unwrap();
+    let runner = LoggedRunner::start(
+        &toml,
+        &dir,
+        &[("ABUSE_TOKEN", ENV_SECRET), ("GST_DEBUG", "3")],
+    );
+    let addr = runner.ready();
+    let bearer = format!("Bearer {ENV_SECRET}");
+    let created = http(
+        &addr,
+        "POST",
+        "/api/markers",
+        &[("Authorization", &bearer)],
+        marker,
+    );
+    assert_eq!(created.status, 201);
+    let wrong = http(
+        &addr,
+        "POST",
+        "/api/markers",
+        &[("Authorization", "Bearer x")],
+        marker,
+    );
+    assert_eq!(wrong.status, 401);
+    let log = runner.log();
+    assert!(!log.contains(ENV_SECRET), "the token was printed:\n{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn recording_survives_kill_9() {
     let dir = scratch("kill9");

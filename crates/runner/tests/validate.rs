@@ -272,6 +272,64 @@ fn shipped_pipelines_are_valid() {
         .expect("all shipped pipelines validate");
 }
 
+/// Every listener binds 127.0.0.1 unless the file names an address: an SRT URI without a host
+/// gets the loopback address (and keeps listening), written addresses are kept.
+#[test]
+fn srt_listeners_without_a_host_bind_loopback() {
+    init();
+    let text = |source_uri: &str, output_uri: &str| {
+        format!(
+            "[sources.ingest]\ntype = \"srt\"\nuri = \"{source_uri}\"\nbackup_uri = \"srt://:9002\"\n\n\
+             [encoders.video]\ntype = \"h264\"\ninputs = [\"ingest\"]\n\n\
+             [outputs.pull]\ntype = \"srt\"\ninputs = [\"video\"]\nuri = \"{output_uri}\"\n"
+        )
+    };
+    let uris = |file: &str| {
+        let pipeline = hybridlive_runner::parse_named("srt.toml", file).expect("valid");
+        let hybridlive_runner::config::SourceKind::Network { uri, fallback } =
+            &pipeline.sources[0].kind
+        else {
+            panic!("not a network source");
+        };
+        let hybridlive_runner::config::OutputKind::Srt { uri: out } = &pipeline.outputs[0].kind
+        else {
+            panic!("not an SRT output");
+        };
+        (uri.clone(), fallback.backup_uri.clone(), out.clone())
+    };
+    let (source, backup, output) = uris(&text(
+        "srt://:9000?mode=listener",
+        "srt://:9100?latency=200",
+    ));
+    assert_eq!(source, "srt://127.0.0.1:9000?mode=listener");
+    assert_eq!(
+        backup.as_deref(),
+        Some("srt://127.0.0.1:9002?mode=listener")
+    );
+    assert_eq!(output, "srt://127.0.0.1:9100?latency=200&mode=listener");
+    // Written addresses, and callers, are left alone.
+    let (source, _, output) = uris(&text(
+        "srt://0.0.0.0:9000?mode=listener",
+        "srt://ingest.example:9000?mode=caller",
+    ));
+    assert_eq!(source, "srt://0.0.0.0:9000?mode=listener");
+    assert_eq!(output, "srt://ingest.example:9000?mode=caller");
+}
+
+#[test]
+fn a_file_source_must_name_a_file() {
+    init();
+    let file = "[sources.clip]\ntype = \"file\"\nlocation = \"/nonexistent/lesson.mp4\"\n\n\
+                [encoders.video]\ntype = \"h264\"\ninputs = [\"clip\"]\n\n\
+                [outputs.hls]\ntype = \"hls\"\ninputs = [\"video\"]\n";
+    let report = errors(file);
+    assert!(
+        report.contains("broken.toml:3:12: error: sources.clip: `location`")
+            && report.contains("`/nonexistent/lesson.mp4` is not a file"),
+        "{report}"
+    );
+}
+
 #[test]
 fn latency_test_budgets_are_read_and_checked() {
     init();

@@ -1,7 +1,7 @@
 //! WHEP over HTTP (RFC 9725), independent of the HTTP server that carries it: the runner hands
 //! each request under its WHEP prefix to [`WhepOutput::handle_http`].
 
-use crate::offer::OfferError;
+use crate::offer::{OfferError, ViewerOffer, read_viewer_offer};
 use crate::whep::{WhepError, WhepOutput};
 
 /// Largest SDP offer accepted (browsers send 4-10 kB).
@@ -55,6 +55,39 @@ impl HttpResponse {
     }
 }
 
+/// Reads a POST to the endpoint as far as it can be checked before any element is built for
+/// it: content type, size, UTF-8, SDP syntax, a usable H.264 format. `Err` is the response the
+/// client gets (415, 413, 400 or 406). This is all of the request that reaches GStreamer.
+pub fn read_offer_request(req: &HttpRequest<'_>) -> Result<ViewerOffer, HttpResponse> {
+    let is_sdp = req.content_type.is_some_and(|ct| {
+        ct.split(';')
+            .next()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
+    });
+    if !is_sdp {
+        return Err(HttpResponse::new(415)
+            .header("Accept-Post", "application/sdp")
+            .text("the offer must be sent as application/sdp"));
+    }
+    if req.body.len() > MAX_OFFER_BYTES {
+        return Err(
+            HttpResponse::new(413).text(format!("an offer is at most {MAX_OFFER_BYTES} bytes"))
+        );
+    }
+    let Ok(offer) = std::str::from_utf8(req.body) else {
+        return Err(HttpResponse::new(400).text("the offer is not UTF-8"));
+    };
+    read_viewer_offer(offer).map_err(|e| offer_refused(&e))
+}
+
+fn offer_refused(e: &OfferError) -> HttpResponse {
+    let status = match e {
+        OfferError::NoH264 => 406,
+        OfferError::NotSdp | OfferError::NoVideo => 400,
+    };
+    HttpResponse::new(status).text(WhepError::Offer(e.clone()).to_string())
+}
+
 impl WhepOutput {
     /// Answers one WHEP request. `prefix` is where the endpoint is mounted (e.g. `/whep`): it
     /// is used for the `Location` of new sessions.
@@ -91,24 +124,11 @@ impl WhepOutput {
     }
 
     fn post(&self, prefix: &str, req: HttpRequest<'_>) -> HttpResponse {
-        let is_sdp = req.content_type.is_some_and(|ct| {
-            ct.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp"))
-        });
-        if !is_sdp {
-            return HttpResponse::new(415)
-                .header("Accept-Post", "application/sdp")
-                .text("the offer must be sent as application/sdp");
-        }
-        if req.body.len() > MAX_OFFER_BYTES {
-            return HttpResponse::new(413)
-                .text(format!("an offer is at most {MAX_OFFER_BYTES} bytes"));
-        }
-        let Ok(offer) = std::str::from_utf8(req.body) else {
-            return HttpResponse::new(400).text("the offer is not UTF-8");
+        let offer = match read_offer_request(&req) {
+            Ok(offer) => offer,
+            Err(response) => return response,
         };
-        match self.offer(offer) {
+        match self.start_session(offer) {
             Ok(answer) => {
                 let location = format!("{}/{}", prefix.trim_end_matches('/'), answer.id);
                 let mut response = HttpResponse::new(201)
@@ -117,10 +137,7 @@ impl WhepOutput {
                 response.body = answer.sdp.into_bytes();
                 response
             }
-            Err(WhepError::Offer(OfferError::NoH264)) => {
-                HttpResponse::new(406).text(OfferError::NoH264.to_string())
-            }
-            Err(e @ WhepError::Offer(_)) => HttpResponse::new(400).text(e.to_string()),
+            Err(WhepError::Offer(e)) => offer_refused(&e),
             Err(e @ WhepError::Full(_)) => HttpResponse::new(503)
                 .header("Retry-After", "10")
                 .text(e.to_string()),

@@ -14,7 +14,7 @@ mod offer;
 mod whep;
 
 pub use egress::{Egress, add_egress, register_webrtc_elements};
-pub use http::{HttpRequest, HttpResponse, MAX_OFFER_BYTES};
+pub use http::{HttpRequest, HttpResponse, MAX_OFFER_BYTES, read_offer_request};
 pub use nice::add_local_address;
 
 /// The browser side of WHEP: plays an endpoint and measures glass-to-glass latency from the
@@ -22,8 +22,16 @@ pub use nice::add_local_address;
 pub const WHEP_PLAYER_JS: &str = include_str!("../web/whep-player.js");
 /// Reads capture stamps from H.264 access units in the browser (ES module).
 pub const STAMP_JS: &str = include_str!("../web/stamp.js");
-pub use offer::{H264Offer, OfferError, choose_h264, choose_opus};
+pub use offer::{H264Offer, OfferError, ViewerOffer, choose_h264, choose_opus, read_viewer_offer};
 pub use whep::{
     Answer, Branches, MAX_HAND_TEXT, RaisedHand, SessionInfo, ViewerLatency, WhepConfig, WhepError,
     WhepOutput,
 };
+
+/// Entry points for the fuzz targets in `fuzz/`: what parses the messages viewers send over
+/// the data channel. Not a stable API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::whep::{hand_text, latency_report};
+}

@@ -23,6 +23,25 @@ pub enum OfferError {
     NoH264,
 }
 
+/// What a viewer's offer asks for, read and checked before anything is built for it.
+#[derive(Debug)]
+pub struct ViewerOffer {
+    /// The parsed offer.
+    pub sdp: gst_sdp::SDPMessage,
+    /// The H.264 format the answer will use.
+    pub h264: H264Offer,
+    /// The Opus payload type, if the offer has one.
+    pub opus: Option<u32>,
+}
+
+/// Parses SDP offer text and picks the formats to answer with.
+pub fn read_viewer_offer(text: &str) -> Result<ViewerOffer, OfferError> {
+    let sdp = gst_sdp::SDPMessage::parse_buffer(text.as_bytes()).map_err(|_| OfferError::NotSdp)?;
+    let h264 = choose_h264(&sdp)?;
+    let opus = choose_opus(&sdp);
+    Ok(ViewerOffer { sdp, h264, opus })
+}
+
 /// Picks the first H.264 format of the first video section that carries packetization-mode=1
 /// and a constrained baseline profile-level-id (profile_idc 0x42 with constraint_set1), which
 /// is what the shared x264 encoder produces.
@@ -32,7 +51,8 @@ pub fn choose_h264(offer: &gst_sdp::SDPMessageRef) -> Result<H264Offer, OfferErr
         .find(|m| m.media() == Some("video"))
         .ok_or(OfferError::NoVideo)?;
     for format in video.formats() {
-        let Ok(pt) = format.parse::<u32>() else {
+        // RTP payload types are 7 bits; anything else cannot be answered.
+        let Some(pt) = format.parse::<u32>().ok().filter(|pt| *pt < 128) else {
             continue;
         };
         let is_h264 = video.attributes().any(|a| {
@@ -89,7 +109,7 @@ pub fn choose_opus(offer: &gst_sdp::SDPMessageRef) -> Option<u32> {
             return None;
         }
         let mut parts = a.value()?.split_whitespace();
-        let pt = parts.next()?.parse::<u32>().ok()?;
+        let pt = parts.next()?.parse::<u32>().ok().filter(|pt| *pt < 128)?;
         let codec = parts.next()?;
         codec
             .to_ascii_lowercase()
@@ -152,6 +172,20 @@ mod tests {
             "",
         );
         assert_eq!(choose_opus(&parse(&no_audio)), None);
+    }
+
+    #[test]
+    fn ignores_payload_types_beyond_7_bits() {
+        // RTP payload types are 0..=127 (the whep_offer fuzz target asserts it of every
+        // accepted offer): a format numbered beyond cannot be answered.
+        let offer = CHROME_LIKE
+            .replace(" 106 ", " 300 ")
+            .replace(":106 ", ":300 ")
+            .replace("opus/48000/2", "opus/48000/2\r\na=rtpmap:200 opus/48000/2")
+            .replace(":111 opus", ":1111 opus")
+            .replace("SAVPF 111", "SAVPF 1111");
+        assert_eq!(choose_h264(&parse(&offer)), Err(OfferError::NoH264));
+        assert_eq!(choose_opus(&parse(&offer)), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::nice::add_local_address;
-use crate::offer::{OfferError, choose_h264, choose_opus};
+use crate::offer::{OfferError, ViewerOffer, read_viewer_offer};
 
 /// Settings of the WHEP output.
 #[derive(Debug, Clone)]
@@ -235,10 +235,13 @@ impl WhepOutput {
     /// (or `gather_timeout` passed). Blocks the calling thread; never call it from a streaming
     /// thread.
     pub fn offer(&self, offer: &str) -> Result<Answer, WhepError> {
-        let sdp =
-            gst_sdp::SDPMessage::parse_buffer(offer.as_bytes()).map_err(|_| OfferError::NotSdp)?;
-        let h264 = choose_h264(&sdp)?;
-        let opus = choose_opus(&sdp).filter(|_| self.inner.audio_tee.is_some());
+        self.start_session(read_viewer_offer(offer)?)
+    }
+
+    /// Starts a session for an offer already read with [`read_viewer_offer`].
+    pub fn start_session(&self, offer: ViewerOffer) -> Result<Answer, WhepError> {
+        let ViewerOffer { sdp, h264, opus } = offer;
+        let opus = opus.filter(|_| self.inner.audio_tee.is_some());
         {
             let sessions = self.inner.sessions.lock().unwrap();
             if sessions.len() >= self.inner.config.max_sessions {
@@ -595,7 +598,7 @@ fn watch_rtcp(webrtcbin: &gst::Element, last_heard: &Arc<Mutex<Instant>>) -> Res
 }
 
 /// A `{"type":"latency","p50_ms":..,"p95_ms":..}` report with plausible figures.
-fn latency_report(message: &str) -> Option<ViewerLatency> {
+pub fn latency_report(message: &str) -> Option<ViewerLatency> {
     let value: serde_json::Value = serde_json::from_str(message).ok()?;
     if value.get("type")?.as_str()? != "latency" {
         return None;
@@ -613,7 +616,7 @@ fn latency_report(message: &str) -> Option<ViewerLatency> {
 }
 
 /// The question of a `{"type":"hand","text":"..."}` message; `None` for other messages.
-fn hand_text(message: &str) -> Option<String> {
+pub fn hand_text(message: &str) -> Option<String> {
     let value: serde_json::Value = serde_json::from_str(message).ok()?;
     if value.get("type")?.as_str()? != "hand" {
         return None;

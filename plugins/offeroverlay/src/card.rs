@@ -37,6 +37,12 @@ impl std::fmt::Debug for DecodedImage {
 impl DecodedImage {
     /// Decodes a PNG or JPEG file (format guessed from its content).
     pub fn load(path: &Path) -> Result<Self, String> {
+        // A FIFO or a device (`/dev/stdin`, `/dev/zero`) named by a schedule or an API call
+        // would block the caller or never end.
+        let metadata = std::fs::metadata(path).map_err(|e| e.to_string())?;
+        if !metadata.is_file() {
+            return Err("not a regular file".into());
+        }
         let reader = image::ImageReader::open(path)
             .map_err(|e| e.to_string())?
             .with_guessed_format()
@@ -468,6 +474,21 @@ pub fn render_countdown(
 mod tests {
     use super::*;
     use crate::schedule::parse_offer_json;
+
+    #[test]
+    fn an_image_that_is_not_a_regular_file_is_refused_without_blocking() {
+        // Opening a FIFO for reading blocks until a writer comes: a schedule or an API call
+        // naming one would freeze the caller.
+        let dir = std::env::temp_dir().join(format!("offeroverlay-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("image.png");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        let err = DecodedImage::load(&fifo).expect_err("a FIFO is not an image");
+        assert_eq!(err, "not a regular file");
+        assert!(DecodedImage::load(Path::new("/dev/zero")).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn theme() -> Theme {
         Theme {

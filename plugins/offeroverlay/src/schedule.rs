@@ -83,9 +83,9 @@ impl TimeSpec {
     /// The same instant shifted later by `d`.
     pub fn plus(self, d: Duration) -> TimeSpec {
         match self {
-            TimeSpec::RunningTime(t) => TimeSpec::RunningTime(t.saturating_add(
-                gst::ClockTime::from_nseconds(d.as_nanos().min(u64::MAX as u128) as u64),
-            )),
+            TimeSpec::RunningTime(t) => TimeSpec::RunningTime(
+                t.saturating_add(clock_time(d.as_nanos()).unwrap_or(gst::ClockTime::MAX)),
+            ),
             // Beyond what SystemTime can hold is "never" for a live class.
             TimeSpec::Utc(t) => TimeSpec::Utc(t.checked_add(d).unwrap_or(t)),
         }
@@ -117,9 +117,9 @@ fn parse_clock_string(s: &str) -> Result<TimeSpec, String> {
         return seconds_to_running_time(total);
     }
     match humantime::parse_duration(s) {
-        Ok(d) => Ok(TimeSpec::RunningTime(gst::ClockTime::from_nseconds(
-            d.as_nanos().min(u64::MAX as u128) as u64,
-        ))),
+        Ok(d) => clock_time(d.as_nanos())
+            .map(TimeSpec::RunningTime)
+            .ok_or_else(|| format!("`{s}` is beyond the largest running time ({TOO_FAR})")),
         Err(_) => Err(format!(
             "`{s}` is neither a running-time offset (seconds, \"01:30\", \"90s\") nor a UTC time (\"2026-11-27T10:30:00Z\")"
         )),
@@ -132,9 +132,22 @@ fn seconds_to_running_time(secs: f64) -> Result<TimeSpec, String> {
             "{secs} is not a running-time offset: seconds must be 0 or more"
         ));
     }
-    Ok(TimeSpec::RunningTime(gst::ClockTime::from_nseconds(
-        (secs * 1e9).round() as u64,
-    )))
+    // `as` saturates: anything at or past u64::MAX is refused below, never wrapped.
+    clock_time((secs * 1e9).round() as u128)
+        .map(TimeSpec::RunningTime)
+        .ok_or_else(|| format!("{secs} seconds is beyond the largest running time ({TOO_FAR})"))
+}
+
+/// How far the largest running time reaches, for errors.
+const TOO_FAR: &str = "about 584 years";
+
+/// Nanoseconds as a ClockTime; `None` past `ClockTime::MAX` (u64::MAX is GStreamer's "none",
+/// which `from_nseconds` refuses with a panic).
+fn clock_time(ns: u128) -> Option<gst::ClockTime> {
+    u64::try_from(ns)
+        .ok()
+        .filter(|ns| *ns <= gst::ClockTime::MAX.nseconds())
+        .map(gst::ClockTime::from_nseconds)
 }
 
 impl<'de> Deserialize<'de> for TimeSpec {
@@ -550,9 +563,19 @@ pub fn load_schedule(path: &Path) -> Result<Vec<Arc<Offer>>, ScheduleError> {
     let is_json = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    parse_schedule(origin, &text, is_json, path.parent())
+}
+
+/// Validates schedule text (JSON when `is_json`, TOML otherwise); images are looked up
+/// relative to `base_dir`.
+pub fn parse_schedule(
+    origin: String,
+    text: &str,
+    is_json: bool,
+    base_dir: Option<&Path>,
+) -> Result<Vec<Arc<Offer>>, ScheduleError> {
     let syntax = if is_json { Syntax::Json } else { Syntax::Toml };
-    let file: ScheduleFile = parse_document(&origin, &text, syntax)?;
-    let base_dir = path.parent();
+    let file: ScheduleFile = parse_document(&origin, text, syntax)?;
     let mut ids = HashSet::new();
     let mut offers = Vec::with_capacity(file.offers.len());
     for (i, spec) in file.offers.into_iter().enumerate() {
@@ -563,10 +586,10 @@ pub fn load_schedule(path: &Path) -> Result<Vec<Arc<Offer>>, ScheduleError> {
                 field: format!("{field}.id"),
                 message: format!("`{}` is used by an earlier offer", spec.id),
             };
-            return Err(with_position(err, &text, syntax, Some(i)));
+            return Err(with_position(err, text, syntax, Some(i)));
         }
         let offer = validate(&origin, &field, spec, base_dir)
-            .map_err(|e| with_position(e, &text, syntax, Some(i)))?;
+            .map_err(|e| with_position(e, text, syntax, Some(i)))?;
         offers.push(Arc::new(offer));
     }
     Ok(offers)
@@ -717,6 +740,31 @@ pub fn format_utc(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the offer_schedule fuzz target: running times past `ClockTime::MAX` panicked
+    /// in `ClockTime::from_nseconds` instead of being refused.
+    #[test]
+    fn running_times_beyond_clock_time_are_refused_not_a_panic() {
+        for start in [
+            "\"888888888810:00\"",
+            "\"9999999999999999999s\"",
+            "1e300",
+            "18446744073.709551615",
+        ] {
+            let json = format!(
+                "{{\"id\": \"x\", \"title\": \"X\", \"price\": \"1\", \"start\": {start}}}"
+            );
+            let err = parse_offer_json(&json).expect_err(&json).to_string();
+            assert!(
+                err.contains("start") && err.contains("beyond the largest running time"),
+                "{json}: {err}"
+            );
+        }
+        // A start near the end of time plus a long duration saturates instead.
+        let json =
+            r#"{"id": "x", "title": "X", "price": "1", "start": 18000000000, "duration": 1e18}"#;
+        assert!(parse_offer_json(json).is_ok());
+    }
 
     #[test]
     fn time_forms() {

@@ -1,0 +1,47 @@
+//! What the WHEP endpoint reads from a viewer before any element is built for it (content type,
+//! size, UTF-8, SDP, H.264/Opus choice), and the JSON viewers send over the data channel.
+#![no_main]
+
+use arbitrary::Arbitrary;
+use hybridlive_webrtc::{HttpRequest, MAX_OFFER_BYTES, read_offer_request};
+use libfuzzer_sys::fuzz_target;
+
+#[derive(Arbitrary, Debug)]
+enum Input<'a> {
+    Post {
+        content_type: Option<&'a str>,
+        body: &'a [u8],
+    },
+    DataChannel(&'a str),
+}
+
+fuzz_target!(|input: Input| {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| gst::init().expect("GStreamer initialises"));
+    match input {
+        Input::Post { content_type, body } => {
+            let request = HttpRequest {
+                method: "POST",
+                path: "",
+                content_type,
+                body,
+            };
+            match read_offer_request(&request) {
+                Ok(offer) => {
+                    assert!(body.len() <= MAX_OFFER_BYTES);
+                    assert!(offer.h264.payload_type < 128);
+                    assert!(offer.opus.is_none_or(|pt| pt < 128));
+                }
+                Err(response) => assert!((400..500).contains(&response.status)),
+            }
+        }
+        Input::DataChannel(message) => {
+            if let Some(report) = hybridlive_webrtc::fuzzing::latency_report(message) {
+                assert!(report.p50_ms.is_finite() && report.p95_ms.is_finite());
+            }
+            if let Some(text) = hybridlive_webrtc::fuzzing::hand_text(message) {
+                assert!(text.chars().count() <= hybridlive_webrtc::MAX_HAND_TEXT);
+            }
+        }
+    }
+});
