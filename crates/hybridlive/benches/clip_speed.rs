@@ -135,42 +135,54 @@ fn main() {
         exact.as_secs_f64() / ff_copy.as_secs_f64()
     );
     let smart = hybridlive(&rec, "smart", &dir.join("smart"));
-    // The same content with open GOPs (x264 `open-gop`: key frames after the first are
-    // recovery-point I frames, not IDR), where smart mode finds no splice point.
-    let open_gop = dir.join("class-1080p-open-gop.mp4");
-    run(Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-i"])
-        .arg(&rec)
-        .args(["-c:v", "libx264", "-preset", "veryfast", "-bf", "2"])
-        .args([
-            "-x264-params",
-            "open-gop=1:keyint=50:min-keyint=50:scenecut=0",
-        ])
-        .args(["-pix_fmt", "yuv420p", "-c:a", "copy"])
-        .arg(&open_gop));
-    let smart_open = hybridlive(&open_gop, "smart", &dir.join("smart-open"));
-    let ff_x264_open = ffmpeg(&open_gop, &["-c:v", "libx264"], &dir.join("ffx264open"));
+    // CLIP_BENCH_QUICK: only the headline comparisons (keyframe/exact vs copy, smart vs a
+    // re-encode), for `scripts/bench --quick`.
+    let full = std::env::var_os("CLIP_BENCH_QUICK").is_none();
+    let open = full.then(|| {
+        // The same content with open GOPs (x264 `open-gop`: key frames after the first are
+        // recovery-point I frames, not IDR), where smart mode finds no splice point.
+        let open_gop = dir.join("class-1080p-open-gop.mp4");
+        run(Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-i"])
+            .arg(&rec)
+            .args(["-c:v", "libx264", "-preset", "veryfast", "-bf", "2"])
+            .args([
+                "-x264-params",
+                "open-gop=1:keyint=50:min-keyint=50:scenecut=0",
+            ])
+            .args(["-pix_fmt", "yuv420p", "-c:a", "copy"])
+            .arg(&open_gop));
+        let smart_open = hybridlive(&open_gop, "smart", &dir.join("smart-open"));
+        let ff_x264_open = ffmpeg(&open_gop, &["-c:v", "libx264"], &dir.join("ffx264open"));
+        (smart_open, ff_x264_open)
+    });
     let ff_x264 = ffmpeg(&rec, &["-c:v", "libx264"], &dir.join("ffx264"));
-    let ff_x264_same = ffmpeg(
-        &rec,
-        &["-c:v", "libx264", "-preset", "faster", "-crf", "18"],
-        &dir.join("ffx264same"),
-    );
     println!(
-        "smart: hybridlive {:.2} s; ffmpeg libx264 (defaults) {:.2} s: {:.1}x faster (goal >= 5x); \
-         ffmpeg libx264 -preset faster -crf 18 {:.2} s: {:.1}x faster",
+        "smart: hybridlive {:.2} s; ffmpeg libx264 (defaults) {:.2} s: {:.1}x faster (goal >= 5x)",
         smart.as_secs_f64(),
         ff_x264.as_secs_f64(),
         ff_x264.as_secs_f64() / smart.as_secs_f64(),
-        ff_x264_same.as_secs_f64(),
-        ff_x264_same.as_secs_f64() / smart.as_secs_f64()
     );
-    println!(
-        "smart, open GOP: hybridlive {:.2} s; ffmpeg libx264 (defaults) {:.2} s: {:.1}x faster",
-        smart_open.as_secs_f64(),
-        ff_x264_open.as_secs_f64(),
-        ff_x264_open.as_secs_f64() / smart_open.as_secs_f64()
-    );
+    if full {
+        let ff_x264_same = ffmpeg(
+            &rec,
+            &["-c:v", "libx264", "-preset", "faster", "-crf", "18"],
+            &dir.join("ffx264same"),
+        );
+        println!(
+            "smart vs ffmpeg libx264 -preset faster -crf 18 {:.2} s: {:.1}x faster",
+            ff_x264_same.as_secs_f64(),
+            ff_x264_same.as_secs_f64() / smart.as_secs_f64()
+        );
+    }
+    if let Some((smart_open, ff_x264_open)) = open {
+        println!(
+            "smart, open GOP: hybridlive {:.2} s; ffmpeg libx264 (defaults) {:.2} s: {:.1}x faster",
+            smart_open.as_secs_f64(),
+            ff_x264_open.as_secs_f64(),
+            ff_x264_open.as_secs_f64() / smart_open.as_secs_f64()
+        );
+    }
     let record = |case: &str, value: Duration, baseline: &str, base: Duration| {
         hybridlive_bench::record(&hybridlive_bench::Figure {
             benchmark: "clip 2 ranges from a 1080p recording",
@@ -199,11 +211,13 @@ fn main() {
         "ffmpeg -c:v libx264",
         ff_x264,
     );
-    record(
-        "hybridlive clip --mode smart, open GOP",
-        smart_open,
-        "ffmpeg -c:v libx264",
-        ff_x264_open,
-    );
+    if let Some((smart_open, ff_x264_open)) = open {
+        record(
+            "hybridlive clip --mode smart, open GOP",
+            smart_open,
+            "ffmpeg -c:v libx264",
+            ff_x264_open,
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
