@@ -1,5 +1,6 @@
 //! `abrcontroller` following a real webrtcbin: two webrtcbins negotiate in-process over
-//! loopback ICE, the receiver's RTCP reports reach the sender's statistics.
+//! loopback ICE (in a private network namespace: nothing leaves 127.0.0.1), the receiver's
+//! RTCP reports reach the sender's statistics.
 
 use std::time::{Duration, Instant};
 
@@ -70,6 +71,9 @@ fn connect(send: &gst::Element, recv: &gst::Element) {
 
 #[test]
 fn webrtcbin_receiver_reports_reach_the_controller() {
+    if !hybridlive_testkit::in_private_netns("webrtcbin_receiver_reports_reach_the_controller") {
+        return;
+    }
     init();
     let pipeline = gst::parse::launch(
         "videotestsrc is-live=true pattern=zone-plate kx2=20 ky2=20 kt=1 \
@@ -86,6 +90,9 @@ fn webrtcbin_receiver_reports_reach_the_controller() {
     let _stop = StopOnDrop(pipeline.clone());
     let send = pipeline.by_name("send").unwrap();
     let recv = pipeline.by_name("recv").unwrap();
+    for webrtcbin in [&send, &recv] {
+        hybridlive_webrtc::add_local_address(webrtcbin, "127.0.0.1").unwrap();
+    }
     let bin = pipeline.clone();
     recv.connect_pad_added(move |_, pad| {
         let sink = gst::ElementFactory::make("fakesink")
