@@ -37,7 +37,8 @@ fn isolated(test: &str) -> bool {
         .args(["--net", "--mount", "--propagation", "private", "--"])
         .args(["sh", "-c"])
         .arg(format!(
-            "ip link set lo up && exec \"{}\" --exact {test} --nocapture --test-threads=1",
+            "ip link set lo up && exec \"{}\" --exact {test} --include-ignored --nocapture \
+             --test-threads=1",
             exe.display()
         ))
         .env("HYBRIDLIVE_FAULT_NS", "1")
@@ -1258,6 +1259,10 @@ fn srt_listener_gone_the_uplink_retries_and_the_rest_goes_on() {
 }
 
 #[test]
+#[ignore = "known bug, kept out of CI: after hlssink2 fails to write and the HLS output is \
+            restarted, GStreamer 1.22's teardown sometimes floods `gst_pad_pause_task: \
+            assertion 'GST_IS_PAD (pad)'` and the runner aborts (SIGABRT) on SIGINT; \
+            scripts/faults runs it"]
 fn hls_folder_unwritable_hls_retries_and_the_rest_goes_on() {
     if !isolated("hls_folder_unwritable_hls_retries_and_the_rest_goes_on") {
         return;
