@@ -13,6 +13,7 @@
 //! the rows are also appended there as JSON lines (`scripts/faults` runs the whole suite with
 //! 20 kills and prints the table).
 
+use hybridlive_testkit::eventually;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -340,18 +341,6 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         data = &data[end + 4 + size..];
     }
     out
-}
-
-/// Polls `f` every 200 ms until it returns `Some`, or fails after `timeout`.
-fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn now_ms() -> i64 {

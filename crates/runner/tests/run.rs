@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Parser as _;
-use hybridlive_testkit::in_private_netns;
+use hybridlive_testkit::{eventually, in_private_netns};
 
 const TOKEN: &str = "test-token-5f1c";
 
@@ -292,18 +292,6 @@ fn decoded_video_frames(file: &Path) -> usize {
         .lines()
         .filter(|l| !l.starts_with('#'))
         .count()
-}
-
-/// Polls `f` every 200 ms until it returns `Some` or `timeout` passes.
-fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 fn metric(metrics: &str, series: &str) -> Option<f64> {

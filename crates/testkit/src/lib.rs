@@ -45,3 +45,23 @@ fn in_private_netns_with(test: &str, setup: &str) -> bool {
     );
     false
 }
+
+/// Polls `f` every 200 ms until it returns `Some`, and fails the test (naming `what`) when
+/// `timeout` passes first. For waiting only: a test never asserts how long something took.
+pub fn eventually<T>(
+    timeout: std::time::Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
