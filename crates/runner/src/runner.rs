@@ -311,6 +311,7 @@ impl Runner {
             a.encoder = text("encoder");
             a.bitrate_kbps = kbps("bitrate");
             a.target_kbps = kbps("target-bitrate");
+            a.estimate_kbps = s.get::<u32>("estimate").ok().map(|b| u64::from(b) / 1000);
             a.rung = rung;
             a.width = s.get::<i32>("width").ok().map(|w| w as u32);
             a.height = s.get::<i32>("height").ok().map(|h| h as u32);

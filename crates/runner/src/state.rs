@@ -72,6 +72,8 @@ pub struct AbrStatus {
     pub bitrate_kbps: u64,
     /// Rate the controller believes the link carries, kbit/s.
     pub target_kbps: u64,
+    /// Explicit estimate the controller followed (rtpgccbwe, TWCC, an event), kbit/s.
+    pub estimate_kbps: Option<u64>,
     /// Rung index, 0 the highest; `None` for bitrate-only control.
     pub rung: Option<u32>,
     /// Picture size of the rung, when there is a ladder.

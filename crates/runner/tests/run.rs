@@ -1727,6 +1727,18 @@ uri = "srt://10.213.0.2:9100?mode=caller&latency=200"
         "cut on a roomy link: {:?}",
         seen.decisions
     );
+    // /metrics shows the controller's state per output, as decided.
+    let abr_gauge = |metrics: &str, name: &str| {
+        metric(
+            metrics,
+            &format!("hybridlive_abr_{name}{{output=\"contribution\",encoder=\"uplink-video\"}}"),
+        )
+    };
+    let metrics = runner.get("/metrics").text();
+    assert!(
+        abr_gauge(&metrics, "target_kbps").is_some_and(|t| t >= 2500.0),
+        "{metrics}"
+    );
     let before = seen.decisions.len();
     // The venue's uplink collapses to 800 kbit/s.
     sh("tc qdisc change dev hl0 root tbf rate 800kbit burst 16kb latency 200ms");
@@ -1768,6 +1780,22 @@ uri = "srt://10.213.0.2:9100?mode=caller&latency=200"
         seen.status["abr"]["contribution"]["height"], 360,
         "{}",
         seen.status
+    );
+    // The gauges followed the cut: a bitrate and a target the link carries, a lower rung.
+    let metrics = runner.get("/metrics").text();
+    for name in ["bitrate_kbps", "target_kbps"] {
+        assert!(
+            abr_gauge(&metrics, name).is_some_and(|b| b < 1000.0),
+            "{name}: {metrics}"
+        );
+    }
+    assert!(
+        abr_gauge(&metrics, "rung").is_some_and(|r| r >= 1.0),
+        "{metrics}"
+    );
+    assert!(
+        abr_gauge(&metrics, "decisions_total").is_some_and(|n| n > before as f64),
+        "{metrics}"
     );
     runner.signal(libc::SIGINT);
     assert!(runner.wait_exit(Duration::from_secs(15)).success());

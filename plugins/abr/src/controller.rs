@@ -258,6 +258,9 @@ const NEAR_CONGESTION_STEP: f64 = 0.04;
 /// (fractions of that rate).
 const NEAR_CONGESTION_BELOW: f64 = 0.95;
 const NEAR_CONGESTION_ABOVE: f64 = 1.05;
+/// A probe step waits until the encoder sends at least this share of the target: a step the
+/// link never saw tells nothing about it.
+const PROBE_FOLLOW: f64 = 0.7;
 
 /// The bitrate controller state machine.
 #[derive(Debug, Clone)]
@@ -268,6 +271,8 @@ pub struct Controller {
     rung: Option<usize>,
     started: bool,
     last_decrease: Option<Duration>,
+    /// Last decrease by a factor (loss, delay, unknown drain): the hold-off runs from it.
+    last_factor_cut: Option<Duration>,
     last_increase: Option<Duration>,
     rung_up_since: Option<Duration>,
     congestion_bps: Option<u64>,
@@ -295,6 +300,7 @@ impl Controller {
             rung: None,
             started: false,
             last_decrease: None,
+            last_factor_cut: None,
             last_increase: None,
             rung_up_since: None,
             congestion_bps: None,
@@ -413,7 +419,12 @@ impl Controller {
             && self
                 .sent_avg
                 .is_some_and(|sent| sent > self.target_bps as f64 * 1.15);
-        let in_holdoff = since_decrease.is_some_and(|d| d < holdoff) || encoder_lagging;
+        // Ceilings from measured rates do not extend the hold-off: a series of shallow cuts
+        // to what got through must not keep the loss factor from ever applying.
+        let in_holdoff = self
+            .last_factor_cut
+            .is_some_and(|t| now.saturating_sub(t) < holdoff)
+            || encoder_lagging;
 
         // Backlog trend and drain rate.
         let mut backlog_growing = false;
@@ -443,6 +454,7 @@ impl Controller {
             .map_or(target, |s| target.min(s));
         let mut ceilings: Vec<(u64, Reason)> = Vec::new();
         let mut caution = false;
+        let mut factor_cut: Option<u64> = None;
 
         if let Some(loss) = obs.loss {
             if loss >= self.config.loss_high {
@@ -459,6 +471,7 @@ impl Controller {
                 }
                 if !in_holdoff {
                     let factor = (1.0 - loss / 2.0).clamp(0.5, 0.95);
+                    factor_cut = Some((effective * factor) as u64);
                     ceilings.push(((effective * factor) as u64, Reason::Loss));
                 }
                 caution = true;
@@ -505,6 +518,7 @@ impl Controller {
                 // A queue that already drains after a cut needs time, not another cut.
                 if !in_holdoff && !delay_shrinking {
                     let factor = delay_growth.map_or(0.85, |g| (1.0 / (1.0 + g)).clamp(0.5, 0.85));
+                    merge_min(&mut factor_cut, (effective * factor) as u64);
                     ceilings.push(((effective * factor) as u64, Reason::Rtt));
                 }
                 caution = true;
@@ -519,7 +533,10 @@ impl Controller {
                     Some(drain) if drain > 0 => {
                         ceilings.push(((drain as f64 * 0.85) as u64, Reason::Backlog))
                     }
-                    _ if !in_holdoff => ceilings.push(((effective * 0.8) as u64, Reason::Backlog)),
+                    _ if !in_holdoff => {
+                        merge_min(&mut factor_cut, (effective * 0.8) as u64);
+                        ceilings.push(((effective * 0.8) as u64, Reason::Backlog))
+                    }
                     _ => {}
                 }
                 caution = true;
@@ -549,6 +566,9 @@ impl Controller {
             );
             self.target_bps = ceiling.max(min_bps);
             self.last_decrease = Some(now);
+            if factor_cut.is_some_and(|f| f <= ceiling) {
+                self.last_factor_cut = Some(now);
+            }
             self.step = FIRST_STEP;
             self.loss_episode |= reason == Reason::Loss;
             (Direction::Decrease, reason)
@@ -565,6 +585,14 @@ impl Controller {
             .is_some_and(|t| now.saturating_sub(t) < self.config.probe_interval.max(rtt * 2))
         {
             (Direction::Hold, Reason::Steady)
+        } else if self.last_increase.is_some()
+            && self
+                .sent_avg
+                .is_some_and(|s| s < self.encoder_bps as f64 * PROBE_FOLLOW)
+        {
+            // The last step has not reached the link yet: stacking another on it would
+            // probe nothing and leave the target far above what is really sent.
+            (Direction::Hold, Reason::Limit)
         } else {
             let near_congestion = self.near_congestion(target);
             let step = if near_congestion {
@@ -678,6 +706,10 @@ impl Controller {
         }
         false
     }
+}
+
+fn merge_min(into: &mut Option<u64>, value: u64) {
+    *into = Some(into.map_or(value, |v| v.min(value)));
 }
 
 /// Where fast probing stops below the rate congestion was last seen at.
@@ -1095,6 +1127,61 @@ mod tests {
         assert_eq!(d.reason, Reason::Rtt);
         // The delay jumped by 260 ms in 100 ms: halved, from the 2 Mbit/s really sent.
         assert_eq!(d.target_bps, 1_000_000);
+    }
+
+    #[test]
+    fn probing_waits_for_the_encoder_to_reach_the_last_step() {
+        let mut c = Controller::new(Config::default());
+        let mut t = Duration::ZERO;
+        let d = run(&mut c, &mut t, 15, clear(2_000_000));
+        assert!(d.target_bps > 2_000_000, "probed on a clear link");
+        let target = d.target_bps;
+        // The encoder makes only 60 % of it (its rate control lags, or the scene is easy):
+        // that step never reached the link, so no further one is stacked on it.
+        let lagging = (target as f64 * 0.6) as u64;
+        let settled = run(&mut c, &mut t, 10, clear(lagging)).target_bps;
+        let d = run(&mut c, &mut t, 20, clear(lagging));
+        assert_eq!(d.target_bps, settled);
+        assert_eq!(d.reason, Reason::Limit);
+        let target = settled;
+        // Once it sends (nearly) what it was given, probing resumes.
+        let d = run(&mut c, &mut t, 10, clear(target));
+        assert!(d.target_bps > target, "{} <= {target}", d.target_bps);
+    }
+
+    #[test]
+    fn measured_ceilings_do_not_hold_off_the_loss_factor() {
+        let mut c = Controller::new(Config::default());
+        let mut t = Duration::ZERO;
+        run(&mut c, &mut t, 5, clear(2_000_000));
+        // Heavy loss reported every 200 ms; the transport's delivery rate is about what the
+        // encoder sends (retransmissions make it look so), which alone cuts by 10 % a report.
+        let mut deep_cuts = 0;
+        let mut previous = c.target_bps();
+        for tick in 0..16 {
+            let sent = c.encoder_bps();
+            let obs = if tick % 2 == 0 {
+                Observation {
+                    loss: Some(0.4),
+                    delivered_bps: Some(sent),
+                    ..clear(sent)
+                }
+            } else {
+                Observation {
+                    loss: None,
+                    ..clear(sent)
+                }
+            };
+            let d = run(&mut c, &mut t, 1, obs);
+            if d.direction == Direction::Decrease && (d.target_bps as f64) < previous as f64 * 0.85
+            {
+                deep_cuts += 1;
+            }
+            previous = d.target_bps;
+        }
+        // The loss factor (× 0.8 at 40 %) applies again once its own hold-off (300 ms) is over,
+        // whatever the shallow cuts in between.
+        assert!(deep_cuts >= 2, "{deep_cuts} factor cuts");
     }
 
     #[test]

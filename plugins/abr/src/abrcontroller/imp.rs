@@ -38,12 +38,17 @@ const DEFAULT_RTT_THRESHOLD_MS: u32 = 100;
 const DEFAULT_BACKLOG_THRESHOLD_MS: u32 = 200;
 const DEFAULT_RUNG_UP_HOLD_MS: u32 = 4000;
 const DEFAULT_VBV_CAPACITY_MS: u32 = 250;
+/// Rate-control buffer right after a decrease, milliseconds of the new rate...
+const TIGHT_VBV_MS: u32 = 100;
+/// ...for this long: the encoder meets the new rate within a few frames instead of spending
+/// a buffer filled at the old one, and a key frame in that time stays small.
+const TIGHT_VBV_TIME: gst::ClockTime = gst::ClockTime::from_mseconds(1500);
 /// An SRT loss report covers at least this many packets...
 const SRT_REPORT_PACKETS: f64 = 30.0;
 /// ...or this much time.
 const SRT_REPORT_PERIOD: gst::ClockTime = gst::ClockTime::from_mseconds(250);
 /// Highest loss fraction an SRT report counts as (see where it is used).
-const SRT_LOSS_CAP: f64 = 0.15;
+const SRT_LOSS_CAP: f64 = 0.5;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -173,6 +178,8 @@ struct State {
     /// The srtsink those counters belong to: a new one (an output restarted) counts from 0.
     srt_element: Option<gst::Element>,
     srt_bandwidth: Option<u64>,
+    /// Until when the encoder's rate-control buffer is kept tight after a decrease.
+    tight_vbv_until: Option<gst::ClockTime>,
     events: EventSignals,
     counters: Counters,
     warned: Vec<String>,
@@ -838,6 +845,15 @@ impl AbrController {
             None => state.controller.insert(Controller::new(config)),
         };
         let decision = controller.update(&obs);
+        gst::log!(
+            CAT,
+            imp = self,
+            "tick: {obs:?} -> {} {} target {} (srt {:?})",
+            decision.direction.as_str(),
+            decision.reason.as_str(),
+            decision.target_bps,
+            srt_stats
+        );
         let rung = controller
             .config()
             .ladder
@@ -852,6 +868,10 @@ impl AbrController {
         counters.rung_changes += decision.rung_changed as u64;
         counters.last = Some(decision);
         counters.last_inputs = obs;
+        if decision.direction == crate::controller::Direction::Decrease {
+            state.tight_vbv_until = Some(now + TIGHT_VBV_TIME);
+        }
+        let tight_vbv = state.tight_vbv_until.is_some_and(|until| now < until);
         drop(state);
 
         let start = decision.reason == Reason::Start;
@@ -878,7 +898,12 @@ impl AbrController {
         if settings.vbv_capacity > 0
             && let Some(encoder) = &encoder
         {
-            encoder.set_vbv_ms(settings.vbv_capacity);
+            let vbv_ms = if tight_vbv {
+                settings.vbv_capacity.min(TIGHT_VBV_MS)
+            } else {
+                settings.vbv_capacity
+            };
+            encoder.set_vbv_ms(vbv_ms);
         }
         if apply_rung && let (Some(capsfilter), Some(rung)) = (&targets.capsfilter, rung) {
             let caps = rung_caps(capsfilter, &rung);
