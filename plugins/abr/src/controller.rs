@@ -30,11 +30,17 @@
 //!      estimate.
 //!
 //!    The factor cuts (loss factor, delay, unknown drain) are not compounded within a
-//!    hold-off of `max(2 × RTT, 300 ms)` after a decrease, nor while the encoder still sends
-//!    more than 1.15 × the new target (for at most 1 s: its rate control lags), so one
-//!    congestion episode costs one cut; ceilings computed from measured rates apply on every
-//!    tick. Since every tick may decrease, the reaction time is one tick interval plus the
-//!    age of the signal.
+//!    hold-off of `max(2 × RTT, 300 ms)` after the previous factor cut, nor while the encoder
+//!    still sends more than 1.15 × the new target (for at most 1 s: its rate control lags),
+//!    so one congestion report costs one cut; ceilings computed from measured rates apply on
+//!    every tick and do not restart the hold-off (over SRT the delivery rate measured during
+//!    a retransmission storm is about what is sent, so those ceilings cut by 10 % a report;
+//!    had they restarted the hold-off, the loss factor would never apply and a 4× drop
+//!    would take seconds). Since every tick may decrease, the reaction time is one tick
+//!    interval plus the age of the signal. The element also shrinks the encoder's
+//!    rate-control buffer (x264enc `vbv-buf-capacity`) to 100 ms for 1.5 s after every
+//!    decrease: the encoder then meets the new rate within a few frames instead of spending
+//!    a buffer filled at the old rate, and a key frame sent in that time stays small.
 //! 2. **Hold** while any signal is elevated without being clear congestion (loss above
 //!    `loss_low` in fewer than three reports in a row, half the delay or backlog threshold,
 //!    a backlog still draining), and for `increase_hold` after the last decrease.
@@ -49,7 +55,18 @@
 //!    in about 4 s). Increases never pass `max_bps`, the explicit
 //!    estimate, or 1.5 × the rate the encoder really produces (smoothed) plus 100 kbit/s: an
 //!    encoder undershooting on a static scene must not lead the target into the sky, where
-//!    the next real congestion would find it.
+//!    the next real congestion would find it. And no step is taken while the encoder sends
+//!    less than 70 % of the current target: a step the link never saw probed nothing, and
+//!    stacking steps on it put the target far above the link (over SRT, a standing queue
+//!    before a drop delays every later signal by its length).
+//!
+//!    The rate where congestion was last seen is corrected upwards by the queue's drain:
+//!    within 5 s of a cut, a queuing delay that falls from at least `rtt_threshold / 2` at
+//!    `s` seconds per second (measured over at least 200 ms, at most 0.5) while `r` is sent
+//!    says the link carries `r / (1 − s)`. After a cascade of cuts over a full queue the last
+//!    cut undersells the link (over SRT the queue, full of retransmissions, drains only well
+//!    below it); without the correction, probing crept through a band around that low rate,
+//!    concluded that the link had grown and leapt past it, cycle after cycle.
 //!
 //! The target always stays within `[min_bps, max_bps]`. When a loss episode that cut the
 //! target ends (the first report under `loss_high` once the encoder follows the new rate and
@@ -258,6 +275,13 @@ const NEAR_CONGESTION_STEP: f64 = 0.04;
 /// (fractions of that rate).
 const NEAR_CONGESTION_BELOW: f64 = 0.95;
 const NEAR_CONGESTION_ABOVE: f64 = 1.05;
+/// A queue drain measured over less than this is noise (smoothed RTTs move in steps).
+const DRAIN_MIN_SPAN: Duration = Duration::from_millis(200);
+/// Highest drain rate believed (seconds per second): the link carries at most twice what
+/// is sent while its queue drains.
+const DRAIN_MAX: f64 = 0.5;
+/// A drain says something about the link only shortly after we cut.
+const DRAIN_EPISODE: Duration = Duration::from_secs(5);
 /// A probe step waits until the encoder sends at least this share of the target: a step the
 /// link never saw tells nothing about it.
 const PROBE_FOLLOW: f64 = 0.7;
@@ -285,6 +309,8 @@ pub struct Controller {
     moderate_loss_reports: u32,
     /// The previous queuing delay and when it was measured.
     previous_delay: Option<(Duration, Duration)>,
+    /// When the queuing delay last peaked before shrinking, and the peak.
+    drain_peak: Option<(Duration, Duration)>,
     previous_backlog: Option<(Duration, Duration, Option<u64>)>,
 }
 
@@ -312,6 +338,7 @@ impl Controller {
             loss_episode: false,
             moderate_loss_reports: 0,
             previous_delay: None,
+            drain_peak: None,
             previous_backlog: None,
         };
         controller.rung = controller
@@ -507,9 +534,20 @@ impl Controller {
                     let dt = now.saturating_sub(at).as_secs_f64();
                     (dt > 0.0 && delay > previous).then(|| (delay - previous).as_secs_f64() / dt)
                 });
+        if let (Some(delay), Some((at, previous))) = (queuing_delay, self.previous_delay) {
+            if delay + Duration::from_millis(1) < previous {
+                self.drain_peak.get_or_insert((at, previous));
+            } else if delay > previous + Duration::from_millis(5) {
+                self.drain_peak = None;
+            }
+        }
+        if queuing_delay.is_some_and(|d| d < Duration::from_millis(5)) {
+            self.drain_peak = None;
+        }
         if let Some(delay) = queuing_delay {
             self.previous_delay = Some((now, delay));
         }
+        self.learn_from_drain(now, queuing_delay);
         if obs.loss.is_some() {
             self.last_loss_report = Some(now);
         }
@@ -649,6 +687,33 @@ impl Controller {
             recovery_key_frame,
             direction,
             reason,
+        }
+    }
+
+    /// A queue that drains at `s` seconds per second while we send `r` sits in front of a
+    /// link carrying `r / (1 − s)`: the mirror of the growth rule, and the one moment a
+    /// transport that only shows delay and retransmission counters (SRT) tells the link's
+    /// rate. After a cascade of cuts, the rate where congestion was last seen is the rate of
+    /// the last cut, which undersold the link (the queue, full of retransmissions, drains
+    /// only well below it); the drain corrects it, so probing climbs fast back to just below
+    /// the link and carefully past it instead of concluding that the link has grown.
+    fn learn_from_drain(&mut self, now: Duration, delay: Option<Duration>) {
+        let (Some((peak_at, peak)), Some(delay), Some(sent)) =
+            (self.drain_peak, delay, self.sent_avg)
+        else {
+            return;
+        };
+        let span = now.saturating_sub(peak_at);
+        let recent_cut = self
+            .last_decrease
+            .is_some_and(|t| now.saturating_sub(t) < DRAIN_EPISODE);
+        if span < DRAIN_MIN_SPAN || peak < self.config.rtt_threshold / 2 || !recent_cut {
+            return;
+        }
+        let drain = (peak.saturating_sub(delay).as_secs_f64() / span.as_secs_f64()).min(DRAIN_MAX);
+        let capacity = (sent / (1.0 - drain)) as u64;
+        if self.congestion_bps.is_some_and(|c| c < capacity) {
+            self.congestion_bps = Some(capacity);
         }
     }
 
@@ -1182,6 +1247,76 @@ mod tests {
         // The loss factor (× 0.8 at 40 %) applies again once its own hold-off (300 ms) is over,
         // whatever the shallow cuts in between.
         assert!(deep_cuts >= 2, "{deep_cuts} factor cuts");
+    }
+
+    #[test]
+    fn a_draining_queue_tells_where_the_link_is() {
+        // A cascade of cuts over a full queue: the last one happens at 500 kbit/s, while the
+        // queue (full of retransmissions) still holds 200 ms.
+        let climb = |drain_ms_per_tick: u64| {
+            let mut c = Controller::new(Config {
+                start_bps: 500_000,
+                ..Default::default()
+            });
+            let mut t = Duration::ZERO;
+            run(&mut c, &mut t, 10, clear(500_000));
+            let cut = run(
+                &mut c,
+                &mut t,
+                1,
+                Observation {
+                    loss: Some(0.3),
+                    rtt: Some(ms(240)),
+                    ..clear(500_000)
+                },
+            );
+            assert_eq!(cut.direction, Direction::Decrease);
+            // The encoder follows the cut while the queue drains.
+            let mut rtt: u64 = 240;
+            while rtt > 40 {
+                rtt = rtt.saturating_sub(drain_ms_per_tick).max(40);
+                let sent = c.encoder_bps();
+                run(
+                    &mut c,
+                    &mut t,
+                    1,
+                    Observation {
+                        rtt: Some(ms(rtt)),
+                        ..clear(sent)
+                    },
+                );
+            }
+            let mut targets = Vec::new();
+            for _ in 0..30 {
+                let sent = c.encoder_bps();
+                let d = run(&mut c, &mut t, 1, clear(sent));
+                if d.direction == Direction::Increase {
+                    targets.push(d.target_bps);
+                }
+            }
+            targets
+        };
+        let careful_from = |targets: &[u64]| {
+            targets
+                .windows(2)
+                .find(|w| (w[1] as f64) < w[0] as f64 * 1.041)
+                .map(|w| w[0])
+                .expect("careful steps")
+        };
+        // Without a measurable drain (the queue vanishes between two samples) the careful
+        // steps start where the cut was decided: the 500 kbit/s sent then.
+        let sudden = climb(200);
+        let from_cut = careful_from(&sudden);
+        assert!((450_000..550_000).contains(&from_cut), "{sudden:?}");
+        // Draining at 0.4 s per second while the encoder sends the cut rate: the link carries
+        // about 1 / 0.6 of it, more than the cut rate. Probing climbs straight to just below
+        // that and steps carefully from there.
+        let drained = climb(40);
+        let from_drain = careful_from(&drained);
+        assert!(
+            from_drain as f64 >= from_cut as f64 * 1.15,
+            "{drained:?} vs {sudden:?}"
+        );
     }
 
     #[test]

@@ -321,7 +321,7 @@ impl ElementImpl for AbrController {
                  round-trip-time, jitter; gst-twcc-stats), rtpbin RTCP receiver \
                  reports, srtsink stats (rtt-ms; \
                  packets-sent-lost over at least 30 packets and 250 ms, counted as at most \
-                 15 % loss since SRT retransmits; bytes-sent minus the share lost, scaled \
+                 50 % loss since SRT retransmits; bytes-sent minus the share lost, scaled \
                  to this stream's part of the connection, as the delivery rate; \
                  bandwidth-mbps only shown in stats), the fill level of a queue before a \
                  TCP-like sink, the estimated-bitrate of an estimator such as rtpgccbwe, \
@@ -336,13 +336,18 @@ impl ElementImpl for AbrController {
                  rtt-threshold and not shrinking: /(1+g) where g is the delay's growth \
                  in s/s since the previous sample, x0.5..x0.85; backlog >= backlog-threshold \
                  and growing: 85% of its drain rate; an estimate below the target: the \
-                 estimate), one multiplicative cut per max(2 RTT, 300 ms) and not while \
-                 the encoder still sends 1.15x the new target (up to 1 s); HOLD while a \
+                 estimate), one multiplicative cut per max(2 RTT, 300 ms) after the \
+                 previous multiplicative cut and not while \
+                 the encoder still sends 1.15x the new target (up to 1 s); after any cut \
+                 the encoder's rate-control buffer is 100 ms (at most vbv-capacity) for \
+                 1.5 s; HOLD while a \
                  signal is elevated and for 1 s after a cut; INCREASE by probing, one step \
                  per max(300 ms, 2 RTT), +8% growing 8 points per clear step to +45%, \
                  stopping at 95% of the rate where congestion was last seen and at most \
-                 +4% from there to 105% of it, never \
-                 above max-bitrate, the estimate or 1.5x the measured encoder output. \
+                 +4% from there to 105% of it (that rate raised to r/(1-s) when, within 5 s \
+                 of a cut, the queuing delay drains at s s/s while r is sent), never \
+                 above max-bitrate, the estimate or 1.5x the measured encoder output, and \
+                 no step while the encoder sends less than 70% of the last one. \
                  Rungs: down on the tick the target falls below the rung minimum, up one \
                  rung after the target has stayed at 1.15x the next rung's minimum for \
                  rung-up-hold; each rung change sets the capsfilter caps and forces a \
