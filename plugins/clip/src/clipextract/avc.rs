@@ -1066,6 +1066,239 @@ mod tests {
         assert_eq!(starts, [0, 1, 2]);
     }
 
+    /// `bits` as a NAL unit: header byte, RBSP trailing bits, emulation prevention.
+    fn nal(header: u8, mut w: BitWriter) -> Vec<u8> {
+        w.bit(1);
+        while !w.bits.is_multiple_of(8) {
+            w.bit(0);
+        }
+        let mut out = vec![header];
+        escape_into(&w.out, &mut out);
+        out
+    }
+
+    /// A CABAC slice: the header `w` so far, alignment ones, then `data`.
+    fn cabac_slice(header: u8, mut w: BitWriter, data: &[u8]) -> Vec<u8> {
+        while !w.bits.is_multiple_of(8) {
+            w.bit(1);
+        }
+        w.out.extend_from_slice(data);
+        w.bits += data.len() * 8;
+        nal(header, w)
+    }
+
+    fn length_prefixed(nals: &[Vec<u8>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for n in nals {
+            out.extend_from_slice(&(n.len() as u32).to_be_bytes());
+            out.extend_from_slice(n);
+        }
+        out
+    }
+
+    /// High profile, 4-bit frame_num, 6-bit POC lsb; CABAC, weighted P prediction.
+    fn parameter_sets() -> (Vec<u8>, Vec<u8>) {
+        let mut w = BitWriter::default();
+        w.bits(100, 8);
+        w.bits(0, 8);
+        w.bits(30, 8);
+        w.ue(0); // sps id
+        w.ue(1); // 4:2:0
+        w.ue(0);
+        w.ue(0);
+        w.bit(0);
+        w.bit(0); // no scaling matrices
+        w.ue(0); // log2_max_frame_num 4
+        w.ue(0); // POC type 0
+        w.ue(2); // log2_max_poc_lsb 6
+        w.ue(4); // references
+        w.bit(0);
+        w.ue(19);
+        w.ue(14);
+        w.bit(1); // frame_mbs_only
+        w.bit(1);
+        w.bit(0);
+        w.bit(0);
+        let sps = nal(0x67, w);
+        let mut w = BitWriter::default();
+        w.ue(0);
+        w.ue(0);
+        w.bit(1); // CABAC
+        w.bit(0);
+        w.ue(0);
+        w.ue(0);
+        w.ue(0);
+        w.bit(1); // weighted P
+        w.bits(2, 2);
+        w.ue(0); // se 0
+        w.ue(0);
+        w.ue(0);
+        w.bit(1); // deblocking control
+        w.bit(0);
+        w.bit(0);
+        let pps = nal(0x68, w);
+        (sps, pps)
+    }
+
+    /// Slice data that needs emulation prevention and starts with zero bytes.
+    const DATA: [u8; 9] = [0, 0, 1, 0xab, 0, 0, 0, 3, 0x5c];
+
+    /// The source: an open-GOP I frame (frame_num 13, POC lsb 44) with its recovery point SEI,
+    /// then a P frame after one dropped leading reference picture (frame_num 15) that names the
+    /// I in its reference list modification and drops two pictures the clip lacks.
+    fn open_gop_pair() -> (Vec<u8>, Vec<u8>) {
+        let sei = {
+            let mut w = BitWriter::default();
+            w.bits(6, 8);
+            w.bits(1, 8);
+            w.bits(0x84, 8);
+            nal(0x06, w)
+        };
+        let mut w = BitWriter::default();
+        w.ue(0);
+        w.ue(7); // I
+        w.ue(0);
+        w.bits(13, 4);
+        w.bits(44, 6);
+        w.bit(0); // sliding window
+        w.ue(0); // qp delta 0
+        w.ue(0); // deblocking on
+        w.ue(0);
+        w.ue(0);
+        let i = cabac_slice(0x41, w, &DATA);
+        let mut w = BitWriter::default();
+        w.ue(0);
+        w.ue(5); // P
+        w.ue(0);
+        w.bits(15, 4);
+        w.bits(46, 6);
+        w.bit(0); // no override
+        w.bit(1); // list modification: picNum 15 - 2 = 13 (the I)
+        w.ue(0);
+        w.ue(1);
+        w.ue(3);
+        w.ue(0); // pred_weight_table: denominators, one entry without weights
+        w.ue(0);
+        w.bit(0);
+        w.bit(0);
+        w.bit(1); // MMCO: unmark 12 (before the I) and 14 (the dropped leading picture)
+        w.ue(1);
+        w.ue(2);
+        w.ue(1);
+        w.ue(0);
+        w.ue(0);
+        w.ue(0); // cabac_init_idc
+        w.ue(0); // qp delta
+        w.ue(1); // deblocking off
+        let p = cabac_slice(0x41, w, &DATA);
+        (length_prefixed(&[sei, i]), length_prefixed(&[p]))
+    }
+
+    fn slices(au: &[u8]) -> Vec<Vec<u8>> {
+        NalUnits::new(au, Framing::LengthPrefixed(4))
+            .filter(|n| matches!(n.header() & 0x1f, 1 | 5))
+            .map(|n| unescape_mapped(n.data(), usize::MAX).0)
+            .collect()
+    }
+
+    #[test]
+    fn open_gop_i_frame_becomes_idr_and_followers_are_renumbered() {
+        let (sps, pps) = parameter_sets();
+        let mut params = ParamSets::default();
+        assert!(params.add(&sps));
+        assert!(params.add(&pps));
+        let (i, p) = open_gop_pair();
+        assert!(is_open_gop_splice_point(
+            &i,
+            Framing::LengthPrefixed(4),
+            &params
+        ));
+        assert!(!is_open_gop_splice_point(
+            &p,
+            Framing::LengthPrefixed(4),
+            &params
+        ));
+
+        let mut splicer = Splicer::new(params.clone());
+        let idr = splicer
+            .rewrite(&i, Framing::LengthPrefixed(4))
+            .unwrap()
+            .expect("rewritten");
+        // The recovery point SEI is gone; one slice, now an IDR.
+        assert_eq!(NalUnits::new(&idr, Framing::LengthPrefixed(4)).count(), 1);
+        let s = slices(&idr);
+        assert_eq!(s[0][0], 0x45);
+        let (h, _) = parse_slice_header(&s[0], &params).unwrap();
+        assert_eq!((h.frame_num, h.poc_lsb.map(|p| p.1)), (0, Some(0)));
+        assert_eq!(s[0][h.data_byte.unwrap()..], [&DATA[..], &[0x80]].concat());
+
+        let p2 = splicer
+            .rewrite(&p, Framing::LengthPrefixed(4))
+            .unwrap()
+            .expect("rewritten");
+        let s = slices(&p2);
+        assert_eq!(s[0][0], 0x41);
+        let (h, _) = parse_slice_header(&s[0], &params).unwrap();
+        assert_eq!((h.frame_num, h.poc_lsb.map(|p| p.1)), (1, Some(2)));
+        // The I is picture number 0 now; both unmarked pictures are not in the clip.
+        assert_eq!(h.list_mods[0], Some(vec![0]));
+        assert!(h.mmco.is_none());
+        assert_eq!(s[0][h.data_byte.unwrap()..], [&DATA[..], &[0x80]].concat());
+        assert!(!splicer.is_done());
+
+        // A real IDR ends the rewriting.
+        let mut w = BitWriter::default();
+        w.ue(0);
+        w.ue(7);
+        w.ue(0);
+        w.bits(0, 4);
+        w.ue(0);
+        w.bits(0, 6);
+        w.bits(0, 2);
+        w.ue(0);
+        w.ue(0);
+        w.ue(0);
+        w.ue(0);
+        let idr_src = length_prefixed(&[cabac_slice(0x65, w, &DATA)]);
+        assert_eq!(
+            splicer.rewrite(&idr_src, Framing::LengthPrefixed(4)),
+            Ok(None)
+        );
+        assert!(splicer.is_done());
+    }
+
+    #[test]
+    fn mutated_streams_never_panic() {
+        let (sps, pps) = parameter_sets();
+        let (i, p) = open_gop_pair();
+        let mut seed = 0x9e37_79b9u32;
+        let mut next = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            seed
+        };
+        for _ in 0..3000 {
+            let mut units = [sps.clone(), pps.clone(), i.clone(), p.clone()];
+            for _ in 0..1 + next() % 4 {
+                let u = &mut units[(next() % 4) as usize];
+                let at = (next() as usize) % u.len();
+                match next() % 3 {
+                    0 => u[at] ^= 1 << (next() % 8),
+                    1 => u[at] = (next() >> 24) as u8,
+                    _ => u.truncate(at.max(1)),
+                }
+            }
+            let [sps, pps, i, p] = units;
+            let mut params = ParamSets::default();
+            params.add(&sps);
+            params.add(&pps);
+            let _ = is_open_gop_splice_point(&i, Framing::LengthPrefixed(4), &params);
+            let mut splicer = Splicer::new(params);
+            let _ = splicer.rewrite(&i, Framing::LengthPrefixed(4));
+            let _ = splicer.rewrite(&p, Framing::LengthPrefixed(4));
+            let _ = splicer.rewrite(&p, Framing::AnnexB);
+        }
+    }
+
     #[test]
     fn garbage_never_panics() {
         let mut seed = 0x1234_5678u32;
