@@ -132,19 +132,29 @@ impl BitWriter {
     }
 
     /// Copies bits `[from, to)` of `data`: whole bytes when reader and writer share their bit
-    /// alignment, bit by bit otherwise.
+    /// alignment, shifted bytes otherwise.
     fn copy(&mut self, data: &[u8], from: usize, to: usize) {
         let mut pos = from;
         let read = |pos: usize| u32::from((data[pos / 8] >> (7 - pos % 8)) & 1);
-        if self.bits % 8 == pos % 8 {
-            while pos < to && !pos.is_multiple_of(8) {
-                self.bit(read(pos));
-                pos += 1;
-            }
+        // Bit by bit until the writer is byte-aligned.
+        while pos < to && !self.bits.is_multiple_of(8) {
+            self.bit(read(pos));
+            pos += 1;
+        }
+        let shift = pos % 8;
+        if shift == 0 {
             let whole = (to.saturating_sub(pos)) / 8;
             self.out.extend_from_slice(&data[pos / 8..pos / 8 + whole]);
             self.bits += whole * 8;
             pos += whole * 8;
+        } else {
+            while to.saturating_sub(pos) >= 8 {
+                let i = pos / 8;
+                self.out
+                    .push((data[i] << shift) | (data[i + 1] >> (8 - shift)));
+                self.bits += 8;
+                pos += 8;
+            }
         }
         while pos < to {
             self.bit(read(pos));
