@@ -129,6 +129,26 @@ fn ffmpeg_open_gop_cabac_bframes() {
 }
 
 #[test]
+fn ffmpeg_open_gop_slices_many_references() {
+    let dir = TempDir::new("open-gop-veryslow");
+    let src = dir.path("src.mkv");
+    // Up to 16 reference frames and 5 B-frames (more memory management operations and list
+    // modifications per frame), strict B-pyramid, four slices per frame (every slice header is
+    // rewritten), no audio.
+    run(Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=320x240:rate=25:duration=9")
+        .args(["-c:v", "libx264", "-preset", "veryslow", "-bf", "5"])
+        .args([
+            "-x264-params",
+            "open-gop=1:keyint=50:min-keyint=50:scenecut=0:slices=4:b-pyramid=strict",
+        ])
+        .args(["-pix_fmt", "yuv420p"])
+        .arg(&src));
+    cut_and_check(&src, &[(2.1, 4.5), (4.7, 8.1)], &dir);
+}
+
+#[test]
 fn gstreamer_open_gop_cavlc_bframes() {
     let dir = TempDir::new("open-gop-gst");
     let src = dir.path("src.mp4");
