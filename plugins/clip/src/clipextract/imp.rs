@@ -930,9 +930,9 @@ impl ClipExtract {
                                         gst::StreamError::Format,
                                         [
                                             "Cannot continue the copied frames after the \
-                                             re-encoded start of clip {:?} ({e}); cut this \
+                                             re-encoded start of clip {} ({e}); cut this \
                                              source with mode=reencode",
-                                            ps.clip
+                                            ps.clip.unwrap_or_default()
                                         ]
                                     );
                                     return Err(gst::FlowError::Error);
