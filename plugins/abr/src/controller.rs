@@ -282,8 +282,8 @@ const DRAIN_MIN_SPAN: Duration = Duration::from_millis(200);
 const DRAIN_MAX: f64 = 0.5;
 /// A drain says something about the link only shortly after we cut.
 const DRAIN_EPISODE: Duration = Duration::from_secs(5);
-/// A probe step waits until the encoder sends at least this share of the target: a step the
-/// link never saw tells nothing about it.
+/// A probe step waits until the encoder sends at least this share of the rate it was given
+/// (the target, capped by the rung): a step the link never saw tells nothing about it.
 const PROBE_FOLLOW: f64 = 0.7;
 
 /// The bitrate controller state machine.
