@@ -218,6 +218,12 @@ impl Runner {
         });
     }
 
+    /// Drops the events of that kind that came while another was awaited, so that the next
+    /// wait sees only new ones (e.g. the slate reported at start-up, before the primary).
+    fn forget(&self, kind: &str) {
+        self.skipped.lock().unwrap().retain(|e| e["event"] != kind);
+    }
+
     /// Every event so far (status lines excluded) of that kind.
     fn logged(&self, kind: &str) -> Vec<serde_json::Value> {
         self.log
@@ -822,6 +828,9 @@ fn kill_9_during_recording_loses_at_most_a_second() {
 // ---------------------------------------------------------------------------------------------
 // 2. The primary source dies
 
+/// `stall_timeout` of the sources below: seconds without media before the slate takes over.
+const STALL_S: f64 = 1.0;
+
 /// An SRT caller that, like a real encoder, dials again whenever the connection fails; drop
 /// it to kill it (SIGKILL, no goodbye on the wire).
 struct SrtSender {
@@ -894,8 +903,16 @@ fn rtsp_server_process() {
 /// Runs the whole programme (HLS, recording, a WHEP viewer) from the source in `source_toml`,
 /// takes the primary away by dropping what `primary` returned, brings it back with `primary`
 /// again, and checks what viewers and the host notice. Returns nothing: it reports a row.
-fn primary_source_dies<P>(test: &str, fault: &str, source_toml: &str, primary: impl Fn() -> P) {
-    const STALL_S: f64 = 1.0;
+///
+/// The slate must be on air within `slate_within` seconds of the loss: the stall timeout (1 s)
+/// plus the runner's status tick plus what the source's path still held.
+fn primary_source_dies<P>(
+    test: &str,
+    fault: &str,
+    source_toml: &str,
+    slate_within: f64,
+    primary: impl Fn() -> P,
+) {
     let dir = scratch(test);
     // The primary first: `validate` (in write_config) refuses a file source that is missing.
     let live = primary();
@@ -903,6 +920,7 @@ fn primary_source_dies<P>(test: &str, fault: &str, source_toml: &str, primary: i
     let mut runner = Runner::start(&config, &dir);
     let started = runner.wait_event("recording-started", Duration::from_secs(30));
     runner.wait_source("primary", Duration::from_secs(30));
+    runner.forget("source");
     let viewer = Viewer::join(&runner);
     let watched = Watched {
         runner: &runner,
@@ -941,6 +959,14 @@ fn primary_source_dies<P>(test: &str, fault: &str, source_toml: &str, primary: i
     };
     let p = watched.all_advance(&p, &[], "every output to go on with the primary back");
     let frames = p.viewer_frames;
+    // What HLS players fetch decodes (the primary's pictures and sound).
+    let segment = p.hls_segment.clone().expect("an HLS segment");
+    let (status, data) = runner.get(&format!("/hls/{segment}"));
+    assert_eq!(status, 200, "GET /hls/{segment}");
+    let fetched = dir.join("fetched.ts");
+    std::fs::write(&fetched, data).unwrap();
+    let segment_frames = assert_plays(&fetched).frames;
+    assert!(segment_frames > 0, "{segment} holds no video frame");
 
     // No output noticed: nothing failed, nothing restarted.
     let failures = runner.logged("output-failed");
@@ -972,7 +998,7 @@ fn primary_source_dies<P>(test: &str, fault: &str, source_toml: &str, primary: i
     assert_eq!(restarts, 0, "outputs restarted");
     assert!(status.success(), "exit status {status}");
     assert!(
-        to_slate <= STALL_S + 3.0,
+        to_slate <= slate_within,
         "the slate came {to_slate:.1} s after the loss"
     );
     let played = assert_plays(&file);
@@ -1000,6 +1026,7 @@ width = 640
 height = 360
 stall_timeout = 1
 "#,
+        STALL_S + 3.0,
         || srt_sender(9000),
     );
 }
@@ -1020,6 +1047,7 @@ width = 640
 height = 360
 stall_timeout = 1
 "#,
+        STALL_S + 3.0,
         || {
             let server = helper_process("rtsp_server_process");
             // Listening before the runner dials.
@@ -1029,6 +1057,100 @@ stall_timeout = 1
             server
         },
     );
+}
+
+/// nginx with the RTMP module (Debian `libnginx-mod-rtmp`) as the test's own process: its
+/// config in `dir`, one `live` application on 127.0.0.1:1935, no daemon, no master process.
+fn rtmp_server(dir: &Path) -> KillOnDrop {
+    let module = ["/usr/lib/nginx/modules", "/usr/share/nginx/modules"]
+        .iter()
+        .map(|d| Path::new(d).join("ngx_rtmp_module.so"))
+        .find(|m| m.exists())
+        .expect("the nginx RTMP module (scripts/setup installs libnginx-mod-rtmp)");
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "load_module {};\ndaemon off;\nmaster_process off;\npid {}/nginx.pid;\n\
+             error_log {}/nginx.log warn;\nevents {{ worker_connections 64; }}\n\
+             rtmp {{ server {{ listen 127.0.0.1:1935; application live {{ live on; }} }} }}\n",
+            module.display(),
+            dir.display(),
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let server = KillOnDrop(
+        Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .arg("-p")
+            .arg(dir)
+            .arg("-e")
+            .arg(dir.join("nginx.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (scripts/setup installs it)"),
+    );
+    eventually(Duration::from_secs(20), "nginx to listen for RTMP", || {
+        TcpStream::connect("127.0.0.1:1935").ok().map(|_| ())
+    });
+    server
+}
+
+/// A contribution encoder publishing to the RTMP server, like OBS would: ffmpeg (its own
+/// RTMP client, not GStreamer's) sending H.264 + AAC in FLV, paced in real time.
+fn rtmp_publisher() -> KillOnDrop {
+    KillOnDrop(
+        Command::new("ffmpeg")
+            .args(["-nostdin", "-v", "error", "-re"])
+            .args(["-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30"])
+            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+            .args([
+                "-c:v",
+                "libx264",
+                "-preset",
+                "ultrafast",
+                "-tune",
+                "zerolatency",
+            ])
+            .args(["-g", "30", "-pix_fmt", "yuv420p", "-c:a", "aac"])
+            .args(["-f", "flv", "rtmp://127.0.0.1:1935/live/cam"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ffmpeg"),
+    )
+}
+
+#[test]
+fn rtmp_publisher_killed_the_slate_covers_and_the_publisher_comes_back() {
+    if !isolated("rtmp_publisher_killed_the_slate_covers_and_the_publisher_comes_back") {
+        return;
+    }
+    let dir = scratch("rtmp-server");
+    let _nginx = rtmp_server(&dir);
+    // uridecodebin3 picks rtmp2src (rank primary + 1) for rtmp://; it plays from nginx-rtmp
+    // (ffmpeg's `-listen 1` server is what it could not play from), so the runner keeps it.
+    primary_source_dies(
+        "rtmp-source",
+        "primary source: RTMP publisher (ffmpeg into nginx-rtmp) killed and back",
+        r#"
+[sources.cam]
+type = "rtmp"
+uri = "rtmp://127.0.0.1:1935/live/cam"
+width = 640
+height = 360
+stall_timeout = 1
+"#,
+        // nginx-rtmp hands a player what it buffered (the last GOP) and the FLV path adds its
+        // own queueing: the last media arrives seconds after the publisher died (4.2-4.7 s
+        // measured, with rtmp2src and librtmp's rtmpsrc alike).
+        STALL_S + 5.0,
+        rtmp_publisher,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Puts the complete programme file in place (atomically); dropping it truncates the file to
@@ -1083,6 +1205,7 @@ stall_timeout = 1
         "file-source",
         "primary source: file truncated while read, then restored",
         &source,
+        STALL_S + 3.0,
         || {
             let tmp = live.with_extension("tmp");
             std::fs::copy(&master, &tmp).expect("copy the programme");
