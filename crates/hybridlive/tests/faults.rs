@@ -1144,10 +1144,11 @@ width = 640
 height = 360
 stall_timeout = 1
 "#,
-        // nginx-rtmp hands a player what it buffered (the last GOP) and the FLV path adds its
-        // own queueing: the last media arrives seconds after the publisher died (4.2-4.7 s
-        // measured, with rtmp2src and librtmp's rtmpsrc alike).
-        STALL_S + 5.0,
+        // Measured 4.2-5.1 s, with rtmp2src and librtmp's rtmpsrc alike, although the media
+        // stops reaching the source at once (checked with gst-launch): probably fallbacksrc's
+        // stall timer runs on the stream's timestamps, which run ahead of the clock after the
+        // burst nginx sends a joining player. Bounded here, reported in the row.
+        STALL_S + 6.0,
         rtmp_publisher,
     );
     let _ = std::fs::remove_dir_all(&dir);
@@ -1484,10 +1485,11 @@ fn hls_folder_unwritable_hls_retries_and_the_rest_goes_on() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Stops the runner (SIGINT) and checks it exits 0. Known: after an output restarted,
-/// GStreamer's teardown sometimes deadlocks and the runner's watchdog ends the process (exit 1
-/// when it could not finalise a recording); that is accepted here because what a user would
-/// notice is asserted by the callers either way: the recordings play and nothing is lost.
+/// Stops the runner (SIGINT) and checks it exits 0, or that the runner's shutdown watchdog
+/// ended it. The hangs that made the watchdog necessary came from failed output pipelines left
+/// half PLAYING (fixed: `tear_down` in output.rs; the HLS-folder test now requires a clean
+/// exit); the other fault tests still accept the watchdog because what a user would notice is
+/// asserted by the callers either way: the recordings play and nothing is lost.
 fn assert_stopped(runner: &mut Runner) {
     let status = runner.stop();
     assert!(
