@@ -1389,6 +1389,9 @@ fn hls_folder_unwritable_hls_retries_and_the_rest_goes_on() {
         uplink: None,
     };
     let p = watched.all_advance(&Progress::default(), &[], "every output to produce");
+    // A browser plays the HLS fallback (hls.js in Chromium) from before the fault until well
+    // into the restarted output's segments.
+    let browser = HlsBrowser::start(&runner);
 
     // The folder turns read-only under the running output (root ignores permissions; a
     // read-only bind mount stops root too).
@@ -1452,6 +1455,7 @@ fn hls_folder_unwritable_hls_retries_and_the_rest_goes_on() {
     watched.all_advance(&p, &[], "every output to produce");
     let (failures, restarts) = failures_of(&runner, "hls");
     assert_only_failed(&runner, "hls");
+    let in_browser = browser.finish();
     drop(viewer);
     let stopped_ms = now_ms();
     // The failed outputs were taken down whole (tear_down in output.rs): SIGINT finishes every
@@ -1472,7 +1476,8 @@ fn hls_folder_unwritable_hls_retries_and_the_rest_goes_on() {
             "HLS reported `output-failed` ({error}), retried with back-off ({} s; {restarts} \
              restarts), wrote again {recovered:.1} s after the folder came back ({last_before} -> \
              {last_after}, media sequence {before} -> {after}, EXT-X-DISCONTINUITY between the \
-             runs, the old run's segments still listed); recording and WHEP never stopped; \
+             runs, the old run's segments still listed); hls.js in Chromium played on across the \
+             discontinuity ({in_browser}); recording and WHEP never stopped; \
              SIGINT: exit 0",
             backoffs(&failures)
         ),
@@ -1483,6 +1488,105 @@ fn hls_folder_unwritable_hls_retries_and_the_rest_goes_on() {
     );
     assert!((ran - played.duration).abs() <= 1.0);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The viewer page in HLS mode in headless Chromium (`tests/browser/viewer.mjs`), watched until
+/// it has played a segment of the HLS output's first run and then 2 s into the first segment
+/// after a discontinuity (hls.js numbers runs in `frag.cc`).
+struct HlsBrowser {
+    child: KillOnDrop,
+    output: Option<std::thread::JoinHandle<String>>,
+}
+
+impl HlsBrowser {
+    /// Starts the browser and returns once it plays the first run's segments.
+    fn start(runner: &Runner) -> HlsBrowser {
+        let driver =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/viewer.mjs");
+        // Evaluated every 200 ms: notes (and logs, for the test to wait on) when a first-run
+        // fragment is playing, then the first fragment of a later run it plays, and holds once
+        // it has played on for 2 s from there.
+        let wait = "(() => { const v = document.querySelector('video'); \
+            const h = window.viewer && window.viewer.hls; \
+            const d = h && h.latestLevelDetails; if (!d) return false; \
+            const f = d.fragments.find((f) => v.currentTime >= f.start && v.currentTime < f.end); \
+            if (f && f.cc === 0 && !v.paused && !window.playedFirstRun) { \
+              window.playedFirstRun = true; console.log('hybridlive: first run playing'); } \
+            if (f && f.cc > 0 && window.playedFirstRun && !window.newRun) { \
+              window.newRun = { sn: f.sn, cc: f.cc, start: f.start }; } \
+            const n = window.newRun; \
+            if (n && f && f.cc >= n.cc && !v.paused && v.currentTime > n.start + 2) { \
+              window.result = { cc: n.cc, sn: n.sn, played: v.currentTime - n.start, \
+                                error: v.error ? v.error.message : null }; } \
+            return window.result !== undefined; })()";
+        let mut child = Command::new("node")
+            .arg(&driver)
+            .arg(format!("http://{}/?mode=hls", runner.addr))
+            .arg("90")
+            .env("WAIT", wait)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("node runs (scripts/setup installs the browser test driver)");
+        let stderr = child.stderr.take().expect("stderr");
+        let (playing_tx, playing) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("hybridlive: first run playing") {
+                    let _ = playing_tx.send(());
+                }
+                eprintln!("chromium: {line}");
+            }
+        });
+        let mut stdout = child.stdout.take().expect("stdout");
+        let output = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text);
+            text
+        });
+        playing
+            .recv_timeout(Duration::from_secs(60))
+            .expect("hls.js in Chromium to play the first run");
+        HlsBrowser {
+            child: KillOnDrop(child),
+            output: Some(output),
+        }
+    }
+
+    /// Waits for the page's verdict; returns it for the report.
+    fn finish(mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let status = loop {
+            if let Some(status) = self.child.0.try_wait().expect("wait for node") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hls.js did not play 2 s past the discontinuity"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let output = self
+            .output
+            .take()
+            .and_then(|o| o.join().ok())
+            .unwrap_or_default();
+        assert!(
+            status.success(),
+            "hls.js did not play across the restart: {output}"
+        );
+        let result: serde_json::Value = serde_json::from_str(output.trim()).unwrap_or_default();
+        assert!(
+            result["error"].is_null(),
+            "the video element failed: {result}"
+        );
+        format!(
+            "segment {} of run {} played {:.1} s",
+            result["sn"],
+            result["cc"],
+            result["played"].as_f64().unwrap_or(0.0)
+        )
+    }
 }
 
 /// Stops the runner (SIGINT) and checks it exits 0, or that the runner's shutdown watchdog
