@@ -209,11 +209,11 @@ impl Runner {
         });
     }
 
-    /// A stop must never hang: tearing down an output pipeline after it failed and restarted
-    /// can deadlock inside GStreamer (seen in the fault suite: a queue's task waiting for its
-    /// stream lock while the main thread deactivates its pads). Recordings are crash-safe, so
-    /// once the grace period and a margin have passed the process exits anyway: 0 when every
-    /// recording was finalised, 1 otherwise.
+    /// A stop must never hang. The hangs the fault suite found (a queue's task waiting for its
+    /// stream lock after an output failed and restarted) came from failed output pipelines left
+    /// half PLAYING, fixed by `output::tear_down`; this stays as the last resort. Recordings
+    /// are crash-safe, so once the grace period and a margin have passed the process exits
+    /// anyway: 0 when every recording was finalised, 1 otherwise.
     fn shutdown_watchdog(self: &Arc<Self>) {
         let shared = self.shared.clone();
         let records: Vec<String> = self
