@@ -24,6 +24,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long after the grace period a shutdown that still has not finished is called stuck.
 const SHUTDOWN_STUCK_AFTER: Duration = Duration::from_secs(10);
 const DEFAULT_HTTP: &str = "127.0.0.1:8080";
+/// What uridecodebin3 buffers of an RTMP stream (a non-live source, so it buffers; its
+/// default, about 2 s, is media still playing out after the publisher is gone, delaying the
+/// slate by as much).
+const RTMP_BUFFER: gst::ClockTime = gst::ClockTime::from_mseconds(300);
+
 /// How often fallbacksrc restarts a source that stalled.
 const RESTART_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(3);
 
@@ -1014,6 +1019,9 @@ impl Graph<'_> {
         src.set_property("restart-timeout", RESTART_TIMEOUT.nseconds());
         src.set_property("retry-timeout", u64::MAX - 1);
         src.set_property("restart-on-eos", restart_on_eos);
+        if uri.starts_with("rtmp") {
+            src.set_property("buffer-duration", RTMP_BUFFER.nseconds() as i64);
+        }
         src.set_property("immediate-fallback", true);
         let fallback_uri = match (&fallback.backup_uri, &fallback.slate) {
             (Some(uri), _) => Some(uri.clone()),
