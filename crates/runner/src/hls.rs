@@ -19,10 +19,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::sync::Mutex;
 
+use hybridlive_stamp::{Codec, Framing, find_stamp};
+
 /// Segments kept on disk after they left the playlist, for players a reload behind.
 const KEPT_AFTER_WINDOW: usize = 3;
-
-use hybridlive_stamp::{Codec, Framing, find_stamp};
 
 const TS_PACKET: usize = 188;
 /// A keyframe's SEI sits right after the AUD, SPS and PPS: the first few packets hold it.
@@ -184,6 +184,9 @@ impl SegmentTimes {
                 // listed can no longer be numbered on; start the window afresh.
                 while let Some(gone) = window.listed.pop_front() {
                     window.discontinuity_sequence += u64::from(gone.discontinuity);
+                    if gone.run != run {
+                        retired.push(gone.name);
+                    }
                 }
             }
             if discontinuity {
