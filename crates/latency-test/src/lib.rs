@@ -421,6 +421,7 @@ fn prepare(pipeline: &mut hybridlive_runner::Pipeline, scratch: &Path) -> Vec<St
                 pattern: "smpte".into(),
                 clock: true,
                 tone_hz: 440.0,
+                microphone: None,
             };
         }
     }

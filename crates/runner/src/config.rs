@@ -176,6 +176,9 @@ pub enum SourceKind {
         clock: bool,
         /// `tone_hz`: frequency of the test tone.
         tone_hz: f64,
+        /// `microphone`: take the sound from this PulseAudio source instead of the tone
+        /// (empty: the default source), e.g. a presenter's microphone with a test picture.
+        microphone: Option<String>,
     },
     /// `type = "file"`: a media file, decoded and paced in real time.
     File {
@@ -949,6 +952,7 @@ impl Reader<'_> {
                 pattern: f.choice(self.diags, "pattern", TEST_PATTERNS, "smpte"),
                 clock: f.bool(self.diags, "clock", true),
                 tone_hz: f.number(self.diags, "tone_hz", 20.0, 20_000.0, 440.0),
+                microphone: f.string(self.diags, "microphone").map(|m| m.0),
             },
             "file" => {
                 let location = f.required_string(self.diags, "location");

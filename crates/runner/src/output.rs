@@ -210,6 +210,16 @@ impl OutputRunner {
         self.hls_dir.as_deref()
     }
 
+    /// Segments the live playlist lists (HLS outputs).
+    pub fn hls_playlist_length(&self) -> Option<usize> {
+        match &self.config.kind {
+            OutputKind::Hls {
+                playlist_length, ..
+            } => Some(*playlist_length as usize),
+            _ => None,
+        }
+    }
+
     /// Removes the temporary HLS folder, once the output has stopped.
     pub fn cleanup(&self) {
         if self.hls_dir_is_temporary
@@ -472,7 +482,7 @@ impl OutputRunner {
         if let Some(p) = pipeline {
             self.bind_feedback(None);
             self.close_viewers();
-            let _ = p.set_state(gst::State::Null);
+            tear_down(p.upcast_ref());
             self.finish_timeline();
             self.set_state("stopped", None);
         }
@@ -628,7 +638,7 @@ impl OutputRunner {
         if let Some(p) = pipeline {
             self.bind_feedback(None);
             self.close_viewers();
-            let _ = p.set_state(gst::State::Null);
+            tear_down(p.upcast_ref());
         }
         self.finish_timeline();
         self.set_state("failed", Some(error.clone()));
@@ -766,6 +776,8 @@ impl OutputRunner {
                     .ll_hls
                     .clone()
                     .context("LL-HLS output without a store")?;
+                // After a failure this is a new muxer: the store marks the discontinuity.
+                store.restart();
                 // One fragment per segment (fragments start on key frames), one chunk per part.
                 let mux = make("isofmp4mux", "sink")?;
                 mux.set_property(
@@ -1057,6 +1069,34 @@ fn recording_writer(file: &Path) -> gst_app::AppSink {
             .build(),
     );
     sink
+}
+
+/// Takes `element` to NULL, and every element inside it even when one refuses.
+///
+/// A bin stops at the first child that fails a state change, also on the way down: hlssink2
+/// that can no longer write into its folder fails PAUSED -> READY, and the rest of the output
+/// pipeline (appsrcs, queues, parsers) stayed PLAYING. Dropped like that, their streaming
+/// threads ran on over freed pads: `gst_pad_pause_task: assertion 'GST_IS_PAD (pad)' failed`
+/// floods, then a crash or a hang at the next shutdown. So a bin that refuses has its children
+/// taken down one by one (sinks first) and locked in NULL, then itself.
+fn tear_down(element: &gst::Element) {
+    if element.set_state(gst::State::Null).is_ok() {
+        return;
+    }
+    if let Some(bin) = element.downcast_ref::<gst::Bin>() {
+        for child in bin.iterate_sorted().into_iter().flatten() {
+            tear_down(&child);
+            // The bin's own way down passes READY, which would take the child up again (and
+            // the failing one fail again): it stays where it is now.
+            child.set_locked_state(true);
+        }
+    }
+    if element.set_state(gst::State::Null).is_err() {
+        crate::runner::event(
+            "teardown-failed",
+            serde_json::json!({"element": element.name().as_str()}),
+        );
+    }
 }
 
 /// The index after the highest `segmentNNNNN.ts` in `dir` (0 in an empty folder).

@@ -81,11 +81,16 @@ pub fn start(
         .to_ip()
         .context("the HTTP server is not on an IP address")?;
     let server = Arc::new(server);
+    let hls_window = runner
+        .outputs
+        .iter()
+        .find_map(|o| o.hls_playlist_length())
+        .unwrap_or(5);
     let context = Arc::new(Context {
         runner,
         token,
         hls_dir: hls_dir.and_then(|d| std::fs::canonicalize(d).ok()),
-        segment_times: crate::hls::SegmentTimes::default(),
+        segment_times: crate::hls::SegmentTimes::new(hls_window),
         whep_in_flight: AtomicUsize::new(0),
     });
     let workers = (0..WORKERS)
