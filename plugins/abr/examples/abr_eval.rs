@@ -6,7 +6,9 @@
 //! * `fixed`: x264enc at a fixed bitrate (the baseline of "doing nothing");
 //! * `gcc`: rtpgccbwe (gst-plugin-rtp) as rtpbin aux sender with transport-wide CC, its
 //!   `estimated-bitrate` written straight into x264enc (what webrtcsink does);
-//! * `abr`: abrcontroller following rtpbin's RTCP receiver reports;
+//! * `abr`: abrcontroller following rtpbin's RTCP receiver reports and transport-wide CC
+//!   feedback (the payloader writes the TWCC header extension, the receiver answers);
+//! * `abr-rr`: abrcontroller following the receiver reports only (no TWCC);
 //! * `abr-gcc`: abrcontroller following the receiver reports and rtpgccbwe's estimate.
 //!
 //! Per profile step it reports: time until the send rate is under capacity after a drop,
@@ -45,6 +47,7 @@ enum Mode {
     Fixed,
     Gcc,
     Abr,
+    AbrRr,
     AbrGcc,
 }
 
@@ -54,6 +57,7 @@ impl Mode {
             Mode::Fixed => "fixed",
             Mode::Gcc => "gcc",
             Mode::Abr => "abr",
+            Mode::AbrRr => "abr-rr",
             Mode::AbrGcc => "abr-gcc",
         }
     }
@@ -63,13 +67,19 @@ impl Mode {
             "fixed" => Mode::Fixed,
             "gcc" => Mode::Gcc,
             "abr" => Mode::Abr,
+            "abr-rr" => Mode::AbrRr,
             "abr-gcc" => Mode::AbrGcc,
-            other => bail!("unknown mode '{other}' (fixed, gcc, abr, abr-gcc)"),
+            other => bail!("unknown mode '{other}' (fixed, gcc, abr, abr-rr, abr-gcc)"),
         })
     }
 
     fn uses_gcc(self) -> bool {
         matches!(self, Mode::Gcc | Mode::AbrGcc)
+    }
+
+    /// Whether the RTP link carries transport-wide CC (header extension and feedback).
+    fn uses_twcc(self) -> bool {
+        matches!(self, Mode::Gcc | Mode::Abr | Mode::AbrGcc)
     }
 }
 
@@ -100,7 +110,7 @@ fn parse_args() -> Result<Args> {
         receiver: None,
         repeat: 1,
         profile: parse_profile("4000:20,1000:20,3000:20")?,
-        modes: vec![Mode::Fixed, Mode::Gcc, Mode::Abr, Mode::AbrGcc],
+        modes: vec![Mode::Fixed, Mode::Gcc, Mode::Abr, Mode::AbrRr, Mode::AbrGcc],
         fixed_kbps: 2500,
         delay_ms: 20,
         rtcp_interval_ms: 250,
@@ -135,7 +145,7 @@ fn parse_args() -> Result<Args> {
             "--help" | "-h" => {
                 println!(
                     "abr-eval [--link netsim|srt-tbf] [--profile KBPS:SECS,...] \
-                     [--modes fixed,gcc,abr,abr-gcc] [--fixed-kbps N] [--delay-ms N] \
+                     [--modes fixed,gcc,abr,abr-rr,abr-gcc] [--fixed-kbps N] [--delay-ms N] \
                      [--rtcp-interval-ms N] [--repeat N] [--out DIR]"
                 );
                 std::process::exit(0);
@@ -144,12 +154,12 @@ fn parse_args() -> Result<Args> {
         }
     }
     if args.link == Link::SrtTbf
-        && let Some(m) = args.modes.iter().find(|m| m.uses_gcc())
+        && let Some(m) = args
+            .modes
+            .iter()
+            .find(|m| m.uses_gcc() || **m == Mode::AbrRr)
     {
-        bail!(
-            "mode {} needs RTP with TWCC: not available over SRT",
-            m.name()
-        );
+        bail!("mode {} needs RTP: not available over SRT", m.name());
     }
     Ok(args)
 }
@@ -264,7 +274,7 @@ fn build(mode: Mode, args: &Args, start: Instant) -> Result<Run> {
         (free_udp_port()?, free_udp_port()?, free_udp_port()?);
     let start_kbps = args.fixed_kbps;
     let abr = match mode {
-        Mode::Abr => {
+        Mode::Abr | Mode::AbrRr => {
             "! abrcontroller name=abr rtpbin-name=sendbin min-bitrate=150000 max-bitrate=6000000"
         }
         Mode::AbrGcc => {
@@ -311,13 +321,14 @@ fn build(mode: Mode, args: &Args, start: Instant) -> Result<Run> {
         .field("encoding-name", "H264")
         .field("clock-rate", 90000i32)
         .field("payload", 96i32);
-    if mode.uses_gcc() {
+    if mode.uses_twcc() {
         let ext = gst_rtp::RTPHeaderExtension::create_from_uri(TWCC_URI)
             .context("rtphdrext-twcc is missing (gst-plugins-good rtpmanager)")?;
         ext.set_id(1);
         pay.emit_by_name::<()>("add-extension", &[&ext]);
         rtp_caps = rtp_caps.field("extmap-1", TWCC_URI);
-
+    }
+    if mode.uses_gcc() {
         let gcc = gst::ElementFactory::make("rtpgccbwe")
             .name("gcc")
             .property("estimated-bitrate", start_kbps * 1000)

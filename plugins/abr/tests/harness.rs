@@ -151,6 +151,61 @@ fn loss_spike_lowers_x264enc_bitrate_on_the_next_tick() {
     assert_eq!(stats.get::<&str>("last-reason").unwrap(), "loss");
 }
 
+/// One TWCC feedback event as rtpbin sends it upstream: `(size, arrival)` per packet in
+/// sequence order, arrival `None` for a packet reported lost.
+fn twcc_feedback(first_seqnum: u32, packets: &[(u32, Option<gst::ClockTime>)]) -> gst::Structure {
+    let packets = packets.iter().enumerate().map(|(i, &(size, arrival))| {
+        gst::Structure::builder("RTPTWCCPacket")
+            .field("seqnum", first_seqnum + i as u32)
+            .field("local-ts", gst::ClockTime::from_mseconds(i as u64))
+            .field("remote-ts", arrival.map_or(u64::MAX, |t| t.nseconds()))
+            .field("payload-type", 96u8)
+            .field("size", size)
+            .field("lost", arrival.is_none())
+            .build()
+            .to_send_value()
+    });
+    gst::Structure::builder("RTPTWCCPackets")
+        .field("packets", gst::Array::from_values(packets))
+        .build()
+}
+
+#[test]
+fn twcc_feedback_cuts_to_the_rate_that_arrived() {
+    let mut r = rig(
+        "x264enc",
+        &[
+            ("start-bitrate", &3_000_000u32),
+            ("max-bitrate", &3_000_000u32),
+        ],
+    );
+    for _ in 0..20 {
+        r.signal_upstream(clear());
+        r.tick(BYTES_3M);
+    }
+    assert_eq!(r.x264_kbps(), 3000);
+    r.decisions();
+
+    // A policer: 10 packets arrive back to back, then every other one is dropped and the
+    // rest arrive 10 ms apart (15 × 1188 bytes over 142.5 ms: 1.0 Mbit/s).
+    let ms = |v: f64| Some(gst::ClockTime::from_nseconds((v * 1e6) as u64));
+    let mut packets: Vec<_> = (0..10).map(|i| (1188, ms(2.5 * i as f64))).collect();
+    for k in 0..15 {
+        packets.push((1188, None));
+        packets.push((1188, ms(25.0 + 10.0 * k as f64)));
+    }
+    r.signal_upstream(twcc_feedback(100, &packets));
+    r.tick(BYTES_3M);
+    let kbps = r.x264_kbps();
+    // 90 % of what arrived, not the loss factor's 3000 × (1 − 0.375 / 2) = 2440 kbit/s.
+    assert!((800..=1000).contains(&kbps), "{kbps}");
+    let d = r.decisions();
+    let last = d.last().expect("a decision is posted");
+    assert_eq!(last.get::<&str>("reason").unwrap(), "loss");
+    let inputs = last.get::<gst::Structure>("inputs").unwrap();
+    assert_eq!(inputs.get::<f64>("loss").unwrap(), 15.0 / 40.0);
+}
+
 #[test]
 fn a_decrease_tightens_the_encoder_buffer_for_a_moment() {
     let mut r = rig(

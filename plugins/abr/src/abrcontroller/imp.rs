@@ -139,6 +139,81 @@ struct EventSignals {
     backlog_bytes: Option<u64>,
 }
 
+/// Transport-wide CC feedback as rtpbin sends it upstream (`RTPTWCCPackets` events, one
+/// per feedback packet, every few frames): per packet, lost or when it arrived.
+#[derive(Debug, Default)]
+struct TwccWindow {
+    /// Packets reported, and of those lost, since the last report was taken.
+    reported: u64,
+    lost: u64,
+    /// Arrival time (receiver clock, ns) of the last packet received.
+    last_arrival: Option<u64>,
+    /// Since the first loss of the current loss run: first and last arrival, bytes arrived.
+    since_loss: Option<(u64, u64, u64)>,
+}
+
+/// Name of rtpbin's upstream event with the TWCC feedback of each sent packet.
+const TWCC_EVENT: &str = "RTPTWCCPackets";
+/// A TWCC report covers at least this many packets: a tick's few packets are too coarse
+/// a fraction.
+const TWCC_REPORT_PACKETS: u64 = 10;
+/// TWCC feedback this recent makes the receiver reports' loss redundant.
+const TWCC_FRESH: gst::ClockTime = gst::ClockTime::from_seconds(1);
+/// Shortest arrival span a delivery rate is measured over.
+const TWCC_RATE_SPAN: u64 = 40_000_000;
+
+impl TwccWindow {
+    fn add(&mut self, packets: &[gst::Structure]) {
+        for packet in packets {
+            self.reported += 1;
+            let lost = packet.get::<bool>("lost").unwrap_or(false);
+            let arrival = packet
+                .get::<u64>("remote-ts")
+                .ok()
+                .filter(|&t| t != u64::MAX);
+            match (lost, arrival) {
+                (true, _) | (false, None) => {
+                    self.lost += lost as u64;
+                    if lost
+                        && self.since_loss.is_none()
+                        && let Some(at) = self.last_arrival
+                    {
+                        self.since_loss = Some((at, at, 0));
+                    }
+                }
+                (false, Some(at)) => {
+                    self.last_arrival = Some(at);
+                    if let Some((first, last, bytes)) = &mut self.since_loss {
+                        *last = (*last).max(at);
+                        *first = (*first).min(at);
+                        *bytes += packet.get::<u32>("size").unwrap_or(0) as u64;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Loss fraction and, when packets were lost, the rate that arrived since the first
+    /// loss: what a policer or a full link lets through. `None` until enough packets.
+    fn take(&mut self) -> Option<(f64, Option<u64>)> {
+        if self.reported < TWCC_REPORT_PACKETS {
+            return None;
+        }
+        let loss = self.lost as f64 / self.reported as f64;
+        let delivered = self
+            .since_loss
+            .filter(|&(first, last, _)| last.saturating_sub(first) >= TWCC_RATE_SPAN)
+            .map(|(first, last, bytes)| (bytes as f64 * 8e9 / (last - first) as f64) as u64);
+        if self.lost == 0 {
+            // The loss run is over: the next one measures afresh.
+            self.since_loss = None;
+        }
+        self.reported = 0;
+        self.lost = 0;
+        Some((loss, delivered))
+    }
+}
+
 /// Latest parsed `webrtcbin` statistics.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct WebrtcReport {
@@ -172,6 +247,9 @@ struct State {
     webrtc_latest: Option<WebrtcReport>,
     webrtc_used: Option<WebrtcReport>,
     rtp_used: Option<WebrtcReport>,
+    twcc: TwccWindow,
+    /// When the last TWCC report was taken.
+    twcc_report_at: Option<gst::ClockTime>,
     stats_pending: bool,
     /// Sent and lost packet counters and clock time at the start of the SRT loss window.
     srt_previous: Option<SrtCounters>,
@@ -319,7 +397,12 @@ impl ElementImpl for AbrController {
                  capsfilter, its resolution and framerate from congestion signals. \
                  Inputs: webrtcbin stats (remote-inbound-rtp fraction-lost, \
                  round-trip-time, jitter; gst-twcc-stats), rtpbin RTCP receiver \
-                 reports, srtsink stats (rtt-ms; \
+                 reports (while TWCC feedback comes, their loss holds but never cuts), \
+                 transport-wide CC feedback (the RTPTWCCPackets events rtpbin and \
+                 webrtcbin send upstream when the payloader writes the TWCC header \
+                 extension: loss over at least 10 packets, counted from loss-threshold \
+                 up, and the rate that arrived since the first loss of the run as the \
+                 delivery rate), srtsink stats (rtt-ms; \
                  packets-sent-lost over at least 30 packets and 250 ms, counted as at most \
                  50 % loss since SRT retransmits; bytes-sent minus the share lost, scaled \
                  to this stream's part of the connection, as the delivery rate; \
@@ -640,6 +723,11 @@ impl AbrController {
         ) {
             return;
         }
+        if let Some(s) = event.structure().filter(|s| s.name() == TWCC_EVENT) {
+            let packets = structure_list(s, "packets");
+            self.state.lock().unwrap().twcc.add(&packets);
+            return;
+        }
         let Some(s) = event.structure().filter(|s| s.name() == ESTIMATE_EVENT) else {
             return;
         };
@@ -785,9 +873,29 @@ impl AbrController {
             && state.rtp_used != Some(report)
         {
             state.rtp_used = Some(report);
-            merge_max(&mut obs.loss, report.loss);
+            // With TWCC feedback, the cut for a clear loss was made when the feedback
+            // showed it, up to a report interval earlier; the report (of the same packets)
+            // still holds probing but must not cut a second time.
+            let twcc_fresh = state
+                .twcc_report_at
+                .is_some_and(|at| now.saturating_sub(at) < TWCC_FRESH);
+            let loss = report.loss.map(|loss| match twcc_fresh {
+                true => loss.min(settings.loss_threshold * 0.99),
+                false => loss,
+            });
+            merge_max(&mut obs.loss, loss);
             merge_max(&mut obs.rtt, report.rtt);
             merge_max(&mut obs.jitter, report.jitter);
+        }
+        // TWCC feedback: a report per tick once it covers enough packets. Its fractions are
+        // of a tick's worth of packets: only a clear loss counts (moderate loss is for the
+        // receiver reports, over longer periods, to judge).
+        if let Some((loss, delivered)) = state.twcc.take() {
+            state.twcc_report_at = Some(now);
+            if loss >= settings.loss_threshold {
+                merge_max(&mut obs.loss, Some(loss));
+                merge_min(&mut obs.delivered_bps, delivered);
+            }
         }
 
         if state.srt_element != targets.srtsink {
@@ -1413,5 +1521,79 @@ mod tests {
         assert_eq!(e.rtt, Some(Duration::from_millis(80)));
         assert_eq!(e.backlog, None);
         assert_eq!(e.backlog_bytes, Some(5000));
+    }
+
+    fn twcc_packet(size: u32, arrival_ms: Option<f64>) -> gst::Structure {
+        gst::Structure::builder("RTPTWCCPacket")
+            .field(
+                "remote-ts",
+                arrival_ms.map_or(u64::MAX, |ms| (ms * 1e6) as u64),
+            )
+            .field("size", size)
+            .field("lost", arrival_ms.is_none())
+            .build()
+    }
+
+    #[test]
+    fn twcc_reports_wait_for_enough_packets() {
+        gst::init().unwrap();
+        let mut w = TwccWindow::default();
+        w.add(&[twcc_packet(1000, Some(0.0)), twcc_packet(1000, None)]);
+        assert_eq!(w.take(), None, "2 packets are not a fraction");
+        w.add(
+            &(1..9)
+                .map(|i| twcc_packet(1000, Some(i as f64)))
+                .collect::<Vec<_>>(),
+        );
+        let (loss, _) = w.take().expect("10 packets make a report");
+        assert_eq!(loss, 0.1);
+    }
+
+    #[test]
+    fn twcc_delivery_rate_counts_from_the_first_loss_of_a_run() {
+        gst::init().unwrap();
+        let mut w = TwccWindow::default();
+        // Fast arrivals before the loss run do not count: 1 Mbit/s after it.
+        let mut packets: Vec<_> = (0..10).map(|i| twcc_packet(1250, Some(i as f64))).collect();
+        for k in 0..10 {
+            packets.push(twcc_packet(1250, None));
+            packets.push(twcc_packet(1250, Some(19.0 + 10.0 * k as f64)));
+        }
+        w.add(&packets);
+        let (loss, delivered) = w.take().unwrap();
+        assert_eq!(loss, 10.0 / 30.0);
+        assert_eq!(delivered, Some(1_000_000));
+        // The run goes on in the next report, measured from the same start...
+        w.add(
+            &(0..10)
+                .map(|k| {
+                    twcc_packet(
+                        1250,
+                        if k % 2 == 0 {
+                            None
+                        } else {
+                            Some(100.0 + 5.0 * k as f64)
+                        },
+                    )
+                })
+                .collect::<Vec<_>>(),
+        );
+        let (_, delivered) = w.take().unwrap();
+        assert_eq!(delivered, Some((15.0 * 1250.0 * 8e3 / 136.0) as u64));
+        // ...and ends with a report without loss: the next run starts afresh.
+        w.add(
+            &(0..10)
+                .map(|k| twcc_packet(1250, Some(200.0 + k as f64)))
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(w.take().unwrap().0, 0.0);
+        w.add(&[twcc_packet(1250, None)]);
+        w.add(
+            &(0..10)
+                .map(|k| twcc_packet(1250, Some(219.0 + 10.0 * k as f64)))
+                .collect::<Vec<_>>(),
+        );
+        let (_, delivered) = w.take().unwrap();
+        assert_eq!(delivered, Some(1_000_000));
     }
 }
