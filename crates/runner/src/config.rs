@@ -387,6 +387,10 @@ pub enum OutputKind {
         /// `loopback_only`: ICE on 127.0.0.1 only (viewers on this machine, loopback-only
         /// networks).
         loopback_only: bool,
+        /// `playout_delay_ms`: the playout delay asked of viewers whose offer has the
+        /// playout-delay header extension, `[min, max]` (one value in the file sets both), or
+        /// `None` for `"off"`.
+        playout_delay_ms: Option<[u32; 2]>,
     },
 }
 
@@ -677,6 +681,54 @@ impl<'t, 'i> Fields<'t, 'i> {
             );
         }
         out
+    }
+
+    /// A playout delay in ms: `[min, max]`, one integer for both, or `"off"` (not negotiated).
+    fn playout_delay(
+        &mut self,
+        diags: &mut Vec<Diagnostic>,
+        key: &'static str,
+    ) -> Option<[u32; 2]> {
+        const MAX: i64 = 40_950;
+        let default = hybridlive_webrtc::DEFAULT_PLAYOUT_DELAY;
+        let default = Some([default.min, default.max]);
+        let Some(value) = self.entry(key) else {
+            return default;
+        };
+        let ms = |item: &Spanned<DeValue>| {
+            let int = item.get_ref().as_integer()?;
+            i64::from_str_radix(&int.as_str().replace('_', ""), int.radix())
+                .ok()
+                .filter(|n| (0..=MAX).contains(n))
+                .map(|n| n as u32)
+        };
+        let delay = match value.get_ref() {
+            DeValue::String(s) if s == "off" => return None,
+            DeValue::Integer(_) => ms(value).map(|n| (n, n)),
+            DeValue::Array(items) if items.len() == 2 => {
+                let mut items = items.iter();
+                ms(items.next()?).zip(ms(items.next()?))
+            }
+            _ => None,
+        };
+        match delay {
+            Some((min, max)) if min <= max => Some([min, max]),
+            _ => {
+                diags.push(Diagnostic {
+                    span: value.span(),
+                    component: self.component.clone(),
+                    key: Some(key.to_string()),
+                    message: format!(
+                        "expected [min, max] or one value in ms (0..={MAX}, min <= max), or \"off\""
+                    ),
+                    help: match value.get_ref() {
+                        DeValue::String(s) => suggest(s, ["off"]),
+                        _ => None,
+                    },
+                });
+                default
+            }
+        }
     }
 
     /// Reports every key that nothing asked for, with the closest known key.
@@ -1220,6 +1272,7 @@ impl Reader<'_> {
             "webrtc" => OutputKind::Webrtc {
                 max_viewers: f.integer(self.diags, "max_viewers", 1..1001, 64),
                 loopback_only: f.bool(self.diags, "loopback_only", false),
+                playout_delay_ms: f.playout_delay(self.diags, "playout_delay_ms"),
             },
             _ => return None,
         };

@@ -980,6 +980,7 @@ impl OutputRunner {
         if let OutputKind::Webrtc {
             max_viewers,
             loopback_only,
+            playout_delay_ms,
         } = &self.config.kind
         {
             let video = pipeline.by_name("video").context("no video tee")?;
@@ -992,6 +993,8 @@ impl OutputRunner {
                 hybridlive_webrtc::WhepConfig {
                     loopback_ice: *loopback_only,
                     max_sessions: *max_viewers as usize,
+                    playout_delay: playout_delay_ms
+                        .map(|[min, max]| hybridlive_webrtc::PlayoutDelayMs { min, max }),
                     ..Default::default()
                 },
             );

@@ -224,6 +224,24 @@ fn broken_files_report_position_component_key_and_suggestion() {
             "[outputs.live]\ntype = \"webrtc\"\ninputs = [\"video\"]\nmax_viewers = 0\n\n[outputs.hls]",
             &["outputs.live: `max_viewers`"],
         ),
+        (
+            "[outputs.hls]",
+            "[outputs.live]\ntype = \"webrtc\"\ninputs = [\"video\"]\nplayout_delay_ms = [100, 50]\n\n[outputs.hls]",
+            &["outputs.live: `playout_delay_ms`: expected [min, max]"],
+        ),
+        (
+            "[outputs.hls]",
+            "[outputs.live]\ntype = \"webrtc\"\ninputs = [\"video\"]\nplayout_delay_ms = \"of\"\n\n[outputs.hls]",
+            &["outputs.live: `playout_delay_ms`", "did you mean `off`?"],
+        ),
+        (
+            "[outputs.hls]",
+            "[outputs.live]\ntype = \"webrtc\"\ninputs = [\"video\"]\nplayout_delay = 0\n\n[outputs.hls]",
+            &[
+                "outputs.live: `playout_delay`: unknown key",
+                "did you mean `playout_delay_ms`?",
+            ],
+        ),
     ];
     for (from, to, expected) in table {
         let report = errors(&broken(from, to));
@@ -350,4 +368,36 @@ fn latency_test_budgets_are_read_and_checked() {
         report.contains("`hls_p95_ms`: expected a number"),
         "{report}"
     );
+}
+
+#[test]
+fn webrtc_playout_delay_is_read_in_every_form() {
+    init();
+    let delay = |line: &str| {
+        let text = broken(
+            "[outputs.hls]",
+            &format!(
+                "[outputs.live]\ntype = \"webrtc\"\ninputs = [\"video\"]\n{line}\n\n[outputs.hls]"
+            ),
+        );
+        let pipeline = hybridlive_runner::parse_named("delay.toml", &text)
+            .unwrap_or_else(|e| panic!("`{line}` refused: {e}"));
+        match &pipeline
+            .outputs
+            .iter()
+            .find(|o| o.name == "live")
+            .unwrap()
+            .kind
+        {
+            hybridlive_runner::config::OutputKind::Webrtc {
+                playout_delay_ms, ..
+            } => *playout_delay_ms,
+            other => panic!("not a webrtc output: {other:?}"),
+        }
+    };
+    let default = hybridlive_webrtc::DEFAULT_PLAYOUT_DELAY;
+    assert_eq!(delay(""), Some([default.min, default.max]));
+    assert_eq!(delay("playout_delay_ms = [0, 100]"), Some([0, 100]));
+    assert_eq!(delay("playout_delay_ms = 60"), Some([60, 60]));
+    assert_eq!(delay("playout_delay_ms = \"off\""), None);
 }

@@ -22,10 +22,13 @@ pub use nice::add_local_address;
 pub const WHEP_PLAYER_JS: &str = include_str!("../web/whep-player.js");
 /// Reads capture stamps from H.264 access units in the browser (ES module).
 pub const STAMP_JS: &str = include_str!("../web/stamp.js");
-pub use offer::{H264Offer, OfferError, ViewerOffer, choose_h264, choose_opus, read_viewer_offer};
+pub use offer::{
+    H264Offer, OfferError, PLAYOUT_DELAY_URI, ViewerOffer, choose_h264, choose_opus,
+    read_viewer_offer, video_extmap_id,
+};
 pub use whep::{
-    Answer, Branches, MAX_HAND_TEXT, RaisedHand, SessionInfo, ViewerLatency, WhepConfig, WhepError,
-    WhepOutput,
+    Answer, Branches, DEFAULT_PLAYOUT_DELAY, MAX_HAND_TEXT, PlayoutDelayMs, RaisedHand,
+    SessionInfo, ViewerLatency, WhepConfig, WhepError, WhepOutput,
 };
 
 /// Entry points for the fuzz targets in `fuzz/`: what parses the messages viewers send over

@@ -32,14 +32,41 @@ pub struct ViewerOffer {
     pub h264: H264Offer,
     /// The Opus payload type, if the offer has one.
     pub opus: Option<u32>,
+    /// The id the offer gives the playout-delay header extension in its video section, if it
+    /// offers it.
+    pub playout_delay_id: Option<u32>,
 }
+
+/// URI of the playout-delay RTP header extension (see the `rtphdrextplayoutdelay` element).
+pub const PLAYOUT_DELAY_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay";
 
 /// Parses SDP offer text and picks the formats to answer with.
 pub fn read_viewer_offer(text: &str) -> Result<ViewerOffer, OfferError> {
     let sdp = gst_sdp::SDPMessage::parse_buffer(text.as_bytes()).map_err(|_| OfferError::NotSdp)?;
     let h264 = choose_h264(&sdp)?;
     let opus = choose_opus(&sdp);
-    Ok(ViewerOffer { sdp, h264, opus })
+    let playout_delay_id = video_extmap_id(&sdp, PLAYOUT_DELAY_URI);
+    Ok(ViewerOffer {
+        sdp,
+        h264,
+        opus,
+        playout_delay_id,
+    })
+}
+
+/// The id of header extension `uri` in the offer's first video section
+/// (`a=extmap:<id>[/<direction>] <uri>`). One-byte ids are 1-14, two-byte ids 1-255; 0 and
+/// 15 are reserved in the one-byte form and never answered.
+pub fn video_extmap_id(offer: &gst_sdp::SDPMessageRef, uri: &str) -> Option<u32> {
+    let video = offer.medias().find(|m| m.media() == Some("video"))?;
+    video.attributes().find_map(|a| {
+        if a.key() != "extmap" {
+            return None;
+        }
+        let mut parts = a.value()?.split_whitespace();
+        let id = parts.next()?.split('/').next()?.parse::<u32>().ok()?;
+        ((1..=255).contains(&id) && id != 15 && parts.next() == Some(uri)).then_some(id)
+    })
 }
 
 /// Picks the first H.264 format of the first video section that carries packetization-mode=1
@@ -172,6 +199,31 @@ mod tests {
             "",
         );
         assert_eq!(choose_opus(&parse(&no_audio)), None);
+    }
+
+    #[test]
+    fn finds_the_playout_delay_extension_id() {
+        let with = CHROME_LIKE.replace(
+            "a=rtpmap:96 VP8/90000\r\n",
+            "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+             a=extmap:6/recvonly http://www.webrtc.org/experiments/rtp-hdrext/playout-delay\r\n\
+             a=rtpmap:96 VP8/90000\r\n",
+        );
+        assert_eq!(video_extmap_id(&parse(&with), PLAYOUT_DELAY_URI), Some(6));
+        assert_eq!(
+            video_extmap_id(&parse(CHROME_LIKE), PLAYOUT_DELAY_URI),
+            None
+        );
+        // Only the video section counts; reserved or malformed ids are ignored.
+        let in_audio = CHROME_LIKE.replace(
+            "a=rtpmap:111 opus/48000/2\r\n",
+            "a=rtpmap:111 opus/48000/2\r\na=extmap:6 http://www.webrtc.org/experiments/rtp-hdrext/playout-delay\r\n",
+        );
+        assert_eq!(video_extmap_id(&parse(&in_audio), PLAYOUT_DELAY_URI), None);
+        let reserved = with.replace("extmap:6/recvonly", "extmap:15");
+        assert_eq!(video_extmap_id(&parse(&reserved), PLAYOUT_DELAY_URI), None);
+        let junk = with.replace("extmap:6/recvonly", "extmap:x");
+        assert_eq!(video_extmap_id(&parse(&junk), PLAYOUT_DELAY_URI), None);
     }
 
     #[test]

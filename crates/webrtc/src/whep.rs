@@ -4,6 +4,7 @@
 //! changes, promises) is made while it is held.
 
 use gst::prelude::*;
+use gst_rtp::prelude::*;
 use gst_webrtc::{WebRTCICEConnectionState, WebRTCICEGatheringState, WebRTCSDPType};
 use std::collections::HashMap;
 use std::io::Read;
@@ -11,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::nice::add_local_address;
-use crate::offer::{OfferError, ViewerOffer, read_viewer_offer};
+use crate::offer::{OfferError, PLAYOUT_DELAY_URI, ViewerOffer, read_viewer_offer};
 
 /// Settings of the WHEP output.
 #[derive(Debug, Clone)]
@@ -29,6 +30,19 @@ pub struct WhepConfig {
     /// without DELETE (ICE on GStreamer 1.22 does not notice a silent peer). Browsers report
     /// about once a second; GStreamer receivers every 5 s by default (up to 7.5 s randomised).
     pub viewer_timeout: Duration,
+    /// The playout delay asked of viewers that offer the playout-delay header extension
+    /// (`None`: not negotiated, browsers pick their own jitter buffer).
+    pub playout_delay: Option<PlayoutDelayMs>,
+}
+
+/// Bounds of the playout delay (jitter buffer plus render delay) asked of a viewer, ms
+/// (0-40950, sent in 10 ms steps). `0..0` asks to render every frame as soon as it is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlayoutDelayMs {
+    /// Smallest delay.
+    pub min: u32,
+    /// Largest delay (at least `min`).
+    pub max: u32,
 }
 
 impl Default for WhepConfig {
@@ -39,9 +53,14 @@ impl Default for WhepConfig {
             max_sessions: 64,
             viewer_queue: Duration::from_millis(500),
             viewer_timeout: Duration::from_secs(15),
+            playout_delay: Some(DEFAULT_PLAYOUT_DELAY),
         }
     }
 }
+
+/// Asked of viewers unless configured otherwise: see the README's WebRTC section for the
+/// measurement behind it.
+pub const DEFAULT_PLAYOUT_DELAY: PlayoutDelayMs = PlayoutDelayMs { min: 0, max: 0 };
 
 /// Why an offer or a delete failed.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +171,7 @@ impl WhepOutput {
         audio_tee: Option<&gst::Element>,
         config: WhepConfig,
     ) -> Self {
+        register_rtp_extensions();
         let inner = Arc::new(Inner {
             hands: Mutex::new(Vec::new()),
             pipeline: pipeline.clone(),
@@ -240,7 +260,13 @@ impl WhepOutput {
 
     /// Starts a session for an offer already read with [`read_viewer_offer`].
     pub fn start_session(&self, offer: ViewerOffer) -> Result<Answer, WhepError> {
-        let ViewerOffer { sdp, h264, opus } = offer;
+        let ViewerOffer {
+            sdp,
+            h264,
+            opus,
+            playout_delay_id,
+        } = offer;
+        let playout_delay = playout_delay_id.zip(self.inner.config.playout_delay);
         let opus = opus.filter(|_| self.inner.audio_tee.is_some());
         {
             let sessions = self.inner.sessions.lock().unwrap();
@@ -251,7 +277,13 @@ impl WhepOutput {
         let id = session_id();
         let last_heard = Arc::new(Mutex::new(Instant::now()));
         let (bin, webrtcbin) = self
-            .build_branch(&id, h264.payload_type, &h264.profile_level_id, opus)
+            .build_branch(
+                &id,
+                h264.payload_type,
+                &h264.profile_level_id,
+                opus,
+                playout_delay,
+            )
             .map_err(|e| WhepError::Negotiation(e.to_string()))?;
 
         self.inner
@@ -375,6 +407,7 @@ impl WhepOutput {
         payload_type: u32,
         profile_level_id: &str,
         opus_payload_type: Option<u32>,
+        playout_delay: Option<(u32, PlayoutDelayMs)>,
     ) -> Result<(gst::Bin, gst::Element), gst::glib::BoolError> {
         let bin = gst::Bin::with_name(&format!("whep-{id}"));
         let queue = self.viewer_queue()?;
@@ -399,6 +432,28 @@ impl WhepOutput {
                     .build(),
             )
             .build()?;
+        let mut codec = gst::Caps::builder("application/x-rtp")
+            .field("media", "video")
+            .field("encoding-name", "H264")
+            .field("clock-rate", 90000i32)
+            .field("payload", payload_type as i32)
+            .field("packetization-mode", "1")
+            .field("profile-level-id", profile_level_id)
+            .field("ssrc", ssrc)
+            .build();
+        if let Some((id, delay)) = playout_delay {
+            // The payloader writes it; the extmap field in the transceiver's codec preferences
+            // is what makes webrtcbin answer it with the viewer's id.
+            let ext = gst_rtp::RTPHeaderExtension::create_from_uri(PLAYOUT_DELAY_URI)
+                .ok_or_else(|| gst::glib::bool_error!("no rtphdrextplayoutdelay"))?;
+            ext.set_id(id);
+            ext.set_property("min-delay", delay.min);
+            ext.set_property("max-delay", delay.max.max(delay.min));
+            pay.emit_by_name::<()>("add-extension", &[&ext]);
+            codec
+                .make_mut()
+                .set(format!("extmap-{id}"), PLAYOUT_DELAY_URI);
+        }
         let webrtcbin = gst::ElementFactory::make("webrtcbin")
             .property_from_str("bundle-policy", "max-bundle")
             .build()?;
@@ -407,19 +462,7 @@ impl WhepOutput {
         }
         bin.add_many([&queue, &pay, &setter, &webrtcbin])?;
         gst::Element::link_many([&queue, &pay, &setter])?;
-        let sink = sendonly_pad(
-            &webrtcbin,
-            true,
-            gst::Caps::builder("application/x-rtp")
-                .field("media", "video")
-                .field("encoding-name", "H264")
-                .field("clock-rate", 90000i32)
-                .field("payload", payload_type as i32)
-                .field("packetization-mode", "1")
-                .field("profile-level-id", profile_level_id)
-                .field("ssrc", ssrc)
-                .build(),
-        )?;
+        let sink = sendonly_pad(&webrtcbin, true, codec)?;
         setter
             .static_pad("src")
             .expect("capssetter src")
@@ -549,6 +592,16 @@ impl WhepOutput {
             }
         });
     }
+}
+
+/// Registers the RTP header extensions of `gst-plugin-rtpext` (playout delay) with GStreamer,
+/// once per process, so that they are found by URI.
+fn register_rtp_extensions() {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        // Already present (e.g. from GST_PLUGIN_PATH) is as good as registered here.
+        let _ = gstrtpext::plugin_register_static();
+    });
 }
 
 /// A send-only webrtcbin pad whose transceiver offers exactly `codec` (the viewer's payload type

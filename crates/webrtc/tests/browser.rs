@@ -29,6 +29,8 @@ const handRttMs = await player.raiseHand('How thick is the glaze?');
 const inbound = await player.stats();
 const audio = await player.stats('audio');
 const stampsRead = player.stampsRead();
+const offered = player.pc.localDescription.sdp.match(/^a=extmap:(\d+)\S* http:\/\/www\.webrtc\.org\/experiments\/rtp-hdrext\/playout-delay/m);
+const answered = player.pc.remoteDescription.sdp.match(/^a=extmap:(\d+)\S* http:\/\/www\.webrtc\.org\/experiments\/rtp-hdrext\/playout-delay/m);
 await player.stop();
 latencies.sort((a, b) => a - b);
 const q = (p) => latencies.length ? latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))] : null;
@@ -40,6 +42,8 @@ window.result = {
   freezeCount: inbound ? inbound.freezeCount : 0,
   audioPackets: audio ? audio.packetsReceived : 0,
   stampsRead, measured: latencies.length, streamIds: [...ids],
+  playoutDelayOffered: offered ? Number(offered[1]) : null,
+  playoutDelayAnswered: answered ? Number(answered[1]) : null,
   p50: q(0.5), p95: q(0.95), max: latencies.length ? latencies[latencies.length - 1] : null,
 };
 </script>
@@ -272,6 +276,13 @@ fn chromium_plays_whep_and_measures_latency_from_sei() {
     assert!(result["audioPackets"].as_u64().unwrap() >= 100, "{result}");
     let p50 = result["p50"].as_f64().unwrap();
     assert!(p50 > 0.0 && p50 < 500.0, "glass-to-glass p50 {p50} ms");
+    // Chromium offers the playout-delay extension; the answer takes it with Chromium's id, and
+    // Chromium accepted that answer (its remote description) and decoded the frames above.
+    assert!(result["playoutDelayOffered"].is_u64(), "{result}");
+    assert_eq!(
+        result["playoutDelayAnswered"], result["playoutDelayOffered"],
+        "{result}"
+    );
 
     // The question reached the host, and its echo came back over the data channel.
     let hands = output.raised_hands();

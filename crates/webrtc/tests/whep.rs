@@ -5,8 +5,11 @@ mod common;
 
 use common::*;
 use gst::prelude::*;
+use gst_rtp::prelude::*;
 use hybridlive_testkit::in_private_netns;
-use hybridlive_webrtc::{WhepConfig, WhepError, WhepOutput, add_local_address};
+use hybridlive_webrtc::{
+    PLAYOUT_DELAY_URI, PlayoutDelayMs, WhepConfig, WhepError, WhepOutput, add_local_address,
+};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +37,8 @@ struct Viewer {
     webrtcbin: gst::Element,
     meter: gst::Element,
     audio_buffers: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The playout-delay extension the viewer offered, read by its depayloader.
+    playout_delay: Option<gst_rtp::RTPHeaderExtension>,
 }
 
 impl Viewer {
@@ -42,6 +47,12 @@ impl Viewer {
     }
 
     fn with_audio(audio: bool) -> Self {
+        Self::with_options(audio, None)
+    }
+
+    /// With `playout_delay_id`, the viewer offers the playout-delay header extension with that
+    /// id, as Chromium does, and its depayloader reads it.
+    fn with_options(audio: bool, playout_delay_id: Option<u32>) -> Self {
         let pipeline = gst::Pipeline::new();
         let webrtcbin = gst::ElementFactory::make("webrtcbin")
             .property_from_str("bundle-policy", "max-bundle")
@@ -50,7 +61,7 @@ impl Viewer {
         add_local_address(&webrtcbin, "127.0.0.1").unwrap();
         let meter = gst::ElementFactory::make("latencymeter").build().unwrap();
         pipeline.add(&webrtcbin).unwrap();
-        let caps = gst::Caps::builder("application/x-rtp")
+        let mut caps = gst::Caps::builder("application/x-rtp")
             .field("media", "video")
             .field("encoding-name", "H264")
             .field("clock-rate", 90000i32)
@@ -58,6 +69,16 @@ impl Viewer {
             .field("packetization-mode", "1")
             .field("profile-level-id", "42e01f")
             .build();
+        let playout_delay = playout_delay_id.map(|id| {
+            caps.make_mut()
+                .set(format!("extmap-{id}"), PLAYOUT_DELAY_URI);
+            let ext = gst_rtp::RTPHeaderExtension::create_from_uri(PLAYOUT_DELAY_URI).unwrap();
+            ext.set_id(id);
+            // Not what the sender is configured with: only reading the packets changes it.
+            ext.set_property("min-delay", 990u32);
+            ext.set_property("max-delay", 990u32);
+            ext
+        });
         webrtcbin.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
             "add-transceiver",
             &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &caps],
@@ -76,6 +97,7 @@ impl Viewer {
         }
         let audio_buffers = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (pipe, m, counter) = (pipeline.downgrade(), meter.clone(), audio_buffers.clone());
+        let ext = playout_delay.clone();
         webrtcbin.connect_pad_added(move |_, pad| {
             let Some(pipeline) = pipe.upgrade() else {
                 return;
@@ -107,6 +129,15 @@ impl Viewer {
                 true,
             )
             .unwrap();
+            if let Some(ext) = &ext {
+                let depay = decode
+                    .iterate_elements()
+                    .into_iter()
+                    .filter_map(Result::ok)
+                    .find(|e| e.factory().is_some_and(|f| f.name() == "rtph264depay"))
+                    .unwrap();
+                depay.emit_by_name::<()>("add-extension", &[ext]);
+            }
             let sink = gst::ElementFactory::make("fakesink").build().unwrap();
             pipeline.add_many([decode.upcast_ref(), &m, &sink]).unwrap();
             gst::Element::link_many([decode.upcast_ref(), &m, &sink]).unwrap();
@@ -121,6 +152,7 @@ impl Viewer {
             webrtcbin,
             meter,
             audio_buffers,
+            playout_delay,
         }
     }
 
@@ -246,6 +278,58 @@ fn viewer_decodes_stamped_frames_and_delete_frees_everything() {
         Err(WhepError::UnknownSession(_))
     ));
     pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn playout_delay_is_answered_with_the_viewers_id_and_sent_on_the_packets() {
+    if !in_private_netns("playout_delay_is_answered_with_the_viewers_id_and_sent_on_the_packets") {
+        return;
+    }
+    let delay = PlayoutDelayMs { min: 0, max: 120 };
+    let (pipeline, output) = sender_with(WhepConfig {
+        loopback_ice: true,
+        playout_delay: Some(delay),
+        ..Default::default()
+    });
+    // An id other than the first free one, so an answer that numbers extensions itself fails.
+    let id = 9;
+    let viewer = Viewer::with_options(false, Some(id));
+    let offer = viewer.offer();
+    let extmap = format!("a=extmap:{id} {PLAYOUT_DELAY_URI}");
+    assert!(
+        offer.contains(&extmap),
+        "the test viewer offers it: {offer}"
+    );
+    let answer = output.offer(&offer).expect("an answer");
+    assert!(
+        answer.sdp.lines().any(|l| l.trim() == extmap),
+        "answer without `{extmap}`: {}",
+        answer.sdp
+    );
+    viewer.answer(&answer.sdp);
+    viewer.wait_frames(10, Duration::from_secs(15));
+    let read = viewer.playout_delay.as_ref().unwrap();
+    assert_eq!(
+        (
+            read.property::<u32>("min-delay"),
+            read.property::<u32>("max-delay")
+        ),
+        (delay.min, delay.max)
+    );
+    output.close_all();
+
+    // Not configured: not answered, even though offered.
+    let (pipeline2, output2) = sender_with(WhepConfig {
+        loopback_ice: true,
+        playout_delay: None,
+        ..Default::default()
+    });
+    let viewer = Viewer::with_options(false, Some(id));
+    let answer = output2.offer(&viewer.offer()).unwrap();
+    assert!(!answer.sdp.contains(PLAYOUT_DELAY_URI), "{}", answer.sdp);
+    output2.close_all();
+    pipeline.set_state(gst::State::Null).unwrap();
+    pipeline2.set_state(gst::State::Null).unwrap();
 }
 
 #[test]
