@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::nice::add_local_address;
-use crate::offer::{OfferError, PLAYOUT_DELAY_URI, ViewerOffer, read_viewer_offer};
+use crate::offer::{OfferError, PLAYOUT_DELAY_URI, VideoCodec, ViewerOffer, read_viewer_offer};
 
 /// Settings of the WHEP output.
 #[derive(Debug, Clone)]
@@ -125,8 +125,8 @@ pub const MAX_HAND_TEXT: usize = 500;
 struct Session {
     bin: gst::Bin,
     webrtcbin: gst::Element,
-    /// Video tee pad, and the audio one when the viewer takes audio.
-    tee_pads: Vec<gst::Pad>,
+    /// Video tee and pad, and the audio ones when the viewer takes audio.
+    tee_pads: Vec<(gst::Element, gst::Pad)>,
     created: Instant,
     /// Last RTCP packet from the viewer.
     last_heard: Arc<Mutex<Instant>>,
@@ -147,7 +147,8 @@ pub struct ViewerLatency {
 struct Inner {
     hands: Mutex<Vec<RaisedHand>>,
     pipeline: gst::Pipeline,
-    tee: gst::Element,
+    /// Video tees, one per codec, in the output's order of preference.
+    videos: Vec<(VideoCodec, gst::Element)>,
     audio_tee: Option<gst::Element>,
     config: WhepConfig,
     sessions: Mutex<HashMap<String, Session>>,
@@ -155,8 +156,8 @@ struct Inner {
     freed: std::sync::atomic::AtomicBool,
 }
 
-/// WHEP sessions fed from one tee of H.264 (byte-stream, access units, constrained baseline)
-/// and optionally one tee of Opus.
+/// WHEP sessions fed from one tee of encoded video per codec (H.264: byte-stream, access units,
+/// constrained baseline; VP8) and optionally one tee of Opus.
 #[derive(Clone)]
 pub struct WhepOutput {
     inner: Arc<Inner>,
@@ -171,11 +172,25 @@ impl WhepOutput {
         audio_tee: Option<&gst::Element>,
         config: WhepConfig,
     ) -> Self {
+        Self::with_codecs(pipeline, &[(VideoCodec::H264, tee)], audio_tee, config)
+    }
+
+    /// Serves viewers from one tee of encoded video per codec, best first: each viewer gets the
+    /// first of them its offer has (an offer with none of them is refused, HTTP 406).
+    pub fn with_codecs(
+        pipeline: &gst::Pipeline,
+        videos: &[(VideoCodec, &gst::Element)],
+        audio_tee: Option<&gst::Element>,
+        config: WhepConfig,
+    ) -> Self {
         register_rtp_extensions();
         let inner = Arc::new(Inner {
             hands: Mutex::new(Vec::new()),
             pipeline: pipeline.clone(),
-            tee: tee.clone(),
+            videos: videos
+                .iter()
+                .map(|(codec, tee)| (*codec, (*tee).clone()))
+                .collect(),
             audio_tee: audio_tee.cloned(),
             config,
             sessions: Mutex::new(HashMap::new()),
@@ -218,8 +233,11 @@ impl WhepOutput {
             .filter_map(Result::ok)
             .filter(|e| e.factory().is_some_and(|f| f.name() == "webrtcbin"))
             .count();
-        let tee_pads = [&self.inner.tee]
-            .into_iter()
+        let tee_pads = self
+            .inner
+            .videos
+            .iter()
+            .map(|(_, tee)| tee)
             .chain(&self.inner.audio_tee)
             .flat_map(|tee| tee.src_pads())
             .filter(|pad| {
@@ -260,12 +278,29 @@ impl WhepOutput {
 
     /// Starts a session for an offer already read with [`read_viewer_offer`].
     pub fn start_session(&self, offer: ViewerOffer) -> Result<Answer, WhepError> {
+        let codecs: Vec<VideoCodec> = self.inner.videos.iter().map(|(c, _)| *c).collect();
+        let (codec, payload_type) = offer.pick_codec(&codecs)?;
+        let video_tee = self
+            .inner
+            .videos
+            .iter()
+            .find(|(c, _)| *c == codec)
+            .map(|(_, tee)| tee.clone())
+            .ok_or(OfferError::NoH264)?;
         let ViewerOffer {
             sdp,
             h264,
             opus,
             playout_delay_id,
+            ..
         } = offer;
+        let video = match (codec, h264) {
+            (VideoCodec::H264, Some(h264)) => VideoFormat::H264 {
+                payload_type,
+                profile_level_id: h264.profile_level_id,
+            },
+            _ => VideoFormat::Vp8 { payload_type },
+        };
         let playout_delay = playout_delay_id.zip(self.inner.config.playout_delay);
         let opus = opus.filter(|_| self.inner.audio_tee.is_some());
         {
@@ -277,13 +312,7 @@ impl WhepOutput {
         let id = session_id();
         let last_heard = Arc::new(Mutex::new(Instant::now()));
         let (bin, webrtcbin) = self
-            .build_branch(
-                &id,
-                h264.payload_type,
-                &h264.profile_level_id,
-                opus,
-                playout_delay,
-            )
+            .build_branch(&id, &video, opus, playout_delay)
             .map_err(|e| WhepError::Negotiation(e.to_string()))?;
 
         self.inner
@@ -307,22 +336,19 @@ impl WhepOutput {
             return Err(torn_down(self, e));
         }
 
-        let mut tee_pads = Vec::new();
-        let mut feeds = vec![(&self.inner.tee, "video")];
+        let mut tee_pads: Vec<(gst::Element, gst::Pad)> = Vec::new();
+        let mut feeds = vec![(&video_tee, "video")];
         if let (Some(audio_tee), Some(_)) = (&self.inner.audio_tee, opus) {
             feeds.push((audio_tee, "audio"));
         }
         for (tee, ghost) in feeds {
             let linked = tee.request_pad_simple("src_%u").and_then(|pad| {
-                tee_pads.push(pad.clone());
+                tee_pads.push((tee.clone(), pad.clone()));
                 let sink = bin.static_pad(ghost).expect("ghost pad");
                 pad.link(&sink).ok()
             });
             if linked.is_none() {
-                for (pad, tee) in tee_pads
-                    .iter()
-                    .zip([&self.inner.tee].into_iter().chain(&self.inner.audio_tee))
-                {
+                for (tee, pad) in &tee_pads {
                     tee.release_request_pad(pad);
                 }
                 return Err(torn_down(
@@ -331,7 +357,7 @@ impl WhepOutput {
                 ));
             }
         }
-        let tee_pad = tee_pads[0].clone();
+        let tee_pad = tee_pads[0].1.clone();
         self.watch_ice(&id, &webrtcbin, &tee_pad);
         let reported = Arc::new(Mutex::new(None));
         self.serve_data_channel(&id, &webrtcbin, &reported);
@@ -404,8 +430,7 @@ impl WhepOutput {
     fn build_branch(
         &self,
         id: &str,
-        payload_type: u32,
-        profile_level_id: &str,
+        video: &VideoFormat,
         opus_payload_type: Option<u32>,
         playout_delay: Option<(u32, PlayoutDelayMs)>,
     ) -> Result<(gst::Bin, gst::Element), gst::glib::BoolError> {
@@ -415,32 +440,56 @@ impl WhepOutput {
         // is made before media flows, and without it webrtcbin announces SSRC 0 (with NACK on,
         // `a=ssrc-group:FID 0 <rtx>`, after which Chromium showed only the first frame).
         let ssrc = random_u32();
-        let pay = gst::ElementFactory::make("rtph264pay")
-            .property("pt", payload_type)
-            .property("ssrc", ssrc)
-            .property("config-interval", -1i32)
-            .property_from_str("aggregate-mode", "zero-latency")
-            .build()?;
-        // Echo the viewer's own profile-level-id: the stream is constrained baseline either
-        // way, but webrtcbin 1.22 matches the string.
-        let setter = gst::ElementFactory::make("capssetter")
-            .property(
-                "caps",
-                gst::Caps::builder("application/x-rtp")
+        let (pay, setter_caps, mut codec) = match video {
+            VideoFormat::H264 {
+                payload_type,
+                profile_level_id,
+            } => {
+                let pay = gst::ElementFactory::make("rtph264pay")
+                    .property("pt", *payload_type)
+                    .property("ssrc", ssrc)
+                    .property("config-interval", -1i32)
+                    .property_from_str("aggregate-mode", "zero-latency")
+                    .build()?;
+                // Echo the viewer's own profile-level-id: the stream is constrained baseline
+                // either way, but webrtcbin 1.22 matches the string.
+                let setter = Some(
+                    gst::Caps::builder("application/x-rtp")
+                        .field("profile-level-id", profile_level_id)
+                        .field("ssrc", ssrc)
+                        .build(),
+                );
+                let codec = gst::Caps::builder("application/x-rtp")
+                    .field("media", "video")
+                    .field("encoding-name", "H264")
+                    .field("clock-rate", 90000i32)
+                    .field("payload", *payload_type as i32)
+                    .field("packetization-mode", "1")
                     .field("profile-level-id", profile_level_id)
                     .field("ssrc", ssrc)
-                    .build(),
-            )
-            .build()?;
-        let mut codec = gst::Caps::builder("application/x-rtp")
-            .field("media", "video")
-            .field("encoding-name", "H264")
-            .field("clock-rate", 90000i32)
-            .field("payload", payload_type as i32)
-            .field("packetization-mode", "1")
-            .field("profile-level-id", profile_level_id)
-            .field("ssrc", ssrc)
-            .build();
+                    .build();
+                (pay, setter, codec)
+            }
+            VideoFormat::Vp8 { payload_type } => {
+                // 15-bit picture ids, as browsers send them: receivers use them to tell a lost
+                // frame from a late one.
+                let pay = gst::ElementFactory::make("rtpvp8pay")
+                    .property("pt", *payload_type)
+                    .property("ssrc", ssrc)
+                    .property_from_str("picture-id-mode", "15-bit")
+                    .build()?;
+                // Its caps carry the SSRC from the property already: nothing to set.
+                let setter = None;
+                let codec = gst::Caps::builder("application/x-rtp")
+                    .field("media", "video")
+                    .field("encoding-name", "VP8")
+                    .field("clock-rate", 90000i32)
+                    .field("payload", *payload_type as i32)
+                    .field("ssrc", ssrc)
+                    .build();
+                (pay, setter, codec)
+            }
+        };
         if let Some((id, delay)) = playout_delay {
             // The payloader writes it; the extmap field in the transceiver's codec preferences
             // is what makes webrtcbin answer it with the viewer's id.
@@ -454,6 +503,12 @@ impl WhepOutput {
                 .make_mut()
                 .set(format!("extmap-{id}"), PLAYOUT_DELAY_URI);
         }
+        let setter = match setter_caps {
+            Some(caps) => gst::ElementFactory::make("capssetter")
+                .property("caps", caps)
+                .build()?,
+            None => gst::ElementFactory::make("identity").build()?,
+        };
         let webrtcbin = gst::ElementFactory::make("webrtcbin")
             .property_from_str("bundle-policy", "max-bundle")
             .build()?;
@@ -465,7 +520,7 @@ impl WhepOutput {
         let sink = sendonly_pad(&webrtcbin, true, codec)?;
         setter
             .static_pad("src")
-            .expect("capssetter src")
+            .expect("capssetter/identity src")
             .link(&sink)
             .map_err(|e| gst::glib::bool_error!("linking to webrtcbin: {e}"))?;
         let ghost = gst::GhostPad::builder_with_target(&queue.static_pad("sink").expect("queue"))?
@@ -592,6 +647,17 @@ impl WhepOutput {
             }
         });
     }
+}
+
+/// The video format a viewer's answer uses.
+enum VideoFormat {
+    H264 {
+        payload_type: u32,
+        profile_level_id: String,
+    },
+    Vp8 {
+        payload_type: u32,
+    },
 }
 
 /// Registers the RTP header extensions of `gst-plugin-rtpext` (playout delay) with GStreamer,
@@ -730,8 +796,7 @@ fn request_key_frame(tee_pad: &gst::Pad) {
 
 fn teardown(inner: &Inner, session: Session) {
     let Session { bin, tee_pads, .. } = session;
-    let tees = [&inner.tee].into_iter().chain(&inner.audio_tee);
-    for (tee_pad, tee) in tee_pads.iter().zip(tees) {
+    for (tee, tee_pad) in &tee_pads {
         if let Some(peer) = tee_pad.peer() {
             let _ = tee_pad.unlink(&peer);
         }
