@@ -311,6 +311,13 @@ pub enum EncoderKind {
         /// `keyframe_interval`: seconds between IDR frames.
         keyframe_interval: f64,
     },
+    /// `type = "vp8"` (libvpx, real-time settings): only the webrtc output sends it.
+    Vp8 {
+        /// `bitrate`: kbit/s.
+        bitrate: u32,
+        /// `keyframe_interval`: seconds between key frames.
+        keyframe_interval: f64,
+    },
     /// `type = "aac"`.
     Aac {
         /// `bitrate`: kbit/s.
@@ -327,7 +334,7 @@ impl EncoderKind {
     /// The raw stream this encoder consumes.
     pub fn media(&self) -> Media {
         match self {
-            EncoderKind::H264 { .. } => Media::Video,
+            EncoderKind::H264 { .. } | EncoderKind::Vp8 { .. } => Media::Video,
             EncoderKind::Aac { .. } | EncoderKind::Opus { .. } => Media::Audio,
         }
     }
@@ -407,7 +414,7 @@ const TRANSFORM_TYPES: &[&str] = &["latencystamp", "offeroverlay", "abrcontrolle
 const PLANNED_TRANSFORM_TYPES: &[&str] = &[];
 /// Outputs an abrcontroller can read feedback from.
 const ABR_OUTPUT_TYPES: &[&str] = &["srt", "rtmp", "webrtc"];
-const ENCODER_TYPES: &[&str] = &["h264", "aac", "opus"];
+const ENCODER_TYPES: &[&str] = &["h264", "vp8", "aac", "opus"];
 const OUTPUT_TYPES: &[&str] = &["hls", "record", "srt", "rtmp", "webrtc"];
 const PLANNED_OUTPUT_TYPES: &[&str] = &[];
 
@@ -1210,6 +1217,10 @@ impl Reader<'_> {
                     keyframe_interval: f.number(self.diags, "keyframe_interval", 0.1, 10.0, 1.0),
                 }
             }
+            "vp8" => EncoderKind::Vp8 {
+                bitrate: f.integer(self.diags, "bitrate", 100..50_001, 2500),
+                keyframe_interval: f.number(self.diags, "keyframe_interval", 0.1, 10.0, 1.0),
+            },
             "aac" => EncoderKind::Aac {
                 bitrate: f.integer(self.diags, "bitrate", 16..513, 128),
             },
@@ -1376,6 +1387,7 @@ impl Reader<'_> {
         for o in outputs {
             let component = format!("outputs.{}", o.value.name);
             let mut video = 0;
+            let mut vp8 = 0;
             let mut audio = 0;
             let mut resolved = true;
             for (input, span) in &o.inputs {
@@ -1428,6 +1440,21 @@ impl Reader<'_> {
                                     help: Some(format!("set `keyframe_interval = {segment_duration}` in [encoders.{input}]")),
                                 });
                             }
+                        }
+                    }
+                    EncoderKind::Vp8 { .. } => {
+                        video += 1;
+                        vp8 += 1;
+                        if !matches!(o.value.kind, OutputKind::Webrtc { .. }) {
+                            self.diags.push(Diagnostic {
+                                span: span.clone(),
+                                component: Some(component.clone()),
+                                key: Some("inputs".into()),
+                                message: format!(
+                                    "`{input}` is VP8, which only the webrtc output sends"
+                                ),
+                                help: Some("use an encoder with `type = \"h264\"` here".into()),
+                            });
                         }
                     }
                     EncoderKind::Opus { .. } if matches!(o.value.kind, OutputKind::Rtmp { .. }) => {
@@ -1493,12 +1520,16 @@ impl Reader<'_> {
                     });
                 }
             }
-            if resolved && !o.inputs.is_empty() && (video != 1 || audio > 1) {
+            // WebRTC viewers get the first codec their offer has: one H.264 and one VP8 encoder
+            // may both feed it, in the order of preference.
+            let video_ok = video == 1
+                || (matches!(o.value.kind, OutputKind::Webrtc { .. }) && video == 2 && vp8 == 1);
+            if resolved && !o.inputs.is_empty() && (!video_ok || audio > 1) {
                 self.diags.push(Diagnostic {
                     span: o.span.clone(),
                     component: Some(component),
                     key: Some("inputs".into()),
-                    message: format!("an output takes exactly one video encoder and at most one audio encoder (found {video} video, {audio} audio)"),
+                    message: format!("an output takes exactly one video encoder (a webrtc output: one h264 and one vp8 at most) and at most one audio encoder (found {video} video, {audio} audio)"),
                     help: None,
                 });
             }
@@ -1557,6 +1588,18 @@ impl Reader<'_> {
                 })
                 .collect();
             let encoder = match video_encoders.as_slice() {
+                [one] if matches!(one.value.kind, EncoderKind::Vp8 { .. }) => {
+                    self.diags.push(Diagnostic {
+                        span: one.inputs[0].1.clone(),
+                        component: Some(format!("encoders.{}", one.value.name)),
+                        key: Some("inputs".into()),
+                        message: "an abrcontroller steers h264 encoders only".into(),
+                        help: Some(
+                            "read from the abrcontroller with a `type = \"h264\"` encoder".into(),
+                        ),
+                    });
+                    continue;
+                }
                 [one] => &one.value.name,
                 [] => {
                     self.diags.push(Diagnostic {

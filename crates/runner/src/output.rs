@@ -47,7 +47,7 @@ pub struct OutputRunner {
     /// The ingest's clock and base time, set once the ingest plays.
     timing: Mutex<Option<(gst::Clock, gst::ClockTime)>>,
     /// appsinks on the ingest side; a start asks them for a keyframe.
-    keyframe_requesters: Mutex<Vec<gst::Element>>,
+    keyframe_requesters: Mutex<Vec<(String, gst::Element)>>,
     inner: Mutex<Inner>,
     /// The HLS folder, fixed for the whole run.
     hls_dir: Option<PathBuf>,
@@ -306,9 +306,13 @@ impl OutputRunner {
         }
     }
 
-    /// Remembers an ingest appsink that can be asked for a keyframe.
-    pub fn add_keyframe_requester(&self, appsink: gst::Element) {
-        self.keyframe_requesters.lock().unwrap().push(appsink);
+    /// Remembers the ingest appsink of video encoder `encoder`, which can be asked for a
+    /// keyframe.
+    pub fn add_keyframe_requester(&self, encoder: &str, appsink: gst::Element) {
+        self.keyframe_requesters
+            .lock()
+            .unwrap()
+            .push((encoder.to_string(), appsink));
     }
 
     /// Called from the ingest appsink: forwards one encoded sample to the output's appsrc.
@@ -319,7 +323,7 @@ impl OutputRunner {
         let is_video = self
             .inputs
             .iter()
-            .any(|i| i.encoder == encoder && matches!(i.kind, EncoderKind::H264 { .. }));
+            .any(|i| i.encoder == encoder && i.kind.media() == crate::config::Media::Video);
         // appsrc starts a fresh segment at 0: carry running times, not the encoder's own
         // timestamps (x264enc, for one, starts its segment 1000 hours in).
         let mut buffer = buffer.copy();
@@ -427,7 +431,7 @@ impl OutputRunner {
                 }
                 self.set_state("running", None);
                 self.bind_feedback(Some(&pipeline));
-                for appsink in self.keyframe_requesters.lock().unwrap().iter() {
+                for (_, appsink) in self.keyframe_requesters.lock().unwrap().iter() {
                     let event = gst_video::UpstreamForceKeyUnitEvent::builder()
                         .all_headers(true)
                         .build();
@@ -877,7 +881,8 @@ impl OutputRunner {
                 // keeps the tees flowing and lets EOS finish the pipeline without viewers.
                 let video = make("tee", "video")?;
                 let audio = make("tee", "audio")?;
-                for tee in [&video, &audio] {
+                let vp8 = make("tee", "video-vp8")?;
+                for tee in [&video, &audio, &vp8] {
                     tee.set_property("allow-not-linked", true);
                     let queue = make("queue", "")?;
                     queue.set_property_from_str("leaky", "downstream");
@@ -921,12 +926,15 @@ impl OutputRunner {
             let queue = make("queue", &format!("queue-{}", input.encoder))?;
             let (parser, pad_name) = match &input.kind {
                 EncoderKind::H264 { .. } => (make("h264parse", "")?, "video"),
+                // VP8 frames arrive whole from the encoder: nothing to parse.
+                EncoderKind::Vp8 { .. } => (make("identity", "")?, "video-vp8"),
                 EncoderKind::Aac { .. } => (make("aacparse", "")?, "audio"),
                 EncoderKind::Opus { .. } => (make("opusparse", "")?, "audio"),
             };
             pipeline.add_many([appsrc.upcast_ref(), &queue, &parser])?;
             gst::Element::link_many([appsrc.upcast_ref(), &queue, &parser])?;
             let mut last = parser;
+            // The meter reads the SEI capture stamps: H.264 only.
             if pad_name == "video" {
                 let meter = make("latencymeter", &format!("meter-{}", self.config.name))?;
                 pipeline.add(&meter)?;
@@ -949,7 +957,14 @@ impl OutputRunner {
             let sinkpad = if let OutputKind::Webrtc { .. } = self.config.kind {
                 // A joining viewer asks its branch for a key frame; the encoder is in the
                 // ingest pipeline, behind the appsrc: pass the request on to it.
-                let requesters = self.keyframe_requesters.lock().unwrap().clone();
+                let requesters: Vec<gst::Element> = self
+                    .keyframe_requesters
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(encoder, _)| *encoder == input.encoder)
+                    .map(|(_, appsink)| appsink.clone())
+                    .collect();
                 appsrc.static_pad("src").context("appsrc src")?.add_probe(
                     gst::PadProbeType::EVENT_UPSTREAM,
                     move |_, info| {
@@ -983,12 +998,22 @@ impl OutputRunner {
             playout_delay_ms,
         } = &self.config.kind
         {
-            let video = pipeline.by_name("video").context("no video tee")?;
             let audio = pipeline.by_name("audio").context("no audio tee")?;
             let audio_fed = audio.static_pad("sink").is_some_and(|pad| pad.is_linked());
-            let whep = hybridlive_webrtc::WhepOutput::new(
+            // In the order of the inputs: the first codec a viewer offers wins.
+            let mut videos = Vec::new();
+            for input in &self.inputs {
+                let (codec, tee) = match input.kind {
+                    EncoderKind::H264 { .. } => (hybridlive_webrtc::VideoCodec::H264, "video"),
+                    EncoderKind::Vp8 { .. } => (hybridlive_webrtc::VideoCodec::Vp8, "video-vp8"),
+                    _ => continue,
+                };
+                videos.push((codec, pipeline.by_name(tee).context("no video tee")?));
+            }
+            let videos: Vec<_> = videos.iter().map(|(codec, tee)| (*codec, tee)).collect();
+            let whep = hybridlive_webrtc::WhepOutput::with_codecs(
                 &pipeline,
-                &video,
+                &videos,
                 audio_fed.then_some(&audio),
                 hybridlive_webrtc::WhepConfig {
                     loopback_ice: *loopback_only,

@@ -544,8 +544,8 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
         }
         for name in &o.inputs {
             let appsink = bridge(&ingest, &encoded[name].0, &runner, name)?;
-            if matches!(encoded[name].1, EncoderKind::H264 { .. }) {
-                runner.add_keyframe_requester(appsink);
+            if encoded[name].1.media() == Media::Video {
+                runner.add_keyframe_requester(name, appsink);
             }
         }
         outputs.push(runner);
@@ -1190,6 +1190,27 @@ impl Graph<'_> {
                 }
                 chain.extend([profile_caps, parse, au, sei, meter]);
                 chain
+            }
+            EncoderKind::Vp8 {
+                bitrate,
+                keyframe_interval,
+            } => {
+                let enc = make("vp8enc", name)?;
+                // Real time: encode each frame within its frame time (deadline 1 µs means
+                // "fastest"), no look-ahead, constant bitrate, and partitions a receiver can
+                // decode independently when packets are lost.
+                enc.set_property("deadline", 1i64);
+                enc.set_property("cpu-used", 8i32);
+                enc.set_property("lag-in-frames", 0i32);
+                enc.set_property_from_str("end-usage", "cbr");
+                enc.set_property_from_str("error-resilient", "default+partitions");
+                enc.set_property("threads", 2i32);
+                let gop = ((f64::from(framerate) * keyframe_interval).round() as i32).max(1);
+                enc.set_property("keyframe-max-dist", gop);
+                // The encoder table knows the unit (vp8enc: bit/s in `target-bitrate`).
+                hybridlive_encoders::Encoder::new(&enc)?
+                    .set_bitrate_bps(u64::from(*bitrate) * 1000);
+                vec![enc]
             }
             EncoderKind::Aac { bitrate } => {
                 let convert = make("audioconvert", "")?;

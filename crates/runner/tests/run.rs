@@ -1497,6 +1497,89 @@ loopback_only = true
 }
 
 #[test]
+fn webrtc_output_sends_vp8_to_viewers_when_listed_first() {
+    if !in_private_netns("webrtc_output_sends_vp8_to_viewers_when_listed_first") {
+        return;
+    }
+    let dir = scratch("webrtc-vp8");
+    let file = dir.join("webrtc-vp8.toml");
+    std::fs::write(
+        &file,
+        r#"
+[sources.cam]
+type = "test"
+width = 640
+height = 360
+framerate = 30
+
+[encoders.vp8]
+type = "vp8"
+inputs = ["cam"]
+bitrate = 1000
+
+[encoders.video]
+type = "h264"
+inputs = ["cam"]
+preset = "zerolatency"
+bitrate = 1000
+
+[outputs.webrtc]
+type = "webrtc"
+inputs = ["vp8", "video"]
+loopback_only = true
+"#,
+    )
+    .unwrap();
+    let runner = Runner::start(&file, &dir, &[]);
+    let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/viewer.mjs");
+    let out = Command::new("node")
+        .arg(&driver)
+        .arg(format!("{}/", runner.base))
+        .arg("40")
+        .env(
+            "WAIT",
+            "window.viewer && window.viewer.mode === 'webrtc' && window.viewer.player",
+        )
+        .env(
+            "RESULT",
+            "(async () => { \
+               await new Promise((r) => setTimeout(r, 3000)); \
+               const s = await window.viewer.player.stats(); \
+               const report = await window.viewer.player.pc.getStats(); \
+               const codec = report.get(s.codecId).mimeType; \
+               await window.viewer.player.stop(); \
+               return { framesDecoded: s.framesDecoded, codec }; })()",
+        )
+        .output()
+        .expect("node runs (scripts/setup installs the browser test driver)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "browser run failed:\n{stderr}");
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("chromium through the runner, VP8 first: {result}");
+    assert_eq!(result["codec"], "video/VP8", "{result}");
+    // About 90 frames in 3 s.
+    assert!(result["framesDecoded"].as_u64().unwrap() >= 45, "{result}");
+
+    // A viewer that offers only H.264 gets the second choice.
+    let h264_only = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        a=group:BUNDLE 0\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 102\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=recvonly\r\n\
+        a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+        a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+        a=setup:actpass\r\na=rtcp-mux\r\n\
+        a=rtpmap:102 H264/90000\r\na=fmtp:102 packetization-mode=1;profile-level-id=42e01f\r\n";
+    let answer = runner.request(
+        "POST",
+        "/whep",
+        &[("Content-Type", "application/sdp")],
+        h264_only.as_bytes(),
+    );
+    assert_eq!(answer.status, 201, "{}", answer.text());
+    assert!(answer.text().contains("H264/90000"), "{}", answer.text());
+    assert!(!answer.text().contains("VP8"), "{}", answer.text());
+}
+
+#[test]
 fn offers_shown_over_the_api_land_in_the_recording_timeline() {
     let dir = scratch("offers");
     let file = dir.join("offers.toml");

@@ -401,3 +401,18 @@ fn webrtc_playout_delay_is_read_in_every_form() {
     assert_eq!(delay("playout_delay_ms = 60"), Some([60, 60]));
     assert_eq!(delay("playout_delay_ms = \"off\""), None);
 }
+
+#[test]
+fn a_webrtc_output_takes_one_h264_and_one_vp8_encoder() {
+    init();
+    let text = broken(
+        "[outputs.hls]",
+        "[encoders.vp8]\ntype = \"vp8\"\ninputs = [\"cam\"]\n\n\
+         [encoders.voice]\ntype = \"opus\"\ninputs = [\"cam\"]\n\n\
+         [outputs.live]\ntype = \"webrtc\"\ninputs = [\"vp8\", \"video\", \"voice\"]\n\n[outputs.hls]",
+    );
+    let pipeline = hybridlive_runner::parse_named("codecs.toml", &text)
+        .unwrap_or_else(|e| panic!("refused: {e}"));
+    let live = pipeline.outputs.iter().find(|o| o.name == "live").unwrap();
+    assert_eq!(live.inputs, ["vp8", "video", "voice"]);
+}
