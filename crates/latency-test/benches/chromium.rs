@@ -7,7 +7,8 @@
 //!
 //!   cargo bench -p hybridlive-latency-test --bench chromium --profile dev
 //!   CHROMIUM_SECONDS=60 CHROMIUM_JOINS=20 CHROMIUM_PLAYOUT_SECONDS=40 cargo bench ...
-//!   (defaults: 30 s, 10 joins, 24 s per playout-delay case)
+//!   (defaults: 30 s, 10 joins, 24 s per playout-delay case in CHROMIUM_PLAYOUT_ROUNDS=4
+//!   alternating rounds)
 //!   CHROMIUM_PIPELINE=other.toml cargo bench ...   (e.g. another `playout_delay_ms`)
 //!
 //! Runs in a private network namespace (needs root, like the tests): only 127.0.0.1 exists.
@@ -114,7 +115,7 @@ fn main() {
     let seconds: f64 = env_or("CHROMIUM_SECONDS", 30.0);
     let joins: usize = env_or("CHROMIUM_JOINS", 10);
     let playout_seconds: f64 = env_or("CHROMIUM_PLAYOUT_SECONDS", 24.0);
-    let rounds = 2;
+    let rounds: usize = env_or("CHROMIUM_PLAYOUT_ROUNDS", 4).max(1);
 
     // One run of the pipeline for both measurements (a second in-process run of the runner
     // answered WHEP with 503 here).

@@ -196,6 +196,13 @@ fn broken_files_report_position_component_key_and_suggestion() {
         ),
         (
             "[outputs.hls]",
+            "[transforms.abr]\ntype = \"abrcontroller\"\ninputs = [\"cam\"]\noutput = \"live\"\n\n\
+             [encoders.vp8]\ntype = \"vp8\"\ninputs = [\"abr\"]\n\n\
+             [outputs.live]\ntype = \"webrtc\"\ninputs = [\"vp8\"]\n\n[outputs.hls]",
+            &["encoders.vp8: `inputs`: an abrcontroller steers h264 encoders only"],
+        ),
+        (
+            "[outputs.hls]",
             "[transforms.abr]\ntype = \"abrcontroller\"\ninputs = [\"cam\"]\noutput = \"hls\"\n\n[outputs.hls]",
             &["transforms.abr: no h264 encoder reads from this abrcontroller"],
         ),
