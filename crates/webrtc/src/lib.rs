@@ -1,7 +1,9 @@
 //! WebRTC output of hybridlive: WHEP (RFC 9725) sessions served from one shared encoded stream.
 //!
-//! The encoder runs once. Every viewer gets a branch off a `tee` of the encoded H.264: a leaky
-//! queue, its own RTP payloader (own SSRC and sequence numbers) and its own `webrtcbin`. A
+//! The encoder runs once (per codec: H.264, and VP8 if the output sends it too). Every viewer
+//! gets a branch off a `tee` of the encoded video its offer asks for: a leaky queue, its own RTP
+//! payloader (own SSRC and sequence numbers, the playout-delay header extension when the viewer
+//! offers it) and its own `webrtcbin`. A
 //! session ends on `DELETE`, when its ICE connection fails or closes, and nothing of it (bin,
 //! tee pad, webrtcbin) survives.
 //!

@@ -333,6 +333,38 @@ fn playout_delay_is_answered_with_the_viewers_id_and_sent_on_the_packets() {
 }
 
 #[test]
+fn errors_of_a_session_already_torn_down_are_still_its_own() {
+    init();
+    let pipeline = gst::parse::launch("fakesrc ! tee name=t allow-not-linked=true")
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let output = WhepOutput::new(
+        &pipeline,
+        &pipeline.by_name("t").unwrap(),
+        None,
+        WhepConfig::default(),
+    );
+    // What is left of a session whose bin was removed before its last error was read: the
+    // message's source (sctpenc inside webrtcbin inside the bin) has no way up to the pipeline.
+    let bin = gst::Bin::with_name("whep-0123abcd");
+    let inner = gst::Bin::with_name("webrtcbin7");
+    let sctpenc = gst::ElementFactory::make("identity")
+        .name("sctpenc3")
+        .build()
+        .unwrap();
+    inner.add(&sctpenc).unwrap();
+    bin.add(&inner).unwrap();
+    assert_eq!(
+        output.end_session_of(sctpenc.upcast_ref()),
+        Some("0123abcd".to_string())
+    );
+    // Anything else out of the pipeline is not a viewer's.
+    let stray = gst::ElementFactory::make("identity").build().unwrap();
+    assert_eq!(output.end_session_of(stray.upcast_ref()), None);
+}
+
+#[test]
 fn several_viewers_share_one_encoder() {
     if !in_private_netns("several_viewers_share_one_encoder") {
         return;
