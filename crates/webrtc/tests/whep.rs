@@ -8,7 +8,8 @@ use gst::prelude::*;
 use gst_rtp::prelude::*;
 use hybridlive_testkit::in_private_netns;
 use hybridlive_webrtc::{
-    PLAYOUT_DELAY_URI, PlayoutDelayMs, WhepConfig, WhepError, WhepOutput, add_local_address,
+    PLAYOUT_DELAY_URI, PlayoutDelayMs, VideoCodec, WhepConfig, WhepError, WhepOutput,
+    add_local_address,
 };
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -362,6 +363,129 @@ fn errors_of_a_session_already_torn_down_are_still_its_own() {
     // Anything else out of the pipeline is not a viewer's.
     let stray = gst::ElementFactory::make("identity").build().unwrap();
     assert_eq!(output.end_session_of(stray.upcast_ref()), None);
+}
+
+/// A receive-only webrtcbin that offers VP8 only, decodes what arrives and counts the frames.
+fn vp8_viewer() -> (
+    gst::Pipeline,
+    gst::Element,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    let pipeline = gst::Pipeline::new();
+    let webrtcbin = gst::ElementFactory::make("webrtcbin")
+        .property_from_str("bundle-policy", "max-bundle")
+        .build()
+        .unwrap();
+    add_local_address(&webrtcbin, "127.0.0.1").unwrap();
+    pipeline.add(&webrtcbin).unwrap();
+    let caps = gst::Caps::builder("application/x-rtp")
+        .field("media", "video")
+        .field("encoding-name", "VP8")
+        .field("clock-rate", 90000i32)
+        .field("payload", 98i32)
+        .build();
+    webrtcbin.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
+        "add-transceiver",
+        &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &caps],
+    );
+    let frames = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (pipe, counter) = (pipeline.downgrade(), frames.clone());
+    webrtcbin.connect_pad_added(move |_, pad| {
+        let Some(pipeline) = pipe.upgrade() else {
+            return;
+        };
+        let decode =
+            gst::parse::bin_from_description("rtpvp8depay ! vp8dec ! fakesink name=s", true)
+                .unwrap();
+        pipeline.add(&decode).unwrap();
+        decode.sync_state_with_parent().unwrap();
+        let counter = counter.clone();
+        decode
+            .by_name("s")
+            .unwrap()
+            .static_pad("sink")
+            .unwrap()
+            .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                gst::PadProbeReturn::Ok
+            });
+        pad.link(&decode.static_pad("sink").unwrap()).unwrap();
+    });
+    pipeline.set_state(gst::State::Playing).unwrap();
+    (pipeline, webrtcbin, frames)
+}
+
+#[test]
+fn a_viewer_offering_only_vp8_gets_the_outputs_second_codec() {
+    if !in_private_netns("a_viewer_offering_only_vp8_gets_the_outputs_second_codec") {
+        return;
+    }
+    init();
+    let source = gst::parse::launch(
+        "videotestsrc is-live=true pattern=ball ! \
+         video/x-raw,format=I420,width=320,height=240,framerate=30/1 ! tee name=raw \
+         raw. ! queue ! x264enc tune=zerolatency speed-preset=ultrafast ! \
+         video/x-h264,profile=constrained-baseline ! tee name=h264 allow-not-linked=true \
+         raw. ! queue ! vp8enc deadline=1 cpu-used=8 lag-in-frames=0 end-usage=cbr ! \
+         tee name=vp8 allow-not-linked=true",
+    )
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    source.set_state(gst::State::Playing).unwrap();
+    let output = WhepOutput::with_codecs(
+        &source,
+        &[
+            (VideoCodec::H264, &source.by_name("h264").unwrap()),
+            (VideoCodec::Vp8, &source.by_name("vp8").unwrap()),
+        ],
+        None,
+        WhepConfig {
+            loopback_ice: true,
+            ..Default::default()
+        },
+    );
+    let (viewer, webrtcbin, frames) = vp8_viewer();
+    let offer = {
+        let promise = gst::Promise::new();
+        webrtcbin.emit_by_name::<()>("create-offer", &[&None::<gst::Structure>, &promise]);
+        promise.wait();
+        let offer = promise
+            .get_reply()
+            .unwrap()
+            .get::<gst_webrtc::WebRTCSessionDescription>("offer")
+            .unwrap();
+        let promise = gst::Promise::new();
+        webrtcbin.emit_by_name::<()>("set-local-description", &[&offer, &promise]);
+        promise.wait();
+        // Candidates come from the answer's side; the viewer's own arrive as peer-reflexive.
+        offer.sdp().as_text().unwrap()
+    };
+    assert!(!offer.contains("H264"), "{offer}");
+    let answer = output.offer(&offer).expect("an answer");
+    assert!(answer.sdp.contains("VP8/90000"), "{}", answer.sdp);
+    let sdp = gst_sdp::SDPMessage::parse_buffer(answer.sdp.as_bytes()).unwrap();
+    let promise = gst::Promise::new();
+    webrtcbin.emit_by_name::<()>(
+        "set-remote-description",
+        &[
+            &gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Answer, sdp),
+            &promise,
+        ],
+    );
+    promise.wait();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while frames.load(std::sync::atomic::Ordering::Relaxed) < 30 {
+        assert!(
+            Instant::now() < deadline,
+            "{} VP8 frames decoded",
+            frames.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    output.close_all();
+    viewer.set_state(gst::State::Null).unwrap();
+    source.set_state(gst::State::Null).unwrap();
 }
 
 #[test]
