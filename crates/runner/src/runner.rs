@@ -269,6 +269,7 @@ impl Runner {
         for o in &self.outputs {
             o.refresh_stats();
             o.follow_viewers();
+            o.check_egress();
             viewers += o.whep().map_or(0, |w| w.session_count());
         }
         self.shared.with(|s| s.viewers = viewers);

@@ -51,7 +51,8 @@ pub struct Recording {
 pub struct OutputStatus {
     /// `hls` or `record`.
     pub kind: &'static str,
-    /// `starting`, `running`, `failed`, `stopping`, `stopped`.
+    /// `starting`, `running`, `connected` (WHIP/Janus egress: the link to the SFU is up),
+    /// `failed` (until the restart after back-off), `stopping`, `stopped`.
     pub state: String,
     /// Restarts after failures since the runner started.
     pub restarts: u32,

@@ -219,7 +219,7 @@ fn janus_videoroom_forwards_the_published_stream_with_its_stamps() {
         &Egress::Janus {
             endpoint: format!("ws://127.0.0.1:{}", janus.ws_port),
             room_id: ROOM,
-            feed_id: FEED,
+            feed_id: Some(FEED),
             display_name: "hybridlive".into(),
         },
         // Janus gathers no loopback candidates: both sides use the veth test hosts.
