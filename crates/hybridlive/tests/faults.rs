@@ -3,8 +3,8 @@
 //! Every test runs in a network and mount namespace of its own (fixed ports cannot collide
 //! with other runs; tmpfs and read-only mounts stay private), drives the runner through its
 //! `--json` events and HTTP API, injects one fault with real components (a killed SRT sender, a
-//! stopped RTSP server, a truncated file, a vanished SRT listener, a read-only HLS folder, a
-//! full disk, a collapsed uplink) and asserts what a viewer or the host would notice: which
+//! stopped RTSP server, a truncated file, a vanished SRT listener, a killed WHIP server, a
+//! read-only HLS folder, a full disk, a collapsed uplink) and asserts what a viewer or the host would notice: which
 //! source is on air, whether HLS segments, recordings, WHEP viewers and the uplink keep
 //! coming, whether recordings play (ffprobe, ffmpeg decode to null) and how much media was
 //! lost.
@@ -1240,6 +1240,138 @@ fn srt_listener_gone_the_uplink_retries_and_the_rest_goes_on() {
         ),
         &format!(
             "uplink: the time it was away; recording: {:.2} s of {ran:.1} s",
+            (ran - played.duration).max(0.0)
+        ),
+    );
+    assert!((ran - played.duration).abs() <= 1.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const WHIP_PORT: u16 = 8190;
+
+const WHIP: &str = r#"
+[outputs.whip]
+type = "whip"
+inputs = ["video", "voice"]
+endpoint = "http://127.0.0.1:8190/whip/endpoint"
+loopback_only = true
+"#;
+
+/// The WHIP server (`whipserversrc`) as a process of its own, so that it can die as a server
+/// does: it writes the number of video frames received to `HYBRIDLIVE_WHIP_FRAMES`.
+#[test]
+#[ignore = "helper process of whip_server_down_the_egress_retries_and_the_rest_goes_on"]
+fn whip_server_process() {
+    let Some(count_file) = std::env::var_os("HYBRIDLIVE_WHIP_FRAMES").map(PathBuf::from) else {
+        return;
+    };
+    let server = hybridlive_testkit::WhipServer::start(WHIP_PORT);
+    let tmp = count_file.with_extension("tmp");
+    loop {
+        if std::fs::write(&tmp, server.frames().to_string()).is_ok() {
+            let _ = std::fs::rename(&tmp, &count_file);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn whip_server(count_file: &Path) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--ignored", "--exact", "whip_server_process", "--nocapture"])
+            .env("HYBRIDLIVE_WHIP_FRAMES", count_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the WHIP server process"),
+    )
+}
+
+fn whip_frames(count_file: &Path) -> u64 {
+    std::fs::read_to_string(count_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn whip_server_down_the_egress_retries_and_the_rest_goes_on() {
+    if !isolated("whip_server_down_the_egress_retries_and_the_rest_goes_on") {
+        return;
+    }
+    let dir = scratch("whip-down");
+    let config = write_config(&dir, &[TEST_SOURCE, ENCODERS, HLS, RECORD, WEBRTC, WHIP]);
+    let first = dir.join("whip-1.frames");
+    let server = whip_server(&first);
+    let mut runner = Runner::start(&config, &dir);
+    let started = runner.wait_event("recording-started", Duration::from_secs(30));
+    let recording = PathBuf::from(started["path"].as_str().unwrap());
+    runner.wait_output_event("output-connected", "whip");
+    eventually(Duration::from_secs(30), "frames at the WHIP server", || {
+        (whip_frames(&first) >= 60).then_some(())
+    });
+    let viewer = Viewer::join(&runner);
+    let watched = Watched {
+        runner: &runner,
+        recording: Some(recording.clone()),
+        viewer: Some(&viewer),
+        uplink: None,
+    };
+    let p = watched.all_advance(&Progress::default(), &[], "every output to produce");
+
+    // The SFU dies without a word (SIGKILL): no DELETE, no ICE failure on GStreamer 1.22; the
+    // runner notices the silence of its RTCP.
+    server.kill();
+    let gone_at = Instant::now();
+    let failed = runner.wait_output_event("output-failed", "whip");
+    let noticed = gone_at.elapsed().as_secs_f64();
+    let p = watched.all_advance(&p, &[], "the other outputs to go on");
+    // It retries with back-off while the server is away; each try is refused.
+    runner.wait_output_event("output-restart", "whip");
+    runner.wait_output_event("output-failed", "whip");
+    let state = runner.status()["outputs"]["whip"].clone();
+    assert!(
+        state["state"] != "connected" && state["state"] != "running",
+        "{state}"
+    );
+    assert!(state["last_error"].is_string(), "{state}");
+    let p = watched.all_advance(&p, &[], "the other outputs to go on");
+
+    // The server comes back: the output reconnects on its next try and frames arrive again.
+    let second = dir.join("whip-2.frames");
+    let server = whip_server(&second);
+    let back_at = Instant::now();
+    runner.wait_output_event("output-connected", "whip");
+    eventually(
+        Duration::from_secs(30),
+        "frames at the WHIP server again",
+        || (whip_frames(&second) >= 60).then_some(()),
+    );
+    let reconnected = back_at.elapsed().as_secs_f64();
+    assert_eq!(runner.status()["outputs"]["whip"]["state"], "connected");
+    watched.all_advance(&p, &[], "every output to produce");
+    let (failures, restarts) = failures_of(&runner, "whip");
+    assert_only_failed(&runner, "whip");
+    drop(viewer);
+    let stopped_ms = now_ms();
+    assert_stopped(&mut runner);
+    let ran = (stopped_ms - utc_ms(started["utc_start"].as_str().unwrap())) as f64 / 1000.0;
+    let played = assert_plays(&recording);
+    let frames_after = whip_frames(&second);
+    server.kill();
+    report(
+        "output peer gone: WHIP server (whipserversrc) killed while publishing, back later",
+        1,
+        &format!(
+            "whip reported `output-failed` {noticed:.1} s after the server vanished (\"{}\"), \
+             retried with back-off ({} s; {restarts} restarts), connected again and frames \
+             arriving {reconnected:.1} s after the server returned ({frames_after} frames); \
+             HLS, recording and WHEP never stopped",
+            failed["error"].as_str().unwrap_or_default(),
+            backoffs(&failures)
+        ),
+        &format!(
+            "whip: the time its server was away; recording: {:.2} s of {ran:.1} s",
             (ran - played.duration).max(0.0)
         ),
     );
