@@ -1967,3 +1967,69 @@ loopback_only = true
     assert!(runner.wait_exit(Duration::from_secs(20)).success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn janus_output_publishes_into_a_videoroom_and_a_subscriber_decodes_it() {
+    // Janus gathers no ICE candidates on loopback: the veth test hosts carry the media.
+    if !hybridlive_testkit::in_private_netns_with_veth(
+        "janus_output_publishes_into_a_videoroom_and_a_subscriber_decodes_it",
+    ) {
+        return;
+    }
+    const ROOM: u64 = 4321;
+    const FEED: u64 = 7;
+    let dir = scratch("janus");
+    let janus = hybridlive_testkit::Janus::start();
+    janus.create_room(ROOM, 4_000_000);
+    let file = dir.join("janus.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[sources.cam]
+type = "test"
+width = 640
+height = 360
+
+[encoders.video]
+type = "h264"
+inputs = ["cam"]
+bitrate = 1000
+
+[encoders.voice]
+type = "opus"
+inputs = ["cam"]
+
+[outputs.room]
+type = "janus"
+inputs = ["video", "voice"]
+endpoint = "{}"
+room_id = {ROOM}
+feed_id = {FEED}
+display_name = "class"
+"#,
+            janus.ws_endpoint()
+        ),
+    )
+    .expect("pipeline file");
+    let mut runner = Runner::start(&file, &dir, &[]);
+    let connected = runner.wait_event("output-connected", Duration::from_secs(30));
+    assert_eq!(connected["output"], "room");
+    eventually(Duration::from_secs(20), "the feed in the room", || {
+        janus.is_publishing(ROOM, FEED).then_some(())
+    });
+    let subscriber = janus.subscribe(ROOM, FEED, "rtph264depay ! h264parse ! avdec_h264");
+    eventually(
+        Duration::from_secs(30),
+        "frames decoded through Janus",
+        || (subscriber.frames() >= 30).then_some(()),
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&runner.get("/api/status").body).expect("status JSON");
+    assert_eq!(status["outputs"]["room"]["state"], "connected", "{status}");
+    assert_eq!(status["outputs"]["room"]["kind"], "janus", "{status}");
+    drop(subscriber);
+    runner.signal(libc::SIGINT);
+    assert!(runner.wait_exit(Duration::from_secs(20)).success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -6,8 +6,10 @@
 
 use std::process::Command;
 
+mod janus;
 mod whip;
 
+pub use janus::{Janus, JanusSubscriber};
 pub use whip::{WhipServer, free_tcp_port};
 
 /// Runs the named test in a fresh network namespace holding only `lo`, where nothing leaves
