@@ -934,9 +934,9 @@ impl OutputRunner {
                 let audio = make("tee", "audio")?;
                 for tee in [&video, &audio] {
                     tee.set_property("allow-not-linked", true);
-                    let queue = make("queue", "")?;
+                    let queue = make("queue", &format!("{}-keepalive-queue", tee.name()))?;
                     queue.set_property_from_str("leaky", "downstream");
-                    let sink = make("fakesink", "")?;
+                    let sink = make("fakesink", &format!("{}-keepalive", tee.name()))?;
                     sink.set_property("sync", false);
                     sink.set_property("async", false);
                     pipeline.add_many([tee, &queue, &sink])?;
@@ -1082,16 +1082,28 @@ impl OutputRunner {
             )),
             _ => None,
         };
+        if self.config.kind.is_webrtc()
+            && let Some(audio) = pipeline.by_name("audio")
+            && audio.static_pad("sink").is_some_and(|pad| !pad.is_linked())
+        {
+            // No audio encoder: an unfed branch would never see EOS, and the pipeline would
+            // never finish on a stop (the shutdown would wait out its grace period).
+            let branch: Vec<gst::Element> = ["audio", "audio-keepalive-queue", "audio-keepalive"]
+                .iter()
+                .filter_map(|name| pipeline.by_name(name))
+                .collect();
+            pipeline.remove_many(&branch)?;
+        }
         if let Some((egress, loopback_ice)) = egress {
             // Fed from the tees of the shared encode: the SFU gets the very stream the
             // viewers, HLS and the recording get, with its capture stamps.
             let video = pipeline.by_name("video").context("no video tee")?;
-            let audio = pipeline.by_name("audio").context("no audio tee")?;
-            let audio_fed = audio.static_pad("sink").is_some_and(|pad| pad.is_linked());
+            // Only there with an audio encoder (see above).
+            let audio = pipeline.by_name("audio");
             let publisher = hybridlive_webrtc::add_egress(
                 &pipeline,
                 &video,
-                audio_fed.then_some(&audio),
+                audio.as_ref(),
                 &egress,
                 loopback_ice,
             )
