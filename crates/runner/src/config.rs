@@ -451,7 +451,7 @@ const SOURCE_TYPES: &[&str] = &["test", "file", "srt", "rtmp", "rtsp", "v4l2"];
 const TRANSFORM_TYPES: &[&str] = &["latencystamp", "offeroverlay", "abrcontroller", "gst"];
 const PLANNED_TRANSFORM_TYPES: &[&str] = &[];
 /// Outputs an abrcontroller can read feedback from.
-const ABR_OUTPUT_TYPES: &[&str] = &["srt", "rtmp", "webrtc"];
+const ABR_OUTPUT_TYPES: &[&str] = &["srt", "rtmp", "webrtc", "whip", "janus"];
 const ENCODER_TYPES: &[&str] = &["h264", "aac", "opus"];
 const OUTPUT_TYPES: &[&str] = &["hls", "record", "srt", "rtmp", "webrtc", "whip", "janus"];
 const PLANNED_OUTPUT_TYPES: &[&str] = &[];

@@ -280,7 +280,10 @@ impl OutputRunner {
         match self.config.kind {
             OutputKind::Srt { .. } => abr.set_property("srtsink", find("srtsink")),
             OutputKind::Rtmp { .. } => abr.set_property("queue", find("backlog")),
-            OutputKind::Webrtc { .. } => abr.set_property("webrtcbin", None::<gst::Element>),
+            // Egress: set once the publisher is connected (check_egress).
+            OutputKind::Webrtc { .. } | OutputKind::Whip { .. } | OutputKind::Janus { .. } => {
+                abr.set_property("webrtcbin", None::<gst::Element>)
+            }
             _ => {}
         }
     }
@@ -340,6 +343,13 @@ impl OutputRunner {
         if let Some(problem) = problem {
             self.failed(generation, problem);
             return;
+        }
+        if let Some(abr) = self.abr() {
+            // The SFU's receiver reports on the publisher's session steer the encoder.
+            let webrtcbin = health.webrtcbin();
+            if abr.property::<Option<gst::Element>>("webrtcbin") != webrtcbin {
+                abr.set_property("webrtcbin", webrtcbin);
+            }
         }
         if health.connected() {
             let newly = self.shared.with(|s| {

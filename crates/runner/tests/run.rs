@@ -2033,3 +2033,71 @@ display_name = "class"
     assert!(runner.wait_exit(Duration::from_secs(20)).success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_abrcontroller_follows_the_sfu_of_a_whip_output() {
+    if !in_private_netns("an_abrcontroller_follows_the_sfu_of_a_whip_output") {
+        return;
+    }
+    let dir = scratch("whip-abr");
+    let server = hybridlive_testkit::WhipServer::start(hybridlive_testkit::free_tcp_port());
+    let file = dir.join("sfu.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[sources.cam]
+type = "test"
+width = 640
+height = 360
+audio = false
+
+[transforms.sfu-abr]
+type = "abrcontroller"
+inputs = ["cam"]
+output = "sfu"
+ladder = []
+
+[encoders.video]
+type = "h264"
+inputs = ["sfu-abr"]
+bitrate = 2000
+
+[outputs.sfu]
+type = "whip"
+inputs = ["video"]
+endpoint = "{}"
+loopback_only = true
+"#,
+            server.endpoint()
+        ),
+    )
+    .expect("pipeline file");
+    // Everything here crosses `lo`: packets the size of a real link's, for tbf to shape.
+    sh("ip link set lo mtu 1500");
+    let mut runner = Runner::start(&file, &dir, &[]);
+    runner.wait_event("output-connected", Duration::from_secs(30));
+    // The path to the SFU narrows to 600 kbit/s: only the SFU's receiver reports (loss, RTT)
+    // can tell the controller, which probed up to its ceiling on the clean link.
+    sh("tc qdisc add dev lo root tbf rate 600kbit burst 16kbit latency 200ms");
+    let informed = loop {
+        let event = runner.wait_event("abr-decision", Duration::from_secs(40));
+        if event["direction"] == "decrease" {
+            break event;
+        }
+    };
+    sh("tc qdisc del dev lo root");
+    assert_eq!(informed["output"], "sfu", "{informed}");
+    assert!(
+        ["loss", "rtt"].contains(&informed["reason"].as_str().unwrap_or_default()),
+        "{informed}"
+    );
+    assert!(
+        informed["inputs"]["rtt_ms"].is_number() || informed["inputs"]["loss"].is_number(),
+        "{informed}"
+    );
+    assert!(server.frames() > 0);
+    runner.signal(libc::SIGINT);
+    assert!(runner.wait_exit(Duration::from_secs(20)).success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

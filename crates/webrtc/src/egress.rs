@@ -65,6 +65,7 @@ pub struct EgressHealth {
 
 #[derive(Debug, Default)]
 struct Health {
+    webrtcbin: Option<glib::WeakRef<gst::Element>>,
     connected_at: Option<Instant>,
     last_rtcp: Option<Instant>,
     lost: Option<String>,
@@ -95,6 +96,16 @@ impl EgressHealth {
         })
     }
 
+    /// The session's `webrtcbin` while connected: its statistics (receiver reports from the
+    /// SFU) are what a bitrate controller follows.
+    pub fn webrtcbin(&self) -> Option<gst::Element> {
+        let h = self.inner.lock().unwrap();
+        if h.connected_at.is_none() || h.lost.is_some() {
+            return None;
+        }
+        h.webrtcbin.as_ref().and_then(|w| w.upgrade())
+    }
+
     fn set_lost(&self, reason: String) {
         self.inner.lock().unwrap().lost.get_or_insert(reason);
     }
@@ -107,7 +118,11 @@ impl EgressHealth {
             let state = webrtcbin.property::<State>("connection-state");
             match state {
                 State::Connected => {
-                    health.inner.lock().unwrap().connected_at = Some(Instant::now());
+                    {
+                        let mut h = health.inner.lock().unwrap();
+                        h.connected_at = Some(Instant::now());
+                        h.webrtcbin = Some(webrtcbin.downgrade());
+                    }
                     // Negotiation is over: the RTP session exists now.
                     if let Some(session) = rtp_session(webrtcbin) {
                         let heard = health.clone();
