@@ -1335,6 +1335,7 @@ fn whip_server_down_the_egress_retries_and_the_rest_goes_on() {
         "{state}"
     );
     assert!(state["last_error"].is_string(), "{state}");
+    assert!(state["retry_in_s"].is_number(), "{state}");
     let p = watched.all_advance(&p, &[], "the other outputs to go on");
 
     // The server comes back: the output reconnects on its next try and frames arrive again.

@@ -176,6 +176,7 @@ impl OutputRunner {
                     kind,
                     state: "stopped".into(),
                     restarts: 0,
+                    retry_in_s: None,
                     last_error: None,
                     recording: None,
                 },
@@ -696,6 +697,13 @@ impl OutputRunner {
         }
         self.finish_timeline();
         self.set_state("failed", Some(error.clone()));
+        if wanted {
+            self.shared.with(|s| {
+                if let Some(o) = s.outputs.get_mut(&self.config.name) {
+                    o.retry_in_s = Some(delay.as_secs_f64());
+                }
+            });
+        }
         crate::runner::event(
             "output-failed",
             serde_json::json!({"output": self.config.name, "error": error, "restart_in_s": delay.as_secs_f64()}),
@@ -727,6 +735,7 @@ impl OutputRunner {
         self.shared.with(|s| {
             if let Some(o) = s.outputs.get_mut(&self.config.name) {
                 o.state = state.to_string();
+                o.retry_in_s = None;
                 if error.is_some() {
                     o.last_error = error;
                 }

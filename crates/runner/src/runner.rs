@@ -390,7 +390,12 @@ impl Runner {
                         r.duration_s,
                         r.bytes as f64 / 1e6
                     )),
-                    _ => parts.push(format!("{name} {}", o.state)),
+                    _ => match o.retry_in_s {
+                        Some(delay) => {
+                            parts.push(format!("{name} failed, retrying after {delay:.0} s"))
+                        }
+                        None => parts.push(format!("{name} {}", o.state)),
+                    },
                 }
             }
             parts.join(" | ")

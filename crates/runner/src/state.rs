@@ -56,6 +56,8 @@ pub struct OutputStatus {
     pub state: String,
     /// Restarts after failures since the runner started.
     pub restarts: u32,
+    /// While `failed` and a restart is due: the back-off it waits, seconds.
+    pub retry_in_s: Option<f64>,
     /// The last failure, if any.
     pub last_error: Option<String>,
     /// The recording in progress or last finished (record outputs).
