@@ -15,6 +15,7 @@ use gst::subclass::prelude::*;
 use hybridlive_stamp::{Codec, Framing, NalUnits};
 use hybridlive_timeline::{ClipRange, parse_range_list};
 
+use super::avc::{ParamSets, Splicer, is_open_gop_splice_point};
 use super::dts::{DEFAULT_DEPTH, DtsSynth};
 use super::selector::{Frame, Kind, Mode, Output, Role, Selector};
 use super::transcode::Transcoder;
@@ -79,6 +80,9 @@ struct StreamInfo {
     has_dts: Option<bool>,
     /// For video without decode times.
     dts_synth: Option<DtsSynth<Pending>>,
+    /// H.264: the parameter sets seen so far (caps and in band), to find open-GOP splice
+    /// points and rewrite the frames copied after them.
+    params: Arc<ParamSets>,
 }
 
 /// Frame duration from the caps' framerate, 40 ms when unknown.
@@ -138,6 +142,8 @@ struct PushState {
     head_end_dts: Option<i64>,
     /// `smart`: the next copied frame is the first after the re-encoded head.
     after_junction: bool,
+    /// `smart`, H.264: rewrites the copied frames after an open-GOP splice point.
+    splicer: Option<Splicer>,
     clip_copied: u64,
     clip_encoded: u64,
     /// The current clip's presentation window, clip-relative.
@@ -154,6 +160,7 @@ struct Ctx<'a> {
     ranges: &'a [ClipRange],
     leads: bool,
     reencode_filter: Option<&'a str>,
+    params: &'a Arc<ParamSets>,
 }
 
 #[derive(Clone)]
@@ -347,11 +354,15 @@ fn is_disposable(data: &[u8], codec: Codec, framing: Framing) -> bool {
     false
 }
 
-/// Whether a key frame starts a new coded sequence (see `Frame::splice`).
-fn is_splice_point(data: &[u8], codec: Codec, framing: Framing) -> bool {
+/// Whether copied frames can follow re-encoded ones from this key frame (see `Frame::splice`):
+/// an H.264 IDR, or an I frame with an exact recovery point whose slice headers the splicer
+/// can rewrite into an IDR (x264 open GOP); any H.265 key frame (IDR, CRA, BLA).
+fn is_splice_point(data: &[u8], codec: Codec, framing: Framing, params: &ParamSets) -> bool {
     match codec {
-        // Any VCL NAL of type 5 (IDR slice).
-        Codec::H264 => NalUnits::new(data, framing).any(|n| codec.nal_type(n.header()) == 5),
+        Codec::H264 => {
+            NalUnits::new(data, framing).any(|n| codec.nal_type(n.header()) == 5)
+                || is_open_gop_splice_point(data, framing, params)
+        }
         Codec::H265 => true,
     }
 }
@@ -403,6 +414,22 @@ fn parameter_sets(s: &gst::StructureRef, codec: Codec) -> Vec<Vec<u8>> {
         }
         Some(())
     })();
+    out
+}
+
+/// A buffer holding `data` with the flags, timestamps and metas of `buffer`.
+fn with_data(buffer: &gst::Buffer, data: Vec<u8>) -> gst::Buffer {
+    let mut out = gst::Buffer::from_mut_slice(data);
+    {
+        let out = out.get_mut().expect("new buffer is writable");
+        let _ = buffer.copy_into(
+            out,
+            gst::BufferCopyFlags::FLAGS
+                | gst::BufferCopyFlags::TIMESTAMPS
+                | gst::BufferCopyFlags::META,
+            ..,
+        );
+    }
     out
 }
 
@@ -605,7 +632,20 @@ impl ClipExtract {
                     let map = buffer.map_readable().ok();
                     let data = map.as_ref().map(|m| m.as_slice()).unwrap_or(&[]);
                     let disposable = !key && is_disposable(data, codec, framing);
-                    let splice = key && is_splice_point(data, codec, framing);
+                    let splice = key && {
+                        let params = match codec {
+                            Codec::H264 => {
+                                let info = &mut st.streams[pair.index];
+                                let mut p = (*info.params).clone();
+                                if p.add_in_band(data, framing) {
+                                    info.params = Arc::new(p);
+                                }
+                                info.params.clone()
+                            }
+                            Codec::H265 => Arc::default(),
+                        };
+                        is_splice_point(data, codec, framing, &params)
+                    };
                     (key, disposable, splice)
                 }
                 _ => (true, false, true),
@@ -672,7 +712,7 @@ impl ClipExtract {
     fn drain_pad(&self, pair: &PadPair, ps: &mut PushState) -> Result<(), gst::FlowError> {
         // Loop: another thread may queue more outputs for this pad while we push.
         loop {
-            let (outputs, mode, exact_segment, mut info_caps, video, ranges, leads, filter) = {
+            let (outputs, mode, exact_segment, mut info_caps, video, ranges, leads, filter, params) = {
                 let mut st = lock(&self.state);
                 let outputs = st.selector.take_output(pair.index);
                 if outputs.is_empty() {
@@ -690,6 +730,7 @@ impl ClipExtract {
                     st.ranges.clone(),
                     leads,
                     st.reencode_filter.clone(),
+                    info.params.clone(),
                 )
             };
             if mode == Mode::Smart
@@ -716,6 +757,7 @@ impl ClipExtract {
                     ranges: &ranges,
                     leads,
                     reencode_filter: filter.as_deref(),
+                    params: &params,
                 };
                 self.handle_output(pair, ps, out, &ctx)?;
             }
@@ -790,6 +832,7 @@ impl ClipExtract {
             ranges,
             leads,
             reencode_filter,
+            params,
         } = *ctx;
         match out {
             Output::Start {
@@ -806,6 +849,7 @@ impl ClipExtract {
                 ps.head.clear();
                 ps.head_end_dts = None;
                 ps.after_junction = false;
+                ps.splicer = None;
                 ps.transcoder = None;
                 ps.present = (present_start, present_stop);
                 let mut marker = gst::Structure::builder(CLIP_START_EVENT)
@@ -870,6 +914,34 @@ impl ClipExtract {
                 }
                 match role {
                     Role::Copy => {
+                        if let (Some(splicer), Some((_, framing))) = (ps.splicer.as_mut(), video) {
+                            let rewritten = {
+                                let map = buffer.map_readable().map_err(|_| {
+                                    self.transcode_error("cannot read a copied frame")
+                                })?;
+                                splicer.rewrite(map.as_slice(), framing)
+                            };
+                            match rewritten {
+                                Ok(Some(data)) => buffer = with_data(&buffer, data),
+                                Ok(None) => {}
+                                Err(e) => {
+                                    gst::element_imp_error!(
+                                        self,
+                                        gst::StreamError::Format,
+                                        [
+                                            "Cannot continue the copied frames after the \
+                                             re-encoded start of clip {} ({e}); cut this \
+                                             source with mode=reencode",
+                                            ps.clip.unwrap_or_default()
+                                        ]
+                                    );
+                                    return Err(gst::FlowError::Error);
+                                }
+                            }
+                            if splicer.is_done() {
+                                ps.splicer = None;
+                            }
+                        }
                         if ps.after_junction {
                             ps.after_junction = false;
                             if let (Some(caps), Some((codec, framing))) = (sink_caps, video)
@@ -933,6 +1005,9 @@ impl ClipExtract {
             Output::Junction => {
                 self.finish_transcoder(pair, ps, mode, sink_caps)?;
                 ps.after_junction = true;
+                if let Some((Codec::H264, _)) = video {
+                    ps.splicer = Some(Splicer::new((**params).clone()));
+                }
             }
             Output::End { clip } => {
                 self.finish_transcoder(pair, ps, mode, sink_caps)?;
@@ -1017,6 +1092,12 @@ impl ClipExtract {
                     return false;
                 };
                 let video = video_codec(s);
+                let mut params = ParamSets::default();
+                if let Some((Codec::H264, _)) = video {
+                    for nal in parameter_sets(s, Codec::H264) {
+                        params.add(&nal);
+                    }
+                }
                 let kind = if video.is_some() {
                     Kind::Video
                 } else if s.name().starts_with("audio/") {
@@ -1049,6 +1130,7 @@ impl ClipExtract {
                     let info = &mut st.streams[pair.index];
                     info.caps = Some(caps);
                     info.video = video;
+                    info.params = Arc::new(params);
                     info.kind = Some(kind);
                     st.selector.set_kind(pair.index, kind);
                 }
@@ -1156,6 +1238,7 @@ impl ClipExtract {
                     let mut ps = lock(&pair.push);
                     ps.transcoder = None;
                     ps.head.clear();
+                    ps.splicer = None;
                     ps.pending_segment = None;
                     ps.done = false;
                 }

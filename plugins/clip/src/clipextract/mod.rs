@@ -26,6 +26,7 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod avc;
 mod dts;
 mod imp;
 pub(crate) mod selector;

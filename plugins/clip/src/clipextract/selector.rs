@@ -53,8 +53,9 @@ pub struct Frame<T> {
     /// No other frame references this one, so it can be left out.
     pub disposable: bool,
     /// Copied frames can follow re-encoded ones from here: a key frame that starts a new coded
-    /// sequence (H.264 IDR; H.265 IDR/CRA/BLA). An H.264 open-GOP I frame is a key frame but
-    /// not a splice point: the frames after it carry on the source's frame numbering.
+    /// sequence (H.264 IDR; H.265 IDR/CRA/BLA), or an H.264 open-GOP I frame with an exact
+    /// recovery point, which the element rewrites into an IDR (with the frame numbering of the
+    /// copied frames after it). Other key frames need the head to go on to the next one.
     pub splice: bool,
 }
 
