@@ -274,6 +274,7 @@ impl Runner {
         for o in &self.outputs {
             o.refresh_stats();
             o.follow_viewers();
+            o.check_egress();
             viewers += o.whep().map_or(0, |w| w.session_count());
         }
         self.shared.with(|s| s.viewers = viewers);
@@ -395,7 +396,12 @@ impl Runner {
                         r.duration_s,
                         r.bytes as f64 / 1e6
                     )),
-                    _ => parts.push(format!("{name} {}", o.state)),
+                    _ => match o.retry_in_s {
+                        Some(delay) => {
+                            parts.push(format!("{name} failed, retrying after {delay:.0} s"))
+                        }
+                        None => parts.push(format!("{name} {}", o.state)),
+                    },
                 }
             }
             parts.join(" | ")

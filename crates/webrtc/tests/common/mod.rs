@@ -30,11 +30,5 @@ pub fn encoded_source(width: u32, height: u32, stream_id: &str) -> gst::Pipeline
     .downcast::<gst::Pipeline>()
     .unwrap()
 }
-
-pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[allow(unused_imports)]
+pub use hybridlive_testkit::free_tcp_port;
