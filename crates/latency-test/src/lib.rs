@@ -421,11 +421,15 @@ fn prepare(pipeline: &mut hybridlive_runner::Pipeline, scratch: &Path) -> Vec<St
                 pattern: "smpte".into(),
                 clock: true,
                 tone_hz: 440.0,
+                microphone: None,
             };
         }
     }
     pipeline.outputs.retain(|o| match o.kind {
-        OutputKind::Srt { .. } | OutputKind::Rtmp { .. } => {
+        OutputKind::Srt { .. }
+        | OutputKind::Rtmp { .. }
+        | OutputKind::Whip { .. }
+        | OutputKind::Janus { .. } => {
             changes.push(format!(
                 "output `{}` left out (it pushes elsewhere)",
                 o.name

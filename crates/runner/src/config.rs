@@ -176,6 +176,9 @@ pub enum SourceKind {
         clock: bool,
         /// `tone_hz`: frequency of the test tone.
         tone_hz: f64,
+        /// `microphone`: take the sound from this PulseAudio source instead of the tone
+        /// (empty: the default source), e.g. a presenter's microphone with a test picture.
+        microphone: Option<String>,
     },
     /// `type = "file"`: a media file, decoded and paced in real time.
     File {
@@ -399,6 +402,55 @@ pub enum OutputKind {
         /// `None` for `"off"`.
         playout_delay_ms: Option<[u32; 2]>,
     },
+    /// `type = "whip"`: the encoded streams published to an SFU's WHIP endpoint (RFC 9725)
+    /// with `whipclientsink`, no second encode.
+    Whip {
+        /// `endpoint`: e.g. `https://sfu.example/whip/endpoint`.
+        endpoint: String,
+        /// `token`: bearer token sent with the offer; never shown in the status.
+        #[serde(skip_serializing)]
+        token: Option<String>,
+        /// `loopback_only`: ICE on 127.0.0.1 only (an SFU on this machine).
+        loopback_only: bool,
+    },
+    /// `type = "janus"`: the encoded streams published into a Janus VideoRoom with
+    /// `janusvrwebrtcsink` (Janus's WebSocket API), no second encode.
+    Janus {
+        /// `endpoint`: Janus's WebSocket URL, e.g. `ws://janus.example:8188`.
+        endpoint: String,
+        /// `room_id`: the VideoRoom to publish in (it must exist).
+        room_id: u64,
+        /// `feed_id`: our publisher id in the room; Janus picks one when absent.
+        feed_id: Option<u64>,
+        /// `display_name`: the publisher's name in the room.
+        display_name: String,
+        /// `loopback_only`: ICE on 127.0.0.1 only.
+        loopback_only: bool,
+    },
+}
+
+impl OutputKind {
+    /// The `type` name, as written in pipeline files.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            OutputKind::Hls { .. } => "hls",
+            OutputKind::Record { .. } => "record",
+            OutputKind::Srt { .. } => "srt",
+            OutputKind::Rtmp { .. } => "rtmp",
+            OutputKind::Webrtc { .. } => "webrtc",
+            OutputKind::Whip { .. } => "whip",
+            OutputKind::Janus { .. } => "janus",
+        }
+    }
+
+    /// WebRTC outputs (WHEP viewers, WHIP and Janus egress): H.264 constrained baseline and
+    /// Opus.
+    pub fn is_webrtc(&self) -> bool {
+        matches!(
+            self,
+            OutputKind::Webrtc { .. } | OutputKind::Whip { .. } | OutputKind::Janus { .. }
+        )
+    }
 }
 
 const SECTIONS: &[&str] = &[
@@ -413,9 +465,9 @@ const SOURCE_TYPES: &[&str] = &["test", "file", "srt", "rtmp", "rtsp", "v4l2"];
 const TRANSFORM_TYPES: &[&str] = &["latencystamp", "offeroverlay", "abrcontroller", "gst"];
 const PLANNED_TRANSFORM_TYPES: &[&str] = &[];
 /// Outputs an abrcontroller can read feedback from.
-const ABR_OUTPUT_TYPES: &[&str] = &["srt", "rtmp", "webrtc"];
+const ABR_OUTPUT_TYPES: &[&str] = &["srt", "rtmp", "webrtc", "whip", "janus"];
 const ENCODER_TYPES: &[&str] = &["h264", "vp8", "aac", "opus"];
-const OUTPUT_TYPES: &[&str] = &["hls", "record", "srt", "rtmp", "webrtc"];
+const OUTPUT_TYPES: &[&str] = &["hls", "record", "srt", "rtmp", "webrtc", "whip", "janus"];
 const PLANNED_OUTPUT_TYPES: &[&str] = &[];
 
 /// An SRT listener URI without a host (`srt://:9000`) would listen on every interface;
@@ -1008,6 +1060,7 @@ impl Reader<'_> {
                 pattern: f.choice(self.diags, "pattern", TEST_PATTERNS, "smpte"),
                 clock: f.bool(self.diags, "clock", true),
                 tone_hz: f.number(self.diags, "tone_hz", 20.0, 20_000.0, 440.0),
+                microphone: f.string(self.diags, "microphone").map(|m| m.0),
             },
             "file" => {
                 let location = f.required_string(self.diags, "location");
@@ -1285,6 +1338,67 @@ impl Reader<'_> {
                 loopback_only: f.bool(self.diags, "loopback_only", false),
                 playout_delay_ms: f.playout_delay(self.diags, "playout_delay_ms"),
             },
+            "whip" => {
+                let (endpoint, span) = f.required_string(self.diags, "endpoint")?;
+                if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                    f.error(
+                        self.diags,
+                        span,
+                        "endpoint",
+                        format!("`{endpoint}` is not an http:// or https:// WHIP endpoint URL"),
+                    );
+                }
+                let token = f.string(self.diags, "token").map(|t| t.0);
+                if let Some(value) = f.table.get("token")
+                    && token.as_deref().is_some_and(str::is_empty)
+                {
+                    f.error(
+                        self.diags,
+                        value.span(),
+                        "token",
+                        "an empty token: leave the key out to send none".into(),
+                    );
+                }
+                OutputKind::Whip {
+                    endpoint,
+                    token,
+                    loopback_only: f.bool(self.diags, "loopback_only", false),
+                }
+            }
+            "janus" => {
+                let (endpoint, span) = f.required_string(self.diags, "endpoint")?;
+                if !(endpoint.starts_with("ws://") || endpoint.starts_with("wss://")) {
+                    f.error(
+                        self.diags,
+                        span,
+                        "endpoint",
+                        format!(
+                            "`{endpoint}` is not a ws:// or wss:// URL (Janus's WebSocket API)"
+                        ),
+                    );
+                }
+                if !f.table.contains_key("room_id") {
+                    f.error(
+                        self.diags,
+                        f.header.clone(),
+                        "room_id",
+                        "missing required key".into(),
+                    );
+                }
+                let room_id = f.integer(self.diags, "room_id", 1..4_294_967_296, 1);
+                // 0: absent (Janus picks the id).
+                let feed_id = f.integer(self.diags, "feed_id", 1..4_294_967_296, 0);
+                let feed_id = (feed_id != 0).then_some(feed_id);
+                OutputKind::Janus {
+                    endpoint,
+                    room_id: u64::from(room_id),
+                    feed_id: feed_id.map(u64::from),
+                    display_name: f
+                        .string(self.diags, "display_name")
+                        .map_or_else(|| "hybridlive".to_string(), |d| d.0),
+                    loopback_only: f.bool(self.diags, "loopback_only", false),
+                }
+            }
             _ => return None,
         };
         Some(Output {
@@ -1409,9 +1523,7 @@ impl Reader<'_> {
                         ..
                     } => {
                         video += 1;
-                        if matches!(o.value.kind, OutputKind::Webrtc { .. })
-                            && *preset != H264Preset::Zerolatency
-                        {
+                        if o.value.kind.is_webrtc() && *preset != H264Preset::Zerolatency {
                             self.diags.push(Diagnostic {
                                 span: span.clone(),
                                 component: Some(component.clone()),
@@ -1479,9 +1591,7 @@ impl Reader<'_> {
                             help: Some("use an encoder with `type = \"aac\"` for HLS".into()),
                         });
                     }
-                    EncoderKind::Aac { .. }
-                        if matches!(o.value.kind, OutputKind::Webrtc { .. }) =>
-                    {
+                    EncoderKind::Aac { .. } if o.value.kind.is_webrtc() => {
                         audio += 1;
                         self.diags.push(Diagnostic {
                             span: span.clone(),
@@ -1640,13 +1750,7 @@ impl Reader<'_> {
                 }
                 continue;
             };
-            let kind = match target.value.kind {
-                OutputKind::Srt { .. } => "srt",
-                OutputKind::Rtmp { .. } => "rtmp",
-                OutputKind::Webrtc { .. } => "webrtc",
-                OutputKind::Hls { .. } => "hls",
-                OutputKind::Record { .. } => "record",
-            };
+            let kind = target.value.kind.type_name();
             if !ABR_OUTPUT_TYPES.contains(&kind) {
                 self.diags.push(Diagnostic {
                     span: output_span.clone(),

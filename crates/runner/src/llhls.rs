@@ -15,8 +15,14 @@
 //!   stamps; with `_HLS_msn` the answer waits until that segment (or part) exists.
 //! - `init.mp4`, `seg<M>.m4s` (a complete segment) and `part<M>.<P>.m4s` (a part; asking for
 //!   the hinted next part waits until it is complete).
+//!
+//! When the output restarts (a new muxer after a failure), the store keeps what it has: the
+//! media sequence goes on, the segments of the earlier run stay listed while in the window, and
+//! the first segment of the new run carries `EXT-X-DISCONTINUITY` and the new run's own
+//! initialisation segment (`EXT-X-MAP:URI="init<run>.mp4"`), as RFC 8216 requires when the
+//! encoding parameters or timestamps may change.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -47,6 +53,10 @@ struct Part {
 #[derive(Debug)]
 struct Segment {
     msn: u64,
+    /// The muxer run (0, then one more per restart) that wrote it.
+    run: u64,
+    /// The first segment of a restarted run: `EXT-X-DISCONTINUITY` before it.
+    discontinuity: bool,
     parts: Vec<Part>,
     complete: bool,
     /// Capture time of the first frame (UTC ns), from latencystamp's meta.
@@ -61,7 +71,14 @@ impl Segment {
 
 #[derive(Debug, Default)]
 struct State {
-    init: Option<Arc<[u8]>>,
+    /// Initialisation segment of each run still listed (or current).
+    inits: BTreeMap<u64, Arc<[u8]>>,
+    /// The current muxer run.
+    run: u64,
+    /// A restart happened: the next segment starts a new run.
+    pending_discontinuity: bool,
+    /// Discontinuities that left the store (`EXT-X-DISCONTINUITY-SEQUENCE` counts them).
+    dropped_discontinuities: u64,
     segments: VecDeque<Segment>,
     next_msn: u64,
     /// Longest part and segment seen: the playlist's targets must cover them.
@@ -120,7 +137,8 @@ impl LlHls {
         }
         let mut state = self.state.lock().unwrap();
         if let Some(init) = init {
-            state.init = Some(init);
+            let run = state.run;
+            state.inits.insert(run, init);
         }
         if data.is_empty() {
             drop(state);
@@ -141,15 +159,24 @@ impl LlHls {
             }
             let msn = state.next_msn;
             state.next_msn += 1;
+            let discontinuity = std::mem::take(&mut state.pending_discontinuity);
+            let run = state.run;
             state.segments.push_back(Segment {
                 msn,
+                run,
+                discontinuity,
                 parts: Vec::new(),
                 complete: false,
                 utc_ns,
             });
             // Keep what the playlist lists plus a little for clients a request behind.
             while state.segments.len() > self.window + 3 {
-                state.segments.pop_front();
+                if state.segments.pop_front().is_some_and(|s| s.discontinuity) {
+                    state.dropped_discontinuities += 1;
+                }
+            }
+            if let Some(oldest) = state.segments.front().map(|s| s.run) {
+                state.inits.retain(|&run, _| run >= oldest);
             }
         }
         if let Some(segment) = state.segments.back_mut() {
@@ -159,6 +186,33 @@ impl LlHls {
                 independent: fragment_start,
             });
         }
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// The output restarts with a new muxer: the segment in progress ends here (its parts are
+    /// whole and stay listed), and the next one starts a new run after a discontinuity.
+    pub fn restart(&self) {
+        let mut state = self.state.lock().unwrap();
+        if state.segments.is_empty() {
+            // Nothing listed yet: the new run simply is the first.
+            state.inits.clear();
+            state.ended = false;
+            return;
+        }
+        if state.segments.back().is_some_and(|s| s.parts.is_empty()) {
+            state.segments.pop_back();
+            state.next_msn -= 1;
+        }
+        if let Some(last) = state.segments.back_mut() {
+            last.complete = true;
+        }
+        if let Some(d) = state.segments.back().map(Segment::duration) {
+            state.longest_segment = state.longest_segment.max(d);
+        }
+        state.run += 1;
+        state.pending_discontinuity = true;
+        state.ended = false;
         drop(state);
         self.changed.notify_all();
     }
@@ -181,9 +235,19 @@ impl LlHls {
         if name == "live.m3u8" {
             return self.playlist(query, deadline);
         }
-        if name == "init.mp4" {
-            let state = self.wait(deadline, |s| s.init.is_some());
-            return match &state.init {
+        if let Some(run) = name
+            .strip_prefix("init")
+            .and_then(|n| n.strip_suffix(".mp4"))
+            .and_then(|n| {
+                if n.is_empty() {
+                    Some(0)
+                } else {
+                    n.parse::<u64>().ok()
+                }
+            })
+        {
+            let state = self.wait(deadline, |s| s.inits.contains_key(&run) || s.run > run);
+            return match state.inits.get(&run) {
                 Some(init) => reply(200, "video/mp4", IMMUTABLE, init.clone()),
                 None => not_found(),
             };
@@ -306,17 +370,35 @@ impl LlHls {
         let skip = complete.saturating_sub(self.window);
         let listed: Vec<&Segment> = state.segments.iter().skip(skip).collect();
         let newest = listed.last().map_or(0, |s| s.msn);
+        // Every tag that left the playlist counts, and the first listed segment's own (the
+        // playlist starts with its run's EXT-X-MAP, so no tag is written before it).
+        let discontinuity_sequence = state.dropped_discontinuities
+            + state
+                .segments
+                .iter()
+                .take(skip + 1)
+                .filter(|s| s.discontinuity)
+                .count() as u64;
         let mut out = String::with_capacity(2048);
         let _ = write!(
             out,
             "#EXTM3U\n#EXT-X-VERSION:9\n#EXT-X-TARGETDURATION:{target}\n\
              #EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={:.3}\n\
              #EXT-X-PART-INF:PART-TARGET={part_target:.3}\n#EXT-X-INDEPENDENT-SEGMENTS\n\
-             #EXT-X-MEDIA-SEQUENCE:{}\n#EXT-X-MAP:URI=\"init.mp4\"\n",
+             #EXT-X-MEDIA-SEQUENCE:{}\n#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuity_sequence}\n\
+             #EXT-X-MAP:URI=\"{}\"\n",
             3.0 * part_target,
             listed.first().map_or(0, |s| s.msn),
+            init_uri(listed.first().map_or(state.run, |s| s.run)),
         );
-        for segment in &listed {
+        for (i, segment) in listed.iter().enumerate() {
+            if segment.discontinuity && i > 0 {
+                let _ = write!(
+                    out,
+                    "#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI=\"{}\"\n",
+                    init_uri(segment.run)
+                );
+            }
             if let Some(utc) = segment.utc_ns {
                 let _ = writeln!(
                     out,
@@ -366,6 +448,15 @@ impl LlHls {
 }
 
 const IMMUTABLE: &str = "public, max-age=60, immutable";
+
+/// The initialisation segment of a run: `init.mp4` for the first, as before any restart.
+fn init_uri(run: u64) -> String {
+    if run == 0 {
+        "init.mp4".into()
+    } else {
+        format!("init{run}.mp4")
+    }
+}
 
 fn part(state: &State, msn: u64, index: usize) -> Option<&Part> {
     state
@@ -528,5 +619,77 @@ mod tests {
             playlist.ends_with("seg2.m4s\n#EXT-X-ENDLIST\n"),
             "{playlist}"
         );
+    }
+
+    #[test]
+    fn a_restart_is_a_discontinuity_with_its_own_init_and_the_sequence_goes_on() {
+        gst::init().unwrap();
+        let hls = LlHls::new(Duration::from_secs(1), Duration::from_millis(500), 3);
+        // The first run: two whole segments and half of a third, then the output fails.
+        for seg in 0..3u64 {
+            for p in 0..2 {
+                if seg == 2 && p == 1 {
+                    break;
+                }
+                hls.push_chunk(&chunk(p == 0, 500, None, seg == 0 && p == 0));
+            }
+        }
+        hls.restart();
+        // The new muxer starts over with its own init segment.
+        let mut first = chunk(true, 500, None, true);
+        first
+            .get_mut()
+            .unwrap()
+            .get_mut(0)
+            .unwrap()
+            .copy_from_slice(0, b"FTYPMOOV")
+            .unwrap();
+        hls.push_chunk(&first);
+        hls.push_chunk(&chunk(false, 500, None, false));
+        hls.push_chunk(&chunk(true, 500, None, false));
+
+        let playlist = text(hls.respond("live.m3u8", ""));
+        // The interrupted segment is complete with what it had; the new run follows it.
+        assert!(
+            playlist.contains(
+                "#EXTINF:0.50000,\nseg2.m4s\n#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI=\"init1.mp4\"\n"
+            ),
+            "{playlist}"
+        );
+        assert!(
+            playlist.contains("#EXTINF:1.00000,\nseg3.m4s"),
+            "{playlist}"
+        );
+        assert!(playlist.contains("#EXT-X-MEDIA-SEQUENCE:1\n"), "{playlist}");
+        assert!(
+            playlist.contains("#EXT-X-DISCONTINUITY-SEQUENCE:0\n"),
+            "{playlist}"
+        );
+        assert!(
+            playlist.contains("#EXT-X-MAP:URI=\"init.mp4\"\n"),
+            "{playlist}"
+        );
+        assert_eq!(&*hls.respond("init.mp4", "").body, b"ftypmoov");
+        assert_eq!(&*hls.respond("init1.mp4", "").body, b"FTYPMOOV");
+        // Segments of the old run are still served while listed.
+        assert_eq!(hls.respond("seg1.m4s", "").status, 200);
+
+        // Once the old run has left the window, the playlist starts with the new run's map
+        // and counts the discontinuity that left.
+        for _ in 0..4 {
+            hls.push_chunk(&chunk(true, 500, None, false));
+            hls.push_chunk(&chunk(false, 500, None, false));
+        }
+        let playlist = text(hls.respond("live.m3u8", ""));
+        assert!(!playlist.contains("#EXT-X-DISCONTINUITY\n"), "{playlist}");
+        assert!(
+            playlist.contains("#EXT-X-DISCONTINUITY-SEQUENCE:1\n"),
+            "{playlist}"
+        );
+        assert!(
+            playlist.contains("#EXT-X-MAP:URI=\"init1.mp4\"\n"),
+            "{playlist}"
+        );
+        assert!(!playlist.contains("init.mp4"), "{playlist}");
     }
 }

@@ -27,6 +27,11 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 const MAX_QUEUED: gst::ClockTime = gst::ClockTime::from_seconds(2);
 /// Longest send backlog kept before an RTMP sink.
 const RTMP_BACKLOG: gst::ClockTime = gst::ClockTime::from_seconds(5);
+/// WHIP/Janus egress: an SFU that sent no RTCP for this long is gone. Receivers report every
+/// 5 s at most (RTCP's minimum interval, randomised to 2.5–7.5 s), so this misses none.
+const EGRESS_PEER_TIMEOUT: Duration = Duration::from_secs(12);
+/// WHIP/Janus egress: a publisher not connected this long after its start has failed.
+const EGRESS_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// mp4mux fragment length: at most this much media is lost on `kill -9`.
 const FRAGMENT_MS: u32 = 500;
 
@@ -55,6 +60,8 @@ pub struct OutputRunner {
     hls_dir_is_temporary: bool,
     /// WebRTC outputs: the WHEP sessions of the running pipeline.
     whep: Mutex<Option<hybridlive_webrtc::WhepOutput>>,
+    /// WHIP/Janus outputs: the link of the running publisher to its SFU.
+    egress: Mutex<Option<hybridlive_webrtc::EgressHealth>>,
     /// Record outputs: the file the running pipeline writes.
     recording_file: Mutex<Option<PathBuf>>,
     /// The abrcontroller (in the ingest) that steers this output's encoder from its feedback.
@@ -136,7 +143,11 @@ impl OutputRunner {
                     .with_context(|| format!("cannot create {}", directory.display()))?;
                 None
             }
-            OutputKind::Srt { .. } | OutputKind::Rtmp { .. } | OutputKind::Webrtc { .. } => None,
+            OutputKind::Srt { .. }
+            | OutputKind::Rtmp { .. }
+            | OutputKind::Webrtc { .. }
+            | OutputKind::Whip { .. }
+            | OutputKind::Janus { .. } => None,
         };
         let ll_hls = match config.kind {
             OutputKind::Hls {
@@ -157,13 +168,7 @@ impl OutputRunner {
         if let OutputKind::Record { directory, .. } = &mut config.kind {
             *directory = std::path::absolute(&*directory).unwrap_or_else(|_| directory.clone());
         }
-        let kind = match config.kind {
-            OutputKind::Hls { .. } => "hls",
-            OutputKind::Record { .. } => "record",
-            OutputKind::Srt { .. } => "srt",
-            OutputKind::Rtmp { .. } => "rtmp",
-            OutputKind::Webrtc { .. } => "webrtc",
-        };
+        let kind = config.kind.type_name();
         shared.with(|s| {
             s.outputs.insert(
                 config.name.clone(),
@@ -171,6 +176,7 @@ impl OutputRunner {
                     kind,
                     state: "stopped".into(),
                     restarts: 0,
+                    retry_in_s: None,
                     last_error: None,
                     recording: None,
                 },
@@ -190,6 +196,7 @@ impl OutputRunner {
             hls_dir,
             hls_dir_is_temporary,
             whep: Mutex::new(None),
+            egress: Mutex::new(None),
             recording_file: Mutex::new(None),
             abr: Mutex::new(None),
         }))
@@ -208,6 +215,16 @@ impl OutputRunner {
     /// Where HLS playlists and segments are written (HLS outputs).
     pub fn hls_dir(&self) -> Option<&Path> {
         self.hls_dir.as_deref()
+    }
+
+    /// Segments the live playlist lists (HLS outputs).
+    pub fn hls_playlist_length(&self) -> Option<usize> {
+        match &self.config.kind {
+            OutputKind::Hls {
+                playlist_length, ..
+            } => Some(*playlist_length as usize),
+            _ => None,
+        }
     }
 
     /// Removes the temporary HLS folder, once the output has stopped.
@@ -274,7 +291,10 @@ impl OutputRunner {
         match self.config.kind {
             OutputKind::Srt { .. } => abr.set_property("srtsink", find("srtsink")),
             OutputKind::Rtmp { .. } => abr.set_property("queue", find("backlog")),
-            OutputKind::Webrtc { .. } => abr.set_property("webrtcbin", None::<gst::Element>),
+            // Egress: set once the publisher is connected (check_egress).
+            OutputKind::Webrtc { .. } | OutputKind::Whip { .. } | OutputKind::Janus { .. } => {
+                abr.set_property("webrtcbin", None::<gst::Element>)
+            }
             _ => {}
         }
     }
@@ -303,6 +323,59 @@ impl OutputRunner {
         let current = abr.property::<Option<gst::Element>>("webrtcbin");
         if current != newest {
             abr.set_property("webrtcbin", newest);
+        }
+    }
+
+    /// WHIP/Janus outputs: notices the publisher's link coming up (state `connected`, an
+    /// `output-connected` event) and going away, which gst-plugins-rs's sinks never report
+    /// as an error: then the output fails and restarts with back-off like any other. Called
+    /// every status tick.
+    pub fn check_egress(self: &Arc<Self>) {
+        let Some(health) = self.egress.lock().unwrap().clone() else {
+            return;
+        };
+        let (generation, started_at) = {
+            let inner = self.inner.lock().unwrap();
+            if inner.stopping || inner.pipeline.is_none() {
+                return;
+            }
+            (inner.generation, inner.started_at)
+        };
+        let problem = health.lost(EGRESS_PEER_TIMEOUT).or_else(|| {
+            (!health.connected()
+                && started_at.is_some_and(|t| t.elapsed() > EGRESS_CONNECT_TIMEOUT))
+            .then(|| {
+                format!(
+                    "not connected to the SFU {} s after the start",
+                    EGRESS_CONNECT_TIMEOUT.as_secs()
+                )
+            })
+        });
+        if let Some(problem) = problem {
+            self.failed(generation, problem);
+            return;
+        }
+        if let Some(abr) = self.abr() {
+            // The SFU's receiver reports on the publisher's session steer the encoder.
+            let webrtcbin = health.webrtcbin();
+            if abr.property::<Option<gst::Element>>("webrtcbin") != webrtcbin {
+                abr.set_property("webrtcbin", webrtcbin);
+            }
+        }
+        if health.connected() {
+            let newly = self.shared.with(|s| {
+                s.outputs
+                    .get_mut(&self.config.name)
+                    .filter(|o| o.state == "running")
+                    .map(|o| o.state = "connected".into())
+                    .is_some()
+            });
+            if newly {
+                crate::runner::event(
+                    "output-connected",
+                    serde_json::json!({"output": self.config.name}),
+                );
+            }
         }
     }
 
@@ -473,10 +546,11 @@ impl OutputRunner {
             inner.watch = None;
             inner.pipeline.take()
         };
+        *self.egress.lock().unwrap() = None;
         if let Some(p) = pipeline {
             self.bind_feedback(None);
             self.close_viewers();
-            let _ = p.set_state(gst::State::Null);
+            tear_down(p.upcast_ref());
             self.finish_timeline();
             self.set_state("stopped", None);
         }
@@ -629,13 +703,21 @@ impl OutputRunner {
             inner.watch = None;
             (inner.pipeline.take(), inner.wanted, delay)
         };
+        *self.egress.lock().unwrap() = None;
         if let Some(p) = pipeline {
             self.bind_feedback(None);
             self.close_viewers();
-            let _ = p.set_state(gst::State::Null);
+            tear_down(p.upcast_ref());
         }
         self.finish_timeline();
         self.set_state("failed", Some(error.clone()));
+        if wanted {
+            self.shared.with(|s| {
+                if let Some(o) = s.outputs.get_mut(&self.config.name) {
+                    o.retry_in_s = Some(delay.as_secs_f64());
+                }
+            });
+        }
         crate::runner::event(
             "output-failed",
             serde_json::json!({"output": self.config.name, "error": error, "restart_in_s": delay.as_secs_f64()}),
@@ -667,6 +749,7 @@ impl OutputRunner {
         self.shared.with(|s| {
             if let Some(o) = s.outputs.get_mut(&self.config.name) {
                 o.state = state.to_string();
+                o.retry_in_s = None;
                 if error.is_some() {
                     o.last_error = error;
                 }
@@ -770,6 +853,8 @@ impl OutputRunner {
                     .ll_hls
                     .clone()
                     .context("LL-HLS output without a store")?;
+                // After a failure this is a new muxer: the store marks the discontinuity.
+                store.restart();
                 // One fragment per segment (fragments start on key frames), one chunk per part.
                 let mux = make("isofmp4mux", "sink")?;
                 mux.set_property(
@@ -876,17 +961,18 @@ impl OutputRunner {
                 mux.link(&sink)?;
                 mux
             }
-            OutputKind::Webrtc { .. } => {
-                // One tee per medium; each viewer's branch hangs off them. A fakesink on each
+            OutputKind::Webrtc { .. } | OutputKind::Whip { .. } | OutputKind::Janus { .. } => {
+                // One tee per medium; each viewer's branch (or the egress publisher) hangs
+                // off them. A fakesink on each
                 // keeps the tees flowing and lets EOS finish the pipeline without viewers.
                 let video = make("tee", "video")?;
                 let audio = make("tee", "audio")?;
                 let vp8 = make("tee", "video-vp8")?;
                 for tee in [&video, &audio, &vp8] {
                     tee.set_property("allow-not-linked", true);
-                    let queue = make("queue", "")?;
+                    let queue = make("queue", &format!("{}-keepalive-queue", tee.name()))?;
                     queue.set_property_from_str("leaky", "downstream");
-                    let sink = make("fakesink", "")?;
+                    let sink = make("fakesink", &format!("{}-keepalive", tee.name()))?;
                     sink.set_property("sync", false);
                     sink.set_property("async", false);
                     pipeline.add_many([tee, &queue, &sink])?;
@@ -952,11 +1038,13 @@ impl OutputRunner {
                 (OutputKind::Record { .. }, name) => format!("{name}_%u"),
                 (OutputKind::Srt { .. }, _) => "sink_%d".to_string(),
                 (OutputKind::Rtmp { .. }, name) => name.to_string(),
-                (OutputKind::Webrtc { .. }, name) => name.to_string(),
+                (OutputKind::Webrtc { .. } | OutputKind::Whip { .. }, name)
+                | (OutputKind::Janus { .. }, name) => name.to_string(),
             };
-            let sinkpad = if let OutputKind::Webrtc { .. } = self.config.kind {
-                // A joining viewer asks its branch for a key frame; the encoder is in the
-                // ingest pipeline, behind the appsrc: pass the request on to it.
+            let sinkpad = if self.config.kind.is_webrtc() {
+                // A joining viewer (or the SFU) asks its branch for a key frame; the encoder is
+                // in the ingest pipeline, behind the appsrc: pass the request on to it (to the
+                // encoder of this input only: a VP8 viewer needs no H.264 key frame).
                 let requesters: Vec<gst::Element> = self
                     .keyframe_requesters
                     .lock()
@@ -1025,6 +1113,70 @@ impl OutputRunner {
             );
             *self.whep.lock().unwrap() = Some(whep);
         }
+        let egress = match &self.config.kind {
+            OutputKind::Whip {
+                endpoint,
+                token,
+                loopback_only,
+            } => Some((
+                hybridlive_webrtc::Egress::Whip {
+                    endpoint: endpoint.clone(),
+                    token: token.clone(),
+                },
+                *loopback_only,
+            )),
+            OutputKind::Janus {
+                endpoint,
+                room_id,
+                feed_id,
+                display_name,
+                loopback_only,
+            } => Some((
+                hybridlive_webrtc::Egress::Janus {
+                    endpoint: endpoint.clone(),
+                    room_id: *room_id,
+                    feed_id: *feed_id,
+                    display_name: display_name.clone(),
+                },
+                *loopback_only,
+            )),
+            _ => None,
+        };
+        for tee in ["audio", "video-vp8", "video"] {
+            if self.config.kind.is_webrtc()
+                && let Some(unfed) = pipeline.by_name(tee)
+                && unfed.static_pad("sink").is_some_and(|pad| !pad.is_linked())
+            {
+                // No encoder of that kind (no audio, or only one of the video codecs): an
+                // unfed branch would never see EOS, and the pipeline would never finish on a
+                // stop (the shutdown would wait out its grace period).
+                let branch: Vec<gst::Element> = [
+                    tee.to_string(),
+                    format!("{tee}-keepalive-queue"),
+                    format!("{tee}-keepalive"),
+                ]
+                .iter()
+                .filter_map(|name| pipeline.by_name(name))
+                .collect();
+                pipeline.remove_many(&branch)?;
+            }
+        }
+        if let Some((egress, loopback_ice)) = egress {
+            // Fed from the tees of the shared encode: the SFU gets the very stream the
+            // viewers, HLS and the recording get, with its capture stamps.
+            let video = pipeline.by_name("video").context("no video tee")?;
+            // Only there with an audio encoder (see above).
+            let audio = pipeline.by_name("audio");
+            let publisher = hybridlive_webrtc::add_egress(
+                &pipeline,
+                &video,
+                audio.as_ref(),
+                &egress,
+                loopback_ice,
+            )
+            .context("cannot set up the egress publisher")?;
+            *self.egress.lock().unwrap() = Some(publisher.health);
+        }
         Ok((pipeline, appsrcs))
     }
 }
@@ -1085,6 +1237,34 @@ fn recording_writer(file: &Path) -> gst_app::AppSink {
             .build(),
     );
     sink
+}
+
+/// Takes `element` to NULL, and every element inside it even when one refuses.
+///
+/// A bin stops at the first child that fails a state change, also on the way down: hlssink2
+/// that can no longer write into its folder fails PAUSED -> READY, and the rest of the output
+/// pipeline (appsrcs, queues, parsers) stayed PLAYING. Dropped like that, their streaming
+/// threads ran on over freed pads: `gst_pad_pause_task: assertion 'GST_IS_PAD (pad)' failed`
+/// floods, then a crash or a hang at the next shutdown. So a bin that refuses has its children
+/// taken down one by one (sinks first) and locked in NULL, then itself.
+fn tear_down(element: &gst::Element) {
+    if element.set_state(gst::State::Null).is_ok() {
+        return;
+    }
+    if let Some(bin) = element.downcast_ref::<gst::Bin>() {
+        for child in bin.iterate_sorted().into_iter().flatten() {
+            tear_down(&child);
+            // The bin's own way down passes READY, which would take the child up again (and
+            // the failing one fail again): it stays where it is now.
+            child.set_locked_state(true);
+        }
+    }
+    if element.set_state(gst::State::Null).is_err() {
+        crate::runner::event(
+            "teardown-failed",
+            serde_json::json!({"element": element.name().as_str()}),
+        );
+    }
 }
 
 /// The index after the highest `segmentNNNNN.ts` in `dir` (0 in an empty folder).

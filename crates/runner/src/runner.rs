@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow};
+use anyhow::{Context as _, anyhow, bail};
 use gst::prelude::*;
 
 use crate::RunArgs;
@@ -24,6 +24,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long after the grace period a shutdown that still has not finished is called stuck.
 const SHUTDOWN_STUCK_AFTER: Duration = Duration::from_secs(10);
 const DEFAULT_HTTP: &str = "127.0.0.1:8080";
+/// What uridecodebin3 buffers of an RTMP stream (a non-live source, so it buffers; its
+/// default, about 2 s, is media still playing out after the publisher is gone, delaying the
+/// slate by as much).
+const RTMP_BUFFER: gst::ClockTime = gst::ClockTime::from_mseconds(300);
+
 /// How often fallbacksrc restarts a source that stalled.
 const RESTART_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(3);
 
@@ -209,11 +214,11 @@ impl Runner {
         });
     }
 
-    /// A stop must never hang: tearing down an output pipeline after it failed and restarted
-    /// can deadlock inside GStreamer (seen in the fault suite: a queue's task waiting for its
-    /// stream lock while the main thread deactivates its pads). Recordings are crash-safe, so
-    /// once the grace period and a margin have passed the process exits anyway: 0 when every
-    /// recording was finalised, 1 otherwise.
+    /// A stop must never hang. The hangs the fault suite found (a queue's task waiting for its
+    /// stream lock after an output failed and restarted) came from failed output pipelines left
+    /// half PLAYING, fixed by `output::tear_down`; this stays as the last resort. Recordings
+    /// are crash-safe, so once the grace period and a margin have passed the process exits
+    /// anyway: 0 when every recording was finalised, 1 otherwise.
     fn shutdown_watchdog(self: &Arc<Self>) {
         let shared = self.shared.clone();
         let records: Vec<String> = self
@@ -269,6 +274,7 @@ impl Runner {
         for o in &self.outputs {
             o.refresh_stats();
             o.follow_viewers();
+            o.check_egress();
             viewers += o.whep().map_or(0, |w| w.session_count());
         }
         self.shared.with(|s| s.viewers = viewers);
@@ -311,6 +317,7 @@ impl Runner {
             a.encoder = text("encoder");
             a.bitrate_kbps = kbps("bitrate");
             a.target_kbps = kbps("target-bitrate");
+            a.estimate_kbps = s.get::<u32>("estimate").ok().map(|b| u64::from(b) / 1000);
             a.rung = rung;
             a.width = s.get::<i32>("width").ok().map(|w| w as u32);
             a.height = s.get::<i32>("height").ok().map(|h| h as u32);
@@ -389,7 +396,12 @@ impl Runner {
                         r.duration_s,
                         r.bytes as f64 / 1e6
                     )),
-                    _ => parts.push(format!("{name} {}", o.state)),
+                    _ => match o.retry_in_s {
+                        Some(delay) => {
+                            parts.push(format!("{name} failed, retrying after {delay:.0} s"))
+                        }
+                        None => parts.push(format!("{name} {}", o.state)),
+                    },
                 }
             }
             parts.join(" | ")
@@ -551,9 +563,23 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
         outputs.push(runner);
     }
 
-    ingest
-        .set_state(gst::State::Playing)
-        .context("cannot start the ingest pipeline")?;
+    if ingest.set_state(gst::State::Playing).is_err() {
+        // The element's own error says what is wrong (which device, which server).
+        let reason = ingest
+            .bus()
+            .and_then(|bus| bus.pop_filtered(&[gst::MessageType::Error]))
+            .and_then(|msg| match msg.view() {
+                gst::MessageView::Error(err) => Some(format!(
+                    "{}: {}",
+                    msg.src().map(|s| s.name().to_string()).unwrap_or_default(),
+                    err.error()
+                )),
+                _ => None,
+            })
+            .unwrap_or_else(|| "an element failed to start".into());
+        let _ = ingest.set_state(gst::State::Null);
+        bail!("cannot start the ingest pipeline: {reason}");
+    }
     // Output pipelines share the ingest's clock and base time, known once it plays.
     let _ = ingest.state(gst::ClockTime::from_seconds(5));
     let clock = ingest.clock().unwrap_or_else(gst::SystemClock::obtain);
@@ -852,6 +878,7 @@ impl Graph<'_> {
                 pattern,
                 clock,
                 tone_hz,
+                microphone,
             } => {
                 let src = make("videotestsrc", &format!("{name}-video"))?;
                 src.set_property("is-live", true);
@@ -871,12 +898,16 @@ impl Graph<'_> {
                     src.link(&video_in)?;
                 }
                 if let Some((audio_in, _)) = &audio {
-                    let tone = make("audiotestsrc", &format!("{name}-audio"))?;
-                    tone.set_property("is-live", true);
-                    tone.set_property("freq", *tone_hz);
-                    tone.set_property("volume", 0.2f64);
-                    self.pipeline.add(&tone)?;
-                    tone.link(audio_in)?;
+                    if let Some(device) = microphone {
+                        self.microphone(name, device, audio_in)?;
+                    } else {
+                        let tone = make("audiotestsrc", &format!("{name}-audio"))?;
+                        tone.set_property("is-live", true);
+                        tone.set_property("freq", *tone_hz);
+                        tone.set_property("volume", 0.2f64);
+                        self.pipeline.add(&tone)?;
+                        tone.link(audio_in)?;
+                    }
                 }
             }
             SourceKind::File {
@@ -913,17 +944,24 @@ impl Graph<'_> {
                 self.fallback_sources.push((name.clone(), src));
             }
             SourceKind::V4l2 { device, microphone } => {
+                // v4l2src only says "Element failed to change its state" when the node is
+                // missing; say which camera is not there before anything starts.
+                let is_device = std::fs::metadata(device)
+                    .map(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()));
+                match is_device {
+                    Ok(true) => {}
+                    Ok(false) => bail!("source `{name}`: V4L2 device {device} is not a device"),
+                    Err(err) => bail!(
+                        "source `{name}`: V4L2 device {device}: {err} (no camera there; set \
+                         `device` to one of /dev/video*)"
+                    ),
+                }
                 let src = make("v4l2src", &format!("{name}-video"))?;
                 src.set_property("device", device);
                 self.pipeline.add(&src)?;
                 src.link(&video_in)?;
                 if let Some((audio_in, _)) = &audio {
-                    let mic = make("pulsesrc", &format!("{name}-audio"))?;
-                    if !microphone.is_empty() {
-                        mic.set_property("device", microphone);
-                    }
-                    self.pipeline.add(&mic)?;
-                    mic.link(audio_in)?;
+                    self.microphone(name, microphone, audio_in)?;
                 }
             }
         }
@@ -952,6 +990,20 @@ impl Graph<'_> {
         Ok(Streams { video, audio })
     }
 
+    /// A PulseAudio microphone (`device` empty: the server's default source) into `audio_in`.
+    fn microphone(&self, name: &str, device: &str, audio_in: &gst::Element) -> anyhow::Result<()> {
+        let mic = make("pulsesrc", &format!("{name}-audio"))?;
+        if !device.is_empty() {
+            mic.set_property("device", device);
+        }
+        // Slaved to the pipeline's (system) clock like every other source: capture stamps and
+        // the outputs' timing stay on one clock.
+        mic.set_property("provide-clock", false);
+        self.pipeline.add(&mic)?;
+        mic.link(audio_in)?;
+        Ok(())
+    }
+
     /// fallbacksrc for files and network streams: it decodes, restarts the source when it
     /// stalls or ends, and meanwhile shows the slate (or the backup source) with silence.
     fn fallback_source(
@@ -974,6 +1026,9 @@ impl Graph<'_> {
         src.set_property("restart-timeout", RESTART_TIMEOUT.nseconds());
         src.set_property("retry-timeout", u64::MAX - 1);
         src.set_property("restart-on-eos", restart_on_eos);
+        if uri.starts_with("rtmp") {
+            src.set_property("buffer-duration", RTMP_BUFFER.nseconds() as i64);
+        }
         src.set_property("immediate-fallback", true);
         let fallback_uri = match (&fallback.backup_uri, &fallback.slate) {
             (Some(uri), _) => Some(uri.clone()),

@@ -20,6 +20,7 @@ use anyhow::{Context as _, anyhow};
 use tiny_http::{Header, Method, Request, Response};
 
 use crate::runner::Runner;
+use crate::state::AbrStatus;
 
 /// Largest request body accepted by the API.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -80,11 +81,16 @@ pub fn start(
         .to_ip()
         .context("the HTTP server is not on an IP address")?;
     let server = Arc::new(server);
+    let hls_window = runner
+        .outputs
+        .iter()
+        .find_map(|o| o.hls_playlist_length())
+        .unwrap_or(5);
     let context = Arc::new(Context {
         runner,
         token,
         hls_dir: hls_dir.and_then(|d| std::fs::canonicalize(d).ok()),
-        segment_times: crate::hls::SegmentTimes::default(),
+        segment_times: crate::hls::SegmentTimes::new(hls_window),
         whep_in_flight: AtomicUsize::new(0),
     });
     let workers = (0..WORKERS)
@@ -474,11 +480,17 @@ pub fn metrics(runner: &Runner) -> String {
         for (name, e) in &s.encoders {
             let _ = writeln!(out, "hybridlive_encoder_bytes_total{{encoder=\"{}\"}} {}", label(name), e.bytes);
         }
-        out.push_str("# HELP hybridlive_output_up 1 while the output runs.\n");
+        out.push_str("# HELP hybridlive_output_up 1 while the output runs (WHIP/Janus egress: running or connected to its SFU).\n");
         out.push_str("# TYPE hybridlive_output_up gauge\n");
         for (name, o) in &s.outputs {
-            let up = u8::from(o.state == "running");
+            let up = u8::from(o.state == "running" || o.state == "connected");
             let _ = writeln!(out, "hybridlive_output_up{{output=\"{}\",type=\"{}\"}} {up}", label(name), o.kind);
+        }
+        out.push_str("# HELP hybridlive_output_retrying 1 while the output failed and waits out its back-off before the next try.\n");
+        out.push_str("# TYPE hybridlive_output_retrying gauge\n");
+        for (name, o) in &s.outputs {
+            let retrying = u8::from(o.retry_in_s.is_some());
+            let _ = writeln!(out, "hybridlive_output_retrying{{output=\"{}\"}} {retrying}", label(name));
         }
         out.push_str("# HELP hybridlive_output_restarts_total Restarts after failures.\n");
         out.push_str("# TYPE hybridlive_output_restarts_total counter\n");
@@ -505,7 +517,8 @@ pub fn metrics(runner: &Runner) -> String {
             let on = u8::from(state == "fallback");
             let _ = writeln!(out, "hybridlive_source_on_fallback{{source=\"{}\"}} {on}", label(name));
         }
-                out.push_str("# HELP hybridlive_markers_total Markers set through the API.\n");
+        abr_metrics(&mut out, &s.abr);
+        out.push_str("# HELP hybridlive_markers_total Markers set through the API.\n");
         out.push_str("# TYPE hybridlive_markers_total counter\n");
         let _ = writeln!(out, "hybridlive_markers_total {}", s.markers.len());
         out
@@ -524,6 +537,62 @@ pub fn metrics(runner: &Runner) -> String {
         let _ = writeln!(out, "hybridlive_webrtc_tee_pads {}", branches.tee_pads);
     }
     out
+}
+
+/// One gauge of [`abr_metrics`]: name suffix, help text, value.
+type AbrGauge = (&'static str, &'static str, fn(&AbrStatus) -> Option<u64>);
+
+/// Per output steered by an abrcontroller: what it decided last.
+fn abr_metrics(out: &mut String, abr: &std::collections::BTreeMap<String, AbrStatus>) {
+    let gauges: [AbrGauge; 4] = [
+        (
+            "target_kbps",
+            "Rate the abrcontroller believes the uplink carries, kbit/s.",
+            |a| Some(a.target_kbps),
+        ),
+        (
+            "bitrate_kbps",
+            "Bitrate the abrcontroller gave the encoder, kbit/s.",
+            |a| Some(a.bitrate_kbps),
+        ),
+        (
+            "rung",
+            "Ladder rung the abrcontroller chose, 0 the highest.",
+            |a| a.rung.map(u64::from),
+        ),
+        (
+            "estimate_kbps",
+            "Explicit estimate the abrcontroller followed, kbit/s.",
+            |a| a.estimate_kbps,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(out, "# HELP hybridlive_abr_{name} {help}");
+        let _ = writeln!(out, "# TYPE hybridlive_abr_{name} gauge");
+        for (output, a) in abr {
+            if let Some(v) = value(a) {
+                let _ = writeln!(
+                    out,
+                    "hybridlive_abr_{name}{{output=\"{}\",encoder=\"{}\"}} {v}",
+                    label(output),
+                    label(&a.encoder)
+                );
+            }
+        }
+    }
+    out.push_str(
+        "# HELP hybridlive_abr_decisions_total Decisions that changed the encoder or the rung.\n",
+    );
+    out.push_str("# TYPE hybridlive_abr_decisions_total counter\n");
+    for (output, a) in abr {
+        let _ = writeln!(
+            out,
+            "hybridlive_abr_decisions_total{{output=\"{}\",encoder=\"{}\"}} {}",
+            label(output),
+            label(&a.encoder),
+            a.decisions
+        );
+    }
 }
 
 /// WebRTC viewers and the glass-to-glass latency their pages report: the median of the

@@ -1810,6 +1810,18 @@ uri = "srt://10.213.0.2:9100?mode=caller&latency=200"
         "cut on a roomy link: {:?}",
         seen.decisions
     );
+    // /metrics shows the controller's state per output, as decided.
+    let abr_gauge = |metrics: &str, name: &str| {
+        metric(
+            metrics,
+            &format!("hybridlive_abr_{name}{{output=\"contribution\",encoder=\"uplink-video\"}}"),
+        )
+    };
+    let metrics = runner.get("/metrics").text();
+    assert!(
+        abr_gauge(&metrics, "target_kbps").is_some_and(|t| t >= 2500.0),
+        "{metrics}"
+    );
     let before = seen.decisions.len();
     // The venue's uplink collapses to 800 kbit/s.
     sh("tc qdisc change dev hl0 root tbf rate 800kbit burst 16kb latency 200ms");
@@ -1851,6 +1863,22 @@ uri = "srt://10.213.0.2:9100?mode=caller&latency=200"
         seen.status["abr"]["contribution"]["height"], 360,
         "{}",
         seen.status
+    );
+    // The gauges followed the cut: a bitrate and a target the link carries, a lower rung.
+    let metrics = runner.get("/metrics").text();
+    for name in ["bitrate_kbps", "target_kbps"] {
+        assert!(
+            abr_gauge(&metrics, name).is_some_and(|b| b < 1000.0),
+            "{name}: {metrics}"
+        );
+    }
+    assert!(
+        abr_gauge(&metrics, "rung").is_some_and(|r| r >= 1.0),
+        "{metrics}"
+    );
+    assert!(
+        abr_gauge(&metrics, "decisions_total").is_some_and(|n| n > before as f64),
+        "{metrics}"
     );
     runner.signal(libc::SIGINT);
     assert!(runner.wait_exit(Duration::from_secs(15)).success());
@@ -1947,5 +1975,240 @@ fn low_latency_hls_serves_parts_blocks_reloads_and_plays_in_chromium() {
     // Capture time (program date time from the stamps) to the frame on screen: a real figure.
     let g2g = result["glassToGlassMs"].as_f64().unwrap_or(f64::NAN);
     assert!(g2g.is_finite() && g2g > 0.0, "{result}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sfu_pipeline_publishes_the_shared_encode_over_whip_and_retries_a_missing_janus() {
+    if !in_private_netns(
+        "sfu_pipeline_publishes_the_shared_encode_over_whip_and_retries_a_missing_janus",
+    ) {
+        return;
+    }
+    let dir = scratch("sfu");
+    // The WHIP server pipelines/sfu.toml names (a private network namespace: the port is ours);
+    // no Janus: that output fails and retries while the others go on.
+    let server = hybridlive_testkit::WhipServer::start(8190);
+    let mut runner = Runner::start(&pipeline("sfu.toml"), &dir, &[]);
+    let connected = runner.wait_event("output-connected", Duration::from_secs(30));
+    assert_eq!(connected["output"], "whip");
+    eventually(Duration::from_secs(30), "frames at the WHIP server", || {
+        (server.frames() >= 60).then_some(())
+    });
+    let status = eventually(Duration::from_secs(30), "janus to fail and retry", || {
+        let status: serde_json::Value =
+            serde_json::from_slice(&runner.get("/api/status").body).ok()?;
+        (status["outputs"]["janus"]["restarts"].as_u64() >= Some(1)).then_some(status)
+    });
+    assert_eq!(status["outputs"]["whip"]["state"], "connected", "{status}");
+    assert_eq!(status["outputs"]["whip"]["kind"], "whip", "{status}");
+    assert_eq!(status["outputs"]["whip"]["restarts"], 0, "{status}");
+    assert_eq!(status["outputs"]["hls"]["restarts"], 0, "{status}");
+    assert!(
+        status["outputs"]["janus"]["last_error"].is_string(),
+        "{status}"
+    );
+    // Encoded once: the three encoders of the file, nothing more for the two egress outputs.
+    let encoders: Vec<&String> = status["encoders"]
+        .as_object()
+        .expect("encoders")
+        .keys()
+        .collect();
+    assert_eq!(encoders, ["audio", "video", "voice"]);
+    let metrics = runner.get("/metrics").text();
+    assert_eq!(
+        metric(
+            &metrics,
+            "hybridlive_output_up{output=\"whip\",type=\"whip\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(runner.get("/hls/live.m3u8").status, 200);
+    runner.signal(libc::SIGINT);
+    assert!(runner.wait_exit(Duration::from_secs(20)).success());
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_whip_token_is_never_shown() {
+    if !in_private_netns("a_whip_token_is_never_shown") {
+        return;
+    }
+    let dir = scratch("whip-token");
+    let server = hybridlive_testkit::WhipServer::start(hybridlive_testkit::free_tcp_port());
+    let file = dir.join("sfu.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[sources.cam]
+type = "test"
+width = 640
+height = 360
+audio = false
+
+[encoders.video]
+type = "h264"
+inputs = ["cam"]
+bitrate = 800
+
+[outputs.sfu]
+type = "whip"
+inputs = ["video"]
+endpoint = "{}"
+token = "sfu-secret-7d2"
+loopback_only = true
+"#,
+            server.endpoint()
+        ),
+    )
+    .expect("pipeline file");
+    let mut runner = Runner::start(&file, &dir, &[]);
+    runner.wait_event("output-connected", Duration::from_secs(30));
+    eventually(Duration::from_secs(30), "frames at the WHIP server", || {
+        (server.frames() >= 30).then_some(())
+    });
+    for path in ["/api/status", "/metrics"] {
+        let body = runner.get(path).text();
+        assert!(!body.contains("sfu-secret-7d2"), "{path} shows the token");
+    }
+    runner.signal(libc::SIGINT);
+    assert!(runner.wait_exit(Duration::from_secs(20)).success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn janus_output_publishes_into_a_videoroom_and_a_subscriber_decodes_it() {
+    // Janus gathers no ICE candidates on loopback: the veth test hosts carry the media.
+    if !hybridlive_testkit::in_private_netns_with_veth(
+        "janus_output_publishes_into_a_videoroom_and_a_subscriber_decodes_it",
+    ) {
+        return;
+    }
+    const ROOM: u64 = 4321;
+    const FEED: u64 = 7;
+    let dir = scratch("janus");
+    let janus = hybridlive_testkit::Janus::start();
+    janus.create_room(ROOM, 4_000_000);
+    let file = dir.join("janus.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[sources.cam]
+type = "test"
+width = 640
+height = 360
+
+[encoders.video]
+type = "h264"
+inputs = ["cam"]
+bitrate = 1000
+
+[encoders.voice]
+type = "opus"
+inputs = ["cam"]
+
+[outputs.room]
+type = "janus"
+inputs = ["video", "voice"]
+endpoint = "{}"
+room_id = {ROOM}
+feed_id = {FEED}
+display_name = "class"
+"#,
+            janus.ws_endpoint()
+        ),
+    )
+    .expect("pipeline file");
+    let mut runner = Runner::start(&file, &dir, &[]);
+    let connected = runner.wait_event("output-connected", Duration::from_secs(30));
+    assert_eq!(connected["output"], "room");
+    eventually(Duration::from_secs(20), "the feed in the room", || {
+        janus.is_publishing(ROOM, FEED).then_some(())
+    });
+    let subscriber = janus.subscribe(ROOM, FEED, "rtph264depay ! h264parse ! avdec_h264");
+    eventually(
+        Duration::from_secs(30),
+        "frames decoded through Janus",
+        || (subscriber.frames() >= 30).then_some(()),
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&runner.get("/api/status").body).expect("status JSON");
+    assert_eq!(status["outputs"]["room"]["state"], "connected", "{status}");
+    assert_eq!(status["outputs"]["room"]["kind"], "janus", "{status}");
+    drop(subscriber);
+    runner.signal(libc::SIGINT);
+    assert!(runner.wait_exit(Duration::from_secs(20)).success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_abrcontroller_follows_the_sfu_of_a_whip_output() {
+    if !in_private_netns("an_abrcontroller_follows_the_sfu_of_a_whip_output") {
+        return;
+    }
+    let dir = scratch("whip-abr");
+    let server = hybridlive_testkit::WhipServer::start(hybridlive_testkit::free_tcp_port());
+    let file = dir.join("sfu.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[sources.cam]
+type = "test"
+width = 640
+height = 360
+audio = false
+
+[transforms.sfu-abr]
+type = "abrcontroller"
+inputs = ["cam"]
+output = "sfu"
+ladder = []
+
+[encoders.video]
+type = "h264"
+inputs = ["sfu-abr"]
+bitrate = 2000
+
+[outputs.sfu]
+type = "whip"
+inputs = ["video"]
+endpoint = "{}"
+loopback_only = true
+"#,
+            server.endpoint()
+        ),
+    )
+    .expect("pipeline file");
+    // Everything here crosses `lo`: packets the size of a real link's, for tbf to shape.
+    sh("ip link set lo mtu 1500");
+    let mut runner = Runner::start(&file, &dir, &[]);
+    runner.wait_event("output-connected", Duration::from_secs(30));
+    // The path to the SFU narrows to 600 kbit/s: only the SFU's receiver reports (loss, RTT)
+    // can tell the controller, which probed up to its ceiling on the clean link.
+    sh("tc qdisc add dev lo root tbf rate 600kbit burst 16kbit latency 200ms");
+    let informed = loop {
+        let event = runner.wait_event("abr-decision", Duration::from_secs(40));
+        if event["direction"] == "decrease" {
+            break event;
+        }
+    };
+    sh("tc qdisc del dev lo root");
+    assert_eq!(informed["output"], "sfu", "{informed}");
+    assert!(
+        ["loss", "rtt"].contains(&informed["reason"].as_str().unwrap_or_default()),
+        "{informed}"
+    );
+    assert!(
+        informed["inputs"]["rtt_ms"].is_number() || informed["inputs"]["loss"].is_number(),
+        "{informed}"
+    );
+    assert!(server.frames() > 0);
+    runner.signal(libc::SIGINT);
+    assert!(runner.wait_exit(Duration::from_secs(20)).success());
     let _ = std::fs::remove_dir_all(&dir);
 }

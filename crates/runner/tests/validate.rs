@@ -249,6 +249,73 @@ fn broken_files_report_position_component_key_and_suggestion() {
                 "did you mean `playout_delay_ms`?",
             ],
         ),
+        (
+            "[outputs.hls]\ntype = \"hls\"\ninputs = [\"video\", \"audio\"]",
+            "[encoders.vp8]\ntype = \"vp8\"\ninputs = [\"cam\"]\n\n\
+             [outputs.hls]\ntype = \"hls\"\ninputs = [\"vp8\", \"audio\"]",
+            &["outputs.hls: `inputs`: `vp8` is VP8, which only the webrtc output sends"],
+        ),
+        (
+            "[encoders.video]\ntype = \"h264\"",
+            "[encoders.vp]\ntype = \"vp9\"\ninputs = [\"cam\"]\n\n[encoders.video]\ntype = \"h264\"",
+            &["encoders.vp: `type`", "did you mean `vp8`?"],
+        ),
+        (
+            "[outputs.hls]",
+            "[encoders.vp8]\ntype = \"vp8\"\ninputs = [\"cam\"]\nbitrate = 10\n\n\
+             [outputs.live]\ntype = \"webrtc\"\ninputs = [\"video\", \"vp8\", \"video\"]\n\n[outputs.hls]",
+            &[
+                "encoders.vp8: `bitrate`: 10 is out of range",
+                "outputs.live: `inputs`: an output takes exactly one video encoder (a webrtc output: one h264 and one vp8 at most)",
+            ],
+        ),
+        (
+            "[outputs.hls]",
+            "[encoders.vp8]\ntype = \"vp8\"\ninputs = [\"cam\"]\n\n\
+             [outputs.sfu]\ntype = \"whip\"\ninputs = [\"vp8\"]\nendpoint = \"http://sfu.example/whip\"\n\n[outputs.hls]",
+            &["outputs.sfu: `inputs`: `vp8` is VP8, which only the webrtc output sends"],
+        ),
+        (
+            "[outputs.hls]",
+            "[outputs.sfu]\ntype = \"whipp\"\ninputs = [\"video\"]\n\n[outputs.hls]",
+            &[
+                "outputs.sfu: `type`: unknown type `whipp`",
+                "did you mean `whip`?",
+            ],
+        ),
+        (
+            "[outputs.hls]",
+            "[outputs.sfu]\ntype = \"whip\"\ninputs = [\"video\", \"audio\"]\n\
+             endpiont = \"http://sfu.example/whip\"\n\n[outputs.hls]",
+            &[
+                "outputs.sfu: `endpoint`: missing required key",
+                "outputs.sfu: `endpiont`: unknown key",
+                "did you mean `endpoint`?",
+            ],
+        ),
+        (
+            "[outputs.hls]",
+            "[outputs.sfu]\ntype = \"whip\"\ninputs = [\"video\", \"audio\"]\n\
+             endpoint = \"ws://sfu.example/whip\"\ntoken = \"\"\n\n[outputs.hls]",
+            &[
+                "outputs.sfu: `endpoint`: `ws://sfu.example/whip` is not an http:// or https:// WHIP endpoint URL",
+                "outputs.sfu: `token`: an empty token",
+                "outputs.sfu: `inputs`: `audio` is AAC; WebRTC carries Opus",
+            ],
+        ),
+        (
+            "[outputs.hls]",
+            "[encoders.hq]\ntype = \"h264\"\ninputs = [\"cam\"]\npreset = \"balanced\"\n\n\
+             [outputs.room]\ntype = \"janus\"\ninputs = [\"hq\"]\nendpoint = \"http://janus:8088\"\n\
+             rom_id = 1234\n\n[outputs.hls]",
+            &[
+                "outputs.room: `room_id`: missing required key",
+                "outputs.room: `rom_id`: unknown key",
+                "did you mean `room_id`?",
+                "outputs.room: `endpoint`: `http://janus:8088` is not a ws:// or wss:// URL",
+                "outputs.room: `inputs`: `hq` is not constrained baseline",
+            ],
+        ),
     ];
     for (from, to, expected) in table {
         let report = errors(&broken(from, to));

@@ -15,7 +15,7 @@ mod nice;
 mod offer;
 mod whep;
 
-pub use egress::{Egress, add_egress, register_webrtc_elements};
+pub use egress::{Egress, EgressHealth, EgressPublisher, add_egress, register_webrtc_elements};
 pub use http::{HttpRequest, HttpResponse, MAX_OFFER_BYTES, read_offer_request};
 pub use nice::add_local_address;
 

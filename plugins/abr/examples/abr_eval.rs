@@ -1050,6 +1050,24 @@ fn main() -> Result<()> {
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
     };
     write("samples.csv", &csv)?;
+    // Every frozen interval of the last round: where freezes come from, next to samples.csv.
+    let mut freezes = String::from("mode,start_s,duration_ms\n");
+    for run in &runs {
+        let frames = run.counters.frames.lock().unwrap();
+        for pair in frames.windows(2) {
+            let gap = pair[1].saturating_sub(pair[0]);
+            if gap > FREEZE {
+                let _ = writeln!(
+                    freezes,
+                    "{},{:.2},{:.0}",
+                    run.mode.name(),
+                    pair[0].as_secs_f64(),
+                    gap.as_secs_f64() * 1000.0
+                );
+            }
+        }
+    }
+    write("freezes.csv", &freezes)?;
     write("step-response.svg", &svg(&runs, total))?;
     write(
         "report.md",
@@ -1084,7 +1102,7 @@ fn main() -> Result<()> {
         ),
     )?;
     eprintln!(
-        "wrote {}/report.md, samples.csv, step-response.svg",
+        "wrote {}/report.md, samples.csv, freezes.csv, step-response.svg",
         args.out.display()
     );
     Ok(())

@@ -30,11 +30,17 @@
 //!      estimate.
 //!
 //!    The factor cuts (loss factor, delay, unknown drain) are not compounded within a
-//!    hold-off of `max(2 × RTT, 300 ms)` after a decrease, nor while the encoder still sends
-//!    more than 1.15 × the new target (for at most 1 s: its rate control lags), so one
-//!    congestion episode costs one cut; ceilings computed from measured rates apply on every
-//!    tick. Since every tick may decrease, the reaction time is one tick interval plus the
-//!    age of the signal.
+//!    hold-off of `max(2 × RTT, 300 ms)` after the previous factor cut, nor while the encoder
+//!    still sends more than 1.15 × the new target (for at most 1 s: its rate control lags),
+//!    so one congestion report costs one cut; ceilings computed from measured rates apply on
+//!    every tick and do not restart the hold-off (over SRT the delivery rate measured during
+//!    a retransmission storm is about what is sent, so those ceilings cut by 10 % a report;
+//!    had they restarted the hold-off, the loss factor would never apply and a 4× drop
+//!    would take seconds). Since every tick may decrease, the reaction time is one tick
+//!    interval plus the age of the signal. The element also shrinks the encoder's
+//!    rate-control buffer (x264enc `vbv-buf-capacity`) to 100 ms for 1.5 s after every
+//!    decrease: the encoder then meets the new rate within a few frames instead of spending
+//!    a buffer filled at the old rate, and a key frame sent in that time stays small.
 //! 2. **Hold** while any signal is elevated without being clear congestion (loss above
 //!    `loss_low` in fewer than three reports in a row, half the delay or backlog threshold,
 //!    a backlog still draining), and for `increase_hold` after the last decrease.
@@ -49,7 +55,18 @@
 //!    in about 4 s). Increases never pass `max_bps`, the explicit
 //!    estimate, or 1.5 × the rate the encoder really produces (smoothed) plus 100 kbit/s: an
 //!    encoder undershooting on a static scene must not lead the target into the sky, where
-//!    the next real congestion would find it.
+//!    the next real congestion would find it. And no step is taken while the encoder sends
+//!    less than 70 % of the current target: a step the link never saw probed nothing, and
+//!    stacking steps on it put the target far above the link (over SRT, a standing queue
+//!    before a drop delays every later signal by its length).
+//!
+//!    The rate where congestion was last seen is corrected upwards by the queue's drain:
+//!    within 5 s of a cut, a queuing delay that falls from at least `rtt_threshold / 2` at
+//!    `s` seconds per second (measured over at least 200 ms, at most 0.5) while `r` is sent
+//!    says the link carries `r / (1 − s)`. After a cascade of cuts over a full queue the last
+//!    cut undersells the link (over SRT the queue, full of retransmissions, drains only well
+//!    below it); without the correction, probing crept through a band around that low rate,
+//!    concluded that the link had grown and leapt past it, cycle after cycle.
 //!
 //! The target always stays within `[min_bps, max_bps]`. When a loss episode that cut the
 //! target ends (the first report under `loss_high` once the encoder follows the new rate and
@@ -258,6 +275,16 @@ const NEAR_CONGESTION_STEP: f64 = 0.04;
 /// (fractions of that rate).
 const NEAR_CONGESTION_BELOW: f64 = 0.95;
 const NEAR_CONGESTION_ABOVE: f64 = 1.05;
+/// A queue drain measured over less than this is noise (smoothed RTTs move in steps).
+const DRAIN_MIN_SPAN: Duration = Duration::from_millis(200);
+/// Highest drain rate believed (seconds per second): the link carries at most twice what
+/// is sent while its queue drains.
+const DRAIN_MAX: f64 = 0.5;
+/// A drain says something about the link only shortly after we cut.
+const DRAIN_EPISODE: Duration = Duration::from_secs(5);
+/// A probe step waits until the encoder sends at least this share of the rate it was given
+/// (the target, capped by the rung): a step the link never saw tells nothing about it.
+const PROBE_FOLLOW: f64 = 0.7;
 
 /// The bitrate controller state machine.
 #[derive(Debug, Clone)]
@@ -268,6 +295,8 @@ pub struct Controller {
     rung: Option<usize>,
     started: bool,
     last_decrease: Option<Duration>,
+    /// Last decrease by a factor (loss, delay, unknown drain): the hold-off runs from it.
+    last_factor_cut: Option<Duration>,
     last_increase: Option<Duration>,
     rung_up_since: Option<Duration>,
     congestion_bps: Option<u64>,
@@ -280,6 +309,8 @@ pub struct Controller {
     moderate_loss_reports: u32,
     /// The previous queuing delay and when it was measured.
     previous_delay: Option<(Duration, Duration)>,
+    /// When the queuing delay last peaked before shrinking, and the peak.
+    drain_peak: Option<(Duration, Duration)>,
     previous_backlog: Option<(Duration, Duration, Option<u64>)>,
 }
 
@@ -295,6 +326,7 @@ impl Controller {
             rung: None,
             started: false,
             last_decrease: None,
+            last_factor_cut: None,
             last_increase: None,
             rung_up_since: None,
             congestion_bps: None,
@@ -306,6 +338,7 @@ impl Controller {
             loss_episode: false,
             moderate_loss_reports: 0,
             previous_delay: None,
+            drain_peak: None,
             previous_backlog: None,
         };
         controller.rung = controller
@@ -413,7 +446,12 @@ impl Controller {
             && self
                 .sent_avg
                 .is_some_and(|sent| sent > self.target_bps as f64 * 1.15);
-        let in_holdoff = since_decrease.is_some_and(|d| d < holdoff) || encoder_lagging;
+        // Ceilings from measured rates do not extend the hold-off: a series of shallow cuts
+        // to what got through must not keep the loss factor from ever applying.
+        let in_holdoff = self
+            .last_factor_cut
+            .is_some_and(|t| now.saturating_sub(t) < holdoff)
+            || encoder_lagging;
 
         // Backlog trend and drain rate.
         let mut backlog_growing = false;
@@ -443,6 +481,7 @@ impl Controller {
             .map_or(target, |s| target.min(s));
         let mut ceilings: Vec<(u64, Reason)> = Vec::new();
         let mut caution = false;
+        let mut factor_cut: Option<u64> = None;
 
         if let Some(loss) = obs.loss {
             if loss >= self.config.loss_high {
@@ -459,6 +498,7 @@ impl Controller {
                 }
                 if !in_holdoff {
                     let factor = (1.0 - loss / 2.0).clamp(0.5, 0.95);
+                    factor_cut = Some((effective * factor) as u64);
                     ceilings.push(((effective * factor) as u64, Reason::Loss));
                 }
                 caution = true;
@@ -494,9 +534,20 @@ impl Controller {
                     let dt = now.saturating_sub(at).as_secs_f64();
                     (dt > 0.0 && delay > previous).then(|| (delay - previous).as_secs_f64() / dt)
                 });
+        if let (Some(delay), Some((at, previous))) = (queuing_delay, self.previous_delay) {
+            if delay + Duration::from_millis(1) < previous {
+                self.drain_peak.get_or_insert((at, previous));
+            } else if delay > previous + Duration::from_millis(5) {
+                self.drain_peak = None;
+            }
+        }
+        if queuing_delay.is_some_and(|d| d < Duration::from_millis(5)) {
+            self.drain_peak = None;
+        }
         if let Some(delay) = queuing_delay {
             self.previous_delay = Some((now, delay));
         }
+        self.learn_from_drain(now, queuing_delay);
         if obs.loss.is_some() {
             self.last_loss_report = Some(now);
         }
@@ -505,6 +556,7 @@ impl Controller {
                 // A queue that already drains after a cut needs time, not another cut.
                 if !in_holdoff && !delay_shrinking {
                     let factor = delay_growth.map_or(0.85, |g| (1.0 / (1.0 + g)).clamp(0.5, 0.85));
+                    merge_min(&mut factor_cut, (effective * factor) as u64);
                     ceilings.push(((effective * factor) as u64, Reason::Rtt));
                 }
                 caution = true;
@@ -519,7 +571,10 @@ impl Controller {
                     Some(drain) if drain > 0 => {
                         ceilings.push(((drain as f64 * 0.85) as u64, Reason::Backlog))
                     }
-                    _ if !in_holdoff => ceilings.push(((effective * 0.8) as u64, Reason::Backlog)),
+                    _ if !in_holdoff => {
+                        merge_min(&mut factor_cut, (effective * 0.8) as u64);
+                        ceilings.push(((effective * 0.8) as u64, Reason::Backlog))
+                    }
                     _ => {}
                 }
                 caution = true;
@@ -549,6 +604,9 @@ impl Controller {
             );
             self.target_bps = ceiling.max(min_bps);
             self.last_decrease = Some(now);
+            if factor_cut.is_some_and(|f| f <= ceiling) {
+                self.last_factor_cut = Some(now);
+            }
             self.step = FIRST_STEP;
             self.loss_episode |= reason == Reason::Loss;
             (Direction::Decrease, reason)
@@ -565,6 +623,14 @@ impl Controller {
             .is_some_and(|t| now.saturating_sub(t) < self.config.probe_interval.max(rtt * 2))
         {
             (Direction::Hold, Reason::Steady)
+        } else if self.last_increase.is_some()
+            && self
+                .sent_avg
+                .is_some_and(|s| s < self.encoder_bps as f64 * PROBE_FOLLOW)
+        {
+            // The last step has not reached the link yet: stacking another on it would
+            // probe nothing and leave the target far above what is really sent.
+            (Direction::Hold, Reason::Limit)
         } else {
             let near_congestion = self.near_congestion(target);
             let step = if near_congestion {
@@ -624,6 +690,33 @@ impl Controller {
         }
     }
 
+    /// A queue that drains at `s` seconds per second while we send `r` sits in front of a
+    /// link carrying `r / (1 − s)`: the mirror of the growth rule, and the one moment a
+    /// transport that only shows delay and retransmission counters (SRT) tells the link's
+    /// rate. After a cascade of cuts, the rate where congestion was last seen is the rate of
+    /// the last cut, which undersold the link (the queue, full of retransmissions, drains
+    /// only well below it); the drain corrects it, so probing climbs fast back to just below
+    /// the link and carefully past it instead of concluding that the link has grown.
+    fn learn_from_drain(&mut self, now: Duration, delay: Option<Duration>) {
+        let (Some((peak_at, peak)), Some(delay), Some(sent)) =
+            (self.drain_peak, delay, self.sent_avg)
+        else {
+            return;
+        };
+        let span = now.saturating_sub(peak_at);
+        let recent_cut = self
+            .last_decrease
+            .is_some_and(|t| now.saturating_sub(t) < DRAIN_EPISODE);
+        if span < DRAIN_MIN_SPAN || peak < self.config.rtt_threshold / 2 || !recent_cut {
+            return;
+        }
+        let drain = (peak.saturating_sub(delay).as_secs_f64() / span.as_secs_f64()).min(DRAIN_MAX);
+        let capacity = (sent / (1.0 - drain)) as u64;
+        if self.congestion_bps.is_some_and(|c| c < capacity) {
+            self.congestion_bps = Some(capacity);
+        }
+    }
+
     /// Whether `target` is in the band around the rate where congestion was last seen.
     fn near_congestion(&self, target: f64) -> bool {
         // The same integer bound as the cap in `update`: a target stopped at it is in the band.
@@ -678,6 +771,10 @@ impl Controller {
         }
         false
     }
+}
+
+fn merge_min(into: &mut Option<u64>, value: u64) {
+    *into = Some(into.map_or(value, |v| v.min(value)));
 }
 
 /// Where fast probing stops below the rate congestion was last seen at.
@@ -1095,6 +1192,131 @@ mod tests {
         assert_eq!(d.reason, Reason::Rtt);
         // The delay jumped by 260 ms in 100 ms: halved, from the 2 Mbit/s really sent.
         assert_eq!(d.target_bps, 1_000_000);
+    }
+
+    #[test]
+    fn probing_waits_for_the_encoder_to_reach_the_last_step() {
+        let mut c = Controller::new(Config::default());
+        let mut t = Duration::ZERO;
+        let d = run(&mut c, &mut t, 15, clear(2_000_000));
+        assert!(d.target_bps > 2_000_000, "probed on a clear link");
+        let target = d.target_bps;
+        // The encoder makes only 60 % of it (its rate control lags, or the scene is easy):
+        // that step never reached the link, so no further one is stacked on it.
+        let lagging = (target as f64 * 0.6) as u64;
+        let settled = run(&mut c, &mut t, 10, clear(lagging)).target_bps;
+        let d = run(&mut c, &mut t, 20, clear(lagging));
+        assert_eq!(d.target_bps, settled);
+        assert_eq!(d.reason, Reason::Limit);
+        let target = settled;
+        // Once it sends (nearly) what it was given, probing resumes.
+        let d = run(&mut c, &mut t, 10, clear(target));
+        assert!(d.target_bps > target, "{} <= {target}", d.target_bps);
+    }
+
+    #[test]
+    fn measured_ceilings_do_not_hold_off_the_loss_factor() {
+        let mut c = Controller::new(Config::default());
+        let mut t = Duration::ZERO;
+        run(&mut c, &mut t, 5, clear(2_000_000));
+        // Heavy loss reported every 200 ms; the transport's delivery rate is about what the
+        // encoder sends (retransmissions make it look so), which alone cuts by 10 % a report.
+        let mut deep_cuts = 0;
+        let mut previous = c.target_bps();
+        for tick in 0..16 {
+            let sent = c.encoder_bps();
+            let obs = if tick % 2 == 0 {
+                Observation {
+                    loss: Some(0.4),
+                    delivered_bps: Some(sent),
+                    ..clear(sent)
+                }
+            } else {
+                Observation {
+                    loss: None,
+                    ..clear(sent)
+                }
+            };
+            let d = run(&mut c, &mut t, 1, obs);
+            if d.direction == Direction::Decrease && (d.target_bps as f64) < previous as f64 * 0.85
+            {
+                deep_cuts += 1;
+            }
+            previous = d.target_bps;
+        }
+        // The loss factor (× 0.8 at 40 %) applies again once its own hold-off (300 ms) is over,
+        // whatever the shallow cuts in between.
+        assert!(deep_cuts >= 2, "{deep_cuts} factor cuts");
+    }
+
+    #[test]
+    fn a_draining_queue_tells_where_the_link_is() {
+        // A cascade of cuts over a full queue: the last one happens at 500 kbit/s, while the
+        // queue (full of retransmissions) still holds 200 ms.
+        let climb = |drain_ms_per_tick: u64| {
+            let mut c = Controller::new(Config {
+                start_bps: 500_000,
+                ..Default::default()
+            });
+            let mut t = Duration::ZERO;
+            run(&mut c, &mut t, 10, clear(500_000));
+            let cut = run(
+                &mut c,
+                &mut t,
+                1,
+                Observation {
+                    loss: Some(0.3),
+                    rtt: Some(ms(240)),
+                    ..clear(500_000)
+                },
+            );
+            assert_eq!(cut.direction, Direction::Decrease);
+            // The encoder follows the cut while the queue drains.
+            let mut rtt: u64 = 240;
+            while rtt > 40 {
+                rtt = rtt.saturating_sub(drain_ms_per_tick).max(40);
+                let sent = c.encoder_bps();
+                run(
+                    &mut c,
+                    &mut t,
+                    1,
+                    Observation {
+                        rtt: Some(ms(rtt)),
+                        ..clear(sent)
+                    },
+                );
+            }
+            let mut targets = Vec::new();
+            for _ in 0..30 {
+                let sent = c.encoder_bps();
+                let d = run(&mut c, &mut t, 1, clear(sent));
+                if d.direction == Direction::Increase {
+                    targets.push(d.target_bps);
+                }
+            }
+            targets
+        };
+        let careful_from = |targets: &[u64]| {
+            targets
+                .windows(2)
+                .find(|w| (w[1] as f64) < w[0] as f64 * 1.041)
+                .map(|w| w[0])
+                .expect("careful steps")
+        };
+        // Without a measurable drain (the queue vanishes between two samples) the careful
+        // steps start where the cut was decided: the 500 kbit/s sent then.
+        let sudden = climb(200);
+        let from_cut = careful_from(&sudden);
+        assert!((450_000..550_000).contains(&from_cut), "{sudden:?}");
+        // Draining at 0.4 s per second while the encoder sends the cut rate: the link carries
+        // about 1 / 0.6 of it, more than the cut rate. Probing climbs straight to just below
+        // that and steps carefully from there.
+        let drained = climb(40);
+        let from_drain = careful_from(&drained);
+        assert!(
+            from_drain as f64 >= from_cut as f64 * 1.15,
+            "{drained:?} vs {sudden:?}"
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! |---|---|
 //! | `webrtcbin` | `get-stats`: remote-inbound-rtp `fraction-lost`, `round-trip-time`, `jitter`; transport `gst-twcc-stats` |
 //! | `rtpbin` | RTCP receiver reports of every session (`rb-fractionlost`, `rb-round-trip`, `rb-jitter`) |
-//! | `srtsink` | `stats`: `rtt-ms`, `packets-sent` / `packets-sent-lost` (caller and listener mode; loss over ≥ 30 packets and 250 ms, or 500 ms, counted as at most 15 % because SRT retransmits), and the delivery rate: `bytes-sent` (retransmissions included) × (1 − loss) × this stream's share of the fresh bytes (`bytes-sent` − `bytes-retransmitted`), which sets how deep a loss cut goes; `bandwidth-mbps` is copied to `stats` but not used: across a shaped link it follows the send rate down. srtsink on 1.22 exposes no send-buffer level |
+//! | `srtsink` | `stats`: `rtt-ms`, `packets-sent` / `packets-sent-lost` (caller and listener mode; loss over ≥ 30 packets and 250 ms, or 500 ms, counted as at most 50 % because SRT retransmits), and the delivery rate: `bytes-sent` (retransmissions included) × (1 − loss) × this stream's share of the fresh bytes (`bytes-sent` − `bytes-retransmitted`), which sets how deep a loss cut goes (SRT retransmits every packet reported lost at once, so over a report this is about the fresh send rate: such a cut goes 10 % below what is sent; `eval/README.md`); `bandwidth-mbps` is copied to `stats` but not used: across a shaped link it follows the send rate down. srtsink on 1.22 exposes no send-buffer level |
 //! | `queue` | `current-level-time` / `current-level-bytes` of a queue before a TCP-like sink (backlog) |
 //! | `estimator` | `estimated-bitrate` (bit/s) of e.g. `rtpgccbwe` |
 //! | events | custom upstream or downstream events named [`ESTIMATE_EVENT`] |

@@ -152,6 +152,38 @@ fn loss_spike_lowers_x264enc_bitrate_on_the_next_tick() {
 }
 
 #[test]
+fn a_decrease_tightens_the_encoder_buffer_for_a_moment() {
+    let mut r = rig(
+        "x264enc",
+        &[
+            ("start-bitrate", &3_000_000u32),
+            ("max-bitrate", &3_000_000u32),
+        ],
+    );
+    for _ in 0..10 {
+        r.signal_upstream(clear());
+        r.tick(BYTES_3M);
+    }
+    let buffer_ms = |r: &Rig| r.encoder.property::<u32>("vbv-buf-capacity");
+    assert_eq!(buffer_ms(&r), 250, "the default VBV capacity");
+    r.signal_upstream(
+        gst::Structure::builder("abr-estimate")
+            .field("loss", 0.3f64)
+            .build(),
+    );
+    r.tick(BYTES_3M);
+    assert!(r.x264_kbps() < 3000);
+    // Right after the cut: a buffer of 100 ms of the new rate, so the encoder cannot spend
+    // a buffer filled at the old rate and a key frame stays small.
+    assert_eq!(buffer_ms(&r), 100);
+    for _ in 0..20 {
+        r.signal_upstream(clear());
+        r.tick(BYTES_3M / 2);
+    }
+    assert_eq!(buffer_ms(&r), 250, "back to the configured capacity");
+}
+
+#[test]
 fn rtt_rise_lowers_bitrate_within_half_a_second() {
     let mut r = rig("x264enc", &[("start-bitrate", &2_000_000u32)]);
     for _ in 0..20 {

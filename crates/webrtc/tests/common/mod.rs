@@ -31,13 +31,8 @@ pub fn encoded_source(width: u32, height: u32, stream_id: &str) -> gst::Pipeline
     .unwrap()
 }
 
-pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[allow(unused_imports)]
+pub use hybridlive_testkit::free_tcp_port;
 
 /// A live source encoded once to VP8 with real-time settings, on a video tee `t`.
 pub fn encoded_vp8_source(width: u32, height: u32) -> gst::Pipeline {

@@ -38,12 +38,17 @@ const DEFAULT_RTT_THRESHOLD_MS: u32 = 100;
 const DEFAULT_BACKLOG_THRESHOLD_MS: u32 = 200;
 const DEFAULT_RUNG_UP_HOLD_MS: u32 = 4000;
 const DEFAULT_VBV_CAPACITY_MS: u32 = 250;
+/// Rate-control buffer right after a decrease, milliseconds of the new rate...
+const TIGHT_VBV_MS: u32 = 100;
+/// ...for this long: the encoder meets the new rate within a few frames instead of spending
+/// a buffer filled at the old one, and a key frame in that time stays small.
+const TIGHT_VBV_TIME: gst::ClockTime = gst::ClockTime::from_mseconds(1500);
 /// An SRT loss report covers at least this many packets...
 const SRT_REPORT_PACKETS: f64 = 30.0;
 /// ...or this much time.
 const SRT_REPORT_PERIOD: gst::ClockTime = gst::ClockTime::from_mseconds(250);
 /// Highest loss fraction an SRT report counts as (see where it is used).
-const SRT_LOSS_CAP: f64 = 0.15;
+const SRT_LOSS_CAP: f64 = 0.5;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -173,6 +178,8 @@ struct State {
     /// The srtsink those counters belong to: a new one (an output restarted) counts from 0.
     srt_element: Option<gst::Element>,
     srt_bandwidth: Option<u64>,
+    /// Until when the encoder's rate-control buffer is kept tight after a decrease.
+    tight_vbv_until: Option<gst::ClockTime>,
     events: EventSignals,
     counters: Counters,
     warned: Vec<String>,
@@ -314,7 +321,7 @@ impl ElementImpl for AbrController {
                  round-trip-time, jitter; gst-twcc-stats), rtpbin RTCP receiver \
                  reports, srtsink stats (rtt-ms; \
                  packets-sent-lost over at least 30 packets and 250 ms, counted as at most \
-                 15 % loss since SRT retransmits; bytes-sent minus the share lost, scaled \
+                 50 % loss since SRT retransmits; bytes-sent minus the share lost, scaled \
                  to this stream's part of the connection, as the delivery rate; \
                  bandwidth-mbps only shown in stats), the fill level of a queue before a \
                  TCP-like sink, the estimated-bitrate of an estimator such as rtpgccbwe, \
@@ -329,13 +336,18 @@ impl ElementImpl for AbrController {
                  rtt-threshold and not shrinking: /(1+g) where g is the delay's growth \
                  in s/s since the previous sample, x0.5..x0.85; backlog >= backlog-threshold \
                  and growing: 85% of its drain rate; an estimate below the target: the \
-                 estimate), one multiplicative cut per max(2 RTT, 300 ms) and not while \
-                 the encoder still sends 1.15x the new target (up to 1 s); HOLD while a \
+                 estimate), one multiplicative cut per max(2 RTT, 300 ms) after the \
+                 previous multiplicative cut and not while \
+                 the encoder still sends 1.15x the new target (up to 1 s); after any cut \
+                 the encoder's rate-control buffer is 100 ms (at most vbv-capacity) for \
+                 1.5 s; HOLD while a \
                  signal is elevated and for 1 s after a cut; INCREASE by probing, one step \
                  per max(300 ms, 2 RTT), +8% growing 8 points per clear step to +45%, \
                  stopping at 95% of the rate where congestion was last seen and at most \
-                 +4% from there to 105% of it, never \
-                 above max-bitrate, the estimate or 1.5x the measured encoder output. \
+                 +4% from there to 105% of it (that rate raised to r/(1-s) when, within 5 s \
+                 of a cut, the queuing delay drains at s s/s while r is sent), never \
+                 above max-bitrate, the estimate or 1.5x the measured encoder output, and \
+                 no step while the encoder sends less than 70% of the last one. \
                  Rungs: down on the tick the target falls below the rung minimum, up one \
                  rung after the target has stayed at 1.15x the next rung's minimum for \
                  rung-up-hold; each rung change sets the capsfilter caps and forces a \
@@ -838,6 +850,15 @@ impl AbrController {
             None => state.controller.insert(Controller::new(config)),
         };
         let decision = controller.update(&obs);
+        gst::log!(
+            CAT,
+            imp = self,
+            "tick: {obs:?} -> {} {} target {} (srt {:?})",
+            decision.direction.as_str(),
+            decision.reason.as_str(),
+            decision.target_bps,
+            srt_stats
+        );
         let rung = controller
             .config()
             .ladder
@@ -852,6 +873,10 @@ impl AbrController {
         counters.rung_changes += decision.rung_changed as u64;
         counters.last = Some(decision);
         counters.last_inputs = obs;
+        if decision.direction == crate::controller::Direction::Decrease {
+            state.tight_vbv_until = Some(now + TIGHT_VBV_TIME);
+        }
+        let tight_vbv = state.tight_vbv_until.is_some_and(|until| now < until);
         drop(state);
 
         let start = decision.reason == Reason::Start;
@@ -878,7 +903,12 @@ impl AbrController {
         if settings.vbv_capacity > 0
             && let Some(encoder) = &encoder
         {
-            encoder.set_vbv_ms(settings.vbv_capacity);
+            let vbv_ms = if tight_vbv {
+                settings.vbv_capacity.min(TIGHT_VBV_MS)
+            } else {
+                settings.vbv_capacity
+            };
+            encoder.set_vbv_ms(vbv_ms);
         }
         if apply_rung && let (Some(capsfilter), Some(rung)) = (&targets.capsfilter, rung) {
             let caps = rung_caps(capsfilter, &rung);
