@@ -29,7 +29,9 @@ fuzz_target!(|input: Input| {
             match read_offer_request(&request) {
                 Ok(offer) => {
                     assert!(body.len() <= MAX_OFFER_BYTES);
-                    assert!(offer.h264.payload_type < 128);
+                    assert!(offer.h264.is_some() || offer.vp8.is_some());
+                    assert!(offer.h264.as_ref().is_none_or(|h| h.payload_type < 128));
+                    assert!(offer.vp8.is_none_or(|pt| pt < 128));
                     assert!(offer.opus.is_none_or(|pt| pt < 128));
                 }
                 Err(response) => assert!((400..500).contains(&response.status)),

@@ -426,7 +426,10 @@ fn prepare(pipeline: &mut hybridlive_runner::Pipeline, scratch: &Path) -> Vec<St
         }
     }
     pipeline.outputs.retain(|o| match o.kind {
-        OutputKind::Srt { .. } | OutputKind::Rtmp { .. } => {
+        OutputKind::Srt { .. }
+        | OutputKind::Rtmp { .. }
+        | OutputKind::Whip { .. }
+        | OutputKind::Janus { .. } => {
             changes.push(format!(
                 "output `{}` left out (it pushes elsewhere)",
                 o.name

@@ -314,6 +314,13 @@ pub enum EncoderKind {
         /// `keyframe_interval`: seconds between IDR frames.
         keyframe_interval: f64,
     },
+    /// `type = "vp8"` (libvpx, real-time settings): only the webrtc output sends it.
+    Vp8 {
+        /// `bitrate`: kbit/s.
+        bitrate: u32,
+        /// `keyframe_interval`: seconds between key frames.
+        keyframe_interval: f64,
+    },
     /// `type = "aac"`.
     Aac {
         /// `bitrate`: kbit/s.
@@ -330,7 +337,7 @@ impl EncoderKind {
     /// The raw stream this encoder consumes.
     pub fn media(&self) -> Media {
         match self {
-            EncoderKind::H264 { .. } => Media::Video,
+            EncoderKind::H264 { .. } | EncoderKind::Vp8 { .. } => Media::Video,
             EncoderKind::Aac { .. } | EncoderKind::Opus { .. } => Media::Audio,
         }
     }
@@ -390,7 +397,60 @@ pub enum OutputKind {
         /// `loopback_only`: ICE on 127.0.0.1 only (viewers on this machine, loopback-only
         /// networks).
         loopback_only: bool,
+        /// `playout_delay_ms`: the playout delay asked of viewers whose offer has the
+        /// playout-delay header extension, `[min, max]` (one value in the file sets both), or
+        /// `None` for `"off"`.
+        playout_delay_ms: Option<[u32; 2]>,
     },
+    /// `type = "whip"`: the encoded streams published to an SFU's WHIP endpoint (RFC 9725)
+    /// with `whipclientsink`, no second encode.
+    Whip {
+        /// `endpoint`: e.g. `https://sfu.example/whip/endpoint`.
+        endpoint: String,
+        /// `token`: bearer token sent with the offer; never shown in the status.
+        #[serde(skip_serializing)]
+        token: Option<String>,
+        /// `loopback_only`: ICE on 127.0.0.1 only (an SFU on this machine).
+        loopback_only: bool,
+    },
+    /// `type = "janus"`: the encoded streams published into a Janus VideoRoom with
+    /// `janusvrwebrtcsink` (Janus's WebSocket API), no second encode.
+    Janus {
+        /// `endpoint`: Janus's WebSocket URL, e.g. `ws://janus.example:8188`.
+        endpoint: String,
+        /// `room_id`: the VideoRoom to publish in (it must exist).
+        room_id: u64,
+        /// `feed_id`: our publisher id in the room; Janus picks one when absent.
+        feed_id: Option<u64>,
+        /// `display_name`: the publisher's name in the room.
+        display_name: String,
+        /// `loopback_only`: ICE on 127.0.0.1 only.
+        loopback_only: bool,
+    },
+}
+
+impl OutputKind {
+    /// The `type` name, as written in pipeline files.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            OutputKind::Hls { .. } => "hls",
+            OutputKind::Record { .. } => "record",
+            OutputKind::Srt { .. } => "srt",
+            OutputKind::Rtmp { .. } => "rtmp",
+            OutputKind::Webrtc { .. } => "webrtc",
+            OutputKind::Whip { .. } => "whip",
+            OutputKind::Janus { .. } => "janus",
+        }
+    }
+
+    /// WebRTC outputs (WHEP viewers, WHIP and Janus egress): H.264 constrained baseline and
+    /// Opus.
+    pub fn is_webrtc(&self) -> bool {
+        matches!(
+            self,
+            OutputKind::Webrtc { .. } | OutputKind::Whip { .. } | OutputKind::Janus { .. }
+        )
+    }
 }
 
 const SECTIONS: &[&str] = &[
@@ -405,9 +465,9 @@ const SOURCE_TYPES: &[&str] = &["test", "file", "srt", "rtmp", "rtsp", "v4l2"];
 const TRANSFORM_TYPES: &[&str] = &["latencystamp", "offeroverlay", "abrcontroller", "gst"];
 const PLANNED_TRANSFORM_TYPES: &[&str] = &[];
 /// Outputs an abrcontroller can read feedback from.
-const ABR_OUTPUT_TYPES: &[&str] = &["srt", "rtmp", "webrtc"];
-const ENCODER_TYPES: &[&str] = &["h264", "aac", "opus"];
-const OUTPUT_TYPES: &[&str] = &["hls", "record", "srt", "rtmp", "webrtc"];
+const ABR_OUTPUT_TYPES: &[&str] = &["srt", "rtmp", "webrtc", "whip", "janus"];
+const ENCODER_TYPES: &[&str] = &["h264", "vp8", "aac", "opus"];
+const OUTPUT_TYPES: &[&str] = &["hls", "record", "srt", "rtmp", "webrtc", "whip", "janus"];
 const PLANNED_OUTPUT_TYPES: &[&str] = &[];
 
 /// An SRT listener URI without a host (`srt://:9000`) would listen on every interface;
@@ -680,6 +740,54 @@ impl<'t, 'i> Fields<'t, 'i> {
             );
         }
         out
+    }
+
+    /// A playout delay in ms: `[min, max]`, one integer for both, or `"off"` (not negotiated).
+    fn playout_delay(
+        &mut self,
+        diags: &mut Vec<Diagnostic>,
+        key: &'static str,
+    ) -> Option<[u32; 2]> {
+        const MAX: i64 = 40_950;
+        let default = hybridlive_webrtc::DEFAULT_PLAYOUT_DELAY;
+        let default = Some([default.min, default.max]);
+        let Some(value) = self.entry(key) else {
+            return default;
+        };
+        let ms = |item: &Spanned<DeValue>| {
+            let int = item.get_ref().as_integer()?;
+            i64::from_str_radix(&int.as_str().replace('_', ""), int.radix())
+                .ok()
+                .filter(|n| (0..=MAX).contains(n))
+                .map(|n| n as u32)
+        };
+        let delay = match value.get_ref() {
+            DeValue::String(s) if s == "off" => return None,
+            DeValue::Integer(_) => ms(value).map(|n| (n, n)),
+            DeValue::Array(items) if items.len() == 2 => {
+                let mut items = items.iter();
+                ms(items.next()?).zip(ms(items.next()?))
+            }
+            _ => None,
+        };
+        match delay {
+            Some((min, max)) if min <= max => Some([min, max]),
+            _ => {
+                diags.push(Diagnostic {
+                    span: value.span(),
+                    component: self.component.clone(),
+                    key: Some(key.to_string()),
+                    message: format!(
+                        "expected [min, max] or one value in ms (0..={MAX}, min <= max), or \"off\""
+                    ),
+                    help: match value.get_ref() {
+                        DeValue::String(s) => suggest(s, ["off"]),
+                        _ => None,
+                    },
+                });
+                default
+            }
+        }
     }
 
     /// Reports every key that nothing asked for, with the closest known key.
@@ -1162,6 +1270,10 @@ impl Reader<'_> {
                     keyframe_interval: f.number(self.diags, "keyframe_interval", 0.1, 10.0, 1.0),
                 }
             }
+            "vp8" => EncoderKind::Vp8 {
+                bitrate: f.integer(self.diags, "bitrate", 100..50_001, 2500),
+                keyframe_interval: f.number(self.diags, "keyframe_interval", 0.1, 10.0, 1.0),
+            },
             "aac" => EncoderKind::Aac {
                 bitrate: f.integer(self.diags, "bitrate", 16..513, 128),
             },
@@ -1224,7 +1336,69 @@ impl Reader<'_> {
             "webrtc" => OutputKind::Webrtc {
                 max_viewers: f.integer(self.diags, "max_viewers", 1..1001, 64),
                 loopback_only: f.bool(self.diags, "loopback_only", false),
+                playout_delay_ms: f.playout_delay(self.diags, "playout_delay_ms"),
             },
+            "whip" => {
+                let (endpoint, span) = f.required_string(self.diags, "endpoint")?;
+                if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+                    f.error(
+                        self.diags,
+                        span,
+                        "endpoint",
+                        format!("`{endpoint}` is not an http:// or https:// WHIP endpoint URL"),
+                    );
+                }
+                let token = f.string(self.diags, "token").map(|t| t.0);
+                if let Some(value) = f.table.get("token")
+                    && token.as_deref().is_some_and(str::is_empty)
+                {
+                    f.error(
+                        self.diags,
+                        value.span(),
+                        "token",
+                        "an empty token: leave the key out to send none".into(),
+                    );
+                }
+                OutputKind::Whip {
+                    endpoint,
+                    token,
+                    loopback_only: f.bool(self.diags, "loopback_only", false),
+                }
+            }
+            "janus" => {
+                let (endpoint, span) = f.required_string(self.diags, "endpoint")?;
+                if !(endpoint.starts_with("ws://") || endpoint.starts_with("wss://")) {
+                    f.error(
+                        self.diags,
+                        span,
+                        "endpoint",
+                        format!(
+                            "`{endpoint}` is not a ws:// or wss:// URL (Janus's WebSocket API)"
+                        ),
+                    );
+                }
+                if !f.table.contains_key("room_id") {
+                    f.error(
+                        self.diags,
+                        f.header.clone(),
+                        "room_id",
+                        "missing required key".into(),
+                    );
+                }
+                let room_id = f.integer(self.diags, "room_id", 1..4_294_967_296, 1);
+                // 0: absent (Janus picks the id).
+                let feed_id = f.integer(self.diags, "feed_id", 1..4_294_967_296, 0);
+                let feed_id = (feed_id != 0).then_some(feed_id);
+                OutputKind::Janus {
+                    endpoint,
+                    room_id: u64::from(room_id),
+                    feed_id: feed_id.map(u64::from),
+                    display_name: f
+                        .string(self.diags, "display_name")
+                        .map_or_else(|| "hybridlive".to_string(), |d| d.0),
+                    loopback_only: f.bool(self.diags, "loopback_only", false),
+                }
+            }
             _ => return None,
         };
         Some(Output {
@@ -1327,6 +1501,7 @@ impl Reader<'_> {
         for o in outputs {
             let component = format!("outputs.{}", o.value.name);
             let mut video = 0;
+            let mut vp8 = 0;
             let mut audio = 0;
             let mut resolved = true;
             for (input, span) in &o.inputs {
@@ -1348,9 +1523,7 @@ impl Reader<'_> {
                         ..
                     } => {
                         video += 1;
-                        if matches!(o.value.kind, OutputKind::Webrtc { .. })
-                            && *preset != H264Preset::Zerolatency
-                        {
+                        if o.value.kind.is_webrtc() && *preset != H264Preset::Zerolatency {
                             self.diags.push(Diagnostic {
                                 span: span.clone(),
                                 component: Some(component.clone()),
@@ -1381,6 +1554,21 @@ impl Reader<'_> {
                             }
                         }
                     }
+                    EncoderKind::Vp8 { .. } => {
+                        video += 1;
+                        vp8 += 1;
+                        if !matches!(o.value.kind, OutputKind::Webrtc { .. }) {
+                            self.diags.push(Diagnostic {
+                                span: span.clone(),
+                                component: Some(component.clone()),
+                                key: Some("inputs".into()),
+                                message: format!(
+                                    "`{input}` is VP8, which only the webrtc output sends"
+                                ),
+                                help: Some("use an encoder with `type = \"h264\"` here".into()),
+                            });
+                        }
+                    }
                     EncoderKind::Opus { .. } if matches!(o.value.kind, OutputKind::Rtmp { .. }) => {
                         audio += 1;
                         self.diags.push(Diagnostic {
@@ -1403,9 +1591,7 @@ impl Reader<'_> {
                             help: Some("use an encoder with `type = \"aac\"` for HLS".into()),
                         });
                     }
-                    EncoderKind::Aac { .. }
-                        if matches!(o.value.kind, OutputKind::Webrtc { .. }) =>
-                    {
+                    EncoderKind::Aac { .. } if o.value.kind.is_webrtc() => {
                         audio += 1;
                         self.diags.push(Diagnostic {
                             span: span.clone(),
@@ -1444,12 +1630,16 @@ impl Reader<'_> {
                     });
                 }
             }
-            if resolved && !o.inputs.is_empty() && (video != 1 || audio > 1) {
+            // WebRTC viewers get the first codec their offer has: one H.264 and one VP8 encoder
+            // may both feed it, in the order of preference.
+            let video_ok = video == 1
+                || (matches!(o.value.kind, OutputKind::Webrtc { .. }) && video == 2 && vp8 == 1);
+            if resolved && !o.inputs.is_empty() && (!video_ok || audio > 1) {
                 self.diags.push(Diagnostic {
                     span: o.span.clone(),
                     component: Some(component),
                     key: Some("inputs".into()),
-                    message: format!("an output takes exactly one video encoder and at most one audio encoder (found {video} video, {audio} audio)"),
+                    message: format!("an output takes exactly one video encoder (a webrtc output: one h264 and one vp8 at most) and at most one audio encoder (found {video} video, {audio} audio)"),
                     help: None,
                 });
             }
@@ -1508,6 +1698,18 @@ impl Reader<'_> {
                 })
                 .collect();
             let encoder = match video_encoders.as_slice() {
+                [one] if matches!(one.value.kind, EncoderKind::Vp8 { .. }) => {
+                    self.diags.push(Diagnostic {
+                        span: one.inputs[0].1.clone(),
+                        component: Some(format!("encoders.{}", one.value.name)),
+                        key: Some("inputs".into()),
+                        message: "an abrcontroller steers h264 encoders only".into(),
+                        help: Some(
+                            "read from the abrcontroller with a `type = \"h264\"` encoder".into(),
+                        ),
+                    });
+                    continue;
+                }
                 [one] => &one.value.name,
                 [] => {
                     self.diags.push(Diagnostic {
@@ -1548,13 +1750,7 @@ impl Reader<'_> {
                 }
                 continue;
             };
-            let kind = match target.value.kind {
-                OutputKind::Srt { .. } => "srt",
-                OutputKind::Rtmp { .. } => "rtmp",
-                OutputKind::Webrtc { .. } => "webrtc",
-                OutputKind::Hls { .. } => "hls",
-                OutputKind::Record { .. } => "record",
-            };
+            let kind = target.value.kind.type_name();
             if !ABR_OUTPUT_TYPES.contains(&kind) {
                 self.diags.push(Diagnostic {
                     span: output_span.clone(),

@@ -27,6 +27,11 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 const MAX_QUEUED: gst::ClockTime = gst::ClockTime::from_seconds(2);
 /// Longest send backlog kept before an RTMP sink.
 const RTMP_BACKLOG: gst::ClockTime = gst::ClockTime::from_seconds(5);
+/// WHIP/Janus egress: an SFU that sent no RTCP for this long is gone. Receivers report every
+/// 5 s at most (RTCP's minimum interval, randomised to 2.5–7.5 s), so this misses none.
+const EGRESS_PEER_TIMEOUT: Duration = Duration::from_secs(12);
+/// WHIP/Janus egress: a publisher not connected this long after its start has failed.
+const EGRESS_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// mp4mux fragment length: at most this much media is lost on `kill -9`.
 const FRAGMENT_MS: u32 = 500;
 
@@ -47,7 +52,7 @@ pub struct OutputRunner {
     /// The ingest's clock and base time, set once the ingest plays.
     timing: Mutex<Option<(gst::Clock, gst::ClockTime)>>,
     /// appsinks on the ingest side; a start asks them for a keyframe.
-    keyframe_requesters: Mutex<Vec<gst::Element>>,
+    keyframe_requesters: Mutex<Vec<(String, gst::Element)>>,
     inner: Mutex<Inner>,
     /// The HLS folder, fixed for the whole run.
     hls_dir: Option<PathBuf>,
@@ -55,6 +60,8 @@ pub struct OutputRunner {
     hls_dir_is_temporary: bool,
     /// WebRTC outputs: the WHEP sessions of the running pipeline.
     whep: Mutex<Option<hybridlive_webrtc::WhepOutput>>,
+    /// WHIP/Janus outputs: the link of the running publisher to its SFU.
+    egress: Mutex<Option<hybridlive_webrtc::EgressHealth>>,
     /// Record outputs: the file the running pipeline writes.
     recording_file: Mutex<Option<PathBuf>>,
     /// The abrcontroller (in the ingest) that steers this output's encoder from its feedback.
@@ -136,7 +143,11 @@ impl OutputRunner {
                     .with_context(|| format!("cannot create {}", directory.display()))?;
                 None
             }
-            OutputKind::Srt { .. } | OutputKind::Rtmp { .. } | OutputKind::Webrtc { .. } => None,
+            OutputKind::Srt { .. }
+            | OutputKind::Rtmp { .. }
+            | OutputKind::Webrtc { .. }
+            | OutputKind::Whip { .. }
+            | OutputKind::Janus { .. } => None,
         };
         let ll_hls = match config.kind {
             OutputKind::Hls {
@@ -157,13 +168,7 @@ impl OutputRunner {
         if let OutputKind::Record { directory, .. } = &mut config.kind {
             *directory = std::path::absolute(&*directory).unwrap_or_else(|_| directory.clone());
         }
-        let kind = match config.kind {
-            OutputKind::Hls { .. } => "hls",
-            OutputKind::Record { .. } => "record",
-            OutputKind::Srt { .. } => "srt",
-            OutputKind::Rtmp { .. } => "rtmp",
-            OutputKind::Webrtc { .. } => "webrtc",
-        };
+        let kind = config.kind.type_name();
         shared.with(|s| {
             s.outputs.insert(
                 config.name.clone(),
@@ -171,6 +176,7 @@ impl OutputRunner {
                     kind,
                     state: "stopped".into(),
                     restarts: 0,
+                    retry_in_s: None,
                     last_error: None,
                     recording: None,
                 },
@@ -190,6 +196,7 @@ impl OutputRunner {
             hls_dir,
             hls_dir_is_temporary,
             whep: Mutex::new(None),
+            egress: Mutex::new(None),
             recording_file: Mutex::new(None),
             abr: Mutex::new(None),
         }))
@@ -284,7 +291,10 @@ impl OutputRunner {
         match self.config.kind {
             OutputKind::Srt { .. } => abr.set_property("srtsink", find("srtsink")),
             OutputKind::Rtmp { .. } => abr.set_property("queue", find("backlog")),
-            OutputKind::Webrtc { .. } => abr.set_property("webrtcbin", None::<gst::Element>),
+            // Egress: set once the publisher is connected (check_egress).
+            OutputKind::Webrtc { .. } | OutputKind::Whip { .. } | OutputKind::Janus { .. } => {
+                abr.set_property("webrtcbin", None::<gst::Element>)
+            }
             _ => {}
         }
     }
@@ -316,9 +326,66 @@ impl OutputRunner {
         }
     }
 
-    /// Remembers an ingest appsink that can be asked for a keyframe.
-    pub fn add_keyframe_requester(&self, appsink: gst::Element) {
-        self.keyframe_requesters.lock().unwrap().push(appsink);
+    /// WHIP/Janus outputs: notices the publisher's link coming up (state `connected`, an
+    /// `output-connected` event) and going away, which gst-plugins-rs's sinks never report
+    /// as an error: then the output fails and restarts with back-off like any other. Called
+    /// every status tick.
+    pub fn check_egress(self: &Arc<Self>) {
+        let Some(health) = self.egress.lock().unwrap().clone() else {
+            return;
+        };
+        let (generation, started_at) = {
+            let inner = self.inner.lock().unwrap();
+            if inner.stopping || inner.pipeline.is_none() {
+                return;
+            }
+            (inner.generation, inner.started_at)
+        };
+        let problem = health.lost(EGRESS_PEER_TIMEOUT).or_else(|| {
+            (!health.connected()
+                && started_at.is_some_and(|t| t.elapsed() > EGRESS_CONNECT_TIMEOUT))
+            .then(|| {
+                format!(
+                    "not connected to the SFU {} s after the start",
+                    EGRESS_CONNECT_TIMEOUT.as_secs()
+                )
+            })
+        });
+        if let Some(problem) = problem {
+            self.failed(generation, problem);
+            return;
+        }
+        if let Some(abr) = self.abr() {
+            // The SFU's receiver reports on the publisher's session steer the encoder.
+            let webrtcbin = health.webrtcbin();
+            if abr.property::<Option<gst::Element>>("webrtcbin") != webrtcbin {
+                abr.set_property("webrtcbin", webrtcbin);
+            }
+        }
+        if health.connected() {
+            let newly = self.shared.with(|s| {
+                s.outputs
+                    .get_mut(&self.config.name)
+                    .filter(|o| o.state == "running")
+                    .map(|o| o.state = "connected".into())
+                    .is_some()
+            });
+            if newly {
+                crate::runner::event(
+                    "output-connected",
+                    serde_json::json!({"output": self.config.name}),
+                );
+            }
+        }
+    }
+
+    /// Remembers the ingest appsink of video encoder `encoder`, which can be asked for a
+    /// keyframe.
+    pub fn add_keyframe_requester(&self, encoder: &str, appsink: gst::Element) {
+        self.keyframe_requesters
+            .lock()
+            .unwrap()
+            .push((encoder.to_string(), appsink));
     }
 
     /// Called from the ingest appsink: forwards one encoded sample to the output's appsrc.
@@ -329,7 +396,7 @@ impl OutputRunner {
         let is_video = self
             .inputs
             .iter()
-            .any(|i| i.encoder == encoder && matches!(i.kind, EncoderKind::H264 { .. }));
+            .any(|i| i.encoder == encoder && i.kind.media() == crate::config::Media::Video);
         // appsrc starts a fresh segment at 0: carry running times, not the encoder's own
         // timestamps (x264enc, for one, starts its segment 1000 hours in).
         let mut buffer = buffer.copy();
@@ -437,7 +504,7 @@ impl OutputRunner {
                 }
                 self.set_state("running", None);
                 self.bind_feedback(Some(&pipeline));
-                for appsink in self.keyframe_requesters.lock().unwrap().iter() {
+                for (_, appsink) in self.keyframe_requesters.lock().unwrap().iter() {
                     let event = gst_video::UpstreamForceKeyUnitEvent::builder()
                         .all_headers(true)
                         .build();
@@ -479,6 +546,7 @@ impl OutputRunner {
             inner.watch = None;
             inner.pipeline.take()
         };
+        *self.egress.lock().unwrap() = None;
         if let Some(p) = pipeline {
             self.bind_feedback(None);
             self.close_viewers();
@@ -635,6 +703,7 @@ impl OutputRunner {
             inner.watch = None;
             (inner.pipeline.take(), inner.wanted, delay)
         };
+        *self.egress.lock().unwrap() = None;
         if let Some(p) = pipeline {
             self.bind_feedback(None);
             self.close_viewers();
@@ -642,6 +711,13 @@ impl OutputRunner {
         }
         self.finish_timeline();
         self.set_state("failed", Some(error.clone()));
+        if wanted {
+            self.shared.with(|s| {
+                if let Some(o) = s.outputs.get_mut(&self.config.name) {
+                    o.retry_in_s = Some(delay.as_secs_f64());
+                }
+            });
+        }
         crate::runner::event(
             "output-failed",
             serde_json::json!({"output": self.config.name, "error": error, "restart_in_s": delay.as_secs_f64()}),
@@ -673,6 +749,7 @@ impl OutputRunner {
         self.shared.with(|s| {
             if let Some(o) = s.outputs.get_mut(&self.config.name) {
                 o.state = state.to_string();
+                o.retry_in_s = None;
                 if error.is_some() {
                     o.last_error = error;
                 }
@@ -884,16 +961,18 @@ impl OutputRunner {
                 mux.link(&sink)?;
                 mux
             }
-            OutputKind::Webrtc { .. } => {
-                // One tee per medium; each viewer's branch hangs off them. A fakesink on each
+            OutputKind::Webrtc { .. } | OutputKind::Whip { .. } | OutputKind::Janus { .. } => {
+                // One tee per medium; each viewer's branch (or the egress publisher) hangs
+                // off them. A fakesink on each
                 // keeps the tees flowing and lets EOS finish the pipeline without viewers.
                 let video = make("tee", "video")?;
                 let audio = make("tee", "audio")?;
-                for tee in [&video, &audio] {
+                let vp8 = make("tee", "video-vp8")?;
+                for tee in [&video, &audio, &vp8] {
                     tee.set_property("allow-not-linked", true);
-                    let queue = make("queue", "")?;
+                    let queue = make("queue", &format!("{}-keepalive-queue", tee.name()))?;
                     queue.set_property_from_str("leaky", "downstream");
-                    let sink = make("fakesink", "")?;
+                    let sink = make("fakesink", &format!("{}-keepalive", tee.name()))?;
                     sink.set_property("sync", false);
                     sink.set_property("async", false);
                     pipeline.add_many([tee, &queue, &sink])?;
@@ -933,12 +1012,15 @@ impl OutputRunner {
             let queue = make("queue", &format!("queue-{}", input.encoder))?;
             let (parser, pad_name) = match &input.kind {
                 EncoderKind::H264 { .. } => (make("h264parse", "")?, "video"),
+                // VP8 frames arrive whole from the encoder: nothing to parse.
+                EncoderKind::Vp8 { .. } => (make("identity", "")?, "video-vp8"),
                 EncoderKind::Aac { .. } => (make("aacparse", "")?, "audio"),
                 EncoderKind::Opus { .. } => (make("opusparse", "")?, "audio"),
             };
             pipeline.add_many([appsrc.upcast_ref(), &queue, &parser])?;
             gst::Element::link_many([appsrc.upcast_ref(), &queue, &parser])?;
             let mut last = parser;
+            // The meter reads the SEI capture stamps: H.264 only.
             if pad_name == "video" {
                 let meter = make("latencymeter", &format!("meter-{}", self.config.name))?;
                 pipeline.add(&meter)?;
@@ -956,12 +1038,21 @@ impl OutputRunner {
                 (OutputKind::Record { .. }, name) => format!("{name}_%u"),
                 (OutputKind::Srt { .. }, _) => "sink_%d".to_string(),
                 (OutputKind::Rtmp { .. }, name) => name.to_string(),
-                (OutputKind::Webrtc { .. }, name) => name.to_string(),
+                (OutputKind::Webrtc { .. } | OutputKind::Whip { .. }, name)
+                | (OutputKind::Janus { .. }, name) => name.to_string(),
             };
-            let sinkpad = if let OutputKind::Webrtc { .. } = self.config.kind {
-                // A joining viewer asks its branch for a key frame; the encoder is in the
-                // ingest pipeline, behind the appsrc: pass the request on to it.
-                let requesters = self.keyframe_requesters.lock().unwrap().clone();
+            let sinkpad = if self.config.kind.is_webrtc() {
+                // A joining viewer (or the SFU) asks its branch for a key frame; the encoder is
+                // in the ingest pipeline, behind the appsrc: pass the request on to it (to the
+                // encoder of this input only: a VP8 viewer needs no H.264 key frame).
+                let requesters: Vec<gst::Element> = self
+                    .keyframe_requesters
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|(encoder, _)| *encoder == input.encoder)
+                    .map(|(_, appsink)| appsink.clone())
+                    .collect();
                 appsrc.static_pad("src").context("appsrc src")?.add_probe(
                     gst::PadProbeType::EVENT_UPSTREAM,
                     move |_, info| {
@@ -992,22 +1083,99 @@ impl OutputRunner {
         if let OutputKind::Webrtc {
             max_viewers,
             loopback_only,
+            playout_delay_ms,
         } = &self.config.kind
         {
-            let video = pipeline.by_name("video").context("no video tee")?;
             let audio = pipeline.by_name("audio").context("no audio tee")?;
             let audio_fed = audio.static_pad("sink").is_some_and(|pad| pad.is_linked());
-            let whep = hybridlive_webrtc::WhepOutput::new(
+            // In the order of the inputs: the first codec a viewer offers wins.
+            let mut videos = Vec::new();
+            for input in &self.inputs {
+                let (codec, tee) = match input.kind {
+                    EncoderKind::H264 { .. } => (hybridlive_webrtc::VideoCodec::H264, "video"),
+                    EncoderKind::Vp8 { .. } => (hybridlive_webrtc::VideoCodec::Vp8, "video-vp8"),
+                    _ => continue,
+                };
+                videos.push((codec, pipeline.by_name(tee).context("no video tee")?));
+            }
+            let videos: Vec<_> = videos.iter().map(|(codec, tee)| (*codec, tee)).collect();
+            let whep = hybridlive_webrtc::WhepOutput::with_codecs(
                 &pipeline,
-                &video,
+                &videos,
                 audio_fed.then_some(&audio),
                 hybridlive_webrtc::WhepConfig {
                     loopback_ice: *loopback_only,
                     max_sessions: *max_viewers as usize,
+                    playout_delay: playout_delay_ms
+                        .map(|[min, max]| hybridlive_webrtc::PlayoutDelayMs { min, max }),
                     ..Default::default()
                 },
             );
             *self.whep.lock().unwrap() = Some(whep);
+        }
+        let egress = match &self.config.kind {
+            OutputKind::Whip {
+                endpoint,
+                token,
+                loopback_only,
+            } => Some((
+                hybridlive_webrtc::Egress::Whip {
+                    endpoint: endpoint.clone(),
+                    token: token.clone(),
+                },
+                *loopback_only,
+            )),
+            OutputKind::Janus {
+                endpoint,
+                room_id,
+                feed_id,
+                display_name,
+                loopback_only,
+            } => Some((
+                hybridlive_webrtc::Egress::Janus {
+                    endpoint: endpoint.clone(),
+                    room_id: *room_id,
+                    feed_id: *feed_id,
+                    display_name: display_name.clone(),
+                },
+                *loopback_only,
+            )),
+            _ => None,
+        };
+        for tee in ["audio", "video-vp8", "video"] {
+            if self.config.kind.is_webrtc()
+                && let Some(unfed) = pipeline.by_name(tee)
+                && unfed.static_pad("sink").is_some_and(|pad| !pad.is_linked())
+            {
+                // No encoder of that kind (no audio, or only one of the video codecs): an
+                // unfed branch would never see EOS, and the pipeline would never finish on a
+                // stop (the shutdown would wait out its grace period).
+                let branch: Vec<gst::Element> = [
+                    tee.to_string(),
+                    format!("{tee}-keepalive-queue"),
+                    format!("{tee}-keepalive"),
+                ]
+                .iter()
+                .filter_map(|name| pipeline.by_name(name))
+                .collect();
+                pipeline.remove_many(&branch)?;
+            }
+        }
+        if let Some((egress, loopback_ice)) = egress {
+            // Fed from the tees of the shared encode: the SFU gets the very stream the
+            // viewers, HLS and the recording get, with its capture stamps.
+            let video = pipeline.by_name("video").context("no video tee")?;
+            // Only there with an audio encoder (see above).
+            let audio = pipeline.by_name("audio");
+            let publisher = hybridlive_webrtc::add_egress(
+                &pipeline,
+                &video,
+                audio.as_ref(),
+                &egress,
+                loopback_ice,
+            )
+            .context("cannot set up the egress publisher")?;
+            *self.egress.lock().unwrap() = Some(publisher.health);
         }
         Ok((pipeline, appsrcs))
     }

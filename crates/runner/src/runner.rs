@@ -274,6 +274,7 @@ impl Runner {
         for o in &self.outputs {
             o.refresh_stats();
             o.follow_viewers();
+            o.check_egress();
             viewers += o.whep().map_or(0, |w| w.session_count());
         }
         self.shared.with(|s| s.viewers = viewers);
@@ -395,7 +396,12 @@ impl Runner {
                         r.duration_s,
                         r.bytes as f64 / 1e6
                     )),
-                    _ => parts.push(format!("{name} {}", o.state)),
+                    _ => match o.retry_in_s {
+                        Some(delay) => {
+                            parts.push(format!("{name} failed, retrying after {delay:.0} s"))
+                        }
+                        None => parts.push(format!("{name} {}", o.state)),
+                    },
                 }
             }
             parts.join(" | ")
@@ -550,8 +556,8 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
         }
         for name in &o.inputs {
             let appsink = bridge(&ingest, &encoded[name].0, &runner, name)?;
-            if matches!(encoded[name].1, EncoderKind::H264 { .. }) {
-                runner.add_keyframe_requester(appsink);
+            if encoded[name].1.media() == Media::Video {
+                runner.add_keyframe_requester(name, appsink);
             }
         }
         outputs.push(runner);
@@ -1239,6 +1245,27 @@ impl Graph<'_> {
                 }
                 chain.extend([profile_caps, parse, au, sei, meter]);
                 chain
+            }
+            EncoderKind::Vp8 {
+                bitrate,
+                keyframe_interval,
+            } => {
+                let enc = make("vp8enc", name)?;
+                // Real time: encode each frame within its frame time (deadline 1 µs means
+                // "fastest"), no look-ahead, constant bitrate, and partitions a receiver can
+                // decode independently when packets are lost.
+                enc.set_property("deadline", 1i64);
+                enc.set_property("cpu-used", 8i32);
+                enc.set_property("lag-in-frames", 0i32);
+                enc.set_property_from_str("end-usage", "cbr");
+                enc.set_property_from_str("error-resilient", "default+partitions");
+                enc.set_property("threads", 2i32);
+                let gop = ((f64::from(framerate) * keyframe_interval).round() as i32).max(1);
+                enc.set_property("keyframe-max-dist", gop);
+                // The encoder table knows the unit (vp8enc: bit/s in `target-bitrate`).
+                hybridlive_encoders::Encoder::new(&enc)?
+                    .set_bitrate_bps(u64::from(*bitrate) * 1000);
+                vec![enc]
             }
             EncoderKind::Aac { bitrate } => {
                 let convert = make("audioconvert", "")?;

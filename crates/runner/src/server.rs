@@ -480,11 +480,17 @@ pub fn metrics(runner: &Runner) -> String {
         for (name, e) in &s.encoders {
             let _ = writeln!(out, "hybridlive_encoder_bytes_total{{encoder=\"{}\"}} {}", label(name), e.bytes);
         }
-        out.push_str("# HELP hybridlive_output_up 1 while the output runs.\n");
+        out.push_str("# HELP hybridlive_output_up 1 while the output runs (WHIP/Janus egress: running or connected to its SFU).\n");
         out.push_str("# TYPE hybridlive_output_up gauge\n");
         for (name, o) in &s.outputs {
-            let up = u8::from(o.state == "running");
+            let up = u8::from(o.state == "running" || o.state == "connected");
             let _ = writeln!(out, "hybridlive_output_up{{output=\"{}\",type=\"{}\"}} {up}", label(name), o.kind);
+        }
+        out.push_str("# HELP hybridlive_output_retrying 1 while the output failed and waits out its back-off before the next try.\n");
+        out.push_str("# TYPE hybridlive_output_retrying gauge\n");
+        for (name, o) in &s.outputs {
+            let retrying = u8::from(o.retry_in_s.is_some());
+            let _ = writeln!(out, "hybridlive_output_retrying{{output=\"{}\"}} {retrying}", label(name));
         }
         out.push_str("# HELP hybridlive_output_restarts_total Restarts after failures.\n");
         out.push_str("# TYPE hybridlive_output_restarts_total counter\n");

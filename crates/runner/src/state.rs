@@ -51,10 +51,13 @@ pub struct Recording {
 pub struct OutputStatus {
     /// `hls` or `record`.
     pub kind: &'static str,
-    /// `starting`, `running`, `failed`, `stopping`, `stopped`.
+    /// `starting`, `running`, `connected` (WHIP/Janus egress: the link to the SFU is up),
+    /// `failed` (until the restart after back-off), `stopping`, `stopped`.
     pub state: String,
     /// Restarts after failures since the runner started.
     pub restarts: u32,
+    /// While `failed` and a restart is due: the back-off it waits, seconds.
+    pub retry_in_s: Option<f64>,
     /// The last failure, if any.
     pub last_error: Option<String>,
     /// The recording in progress or last finished (record outputs).

@@ -1497,6 +1497,89 @@ loopback_only = true
 }
 
 #[test]
+fn webrtc_output_sends_vp8_to_viewers_when_listed_first() {
+    if !in_private_netns("webrtc_output_sends_vp8_to_viewers_when_listed_first") {
+        return;
+    }
+    let dir = scratch("webrtc-vp8");
+    let file = dir.join("webrtc-vp8.toml");
+    std::fs::write(
+        &file,
+        r#"
+[sources.cam]
+type = "test"
+width = 640
+height = 360
+framerate = 30
+
+[encoders.vp8]
+type = "vp8"
+inputs = ["cam"]
+bitrate = 1000
+
+[encoders.video]
+type = "h264"
+inputs = ["cam"]
+preset = "zerolatency"
+bitrate = 1000
+
+[outputs.webrtc]
+type = "webrtc"
+inputs = ["vp8", "video"]
+loopback_only = true
+"#,
+    )
+    .unwrap();
+    let runner = Runner::start(&file, &dir, &[]);
+    let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/viewer.mjs");
+    let out = Command::new("node")
+        .arg(&driver)
+        .arg(format!("{}/", runner.base))
+        .arg("40")
+        .env(
+            "WAIT",
+            "window.viewer && window.viewer.mode === 'webrtc' && window.viewer.player",
+        )
+        .env(
+            "RESULT",
+            "(async () => { \
+               await new Promise((r) => setTimeout(r, 3000)); \
+               const s = await window.viewer.player.stats(); \
+               const report = await window.viewer.player.pc.getStats(); \
+               const codec = report.get(s.codecId).mimeType; \
+               await window.viewer.player.stop(); \
+               return { framesDecoded: s.framesDecoded, codec }; })()",
+        )
+        .output()
+        .expect("node runs (scripts/setup installs the browser test driver)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "browser run failed:\n{stderr}");
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("chromium through the runner, VP8 first: {result}");
+    assert_eq!(result["codec"], "video/VP8", "{result}");
+    // About 90 frames in 3 s.
+    assert!(result["framesDecoded"].as_u64().unwrap() >= 45, "{result}");
+
+    // A viewer that offers only H.264 gets the second choice.
+    let h264_only = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        a=group:BUNDLE 0\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 102\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=recvonly\r\n\
+        a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+        a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+        a=setup:actpass\r\na=rtcp-mux\r\n\
+        a=rtpmap:102 H264/90000\r\na=fmtp:102 packetization-mode=1;profile-level-id=42e01f\r\n";
+    let answer = runner.request(
+        "POST",
+        "/whep",
+        &[("Content-Type", "application/sdp")],
+        h264_only.as_bytes(),
+    );
+    assert_eq!(answer.status, 201, "{}", answer.text());
+    assert!(answer.text().contains("H264/90000"), "{}", answer.text());
+    assert!(!answer.text().contains("VP8"), "{}", answer.text());
+}
+
+#[test]
 fn offers_shown_over_the_api_land_in_the_recording_timeline() {
     let dir = scratch("offers");
     let file = dir.join("offers.toml");
@@ -1892,5 +1975,240 @@ fn low_latency_hls_serves_parts_blocks_reloads_and_plays_in_chromium() {
     // Capture time (program date time from the stamps) to the frame on screen: a real figure.
     let g2g = result["glassToGlassMs"].as_f64().unwrap_or(f64::NAN);
     assert!(g2g.is_finite() && g2g > 0.0, "{result}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sfu_pipeline_publishes_the_shared_encode_over_whip_and_retries_a_missing_janus() {
+    if !in_private_netns(
+        "sfu_pipeline_publishes_the_shared_encode_over_whip_and_retries_a_missing_janus",
+    ) {
+        return;
+    }
+    let dir = scratch("sfu");
+    // The WHIP server pipelines/sfu.toml names (a private network namespace: the port is ours);
+    // no Janus: that output fails and retries while the others go on.
+    let server = hybridlive_testkit::WhipServer::start(8190);
+    let mut runner = Runner::start(&pipeline("sfu.toml"), &dir, &[]);
+    let connected = runner.wait_event("output-connected", Duration::from_secs(30));
+    assert_eq!(connected["output"], "whip");
+    eventually(Duration::from_secs(30), "frames at the WHIP server", || {
+        (server.frames() >= 60).then_some(())
+    });
+    let status = eventually(Duration::from_secs(30), "janus to fail and retry", || {
+        let status: serde_json::Value =
+            serde_json::from_slice(&runner.get("/api/status").body).ok()?;
+        (status["outputs"]["janus"]["restarts"].as_u64() >= Some(1)).then_some(status)
+    });
+    assert_eq!(status["outputs"]["whip"]["state"], "connected", "{status}");
+    assert_eq!(status["outputs"]["whip"]["kind"], "whip", "{status}");
+    assert_eq!(status["outputs"]["whip"]["restarts"], 0, "{status}");
+    assert_eq!(status["outputs"]["hls"]["restarts"], 0, "{status}");
+    assert!(
+        status["outputs"]["janus"]["last_error"].is_string(),
+        "{status}"
+    );
+    // Encoded once: the three encoders of the file, nothing more for the two egress outputs.
+    let encoders: Vec<&String> = status["encoders"]
+        .as_object()
+        .expect("encoders")
+        .keys()
+        .collect();
+    assert_eq!(encoders, ["audio", "video", "voice"]);
+    let metrics = runner.get("/metrics").text();
+    assert_eq!(
+        metric(
+            &metrics,
+            "hybridlive_output_up{output=\"whip\",type=\"whip\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(runner.get("/hls/live.m3u8").status, 200);
+    runner.signal(libc::SIGINT);
+    assert!(runner.wait_exit(Duration::from_secs(20)).success());
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_whip_token_is_never_shown() {
+    if !in_private_netns("a_whip_token_is_never_shown") {
+        return;
+    }
+    let dir = scratch("whip-token");
+    let server = hybridlive_testkit::WhipServer::start(hybridlive_testkit::free_tcp_port());
+    let file = dir.join("sfu.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[sources.cam]
+type = "test"
+width = 640
+height = 360
+audio = false
+
+[encoders.video]
+type = "h264"
+inputs = ["cam"]
+bitrate = 800
+
+[outputs.sfu]
+type = "whip"
+inputs = ["video"]
+endpoint = "{}"
+token = "sfu-secret-7d2"
+loopback_only = true
+"#,
+            server.endpoint()
+        ),
+    )
+    .expect("pipeline file");
+    let mut runner = Runner::start(&file, &dir, &[]);
+    runner.wait_event("output-connected", Duration::from_secs(30));
+    eventually(Duration::from_secs(30), "frames at the WHIP server", || {
+        (server.frames() >= 30).then_some(())
+    });
+    for path in ["/api/status", "/metrics"] {
+        let body = runner.get(path).text();
+        assert!(!body.contains("sfu-secret-7d2"), "{path} shows the token");
+    }
+    runner.signal(libc::SIGINT);
+    assert!(runner.wait_exit(Duration::from_secs(20)).success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn janus_output_publishes_into_a_videoroom_and_a_subscriber_decodes_it() {
+    // Janus gathers no ICE candidates on loopback: the veth test hosts carry the media.
+    if !hybridlive_testkit::in_private_netns_with_veth(
+        "janus_output_publishes_into_a_videoroom_and_a_subscriber_decodes_it",
+    ) {
+        return;
+    }
+    const ROOM: u64 = 4321;
+    const FEED: u64 = 7;
+    let dir = scratch("janus");
+    let janus = hybridlive_testkit::Janus::start();
+    janus.create_room(ROOM, 4_000_000);
+    let file = dir.join("janus.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[sources.cam]
+type = "test"
+width = 640
+height = 360
+
+[encoders.video]
+type = "h264"
+inputs = ["cam"]
+bitrate = 1000
+
+[encoders.voice]
+type = "opus"
+inputs = ["cam"]
+
+[outputs.room]
+type = "janus"
+inputs = ["video", "voice"]
+endpoint = "{}"
+room_id = {ROOM}
+feed_id = {FEED}
+display_name = "class"
+"#,
+            janus.ws_endpoint()
+        ),
+    )
+    .expect("pipeline file");
+    let mut runner = Runner::start(&file, &dir, &[]);
+    let connected = runner.wait_event("output-connected", Duration::from_secs(30));
+    assert_eq!(connected["output"], "room");
+    eventually(Duration::from_secs(20), "the feed in the room", || {
+        janus.is_publishing(ROOM, FEED).then_some(())
+    });
+    let subscriber = janus.subscribe(ROOM, FEED, "rtph264depay ! h264parse ! avdec_h264");
+    eventually(
+        Duration::from_secs(30),
+        "frames decoded through Janus",
+        || (subscriber.frames() >= 30).then_some(()),
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&runner.get("/api/status").body).expect("status JSON");
+    assert_eq!(status["outputs"]["room"]["state"], "connected", "{status}");
+    assert_eq!(status["outputs"]["room"]["kind"], "janus", "{status}");
+    drop(subscriber);
+    runner.signal(libc::SIGINT);
+    assert!(runner.wait_exit(Duration::from_secs(20)).success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_abrcontroller_follows_the_sfu_of_a_whip_output() {
+    if !in_private_netns("an_abrcontroller_follows_the_sfu_of_a_whip_output") {
+        return;
+    }
+    let dir = scratch("whip-abr");
+    let server = hybridlive_testkit::WhipServer::start(hybridlive_testkit::free_tcp_port());
+    let file = dir.join("sfu.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[sources.cam]
+type = "test"
+width = 640
+height = 360
+audio = false
+
+[transforms.sfu-abr]
+type = "abrcontroller"
+inputs = ["cam"]
+output = "sfu"
+ladder = []
+
+[encoders.video]
+type = "h264"
+inputs = ["sfu-abr"]
+bitrate = 2000
+
+[outputs.sfu]
+type = "whip"
+inputs = ["video"]
+endpoint = "{}"
+loopback_only = true
+"#,
+            server.endpoint()
+        ),
+    )
+    .expect("pipeline file");
+    // Everything here crosses `lo`: packets the size of a real link's, for tbf to shape.
+    sh("ip link set lo mtu 1500");
+    let mut runner = Runner::start(&file, &dir, &[]);
+    runner.wait_event("output-connected", Duration::from_secs(30));
+    // The path to the SFU narrows to 600 kbit/s: only the SFU's receiver reports (loss, RTT)
+    // can tell the controller, which probed up to its ceiling on the clean link.
+    sh("tc qdisc add dev lo root tbf rate 600kbit burst 16kbit latency 200ms");
+    let informed = loop {
+        let event = runner.wait_event("abr-decision", Duration::from_secs(40));
+        if event["direction"] == "decrease" {
+            break event;
+        }
+    };
+    sh("tc qdisc del dev lo root");
+    assert_eq!(informed["output"], "sfu", "{informed}");
+    assert!(
+        ["loss", "rtt"].contains(&informed["reason"].as_str().unwrap_or_default()),
+        "{informed}"
+    );
+    assert!(
+        informed["inputs"]["rtt_ms"].is_number() || informed["inputs"]["loss"].is_number(),
+        "{informed}"
+    );
+    assert!(server.frames() > 0);
+    runner.signal(libc::SIGINT);
+    assert!(runner.wait_exit(Duration::from_secs(20)).success());
     let _ = std::fs::remove_dir_all(&dir);
 }

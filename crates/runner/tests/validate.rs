@@ -196,6 +196,13 @@ fn broken_files_report_position_component_key_and_suggestion() {
         ),
         (
             "[outputs.hls]",
+            "[transforms.abr]\ntype = \"abrcontroller\"\ninputs = [\"cam\"]\noutput = \"live\"\n\n\
+             [encoders.vp8]\ntype = \"vp8\"\ninputs = [\"abr\"]\n\n\
+             [outputs.live]\ntype = \"webrtc\"\ninputs = [\"vp8\"]\n\n[outputs.hls]",
+            &["encoders.vp8: `inputs`: an abrcontroller steers h264 encoders only"],
+        ),
+        (
+            "[outputs.hls]",
             "[transforms.abr]\ntype = \"abrcontroller\"\ninputs = [\"cam\"]\noutput = \"hls\"\n\n[outputs.hls]",
             &["transforms.abr: no h264 encoder reads from this abrcontroller"],
         ),
@@ -223,6 +230,91 @@ fn broken_files_report_position_component_key_and_suggestion() {
             "[outputs.hls]",
             "[outputs.live]\ntype = \"webrtc\"\ninputs = [\"video\"]\nmax_viewers = 0\n\n[outputs.hls]",
             &["outputs.live: `max_viewers`"],
+        ),
+        (
+            "[outputs.hls]",
+            "[outputs.live]\ntype = \"webrtc\"\ninputs = [\"video\"]\nplayout_delay_ms = [100, 50]\n\n[outputs.hls]",
+            &["outputs.live: `playout_delay_ms`: expected [min, max]"],
+        ),
+        (
+            "[outputs.hls]",
+            "[outputs.live]\ntype = \"webrtc\"\ninputs = [\"video\"]\nplayout_delay_ms = \"of\"\n\n[outputs.hls]",
+            &["outputs.live: `playout_delay_ms`", "did you mean `off`?"],
+        ),
+        (
+            "[outputs.hls]",
+            "[outputs.live]\ntype = \"webrtc\"\ninputs = [\"video\"]\nplayout_delay = 0\n\n[outputs.hls]",
+            &[
+                "outputs.live: `playout_delay`: unknown key",
+                "did you mean `playout_delay_ms`?",
+            ],
+        ),
+        (
+            "[outputs.hls]\ntype = \"hls\"\ninputs = [\"video\", \"audio\"]",
+            "[encoders.vp8]\ntype = \"vp8\"\ninputs = [\"cam\"]\n\n\
+             [outputs.hls]\ntype = \"hls\"\ninputs = [\"vp8\", \"audio\"]",
+            &["outputs.hls: `inputs`: `vp8` is VP8, which only the webrtc output sends"],
+        ),
+        (
+            "[encoders.video]\ntype = \"h264\"",
+            "[encoders.vp]\ntype = \"vp9\"\ninputs = [\"cam\"]\n\n[encoders.video]\ntype = \"h264\"",
+            &["encoders.vp: `type`", "did you mean `vp8`?"],
+        ),
+        (
+            "[outputs.hls]",
+            "[encoders.vp8]\ntype = \"vp8\"\ninputs = [\"cam\"]\nbitrate = 10\n\n\
+             [outputs.live]\ntype = \"webrtc\"\ninputs = [\"video\", \"vp8\", \"video\"]\n\n[outputs.hls]",
+            &[
+                "encoders.vp8: `bitrate`: 10 is out of range",
+                "outputs.live: `inputs`: an output takes exactly one video encoder (a webrtc output: one h264 and one vp8 at most)",
+            ],
+        ),
+        (
+            "[outputs.hls]",
+            "[encoders.vp8]\ntype = \"vp8\"\ninputs = [\"cam\"]\n\n\
+             [outputs.sfu]\ntype = \"whip\"\ninputs = [\"vp8\"]\nendpoint = \"http://sfu.example/whip\"\n\n[outputs.hls]",
+            &["outputs.sfu: `inputs`: `vp8` is VP8, which only the webrtc output sends"],
+        ),
+        (
+            "[outputs.hls]",
+            "[outputs.sfu]\ntype = \"whipp\"\ninputs = [\"video\"]\n\n[outputs.hls]",
+            &[
+                "outputs.sfu: `type`: unknown type `whipp`",
+                "did you mean `whip`?",
+            ],
+        ),
+        (
+            "[outputs.hls]",
+            "[outputs.sfu]\ntype = \"whip\"\ninputs = [\"video\", \"audio\"]\n\
+             endpiont = \"http://sfu.example/whip\"\n\n[outputs.hls]",
+            &[
+                "outputs.sfu: `endpoint`: missing required key",
+                "outputs.sfu: `endpiont`: unknown key",
+                "did you mean `endpoint`?",
+            ],
+        ),
+        (
+            "[outputs.hls]",
+            "[outputs.sfu]\ntype = \"whip\"\ninputs = [\"video\", \"audio\"]\n\
+             endpoint = \"ws://sfu.example/whip\"\ntoken = \"\"\n\n[outputs.hls]",
+            &[
+                "outputs.sfu: `endpoint`: `ws://sfu.example/whip` is not an http:// or https:// WHIP endpoint URL",
+                "outputs.sfu: `token`: an empty token",
+                "outputs.sfu: `inputs`: `audio` is AAC; WebRTC carries Opus",
+            ],
+        ),
+        (
+            "[outputs.hls]",
+            "[encoders.hq]\ntype = \"h264\"\ninputs = [\"cam\"]\npreset = \"balanced\"\n\n\
+             [outputs.room]\ntype = \"janus\"\ninputs = [\"hq\"]\nendpoint = \"http://janus:8088\"\n\
+             rom_id = 1234\n\n[outputs.hls]",
+            &[
+                "outputs.room: `room_id`: missing required key",
+                "outputs.room: `rom_id`: unknown key",
+                "did you mean `room_id`?",
+                "outputs.room: `endpoint`: `http://janus:8088` is not a ws:// or wss:// URL",
+                "outputs.room: `inputs`: `hq` is not constrained baseline",
+            ],
         ),
     ];
     for (from, to, expected) in table {
@@ -350,4 +442,51 @@ fn latency_test_budgets_are_read_and_checked() {
         report.contains("`hls_p95_ms`: expected a number"),
         "{report}"
     );
+}
+
+#[test]
+fn webrtc_playout_delay_is_read_in_every_form() {
+    init();
+    let delay = |line: &str| {
+        let text = broken(
+            "[outputs.hls]",
+            &format!(
+                "[outputs.live]\ntype = \"webrtc\"\ninputs = [\"video\"]\n{line}\n\n[outputs.hls]"
+            ),
+        );
+        let pipeline = hybridlive_runner::parse_named("delay.toml", &text)
+            .unwrap_or_else(|e| panic!("`{line}` refused: {e}"));
+        match &pipeline
+            .outputs
+            .iter()
+            .find(|o| o.name == "live")
+            .unwrap()
+            .kind
+        {
+            hybridlive_runner::config::OutputKind::Webrtc {
+                playout_delay_ms, ..
+            } => *playout_delay_ms,
+            other => panic!("not a webrtc output: {other:?}"),
+        }
+    };
+    let default = hybridlive_webrtc::DEFAULT_PLAYOUT_DELAY;
+    assert_eq!(delay(""), Some([default.min, default.max]));
+    assert_eq!(delay("playout_delay_ms = [0, 100]"), Some([0, 100]));
+    assert_eq!(delay("playout_delay_ms = 60"), Some([60, 60]));
+    assert_eq!(delay("playout_delay_ms = \"off\""), None);
+}
+
+#[test]
+fn a_webrtc_output_takes_one_h264_and_one_vp8_encoder() {
+    init();
+    let text = broken(
+        "[outputs.hls]",
+        "[encoders.vp8]\ntype = \"vp8\"\ninputs = [\"cam\"]\n\n\
+         [encoders.voice]\ntype = \"opus\"\ninputs = [\"cam\"]\n\n\
+         [outputs.live]\ntype = \"webrtc\"\ninputs = [\"vp8\", \"video\", \"voice\"]\n\n[outputs.hls]",
+    );
+    let pipeline = hybridlive_runner::parse_named("codecs.toml", &text)
+        .unwrap_or_else(|e| panic!("refused: {e}"));
+    let live = pipeline.outputs.iter().find(|o| o.name == "live").unwrap();
+    assert_eq!(live.inputs, ["vp8", "video", "voice"]);
 }

@@ -6,6 +6,12 @@
 
 use std::process::Command;
 
+mod janus;
+mod whip;
+
+pub use janus::{Janus, JanusSubscriber};
+pub use whip::{WhipServer, free_tcp_port};
+
 /// Runs the named test in a fresh network namespace holding only `lo`, where nothing leaves
 /// 127.0.0.1. Returns true when the caller is already inside it (and should run the test
 /// body), false when the test ran in a child process (whose failure fails the caller).

@@ -82,7 +82,7 @@ pub fn read_offer_request(req: &HttpRequest<'_>) -> Result<ViewerOffer, HttpResp
 
 fn offer_refused(e: &OfferError) -> HttpResponse {
     let status = match e {
-        OfferError::NoH264 => 406,
+        OfferError::NoH264 | OfferError::NoCommonCodec { .. } => 406,
         OfferError::NotSdp | OfferError::NoVideo => 400,
     };
     HttpResponse::new(status).text(WhepError::Offer(e.clone()).to_string())

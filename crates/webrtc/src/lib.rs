@@ -1,7 +1,9 @@
 //! WebRTC output of hybridlive: WHEP (RFC 9725) sessions served from one shared encoded stream.
 //!
-//! The encoder runs once. Every viewer gets a branch off a `tee` of the encoded H.264: a leaky
-//! queue, its own RTP payloader (own SSRC and sequence numbers) and its own `webrtcbin`. A
+//! The encoder runs once (per codec: H.264, and VP8 if the output sends it too). Every viewer
+//! gets a branch off a `tee` of the encoded video its offer asks for: a leaky queue, its own RTP
+//! payloader (own SSRC and sequence numbers, the playout-delay header extension when the viewer
+//! offers it) and its own `webrtcbin`. A
 //! session ends on `DELETE`, when its ICE connection fails or closes, and nothing of it (bin,
 //! tee pad, webrtcbin) survives.
 //!
@@ -13,7 +15,7 @@ mod nice;
 mod offer;
 mod whep;
 
-pub use egress::{Egress, add_egress, register_webrtc_elements};
+pub use egress::{Egress, EgressHealth, EgressPublisher, add_egress, register_webrtc_elements};
 pub use http::{HttpRequest, HttpResponse, MAX_OFFER_BYTES, read_offer_request};
 pub use nice::add_local_address;
 
@@ -22,10 +24,13 @@ pub use nice::add_local_address;
 pub const WHEP_PLAYER_JS: &str = include_str!("../web/whep-player.js");
 /// Reads capture stamps from H.264 access units in the browser (ES module).
 pub const STAMP_JS: &str = include_str!("../web/stamp.js");
-pub use offer::{H264Offer, OfferError, ViewerOffer, choose_h264, choose_opus, read_viewer_offer};
+pub use offer::{
+    H264Offer, OfferError, PLAYOUT_DELAY_URI, VideoCodec, ViewerOffer, choose_h264, choose_opus,
+    choose_vp8, read_viewer_offer, video_extmap_id,
+};
 pub use whep::{
-    Answer, Branches, MAX_HAND_TEXT, RaisedHand, SessionInfo, ViewerLatency, WhepConfig, WhepError,
-    WhepOutput,
+    Answer, Branches, DEFAULT_PLAYOUT_DELAY, MAX_HAND_TEXT, PlayoutDelayMs, RaisedHand,
+    SessionInfo, ViewerLatency, WhepConfig, WhepError, WhepOutput,
 };
 
 /// Entry points for the fuzz targets in `fuzz/`: what parses the messages viewers send over

@@ -9,6 +9,25 @@ pub struct H264Offer {
     pub profile_level_id: String,
 }
 
+/// A video codec the output can send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VideoCodec {
+    /// H.264 constrained baseline, packetization-mode=1.
+    H264,
+    /// VP8.
+    Vp8,
+}
+
+impl VideoCodec {
+    /// The name users and SDP know it by.
+    pub fn name(self) -> &'static str {
+        match self {
+            VideoCodec::H264 => "H.264",
+            VideoCodec::Vp8 => "VP8",
+        }
+    }
+}
+
 /// Why an offer cannot be served. All are the client's fault (HTTP 400 / 406).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OfferError {
@@ -18,9 +37,17 @@ pub enum OfferError {
     /// No video m-line.
     #[error("the offer has no video media section")]
     NoVideo,
-    /// Video offered, but no H.264 the stream can be sent as.
-    #[error("the offer has no H.264 with packetization-mode=1 and a constrained baseline profile")]
+    /// Video offered, but neither H.264 the stream can be sent as nor VP8.
+    #[error("the offer has neither H.264 (packetization-mode=1, constrained baseline) nor VP8")]
     NoH264,
+    /// The offer's video codecs are not among those the output sends.
+    #[error("the output sends {served}; the offer has only {offered}")]
+    NoCommonCodec {
+        /// What the output sends, e.g. "H.264".
+        served: String,
+        /// What the offer has of the codecs known here, e.g. "VP8".
+        offered: String,
+    },
 }
 
 /// What a viewer's offer asks for, read and checked before anything is built for it.
@@ -28,18 +55,105 @@ pub enum OfferError {
 pub struct ViewerOffer {
     /// The parsed offer.
     pub sdp: gst_sdp::SDPMessage,
-    /// The H.264 format the answer will use.
-    pub h264: H264Offer,
+    /// The H.264 format the answer would use, if the offer has one the stream can be sent as.
+    pub h264: Option<H264Offer>,
+    /// The VP8 payload type, if the offer has VP8.
+    pub vp8: Option<u32>,
     /// The Opus payload type, if the offer has one.
     pub opus: Option<u32>,
+    /// The id the offer gives the playout-delay header extension in its video section, if it
+    /// offers it.
+    pub playout_delay_id: Option<u32>,
 }
+
+/// URI of the playout-delay RTP header extension (see the `rtphdrextplayoutdelay` element).
+pub const PLAYOUT_DELAY_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay";
 
 /// Parses SDP offer text and picks the formats to answer with.
 pub fn read_viewer_offer(text: &str) -> Result<ViewerOffer, OfferError> {
     let sdp = gst_sdp::SDPMessage::parse_buffer(text.as_bytes()).map_err(|_| OfferError::NotSdp)?;
-    let h264 = choose_h264(&sdp)?;
+    let h264 = match choose_h264(&sdp) {
+        Ok(h264) => Some(h264),
+        Err(OfferError::NoH264) => None,
+        Err(e) => return Err(e),
+    };
+    let vp8 = choose_vp8(&sdp);
+    if h264.is_none() && vp8.is_none() {
+        return Err(OfferError::NoH264);
+    }
     let opus = choose_opus(&sdp);
-    Ok(ViewerOffer { sdp, h264, opus })
+    let playout_delay_id = video_extmap_id(&sdp, PLAYOUT_DELAY_URI);
+    Ok(ViewerOffer {
+        sdp,
+        h264,
+        vp8,
+        opus,
+        playout_delay_id,
+    })
+}
+
+impl ViewerOffer {
+    /// The first of `preference` (the codecs the output sends, best first) that the offer has,
+    /// with its payload type.
+    pub fn pick_codec(&self, preference: &[VideoCodec]) -> Result<(VideoCodec, u32), OfferError> {
+        let offered = |codec: VideoCodec| match codec {
+            VideoCodec::H264 => self.h264.as_ref().map(|h| h.payload_type),
+            VideoCodec::Vp8 => self.vp8,
+        };
+        preference
+            .iter()
+            .find_map(|&codec| offered(codec).map(|pt| (codec, pt)))
+            .ok_or_else(|| {
+                let names = |codecs: &mut dyn Iterator<Item = VideoCodec>| {
+                    codecs.map(VideoCodec::name).collect::<Vec<_>>().join(", ")
+                };
+                OfferError::NoCommonCodec {
+                    served: names(&mut preference.iter().copied()),
+                    offered: names(
+                        &mut [VideoCodec::H264, VideoCodec::Vp8]
+                            .into_iter()
+                            .filter(|&c| offered(c).is_some()),
+                    ),
+                }
+            })
+    }
+}
+
+/// The payload type of VP8 (VP8/90000) in the offer's first video section, if it offers it.
+pub fn choose_vp8(offer: &gst_sdp::SDPMessageRef) -> Option<u32> {
+    let video = offer.medias().find(|m| m.media() == Some("video"))?;
+    // In the order of the m-line: the viewer's own preference.
+    video.formats().find_map(|format| {
+        let pt = format.parse::<u32>().ok().filter(|pt| *pt < 128)?;
+        video
+            .attributes()
+            .any(|a| {
+                a.key() == "rtpmap"
+                    && a.value().is_some_and(|v| {
+                        let mut parts = v.split_whitespace();
+                        parts.next() == Some(format)
+                            && parts
+                                .next()
+                                .is_some_and(|codec| codec.eq_ignore_ascii_case("VP8/90000"))
+                    })
+            })
+            .then_some(pt)
+    })
+}
+
+/// The id of header extension `uri` in the offer's first video section
+/// (`a=extmap:<id>[/<direction>] <uri>`). One-byte ids are 1-14, two-byte ids 1-255; 0 and
+/// 15 are reserved in the one-byte form and never answered.
+pub fn video_extmap_id(offer: &gst_sdp::SDPMessageRef, uri: &str) -> Option<u32> {
+    let video = offer.medias().find(|m| m.media() == Some("video"))?;
+    video.attributes().find_map(|a| {
+        if a.key() != "extmap" {
+            return None;
+        }
+        let mut parts = a.value()?.split_whitespace();
+        let id = parts.next()?.split('/').next()?.parse::<u32>().ok()?;
+        ((1..=255).contains(&id) && id != 15 && parts.next() == Some(uri)).then_some(id)
+    })
 }
 
 /// Picks the first H.264 format of the first video section that carries packetization-mode=1
@@ -175,6 +289,31 @@ mod tests {
     }
 
     #[test]
+    fn finds_the_playout_delay_extension_id() {
+        let with = CHROME_LIKE.replace(
+            "a=rtpmap:96 VP8/90000\r\n",
+            "a=extmap:3 http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01\r\n\
+             a=extmap:6/recvonly http://www.webrtc.org/experiments/rtp-hdrext/playout-delay\r\n\
+             a=rtpmap:96 VP8/90000\r\n",
+        );
+        assert_eq!(video_extmap_id(&parse(&with), PLAYOUT_DELAY_URI), Some(6));
+        assert_eq!(
+            video_extmap_id(&parse(CHROME_LIKE), PLAYOUT_DELAY_URI),
+            None
+        );
+        // Only the video section counts; reserved or malformed ids are ignored.
+        let in_audio = CHROME_LIKE.replace(
+            "a=rtpmap:111 opus/48000/2\r\n",
+            "a=rtpmap:111 opus/48000/2\r\na=extmap:6 http://www.webrtc.org/experiments/rtp-hdrext/playout-delay\r\n",
+        );
+        assert_eq!(video_extmap_id(&parse(&in_audio), PLAYOUT_DELAY_URI), None);
+        let reserved = with.replace("extmap:6/recvonly", "extmap:15");
+        assert_eq!(video_extmap_id(&parse(&reserved), PLAYOUT_DELAY_URI), None);
+        let junk = with.replace("extmap:6/recvonly", "extmap:x");
+        assert_eq!(video_extmap_id(&parse(&junk), PLAYOUT_DELAY_URI), None);
+    }
+
+    #[test]
     fn ignores_payload_types_beyond_7_bits() {
         // RTP payload types are 0..=127 (the whep_offer fuzz target asserts it of every
         // accepted offer): a format numbered beyond cannot be answered.
@@ -186,6 +325,36 @@ mod tests {
             .replace("SAVPF 111", "SAVPF 1111");
         assert_eq!(choose_h264(&parse(&offer)), Err(OfferError::NoH264));
         assert_eq!(choose_opus(&parse(&offer)), None);
+    }
+
+    #[test]
+    fn picks_the_first_served_codec_the_viewer_offers() {
+        gst::init().unwrap();
+        let offer = read_viewer_offer(CHROME_LIKE).unwrap();
+        assert_eq!(offer.vp8, Some(96));
+        assert_eq!(
+            offer.pick_codec(&[VideoCodec::Vp8, VideoCodec::H264]),
+            Ok((VideoCodec::Vp8, 96))
+        );
+        assert_eq!(
+            offer.pick_codec(&[VideoCodec::H264, VideoCodec::Vp8]),
+            Ok((VideoCodec::H264, 106))
+        );
+        let vp8_only = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 98\r\na=rtpmap:98 vp8/90000\r\n";
+        let offer = read_viewer_offer(vp8_only).unwrap();
+        assert_eq!(offer.h264, None);
+        assert_eq!(
+            offer.pick_codec(&[VideoCodec::H264]),
+            Err(OfferError::NoCommonCodec {
+                served: "H.264".into(),
+                offered: "VP8".into()
+            })
+        );
+        assert_eq!(
+            read_viewer_offer(&vp8_only.replace("vp8/90000", "VP9/90000")).err(),
+            Some(OfferError::NoH264)
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! changes, promises) is made while it is held.
 
 use gst::prelude::*;
+use gst_rtp::prelude::*;
 use gst_webrtc::{WebRTCICEConnectionState, WebRTCICEGatheringState, WebRTCSDPType};
 use std::collections::HashMap;
 use std::io::Read;
@@ -11,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::nice::add_local_address;
-use crate::offer::{OfferError, ViewerOffer, read_viewer_offer};
+use crate::offer::{OfferError, PLAYOUT_DELAY_URI, VideoCodec, ViewerOffer, read_viewer_offer};
 
 /// Settings of the WHEP output.
 #[derive(Debug, Clone)]
@@ -29,6 +30,19 @@ pub struct WhepConfig {
     /// without DELETE (ICE on GStreamer 1.22 does not notice a silent peer). Browsers report
     /// about once a second; GStreamer receivers every 5 s by default (up to 7.5 s randomised).
     pub viewer_timeout: Duration,
+    /// The playout delay asked of viewers that offer the playout-delay header extension
+    /// (`None`: not negotiated, browsers pick their own jitter buffer).
+    pub playout_delay: Option<PlayoutDelayMs>,
+}
+
+/// Bounds of the playout delay (jitter buffer plus render delay) asked of a viewer, ms
+/// (0-40950, sent in 10 ms steps). `0..0` asks to render every frame as soon as it is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlayoutDelayMs {
+    /// Smallest delay.
+    pub min: u32,
+    /// Largest delay (at least `min`).
+    pub max: u32,
 }
 
 impl Default for WhepConfig {
@@ -39,9 +53,17 @@ impl Default for WhepConfig {
             max_sessions: 64,
             viewer_queue: Duration::from_millis(500),
             viewer_timeout: Duration::from_secs(15),
+            playout_delay: Some(DEFAULT_PLAYOUT_DELAY),
         }
     }
 }
+
+/// Asked of viewers unless configured otherwise. Minimum 0 lets Chromium shrink its jitter
+/// buffer and render on its low-latency path; a maximum above 0 keeps it off the 0/0 path
+/// ("render at once"), which measured worse at p95 with more freezes; 200 ms bounds the buffer
+/// on a jittery network without binding on a good one. See the README's WebRTC section for the
+/// measurements.
+pub const DEFAULT_PLAYOUT_DELAY: PlayoutDelayMs = PlayoutDelayMs { min: 0, max: 200 };
 
 /// Why an offer or a delete failed.
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +128,8 @@ pub const MAX_HAND_TEXT: usize = 500;
 struct Session {
     bin: gst::Bin,
     webrtcbin: gst::Element,
-    /// Video tee pad, and the audio one when the viewer takes audio.
-    tee_pads: Vec<gst::Pad>,
+    /// Video tee and pad, and the audio ones when the viewer takes audio.
+    tee_pads: Vec<(gst::Element, gst::Pad)>,
     created: Instant,
     /// Last RTCP packet from the viewer.
     last_heard: Arc<Mutex<Instant>>,
@@ -128,7 +150,8 @@ pub struct ViewerLatency {
 struct Inner {
     hands: Mutex<Vec<RaisedHand>>,
     pipeline: gst::Pipeline,
-    tee: gst::Element,
+    /// Video tees, one per codec, in the output's order of preference.
+    videos: Vec<(VideoCodec, gst::Element)>,
     audio_tee: Option<gst::Element>,
     config: WhepConfig,
     sessions: Mutex<HashMap<String, Session>>,
@@ -136,8 +159,8 @@ struct Inner {
     freed: std::sync::atomic::AtomicBool,
 }
 
-/// WHEP sessions fed from one tee of H.264 (byte-stream, access units, constrained baseline)
-/// and optionally one tee of Opus.
+/// WHEP sessions fed from one tee of encoded video per codec (H.264: byte-stream, access units,
+/// constrained baseline; VP8) and optionally one tee of Opus.
 #[derive(Clone)]
 pub struct WhepOutput {
     inner: Arc<Inner>,
@@ -152,10 +175,25 @@ impl WhepOutput {
         audio_tee: Option<&gst::Element>,
         config: WhepConfig,
     ) -> Self {
+        Self::with_codecs(pipeline, &[(VideoCodec::H264, tee)], audio_tee, config)
+    }
+
+    /// Serves viewers from one tee of encoded video per codec, best first: each viewer gets the
+    /// first of them its offer has (an offer with none of them is refused, HTTP 406).
+    pub fn with_codecs(
+        pipeline: &gst::Pipeline,
+        videos: &[(VideoCodec, &gst::Element)],
+        audio_tee: Option<&gst::Element>,
+        config: WhepConfig,
+    ) -> Self {
+        register_rtp_extensions();
         let inner = Arc::new(Inner {
             hands: Mutex::new(Vec::new()),
             pipeline: pipeline.clone(),
-            tee: tee.clone(),
+            videos: videos
+                .iter()
+                .map(|(codec, tee)| (*codec, (*tee).clone()))
+                .collect(),
             audio_tee: audio_tee.cloned(),
             config,
             sessions: Mutex::new(HashMap::new()),
@@ -198,8 +236,11 @@ impl WhepOutput {
             .filter_map(Result::ok)
             .filter(|e| e.factory().is_some_and(|f| f.name() == "webrtcbin"))
             .count();
-        let tee_pads = [&self.inner.tee]
-            .into_iter()
+        let tee_pads = self
+            .inner
+            .videos
+            .iter()
+            .map(|(_, tee)| tee)
             .chain(&self.inner.audio_tee)
             .flat_map(|tee| tee.src_pads())
             .filter(|pad| {
@@ -240,7 +281,30 @@ impl WhepOutput {
 
     /// Starts a session for an offer already read with [`read_viewer_offer`].
     pub fn start_session(&self, offer: ViewerOffer) -> Result<Answer, WhepError> {
-        let ViewerOffer { sdp, h264, opus } = offer;
+        let codecs: Vec<VideoCodec> = self.inner.videos.iter().map(|(c, _)| *c).collect();
+        let (codec, payload_type) = offer.pick_codec(&codecs)?;
+        let video_tee = self
+            .inner
+            .videos
+            .iter()
+            .find(|(c, _)| *c == codec)
+            .map(|(_, tee)| tee.clone())
+            .ok_or(OfferError::NoH264)?;
+        let ViewerOffer {
+            sdp,
+            h264,
+            opus,
+            playout_delay_id,
+            ..
+        } = offer;
+        let video = match (codec, h264) {
+            (VideoCodec::H264, Some(h264)) => VideoFormat::H264 {
+                payload_type,
+                profile_level_id: h264.profile_level_id,
+            },
+            _ => VideoFormat::Vp8 { payload_type },
+        };
+        let playout_delay = playout_delay_id.zip(self.inner.config.playout_delay);
         let opus = opus.filter(|_| self.inner.audio_tee.is_some());
         {
             let sessions = self.inner.sessions.lock().unwrap();
@@ -251,7 +315,7 @@ impl WhepOutput {
         let id = session_id();
         let last_heard = Arc::new(Mutex::new(Instant::now()));
         let (bin, webrtcbin) = self
-            .build_branch(&id, h264.payload_type, &h264.profile_level_id, opus)
+            .build_branch(&id, &video, opus, playout_delay)
             .map_err(|e| WhepError::Negotiation(e.to_string()))?;
 
         self.inner
@@ -275,22 +339,19 @@ impl WhepOutput {
             return Err(torn_down(self, e));
         }
 
-        let mut tee_pads = Vec::new();
-        let mut feeds = vec![(&self.inner.tee, "video")];
+        let mut tee_pads: Vec<(gst::Element, gst::Pad)> = Vec::new();
+        let mut feeds = vec![(&video_tee, "video")];
         if let (Some(audio_tee), Some(_)) = (&self.inner.audio_tee, opus) {
             feeds.push((audio_tee, "audio"));
         }
         for (tee, ghost) in feeds {
             let linked = tee.request_pad_simple("src_%u").and_then(|pad| {
-                tee_pads.push(pad.clone());
+                tee_pads.push((tee.clone(), pad.clone()));
                 let sink = bin.static_pad(ghost).expect("ghost pad");
                 pad.link(&sink).ok()
             });
             if linked.is_none() {
-                for (pad, tee) in tee_pads
-                    .iter()
-                    .zip([&self.inner.tee].into_iter().chain(&self.inner.audio_tee))
-                {
+                for (tee, pad) in &tee_pads {
                     tee.release_request_pad(pad);
                 }
                 return Err(torn_down(
@@ -299,7 +360,7 @@ impl WhepOutput {
                 ));
             }
         }
-        let tee_pad = tee_pads[0].clone();
+        let tee_pad = tee_pads[0].1.clone();
         self.watch_ice(&id, &webrtcbin, &tee_pad);
         let reported = Arc::new(Mutex::new(None));
         self.serve_data_channel(&id, &webrtcbin, &reported);
@@ -336,11 +397,19 @@ impl WhepOutput {
     /// session and returns its id. An error there belongs to that one viewer — e.g. its peer
     /// went away and the data channel's `sctpenc` can no longer write — and must not fail the
     /// output the other viewers are watching. The session is torn down on a thread of its own.
+    /// An error from a session already torn down (its bin out of the pipeline by the time the
+    /// message is read) is recognised too.
     pub fn end_session_of(&self, src: &gst::Object) -> Option<String> {
         let mut object = Some(src.clone());
         while let Some(current) = object {
             let parent = current.parent();
-            if parent.as_ref() == Some(self.inner.pipeline.upcast_ref::<gst::Object>()) {
+            // A session torn down between the error being posted and read here is out of the
+            // pipeline already: its bin is then the top of the chain.
+            let in_pipeline =
+                parent.as_ref() == Some(self.inner.pipeline.upcast_ref::<gst::Object>());
+            let torn_down =
+                parent.is_none() && current.is::<gst::Bin>() && current.name().starts_with("whep-");
+            if in_pipeline || torn_down {
                 let id = current.name().strip_prefix("whep-")?.to_string();
                 let session = self.inner.sessions.lock().unwrap().remove(&id);
                 if let Some(session) = session {
@@ -372,9 +441,9 @@ impl WhepOutput {
     fn build_branch(
         &self,
         id: &str,
-        payload_type: u32,
-        profile_level_id: &str,
+        video: &VideoFormat,
         opus_payload_type: Option<u32>,
+        playout_delay: Option<(u32, PlayoutDelayMs)>,
     ) -> Result<(gst::Bin, gst::Element), gst::glib::BoolError> {
         let bin = gst::Bin::with_name(&format!("whep-{id}"));
         let queue = self.viewer_queue()?;
@@ -382,23 +451,75 @@ impl WhepOutput {
         // is made before media flows, and without it webrtcbin announces SSRC 0 (with NACK on,
         // `a=ssrc-group:FID 0 <rtx>`, after which Chromium showed only the first frame).
         let ssrc = random_u32();
-        let pay = gst::ElementFactory::make("rtph264pay")
-            .property("pt", payload_type)
-            .property("ssrc", ssrc)
-            .property("config-interval", -1i32)
-            .property_from_str("aggregate-mode", "zero-latency")
-            .build()?;
-        // Echo the viewer's own profile-level-id: the stream is constrained baseline either
-        // way, but webrtcbin 1.22 matches the string.
-        let setter = gst::ElementFactory::make("capssetter")
-            .property(
-                "caps",
-                gst::Caps::builder("application/x-rtp")
+        let (pay, setter_caps, mut codec) = match video {
+            VideoFormat::H264 {
+                payload_type,
+                profile_level_id,
+            } => {
+                let pay = gst::ElementFactory::make("rtph264pay")
+                    .property("pt", *payload_type)
+                    .property("ssrc", ssrc)
+                    .property("config-interval", -1i32)
+                    .property_from_str("aggregate-mode", "zero-latency")
+                    .build()?;
+                // Echo the viewer's own profile-level-id: the stream is constrained baseline
+                // either way, but webrtcbin 1.22 matches the string.
+                let setter = Some(
+                    gst::Caps::builder("application/x-rtp")
+                        .field("profile-level-id", profile_level_id)
+                        .field("ssrc", ssrc)
+                        .build(),
+                );
+                let codec = gst::Caps::builder("application/x-rtp")
+                    .field("media", "video")
+                    .field("encoding-name", "H264")
+                    .field("clock-rate", 90000i32)
+                    .field("payload", *payload_type as i32)
+                    .field("packetization-mode", "1")
                     .field("profile-level-id", profile_level_id)
                     .field("ssrc", ssrc)
-                    .build(),
-            )
-            .build()?;
+                    .build();
+                (pay, setter, codec)
+            }
+            VideoFormat::Vp8 { payload_type } => {
+                // 15-bit picture ids, as browsers send them: receivers use them to tell a lost
+                // frame from a late one.
+                let pay = gst::ElementFactory::make("rtpvp8pay")
+                    .property("pt", *payload_type)
+                    .property("ssrc", ssrc)
+                    .property_from_str("picture-id-mode", "15-bit")
+                    .build()?;
+                // Its caps carry the SSRC from the property already: nothing to set.
+                let setter = None;
+                let codec = gst::Caps::builder("application/x-rtp")
+                    .field("media", "video")
+                    .field("encoding-name", "VP8")
+                    .field("clock-rate", 90000i32)
+                    .field("payload", *payload_type as i32)
+                    .field("ssrc", ssrc)
+                    .build();
+                (pay, setter, codec)
+            }
+        };
+        if let Some((id, delay)) = playout_delay {
+            // The payloader writes it; the extmap field in the transceiver's codec preferences
+            // is what makes webrtcbin answer it with the viewer's id.
+            let ext = gst_rtp::RTPHeaderExtension::create_from_uri(PLAYOUT_DELAY_URI)
+                .ok_or_else(|| gst::glib::bool_error!("no rtphdrextplayoutdelay"))?;
+            ext.set_id(id);
+            ext.set_property("min-delay", delay.min);
+            ext.set_property("max-delay", delay.max.max(delay.min));
+            pay.emit_by_name::<()>("add-extension", &[&ext]);
+            codec
+                .make_mut()
+                .set(format!("extmap-{id}"), PLAYOUT_DELAY_URI);
+        }
+        let setter = match setter_caps {
+            Some(caps) => gst::ElementFactory::make("capssetter")
+                .property("caps", caps)
+                .build()?,
+            None => gst::ElementFactory::make("identity").build()?,
+        };
         let webrtcbin = gst::ElementFactory::make("webrtcbin")
             .property_from_str("bundle-policy", "max-bundle")
             .build()?;
@@ -407,22 +528,10 @@ impl WhepOutput {
         }
         bin.add_many([&queue, &pay, &setter, &webrtcbin])?;
         gst::Element::link_many([&queue, &pay, &setter])?;
-        let sink = sendonly_pad(
-            &webrtcbin,
-            true,
-            gst::Caps::builder("application/x-rtp")
-                .field("media", "video")
-                .field("encoding-name", "H264")
-                .field("clock-rate", 90000i32)
-                .field("payload", payload_type as i32)
-                .field("packetization-mode", "1")
-                .field("profile-level-id", profile_level_id)
-                .field("ssrc", ssrc)
-                .build(),
-        )?;
+        let sink = sendonly_pad(&webrtcbin, true, codec)?;
         setter
             .static_pad("src")
-            .expect("capssetter src")
+            .expect("capssetter/identity src")
             .link(&sink)
             .map_err(|e| gst::glib::bool_error!("linking to webrtcbin: {e}"))?;
         let ghost = gst::GhostPad::builder_with_target(&queue.static_pad("sink").expect("queue"))?
@@ -551,6 +660,27 @@ impl WhepOutput {
     }
 }
 
+/// The video format a viewer's answer uses.
+enum VideoFormat {
+    H264 {
+        payload_type: u32,
+        profile_level_id: String,
+    },
+    Vp8 {
+        payload_type: u32,
+    },
+}
+
+/// Registers the RTP header extensions of `gst-plugin-rtpext` (playout delay) with GStreamer,
+/// once per process, so that they are found by URI.
+fn register_rtp_extensions() {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        // Already present (e.g. from GST_PLUGIN_PATH) is as good as registered here.
+        let _ = gstrtpext::plugin_register_static();
+    });
+}
+
 /// A send-only webrtcbin pad whose transceiver offers exactly `codec` (the viewer's payload type
 /// and parameters). With `nack`, packets the viewer reports lost are sent again (RTX, RFC 4588,
 /// when the viewer offers it; otherwise as they were).
@@ -677,8 +807,7 @@ fn request_key_frame(tee_pad: &gst::Pad) {
 
 fn teardown(inner: &Inner, session: Session) {
     let Session { bin, tee_pads, .. } = session;
-    let tees = [&inner.tee].into_iter().chain(&inner.audio_tee);
-    for (tee_pad, tee) in tee_pads.iter().zip(tees) {
+    for (tee, tee_pad) in &tee_pads {
         if let Some(peer) = tee_pad.peer() {
             let _ = tee_pad.unlink(&peer);
         }

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use gst::prelude::*;
 use hybridlive_testkit::in_private_netns;
-use hybridlive_webrtc::{HttpRequest, WhepConfig, WhepOutput};
+use hybridlive_webrtc::{HttpRequest, VideoCodec, WhepConfig, WhepOutput};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -27,19 +27,25 @@ const player = await playWhep(document.getElementById('v'), '/whep', {
 await new Promise((r) => setTimeout(r, seconds * 1000));
 const handRttMs = await player.raiseHand('How thick is the glaze?');
 const inbound = await player.stats();
+const report = await player.pc.getStats();
+const codec = inbound && inbound.codecId && report.get(inbound.codecId) ? report.get(inbound.codecId).mimeType : null;
 const audio = await player.stats('audio');
 const stampsRead = player.stampsRead();
+const offered = player.pc.localDescription.sdp.match(/^a=extmap:(\d+)\S* http:\/\/www\.webrtc\.org\/experiments\/rtp-hdrext\/playout-delay/m);
+const answered = player.pc.remoteDescription.sdp.match(/^a=extmap:(\d+)\S* http:\/\/www\.webrtc\.org\/experiments\/rtp-hdrext\/playout-delay/m);
 await player.stop();
 latencies.sort((a, b) => a - b);
 const q = (p) => latencies.length ? latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))] : null;
 window.result = {
-  framesDecoded: inbound ? inbound.framesDecoded : 0, handRttMs,
+  framesDecoded: inbound ? inbound.framesDecoded : 0, handRttMs, codec,
   nackCount: inbound ? inbound.nackCount : 0,
   retransmitted: inbound ? (inbound.retransmittedPacketsReceived || 0) : 0,
   packetsLost: inbound ? inbound.packetsLost : 0,
   freezeCount: inbound ? inbound.freezeCount : 0,
   audioPackets: audio ? audio.packetsReceived : 0,
   stampsRead, measured: latencies.length, streamIds: [...ids],
+  playoutDelayOffered: offered ? Number(offered[1]) : null,
+  playoutDelayAnswered: answered ? Number(answered[1]) : null,
   p50: q(0.5), p95: q(0.95), max: latencies.length ? latencies[latencies.length - 1] : null,
 };
 </script>
@@ -272,6 +278,13 @@ fn chromium_plays_whep_and_measures_latency_from_sei() {
     assert!(result["audioPackets"].as_u64().unwrap() >= 100, "{result}");
     let p50 = result["p50"].as_f64().unwrap();
     assert!(p50 > 0.0 && p50 < 500.0, "glass-to-glass p50 {p50} ms");
+    // Chromium offers the playout-delay extension; the answer takes it with Chromium's id, and
+    // Chromium accepted that answer (its remote description) and decoded the frames above.
+    assert!(result["playoutDelayOffered"].is_u64(), "{result}");
+    assert_eq!(
+        result["playoutDelayAnswered"], result["playoutDelayOffered"],
+        "{result}"
+    );
 
     // The question reached the host, and its echo came back over the data channel.
     let hands = output.raised_hands();
@@ -287,4 +300,38 @@ fn chromium_plays_whep_and_measures_latency_from_sei() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(output.session_count(), 0);
     pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn chromium_decodes_vp8_when_the_output_prefers_it() {
+    if !in_private_netns("chromium_decodes_vp8_when_the_output_prefers_it") {
+        return;
+    }
+    let vp8 = encoded_vp8_source(640, 360);
+    let output = WhepOutput::with_codecs(
+        &vp8,
+        &[(VideoCodec::Vp8, &vp8.by_name("t").unwrap())],
+        None,
+        WhepConfig {
+            loopback_ice: true,
+            ..Default::default()
+        },
+    );
+    vp8.set_state(gst::State::Playing).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server_output = output.clone();
+    std::thread::spawn(move || serve(listener, server_output));
+
+    let result = run_chromium(port, 3);
+    eprintln!("chromium, VP8: {result}");
+    assert_eq!(result["codec"], "video/VP8", "{result}");
+    // About 90 frames in 3 s, decoded; no SEI in VP8, so no stamps and no latency figure.
+    assert!(result["framesDecoded"].as_u64().unwrap() >= 60, "{result}");
+    assert_eq!(result["stampsRead"].as_u64(), Some(0), "{result}");
+    // The rest of the session works as with H.264: data channel, DELETE.
+    assert_eq!(output.raised_hands().len(), 1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(output.session_count(), 0);
+    vp8.set_state(gst::State::Null).unwrap();
 }

@@ -5,8 +5,12 @@ mod common;
 
 use common::*;
 use gst::prelude::*;
+use gst_rtp::prelude::*;
 use hybridlive_testkit::in_private_netns;
-use hybridlive_webrtc::{WhepConfig, WhepError, WhepOutput, add_local_address};
+use hybridlive_webrtc::{
+    PLAYOUT_DELAY_URI, PlayoutDelayMs, VideoCodec, WhepConfig, WhepError, WhepOutput,
+    add_local_address,
+};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +38,8 @@ struct Viewer {
     webrtcbin: gst::Element,
     meter: gst::Element,
     audio_buffers: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The playout-delay extension the viewer offered, read by its depayloader.
+    playout_delay: Option<gst_rtp::RTPHeaderExtension>,
 }
 
 impl Viewer {
@@ -42,6 +48,12 @@ impl Viewer {
     }
 
     fn with_audio(audio: bool) -> Self {
+        Self::with_options(audio, None)
+    }
+
+    /// With `playout_delay_id`, the viewer offers the playout-delay header extension with that
+    /// id, as Chromium does, and its depayloader reads it.
+    fn with_options(audio: bool, playout_delay_id: Option<u32>) -> Self {
         let pipeline = gst::Pipeline::new();
         let webrtcbin = gst::ElementFactory::make("webrtcbin")
             .property_from_str("bundle-policy", "max-bundle")
@@ -50,7 +62,7 @@ impl Viewer {
         add_local_address(&webrtcbin, "127.0.0.1").unwrap();
         let meter = gst::ElementFactory::make("latencymeter").build().unwrap();
         pipeline.add(&webrtcbin).unwrap();
-        let caps = gst::Caps::builder("application/x-rtp")
+        let mut caps = gst::Caps::builder("application/x-rtp")
             .field("media", "video")
             .field("encoding-name", "H264")
             .field("clock-rate", 90000i32)
@@ -58,6 +70,16 @@ impl Viewer {
             .field("packetization-mode", "1")
             .field("profile-level-id", "42e01f")
             .build();
+        let playout_delay = playout_delay_id.map(|id| {
+            caps.make_mut()
+                .set(format!("extmap-{id}"), PLAYOUT_DELAY_URI);
+            let ext = gst_rtp::RTPHeaderExtension::create_from_uri(PLAYOUT_DELAY_URI).unwrap();
+            ext.set_id(id);
+            // Not what the sender is configured with: only reading the packets changes it.
+            ext.set_property("min-delay", 990u32);
+            ext.set_property("max-delay", 990u32);
+            ext
+        });
         webrtcbin.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
             "add-transceiver",
             &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &caps],
@@ -76,6 +98,7 @@ impl Viewer {
         }
         let audio_buffers = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (pipe, m, counter) = (pipeline.downgrade(), meter.clone(), audio_buffers.clone());
+        let ext = playout_delay.clone();
         webrtcbin.connect_pad_added(move |_, pad| {
             let Some(pipeline) = pipe.upgrade() else {
                 return;
@@ -107,6 +130,15 @@ impl Viewer {
                 true,
             )
             .unwrap();
+            if let Some(ext) = &ext {
+                let depay = decode
+                    .iterate_elements()
+                    .into_iter()
+                    .filter_map(Result::ok)
+                    .find(|e| e.factory().is_some_and(|f| f.name() == "rtph264depay"))
+                    .unwrap();
+                depay.emit_by_name::<()>("add-extension", &[ext]);
+            }
             let sink = gst::ElementFactory::make("fakesink").build().unwrap();
             pipeline.add_many([decode.upcast_ref(), &m, &sink]).unwrap();
             gst::Element::link_many([decode.upcast_ref(), &m, &sink]).unwrap();
@@ -121,6 +153,7 @@ impl Viewer {
             webrtcbin,
             meter,
             audio_buffers,
+            playout_delay,
         }
     }
 
@@ -246,6 +279,213 @@ fn viewer_decodes_stamped_frames_and_delete_frees_everything() {
         Err(WhepError::UnknownSession(_))
     ));
     pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn playout_delay_is_answered_with_the_viewers_id_and_sent_on_the_packets() {
+    if !in_private_netns("playout_delay_is_answered_with_the_viewers_id_and_sent_on_the_packets") {
+        return;
+    }
+    let delay = PlayoutDelayMs { min: 0, max: 120 };
+    let (pipeline, output) = sender_with(WhepConfig {
+        loopback_ice: true,
+        playout_delay: Some(delay),
+        ..Default::default()
+    });
+    // An id other than the first free one, so an answer that numbers extensions itself fails.
+    let id = 9;
+    let viewer = Viewer::with_options(false, Some(id));
+    let offer = viewer.offer();
+    let extmap = format!("a=extmap:{id} {PLAYOUT_DELAY_URI}");
+    assert!(
+        offer.contains(&extmap),
+        "the test viewer offers it: {offer}"
+    );
+    let answer = output.offer(&offer).expect("an answer");
+    assert!(
+        answer.sdp.lines().any(|l| l.trim() == extmap),
+        "answer without `{extmap}`: {}",
+        answer.sdp
+    );
+    viewer.answer(&answer.sdp);
+    viewer.wait_frames(10, Duration::from_secs(15));
+    let read = viewer.playout_delay.as_ref().unwrap();
+    assert_eq!(
+        (
+            read.property::<u32>("min-delay"),
+            read.property::<u32>("max-delay")
+        ),
+        (delay.min, delay.max)
+    );
+    output.close_all();
+
+    // Not configured: not answered, even though offered.
+    let (pipeline2, output2) = sender_with(WhepConfig {
+        loopback_ice: true,
+        playout_delay: None,
+        ..Default::default()
+    });
+    let viewer = Viewer::with_options(false, Some(id));
+    let answer = output2.offer(&viewer.offer()).unwrap();
+    assert!(!answer.sdp.contains(PLAYOUT_DELAY_URI), "{}", answer.sdp);
+    output2.close_all();
+    pipeline.set_state(gst::State::Null).unwrap();
+    pipeline2.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn errors_of_a_session_already_torn_down_are_still_its_own() {
+    init();
+    let pipeline = gst::parse::launch("fakesrc ! tee name=t allow-not-linked=true")
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let output = WhepOutput::new(
+        &pipeline,
+        &pipeline.by_name("t").unwrap(),
+        None,
+        WhepConfig::default(),
+    );
+    // What is left of a session whose bin was removed before its last error was read: the
+    // message's source (sctpenc inside webrtcbin inside the bin) has no way up to the pipeline.
+    let bin = gst::Bin::with_name("whep-0123abcd");
+    let inner = gst::Bin::with_name("webrtcbin7");
+    let sctpenc = gst::ElementFactory::make("identity")
+        .name("sctpenc3")
+        .build()
+        .unwrap();
+    inner.add(&sctpenc).unwrap();
+    bin.add(&inner).unwrap();
+    assert_eq!(
+        output.end_session_of(sctpenc.upcast_ref()),
+        Some("0123abcd".to_string())
+    );
+    // Anything else out of the pipeline is not a viewer's.
+    let stray = gst::ElementFactory::make("identity").build().unwrap();
+    assert_eq!(output.end_session_of(stray.upcast_ref()), None);
+}
+
+/// A receive-only webrtcbin that offers VP8 only, decodes what arrives and counts the frames.
+fn vp8_viewer() -> (
+    gst::Pipeline,
+    gst::Element,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    let pipeline = gst::Pipeline::new();
+    let webrtcbin = gst::ElementFactory::make("webrtcbin")
+        .property_from_str("bundle-policy", "max-bundle")
+        .build()
+        .unwrap();
+    add_local_address(&webrtcbin, "127.0.0.1").unwrap();
+    pipeline.add(&webrtcbin).unwrap();
+    let caps = gst::Caps::builder("application/x-rtp")
+        .field("media", "video")
+        .field("encoding-name", "VP8")
+        .field("clock-rate", 90000i32)
+        .field("payload", 98i32)
+        .build();
+    webrtcbin.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
+        "add-transceiver",
+        &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &caps],
+    );
+    let frames = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (pipe, counter) = (pipeline.downgrade(), frames.clone());
+    webrtcbin.connect_pad_added(move |_, pad| {
+        let Some(pipeline) = pipe.upgrade() else {
+            return;
+        };
+        let decode =
+            gst::parse::bin_from_description("rtpvp8depay ! vp8dec ! fakesink name=s", true)
+                .unwrap();
+        pipeline.add(&decode).unwrap();
+        decode.sync_state_with_parent().unwrap();
+        let counter = counter.clone();
+        decode
+            .by_name("s")
+            .unwrap()
+            .static_pad("sink")
+            .unwrap()
+            .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                gst::PadProbeReturn::Ok
+            });
+        pad.link(&decode.static_pad("sink").unwrap()).unwrap();
+    });
+    pipeline.set_state(gst::State::Playing).unwrap();
+    (pipeline, webrtcbin, frames)
+}
+
+#[test]
+fn a_viewer_offering_only_vp8_gets_the_outputs_second_codec() {
+    if !in_private_netns("a_viewer_offering_only_vp8_gets_the_outputs_second_codec") {
+        return;
+    }
+    init();
+    let source = gst::parse::launch(
+        "videotestsrc is-live=true pattern=ball ! \
+         video/x-raw,format=I420,width=320,height=240,framerate=30/1 ! tee name=raw \
+         raw. ! queue ! x264enc tune=zerolatency speed-preset=ultrafast ! \
+         video/x-h264,profile=constrained-baseline ! tee name=h264 allow-not-linked=true \
+         raw. ! queue ! vp8enc deadline=1 cpu-used=8 lag-in-frames=0 end-usage=cbr ! \
+         tee name=vp8 allow-not-linked=true",
+    )
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    source.set_state(gst::State::Playing).unwrap();
+    let output = WhepOutput::with_codecs(
+        &source,
+        &[
+            (VideoCodec::H264, &source.by_name("h264").unwrap()),
+            (VideoCodec::Vp8, &source.by_name("vp8").unwrap()),
+        ],
+        None,
+        WhepConfig {
+            loopback_ice: true,
+            ..Default::default()
+        },
+    );
+    let (viewer, webrtcbin, frames) = vp8_viewer();
+    let offer = {
+        let promise = gst::Promise::new();
+        webrtcbin.emit_by_name::<()>("create-offer", &[&None::<gst::Structure>, &promise]);
+        promise.wait();
+        let offer = promise
+            .get_reply()
+            .unwrap()
+            .get::<gst_webrtc::WebRTCSessionDescription>("offer")
+            .unwrap();
+        let promise = gst::Promise::new();
+        webrtcbin.emit_by_name::<()>("set-local-description", &[&offer, &promise]);
+        promise.wait();
+        // Candidates come from the answer's side; the viewer's own arrive as peer-reflexive.
+        offer.sdp().as_text().unwrap()
+    };
+    assert!(!offer.contains("H264"), "{offer}");
+    let answer = output.offer(&offer).expect("an answer");
+    assert!(answer.sdp.contains("VP8/90000"), "{}", answer.sdp);
+    let sdp = gst_sdp::SDPMessage::parse_buffer(answer.sdp.as_bytes()).unwrap();
+    let promise = gst::Promise::new();
+    webrtcbin.emit_by_name::<()>(
+        "set-remote-description",
+        &[
+            &gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Answer, sdp),
+            &promise,
+        ],
+    );
+    promise.wait();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while frames.load(std::sync::atomic::Ordering::Relaxed) < 30 {
+        assert!(
+            Instant::now() < deadline,
+            "{} VP8 frames decoded",
+            frames.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    output.close_all();
+    viewer.set_state(gst::State::Null).unwrap();
+    source.set_state(gst::State::Null).unwrap();
 }
 
 #[test]

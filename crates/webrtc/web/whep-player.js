@@ -15,11 +15,18 @@ function iceGatheringDone(pc, timeoutMs) {
 /**
  * Starts playing `endpoint` (a WHEP URL) in `video`.
  * `onLatency(ms, stamp)` is called for every displayed frame whose stamp was read.
+ * `withoutHeaderExtensions`: RTP header extension URIs the offer leaves out (benchmarks compare
+ * with and without the playout-delay extension this way).
  * Returns { pc, stop(), stats() }.
  */
-export async function playWhep(video, endpoint, { onLatency = () => {}, token } = {}) {
+export async function playWhep(video, endpoint, { onLatency = () => {}, token, withoutHeaderExtensions = [] } = {}) {
   const pc = new RTCPeerConnection({ encodedInsertableStreams: true });
   const transceiver = pc.addTransceiver('video', { direction: 'recvonly' });
+  if (withoutHeaderExtensions.length) {
+    if (!transceiver.setHeaderExtensionsToNegotiate) throw new Error('this browser cannot decline header extensions');
+    transceiver.setHeaderExtensionsToNegotiate(transceiver.getHeaderExtensionsToNegotiate().map(
+      (ext) => (withoutHeaderExtensions.includes(ext.uri) ? { ...ext, direction: 'stopped' } : ext)));
+  }
   pc.addTransceiver('audio', { direction: 'recvonly' });
   // Interaction: the server echoes every message, so a raised hand also measures the round trip.
   const channel = pc.createDataChannel('interaction');

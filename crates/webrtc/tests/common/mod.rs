@@ -31,10 +31,19 @@ pub fn encoded_source(width: u32, height: u32, stream_id: &str) -> gst::Pipeline
     .unwrap()
 }
 
-pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+#[allow(unused_imports)]
+pub use hybridlive_testkit::free_tcp_port;
+
+/// A live source encoded once to VP8 with real-time settings, on a video tee `t`.
+pub fn encoded_vp8_source(width: u32, height: u32) -> gst::Pipeline {
+    init();
+    gst::parse::launch(&format!(
+        "videotestsrc is-live=true pattern=ball ! \
+         video/x-raw,format=I420,width={width},height={height},framerate=30/1 ! \
+         vp8enc deadline=1 cpu-used=8 end-usage=cbr target-bitrate=800000 lag-in-frames=0 \
+         keyframe-max-dist=300 error-resilient=default ! tee name=t allow-not-linked=true"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap()
 }
