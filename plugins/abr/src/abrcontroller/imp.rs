@@ -148,15 +148,17 @@ struct TwccWindow {
     lost: u64,
     /// Arrival time (receiver clock, ns) of the last packet received.
     last_arrival: Option<u64>,
-    /// Since the first loss of the current loss run: first and last arrival, bytes arrived.
+    /// Since the first loss of this report, or its start while a loss run goes on: first
+    /// and last arrival, bytes arrived.
     since_loss: Option<(u64, u64, u64)>,
 }
 
 /// Name of rtpbin's upstream event with the TWCC feedback of each sent packet.
 const TWCC_EVENT: &str = "RTPTWCCPackets";
-/// A TWCC report covers at least this many packets: a tick's few packets are too coarse
-/// a fraction.
-const TWCC_REPORT_PACKETS: u64 = 10;
+/// A TWCC report covers at least this many packets (75 ms at 4 Mbit/s, 300 ms at 1):
+/// a key frame's burst losing its tail within a tick's few packets is not a link at 10 %
+/// loss.
+const TWCC_REPORT_PACKETS: u64 = 30;
 /// TWCC feedback this recent makes the receiver reports' loss redundant.
 const TWCC_FRESH: gst::ClockTime = gst::ClockTime::from_seconds(1);
 /// Shortest arrival span a delivery rate is measured over.
@@ -194,7 +196,8 @@ impl TwccWindow {
     }
 
     /// Loss fraction and, when packets were lost, the rate that arrived since the first
-    /// loss: what a policer or a full link lets through. `None` until enough packets.
+    /// loss of the report: what a policer or a full link lets through. `None` until
+    /// enough packets.
     fn take(&mut self) -> Option<(f64, Option<u64>)> {
         if self.reported < TWCC_REPORT_PACKETS {
             return None;
@@ -204,10 +207,13 @@ impl TwccWindow {
             .since_loss
             .filter(|&(first, last, _)| last.saturating_sub(first) >= TWCC_RATE_SPAN)
             .map(|(first, last, bytes)| (bytes as f64 * 8e9 / (last - first) as f64) as u64);
-        if self.lost == 0 {
-            // The loss run is over: the next one measures afresh.
-            self.since_loss = None;
-        }
+        // The next report measures afresh: from its end if the run goes on. A run measured
+        // as a whole would carry on past a cut into what the encoder sends after it, and
+        // each report's ceiling would walk the target down with it.
+        self.since_loss = match (self.lost, self.last_arrival) {
+            (0, _) | (_, None) => None,
+            (_, Some(at)) => Some((at, at, 0)),
+        };
         self.reported = 0;
         self.lost = 0;
         Some((loss, delivered))
@@ -400,9 +406,10 @@ impl ElementImpl for AbrController {
                  reports (while TWCC feedback comes, their loss holds but never cuts), \
                  transport-wide CC feedback (the RTPTWCCPackets events rtpbin and \
                  webrtcbin send upstream when the payloader writes the TWCC header \
-                 extension: loss over at least 10 packets, counted from loss-threshold \
-                 up, and the rate that arrived since the first loss of the run as the \
-                 delivery rate), srtsink stats (rtt-ms; \
+                 extension: loss over at least 30 packets, counted from loss-threshold \
+                 up, and the rate that arrived since the first loss of the report, or \
+                 over the whole report while a loss run goes on, as the delivery rate), \
+                 srtsink stats (rtt-ms; \
                  packets-sent-lost over at least 30 packets and 250 ms, counted as at most \
                  50 % loss since SRT retransmits; bytes-sent minus the share lost, scaled \
                  to this stream's part of the connection, as the delivery rate; \
@@ -1540,59 +1547,50 @@ mod tests {
         let mut w = TwccWindow::default();
         w.add(&[twcc_packet(1000, Some(0.0)), twcc_packet(1000, None)]);
         assert_eq!(w.take(), None, "2 packets are not a fraction");
-        w.add(
-            &(1..9)
-                .map(|i| twcc_packet(1000, Some(i as f64)))
-                .collect::<Vec<_>>(),
-        );
-        let (loss, _) = w.take().expect("10 packets make a report");
-        assert_eq!(loss, 0.1);
+        let more: Vec<_> = (1..29).map(|i| twcc_packet(1000, Some(i as f64))).collect();
+        w.add(&more);
+        let (loss, _) = w.take().expect("30 packets make a report");
+        assert_eq!(loss, 1.0 / 30.0);
+    }
+
+    /// `n` packets of 1250 bytes, every other one lost when `lossy`, the others arriving
+    /// `spacing_ms` apart after `from_ms`.
+    fn twcc_run(n: usize, lossy: bool, from_ms: f64, spacing_ms: f64) -> Vec<gst::Structure> {
+        let mut arrival = from_ms;
+        (0..n)
+            .map(|k| {
+                if lossy && k % 2 == 0 {
+                    twcc_packet(1250, None)
+                } else {
+                    arrival += spacing_ms;
+                    twcc_packet(1250, Some(arrival))
+                }
+            })
+            .collect()
     }
 
     #[test]
-    fn twcc_delivery_rate_counts_from_the_first_loss_of_a_run() {
+    fn twcc_delivery_rate_counts_from_the_first_loss_of_each_report() {
         gst::init().unwrap();
         let mut w = TwccWindow::default();
         // Fast arrivals before the loss run do not count: 1 Mbit/s after it.
-        let mut packets: Vec<_> = (0..10).map(|i| twcc_packet(1250, Some(i as f64))).collect();
-        for k in 0..10 {
-            packets.push(twcc_packet(1250, None));
-            packets.push(twcc_packet(1250, Some(19.0 + 10.0 * k as f64)));
-        }
+        let mut packets = twcc_run(10, false, -1.0, 1.0);
+        packets.extend(twcc_run(20, true, 9.0, 10.0));
         w.add(&packets);
         let (loss, delivered) = w.take().unwrap();
         assert_eq!(loss, 10.0 / 30.0);
         assert_eq!(delivered, Some(1_000_000));
-        // The run goes on in the next report, measured from the same start...
-        w.add(
-            &(0..10)
-                .map(|k| {
-                    twcc_packet(
-                        1250,
-                        if k % 2 == 0 {
-                            None
-                        } else {
-                            Some(100.0 + 5.0 * k as f64)
-                        },
-                    )
-                })
-                .collect::<Vec<_>>(),
-        );
+        // The run goes on in the next report, measured from the end of the last one: the
+        // rate now (15 × 1250 bytes over 75 ms), not the run's average (1.43 Mbit/s).
+        w.add(&twcc_run(30, true, 109.0, 5.0));
         let (_, delivered) = w.take().unwrap();
-        assert_eq!(delivered, Some((15.0 * 1250.0 * 8e3 / 136.0) as u64));
-        // ...and ends with a report without loss: the next run starts afresh.
-        w.add(
-            &(0..10)
-                .map(|k| twcc_packet(1250, Some(200.0 + k as f64)))
-                .collect::<Vec<_>>(),
-        );
+        assert_eq!(delivered, Some(2_000_000));
+        // A report without loss ends the run; the next one starts afresh.
+        w.add(&twcc_run(30, false, 259.0, 1.0));
         assert_eq!(w.take().unwrap().0, 0.0);
-        w.add(&[twcc_packet(1250, None)]);
-        w.add(
-            &(0..10)
-                .map(|k| twcc_packet(1250, Some(219.0 + 10.0 * k as f64)))
-                .collect::<Vec<_>>(),
-        );
+        let mut packets = vec![twcc_packet(1250, None)];
+        packets.extend(twcc_run(30, false, 289.0, 10.0));
+        w.add(&packets);
         let (_, delivered) = w.take().unwrap();
         assert_eq!(delivered, Some(1_000_000));
     }
