@@ -1951,6 +1951,18 @@ fn uplink_collapses_to_a_tenth_for_10_s_and_the_stream_recovers() {
         ))
     };
     shape(CAPACITY_KBPS);
+    // The receiver's gst-launch may take long to start under load; a caller started before it
+    // listens backs off for longer and longer.
+    let receiver_ns = format!("--net=/proc/{}/ns/net", receiver.0.id());
+    eventually(Duration::from_secs(90), "the receiver to listen", || {
+        let out = Command::new("nsenter")
+            .args([receiver_ns.as_str(), "ss", "-Huan"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .contains(":9300")
+            .then_some(())
+    });
     // The uplink has an encode of its own, steered by abrcontroller from the srtsink's
     // statistics over the default ladder (960x540 800-2200, 640x360 0-1200 kbit/s); HLS and
     // the recording keep their fixed encode.

@@ -517,6 +517,17 @@ impl OutputRunner {
 
     /// Sends EOS so the output finishes its files; no restart follows.
     pub fn stop(&self) {
+        if matches!(
+            self.config.kind,
+            OutputKind::Whip { .. } | OutputKind::Janus { .. }
+        ) {
+            // An SFU publisher has no file to finish. An EOS through gst-plugins-rs's webrtcsink
+            // can end in an error inside its session pipeline, which it handles on its tokio
+            // runtime, where whipclientsink's blocking DELETE aborts the whole process (seen 1 in
+            // 8 stops). Taken down from this thread, the sink ends its session (DELETE) here.
+            self.force_stop();
+            return;
+        }
         let appsrcs: Vec<gst_app::AppSrc> = {
             let mut inner = self.inner.lock().unwrap();
             inner.wanted = false;
