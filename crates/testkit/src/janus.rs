@@ -1,7 +1,8 @@
 //! Debian's Janus for tests: started with the project's config folder (`crates/testkit/janus/`:
 //! the VideoRoom plugin, HTTP and WebSocket transports on free 127.0.0.1 ports, ICE on the veth
 //! test host `hl0` of [`crate::in_private_netns_with_veth`], since Janus gathers nothing on
-//! `lo`), its HTTP API, and a GStreamer subscriber that receives a feed through it.
+//! `lo`), its HTTP API (a subscriber's join → offer and answer → start, for any WebRTC stack,
+//! e.g. Chromium), and a GStreamer subscriber that receives a feed through it.
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -174,11 +175,10 @@ impl Janus {
         }
     }
 
-    /// Subscribes to `feed` in `room` with a `webrtcbin`; its video goes through
-    /// `video_chain` (a gst-launch fragment starting at RTP, e.g. `rtph264depay ! h264parse !
-    /// avdec_h264`) into a sink that counts the frames.
-    pub fn subscribe(&self, room: u64, feed: u64, video_chain: &str) -> JanusSubscriber {
-        gst::init().expect("GStreamer initialises");
+    /// Joins `room` as a subscriber to `feed` on a new handle and returns the handle with
+    /// Janus's JSEP offer (`{"type": "offer", "sdp": ...}`, its candidates included). Any
+    /// WebRTC stack answers it; [`Janus::start_subscriber`] sends the answer.
+    pub fn join_subscriber(&self, room: u64, feed: u64) -> ((u64, u64), Value) {
         let subscriber = self.attach();
         self.videoroom(
             subscriber,
@@ -186,6 +186,26 @@ impl Janus {
             None,
         );
         let offer = self.wait_jsep(subscriber.0);
+        assert_eq!(offer["type"], "offer", "Janus's JSEP: {offer}");
+        (subscriber, offer)
+    }
+
+    /// Sends the subscriber's answer (an SDP with its candidates: no trickle) with `start`:
+    /// Janus then forwards the feed to it.
+    pub fn start_subscriber(&self, subscriber: (u64, u64), room: u64, answer_sdp: &str) {
+        self.videoroom(
+            subscriber,
+            json!({"request": "start", "room": room}),
+            Some(json!({"type": "answer", "sdp": answer_sdp})),
+        );
+    }
+
+    /// Subscribes to `feed` in `room` with a `webrtcbin`; its video goes through
+    /// `video_chain` (a gst-launch fragment starting at RTP, e.g. `rtph264depay ! h264parse !
+    /// avdec_h264`) into a sink that counts the frames.
+    pub fn subscribe(&self, room: u64, feed: u64, video_chain: &str) -> JanusSubscriber {
+        gst::init().expect("GStreamer initialises");
+        let (subscriber, offer) = self.join_subscriber(room, feed);
         let pipeline = gst::Pipeline::new();
         let webrtcbin = gst::ElementFactory::make("webrtcbin")
             .property_from_str("bundle-policy", "max-bundle")
@@ -265,11 +285,7 @@ impl Janus {
             .sdp()
             .as_text()
             .expect("SDP text");
-        self.videoroom(
-            subscriber,
-            json!({"request": "start", "room": room}),
-            Some(json!({"type": "answer", "sdp": local})),
-        );
+        self.start_subscriber(subscriber, room, &local);
         JanusSubscriber { pipeline, frames }
     }
 }
