@@ -6,8 +6,9 @@
 // Reads the offer (`{"type": "offer", "sdp": "..."}`) from stdin and prints, one JSON object a
 // line on stdout: first the answer (`{"type": "answer", "sdp": "..."}`, written once ICE
 // gathering is complete, candidates included), then every 250 ms the received video's
-// `{"framesDecoded": N, "codec": "video/H264", "packetsReceived": N}` from getStats(). Exits 0
-// once FRAMES frames (default 30) have decoded, 1 when TIMEOUT_SECONDS (default 20) pass first.
+// `{"framesDecoded", "codec" (e.g. "video/H264"), "packetsReceived", "frameWidth",
+// "frameHeight"}` from getStats(). Exits 0 once FRAMES frames (default 30) have decoded, 1 when
+// TIMEOUT_SECONDS (default 20) pass first.
 // Page console lines and errors go to stderr.
 import { chromium } from 'playwright-core';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -65,6 +66,8 @@ try {
         framesDecoded: video.framesDecoded || 0,
         codec: codec ? codec.mimeType : null,
         packetsReceived: video.packetsReceived || 0,
+        frameWidth: video.frameWidth || 0,
+        frameHeight: video.frameHeight || 0,
       };
     });
     console.log(JSON.stringify(stats));

@@ -167,6 +167,12 @@ fn chromium_subscribes_through_janus_and_decodes_h264() {
     );
     assert!(last["framesDecoded"].as_u64().unwrap() >= 30, "{last}");
     assert_eq!(last["codec"], "video/H264", "{last}");
+    // The published picture, not some other stream.
+    assert_eq!(
+        (last["frameWidth"].as_u64(), last["frameHeight"].as_u64()),
+        (Some(640), Some(360)),
+        "{last}"
+    );
     assert!(publisher.health.connected());
     sender.set_state(gst::State::Null).unwrap();
 }
