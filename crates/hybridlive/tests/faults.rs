@@ -553,23 +553,9 @@ impl Viewer {
             .expect("an offer")
             .get::<gst_webrtc::WebRTCSessionDescription>("offer")
             .expect("an offer");
-        let (tx, gathered) = mpsc::channel();
-        webrtcbin.connect_notify(Some("ice-gathering-state"), move |w, _| {
-            if w.property::<gst_webrtc::WebRTCICEGatheringState>("ice-gathering-state")
-                == gst_webrtc::WebRTCICEGatheringState::Complete
-            {
-                let _ = tx.send(());
-            }
-        });
-        let promise = gst::Promise::new();
-        webrtcbin.emit_by_name::<()>("set-local-description", &[&offer, &promise]);
-        promise.wait();
-        let _ = gathered.recv_timeout(Duration::from_secs(10));
-        let sdp = webrtcbin
-            .property::<gst_webrtc::WebRTCSessionDescription>("local-description")
-            .sdp()
-            .as_text()
-            .expect("SDP text");
+        let sdp =
+            hybridlive_webrtc::set_local_description(&webrtcbin, &offer, Duration::from_secs(10))
+                .expect("local offer");
         let (status, answer) = http(
             &runner.addr,
             "POST",
@@ -1951,18 +1937,7 @@ fn uplink_collapses_to_a_tenth_for_10_s_and_the_stream_recovers() {
         ))
     };
     shape(CAPACITY_KBPS);
-    // The receiver's gst-launch may take long to start under load; a caller started before it
-    // listens backs off for longer and longer.
-    let receiver_ns = format!("--net=/proc/{}/ns/net", receiver.0.id());
-    eventually(Duration::from_secs(90), "the receiver to listen", || {
-        let out = Command::new("nsenter")
-            .args([receiver_ns.as_str(), "ss", "-Huan"])
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stdout)
-            .contains(":9300")
-            .then_some(())
-    });
+    hybridlive_testkit::wait_for_udp_listener(receiver.0.id(), ":9300");
     // The uplink has an encode of its own, steered by abrcontroller from the srtsink's
     // statistics over the default ladder (960x540 800-2200, 640x360 0-1200 kbit/s); HLS and
     // the recording keep their fixed encode.

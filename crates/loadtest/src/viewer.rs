@@ -6,7 +6,6 @@ use anyhow::{Context as _, anyhow};
 use gst::prelude::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// How a viewer is built.
@@ -126,34 +125,8 @@ impl Viewer {
             .get_reply()
             .and_then(|r| r.get::<gst_webrtc::WebRTCSessionDescription>("offer").ok())
             .context("webrtcbin made no offer")?;
-        let (tx, rx) = mpsc::channel();
-        let handler = self
-            .webrtcbin
-            .connect_notify(Some("ice-gathering-state"), move |w, _| {
-                if w.property::<gst_webrtc::WebRTCICEGatheringState>("ice-gathering-state")
-                    == gst_webrtc::WebRTCICEGatheringState::Complete
-                {
-                    let _ = tx.send(());
-                }
-            });
-        let promise = gst::Promise::new();
-        self.webrtcbin
-            .emit_by_name::<()>("set-local-description", &[&offer, &promise]);
-        promise.wait();
-        if self
-            .webrtcbin
-            .property::<gst_webrtc::WebRTCICEGatheringState>("ice-gathering-state")
-            != gst_webrtc::WebRTCICEGatheringState::Complete
-        {
-            let _ = rx.recv_timeout(gather_timeout);
-        }
-        self.webrtcbin.disconnect(handler);
-        self.webrtcbin
-            .property::<Option<gst_webrtc::WebRTCSessionDescription>>("local-description")
-            .context("no local description")?
-            .sdp()
-            .as_text()
-            .map_err(|e| anyhow!("offer SDP: {e}"))
+        hybridlive_webrtc::set_local_description(&self.webrtcbin, &offer, gather_timeout)
+            .map_err(|e| anyhow!("offer: {e}"))
     }
 
     /// Applies the server's answer; ICE starts.

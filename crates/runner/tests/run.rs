@@ -1761,18 +1761,7 @@ fn an_srt_uplink_squeezed_by_tc_tbf_gets_a_lower_bitrate_from_its_abrcontroller(
     );
     sh(&format!("ip link set hl1 netns {}", receiver.0.id()));
     sh("tc qdisc add dev hl0 root tbf rate 8mbit burst 32kb latency 200ms");
-    // The receiver's first gst-launch may take long under load (e.g. a registry rebuild after
-    // a build); a caller started before it listens backs off for longer and longer.
-    let receiver_ns = format!("--net=/proc/{}/ns/net", receiver.0.id());
-    eventually(Duration::from_secs(90), "the receiver to listen", || {
-        let out = Command::new("nsenter")
-            .args([receiver_ns.as_str(), "ss", "-Huan"])
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stdout)
-            .contains("10.213.0.2:9100")
-            .then_some(())
-    });
+    hybridlive_testkit::wait_for_udp_listener(receiver.0.id(), "10.213.0.2:9100");
     let file = dir.join("uplink.toml");
     std::fs::write(
         &file,

@@ -270,21 +270,9 @@ impl Janus {
             .expect("an answer")
             .get::<gst_webrtc::WebRTCSessionDescription>("answer")
             .expect("an answer");
-        let promise = gst::Promise::new();
-        webrtcbin.emit_by_name::<()>("set-local-description", &[&answer, &promise]);
-        promise.wait();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while webrtcbin.property::<gst_webrtc::WebRTCICEGatheringState>("ice-gathering-state")
-            != gst_webrtc::WebRTCICEGatheringState::Complete
-            && Instant::now() < deadline
-        {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let local = webrtcbin
-            .property::<gst_webrtc::WebRTCSessionDescription>("local-description")
-            .sdp()
-            .as_text()
-            .expect("SDP text");
+        let local =
+            hybridlive_webrtc::set_local_description(&webrtcbin, &answer, Duration::from_secs(5))
+                .expect("local answer");
         self.start_subscriber(subscriber, room, &local);
         JanusSubscriber { pipeline, frames }
     }

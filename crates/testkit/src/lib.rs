@@ -52,6 +52,27 @@ fn in_private_netns_with(test: &str, setup: &str) -> bool {
     false
 }
 
+/// Waits (up to 90 s) until a UDP socket bound to `addr` (`10.213.0.2:9100`, or `:9300` for
+/// any address) exists in the network namespace of process `pid`: a receiver a test started in
+/// a namespace of its own, e.g. an SRT listener, whose first start may be slow under load. A
+/// caller started before it listens backs off for longer and longer.
+pub fn wait_for_udp_listener(pid: u32, addr: &str) {
+    let netns = format!("--net=/proc/{pid}/ns/net");
+    eventually(
+        std::time::Duration::from_secs(90),
+        &format!("a UDP listener on {addr}"),
+        || {
+            let out = std::process::Command::new("nsenter")
+                .args([netns.as_str(), "ss", "-Huan"])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .contains(addr)
+                .then_some(())
+        },
+    );
+}
+
 /// Polls `f` every 200 ms until it returns `Some`, and fails the test (naming `what`) when
 /// `timeout` passes first. For waiting only: a test never asserts how long something took.
 pub fn eventually<T>(

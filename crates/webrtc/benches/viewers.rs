@@ -21,7 +21,7 @@
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gst::prelude::*;
@@ -181,25 +181,8 @@ impl Viewer {
             .get_reply()
             .and_then(|r| r.get::<gst_webrtc::WebRTCSessionDescription>("offer").ok())
             .expect("offer");
-        let (tx, rx) = mpsc::channel();
-        self.webrtcbin
-            .connect_notify(Some("ice-gathering-state"), move |w, _| {
-                if w.property::<gst_webrtc::WebRTCICEGatheringState>("ice-gathering-state")
-                    == gst_webrtc::WebRTCICEGatheringState::Complete
-                {
-                    let _ = tx.send(());
-                }
-            });
-        let promise = gst::Promise::new();
-        self.webrtcbin
-            .emit_by_name::<()>("set-local-description", &[&offer, &promise]);
-        promise.wait();
-        let _ = rx.recv_timeout(Duration::from_secs(5));
-        self.webrtcbin
-            .property::<gst_webrtc::WebRTCSessionDescription>("local-description")
-            .sdp()
-            .as_text()
-            .expect("SDP text")
+        hybridlive_webrtc::set_local_description(&self.webrtcbin, &offer, Duration::from_secs(5))
+            .expect("local offer")
     }
 
     fn answer(&self, sdp: &str) -> Result<(), String> {

@@ -30,7 +30,7 @@ pub use offer::{
 };
 pub use whep::{
     Answer, Branches, DEFAULT_PLAYOUT_DELAY, MAX_HAND_TEXT, PlayoutDelayMs, RaisedHand,
-    SessionInfo, ViewerLatency, WhepConfig, WhepError, WhepOutput,
+    SessionInfo, ViewerLatency, WhepConfig, WhepError, WhepOutput, set_local_description,
 };
 
 /// Entry points for the fuzz targets in `fuzz/`: what parses the messages viewers send over

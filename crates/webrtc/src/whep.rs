@@ -838,6 +838,17 @@ fn negotiate(
         .and_then(|r| r.get::<gst_webrtc::WebRTCSessionDescription>("answer").ok())
         .ok_or("webrtcbin created no answer (no codec in common?)")?;
 
+    set_local_description(webrtcbin, &answer, gather_timeout)
+}
+
+/// Sets `description` as `webrtcbin`'s local description, waits up to `gather_timeout` for ICE
+/// gathering to complete and returns the local SDP with the candidates gathered by then (what a
+/// peer without trickle ICE, such as a WHEP/WHIP exchange or a Janus answer, needs).
+pub fn set_local_description(
+    webrtcbin: &gst::Element,
+    description: &gst_webrtc::WebRTCSessionDescription,
+    gather_timeout: Duration,
+) -> Result<String, String> {
     let gathered = Arc::new((Mutex::new(false), Condvar::new()));
     let signal = gathered.clone();
     let handler = webrtcbin.connect_notify(Some("ice-gathering-state"), move |webrtcbin, _| {
@@ -848,7 +859,7 @@ fn negotiate(
         }
     });
     let promise = gst::Promise::new();
-    webrtcbin.emit_by_name::<()>("set-local-description", &[&answer, &promise]);
+    webrtcbin.emit_by_name::<()>("set-local-description", &[description, &promise]);
     let set = wait_promise(&promise, "set-local-description");
     if set.is_ok() {
         let complete = webrtcbin.property::<WebRTCICEGatheringState>("ice-gathering-state")
@@ -864,10 +875,7 @@ fn negotiate(
     let local = webrtcbin
         .property::<Option<gst_webrtc::WebRTCSessionDescription>>("local-description")
         .ok_or("no local description")?;
-    local
-        .sdp()
-        .as_text()
-        .map_err(|e| format!("answer SDP: {e}"))
+    local.sdp().as_text().map_err(|e| format!("local SDP: {e}"))
 }
 
 fn wait_promise(promise: &gst::Promise, what: &str) -> Result<Option<gst::Structure>, String> {

@@ -11,7 +11,6 @@ use hybridlive_webrtc::{
     PLAYOUT_DELAY_URI, PlayoutDelayMs, VideoCodec, WhepConfig, WhepError, WhepOutput,
     add_local_address,
 };
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// The sending side: one live encode, stamped, on a tee.
@@ -167,24 +166,7 @@ impl Viewer {
             .unwrap()
             .get::<gst_webrtc::WebRTCSessionDescription>("offer")
             .unwrap();
-        let (tx, rx) = mpsc::channel();
-        self.webrtcbin
-            .connect_notify(Some("ice-gathering-state"), move |w, _| {
-                if w.property::<gst_webrtc::WebRTCICEGatheringState>("ice-gathering-state")
-                    == gst_webrtc::WebRTCICEGatheringState::Complete
-                {
-                    let _ = tx.send(());
-                }
-            });
-        let promise = gst::Promise::new();
-        self.webrtcbin
-            .emit_by_name::<()>("set-local-description", &[&offer, &promise]);
-        promise.wait();
-        let _ = rx.recv_timeout(Duration::from_secs(5));
-        self.webrtcbin
-            .property::<gst_webrtc::WebRTCSessionDescription>("local-description")
-            .sdp()
-            .as_text()
+        hybridlive_webrtc::set_local_description(&self.webrtcbin, &offer, Duration::from_secs(5))
             .unwrap()
     }
 
