@@ -833,13 +833,7 @@ impl Graph<'_> {
         let caps = make("capsfilter", "")?;
         caps.set_property(
             "caps",
-            gst::Caps::builder("video/x-raw")
-                .field("format", "I420")
-                .field("width", v.width as i32)
-                .field("height", v.height as i32)
-                .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
-                .field("framerate", gst::Fraction::new(v.framerate as i32, 1))
-                .build(),
+            raw_video_caps(v.width, v.height, gst::Fraction::new(v.framerate as i32, 1)),
         );
         self.add_chain(&[&convert, &scale, &rate, &caps])?;
         Ok((convert, caps))
@@ -1231,13 +1225,7 @@ impl Graph<'_> {
                             ));
                         caps.set_property(
                             "caps",
-                            gst::Caps::builder("video/x-raw")
-                                .field("format", "I420")
-                                .field("width", rung.width as i32)
-                                .field("height", rung.height as i32)
-                                .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
-                                .field("framerate", framerate)
-                                .build(),
+                            raw_video_caps(rung.width, rung.height, framerate),
                         );
                     }
                     chain.push(controller.clone());
@@ -1439,4 +1427,15 @@ fn bridge(
     tee.link(&queue)?;
     queue.link(&appsink)?;
     Ok(appsink.upcast())
+}
+
+/// The raw video every source is normalised to (and a rung is scaled to): I420, square pixels.
+fn raw_video_caps(width: u32, height: u32, framerate: gst::Fraction) -> gst::Caps {
+    gst::Caps::builder("video/x-raw")
+        .field("format", "I420")
+        .field("width", width as i32)
+        .field("height", height as i32)
+        .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
+        .field("framerate", framerate)
+        .build()
 }

@@ -125,19 +125,20 @@ pub fn choose_vp8(offer: &gst_sdp::SDPMessageRef) -> Option<u32> {
     // In the order of the m-line: the viewer's own preference.
     video.formats().find_map(|format| {
         let pt = format.parse::<u32>().ok().filter(|pt| *pt < 128)?;
-        video
-            .attributes()
-            .any(|a| {
-                a.key() == "rtpmap"
-                    && a.value().is_some_and(|v| {
-                        let mut parts = v.split_whitespace();
-                        parts.next() == Some(format)
-                            && parts
-                                .next()
-                                .is_some_and(|codec| codec.eq_ignore_ascii_case("VP8/90000"))
-                    })
+        has_rtpmap(video, format, "VP8/90000").then_some(pt)
+    })
+}
+
+/// Whether `media` maps payload type `format` to `codec` (`a=rtpmap:<format> <codec>`, codec
+/// names compared without regard to case).
+fn has_rtpmap(media: &gst_sdp::SDPMediaRef, format: &str, codec: &str) -> bool {
+    media.attributes().any(|a| {
+        a.key() == "rtpmap"
+            && a.value().is_some_and(|v| {
+                let mut parts = v.split_whitespace();
+                parts.next() == Some(format)
+                    && parts.next().is_some_and(|c| c.eq_ignore_ascii_case(codec))
             })
-            .then_some(pt)
     })
 }
 
@@ -169,17 +170,7 @@ pub fn choose_h264(offer: &gst_sdp::SDPMessageRef) -> Result<H264Offer, OfferErr
         let Some(pt) = format.parse::<u32>().ok().filter(|pt| *pt < 128) else {
             continue;
         };
-        let is_h264 = video.attributes().any(|a| {
-            a.key() == "rtpmap"
-                && a.value().is_some_and(|v| {
-                    let mut parts = v.split_whitespace();
-                    parts.next() == Some(format)
-                        && parts
-                            .next()
-                            .is_some_and(|codec| codec.eq_ignore_ascii_case("H264/90000"))
-                })
-        });
-        if !is_h264 {
+        if !has_rtpmap(video, format, "H264/90000") {
             continue;
         }
         let fmtp = video

@@ -451,18 +451,7 @@ fn prepend_nals(buffer: &gst::Buffer, nals: &[Vec<u8>], framing: Framing) -> gst
     };
     data.extend_from_slice(map.as_slice());
     drop(map);
-    let mut out = gst::Buffer::from_mut_slice(data);
-    {
-        let out = out.get_mut().expect("new buffer is writable");
-        let _ = buffer.copy_into(
-            out,
-            gst::BufferCopyFlags::FLAGS
-                | gst::BufferCopyFlags::TIMESTAMPS
-                | gst::BufferCopyFlags::META,
-            ..,
-        );
-    }
-    out
+    with_data(buffer, data)
 }
 
 impl ClipExtract {
