@@ -26,6 +26,16 @@
 //!      `backlog_threshold` and still growing, or above twice that: 85 % of the rate the
 //!      backlog drains at (media rate in minus backlog growth), or `rate × 0.8` when the
 //!      drain rate is unknown;
+//!    * an acknowledged rate (SRT: the receiver's acknowledgements, counted while they are
+//!      few and fall well short of the packets sent) with a queuing delay of at least half
+//!      `rtt_threshold`: 90 % of it. A queue standing before the bottleneck delivers at the
+//!      bottleneck's pace, and the acknowledgements come back over a path that does not
+//!      queue: this is the link's rate a one-way delay after it fell, where the loss
+//!      reports take the queue's length longer. Readings within the hold-off of each other
+//!      count with the highest (a receiver waiting for a retransmission acknowledges
+//!      nothing, so readings undercount); for the hold-off plus one RTT after the last one,
+//!      loss does not cut (it holds) and delay cuts by no factor: both describe packets
+//!      sent before the cut;
 //!    * an explicit estimate (rtpgccbwe, an `abr-estimate` event) below the target: the
 //!      estimate.
 //!
@@ -161,6 +171,11 @@ pub struct Observation {
     /// reported lost, scaled to this stream's part of the traffic). With loss, the best
     /// measure of the link's capacity.
     pub delivered_bps: Option<u64>,
+    /// What the receiver is acknowledging of this stream, bit/s, measured without waiting
+    /// for loss reports, given only while it falls well short of what is sent (SRT: a few
+    /// dozen acknowledgements a second, one per arriving packet, while many more packets
+    /// leave). With a standing queue, the pace of the bottleneck.
+    pub acked_bps: Option<u64>,
 }
 
 /// Which way the target moved.
@@ -194,6 +209,8 @@ pub enum Reason {
     Loss,
     /// Queuing delay.
     Rtt,
+    /// The receiver acknowledges less than is sent while a queue stands.
+    Delivery,
     /// Send backlog.
     Backlog,
     /// Explicit estimate below the target.
@@ -215,6 +232,7 @@ impl Reason {
             Reason::Start => "start",
             Reason::Loss => "loss",
             Reason::Rtt => "rtt",
+            Reason::Delivery => "delivery",
             Reason::Backlog => "backlog",
             Reason::Estimate => "estimate",
             Reason::Caution => "caution",
@@ -298,6 +316,9 @@ pub struct Controller {
     /// Last decrease by a factor (loss, delay, unknown drain): the hold-off runs from it.
     last_factor_cut: Option<Duration>,
     last_increase: Option<Duration>,
+    /// When an acknowledged rate last came with a standing queue, and the highest of the
+    /// readings that followed each other within the hold-off.
+    last_acked: Option<(Duration, u64)>,
     rung_up_since: Option<Duration>,
     congestion_bps: Option<u64>,
     step: f64,
@@ -328,6 +349,7 @@ impl Controller {
             last_decrease: None,
             last_factor_cut: None,
             last_increase: None,
+            last_acked: None,
             rung_up_since: None,
             congestion_bps: None,
             step: FIRST_STEP,
@@ -483,8 +505,38 @@ impl Controller {
         let mut caution = false;
         let mut factor_cut: Option<u64> = None;
 
+        // The pace at which the receiver acknowledges, while a queue stands in front of the
+        // bottleneck, is the bottleneck's rate: the loss reports that follow describe
+        // packets sent before a cut to it and must not cut again by a factor.
+        let standing_queue = queuing_delay.is_some_and(|d| d >= self.config.rtt_threshold / 2);
+        // A receiver waiting for a retransmission acknowledges nothing: readings undercount,
+        // each by its own gaps. The highest reading of the hold-off is the closest one, and
+        // lower readings of the same episode must not cut step after step.
+        let acked_fresh = self
+            .last_acked
+            .is_some_and(|(t, _)| now.saturating_sub(t) < holdoff);
+        if let Some(acked) = obs.acked_bps
+            && standing_queue
+        {
+            let peak = match self.last_acked {
+                Some((_, peak)) if acked_fresh => peak.max(acked),
+                _ => acked,
+            };
+            ceilings.push(((peak as f64 * 0.9) as u64, Reason::Delivery));
+            self.last_acked = Some((now, peak));
+            caution = true;
+        }
+        // Loss reports come back through the queue: those of packets sent before the cut
+        // keep coming for a round trip after the acknowledgements stopped telling the rate.
+        let acked_recent = self
+            .last_acked
+            .is_some_and(|(t, _)| now.saturating_sub(t) < holdoff + rtt);
+
         if let Some(loss) = obs.loss {
-            if loss >= self.config.loss_high {
+            if acked_recent {
+                // Measured at the receiver's pace already: loss only holds.
+                caution |= loss > self.config.loss_low;
+            } else if loss >= self.config.loss_high {
                 // What got through is what the path carries: a policer dropping 70 % needs
                 // more than a halving. A rate, not a factor: it applies on every report.
                 match (obs.delivered_bps, self.sent_since(self.last_loss_report)) {
@@ -554,7 +606,7 @@ impl Controller {
         if let Some(delay) = queuing_delay {
             if delay >= self.config.rtt_threshold {
                 // A queue that already drains after a cut needs time, not another cut.
-                if !in_holdoff && !delay_shrinking {
+                if !in_holdoff && !acked_recent && !delay_shrinking {
                     let factor = delay_growth.map_or(0.85, |g| (1.0 / (1.0 + g)).clamp(0.5, 0.85));
                     merge_min(&mut factor_cut, (effective * factor) as u64);
                     ceilings.push(((effective * factor) as u64, Reason::Rtt));
@@ -608,7 +660,7 @@ impl Controller {
                 self.last_factor_cut = Some(now);
             }
             self.step = FIRST_STEP;
-            self.loss_episode |= reason == Reason::Loss;
+            self.loss_episode |= matches!(reason, Reason::Loss | Reason::Delivery);
             (Direction::Decrease, reason)
         } else if caution
             || lowest.is_some()
@@ -907,6 +959,89 @@ mod tests {
         );
         assert_ne!(d.direction, Direction::Decrease);
         assert!(c.target_bps() >= 2_000_000);
+    }
+
+    #[test]
+    fn an_acknowledged_rate_with_a_standing_queue_cuts_to_it_once() {
+        let mut c = Controller::new(Config::default());
+        let mut t = Duration::ZERO;
+        run(&mut c, &mut t, 10, clear(2_000_000));
+        // The link fell to a tenth: the queue stands 250 ms over the base RTT and the
+        // receiver acknowledges 280 kbit/s of the stream. One tick later the target is 90 %
+        // of it, before any loss report came back.
+        let collapsed = Observation {
+            rtt: Some(ms(290)),
+            acked_bps: Some(280_000),
+            loss: None,
+            ..clear(2_000_000)
+        };
+        let d = run(&mut c, &mut t, 1, collapsed);
+        assert_eq!(d.direction, Direction::Decrease);
+        assert_eq!(d.reason, Reason::Delivery);
+        assert_eq!(d.target_bps, 252_000);
+        // The loss reports of what was sent before, with the queue still standing, cut by no
+        // factor on top of it while the acknowledgements keep telling the rate.
+        for _ in 0..5 {
+            let d = run(
+                &mut c,
+                &mut t,
+                1,
+                Observation {
+                    loss: Some(0.5),
+                    ..collapsed
+                },
+            );
+            assert_eq!(d.target_bps, 252_000, "{d:?}");
+        }
+        // Lower readings of the same episode (the receiver waited for retransmissions) do
+        // not cut again.
+        let d = run(
+            &mut c,
+            &mut t,
+            1,
+            Observation {
+                acked_bps: Some(150_000),
+                ..collapsed
+            },
+        );
+        assert_eq!(d.target_bps, 252_000, "{d:?}");
+        // The same pace without a standing queue is no congestion (a sender of few packets
+        // is acknowledged a few times a second).
+        let mut c = Controller::new(Config::default());
+        let d = run(
+            &mut c,
+            &mut t,
+            20,
+            Observation {
+                acked_bps: Some(280_000),
+                ..clear(2_000_000)
+            },
+        );
+        assert_ne!(d.direction, Direction::Decrease);
+        assert!(c.target_bps() >= 2_000_000);
+    }
+
+    #[test]
+    fn a_cut_to_the_acknowledged_rate_ends_with_a_key_frame() {
+        let mut c = Controller::new(Config::default());
+        let mut t = Duration::ZERO;
+        run(&mut c, &mut t, 10, clear(2_000_000));
+        let d = run(
+            &mut c,
+            &mut t,
+            1,
+            Observation {
+                rtt: Some(ms(290)),
+                acked_bps: Some(280_000),
+                ..clear(2_000_000)
+            },
+        );
+        assert_eq!(d.reason, Reason::Delivery);
+        let mut keys = 0;
+        for _ in 0..30 {
+            keys += run(&mut c, &mut t, 1, clear(d.encoder_bps)).recovery_key_frame as u32;
+        }
+        assert_eq!(keys, 1);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! Lock order: `settings` before `state`. Neither is held while touching other elements
 //! (property reads and writes, events, `get-stats`) or posting messages.
 
+use std::collections::VecDeque;
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
@@ -49,6 +50,16 @@ const SRT_REPORT_PACKETS: f64 = 30.0;
 const SRT_REPORT_PERIOD: gst::ClockTime = gst::ClockTime::from_mseconds(250);
 /// Highest loss fraction an SRT report counts as (see where it is used).
 const SRT_LOSS_CAP: f64 = 0.5;
+/// Span over which the receiver's SRT acknowledgements are counted.
+const SRT_ACK_WINDOW: gst::ClockTime = gst::ClockTime::from_mseconds(300);
+/// An SRT receiver acknowledges at most every 10 ms, and more than one packet at a time once
+/// packets come faster than a few dozen per second: only below this many acknowledgements
+/// per second is one acknowledgement one delivered packet.
+const SRT_ACKS_COUNTABLE: f64 = 40.0;
+/// Share of a muxed stream's bytes that is container overhead (MPEG-TS headers, PES, PCR).
+const SRT_MUX_OVERHEAD: f64 = 0.05;
+/// Acknowledgements per fresh packet sent below which the link delivers less than is sent.
+const SRT_ACK_SHORTFALL: f64 = 0.6;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -259,6 +270,8 @@ struct State {
     stats_pending: bool,
     /// Sent and lost packet counters and clock time at the start of the SRT loss window.
     srt_previous: Option<SrtCounters>,
+    /// The counters of the last second, to count acknowledgements over `SRT_ACK_WINDOW`.
+    srt_recent: VecDeque<SrtCounters>,
     /// The srtsink those counters belong to: a new one (an output restarted) counts from 0.
     srt_element: Option<gst::Element>,
     srt_bandwidth: Option<u64>,
@@ -413,7 +426,10 @@ impl ElementImpl for AbrController {
                  packets-sent-lost over at least 30 packets and 250 ms, counted as at most \
                  50 % loss since SRT retransmits; bytes-sent minus the share lost, scaled \
                  to this stream's part of the connection, as the delivery rate; \
-                 bandwidth-mbps only shown in stats), the fill level of a queue before a \
+                 packet-ack-received over 300 ms, when fewer than 40 a second and fewer \
+                 than 0.6 per fresh packet sent, times the mean packet size, less 5 % muxing \
+                 overhead and less the rate of the connection's other streams, as the \
+                 acknowledged rate; bandwidth-mbps only shown in stats), the fill level of a queue before a \
                  TCP-like sink, the estimated-bitrate of an estimator such as rtpgccbwe, \
                  and 'abr-estimate' custom events (upstream or downstream) with optional \
                  fields bitrate (bit/s), loss (0-1), rtt, jitter, backlog (ns) and \
@@ -425,8 +441,11 @@ impl ElementImpl for AbrController {
                  that threshold in 3 reports in a row: 97% of what got through; queuing delay >= \
                  rtt-threshold and not shrinking: /(1+g) where g is the delay's growth \
                  in s/s since the previous sample, x0.5..x0.85; backlog >= backlog-threshold \
-                 and growing: 85% of its drain rate; an estimate below the target: the \
-                 estimate), one multiplicative cut per max(2 RTT, 300 ms) after the \
+                 and growing: 85% of its drain rate; an acknowledged rate while the \
+                 queuing delay is at least half of rtt-threshold: 90% of the highest \
+                 reading within max(2 RTT, 300 ms) of the previous one, and for that hold-off \
+                 plus one RTT after the last one loss only holds and delay cuts by no factor; an estimate below \
+                 the target: the estimate), one multiplicative cut per max(2 RTT, 300 ms) after the \
                  previous multiplicative cut and not while \
                  the encoder still sends 1.15x the new target (up to 1 s); after any cut \
                  the encoder's rate-control buffer is 100 ms (at most vbv-capacity) for \
@@ -445,13 +464,13 @@ impl ElementImpl for AbrController {
                  under loss-threshold once the encoder follows). Element message abr-decision, posted at start and on every change of bitrate or rung, \
                  with fields: time (guint64 ns, clock time), running-time (guint64 ns), inputs \
                  (GstStructure abr-inputs: sent-bitrate guint bit/s, loss double 0-1, rtt, \
-                 jitter and backlog guint64 ns, backlog-bytes guint64, estimate guint bit/s; \
-                 only the signals present), estimate (guint bit/s, when an estimator or event \
+                 jitter and backlog guint64 ns, backlog-bytes guint64, estimate, \
+                 delivered-bitrate and acked-bitrate guint bit/s; only the signals present), estimate (guint bit/s, when an estimator or event \
                  gave one), target-bitrate, bitrate (what the encoder was given) and \
                  previous-bitrate (guint bit/s), rung (gint, index in the ladder, -1 without \
                  one), rung-changed and key-frame (gboolean), direction (string: decrease, \
-                 hold, increase), reason (string: start, loss, rtt, backlog, estimate, \
-                 caution, steady, probe, limit), encoder (string, its name), and width, height \
+                 hold, increase), reason (string: start, loss, rtt, delivery, backlog, \
+                 estimate, caution, steady, probe, limit), encoder (string, its name), and width, height \
                  (gint) and framerate (fraction) of the rung. The stats property is an \
                  abr-stats structure with the running totals.",
                 "The hybridlive developers",
@@ -908,6 +927,7 @@ impl AbrController {
         if state.srt_element != targets.srtsink {
             state.srt_element = targets.srtsink.clone();
             state.srt_previous = None;
+            state.srt_recent.clear();
         }
         if let Some(stats) = &srt_stats {
             let srt = parse_srt_stats(stats);
@@ -917,6 +937,22 @@ impl AbrController {
                     stream_bytes: state.bytes_total as f64,
                     ..counters
                 };
+                while state
+                    .srt_recent
+                    .front()
+                    .is_some_and(|c| now.saturating_sub(c.time) > SRT_ACK_WINDOW * 3)
+                {
+                    state.srt_recent.pop_front();
+                }
+                if let Some(earlier) = state
+                    .srt_recent
+                    .iter()
+                    .rev()
+                    .find(|c| now.saturating_sub(c.time) >= SRT_ACK_WINDOW)
+                {
+                    obs.acked_bps = counters.acked_since(earlier);
+                }
+                state.srt_recent.push_back(counters);
                 match state.srt_previous {
                     // A loss report needs enough packets to mean something: at low rates a
                     // tick carries a handful, and one lost packet of three is not 33 % loss.
@@ -1122,6 +1158,8 @@ fn inputs_structure(obs: &Observation) -> gst::Structure {
         .field_if_some("backlog", obs.backlog.map(time))
         .field_if_some("backlog-bytes", obs.backlog_bytes)
         .field_if_some("estimate", obs.estimate_bps.map(clamp_u32))
+        .field_if_some("delivered-bitrate", obs.delivered_bps.map(clamp_u32))
+        .field_if_some("acked-bitrate", obs.acked_bps.map(clamp_u32))
         .build()
 }
 
@@ -1322,6 +1360,8 @@ struct SrtCounters {
     bytes_retransmitted: f64,
     /// Bytes of this stream that passed the controller.
     stream_bytes: f64,
+    /// Acknowledgements received (full and light).
+    acks: f64,
 }
 
 /// What one SRT loss report says.
@@ -1334,6 +1374,37 @@ struct SrtReport {
 }
 
 impl SrtCounters {
+    /// This stream's share of the rate the receiver acknowledged since `earlier`, when it
+    /// can be counted and falls short of what was sent: SRT acknowledges arriving packets at
+    /// once (every 10 ms at most) over a return path that does not queue, so a few dozen
+    /// acknowledgements a second while several times more packets leave is the pace of a
+    /// bottleneck, seen a one-way delay after it changed, long before the loss reports come
+    /// back through its queue. A receiver waiting for a retransmission acknowledges nothing,
+    /// so under loss this undercounts: a floor of what gets through.
+    fn acked_since(&self, earlier: &SrtCounters) -> Option<u64> {
+        let seconds = self.time.saturating_sub(earlier.time).seconds_f64();
+        let sent = self.sent - earlier.sent;
+        let acks = self.acks - earlier.acks;
+        let wire = self.bytes_sent - earlier.bytes_sent;
+        let fresh = wire - (self.bytes_retransmitted - earlier.bytes_retransmitted);
+        let stream = self.stream_bytes - earlier.stream_bytes;
+        if seconds <= 0.0 || sent < 5.0 || wire <= 0.0 || fresh <= 0.0 || stream <= 0.0 {
+            return None;
+        }
+        // Retransmissions are acknowledged as the gaps they fill: compare with fresh packets.
+        let fresh_packets = sent * fresh / wire;
+        if acks / seconds > SRT_ACKS_COUNTABLE || acks >= fresh_packets * SRT_ACK_SHORTFALL {
+            return None;
+        }
+        // The other streams of the connection (audio) keep their rate when the link falls:
+        // they are taken off what is acknowledged, not shared in proportion. The muxer's
+        // overhead is taken as a share.
+        let other = (fresh / (1.0 + SRT_MUX_OVERHEAD) - stream).max(0.0);
+        let acked = acks.max(1.0) * wire / sent;
+        let ours = (acked / (1.0 + SRT_MUX_OVERHEAD) - other).max(0.0);
+        Some((ours * 8.0 / seconds) as u64)
+    }
+
     fn since(&self, earlier: &SrtCounters) -> SrtReport {
         let sent = self.sent - earlier.sent;
         let loss = if sent > 0.0 {
@@ -1389,6 +1460,7 @@ fn parse_srt_stats(stats: &gst::StructureRef) -> SrtSignals {
             sent_total.lost += lost;
             sent_total.bytes_sent += field_f64(c, "bytes-sent").unwrap_or(0.0);
             sent_total.bytes_retransmitted += field_f64(c, "bytes-retransmitted").unwrap_or(0.0);
+            sent_total.acks += field_f64(c, "packet-ack-received").unwrap_or(0.0);
             have_counters = true;
         }
     }
@@ -1484,6 +1556,45 @@ mod tests {
     }
 
     #[test]
+    fn srt_acknowledgements_count_only_when_few_and_short_of_what_is_sent() {
+        let at = |ms: u64, sent: f64, acks: f64, stream: f64| SrtCounters {
+            time: gst::ClockTime::from_mseconds(ms),
+            sent,
+            lost: 0.0,
+            bytes_sent: sent * 1316.0,
+            bytes_retransmitted: 0.0,
+            stream_bytes: stream,
+            acks,
+        };
+        let earlier = at(1000, 1000.0, 500.0, 1000.0 * 1316.0 * 0.9);
+        // 300 ms: 60 packets sent (2.1 Mbit/s on the wire), 9 acknowledged (30 a second):
+        // the bottleneck passes 9 packets. The stream is 90 % of what was sent; the rest,
+        // beyond the muxer's 5 %, is another stream that keeps its rate.
+        let collapsed = at(1300, 1060.0, 509.0, (1000.0 + 60.0) * 1316.0 * 0.9);
+        let acked = collapsed.acked_since(&earlier).expect("a rate") as f64;
+        let other = 60.0 * 1316.0 * (1.0 / 1.05 - 0.9);
+        let expected = (9.0 * 1316.0 / 1.05 - other) * 8.0 / 0.3;
+        assert!((acked - expected).abs() < 2.0, "{acked} vs {expected}");
+        assert!(acked < 9.0 * 1316.0 * 0.9 * 8.0 / 0.3);
+        // Many acknowledgements: the receiver coalesces them, nothing to count.
+        let fast = at(1300, 1060.0, 525.0, (1000.0 + 60.0) * 1316.0 * 0.9);
+        assert_eq!(fast.acked_since(&earlier), None);
+        // As many acknowledgements as packets: the link carries what is sent.
+        let slow = at(1300, 1009.0, 508.0, (1000.0 + 9.0) * 1316.0 * 0.9);
+        assert_eq!(slow.acked_since(&earlier), None);
+        // 30 packets sent, 20 of them retransmissions, 8 acknowledged: the 10 fresh ones
+        // nearly all arrive, the link is not short of them.
+        let retransmitting = SrtCounters {
+            bytes_retransmitted: 20.0 * 1316.0,
+            ..at(1300, 1030.0, 508.0, (1000.0 + 10.0) * 1316.0 * 0.9)
+        };
+        assert_eq!(retransmitting.acked_since(&earlier), None);
+        // Nearly nothing sent: nothing to say.
+        let idle = at(1300, 1003.0, 500.0, (1000.0 + 3.0) * 1316.0 * 0.9);
+        assert_eq!(idle.acked_since(&earlier), None);
+    }
+
+    #[test]
     fn srt_delivered_rate_is_the_stream_share_of_what_got_through() {
         // 1 s: 2000 packets of 1316 bytes on the wire, 500 of them retransmissions, 40 % of
         // the packets reported lost; the stream is 80 % of the fresh bytes.
@@ -1495,6 +1606,7 @@ mod tests {
             bytes_sent: 2000.0 * 1316.0,
             bytes_retransmitted: 500.0 * 1316.0,
             stream_bytes: 1500.0 * 1316.0 * 0.8,
+            acks: 600.0,
         };
         let report = now.since(&earlier);
         assert!((report.loss - 0.4).abs() < 1e-9);
