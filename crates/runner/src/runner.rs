@@ -361,6 +361,8 @@ impl Runner {
                     "rtt_ms": ms_in("rtt"),
                     "backlog_ms": ms_in("backlog"),
                     "estimate_kbps": kbps_in("estimate"),
+                    "delivered_kbps": kbps_in("delivered-bitrate"),
+                    "acked_kbps": kbps_in("acked-bitrate"),
                 },
             }),
         );

@@ -1855,7 +1855,8 @@ uri = "srt://10.213.0.2:9100?mode=caller&latency=200"
     assert_eq!(cut["output"], "contribution");
     assert_eq!(cut["encoder"], "uplink-video");
     assert!(
-        ["loss", "rtt", "backlog", "estimate"].contains(&cut["reason"].as_str().unwrap_or("")),
+        ["loss", "rtt", "delivery", "backlog", "estimate"]
+            .contains(&cut["reason"].as_str().unwrap_or("")),
         "{cut}"
     );
     assert!(cut["bitrate_kbps"].as_u64() < cut["previous_bitrate_kbps"].as_u64());
