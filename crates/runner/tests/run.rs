@@ -1014,7 +1014,9 @@ fn recording_survives_kill_9() {
 #[test]
 fn hls_pipeline_plays_in_headless_chromium_and_stops_after_its_duration() {
     let dir = scratch("hls");
-    let mut runner = Runner::start(&pipeline("hls.toml"), &dir, &["--duration", "8"]);
+    // Long enough for a browser that starts slowly on a loaded machine to find the page up
+    // (with 8 s, one CI run's Chromium came after the runner had ended and dumped nothing).
+    let mut runner = Runner::start(&pipeline("hls.toml"), &dir, &["--duration", "25"]);
     eventually(Duration::from_secs(10), "two HLS segments", || {
         let r = runner.get("/hls/live.m3u8");
         (r.status == 200 && r.text().matches(".ts").count() >= 2).then_some(())
@@ -1043,15 +1045,20 @@ fn hls_pipeline_plays_in_headless_chromium_and_stops_after_its_duration() {
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("{}/", runner.base))
-        .stderr(Stdio::null())
         .output()
         .expect("chromium is installed (scripts/setup)");
+    let browser_log = String::from_utf8_lossy(&dom.stderr).to_string();
     let dom = String::from_utf8_lossy(&dom.stdout);
     let state = dom
         .split("<div id=\"state\"")
         .nth(1)
         .and_then(|rest| rest.split("</div>").next())
-        .unwrap_or_else(|| panic!("no state element in the page:\n{dom}"));
+        .unwrap_or_else(|| {
+            panic!(
+                "no state element in the page:\n{dom}\nchromium's log:\n{}",
+                tail_lines(&browser_log, 30)
+            )
+        });
     // No WebRTC output in hls.toml: the page falls back to HLS and plays it.
     assert!(
         state.contains("data-mode=\"hls\""),
@@ -1064,9 +1071,14 @@ fn hls_pipeline_plays_in_headless_chromium_and_stops_after_its_duration() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no playback position: {state}"));
     assert!(played > 0.0, "playback did not advance: {state}");
-    let status = runner.wait_exit(Duration::from_secs(20));
+    let status = runner.wait_exit(Duration::from_secs(40));
     assert!(status.success(), "exit status {status}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// An SRT caller that, like a real encoder, dials again whenever the connection fails.
