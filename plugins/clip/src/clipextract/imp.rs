@@ -680,6 +680,11 @@ impl ClipExtract {
         lock(&self.stats).frames_in += 1;
         self.drain_own(pair.index)?;
         if lock(&self.state).selector.is_done(pair.index) {
+            // Another stream's thread may have finished this one (and queued its EOS)
+            // between the drain above and this check. Push that before answering EOS:
+            // upstream stops here, and a queue that got EOS drops the EOS event that
+            // would otherwise have carried it out.
+            let _ = self.drain_own(pair.index);
             return Err(gst::FlowError::Eos);
         }
         Ok(gst::FlowSuccess::Ok)
