@@ -1432,18 +1432,10 @@ loopback_only = true
     )
     .unwrap();
     let runner = Runner::start(&file, &dir, &[]);
-    let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/viewer.mjs");
-    let out = Command::new("node")
-        .arg(&driver)
-        .arg(format!("{}/", runner.base))
-        .arg("40")
-        .env(
-            "WAIT",
-            "window.viewer && window.viewer.mode === 'webrtc' && window.viewer.latencies.length >= 60",
-        )
-        .env(
-            "RESULT",
-            "(async () => { \
+    let result = viewer_page(
+        &runner,
+        "window.viewer && window.viewer.mode === 'webrtc' && window.viewer.latencies.length >= 60",
+        "(async () => { \
                const rtt = await window.viewer.player.raiseHand('Which brush for the edges?'); \
                const s = await window.viewer.player.stats(); \
                const l = [...window.viewer.latencies].sort((a, b) => a - b); \
@@ -1454,12 +1446,7 @@ loopback_only = true
                await window.viewer.player.stop(); \
                await new Promise((r) => setTimeout(r, 1000)); \
                return { rtt, framesDecoded: s.framesDecoded, p50, p95, metrics }; })()",
-        )
-        .output()
-        .expect("node runs (scripts/setup installs the browser test driver)");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "browser run failed:\n{stderr}");
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    );
     eprintln!("chromium through the runner: {}", {
         let mut shown = result.clone();
         shown["metrics"] = serde_json::Value::Null;
@@ -1543,30 +1530,17 @@ loopback_only = true
     )
     .unwrap();
     let runner = Runner::start(&file, &dir, &[]);
-    let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/viewer.mjs");
-    let out = Command::new("node")
-        .arg(&driver)
-        .arg(format!("{}/", runner.base))
-        .arg("40")
-        .env(
-            "WAIT",
-            "window.viewer && window.viewer.mode === 'webrtc' && window.viewer.player",
-        )
-        .env(
-            "RESULT",
-            "(async () => { \
+    let result = viewer_page(
+        &runner,
+        "window.viewer && window.viewer.mode === 'webrtc' && window.viewer.player",
+        "(async () => { \
                await new Promise((r) => setTimeout(r, 3000)); \
                const s = await window.viewer.player.stats(); \
                const report = await window.viewer.player.pc.getStats(); \
                const codec = report.get(s.codecId).mimeType; \
                await window.viewer.player.stop(); \
                return { framesDecoded: s.framesDecoded, codec }; })()",
-        )
-        .output()
-        .expect("node runs (scripts/setup installs the browser test driver)");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "browser run failed:\n{stderr}");
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    );
     eprintln!("chromium through the runner, VP8 first: {result}");
     assert_eq!(result["codec"], "video/VP8", "{result}");
     // About 90 frames in 3 s.
@@ -1960,29 +1934,16 @@ fn low_latency_hls_serves_parts_blocks_reloads_and_plays_in_chromium() {
     assert_eq!(decoded_video_frames(&mp4), 30, "{segment}");
 
     // hls.js in Chromium plays the parts (lowLatencyMode) from the viewer page.
-    let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/viewer.mjs");
-    let out = Command::new("node")
-        .arg(&driver)
-        .arg(format!("{}/", runner.base))
-        .arg("40")
-        .env(
-            "WAIT",
-            "window.viewer && window.viewer.mode === 'hls' && window.viewer.hls \
+    let result = viewer_page(
+        &runner,
+        "window.viewer && window.viewer.mode === 'hls' && window.viewer.hls \
              && window.viewer.hls.playingDate && document.querySelector('video').currentTime > 3",
-        )
-        .env(
-            "RESULT",
-            "(() => { const h = window.viewer.hls; \
+        "(() => { const h = window.viewer.hls; \
                const d = h.latestLevelDetails || h.levels[h.currentLevel].details; \
                return { parts: d.partList ? d.partList.length : 0, lowLatency: h.lowLatencyMode, \
                         glassToGlassMs: Date.now() - h.playingDate.getTime(), \
                         played: document.querySelector('video').currentTime }; })()",
-        )
-        .output()
-        .expect("node runs (scripts/setup installs the browser test driver)");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "browser run failed:\n{stderr}");
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    );
     println!("LL-HLS in Chromium: {result}");
     assert!(result["parts"].as_u64().unwrap_or(0) > 0, "{result}");
     assert!(result["played"].as_f64().unwrap_or(0.0) > 3.0, "{result}");
@@ -2225,4 +2186,22 @@ loopback_only = true
     runner.signal(libc::SIGINT);
     assert!(runner.wait_exit(Duration::from_secs(20)).success());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Opens the viewer page in headless Chromium (`tests/browser/viewer.mjs`, at most 40 s), waits
+/// until the JavaScript condition `wait` holds, and returns what the expression `result`
+/// evaluates to there.
+fn viewer_page(runner: &Runner, wait: &str, result: &str) -> serde_json::Value {
+    let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/viewer.mjs");
+    let out = Command::new("node")
+        .arg(&driver)
+        .arg(format!("{}/", runner.base))
+        .arg("40")
+        .env("WAIT", wait)
+        .env("RESULT", result)
+        .output()
+        .expect("node runs (scripts/setup installs the browser test driver)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "browser run failed:\n{stderr}");
+    serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -859,6 +859,22 @@ mod tests {
         last.expect("at least one tick")
     }
 
+    /// A fresh controller fed `obs` for 2 s never decreases and keeps its 2 Mbit/s start.
+    fn assert_never_cuts(obs: Observation) {
+        let mut c = Controller::new(Config::default());
+        let mut t = Duration::ZERO;
+        let d = run(&mut c, &mut t, 20, obs);
+        assert_ne!(d.direction, Direction::Decrease);
+        assert!(c.target_bps() >= 2_000_000);
+    }
+
+    /// Key frames asked for over `ticks` ticks of `obs`.
+    fn key_frames(c: &mut Controller, t: &mut Duration, ticks: u32, obs: Observation) -> u32 {
+        (0..ticks)
+            .map(|_| run(c, t, 1, obs).recovery_key_frame as u32)
+            .sum()
+    }
+
     fn clear(sent_bps: u64) -> Observation {
         Observation {
             sent_bps: Some(sent_bps),
@@ -918,12 +934,7 @@ mod tests {
         let d = run(&mut c, &mut t, 1, clear(2_000_000));
         assert!(!d.recovery_key_frame);
         // It follows the new rate and the next report is clean: one key frame.
-        let followed = clear(cut.encoder_bps);
-        let mut keys = 0;
-        for _ in 0..30 {
-            keys += run(&mut c, &mut t, 1, followed).recovery_key_frame as u32;
-        }
-        assert_eq!(keys, 1);
+        assert_eq!(key_frames(&mut c, &mut t, 30, clear(cut.encoder_bps)), 1);
     }
 
     #[test]
@@ -947,18 +958,10 @@ mod tests {
         assert_eq!(d.reason, Reason::Loss);
         assert_eq!(d.target_bps, 630_000);
         // A delivery rate without loss is no congestion.
-        let mut c = Controller::new(Config::default());
-        let d = run(
-            &mut c,
-            &mut t,
-            20,
-            Observation {
-                delivered_bps: Some(700_000),
-                ..clear(2_000_000)
-            },
-        );
-        assert_ne!(d.direction, Direction::Decrease);
-        assert!(c.target_bps() >= 2_000_000);
+        assert_never_cuts(Observation {
+            delivered_bps: Some(700_000),
+            ..clear(2_000_000)
+        });
     }
 
     #[test]
@@ -1007,18 +1010,10 @@ mod tests {
         assert_eq!(d.target_bps, 252_000, "{d:?}");
         // The same pace without a standing queue is no congestion (a sender of few packets
         // is acknowledged a few times a second).
-        let mut c = Controller::new(Config::default());
-        let d = run(
-            &mut c,
-            &mut t,
-            20,
-            Observation {
-                acked_bps: Some(280_000),
-                ..clear(2_000_000)
-            },
-        );
-        assert_ne!(d.direction, Direction::Decrease);
-        assert!(c.target_bps() >= 2_000_000);
+        assert_never_cuts(Observation {
+            acked_bps: Some(280_000),
+            ..clear(2_000_000)
+        });
     }
 
     #[test]
@@ -1037,11 +1032,7 @@ mod tests {
             },
         );
         assert_eq!(d.reason, Reason::Delivery);
-        let mut keys = 0;
-        for _ in 0..30 {
-            keys += run(&mut c, &mut t, 1, clear(d.encoder_bps)).recovery_key_frame as u32;
-        }
-        assert_eq!(keys, 1);
+        assert_eq!(key_frames(&mut c, &mut t, 30, clear(d.encoder_bps)), 1);
     }
 
     #[test]

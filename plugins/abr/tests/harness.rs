@@ -39,6 +39,14 @@ fn rig(factory: &str, props: &[(&str, &dyn ToValue)]) -> Rig {
 }
 
 impl Rig {
+    /// `n` ticks of 3 Mbit/s, each after a report of a clear link.
+    fn clear_ticks(&mut self, n: usize) {
+        for _ in 0..n {
+            self.signal_upstream(clear());
+            self.tick(BYTES_3M);
+        }
+    }
+
     fn element(&self) -> gst::Element {
         self.h.element().unwrap()
     }
@@ -111,19 +119,21 @@ fn clear() -> gst::Structure {
 /// 3 Mbit/s worth of media per 100 ms tick.
 const BYTES_3M: usize = 37_500;
 
-#[test]
-fn loss_spike_lowers_x264enc_bitrate_on_the_next_tick() {
-    let mut r = rig(
+/// An x264enc steered from 3 Mbit/s, which is also its maximum.
+fn x264_at_3m() -> Rig {
+    rig(
         "x264enc",
         &[
             ("start-bitrate", &3_000_000u32),
             ("max-bitrate", &3_000_000u32),
         ],
-    );
-    for _ in 0..20 {
-        r.signal_upstream(clear());
-        r.tick(BYTES_3M);
-    }
+    )
+}
+
+#[test]
+fn loss_spike_lowers_x264enc_bitrate_on_the_next_tick() {
+    let mut r = x264_at_3m();
+    r.clear_ticks(20);
     assert_eq!(r.x264_kbps(), 3000);
     r.decisions();
 
@@ -172,17 +182,8 @@ fn twcc_feedback(first_seqnum: u32, packets: &[(u32, Option<gst::ClockTime>)]) -
 
 #[test]
 fn twcc_feedback_cuts_to_the_rate_that_arrived() {
-    let mut r = rig(
-        "x264enc",
-        &[
-            ("start-bitrate", &3_000_000u32),
-            ("max-bitrate", &3_000_000u32),
-        ],
-    );
-    for _ in 0..20 {
-        r.signal_upstream(clear());
-        r.tick(BYTES_3M);
-    }
+    let mut r = x264_at_3m();
+    r.clear_ticks(20);
     assert_eq!(r.x264_kbps(), 3000);
     r.decisions();
 
@@ -208,17 +209,8 @@ fn twcc_feedback_cuts_to_the_rate_that_arrived() {
 
 #[test]
 fn a_decrease_tightens_the_encoder_buffer_for_a_moment() {
-    let mut r = rig(
-        "x264enc",
-        &[
-            ("start-bitrate", &3_000_000u32),
-            ("max-bitrate", &3_000_000u32),
-        ],
-    );
-    for _ in 0..10 {
-        r.signal_upstream(clear());
-        r.tick(BYTES_3M);
-    }
+    let mut r = x264_at_3m();
+    r.clear_ticks(10);
     let buffer_ms = |r: &Rig| r.encoder.property::<u32>("vbv-buf-capacity");
     assert_eq!(buffer_ms(&r), 250, "the default VBV capacity");
     r.signal_upstream(
@@ -281,13 +273,7 @@ fn rtt_rise_lowers_bitrate_within_half_a_second() {
 
 #[test]
 fn backlog_growth_brings_bitrate_under_the_drain_rate() {
-    let mut r = rig(
-        "x264enc",
-        &[
-            ("start-bitrate", &3_000_000u32),
-            ("max-bitrate", &3_000_000u32),
-        ],
-    );
+    let mut r = x264_at_3m();
     r.ticks(5, BYTES_3M);
     // The uplink drains 1 Mbit/s (12.5 kB per tick) of the 37.5 kB arriving per tick.
     let mut backlog_bytes = 0u64;
