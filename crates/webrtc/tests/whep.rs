@@ -104,24 +104,12 @@ impl Viewer {
             };
             let caps = pad.current_caps().unwrap();
             if caps.structure(0).unwrap().get::<&str>("media").unwrap() == "audio" {
-                let decode = gst::parse::bin_from_description(
+                decode_and_count(
+                    &pipeline,
+                    pad,
                     "rtpopusdepay ! opusdec ! fakesink name=s",
-                    true,
-                )
-                .unwrap();
-                pipeline.add(&decode).unwrap();
-                decode.sync_state_with_parent().unwrap();
-                let counter = counter.clone();
-                decode
-                    .by_name("s")
-                    .unwrap()
-                    .static_pad("sink")
-                    .unwrap()
-                    .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        gst::PadProbeReturn::Ok
-                    });
-                pad.link(&decode.static_pad("sink").unwrap()).unwrap();
+                    counter.clone(),
+                );
                 return;
             }
             let decode = gst::parse::bin_from_description(
@@ -376,22 +364,12 @@ fn vp8_viewer() -> (
         let Some(pipeline) = pipe.upgrade() else {
             return;
         };
-        let decode =
-            gst::parse::bin_from_description("rtpvp8depay ! vp8dec ! fakesink name=s", true)
-                .unwrap();
-        pipeline.add(&decode).unwrap();
-        decode.sync_state_with_parent().unwrap();
-        let counter = counter.clone();
-        decode
-            .by_name("s")
-            .unwrap()
-            .static_pad("sink")
-            .unwrap()
-            .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                gst::PadProbeReturn::Ok
-            });
-        pad.link(&decode.static_pad("sink").unwrap()).unwrap();
+        decode_and_count(
+            &pipeline,
+            pad,
+            "rtpvp8depay ! vp8dec ! fakesink name=s",
+            counter.clone(),
+        );
     });
     pipeline.set_state(gst::State::Playing).unwrap();
     (pipeline, webrtcbin, frames)
@@ -624,4 +602,27 @@ fn http_status_codes_follow_whep() {
     assert_eq!(req("DELETE", &resource, None, b"").status, 404);
     assert_eq!(webrtcbins(&pipeline), 0);
     pipeline.set_state(gst::State::Null).unwrap();
+}
+
+/// Links `pad` to a new bin made from `description` (ending in a sink named `s`) and counts
+/// the buffers that sink receives in `counter`.
+fn decode_and_count(
+    pipeline: &gst::Pipeline,
+    pad: &gst::Pad,
+    description: &str,
+    counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    let decode = gst::parse::bin_from_description(description, true).unwrap();
+    pipeline.add(&decode).unwrap();
+    decode.sync_state_with_parent().unwrap();
+    decode
+        .by_name("s")
+        .unwrap()
+        .static_pad("sink")
+        .unwrap()
+        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            gst::PadProbeReturn::Ok
+        });
+    pad.link(&decode.static_pad("sink").unwrap()).unwrap();
 }
