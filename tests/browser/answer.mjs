@@ -10,10 +10,7 @@
 // "frameHeight"}` from getStats(). Exits 0 once FRAMES frames (default 30) have decoded, 1 when
 // TIMEOUT_SECONDS (default 20) pass first.
 // Page console lines and errors go to stderr.
-import { chromium } from 'playwright-core';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { launch } from './chromium.mjs';
 
 const [frames = '30', timeout = '20'] = process.argv.slice(2);
 let input = '';
@@ -24,17 +21,10 @@ if (offer.type !== 'offer' || typeof offer.sdp !== 'string') {
   process.exit(2);
 }
 
-const profile = mkdtempSync(join(tmpdir(), 'hybridlive-chromium-'));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    // Real host candidates rather than mDNS names, which an SFU may not resolve.
-    '--disable-features=WebRtcHideLocalIpsWithMdns',
-  ],
-});
+const { context, close } = await launch([
+  // Real host candidates rather than mDNS names, which an SFU may not resolve.
+  '--disable-features=WebRtcHideLocalIpsWithMdns',
+]);
 let status = 1;
 try {
   const page = context.pages()[0] || (await context.newPage());
@@ -81,7 +71,6 @@ try {
 } catch (err) {
   console.error(String(err));
 } finally {
-  await context.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }
 process.exit(status);

@@ -6,10 +6,7 @@
 //
 // WAIT (a JS expression, default `window.result !== undefined`) and RESULT (a JS expression,
 // may be a promise, default `window.result`) in the environment drive other pages.
-import { chromium } from 'playwright-core';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { launch } from './chromium.mjs';
 
 const args = process.argv.slice(2);
 const urls = args.filter((a) => !/^\d+(\.\d+)?$/.test(a));
@@ -18,21 +15,14 @@ if (!urls.length) {
   console.error('usage: viewer.mjs URL [URL...] [TIMEOUT_SECONDS]');
   process.exit(2);
 }
-const profile = mkdtempSync(join(tmpdir(), 'hybridlive-chromium-'));
-const context = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    '--autoplay-policy=no-user-gesture-required',
-    // Tabs other than the first keep full-rate timers and video frame callbacks.
-    '--disable-background-timer-throttling', '--disable-renderer-backgrounding',
-    '--disable-backgrounding-occluded-windows',
-    // Loopback-only networks: let WebRTC use 127.0.0.1 and show real host candidates.
-    '--allow-loopback-in-peer-connection', '--disable-features=WebRtcHideLocalIpsWithMdns',
-  ],
-});
+const { context, close } = await launch([
+  '--autoplay-policy=no-user-gesture-required',
+  // Tabs other than the first keep full-rate timers and video frame callbacks.
+  '--disable-background-timer-throttling', '--disable-renderer-backgrounding',
+  '--disable-backgrounding-occluded-windows',
+  // Loopback-only networks: let WebRTC use 127.0.0.1 and show real host candidates.
+  '--allow-loopback-in-peer-connection', '--disable-features=WebRtcHideLocalIpsWithMdns',
+]);
 let status = 0;
 try {
   const wait = process.env.WAIT || 'window.result !== undefined';
@@ -51,7 +41,6 @@ try {
   console.error(String(err));
   status = 1;
 } finally {
-  await context.close();
-  rmSync(profile, { recursive: true, force: true });
+  await close();
 }
 process.exit(status);
