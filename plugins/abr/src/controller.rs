@@ -507,19 +507,16 @@ impl Controller {
 
         // The pace at which the receiver acknowledges, while a queue stands in front of the
         // bottleneck, is the bottleneck's rate: the loss reports that follow describe
-        // packets sent before a cut to it and must not cut again by a factor.
+        // packets sent before a cut to it and only hold (below).
         let standing_queue = queuing_delay.is_some_and(|d| d >= self.config.rtt_threshold / 2);
         // A receiver waiting for a retransmission acknowledges nothing: readings undercount,
         // each by its own gaps. The highest reading of the hold-off is the closest one, and
         // lower readings of the same episode must not cut step after step.
-        let acked_fresh = self
-            .last_acked
-            .is_some_and(|(t, _)| now.saturating_sub(t) < holdoff);
         if let Some(acked) = obs.acked_bps
             && standing_queue
         {
             let peak = match self.last_acked {
-                Some((_, peak)) if acked_fresh => peak.max(acked),
+                Some((t, peak)) if now.saturating_sub(t) < holdoff => peak.max(acked),
                 _ => acked,
             };
             ceilings.push(((peak as f64 * 0.9) as u64, Reason::Delivery));
