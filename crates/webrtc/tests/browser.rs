@@ -229,9 +229,12 @@ fn chromium_recovers_lost_packets_with_nack_and_rtx() {
     // The browser asked for the lost packets and got them back as retransmissions...
     assert!(result["nackCount"].as_u64().unwrap() > 0, "{result}");
     assert!(result["retransmitted"].as_u64().unwrap() > 0, "{result}");
-    // ...so the picture kept moving: about 120 frames in 4 s, most decoded and stamped.
+    // ...so the picture kept moving: about 120 frames in 4 s, most decoded, their stamps read
+    // from the received frames. (How many of them are matched to a displayed frame depends on
+    // how often a loaded machine lets Chromium composite; the latency test counts those.)
     assert!(result["framesDecoded"].as_u64().unwrap() >= 80, "{result}");
-    assert!(result["measured"].as_u64().unwrap() >= 40, "{result}");
+    assert!(result["stampsRead"].as_u64().unwrap() >= 80, "{result}");
+    assert!(result["measured"].as_u64().unwrap() > 0, "{result}");
     pipeline.set_state(gst::State::Null).unwrap();
 }
 
