@@ -18,13 +18,23 @@ const PAGE: &str = r#"<!doctype html>
 <video id="v" autoplay muted playsinline></video>
 <script type="module">
 import { playWhep } from '/whep-player.js';
-const seconds = Number(new URLSearchParams(location.search).get('seconds') || 5);
+// Plays until `frames` frames are decoded and `measured` of them matched to a latency, or
+// 20 s have passed: a loaded machine gets there later, a stalled stream never.
+const params = new URLSearchParams(location.search);
+const frames = Number(params.get('frames') || 90);
+const wanted = Number(params.get('measured') || 0);
 const latencies = [];
 const ids = new Set();
 const player = await playWhep(document.getElementById('v'), '/whep', {
   onLatency: (ms, stamp) => { latencies.push(ms); ids.add(stamp.streamId); },
 });
-await new Promise((r) => setTimeout(r, seconds * 1000));
+const deadline = performance.now() + 20000;
+for (;;) {
+  const s = await player.stats();
+  const decoded = s ? s.framesDecoded : 0;
+  if ((decoded >= frames && latencies.length >= wanted) || performance.now() > deadline) break;
+  await new Promise((r) => setTimeout(r, 100));
+}
 const handRttMs = await player.raiseHand('How thick is the glaze?');
 const inbound = await player.stats();
 const report = await player.pc.getStats();
@@ -189,12 +199,16 @@ fn lose_packets_of_new_sessions(pipeline: gst::Pipeline, drop: f32) {
     });
 }
 
-fn run_chromium(port: u16, seconds: u32) -> serde_json::Value {
+/// Plays the test page until `frames` frames are decoded and `measured` latencies read (or
+/// 20 s), returns its result.
+fn run_chromium(port: u16, frames: u32, measured: u32) -> serde_json::Value {
     let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/viewer.mjs");
     let out = Command::new("node")
         .arg(&driver)
-        .arg(format!("http://127.0.0.1:{port}/?seconds={seconds}"))
-        .arg("30")
+        .arg(format!(
+            "http://127.0.0.1:{port}/?frames={frames}&measured={measured}"
+        ))
+        .arg("40")
         .output()
         .expect("node runs (scripts/setup installs it with the browser test packages)");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -224,15 +238,15 @@ fn chromium_recovers_lost_packets_with_nack_and_rtx() {
     let server_output = output.clone();
     std::thread::spawn(move || serve(listener, server_output));
 
-    let result = run_chromium(port, 4);
+    let result = run_chromium(port, 120, 1);
     eprintln!("chromium with 5 % loss on the sender: {result}");
     // The browser asked for the lost packets and got them back as retransmissions...
     assert!(result["nackCount"].as_u64().unwrap() > 0, "{result}");
     assert!(result["retransmitted"].as_u64().unwrap() > 0, "{result}");
-    // ...so the picture kept moving: about 120 frames in 4 s, most decoded, their stamps read
-    // from the received frames. (How many of them are matched to a displayed frame depends on
-    // how often a loaded machine lets Chromium composite; the latency test counts those.)
-    assert!(result["framesDecoded"].as_u64().unwrap() >= 80, "{result}");
+    // ...so the picture kept moving: 120 frames decoded, most with their stamps read from the
+    // received frames. (How many of them are matched to a displayed frame depends on how often
+    // a loaded machine lets Chromium composite; the latency test counts those.)
+    assert!(result["framesDecoded"].as_u64().unwrap() >= 120, "{result}");
     assert!(result["stampsRead"].as_u64().unwrap() >= 80, "{result}");
     assert!(result["measured"].as_u64().unwrap() > 0, "{result}");
     pipeline.set_state(gst::State::Null).unwrap();
@@ -259,28 +273,22 @@ fn chromium_plays_whep_and_measures_latency_from_sei() {
     let server_output = output.clone();
     std::thread::spawn(move || serve(listener, server_output));
 
-    let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/viewer.mjs");
-    let out = Command::new("node")
-        .arg(&driver)
-        .arg(format!("http://127.0.0.1:{port}/?seconds=3"))
-        .arg("20")
-        .output()
-        .expect("node runs (scripts/setup installs it with the browser test packages)");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "browser run failed:\n{stderr}");
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    eprintln!("chromium: {result}\n{stderr}");
+    let result = run_chromium(port, 90, 30);
+    eprintln!("chromium: {result}");
 
-    // About 150 frames in 5 s; the browser decoded most of them and read their stamps.
-    assert!(result["framesDecoded"].as_u64().unwrap() >= 60, "{result}");
+    // 90 frames decoded, most with their stamps read and 30 matched to displayed frames.
+    assert!(result["framesDecoded"].as_u64().unwrap() >= 90, "{result}");
     assert!(result["stampsRead"].as_u64().unwrap() >= 60, "{result}");
     assert!(result["measured"].as_u64().unwrap() >= 30, "{result}");
     assert_eq!(result["streamIds"], serde_json::json!(["browser"]));
     // Opus from the shared audio encoder arrives (headless Chromium has no audio device to
-    // play it out, so decoded samples are not counted): 20 ms packets for 3 s.
+    // play it out, so decoded samples are not counted): 20 ms packets for the 3 s or more the
+    // page played.
     assert!(result["audioPackets"].as_u64().unwrap() >= 100, "{result}");
     let p50 = result["p50"].as_f64().unwrap();
-    assert!(p50 > 0.0 && p50 < 500.0, "glass-to-glass p50 {p50} ms");
+    // A bound that catches a stamp read against the wrong clock, not a figure: the benchmark
+    // (`cargo bench -p hybridlive-latency-test --bench chromium`) measures that.
+    assert!(p50 > 0.0 && p50 < 1000.0, "glass-to-glass p50 {p50} ms");
     // Chromium offers the playout-delay extension; the answer takes it with Chromium's id, and
     // Chromium accepted that answer (its remote description) and decoded the frames above.
     assert!(result["playoutDelayOffered"].is_u64(), "{result}");
@@ -326,10 +334,10 @@ fn chromium_decodes_vp8_when_the_output_prefers_it() {
     let server_output = output.clone();
     std::thread::spawn(move || serve(listener, server_output));
 
-    let result = run_chromium(port, 3);
+    let result = run_chromium(port, 60, 0);
     eprintln!("chromium, VP8: {result}");
     assert_eq!(result["codec"], "video/VP8", "{result}");
-    // About 90 frames in 3 s, decoded; no SEI in VP8, so no stamps and no latency figure.
+    // 60 frames decoded; no SEI in VP8, so no stamps and no latency figure.
     assert!(result["framesDecoded"].as_u64().unwrap() >= 60, "{result}");
     assert_eq!(result["stampsRead"].as_u64(), Some(0), "{result}");
     // The rest of the session works as with H.264: data channel, DELETE.
