@@ -673,7 +673,8 @@ impl Watched<'_> {
     /// Waits until every watched output (except those in `skip`) produced more than at
     /// `before`: a new HLS segment, a longer recording, more WHEP frames, more uplink bytes.
     fn all_advance(&self, before: &Progress, skip: &[&str], what: &str) -> Progress {
-        eventually(Duration::from_secs(20), what, || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let last = loop {
             let now = self.progress();
             let hls = skip.contains(&"hls") || now.hls_segment > before.hls_segment;
             let rec = skip.contains(&"recording")
@@ -685,8 +686,18 @@ impl Watched<'_> {
             let uplink = skip.contains(&"uplink")
                 || self.uplink.is_none()
                 || now.uplink_bytes > before.uplink_bytes;
-            (hls && rec && whep && uplink).then_some(now)
-        })
+            if hls && rec && whep && uplink {
+                return now;
+            }
+            if Instant::now() >= deadline {
+                break now;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        panic!(
+            "timed out waiting for {what}: before {before:?}, after 20 s {last:?}; status {}",
+            self.runner.status()
+        );
     }
 }
 
