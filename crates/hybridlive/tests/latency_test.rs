@@ -45,7 +45,7 @@ inputs = ["video", "audio"]
 location = "rtmp://127.0.0.1:1/live/key"
 
 [latency_test]
-duration = 3
+duration = 5
 webrtc_p95_ms = 2000
 hls_p95_ms = 30000
 "#;
@@ -97,7 +97,8 @@ fn latency_test_measures_webrtc_and_hls_in_chromium_and_fails_on_a_budget() {
     let (webrtc, hls) = (path("webrtc"), path("hls"));
     assert_eq!(webrtc["played"], "webrtc");
     assert_eq!(hls["played"], "hls");
-    // 3 s at 30 fps: most frames shown were matched to their capture stamp.
+    // 5 s at 30 fps: at least a fifth of the frames matched to their capture stamp (a loaded
+    // machine lets headless Chromium composite fewer frames than it decodes).
     for p in [&webrtc, &hls] {
         assert!(p["latency_ms"]["count"].as_u64().unwrap() >= 30, "{p}");
     }
