@@ -78,6 +78,22 @@ fn every_packet_carries_the_configured_delays() {
 }
 
 #[test]
+fn an_extension_left_at_its_defaults_asks_for_0_to_200_ms() {
+    init();
+    let ext = gst_rtp::RTPHeaderExtension::create_from_uri(PLAYOUT_DELAY_URI).unwrap();
+    ext.set_id(5);
+    let packets = payloaded(&ext, 3);
+    assert!(!packets.is_empty());
+    // 0 and 20 units of 10 ms in two 12-bit fields.
+    for packet in &packets {
+        assert_eq!(
+            extension_data(packet, 5).as_deref(),
+            Some(&[0x00, 0x00, 0x14][..])
+        );
+    }
+}
+
+#[test]
 fn depayloader_reads_back_what_the_payloader_wrote() {
     init();
     let sent = extension(3, 0, 80);
