@@ -1987,6 +1987,7 @@ fn uplink_collapses_to_a_tenth_for_10_s_and_the_stream_recovers() {
             .spawn()
             .expect("unshare"),
     );
+    hybridlive_testkit::wait_for_own_netns(receiver.0.id());
     sh(&format!(
         "ip link add hla type veth peer name hlb && ip link set hlb netns {} && \
          ip addr add 10.213.9.1/24 dev hla && ip link set hla up",

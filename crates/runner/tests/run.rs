@@ -1750,6 +1750,7 @@ fn an_srt_uplink_squeezed_by_tc_tbf_gets_a_lower_bitrate_from_its_abrcontroller(
             .spawn()
             .expect("unshare"),
     );
+    hybridlive_testkit::wait_for_own_netns(receiver.0.id());
     sh(&format!("ip link set hl1 netns {}", receiver.0.id()));
     sh("tc qdisc add dev hl0 root tbf rate 8mbit burst 32kb latency 200ms");
     hybridlive_testkit::wait_for_udp_listener(receiver.0.id(), "10.213.0.2:9100");

@@ -52,6 +52,23 @@ fn in_private_netns_with(test: &str, setup: &str) -> bool {
     false
 }
 
+/// Waits (up to 30 s) until process `pid` (started as `unshare --net …`) is in a network
+/// namespace other than this one. Moving a link to it before that moves the link nowhere: the
+/// process creates its namespace after, and the link is never there.
+pub fn wait_for_own_netns(pid: u32) {
+    let ours = std::fs::read_link("/proc/self/ns/net").expect("this process's network namespace");
+    eventually(
+        std::time::Duration::from_secs(30),
+        &format!("process {pid} to enter a network namespace of its own"),
+        || {
+            std::fs::read_link(format!("/proc/{pid}/ns/net"))
+                .ok()
+                .filter(|theirs| *theirs != ours)
+                .map(|_| ())
+        },
+    );
+}
+
 /// Waits (up to 90 s) until a UDP socket bound to `addr` (`10.213.0.2:9100`, or `:9300` for
 /// any address) exists in the network namespace of process `pid`: a receiver a test started in
 /// a namespace of its own, e.g. an SRT listener, whose first start may be slow under load. A
