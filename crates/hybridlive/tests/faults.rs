@@ -1555,11 +1555,16 @@ fn hls_folder_unwritable_hls_retries_and_the_rest_goes_on() {
     let browser = HlsBrowser::start(&runner);
 
     // The folder turns read-only under the running output (root ignores permissions; a
-    // read-only bind mount stops root too).
+    // read-only bind mount stops root too). Made read-only where nothing writes, then moved
+    // over the folder at once: remounting in place fails ("mount point is busy") when the
+    // output opens its next segment through the new mount in between.
     let hls = dir.join("hls");
+    let staging = dir.join("hls-readonly");
+    std::fs::create_dir(&staging).unwrap();
     sh(&format!(
-        "mount --bind {0} {0} && mount -o remount,bind,ro {0}",
-        hls.display()
+        "mount --bind {0} {1} && mount -o remount,bind,ro {1} && mount --move {1} {0}",
+        hls.display(),
+        staging.display()
     ));
     let failed = runner.wait_output_event("output-failed", "hls");
     let error = failed["error"].as_str().unwrap_or_default().to_string();
