@@ -13,7 +13,7 @@
 //! the rows are also appended there as JSON lines (`scripts/faults` runs the whole suite with
 //! 20 kills and prints the table).
 
-use hybridlive_testkit::eventually;
+use hybridlive_testkit::{eventually, eventually_explained};
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -673,31 +673,35 @@ impl Watched<'_> {
     /// Waits until every watched output (except those in `skip`) produced more than at
     /// `before`: a new HLS segment, a longer recording, more WHEP frames, more uplink bytes.
     fn all_advance(&self, before: &Progress, skip: &[&str], what: &str) -> Progress {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let last = loop {
-            let now = self.progress();
-            let hls = skip.contains(&"hls") || now.hls_segment > before.hls_segment;
-            let rec = skip.contains(&"recording")
-                || self.recording.is_none()
-                || now.recording_bytes > before.recording_bytes;
-            let whep = skip.contains(&"webrtc")
-                || self.viewer.is_none()
-                || now.viewer_frames >= before.viewer_frames + 15;
-            let uplink = skip.contains(&"uplink")
-                || self.uplink.is_none()
-                || now.uplink_bytes > before.uplink_bytes;
-            if hls && rec && whep && uplink {
-                return now;
-            }
-            if Instant::now() >= deadline {
-                break now;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        panic!(
-            "timed out waiting for {what}: before {before:?}, after 20 s {last:?}; status {}",
-            self.runner.status()
-        );
+        let last = std::cell::RefCell::new(None);
+        eventually_explained(
+            Duration::from_secs(20),
+            || {
+                let now = self.progress();
+                let hls = skip.contains(&"hls") || now.hls_segment > before.hls_segment;
+                let rec = skip.contains(&"recording")
+                    || self.recording.is_none()
+                    || now.recording_bytes > before.recording_bytes;
+                let whep = skip.contains(&"webrtc")
+                    || self.viewer.is_none()
+                    || now.viewer_frames >= before.viewer_frames + 15;
+                let uplink = skip.contains(&"uplink")
+                    || self.uplink.is_none()
+                    || now.uplink_bytes > before.uplink_bytes;
+                if hls && rec && whep && uplink {
+                    return Some(now);
+                }
+                last.replace(Some(now));
+                None
+            },
+            || {
+                format!(
+                    "timed out waiting for {what}: before {before:?}, after 20 s {:?}; status {}",
+                    last.borrow(),
+                    self.runner.status()
+                )
+            },
+        )
     }
 }
 

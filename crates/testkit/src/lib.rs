@@ -92,20 +92,25 @@ pub fn wait_for_udp_listener(pid: u32, addr: &str) {
 
 /// Polls `f` every 200 ms until it returns `Some`, and fails the test (naming `what`) when
 /// `timeout` passes first. For waiting only: a test never asserts how long something took.
-pub fn eventually<T>(
+pub fn eventually<T>(timeout: std::time::Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    eventually_explained(timeout, f, || format!("timed out waiting for {what}"))
+}
+
+/// [`eventually`], failing with the message `explain` gives when `timeout` has passed (for
+/// what was still missing at that moment).
+pub fn eventually_explained<T>(
     timeout: std::time::Duration,
-    what: &str,
     mut f: impl FnMut() -> Option<T>,
+    explain: impl FnOnce() -> String,
 ) -> T {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
             return v;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
+        if std::time::Instant::now() >= deadline {
+            panic!("{}", explain());
+        }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }

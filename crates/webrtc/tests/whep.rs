@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use gst::prelude::*;
 use gst_rtp::prelude::*;
-use hybridlive_testkit::in_private_netns;
+use hybridlive_testkit::{eventually_explained, in_private_netns};
 use hybridlive_webrtc::{
     PLAYOUT_DELAY_URI, PlayoutDelayMs, VideoCodec, WhepConfig, WhepError, WhepOutput,
     add_local_address,
@@ -496,16 +496,17 @@ fn vanished_viewer_is_torn_down() {
     drop(viewer);
     // The session leaves the table first and its branch leaves the pipeline after, from a
     // thread of its own: both have to go.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while output.session_count() > 0 || webrtcbins(&pipeline) > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "session still alive: {:?}, webrtcbins in the pipeline: {}",
-            output.sessions(),
-            webrtcbins(&pipeline)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually_explained(
+        Duration::from_secs(20),
+        || (output.session_count() == 0 && webrtcbins(&pipeline) == 0).then_some(()),
+        || {
+            format!(
+                "session still alive: {:?}, webrtcbins in the pipeline: {}",
+                output.sessions(),
+                webrtcbins(&pipeline)
+            )
+        },
+    );
     pipeline.set_state(gst::State::Null).unwrap();
 }
 
