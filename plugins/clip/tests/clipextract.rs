@@ -326,3 +326,182 @@ fn bad_ranges_are_element_errors() {
     }
     let _ = std::fs::remove_file(&src);
 }
+
+/// 6 s of 320x240 H.264 byte-stream at 25 fps with a key frame every second and B-frames, as
+/// h264parse hands it on. `sets_once`: the SPS and PPS only in front of the first key frame,
+/// as a camera or a transport stream joined at its start sends them; otherwise nowhere.
+fn byte_stream(sets_once: bool) -> (gst::Caps, Vec<gst::Buffer>) {
+    init();
+    let pipeline = gst::parse::launch(
+        "videotestsrc num-buffers=150 ! video/x-raw,width=320,height=240,framerate=25/1 ! \
+         x264enc key-int-max=25 bframes=2 speed-preset=ultrafast ! h264parse ! \
+         video/x-h264,stream-format=byte-stream,alignment=au ! appsink name=out sync=false",
+    )
+    .expect("encoder pipeline")
+    .downcast::<gst::Pipeline>()
+    .expect("pipeline");
+    let sink = pipeline
+        .by_name("out")
+        .expect("appsink")
+        .downcast::<gst_app::AppSink>()
+        .expect("appsink");
+    pipeline.set_state(gst::State::Playing).expect("encode");
+    let mut caps = None;
+    let mut aus = Vec::new();
+    while let Ok(sample) = sink.pull_sample() {
+        caps = sample.caps_owned();
+        let buffer = sample.buffer_owned().expect("buffer");
+        let data = buffer.map_readable().expect("map").to_vec();
+        let keep_sets = sets_once && aus.is_empty();
+        let mut stripped = Vec::new();
+        for nal in hybridlive_stamp::NalUnits::new(&data, hybridlive_stamp::Framing::AnnexB) {
+            if keep_sets || !matches!(nal.header() & 0x1f, 7 | 8) {
+                stripped.extend_from_slice(&[0, 0, 0, 1]);
+                stripped.extend_from_slice(nal.data());
+            }
+        }
+        let mut out = gst::Buffer::from_mut_slice(stripped);
+        buffer
+            .copy_into(
+                out.get_mut().expect("writable"),
+                gst::BufferCopyFlags::FLAGS | gst::BufferCopyFlags::TIMESTAMPS,
+                ..,
+            )
+            .expect("copy timestamps");
+        // x264enc starts its segment 1000 hours in (to keep decode times positive).
+        let segment = sample
+            .segment()
+            .and_then(|s| s.downcast_ref::<gst::ClockTime>().cloned());
+        if let Some(segment) = segment {
+            let out = out.get_mut().expect("writable");
+            out.set_pts(buffer.pts().and_then(|t| segment.to_running_time(t)));
+            out.set_dts(buffer.dts().and_then(|t| segment.to_running_time(t)));
+        }
+        aus.push(out);
+    }
+    let _ = pipeline.set_state(gst::State::Null);
+    assert_eq!(aus.len(), 150, "encoded frames");
+    (caps.expect("caps"), aus)
+}
+
+/// Cuts `aus` with clipextract and returns the clip's bytes and the element's stats.
+fn cut(
+    caps: &gst::Caps,
+    aus: &[gst::Buffer],
+    props: &str,
+) -> Result<(Vec<u8>, gst::Structure), String> {
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "appsrc name=in format=time ! clipextract name=c {props} ! appsink name=out sync=false"
+    ))
+    .map_err(|e| e.to_string())?
+    .downcast::<gst::Pipeline>()
+    .map_err(|_| "not a pipeline".to_owned())?;
+    let src = pipeline
+        .by_name("in")
+        .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
+        .expect("appsrc");
+    src.set_caps(Some(caps));
+    let bytes = Arc::new(Mutex::new(Vec::new()));
+    let sink_bytes = bytes.clone();
+    let sink = pipeline
+        .by_name("out")
+        .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
+        .expect("appsink");
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                if let Some(map) = sample.buffer().and_then(|b| b.map_readable().ok()) {
+                    sink_bytes.lock().expect("lock").extend_from_slice(&map);
+                }
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| e.to_string())?;
+    for au in aus {
+        // Refused once the last clip is out.
+        if src.push_buffer(au.clone()).is_err() {
+            break;
+        }
+    }
+    let _ = src.end_of_stream();
+    let bus = pipeline.bus().expect("bus");
+    let mut result = Err("no EOS within 60 s".to_owned());
+    for msg in bus.iter_timed(gst::ClockTime::from_seconds(60)) {
+        match msg.view() {
+            gst::MessageView::Eos(_) => {
+                result = Ok(());
+                break;
+            }
+            gst::MessageView::Error(e) => {
+                result = Err(format!("{} {:?}", e.error(), e.debug()));
+                break;
+            }
+            _ => {}
+        }
+    }
+    let stats = pipeline
+        .by_name("c")
+        .expect("c")
+        .property::<gst::Structure>("stats");
+    let _ = pipeline.set_state(gst::State::Null);
+    result?;
+    let bytes = std::mem::take(&mut *bytes.lock().expect("lock"));
+    Ok((bytes, stats))
+}
+
+/// Decodes an H.264 byte-stream with ffmpeg: the frames decoded, and what ffmpeg complained
+/// about.
+fn decode(bytes: &[u8], name: &str) -> (u64, String) {
+    let path = std::env::temp_dir().join(format!("clipextract-{}-{name}.h264", std::process::id()));
+    std::fs::write(&path, bytes).expect("write clip");
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(&path)
+        .output()
+        .expect("ffprobe");
+    let _ = std::fs::remove_file(&path);
+    let frames = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    (frames, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn byte_stream_clips_decode_when_parameter_sets_came_once() {
+    let (caps, aus) = byte_stream(true);
+    for mode in ["exact", "keyframe", "smart", "reencode"] {
+        let (bytes, stats) = cut(&caps, &aus, &format!("ranges=3.5-5.0 mode={mode}"))
+            .unwrap_or_else(|e| panic!("{mode}: {e}"));
+        let copied = stats.get::<u64>("frames-copied").unwrap_or(0);
+        let encoded = stats.get::<u64>("frames-encoded").unwrap_or(0);
+        if mode == "smart" || mode == "reencode" {
+            assert!(encoded > 0, "{mode}: nothing re-encoded: {stats}");
+        }
+        let (decoded, errors) = decode(&bytes, mode);
+        assert!(errors.trim().is_empty(), "{mode}: ffmpeg: {errors}");
+        assert!(decoded > 0, "{mode}: no frame decodes");
+        assert_eq!(
+            decoded,
+            copied + encoded,
+            "{mode}: frames decoded vs output: {stats}"
+        );
+    }
+}
+
+#[test]
+fn a_re_encode_that_decodes_nothing_is_an_error() {
+    let (caps, aus) = byte_stream(false);
+    for mode in ["smart", "reencode"] {
+        let err = cut(&caps, &aus, &format!("ranges=3.5-5.0 mode={mode}"))
+            .err()
+            .unwrap_or_else(|| panic!("{mode}: a clip without parameter sets was re-encoded"));
+        assert!(err.contains("no picture"), "{mode}: {err}");
+    }
+}

@@ -44,13 +44,13 @@ type Result<T> = std::result::Result<T, SpliceError>;
 const TRUNCATED: SpliceError = SpliceError("truncated H.264 header");
 
 /// Reads bits, MSB first, from an RBSP (emulation prevention removed).
-struct BitReader<'a> {
+pub(super) struct BitReader<'a> {
     data: &'a [u8],
     pos: usize,
 }
 
 impl<'a> BitReader<'a> {
-    fn new(data: &'a [u8], pos: usize) -> Self {
+    pub(super) fn new(data: &'a [u8], pos: usize) -> Self {
         Self { data, pos }
     }
 
@@ -61,7 +61,7 @@ impl<'a> BitReader<'a> {
         Ok(u32::from(b))
     }
 
-    fn bits(&mut self, n: u32) -> Result<u32> {
+    pub(super) fn bits(&mut self, n: u32) -> Result<u32> {
         let mut v = 0u32;
         for _ in 0..n {
             v = (v << 1) | self.bit()?;
@@ -73,7 +73,7 @@ impl<'a> BitReader<'a> {
         Ok(self.bit()? == 1)
     }
 
-    fn ue(&mut self) -> Result<u32> {
+    pub(super) fn ue(&mut self) -> Result<u32> {
         let mut zeros = 0;
         while self.bit()? == 0 {
             zeros += 1;

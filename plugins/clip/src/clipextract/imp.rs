@@ -17,6 +17,7 @@ use hybridlive_timeline::{ClipRange, parse_range_list};
 
 use super::avc::{ParamSets, Splicer, is_open_gop_splice_point};
 use super::dts::{DEFAULT_DEPTH, DtsSynth};
+use super::param_sets::LatestParamSets;
 use super::selector::{Frame, Kind, Mode, Output, Role, Selector};
 use super::transcode::Transcoder;
 use super::{CLIP_END_EVENT, CLIP_START_EVENT, ClipMode};
@@ -83,6 +84,9 @@ struct StreamInfo {
     /// H.264: the parameter sets seen so far (caps and in band), to find open-GOP splice
     /// points and rewrite the frames copied after them.
     params: Arc<ParamSets>,
+    /// The latest parameter set units (caps and in band), put in front of each clip's first
+    /// frame: a byte-stream source may send them only once, at its start.
+    sets: Arc<LatestParamSets>,
 }
 
 /// Frame duration from the caps' framerate, 40 ms when unknown.
@@ -148,6 +152,9 @@ struct PushState {
     clip_encoded: u64,
     /// The current clip's presentation window, clip-relative.
     present: (i64, Option<i64>),
+    /// The next frame is the clip's first (copied or fed to the re-encoder): it gets the
+    /// parameter sets it does not carry.
+    needs_sets: bool,
 }
 
 /// What handling one output needs to know about the element and the stream.
@@ -161,6 +168,7 @@ struct Ctx<'a> {
     leads: bool,
     reencode_filter: Option<&'a str>,
     params: &'a Arc<ParamSets>,
+    sets: &'a Arc<LatestParamSets>,
 }
 
 #[derive(Clone)]
@@ -433,6 +441,33 @@ fn with_data(buffer: &gst::Buffer, data: Vec<u8>) -> gst::Buffer {
     out
 }
 
+/// The parameter set units in the caps' `codec_data`, which a decoder of `caps` already has.
+fn caps_sets(caps: &Option<gst::Caps>, video: Option<(Codec, Framing)>) -> Vec<Vec<u8>> {
+    match (caps.as_ref().and_then(|c| c.structure(0)), video) {
+        (Some(s), Some((codec, Framing::LengthPrefixed(_)))) => parameter_sets(s, codec),
+        _ => Vec::new(),
+    }
+}
+
+/// `buffer` with the kept parameter sets it lacks (and that are not in `known`) in front.
+fn with_sets(
+    buffer: &gst::Buffer,
+    sets: &LatestParamSets,
+    framing: Framing,
+    known: &[Vec<u8>],
+) -> gst::Buffer {
+    let Ok(map) = buffer.map_readable() else {
+        return buffer.clone();
+    };
+    let missing = sets.missing_from(map.as_slice(), framing, known);
+    drop(map);
+    if missing.is_empty() {
+        buffer.clone()
+    } else {
+        prepend_nals(buffer, &missing, framing)
+    }
+}
+
 /// `buffer` with `nals` in front, framed like the stream.
 fn prepend_nals(buffer: &gst::Buffer, nals: &[Vec<u8>], framing: Framing) -> gst::Buffer {
     let mut data = Vec::new();
@@ -621,6 +656,7 @@ impl ClipExtract {
                     let map = buffer.map_readable().ok();
                     let data = map.as_ref().map(|m| m.as_slice()).unwrap_or(&[]);
                     let disposable = !key && is_disposable(data, codec, framing);
+                    Arc::make_mut(&mut st.streams[pair.index].sets).add_in_band(data, framing);
                     let splice = key && {
                         let params = match codec {
                             Codec::H264 => {
@@ -706,7 +742,18 @@ impl ClipExtract {
     fn drain_pad(&self, pair: &PadPair, ps: &mut PushState) -> Result<(), gst::FlowError> {
         // Loop: another thread may queue more outputs for this pad while we push.
         loop {
-            let (outputs, mode, exact_segment, mut info_caps, video, ranges, leads, filter, params) = {
+            let (
+                outputs,
+                mode,
+                exact_segment,
+                mut info_caps,
+                video,
+                ranges,
+                leads,
+                filter,
+                params,
+                sets,
+            ) = {
                 let mut st = lock(&self.state);
                 let outputs = st.selector.take_output(pair.index);
                 if outputs.is_empty() {
@@ -725,6 +772,7 @@ impl ClipExtract {
                     leads,
                     st.reencode_filter.clone(),
                     info.params.clone(),
+                    info.sets.clone(),
                 )
             };
             if mode == Mode::Smart
@@ -752,6 +800,7 @@ impl ClipExtract {
                     leads,
                     reencode_filter: filter.as_deref(),
                     params: &params,
+                    sets: &sets,
                 };
                 self.handle_output(pair, ps, out, &ctx)?;
             }
@@ -827,6 +876,7 @@ impl ClipExtract {
             leads,
             reencode_filter,
             params,
+            sets,
         } = *ctx;
         match out {
             Output::Start {
@@ -846,6 +896,7 @@ impl ClipExtract {
                 ps.splicer = None;
                 ps.transcoder = None;
                 ps.present = (present_start, present_stop);
+                ps.needs_sets = true;
                 let mut marker = gst::Structure::builder(CLIP_START_EVENT)
                     .field("index", clip as u32)
                     .field("start", range.start)
@@ -937,14 +988,18 @@ impl ClipExtract {
                             }
                         }
                         if ps.after_junction {
+                            // The re-encoded head replaced the parameter sets in band: the
+                            // copied frames need all of the source's again.
                             ps.after_junction = false;
-                            if let (Some(caps), Some((codec, framing))) = (sink_caps, video)
-                                && let Some(s) = caps.structure(0)
-                            {
-                                let sets = parameter_sets(s, codec);
-                                if !sets.is_empty() {
-                                    buffer = prepend_nals(&buffer, &sets, framing);
-                                }
+                            ps.needs_sets = false;
+                            if let Some((_, framing)) = video {
+                                buffer = with_sets(&buffer, sets, framing, &[]);
+                            }
+                        } else if ps.needs_sets {
+                            ps.needs_sets = false;
+                            if let Some((_, framing)) = video {
+                                buffer =
+                                    with_sets(&buffer, sets, framing, &caps_sets(sink_caps, video));
                             }
                         }
                         ps.clip_copied += 1;
@@ -978,6 +1033,15 @@ impl ClipExtract {
                         let Some(t) = ps.transcoder.as_mut() else {
                             return Err(gst::FlowError::Error);
                         };
+                        if ps.needs_sets {
+                            // The re-encoder's decoder gets the caps (with any codec_data) and
+                            // this frame, so it needs the rest in band.
+                            ps.needs_sets = false;
+                            if let Some((_, framing)) = video {
+                                buffer =
+                                    with_sets(&buffer, sets, framing, &caps_sets(sink_caps, video));
+                            }
+                        }
                         t.push(buffer)
                             .map_err(|_| self.transcode_error("re-encoder refused a frame"))?;
                         let ready = t.ready();
@@ -1092,6 +1156,7 @@ impl ClipExtract {
                         params.add(&nal);
                     }
                 }
+                let caps_sets = video.map(|(codec, _)| (codec, parameter_sets(s, codec)));
                 let kind = if video.is_some() {
                     Kind::Video
                 } else if s.name().starts_with("audio/") {
@@ -1125,6 +1190,15 @@ impl ClipExtract {
                     info.caps = Some(caps);
                     info.video = video;
                     info.params = Arc::new(params);
+                    if let Some((codec, units)) = caps_sets {
+                        // In-band sets seen before stay: new caps (a parser's update) need not
+                        // repeat them.
+                        let sets = Arc::make_mut(&mut info.sets);
+                        sets.set_codec(codec);
+                        for nal in units {
+                            sets.add(&nal);
+                        }
+                    }
                     info.kind = Some(kind);
                     st.selector.set_kind(pair.index, kind);
                 }

@@ -29,6 +29,7 @@ use gst::prelude::*;
 mod avc;
 mod dts;
 mod imp;
+mod param_sets;
 pub(crate) mod selector;
 mod transcode;
 

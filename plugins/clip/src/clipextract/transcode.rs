@@ -43,8 +43,15 @@ pub struct Transcoder {
     appsink: AppSink,
     window: Arc<Mutex<Window>>,
     caps: Option<gst::Caps>,
-    /// Counts every frame the encoder produces.
+    /// Counts every frame the encoder produces (shared by the element's transcoders).
     produced: Arc<AtomicU64>,
+    /// Coded frames fed in.
+    fed: u64,
+    /// Pictures out of the decoder, and those of them inside the window (sent to the encoder).
+    decoded: Arc<AtomicU64>,
+    shown: Arc<AtomicU64>,
+    /// Frames this transcoder's encoder produced.
+    encoded: u64,
 }
 
 impl std::fmt::Debug for Transcoder {
@@ -138,6 +145,9 @@ impl Transcoder {
 
         let window = Arc::new(Mutex::new(Window { start, end }));
         let probe_window = window.clone();
+        let decoded = Arc::new(AtomicU64::new(0));
+        let shown = Arc::new(AtomicU64::new(0));
+        let (probe_decoded, probe_shown) = (decoded.clone(), shown.clone());
         let dec_src = dec
             .static_pad("src")
             .ok_or_else(|| glib::bool_error!("decoder without src pad"))?;
@@ -149,10 +159,12 @@ impl Transcoder {
                 return gst::PadProbeReturn::Drop;
             };
             let pts = pts.nseconds() as i64;
+            probe_decoded.fetch_add(1, Ordering::Relaxed);
             let w = *probe_window.lock().unwrap_or_else(|e| e.into_inner());
             if pts < w.start || w.end.is_some_and(|e| pts >= e) {
                 gst::PadProbeReturn::Drop
             } else {
+                probe_shown.fetch_add(1, Ordering::Relaxed);
                 gst::PadProbeReturn::Ok
             }
         });
@@ -166,6 +178,10 @@ impl Transcoder {
             window,
             caps: None,
             produced,
+            fed: 0,
+            decoded,
+            shown,
+            encoded: 0,
         })
     }
 
@@ -175,7 +191,8 @@ impl Transcoder {
     }
 
     /// Feeds one coded frame (clip-relative timestamps).
-    pub fn push(&self, buffer: gst::Buffer) -> Result<(), gst::FlowError> {
+    pub fn push(&mut self, buffer: gst::Buffer) -> Result<(), gst::FlowError> {
+        self.fed += 1;
         self.appsrc.push_buffer(buffer).map(|_| ())
     }
 
@@ -198,6 +215,7 @@ impl Transcoder {
             return;
         };
         self.produced.fetch_add(1, Ordering::Relaxed);
+        self.encoded += 1;
         if let Some(seg) = sample
             .segment()
             .and_then(|s| s.downcast_ref::<gst::ClockTime>())
@@ -222,7 +240,9 @@ impl Transcoder {
         self.caps.as_ref()
     }
 
-    /// Drains the encoder and stops the pipeline. Errors of the private pipeline are returned.
+    /// Drains the encoder and stops the pipeline. Errors of the private pipeline are returned,
+    /// and so is a drain that produced nothing from what it was fed: a decoder that made no
+    /// picture (no parameter sets, say) or an encoder that made no frame.
     pub fn finish(mut self) -> Result<Encoded, String> {
         let _ = self.appsrc.end_of_stream();
         let mut buffers = Vec::new();
@@ -248,6 +268,22 @@ impl Transcoder {
             }
         }
         let _ = self.pipeline.set_state(gst::State::Null);
+        let (decoded, shown) = (
+            self.decoded.load(Ordering::Relaxed),
+            self.shown.load(Ordering::Relaxed),
+        );
+        if self.fed > 0 && decoded == 0 {
+            return Err(format!(
+                "re-encoding failed: the decoder made no picture out of {} coded frames \
+                 (missing parameter sets or a broken stream)",
+                self.fed
+            ));
+        }
+        if shown > 0 && self.encoded == 0 {
+            return Err(format!(
+                "re-encoding failed: the encoder made no frame out of {shown} pictures"
+            ));
+        }
         Ok(Encoded {
             caps: self.caps.take(),
             buffers,
