@@ -42,6 +42,9 @@ pub fn event(kind: &str, fields: serde_json::Value) {
         return;
     }
     let mut out = std::io::stdout().lock();
+    // On a terminal an event first erases the live status line it replaces; a file, a pipe or
+    // the journal gets plain lines, with no control codes.
+    let erase = if out.is_terminal() { "\r\x1b[K" } else { "" };
     if JSON.load(Ordering::Relaxed) {
         let mut object =
             serde_json::json!({"event": kind, "utc": state::rfc3339(state::utc_now_ns())});
@@ -59,7 +62,7 @@ pub fn event(kind: &str, fields: serde_json::Value) {
         };
         let _ = writeln!(
             out,
-            "\r\x1b[Khybridlive: viewer at {}  (metrics {}{})",
+            "{erase}hybridlive: viewer at {}  (metrics {}{})",
             url("viewer"),
             url("metrics"),
             match url("hls").as_str() {
@@ -68,7 +71,7 @@ pub fn event(kind: &str, fields: serde_json::Value) {
             }
         );
     } else {
-        let _ = writeln!(out, "\r\x1b[K{kind}: {fields}");
+        let _ = writeln!(out, "{erase}{kind}: {fields}");
     }
 }
 
