@@ -853,7 +853,13 @@ impl Reader<'_> {
         let encoders = self.section(document, "encoders", |r, f, name| r.encoder(f, name));
         let outputs = self.section(document, "outputs", |r, f, name| r.output(f, name));
         let latency_test = self.latency_test(document);
+        // A source table that is there but refused (an unknown `type`, ...) has its own error;
+        // "no source" would only send the reader looking for a table they wrote.
+        let source_tables = document
+            .get("sources")
+            .is_some_and(|s| matches!(s.get_ref(), DeValue::Table(t) if !t.is_empty()));
         if sources.is_empty()
+            && !source_tables
             && !self
                 .diags
                 .iter()

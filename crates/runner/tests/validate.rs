@@ -329,6 +329,14 @@ fn broken_files_report_position_component_key_and_suggestion() {
 }
 
 #[test]
+fn a_refused_source_is_not_also_reported_missing() {
+    init();
+    let report = errors(&broken("type = \"test\"", "type = \"tset\""));
+    assert!(report.contains("unknown type `tset`"), "{report}");
+    assert!(!report.contains("has no source"), "{report}");
+}
+
+#[test]
 fn every_error_is_reported_not_just_the_first() {
     init();
     let text = broken("type = \"test\"", "type = \"test\"\nwidht = 1\nhieght = 2")
