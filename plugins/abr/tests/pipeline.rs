@@ -236,3 +236,59 @@ fn srtsink_statistics_are_followed() {
     assert!(inputs.get::<gst::ClockTime>("rtt").unwrap() < gst::ClockTime::from_seconds(1));
     assert_eq!(inputs.get::<f64>("loss").unwrap(), 0.0);
 }
+
+/// Plays `description` until EOS (a minute at most) and returns the text of the warnings
+/// posted on the way. Fails on errors.
+fn warnings_until_eos(description: &str) -> Vec<String> {
+    let pipeline = gst::parse::launch(description)
+        .expect("pipeline parses")
+        .downcast::<gst::Pipeline>()
+        .expect("a pipeline");
+    let pipeline = StopOnDrop(pipeline);
+    pipeline.0.set_state(gst::State::Playing).expect("plays");
+    let bus = pipeline.0.bus().unwrap();
+    let mut warnings = Vec::new();
+    for msg in bus.iter_timed(gst::ClockTime::from_seconds(60)) {
+        match msg.view() {
+            gst::MessageView::Eos(_) => return warnings,
+            gst::MessageView::Error(e) => panic!("pipeline error: {} ({:?})", e.error(), e.debug()),
+            gst::MessageView::Warning(w) => warnings.push(w.error().to_string()),
+            _ => {}
+        }
+    }
+    panic!("no EOS within 60 s; warnings: {warnings:?}");
+}
+
+/// Elements named in queue-name, capsfilter-name, ... that lack the property or signal the
+/// controller uses (the issue's repro: a multiqueue as the queue) used to panic on the clock's
+/// thread, which aborts the process (exit 134). Each is now a warning, once, and the stream
+/// plays to its end: this test passing in-process is the proof.
+#[test]
+fn elements_of_the_wrong_kind_warn_once_and_the_stream_plays_on() {
+    init();
+    for (props, roles) in [
+        ("queue-name=q", &["queue"][..]),
+        (
+            "queue-name=q capsfilter-name=q srtsink-name=e webrtcbin-name=q rtpbin-name=q",
+            &["queue", "capsfilter", "srtsink", "webrtcbin", "rtpbin"][..],
+        ),
+    ] {
+        let warnings = warnings_until_eos(&format!(
+            "videotestsrc is-live=true num-buffers=30 ! x264enc name=e tune=zerolatency ! \
+             abrcontroller {props} ! multiqueue name=q ! fakesink"
+        ));
+        for role in roles {
+            let named: Vec<&String> = warnings
+                .iter()
+                .filter(|w| w.starts_with(&format!("{role}:")))
+                .collect();
+            assert_eq!(named.len(), 1, "{props}: {role}: {warnings:?}");
+            let expected = if *role == "srtsink" {
+                "e (x264enc)"
+            } else {
+                "q (multiqueue)"
+            };
+            assert!(named[0].contains(expected), "{props}: {role}: {}", named[0]);
+        }
+    }
+}

@@ -17,6 +17,7 @@ use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
 use hybridlive_encoders::{Encoder, find_upstream_encoder};
 
+use super::checked;
 use crate::ESTIMATE_EVENT;
 use crate::controller::{Config, Controller, Decision, Observation, Reason};
 use crate::ladder::{Ladder, Rung};
@@ -654,7 +655,24 @@ impl AbrController {
         if !self.state.lock().unwrap().running {
             return;
         }
-        self.tick(time);
+        // The clock's thread cannot unwind: a panic there aborts the whole process. Elements
+        // named by the user are checked before use; anything missed stops the controller
+        // with an error instead.
+        let ticked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.tick(time)));
+        if let Err(panic) = ticked {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            self.stop_ticking();
+            gst::element_imp_error!(
+                self,
+                gst::CoreError::Failed,
+                ["Bitrate control stopped: {what}"]
+            );
+            return;
+        }
         let interval = gst::ClockTime::from_mseconds(self.settings.lock().unwrap().interval as u64);
         // Never try to catch up on missed ticks: the next one is one interval from now at most.
         let next = (time + interval).max(clock.time().min(time + interval * 10));
@@ -663,9 +681,19 @@ impl AbrController {
         }
     }
 
+    /// Warns once that `role` (e.g. "queue") points at something it cannot use.
+    fn unusable(&self, role: &str, err: String) {
+        self.warn_once(format!("{role}:{err}"), format!("{role}: {err}; not used"));
+    }
+
+    /// The value of a checked read, warning once when it failed.
+    fn usable<T>(&self, role: &str, read: Result<T, String>) -> Option<T> {
+        read.map_err(|err| self.unusable(role, err)).ok()
+    }
+
     fn warn_once(&self, key: String, text: String) {
         {
-            let mut state = self.state.lock().unwrap();
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if state.warned.contains(&key) {
                 return;
             }
@@ -770,6 +798,15 @@ impl AbrController {
     }
 
     fn request_webrtc_stats(&self, webrtcbin: &gst::Element) {
+        let fits = checked::signal(
+            webrtcbin,
+            "get-stats",
+            &[gst::Pad::static_type(), gst::Promise::static_type()],
+            glib::Type::UNIT,
+        );
+        if self.usable("webrtcbin", fits).is_none() {
+            return;
+        }
         {
             let mut state = self.state.lock().unwrap();
             if state.stats_pending {
@@ -818,16 +855,25 @@ impl AbrController {
                     .into(),
             );
         }
-        let queue_level = targets.queue.as_ref().map(|q| {
-            (
-                q.property::<u64>("current-level-time"),
-                q.property::<u32>("current-level-bytes") as u64,
-            )
+        let queue_level = targets.queue.as_ref().and_then(|q| {
+            let time = self.usable("queue", checked::read::<u64>(q, "current-level-time"))?;
+            let bytes = self.usable("queue", checked::read::<u32>(q, "current-level-bytes"))?;
+            Some((time, bytes as u64))
         });
-        let srt_stats = targets
-            .srtsink
-            .as_ref()
-            .and_then(|s| s.property::<Option<gst::Structure>>("stats"));
+        let srt_stats = targets.srtsink.as_ref().and_then(|s| {
+            self.usable(
+                "srtsink",
+                checked::read::<Option<gst::Structure>>(s, "stats"),
+            )
+            .flatten()
+        });
+        // The ladder is followed only through a capsfilter whose caps can be set.
+        let capsfilter = targets.capsfilter.as_ref().and_then(|c| {
+            let current = checked::read::<Option<gst::Caps>>(c, "caps").and_then(|caps| {
+                checked::writable(c, "caps", gst::Caps::static_type()).map(|_| (c.clone(), caps))
+            });
+            self.usable("capsfilter", current)
+        });
         let estimator_bps = targets.estimator.as_ref().and_then(|e| {
             let value = e
                 .find_property("estimated-bitrate")
@@ -847,7 +893,10 @@ impl AbrController {
         if let Some(webrtcbin) = &targets.webrtcbin {
             self.request_webrtc_stats(webrtcbin);
         }
-        let rtp_report = targets.rtpbin.as_ref().map(rtpbin_report);
+        let rtp_report = targets
+            .rtpbin
+            .as_ref()
+            .and_then(|r| self.usable("rtpbin", rtpbin_report(r)));
         let encoder_bps = encoder.as_ref().map(|e| e.bitrate_bps());
 
         let mut state = self.state.lock().unwrap();
@@ -987,7 +1036,7 @@ impl AbrController {
                 .unwrap_or(FALLBACK_START_BITRATE),
             bps => bps as u64,
         };
-        let config = settings.config(targets.capsfilter.is_some(), start_bps);
+        let config = settings.config(capsfilter.is_some(), start_bps);
         let mut force_apply = false;
         let controller = match &mut state.controller {
             Some(controller) => {
@@ -1061,10 +1110,17 @@ impl AbrController {
             };
             encoder.set_vbv_ms(vbv_ms);
         }
-        if apply_rung && let (Some(capsfilter), Some(rung)) = (&targets.capsfilter, rung) {
-            let caps = rung_caps(capsfilter, &rung);
+        if apply_rung
+            && let (Some((capsfilter, current)), Some(rung)) = (&capsfilter, rung)
+            && let caps = rung_caps(current.as_ref(), &rung)
+            && self
+                .usable(
+                    "capsfilter",
+                    checked::write(capsfilter, "caps", &caps.to_value()),
+                )
+                .is_some()
+        {
             gst::info!(CAT, imp = self, "Rung {rung}: {caps}");
-            capsfilter.set_property("caps", &caps);
             if !start
                 && let Some(encoder) = &encoder
                 && !encoder.force_key_frame()
@@ -1164,10 +1220,8 @@ fn inputs_structure(obs: &Observation) -> gst::Structure {
 }
 
 /// Caps for a rung, keeping the other fields (format...) the capsfilter already had.
-fn rung_caps(capsfilter: &gst::Element, rung: &Rung) -> gst::Caps {
-    let current = capsfilter.property::<Option<gst::Caps>>("caps");
+fn rung_caps(current: Option<&gst::Caps>, rung: &Rung) -> gst::Caps {
     let mut s = current
-        .as_ref()
         .and_then(|c| c.structure(0))
         .filter(|s| s.name().starts_with("video/"))
         .map(|s| s.to_owned())
@@ -1266,7 +1320,13 @@ fn parse_webrtc_stats(stats: &gst::StructureRef) -> WebrtcReport {
 }
 
 /// The last receiver reports of all sessions of an rtpbin, worst values.
-fn rtpbin_report(rtpbin: &gst::Element) -> WebrtcReport {
+fn rtpbin_report(rtpbin: &gst::Element) -> Result<WebrtcReport, String> {
+    checked::signal(
+        rtpbin,
+        "get-internal-session",
+        &[u32::static_type()],
+        glib::Object::static_type(),
+    )?;
     let mut report = WebrtcReport::default();
     for id in 0u32..16 {
         let Some(session) =
@@ -1274,14 +1334,14 @@ fn rtpbin_report(rtpbin: &gst::Element) -> WebrtcReport {
         else {
             break;
         };
-        let stats = session.property::<gst::Structure>("stats");
+        let stats = checked::read::<gst::Structure>(&session, "stats")?;
         let other = parse_rtp_session_stats(&stats);
         merge_max(&mut report.loss, other.loss);
         merge_max(&mut report.rtt, other.rtt);
         merge_max(&mut report.jitter, other.jitter);
         merge_max(&mut report.packets_lost, other.packets_lost);
     }
-    report
+    Ok(report)
 }
 
 /// RTPSession `stats`: report blocks are in the `source-stats` list, fraction lost in

@@ -1,6 +1,7 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod checked;
 mod imp;
 
 glib::wrapper! {
