@@ -1,35 +1,59 @@
-//! The runner's one HTTP server: viewer page, HLS, Prometheus metrics and the control API.
+//! The runner's one HTTP server: viewer page, HLS, WHEP, Prometheus metrics and the control API.
 //!
 //! | route | what |
 //! |---|---|
 //! | `GET /` | viewer page (hls.js, vendored) |
-//! | `GET /hls/live.m3u8`, `GET /hls/<segment>.ts` | the HLS output |
+//! | `GET /assets/hls.min.js`, `/assets/whep-player.js`, `/assets/stamp.js` | the page's scripts |
+//! | `GET /hls/live.m3u8`, `GET /hls/<segment>.ts` | the HLS output (or LL-HLS parts) |
+//! | `POST /whep`, `DELETE /whep/<id>`, `OPTIONS /whep` | WebRTC viewers (WHEP, no token) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /api/status` | JSON status |
 //! | `POST /api/markers` | `{"label": "..."}`: mark a moment for repurposing (token) |
 //! | `POST /api/recording` | `{"action": "start"\|"stop", "output": "rec"}` (token) |
+//! | `POST /api/offers` | `{"show": {offer}}` or `{"hide": "id"}` (token) |
+//!
+//! The transport (connections, timeouts, limits) is in [`transport`]. Routes answer on the
+//! runtime's threads when they only copy static data; the ones that wait or lock runner state
+//! run on its blocking pool, each kind behind its own bound, so a kind that waits long (WHEP
+//! negotiation waiting on ICE gathering, LL-HLS blocking reloads) never starves the others. A
+//! body is read only after its route accepted the head (token, declared length), with a size
+//! limit and a deadline.
 
+mod transport;
+
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::Read as _;
+use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use anyhow::{Context as _, anyhow};
-use tiny_http::{Header, Method, Request, Response};
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Method;
+use tokio::sync::Semaphore;
 
 use crate::runner::Runner;
 use crate::state::AbrStatus;
+use transport::{BodyError, Request, Response, Transport, declared_length, read_body};
 
 /// Largest request body accepted by the API.
 pub const MAX_BODY: usize = 16 * 1024;
-/// Worker threads. Low-Latency HLS holds requests (blocking playlist reload, preload hints) for
-/// up to three target durations, two per viewer at a time: enough threads that a few dozen
-/// waiting viewers never starve the rest.
-const WORKERS: usize = 64;
-/// WHEP requests handled at once, each on its own thread; more get 503 until one finishes.
+/// WHEP offers negotiated at once (each waits on ICE gathering on a thread of its own); more
+/// get 503 until one finishes.
 const MAX_WHEP_IN_FLIGHT: usize = 32;
+/// ... and from one client address, so one client cannot take them all.
+const MAX_WHEP_IN_FLIGHT_PER_CLIENT: usize = 8;
+/// Low-Latency HLS requests waiting for a part or segment (blocking playlist reload, preload
+/// hint): each holds a thread for up to three target durations.
+const MAX_HLS_WAITS: usize = 256;
+/// Other handlers that read runner state or a file; they take milliseconds.
+const MAX_QUICK: usize = 16;
+/// How long a request waits for its turn before it is answered 503.
+const TURN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Threads of the runtime that drive the connections (the waiting happens elsewhere).
+const RUNTIME_THREADS: usize = 2;
 
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 const HLS_JS: &[u8] = include_bytes!("../assets/hls.min.js");
@@ -39,18 +63,53 @@ const HLS_JS_LICENSE: &str = include_str!("../assets/hls.js.LICENSE");
 pub struct ServerHandle {
     /// The address it listens on (with the real port when 0 was asked for).
     pub addr: std::net::SocketAddr,
-    server: Arc<tiny_http::Server>,
-    workers: Vec<JoinHandle<()>>,
+    transport: Transport,
 }
 
 impl ServerHandle {
-    /// Stops accepting requests and joins the workers.
+    /// Stops accepting requests, lets the open ones finish for a moment and closes the rest.
     pub fn stop(self) {
-        for _ in &self.workers {
-            self.server.unblock();
-        }
-        for w in self.workers {
-            let _ = w.join();
+        self.transport.stop();
+    }
+}
+
+/// A bound listening socket, not yet served.
+pub struct Listener(std::net::TcpListener);
+
+/// Binds `addr`; done before anything else starts so a busy port fails fast.
+pub fn bind(addr: &str) -> anyhow::Result<Listener> {
+    std::net::TcpListener::bind(addr)
+        .map(Listener)
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// Limits of the handlers that run on the blocking pool, one per kind.
+struct Turns {
+    quick: Semaphore,
+    hls_waits: Semaphore,
+    /// WHEP negotiations per client address.
+    whep: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A WHEP negotiation's place, given back when dropped.
+struct WhepTurn {
+    context: Arc<Context>,
+    client: IpAddr,
+}
+
+impl Drop for WhepTurn {
+    fn drop(&mut self) {
+        let mut taken = self
+            .context
+            .turns
+            .whep
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = taken.get_mut(&self.client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                taken.remove(&self.client);
+            }
         }
     }
 }
@@ -60,27 +119,40 @@ struct Context {
     token: Option<String>,
     hls_dir: Option<PathBuf>,
     segment_times: crate::hls::SegmentTimes,
-    /// WHEP requests being read or negotiated on their own threads.
-    whep_in_flight: AtomicUsize,
+    turns: Turns,
 }
 
-/// Binds `addr`; done before anything else starts so a busy port fails fast.
-pub fn bind(addr: &str) -> anyhow::Result<tiny_http::Server> {
-    tiny_http::Server::http(addr).map_err(|e| anyhow!("cannot listen on {addr}: {e}"))
+impl Context {
+    /// A place for one more WHEP negotiation from `client`, if there is one.
+    fn whep_turn(self: &Arc<Self>, client: IpAddr) -> Option<WhepTurn> {
+        let mut taken = self.turns.whep.lock().unwrap_or_else(|e| e.into_inner());
+        let total: usize = taken.values().sum();
+        let mine = taken.entry(client).or_insert(0);
+        if total >= MAX_WHEP_IN_FLIGHT || *mine >= MAX_WHEP_IN_FLIGHT_PER_CLIENT {
+            if *mine == 0 {
+                taken.remove(&client);
+            }
+            return None;
+        }
+        *mine += 1;
+        Some(WhepTurn {
+            context: self.clone(),
+            client,
+        })
+    }
 }
 
-/// Serves from a few worker threads.
+/// Serves `listener` until [`ServerHandle::stop`].
 pub fn start(
-    server: tiny_http::Server,
+    listener: Listener,
     runner: Arc<Runner>,
     token: Option<String>,
     hls_dir: Option<PathBuf>,
 ) -> anyhow::Result<ServerHandle> {
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .context("the HTTP server is not on an IP address")?;
-    let server = Arc::new(server);
+    let addr = listener
+        .0
+        .local_addr()
+        .context("the HTTP server has no local address")?;
     let hls_window = runner
         .outputs
         .iter()
@@ -91,226 +163,350 @@ pub fn start(
         token,
         hls_dir: hls_dir.and_then(|d| std::fs::canonicalize(d).ok()),
         segment_times: crate::hls::SegmentTimes::new(hls_window),
-        whep_in_flight: AtomicUsize::new(0),
-    });
-    let workers = (0..WORKERS)
-        .map(|_| {
-            let server = server.clone();
-            let context = context.clone();
-            std::thread::spawn(move || {
-                while let Ok(request) = server.recv() {
-                    handle(&context, request);
-                }
-            })
-        })
-        .collect();
-    Ok(ServerHandle {
-        addr: bound,
-        server,
-        workers,
-    })
-}
-
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header names are valid")
-}
-
-fn text(status: u16, body: impl Into<String>) -> Response<std::io::Cursor<Vec<u8>>> {
-    Response::from_string(body.into())
-        .with_status_code(status)
-        .with_header(header("Content-Type", "text/plain; charset=utf-8"))
-        .with_header(header("Cache-Control", "no-store"))
-}
-
-fn json(status: u16, value: &serde_json::Value) -> Response<std::io::Cursor<Vec<u8>>> {
-    Response::from_string(value.to_string())
-        .with_status_code(status)
-        .with_header(header("Content-Type", "application/json"))
-        .with_header(header("Cache-Control", "no-store"))
-}
-
-fn error(status: u16, message: &str) -> Response<std::io::Cursor<Vec<u8>>> {
-    json(status, &serde_json::json!({ "error": message }))
-}
-
-fn handle(context: &Arc<Context>, mut request: Request) {
-    let url = request.url().to_string();
-    let path = url.split('?').next().unwrap_or("").to_string();
-    let method = request.method().clone();
-    let response = match (&method, path.as_str()) {
-        (Method::Get | Method::Head, "/" | "/index.html") => Response::from_string(INDEX_HTML)
-            .with_header(header("Content-Type", "text/html; charset=utf-8"))
-            .with_header(header("Cache-Control", "no-cache")),
-        (Method::Get | Method::Head, "/assets/hls.min.js") => Response::from_data(HLS_JS.to_vec())
-            .with_header(header("Content-Type", "text/javascript; charset=utf-8"))
-            .with_header(header("Cache-Control", "public, max-age=86400")),
-        (Method::Get | Method::Head, "/assets/hls.js.LICENSE") => text(200, HLS_JS_LICENSE),
-        (Method::Get | Method::Head, "/metrics") => Response::from_string(metrics(&context.runner))
-            .with_header(header(
-                "Content-Type",
-                "text/plain; version=0.0.4; charset=utf-8",
-            ))
-            .with_header(header("Cache-Control", "no-store")),
-        (Method::Get | Method::Head, "/api/status") => {
-            let mut status = context
-                .runner
-                .shared
-                .with(|s| serde_json::to_value(&*s).unwrap_or_default());
-            if let Some(whep) = context.runner.outputs.iter().find_map(|o| o.whep()) {
-                // Viewers by session id only, and their questions: no personal data.
-                let hands: Vec<serde_json::Value> = whep
-                    .raised_hands()
-                    .into_iter()
-                    .map(|h| serde_json::json!({"session": h.session, "text": h.text, "utc_ms": h.at_ms}))
-                    .collect();
-                status["webrtc"] = serde_json::json!({
-                    "viewers": whep.session_count(),
-                    "raised_hands": hands,
-                });
-            }
-            json(200, &status)
-        }
-        (Method::Get | Method::Head, p) if p.starts_with("/hls/") => {
-            match context.runner.outputs.iter().find_map(|o| o.ll_hls()) {
-                Some(ll) => {
-                    let query = url.split_once('?').map_or("", |(_, q)| q);
-                    let reply = ll.respond(&p["/hls/".len()..], query);
-                    Response::from_data(reply.body.to_vec())
-                        .with_status_code(reply.status)
-                        .with_header(header("Content-Type", reply.content_type))
-                        .with_header(header("Cache-Control", reply.cache))
-                        .with_header(header("Access-Control-Allow-Origin", "*"))
-                }
-                None => hls_file(context, &p["/hls/".len()..]),
-            }
-        }
-        (Method::Post, "/api/markers" | "/api/recording" | "/api/offers") => {
-            match authorised_body(context, &mut request) {
-                Ok(body) if path == "/api/markers" => markers(context, &body),
-                Ok(body) if path == "/api/offers" => offers(context, &body),
-                Ok(body) => recording(context, &body),
-                Err(response) => response,
-            }
-        }
-        (_, p) if p == "/whep" || p.starts_with("/whep/") => {
-            // Reading an offer waits on the client and answering it waits on ICE gathering: a
-            // slow or hostile viewer must not hold a worker the viewer page and HLS need.
-            let taken = context.whep_in_flight.fetch_add(1, Ordering::SeqCst);
-            if taken >= MAX_WHEP_IN_FLIGHT {
-                context.whep_in_flight.fetch_sub(1, Ordering::SeqCst);
-                error(503, "too many WebRTC sessions are being set up; retry")
-                    .with_header(header("Retry-After", "2"))
-            } else {
-                let context = context.clone();
-                std::thread::spawn(move || {
-                    let response = whep(&context, &mut request, &path);
-                    let _ = request.respond(response);
-                    context.whep_in_flight.fetch_sub(1, Ordering::SeqCst);
-                });
-                return;
-            }
-        }
-        (Method::Get | Method::Head, "/assets/whep-player.js") => {
-            Response::from_string(hybridlive_webrtc::WHEP_PLAYER_JS)
-                .with_header(header("Content-Type", "text/javascript; charset=utf-8"))
-                .with_header(header("Cache-Control", "no-cache"))
-        }
-        (Method::Get | Method::Head, "/assets/stamp.js") => {
-            Response::from_string(hybridlive_webrtc::STAMP_JS)
-                .with_header(header("Content-Type", "text/javascript; charset=utf-8"))
-                .with_header(header("Cache-Control", "no-cache"))
-        }
-        (_, "/api/markers" | "/api/recording" | "/api/offers") => error(405, "use POST"),
-        (_, "/" | "/metrics" | "/api/status") => error(405, "use GET"),
-        _ => error(404, "not found"),
-    };
-    let _ = request.respond(response);
-}
-
-/// WHEP (viewer routes: no token; an SDP offer of at most `MAX_OFFER_BYTES`).
-fn whep(
-    context: &Context,
-    request: &mut Request,
-    path: &str,
-) -> Response<std::io::Cursor<Vec<u8>>> {
-    let Some(whep) = context.runner.outputs.iter().find_map(|o| o.whep()) else {
-        return error(503, "no WebRTC output is running");
-    };
-    // Refuse an announced oversized body before reading it: reading would block this worker
-    // until the client sent it all.
-    if request
-        .body_length()
-        .is_some_and(|n| n > hybridlive_webrtc::MAX_OFFER_BYTES)
-    {
-        return error(
-            413,
-            &format!(
-                "an SDP offer is at most {} bytes",
-                hybridlive_webrtc::MAX_OFFER_BYTES
-            ),
-        );
-    }
-    let mut body = Vec::new();
-    let limit = hybridlive_webrtc::MAX_OFFER_BYTES as u64 + 1;
-    if std::io::Read::read_to_end(&mut request.as_reader().take(limit), &mut body).is_err() {
-        return error(400, "cannot read the request body");
-    }
-    let content_type = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Content-Type"))
-        .map(|h| h.value.as_str().to_string());
-    let method = request.method().as_str().to_string();
-    let reply = whep.handle_http(
-        "/whep",
-        hybridlive_webrtc::HttpRequest {
-            method: &method,
-            path: &path["/whep".len()..],
-            content_type: content_type.as_deref(),
-            body: &body,
+        turns: Turns {
+            quick: Semaphore::new(MAX_QUICK),
+            hls_waits: Semaphore::new(MAX_HLS_WAITS),
+            whep: Mutex::new(HashMap::new()),
         },
-    );
-    let mut response = Response::from_data(reply.body).with_status_code(reply.status);
-    for (name, value) in &reply.headers {
-        response.add_header(header(name, value));
+    });
+    let handler: transport::Handler =
+        Arc::new(move |client, request| Box::pin(route(context.clone(), client, request)));
+    let transport = Transport::start(
+        listener.0,
+        handler,
+        RUNTIME_THREADS,
+        MAX_WHEP_IN_FLIGHT + MAX_HLS_WAITS + MAX_QUICK,
+    )
+    .context("cannot start the HTTP server")?;
+    Ok(ServerHandle { addr, transport })
+}
+
+fn respond(status: u16, headers: &[(&str, &str)], body: impl Into<Bytes>) -> Response {
+    let mut response = hyper::Response::new(Full::new(body.into()));
+    *response.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            hyper::header::HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
     }
     response
 }
 
-/// Checks the bearer token, then reads a body of at most [`MAX_BODY`] bytes.
-fn authorised_body(
-    context: &Context,
-    request: &mut Request,
-) -> Result<Vec<u8>, Response<std::io::Cursor<Vec<u8>>>> {
+fn with_header(mut response: Response, name: &'static str, value: &str) -> Response {
+    if let Ok(value) = hyper::header::HeaderValue::from_str(value) {
+        response.headers_mut().append(name, value);
+    }
+    response
+}
+
+fn text(status: u16, body: impl Into<Bytes>) -> Response {
+    respond(
+        status,
+        &[
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Cache-Control", "no-store"),
+        ],
+        body,
+    )
+}
+
+fn json(status: u16, value: &serde_json::Value) -> Response {
+    respond(
+        status,
+        &[
+            ("Content-Type", "application/json"),
+            ("Cache-Control", "no-store"),
+        ],
+        value.to_string(),
+    )
+}
+
+fn error(status: u16, message: &str) -> Response {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+/// An error whose connection is closed after it is sent: the rest of that request (a body
+/// too large, too slow or broken) is never read.
+fn error_closing(status: u16, message: &str) -> Response {
+    with_header(error(status, message), "Connection", "close")
+}
+
+fn body_error(e: &BodyError, limit: usize) -> Response {
+    match e {
+        BodyError::TooLarge => error_closing(413, &format!("a body is at most {limit} bytes")),
+        BodyError::TooSlow => error_closing(408, "the request body did not arrive in time"),
+        BodyError::Unreadable => error_closing(400, "cannot read the request body"),
+    }
+}
+
+/// Viewer pages may live on another origin: WHEP errors the server makes itself carry the
+/// same CORS headers as the WHEP output's own answers, and `Retry-After` is readable.
+fn cors(response: Response) -> Response {
+    let response = with_header(response, "Access-Control-Allow-Origin", "*");
+    with_header(
+        response,
+        "Access-Control-Expose-Headers",
+        "Location, Retry-After",
+    )
+}
+
+fn busy(retry_after_s: u32, message: &str) -> Response {
+    with_header(
+        error(503, message),
+        "Retry-After",
+        &retry_after_s.to_string(),
+    )
+}
+
+/// Runs `work` on the blocking pool once `turns` has a place for it (503 if none comes within
+/// [`TURN_TIMEOUT`]).
+async fn on_blocking_pool(
+    turns: &Semaphore,
+    work: impl FnOnce() -> Response + Send + 'static,
+) -> Response {
+    let Ok(Ok(turn)) = tokio::time::timeout(TURN_TIMEOUT, turns.acquire()).await else {
+        return busy(1, "the server is busy; retry");
+    };
+    let response = tokio::task::spawn_blocking(work).await;
+    drop(turn);
+    response.unwrap_or_else(|_| error(500, "internal error"))
+}
+
+/// Refuses a body announced larger than `limit` before anything of it is read.
+fn refuse_declared(request: &Request, limit: usize) -> Option<Response> {
+    (declared_length(request) > limit as u64)
+        .then(|| error_closing(413, &format!("a body is at most {limit} bytes")))
+}
+
+fn is_get(method: &Method) -> bool {
+    method == Method::GET || method == Method::HEAD
+}
+
+async fn route(context: Arc<Context>, client: IpAddr, request: Request) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    if path == "/whep" || path.starts_with("/whep/") {
+        return whep(context, client, request, &path).await;
+    }
+    if method == Method::POST
+        && matches!(
+            path.as_str(),
+            "/api/markers" | "/api/recording" | "/api/offers"
+        )
+    {
+        return control(context, request, &path).await;
+    }
+    // The other routes take no body: a small one is ignored, a large one refused unread.
+    if let Some(refused) = refuse_declared(&request, MAX_BODY) {
+        return refused;
+    }
+    let script = |source: &'static str| {
+        respond(
+            200,
+            &[
+                ("Content-Type", "text/javascript; charset=utf-8"),
+                ("Cache-Control", "no-cache"),
+            ],
+            source,
+        )
+    };
+    match path.as_str() {
+        "/" | "/index.html" if is_get(&method) => respond(
+            200,
+            &[
+                ("Content-Type", "text/html; charset=utf-8"),
+                ("Cache-Control", "no-cache"),
+            ],
+            INDEX_HTML,
+        ),
+        "/assets/hls.min.js" if is_get(&method) => respond(
+            200,
+            &[
+                ("Content-Type", "text/javascript; charset=utf-8"),
+                ("Cache-Control", "public, max-age=86400"),
+            ],
+            Bytes::from_static(HLS_JS),
+        ),
+        "/assets/hls.js.LICENSE" if is_get(&method) => text(200, HLS_JS_LICENSE),
+        "/assets/whep-player.js" if is_get(&method) => script(hybridlive_webrtc::WHEP_PLAYER_JS),
+        "/assets/stamp.js" if is_get(&method) => script(hybridlive_webrtc::STAMP_JS),
+        "/metrics" if is_get(&method) => {
+            let context = context.clone();
+            on_blocking_pool(&context.clone().turns.quick, move || {
+                respond(
+                    200,
+                    &[
+                        ("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+                        ("Cache-Control", "no-store"),
+                    ],
+                    metrics(&context.runner),
+                )
+            })
+            .await
+        }
+        "/api/status" if is_get(&method) => {
+            let context = context.clone();
+            on_blocking_pool(&context.clone().turns.quick, move || {
+                json(200, &status(&context.runner))
+            })
+            .await
+        }
+        p if p.starts_with("/hls/") && is_get(&method) => {
+            let name = p["/hls/".len()..].to_string();
+            match context.runner.outputs.iter().find_map(|o| o.ll_hls()) {
+                Some(ll) => {
+                    let query = request.uri().query().unwrap_or("").to_string();
+                    on_blocking_pool(&context.turns.hls_waits, move || {
+                        let reply = ll.respond(&name, &query);
+                        respond(
+                            reply.status,
+                            &[
+                                ("Content-Type", reply.content_type),
+                                ("Cache-Control", reply.cache),
+                                ("Access-Control-Allow-Origin", "*"),
+                            ],
+                            Bytes::from_owner(reply.body),
+                        )
+                    })
+                    .await
+                }
+                None => {
+                    let context = context.clone();
+                    on_blocking_pool(&context.clone().turns.quick, move || {
+                        hls_file(&context, &name)
+                    })
+                    .await
+                }
+            }
+        }
+        "/api/markers" | "/api/recording" | "/api/offers" => error(405, "use POST"),
+        "/" | "/metrics" | "/api/status" => error(405, "use GET"),
+        _ => error(404, "not found"),
+    }
+}
+
+fn status(runner: &Runner) -> serde_json::Value {
+    let mut status = runner
+        .shared
+        .with(|s| serde_json::to_value(&*s).unwrap_or_default());
+    if let Some(whep) = runner.outputs.iter().find_map(|o| o.whep()) {
+        // Viewers by session id only, and their questions: no personal data.
+        let hands: Vec<serde_json::Value> = whep
+            .raised_hands()
+            .into_iter()
+            .map(|h| serde_json::json!({"session": h.session, "text": h.text, "utc_ms": h.at_ms}))
+            .collect();
+        status["webrtc"] = serde_json::json!({
+            "viewers": whep.session_count(),
+            "raised_hands": hands,
+        });
+    }
+    status
+}
+
+/// WHEP (viewer routes: no token; an SDP offer of at most `MAX_OFFER_BYTES`).
+async fn whep(context: Arc<Context>, client: IpAddr, request: Request, path: &str) -> Response {
+    if context.runner.outputs.iter().all(|o| o.whep().is_none()) {
+        return cors(error(503, "no WebRTC output is running"));
+    }
+    let limit = hybridlive_webrtc::MAX_OFFER_BYTES;
+    if declared_length(&request) > limit as u64 {
+        return cors(error_closing(
+            413,
+            &format!("an SDP offer is at most {limit} bytes"),
+        ));
+    }
+    let method = request.method().as_str().to_string();
+    let content_type = request
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = match read_body(request.into_body(), limit).await {
+        Ok(body) => body,
+        Err(e) => return cors(body_error(&e, limit)),
+    };
+    let resource = path["/whep".len()..].to_string();
+    // As `handle_http` tells an offer (to the endpoint) from a request on a session.
+    let is_offer = method == "POST"
+        && resource
+            .strip_prefix('/')
+            .filter(|id| !id.is_empty())
+            .is_none();
+    let answer = {
+        let context = context.clone();
+        move || {
+            let Some(whep) = context.runner.outputs.iter().find_map(|o| o.whep()) else {
+                return cors(error(503, "no WebRTC output is running"));
+            };
+            let reply = whep.handle_http(
+                "/whep",
+                hybridlive_webrtc::HttpRequest {
+                    method: &method,
+                    path: &resource,
+                    content_type: content_type.as_deref(),
+                    body: &body,
+                },
+            );
+            let headers: Vec<(&str, &str)> = reply
+                .headers
+                .iter()
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
+            respond(reply.status, &headers, reply.body)
+        }
+    };
+    // An offer waits on ICE gathering: those have places of their own, a few per client.
+    if is_offer {
+        let Some(turn) = context.whep_turn(client) else {
+            return cors(busy(2, "too many WebRTC sessions are being set up; retry"));
+        };
+        let response = tokio::task::spawn_blocking(answer).await;
+        drop(turn);
+        return response.unwrap_or_else(|_| cors(error(500, "internal error")));
+    }
+    on_blocking_pool(&context.turns.quick, answer).await
+}
+
+/// The control API: the bearer token first, then a body of at most [`MAX_BODY`] bytes.
+async fn control(context: Arc<Context>, request: Request, path: &str) -> Response {
     let Some(expected) = &context.token else {
-        return Err(error(
+        return error(
             403,
             "write endpoints are disabled: set [server] token or token_env in the pipeline file",
-        ));
+        );
     };
     let given = request
         .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .and_then(|h| h.value.as_str().strip_prefix("Bearer ").map(str::to_string));
-    let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes()));
-    if !ok {
-        return Err(error(401, "missing or wrong bearer token")
-            .with_header(header("WWW-Authenticate", "Bearer")));
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
+        return with_header(
+            error(401, "missing or wrong bearer token"),
+            "WWW-Authenticate",
+            "Bearer",
+        );
     }
-    if request.body_length().is_some_and(|n| n > MAX_BODY) {
-        return Err(error(413, "request body too large"));
+    if declared_length(&request) > MAX_BODY as u64 {
+        return error_closing(413, "request body too large");
     }
-    let mut body = Vec::new();
-    let read = request
-        .as_reader()
-        .take(MAX_BODY as u64 + 1)
-        .read_to_end(&mut body);
-    match read {
-        Err(_) => Err(error(400, "cannot read the request body")),
-        Ok(_) if body.len() > MAX_BODY => Err(error(413, "request body too large")),
-        Ok(_) => Ok(body),
-    }
+    let body = match read_body(request.into_body(), MAX_BODY).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => return error_closing(413, "request body too large"),
+        Err(e) => return body_error(&e, MAX_BODY),
+    };
+    let path = path.to_string();
+    on_blocking_pool(&context.clone().turns.quick, move || match path.as_str() {
+        "/api/markers" => markers(&context, &body),
+        "/api/offers" => offers(&context, &body),
+        _ => recording(&context, &body),
+    })
+    .await
 }
 
 /// Compares without returning early, so the time taken does not reveal the token.
@@ -334,7 +530,7 @@ fn parse_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value
 }
 
 /// `{"show": {offer as in a schedule}}` or `{"hide": "id"}`.
-fn offers(context: &Context, body: &[u8]) -> Response<std::io::Cursor<Vec<u8>>> {
+fn offers(context: &Context, body: &[u8]) -> Response {
     let object = match parse_object(body) {
         Ok(o) => o,
         Err(e) => return error(400, &e),
@@ -361,7 +557,7 @@ fn offers(context: &Context, body: &[u8]) -> Response<std::io::Cursor<Vec<u8>>> 
     json(200, &serde_json::json!({"overlays": taken}))
 }
 
-fn markers(context: &Context, body: &[u8]) -> Response<std::io::Cursor<Vec<u8>>> {
+fn markers(context: &Context, body: &[u8]) -> Response {
     let object = match parse_object(body) {
         Ok(o) => o,
         Err(e) => return error(400, &e),
@@ -378,7 +574,7 @@ fn markers(context: &Context, body: &[u8]) -> Response<std::io::Cursor<Vec<u8>>>
     )
 }
 
-fn recording(context: &Context, body: &[u8]) -> Response<std::io::Cursor<Vec<u8>>> {
+fn recording(context: &Context, body: &[u8]) -> Response {
     let object = match parse_object(body) {
         Ok(o) => o,
         Err(e) => return error(400, &e),
@@ -398,7 +594,7 @@ fn recording(context: &Context, body: &[u8]) -> Response<std::io::Cursor<Vec<u8>
     }
 }
 
-fn hls_file(context: &Context, name: &str) -> Response<std::io::Cursor<Vec<u8>>> {
+fn hls_file(context: &Context, name: &str) -> Response {
     let Some(dir) = &context.hls_dir else {
         return error(404, "this pipeline has no hls output");
     };
@@ -433,10 +629,15 @@ fn hls_file(context: &Context, name: &str) -> Response<std::io::Cursor<Vec<u8>>>
             } else {
                 "no-cache, no-store"
             };
-            Response::from_data(data)
-                .with_header(header("Content-Type", content_type))
-                .with_header(header("Cache-Control", cache))
-                .with_header(header("Access-Control-Allow-Origin", "*"))
+            respond(
+                200,
+                &[
+                    ("Content-Type", content_type),
+                    ("Cache-Control", cache),
+                    ("Access-Control-Allow-Origin", "*"),
+                ],
+                data,
+            )
         }
         Err(_) => error(404, "not found"),
     }

@@ -6,6 +6,8 @@
 
 use std::process::Command;
 
+pub mod http;
+pub mod runner_child;
 mod janus;
 mod whip;
 

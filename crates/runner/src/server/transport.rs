@@ -1,0 +1,460 @@
+//! The server's transport: hyper 1 (HTTP/1.1) on a tokio runtime of its own, with the limits
+//! that keep one client from hurting the others.
+//!
+//! - The accept loop never ends on an error: out of descriptors (EMFILE, ENFILE) or memory it
+//!   reports once, backs off and listens on; a connection aborted before it was accepted is
+//!   skipped.
+//! - Open connections are capped, in total (half the descriptors the process had left when the
+//!   server started) and per client address; one over the cap is answered 503 at once and
+//!   closed, without reading it.
+//! - Each connection is one task: a client that stops reading stalls only its own task, and
+//!   loses its connection once a write made no progress for [`WRITE_STALL`]. A request head
+//!   (and an idle keep-alive connection) gets [`HEADER_TIMEOUT`]; a connection lives at most
+//!   [`MAX_LIFETIME`], then finishes its request and closes.
+//!
+//! Bodies are the routes' business: they are read only through [`read_body`], with a size
+//! limit and a deadline.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
+
+/// What every route answers with.
+pub type Response = hyper::Response<Full<Bytes>>;
+/// A request as the routes get it: the head, and a body to read with [`read_body`].
+pub type Request = hyper::Request<Incoming>;
+/// A route table: client address and request in, response out.
+pub type Handler =
+    Arc<dyn Fn(IpAddr, Request) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
+
+/// A request head must arrive within this, and an idle keep-alive connection is closed after
+/// it (slowloris).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+/// A request body must arrive within this once its head has.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(15);
+/// A write that makes no progress for this long ends the connection: its client stopped
+/// reading.
+pub const WRITE_STALL: Duration = Duration::from_secs(15);
+/// A connection is asked to close (after its current request) when it is this old...
+pub const MAX_LIFETIME: Duration = Duration::from_secs(600);
+/// ...and closed when it has not after this much more.
+const CLOSE_GRACE: Duration = Duration::from_secs(30);
+/// Request heads larger than this are refused (hyper answers 431).
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Most connections whatever the descriptor limit.
+const MAX_CONNECTIONS: usize = 16_384;
+/// Fewest connections, however few descriptors are left.
+const MIN_CONNECTIONS: usize = 16;
+/// One client address may hold at most this share of the connections (a NAT'd school is one
+/// address: generous, but one address can never take them all).
+const PER_CLIENT_SHARE: usize = 4;
+/// How long the accept loop rests after running out of descriptors or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long `stop` waits for open requests to finish.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// The answer to a connection over the caps: written without waiting, then closed.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+Content-Type: application/json\r\nCache-Control: no-store\r\nRetry-After: 2\r\n\
+Access-Control-Allow-Origin: *\r\nAccess-Control-Expose-Headers: Location, Retry-After\r\n\
+Connection: close\r\nContent-Length: 48\r\n\r\n\
+{\"error\":\"too many connections; retry shortly\"}\n";
+
+/// Why a body could not be read.
+#[derive(Debug)]
+pub enum BodyError {
+    /// It is larger than the route takes (413).
+    TooLarge,
+    /// It did not arrive within [`BODY_DEADLINE`] (408).
+    TooSlow,
+    /// The connection failed or the framing was broken (400).
+    Unreadable,
+}
+
+/// Reads a body of at most `limit` bytes within [`BODY_DEADLINE`]. Check a declared
+/// Content-Length with [`declared_length`] first: this one stops at the limit, but only after
+/// reading up to it.
+pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+    match tokio::time::timeout(BODY_DEADLINE, Limited::new(body, limit).collect()).await {
+        Err(_) => Err(BodyError::TooSlow),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(BodyError::TooLarge),
+        Ok(Err(_)) => Err(BodyError::Unreadable),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// The Content-Length a request announces (0 without one; chunked bodies are bounded while
+/// they are read).
+pub fn declared_length(request: &Request) -> u64 {
+    request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Open connections, in total and per client address.
+struct Connections {
+    max_total: usize,
+    max_per_client: usize,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One admitted connection; leaving the table when dropped.
+struct Admission {
+    table: Arc<Connections>,
+    client: IpAddr,
+}
+
+impl Connections {
+    fn admit(table: &Arc<Connections>, client: IpAddr) -> Option<Admission> {
+        let mut open = table.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, per_client) = &mut *open;
+        let mine = per_client.entry(client).or_insert(0);
+        if *total >= table.max_total || *mine >= table.max_per_client {
+            if *mine == 0 {
+                per_client.remove(&client);
+            }
+            return None;
+        }
+        *mine += 1;
+        *total += 1;
+        Some(Admission {
+            table: table.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, per_client) = &mut *open;
+        *total = total.saturating_sub(1);
+        if let Some(mine) = per_client.get_mut(&self.client) {
+            *mine = mine.saturating_sub(1);
+            if *mine == 0 {
+                per_client.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// Half the descriptors this process has left, within [`MIN_CONNECTIONS`] and
+/// [`MAX_CONNECTIONS`]: connections alone can never exhaust them, and the pipeline (files,
+/// sockets of WebRTC sessions) keeps the other half.
+fn connection_cap() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    };
+    let in_use = std::fs::read_dir("/proc/self/fd").map_or(64, |d| d.count());
+    (soft.saturating_sub(in_use) / 2).clamp(MIN_CONNECTIONS, MAX_CONNECTIONS)
+}
+
+/// The running transport.
+pub struct Transport {
+    runtime: tokio::runtime::Runtime,
+    stop: watch::Sender<bool>,
+    accept: tokio::task::JoinHandle<()>,
+    table: Arc<Connections>,
+}
+
+impl Transport {
+    /// Serves `listener` with `handler` on a runtime of `workers` threads, whose blocking pool
+    /// (for the handlers that wait) has at most `blocking` threads.
+    pub fn start(
+        listener: std::net::TcpListener,
+        handler: Handler,
+        workers: usize,
+        blocking: usize,
+    ) -> io::Result<Transport> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .max_blocking_threads(blocking)
+            .thread_name("http")
+            .enable_io()
+            .enable_time()
+            .build()?;
+        listener.set_nonblocking(true)?;
+        let listener = {
+            let _guard = runtime.enter();
+            tokio::net::TcpListener::from_std(listener)?
+        };
+        let max_total = connection_cap();
+        let table = Arc::new(Connections {
+            max_total,
+            max_per_client: (max_total / PER_CLIENT_SHARE).max(MIN_CONNECTIONS / 2),
+            open: Mutex::new((0, HashMap::new())),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let accept = runtime.spawn(accept_loop(listener, table.clone(), handler, stopped));
+        Ok(Transport {
+            runtime,
+            stop,
+            accept,
+            table,
+        })
+    }
+
+    /// Stops accepting, lets open requests finish for a moment, then ends every connection.
+    pub fn stop(self) {
+        let _ = self.stop.send(true);
+        let table = self.table;
+        self.runtime.block_on(async {
+            let _ = self.accept.await;
+            let deadline = tokio::time::Instant::now() + STOP_GRACE;
+            while table.open.lock().map_or(0, |o| o.0) > 0 && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        // Handlers still waiting (an ICE gathering, a blocking playlist reload) are not waited
+        // for: their clients are gone with the connections.
+        self.runtime.shutdown_timeout(Duration::from_millis(200));
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    table: Arc<Connections>,
+    handler: Handler,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut reported: Vec<Option<i32>> = Vec::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped.changed() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => match Connections::admit(&table, peer.ip()) {
+                Some(admission) => {
+                    tokio::spawn(serve(
+                        stream,
+                        peer.ip(),
+                        handler.clone(),
+                        stopped.clone(),
+                        admission,
+                    ));
+                }
+                // Without reading: it is closed at once whatever it sent.
+                None => {
+                    let _ = stream.try_write(REFUSAL);
+                }
+            },
+            Err(e) => {
+                // A client that gave up before its connection was accepted (ECONNABORTED)
+                // costs nothing; a lack of descriptors or memory passes as connections close.
+                // Neither ends the loop, and each kind is reported once.
+                if !reported.contains(&e.raw_os_error()) {
+                    reported.push(e.raw_os_error());
+                    crate::runner::event(
+                        "warning",
+                        serde_json::json!({
+                            "message": format!("HTTP server: cannot accept a connection ({e}); it keeps listening")
+                        }),
+                    );
+                }
+                if e.raw_os_error() != Some(libc::ECONNABORTED) {
+                    tokio::select! {
+                        _ = stopped.changed() => return,
+                        _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Serves one connection until the client closes it, it breaks a limit, it reaches
+/// [`MAX_LIFETIME`] or the server stops.
+async fn serve(
+    stream: tokio::net::TcpStream,
+    client: IpAddr,
+    handler: Handler,
+    mut stopped: watch::Receiver<bool>,
+    _admission: Admission,
+) {
+    let _ = stream.set_nodelay(true);
+    let service = hyper::service::service_fn(move |request| {
+        let response = handler(client, request);
+        async move { Ok::<_, std::convert::Infallible>(response.await) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES.max(8192))
+        .serve_connection(TokioIo::new(StallGuard::new(stream)), service);
+    tokio::pin!(connection);
+    let end = tokio::time::sleep(MAX_LIFETIME);
+    tokio::pin!(end);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            // Errors are the client's (reset, timeout, garbage): nothing to report.
+            _ = connection.as_mut() => return,
+            _ = &mut end => {
+                if closing {
+                    return;
+                }
+                connection.as_mut().graceful_shutdown();
+                end.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
+                closing = true;
+            }
+            changed = stopped.changed(), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                let grace = if changed.is_ok() { STOP_GRACE } else { Duration::ZERO };
+                end.as_mut().reset(tokio::time::Instant::now() + grace);
+                closing = true;
+            }
+        }
+    }
+}
+
+/// A socket whose writes fail once one makes no progress for [`WRITE_STALL`]: hyper has no
+/// write timeout, and a client that never reads would otherwise keep its task (and whatever
+/// its response holds) forever.
+struct StallGuard {
+    stream: tokio::net::TcpStream,
+    stalled_since: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl StallGuard {
+    fn new(stream: tokio::net::TcpStream) -> Self {
+        Self {
+            stream,
+            stalled_since: None,
+        }
+    }
+
+    /// Passes a write's outcome through, arming the stall timer while it is pending.
+    fn guard<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match poll {
+            Poll::Ready(result) => {
+                self.stalled_since = None;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let timer = self
+                    .stalled_since
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL)));
+                ready!(timer.as_mut().poll(cx));
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client stopped reading",
+                )))
+            }
+        }
+    }
+}
+
+impl AsyncRead for StallGuard {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for StallGuard {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.guard(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.guard(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.stream).poll_flush(cx);
+        self.guard(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.stream).poll_shutdown(cx);
+        self.guard(cx, poll)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_is_one_complete_response() {
+        let text = std::str::from_utf8(REFUSAL).expect("ASCII");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|v| v.parse().ok())
+            .expect("Content-Length");
+        assert_eq!(length, body.len());
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        assert!(serde_json::from_str::<serde_json::Value>(body).is_ok());
+    }
+
+    #[test]
+    fn one_client_cannot_take_every_connection() {
+        let table = Arc::new(Connections {
+            max_total: 8,
+            max_per_client: 2,
+            open: Mutex::new((0, HashMap::new())),
+        });
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        let held: Vec<Admission> = (0..2)
+            .map(|_| Connections::admit(&table, a).expect("within the client's share"))
+            .collect();
+        assert!(Connections::admit(&table, a).is_none(), "over the share");
+        let other = Connections::admit(&table, b).expect("another client still gets in");
+        drop(held);
+        assert!(Connections::admit(&table, a).is_some(), "places come back");
+        drop(other);
+        let many: Vec<Admission> = (0..8u8)
+            .filter_map(|i| Connections::admit(&table, [10, 0, 1, i].into()))
+            .collect();
+        assert_eq!(many.len(), 8);
+        assert!(
+            Connections::admit(&table, [10, 0, 2, 1].into()).is_none(),
+            "over the total"
+        );
+    }
+}

@@ -1,0 +1,554 @@
+//! The runner's HTTP server against hostile clients (issue 27): a huge declared body, running
+//! out of descriptors, a client that never reads, bodies that never come, headers that never
+//! end. Each attack is bounded in count and time and stays on loopback (every test runs in a
+//! network namespace of its own); during and after each, the runner must keep serving the API,
+//! HLS and WHEP.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{IpAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser as _;
+use hybridlive_testkit::http::{
+    HttpReply, connect_from, connect_with_receive_buffer, http, http_from, read_reply,
+};
+use hybridlive_testkit::{eventually, eventually_explained, in_private_netns};
+
+const TOKEN: &str = "robustness-token-71c3";
+/// A second client on loopback: limits per client must not shut it out.
+const OTHER_CLIENT: [u8; 4] = [127, 0, 0, 2];
+/// How long the server may take to drop a client that stalls (its timeouts are shorter).
+const DROP_DEADLINE: Duration = Duration::from_secs(90);
+
+const PIPELINE: &str = r#"
+[server]
+token_env = "ROBUSTNESS_TOKEN"
+
+[sources.cam]
+type = "test"
+width = 320
+height = 240
+framerate = 15
+
+[encoders.video]
+type = "h264"
+inputs = ["cam"]
+preset = "zerolatency"
+bitrate = 300
+keyframe_interval = 1
+
+[outputs.webrtc]
+type = "webrtc"
+inputs = ["video"]
+loopback_only = true
+
+[outputs.hls]
+type = "hls"
+inputs = ["video"]
+segment_duration = 1
+playlist_length = 5
+"#;
+
+/// An offer as a browser sends it (H.264 only, all candidates to come from the answer).
+const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+    a=group:BUNDLE 0\r\n\
+    m=video 9 UDP/TLS/RTP/SAVPF 102\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=recvonly\r\n\
+    a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+    a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+    a=setup:actpass\r\na=rtcp-mux\r\n\
+    a=rtpmap:102 H264/90000\r\na=fmtp:102 packetization-mode=1;profile-level-id=42e01f\r\n";
+
+#[derive(clap::Parser)]
+struct ChildCli {
+    #[command(flatten)]
+    run: hybridlive_runner::RunArgs,
+}
+
+/// The runner in a child process: the tests start this test binary again with only this test
+/// selected and the arguments in `HYBRIDLIVE_RUNNER_ARGS`.
+#[test]
+#[ignore = "entry point of the runner child process started by the other tests"]
+fn runner_child_process() {
+    let args: Vec<String> = serde_json::from_str(
+        &std::env::var("HYBRIDLIVE_RUNNER_ARGS").expect("HYBRIDLIVE_RUNNER_ARGS"),
+    )
+    .expect("JSON list of arguments");
+    let cli = ChildCli::parse_from(std::iter::once("hybridlive-run".to_string()).chain(args));
+    let code = match hybridlive_runner::run(&cli.run) {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("run failed: {err:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "hybridlive-http-robustness-{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    dir
+}
+
+/// The runner serving [`PIPELINE`], with all it prints kept.
+struct Runner {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    addr: String,
+    dir: PathBuf,
+}
+
+impl Runner {
+    /// Starts the runner in `dir`; with `max_files`, under that `RLIMIT_NOFILE` (soft and hard).
+    fn start(name: &str, max_files: Option<u64>) -> Runner {
+        let dir = scratch(name);
+        let file = dir.join("pipeline.toml");
+        std::fs::write(&file, PIPELINE).expect("pipeline file");
+        let args = [
+            file.to_string_lossy().into_owned(),
+            "--http".into(),
+            "127.0.0.1:0".into(),
+            "--json".into(),
+        ];
+        let exe = std::env::current_exe().expect("test binary");
+        let mut command = match max_files {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let mut child = command
+            .args([
+                "--ignored",
+                "--exact",
+                "runner_child_process",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(
+                "HYBRIDLIVE_RUNNER_ARGS",
+                serde_json::to_string(&args).expect("JSON"),
+            )
+            .env("ROBUSTNESS_TOKEN", TOKEN)
+            .current_dir(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the runner");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().expect("stdout"));
+        let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().expect("stderr"));
+        for stream in [stdout, stderr] {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        let mut runner = Runner {
+            child,
+            log,
+            addr: String::new(),
+            dir,
+        };
+        let ready = eventually_explained(
+            Duration::from_secs(60),
+            || {
+                runner.log().lines().find_map(|l| {
+                    let json = l.find('{').map_or("", |i| &l[i..]);
+                    serde_json::from_str::<serde_json::Value>(json)
+                        .ok()
+                        .filter(|e| e["event"] == "ready")
+                })
+            },
+            || format!("no `ready` from the runner:\n{}", runner.log()),
+        );
+        runner.addr = ready["viewer"]
+            .as_str()
+            .expect("viewer URL")
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        eventually_explained(
+            Duration::from_secs(60),
+            || {
+                let playlist = http(&runner.addr, "GET", "/hls/live.m3u8", &[], b"").ok()?;
+                (playlist.status == 200 && playlist.text().contains(".ts")).then_some(())
+            },
+            || format!("no HLS segment:\n{}", runner.log()),
+        );
+        runner
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Fails the test, with the runner's output, when the runner has exited.
+    fn assert_alive(&mut self, during: &str) {
+        if let Some(status) = self.child.try_wait().expect("wait") {
+            // Let the reader threads drain the pipes.
+            std::thread::sleep(Duration::from_millis(300));
+            panic!(
+                "the runner died {during} ({status}):\n{}",
+                tail(&self.log(), 30)
+            );
+        }
+    }
+
+    /// One request from `client`; fails the test naming the route when there is no answer.
+    fn request_from(
+        &self,
+        client: IpAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> HttpReply {
+        http_from(client, &self.addr, method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: no answer: {e}"))
+    }
+
+    /// The API, HLS and WHEP all answer `client`: the status, the playlist and one of the
+    /// segments it lists, a CORS preflight, and a real offer (whose session is then ended).
+    fn assert_serves(&mut self, client: IpAddr, during: &str) {
+        self.assert_alive(during);
+        let status = self.request_from(client, "GET", "/api/status", &[], b"");
+        assert_eq!(
+            status.status,
+            200,
+            "/api/status {during}: {}",
+            status.text()
+        );
+        let status: serde_json::Value =
+            serde_json::from_slice(&status.body).expect("/api/status is JSON");
+        assert_eq!(status["outputs"]["hls"]["state"], "running", "{status}");
+
+        let playlist = self.request_from(client, "GET", "/hls/live.m3u8", &[], b"");
+        assert_eq!(playlist.status, 200, "playlist {during}");
+        let segment = playlist
+            .text()
+            .lines()
+            .rfind(|l| l.ends_with(".ts"))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("a playlist without segments {during}"));
+        let segment = self.request_from(client, "GET", &format!("/hls/{segment}"), &[], b"");
+        assert_eq!(segment.status, 200, "segment {during}");
+        assert_eq!(segment.body.first(), Some(&0x47), "not MPEG-TS {during}");
+
+        let preflight = self.request_from(client, "OPTIONS", "/whep", &[], b"");
+        assert_eq!(preflight.status, 204, "OPTIONS /whep {during}");
+        let answer = self.request_from(
+            client,
+            "POST",
+            "/whep",
+            &[("Content-Type", "application/sdp")],
+            OFFER.as_bytes(),
+        );
+        assert_eq!(answer.status, 201, "WHEP offer {during}: {}", answer.text());
+        assert!(answer.text().contains("H264/90000"), "{}", answer.text());
+        let location = answer.header("location").expect("Location").to_string();
+        let ended = self.request_from(client, "DELETE", &location, &[], b"");
+        assert_eq!(ended.status, 200, "DELETE {location} {during}");
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn localhost() -> IpAddr {
+    [127, 0, 0, 1].into()
+}
+
+/// The kernel's view of the server's end of the connection whose client port is `port`:
+/// `(state, bytes queued to send)` from /proc/net/tcp, `None` once it is gone.
+fn server_side(server_port: u16, client_port: u16) -> Option<(u8, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let port = |f: &str| u16::from_str_radix(f.rsplit(':').next()?, 16).ok();
+        if port(fields.get(1)?)? != server_port || port(fields.get(2)?)? != client_port {
+            return None;
+        }
+        let state = u8::from_str_radix(fields.get(3)?, 16).ok()?;
+        let tx_queue = u64::from_str_radix(fields.get(4)?.split(':').next()?, 16).ok()?;
+        Some((state, tx_queue))
+    })
+}
+
+const TCP_ESTABLISHED: u8 = 1;
+
+/// Waits until the server has closed `stream` (end of file or reset), reading and discarding
+/// what it sent first. Returns the response it sent, if any.
+fn wait_closed_by_server(stream: &mut TcpStream, what: &str) -> Option<HttpReply> {
+    stream
+        .set_read_timeout(Some(DROP_DEADLINE))
+        .expect("read timeout");
+    let started = Instant::now();
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("{what}: still open after {:?}", started.elapsed())
+            }
+            // A reset also ends it.
+            Err(_) => break,
+        }
+    }
+    hybridlive_testkit::http::parse_reply(&raw)
+}
+
+/// Item 1: a headers-only request announcing a 1 TiB body is refused without reading or
+/// allocating it, on every kind of route (one that takes a body, one that takes none, one
+/// behind the token), and the runner lives on and serves.
+#[test]
+fn a_terabyte_content_length_gets_413_and_the_runner_serves_on() {
+    if !in_private_netns("a_terabyte_content_length_gets_413_and_the_runner_serves_on") {
+        return;
+    }
+    let mut runner = Runner::start("terabyte", None);
+    let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
+    for (method, path, extra) in [
+        ("POST", "/whep", "Content-Type: application/sdp\r\n"),
+        ("GET", "/metrics", ""),
+        ("POST", "/api/markers", bearer.as_str()),
+        ("POST", "/api/markers", ""),
+        ("GET", "/api/status", ""),
+        ("GET", "/hls/live.m3u8", ""),
+    ] {
+        for _ in 0..3 {
+            let mut stream = TcpStream::connect(&runner.addr).expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(20)))
+                .expect("read timeout");
+            write!(
+                stream,
+                "{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: 1099511627776\r\n\r\n"
+            )
+            .expect("send the head");
+            let reply = read_reply(&mut stream)
+                .unwrap_or_else(|e| panic!("{method} {path} with 1 TiB announced: {e}"));
+            assert!(
+                (400..500).contains(&reply.status),
+                "{method} {path} with 1 TiB announced: {} {}",
+                reply.status,
+                reply.text()
+            );
+            runner.assert_alive(&format!("after {method} {path} announced 1 TiB"));
+        }
+    }
+    runner.assert_serves(localhost(), "after the 1 TiB requests");
+}
+
+/// Item 2: with few descriptors, a flood of idle connections neither kills the runner nor
+/// leaves it deaf: while it lasts another client is served, and once it is over everyone is.
+#[test]
+fn a_flood_of_idle_connections_at_the_descriptor_limit_leaves_the_server_listening() {
+    if !in_private_netns(
+        "a_flood_of_idle_connections_at_the_descriptor_limit_leaves_the_server_listening",
+    ) {
+        return;
+    }
+    let mut runner = Runner::start("descriptors", Some(256));
+    // More than the runner has descriptors for. Connecting itself succeeds (the kernel
+    // completes handshakes into the listen backlog), whatever the server does with them.
+    let mut flood = Vec::new();
+    for i in 0..300 {
+        match TcpStream::connect(&runner.addr) {
+            Ok(stream) => flood.push(stream),
+            // The backlog is full: as many as it takes.
+            Err(e) if i > 150 => {
+                eprintln!("connection {i} refused: {e}");
+                break;
+            }
+            Err(e) => panic!("connection {i}: {e}: the server no longer listens"),
+        }
+    }
+    runner.assert_alive("during the flood");
+    // The flood from 127.0.0.1 does not shut out another client.
+    runner.assert_serves(OTHER_CLIENT.into(), "during the flood");
+    let mut refused = 0;
+    for stream in &mut flood {
+        stream.set_nonblocking(true).expect("non-blocking");
+        let mut byte = [0u8; 1];
+        // Closed by the server (end of file, reset) or answered at once (503).
+        if !matches!(stream.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+            refused += 1;
+        }
+    }
+    eprintln!(
+        "{} idle connections opened, {refused} already closed or answered by the server",
+        flood.len()
+    );
+    drop(flood);
+    // The server learns of the closes as it reads them.
+    eventually(Duration::from_secs(30), "an answer after the flood", || {
+        http(&runner.addr, "GET", "/api/status", &[], b"")
+            .ok()
+            .filter(|r| r.status == 200)
+    });
+    runner.assert_serves(localhost(), "after the flood");
+}
+
+/// Item 3: one client pipelines many large responses and never reads them; the others are
+/// served meanwhile, and the server eventually drops that client.
+#[test]
+fn a_client_that_never_reads_freezes_only_its_own_connection() {
+    if !in_private_netns("a_client_that_never_reads_freezes_only_its_own_connection") {
+        return;
+    }
+    let mut runner = Runner::start("never-reads", None);
+    let server_port: u16 = runner
+        .addr
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("server port");
+    let hls_js = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/hls.min.js"))
+        .expect("the vendored hls.js");
+    let mut stuck = connect_with_receive_buffer(&runner.addr, 1024).expect("connect");
+    let client_port = stuck.local_addr().expect("local address").port();
+    let requests = "GET /assets/hls.min.js HTTP/1.1\r\nHost: x\r\n\r\n".repeat(70);
+    stuck
+        .write_all(requests.as_bytes())
+        .expect("pipeline the requests");
+    // The server's send queue towards that client fills: it is now blocked writing to it.
+    eventually(
+        Duration::from_secs(30),
+        "the server writing into the full socket",
+        || server_side(server_port, client_port).filter(|(_, queued)| *queued > 0),
+    );
+    for round in 0..3 {
+        let during = format!("while a client does not read (round {round})");
+        runner.assert_serves(localhost(), &during);
+        let script = runner.request_from(localhost(), "GET", "/assets/hls.min.js", &[], b"");
+        assert_eq!(script.status, 200, "{during}");
+        assert!(script.body == hls_js, "hls.min.js {during}");
+    }
+    // The stalled client loses its connection (not the others theirs).
+    eventually(
+        DROP_DEADLINE,
+        "the server to drop the stalled client",
+        || match server_side(server_port, client_port) {
+            Some((TCP_ESTABLISHED, _)) => None,
+            _ => Some(()),
+        },
+    );
+    drop(stuck);
+    runner.assert_serves(localhost(), "after the stalled client");
+}
+
+/// Item 4: 40 clients announce an offer and never send it. A new viewer's preflight and offer
+/// still succeed while they wait, and each of them is answered 408 or dropped in the end.
+#[test]
+fn offers_that_never_arrive_do_not_hold_the_negotiation_slots() {
+    if !in_private_netns("offers_that_never_arrive_do_not_hold_the_negotiation_slots") {
+        return;
+    }
+    let mut runner = Runner::start("slow-offers", None);
+    let mut waiting: Vec<TcpStream> = (0..40)
+        .map(|_| {
+            let mut stream = TcpStream::connect(&runner.addr).expect("connect");
+            write!(
+                stream,
+                "POST /whep HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\n\
+                 Content-Length: 2000\r\n\r\n"
+            )
+            .expect("send the head");
+            stream
+        })
+        .collect();
+    // The same client and another one: neither may be refused for the ones that wait.
+    for client in [localhost(), OTHER_CLIENT.into(), localhost()] {
+        runner.assert_serves(client, "while 40 offers are announced and never sent");
+    }
+    for (i, stream) in waiting.iter_mut().enumerate() {
+        if let Some(reply) = wait_closed_by_server(stream, &format!("offer {i} that never came")) {
+            assert_eq!(reply.status, 408, "offer {i}: {}", reply.text());
+        }
+    }
+    runner.assert_serves(localhost(), "after the offers that never came");
+}
+
+/// Slowloris: a client that sends its request head a byte at a time, never finishing it, is
+/// dropped after the header timeout, and others are served meanwhile.
+#[test]
+fn a_request_head_that_never_ends_is_dropped() {
+    if !in_private_netns("a_request_head_that_never_ends_is_dropped") {
+        return;
+    }
+    let mut runner = Runner::start("slowloris", None);
+    let mut slow: Vec<TcpStream> = (0..10)
+        .map(|_| {
+            let mut stream = TcpStream::connect(&runner.addr).expect("connect");
+            stream
+                .write_all(b"GET /api/status HTTP/1.1\r\nHost: x\r\n")
+                .expect("send the start of a head");
+            stream
+        })
+        .collect();
+    let dripping = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let drip = {
+        let mut writers: Vec<TcpStream> =
+            slow.iter().map(|s| s.try_clone().expect("clone")).collect();
+        let dripping = dripping.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while dripping.load(std::sync::atomic::Ordering::SeqCst) {
+                for w in &mut writers {
+                    // Fails once the server closed it: that is what is awaited.
+                    let _ = write!(w, "X-{n}: {n}\r\n");
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    };
+    runner.assert_serves(localhost(), "while heads trickle in");
+    for (i, stream) in slow.iter_mut().enumerate() {
+        if let Some(reply) = wait_closed_by_server(stream, &format!("trickling head {i}")) {
+            assert!(
+                (400..500).contains(&reply.status),
+                "trickling head {i}: {}",
+                reply.status
+            );
+        }
+    }
+    dripping.store(false, std::sync::atomic::Ordering::SeqCst);
+    let _ = drip.join();
+    // Nothing of it stays: the runner serves as before.
+    let mut silent = connect_from(localhost(), &runner.addr).expect("connect");
+    wait_closed_by_server(&mut silent, "a connection that never sends anything");
+    runner.assert_serves(localhost(), "after the trickling heads");
+}
