@@ -390,9 +390,21 @@ fn cut(
     aus: &[gst::Buffer],
     props: &str,
 ) -> Result<(Vec<u8>, gst::Structure), String> {
+    cut_on(caps, aus, props, |c| {
+        c.request_pad_simple("sink_%u").expect("sink pad")
+    })
+}
+
+/// [`cut`] through the sink pad `request` gets from the clipextract.
+fn cut_on(
+    caps: &gst::Caps,
+    aus: &[gst::Buffer],
+    props: &str,
+    request: impl FnOnce(&gst::Element) -> gst::Pad,
+) -> Result<(Vec<u8>, gst::Structure), String> {
     init();
     let pipeline = gst::parse::launch(&format!(
-        "appsrc name=in format=time ! clipextract name=c {props} ! appsink name=out sync=false"
+        "appsrc name=in format=time clipextract name=c {props} appsink name=out sync=false"
     ))
     .map_err(|e| e.to_string())?
     .downcast::<gst::Pipeline>()
@@ -402,6 +414,24 @@ fn cut(
         .and_then(|e| e.downcast::<gst_app::AppSrc>().ok())
         .expect("appsrc");
     src.set_caps(Some(caps));
+    let clipextract = pipeline.by_name("c").expect("clipextract");
+    let sink_pad = request(&clipextract);
+    let src_pad = clipextract
+        .static_pad(&sink_pad.name().replace("sink_", "src_"))
+        .expect("src pad of the same number");
+    src.static_pad("src")
+        .expect("appsrc pad")
+        .link(&sink_pad)
+        .expect("link appsrc");
+    src_pad
+        .link(
+            &pipeline
+                .by_name("out")
+                .expect("appsink")
+                .static_pad("sink")
+                .expect("sink"),
+        )
+        .expect("link appsink");
     let bytes = Arc::new(Mutex::new(Vec::new()));
     let sink_bytes = bytes.clone();
     let sink = pipeline
@@ -504,4 +534,22 @@ fn a_re_encode_that_decodes_nothing_is_an_error() {
             .unwrap_or_else(|| panic!("{mode}: a clip without parameter sets was re-encoded"));
         assert!(err.contains("no picture"), "{mode}: {err}");
     }
+}
+
+#[test]
+fn a_released_request_pad_leaves_no_stream_behind() {
+    let (caps, aus) = byte_stream(true);
+    let (bytes, stats) = cut_on(&caps, &aus, "ranges=3.5-5.0", |c| {
+        let released = c.request_pad_simple("sink_%u").expect("sink_0");
+        let used = c.request_pad_simple("sink_%u").expect("sink_1");
+        c.release_request_pad(&released);
+        used
+    })
+    .expect("a clip through the remaining pad");
+    assert_eq!(stats.get::<u32>("clips-finished").ok(), Some(1), "{stats}");
+    let (decoded, errors) = decode(&bytes, "released");
+    assert!(
+        decoded > 0 && errors.trim().is_empty(),
+        "{decoded} frames: {errors}"
+    );
 }

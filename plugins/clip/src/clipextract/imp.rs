@@ -87,6 +87,9 @@ struct StreamInfo {
     /// The latest parameter set units (caps and in band), put in front of each clip's first
     /// frame: a byte-stream source may send them only once, at its start.
     sets: Arc<LatestParamSets>,
+    /// Its pad was released: the slot stays (indices of the other pads do not move while
+    /// running) but counts as ended, so it never holds up the others.
+    released: bool,
 }
 
 /// Frame duration from the caps' framerate, 40 ms when unknown.
@@ -578,7 +581,14 @@ impl ClipExtract {
             ranges,
             reencode_filter,
         } = config;
-        let n = self.pairs().len();
+        // Released pads left holes: number the pads afresh, as their streams start over.
+        let n = {
+            let mut pads = lock(&self.pads);
+            for (i, p) in pads.iter_mut().enumerate() {
+                p.index = i;
+            }
+            pads.len()
+        };
         let mut selector = Selector::new(
             mode,
             ranges
@@ -1284,6 +1294,9 @@ impl ClipExtract {
                                 if let Some(kind) = info.kind {
                                     selector.set_kind(i, kind);
                                 }
+                                if info.released {
+                                    selector.eos(i);
+                                }
                             }
                             st.selector = selector;
                             st.mode = mode;
@@ -1502,6 +1515,15 @@ impl ElementImpl for ClipExtract {
             };
             pads.remove(i)
         };
+        {
+            let mut st = lock(&self.state);
+            if let Some(info) = st.streams.get_mut(pair.index) {
+                info.released = true;
+                if !st.selector.is_done(pair.index) {
+                    st.selector.eos(pair.index);
+                }
+            }
+        }
         let _ = self.obj().remove_pad(&pair.src);
         let _ = self.obj().remove_pad(&pair.sink);
     }
