@@ -553,3 +553,110 @@ fn a_released_request_pad_leaves_no_stream_behind() {
         "{decoded} frames: {errors}"
     );
 }
+
+/// What came out of a src pad of clipextract, recorded in order.
+#[derive(Debug, Clone, PartialEq)]
+enum Out {
+    Segment,
+    Buffer(u64),
+    Gap(u64, Option<u64>),
+}
+
+/// Feeds one audio stream (20 ms frames from 0 to `until_ms`) into clipextract with `ranges`,
+/// sending GAP events (stream time ms, duration ms) before the frame at their time, and
+/// returns what came out.
+fn audio_with_gaps(ranges: &str, until_ms: u64, gaps: &[(u64, u64)]) -> Vec<Out> {
+    init();
+    let c = gst::ElementFactory::make("clipextract")
+        .property_from_str("ranges", ranges)
+        .build()
+        .expect("clipextract");
+    let sink = c.request_pad_simple("sink_%u").expect("sink pad");
+    let feed = gst::Pad::builder(gst::PadDirection::Src)
+        .name("feed")
+        .build();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (on_buffer, on_event) = (seen.clone(), seen.clone());
+    let record = gst::Pad::builder(gst::PadDirection::Sink)
+        .name("record")
+        .chain_function(move |_, _, buffer| {
+            let pts = buffer.pts().map_or(0, |t| t.mseconds());
+            on_buffer.lock().expect("lock").push(Out::Buffer(pts));
+            Ok(gst::FlowSuccess::Ok)
+        })
+        .event_function(move |_, _, event| {
+            match event.view() {
+                gst::EventView::Segment(_) => on_event.lock().expect("lock").push(Out::Segment),
+                gst::EventView::Gap(g) => {
+                    let (ts, duration) = g.get();
+                    let gap = Out::Gap(ts.mseconds(), duration.map(|d| d.mseconds()));
+                    on_event.lock().expect("lock").push(gap);
+                }
+                _ => {}
+            }
+            true
+        })
+        .build();
+    feed.link(&sink).expect("link feed");
+    c.static_pad("src_0")
+        .expect("src_0")
+        .link(&record)
+        .expect("link record");
+    feed.set_active(true).expect("activate");
+    record.set_active(true).expect("activate");
+    c.set_state(gst::State::Playing).expect("play");
+    feed.push_event(gst::event::StreamStart::new("audio"));
+    feed.push_event(gst::event::Caps::new(
+        &gst::Caps::builder("audio/mpeg")
+            .field("mpegversion", 4i32)
+            .field("rate", 48000i32)
+            .field("channels", 1i32)
+            .build(),
+    ));
+    feed.push_event(gst::event::Segment::new(&gst::FormattedSegment::<
+        gst::ClockTime,
+    >::new()));
+    for ms in (0..until_ms).step_by(20) {
+        for &(at, duration) in gaps.iter().filter(|g| g.0 == ms) {
+            feed.push_event(
+                gst::event::Gap::builder(gst::ClockTime::from_mseconds(at))
+                    .duration(gst::ClockTime::from_mseconds(duration))
+                    .build(),
+            );
+        }
+        let mut buffer = gst::Buffer::with_size(16).expect("buffer");
+        {
+            let b = buffer.get_mut().expect("writable");
+            b.set_pts(gst::ClockTime::from_mseconds(ms));
+            b.set_duration(gst::ClockTime::from_mseconds(20));
+        }
+        if feed.push(buffer).is_err() {
+            break;
+        }
+    }
+    let _ = c.set_state(gst::State::Null);
+    std::mem::take(&mut *seen.lock().expect("lock"))
+}
+
+#[test]
+fn gaps_go_out_in_clip_time_and_only_inside_clips() {
+    // Clip 1.0-2.0 s: the audio clip starts with the frame at 1.0 s (clip time 0). Gaps at
+    // 0.5 s (before the clip), 1.5 s (inside, 0.2 s) and 1.9 s (0.3 s, cut at the end).
+    let out = audio_with_gaps("1.0-2.0", 3000, &[(500, 100), (1500, 200), (1900, 300)]);
+    let gaps: Vec<&Out> = out.iter().filter(|o| matches!(o, Out::Gap(..))).collect();
+    assert_eq!(
+        gaps,
+        [&Out::Gap(500, Some(200)), &Out::Gap(900, Some(100))],
+        "{out:?}"
+    );
+    let segment = out.iter().position(|o| *o == Out::Segment);
+    let first_gap = out.iter().position(|o| matches!(o, Out::Gap(..)));
+    assert!(
+        segment < first_gap,
+        "gap before the clip's segment: {out:?}"
+    );
+    // In order with the frames: after the frame before 1.5 s, before the one at 1.5 s.
+    let at = first_gap.expect("gap");
+    assert_eq!(out[at - 1], Out::Buffer(480), "{out:?}");
+    assert_eq!(out[at + 1], Out::Buffer(500), "{out:?}");
+}

@@ -1104,6 +1104,16 @@ impl ClipExtract {
                     );
                 }
             }
+            Output::Gap { pts, duration } => {
+                // Only between a clip's first buffer (its caps and segment) and its end.
+                if ps.clip.is_some() && ps.pending_segment.is_none() {
+                    let mut gap = gst::event::Gap::builder(clock(pts));
+                    if duration > 0 {
+                        gap = gap.duration(gst::ClockTime::from_nseconds(duration as u64));
+                    }
+                    pair.src.push_event(gap.build());
+                }
+            }
             Output::Done => {
                 if !ps.done {
                     ps.done = true;
@@ -1227,6 +1237,25 @@ impl ClipExtract {
                     return false;
                 };
                 lock(&self.state).streams[pair.index].segment = Some(seg.clone());
+                true
+            }
+            EventView::Gap(g) => {
+                // Mapped into the clip's time by the selector, in order with the frames; a
+                // gap in source time would hold a synchronised sink for as long as the
+                // source's position is ahead of the clip's.
+                let (ts, duration) = g.get();
+                {
+                    let mut st = lock(&self.state);
+                    let at = st.streams[pair.index]
+                        .segment
+                        .as_ref()
+                        .and_then(|seg| stream_ns(seg, ts));
+                    if let Some(at) = at {
+                        let duration = duration.map_or(0, |d| d.nseconds() as i64);
+                        st.selector.gap(pair.index, at, duration);
+                    }
+                }
+                let _ = self.drain_own(pair.index);
                 true
             }
             EventView::Eos(_) => {

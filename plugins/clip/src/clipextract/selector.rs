@@ -127,6 +127,13 @@ pub enum Output<T> {
         /// Index of the clip.
         clip: usize,
     },
+    /// No data for a while inside the current clip (a GAP event).
+    Gap {
+        /// Clip-relative start.
+        pts: i64,
+        /// Length (ns), 0 when unknown.
+        duration: i64,
+    },
     /// No more clips for this stream.
     Done,
 }
@@ -254,6 +261,39 @@ impl<T: Clone> Selector<T> {
                 self.pump_audio(stream);
             }
         }
+    }
+
+    /// The stream has no data from `pts` for `duration` (stream time; 0: unknown). Passed on
+    /// in clip time, cut to the clip, when it falls in the stream's current clip and nothing
+    /// of the stream is still waiting to go out before it; outside clips there is nothing to
+    /// fill.
+    pub fn gap(&mut self, stream: usize, pts: i64, duration: i64) {
+        let s = &self.streams[stream];
+        let Some(a) = s.active else {
+            return;
+        };
+        let waiting = s.kind != Some(Kind::Video) && !s.held.is_empty();
+        if waiting || !s.copy_pending.is_empty() {
+            return;
+        }
+        let (start, end) = self.ranges[a.clip];
+        let first = match self.mode {
+            Mode::Keyframe => a.timing.base,
+            _ => start,
+        };
+        let from = pts.max(first);
+        let to = if duration > 0 {
+            (pts + duration).min(end)
+        } else {
+            end
+        };
+        if from >= end || (duration > 0 && to <= from) {
+            return;
+        }
+        self.streams[stream].out.push_back(Output::Gap {
+            pts: a.timing.out(from),
+            duration: if duration > 0 { to - from } else { 0 },
+        });
     }
 
     /// The stream ended: close its clip, skip the clips it never reached.
