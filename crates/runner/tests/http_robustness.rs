@@ -552,3 +552,99 @@ fn a_request_head_that_never_ends_is_dropped() {
     wait_closed_by_server(&mut silent, "a connection that never sends anything");
     runner.assert_serves(localhost(), "after the trickling heads");
 }
+
+/// Items 9 and 10: an offer without ICE credentials or a fingerprint is the viewer's mistake
+/// (400, and nothing is built for it); a session's 405s list only the methods it answers; the
+/// errors the server makes itself for WHEP (413, 408) reach a page on another origin.
+#[test]
+fn viewer_mistakes_get_4xx_a_page_on_another_origin_can_read() {
+    if !in_private_netns("viewer_mistakes_get_4xx_a_page_on_another_origin_can_read") {
+        return;
+    }
+    let mut runner = Runner::start("mistakes", None);
+    let sdp = [
+        ("Content-Type", "application/sdp"),
+        ("Origin", "https://course.example"),
+    ];
+    for (missing, line) in [
+        ("ice-ufrag", "a=ice-ufrag:abcd\r\n"),
+        ("ice-pwd", "a=ice-pwd:abcdefghijklmnopqrstuvwx\r\n"),
+        ("fingerprint", "a=fingerprint:sha-256 "),
+    ] {
+        let offer: String = OFFER
+            .split_inclusive("\r\n")
+            .filter(|l| !l.starts_with(line.trim_end()))
+            .collect();
+        assert!(!offer.contains(missing), "{offer}");
+        let refused = runner.request_from(localhost(), "POST", "/whep", &sdp, offer.as_bytes());
+        assert_eq!(refused.status, 400, "without {missing}: {}", refused.text());
+        assert!(refused.text().contains(missing), "{}", refused.text());
+        assert_eq!(refused.header("access-control-allow-origin"), Some("*"));
+    }
+    let metrics = runner
+        .request_from(localhost(), "GET", "/metrics", &[], b"")
+        .text();
+    assert!(
+        metrics.contains("\nhybridlive_webrtc_branches 0\n"),
+        "refused offers left branches behind: {metrics}"
+    );
+
+    // A session answers every method its 405s allow.
+    let created = runner.request_from(localhost(), "POST", "/whep", &sdp, OFFER.as_bytes());
+    assert_eq!(created.status, 201, "{}", created.text());
+    let location = created.header("location").expect("Location").to_string();
+    let mut allowed = Vec::new();
+    for method in ["POST", "PATCH", "GET", "PUT"] {
+        let refused = runner.request_from(localhost(), method, &location, &[], b"");
+        assert_eq!(refused.status, 405, "{method} {location}");
+        let allow = refused.header("allow").expect("Allow").to_string();
+        allowed.push(allow.clone());
+        assert!(
+            !allow.contains(method),
+            "{method} answered 405 but Allow: {allow}"
+        );
+    }
+    allowed.dedup();
+    assert_eq!(allowed.len(), 1, "the 405s disagree: {allowed:?}");
+    let preflight = runner.request_from(localhost(), "OPTIONS", &location, &[], b"");
+    assert_eq!(preflight.status, 204);
+    assert!(
+        !preflight
+            .header("access-control-allow-methods")
+            .unwrap_or_default()
+            .contains("PATCH"),
+        "the preflight allows a method that is refused"
+    );
+    let ended = runner.request_from(localhost(), "DELETE", &location, &[], b"");
+    assert_eq!(ended.status, 200);
+
+    // The server's own refusals carry CORS, with Retry-After readable.
+    let mut too_large = TcpStream::connect(&runner.addr).expect("connect");
+    write!(
+        too_large,
+        "POST /whep HTTP/1.1\r\nHost: x\r\nOrigin: https://course.example\r\n\
+         Content-Type: application/sdp\r\nContent-Length: 1000000\r\n\r\n"
+    )
+    .expect("send the head");
+    let mut too_slow = TcpStream::connect(&runner.addr).expect("connect");
+    write!(
+        too_slow,
+        "POST /whep HTTP/1.1\r\nHost: x\r\nOrigin: https://course.example\r\n\
+         Content-Type: application/sdp\r\nContent-Length: 2000\r\n\r\nv=0\r\n"
+    )
+    .expect("send the head");
+    for (status, stream) in [(413, &mut too_large), (408, &mut too_slow)] {
+        let reply = wait_closed_by_server(stream, &format!("the {status}"))
+            .unwrap_or_else(|| panic!("no {status} before the close"));
+        assert_eq!(reply.status, status, "{}", reply.text());
+        assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
+        assert!(
+            reply
+                .header("access-control-expose-headers")
+                .is_some_and(|h| h.contains("Retry-After")),
+            "{:?}",
+            reply.headers
+        );
+    }
+    runner.assert_serves(localhost(), "after the viewers' mistakes");
+}

@@ -38,7 +38,11 @@ impl HttpResponse {
             headers: vec![
                 // Viewer pages may live on another origin (a CMS, a course platform).
                 ("Access-Control-Allow-Origin".into(), "*".into()),
-                ("Access-Control-Expose-Headers".into(), "Location".into()),
+                // Retry-After too: a page told 503 reads when to try again.
+                (
+                    "Access-Control-Expose-Headers".into(),
+                    "Location, Retry-After".into(),
+                ),
             ],
             body: Vec::new(),
         }
@@ -77,7 +81,27 @@ pub fn read_offer_request(req: &HttpRequest<'_>) -> Result<ViewerOffer, HttpResp
     let Ok(offer) = std::str::from_utf8(req.body) else {
         return Err(HttpResponse::new(400).text("the offer is not UTF-8"));
     };
-    read_viewer_offer(offer).map_err(|e| offer_refused(&e))
+    let offer = read_viewer_offer(offer).map_err(|e| offer_refused(&e))?;
+    if let Some(missing) = missing_transport(&offer.sdp) {
+        return Err(HttpResponse::new(400).text(format!(
+            "the offer has no a={missing} (for the session or its video section)"
+        )));
+    }
+    Ok(offer)
+}
+
+/// The first of what webrtcbin needs to answer that the offer lacks: ICE credentials and a
+/// DTLS fingerprint, for the session or in the video section. webrtcbin fails such an offer
+/// only once a branch is built for it, as if the server had failed (500): it is the viewer's
+/// mistake (400).
+fn missing_transport(offer: &gst_sdp::SDPMessageRef) -> Option<&'static str> {
+    let video = offer.medias().find(|m| m.media() == Some("video"));
+    let has = |key: &str| {
+        offer.attribute_val(key).is_some() || video.is_some_and(|m| m.attribute_val(key).is_some())
+    };
+    ["ice-ufrag", "ice-pwd", "fingerprint"]
+        .into_iter()
+        .find(|key| !has(key))
 }
 
 fn offer_refused(e: &OfferError) -> HttpResponse {
@@ -95,10 +119,7 @@ impl WhepOutput {
         let resource = req.path.strip_prefix('/').filter(|id| !id.is_empty());
         match (req.method, resource) {
             ("OPTIONS", _) => HttpResponse::new(204)
-                .header(
-                    "Access-Control-Allow-Methods",
-                    "POST, DELETE, PATCH, OPTIONS",
-                )
+                .header("Access-Control-Allow-Methods", "POST, DELETE, OPTIONS")
                 .header(
                     "Access-Control-Allow-Headers",
                     "Content-Type, Authorization",
@@ -118,7 +139,7 @@ impl WhepOutput {
                 .header("Allow", "POST, OPTIONS")
                 .text("POST an SDP offer here"),
             (_, Some(_)) => HttpResponse::new(405)
-                .header("Allow", "DELETE, PATCH, OPTIONS")
+                .header("Allow", "DELETE, OPTIONS")
                 .text("DELETE ends the session"),
         }
     }
