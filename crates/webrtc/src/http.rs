@@ -159,7 +159,7 @@ impl WhepOutput {
                 response
             }
             Err(WhepError::Offer(e)) => offer_refused(&e),
-            Err(e @ WhepError::Full(_)) => HttpResponse::new(503)
+            Err(e @ (WhepError::Full(_) | WhepError::Closed)) => HttpResponse::new(503)
                 .header("Retry-After", "10")
                 .text(e.to_string()),
             Err(e @ WhepError::UnknownSession(_)) => HttpResponse::new(404).text(e.to_string()),

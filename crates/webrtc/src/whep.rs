@@ -8,6 +8,7 @@ use gst_rtp::prelude::*;
 use gst_webrtc::{WebRTCICEConnectionState, WebRTCICEGatheringState, WebRTCSDPType};
 use std::collections::HashMap;
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -22,8 +23,13 @@ pub struct WhepConfig {
     pub loopback_ice: bool,
     /// How long an offer may wait for ICE gathering before the answer is sent as it is.
     pub gather_timeout: Duration,
-    /// Viewers at most; further offers are refused (HTTP 503).
+    /// Viewers at most, counting offers still being negotiated; further offers are refused
+    /// (HTTP 503).
     pub max_sessions: usize,
+    /// A session whose ICE connection has not formed this long after its answer was sent is
+    /// torn down: an offer that never connects gives its viewer slot back well before
+    /// `viewer_timeout`.
+    pub connect_timeout: Duration,
     /// How much media a slow viewer's queue holds before it drops (the others never wait).
     pub viewer_queue: Duration,
     /// A session whose viewer sent no RTCP for this long is torn down: the viewer vanished
@@ -51,6 +57,7 @@ impl Default for WhepConfig {
             loopback_ice: false,
             gather_timeout: Duration::from_secs(3),
             max_sessions: 64,
+            connect_timeout: Duration::from_secs(5),
             viewer_queue: Duration::from_millis(500),
             viewer_timeout: Duration::from_secs(15),
             playout_delay: Some(DEFAULT_PLAYOUT_DELAY),
@@ -74,6 +81,9 @@ pub enum WhepError {
     /// Too many viewers: HTTP 503.
     #[error("the output serves {0} viewers already")]
     Full(usize),
+    /// The output is shutting down ([`WhepOutput::close_all`]): HTTP 503.
+    #[error("the output is shutting down")]
+    Closed,
     /// No such session: HTTP 404.
     #[error("no session {0}")]
     UnknownSession(String),
@@ -131,6 +141,8 @@ struct Session {
     /// Video tee and pad, and the audio ones when the viewer takes audio.
     tee_pads: Vec<(gst::Element, gst::Pad)>,
     created: Instant,
+    /// The viewer's ICE connection formed (connected or completed) at least once.
+    connected: Arc<AtomicBool>,
     /// Last RTCP packet from the viewer.
     last_heard: Arc<Mutex<Instant>>,
     /// What the viewer's page last reported of its glass-to-glass latency.
@@ -155,8 +167,14 @@ struct Inner {
     audio_tee: Option<gst::Element>,
     config: WhepConfig,
     sessions: Mutex<HashMap<String, Session>>,
+    /// Viewer slots held by offers being negotiated. Taken and compared with `max_sessions`
+    /// only while `sessions` is locked, so concurrent offers cannot all pass the check.
+    reserved: AtomicUsize,
+    /// [`WhepOutput::close_all`] was called: no session starts any more. Written while
+    /// `sessions` is locked, so an offer still negotiating then cannot slip in after.
+    closed: AtomicBool,
     /// A session was torn down since the watchdog last gave freed memory back.
-    freed: std::sync::atomic::AtomicBool,
+    freed: AtomicBool,
 }
 
 /// WHEP sessions fed from one tee of encoded video per codec (H.264: byte-stream, access units,
@@ -197,7 +215,9 @@ impl WhepOutput {
             audio_tee: audio_tee.cloned(),
             config,
             sessions: Mutex::new(HashMap::new()),
-            freed: std::sync::atomic::AtomicBool::new(false),
+            reserved: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            freed: AtomicBool::new(false),
         });
         spawn_watchdog(Arc::downgrade(&inner));
         Self { inner }
@@ -306,12 +326,8 @@ impl WhepOutput {
         };
         let playout_delay = playout_delay_id.zip(self.inner.config.playout_delay);
         let opus = opus.filter(|_| self.inner.audio_tee.is_some());
-        {
-            let sessions = self.inner.sessions.lock().unwrap();
-            if sessions.len() >= self.inner.config.max_sessions {
-                return Err(WhepError::Full(sessions.len()));
-            }
-        }
+        // The slot is taken before anything is built: an offer negotiating counts as a viewer.
+        let _slot = Slot::take(&self.inner)?;
         let id = session_id();
         let last_heard = Arc::new(Mutex::new(Instant::now()));
         let (bin, webrtcbin) = self
@@ -361,20 +377,37 @@ impl WhepOutput {
             }
         }
         let tee_pad = tee_pads[0].1.clone();
-        self.watch_ice(&id, &webrtcbin, &tee_pad);
+        let connected = Arc::new(AtomicBool::new(false));
+        self.watch_ice(&id, &webrtcbin, &tee_pad, &connected);
         let reported = Arc::new(Mutex::new(None));
         self.serve_data_channel(&id, &webrtcbin, &reported);
-        self.inner.sessions.lock().unwrap().insert(
+        let mut sessions = self.inner.sessions.lock().unwrap();
+        if self.inner.closed.load(Ordering::SeqCst) {
+            // The output shut down while this offer was negotiated: its branch goes with it
+            // instead of outliving the table that close_all() emptied.
+            drop(sessions);
+            for (tee, pad) in &tee_pads {
+                if let Some(peer) = pad.peer() {
+                    let _ = pad.unlink(&peer);
+                }
+                tee.release_request_pad(pad);
+            }
+            let _ = torn_down(self, String::new());
+            return Err(WhepError::Closed);
+        }
+        sessions.insert(
             id.clone(),
             Session {
                 bin,
                 webrtcbin,
                 tee_pads,
                 created: Instant::now(),
+                connected,
                 last_heard,
                 reported,
             },
         );
+        drop(sessions);
         // The viewer starts with a key frame instead of waiting for the next GOP.
         request_key_frame(&tee_pad);
         Ok(Answer { id, sdp: answer })
@@ -423,16 +456,14 @@ impl WhepOutput {
         None
     }
 
-    /// Ends every session.
+    /// Ends every session, for good: offers still being negotiated end too, and later ones are
+    /// refused ([`WhepError::Closed`]).
     pub fn close_all(&self) {
-        let sessions: Vec<Session> = self
-            .inner
-            .sessions
-            .lock()
-            .unwrap()
-            .drain()
-            .map(|(_, s)| s)
-            .collect();
+        let sessions: Vec<Session> = {
+            let mut sessions = self.inner.sessions.lock().unwrap();
+            self.inner.closed.store(true, Ordering::SeqCst);
+            sessions.drain().map(|(_, s)| s).collect()
+        };
         for session in sessions {
             teardown(&self.inner, session);
         }
@@ -630,14 +661,22 @@ impl WhepOutput {
 
     /// Tears the session down when its ICE connection fails or closes (a viewer that vanished
     /// without DELETE), and asks for a key frame when it connects.
-    fn watch_ice(&self, id: &str, webrtcbin: &gst::Element, tee_pad: &gst::Pad) {
+    fn watch_ice(
+        &self,
+        id: &str,
+        webrtcbin: &gst::Element,
+        tee_pad: &gst::Pad,
+        connected: &Arc<AtomicBool>,
+    ) {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let connected = connected.clone();
         let id = id.to_string();
         let tee_pad = tee_pad.downgrade();
         webrtcbin.connect_notify(Some("ice-connection-state"), move |webrtcbin, _| {
             let state = webrtcbin.property::<WebRTCICEConnectionState>("ice-connection-state");
             match state {
                 WebRTCICEConnectionState::Connected | WebRTCICEConnectionState::Completed => {
+                    connected.store(true, Ordering::Relaxed);
                     if let Some(pad) = tee_pad.upgrade() {
                         request_key_frame(&pad);
                     }
@@ -764,11 +803,16 @@ fn spawn_watchdog(inner: Weak<Inner>) {
                 return;
             };
             let timeout = inner.config.viewer_timeout;
+            let connect_timeout = inner.config.connect_timeout;
             let silent: Vec<Session> = {
                 let mut sessions = inner.sessions.lock().unwrap();
                 let ids: Vec<String> = sessions
                     .iter()
-                    .filter(|(_, s)| s.last_heard.lock().unwrap().elapsed() > timeout)
+                    .filter(|(_, s)| {
+                        s.last_heard.lock().unwrap().elapsed() > timeout
+                            || (!s.connected.load(Ordering::Relaxed)
+                                && s.created.elapsed() > connect_timeout)
+                    })
                     .map(|(id, _)| id.clone())
                     .collect();
                 ids.iter().filter_map(|id| sessions.remove(id)).collect()
@@ -776,10 +820,7 @@ fn spawn_watchdog(inner: Weak<Inner>) {
             for session in silent {
                 teardown(&inner, session);
             }
-            if inner
-                .freed
-                .swap(false, std::sync::atomic::Ordering::Relaxed)
-            {
+            if inner.freed.swap(false, Ordering::Relaxed) {
                 release_free_memory();
             }
         }
@@ -795,6 +836,35 @@ fn release_free_memory() {
     // SAFETY: malloc_trim has no preconditions; it only returns free pages to the kernel.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// A viewer slot held by an offer from before its branch is built until it is in the session
+/// table or has failed; given back when dropped.
+struct Slot<'a> {
+    inner: &'a Inner,
+}
+
+impl<'a> Slot<'a> {
+    fn take(inner: &'a Inner) -> Result<Self, WhepError> {
+        let sessions = inner.sessions.lock().unwrap();
+        if inner.closed.load(Ordering::SeqCst) {
+            return Err(WhepError::Closed);
+        }
+        let taken = sessions.len() + inner.reserved.load(Ordering::SeqCst);
+        if taken >= inner.config.max_sessions {
+            return Err(WhepError::Full(taken));
+        }
+        inner.reserved.fetch_add(1, Ordering::SeqCst);
+        Ok(Self { inner })
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        // Given back after the session is in the table: for a moment both count, which only
+        // ever refuses an offer, never admits one too many.
+        self.inner.reserved.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -815,9 +885,7 @@ fn teardown(inner: &Inner, session: Session) {
     }
     let _ = bin.set_state(gst::State::Null);
     let _ = inner.pipeline.remove(&bin);
-    inner
-        .freed
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    inner.freed.store(true, Ordering::Relaxed);
 }
 
 /// Sets the offer, creates and sets the answer, waits for ICE gathering, returns the answer SDP.

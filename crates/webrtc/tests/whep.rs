@@ -5,213 +5,12 @@ mod common;
 
 use common::*;
 use gst::prelude::*;
-use gst_rtp::prelude::*;
 use hybridlive_testkit::{eventually_explained, in_private_netns};
 use hybridlive_webrtc::{
     PLAYOUT_DELAY_URI, PlayoutDelayMs, VideoCodec, WhepConfig, WhepError, WhepOutput,
     add_local_address,
 };
 use std::time::{Duration, Instant};
-
-/// The sending side: one live encode, stamped, on a tee.
-fn sender() -> (gst::Pipeline, WhepOutput) {
-    sender_with(WhepConfig {
-        loopback_ice: true,
-        ..Default::default()
-    })
-}
-
-fn sender_with(config: WhepConfig) -> (gst::Pipeline, WhepOutput) {
-    let pipeline = encoded_source(320, 240, "whep");
-    let tee = pipeline.by_name("t").unwrap();
-    let audio = pipeline.by_name("a").unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let output = WhepOutput::new(&pipeline, &tee, Some(&audio), config);
-    (pipeline, output)
-}
-
-/// A viewer: a receive-only webrtcbin that decodes and measures. Returns its pipeline and a
-/// channel that receives the meter's stats once frames flowed.
-struct Viewer {
-    pipeline: gst::Pipeline,
-    webrtcbin: gst::Element,
-    meter: gst::Element,
-    audio_buffers: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// The playout-delay extension the viewer offered, read by its depayloader.
-    playout_delay: Option<gst_rtp::RTPHeaderExtension>,
-}
-
-impl Viewer {
-    fn new() -> Self {
-        Self::with_audio(false)
-    }
-
-    fn with_audio(audio: bool) -> Self {
-        Self::with_options(audio, None)
-    }
-
-    /// With `playout_delay_id`, the viewer offers the playout-delay header extension with that
-    /// id, as Chromium does, and its depayloader reads it.
-    fn with_options(audio: bool, playout_delay_id: Option<u32>) -> Self {
-        let pipeline = gst::Pipeline::new();
-        let webrtcbin = gst::ElementFactory::make("webrtcbin")
-            .property_from_str("bundle-policy", "max-bundle")
-            .build()
-            .unwrap();
-        add_local_address(&webrtcbin, "127.0.0.1").unwrap();
-        let meter = gst::ElementFactory::make("latencymeter").build().unwrap();
-        pipeline.add(&webrtcbin).unwrap();
-        let mut caps = gst::Caps::builder("application/x-rtp")
-            .field("media", "video")
-            .field("encoding-name", "H264")
-            .field("clock-rate", 90000i32)
-            .field("payload", 102i32)
-            .field("packetization-mode", "1")
-            .field("profile-level-id", "42e01f")
-            .build();
-        let playout_delay = playout_delay_id.map(|id| {
-            caps.make_mut()
-                .set(format!("extmap-{id}"), PLAYOUT_DELAY_URI);
-            let ext = gst_rtp::RTPHeaderExtension::create_from_uri(PLAYOUT_DELAY_URI).unwrap();
-            ext.set_id(id);
-            // Not what the sender is configured with: only reading the packets changes it.
-            ext.set_property("min-delay", 990u32);
-            ext.set_property("max-delay", 990u32);
-            ext
-        });
-        webrtcbin.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
-            "add-transceiver",
-            &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &caps],
-        );
-        if audio {
-            let caps = gst::Caps::builder("application/x-rtp")
-                .field("media", "audio")
-                .field("encoding-name", "OPUS")
-                .field("clock-rate", 48000i32)
-                .field("payload", 111i32)
-                .build();
-            webrtcbin.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
-                "add-transceiver",
-                &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &caps],
-            );
-        }
-        let audio_buffers = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (pipe, m, counter) = (pipeline.downgrade(), meter.clone(), audio_buffers.clone());
-        let ext = playout_delay.clone();
-        webrtcbin.connect_pad_added(move |_, pad| {
-            let Some(pipeline) = pipe.upgrade() else {
-                return;
-            };
-            let caps = pad.current_caps().unwrap();
-            if caps.structure(0).unwrap().get::<&str>("media").unwrap() == "audio" {
-                decode_and_count(
-                    &pipeline,
-                    pad,
-                    "rtpopusdepay ! opusdec ! fakesink name=s",
-                    counter.clone(),
-                );
-                return;
-            }
-            let decode = gst::parse::bin_from_description(
-                "rtph264depay ! h264parse ! avdec_h264 ! queue name=q",
-                true,
-            )
-            .unwrap();
-            if let Some(ext) = &ext {
-                let depay = decode
-                    .iterate_elements()
-                    .into_iter()
-                    .filter_map(Result::ok)
-                    .find(|e| e.factory().is_some_and(|f| f.name() == "rtph264depay"))
-                    .unwrap();
-                depay.emit_by_name::<()>("add-extension", &[ext]);
-            }
-            let sink = gst::ElementFactory::make("fakesink").build().unwrap();
-            pipeline.add_many([decode.upcast_ref(), &m, &sink]).unwrap();
-            gst::Element::link_many([decode.upcast_ref(), &m, &sink]).unwrap();
-            for e in [decode.upcast_ref::<gst::Element>(), &m, &sink] {
-                e.sync_state_with_parent().unwrap();
-            }
-            pad.link(&decode.static_pad("sink").unwrap()).unwrap();
-        });
-        pipeline.set_state(gst::State::Playing).unwrap();
-        Viewer {
-            pipeline,
-            webrtcbin,
-            meter,
-            audio_buffers,
-            playout_delay,
-        }
-    }
-
-    fn offer(&self) -> String {
-        let promise = gst::Promise::new();
-        self.webrtcbin
-            .emit_by_name::<()>("create-offer", &[&None::<gst::Structure>, &promise]);
-        promise.wait();
-        let offer = promise
-            .get_reply()
-            .unwrap()
-            .get::<gst_webrtc::WebRTCSessionDescription>("offer")
-            .unwrap();
-        hybridlive_webrtc::set_local_description(&self.webrtcbin, &offer, Duration::from_secs(5))
-            .unwrap()
-    }
-
-    fn answer(&self, sdp: &str) {
-        let sdp = gst_sdp::SDPMessage::parse_buffer(sdp.as_bytes()).unwrap();
-        let answer =
-            gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Answer, sdp);
-        let promise = gst::Promise::new();
-        self.webrtcbin
-            .emit_by_name::<()>("set-remote-description", &[&answer, &promise]);
-        promise.wait();
-        // Report every second, as browsers do (GStreamer's default is every 5 s).
-        let rtpbin = self
-            .webrtcbin
-            .downcast_ref::<gst::Bin>()
-            .unwrap()
-            .iterate_elements()
-            .into_iter()
-            .filter_map(Result::ok)
-            .find(|e| e.factory().is_some_and(|f| f.name() == "rtpbin"))
-            .unwrap();
-        let session = rtpbin.emit_by_name::<gst::glib::Object>("get-internal-session", &[&0u32]);
-        session.set_property("rtcp-min-interval", 1_000_000_000u64);
-    }
-
-    /// Waits until the meter counted `frames` stamped frames; returns its stats.
-    fn wait_frames(&self, frames: u64, timeout: Duration) -> gst::Structure {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let stats = self.meter.property::<gst::Structure>("stats");
-            if stats.get::<u64>("count").unwrap() >= frames {
-                return stats;
-            }
-            assert!(Instant::now() < deadline, "only {stats} after {timeout:?}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Viewer {
-    fn drop(&mut self) {
-        let _ = self.pipeline.set_state(gst::State::Null);
-    }
-}
-
-fn tee_src_pads(pipeline: &gst::Pipeline, tee: &str) -> usize {
-    pipeline.by_name(tee).unwrap().src_pads().len()
-}
-
-fn webrtcbins(pipeline: &gst::Pipeline) -> usize {
-    pipeline
-        .iterate_recurse()
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.factory().is_some_and(|f| f.name() == "webrtcbin"))
-        .count()
-}
 
 #[test]
 fn viewer_decodes_stamped_frames_and_delete_frees_everything() {
@@ -566,7 +365,10 @@ fn http_status_codes_follow_whep() {
     assert_eq!(req("POST", "", Some("text/plain"), b"v=0").status, 415);
     assert_eq!(req("POST", "", sdp, &vec![b'a'; 70_000]).status, 413);
     assert_eq!(req("POST", "", sdp, b"not sdp").status, 400);
+    // Transport complete (ICE credentials, fingerprint), codec not served.
     let vp8_only = b"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuv\r\n\
+        a=fingerprint:sha-256 AB:CD:EF\r\n\
         m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
     assert_eq!(req("POST", "", sdp, vp8_only).status, 406);
     assert_eq!(req("GET", "", None, b"").status, 405);
@@ -605,27 +407,4 @@ fn http_status_codes_follow_whep() {
     assert_eq!(req("DELETE", &resource, None, b"").status, 404);
     assert_eq!(webrtcbins(&pipeline), 0);
     pipeline.set_state(gst::State::Null).unwrap();
-}
-
-/// Links `pad` to a new bin made from `description` (ending in a sink named `s`) and counts
-/// the buffers that sink receives in `counter`.
-fn decode_and_count(
-    pipeline: &gst::Pipeline,
-    pad: &gst::Pad,
-    description: &str,
-    counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
-) {
-    let decode = gst::parse::bin_from_description(description, true).unwrap();
-    pipeline.add(&decode).unwrap();
-    decode.sync_state_with_parent().unwrap();
-    decode
-        .by_name("s")
-        .unwrap()
-        .static_pad("sink")
-        .unwrap()
-        .add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            gst::PadProbeReturn::Ok
-        });
-    pad.link(&decode.static_pad("sink").unwrap()).unwrap();
 }
