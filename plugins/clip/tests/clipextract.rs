@@ -61,6 +61,7 @@ struct Run {
     video: Vec<Item>,
     audio: Vec<Item>,
     stats: gst::Structure,
+    warnings: Vec<String>,
 }
 
 fn record(sink: &gst::Element, items: Arc<Mutex<Vec<Item>>>) {
@@ -130,9 +131,11 @@ fn run(src: &Path, props: &str) -> Result<Run, String> {
     if started.is_err() {
         result = Err("state change failed".to_owned());
     }
+    let mut warnings = Vec::new();
     for msg in bus.iter_timed(gst::ClockTime::from_seconds(30)) {
         match msg.view() {
             gst::MessageView::Eos(_) => break,
+            gst::MessageView::Warning(w) => warnings.push(w.error().to_string()),
             gst::MessageView::Error(e) => {
                 result = Err(format!("{} {:?}", e.error(), e.debug()));
                 break;
@@ -152,6 +155,7 @@ fn run(src: &Path, props: &str) -> Result<Run, String> {
         video,
         audio,
         stats,
+        warnings,
     })
 }
 
@@ -659,4 +663,34 @@ fn gaps_go_out_in_clip_time_and_only_inside_clips() {
     let at = first_gap.expect("gap");
     assert_eq!(out[at - 1], Out::Buffer(480), "{out:?}");
     assert_eq!(out[at + 1], Out::Buffer(500), "{out:?}");
+}
+
+#[test]
+fn ranges_past_the_end_are_named() {
+    let src = source("past");
+    // One clip in the 6 s file and one past its end: the clip is cut, the other named.
+    let run = run(&src, "ranges=1.3-2.1;10-20").expect("pipeline");
+    assert_eq!(run.stats.get::<u32>("clips-finished").ok(), Some(1));
+    let named: Vec<&String> = run
+        .warnings
+        .iter()
+        .filter(|w| w.contains("00:00:10.000-00:00:20.000"))
+        .collect();
+    assert_eq!(named.len(), 1, "{:?}", run.warnings);
+    assert!(named[0].contains("ended first"), "{}", named[0]);
+    // Nothing to cut at all: an error, not an empty output.
+    let err = run_err(&src, "ranges=10-20");
+    let _ = std::fs::remove_file(&src);
+    assert!(err.contains("00:00:10.000-00:00:20.000"), "{err}");
+    assert!(
+        err.contains("00:00:05."),
+        "names where the stream ends: {err}"
+    );
+}
+
+fn run_err(src: &Path, props: &str) -> String {
+    match run(src, props) {
+        Ok(_) => panic!("{props} gave no error"),
+        Err(e) => e,
+    }
 }

@@ -13,7 +13,7 @@ use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 use hybridlive_stamp::{Codec, Framing, NalUnits};
-use hybridlive_timeline::{ClipRange, parse_range_list};
+use hybridlive_timeline::{ClipRange, format_time, parse_range_list};
 
 use super::avc::{ParamSets, Splicer, is_open_gop_splice_point};
 use super::dts::{DEFAULT_DEPTH, DtsSynth};
@@ -90,6 +90,8 @@ struct StreamInfo {
     /// Its pad was released: the slot stays (indices of the other pads do not move while
     /// running) but counts as ended, so it never holds up the others.
     released: bool,
+    /// Stream time of the latest frame, to say where the stream ended.
+    last_pts: Option<i64>,
 }
 
 /// Frame duration from the caps' framerate, 40 ms when unknown.
@@ -158,6 +160,8 @@ struct PushState {
     /// The next frame is the clip's first (copied or fed to the re-encoder): it gets the
     /// parameter sets it does not carry.
     needs_sets: bool,
+    /// Clips that started on this pad, to name the ones that never did.
+    started: Vec<usize>,
 }
 
 /// What handling one output needs to know about the element and the stream.
@@ -687,6 +691,7 @@ impl ClipExtract {
             };
             let index = pair.index;
             let info = &mut st.streams[index];
+            info.last_pts = Some(info.last_pts.map_or(pts, |l| l.max(pts)));
             let has_dts = *info.has_dts.get_or_insert(dts.is_some());
             if kind == Kind::Video && !has_dts {
                 let fd = frame_duration(info.caps.as_ref());
@@ -898,6 +903,7 @@ impl ClipExtract {
             } => {
                 let range = ranges[clip];
                 ps.clip = Some(clip);
+                ps.started.push(clip);
                 ps.clip_copied = 0;
                 ps.clip_encoded = 0;
                 ps.head.clear();
@@ -1117,11 +1123,46 @@ impl ClipExtract {
             Output::Done => {
                 if !ps.done {
                     ps.done = true;
+                    if leads {
+                        self.report_missed_clips(pair, &ps.started, ranges);
+                    }
                     pair.src.push_event(gst::event::Eos::new());
                 }
             }
         }
         Ok(())
+    }
+
+    /// Names the ranges the stream ended before: a warning when other clips were cut, an
+    /// error when none was (downstream got no caps; a muxer would write an unreadable file).
+    fn report_missed_clips(&self, pair: &PadPair, started: &[usize], ranges: &[ClipRange]) {
+        let missed: Vec<String> = ranges
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !started.contains(i))
+            .map(|(_, r)| r.to_string())
+            .collect();
+        if missed.is_empty() {
+            return;
+        }
+        let end = lock(&self.state)
+            .streams
+            .get(pair.index)
+            .and_then(|s| s.last_pts);
+        let end = match end {
+            Some(t) => format!("its last frame is at {}", format_time(t.max(0) as u64)),
+            None => "it had no frames".to_owned(),
+        };
+        let text = format!(
+            "Clip range{} {} not in the stream: it ended first ({end})",
+            if missed.len() > 1 { "s" } else { "" },
+            missed.join(", ")
+        );
+        if started.is_empty() {
+            gst::element_imp_error!(self, gst::StreamError::Failed, ("{}", text));
+        } else {
+            gst::element_imp_warning!(self, gst::StreamError::Failed, ("{}", text));
+        }
     }
 
     /// Drains the clip's re-encoder and pushes its frames. In `smart` mode the head's decode
