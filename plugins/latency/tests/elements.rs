@@ -230,3 +230,45 @@ fn every_property_and_report_field_is_documented() {
         }
     }
 }
+
+#[test]
+fn a_seek_is_not_frame_loss() {
+    init();
+    // A stamped recording: frame counters 0..300.
+    let mut stamp = harness("latencystamp mode=sei", H264_CAPS);
+    stamp.play();
+    let recording: Vec<gst::Buffer> = (0..300u64)
+        .map(|i| {
+            stamp
+                .push_and_pull(buffer(h264_access_unit(10), i * 40))
+                .unwrap()
+        })
+        .collect();
+    let mut h = harness("latencymeter", H264_CAPS);
+    h.play();
+    let lost = |h: &gst_check::Harness| {
+        let stats = h.element().unwrap().property::<gst::Structure>("stats");
+        stats.get::<u64>("frames-lost").unwrap()
+    };
+    for b in &recording[..20] {
+        h.push_and_pull(b.clone()).unwrap();
+    }
+    // A flushing seek forward to frame 200: frames 20..200 were never sent.
+    assert!(h.push_event(gst::event::FlushStart::new()));
+    assert!(h.push_event(gst::event::FlushStop::new(true)));
+    let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
+    segment.set_start(gst::ClockTime::from_mseconds(200 * 40));
+    assert!(h.push_event(gst::event::Segment::new(&segment)));
+    for b in &recording[200..220] {
+        h.push_and_pull(b.clone()).unwrap();
+    }
+    assert_eq!(lost(&h), 0, "frames skipped by the seek counted as lost");
+    // Frames really lost after it still count.
+    for b in &recording[220..230] {
+        h.push_and_pull(b.clone()).unwrap();
+    }
+    for b in &recording[231..240] {
+        h.push_and_pull(b.clone()).unwrap();
+    }
+    assert_eq!(lost(&h), 1);
+}

@@ -98,6 +98,15 @@ impl CounterSpan {
         self.seen += 1;
     }
 
+    /// Starts a new span, keeping what was lost so far: after a seek the counters jump by the
+    /// frames skipped, which were never sent.
+    fn restart(&mut self) {
+        self.lost_before = self.lost();
+        self.first = None;
+        self.max_ahead = 0;
+        self.seen = 0;
+    }
+
     fn lost(&self) -> u64 {
         let span = if self.first.is_some() {
             u64::from(self.max_ahead) + 1
@@ -345,9 +354,16 @@ impl BaseTransformImpl for LatencyMeter {
     }
 
     fn sink_event(&self, event: gst::Event) -> bool {
-        if let gst::EventView::Eos(_) = event.view() {
-            let report = self.report();
-            self.publish(report);
+        match event.view() {
+            gst::EventView::Eos(_) => {
+                let report = self.report();
+                self.publish(report);
+            }
+            // A seek (flushing or not) starts a new segment; the frames it skipped are not lost.
+            gst::EventView::FlushStop(_) | gst::EventView::Segment(_) => {
+                self.state.lock().unwrap().counters.restart();
+            }
+            _ => {}
         }
         self.parent_sink_event(event)
     }
@@ -611,5 +627,15 @@ mod tests {
             c.push(f);
         }
         assert_eq!(c.lost(), 0);
+        // A seek: the counters jump, nothing more is lost; later gaps still count.
+        let mut c = CounterSpan::default();
+        for f in [0, 1, 3] {
+            c.push(f);
+        }
+        c.restart();
+        for f in [200, 201, 203] {
+            c.push(f);
+        }
+        assert_eq!(c.lost(), 2);
     }
 }
