@@ -8,10 +8,23 @@
 //! fragments, each in one `write`. When a write fails (disk full), the file is cut back to its
 //! last whole fragment, which keeps everything recorded before playable and frees the space
 //! the partial write took.
+//!
+//! The file is created with its first fragment, and only if no file of that name exists: a
+//! take never overwrites another. A stream that ends before its first whole fragment leaves
+//! no file at all (a header without media is a file no player opens).
+//!
+//! Durability: `kill -9` loses nothing written (the kernel has it). A power cut loses what the
+//! kernel had not yet put on the disk, so the file is synced at its creation (with its folder,
+//! so the name survives too) and then at least every [`SYNC_EVERY`]: a power cut costs at most
+//! that plus the fragment being written, on a disk that honours flushes.
 
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Longest time whole fragments stay written but not synced to the disk.
+pub const SYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// Appends whole fragments of a fragmented MP4 byte stream to one file.
 #[derive(Debug)]
@@ -22,6 +35,8 @@ pub struct FragmentedMp4File {
     pending: Vec<u8>,
     /// Length of the file on disk: always the end of a whole fragment.
     written: u64,
+    /// When the file was last synced to the disk.
+    synced_at: Option<Instant>,
 }
 
 impl FragmentedMp4File {
@@ -32,7 +47,13 @@ impl FragmentedMp4File {
             file: None,
             pending: Vec::new(),
             written: 0,
+            synced_at: None,
         }
+    }
+
+    /// Whether the file exists, i.e. holds at least one whole fragment of every track.
+    pub fn created(&self) -> bool {
+        self.file.is_some()
     }
 
     /// Takes more of the muxer's output and writes every fragment it completes.
@@ -49,26 +70,43 @@ impl FragmentedMp4File {
         }
     }
 
-    /// At the end of the stream: writes whatever whole boxes remain (e.g. `mfra`).
+    /// At the end of the stream: writes whatever whole boxes remain (e.g. `mfra`) and syncs
+    /// the file. A stream that never completed a fragment writes nothing.
     pub fn finish(&mut self) -> std::io::Result<()> {
-        let end = whole_boxes_end(&self.pending);
-        if end == 0 {
+        if self.file.is_none() {
             return Ok(());
         }
-        self.write(end)
+        let end = whole_boxes_end(&self.pending);
+        if end > 0 {
+            self.write(end)?;
+        }
+        self.sync()
     }
 
     fn write(&mut self, end: usize) -> std::io::Result<()> {
         if self.file.is_none() {
-            self.file = Some(File::create(&self.path)?);
+            // create_new: a file already there (an earlier take, another recorder) is never
+            // truncated; the caller picked a free name, so this is an error, not a retry.
+            let file = File::options()
+                .write(true)
+                .create_new(true)
+                .open(&self.path)?;
+            self.file = Some(file);
         }
         let Some(file) = self.file.as_mut() else {
             return Ok(());
         };
         match file.write_all(&self.pending[..end]) {
             Ok(()) => {
+                let first = self.written == 0;
                 self.written += end as u64;
                 self.pending.drain(..end);
+                if first {
+                    sync_parent(&self.path)?;
+                }
+                if self.synced_at.is_none_or(|t| t.elapsed() >= SYNC_EVERY) {
+                    self.sync()?;
+                }
                 Ok(())
             }
             Err(err) => {
@@ -84,6 +122,25 @@ impl FragmentedMp4File {
                 Err(err)
             }
         }
+    }
+}
+
+impl FragmentedMp4File {
+    fn sync(&mut self) -> std::io::Result<()> {
+        if let Some(file) = &self.file {
+            file.sync_data()?;
+            self.synced_at = Some(Instant::now());
+        }
+        Ok(())
+    }
+}
+
+/// Syncs the folder holding `path`, so that a file created or renamed there survives a power
+/// cut under its name.
+pub fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
+        _ => File::open(".")?.sync_all(),
     }
 }
 
@@ -200,6 +257,32 @@ mod tests {
             std::fs::read(&path).unwrap(),
             [header, fragment.clone(), fragment, mfra].concat()
         );
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_stream_without_a_whole_fragment_leaves_no_file() {
+        let path = scratch("empty");
+        let _ = std::fs::remove_file(&path);
+        let mut w = FragmentedMp4File::new(&path);
+        // What mp4mux pushes for a start followed at once by a stop: a header, an mfra.
+        w.push(&[mp4_box(b"ftyp", 16), mp4_box(b"moov", 300)].concat())
+            .unwrap();
+        w.push(&mp4_box(b"mfra", 40)).unwrap();
+        w.finish().unwrap();
+        assert!(!path.exists(), "a file without media was written");
+    }
+
+    #[test]
+    fn an_existing_file_is_never_overwritten() {
+        let path = scratch("existing");
+        std::fs::write(&path, b"an earlier take").unwrap();
+        let mut w = FragmentedMp4File::new(&path);
+        let header = [mp4_box(b"ftyp", 16), mp4_box(b"moov", 300)].concat();
+        let fragment = [mp4_box(b"moof", 100), mp4_box(b"mdat", 3000)].concat();
+        let err = w.push(&[header, fragment].concat()).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&path).unwrap(), b"an earlier take");
         let _ = std::fs::remove_file(&path);
     }
 

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -62,8 +63,8 @@ pub struct OutputRunner {
     whep: Mutex<Option<hybridlive_webrtc::WhepOutput>>,
     /// WHIP/Janus outputs: the link of the running publisher to its SFU.
     egress: Mutex<Option<hybridlive_webrtc::EgressHealth>>,
-    /// Record outputs: the file the running pipeline writes.
-    recording_file: Mutex<Option<PathBuf>>,
+    /// Record outputs: the take the running pipeline writes.
+    take: Mutex<Option<Arc<Take>>>,
     /// The abrcontroller (in the ingest) that steers this output's encoder from its feedback.
     abr: Mutex<Option<gst::Element>>,
     /// Low-Latency HLS outputs: parts and segments in memory, kept across restarts.
@@ -80,12 +81,15 @@ struct Inner {
     building: bool,
     /// Set while EOS travels through the pipeline; its EOS message then means "done".
     stopping: bool,
-    /// Cleared by a stop request (recordings) or shutdown: no restart then.
+    /// A start asked for while the previous pipeline was still finishing (`stopping`): it
+    /// runs once that one is done, since the new take must not race the old one's last writes.
+    start_queued: bool,
+    /// Cleared by a stop request (recordings) or shutdown: no restart then. A stop arriving
+    /// while a start builds its pipeline clears it too, and that pipeline is never played.
     wanted: bool,
     backoff: Duration,
     started_at: Option<Instant>,
     generation: u64,
-    timeline: Option<Timeline>,
     first_pts: Option<gst::ClockTime>,
     last_pts: Option<gst::ClockTime>,
 }
@@ -102,13 +106,91 @@ struct Timeline {
     path: PathBuf,
 }
 
-impl Timeline {
-    fn write(&self) -> std::io::Result<()> {
-        let tmp = self.path.with_extension("json.tmp");
-        let json = serde_json::to_vec_pretty(&self.sidecar).map_err(std::io::Error::other)?;
-        std::fs::write(&tmp, json)?;
-        std::fs::rename(&tmp, &self.path)
+/// One recording: an MP4 and its sidecar, from a start to its stop (or failure).
+///
+/// Lock order: `timeline` before `writer`; the recorder's streaming thread takes `writer`
+/// alone and lets it go before it takes `timeline`. The sidecar is written while `timeline`
+/// is held, so concurrent changes (markers from several API threads, offers, the finish) land
+/// on disk one after the other, each write holding every change made before it.
+struct Take {
+    /// The MP4 file; it exists from its first whole fragment on.
+    mp4: PathBuf,
+    /// Fed by the recorder appsink's streaming thread.
+    writer: Mutex<FragmentedMp4File>,
+    /// Set at the first key frame.
+    timeline: Mutex<Option<Timeline>>,
+    /// Whether the MP4 exists. The sidecar is written from then on only: never a sidecar
+    /// beside a missing recording (a crash or a stop before the first fragment leaves
+    /// neither file).
+    mp4_created: AtomicBool,
+    /// Where a failed sidecar write is reported (`last_error` of the output).
+    shared: Arc<Shared>,
+    output: String,
+}
+
+impl Take {
+    fn new(mp4: PathBuf, shared: Arc<Shared>, output: &str) -> Arc<Self> {
+        Arc::new(Take {
+            writer: Mutex::new(FragmentedMp4File::new(&mp4)),
+            mp4,
+            timeline: Mutex::new(None),
+            mp4_created: AtomicBool::new(false),
+            shared,
+            output: output.to_string(),
+        })
     }
+
+    /// Applies `change` to the timeline (if the first key frame has set it up) and, when it
+    /// says it changed something and the MP4 exists, writes the sidecar.
+    fn update(&self, change: impl FnOnce(&mut Timeline) -> bool) {
+        let mut guard = self.timeline.lock().unwrap();
+        let Some(timeline) = guard.as_mut() else {
+            return;
+        };
+        if change(timeline) && self.mp4_created.load(Ordering::SeqCst) {
+            self.write(timeline);
+        }
+    }
+
+    /// The first key frame: the timeline starts (and is written if the MP4 already exists).
+    fn begin(&self, timeline: Timeline) {
+        let mut guard = self.timeline.lock().unwrap();
+        if self.mp4_created.load(Ordering::SeqCst) {
+            self.write(&timeline);
+        }
+        *guard = Some(timeline);
+    }
+
+    /// The recorder wrote the MP4's first fragment: the sidecar follows.
+    fn on_mp4_created(&self) {
+        self.mp4_created.store(true, Ordering::SeqCst);
+        self.update(|_| true);
+    }
+
+    fn write(&self, timeline: &Timeline) {
+        if let Err(err) = timeline.sidecar.write_atomic(&timeline.path) {
+            let error = format!("cannot write {}: {err}", timeline.path.display());
+            self.shared.with(|s| {
+                if let Some(o) = s.outputs.get_mut(&self.output) {
+                    o.last_error = Some(error);
+                }
+            });
+        }
+    }
+}
+
+/// A name for a new take in `directory`: `<output>-<UTC second>.mp4`, or with `-2`, `-3`...
+/// when that MP4 or its sidecar already exists (a second take started within the same
+/// second, an earlier run's file).
+fn free_take_path(directory: &Path, output: &str, utc_ns: u64) -> PathBuf {
+    let stem = format!("{output}-{}", state::compact_utc(utc_ns));
+    (1u32..)
+        .map(|n| match n {
+            1 => directory.join(format!("{stem}.mp4")),
+            n => directory.join(format!("{stem}-{n}.mp4")),
+        })
+        .find(|mp4| !mp4.exists() && !hybridlive_timeline::sidecar_path(mp4).exists())
+        .unwrap_or_else(|| directory.join(format!("{stem}.mp4")))
 }
 
 impl OutputRunner {
@@ -136,6 +218,20 @@ impl OutputRunner {
                 });
                 std::fs::create_dir_all(&dir)
                     .with_context(|| format!("cannot create {}", dir.display()))?;
+                // A folder kept from an earlier run holds its final playlist, which ends in
+                // #EXT-X-ENDLIST: served until this run's first segment replaced it, it told
+                // players the stream was over and they stopped reloading. Until then there is
+                // no playlist (404, which players retry); the old segments stay, so this run
+                // numbers its own on from them.
+                let stale = dir.join("live.m3u8");
+                match std::fs::remove_file(&stale) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => {
+                        return Err(err)
+                            .with_context(|| format!("cannot remove the old {}", stale.display()));
+                    }
+                }
                 Some(dir)
             }
             OutputKind::Record { directory, .. } => {
@@ -197,7 +293,7 @@ impl OutputRunner {
             hls_dir_is_temporary,
             whep: Mutex::new(None),
             egress: Mutex::new(None),
-            recording_file: Mutex::new(None),
+            take: Mutex::new(None),
             abr: Mutex::new(None),
         }))
     }
@@ -225,6 +321,13 @@ impl OutputRunner {
             } => Some(*playlist_length as usize),
             _ => None,
         }
+    }
+
+    /// The folder [`OutputRunner::cleanup`] removes, if the runner made one.
+    pub fn temporary_dir(&self) -> Option<&Path> {
+        self.hls_dir
+            .as_deref()
+            .filter(|_| self.hls_dir_is_temporary)
     }
 
     /// Removes the temporary HLS folder, once the output has stopped.
@@ -450,19 +553,29 @@ impl OutputRunner {
         self.stop();
     }
 
-    /// Starts (or restarts) the output pipeline.
-    pub fn start(self: &Arc<Self>) {
+    /// Starts (or restarts) the output pipeline. While the previous one is still finishing
+    /// (a stop's EOS on its way through), the start is queued and runs once that is done.
+    pub fn start(self: &Arc<Self>) -> Start {
         let generation = {
             let mut inner = self.inner.lock().unwrap();
-            // The API thread and a restart timer may both ask; one build at a time.
-            if inner.pipeline.is_some() || inner.building {
-                return;
+            if inner.stopping {
+                inner.start_queued = true;
+                return Start::Queued;
             }
-            inner.building = true;
-            inner.wanted = true;
-            inner.generation += 1;
-            inner.generation
+            // The API thread and a restart timer may both ask; one build at a time. The
+            // latest request wins over a stop that came in between.
+            if inner.pipeline.is_some() || inner.building {
+                inner.wanted = true;
+                return Start::AlreadyRunning;
+            }
+            claim_start(&mut inner)
         };
+        self.build_and_play(generation);
+        Start::Started
+    }
+
+    /// Builds the pipeline of a start claimed with [`claim_start`] and plays it.
+    fn build_and_play(self: &Arc<Self>, generation: u64) {
         self.set_state("starting", None);
         let built = self.build();
         if built.is_err() {
@@ -488,6 +601,17 @@ impl OutputRunner {
                 };
                 {
                     let mut inner = self.inner.lock().unwrap();
+                    if !inner.wanted {
+                        // Stopped while it was being built: it never plays, and its take,
+                        // which has written nothing, goes with it.
+                        inner.building = false;
+                        drop(inner);
+                        drop(watch);
+                        tear_down(pipeline.upcast_ref());
+                        *self.take.lock().unwrap() = None;
+                        self.set_state("stopped", None);
+                        return;
+                    }
                     inner.pipeline = Some(pipeline.clone());
                     inner.building = false;
                     inner.watch = Some(watch);
@@ -531,6 +655,7 @@ impl OutputRunner {
         let appsrcs: Vec<gst_app::AppSrc> = {
             let mut inner = self.inner.lock().unwrap();
             inner.wanted = false;
+            inner.start_queued = false;
             if inner.pipeline.is_none() || inner.stopping {
                 return;
             }
@@ -550,9 +675,15 @@ impl OutputRunner {
 
     /// Tears the pipeline down at once, e.g. when a shutdown's EOS takes too long.
     pub fn force_stop(&self) {
+        self.inner.lock().unwrap().start_queued = false;
+        self.force_stop_keeping_queued_start();
+    }
+
+    fn force_stop_keeping_queued_start(&self) {
         let pipeline = {
             let mut inner = self.inner.lock().unwrap();
             inner.wanted = false;
+            inner.stopping = false;
             inner.appsrcs.clear();
             inner.watch = None;
             inner.pipeline.take()
@@ -569,11 +700,10 @@ impl OutputRunner {
 
     /// Adds a marker to the current recording's timeline.
     pub fn add_marker(&self, marker: &Marker) {
-        let timeline = {
-            let mut inner = self.inner.lock().unwrap();
-            let Some(t) = inner.timeline.as_mut() else {
-                return;
-            };
+        let Some(take) = self.take.lock().unwrap().clone() else {
+            return;
+        };
+        take.update(|t| {
             t.sidecar
                 .events
                 .push(hybridlive_timeline::TimelineEvent::Marker {
@@ -582,67 +712,55 @@ impl OutputRunner {
                     label: marker.label.clone(),
                     kind: None,
                 });
-            t.clone()
-        };
-        if let Err(err) = timeline.write() {
-            self.set_state(
-                "running",
-                Some(format!("cannot write {}: {err}", timeline.path.display())),
-            );
-        }
+            true
+        });
     }
 
     /// An offer appeared or left (at `utc_ns`): an `offer-shown` event with its duration in
     /// the current recording's timeline once it leaves (or when the recording ends).
     pub fn add_offer(&self, entry: &hybridlive_offer_timeline::TimelineEntry, utc_ns: u64) {
-        let timeline = {
-            let mut inner = self.inner.lock().unwrap();
-            let Some(t) = inner.timeline.as_mut() else {
-                return;
-            };
+        let Some(take) = self.take.lock().unwrap().clone() else {
+            return;
+        };
+        take.update(|t| {
             let at = utc_ns.saturating_sub(t.utc_start_ns) as f64 / 1e9;
             match entry.action {
                 hybridlive_offer_timeline::Action::Shown => {
                     t.showing
                         .insert(entry.id.clone(), (at, entry.title.clone()));
-                    return;
+                    false
                 }
                 hybridlive_offer_timeline::Action::Hidden => {
                     let Some((start, title)) = t.showing.remove(&entry.id) else {
-                        return;
+                        return false;
                     };
                     t.sidecar
                         .events
                         .push(offer_event(&entry.id, start, at, title));
+                    true
                 }
             }
-            t.clone()
-        };
-        if let Err(err) = timeline.write() {
-            self.set_state(
-                "running",
-                Some(format!("cannot write {}: {err}", timeline.path.display())),
-            );
-        }
+        });
     }
 
     /// Updates size and duration of the recording in the shared state.
     pub fn refresh_stats(&self) {
-        let (duration, path) = {
+        let duration = {
             let inner = self.inner.lock().unwrap();
-            let duration = match (inner.first_pts, inner.last_pts) {
+            match (inner.first_pts, inner.last_pts) {
                 (Some(a), Some(b)) => b.saturating_sub(a).seconds_f64(),
                 _ => 0.0,
-            };
-            (duration, inner.timeline.as_ref().map(|t| t.path.clone()))
+            }
         };
-        let Some(timeline_path) = path else { return };
+        let Some(mp4) = self.take.lock().unwrap().as_ref().map(|t| t.mp4.clone()) else {
+            return;
+        };
         self.shared.with(|s| {
             if let Some(rec) = s
                 .outputs
                 .get_mut(&self.config.name)
                 .and_then(|o| o.recording.as_mut())
-                && rec.timeline == timeline_path
+                && rec.path == mp4
             {
                 rec.duration_s = duration;
                 rec.bytes = std::fs::metadata(&rec.path).map_or(0, |m| m.len());
@@ -680,7 +798,16 @@ impl OutputRunner {
             gst::MessageView::Eos(_) => {
                 let stopping = self.inner.lock().unwrap().stopping;
                 if stopping {
-                    self.force_stop();
+                    self.force_stop_keeping_queued_start();
+                    // A start that came while this one finished: claimed under the same lock
+                    // a stop takes, so a stop after it still wins.
+                    let queued = {
+                        let mut inner = self.inner.lock().unwrap();
+                        std::mem::take(&mut inner.start_queued).then(|| claim_start(&mut inner))
+                    };
+                    if let Some(generation) = queued {
+                        self.build_and_play(generation);
+                    }
                 } else {
                     self.failed(generation, "unexpected end of stream".into());
                 }
@@ -702,6 +829,7 @@ impl OutputRunner {
             if inner.generation != generation {
                 return;
             }
+            inner.stopping = false;
             if inner
                 .started_at
                 .is_some_and(|t| t.elapsed() > HEALTHY_AFTER)
@@ -710,6 +838,10 @@ impl OutputRunner {
             }
             let delay = inner.backoff;
             inner.backoff = (inner.backoff * 2).min(MAX_BACKOFF);
+            // A start queued behind a stop that failed: the restart after back-off is it.
+            if std::mem::take(&mut inner.start_queued) {
+                inner.wanted = true;
+            }
             inner.appsrcs.clear();
             inner.watch = None;
             (inner.pipeline.take(), inner.wanted, delay)
@@ -769,76 +901,79 @@ impl OutputRunner {
     }
 
     fn begin_timeline(&self, utc_start_ns: u64) {
-        if !self.is_record() {
+        let Some(take) = self.take.lock().unwrap().clone() else {
             return;
-        }
-        let (path, timeline) = {
-            let inner = self.inner.lock().unwrap();
-            let Some(pipeline) = inner.pipeline.as_ref() else {
-                return;
-            };
-            if pipeline.by_name("recorder").is_none() {
-                return;
-            }
-            let Some(path) = self.recording_file.lock().unwrap().clone() else {
-                return;
-            };
-            let mut sidecar = hybridlive_timeline::Timeline::new();
-            sidecar.recording = path.file_name().map(|n| n.to_string_lossy().into_owned());
-            sidecar.started_at = Some(state::rfc3339(utc_start_ns));
-            sidecar.started_at_ns = Some(utc_start_ns);
-            let timeline = Timeline {
-                sidecar,
-                showing: BTreeMap::new(),
-                utc_start_ns,
-                path: hybridlive_timeline::sidecar_path(&path),
-            };
-            (path, timeline)
         };
-        let written = timeline.write();
+        let path = take.mp4.clone();
+        let mut sidecar = hybridlive_timeline::Timeline::new();
+        sidecar.recording = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        sidecar.started_at = Some(state::rfc3339(utc_start_ns));
+        sidecar.started_at_ns = Some(utc_start_ns);
+        let timeline_path = hybridlive_timeline::sidecar_path(&path);
+        let utc_start = sidecar.started_at.clone();
+        take.begin(Timeline {
+            sidecar,
+            showing: BTreeMap::new(),
+            utc_start_ns,
+            path: timeline_path.clone(),
+        });
         self.shared.with(|s| {
             if let Some(o) = s.outputs.get_mut(&self.config.name) {
                 o.recording = Some(Recording {
                     path: path.clone(),
-                    timeline: timeline.path.clone(),
+                    timeline: timeline_path.clone(),
                     start_utc_ns: utc_start_ns,
                     duration_s: 0.0,
                     bytes: 0,
                 });
             }
         });
-        if let Err(err) = written {
-            self.set_state(
-                "running",
-                Some(format!("cannot write {}: {err}", timeline.path.display())),
-            );
-        }
         crate::runner::event(
             "recording-started",
-            serde_json::json!({"output": self.config.name, "path": path, "timeline": timeline.path, "utc_start": timeline.sidecar.started_at}),
+            serde_json::json!({"output": self.config.name, "path": path, "timeline": timeline_path, "utc_start": utc_start}),
         );
-        self.inner.lock().unwrap().timeline = Some(timeline);
     }
 
+    /// Ends the take: offers still on screen close at its end, `ended_at` is set and the
+    /// sidecar written a last time. A take that never wrote a fragment has no files and is
+    /// reported as `empty`.
     fn finish_timeline(&self) {
         self.refresh_stats();
-        let Some(mut timeline) = self.inner.lock().unwrap().timeline.take() else {
+        let Some(take) = self.take.lock().unwrap().take() else {
             return;
         };
-        let end_ns = state::utc_now_ns();
-        // Offers still on screen when the recording ends last until its end.
-        let end = end_ns.saturating_sub(timeline.utc_start_ns) as f64 / 1e9;
-        for (id, (start, title)) in std::mem::take(&mut timeline.showing) {
-            timeline
-                .sidecar
-                .events
-                .push(offer_event(&id, start, end, title));
+        let mut begun = false;
+        take.update(|timeline| {
+            begun = true;
+            let end_ns = state::utc_now_ns();
+            let end = end_ns.saturating_sub(timeline.utc_start_ns) as f64 / 1e9;
+            for (id, (start, title)) in std::mem::take(&mut timeline.showing) {
+                timeline
+                    .sidecar
+                    .events
+                    .push(offer_event(&id, start, end, title));
+            }
+            timeline.sidecar.ended_at = Some(state::rfc3339(end_ns));
+            true
+        });
+        if !begun {
+            // Stopped before its first key frame: no recording-started, nothing to finish.
+            return;
         }
-        timeline.sidecar.ended_at = Some(state::rfc3339(end_ns));
-        let _ = timeline.write();
+        let empty = !take.mp4_created.load(Ordering::SeqCst);
+        if empty {
+            // Its status would name files that do not exist.
+            self.shared.with(|s| {
+                if let Some(o) = s.outputs.get_mut(&self.config.name)
+                    && o.recording.as_ref().is_some_and(|r| r.path == take.mp4)
+                {
+                    o.recording = None;
+                }
+            });
+        }
         crate::runner::event(
             "recording-finished",
-            serde_json::json!({"output": self.config.name, "path": timeline.path.with_file_name(timeline.sidecar.recording.as_deref().unwrap_or_default()), "timeline": timeline.path}),
+            serde_json::json!({"output": self.config.name, "path": take.mp4, "timeline": hybridlive_timeline::sidecar_path(&take.mp4), "empty": empty}),
         );
     }
 
@@ -947,17 +1082,14 @@ impl OutputRunner {
                 // Fragments make the file playable up to the last one written after a crash.
                 mux.set_property("fragment-duration", FRAGMENT_MS);
                 mux.set_property("streamable", true);
-                let file = directory.join(format!(
-                    "{}-{}.mp4",
-                    self.config.name,
-                    state::compact_utc(state::utc_now_ns())
-                ));
+                let file = free_take_path(directory, &self.config.name, state::utc_now_ns());
+                let take = Take::new(file, self.shared.clone(), &self.config.name);
                 // Not filesink: it leaves half a fragment (or no header at all) behind when
                 // the process is killed or the disk fills; this writes whole fragments only.
-                let writer = recording_writer(&file);
+                let writer = recording_writer(take.clone());
                 pipeline.add_many([&mux, writer.upcast_ref()])?;
                 mux.link(&writer)?;
-                *self.recording_file.lock().unwrap() = Some(file);
+                *self.take.lock().unwrap() = Some(take);
                 mux
             }
             OutputKind::Srt { uri } => {
@@ -1206,12 +1338,12 @@ fn offer_event(
     }
 }
 
-/// An appsink named `recorder` that appends mp4mux's output to `file` whole fragments at a
-/// time ([`FragmentedMp4File`]); a failed write is an element error (the output restarts).
-fn recording_writer(file: &Path) -> gst_app::AppSink {
-    let writer = Arc::new(Mutex::new(FragmentedMp4File::new(file)));
-    let at_eos = writer.clone();
-    let path = file.to_path_buf();
+/// An appsink named `recorder` that appends mp4mux's output to the take's MP4 whole
+/// fragments at a time ([`FragmentedMp4File`]) and has the sidecar written once the MP4
+/// exists; a failed write is an element error (the output restarts).
+fn recording_writer(take: Arc<Take>) -> gst_app::AppSink {
+    let at_eos = take.clone();
+    let path = take.mp4.clone();
     let sink = gst_app::AppSink::builder()
         .name("recorder")
         .sync(false)
@@ -1225,7 +1357,15 @@ fn recording_writer(file: &Path) -> gst_app::AppSink {
                     return Ok(gst::FlowSuccess::Ok);
                 };
                 let map = buffer.map_readable().map_err(|_| gst::FlowError::Error)?;
-                if let Err(err) = writer.lock().unwrap().push(&map) {
+                let pushed = {
+                    let mut writer = take.writer.lock().unwrap();
+                    let before = writer.created();
+                    writer.push(&map).map(|()| !before && writer.created())
+                };
+                if let Ok(true) = pushed {
+                    take.on_mp4_created();
+                }
+                if let Err(err) = pushed {
                     let kind = if err.raw_os_error() == Some(libc::ENOSPC) {
                         gst::ResourceError::NoSpaceLeft
                     } else {
@@ -1237,7 +1377,7 @@ fn recording_writer(file: &Path) -> gst_app::AppSink {
                 Ok(gst::FlowSuccess::Ok)
             })
             .eos(move |sink| {
-                if let Err(err) = at_eos.lock().unwrap().finish() {
+                if let Err(err) = at_eos.writer.lock().unwrap().finish() {
                     gst::element_error!(
                         sink,
                         gst::ResourceError::Write,
@@ -1287,6 +1427,39 @@ fn next_segment_index(dir: &Path) -> u32 {
         .filter_map(|entry| crate::hls::segment_index(entry.file_name().to_str()?))
         .max()
         .map_or(0, |highest| u32::try_from(highest + 1).unwrap_or(u32::MAX))
+}
+
+/// Temporary folders removed when this is dropped: at the end of a run, and also when its
+/// start-up fails half-way or it unwinds from a panic.
+#[derive(Debug, Default)]
+pub struct TemporaryDirs(pub Vec<PathBuf>);
+
+impl Drop for TemporaryDirs {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// What [`OutputRunner::start`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A pipeline is being built and started.
+    Started,
+    /// The previous pipeline is still finishing: this one starts once it is done.
+    Queued,
+    /// It was already running or starting.
+    AlreadyRunning,
+}
+
+/// Claims the next start under the `inner` lock: no second build runs meanwhile, and a stop
+/// that comes while it builds is seen when the build ends. Returns its generation.
+fn claim_start(inner: &mut Inner) -> u64 {
+    inner.building = true;
+    inner.wanted = true;
+    inner.generation += 1;
+    inner.generation
 }
 
 /// Creates an element, with a name unless `name` is empty.

@@ -107,6 +107,9 @@ pub struct Runner {
 impl Runner {
     /// Starts or stops recording outputs (all, or the one named).
     pub fn recording(&self, start: bool, name: Option<&str>) -> Result<Vec<String>, String> {
+        if start && self.shutting_down.load(Ordering::SeqCst) {
+            return Err("the runner is shutting down".into());
+        }
         let selected: Vec<&Arc<OutputRunner>> = self
             .outputs
             .iter()
@@ -453,6 +456,14 @@ type OnReady = Box<dyn FnOnce(RunHandle)>;
 
 fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyhow::Result<()> {
     JSON.store(args.json, Ordering::Relaxed);
+    // Checked before anything starts: an out-of-range value used to panic once the outputs ran.
+    let duration = args
+        .duration
+        .map(|secs| {
+            Duration::try_from_secs_f64(secs)
+                .map_err(|_| anyhow!("--duration {secs}: not a number of seconds from 0 to 1.8e19"))
+        })
+        .transpose()?;
     let shared = Arc::new(Shared::default());
     shared.with(|s| s.started_utc_ns = state::utc_now_ns());
     let token = match (&config.server.token, &config.server.token_env) {
@@ -546,6 +557,7 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
     }
 
     let mut outputs = Vec::new();
+    let mut temporary = output::TemporaryDirs::default();
     for o in &config.outputs {
         let inputs: Vec<Input> = o
             .inputs
@@ -556,6 +568,9 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
             })
             .collect();
         let runner = OutputRunner::new(o.clone(), inputs, shared.clone())?;
+        temporary
+            .0
+            .extend(runner.temporary_dir().map(|d| d.to_path_buf()));
         if let Some((_, abr)) = abr_elements.iter().find(|(output, _)| *output == o.name) {
             runner.set_abr(abr.clone());
         }
@@ -693,16 +708,15 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
             match SIGNAL.load(Ordering::SeqCst) {
                 0 => {}
                 libc::SIGTERM => runner.shutdown("SIGTERM"),
+                libc::SIGHUP => runner.shutdown("SIGHUP"),
                 _ => runner.shutdown("SIGINT"),
             }
             glib::ControlFlow::Continue
         });
     }
-    if let Some(secs) = args.duration {
+    if let Some(duration) = duration {
         let runner = runner.clone();
-        glib::timeout_add_once(Duration::from_secs_f64(secs.max(0.0)), move || {
-            runner.shutdown("duration")
-        });
+        glib::timeout_add_once(duration, move || runner.shutdown("duration"));
     }
     let terminal = std::io::stdout().is_terminal() && !args.json && !QUIET.load(Ordering::Relaxed);
     {
@@ -740,7 +754,7 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
     Ok(())
 }
 
-/// The last SIGINT/SIGTERM received, polled by the main loop.
+/// The last SIGINT/SIGTERM/SIGHUP received, polled by the main loop.
 static SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
 extern "C" fn on_signal(signal: libc::c_int) {
@@ -750,7 +764,9 @@ extern "C" fn on_signal(signal: libc::c_int) {
 
 fn install_signal_handlers() {
     let handler = on_signal as extern "C" fn(libc::c_int);
-    for signal in [libc::SIGINT, libc::SIGTERM] {
+    // SIGHUP: the terminal (an SSH session) went away; the run ends as on SIGTERM, with its
+    // recordings finalised, instead of dying on the spot.
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
         unsafe {
             libc::signal(signal, handler as libc::sighandler_t);

@@ -239,6 +239,46 @@ impl Timeline {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
 
+    /// Replaces the sidecar at `path` with this timeline, atomically and durably.
+    ///
+    /// Readers (and a crash at any moment) see either the previous file or this one, whole:
+    /// the JSON goes to a temporary file of its own in the same folder (a name no other writer
+    /// uses, so concurrent writers never mix their bytes), is synced, renamed over `path`, and
+    /// the folder is synced so the rename survives a power cut. Writers of the same sidecar
+    /// must still be serialised by the caller, or an older state may land last.
+    pub fn write_atomic(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write as _;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = path.with_file_name(format!(
+            ".{name}.{}.{}.tmp",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = (|| {
+            let mut file = std::fs::File::options()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
+            file.write_all(self.to_json().as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written?;
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(dir)?.sync_all()
+    }
+
     /// The clips worth cutting: each event widened by `lead_in` before and `lead_out` after
     /// (nanoseconds), clamped at 0; overlapping clips are merged into one, keeping every label.
     /// Sorted by start.
@@ -341,6 +381,42 @@ mod tests {
             ),
             Err(SidecarError::BadTime { index: 0, .. })
         ));
+    }
+
+    #[test]
+    fn concurrent_atomic_writes_leave_one_whole_file_and_no_temporaries() {
+        let dir = std::env::temp_dir().join(format!("hybridlive-sidecar-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("take.timeline.json");
+        std::thread::scope(|scope| {
+            for n in 0..8 {
+                let path = &path;
+                scope.spawn(move || {
+                    let mut t = Timeline::new();
+                    for i in 0..=n {
+                        t.events.push(TimelineEvent::Marker {
+                            at: f64::from(i),
+                            duration: 0.0,
+                            label: format!("m{i}"),
+                            kind: None,
+                        });
+                    }
+                    for _ in 0..20 {
+                        t.write_atomic(path).unwrap();
+                    }
+                });
+            }
+        });
+        // Whichever writer came last, its file is whole.
+        let read = Timeline::read(&path).unwrap();
+        assert!(!read.events.is_empty());
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["take.timeline.json".to_string()]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
