@@ -7,7 +7,7 @@
 //! | `GET /hls/live.m3u8`, `GET /hls/<segment>.ts` | the HLS output (or LL-HLS parts) |
 //! | `POST /whep`, `DELETE /whep/<id>`, `OPTIONS /whep` | WebRTC viewers (WHEP, no token) |
 //! | `GET /metrics` | Prometheus text |
-//! | `GET /api/status` | JSON status |
+//! | `GET /api/status` | JSON status (raised hands' questions only with the token) |
 //! | `POST /api/markers` | `{"label": "..."}`: mark a moment for repurposing (token) |
 //! | `POST /api/recording` | `{"action": "start"\|"stop", "output": "rec"}` (token) |
 //! | `POST /api/offers` | `{"show": {offer}}` or `{"hide": "id"}` (token) |
@@ -350,8 +350,9 @@ async fn route(context: Arc<Context>, client: IpAddr, request: Request) -> Respo
         }
         "/api/status" if is_get(&method) => {
             let context = context.clone();
+            let host = holds_token(&context, &request);
             on_blocking_pool(&context.clone().turns.quick, move || {
-                json(200, &status(&context.runner))
+                json(200, &status(&context.runner, host))
             })
             .await
         }
@@ -389,16 +390,22 @@ async fn route(context: Arc<Context>, client: IpAddr, request: Request) -> Respo
     }
 }
 
-fn status(runner: &Runner) -> serde_json::Value {
+/// `host`: the request holds the control token, and may read the viewers' questions.
+fn status(runner: &Runner, host: bool) -> serde_json::Value {
     let mut status = runner
         .shared
         .with(|s| serde_json::to_value(&*s).unwrap_or_default());
     if let Some(whep) = runner.outputs.iter().find_map(|o| o.whep()) {
-        // Viewers by session id only, and their questions: no personal data.
+        // Viewers by an opaque id (never the WHEP resource, which ends the session), and their
+        // questions for the host only.
+        let audience = match host {
+            true => hybridlive_webrtc::Audience::Host,
+            false => hybridlive_webrtc::Audience::Public,
+        };
         let hands: Vec<serde_json::Value> = whep
-            .raised_hands()
+            .raised_hands(audience)
             .into_iter()
-            .map(|h| serde_json::json!({"session": h.session, "text": h.text, "utc_ms": h.at_ms}))
+            .map(|h| serde_json::json!({"viewer": h.viewer, "text": h.text, "utc_ms": h.at_ms}))
             .collect();
         status["webrtc"] = serde_json::json!({
             "viewers": whep.session_count(),
@@ -507,6 +514,19 @@ async fn control(context: Arc<Context>, request: Request, path: &str) -> Respons
         _ => recording(&context, &body),
     })
     .await
+}
+
+/// Whether `request` carries the control token (`Authorization: Bearer <token>`).
+fn holds_token(context: &Context, request: &Request) -> bool {
+    let given = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match (&context.token, given) {
+        (Some(expected), Some(given)) => constant_time_eq(given.as_bytes(), expected.as_bytes()),
+        _ => false,
+    }
 }
 
 /// Compares without returning early, so the time taken does not reveal the token.

@@ -1406,6 +1406,9 @@ fn viewer_page_plays_webrtc_over_whep_and_a_raised_hand_reaches_the_host() {
     std::fs::write(
         &file,
         r#"
+[server]
+token_env = "HYBRIDLIVE_TOKEN"
+
 [sources.cam]
 type = "test"
 width = 640
@@ -1473,8 +1476,19 @@ loopback_only = true
         "{metrics}"
     );
 
+    // Anyone sees that a viewer raised a hand (an opaque id, not its WHEP resource); only the
+    // host, with the token, reads the question.
     let status: serde_json::Value =
         serde_json::from_str(&runner.get("/api/status").text()).unwrap();
+    let hands = &status["webrtc"]["raised_hands"];
+    assert!(hands[0]["viewer"].is_string(), "{status}");
+    assert!(
+        hands[0]["text"].is_null(),
+        "the question is public: {status}"
+    );
+    let auth = [("Authorization", "Bearer test-token-5f1c")];
+    let status: serde_json::Value =
+        serde_json::from_str(&runner.request("GET", "/api/status", &auth, b"").text()).unwrap();
     let hands = &status["webrtc"]["raised_hands"];
     assert_eq!(hands[0]["text"], "Which brush for the edges?", "{status}");
     // The page closed with the browser: its session is gone (DELETE or RTCP silence).

@@ -29,7 +29,7 @@ pub use offer::{
     choose_vp8, read_viewer_offer, video_extmap_id,
 };
 pub use whep::{
-    Answer, Branches, DEFAULT_PLAYOUT_DELAY, MAX_HAND_TEXT, PlayoutDelayMs, RaisedHand,
+    Answer, Audience, Branches, DEFAULT_PLAYOUT_DELAY, MAX_HAND_TEXT, PlayoutDelayMs, RaisedHand,
     SessionInfo, ViewerLatency, WhepConfig, WhepError, WhepOutput, set_local_description,
 };
 

@@ -124,12 +124,25 @@ pub struct Branches {
 /// A viewer's "raise hand / ask" message, received over the session's data channel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RaisedHand {
-    /// The session it came from.
-    pub session: String,
-    /// What the viewer typed (at most [`MAX_HAND_TEXT`] characters kept).
-    pub text: String,
+    /// The viewer who raised it: an opaque id, the same for all hands of one session, drawn
+    /// apart from the session's WHEP resource id (which is the credential that ends the session)
+    /// so that it can be shown to anyone.
+    pub viewer: String,
+    /// What the viewer typed (at most [`MAX_HAND_TEXT`] characters kept); `None` when read by
+    /// [`Audience::Public`].
+    pub text: Option<String>,
     /// When it arrived (UTC, ms since the Unix epoch).
     pub at_ms: u64,
+}
+
+/// Who reads the raised hands (see [`WhepOutput::raised_hands`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// Anyone, e.g. an unauthenticated status page: who raised a hand and when, without the
+    /// questions.
+    Public,
+    /// The host, who holds the control token: the questions too.
+    Host,
 }
 
 /// Longest question kept from a raised hand, in characters.
@@ -223,9 +236,16 @@ impl WhepOutput {
         Self { inner }
     }
 
-    /// Hands raised so far, oldest first.
-    pub fn raised_hands(&self) -> Vec<RaisedHand> {
-        self.inner.hands.lock().unwrap().clone()
+    /// Hands raised so far, oldest first; the questions only for [`Audience::Host`].
+    pub fn raised_hands(&self, audience: Audience) -> Vec<RaisedHand> {
+        let hands = self.inner.hands.lock().unwrap().clone();
+        match audience {
+            Audience::Host => hands,
+            Audience::Public => hands
+                .into_iter()
+                .map(|hand| RaisedHand { text: None, ..hand })
+                .collect(),
+        }
     }
 
     /// The latest latency each live viewer reported (viewers that reported nothing yet are left
@@ -380,7 +400,7 @@ impl WhepOutput {
         let connected = Arc::new(AtomicBool::new(false));
         self.watch_ice(&id, &webrtcbin, &tee_pad, &connected);
         let reported = Arc::new(Mutex::new(None));
-        self.serve_data_channel(&id, &webrtcbin, &reported);
+        self.serve_data_channel(&webrtcbin, &reported);
         let mut sessions = self.inner.sessions.lock().unwrap();
         if self.inner.closed.load(Ordering::SeqCst) {
             // The output shut down while this offer was negotiated: its branch goes with it
@@ -618,16 +638,16 @@ impl WhepOutput {
     /// raised hand for the host.
     fn serve_data_channel(
         &self,
-        id: &str,
         webrtcbin: &gst::Element,
         reported: &Arc<Mutex<Option<ViewerLatency>>>,
     ) {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        let id = id.to_string();
+        // Never the resource id: this one is published (see `RaisedHand::viewer`).
+        let viewer = session_id();
         let reported = reported.clone();
         webrtcbin.connect("on-data-channel", false, move |values| {
             let channel = values[1].get::<gst_webrtc::WebRTCDataChannel>().ok()?;
-            let (weak, id, reported) = (weak.clone(), id.clone(), reported.clone());
+            let (weak, viewer, reported) = (weak.clone(), viewer.clone(), reported.clone());
             channel.connect("on-message-string", false, move |values| {
                 let channel = values[0].get::<gst_webrtc::WebRTCDataChannel>().ok()?;
                 let message = values[1].get::<Option<String>>().ok()??;
@@ -644,8 +664,8 @@ impl WhepOutput {
                         .as_millis() as u64;
                     let mut hands = inner.hands.lock().unwrap();
                     hands.push(RaisedHand {
-                        session: id.clone(),
-                        text,
+                        viewer: viewer.clone(),
+                        text: Some(text),
                         at_ms,
                     });
                     // Bounded: a spamming viewer cannot grow memory without limit.

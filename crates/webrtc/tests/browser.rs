@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use gst::prelude::*;
 use hybridlive_testkit::in_private_netns;
-use hybridlive_webrtc::{HttpRequest, VideoCodec, WhepConfig, WhepOutput};
+use hybridlive_webrtc::{Audience, HttpRequest, VideoCodec, WhepConfig, WhepOutput};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -298,9 +298,9 @@ fn chromium_plays_whep_and_measures_latency_from_sei() {
     );
 
     // The question reached the host, and its echo came back over the data channel.
-    let hands = output.raised_hands();
+    let hands = output.raised_hands(Audience::Host);
     assert_eq!(hands.len(), 1, "{hands:?}");
-    assert_eq!(hands[0].text, "How thick is the glaze?");
+    assert_eq!(hands[0].text.as_deref(), Some("How thick is the glaze?"));
     let rtt = result["handRttMs"].as_f64().unwrap();
     assert!(
         rtt > 0.0 && rtt < 1000.0,
@@ -341,7 +341,7 @@ fn chromium_decodes_vp8_when_the_output_prefers_it() {
     assert!(result["framesDecoded"].as_u64().unwrap() >= 60, "{result}");
     assert_eq!(result["stampsRead"].as_u64(), Some(0), "{result}");
     // The rest of the session works as with H.264: data channel, DELETE.
-    assert_eq!(output.raised_hands().len(), 1);
+    assert_eq!(output.raised_hands(Audience::Host).len(), 1);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(output.session_count(), 0);
     vp8.set_state(gst::State::Null).unwrap();

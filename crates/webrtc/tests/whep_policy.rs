@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use gst::prelude::*;
 use hybridlive_testkit::{eventually_explained, in_private_netns};
-use hybridlive_webrtc::{WhepConfig, WhepError};
+use hybridlive_webrtc::{Audience, WhepConfig, WhepError};
 use std::time::Duration;
 
 #[test]
@@ -120,5 +120,64 @@ fn offers_after_close_all_are_refused_and_leave_nothing() {
     assert_eq!(output.branches().webrtcbins, 0, "{results:?}");
     assert_eq!(tee_src_pads(&pipeline, "t"), 0, "{results:?}");
     assert!(matches!(output.offer(&offer), Err(WhepError::Closed)));
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+/// A stranger reading the published raised hands can neither end the viewer's session nor read
+/// its question; the host reads it.
+#[test]
+fn raised_hands_show_an_opaque_viewer_and_questions_only_to_the_host() {
+    if !in_private_netns("raised_hands_show_an_opaque_viewer_and_questions_only_to_the_host") {
+        return;
+    }
+    let (pipeline, output) = sender();
+    let viewer = Viewer::new();
+    // As the page does: the viewer opens the data channel before its offer.
+    let channel = viewer
+        .webrtcbin
+        .emit_by_name::<Option<gst_webrtc::WebRTCDataChannel>>(
+            "create-data-channel",
+            &[&"interaction", &None::<gst::Structure>],
+        )
+        .expect("a data channel");
+    let answer = output.offer(&viewer.offer()).expect("an answer");
+    viewer.answer(&answer.sdp);
+    viewer.wait_frames(10, Duration::from_secs(20));
+    eventually_explained(
+        Duration::from_secs(20),
+        || {
+            (channel.property::<gst_webrtc::WebRTCDataChannelState>("ready-state")
+                == gst_webrtc::WebRTCDataChannelState::Open)
+                .then_some(())
+        },
+        || {
+            format!(
+                "data channel {:?}",
+                channel.property::<gst_webrtc::WebRTCDataChannelState>("ready-state")
+            )
+        },
+    );
+    channel.emit_by_name::<()>(
+        "send-string",
+        &[&Some(r#"{"type":"hand","text":"Where do I sign up?"}"#)],
+    );
+    let public = eventually_explained(
+        Duration::from_secs(20),
+        || Some(output.raised_hands(Audience::Public)).filter(|h| !h.is_empty()),
+        || "no raised hand".to_string(),
+    );
+    assert_eq!(public.len(), 1, "{public:?}");
+    assert_eq!(public[0].text, None, "the question is public: {public:?}");
+    assert_ne!(public[0].viewer, answer.id);
+    // What anyone can read does not end the session (only its resource id does).
+    assert!(matches!(
+        output.delete(&public[0].viewer),
+        Err(WhepError::UnknownSession(_))
+    ));
+    assert_eq!(output.session_count(), 1);
+    let host = output.raised_hands(Audience::Host);
+    assert_eq!(host[0].text.as_deref(), Some("Where do I sign up?"));
+    assert_eq!(host[0].viewer, public[0].viewer);
+    output.delete(&answer.id).unwrap();
     pipeline.set_state(gst::State::Null).unwrap();
 }
