@@ -29,6 +29,9 @@ mod state;
 
 pub use config::{Diagnostic, LatencyTest, Pipeline};
 pub use runner::RunHandle;
+/// The HTTP connection abuse harness of the `http_connection` fuzz target.
+#[cfg(feature = "fuzzing")]
+pub use server::abuse as http_abuse;
 
 /// Arguments of `hybridlive validate`.
 #[derive(Debug, Clone, clap::Args)]

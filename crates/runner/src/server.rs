@@ -19,6 +19,8 @@
 //! body is read only after its route accepted the head (token, declared length), with a size
 //! limit and a deadline.
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod abuse;
 mod transport;
 
 use std::collections::HashMap;
@@ -36,7 +38,7 @@ use tokio::sync::Semaphore;
 
 use crate::runner::Runner;
 use crate::state::AbrStatus;
-use transport::{BodyError, Request, Response, Transport, declared_length, read_body};
+use transport::{BodyError, LIMITS, Request, Response, Transport, declared_length, read_body};
 
 /// Largest request body accepted by the API.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -433,7 +435,7 @@ async fn whep(context: Arc<Context>, client: IpAddr, request: Request, path: &st
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let body = match read_body(request.into_body(), limit).await {
+    let body = match read_body(request.into_body(), limit, LIMITS.body_deadline).await {
         Ok(body) => body,
         Err(e) => return cors(body_error(&e, limit)),
     };
@@ -502,7 +504,7 @@ async fn control(context: Arc<Context>, request: Request, path: &str) -> Respons
     if declared_length(&request) > MAX_BODY as u64 {
         return error_closing(413, "request body too large");
     }
-    let body = match read_body(request.into_body(), MAX_BODY).await {
+    let body = match read_body(request.into_body(), MAX_BODY, LIMITS.body_deadline).await {
         Ok(body) => body,
         Err(BodyError::TooLarge) => return error_closing(413, "request body too large"),
         Err(e) => return body_error(&e, MAX_BODY),

@@ -8,9 +8,9 @@
 //!   server started) and per client address; one over the cap is answered 503 at once and
 //!   closed, without reading it.
 //! - Each connection is one task: a client that stops reading stalls only its own task, and
-//!   loses its connection once a write made no progress for [`WRITE_STALL`]. A request head
-//!   (and an idle keep-alive connection) gets [`HEADER_TIMEOUT`]; a connection lives at most
-//!   [`MAX_LIFETIME`], then finishes its request and closes.
+//!   loses its connection once a write made no progress for a while. A request head (and an
+//!   idle keep-alive connection) has a deadline; a connection finishes its request and closes
+//!   when it reaches its lifetime. See [`LIMITS`].
 //!
 //! Bodies are the routes' business: they are read only through [`read_body`], with a size
 //! limit and a deadline.
@@ -40,18 +40,32 @@ pub type Request = hyper::Request<Incoming>;
 pub type Handler =
     Arc<dyn Fn(IpAddr, Request) -> Pin<Box<dyn Future<Output = Response> + Send>> + Send + Sync>;
 
-/// A request head must arrive within this, and an idle keep-alive connection is closed after
-/// it (slowloris).
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
-/// A request body must arrive within this once its head has.
-pub const BODY_DEADLINE: Duration = Duration::from_secs(15);
-/// A write that makes no progress for this long ends the connection: its client stopped
-/// reading.
-pub const WRITE_STALL: Duration = Duration::from_secs(15);
-/// A connection is asked to close (after its current request) when it is this old...
-pub const MAX_LIFETIME: Duration = Duration::from_secs(600);
-/// ...and closed when it has not after this much more.
-const CLOSE_GRACE: Duration = Duration::from_secs(30);
+/// The timeouts of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A request head must arrive within this, and an idle keep-alive connection is closed
+    /// after it (slowloris).
+    pub header_timeout: Duration,
+    /// A request body must arrive within this once its head has.
+    pub body_deadline: Duration,
+    /// A write that makes no progress for this long ends the connection: its client stopped
+    /// reading.
+    pub write_stall: Duration,
+    /// A connection is asked to close (after its current request) when it is this old...
+    pub max_lifetime: Duration,
+    /// ...and closed when it has not after this much more.
+    pub close_grace: Duration,
+}
+
+/// The limits the runner serves with.
+pub const LIMITS: Limits = Limits {
+    header_timeout: Duration::from_secs(15),
+    body_deadline: Duration::from_secs(15),
+    write_stall: Duration::from_secs(15),
+    max_lifetime: Duration::from_secs(600),
+    close_grace: Duration::from_secs(30),
+};
+
 /// Request heads larger than this are refused (hyper answers 431).
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Most connections whatever the descriptor limit.
@@ -78,17 +92,21 @@ Connection: close\r\nContent-Length: 48\r\n\r\n\
 pub enum BodyError {
     /// It is larger than the route takes (413).
     TooLarge,
-    /// It did not arrive within [`BODY_DEADLINE`] (408).
+    /// It did not arrive within its deadline (408).
     TooSlow,
     /// The connection failed or the framing was broken (400).
     Unreadable,
 }
 
-/// Reads a body of at most `limit` bytes within [`BODY_DEADLINE`]. Check a declared
-/// Content-Length with [`declared_length`] first: this one stops at the limit, but only after
-/// reading up to it.
-pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
-    match tokio::time::timeout(BODY_DEADLINE, Limited::new(body, limit).collect()).await {
+/// Reads a body of at most `limit` bytes within `deadline` ([`Limits::body_deadline`]).
+/// Check a declared Content-Length with [`declared_length`] first: this one stops at the
+/// limit, but only after reading up to it.
+pub async fn read_body(
+    body: Incoming,
+    limit: usize,
+    deadline: Duration,
+) -> Result<Bytes, BodyError> {
+    match tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await {
         Err(_) => Err(BodyError::TooSlow),
         Ok(Err(e)) if e.is::<LengthLimitError>() => Err(BodyError::TooLarge),
         Ok(Err(_)) => Err(BodyError::Unreadable),
@@ -250,12 +268,14 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => match Connections::admit(&table, peer.ip()) {
                 Some(admission) => {
+                    let _ = stream.set_nodelay(true);
                     tokio::spawn(serve(
                         stream,
                         peer.ip(),
                         handler.clone(),
                         stopped.clone(),
                         admission,
+                        LIMITS,
                     ));
                 }
                 // Without reading: it is closed at once whatever it sent.
@@ -287,27 +307,33 @@ async fn accept_loop(
     }
 }
 
-/// Serves one connection until the client closes it, it breaks a limit, it reaches
-/// [`MAX_LIFETIME`] or the server stops.
-async fn serve(
-    stream: tokio::net::TcpStream,
+/// Serves one connection until the client closes it, it breaks a limit, it reaches its
+/// lifetime or the server stops. `admission` is released when it ends.
+pub(super) async fn serve<Io>(
+    io: Io,
     client: IpAddr,
     handler: Handler,
     mut stopped: watch::Receiver<bool>,
-    _admission: Admission,
-) {
-    let _ = stream.set_nodelay(true);
+    admission: impl Send + 'static,
+    limits: Limits,
+) where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let _admission = admission;
     let service = hyper::service::service_fn(move |request| {
         let response = handler(client, request);
         async move { Ok::<_, std::convert::Infallible>(response.await) }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(limits.header_timeout)
         .max_buf_size(MAX_HEAD_BYTES.max(8192))
-        .serve_connection(TokioIo::new(StallGuard::new(stream)), service);
+        .serve_connection(
+            TokioIo::new(StallGuard::new(io, limits.write_stall)),
+            service,
+        );
     tokio::pin!(connection);
-    let end = tokio::time::sleep(MAX_LIFETIME);
+    let end = tokio::time::sleep(limits.max_lifetime);
     tokio::pin!(end);
     let mut closing = false;
     loop {
@@ -319,7 +345,7 @@ async fn serve(
                     return;
                 }
                 connection.as_mut().graceful_shutdown();
-                end.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
+                end.as_mut().reset(tokio::time::Instant::now() + limits.close_grace);
                 closing = true;
             }
             changed = stopped.changed(), if !closing => {
@@ -332,18 +358,20 @@ async fn serve(
     }
 }
 
-/// A socket whose writes fail once one makes no progress for [`WRITE_STALL`]: hyper has no
-/// write timeout, and a client that never reads would otherwise keep its task (and whatever
-/// its response holds) forever.
-struct StallGuard {
-    stream: tokio::net::TcpStream,
+/// A socket whose writes fail once one makes no progress for `stall`: hyper has no write
+/// timeout, and a client that never reads would otherwise keep its task (and whatever its
+/// response holds) forever.
+struct StallGuard<Io> {
+    io: Io,
+    stall: Duration,
     stalled_since: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl StallGuard {
-    fn new(stream: tokio::net::TcpStream) -> Self {
+impl<Io> StallGuard<Io> {
+    fn new(io: Io, stall: Duration) -> Self {
         Self {
-            stream,
+            io,
+            stall,
             stalled_since: None,
         }
     }
@@ -356,9 +384,10 @@ impl StallGuard {
                 Poll::Ready(result)
             }
             Poll::Pending => {
+                let stall = self.stall;
                 let timer = self
                     .stalled_since
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(WRITE_STALL)));
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
                 ready!(timer.as_mut().poll(cx));
                 Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -369,23 +398,23 @@ impl StallGuard {
     }
 }
 
-impl AsyncRead for StallGuard {
+impl<Io: AsyncRead + Unpin> AsyncRead for StallGuard<Io> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for StallGuard {
+impl<Io: AsyncWrite + Unpin> AsyncWrite for StallGuard<Io> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.stream).poll_write(cx, buf);
+        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
         self.guard(cx, poll)
     }
 
@@ -394,21 +423,21 @@ impl AsyncWrite for StallGuard {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         self.guard(cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.stream).poll_flush(cx);
+        let poll = Pin::new(&mut self.io).poll_flush(cx);
         self.guard(cx, poll)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.stream).poll_shutdown(cx);
+        let poll = Pin::new(&mut self.io).poll_shutdown(cx);
         self.guard(cx, poll)
     }
 }
