@@ -272,3 +272,46 @@ fn a_seek_is_not_frame_loss() {
     }
     assert_eq!(lost(&h), 1);
 }
+
+#[test]
+fn overwrite_wins_with_a_parser_and_a_decoder_in_between() {
+    init();
+    let source = "videotestsrc num-buffers=10 ! video/x-raw,width=160,height=120 ! \
+                  x264enc speed-preset=ultrafast ! h264parse ! \
+                  video/x-h264,stream-format=byte-stream,alignment=au";
+    for (chain, expected) in [
+        // The issue's repro: without h264parse it said "second", with it "cam".
+        (
+            "latencystamp mode=sei stream-id=cam ! \
+             latencystamp mode=sei overwrite=true stream-id=second ! h264parse ! latencymeter name=m",
+            "second",
+        ),
+        (
+            "latencystamp mode=sei stream-id=cam ! \
+             latencystamp mode=sei overwrite=true stream-id=second ! h264parse ! avdec_h264 ! \
+             latencymeter name=m",
+            "second",
+        ),
+        // The parser's SEI meta of the old stamp is stale once the stamp is replaced.
+        (
+            "latencystamp mode=sei stream-id=cam ! h264parse ! \
+             latencystamp mode=sei overwrite=true stream-id=third ! latencymeter name=m",
+            "third",
+        ),
+        (
+            "latencystamp mode=both stream-id=cam ! h264parse ! \
+             latencystamp mode=sei overwrite=true stream-id=third ! h264parse ! avdec_h264 ! \
+             latencymeter name=m",
+            "third",
+        ),
+    ] {
+        let p = parse(&format!("{source} ! {chain} ! fakesink"));
+        let report = run_to_eos(&p, "m", gst::ClockTime::from_seconds(30)).expect("a report");
+        assert_eq!(
+            report.get::<String>("stream-id").unwrap(),
+            expected,
+            "{chain}"
+        );
+        assert_eq!(report.get::<u64>("count").unwrap(), 10, "{chain}: {report}");
+    }
+}

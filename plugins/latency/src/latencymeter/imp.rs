@@ -413,6 +413,28 @@ fn find_in_buffer(buf: &gst::BufferRef, kind: Option<StreamKind>) -> Found {
     if let Some(t) = upstream_meta_time(buf) {
         return Found::Meta(t);
     }
+    // The bitstream first: its order is the stamps' order (the first stamp of an access unit
+    // counts), while the SEI metas of a parser come in no documented order (1.22 lists the
+    // access unit's last SEI first).
+    let bitstream = match kind {
+        Some(StreamKind::Encoded { codec, framing }) => {
+            let result = locate_in_buffer(buf, |au| match find_stamp(codec, framing, au) {
+                Ok(None) => None,
+                other => Some(other),
+            });
+            match result {
+                Some(Ok(Some(stamp))) => return Found::Sei(stamp),
+                Some(Err(_)) => Found::Malformed,
+                _ if locate_in_buffer(buf, |au| find_insert_point(codec, framing, au))
+                    .is_none() =>
+                {
+                    Found::NotAFrame
+                }
+                _ => Found::Missing,
+            }
+        }
+        _ => Found::Missing,
+    };
     // h264parse/h265parse (1.22) attach the SEI payload as meta, and decoders carry it on.
     for meta in buf.iter_meta::<gst_video::video_meta::VideoSeiUserDataUnregisteredMeta>() {
         match CaptureStamp::from_uuid_and_data(&meta.uuid(), meta.data()) {
@@ -421,21 +443,7 @@ fn find_in_buffer(buf: &gst::BufferRef, kind: Option<StreamKind>) -> Found {
             Err(_) => return Found::Malformed,
         }
     }
-    let Some(StreamKind::Encoded { codec, framing }) = kind else {
-        return Found::Missing;
-    };
-    let result = locate_in_buffer(buf, |au| match find_stamp(codec, framing, au) {
-        Ok(None) => None,
-        other => Some(other),
-    });
-    match result {
-        Some(Ok(Some(stamp))) => Found::Sei(stamp),
-        Some(Err(_)) => Found::Malformed,
-        _ if locate_in_buffer(buf, |au| find_insert_point(codec, framing, au)).is_none() => {
-            Found::NotAFrame
-        }
-        _ => Found::Missing,
-    }
+    bitstream
 }
 
 fn ms(ns: i64) -> f64 {

@@ -7,7 +7,11 @@ use gst::prelude::*;
 use gst::subclass::prelude::*;
 use gst_base::prelude::*;
 use gst_base::subclass::prelude::*;
-use hybridlive_stamp::{CaptureStamp, find_insert_point, framed_sei_nal, locate_stamp};
+use hybridlive_stamp::CaptureStamp;
+use hybridlive_stamp::{
+    Codec, Framing, LocatedStamp, NalUnits, STAMP_UUID, find_insert_point, framed_sei_nal,
+    locate_stamp, sei_nal,
+};
 use std::sync::{LazyLock, Mutex};
 
 use super::StampMode;
@@ -121,9 +125,11 @@ impl ObjectImpl for LatencyStamp {
                 glib::ParamSpecBoolean::builder("overwrite")
                     .nick("Overwrite")
                     .blurb(
-                        "Replace a stamp already present upstream (meta, or SEI in the \
-                         bitstream: a new SEI goes in front of the old one, which readers then \
-                         ignore). When false the upstream capture time is kept and copied into \
+                        "Replace a stamp already present upstream: the capture-time metas \
+                         (timestamp/x-unix, and the stamp SEI meta a parser attached) are \
+                         removed, and the new SEI takes the old stamp SEI's place (or goes in \
+                         front of it when that SEI also holds other messages; readers take the \
+                         first). When false the upstream capture time is kept and copied into \
                          whatever this element writes: `latencystamp mode=meta` after a parser \
                          turns an SEI stamp back into meta that decoders carry on",
                     )
@@ -255,7 +261,11 @@ impl BaseTransformImpl for LatencyStamp {
             StreamKind::Encoded { codec, framing } => {
                 let location = locate_in_buffer(buf, |au| {
                     let point = find_insert_point(codec, framing, au)?;
-                    Some((point, locate_stamp(codec, framing, au).ok().flatten()))
+                    let old = locate_stamp(codec, framing, au).ok().flatten();
+                    let old_end = old
+                        .as_ref()
+                        .and_then(|o| own_sei_end(codec, framing, au, o));
+                    Some((point, old, old_end))
                 });
                 Some((codec, framing, location))
             }
@@ -264,7 +274,7 @@ impl BaseTransformImpl for LatencyStamp {
         let sei_time = bitstream
             .as_ref()
             .and_then(|(_, _, location)| location.as_ref())
-            .and_then(|(_, old)| old.as_ref())
+            .and_then(|(_, old, _)| old.as_ref())
             .map(|old| old.stamp.capture_time_ns);
 
         let capture_ns = match meta_time.or(sei_time) {
@@ -280,10 +290,12 @@ impl BaseTransformImpl for LatencyStamp {
 
         let want_meta = settings.mode != StampMode::Sei;
         let want_sei = settings.mode != StampMode::Meta;
+        if settings.overwrite {
+            // Readers prefer meta to the bitstream: a stale stamp left as meta (upstream's, or
+            // the SEI meta a parser made of the old SEI) would win over the replacement.
+            remove_stale_metas(buf);
+        }
         if want_meta && (meta_time.is_none() || settings.overwrite) {
-            if meta_time.is_some() {
-                remove_unix_metas(buf);
-            }
             gst::ReferenceTimestampMeta::add(
                 buf,
                 &UNIX_CAPS,
@@ -295,18 +307,22 @@ impl BaseTransformImpl for LatencyStamp {
         match bitstream {
             Some((codec, framing, location)) if want_sei => match location {
                 None => state.no_slice += 1,
-                Some((_, Some(_))) if !settings.overwrite => state.sei_kept += 1,
-                Some((point, old)) => {
+                Some((_, Some(_), _)) if !settings.overwrite => state.sei_kept += 1,
+                Some((point, old, old_end)) => {
                     let stamp = CaptureStamp {
                         capture_time_ns: capture_ns,
                         frame: state.frame,
                         stream_id: settings.stream_id.clone(),
                     };
-                    // Readers take the first stamp of an access unit: a replacement goes in
-                    // front of the old one.
+                    // A replacement takes the old SEI's place when that SEI holds only the
+                    // stamp (as this element writes it), so parsers turn one stamp into meta;
+                    // otherwise it goes in front, where readers of the bitstream look first.
                     let offset = old.map_or(point.offset, |old| old.prefix_start);
                     match framed_sei_nal(codec, framing, &stamp, point.temporal_id_plus1) {
                         Some(sei) => {
+                            if let Some(end) = old_end {
+                                remove_range(buf, offset, end);
+                            }
                             insert_memory_at(buf, offset, gst::Memory::from_slice(sei));
                             state.sei_inserted += 1;
                         }
@@ -341,7 +357,47 @@ pub(crate) fn upstream_meta_time(buf: &gst::BufferRef) -> Option<u64> {
         .map(|meta| meta.timestamp().nseconds())
 }
 
-fn remove_unix_metas(buf: &mut gst::BufferRef) {
+/// End of the SEI NAL unit holding `old` when that unit is exactly what this element writes
+/// for it (the stamp alone), so that it can be taken out whole.
+fn own_sei_end(codec: Codec, framing: Framing, au: &[u8], old: &LocatedStamp) -> Option<usize> {
+    let unit = NalUnits::new(au, framing).find(|u| u.prefix_start == old.prefix_start)?;
+    let data = unit.data();
+    let temporal_id_plus1 = match codec {
+        Codec::H264 => 1,
+        Codec::H265 => data.get(1).map_or(1, |b| b & 0x07),
+    };
+    let mut ours = Vec::new();
+    sei_nal(codec, &old.stamp, temporal_id_plus1, &mut ours);
+    (data == ours.as_slice()).then_some(unit.start + data.len())
+}
+
+/// Removes bytes `start..end` of the buffer, sharing (never copying) the memory around them.
+fn remove_range(buf: &mut gst::BufferRef, start: usize, end: usize) {
+    let mut kept = Vec::new();
+    let mut pos = 0;
+    for idx in 0..buf.n_memory() {
+        let mem = buf.peek_memory(idx);
+        let (from, to) = (pos, pos + mem.size());
+        if to <= start || from >= end {
+            kept.push(mem.to_owned());
+        } else {
+            if from < start {
+                kept.push(mem.share(..start - from));
+            }
+            if to > end {
+                kept.push(mem.share(end - from..));
+            }
+        }
+        pos = to;
+    }
+    buf.remove_all_memory();
+    for mem in kept {
+        buf.append_memory(mem);
+    }
+}
+
+/// Removes the capture-time metas: `timestamp/x-unix` and stamp SEI metas from a parser.
+fn remove_stale_metas(buf: &mut gst::BufferRef) {
     buf.foreach_meta_mut(|mut meta| {
         let is_unix = meta
             .downcast_ref::<gst::ReferenceTimestampMeta>()
@@ -350,7 +406,10 @@ fn remove_unix_metas(buf: &mut gst::BufferRef) {
                     .structure(0)
                     .is_some_and(|s| s.name() == "timestamp/x-unix")
             });
-        if is_unix {
+        let is_stamp_sei = meta
+            .downcast_ref::<gst_video::video_meta::VideoSeiUserDataUnregisteredMeta>()
+            .is_some_and(|m| m.uuid() == STAMP_UUID);
+        if is_unix || is_stamp_sei {
             std::ops::ControlFlow::Continue(gst::buffer::BufferMetaForeachAction::Remove)
         } else {
             std::ops::ControlFlow::Continue(gst::buffer::BufferMetaForeachAction::Keep)
