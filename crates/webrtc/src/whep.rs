@@ -36,6 +36,12 @@ pub struct WhepConfig {
     /// without DELETE (ICE on GStreamer 1.22 does not notice a silent peer). Browsers report
     /// about once a second; GStreamer receivers every 5 s by default (up to 7.5 s randomised).
     pub viewer_timeout: Duration,
+    /// Key-frame requests (viewers joining, PLI/FIR from viewers that lost packets) reach the
+    /// shared encoder at most once per this interval; a request in between is held back and
+    /// sent when it ends, so none is lost. Every key frame costs every viewer, the HLS output
+    /// and the recording bitrate: one viewer asking for one every 30 ms must not turn every
+    /// frame into a key frame.
+    pub min_key_frame_interval: Duration,
     /// The playout delay asked of viewers that offer the playout-delay header extension
     /// (`None`: not negotiated, browsers pick their own jitter buffer).
     pub playout_delay: Option<PlayoutDelayMs>,
@@ -58,6 +64,7 @@ impl Default for WhepConfig {
             gather_timeout: Duration::from_secs(3),
             max_sessions: 64,
             connect_timeout: Duration::from_secs(5),
+            min_key_frame_interval: Duration::from_secs(1),
             viewer_queue: Duration::from_millis(500),
             viewer_timeout: Duration::from_secs(15),
             playout_delay: Some(DEFAULT_PLAYOUT_DELAY),
@@ -218,6 +225,9 @@ impl WhepOutput {
         config: WhepConfig,
     ) -> Self {
         register_rtp_extensions();
+        for (_, tee) in videos {
+            coalesce_key_frame_requests(tee, config.min_key_frame_interval);
+        }
         let inner = Arc::new(Inner {
             hands: Mutex::new(Vec::new()),
             pipeline: pipeline.clone(),
@@ -886,6 +896,65 @@ impl Drop for Slot<'_> {
         // ever refuses an offer, never admits one too many.
         self.inner.reserved.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// Lets at most one key-frame request per `interval` leave `tee` for the encoder upstream. A
+/// request that comes sooner is dropped and one is sent in its place when the interval ends
+/// (one for all that came in between): the viewers that asked get their key frame, a little
+/// later.
+fn coalesce_key_frame_requests(tee: &gst::Element, interval: Duration) {
+    let Some(sink) = tee.static_pad("sink") else {
+        return;
+    };
+    let gate = Arc::new(Mutex::new(KeyFrameGate::default()));
+    sink.add_probe(gst::PadProbeType::EVENT_UPSTREAM, move |pad, info| {
+        let Some(event) = info.event() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        if gst_video::UpstreamForceKeyUnitEvent::parse(event).is_err() {
+            return gst::PadProbeReturn::Ok;
+        }
+        let mut state = gate.lock().unwrap();
+        let now = Instant::now();
+        let wait = match state.passed {
+            Some(passed) if now.duration_since(passed) < interval => {
+                interval - now.duration_since(passed)
+            }
+            _ => {
+                state.passed = Some(now);
+                return gst::PadProbeReturn::Ok;
+            }
+        };
+        if !state.held {
+            state.held = true;
+            let (pad, gate) = (pad.downgrade(), Arc::downgrade(&gate));
+            // Not from this (streaming) thread, which must not wait; at most one such thread
+            // per interval and tee.
+            std::thread::spawn(move || {
+                std::thread::sleep(wait);
+                let (Some(pad), Some(gate)) = (pad.upgrade(), gate.upgrade()) else {
+                    return;
+                };
+                gate.lock().unwrap().held = false;
+                // Through this probe again, which lets it pass: the interval is over.
+                pad.push_event(
+                    gst_video::UpstreamForceKeyUnitEvent::builder()
+                        .all_headers(true)
+                        .build(),
+                );
+            });
+        }
+        gst::PadProbeReturn::Drop
+    });
+}
+
+/// See [`coalesce_key_frame_requests`].
+#[derive(Default)]
+struct KeyFrameGate {
+    /// When a request last went through.
+    passed: Option<Instant>,
+    /// A request is held back, to be sent when the interval ends.
+    held: bool,
 }
 
 fn request_key_frame(tee_pad: &gst::Pad) {
