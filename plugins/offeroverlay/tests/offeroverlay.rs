@@ -930,3 +930,43 @@ fn a_fading_countdown_card_draws_without_glib_criticals() {
         "{strengths:?}"
     );
 }
+
+#[test]
+fn cards_are_blended_when_downstream_takes_any_caps() {
+    let dir = TempDir::new("any");
+    let schedule = dir.write("s.toml", &offer_toml("y", ""));
+    init();
+    // Like fakesink, appsink, shmsink or proxysink: ANY caps, no allocation meta.
+    let mut h = gst_check::Harness::new("offeroverlay");
+    let overlay = h.element().unwrap();
+    overlay.set_property("schedule", &schedule);
+    overlay.set_property("fade-in", 0u32);
+    h.add_src_parse(
+        &format!(
+            "videotestsrc pattern=solid-color foreground-color={BACKGROUND} ! capsfilter caps=\
+             video/x-raw,format=I420,width=320,height=240,framerate=10/1"
+        ),
+        false,
+    );
+    h.play();
+    h.push_from_src().unwrap();
+    let buf = h.pull().unwrap();
+    assert!(
+        buf.meta::<gst_video::VideoOverlayCompositionMeta>()
+            .is_none(),
+        "card only attached as meta that nobody draws"
+    );
+    let map = buf.map_readable().unwrap();
+    let y = &map[..320 * 240];
+    assert!(y.iter().any(|&p| p != y[0]), "nothing burnt in");
+    let caps = h.sinkpad().unwrap().current_caps().unwrap();
+    assert!(
+        !caps
+            .features(0)
+            .unwrap()
+            .contains(gst_video::CAPS_FEATURE_META_GST_VIDEO_OVERLAY_COMPOSITION),
+        "{caps}"
+    );
+    let stats = overlay.property::<gst::Structure>("stats");
+    assert_eq!(stats.get::<u64>("frames-blended").unwrap(), 1, "{stats}");
+}

@@ -48,10 +48,10 @@
  * A card is drawn with Cairo and Pango once per content and size, into premultiplied ARGB:
  * by the thread that emits `show-offer` or reloads the schedule once the frame size is known,
  * else on the first frame that shows it. Its countdown is a separate small rectangle re-drawn
- * once a second. When downstream accepts
- * `GstVideoOverlayCompositionMeta` (caps feature `meta:GstVideoOverlayComposition` or the
- * allocation query) the cards are attached as that meta; otherwise only the card area is
- * blended. With no card visible the element is in passthrough and does not touch the frames.
+ * once a second. When downstream draws `GstVideoOverlayCompositionMeta` itself (it
+ * requires the caps feature `meta:GstVideoOverlayComposition`, or lists the meta in the
+ * allocation query) the cards are attached as that meta; otherwise (also when downstream takes
+ * any caps) plain caps are negotiated and only the card area is blended. With no card visible the element is in passthrough and does not touch the frames.
  *
  * ## Example
  *
@@ -1025,8 +1025,10 @@ impl ElementImpl for OfferOverlay {
                  unknown), utc (string, RFC 3339 ms, from the timestamp/x-unix meta when present). \
                  The same fields plus action (shown/hidden) travel downstream in a serialized \
                  custom event 'hybridlive/offer' just before that frame, for recorders. Cards are \
-                 attached as GstVideoOverlayCompositionMeta when downstream accepts it, else \
-                 blended over their area; with no card visible the element is in passthrough.",
+                 attached as GstVideoOverlayCompositionMeta when downstream draws it (requires \
+                 the meta:GstVideoOverlayComposition caps feature or lists the meta in the \
+                 allocation query), else blended over their area, also when downstream takes \
+                 any caps; with no card visible the element is in passthrough.",
                 "The hybridlive developers",
             )
         });
@@ -1156,10 +1158,14 @@ impl BaseTransformImpl for OfferOverlay {
         caps: &gst::Caps,
         filter: Option<&gst::Caps>,
     ) -> Option<gst::Caps> {
-        // Downstream may take the cards as meta (preferred, nothing to blend) or as pixels.
+        // Plain caps first: a downstream that takes anything (fakesink, appsink, shmsink,
+        // proxysink: ANY caps) says nothing about drawing compositions, so it gets the cards
+        // blended in, as textoverlay does. The feature is negotiated only with a downstream
+        // that requires it; one that lists the meta in the allocation query gets it attached
+        // on plain caps.
         let mut out = if direction == gst::PadDirection::Sink {
-            let mut out = with_overlay_feature(caps, true);
-            out.merge(with_overlay_feature(caps, false));
+            let mut out = with_overlay_feature(caps, false);
+            out.merge(with_overlay_feature(caps, true));
             out
         } else {
             let mut out = with_overlay_feature(caps, false);
