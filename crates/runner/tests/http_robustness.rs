@@ -554,7 +554,7 @@ fn a_request_head_that_never_ends_is_dropped() {
 }
 
 /// Items 9 and 10: an offer without ICE credentials or a fingerprint is the viewer's mistake
-/// (400, and nothing is built for it); a session's 405s list only the methods it answers; the
+/// (400, and nothing of it stays behind); a session's 405s list only the methods it answers; the
 /// errors the server makes itself for WHEP (413, 408) reach a page on another origin.
 #[test]
 fn viewer_mistakes_get_4xx_a_page_on_another_origin_can_read() {

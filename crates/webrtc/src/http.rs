@@ -81,19 +81,11 @@ pub fn read_offer_request(req: &HttpRequest<'_>) -> Result<ViewerOffer, HttpResp
     let Ok(offer) = std::str::from_utf8(req.body) else {
         return Err(HttpResponse::new(400).text("the offer is not UTF-8"));
     };
-    let offer = read_viewer_offer(offer).map_err(|e| offer_refused(&e))?;
-    if let Some(missing) = missing_transport(&offer.sdp) {
-        return Err(HttpResponse::new(400).text(format!(
-            "the offer has no a={missing} (for the session or its video section)"
-        )));
-    }
-    Ok(offer)
+    read_viewer_offer(offer).map_err(|e| offer_refused(&e))
 }
 
 /// The first of what webrtcbin needs to answer that the offer lacks: ICE credentials and a
-/// DTLS fingerprint, for the session or in the video section. webrtcbin fails such an offer
-/// only once a branch is built for it, as if the server had failed (500): it is the viewer's
-/// mistake (400).
+/// DTLS fingerprint, for the session or in the video section.
 fn missing_transport(offer: &gst_sdp::SDPMessageRef) -> Option<&'static str> {
     let video = offer.medias().find(|m| m.media() == Some("video"));
     let has = |key: &str| {
@@ -149,6 +141,9 @@ impl WhepOutput {
             Ok(offer) => offer,
             Err(response) => return response,
         };
+        // Checked here, not with the rest of the offer, so a codec the output does not send
+        // is still 406 whatever else the offer lacks.
+        let missing = missing_transport(&offer.sdp);
         match self.start_session(offer) {
             Ok(answer) => {
                 let location = format!("{}/{}", prefix.trim_end_matches('/'), answer.id);
@@ -163,7 +158,14 @@ impl WhepOutput {
                 .header("Retry-After", "10")
                 .text(e.to_string()),
             Err(e @ WhepError::UnknownSession(_)) => HttpResponse::new(404).text(e.to_string()),
-            Err(e @ WhepError::Negotiation(_)) => HttpResponse::new(500).text(e.to_string()),
+            Err(e @ WhepError::Negotiation(_)) => match missing {
+                // webrtcbin fails such an offer as it fails itself: the viewer's mistake all
+                // the same.
+                Some(missing) => HttpResponse::new(400).text(format!(
+                    "the offer has no a={missing} (for the session or its video section)"
+                )),
+                None => HttpResponse::new(500).text(e.to_string()),
+            },
         }
     }
 }

@@ -26,6 +26,7 @@ pub const SHORT: Limits = Limits {
     write_stall: Duration::from_millis(100),
     max_lifetime: Duration::from_secs(1),
     close_grace: Duration::from_millis(100),
+    linger: Duration::from_millis(100),
 };
 /// How long the server may keep a quiet client's connection: well past every limit.
 const QUIET_DEADLINE: Duration = Duration::from_secs(5);

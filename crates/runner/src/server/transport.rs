@@ -55,6 +55,10 @@ pub struct Limits {
     pub max_lifetime: Duration,
     /// ...and closed when it has not after this much more.
     pub close_grace: Duration,
+    /// After the server's last response on a connection, what the client still sends (the
+    /// rest of a refused body) is read and dropped for this long, so closing does not reset
+    /// the connection under the response the client has yet to read.
+    pub linger: Duration,
 }
 
 /// The limits the runner serves with.
@@ -64,8 +68,11 @@ pub const LIMITS: Limits = Limits {
     write_stall: Duration::from_secs(15),
     max_lifetime: Duration::from_secs(600),
     close_grace: Duration::from_secs(30),
+    linger: Duration::from_secs(2),
 };
 
+/// At most this much is read and dropped while lingering.
+const MAX_LINGER_BYTES: usize = 256 * 1024;
 /// Request heads larger than this are refused (hyper answers 431).
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Most connections whatever the descriptor limit.
@@ -328,10 +335,7 @@ pub(super) async fn serve<Io>(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(MAX_HEAD_BYTES.max(8192))
-        .serve_connection(
-            TokioIo::new(StallGuard::new(io, limits.write_stall)),
-            service,
-        );
+        .serve_connection(TokioIo::new(StallGuard::new(io, &limits)), service);
     tokio::pin!(connection);
     let end = tokio::time::sleep(limits.max_lifetime);
     tokio::pin!(end);
@@ -365,14 +369,19 @@ struct StallGuard<Io> {
     io: Io,
     stall: Duration,
     stalled_since: Option<Pin<Box<tokio::time::Sleep>>>,
+    linger: Duration,
+    /// Set once the write side is shut: until when to drain, and how much was.
+    lingering: Option<(Pin<Box<tokio::time::Sleep>>, usize)>,
 }
 
 impl<Io> StallGuard<Io> {
-    fn new(io: Io, stall: Duration) -> Self {
+    fn new(io: Io, limits: &Limits) -> Self {
         Self {
             io,
-            stall,
+            stall: limits.write_stall,
             stalled_since: None,
+            linger: limits.linger,
+            lingering: None,
         }
     }
 
@@ -408,7 +417,7 @@ impl<Io: AsyncRead + Unpin> AsyncRead for StallGuard<Io> {
     }
 }
 
-impl<Io: AsyncWrite + Unpin> AsyncWrite for StallGuard<Io> {
+impl<Io: AsyncRead + AsyncWrite + Unpin> AsyncWrite for StallGuard<Io> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -436,9 +445,31 @@ impl<Io: AsyncWrite + Unpin> AsyncWrite for StallGuard<Io> {
         self.guard(cx, poll)
     }
 
+    /// Shuts the write side (the client sees the end of the response at once), then drains
+    /// what the client still sends for [`Limits::linger`], at most [`MAX_LINGER_BYTES`]:
+    /// closing a socket with unread data resets the connection, and a reset can reach the
+    /// client before it read the response (a 413 for a body it is still sending).
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.io).poll_shutdown(cx);
-        self.guard(cx, poll)
+        let this = &mut *self;
+        if this.lingering.is_none() {
+            let poll = Pin::new(&mut this.io).poll_shutdown(cx);
+            ready!(this.guard(cx, poll))?;
+            this.lingering = Some((Box::pin(tokio::time::sleep(this.linger)), 0));
+        }
+        let Some((until, drained)) = &mut this.lingering else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut scratch = [0u8; 4096];
+        while *drained < MAX_LINGER_BYTES {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => *drained += buf.filled().len(),
+                // The client closed too, or failed: nothing left to protect.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return until.as_mut().poll(cx).map(Ok),
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
