@@ -970,3 +970,78 @@ fn cards_are_blended_when_downstream_takes_any_caps() {
     let stats = overlay.property::<gst::Structure>("stats");
     assert_eq!(stats.get::<u64>("frames-blended").unwrap(), 1, "{stats}");
 }
+
+/// The frame a viewer of the harness output sees: the crop meta's rectangle when the buffer
+/// carries one, else all of it.
+fn visible_rgba(buf: &gst::Buffer, height: u32) -> Frame {
+    let stride = match buf.meta::<gst_video::VideoMeta>() {
+        Some(meta) => meta.stride()[0] as usize,
+        None => buf.size() / height as usize,
+    };
+    let (x0, width) = match buf.meta::<gst_video::VideoCropMeta>() {
+        Some(crop) => {
+            let (x, _, w, _) = crop.rect();
+            (x as usize, w)
+        }
+        None => (0, (stride / 4) as u32),
+    };
+    let map = buf.map_readable().unwrap();
+    let mut data = Vec::new();
+    for y in 0..height as usize {
+        let row = y * stride + x0 * 4;
+        data.extend_from_slice(&map[row..row + width as usize * 4]);
+    }
+    Frame {
+        pts: buf.pts().unwrap(),
+        width,
+        height,
+        data,
+    }
+}
+
+/// One 640x240 RGBA frame with a card: cut out of a 960x240 one by `videocrop left=320`
+/// whose downstream takes crop meta, or made at that size.
+fn card_frame(schedule: &str, cropped: bool) -> Frame {
+    init();
+    let (width, chain) = if cropped {
+        (960, "videocrop left=320 ! offeroverlay name=o")
+    } else {
+        (640, "offeroverlay name=o")
+    };
+    let mut h = gst_check::Harness::new_parse(chain);
+    let bin = h.element().unwrap().downcast::<gst::Bin>().unwrap();
+    let overlay = bin.by_name("o").unwrap();
+    overlay.set_property("schedule", schedule);
+    overlay.set_property("fade-in", 0u32);
+    // videocrop only hands on crop meta when downstream takes video meta too.
+    h.add_propose_allocation_meta(gst_video::VideoCropMeta::meta_api(), None);
+    h.add_propose_allocation_meta(gst_video::VideoMeta::meta_api(), None);
+    h.add_src_parse(
+        &format!(
+            "videotestsrc pattern=solid-color foreground-color={BACKGROUND} ! capsfilter caps=\
+             video/x-raw,format=RGBA,width={width},height=240,framerate=10/1"
+        ),
+        false,
+    );
+    h.play();
+    h.push_from_src().unwrap();
+    let buf = h.pull().unwrap();
+    let frame = visible_rgba(&buf, 240);
+    let _ = bin.set_state(gst::State::Null);
+    frame
+}
+
+#[test]
+fn a_cropped_frame_gets_its_card_in_the_visible_picture() {
+    let dir = TempDir::new("crop");
+    let schedule = dir.write("s.toml", &offer_toml("c", ""));
+    let reference = card_frame(&schedule, false);
+    let cropped = card_frame(&schedule, true);
+    assert_eq!((cropped.width, cropped.height), (640, 240));
+    let expected = reference.card_bbox().expect("card in the reference frame");
+    assert_eq!(
+        cropped.card_bbox(),
+        Some(expected),
+        "card not where the viewer sees it"
+    );
+}

@@ -51,7 +51,9 @@
  * once a second. When downstream draws `GstVideoOverlayCompositionMeta` itself (it
  * requires the caps feature `meta:GstVideoOverlayComposition`, or lists the meta in the
  * allocation query) the cards are attached as that meta; otherwise (also when downstream takes
- * any caps) plain caps are negotiated and only the card area is blended. With no card visible the element is in passthrough and does not touch the frames.
+ * any caps) plain caps are negotiated and only the card area is blended. Crop meta is taken
+ * out of the allocation answer, so an upstream `videocrop` crops the frames for real and cards
+ * sit in the visible picture. With no card visible the element is in passthrough and does not touch the frames.
  *
  * ## Example
  *
@@ -1216,6 +1218,11 @@ impl BaseTransformImpl for OfferOverlay {
         // In place, the query goes on downstream; its answer says whether the sink draws
         // overlay compositions itself.
         self.parent_propose_allocation(decide_query, query)?;
+        // A frame with crop meta is the uncropped picture: cards would be placed against the
+        // crop's size but land from the full frame's corner. Upstream crops for real instead.
+        while let Some(index) = query.find_allocation_meta::<gst_video::VideoCropMeta>() {
+            query.remove_nth_allocation_meta(index);
+        }
         let accepts = query
             .find_allocation_meta::<gst_video::VideoOverlayCompositionMeta>()
             .is_some();
