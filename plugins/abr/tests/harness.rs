@@ -583,3 +583,32 @@ fn rtpgccbwe_estimate_is_followed() {
         "{d:?}"
     );
 }
+
+#[test]
+fn pause_and_play_during_a_tick_leave_one_tick_chain() {
+    let mut r = x264_at_3m();
+    let element = r.element();
+    let clock = r.h.testclock().expect("test clock");
+    // An application pausing and resuming while a tick runs on the clock's thread: here from
+    // the tick's own start decision, so the two meet every time.
+    let toggled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let once = toggled.clone();
+    r.bus.set_sync_handler(move |_, msg| {
+        if matches!(msg.view(), gst::MessageView::Element(_))
+            && !once.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            element.set_state(gst::State::Paused).expect("paused");
+            element.set_state(gst::State::Playing).expect("playing");
+        }
+        gst::BusSyncReply::Pass
+    });
+    r.tick(BYTES_3M);
+    assert!(
+        toggled.load(std::sync::atomic::Ordering::SeqCst),
+        "no decision posted"
+    );
+    assert_eq!(clock.peek_id_count(), 1, "tick chains waiting on the clock");
+    // And it stays one.
+    r.ticks(5, BYTES_3M);
+    assert_eq!(clock.peek_id_count(), 1, "tick chains waiting on the clock");
+}

@@ -255,6 +255,10 @@ struct Counters {
 #[derive(Default)]
 struct State {
     running: bool,
+    /// Which start of ticking the scheduled tick belongs to: a tick of an earlier start
+    /// (still running on the clock's thread while the element paused and resumed) must not
+    /// schedule another, or two chains would tick.
+    generation: u64,
     clock_id: Option<gst::SingleShotClockId>,
     controller: Option<Controller>,
     last_tick: Option<gst::ClockTime>,
@@ -612,16 +616,22 @@ impl AbrController {
             gst::warning!(CAT, imp = self, "No clock, cannot run");
             return;
         };
-        self.state.lock().unwrap().running = true;
+        let generation = {
+            let mut state = self.state.lock().unwrap();
+            state.running = true;
+            state.generation += 1;
+            state.generation
+        };
         let interval = self.settings.lock().unwrap().interval;
         let first = clock.time() + gst::ClockTime::from_mseconds(interval as u64);
-        self.schedule(&clock, first);
+        self.schedule(&clock, first, generation);
     }
 
     fn stop_ticking(&self) {
         let id = {
-            let mut state = self.state.lock().unwrap();
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             state.running = false;
+            state.generation += 1;
             state.clock_id.take()
         };
         if let Some(id) = id {
@@ -629,13 +639,13 @@ impl AbrController {
         }
     }
 
-    fn schedule(&self, clock: &gst::Clock, at: gst::ClockTime) {
+    fn schedule(&self, clock: &gst::Clock, at: gst::ClockTime, generation: u64) {
         let id = clock.new_single_shot_id(at);
         let weak = self.obj().downgrade();
         let result = id.wait_async(move |clock, time, _id| {
             if let Some(obj) = weak.upgrade() {
                 obj.imp()
-                    .on_clock(clock, time.unwrap_or(gst::ClockTime::ZERO));
+                    .on_clock(clock, time.unwrap_or(gst::ClockTime::ZERO), generation);
             }
         });
         if let Err(err) = result {
@@ -643,7 +653,7 @@ impl AbrController {
             return;
         }
         let mut state = self.state.lock().unwrap();
-        if state.running {
+        if state.running && state.generation == generation {
             state.clock_id = Some(id);
         } else {
             drop(state);
@@ -651,8 +661,13 @@ impl AbrController {
         }
     }
 
-    fn on_clock(&self, clock: &gst::Clock, time: gst::ClockTime) {
-        if !self.state.lock().unwrap().running {
+    fn is_current(&self, generation: u64) -> bool {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.running && state.generation == generation
+    }
+
+    fn on_clock(&self, clock: &gst::Clock, time: gst::ClockTime, generation: u64) {
+        if !self.is_current(generation) {
             return;
         }
         // The clock's thread cannot unwind: a panic there aborts the whole process. Elements
@@ -676,8 +691,8 @@ impl AbrController {
         let interval = gst::ClockTime::from_mseconds(self.settings.lock().unwrap().interval as u64);
         // Never try to catch up on missed ticks: the next one is one interval from now at most.
         let next = (time + interval).max(clock.time().min(time + interval * 10));
-        if self.state.lock().unwrap().running {
-            self.schedule(clock, next);
+        if self.is_current(generation) {
+            self.schedule(clock, next, generation);
         }
     }
 
