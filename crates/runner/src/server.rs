@@ -9,6 +9,7 @@
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /api/status` | JSON status (raised hands' questions only with the token) |
 //! | `POST /api/markers` | `{"label": "..."}`: mark a moment for repurposing (token) |
+//! | `GET /api/markers` | every marker set, oldest first (the status has the count and latest) |
 //! | `POST /api/recording` | `{"action": "start"\|"stop", "output": "rec"}` (token) |
 //! | `POST /api/offers` | `{"show": {offer}}` or `{"hide": "id"}` (token) |
 //!
@@ -78,11 +79,39 @@ impl ServerHandle {
 /// A bound listening socket, not yet served.
 pub struct Listener(std::net::TcpListener);
 
+/// Connections the kernel completes before the server accepts them (capped by
+/// `net.core.somaxconn`). std's 128 dropped handshakes when a few hundred viewers reloaded at
+/// once: a client whose SYN is dropped retries after a second.
+const LISTEN_BACKLOG: i32 = 4096;
+
 /// Binds `addr`; done before anything else starts so a busy port fails fast.
 pub fn bind(addr: &str) -> anyhow::Result<Listener> {
-    std::net::TcpListener::bind(addr)
-        .map(Listener)
-        .with_context(|| format!("cannot listen on {addr}"))
+    let mut failure = None;
+    for address in std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .with_context(|| format!("cannot listen on {addr}"))?
+    {
+        match listen(address) {
+            Ok(listener) => return Ok(Listener(listener)),
+            Err(e) => failure = Some(e),
+        }
+    }
+    Err(match failure {
+        Some(e) => anyhow::anyhow!("cannot listen on {addr}: {e}"),
+        None => anyhow::anyhow!("cannot listen on {addr}: it resolves to no address"),
+    })
+}
+
+fn listen(address: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    // As std does: a restarted runner need not wait for the old connections' TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
 }
 
 /// Limits of the handlers that run on the blocking pool, one per kind.
@@ -385,6 +414,10 @@ async fn route(context: Arc<Context>, client: IpAddr, request: Request) -> Respo
                     .await
                 }
             }
+        }
+        "/api/markers" if is_get(&method) => {
+            let markers = context.runner.shared.with(|s| s.markers.all().to_vec());
+            json(200, &serde_json::json!({ "markers": markers }))
         }
         "/api/markers" | "/api/recording" | "/api/offers" => error(405, "use POST"),
         "/" | "/metrics" | "/api/status" => error(405, "use GET"),
