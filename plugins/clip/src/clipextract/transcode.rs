@@ -20,6 +20,12 @@ const CRF: u32 = 18;
 /// x264/x265 speed preset of the re-encoded parts.
 const SPEED_PRESET: &str = "veryfast";
 
+/// How long draining may go without a frame before the re-encoder counts as stuck: an
+/// element that swallows the end of stream (a `reencode-filter` such as `valve drop=true`)
+/// would otherwise hold the streaming thread forever. Draining a few dozen frames of
+/// look-ahead takes seconds at most, even on a loaded machine.
+const DRAIN_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The presentation window, clip-relative nanoseconds `[start, end)`.
 #[derive(Debug, Clone, Copy)]
 struct Window {
@@ -52,6 +58,8 @@ pub struct Transcoder {
     shown: Arc<AtomicU64>,
     /// Frames this transcoder's encoder produced.
     encoded: u64,
+    /// See [`DRAIN_STALL`].
+    drain_stall: std::time::Duration,
 }
 
 impl std::fmt::Debug for Transcoder {
@@ -182,6 +190,7 @@ impl Transcoder {
             decoded,
             shown,
             encoded: 0,
+            drain_stall: DRAIN_STALL,
         })
     }
 
@@ -247,15 +256,26 @@ impl Transcoder {
         let _ = self.appsrc.end_of_stream();
         let mut buffers = Vec::new();
         let bus = self.pipeline.bus();
+        let mut progress = std::time::Instant::now();
         loop {
             match self
                 .appsink
                 .try_pull_sample(gst::ClockTime::from_mseconds(100))
             {
-                Some(sample) => self.take(sample, &mut buffers),
+                Some(sample) => {
+                    self.take(sample, &mut buffers);
+                    progress = std::time::Instant::now();
+                }
                 None => {
                     if self.appsink.is_eos() {
                         break;
+                    }
+                    if progress.elapsed() > self.drain_stall {
+                        let _ = self.pipeline.set_state(gst::State::Null);
+                        return Err(format!(
+                            "re-encoding stalled: no frame and no end of stream for {} s",
+                            self.drain_stall.as_secs_f64()
+                        ));
                     }
                     if let Some(bus) = &bus
                         && let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error])
@@ -294,5 +314,33 @@ impl Transcoder {
 impl Drop for Transcoder {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_drain_that_never_ends_is_an_error() {
+        gst::init().unwrap();
+        let caps = gst::Caps::builder("video/x-h264")
+            .field("stream-format", "byte-stream")
+            .field("alignment", "au")
+            .build();
+        // valve drops the end of stream too: the encoder never sees it.
+        let mut t = Transcoder::new(
+            &caps,
+            Codec::H264,
+            0,
+            None,
+            false,
+            Some("valve drop=true"),
+            Arc::default(),
+        )
+        .expect("transcoder");
+        t.drain_stall = std::time::Duration::from_millis(300);
+        let err = t.finish().expect_err("a drain without end");
+        assert!(err.contains("stalled"), "{err}");
     }
 }
