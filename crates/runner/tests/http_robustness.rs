@@ -333,8 +333,8 @@ fn wait_closed_by_server(stream: &mut TcpStream, what: &str) -> Option<HttpReply
 /// allocating it, on every kind of route (one that takes a body, one that takes none, one
 /// behind the token), and the runner lives on and serves.
 #[test]
-fn a_terabyte_content_length_gets_413_and_the_runner_serves_on() {
-    if !in_private_netns("a_terabyte_content_length_gets_413_and_the_runner_serves_on") {
+fn http_terabyte_content_length_gets_413_and_the_runner_serves_on() {
+    if !in_private_netns("http_terabyte_content_length_gets_413_and_the_runner_serves_on") {
         return;
     }
     let mut runner = Runner::start("terabyte", None);
@@ -374,9 +374,9 @@ fn a_terabyte_content_length_gets_413_and_the_runner_serves_on() {
 /// Item 2: with few descriptors, a flood of idle connections neither kills the runner nor
 /// leaves it deaf: while it lasts another client is served, and once it is over everyone is.
 #[test]
-fn a_flood_of_idle_connections_at_the_descriptor_limit_leaves_the_server_listening() {
+fn http_flood_of_idle_connections_at_the_descriptor_limit_leaves_the_server_listening() {
     if !in_private_netns(
-        "a_flood_of_idle_connections_at_the_descriptor_limit_leaves_the_server_listening",
+        "http_flood_of_idle_connections_at_the_descriptor_limit_leaves_the_server_listening",
     ) {
         return;
     }
@@ -424,8 +424,8 @@ fn a_flood_of_idle_connections_at_the_descriptor_limit_leaves_the_server_listeni
 /// Item 3: one client pipelines many large responses and never reads them; the others are
 /// served meanwhile, and the server eventually drops that client.
 #[test]
-fn a_client_that_never_reads_freezes_only_its_own_connection() {
-    if !in_private_netns("a_client_that_never_reads_freezes_only_its_own_connection") {
+fn http_client_that_never_reads_freezes_only_its_own_connection() {
+    if !in_private_netns("http_client_that_never_reads_freezes_only_its_own_connection") {
         return;
     }
     let mut runner = Runner::start("never-reads", None);
@@ -472,8 +472,8 @@ fn a_client_that_never_reads_freezes_only_its_own_connection() {
 /// Item 4: 40 clients announce an offer and never send it. A new viewer's preflight and offer
 /// still succeed while they wait, and each of them is answered 408 or dropped in the end.
 #[test]
-fn offers_that_never_arrive_do_not_hold_the_negotiation_slots() {
-    if !in_private_netns("offers_that_never_arrive_do_not_hold_the_negotiation_slots") {
+fn http_offers_that_never_arrive_do_not_hold_the_negotiation_slots() {
+    if !in_private_netns("http_offers_that_never_arrive_do_not_hold_the_negotiation_slots") {
         return;
     }
     let mut runner = Runner::start("slow-offers", None);
@@ -504,8 +504,8 @@ fn offers_that_never_arrive_do_not_hold_the_negotiation_slots() {
 /// Slowloris: a client that sends its request head a byte at a time, never finishing it, is
 /// dropped after the header timeout, and others are served meanwhile.
 #[test]
-fn a_request_head_that_never_ends_is_dropped() {
-    if !in_private_netns("a_request_head_that_never_ends_is_dropped") {
+fn http_request_head_that_never_ends_is_dropped() {
+    if !in_private_netns("http_request_head_that_never_ends_is_dropped") {
         return;
     }
     let mut runner = Runner::start("slowloris", None);
@@ -557,8 +557,8 @@ fn a_request_head_that_never_ends_is_dropped() {
 /// (400, and nothing of it stays behind); a session's 405s list only the methods it answers; the
 /// errors the server makes itself for WHEP (413, 408) reach a page on another origin.
 #[test]
-fn viewer_mistakes_get_4xx_a_page_on_another_origin_can_read() {
-    if !in_private_netns("viewer_mistakes_get_4xx_a_page_on_another_origin_can_read") {
+fn http_viewer_mistakes_get_4xx_a_page_on_another_origin_can_read() {
+    if !in_private_netns("http_viewer_mistakes_get_4xx_a_page_on_another_origin_can_read") {
         return;
     }
     let mut runner = Runner::start("mistakes", None);
