@@ -7,11 +7,8 @@ mod common;
 use common::*;
 use gst::prelude::*;
 use hybridlive_testkit::in_private_netns;
-use hybridlive_webrtc::{Audience, HttpRequest, VideoCodec, WhepConfig, WhepOutput};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::Command;
+use hybridlive_webrtc::{Audience, VideoCodec, WhepConfig, WhepOutput};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const PAGE: &str = r#"<!doctype html>
@@ -60,90 +57,6 @@ window.result = {
 };
 </script>
 "#;
-
-fn web_file(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("web")
-        .join(name);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Just enough HTTP/1.1 for one page, two scripts and the WHEP endpoint.
-fn serve(listener: TcpListener, output: WhepOutput) {
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
-        let output = output.clone();
-        std::thread::spawn(move || {
-            let _ = handle(stream, &output);
-        });
-    }
-}
-
-fn handle(mut stream: TcpStream, output: &WhepOutput) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
-    let path = target.split('?').next().unwrap_or("/").to_string();
-    let method = method.to_string();
-    let (mut length, mut content_type) = (0usize, None);
-    loop {
-        let mut header = String::new();
-        reader.read_line(&mut header)?;
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            match name.to_ascii_lowercase().as_str() {
-                "content-length" => length = value.trim().parse().unwrap_or(0),
-                "content-type" => content_type = Some(value.trim().to_string()),
-                _ => {}
-            }
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body)?;
-    let whep = path
-        .strip_prefix("/whep")
-        .filter(|rest| rest.is_empty() || rest.starts_with('/'));
-    let (status, headers, body) = if let Some(rest) = whep {
-        let r = output.handle_http(
-            "/whep",
-            HttpRequest {
-                method: &method,
-                path: rest,
-                content_type: content_type.as_deref(),
-                body: &body,
-            },
-        );
-        (r.status, r.headers, r.body)
-    } else {
-        let (ct, text) = match path.as_str() {
-            "/" => ("text/html", PAGE.to_string()),
-            "/whep-player.js" => ("text/javascript", web_file("whep-player.js")),
-            "/stamp.js" => ("text/javascript", web_file("stamp.js")),
-            _ => ("text/plain", String::new()),
-        };
-        let status = if text.is_empty() { 404 } else { 200 };
-        (
-            status,
-            vec![("Content-Type".into(), ct.into())],
-            text.into_bytes(),
-        )
-    };
-    let mut head = format!(
-        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(&body)
-}
 
 /// Drops `drop` of the packets each new viewer's webrtcbin puts on the wire: a netsim between
 /// its DTLS/SRTP encoder and its ICE sink, where a lossy network would lose them (after the
@@ -202,18 +115,12 @@ fn lose_packets_of_new_sessions(pipeline: gst::Pipeline, drop: f32) {
 /// Plays the test page until `frames` frames are decoded and `measured` latencies read (or
 /// 20 s), returns its result.
 fn run_chromium(port: u16, frames: u32, measured: u32) -> serde_json::Value {
-    let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/viewer.mjs");
-    let out = Command::new("node")
-        .arg(&driver)
-        .arg(format!(
-            "http://127.0.0.1:{port}/?frames={frames}&measured={measured}"
-        ))
-        .arg("40")
-        .output()
-        .expect("node runs (scripts/setup installs it with the browser test packages)");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "browser run failed:\n{stderr}");
-    serde_json::from_slice(&out.stdout).unwrap()
+    open_in_chromium(port, &format!("?frames={frames}&measured={measured}"), 40)
+}
+
+/// Serves the test page and `output`'s WHEP endpoint; returns the port.
+fn serve(output: &WhepOutput) -> u16 {
+    serve_page(PAGE, Arc::new(Mutex::new(Some(output.clone()))), None)
 }
 
 #[test]
@@ -233,10 +140,7 @@ fn chromium_recovers_lost_packets_with_nack_and_rtx() {
     );
     pipeline.set_state(gst::State::Playing).unwrap();
     lose_packets_of_new_sessions(pipeline.clone(), 0.05);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server_output = output.clone();
-    std::thread::spawn(move || serve(listener, server_output));
+    let port = serve(&output);
 
     let result = run_chromium(port, 120, 1);
     eprintln!("chromium with 5 % loss on the sender: {result}");
@@ -268,10 +172,7 @@ fn chromium_plays_whep_and_measures_latency_from_sei() {
         },
     );
     pipeline.set_state(gst::State::Playing).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server_output = output.clone();
-    std::thread::spawn(move || serve(listener, server_output));
+    let port = serve(&output);
 
     let result = run_chromium(port, 90, 30);
     eprintln!("chromium: {result}");
@@ -329,10 +230,7 @@ fn chromium_decodes_vp8_when_the_output_prefers_it() {
         },
     );
     vp8.set_state(gst::State::Playing).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server_output = output.clone();
-    std::thread::spawn(move || serve(listener, server_output));
+    let port = serve(&output);
 
     let result = run_chromium(port, 60, 0);
     eprintln!("chromium, VP8: {result}");

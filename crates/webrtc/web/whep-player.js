@@ -1,7 +1,16 @@
 // A WHEP (RFC 9725) viewer that measures glass-to-glass latency from the hybridlive capture
 // stamps carried in the H.264 SEI: capture time (UTC, from the stamp) against the moment the
 // frame is shown (requestVideoFrameCallback), matched by RTP timestamp.
+//
+// A connection that is lost (the network, a server restart) is noticed from the peer
+// connection's state and offered again with back-off, on a new session.
 import { findStamp } from './stamp.js';
+
+/** How long a `disconnected` connection may take to come back by itself before it is lost. */
+const DISCONNECTED_GRACE_MS = 2000;
+/** Back-off between offers after a loss: doubles from the first to the last, then stays. */
+const RETRY_FIRST_MS = 500;
+const RETRY_MAX_MS = 8000;
 
 function iceGatheringDone(pc, timeoutMs) {
   if (pc.iceGatheringState === 'complete') return Promise.resolve();
@@ -15,93 +24,178 @@ function iceGatheringDone(pc, timeoutMs) {
 /**
  * Starts playing `endpoint` (a WHEP URL) in `video`.
  * `onLatency(ms, stamp)` is called for every displayed frame whose stamp was read.
+ * `onState(state, detail)` is told `'lost'` (with the reason) when the connection is lost and
+ * the player starts offering again, `'retrying'` (with the error) when an offer failed and the
+ * next one waits `detail.retryInMs`, and `'playing'` when a new session is up again.
  * `withoutHeaderExtensions`: RTP header extension URIs the offer leaves out (benchmarks compare
  * with and without the playout-delay extension this way).
- * Returns { pc, stop(), stats() }.
+ * The first offer failing rejects the returned promise; after that, the player keeps trying
+ * until `stop()`.
+ * Returns { pc, postedAt, stop(), stats(), ... } (`pc` and `postedAt` are the current
+ * session's).
  */
-export async function playWhep(video, endpoint, { onLatency = () => {}, token, withoutHeaderExtensions = [] } = {}) {
-  const pc = new RTCPeerConnection({ encodedInsertableStreams: true });
-  const transceiver = pc.addTransceiver('video', { direction: 'recvonly' });
-  if (withoutHeaderExtensions.length) {
-    if (!transceiver.setHeaderExtensionsToNegotiate) throw new Error('this browser cannot decline header extensions');
-    transceiver.setHeaderExtensionsToNegotiate(transceiver.getHeaderExtensionsToNegotiate().map(
-      (ext) => (withoutHeaderExtensions.includes(ext.uri) ? { ...ext, direction: 'stopped' } : ext)));
-  }
-  pc.addTransceiver('audio', { direction: 'recvonly' });
-  // Interaction: the server echoes every message, so a raised hand also measures the round trip.
-  const channel = pc.createDataChannel('interaction');
-  const pending = new Map();
-  let nextId = 1;
-  channel.onmessage = (event) => {
-    try {
-      const echo = JSON.parse(event.data);
-      const waiter = pending.get(echo.id);
-      if (waiter) { pending.delete(echo.id); waiter(performance.now() - echo.sentAt); }
-    } catch (_) { /* not ours */ }
-  };
-  const channelOpen = new Promise((resolve) => { channel.onopen = resolve; });
+export async function playWhep(video, endpoint, {
+  onLatency = () => {}, onState = () => {}, token, withoutHeaderExtensions = [],
+} = {}) {
   const captureByRtp = new Map();
   let stampsRead = 0;
-
-  // Read the SEI of each received frame without altering it.
-  const { readable, writable } = transceiver.receiver.createEncodedStreams();
-  readable.pipeThrough(new TransformStream({
-    transform(frame, controller) {
-      const stamp = findStamp(new Uint8Array(frame.data));
-      if (stamp) {
-        stampsRead++;
-        captureByRtp.set(frame.timestamp, stamp);
-        if (captureByRtp.size > 300) captureByRtp.delete(captureByRtp.keys().next().value);
-      }
-      controller.enqueue(frame);
-    },
-  })).pipeTo(writable);
-
+  let stopped = false;
+  let session = null;
+  let retryTimer = null;
   const stream = new MediaStream();
   video.srcObject = stream;
-  pc.ontrack = (event) => stream.addTrack(event.track);
 
+  // One loop for the player's life, cancelled by stop(): a loop left running keeps the closed
+  // peer connection (and everything it references) alive.
+  let frameCallback = null;
   const onFrame = (now, meta) => {
+    frameCallback = null;
+    if (stopped) return;
     const stamp = captureByRtp.get(meta.rtpTimestamp);
     if (stamp) {
       const shownMs = performance.timeOrigin + meta.expectedDisplayTime;
       onLatency(shownMs - stamp.captureMs, stamp);
     }
-    video.requestVideoFrameCallback(onFrame);
+    frameCallback = video.requestVideoFrameCallback(onFrame);
   };
-  video.requestVideoFrameCallback(onFrame);
+  frameCallback = video.requestVideoFrameCallback(onFrame);
 
-  await pc.setLocalDescription(await pc.createOffer());
-  await iceGatheringDone(pc, 2000);
-  const headers = { 'Content-Type': 'application/sdp' };
-  if (token) headers.Authorization = `Bearer ${token}`;
-  // Join time runs from the offer leaving (ICE gathering is the browser's own business).
-  const postedAt = performance.now();
-  const response = await fetch(endpoint, { method: 'POST', headers, body: pc.localDescription.sdp });
-  if (response.status !== 201) {
-    pc.close();
-    throw new Error(`WHEP ${response.status}: ${await response.text()}`);
+  /** One WHEP session: a peer connection, its offer and answer, its data channel. */
+  async function connect() {
+    const pc = new RTCPeerConnection({ encodedInsertableStreams: true });
+    const current = { pc, resource: null, postedAt: null, channel: null, channelOpen: null, pending: new Map(), nextId: 1, graceTimer: null };
+    try {
+      const transceiver = pc.addTransceiver('video', { direction: 'recvonly' });
+      if (withoutHeaderExtensions.length) {
+        if (!transceiver.setHeaderExtensionsToNegotiate) throw new Error('this browser cannot decline header extensions');
+        transceiver.setHeaderExtensionsToNegotiate(transceiver.getHeaderExtensionsToNegotiate().map(
+          (ext) => (withoutHeaderExtensions.includes(ext.uri) ? { ...ext, direction: 'stopped' } : ext)));
+      }
+      pc.addTransceiver('audio', { direction: 'recvonly' });
+      // Interaction: the server echoes every message, so a raised hand also measures the round trip.
+      const channel = current.channel = pc.createDataChannel('interaction');
+      channel.onmessage = (event) => {
+        try {
+          const echo = JSON.parse(event.data);
+          const waiter = current.pending.get(echo.id);
+          if (waiter) { current.pending.delete(echo.id); waiter(performance.now() - echo.sentAt); }
+        } catch (_) { /* not ours */ }
+      };
+      current.channelOpen = new Promise((resolve) => { channel.onopen = resolve; });
+
+      // Read the SEI of each received frame without altering it.
+      const { readable, writable } = transceiver.receiver.createEncodedStreams();
+      readable.pipeThrough(new TransformStream({
+        transform(frame, controller) {
+          const stamp = findStamp(new Uint8Array(frame.data));
+          if (stamp) {
+            stampsRead++;
+            captureByRtp.set(frame.timestamp, stamp);
+            if (captureByRtp.size > 300) captureByRtp.delete(captureByRtp.keys().next().value);
+          }
+          controller.enqueue(frame);
+        },
+      })).pipeTo(writable).catch(() => { /* the connection closed */ });
+
+      pc.ontrack = (event) => {
+        // The new session's tracks replace the lost one's: the picture resumes in place.
+        for (const old of stream.getTracks().filter((t) => t.kind === event.track.kind)) stream.removeTrack(old);
+        stream.addTrack(event.track);
+      };
+
+      await pc.setLocalDescription(await pc.createOffer());
+      await iceGatheringDone(pc, 2000);
+      const headers = { 'Content-Type': 'application/sdp' };
+      if (token) headers.Authorization = `Bearer ${token}`;
+      // Join time runs from the offer leaving (ICE gathering is the browser's own business).
+      current.postedAt = performance.now();
+      const response = await fetch(endpoint, { method: 'POST', headers, body: pc.localDescription.sdp });
+      if (response.status !== 201) throw new Error(`WHEP ${response.status}: ${await response.text()}`);
+      current.resource = new URL(response.headers.get('Location'), new URL(endpoint, location.href));
+      await pc.setRemoteDescription({ type: 'answer', sdp: await response.text() });
+    } catch (err) {
+      pc.close();
+      throw err;
+    }
+    pc.addEventListener('connectionstatechange', () => {
+      if (current !== session) return;
+      const state = pc.connectionState;
+      clearTimeout(current.graceTimer);
+      if (state === 'failed' || state === 'closed') {
+        lost(`connection ${state}`);
+      } else if (state === 'disconnected') {
+        // Often back within a second (a lost burst, a network change); if not, start over.
+        current.graceTimer = setTimeout(() => lost('connection disconnected'), DISCONNECTED_GRACE_MS);
+      }
+    });
+    return current;
   }
-  const resource = new URL(response.headers.get('Location'), new URL(endpoint, location.href));
-  await pc.setRemoteDescription({ type: 'answer', sdp: await response.text() });
+
+  function close(current) {
+    clearTimeout(current.graceTimer);
+    current.pc.close();
+    if (current.resource) fetch(current.resource, { method: 'DELETE' }).catch(() => {});
+  }
+
+  function lost(reason) {
+    if (stopped || !session) return;
+    close(session);
+    session = null;
+    captureByRtp.clear();
+    onState('lost', { reason });
+    retry(RETRY_FIRST_MS);
+  }
+
+  function retry(delayMs) {
+    retryTimer = setTimeout(async () => {
+      retryTimer = null;
+      if (stopped) return;
+      try {
+        const current = await connect();
+        if (stopped) { close(current); return; }
+        session = current;
+        onState('playing', {});
+      } catch (err) {
+        if (stopped) return;
+        const next = Math.min(delayMs * 2, RETRY_MAX_MS);
+        onState('retrying', { error: String(err.message || err), retryInMs: next });
+        retry(next);
+      }
+    }, delayMs);
+  }
+
+  try {
+    session = await connect();
+  } catch (err) {
+    stopped = true;
+    if (frameCallback !== null) video.cancelVideoFrameCallback(frameCallback);
+    throw err;
+  }
 
   const roundTrip = async (message) => {
-    await channelOpen;
-    const id = nextId++;
-    const rtt = new Promise((resolve) => pending.set(id, resolve));
-    channel.send(JSON.stringify({ ...message, id, sentAt: performance.now() }));
+    const current = session;
+    if (!current) throw new Error('not connected');
+    await current.channelOpen;
+    const id = current.nextId++;
+    const rtt = new Promise((resolve) => current.pending.set(id, resolve));
+    current.channel.send(JSON.stringify({ ...message, id, sentAt: performance.now() }));
     return rtt;
   };
 
   return {
-    pc,
-    /** `performance.now()` when the offer was POSTed. */
-    postedAt,
+    /** The current session's peer connection (null while reconnecting). */
+    get pc() { return session ? session.pc : null; },
+    /** `performance.now()` when the current session's offer was POSTed. */
+    get postedAt() { return session ? session.postedAt : null; },
+    /** Whether a session is up (false while reconnecting and after stop()). */
+    get connected() { return session !== null; },
     stampsRead: () => stampsRead,
     /** Reports this viewer's glass-to-glass latency to the server (figures only). */
     async reportLatency(p50Ms, p95Ms) {
-      await channelOpen;
-      channel.send(JSON.stringify({ type: 'latency', p50_ms: p50Ms, p95_ms: p95Ms }));
+      const current = session;
+      if (!current) return;
+      await current.channelOpen;
+      current.channel.send(JSON.stringify({ type: 'latency', p50_ms: p50Ms, p95_ms: p95Ms }));
     },
     /** Sends a question to the host; resolves to the data-channel round trip in ms. */
     raiseHand(text) {
@@ -113,7 +207,8 @@ export async function playWhep(video, endpoint, { onLatency = () => {}, token, w
     },
     /** ICE round-trip time of the connection in use, in ms (null before it is measured). */
     async rtt() {
-      const report = await pc.getStats();
+      if (!session) return null;
+      const report = await session.pc.getStats();
       for (const s of report.values()) {
         if (s.type === 'transport' && s.selectedCandidatePairId) {
           const pair = report.get(s.selectedCandidatePairId);
@@ -127,17 +222,27 @@ export async function playWhep(video, endpoint, { onLatency = () => {}, token, w
       }
       return null;
     },
-    /** The inbound-rtp statistics of the `kind` ('video' or 'audio') track. */
+    /** The inbound-rtp statistics of the `kind` ('video' or 'audio') track of the current session. */
     async stats(kind = 'video') {
-      const report = await pc.getStats();
+      if (!session) return null;
+      const report = await session.pc.getStats();
       for (const s of report.values()) {
         if (s.type === 'inbound-rtp' && s.kind === kind) return s;
       }
       return null;
     },
     async stop() {
-      pc.close();
-      await fetch(resource, { method: 'DELETE' }).catch(() => {});
+      stopped = true;
+      clearTimeout(retryTimer);
+      if (frameCallback !== null) video.cancelVideoFrameCallback(frameCallback);
+      frameCallback = null;
+      const current = session;
+      session = null;
+      if (current) {
+        clearTimeout(current.graceTimer);
+        current.pc.close();
+        if (current.resource) await fetch(current.resource, { method: 'DELETE' }).catch(() => {});
+      }
     },
   };
 }

@@ -1,6 +1,10 @@
 //! Shared by the WebRTC integration tests.
 #![allow(dead_code)]
 
+pub mod pages;
+#[allow(unused_imports)]
+pub use pages::*;
+
 use gst::prelude::*;
 use gst_rtp::prelude::*;
 use hybridlive_webrtc::{PLAYOUT_DELAY_URI, WhepConfig, WhepOutput, add_local_address};

@@ -1,0 +1,182 @@
+//! The browser player (`web/whep-player.js`) in headless Chromium: it plays again by itself
+//! after the WHEP server restarted under it, and leaves nothing running after `stop()`.
+//! Runs in a private network namespace: only 127.0.0.1 exists.
+
+mod common;
+
+use common::*;
+use gst::prelude::*;
+use hybridlive_testkit::in_private_netns;
+use hybridlive_webrtc::{WhepConfig, WhepOutput};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Plays, asks the server to restart (`POST /restart`), then waits until frames are decoded
+/// again on a new session, or 45 s have passed. Everything the player told the page is kept.
+const RESTART_PAGE: &str = r#"<!doctype html>
+<video id="v" autoplay muted playsinline></video>
+<script type="module">
+import { playWhep } from '/whep-player.js';
+const video = document.getElementById('v');
+const states = [];
+const player = await playWhep(video, '/whep', {
+  onState: (state, detail) => states.push(`${state} ${detail.reason || detail.error || ''}`.trim()),
+});
+const decoded = async () => { const s = await player.stats(); return s ? s.framesDecoded : 0; };
+const deadline = performance.now() + 45000;
+const until = async (done) => {
+  while (!(await done())) {
+    if (performance.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return true;
+};
+const playedBefore = await until(async () => (await decoded()) >= 30);
+const firstPc = player.pc;
+await fetch('/restart', { method: 'POST' });
+// Frames again, on a peer connection of a new session, and shown in the page's video.
+let shownAfter = 0;
+const counting = () => video.requestVideoFrameCallback(() => { shownAfter++; counting(); });
+const recovered = await until(async () => player.pc && player.pc !== firstPc && (await decoded()) >= 30);
+shownAfter = 0;
+counting();
+const shown = recovered && await until(async () => shownAfter >= 10);
+await player.stop();
+window.result = { playedBefore, recovered, shown, states };
+</script>
+"#;
+
+#[test]
+fn the_player_plays_again_after_the_whep_server_restarted() {
+    if !in_private_netns("the_player_plays_again_after_the_whep_server_restarted") {
+        return;
+    }
+    let pipeline = encoded_source(640, 360, "restart");
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let config = WhepConfig {
+        loopback_ice: true,
+        ..Default::default()
+    };
+    let tee = pipeline.by_name("t").unwrap();
+    let output: SharedOutput = Arc::new(Mutex::new(Some(WhepOutput::new(
+        &pipeline,
+        &tee,
+        None,
+        config.clone(),
+    ))));
+    let restarts = Arc::new(Mutex::new(0));
+    let route: Route = {
+        let (output, pipeline, restarts) = (output.clone(), pipeline.clone(), restarts.clone());
+        Arc::new(move |method, path| {
+            if (method, path) != ("POST", "/restart") {
+                return None;
+            }
+            // Down: every session ends and offers get 503 for two seconds, then a new output
+            // (a new process would have no memory of the old sessions either).
+            if let Some(old) = output.lock().unwrap().take() {
+                old.close_all();
+            }
+            *restarts.lock().unwrap() += 1;
+            let (output, pipeline, tee, config) = (
+                output.clone(),
+                pipeline.clone(),
+                tee.clone(),
+                config.clone(),
+            );
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(2));
+                *output.lock().unwrap() = Some(WhepOutput::new(&pipeline, &tee, None, config));
+            });
+            Some((200, String::new()))
+        })
+    };
+    let port = serve_page(RESTART_PAGE, output.clone(), Some(route));
+    let result = open_in_chromium(port, "", 60);
+    eprintln!("chromium across a WHEP server restart: {result}");
+    assert_eq!(result["playedBefore"], true, "{result}");
+    assert_eq!(*restarts.lock().unwrap(), 1);
+    assert_eq!(
+        result["recovered"], true,
+        "no frames on a new session after the restart: {result}"
+    );
+    assert_eq!(result["shown"], true, "{result}");
+    let states = result["states"].as_array().unwrap();
+    assert!(
+        states
+            .first()
+            .is_some_and(|s| s.as_str().unwrap().starts_with("lost")),
+        "the page was told of the loss: {result}"
+    );
+    assert_eq!(states.last().unwrap(), "playing", "{result}");
+    // The page's DELETE ended the new session.
+    let current = output.lock().unwrap().clone().unwrap();
+    hybridlive_testkit::eventually_explained(
+        Duration::from_secs(20),
+        || (current.session_count() == 0).then_some(()),
+        || format!("sessions left: {:?}", current.sessions()),
+    );
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+/// Plays and stops three times in the same video element (as the viewer page does when it
+/// switches to HLS and back), counting the video-frame callbacks still registered after.
+const SWITCH_PAGE: &str = r#"<!doctype html>
+<video id="v" autoplay muted playsinline></video>
+<script type="module">
+import { playWhep } from '/whep-player.js';
+const video = document.getElementById('v');
+const live = new Set();
+const request = HTMLVideoElement.prototype.requestVideoFrameCallback;
+const cancel = HTMLVideoElement.prototype.cancelVideoFrameCallback;
+HTMLVideoElement.prototype.requestVideoFrameCallback = function (callback) {
+  const id = request.call(this, (...args) => { live.delete(id); callback(...args); });
+  live.add(id);
+  return id;
+};
+HTMLVideoElement.prototype.cancelVideoFrameCallback = function (id) {
+  live.delete(id);
+  return cancel.call(this, id);
+};
+const deadline = performance.now() + 40000;
+let played = 0;
+for (let i = 0; i < 3; i++) {
+  const player = await playWhep(video, '/whep');
+  for (;;) {
+    const s = await player.stats();
+    if ((s && s.framesDecoded >= 15) || performance.now() > deadline) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  if ((await player.stats()).framesDecoded >= 15) played++;
+  await player.stop();
+  video.srcObject = null;
+}
+window.result = { played, callbacksLeft: live.size };
+</script>
+"#;
+
+#[test]
+fn stopping_the_player_leaves_no_video_frame_callback() {
+    if !in_private_netns("stopping_the_player_leaves_no_video_frame_callback") {
+        return;
+    }
+    let pipeline = encoded_source(320, 240, "switch");
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let output = WhepOutput::new(
+        &pipeline,
+        &pipeline.by_name("t").unwrap(),
+        None,
+        WhepConfig {
+            loopback_ice: true,
+            ..Default::default()
+        },
+    );
+    let port = serve_page(SWITCH_PAGE, Arc::new(Mutex::new(Some(output))), None);
+    let result = open_in_chromium(port, "", 60);
+    eprintln!("chromium, three plays and stops: {result}");
+    assert_eq!(result["played"], 3, "{result}");
+    assert_eq!(
+        result["callbacksLeft"], 0,
+        "frame callbacks of stopped players still registered: {result}"
+    );
+    pipeline.set_state(gst::State::Null).unwrap();
+}
