@@ -238,18 +238,23 @@ fn base_font_px(card_width: u32) -> f64 {
     (card_width as f64 * 0.058).max(6.0)
 }
 
-/// Text shown on the countdown line for `remaining_secs` seconds left.
-pub fn countdown_text(remaining_secs: u64) -> String {
+/// The countdown's label when an offer or its schedule sets none.
+pub const DEFAULT_COUNTDOWN_LABEL: &str = "ends in {time}";
+
+/// Text shown on the countdown line for `remaining_secs` seconds left: `label` with `{time}`
+/// replaced by the time left (`MM:SS`, or `H:MM:SS` from an hour on).
+pub fn countdown_text(label: &str, remaining_secs: u64) -> String {
     let (h, m, s) = (
         remaining_secs / 3600,
         (remaining_secs / 60) % 60,
         remaining_secs % 60,
     );
-    if h > 0 {
-        format!("ends in {h}:{m:02}:{s:02}")
+    let time = if h > 0 {
+        format!("{h}:{m:02}:{s:02}")
     } else {
-        format!("ends in {m:02}:{s:02}")
-    }
+        format!("{m:02}:{s:02}")
+    };
+    label.replacen("{time}", &time, 1)
 }
 
 /// Draws the card body for `offer` at `width` pixels wide; the height follows the content.
@@ -318,7 +323,14 @@ pub fn render_card(offer: &Offer, theme: &Theme, width: u32) -> Result<RenderedC
     let row_h = text_h.max(qr_px.map_or(0.0, |(_, px)| px));
 
     let countdown_h = if offer.spec.countdown {
-        let probe = fonts.layout(&mcr, &countdown_text(3599), 0.9, true, inner_w as i32, 1);
+        let probe = fonts.layout(
+            &mcr,
+            &countdown_text(offer.countdown_label(), 3599),
+            0.9,
+            true,
+            inner_w as i32,
+            1,
+        );
         Some(layout_height(&probe) as f64)
     } else {
         None
@@ -379,13 +391,16 @@ pub fn render_card(offer: &Offer, theme: &Theme, width: u32) -> Result<RenderedC
         ty += layout_height(&price) as f64;
         if let Some(l) = &badge {
             ty += gap;
-            let (bw, bh) = l.pixel_size();
-            let pill_h = bh as f64 + badge_pad;
+            // The layout is as wide as the column; its text starts where the paragraph's
+            // direction puts it (right-aligned for Arabic or Hebrew), so the pill goes around
+            // the text's logical extent, not at the column's left edge.
+            let (_, text) = l.pixel_extents();
+            let pill_h = text.height() as f64 + badge_pad;
             rounded_rect(
                 cr,
-                pad,
+                pad + text.x() as f64,
                 ty,
-                bw as f64 + 2.0 * badge_pad,
+                text.width() as f64 + 2.0 * badge_pad,
                 pill_h,
                 pill_h / 2.0,
             );
@@ -446,11 +461,13 @@ pub fn render_card(offer: &Offer, theme: &Theme, width: u32) -> Result<RenderedC
     })
 }
 
-/// Draws the countdown line ("ends in 04:59") on a transparent background.
+/// Draws the countdown line ("ends in 04:59", or the offer's own `label`) on a transparent
+/// background.
 pub fn render_countdown(
     theme: &Theme,
     card_width: u32,
     slot: (u32, u32),
+    label: &str,
     remaining_secs: u64,
 ) -> Result<gst::Buffer, String> {
     let (w, h) = slot;
@@ -462,7 +479,14 @@ pub fn render_countdown(
         base_px: base_font_px(card_width),
         family: theme.font.clone(),
     };
-    let layout = fonts.layout(&cr, &countdown_text(remaining_secs), 0.9, true, w as i32, 1);
+    let layout = fonts.layout(
+        &cr,
+        &countdown_text(label, remaining_secs),
+        0.9,
+        true,
+        w as i32,
+        1,
+    );
     set_argb(&cr, theme.text, 0.9);
     cr.move_to(0.0, 0.0);
     pangocairo::functions::show_layout(&cr, &layout);
@@ -520,6 +544,115 @@ mod tests {
             card.height,
             small.height
         );
+    }
+
+    /// Columns of the badge's row band holding ink of the badge text (opaque and dark) that
+    /// lie outside the pill (accent-coloured), on a card whose background is transparent so
+    /// that the badge text, drawn in the background colour made opaque, shows wherever it lands.
+    fn badge_ink_outside_pill(badge: &str) -> (usize, usize) {
+        let offer = parse_offer_json(&format!(
+            r#"{{"id": "b", "title": "T", "price": "P", "badge": "{badge}"}}"#
+        ))
+        .unwrap();
+        let theme = Theme {
+            background: 0x0000_0000,
+            text: 0xffff_0000,
+            accent: 0xff00_ff00,
+            ..theme()
+        };
+        let card = render_card(&offer, &theme, 1920 / 3).unwrap();
+        let map = card.pixels.map_readable().unwrap();
+        let stride = map.len() / card.height as usize;
+        // Cairo's ARGB32 is native-endian: B, G, R, A in memory here.
+        let px = |x: usize, y: usize| {
+            let o = y * stride + x * 4;
+            (map[o + 2], map[o + 1], map[o], map[o + 3])
+        };
+        let is_pill = |(r, g, b, a): (u8, u8, u8, u8)| a > 200 && g > 200 && r < 60 && b < 60;
+        let is_ink = |(r, g, b, a): (u8, u8, u8, u8)| a > 128 && r < 60 && g < 60 && b < 60;
+        let (w, h) = (card.width as usize, card.height as usize);
+        // The badge is the lowest element: its band is the last run of rows with pill pixels
+        // (the green price above it is separated by a gap).
+        let rows_with_pill: Vec<usize> = (0..h)
+            .filter(|&y| (0..w).any(|x| is_pill(px(x, y))))
+            .collect();
+        let bottom = *rows_with_pill.last().expect("a pill");
+        let mut top = bottom;
+        while top > 0 && rows_with_pill.contains(&(top - 1)) {
+            top -= 1;
+        }
+        let band = top..=bottom;
+        let pill_x: Vec<usize> = band
+            .clone()
+            .flat_map(|y| (0..w).filter(move |&x| is_pill(px(x, y))))
+            .collect();
+        let (left, right) = (*pill_x.iter().min().unwrap(), *pill_x.iter().max().unwrap());
+        let mut inside = 0;
+        let mut outside = 0;
+        for y in band {
+            for x in 0..w {
+                if is_ink(px(x, y)) {
+                    if (left..=right).contains(&x) {
+                        inside += 1;
+                    } else {
+                        outside += 1;
+                    }
+                }
+            }
+        }
+        (inside, outside)
+    }
+
+    #[test]
+    fn badge_text_stays_inside_its_pill_in_every_direction() {
+        gst::init().unwrap();
+        for badge in [
+            "12 kits left",
+            "متبقي ١٢",
+            "נשארו 12 ערכות",
+            "Only ١٢ متبقي left",
+            "متبقي 12 kits",
+        ] {
+            let (inside, outside) = badge_ink_outside_pill(badge);
+            assert!(inside > 50, "{badge}: no badge text drawn in the pill");
+            assert_eq!(
+                outside, 0,
+                "{badge}: {outside} text pixels outside the pill"
+            );
+        }
+    }
+
+    #[test]
+    fn the_countdown_speaks_the_offers_language() {
+        assert_eq!(countdown_text(DEFAULT_COUNTDOWN_LABEL, 29), "ends in 00:29");
+        assert_eq!(countdown_text("ينتهي خلال {time}", 29), "ينتهي خلال 00:29");
+        assert_eq!(countdown_text("残り {time}", 3723), "残り 1:02:03");
+        let offer = parse_offer_json(
+            r#"{"id": "c", "title": "T", "price": "P", "countdown": true, "duration": 60, "countdown-label": "残り {time}"}"#,
+        )
+        .unwrap();
+        assert_eq!(offer.countdown_label(), "残り {time}");
+        let err = parse_offer_json(
+            r#"{"id": "c", "title": "T", "price": "P", "countdown-label": "ends soon"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("countdown-label") && err.contains("{time}"),
+            "{err}"
+        );
+        // A schedule's label applies to every offer that has none of its own.
+        let offers = crate::schedule::parse_schedule(
+            "s.toml".into(),
+            "countdown-label = \"ينتهي خلال {time}\"\n\
+             [[offers]]\nid = \"a\"\ntitle = \"T\"\nprice = \"P\"\n\
+             [[offers]]\nid = \"b\"\ntitle = \"T\"\nprice = \"P\"\ncountdown-label = \"残り {time}\"\n",
+            false,
+            None,
+        )
+        .unwrap();
+        assert_eq!(offers[0].countdown_label(), "ينتهي خلال {time}");
+        assert_eq!(offers[1].countdown_label(), "残り {time}");
     }
 
     #[test]

@@ -261,6 +261,11 @@ pub struct OfferSpec {
     /// Show "ends in MM:SS" counting down to `end`.
     #[serde(default)]
     pub countdown: bool,
+    /// The countdown's text in the card's language, `{time}` standing for the time left
+    /// (default "ends in {time}"); its direction follows its first letter, so an Arabic or
+    /// Hebrew label reads right to left.
+    #[serde(default)]
+    pub countdown_label: Option<String>,
     #[serde(default)]
     pub start: Option<TimeSpec>,
     #[serde(default)]
@@ -281,8 +286,11 @@ pub struct OfferSpec {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct ScheduleFile {
+    /// The countdown label of every offer that sets none of its own.
+    #[serde(default)]
+    countdown_label: Option<String>,
     #[serde(default)]
     offers: Vec<OfferSpec>,
 }
@@ -298,6 +306,14 @@ pub struct Offer {
 }
 
 impl Offer {
+    /// The countdown's label, `{time}` standing for the time left.
+    pub fn countdown_label(&self) -> &str {
+        self.spec
+            .countdown_label
+            .as_deref()
+            .unwrap_or(crate::card::DEFAULT_COUNTDOWN_LABEL)
+    }
+
     /// The element's theme with this offer's colour overrides.
     pub fn theme(&self, base: &crate::card::Theme) -> crate::card::Theme {
         let mut theme = base.clone();
@@ -329,6 +345,7 @@ impl Offer {
             &a.image,
             &a.qr,
             a.countdown,
+            &a.countdown_label,
             a.background_color,
             a.text_color,
             a.accent_color,
@@ -340,6 +357,7 @@ impl Offer {
             &b.image,
             &b.qr,
             b.countdown,
+            &b.countdown_label,
             b.background_color,
             b.text_color,
             b.accent_color,
@@ -520,6 +538,14 @@ fn validate(
             return Err(invalid(".end", "must be after `start`".into()));
         }
     }
+    if let Some(label) = &spec.countdown_label
+        && label.matches("{time}").count() != 1
+    {
+        return Err(invalid(
+            ".countdown-label",
+            format!("`{label}` must contain `{{time}}` once, where the time left goes"),
+        ));
+    }
     if spec.countdown && end.is_none() && duration.is_none() {
         return Err(invalid(
             ".countdown",
@@ -576,10 +602,23 @@ pub fn parse_schedule(
 ) -> Result<Vec<Arc<Offer>>, ScheduleError> {
     let syntax = if is_json { Syntax::Json } else { Syntax::Toml };
     let file: ScheduleFile = parse_document(&origin, text, syntax)?;
+    if let Some(label) = &file.countdown_label
+        && label.matches("{time}").count() != 1
+    {
+        let err = ScheduleError::Invalid {
+            origin,
+            field: "countdown-label".into(),
+            message: format!("`{label}` must contain `{{time}}` once, where the time left goes"),
+        };
+        return Err(with_position(err, text, syntax, None));
+    }
     let mut ids = HashSet::new();
     let mut offers = Vec::with_capacity(file.offers.len());
-    for (i, spec) in file.offers.into_iter().enumerate() {
+    for (i, mut spec) in file.offers.into_iter().enumerate() {
         let field = format!("offers[{i}]");
+        if spec.countdown_label.is_none() {
+            spec.countdown_label.clone_from(&file.countdown_label);
+        }
         if !ids.insert(spec.id.clone()) {
             let err = ScheduleError::Invalid {
                 origin,

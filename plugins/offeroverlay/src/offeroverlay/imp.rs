@@ -632,7 +632,8 @@ impl OfferOverlay {
             if let (Some(secs), Some((_, _, sw, sh))) = (secs_left, c.body.countdown_slot)
                 && c.countdown.as_ref().is_none_or(|(s, _)| *s != secs)
             {
-                match card::render_countdown(&theme, card_w, (sw, sh), secs) {
+                let label = e.offer.countdown_label();
+                match card::render_countdown(&theme, card_w, (sw, sh), label, secs) {
                     Ok(pixels) => {
                         self.stats.countdown_renders.fetch_add(1, Ordering::Relaxed);
                         let rect = gst_video::VideoOverlayRectangle::new_raw(
