@@ -25,6 +25,7 @@ mod output;
 mod probe;
 mod runner;
 mod server;
+mod srt_listener;
 mod state;
 
 pub use config::{Diagnostic, LatencyTest, Pipeline};

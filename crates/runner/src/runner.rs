@@ -16,6 +16,7 @@ use crate::config::{
     VideoFormat,
 };
 use crate::output::{self, Input, OutputRunner, make};
+use crate::srt_listener;
 use crate::state::{self, Shared};
 use gstabr::ladder::Ladder;
 
@@ -31,6 +32,9 @@ const RTMP_BUFFER: gst::ClockTime = gst::ClockTime::from_mseconds(300);
 
 /// How often fallbacksrc restarts a source that stalled.
 const RESTART_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(3);
+/// The decoding side of an SRT listener source is not restarted on a timer: it starts afresh
+/// when a sender's stream ends (`srt_listener`), and meanwhile waits for the next one.
+const LISTENER_NEVER_RESTARTS: gst::ClockTime = gst::ClockTime::from_seconds(365 * 24 * 3600);
 
 static JSON: AtomicBool = AtomicBool::new(false);
 /// Embedded runs ([`run_embedded`]) print nothing: the embedding tool owns the terminal.
@@ -285,21 +289,22 @@ impl Runner {
         }
         self.shared.with(|s| s.viewers = viewers);
         for (name, src) in &self.fallback_sources {
-            let state = if on_fallback(src) {
-                "fallback"
-            } else {
-                "primary"
-            };
+            // What is on air is the picture: a sender without sound (or a file without an
+            // audio track) is on air with silence, and says so in `audio`.
+            let label = |fallback: bool| if fallback { "fallback" } else { "primary" };
+            let state = label(on_fallback(src, "video").unwrap_or(false));
+            let audio = on_fallback(src, "audio").map(label);
+            let key = format!("{state}/{}", audio.unwrap_or("none"));
             let changed = self
                 .source_states
                 .lock()
                 .unwrap()
-                .insert(name.clone(), state.to_string())
-                .is_none_or(|previous| previous != state);
+                .insert(name.clone(), key.clone())
+                .is_none_or(|previous| previous != key);
             if changed {
                 event(
                     "source",
-                    serde_json::json!({"source": name, "state": state}),
+                    serde_json::json!({"source": name, "state": state, "audio": audio}),
                 );
             }
             self.shared
@@ -508,6 +513,7 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
             match graph.streams.get(&t.input).cloned() {
                 Some(input) => {
                     let video = source_of(&config, &t.input).map(|s| s.video);
+        srt_listeners: Vec::new(),
                     let streams = graph.transform(&t.name, &t.kind, &input, video)?;
                     graph.streams.insert(t.name.clone(), streams);
                 }
@@ -617,7 +623,7 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
         shutting_down: AtomicBool::new(false),
         counters,
         previous: Mutex::new(BTreeMap::new()),
-        fallback_sources: graph.fallback_sources,
+        fallback_sources: std::mem::take(&mut graph.fallback_sources),
         source_states: Mutex::new(BTreeMap::new()),
     });
 
@@ -780,6 +786,7 @@ fn source_of<'a>(config: &'a Pipeline, name: &str) -> Option<&'a Source> {
         if let Some(s) = config.sources.iter().find(|s| s.name == current) {
             return Some(s);
         }
+    drop(std::mem::take(&mut graph.srt_listeners));
         current = &config.transforms.iter().find(|t| t.name == current)?.input;
     }
     None
@@ -829,6 +836,8 @@ impl Graph<'_> {
     }
 
     /// A queue on a new branch of `tee`, linked to `first`.
+    /// The sockets of SRT listener sources, closed once the ingest has stopped.
+    srt_listeners: Vec<srt_listener::Listener>,
     fn branch(&self, tee: &gst::Element, first: &gst::Element) -> anyhow::Result<()> {
         let queue = make("queue", "")?;
         self.pipeline.add(&queue)?;
@@ -1022,7 +1031,7 @@ impl Graph<'_> {
     /// fallbacksrc for files and network streams: it decodes, restarts the source when it
     /// stalls or ends, and meanwhile shows the slate (or the backup source) with silence.
     fn fallback_source(
-        &self,
+        &mut self,
         name: &str,
         uri: &str,
         fallback: &Fallback,
@@ -1038,7 +1047,17 @@ impl Graph<'_> {
         // Restart a stalled source every few seconds (often enough for a caller to come back,
         // seldom enough that a listener is not torn down while one connects), and never give
         // up: outputs must not stop.
-        src.set_property("restart-timeout", RESTART_TIMEOUT.nseconds());
+        if srt_listener::is_listener(uri) {
+            // The socket stays open in a pipeline of its own; fallbacksrc decodes what it
+            // hands over, and starts decoding afresh when a sender's stream ends.
+            src.set_property("uri", srt_listener::BRIDGE_URI);
+            src.set_property("restart-timeout", LISTENER_NEVER_RESTARTS.nseconds());
+            let stall = Duration::from_secs_f64(fallback.stall_timeout);
+            let listener = srt_listener::open(name, uri, stall, &src)?;
+            self.srt_listeners.push(listener);
+        } else {
+            src.set_property("restart-timeout", RESTART_TIMEOUT.nseconds());
+        }
         src.set_property("retry-timeout", u64::MAX - 1);
         src.set_property("restart-on-eos", restart_on_eos);
         if uri.starts_with("rtmp") {
@@ -1392,16 +1411,23 @@ fn stamp_arrival(
     buffer.set_dts(gst::ClockTime::NONE);
 }
 
-/// Whether any of fallbacksrc's switches is on its fallback (slate or backup) input.
-fn on_fallback(src: &gst::Element) -> bool {
-    let Some(bin) = src.downcast_ref::<gst::Bin>() else {
-        return false;
+/// Whether fallbacksrc's switch for `media` (`"video"`, `"audio"`) is on its fallback (slate,
+/// silence or backup) input; `None` when it has no such stream.
+fn on_fallback(src: &gst::Element, media: &str) -> Option<bool> {
+    let bin = src.downcast_ref::<gst::Bin>()?;
+    let carries = |switch: &gst::Element| {
+        switch
+            .static_pad("src")
+            .and_then(|pad| pad.current_caps().or_else(|| Some(pad.query_caps(None))))
+            .and_then(|caps| caps.structure(0).map(|s| s.name().starts_with(media)))
+            .unwrap_or(false)
     };
     bin.iterate_recurse()
         .into_iter()
         .flatten()
         .filter(|e| e.factory().is_some_and(|f| f.name() == "fallbackswitch"))
-        .any(|switch| {
+        .filter(|switch| carries(switch))
+        .map(|switch| {
             switch
                 .property::<Option<gst::Pad>>("active-pad")
                 .is_some_and(|pad| pad.property::<u32>("priority") != 0)
@@ -1451,6 +1477,7 @@ fn bridge(
 }
 
 /// The raw video every source is normalised to (and a rung is scaled to): I420, square pixels.
+        .reduce(|a, b| a || b)
 fn raw_video_caps(width: u32, height: u32, framerate: gst::Fraction) -> gst::Caps {
     gst::Caps::builder("video/x-raw")
         .field("format", "I420")

@@ -7,8 +7,9 @@
 use std::process::Command;
 
 pub mod http;
-pub mod runner_child;
 mod janus;
+pub mod runner_child;
+pub mod senders;
 mod whip;
 
 pub use janus::{Janus, JanusSubscriber};

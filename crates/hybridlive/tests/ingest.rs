@@ -1,0 +1,215 @@
+//! Ingest against the senders presenters use, connecting at many moments after the runner
+//! started: ffmpeg MPEG-TS over SRT (with and without B-frames and sound), a GStreamer sender
+//! (`h264parse config-interval=-1 ! mpegtsmux`) over SRT, and ffmpeg FLV over RTMP (into
+//! nginx-rtmp). Every sender must go on air (the source's state in the runner's status) and
+//! stay connected, whenever it dials in: an SRT listener that was torn down and recreated
+//! every 3 s while it waited cut off a sender that connected just before (ffmpeg: "Input/output
+//! error", the class on the slate for good).
+//!
+//! Each test runs in a network namespace of its own (fixed ports), one runner at a time.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Parser as _;
+use hybridlive_testkit::runner_child::{ARGS_VAR, RunnerChild};
+use hybridlive_testkit::senders::{self, FfmpegOptions, Sender};
+use hybridlive_testkit::{eventually_explained, in_private_netns};
+
+const ENTRY: &str = "runner_child_process";
+/// Generous: the machine may be loaded by other test binaries.
+const WAIT: Duration = Duration::from_secs(30);
+/// Moments (seconds after the runner is ready) at which senders connect: around the 3 s at
+/// which the old listener was recreated, and between.
+const SWEEP: &[f64] = &[0.5, 1.5, 2.5, 3.0, 4.5];
+/// Status ticks (one a second) a sender must stay on air once it got there.
+const STAYS_FOR_TICKS: usize = 3;
+
+#[derive(clap::Parser)]
+struct ChildCli {
+    #[command(flatten)]
+    run: hybridlive_runner::RunArgs,
+}
+
+/// The runner in a child process, started by [`RunnerChild`].
+#[test]
+#[ignore = "entry point of the runner child process started by the other tests"]
+fn runner_child_process() {
+    let args: Vec<String> =
+        serde_json::from_str(&std::env::var(ARGS_VAR).expect(ARGS_VAR)).expect("a JSON list");
+    let cli = ChildCli::parse_from(std::iter::once("hybridlive-run".to_string()).chain(args));
+    let code = match hybridlive_runner::run(&cli.run) {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("run failed: {err:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "hybridlive-ingest-test-{name}-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    dir
+}
+
+/// The source `cam` from `source` (its `type` and `uri`), 640x360, H.264 + AAC into a recording.
+fn pipeline(dir: &Path, source: &str) -> PathBuf {
+    let file = dir.join("ingest.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[sources.cam]\n{source}\nwidth = 640\nheight = 360\nframerate = 30\n\n\
+             [encoders.video]\ntype = \"h264\"\ninputs = [\"cam\"]\nbitrate = 800\n\
+             keyframe_interval = 1\n\n\
+             [encoders.audio]\ntype = \"aac\"\ninputs = [\"cam\"]\n\n\
+             [outputs.recording]\ntype = \"record\"\ninputs = [\"video\", \"audio\"]\n\
+             directory = \"recordings\"\n"
+        ),
+    )
+    .expect("write the pipeline");
+    file
+}
+
+/// The state of `cam` in a `status` event (`"primary"`, `"fallback"`).
+fn cam_state(status: &serde_json::Value) -> Option<String> {
+    status["status"]["sources"]["cam"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Starts a runner on `source`, then, `delay` seconds after it is ready, the sender `start`
+/// returns; waits until the source is on air and stays there for a few status ticks with the
+/// sender still connected. Returns the seconds from the sender's start to on air.
+fn goes_on_air(dir: &Path, source: &str, delay: f64, start: &dyn Fn() -> Sender) -> (String, f64) {
+    let file = pipeline(dir, source);
+    let mut runner = RunnerChild::start(ENTRY, &file, dir, &[], &[]);
+    std::thread::sleep(Duration::from_secs_f64(delay));
+    let mut sender = start();
+    let label = sender.label.clone();
+    let connected = Instant::now();
+    let last = std::cell::RefCell::new(None);
+    let mut cut_off = None;
+    eventually_explained(
+        WAIT,
+        || {
+            if let Some(exit) = sender.exited() {
+                cut_off = Some(exit);
+                return Some(());
+            }
+            let status = runner.wait_event("status", WAIT);
+            let state = cam_state(&status);
+            let on_air = state.as_deref() == Some("primary");
+            *last.borrow_mut() = state;
+            on_air.then_some(())
+        },
+        || {
+            format!(
+                "{label}, started {delay} s after the runner: not on air (last state {:?})",
+                last.borrow()
+            )
+        },
+    );
+    if let Some(exit) = cut_off {
+        panic!("{label}, started {delay} s after the runner, was cut off: {exit}");
+    }
+    let on_air = connected.elapsed().as_secs_f64();
+    for tick in 0..STAYS_FOR_TICKS {
+        let status = runner.wait_event("status", WAIT);
+        assert_eq!(
+            cam_state(&status).as_deref(),
+            Some("primary"),
+            "{label}, started {delay} s after the runner: off air again {} s after going on",
+            tick + 1
+        );
+        if let Some(exit) = sender.exited() {
+            panic!("{label}, started {delay} s after the runner, was cut off on air: {exit}");
+        }
+    }
+    (label, on_air)
+}
+
+/// Runs [`goes_on_air`] for every delay, one runner at a time, and prints what it measured.
+fn sweep(name: &str, source: &str, delays: &[f64], start: &dyn Fn() -> Sender) {
+    let dir = scratch(name);
+    let mut rows = Vec::new();
+    for &delay in delays {
+        let (label, on_air) = goes_on_air(&dir, source, delay, start);
+        rows.push(format!(
+            "{label}: started {delay:.1} s after the runner, on air {on_air:.1} s later \
+             (status ticks once a second)"
+        ));
+    }
+    for row in rows {
+        eprintln!("{row}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+const SRT_LISTENER: &str = "type = \"srt\"\nuri = \"srt://127.0.0.1:9000?mode=listener\"";
+
+#[test]
+fn ffmpeg_over_srt_goes_on_air_whenever_it_connects() {
+    if !in_private_netns("ffmpeg_over_srt_goes_on_air_whenever_it_connects") {
+        return;
+    }
+    let options = FfmpegOptions {
+        bframes: false,
+        audio: true,
+    };
+    sweep("ffmpeg-srt", SRT_LISTENER, SWEEP, &|| {
+        senders::ffmpeg_srt(9000, options)
+    });
+}
+
+#[test]
+fn ffmpeg_with_b_frames_and_no_sound_over_srt_goes_on_air() {
+    if !in_private_netns("ffmpeg_with_b_frames_and_no_sound_over_srt_goes_on_air") {
+        return;
+    }
+    let options = FfmpegOptions {
+        bframes: true,
+        audio: false,
+    };
+    sweep(
+        "ffmpeg-srt-bframes",
+        SRT_LISTENER,
+        &[0.5, 2.5, 3.0],
+        &|| senders::ffmpeg_srt(9000, options),
+    );
+}
+
+#[test]
+fn gstreamer_h264parse_over_srt_goes_on_air_whenever_it_connects() {
+    if !in_private_netns("gstreamer_h264parse_over_srt_goes_on_air_whenever_it_connects") {
+        return;
+    }
+    sweep("gst-srt", SRT_LISTENER, SWEEP, &|| {
+        senders::gstreamer_srt(9000)
+    });
+}
+
+#[test]
+fn ffmpeg_over_rtmp_goes_on_air_whenever_it_publishes() {
+    if !in_private_netns("ffmpeg_over_rtmp_goes_on_air_whenever_it_publishes") {
+        return;
+    }
+    let dir = scratch("nginx");
+    let _nginx = senders::nginx_rtmp(&dir, 1935);
+    let options = FfmpegOptions {
+        bframes: false,
+        audio: true,
+    };
+    sweep(
+        "ffmpeg-rtmp",
+        "type = \"rtmp\"\nuri = \"rtmp://127.0.0.1:1935/live/cam\"",
+        &[0.5, 2.5, 4.5],
+        &|| senders::ffmpeg_rtmp("rtmp://127.0.0.1:1935/live/cam", options),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
