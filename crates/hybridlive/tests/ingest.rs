@@ -213,3 +213,95 @@ fn ffmpeg_over_rtmp_goes_on_air_whenever_it_publishes() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `(pts, duration)` in seconds of every packet of the first `stream` (`a`, `v`) in `file`, as
+/// ffprobe reads them.
+fn packets(file: &Path, stream: &str) -> Vec<(f64, f64)> {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", &format!("{stream}:0")])
+        .args([
+            "-show_entries",
+            "packet=pts_time,duration_time",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(file)
+        .output()
+        .expect("ffprobe is installed");
+    let mut packets: Vec<(f64, f64)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (pts, duration) = line.split_once(',')?;
+            Some((pts.trim().parse().ok()?, duration.trim().parse().ok()?))
+        })
+        .collect();
+    packets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    packets
+}
+
+/// First pts to the end of the last packet.
+fn span(packets: &[(f64, f64)]) -> f64 {
+    match (packets.first(), packets.last()) {
+        (Some(first), Some(last)) => last.0 + last.1 - first.0,
+        _ => 0.0,
+    }
+}
+
+#[test]
+fn audio_has_no_holes_when_the_sender_is_lost_and_comes_back() {
+    if !in_private_netns("audio_has_no_holes_when_the_sender_is_lost_and_comes_back") {
+        return;
+    }
+    let dir = scratch("audio-holes");
+    let file = pipeline(&dir, &format!("{SRT_LISTENER}\nstall_timeout = 1"));
+    let mut runner = RunnerChild::start(ENTRY, &file, &dir, &[], &[]);
+    let options = FfmpegOptions {
+        bframes: false,
+        audio: true,
+    };
+    let state = |runner: &mut RunnerChild, want: &str| {
+        runner.wait_event_where("status", WAIT, |s| cam_state(s).as_deref() == Some(want));
+    };
+    const LOSSES: usize = 3;
+    for _ in 0..LOSSES {
+        let sender = senders::ffmpeg_srt(9000, options);
+        state(&mut runner, "primary");
+        // A few seconds of the sender's sound, then it dies without a goodbye.
+        for _ in 0..3 {
+            state(&mut runner, "primary");
+        }
+        drop(sender);
+        state(&mut runner, "fallback");
+        state(&mut runner, "fallback");
+    }
+    runner.signal("INT");
+    assert!(runner.wait_exit(WAIT).success(), "the runner failed");
+    let recording = std::fs::read_dir(dir.join("recordings"))
+        .expect("the recordings folder")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "mp4"))
+        .expect("a recording");
+
+    let audio = packets(&recording, "a");
+    let video = packets(&recording, "v");
+    let holes: Vec<String> = audio
+        .windows(2)
+        .filter(|w| w[1].0 - (w[0].0 + w[0].1) > 0.05)
+        .map(|w| format!("{:.3} s at {:.2} s", w[1].0 - (w[0].0 + w[0].1), w[0].0))
+        .collect();
+    let (audio_s, video_s) = (span(&audio), span(&video));
+    let decoded: f64 = audio.iter().map(|p| p.1).sum();
+    eprintln!(
+        "{LOSSES} sender losses: video {video_s:.2} s, audio {audio_s:.2} s (decoded straight \
+         through: {decoded:.2} s), audio holes > 50 ms: {holes:?}"
+    );
+    assert!(holes.is_empty(), "the audio has holes: {holes:?}");
+    // Decoded straight through (what editors and transcription do), the audio lasts as long
+    // as the video, within two frames.
+    assert!(
+        (decoded - video_s).abs() <= 2.0 / 30.0,
+        "{} s of audio decoded against {video_s:.2} s of video",
+        decoded
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

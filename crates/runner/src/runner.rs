@@ -889,8 +889,13 @@ impl Graph<'_> {
                 .field("channels", a.channels as i32)
                 .build(),
         );
-        self.add_chain(&[&convert, &resample, &caps])?;
-        Ok(Some((convert, caps)))
+        // Sound that stops (a sender lost before the slate's silence takes over, a file's
+        // loop restarting) leaves a hole in the timestamps; muxers write it as a hole and
+        // players and editors play the audio through it, drifting by as much. audiorate fills
+        // every hole with silence so the audio runs as long as the video.
+        let rate = make("audiorate", &format!("{name}-audiorate"))?;
+        self.add_chain(&[&convert, &resample, &caps, &rate])?;
+        Ok(Some((convert, rate)))
     }
 
     fn source(&mut self, source: &Source) -> anyhow::Result<Streams> {
