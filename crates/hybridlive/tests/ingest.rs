@@ -305,3 +305,63 @@ fn audio_has_no_holes_when_the_sender_is_lost_and_comes_back() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_odd_picture_size_is_refused_by_validate() {
+    let dir = scratch("odd-size");
+    let file = dir.join("odd.toml");
+    std::fs::write(
+        &file,
+        "[sources.cam]\ntype = \"test\"\nwidth = 641\nheight = 361\n\n\
+         [encoders.video]\ntype = \"h264\"\ninputs = [\"cam\"]\n\n\
+         [outputs.recording]\ntype = \"record\"\ninputs = [\"video\"]\n",
+    )
+    .expect("write the pipeline");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hybridlive"))
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .expect("hybridlive validate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "641x361 validates: {text}");
+    for wanted in ["odd.toml:3:", "641 is odd", "odd.toml:4:", "361 is odd"] {
+        assert!(text.contains(wanted), "no `{wanted}` in: {text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_failing_run_names_the_first_error_not_the_queues_that_stopped_after_it() {
+    let dir = scratch("first-error");
+    // identity fails the stream after 30 frames, as an encoder refusing its input would; the
+    // source and queues then stop with "Internal data stream error".
+    let file = dir.join("fails.toml");
+    std::fs::write(
+        &file,
+        "[sources.cam]\ntype = \"test\"\nwidth = 320\nheight = 180\naudio = false\n\n\
+         [transforms.broken]\ntype = \"gst\"\ninputs = [\"cam\"]\n\
+         pipeline = \"identity error-after=30\"\n\n\
+         [encoders.video]\ntype = \"h264\"\ninputs = [\"broken\"]\n\n\
+         [outputs.recording]\ntype = \"record\"\ninputs = [\"video\"]\n",
+    )
+    .expect("write the pipeline");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hybridlive"))
+        .arg("run")
+        .arg(&file)
+        .args(["--http", "127.0.0.1:0", "--json", "--duration", "60"])
+        .current_dir(&dir)
+        .output()
+        .expect("hybridlive run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the run succeeded: {stderr}");
+    let last = stderr.lines().rfind(|l| l.contains("ingest failed"));
+    assert!(
+        last.is_some_and(|l| l.contains("identity") && !l.contains("Internal data stream error")),
+        "the run's error does not name the failing element first: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

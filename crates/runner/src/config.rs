@@ -647,6 +647,31 @@ impl<'t, 'i> Fields<'t, 'i> {
         }
     }
 
+    /// [`Fields::integer`] for a picture dimension: H.264/H.265 encode 4:2:0 video, whose
+    /// chroma planes are half the size, so an odd width or height validates here instead of
+    /// failing in the encoder once the run has started.
+    fn even_integer(
+        &mut self,
+        diags: &mut Vec<Diagnostic>,
+        key: &'static str,
+        range: Range<i64>,
+        default: u32,
+    ) -> u32 {
+        let n = self.integer(diags, key, range, default);
+        if n % 2 == 1
+            && let Some(value) = self.table.get(key)
+        {
+            let message = format!(
+                "{n} is odd: 4:2:0 video (H.264, H.265) needs an even {key}, e.g. {} or {}",
+                n - 1,
+                n + 1
+            );
+            self.error(diags, value.span(), key, message);
+            return default;
+        }
+        n
+    }
+
     fn number(
         &mut self,
         diags: &mut Vec<Diagnostic>,
@@ -1052,8 +1077,8 @@ impl Reader<'_> {
     fn source(&mut self, f: &mut Fields, _name: &str) -> Option<Source> {
         let kind = self.component_type(f, SOURCE_TYPES, &[]);
         let video = VideoFormat {
-            width: f.integer(self.diags, "width", 16..7681, 1280),
-            height: f.integer(self.diags, "height", 16..4321, 720),
+            width: f.even_integer(self.diags, "width", 16..7681, 1280),
+            height: f.even_integer(self.diags, "height", 16..4321, 720),
             framerate: f.integer(self.diags, "framerate", 1..121, 30),
         };
         let has_audio = f.bool(self.diags, "audio", true);

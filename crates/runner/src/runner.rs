@@ -642,7 +642,9 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
                     let src = msg.src().map(|s| s.path_string().to_string()).unwrap_or_default();
                     let text = format!("{src}: {}", err.error());
                     event("ingest-error", serde_json::json!({"error": text, "debug": err.debug().map(|d| d.to_string())}));
-                    *ingest_error.lock().unwrap() = Some(text);
+                    // The first error is the cause (an encoder refusing its input); the
+                    // ones after it are the queues and sources stopping because of it.
+                    ingest_error.lock().unwrap().get_or_insert(text);
                     runner.shutdown("ingest error");
                 }
                 gst::MessageView::Eos(_) => runner.shutdown("end of input"),
