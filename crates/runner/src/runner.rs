@@ -498,6 +498,7 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
         pipeline: &ingest,
         streams: BTreeMap::new(),
         fallback_sources: Vec::new(),
+        srt_listeners: Vec::new(),
         abr_scalers: BTreeMap::new(),
     };
     for source in &config.sources {
@@ -513,7 +514,6 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
             match graph.streams.get(&t.input).cloned() {
                 Some(input) => {
                     let video = source_of(&config, &t.input).map(|s| s.video);
-        srt_listeners: Vec::new(),
                     let streams = graph.transform(&t.name, &t.kind, &input, video)?;
                     graph.streams.insert(t.name.clone(), streams);
                 }
@@ -748,6 +748,7 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
 
     main_loop.run();
     let _ = runner.ingest.set_state(gst::State::Null);
+    drop(std::mem::take(&mut graph.srt_listeners));
     server.stop();
     for o in &runner.outputs {
         o.cleanup();
@@ -788,7 +789,6 @@ fn source_of<'a>(config: &'a Pipeline, name: &str) -> Option<&'a Source> {
         if let Some(s) = config.sources.iter().find(|s| s.name == current) {
             return Some(s);
         }
-    drop(std::mem::take(&mut graph.srt_listeners));
         current = &config.transforms.iter().find(|t| t.name == current)?.input;
     }
     None
@@ -798,6 +798,8 @@ struct Graph<'p> {
     pipeline: &'p gst::Pipeline,
     streams: BTreeMap<String, Streams>,
     fallback_sources: Vec<(String, gst::Element)>,
+    /// The sockets of SRT listener sources, closed once the ingest has stopped.
+    srt_listeners: Vec<srt_listener::Listener>,
     /// Per abrcontroller transform: its ladder (`None`: bitrate only) and rung capsfilter.
     abr_scalers: BTreeMap<String, (Option<Ladder>, gst::Element, Option<VideoFormat>)>,
 }
@@ -838,8 +840,6 @@ impl Graph<'_> {
     }
 
     /// A queue on a new branch of `tee`, linked to `first`.
-    /// The sockets of SRT listener sources, closed once the ingest has stopped.
-    srt_listeners: Vec<srt_listener::Listener>,
     fn branch(&self, tee: &gst::Element, first: &gst::Element) -> anyhow::Result<()> {
         let queue = make("queue", "")?;
         self.pipeline.add(&queue)?;
@@ -1439,6 +1439,7 @@ fn on_fallback(src: &gst::Element, media: &str) -> Option<bool> {
                 .property::<Option<gst::Pad>>("active-pad")
                 .is_some_and(|pad| pad.property::<u32>("priority") != 0)
         })
+        .reduce(|a, b| a || b)
 }
 
 /// tee → leaky queue → appsink whose samples go to the output's appsrc.
@@ -1484,7 +1485,6 @@ fn bridge(
 }
 
 /// The raw video every source is normalised to (and a rung is scaled to): I420, square pixels.
-        .reduce(|a, b| a || b)
 fn raw_video_caps(width: u32, height: u32, framerate: gst::Fraction) -> gst::Caps {
     gst::Caps::builder("video/x-raw")
         .field("format", "I420")
