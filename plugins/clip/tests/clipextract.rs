@@ -564,20 +564,43 @@ enum Out {
     Segment,
     Buffer(u64),
     Gap(u64, Option<u64>),
+    /// Answers of the src pad's POSITION and DURATION queries (ms).
+    Query(Option<u64>, Option<u64>),
 }
 
 /// Feeds one audio stream (20 ms frames from 0 to `until_ms`) into clipextract with `ranges`,
 /// sending GAP events (stream time ms, duration ms) before the frame at their time, and
 /// returns what came out.
 fn audio_with_gaps(ranges: &str, until_ms: u64, gaps: &[(u64, u64)]) -> Vec<Out> {
+    audio_fed(ranges, until_ms, gaps, &[])
+}
+
+/// [`audio_with_gaps`], also asking the src pad for its position and duration before the
+/// frames at `queries` (ms).
+fn audio_fed(ranges: &str, until_ms: u64, gaps: &[(u64, u64)], queries: &[u64]) -> Vec<Out> {
     init();
     let c = gst::ElementFactory::make("clipextract")
         .property_from_str("ranges", ranges)
         .build()
         .expect("clipextract");
     let sink = c.request_pad_simple("sink_%u").expect("sink pad");
+    // Answers like a demuxer: in the source's time.
+    let fed_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let answer_ms = fed_ms.clone();
     let feed = gst::Pad::builder(gst::PadDirection::Src)
         .name("feed")
+        .query_function(move |_, _, query| match query.view_mut() {
+            gst::QueryViewMut::Position(q) => {
+                let ms = answer_ms.load(std::sync::atomic::Ordering::SeqCst);
+                q.set(gst::ClockTime::from_mseconds(ms));
+                true
+            }
+            gst::QueryViewMut::Duration(q) => {
+                q.set(gst::ClockTime::from_mseconds(until_ms));
+                true
+            }
+            _ => false,
+        })
         .build();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (on_buffer, on_event) = (seen.clone(), seen.clone());
@@ -620,7 +643,15 @@ fn audio_with_gaps(ranges: &str, until_ms: u64, gaps: &[(u64, u64)]) -> Vec<Out>
     feed.push_event(gst::event::Segment::new(&gst::FormattedSegment::<
         gst::ClockTime,
     >::new()));
+    let src = c.static_pad("src_0").expect("src_0");
     for ms in (0..until_ms).step_by(20) {
+        if queries.contains(&ms) {
+            let position = src.query_position::<gst::ClockTime>().map(|t| t.mseconds());
+            let duration = src.query_duration::<gst::ClockTime>().map(|t| t.mseconds());
+            seen.lock()
+                .expect("lock")
+                .push(Out::Query(position, duration));
+        }
         for &(at, duration) in gaps.iter().filter(|g| g.0 == ms) {
             feed.push_event(
                 gst::event::Gap::builder(gst::ClockTime::from_mseconds(at))
@@ -637,6 +668,7 @@ fn audio_with_gaps(ranges: &str, until_ms: u64, gaps: &[(u64, u64)]) -> Vec<Out>
         if feed.push(buffer).is_err() {
             break;
         }
+        fed_ms.store(ms + 20, std::sync::atomic::Ordering::SeqCst);
     }
     let _ = c.set_state(gst::State::Null);
     std::mem::take(&mut *seen.lock().expect("lock"))
@@ -693,4 +725,13 @@ fn run_err(src: &Path, props: &str) -> String {
         Ok(_) => panic!("{props} gave no error"),
         Err(e) => e,
     }
+}
+
+#[test]
+fn position_and_duration_are_in_clip_time() {
+    // Clip 1.0-2.0 s of 20 ms audio frames: before the frame at 1.5 s, the frames up to
+    // 1.5 s are out: 0.5 s into a 1 s clip.
+    let out = audio_fed("1.0-2.0", 3000, &[], &[1500]);
+    let answers: Vec<&Out> = out.iter().filter(|o| matches!(o, Out::Query(..))).collect();
+    assert_eq!(answers, [&Out::Query(Some(500), Some(1000))], "{out:?}");
 }

@@ -1,7 +1,8 @@
 //! `clipextract` implementation.
 //!
-//! Lock order: `pads` (only to clone the pad list) → a pad's `PushState` → `state` →
-//! `stats`. `settings` is never held with another lock. Nothing is pushed or posted while
+//! Lock order: `pads` (only to clone the pad list) → a pad's `PushState` → its `ClipClock`
+//! → `state` → `stats`. `ClipClock` is held only for a few assignments, so queries, which take
+//! it alone, never wait for a push. `settings` is never held with another lock. Nothing is pushed or posted while
 //! `state` is held. The selector may queue outputs for any stream (video decides where audio
 //! clips start), but each stream's outputs are pushed only by that stream's own thread, under
 //! its `PushState` lock.
@@ -184,6 +185,19 @@ struct PadPair {
     src: gst::Pad,
     index: usize,
     push: Arc<Mutex<PushState>>,
+    clock: Arc<Mutex<ClipClock>>,
+}
+
+/// Where a src pad is in its clip, for POSITION and DURATION queries: in the clip's time
+/// (its segment), not the source's.
+#[derive(Debug, Default)]
+struct ClipClock {
+    /// Clip-relative time of the segment start (stream time 0).
+    seg_start: i64,
+    /// Clip-relative end of the clip, when cut exactly.
+    stop: Option<i64>,
+    /// Clip-relative end of the last buffer pushed; `None` before the clip's first.
+    position: Option<i64>,
 }
 
 #[derive(Default, glib::Properties)]
@@ -616,6 +630,7 @@ impl ClipExtract {
         self.encoded.store(0, Ordering::Relaxed);
         for p in self.pairs() {
             *lock(&p.push) = PushState::default();
+            *lock(&p.clock) = ClipClock::default();
         }
     }
 
@@ -849,6 +864,11 @@ impl ClipExtract {
         caps: Option<&gst::Caps>,
     ) -> Result<(), gst::FlowError> {
         self.prepare_push(pair, ps, caps)?;
+        if let Some(pts) = buffer.pts() {
+            let end = (pts + buffer.duration().unwrap_or_default()).nseconds() as i64;
+            let mut c = lock(&pair.clock);
+            c.position = Some(c.position.map_or(end, |p| p.max(end)));
+        }
         match pair.src.push(buffer) {
             Ok(_) | Err(gst::FlowError::NotLinked) => Ok(()),
             Err(e) => Err(e),
@@ -936,6 +956,11 @@ impl ClipExtract {
                 seg.set_time(gst::ClockTime::ZERO);
                 seg.set_position(clock(start));
                 ps.pending_segment = Some(seg.upcast());
+                *lock(&pair.clock) = ClipClock {
+                    seg_start: start,
+                    stop: present_stop,
+                    position: None,
+                };
                 if leads {
                     lock(&self.stats).clips_started += 1;
                     gst::info!(
@@ -1407,9 +1432,30 @@ impl ClipExtract {
     }
 
     fn src_query(&self, pad: &gst::Pad, query: &mut gst::QueryRef) -> bool {
-        match self.pair_for(pad) {
-            Some(pair) => pair.sink.peer_query(query),
-            None => false,
+        let Some(pair) = self.pair_for(pad) else {
+            return false;
+        };
+        // Upstream answers in the source's time; downstream sees clips, each from zero.
+        match query.view_mut() {
+            gst::QueryViewMut::Position(q) if q.format() == gst::Format::Time => {
+                let c = lock(&pair.clock);
+                let Some(position) = c.position else {
+                    return false;
+                };
+                let end = c.stop.map_or(position, |s| position.min(s));
+                q.set(clock(end - c.seg_start));
+                true
+            }
+            gst::QueryViewMut::Duration(q) if q.format() == gst::Format::Time => {
+                let c = lock(&pair.clock);
+                let Some(stop) = c.stop else {
+                    return false;
+                };
+                q.set(clock(stop - c.seg_start));
+                true
+            }
+            gst::QueryViewMut::Position(_) | gst::QueryViewMut::Duration(_) => false,
+            _ => pair.sink.peer_query(query),
         }
     }
 }
@@ -1565,6 +1611,7 @@ impl ElementImpl for ClipExtract {
             src: src.clone(),
             index,
             push: Arc::new(Mutex::new(PushState::default())),
+            clock: Arc::default(),
         });
         drop(pads);
         let active = self.obj().current_state() > gst::State::Ready;
