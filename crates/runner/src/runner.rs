@@ -40,6 +40,21 @@ static JSON: AtomicBool = AtomicBool::new(false);
 /// Embedded runs ([`run_embedded`]) print nothing: the embedding tool owns the terminal.
 static QUIET: AtomicBool = AtomicBool::new(false);
 
+/// The page's address as a browser on this machine opens it: a server listening on every
+/// interface (`0.0.0.0`, `::`) is reached through loopback, not through that address.
+fn viewer_url(addr: std::net::SocketAddr) -> String {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        }
+        ip => ip,
+    };
+    format!("http://{}/", std::net::SocketAddr::new(ip, addr.port()))
+}
+
 /// Prints one event: a JSON line with `--json`, a plain line otherwise.
 pub fn event(kind: &str, fields: serde_json::Value) {
     if QUIET.load(Ordering::Relaxed) {
@@ -695,9 +710,32 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
         .iter()
         .find_map(|o| o.hls_dir().map(|d| d.to_path_buf()));
     let server = crate::server::start(listener, runner.clone(), token, hls_dir.clone())?;
-    let url = format!("http://{}/", server.addr);
+    let url = viewer_url(server.addr);
     shared.with(|s| s.viewer_url = url.clone());
     let mut ready = serde_json::json!({"viewer": url, "metrics": format!("{url}metrics")});
+    if server.addr.ip().is_unspecified() {
+        ready["listening"] = server.addr.to_string().into();
+        let loopback_webrtc = config.outputs.iter().any(|o| {
+            matches!(
+                o.kind,
+                crate::config::OutputKind::Webrtc {
+                    loopback_only: true,
+                    ..
+                }
+            )
+        });
+        if loopback_webrtc {
+            event(
+                "warning",
+                serde_json::json!({"message": format!(
+                    "HTTP listens on {} for other machines, but the webrtc output has \
+                     loopback_only = true: their viewers get no WebRTC candidate they can reach \
+                     and fall back to HLS",
+                    server.addr
+                )}),
+            );
+        }
+    }
     if hls_dir.is_some() {
         ready["hls"] = format!("{url}hls/live.m3u8").into();
     }
@@ -1493,4 +1531,25 @@ fn raw_video_caps(width: u32, height: u32, framerate: gst::Fraction) -> gst::Cap
         .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
         .field("framerate", framerate)
         .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::viewer_url;
+
+    #[test]
+    fn a_server_on_every_interface_is_shown_at_loopback() {
+        assert_eq!(
+            viewer_url("0.0.0.0:8080".parse().unwrap()),
+            "http://127.0.0.1:8080/"
+        );
+        assert_eq!(
+            viewer_url("[::]:8080".parse().unwrap()),
+            "http://[::1]:8080/"
+        );
+        assert_eq!(
+            viewer_url("192.0.2.7:80".parse().unwrap()),
+            "http://192.0.2.7:80/"
+        );
+    }
 }
