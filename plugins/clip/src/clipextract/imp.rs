@@ -367,16 +367,27 @@ fn video_codec(s: &gst::StructureRef) -> Option<(Codec, Framing)> {
     Some((codec, Framing::LengthPrefixed(size)))
 }
 
-/// Whether no other frame references this one (first slice's NAL header).
-fn is_disposable(data: &[u8], codec: Codec, framing: Framing) -> bool {
+/// Whether no other frame references this one (first slice's NAL header). `max_temporal_id`:
+/// H.265, the highest TemporalId the stream's SPS allows (`None` when unknown).
+fn is_disposable(data: &[u8], codec: Codec, framing: Framing, max_temporal_id: Option<u8>) -> bool {
     for nal in NalUnits::new(data, framing) {
         let h = nal.header();
         let t = codec.nal_type(h);
         if codec.is_vcl(t) {
             return match codec {
                 Codec::H264 => (h >> 5) & 3 == 0,
-                // TRAIL_N, TSA_N, STSA_N, RADL_N, RASL_N, RSV_VCL_N10/12/14.
-                Codec::H265 => t <= 14 && t.is_multiple_of(2),
+                // TRAIL_N, TSA_N, STSA_N, RADL_N, RASL_N, RSV_VCL_N10/12/14 are sub-layer
+                // non-reference pictures: pictures of a higher temporal sub-layer may still
+                // reference them, so only those of the highest sub-layer can go.
+                Codec::H265 => {
+                    let temporal_id = data
+                        .get(nal.start + 1)
+                        .map(|b| (b & 0x07).saturating_sub(1));
+                    t <= 14
+                        && t.is_multiple_of(2)
+                        && temporal_id.is_some()
+                        && temporal_id == max_temporal_id
+                }
             };
         }
     }
@@ -684,8 +695,10 @@ impl ClipExtract {
                     let key = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
                     let map = buffer.map_readable().ok();
                     let data = map.as_ref().map(|m| m.as_slice()).unwrap_or(&[]);
-                    let disposable = !key && is_disposable(data, codec, framing);
-                    Arc::make_mut(&mut st.streams[pair.index].sets).add_in_band(data, framing);
+                    let sets = Arc::make_mut(&mut st.streams[pair.index].sets);
+                    sets.add_in_band(data, framing);
+                    let max_temporal_id = sets.max_temporal_id();
+                    let disposable = !key && is_disposable(data, codec, framing, max_temporal_id);
                     let splice = key && {
                         let params = match codec {
                             Codec::H264 => {
@@ -1665,5 +1678,27 @@ impl ElementImpl for ClipExtract {
             }
         }
         Ok(ret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An H.265 access unit of one slice of NAL type `nal_type` in sub-layer `temporal_id`.
+    fn h265_au(nal_type: u8, temporal_id: u8) -> Vec<u8> {
+        vec![0, 0, 0, 1, nal_type << 1, temporal_id + 1, 0xaf, 0x10]
+    }
+
+    #[test]
+    fn h265_sub_layer_non_reference_pictures_go_only_from_the_highest_sub_layer() {
+        let disposable = |au: &[u8], max| is_disposable(au, Codec::H265, Framing::AnnexB, max);
+        // TRAIL_N (0) of sub-layer 0 with a sub-layer 1 above it: sub-layer 1 may refer to it.
+        assert!(!disposable(&h265_au(0, 0), Some(1)));
+        assert!(disposable(&h265_au(0, 1), Some(1)));
+        assert!(disposable(&h265_au(0, 0), Some(0)));
+        // Unknown layering: kept. TRAIL_R (1) is always kept.
+        assert!(!disposable(&h265_au(0, 0), None));
+        assert!(!disposable(&h265_au(1, 1), Some(1)));
     }
 }

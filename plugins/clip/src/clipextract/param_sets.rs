@@ -141,6 +141,19 @@ impl LatestParamSets {
         changed
     }
 
+    /// H.265: the highest TemporalId the kept SPSs allow (`sps_max_sub_layers_minus1`);
+    /// `None` for H.264 or before an SPS.
+    pub fn max_temporal_id(&self) -> Option<u8> {
+        if self.codec != Some(Codec::H265) {
+            return None;
+        }
+        self.units
+            .iter()
+            .filter(|((kind, _), _)| *kind == SetKind::Sps)
+            .filter_map(|(_, nal)| nal.get(2).map(|b| (b >> 1) & 0x07))
+            .max()
+    }
+
     /// The units to put in front of `au` so a decoder starting there has every parameter set:
     /// all kept ones except those `au` carries itself (same kind and id) and those in `known`
     /// (already given to the decoder, e.g. in the caps' `codec_data`).
@@ -197,6 +210,11 @@ mod tests {
         // sps_seq_parameter_set_id = 2: "011".
         sps.push(0b0110_0000);
         assert_eq!(key(Codec::H265, &sps), Some((SetKind::Sps, 2)));
+        let mut sets = LatestParamSets::default();
+        sets.set_codec(Codec::H265);
+        assert_eq!(sets.max_temporal_id(), None);
+        sets.add(&sps);
+        assert_eq!(sets.max_temporal_id(), Some(0));
     }
 
     #[test]
