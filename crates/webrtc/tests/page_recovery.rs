@@ -46,20 +46,17 @@ window.result = { playedBefore, recovered, shown, states };
 </script>
 "#;
 
-#[test]
-fn the_player_plays_again_after_the_whep_server_restarted() {
-    if !in_private_netns("the_player_plays_again_after_the_whep_server_restarted") {
-        return;
-    }
-    let pipeline = encoded_source(640, 360, "restart");
-    pipeline.set_state(gst::State::Playing).unwrap();
+/// A WHEP output on `pipeline`'s tee `t` that `POST /restart` restarts: every session ends,
+/// offers get 503 for two seconds, then a new output answers (a new process would have no
+/// memory of the old sessions either). Returns the output, the route and the restart count.
+fn restartable(pipeline: &gst::Pipeline) -> (SharedOutput, Route, Arc<Mutex<u32>>) {
     let config = WhepConfig {
         loopback_ice: true,
         ..Default::default()
     };
     let tee = pipeline.by_name("t").unwrap();
     let output: SharedOutput = Arc::new(Mutex::new(Some(WhepOutput::new(
-        &pipeline,
+        pipeline,
         &tee,
         None,
         config.clone(),
@@ -71,8 +68,6 @@ fn the_player_plays_again_after_the_whep_server_restarted() {
             if (method, path) != ("POST", "/restart") {
                 return None;
             }
-            // Down: every session ends and offers get 503 for two seconds, then a new output
-            // (a new process would have no memory of the old sessions either).
             if let Some(old) = output.lock().unwrap().take() {
                 old.close_all();
             }
@@ -90,6 +85,17 @@ fn the_player_plays_again_after_the_whep_server_restarted() {
             Some((200, String::new()))
         })
     };
+    (output, route, restarts)
+}
+
+#[test]
+fn the_player_plays_again_after_the_whep_server_restarted() {
+    if !in_private_netns("the_player_plays_again_after_the_whep_server_restarted") {
+        return;
+    }
+    let pipeline = encoded_source(640, 360, "restart");
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let (output, route, restarts) = restartable(&pipeline);
     let port = serve_page(RESTART_PAGE, output.clone(), Some(route));
     let result = open_in_chromium(port, "", 60);
     eprintln!("chromium across a WHEP server restart: {result}");
@@ -177,6 +183,78 @@ fn stopping_the_player_leaves_no_video_frame_callback() {
     assert_eq!(
         result["callbacksLeft"], 0,
         "frame callbacks of stopped players still registered: {result}"
+    );
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+/// The runner's viewer page across a WHEP server restart: it says the connection was lost
+/// (with no figure of the lost session), plays WebRTC again on a new session, and measures
+/// again. Run in the page: the restart is asked once the page plays, then the page is watched.
+const VIEWER_PAGE_ACROSS_RESTART: &str = "(async () => { \
+    const v = window.viewer; const texts = []; \
+    const note = () => { const t = document.getElementById('state').textContent; \
+      if (texts[texts.length - 1] !== t) texts.push(t); }; \
+    const firstPc = v.player.pc; \
+    await fetch('/restart', { method: 'POST' }); \
+    const deadline = performance.now() + 45000; let decoded = 0; \
+    while (performance.now() < deadline) { \
+      note(); \
+      if (v.mode === 'webrtc' && v.player && v.player.pc && v.player.pc !== firstPc) { \
+        const s = await v.player.stats(); decoded = s ? s.framesDecoded : 0; \
+        if (decoded >= 30 && v.latencies.length >= 10) break; \
+      } \
+      await new Promise((r) => setTimeout(r, 100)); \
+    } \
+    note(); \
+    return { mode: v.mode, reconnects: v.reconnects || 0, decoded, measured: v.latencies.length, texts }; \
+  })()";
+
+#[test]
+fn the_viewer_page_plays_webrtc_again_after_the_whep_server_restarted() {
+    if !in_private_netns("the_viewer_page_plays_webrtc_again_after_the_whep_server_restarted") {
+        return;
+    }
+    static INDEX: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        String::from_utf8(runner_asset("index.html")).expect("index.html is UTF-8")
+    });
+    let pipeline = encoded_source(640, 360, "page");
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let (output, route, restarts) = restartable(&pipeline);
+    let port = serve_page(INDEX.as_str(), output, Some(route));
+    let result = open_in_chromium_with(
+        port,
+        "",
+        60,
+        &[
+            (
+                "WAIT",
+                "window.viewer && window.viewer.mode === 'webrtc' && window.viewer.latencies.length >= 30",
+            ),
+            ("RESULT", VIEWER_PAGE_ACROSS_RESTART),
+        ],
+    );
+    eprintln!("the viewer page across a WHEP server restart: {result}");
+    assert_eq!(*restarts.lock().unwrap(), 1);
+    assert_eq!(result["mode"], "webrtc", "{result}");
+    assert_eq!(result["reconnects"], 1, "{result}");
+    assert!(result["decoded"].as_u64().unwrap() >= 30, "{result}");
+    let texts: Vec<&str> = result["texts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t.as_str())
+        .collect();
+    let lost = texts
+        .iter()
+        .position(|t| t.contains("connection lost"))
+        .unwrap_or_else(|| panic!("the page never said the connection was lost: {result}"));
+    let back = texts
+        .iter()
+        .position(|t| t.contains("playing again"))
+        .unwrap_or_else(|| panic!("the page never said it plays again: {result}"));
+    assert!(
+        texts[lost..back].iter().all(|t| !t.contains("p50")),
+        "a figure shown while the connection was lost: {result}"
     );
     pipeline.set_state(gst::State::Null).unwrap();
 }

@@ -8,6 +8,9 @@ import { findStamp } from './stamp.js';
 
 /** How long a `disconnected` connection may take to come back by itself before it is lost. */
 const DISCONNECTED_GRACE_MS = 2000;
+/** How long received media may stop, once it flowed, before the connection counts as lost:
+ * browsers take 5 s or more to call a silent peer `disconnected`. */
+const SILENCE_MS = 3000;
 /** Back-off between offers after a loss: doubles from the first to the last, then stays. */
 const RETRY_FIRST_MS = 500;
 const RETRY_MAX_MS = 8000;
@@ -63,7 +66,10 @@ export async function playWhep(video, endpoint, {
   /** One WHEP session: a peer connection, its offer and answer, its data channel. */
   async function connect() {
     const pc = new RTCPeerConnection({ encodedInsertableStreams: true });
-    const current = { pc, resource: null, postedAt: null, channel: null, channelOpen: null, pending: new Map(), nextId: 1, graceTimer: null };
+    const current = {
+      pc, resource: null, postedAt: null, channel: null, channelOpen: null, pending: new Map(), nextId: 1,
+      graceTimer: null, watchdog: null,
+    };
     try {
       const transceiver = pc.addTransceiver('video', { direction: 'recvonly' });
       if (withoutHeaderExtensions.length) {
@@ -117,6 +123,24 @@ export async function playWhep(video, endpoint, {
       pc.close();
       throw err;
     }
+    // Media that stopped after it flowed (the server went away without a word) is a loss too.
+    let packets = 0;
+    let quietSince = null;
+    current.watchdog = setInterval(async () => {
+      if (current !== session) return;
+      let received = 0;
+      for (const s of (await pc.getStats()).values()) {
+        if (s.type === 'inbound-rtp') received += s.packetsReceived || 0;
+      }
+      if (received > packets || packets === 0) {
+        packets = received;
+        quietSince = null;
+      } else if (quietSince === null) {
+        quietSince = performance.now();
+      } else if (performance.now() - quietSince >= SILENCE_MS) {
+        lost(`no media for ${Math.round(SILENCE_MS / 1000)} s`);
+      }
+    }, 500);
     pc.addEventListener('connectionstatechange', () => {
       if (current !== session) return;
       const state = pc.connectionState;
@@ -133,6 +157,7 @@ export async function playWhep(video, endpoint, {
 
   function close(current) {
     clearTimeout(current.graceTimer);
+    clearInterval(current.watchdog);
     current.pc.close();
     if (current.resource) fetch(current.resource, { method: 'DELETE' }).catch(() => {});
   }
@@ -240,6 +265,7 @@ export async function playWhep(video, endpoint, {
       session = null;
       if (current) {
         clearTimeout(current.graceTimer);
+        clearInterval(current.watchdog);
         current.pc.close();
         if (current.resource) await fetch(current.resource, { method: 'DELETE' }).catch(() => {});
       }

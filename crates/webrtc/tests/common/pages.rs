@@ -22,6 +22,14 @@ fn web_file(name: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A file of the runner's viewer page (`crates/runner/assets/`).
+pub fn runner_asset(name: &str) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../runner/assets")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// Serves `page` at `/` on a loopback port (returned) from threads of its own.
 pub fn serve_page(page: &'static str, output: SharedOutput, route: Option<Route>) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -94,18 +102,16 @@ fn handle(
             None => (503, vec![], b"restarting".to_vec()),
         }
     } else {
-        let (ct, text) = match path.as_str() {
-            "/" => ("text/html", page.to_string()),
-            "/whep-player.js" => ("text/javascript", web_file("whep-player.js")),
-            "/stamp.js" => ("text/javascript", web_file("stamp.js")),
-            _ => ("text/plain", String::new()),
+        // At the root for the test pages, under /assets/ as the runner serves them.
+        let (ct, body) = match path.trim_start_matches("/assets") {
+            "/" => ("text/html", page.as_bytes().to_vec()),
+            "/whep-player.js" => ("text/javascript", web_file("whep-player.js").into_bytes()),
+            "/stamp.js" => ("text/javascript", web_file("stamp.js").into_bytes()),
+            "/hls.min.js" => ("text/javascript", runner_asset("hls.min.js")),
+            _ => ("text/plain", Vec::new()),
         };
-        let status = if text.is_empty() { 404 } else { 200 };
-        (
-            status,
-            vec![("Content-Type".into(), ct.into())],
-            text.into_bytes(),
-        )
+        let status = if body.is_empty() { 404 } else { 200 };
+        (status, vec![("Content-Type".into(), ct.into())], body)
     };
     let mut head = format!(
         "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -122,11 +128,23 @@ fn handle(
 /// Opens `http://127.0.0.1:<port><query>` in headless Chromium until the page sets
 /// `window.result` (or `timeout_s` passes) and returns it.
 pub fn open_in_chromium(port: u16, query: &str, timeout_s: u32) -> serde_json::Value {
+    open_in_chromium_with(port, query, timeout_s, &[])
+}
+
+/// [`open_in_chromium`] with the driver's `WAIT` and `RESULT` expressions (see
+/// `tests/browser/viewer.mjs`) in `env`.
+pub fn open_in_chromium_with(
+    port: u16,
+    query: &str,
+    timeout_s: u32,
+    env: &[(&str, &str)],
+) -> serde_json::Value {
     let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/viewer.mjs");
     let out = Command::new("node")
         .arg(&driver)
         .arg(format!("http://127.0.0.1:{port}/{query}"))
         .arg(timeout_s.to_string())
+        .envs(env.iter().copied())
         .output()
         .expect("node runs (scripts/setup installs it with the browser test packages)");
     let stderr = String::from_utf8_lossy(&out.stderr);
