@@ -24,11 +24,10 @@
 pub mod abuse;
 mod transport;
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -39,7 +38,9 @@ use tokio::sync::Semaphore;
 
 use crate::runner::Runner;
 use crate::state::AbrStatus;
-use transport::{BodyError, LIMITS, Request, Response, Transport, declared_length, read_body};
+use transport::{
+    BodyError, LIMITS, Places, Request, Response, Transport, declared_length, read_body,
+};
 
 /// Largest request body accepted by the API.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -118,31 +119,7 @@ fn listen(address: std::net::SocketAddr) -> std::io::Result<std::net::TcpListene
 struct Turns {
     quick: Semaphore,
     hls_waits: Semaphore,
-    /// WHEP negotiations per client address.
-    whep: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// A WHEP negotiation's place, given back when dropped.
-struct WhepTurn {
-    context: Arc<Context>,
-    client: IpAddr,
-}
-
-impl Drop for WhepTurn {
-    fn drop(&mut self) {
-        let mut taken = self
-            .context
-            .turns
-            .whep
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = taken.get_mut(&self.client) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                taken.remove(&self.client);
-            }
-        }
-    }
+    whep: Arc<Places>,
 }
 
 struct Context {
@@ -151,26 +128,6 @@ struct Context {
     hls_dir: Option<PathBuf>,
     segment_times: crate::hls::SegmentTimes,
     turns: Turns,
-}
-
-impl Context {
-    /// A place for one more WHEP negotiation from `client`, if there is one.
-    fn whep_turn(self: &Arc<Self>, client: IpAddr) -> Option<WhepTurn> {
-        let mut taken = self.turns.whep.lock().unwrap_or_else(|e| e.into_inner());
-        let total: usize = taken.values().sum();
-        let mine = taken.entry(client).or_insert(0);
-        if total >= MAX_WHEP_IN_FLIGHT || *mine >= MAX_WHEP_IN_FLIGHT_PER_CLIENT {
-            if *mine == 0 {
-                taken.remove(&client);
-            }
-            return None;
-        }
-        *mine += 1;
-        Some(WhepTurn {
-            context: self.clone(),
-            client,
-        })
-    }
 }
 
 /// Serves `listener` until [`ServerHandle::stop`].
@@ -197,7 +154,7 @@ pub fn start(
         turns: Turns {
             quick: Semaphore::new(MAX_QUICK),
             hls_waits: Semaphore::new(MAX_HLS_WAITS),
-            whep: Mutex::new(HashMap::new()),
+            whep: Places::new(MAX_WHEP_IN_FLIGHT, MAX_WHEP_IN_FLIGHT_PER_CLIENT),
         },
     });
     let handler: transport::Handler =
@@ -504,7 +461,7 @@ async fn whep(context: Arc<Context>, client: IpAddr, request: Request, path: &st
     };
     // An offer waits on ICE gathering: those have places of their own, a few per client.
     if is_offer {
-        let Some(turn) = context.whep_turn(client) else {
+        let Some(turn) = Places::take(&context.turns.whep, client) else {
             return cors(busy(2, "too many WebRTC sessions are being set up; retry"));
         };
         let response = tokio::task::spawn_blocking(answer).await;

@@ -132,25 +132,36 @@ pub fn declared_length(request: &Request) -> u64 {
         .unwrap_or(0)
 }
 
-/// Open connections, in total and per client address.
-struct Connections {
+/// Places shared by all clients (open connections, WHEP negotiations), at most `max_total`
+/// in all and `max_per_client` per client address.
+pub struct Places {
     max_total: usize,
     max_per_client: usize,
-    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    taken: Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
-/// One admitted connection; leaving the table when dropped.
-struct Admission {
-    table: Arc<Connections>,
+/// A place taken; given back when dropped.
+pub struct Place {
+    places: Arc<Places>,
     client: IpAddr,
 }
 
-impl Connections {
-    fn admit(table: &Arc<Connections>, client: IpAddr) -> Option<Admission> {
-        let mut open = table.open.lock().unwrap_or_else(|e| e.into_inner());
-        let (total, per_client) = &mut *open;
+impl Places {
+    /// `max_total` places, `max_per_client` of them for one address.
+    pub fn new(max_total: usize, max_per_client: usize) -> Arc<Places> {
+        Arc::new(Places {
+            max_total,
+            max_per_client,
+            taken: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    /// A place for `client`, unless all are taken or `client` has its share.
+    pub fn take(places: &Arc<Places>, client: IpAddr) -> Option<Place> {
+        let mut taken = places.taken.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, per_client) = &mut *taken;
         let mine = per_client.entry(client).or_insert(0);
-        if *total >= table.max_total || *mine >= table.max_per_client {
+        if *total >= places.max_total || *mine >= places.max_per_client {
             if *mine == 0 {
                 per_client.remove(&client);
             }
@@ -158,17 +169,22 @@ impl Connections {
         }
         *mine += 1;
         *total += 1;
-        Some(Admission {
-            table: table.clone(),
+        Some(Place {
+            places: places.clone(),
             client,
         })
     }
+
+    /// Places taken now.
+    fn in_use(&self) -> usize {
+        self.taken.lock().map_or(0, |t| t.0)
+    }
 }
 
-impl Drop for Admission {
+impl Drop for Place {
     fn drop(&mut self) {
-        let mut open = self.table.open.lock().unwrap_or_else(|e| e.into_inner());
-        let (total, per_client) = &mut *open;
+        let mut taken = self.places.taken.lock().unwrap_or_else(|e| e.into_inner());
+        let (total, per_client) = &mut *taken;
         *total = total.saturating_sub(1);
         if let Some(mine) = per_client.get_mut(&self.client) {
             *mine = mine.saturating_sub(1);
@@ -202,7 +218,7 @@ pub struct Transport {
     runtime: tokio::runtime::Runtime,
     stop: watch::Sender<bool>,
     accept: tokio::task::JoinHandle<()>,
-    table: Arc<Connections>,
+    table: Arc<Places>,
 }
 
 impl Transport {
@@ -227,11 +243,10 @@ impl Transport {
             tokio::net::TcpListener::from_std(listener)?
         };
         let max_total = connection_cap();
-        let table = Arc::new(Connections {
+        let table = Places::new(
             max_total,
-            max_per_client: (max_total / PER_CLIENT_SHARE).max(MIN_CONNECTIONS / 2),
-            open: Mutex::new((0, HashMap::new())),
-        });
+            (max_total / PER_CLIENT_SHARE).max(MIN_CONNECTIONS / 2),
+        );
         let (stop, stopped) = watch::channel(false);
         let accept = runtime.spawn(accept_loop(listener, table.clone(), handler, stopped));
         Ok(Transport {
@@ -249,8 +264,7 @@ impl Transport {
         self.runtime.block_on(async {
             let _ = self.accept.await;
             let deadline = tokio::time::Instant::now() + STOP_GRACE;
-            while table.open.lock().map_or(0, |o| o.0) > 0 && tokio::time::Instant::now() < deadline
-            {
+            while table.in_use() > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         });
@@ -262,7 +276,7 @@ impl Transport {
 
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    table: Arc<Connections>,
+    table: Arc<Places>,
     handler: Handler,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -273,7 +287,7 @@ async fn accept_loop(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => match Connections::admit(&table, peer.ip()) {
+            Ok((stream, peer)) => match Places::take(&table, peer.ip()) {
                 Some(admission) => {
                     let _ = stream.set_nodelay(true);
                     tokio::spawn(serve(
@@ -492,29 +506,27 @@ mod tests {
     }
 
     #[test]
-    fn one_client_cannot_take_every_connection() {
-        let table = Arc::new(Connections {
-            max_total: 8,
-            max_per_client: 2,
-            open: Mutex::new((0, HashMap::new())),
-        });
+    fn one_client_cannot_take_every_place() {
+        let places = Places::new(8, 2);
         let a: IpAddr = [10, 0, 0, 1].into();
         let b: IpAddr = [10, 0, 0, 2].into();
-        let held: Vec<Admission> = (0..2)
-            .map(|_| Connections::admit(&table, a).expect("within the client's share"))
+        let held: Vec<Place> = (0..2)
+            .map(|_| Places::take(&places, a).expect("within the client's share"))
             .collect();
-        assert!(Connections::admit(&table, a).is_none(), "over the share");
-        let other = Connections::admit(&table, b).expect("another client still gets in");
+        assert!(Places::take(&places, a).is_none(), "over the share");
+        let other = Places::take(&places, b).expect("another client still gets in");
         drop(held);
-        assert!(Connections::admit(&table, a).is_some(), "places come back");
+        assert!(Places::take(&places, a).is_some(), "places come back");
         drop(other);
-        let many: Vec<Admission> = (0..8u8)
-            .filter_map(|i| Connections::admit(&table, [10, 0, 1, i].into()))
+        let many: Vec<Place> = (0..8u8)
+            .filter_map(|i| Places::take(&places, [10, 0, 1, i].into()))
             .collect();
         assert_eq!(many.len(), 8);
         assert!(
-            Connections::admit(&table, [10, 0, 2, 1].into()).is_none(),
+            Places::take(&places, [10, 0, 2, 1].into()).is_none(),
             "over the total"
         );
+        drop(many);
+        assert_eq!(places.in_use(), 0);
     }
 }
