@@ -735,3 +735,82 @@ fn position_and_duration_are_in_clip_time() {
     let answers: Vec<&Out> = out.iter().filter(|o| matches!(o, Out::Query(..))).collect();
     assert_eq!(answers, [&Out::Query(Some(500), Some(1000))], "{out:?}");
 }
+
+#[test]
+fn a_flushing_seek_cuts_again_from_the_new_position() {
+    let src = source("seek");
+    init();
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location={} ! qtdemux name=d \
+         d.video_0 ! queue ! h264parse ! c.sink_0 \
+         d.audio_0 ! queue ! aacparse ! c.sink_1 \
+         clipextract name=c ranges=3.3-4.1 \
+         c.src_0 ! fakesink name=v sync=false c.src_1 ! fakesink name=a sync=false",
+        src.display()
+    ))
+    .expect("pipeline")
+    .downcast::<gst::Pipeline>()
+    .expect("pipeline");
+    let video = Arc::new(Mutex::new(Vec::new()));
+    record(&pipeline.by_name("v").expect("v"), video.clone());
+    let bus = pipeline.bus().expect("bus");
+    pipeline.set_state(gst::State::Paused).expect("pause");
+    let prerolled = bus.timed_pop_filtered(
+        gst::ClockTime::from_seconds(30),
+        &[gst::MessageType::AsyncDone, gst::MessageType::Error],
+    );
+    assert!(
+        matches!(
+            prerolled.as_ref().map(|m| m.view()),
+            Some(gst::MessageView::AsyncDone(_))
+        ),
+        "{prerolled:?}"
+    );
+    // Back to the start, while both streams' threads are busy.
+    pipeline
+        .seek_simple(gst::SeekFlags::FLUSH, gst::ClockTime::ZERO)
+        .expect("seek");
+    pipeline.set_state(gst::State::Playing).expect("play");
+    let end = bus.timed_pop_filtered(
+        gst::ClockTime::from_seconds(30),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
+    let _ = pipeline.set_state(gst::State::Null);
+    let _ = std::fs::remove_file(&src);
+    assert!(
+        matches!(
+            end.as_ref().map(|m| m.view()),
+            Some(gst::MessageView::Eos(_))
+        ),
+        "{end:?}"
+    );
+    // The clip after the seek is whole: from its key frame at 2 s to the end at 4.1 s.
+    let video = video.lock().expect("lock").clone();
+    let clips = clips(&video);
+    let last = clips.last().expect("a clip after the seek");
+    let Some(Item::ClipStart {
+        present_stop: Some(stop),
+        ..
+    }) = last.first().cloned()
+    else {
+        panic!("{last:?}")
+    };
+    let pts: Vec<u64> = last
+        .iter()
+        .filter_map(|i| match i {
+            Item::Buffer { pts } => Some(*pts),
+            _ => None,
+        })
+        .collect();
+    let segment_start = last.iter().find_map(|i| match i {
+        Item::Segment { start, .. } => Some(*start),
+        _ => None,
+    });
+    assert_eq!(pts.first().copied(), segment_start, "{last:?}");
+    assert!(
+        pts.iter().max().is_some_and(|&p| p + 40 * MS >= stop),
+        "{last:?}"
+    );
+    // 2.0-4.1 s less the B-frames before 3.3 s that nothing needs.
+    assert!(pts.len() >= 40, "{} frames: {last:?}", pts.len());
+}

@@ -93,6 +93,10 @@ struct StreamInfo {
     released: bool,
     /// Stream time of the latest frame, to say where the stream ended.
     last_pts: Option<i64>,
+    /// Between FLUSH_START and FLUSH_STOP on this pad. A seek's first FLUSH_STOP (on any pad)
+    /// rebuilds the selector for all streams; a chain call of this pad still in flight then
+    /// must not feed it a frame from before the seek.
+    flushing: bool,
 }
 
 /// Frame duration from the caps' framerate, 40 ms when unknown.
@@ -653,6 +657,9 @@ impl ClipExtract {
         let pair = self.pair_for(pad).ok_or(gst::FlowError::NotLinked)?;
         {
             let mut st = lock(&self.state);
+            if st.streams[pair.index].flushing {
+                return Err(gst::FlowError::Flushing);
+            }
             if st.selector.is_done(pair.index) {
                 // Outputs queued for this pad by another thread (its EOS) go out first.
                 drop(st);
@@ -1365,10 +1372,18 @@ impl ClipExtract {
                 // Done pushed EOS downstream already.
                 true
             }
+            EventView::FlushStart(_) => {
+                lock(&self.state).streams[pair.index].flushing = true;
+                gst::Pad::event_default(pad, Some(&*self.obj()), event)
+            }
             EventView::FlushStop(_) => {
                 // A seek restarts the timeline: the first flush of it re-reads the ranges so an
                 // application can set them and then seek.
-                let reload = lock(&self.state).last_flush != Some(event.seqnum());
+                let reload = {
+                    let mut st = lock(&self.state);
+                    st.streams[pair.index].flushing = false;
+                    st.last_flush != Some(event.seqnum())
+                };
                 let ranges = if reload {
                     match self.load_ranges() {
                         Ok(r) => Some(r),
