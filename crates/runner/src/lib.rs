@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 pub mod config;
+mod endpoint;
 mod fragment;
 mod hls;
 mod llhls;

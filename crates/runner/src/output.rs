@@ -33,6 +33,9 @@ const RTMP_BACKLOG: gst::ClockTime = gst::ClockTime::from_seconds(5);
 const EGRESS_PEER_TIMEOUT: Duration = Duration::from_secs(12);
 /// WHIP/Janus egress: a publisher not connected this long after its start has failed.
 const EGRESS_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a failed output's endpoint is given to accept a TCP connection when the failure
+/// is described (refused comes at once; a host that drops packets takes this long).
+const ENDPOINT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// mp4mux fragment length: at most this much media is lost on `kill -9`.
 const FRAGMENT_MS: u32 = 500;
 
@@ -823,6 +826,36 @@ impl OutputRunner {
         }
     }
 
+    /// Where this output sends its media, for messages (secrets masked): `None` for outputs
+    /// that serve or write locally.
+    fn endpoint(&self) -> Option<crate::endpoint::Endpoint> {
+        use crate::endpoint::Endpoint;
+        match &self.config.kind {
+            OutputKind::Srt { uri } => Some(Endpoint::new(uri, &[])),
+            OutputKind::Rtmp { location } => Some(Endpoint::new(location, &[])),
+            OutputKind::Whip {
+                endpoint, token, ..
+            } => Some(Endpoint::new(endpoint, &[token.as_deref().unwrap_or("")])),
+            OutputKind::Janus { endpoint, .. } => Some(Endpoint::new(endpoint, &[])),
+            OutputKind::Hls { .. } | OutputKind::Record { .. } | OutputKind::Webrtc { .. } => None,
+        }
+    }
+
+    /// A failure as the status and the event log show it: for an output that sends its media
+    /// somewhere, the endpoint and why it cannot be reached (the elements say only "Could not
+    /// open resource for writing" or "general stream error"), and never a stream key,
+    /// passphrase or token.
+    fn describe_failure(&self, error: String) -> String {
+        let Some(endpoint) = self.endpoint() else {
+            return error;
+        };
+        let message = match endpoint.unreachable_reason(ENDPOINT_PROBE_TIMEOUT) {
+            Some(reason) => format!("{error} ({}: {reason})", endpoint.shown),
+            None => format!("{error} ({})", endpoint.shown),
+        };
+        endpoint.redact(&message)
+    }
+
     fn failed(self: &Arc<Self>, generation: u64, error: String) {
         let (pipeline, wanted, delay) = {
             let mut inner = self.inner.lock().unwrap();
@@ -853,6 +886,7 @@ impl OutputRunner {
             tear_down(p.upcast_ref());
         }
         self.finish_timeline();
+        let error = self.describe_failure(error);
         self.set_state("failed", Some(error.clone()));
         if wanted {
             self.shared.with(|s| {
