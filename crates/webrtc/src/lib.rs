@@ -25,8 +25,8 @@ pub const WHEP_PLAYER_JS: &str = include_str!("../web/whep-player.js");
 /// Reads capture stamps from H.264 access units in the browser (ES module).
 pub const STAMP_JS: &str = include_str!("../web/stamp.js");
 pub use offer::{
-    H264Offer, OfferError, PLAYOUT_DELAY_URI, VideoCodec, ViewerOffer, choose_h264, choose_opus,
-    choose_vp8, read_viewer_offer, video_extmap_id,
+    H264Offer, OfferError, PLAYOUT_DELAY_URI, RejectedSections, Skipped, VideoCodec, ViewerOffer,
+    choose_h264, choose_opus, choose_vp8, read_viewer_offer, video_extmap_id,
 };
 pub use whep::{
     Answer, Audience, Branches, DEFAULT_PLAYOUT_DELAY, MAX_HAND_TEXT, PlayoutDelayMs, RaisedHand,

@@ -34,8 +34,11 @@ pub enum OfferError {
     /// Not parseable as SDP.
     #[error("the offer is not valid SDP")]
     NotSdp,
-    /// No video m-line.
-    #[error("the offer has no video media section")]
+    /// No video section the viewer can receive on: none at all, or only rejected (port 0),
+    /// send-only or inactive ones.
+    #[error(
+        "the offer has no video section to receive on (rejected, sendonly and inactive sections do not count)"
+    )]
     NoVideo,
     /// Video offered, but neither H.264 the stream can be sent as nor VP8.
     #[error("the offer has neither H.264 (packetization-mode=1, constrained baseline) nor VP8")]
@@ -64,6 +67,141 @@ pub struct ViewerOffer {
     /// The id the offer gives the playout-delay header extension in its video section, if it
     /// offers it.
     pub playout_delay_id: Option<u32>,
+    /// Video and audio sections before the ones answered with media (send-only or inactive):
+    /// the answer gives each an inactive transceiver of its own, so that the media goes to the
+    /// section chosen here.
+    pub skipped: Skipped,
+    /// The offer's rejected sections (port 0). `sdp` is the offer without them: webrtcbin 1.22
+    /// answers a rejected section as a live one and bundles on it; the answer gets them back,
+    /// rejected, with [`RejectedSections::restore`].
+    pub rejected: RejectedSections,
+}
+
+/// The rejected sections (port 0) of an offer, taken out before webrtcbin reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RejectedSections {
+    /// Each one's position among the offer's sections and its answer: an `m=` line with port 0
+    /// and its `a=mid`, if it had one.
+    sections: Vec<(usize, String)>,
+}
+
+impl RejectedSections {
+    /// Takes the rejected sections out of `text` (SDP): the offer without them, and them.
+    fn take_out(text: &str, offer: &gst_sdp::SDPMessageRef) -> Option<(String, Self)> {
+        let sections: Vec<(usize, String)> = offer
+            .medias()
+            .enumerate()
+            .filter(|(_, m)| m.port() == 0 && m.attribute_val("bundle-only").is_none())
+            .map(|(i, m)| {
+                let formats: Vec<&str> = m.formats().collect();
+                let mut answer = format!(
+                    "m={} 0 {} {}\r\n",
+                    m.media().unwrap_or("video"),
+                    m.proto().unwrap_or("UDP/TLS/RTP/SAVPF"),
+                    formats.join(" ")
+                );
+                if let Some(mid) = m.attribute_val("mid") {
+                    answer.push_str(&format!("a=mid:{mid}\r\n"));
+                }
+                (i, answer)
+            })
+            .collect();
+        if sections.is_empty() {
+            return None;
+        }
+        let rejected_mids: Vec<&str> = offer
+            .medias()
+            .filter(|m| m.port() == 0 && m.attribute_val("bundle-only").is_none())
+            .filter_map(|m| m.attribute_val("mid"))
+            .collect();
+        let mut kept = String::new();
+        let mut index: Option<usize> = None;
+        for line in text.lines() {
+            let line = line.trim_end_matches('\r');
+            if line.starts_with("m=") {
+                index = Some(index.map_or(0, |i| i + 1));
+            }
+            if index.is_some_and(|i| sections.iter().any(|(r, _)| *r == i)) {
+                continue;
+            }
+            if let Some(group) = line.strip_prefix("a=group:BUNDLE") {
+                let mids: Vec<&str> = group
+                    .split_whitespace()
+                    .filter(|mid| !rejected_mids.contains(mid))
+                    .collect();
+                kept.push_str(&format!("a=group:BUNDLE {}\r\n", mids.join(" ")));
+                continue;
+            }
+            kept.push_str(line);
+            kept.push_str("\r\n");
+        }
+        Some((kept, Self { sections }))
+    }
+
+    /// `answer` (to the offer without the rejected sections) with them put back in their place,
+    /// rejected: the viewer gets an answer of as many sections as its offer, in its order.
+    pub fn restore(&self, answer: &str) -> String {
+        if self.sections.is_empty() {
+            return answer.to_string();
+        }
+        let mut session = String::new();
+        let mut media: Vec<String> = Vec::new();
+        for line in answer.lines() {
+            let line = line.trim_end_matches('\r');
+            if line.starts_with("m=") {
+                media.push(String::new());
+            }
+            let target = media.last_mut().unwrap_or(&mut session);
+            target.push_str(line);
+            target.push_str("\r\n");
+        }
+        for (index, section) in &self.sections {
+            media.insert((*index).min(media.len()), section.clone());
+        }
+        session + &media.concat()
+    }
+}
+
+/// Sections of an offer passed over before the ones answered with media.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Skipped {
+    /// Video sections before the chosen one.
+    pub video: usize,
+    /// Audio sections before the chosen one (all of them when no audio is answered).
+    pub audio: usize,
+}
+
+/// Whether the viewer can receive media on `media`: not rejected (port 0, unless it is a
+/// `bundle-only` section, which has port 0 by design) and neither `sendonly` nor `inactive`
+/// (in the section, or else for the whole session).
+fn receives(offer: &gst_sdp::SDPMessageRef, media: &gst_sdp::SDPMediaRef) -> bool {
+    if media.port() == 0 && media.attribute_val("bundle-only").is_none() {
+        return false;
+    }
+    const DIRECTIONS: [&str; 4] = ["sendrecv", "recvonly", "sendonly", "inactive"];
+    let stated = media
+        .attributes()
+        .map(|a| a.key())
+        .find(|k| DIRECTIONS.contains(k))
+        .or_else(|| {
+            offer
+                .attributes()
+                .map(|a| a.key())
+                .find(|k| DIRECTIONS.contains(k))
+        });
+    !matches!(stated, Some("sendonly" | "inactive"))
+}
+
+/// The first section of `kind` the viewer receives on, and how many of that kind come before it.
+fn receiving_section<'a>(
+    offer: &'a gst_sdp::SDPMessageRef,
+    kind: &str,
+) -> Option<(usize, &'a gst_sdp::SDPMediaRef)> {
+    offer
+        .medias()
+        .filter(|m| m.media() == Some(kind))
+        .enumerate()
+        .find(|(_, m)| receives(offer, m))
 }
 
 /// URI of the playout-delay RTP header extension (see the `rtphdrextplayoutdelay` element).
@@ -72,6 +210,13 @@ pub const PLAYOUT_DELAY_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrex
 /// Parses SDP offer text and picks the formats to answer with.
 pub fn read_viewer_offer(text: &str) -> Result<ViewerOffer, OfferError> {
     let sdp = gst_sdp::SDPMessage::parse_buffer(text.as_bytes()).map_err(|_| OfferError::NotSdp)?;
+    let (sdp, rejected) = match RejectedSections::take_out(text, &sdp) {
+        Some((kept, rejected)) => (
+            gst_sdp::SDPMessage::parse_buffer(kept.as_bytes()).map_err(|_| OfferError::NotSdp)?,
+            rejected,
+        ),
+        None => (sdp, RejectedSections::default()),
+    };
     let h264 = match choose_h264(&sdp) {
         Ok(h264) => Some(h264),
         Err(OfferError::NoH264) => None,
@@ -83,12 +228,21 @@ pub fn read_viewer_offer(text: &str) -> Result<ViewerOffer, OfferError> {
     }
     let opus = choose_opus(&sdp);
     let playout_delay_id = video_extmap_id(&sdp, PLAYOUT_DELAY_URI);
+    let skipped = Skipped {
+        video: receiving_section(&sdp, "video").map_or(0, |(i, _)| i),
+        audio: match receiving_section(&sdp, "audio") {
+            Some((i, _)) if opus.is_some() => i,
+            _ => sdp.medias().filter(|m| m.media() == Some("audio")).count(),
+        },
+    };
     Ok(ViewerOffer {
         sdp,
         h264,
         vp8,
         opus,
         playout_delay_id,
+        skipped,
+        rejected,
     })
 }
 
@@ -119,9 +273,10 @@ impl ViewerOffer {
     }
 }
 
-/// The payload type of VP8 (VP8/90000) in the offer's first video section, if it offers it.
+/// The payload type of VP8 (VP8/90000) in the offer's first video section the viewer receives
+/// on, if it offers it there.
 pub fn choose_vp8(offer: &gst_sdp::SDPMessageRef) -> Option<u32> {
-    let video = offer.medias().find(|m| m.media() == Some("video"))?;
+    let (_, video) = receiving_section(offer, "video")?;
     // In the order of the m-line: the viewer's own preference.
     video.formats().find_map(|format| {
         let pt = format.parse::<u32>().ok().filter(|pt| *pt < 128)?;
@@ -142,11 +297,11 @@ fn has_rtpmap(media: &gst_sdp::SDPMediaRef, format: &str, codec: &str) -> bool {
     })
 }
 
-/// The id of header extension `uri` in the offer's first video section
+/// The id of header extension `uri` in the offer's first video section the viewer receives on
 /// (`a=extmap:<id>[/<direction>] <uri>`). One-byte ids are 1-14, two-byte ids 1-255; 0 and
 /// 15 are reserved in the one-byte form and never answered.
 pub fn video_extmap_id(offer: &gst_sdp::SDPMessageRef, uri: &str) -> Option<u32> {
-    let video = offer.medias().find(|m| m.media() == Some("video"))?;
+    let (_, video) = receiving_section(offer, "video")?;
     video.attributes().find_map(|a| {
         if a.key() != "extmap" {
             return None;
@@ -157,14 +312,11 @@ pub fn video_extmap_id(offer: &gst_sdp::SDPMessageRef, uri: &str) -> Option<u32>
     })
 }
 
-/// Picks the first H.264 format of the first video section that carries packetization-mode=1
-/// and a constrained baseline profile-level-id (profile_idc 0x42 with constraint_set1), which
-/// is what the shared x264 encoder produces.
+/// Picks the first H.264 format of the first video section the viewer receives on that carries
+/// packetization-mode=1 and a constrained baseline profile-level-id (profile_idc 0x42 with
+/// constraint_set1), which is what the shared x264 encoder produces.
 pub fn choose_h264(offer: &gst_sdp::SDPMessageRef) -> Result<H264Offer, OfferError> {
-    let video = offer
-        .medias()
-        .find(|m| m.media() == Some("video"))
-        .ok_or(OfferError::NoVideo)?;
+    let (_, video) = receiving_section(offer, "video").ok_or(OfferError::NoVideo)?;
     for format in video.formats() {
         // RTP payload types are 7 bits; anything else cannot be answered.
         let Some(pt) = format.parse::<u32>().ok().filter(|pt| *pt < 128) else {
@@ -206,9 +358,10 @@ pub fn choose_h264(offer: &gst_sdp::SDPMessageRef) -> Result<H264Offer, OfferErr
     Err(OfferError::NoH264)
 }
 
-/// The payload type of Opus (opus/48000/2) in the offer's first audio section, if it offers it.
+/// The payload type of Opus (opus/48000/2) in the offer's first audio section the viewer
+/// receives on, if it offers it there.
 pub fn choose_opus(offer: &gst_sdp::SDPMessageRef) -> Option<u32> {
-    let audio = offer.medias().find(|m| m.media() == Some("audio"))?;
+    let (_, audio) = receiving_section(offer, "audio")?;
     audio.attributes().find_map(|a| {
         if a.key() != "rtpmap" {
             return None;

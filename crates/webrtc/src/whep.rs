@@ -13,7 +13,9 @@ use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::nice::add_local_address;
-use crate::offer::{OfferError, PLAYOUT_DELAY_URI, VideoCodec, ViewerOffer, read_viewer_offer};
+use crate::offer::{
+    OfferError, PLAYOUT_DELAY_URI, Skipped, VideoCodec, ViewerOffer, read_viewer_offer,
+};
 
 /// Settings of the WHEP output.
 #[derive(Debug, Clone)]
@@ -345,6 +347,8 @@ impl WhepOutput {
             h264,
             opus,
             playout_delay_id,
+            skipped,
+            rejected,
             ..
         } = offer;
         let video = match (codec, h264) {
@@ -361,7 +365,7 @@ impl WhepOutput {
         let id = session_id();
         let last_heard = Arc::new(Mutex::new(Instant::now()));
         let (bin, webrtcbin) = self
-            .build_branch(&id, &video, opus, playout_delay)
+            .build_branch(&id, &video, opus, playout_delay, skipped)
             .map_err(|e| WhepError::Negotiation(e.to_string()))?;
 
         self.inner
@@ -378,7 +382,7 @@ impl WhepOutput {
         }
 
         let answer = match negotiate(&webrtcbin, sdp, self.inner.config.gather_timeout) {
-            Ok(answer) => answer,
+            Ok(answer) => rejected.restore(&answer),
             Err(e) => return Err(torn_down(self, e)),
         };
         if let Err(e) = watch_rtcp(&webrtcbin, &last_heard) {
@@ -505,6 +509,7 @@ impl WhepOutput {
         video: &VideoFormat,
         opus_payload_type: Option<u32>,
         playout_delay: Option<(u32, PlayoutDelayMs)>,
+        skipped: Skipped,
     ) -> Result<(gst::Bin, gst::Element), gst::glib::BoolError> {
         let bin = gst::Bin::with_name(&format!("whep-{id}"));
         let queue = self.viewer_queue()?;
@@ -589,6 +594,26 @@ impl WhepOutput {
         }
         bin.add_many([&queue, &pay, &setter, &webrtcbin])?;
         gst::Element::link_many([&queue, &pay, &setter])?;
+        // webrtcbin gives a section of the offer the first transceiver of its kind not yet
+        // taken: the sections passed over (send-only, inactive; rejected ones are out of the
+        // offer by now) each take an inactive one first, so that the media goes to the section
+        // the viewer receives on.
+        for kind in std::iter::repeat_n("video", skipped.video)
+            .chain(std::iter::repeat_n("audio", skipped.audio))
+        {
+            webrtcbin.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
+                "add-transceiver",
+                &[
+                    &gst_webrtc::WebRTCRTPTransceiverDirection::Inactive,
+                    // The kind alone: it answers the section inactive. With a codec the offer
+                    // lacks, webrtcbin 1.22 rejected the section and then aborted the process
+                    // on the bundle (`_connect_input_stream: trans->stream`).
+                    &gst::Caps::builder("application/x-rtp")
+                        .field("media", kind)
+                        .build(),
+                ],
+            );
+        }
         let sink = sendonly_pad(&webrtcbin, true, codec)?;
         setter
             .static_pad("src")
