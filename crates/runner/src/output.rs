@@ -66,8 +66,6 @@ pub struct OutputRunner {
     whep: Mutex<Option<hybridlive_webrtc::WhepOutput>>,
     /// WHIP/Janus outputs: the link of the running publisher to its SFU.
     egress: Mutex<Option<hybridlive_webrtc::EgressHealth>>,
-    /// Record outputs: the take the running pipeline writes.
-    take: Mutex<Option<Arc<Take>>>,
     /// The abrcontroller (in the ingest) that steers this output's encoder from its feedback.
     abr: Mutex<Option<gst::Element>>,
     /// Low-Latency HLS outputs: parts and segments in memory, kept across restarts.
@@ -93,8 +91,21 @@ struct Inner {
     backoff: Duration,
     started_at: Option<Instant>,
     generation: u64,
+    /// Record outputs: the take the pipeline writes. Set and taken together with `pipeline`,
+    /// so that a new take started meanwhile is never finished in the old one's place.
+    take: Option<Arc<Take>>,
     first_pts: Option<gst::ClockTime>,
     last_pts: Option<gst::ClockTime>,
+}
+
+impl Inner {
+    /// Seconds of video the running take holds so far.
+    fn recorded_s(&self) -> f64 {
+        match (self.first_pts, self.last_pts) {
+            (Some(a), Some(b)) => b.saturating_sub(a).seconds_f64(),
+            _ => 0.0,
+        }
+    }
 }
 
 /// The sidecar timeline next to a recording (the format `hybridlive repurpose` reads, defined
@@ -296,7 +307,6 @@ impl OutputRunner {
             hls_dir_is_temporary,
             whep: Mutex::new(None),
             egress: Mutex::new(None),
-            take: Mutex::new(None),
             abr: Mutex::new(None),
         }))
     }
@@ -518,7 +528,9 @@ impl OutputRunner {
         }
         let (appsrc, timeline_started) = {
             let mut inner = self.inner.lock().unwrap();
-            if inner.stopping {
+            // Until the pipeline plays, its appsrcs drop what they get (flushing): a key frame
+            // taken as the take's first then would be lost, and the take begin without one.
+            if inner.stopping || inner.building {
                 return;
             }
             let Some(appsrc) = inner.appsrcs.get(encoder).cloned() else {
@@ -532,7 +544,8 @@ impl OutputRunner {
                     return;
                 }
                 inner.waiting_for_keyframe = false;
-                started = Some(capture_utc_ns(&buffer).unwrap_or_else(state::utc_now_ns));
+                let utc_ns = capture_utc_ns(&buffer).unwrap_or_else(state::utc_now_ns);
+                started = inner.take.clone().map(|take| (take, utc_ns));
             }
             if is_video && let Some(pts) = buffer.pts() {
                 inner.first_pts.get_or_insert(pts);
@@ -540,8 +553,8 @@ impl OutputRunner {
             }
             (appsrc, started)
         };
-        if let Some(utc_ns) = timeline_started {
-            self.begin_timeline(utc_ns);
+        if let Some((take, utc_ns)) = timeline_started {
+            self.begin_timeline(&take, utc_ns);
         }
         if let Some(caps) = sample.caps()
             && appsrc.caps().is_none_or(|current| current.as_ref() != caps)
@@ -585,7 +598,7 @@ impl OutputRunner {
             self.inner.lock().unwrap().building = false;
         }
         match built {
-            Ok((pipeline, appsrcs)) => {
+            Ok((pipeline, appsrcs, take)) => {
                 let bus = pipeline.bus().expect("a pipeline has a bus");
                 let weak = Arc::downgrade(self);
                 let watch = bus.add_watch(move |_, msg| {
@@ -611,12 +624,14 @@ impl OutputRunner {
                         drop(inner);
                         drop(watch);
                         tear_down(pipeline.upcast_ref());
-                        *self.take.lock().unwrap() = None;
                         self.set_state("stopped", None);
                         return;
                     }
+                    // `building` stays set until it plays: a stop meanwhile only clears
+                    // `wanted` (an EOS into appsrcs not yet started would be dropped, and the
+                    // pipeline never finish), and is carried out below.
                     inner.pipeline = Some(pipeline.clone());
-                    inner.building = false;
+                    inner.take = take;
                     inner.watch = Some(watch);
                     inner.appsrcs = appsrcs;
                     inner.waiting_for_keyframe = true;
@@ -629,7 +644,21 @@ impl OutputRunner {
                     self.failed(generation, format!("cannot start: {err}"));
                     return;
                 }
+                let (stopped_meanwhile, torn_down) = {
+                    let mut inner = self.inner.lock().unwrap();
+                    inner.building = false;
+                    (!inner.wanted, inner.pipeline.as_ref() != Some(&pipeline))
+                };
+                if torn_down {
+                    // A shutdown's force_stop took it meanwhile: it must not play on.
+                    tear_down(pipeline.upcast_ref());
+                    return;
+                }
                 self.set_state("running", None);
+                if stopped_meanwhile {
+                    self.stop();
+                    return;
+                }
                 self.bind_feedback(Some(&pipeline));
                 for (_, appsink) in self.keyframe_requesters.lock().unwrap().iter() {
                     let event = gst_video::UpstreamForceKeyUnitEvent::builder()
@@ -659,7 +688,8 @@ impl OutputRunner {
             let mut inner = self.inner.lock().unwrap();
             inner.wanted = false;
             inner.start_queued = false;
-            if inner.pipeline.is_none() || inner.stopping {
+            // While a start builds or starts its pipeline, it sees `wanted` cleared and stops.
+            if inner.pipeline.is_none() || inner.stopping || inner.building {
                 return;
             }
             inner.stopping = true;
@@ -683,27 +713,31 @@ impl OutputRunner {
     }
 
     fn force_stop_keeping_queued_start(&self) {
-        let pipeline = {
+        let (pipeline, take, generation) = {
             let mut inner = self.inner.lock().unwrap();
             inner.wanted = false;
             inner.stopping = false;
             inner.appsrcs.clear();
             inner.watch = None;
-            inner.pipeline.take()
+            let take = inner.take.take().map(|t| (t, inner.recorded_s()));
+            (inner.pipeline.take(), take, inner.generation)
         };
         *self.egress.lock().unwrap() = None;
         if let Some(p) = pipeline {
             self.bind_feedback(None);
             self.close_viewers();
             tear_down(p.upcast_ref());
-            self.finish_timeline();
-            self.set_state("stopped", None);
+            self.finish_timeline(take);
+            // A start that came meanwhile has its own state by now.
+            if self.inner.lock().unwrap().generation == generation {
+                self.set_state("stopped", None);
+            }
         }
     }
 
     /// Adds a marker to the current recording's timeline.
     pub fn add_marker(&self, marker: &Marker) {
-        let Some(take) = self.take.lock().unwrap().clone() else {
+        let Some(take) = self.inner.lock().unwrap().take.clone() else {
             return;
         };
         take.update(|t| {
@@ -722,7 +756,7 @@ impl OutputRunner {
     /// An offer appeared or left (at `utc_ns`): an `offer-shown` event with its duration in
     /// the current recording's timeline once it leaves (or when the recording ends).
     pub fn add_offer(&self, entry: &hybridlive_offer_timeline::TimelineEntry, utc_ns: u64) {
-        let Some(take) = self.take.lock().unwrap().clone() else {
+        let Some(take) = self.inner.lock().unwrap().take.clone() else {
             return;
         };
         take.update(|t| {
@@ -748,22 +782,23 @@ impl OutputRunner {
 
     /// Updates size and duration of the recording in the shared state.
     pub fn refresh_stats(&self) {
-        let duration = {
+        let (duration, take) = {
             let inner = self.inner.lock().unwrap();
-            match (inner.first_pts, inner.last_pts) {
-                (Some(a), Some(b)) => b.saturating_sub(a).seconds_f64(),
-                _ => 0.0,
-            }
+            (inner.recorded_s(), inner.take.clone())
         };
-        let Some(mp4) = self.take.lock().unwrap().as_ref().map(|t| t.mp4.clone()) else {
-            return;
-        };
+        if let Some(take) = take {
+            self.refresh_take_stats(&take, duration);
+        }
+    }
+
+    fn refresh_take_stats(&self, take: &Take, duration: f64) {
+        let mp4 = &take.mp4;
         self.shared.with(|s| {
             if let Some(rec) = s
                 .outputs
                 .get_mut(&self.config.name)
                 .and_then(|o| o.recording.as_mut())
-                && rec.path == mp4
+                && rec.path == *mp4
             {
                 rec.duration_s = duration;
                 rec.bytes = std::fs::metadata(&rec.path).map_or(0, |m| m.len());
@@ -857,12 +892,13 @@ impl OutputRunner {
     }
 
     fn failed(self: &Arc<Self>, generation: u64, error: String) {
-        let (pipeline, wanted, delay) = {
+        let (pipeline, take, wanted, delay) = {
             let mut inner = self.inner.lock().unwrap();
             if inner.generation != generation {
                 return;
             }
             inner.stopping = false;
+            inner.building = false;
             if inner
                 .started_at
                 .is_some_and(|t| t.elapsed() > HEALTHY_AFTER)
@@ -877,7 +913,8 @@ impl OutputRunner {
             }
             inner.appsrcs.clear();
             inner.watch = None;
-            (inner.pipeline.take(), inner.wanted, delay)
+            let take = inner.take.take().map(|t| (t, inner.recorded_s()));
+            (inner.pipeline.take(), take, inner.wanted, delay)
         };
         *self.egress.lock().unwrap() = None;
         if let Some(p) = pipeline {
@@ -885,7 +922,7 @@ impl OutputRunner {
             self.close_viewers();
             tear_down(p.upcast_ref());
         }
-        self.finish_timeline();
+        self.finish_timeline(take);
         let error = self.describe_failure(error);
         self.set_state("failed", Some(error.clone()));
         if wanted {
@@ -934,10 +971,7 @@ impl OutputRunner {
         });
     }
 
-    fn begin_timeline(&self, utc_start_ns: u64) {
-        let Some(take) = self.take.lock().unwrap().clone() else {
-            return;
-        };
+    fn begin_timeline(&self, take: &Take, utc_start_ns: u64) {
         let path = take.mp4.clone();
         let mut sidecar = hybridlive_timeline::Timeline::new();
         sidecar.recording = path.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -971,11 +1005,12 @@ impl OutputRunner {
     /// Ends the take: offers still on screen close at its end, `ended_at` is set and the
     /// sidecar written a last time. A take that never wrote a fragment has no files and is
     /// reported as `empty`.
-    fn finish_timeline(&self) {
-        self.refresh_stats();
-        let Some(take) = self.take.lock().unwrap().take() else {
+    /// `take`: the take and the seconds of video it got.
+    fn finish_timeline(&self, take: Option<(Arc<Take>, f64)>) {
+        let Some((take, duration)) = take else {
             return;
         };
+        self.refresh_take_stats(&take, duration);
         let mut begun = false;
         take.update(|timeline| {
             begun = true;
@@ -1011,7 +1046,9 @@ impl OutputRunner {
         );
     }
 
-    fn build(&self) -> anyhow::Result<(gst::Pipeline, BTreeMap<String, gst_app::AppSrc>)> {
+    /// Builds the output's pipeline: it, its appsrcs by encoder and (record outputs) its take.
+    fn build(&self) -> anyhow::Result<Built> {
+        let mut take = None;
         let pipeline = gst::Pipeline::with_name(&format!("output-{}", self.config.name));
         let (clock, base_time) = self
             .timing
@@ -1117,13 +1154,13 @@ impl OutputRunner {
                 mux.set_property("fragment-duration", FRAGMENT_MS);
                 mux.set_property("streamable", true);
                 let file = free_take_path(directory, &self.config.name, state::utc_now_ns());
-                let take = Take::new(file, self.shared.clone(), &self.config.name);
+                let new_take = Take::new(file, self.shared.clone(), &self.config.name);
                 // Not filesink: it leaves half a fragment (or no header at all) behind when
                 // the process is killed or the disk fills; this writes whole fragments only.
-                let writer = recording_writer(take.clone());
+                let writer = recording_writer(new_take.clone());
                 pipeline.add_many([&mux, writer.upcast_ref()])?;
                 mux.link(&writer)?;
-                *self.take.lock().unwrap() = Some(take);
+                take = Some(new_take);
                 mux
             }
             OutputKind::Srt { uri } => {
@@ -1354,7 +1391,7 @@ impl OutputRunner {
             .context("cannot set up the egress publisher")?;
             *self.egress.lock().unwrap() = Some(publisher.health);
         }
-        Ok((pipeline, appsrcs))
+        Ok((pipeline, appsrcs, take))
     }
 }
 
@@ -1475,6 +1512,13 @@ impl Drop for TemporaryDirs {
         }
     }
 }
+
+/// A built output pipeline, its appsrcs by encoder, and the take of a record output.
+type Built = (
+    gst::Pipeline,
+    BTreeMap<String, gst_app::AppSrc>,
+    Option<Arc<Take>>,
+);
 
 /// What [`OutputRunner::start`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use serde::Serialize;
+use serde::ser::SerializeStruct as _;
 
 /// Latency figures of one measured path, from the latest `latency-report`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -100,6 +101,41 @@ pub struct Marker {
     pub label: String,
 }
 
+/// The markers set through the API, in the order they were set.
+///
+/// All of them are served by `GET /api/markers` (and are in each recording's sidecar). The
+/// status, sent every second with `--json`, carries only how many there are and the latest:
+/// a list there made every status line grow with each marker (240 markers, ~10 KB a line).
+#[derive(Debug, Clone, Default)]
+pub struct Markers(Vec<Marker>);
+
+impl Markers {
+    /// Adds the newest marker.
+    pub fn push(&mut self, marker: Marker) {
+        self.0.push(marker);
+    }
+
+    /// How many markers were set.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Every marker, oldest first.
+    pub fn all(&self) -> &[Marker] {
+        &self.0
+    }
+}
+
+/// `{"count": N, "latest": {"utc_ns": ..., "label": "..."}}` (`latest` null before the first).
+impl Serialize for Markers {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut summary = serializer.serialize_struct("Markers", 2)?;
+        summary.serialize_field("count", &self.0.len())?;
+        summary.serialize_field("latest", &self.0.last())?;
+        summary.end()
+    }
+}
+
 /// Everything the status line, `/metrics` and `/api/status` show.
 #[derive(Debug, Default, Serialize)]
 pub struct Snapshot {
@@ -119,8 +155,8 @@ pub struct Snapshot {
     pub viewers: usize,
     /// Offers on screen now: id -> title.
     pub offers_on_screen: BTreeMap<String, String>,
-    /// Markers set through the API.
-    pub markers: Vec<Marker>,
+    /// Markers set through the API (their count and the latest in the status).
+    pub markers: Markers,
     /// URL of the viewer page.
     pub viewer_url: String,
 }
@@ -188,6 +224,26 @@ fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_carries_the_marker_count_and_the_latest_only() {
+        let mut markers = Markers::default();
+        assert_eq!(
+            serde_json::to_value(&markers).unwrap(),
+            serde_json::json!({"count": 0, "latest": null})
+        );
+        for i in 0..240u64 {
+            markers.push(Marker {
+                utc_ns: i,
+                label: format!("marker {i}"),
+            });
+        }
+        assert_eq!(
+            serde_json::to_value(&markers).unwrap(),
+            serde_json::json!({"count": 240, "latest": {"utc_ns": 239, "label": "marker 239"}})
+        );
+        assert_eq!(markers.all().len(), 240);
+    }
 
     #[test]
     fn formats_utc() {

@@ -426,21 +426,30 @@ fn quick_start_stop_sequences_end_in_the_state_last_asked_for() {
     );
     assert_eq!(output_state(&runner), "stopped");
 
-    // start/stop/start: recording, in a new take.
-    recording(&runner, "start");
-    recording(&runner, "stop");
-    recording(&runner, "start");
-    let last = started_path(&runner.wait_event("recording-started", WAIT));
-    assert_ne!(last, first);
-    wait_file(&last);
-    wait_state(&runner, "running");
-    recording(&runner, "stop");
+    // start/stop/start: recording, in a new take. Again and again, each sequence sent while
+    // the previous take's stop is still finishing it (its teardown once overlapped the next
+    // start, which lost its take: recording with no sidecar and no `recording-started`).
+    let mut takes = vec![first];
+    for _ in 0..6 {
+        recording(&runner, "start");
+        recording(&runner, "stop");
+        recording(&runner, "start");
+        let take = started_path(&runner.wait_event("recording-started", WAIT));
+        assert!(!takes.contains(&take), "{} reused", take.display());
+        wait_file(&take);
+        wait_state(&runner, "running");
+        recording(&runner, "stop");
+        takes.push(take);
+    }
+    let last = takes.last().cloned().unwrap_or_default();
     runner.wait_event_where("recording-finished", WAIT, |e| {
         e["path"] == last.to_string_lossy().as_ref()
     });
     wait_state(&runner, "stopped");
-    assert_readable(&first);
-    assert_readable(&last);
+    for take in &takes {
+        assert_readable(take);
+        assert!(sidecar(take)["ended_at"].is_string(), "{}", take.display());
+    }
     assert_folder_clean(&rec);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -607,5 +616,55 @@ fn a_restart_into_an_old_hls_folder_never_serves_its_ended_playlist() {
         (answer.status == 200 && text.contains(".ts")).then_some(text)
     });
     assert!(playlist.contains("#EXTINF"), "{playlist}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The status (and every `--json` status line) carries the number of markers and the latest,
+/// not a list growing with each one; `GET /api/markers` lists them all, oldest first.
+#[test]
+fn markers_are_counted_in_the_status_and_listed_on_their_own_route() {
+    let dir = scratch("marker-list");
+    let mut runner = start_runner(&dir, false, "");
+    let addr = runner.addr();
+    let labels: Vec<String> = (0..240).map(|i| format!("moment number {i:03}")).collect();
+    for chunk in labels.chunks(40) {
+        std::thread::scope(|scope| {
+            for label in chunk {
+                let addr = &addr;
+                scope.spawn(move || marker_to(addr, label));
+            }
+        });
+    }
+    let last = "the very last moment";
+    marker(&runner, last);
+
+    let status = runner.status();
+    assert_eq!(status["markers"]["count"], 241, "{}", status["markers"]);
+    assert_eq!(status["markers"]["latest"]["label"], last);
+    // A status line printed after the last marker: the same summary, none of the old labels.
+    let line = runner.wait_event_where("status", WAIT, |e| e["status"]["markers"]["count"] == 241);
+    let text = line.to_string();
+    assert!(
+        !text.contains("moment number"),
+        "the status line lists markers ({} bytes)",
+        text.len()
+    );
+
+    let answer = runner.request("GET", "/api/markers", &[], b"");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let listed: Vec<String> = answer.json()["markers"]
+        .as_array()
+        .expect("a list of markers")
+        .iter()
+        .filter_map(|m| m["label"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(listed.len(), 241);
+    assert_eq!(listed.last().map(String::as_str), Some(last));
+    let mut sent: Vec<String> = labels.clone();
+    sent.push(last.to_string());
+    let mut got = listed.clone();
+    got.sort();
+    sent.sort();
+    assert_eq!(got, sent);
     let _ = std::fs::remove_dir_all(&dir);
 }

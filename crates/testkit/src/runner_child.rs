@@ -135,14 +135,28 @@ impl RunnerChild {
         mut accept: impl FnMut(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
         let deadline = Instant::now() + timeout;
+        // What came meanwhile (status lines aside), to say what happened instead.
+        let mut others = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
                 Ok(event) if event["event"] == kind && accept(&event) => return event,
                 Ok(event) => {
                     assert_ne!(event["event"], "ingest-error", "the ingest failed: {event}");
+                    if event["event"] != "status" {
+                        others.push(event);
+                    }
                 }
-                Err(_) => panic!("no `{kind}` event within {timeout:?}"),
+                Err(_) => {
+                    let status = match self.base.is_empty() {
+                        true => serde_json::Value::Null,
+                        false => self.status()["outputs"].clone(),
+                    };
+                    panic!(
+                        "no `{kind}` event within {timeout:?}; other events: {others:?}; \
+                         outputs now: {status}"
+                    )
+                }
             }
         }
     }
