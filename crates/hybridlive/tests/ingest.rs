@@ -365,3 +365,103 @@ fn a_failing_run_names_the_first_error_not_the_queues_that_stopped_after_it() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_looped_file_plays_on_without_a_seam() {
+    let dir = scratch("loop");
+    let clip = dir.join("clip.mp4");
+    let made = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y"])
+        .args(["-f", "lavfi", "-i", "testsrc2=s=640x360:r=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", "3", "-c:v", "libx264", "-g", "30", "-c:a", "aac"])
+        .arg(&clip)
+        .status()
+        .expect("ffmpeg");
+    assert!(made.success(), "ffmpeg could not make the clip");
+    let file = pipeline(
+        &dir,
+        &format!(
+            "type = \"file\"\nlocation = \"{}\"\nloop = true",
+            clip.display()
+        ),
+    );
+    // Four loops of the 3 s clip.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hybridlive"))
+        .arg("run")
+        .arg(&file)
+        .args(["--http", "127.0.0.1:0", "--json", "--duration", "12"])
+        .current_dir(&dir)
+        .output()
+        .expect("hybridlive run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the run failed: {stderr}");
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let states: Vec<String> = events
+        .iter()
+        .filter(|e| e["event"] == "source")
+        .map(|e| format!("{}/{}", e["state"], e["audio"]))
+        .collect();
+    // On air from its first frame to the end: no seam ever put the slate up.
+    assert_eq!(
+        states.iter().skip_while(|s| s.contains("fallback")).count(),
+        1,
+        "the source left the air at a seam: {states:?}"
+    );
+    // GLib stamps its messages HH:MM:SS.mmm (UTC here), like the events' `utc`. The first
+    // seam is 3 s after the source went on air; what comes before is starting up (a few
+    // CRITICALs from fallbacksrc's stream collection, with or without a loop).
+    let on_air = events
+        .iter()
+        .find(|e| e["event"] == "source" && e["state"] == "primary")
+        .and_then(|e| e["utc"].as_str())
+        .and_then(|utc| utc.get(11..23))
+        .expect("the source on air")
+        .to_string();
+    let at_seams: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("CRITICAL"))
+        .filter(|l| {
+            l.split_whitespace()
+                .find(|w| w.len() == 13 && w.ends_with(':'))
+                .is_some_and(|t| t[..12] > *on_air.as_str())
+        })
+        .collect();
+    assert!(
+        at_seams.is_empty(),
+        "GStreamer complained while looping: {at_seams:?}"
+    );
+    let recording = std::fs::read_dir(dir.join("recordings"))
+        .expect("the recordings folder")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "mp4"))
+        .expect("a recording");
+    let (audio, video) = (packets(&recording, "a"), packets(&recording, "v"));
+    let audio_holes: Vec<f64> = audio
+        .windows(2)
+        .map(|w| w[1].0 - (w[0].0 + w[0].1))
+        .filter(|gap| *gap > 0.05)
+        .collect();
+    let video_holes: Vec<f64> = video
+        .windows(2)
+        .map(|w| w[1].0 - w[0].0)
+        .filter(|gap| *gap > 0.05)
+        .collect();
+    let decoded: f64 = audio.iter().map(|p| p.1).sum();
+    let video_s = span(&video);
+    eprintln!(
+        "looped 3 s clip, 12 s run: video {video_s:.2} s in {} frames, audio decoded {decoded:.2} \
+         s, holes: audio {audio_holes:?}, video {video_holes:?}",
+        video.len()
+    );
+    assert!(audio_holes.is_empty(), "audio holes: {audio_holes:?}");
+    assert!(video_holes.is_empty(), "video holes: {video_holes:?}");
+    assert!(
+        (decoded - video_s).abs() <= 2.0 / 30.0,
+        "{decoded:.2} s of audio against {video_s:.2} s of video"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1105,6 +1105,9 @@ impl Graph<'_> {
         }
         src.set_property("retry-timeout", u64::MAX - 1);
         src.set_property("restart-on-eos", restart_on_eos);
+        if restart_on_eos && uri.starts_with("file://") {
+            loop_with_segment_seeks(&src);
+        }
         if uri.starts_with("rtmp") {
             src.set_property("buffer-duration", RTMP_BUFFER.nseconds() as i64);
         }
@@ -1377,6 +1380,64 @@ impl Graph<'_> {
         }
         Ok((tee, abr))
     }
+}
+
+/// Loops the file of fallbacksrc `src` in place: a segment seek back to the start whenever the
+/// demuxer finishes its segment, instead of an EOS on which fallbacksrc tears the decoder down
+/// and builds it again a second later (a hole, a stutter and an A/V offset at every seam). The
+/// first buffer out of the decoder starts the segment mode; if the file cannot seek, the EOS
+/// restart still loops it.
+fn loop_with_segment_seeks(src: &gst::Element) {
+    src.connect("deep-element-added", false, |args| {
+        let element = args.get(2).and_then(|v| v.get::<gst::Element>().ok())?;
+        // fallbacksrc's name for the main source's decoder (the slate has its own).
+        if element.name() != "dbin-main" {
+            return None;
+        }
+        let started = Arc::new(AtomicBool::new(false));
+        // Every stream ends the segment with the seek's seqnum: one seek per loop.
+        let looped = Arc::new(Mutex::new(None::<gst::Seqnum>));
+        element.connect_pad_added(move |_, pad| {
+            let (started, looped) = (started.clone(), looped.clone());
+            pad.add_probe(
+                gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+                move |pad, info| {
+                    let seek_now = match &info.data {
+                        Some(gst::PadProbeData::Buffer(_)) => !started.swap(true, Ordering::SeqCst),
+                        Some(gst::PadProbeData::Event(e))
+                            if e.type_() == gst::EventType::SegmentDone =>
+                        {
+                            looped.lock().unwrap().replace(e.seqnum()) != Some(e.seqnum())
+                        }
+                        _ => false,
+                    };
+                    if seek_now {
+                        // Not from the streaming thread: the demuxer takes its stream lock to
+                        // seek.
+                        let pad = pad.clone();
+                        std::thread::spawn(move || {
+                            let seek = gst::event::Seek::new(
+                                1.0,
+                                gst::SeekFlags::SEGMENT,
+                                gst::SeekType::Set,
+                                gst::ClockTime::ZERO,
+                                gst::SeekType::None,
+                                gst::ClockTime::NONE,
+                            );
+                            if !pad.send_event(seek) {
+                                gst::debug!(
+                                    gst::CAT_DEFAULT,
+                                    "segment seek refused: the file loops by restarting"
+                                );
+                            }
+                        });
+                    }
+                    gst::PadProbeReturn::Ok
+                },
+            );
+        });
+        None
+    });
 }
 
 /// Gives every buffer entering `element` the running time at which it arrives, in one plain
