@@ -29,8 +29,9 @@ pub use offer::{
     choose_h264, choose_opus, choose_vp8, read_viewer_offer, video_extmap_id,
 };
 pub use whep::{
-    Answer, Audience, Branches, DEFAULT_PLAYOUT_DELAY, MAX_HAND_TEXT, PlayoutDelayMs, RaisedHand,
-    SessionInfo, ViewerLatency, WhepConfig, WhepError, WhepOutput, set_local_description,
+    Answer, Audience, Branches, DEFAULT_PLAYOUT_DELAY, MAX_ECHO_BACKLOG, MAX_HAND_TEXT,
+    PlayoutDelayMs, RaisedHand, SessionInfo, ViewerLatency, WhepConfig, WhepError, WhepOutput,
+    set_local_description,
 };
 
 /// Entry points for the fuzz targets in `fuzz/`: what parses the messages viewers send over

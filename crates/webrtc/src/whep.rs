@@ -119,7 +119,15 @@ pub struct SessionInfo {
     pub age: Duration,
     /// ICE connection state, as webrtcbin names it.
     pub ice_state: String,
+    /// Bytes queued on the session's data channel that the viewer has not taken yet (at most
+    /// about [`MAX_ECHO_BACKLOG`]: echoes beyond are dropped).
+    pub data_channel_backlog: u64,
 }
+
+/// Bytes of data-channel messages a session may have waiting for its viewer before echoes are
+/// dropped: a viewer that sends but never reads (its receive window shut) would otherwise queue
+/// every echo in memory.
+pub const MAX_ECHO_BACKLOG: u64 = 256 * 1024;
 
 /// Viewer branches present in the pipeline (see [`WhepOutput::branches`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +177,8 @@ struct Session {
     last_heard: Arc<Mutex<Instant>>,
     /// What the viewer's page last reported of its glass-to-glass latency.
     reported: Arc<Mutex<Option<ViewerLatency>>>,
+    /// The viewer's data channel, once it opened one.
+    channel: Arc<Mutex<Option<gst_webrtc::WebRTCDataChannel>>>,
 }
 
 /// Glass-to-glass latency a viewer's page measured and reported over its data channel
@@ -320,6 +330,12 @@ impl WhepOutput {
                     s.webrtcbin
                         .property::<WebRTCICEConnectionState>("ice-connection-state")
                 ),
+                data_channel_backlog: s
+                    .channel
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .map_or(0, |c| c.property::<u64>("buffered-amount")),
             })
             .collect()
     }
@@ -414,7 +430,8 @@ impl WhepOutput {
         let connected = Arc::new(AtomicBool::new(false));
         self.watch_ice(&id, &webrtcbin, &tee_pad, &connected);
         let reported = Arc::new(Mutex::new(None));
-        self.serve_data_channel(&webrtcbin, &reported);
+        let channel = Arc::new(Mutex::new(None));
+        self.serve_data_channel(&webrtcbin, &reported, &channel);
         let mut sessions = self.inner.sessions.lock().unwrap();
         if self.inner.closed.load(Ordering::SeqCst) {
             // The output shut down while this offer was negotiated: its branch goes with it
@@ -439,6 +456,7 @@ impl WhepOutput {
                 connected,
                 last_heard,
                 reported,
+                channel,
             },
         );
         drop(sessions);
@@ -675,13 +693,16 @@ impl WhepOutput {
         &self,
         webrtcbin: &gst::Element,
         reported: &Arc<Mutex<Option<ViewerLatency>>>,
+        opened: &Arc<Mutex<Option<gst_webrtc::WebRTCDataChannel>>>,
     ) {
+        let opened = opened.clone();
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         // Never the resource id: this one is published (see `RaisedHand::viewer`).
         let viewer = session_id();
         let reported = reported.clone();
         webrtcbin.connect("on-data-channel", false, move |values| {
             let channel = values[1].get::<gst_webrtc::WebRTCDataChannel>().ok()?;
+            *opened.lock().unwrap() = Some(channel.clone());
             let (weak, viewer, reported) = (weak.clone(), viewer.clone(), reported.clone());
             channel.connect("on-message-string", false, move |values| {
                 let channel = values[0].get::<gst_webrtc::WebRTCDataChannel>().ok()?;
@@ -691,7 +712,10 @@ impl WhepOutput {
                     return None;
                 }
                 // Echo first: the round trip measures the interaction path, not our bookkeeping.
-                channel.emit_by_name::<()>("send-string", &[&Some(message.as_str())]);
+                // Not onto a backlog the viewer does not take: it would grow without bound.
+                if channel.property::<u64>("buffered-amount") < MAX_ECHO_BACKLOG {
+                    channel.emit_by_name::<()>("send-string", &[&Some(message.as_str())]);
+                }
                 if let (Some(inner), Some(text)) = (weak.upgrade(), hand_text(&message)) {
                     let at_ms = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)

@@ -175,6 +175,12 @@ fn raised_hands_show_an_opaque_viewer_and_questions_only_to_the_host() {
         Err(WhepError::UnknownSession(_))
     ));
     assert_eq!(output.session_count(), 1);
+    // The echo reached the viewer: nothing waits on the session's data channel.
+    eventually_explained(
+        Duration::from_secs(20),
+        || (output.sessions()[0].data_channel_backlog == 0).then_some(()),
+        || format!("echo still queued: {:?}", output.sessions()),
+    );
     let host = output.raised_hands(Audience::Host);
     assert_eq!(host[0].text.as_deref(), Some("Where do I sign up?"));
     assert_eq!(host[0].viewer, public[0].viewer);
