@@ -132,16 +132,25 @@ fn run(src: &Path, props: &str) -> Result<Run, String> {
         result = Err("state change failed".to_owned());
     }
     let mut warnings = Vec::new();
+    // Ends with EOS or an error; 30 s without any message is a stall, not a success.
+    let mut ended = false;
     for msg in bus.iter_timed(gst::ClockTime::from_seconds(30)) {
         match msg.view() {
-            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Eos(_) => {
+                ended = true;
+                break;
+            }
             gst::MessageView::Warning(w) => warnings.push(w.error().to_string()),
             gst::MessageView::Error(e) => {
+                ended = true;
                 result = Err(format!("{} {:?}", e.error(), e.debug()));
                 break;
             }
             _ => {}
         }
+    }
+    if !ended && result.is_ok() {
+        result = Err("stalled: no EOS and no message for 30 s".to_owned());
     }
     let stats = pipeline
         .by_name("c")
