@@ -149,6 +149,9 @@ enum Decision {
 struct Active {
     clip: usize,
     timing: ClipTiming,
+    /// Presentation time of the clip's first key frame: frames shown before it (open GOP
+    /// leading frames) reference frames the clip does not have.
+    first_key: i64,
     /// `smart`: still re-encoding the head.
     head: bool,
 }
@@ -402,7 +405,9 @@ impl<T: Clone> Selector<T> {
                 break;
             };
             let use_held = from_held && self.streams[si].held.front().is_some_and(|h| h.key);
-            let base = first_key.pts;
+            // A video that only begins after the start (its first frame comes later than the
+            // audio's) keeps its place: the clip starts at the start, not at the video.
+            let base = first_key.pts.min(start);
             let offset = (first_key.pts - first_key.dts).max(0);
             let timing = ClipTiming { base, offset };
             self.decisions[c] = Decision::Started(timing);
@@ -411,6 +416,7 @@ impl<T: Clone> Selector<T> {
             let active = Active {
                 clip: c,
                 timing,
+                first_key: first_key.pts,
                 head: self.mode == Mode::Smart && base < start,
             };
             let s = &mut self.streams[si];
@@ -444,7 +450,7 @@ impl<T: Clone> Selector<T> {
     fn leader_frame_in_clip(&mut self, si: usize, a: Active, f: Frame<T>) {
         let (start, end) = self.ranges[a.clip];
         // Leading frames of an open GOP's first key frame reference frames we do not have.
-        if f.pts < a.timing.base {
+        if f.pts < a.first_key {
             return;
         }
         if f.disposable && (f.pts >= end || (self.mode != Mode::Keyframe && f.pts < start)) {
@@ -586,8 +592,16 @@ impl<T: Clone> Selector<T> {
                         Mode::Keyframe => timing.base,
                         _ => start,
                     };
+                    // Without durations (Matroska without BlockDuration) a frame ends where the
+                    // next begins: wait for it rather than drop the frame holding the start.
+                    let fend = match (fdur, s.held.get(1)) {
+                        (d, _) if d > 0 => fpts + d,
+                        (_, Some(next)) => next.pts.max(fpts + 1),
+                        (_, None) if s.eos => fpts + 1,
+                        (_, None) => return,
+                    };
                     // Nothing before the video's first frame: muxers drop what starts before it.
-                    if fpts + fdur.max(1) <= cut || fpts < timing.base {
+                    if fend <= cut || fpts < timing.base {
                         self.streams[si].held.pop_front();
                         continue;
                     }
@@ -603,6 +617,7 @@ impl<T: Clone> Selector<T> {
                     s.active = Some(Active {
                         clip: c,
                         timing,
+                        first_key: timing.base,
                         head: false,
                     });
                 }
