@@ -284,6 +284,9 @@ fn cut_file(
                         r.duration as f64 / 1e9,
                         started.elapsed().as_secs_f64()
                     );
+                    for note in &r.notes {
+                        progress.line(&format!("{source}: note: {note}"));
+                    }
                     if opts.vertical.is_some() {
                         progress.line(&format!(
                             "{source} clip {}/{}: {outcome}",
@@ -305,6 +308,7 @@ fn cut_file(
                         markers: clip.markers.clone(),
                         frames_copied: r.frames_copied,
                         frames_encoded: r.frames_encoded,
+                        notes: r.notes.clone(),
                         vertical: None,
                     })
                 }

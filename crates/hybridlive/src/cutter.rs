@@ -16,8 +16,8 @@ use gst::prelude::*;
 use gstclip::{CLIP_START_EVENT, ClipMode};
 use hybridlive_timeline::ClipRange;
 
-use crate::mp4edit::{TrackEdit, set_edits};
-use crate::vertical::{Crop, Vertical};
+use crate::mp4edit::{TrackEdit, TrackPatch, orientation_matrix, patch_tracks};
+use crate::vertical::{Crop, Vertical, swaps_axes, upright_direction};
 
 /// How far before the clip the recording is seeked to. Demuxers of fragmented files land each
 /// stream on its own fragment boundary, so audio could start after the video's key frame;
@@ -26,6 +26,20 @@ const SEEK_MARGIN: u64 = 2_000_000_000;
 
 /// How long a pipeline may make no progress before the cut is abandoned.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the queue in front of the gate may hold while the gate waits for every stream's first
+/// buffer: a stream that starts seconds after the others (audio recorded late, an `ffmpeg -ss`
+/// copy) comes only after that much of the others, so no time or buffer limit; bytes bound it.
+const GATE_QUEUE_BYTES: u32 = 64 * 1024 * 1024;
+
+/// Bit rate PCM audio is encoded to AAC at, per channel (transparent for speech and music).
+const PCM_AAC_BITRATE_PER_CHANNEL: i32 = 128_000;
+
+/// How far `avenc_aac`'s output lags the timestamps it gives it, in samples: FFmpeg's AAC
+/// encoder primes with 1024 samples and emits each frame one frame late, and GStreamer's
+/// audio encoder base class stamps outputs with the input's times (measured with 1 kHz bursts
+/// against white frames: 42 ms late at 48 kHz, see the real_footage PCM test).
+const AAC_ENCODER_DELAY_SAMPLES: u64 = 2048;
 
 /// A finished clip.
 #[derive(Debug, Clone)]
@@ -40,6 +54,8 @@ pub struct CutResult {
     pub frames_encoded: u64,
     /// The crop, for a vertical clip.
     pub crop: Option<Crop>,
+    /// What the clip does not carry as the recording had it (a dropped track, encoded PCM).
+    pub notes: Vec<String>,
 }
 
 /// What the src pad probes learn about each output track.
@@ -49,7 +65,13 @@ struct TrackInfo {
     present_start: Option<u64>,
     present_stop: Option<u64>,
     first_dts: Option<u64>,
+    /// Earliest presentation time of the track's frames (clip-relative).
+    first_pts: Option<u64>,
     end: u64,
+    /// The earliest presentation time inside the presentation window.
+    first_shown: Option<u64>,
+    /// Opus: the `OpusHead` the `dOps` is rebuilt from.
+    opus_head: Option<Vec<u8>>,
 }
 
 /// Holds each stream at its first buffer until the seek is sent, so nothing from the file's
@@ -62,10 +84,20 @@ struct Gate {
     hits: Arc<std::sync::atomic::AtomicUsize>,
     /// Smallest stream time of the first buffers.
     origin: Arc<Mutex<Option<u64>>>,
+    /// The video's `image-orientation` tag.
+    orientation: Arc<Mutex<Option<String>>>,
+    /// The queues in front of the gate, unbounded in time until it opens.
+    queues: Arc<Mutex<Vec<gst::Element>>>,
 }
 
 impl Gate {
     fn open(&self) {
+        // Back to a queue's usual bounds: from here on streams flow together.
+        for q in lock(&self.queues).drain(..) {
+            q.set_property("max-size-time", gst::ClockTime::SECOND.nseconds());
+            q.set_property("max-size-buffers", 200u32);
+            q.set_property("max-size-bytes", 10u32 * 1024 * 1024);
+        }
         for (pad, id) in lock(&self.probes).drain(..) {
             pad.remove_probe(id);
         }
@@ -88,6 +120,13 @@ struct Shared {
     tracks: Vec<TrackInfo>,
     error: Option<String>,
     crop: Option<Crop>,
+    /// Coded size of the video.
+    video_size: Option<(u32, u32)>,
+    /// The range in the recording's stream time, once its origin is known.
+    window: Option<(u64, u64)>,
+    /// Source video frames that start in `window`.
+    frames_in_window: u64,
+    notes: Vec<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -180,12 +219,11 @@ fn cut_to(
         let mux = mux.clone();
         let shared = shared.clone();
         let gate = gate.clone();
-        let vertical = vertical.copied();
         parsebin.connect_pad_added(move |_, pad| {
             let Some(pipeline) = pipeline_weak.upgrade() else {
                 return;
             };
-            if let Err(e) = link_stream(&pipeline, pad, &clip, &mux, &shared, &gate, vertical) {
+            if let Err(e) = link_stream(&pipeline, pad, &clip, &mux, &shared, &gate) {
                 lock(&shared).error.get_or_insert(e.to_string());
             }
         });
@@ -226,6 +264,13 @@ fn cut_to(
                 }
             }
             let origin = lock(&gate.origin).unwrap_or(0);
+            lock(&shared).window = Some((range.start + origin, range.end + origin));
+            if let Some(v) = vertical {
+                let orientation = lock(&gate.orientation).clone();
+                let crop = vertical_crop(*v, lock(&shared).video_size, orientation.as_deref())?;
+                clip.set_property("reencode-filter", crop.filter());
+                lock(&shared).crop = Some(crop);
+            }
             clip.set_property(
                 "ranges",
                 range_property(range.start + origin, range.end + origin),
@@ -301,12 +346,17 @@ fn cut_to(
         let Some(first_frame) = first_frame else {
             bail!("the recording has no video or audio in {range} (it ends before?)");
         };
+        let (crop, notes) = {
+            let sh = lock(&shared);
+            (sh.crop, sh.notes.clone())
+        };
         Ok(CutResult {
             duration: 0,
             first_frame: first_frame.saturating_sub(lock(&gate.origin).unwrap_or(0)),
             frames_copied: frames.0,
             frames_encoded: frames.1,
-            crop: lock(&shared).crop,
+            crop,
+            notes,
         })
     };
     let result = run();
@@ -317,35 +367,64 @@ fn cut_to(
     if tracks.iter().all(|t| t.first_dts.is_none()) {
         bail!("no frames were written for {range}");
     }
-    let edits: Vec<(&'static str, Option<TrackEdit>)> = tracks
+    // Re-encoded clips always hold a frame (the decoder keeps one that overlaps the range):
+    // what counts is whether a frame of the recording starts in the range.
+    if mode != ClipMode::Keyframe
+        && tracks.iter().any(|t| t.handler == "vide")
+        && lock(&shared).frames_in_window == 0
+    {
+        bail!(
+            "no video frame starts in {range}: the range is shorter than one frame \
+             (give a longer range)"
+        );
+    }
+    // A rotated source's display matrix: mp4mux writes identity. A vertical clip is turned
+    // upright when it is re-encoded, so it has none left to signal.
+    let matrix = lock(&gate.orientation)
+        .as_deref()
+        .filter(|_| vertical.is_none())
+        .and_then(orientation_matrix);
+    // The clip starts on its first video frame: a range starting between two frames would
+    // otherwise begin with part of the frame before, which ffmpeg shows from the next frame on
+    // and moves the video early against the audio. Tracks share the clip's timeline.
+    // (A video that only begins after the start keeps its empty edit instead.)
+    let video_start = tracks
+        .iter()
+        .find(|t| t.handler == "vide")
+        .filter(|t| t.first_pts.zip(t.present_start).is_some_and(|(p, s)| p < s))
+        .and_then(|t| t.first_shown);
+    let patches: Vec<(&'static str, TrackPatch)> = tracks
         .iter()
         .map(|t| {
             let edit = match (t.present_start, t.present_stop, t.first_dts) {
                 (Some(start), Some(stop), Some(first)) if mode != ClipMode::Keyframe => {
-                    let stop = stop.min(t.end);
-                    Some(TrackEdit {
-                        media_time: start.saturating_sub(first),
-                        duration: stop.saturating_sub(start),
-                    })
+                    let start = video_start.map_or(start, |v| v.clamp(start, stop));
+                    Some(track_edit(start, stop.min(t.end), first, t.first_pts))
                 }
                 _ => None,
             };
-            (t.handler, edit)
+            let patch = TrackPatch {
+                edit,
+                matrix: matrix.filter(|_| t.handler == "vide"),
+                opus_head: t.opus_head.clone(),
+            };
+            (t.handler, patch)
         })
         .collect();
-    if edits.iter().any(|(_, e)| e.is_some()) {
-        set_edits(temp, |handler, n| {
-            edits
+    if patches.iter().any(|(_, p)| *p != TrackPatch::default()) {
+        patch_tracks(temp, |handler, n| {
+            patches
                 .iter()
                 .filter(|(h, _)| *h == handler)
                 .nth(n)
-                .and_then(|(_, e)| *e)
+                .map(|(_, p)| p.clone())
+                .unwrap_or_default()
         })
-        .context("cannot write the edit list")?;
+        .context("cannot rewrite the clip's moov (edit lists, rotation, Opus header)")?;
     }
-    result.duration = edits
+    result.duration = patches
         .iter()
-        .filter_map(|(_, e)| e.map(|e| e.duration))
+        .filter_map(|(_, p)| p.edit.map(|e| e.empty + e.duration))
         .max()
         .unwrap_or_else(|| {
             tracks
@@ -355,6 +434,39 @@ fn cut_to(
                 .unwrap_or(0)
         });
     Ok(result)
+}
+
+/// The edit presenting clip-relative `[start, stop)` of a track whose first frame is decoded
+/// at `first_dts` and whose earliest frame is shown at `first_pts`: a track that starts after
+/// `start` (audio recorded after the video began, or the reverse) gets an empty edit so it
+/// stays in sync instead of moving to the clip's start.
+fn track_edit(start: u64, stop: u64, first_dts: u64, first_pts: Option<u64>) -> TrackEdit {
+    let shown_from = first_pts.map_or(start, |p| p.max(start)).min(stop);
+    TrackEdit {
+        empty: shown_from - start,
+        media_time: shown_from.saturating_sub(first_dts),
+        duration: stop - shown_from,
+    }
+}
+
+/// The 9:16 crop of the video as it is displayed: a rotated source is turned upright first.
+fn vertical_crop(
+    v: Vertical,
+    size: Option<(u32, u32)>,
+    orientation: Option<&str>,
+) -> anyhow::Result<Crop> {
+    let Some((w, h)) = size else {
+        bail!("the video size is unknown: cannot crop it");
+    };
+    let turn = orientation.and_then(upright_direction);
+    let (w, h) = if orientation.is_some_and(swaps_axes) {
+        (h, w)
+    } else {
+        (w, h)
+    };
+    let mut crop = v.crop(w, h).map_err(|e| anyhow!(e))?;
+    crop.turn = turn;
+    Ok(crop)
 }
 
 /// The error to report for an error message on the bus: a stream refused while linking (an
@@ -394,7 +506,6 @@ fn link_stream(
     mux: &gst::Element,
     shared: &Arc<Mutex<Shared>>,
     gate: &Gate,
-    vertical: Option<Vertical>,
 ) -> anyhow::Result<()> {
     let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
     let s = caps
@@ -411,7 +522,13 @@ fn link_stream(
             );
         }
     }
-    let mut chain = vec![make("queue")?];
+    let queue = make("queue")?;
+    queue.set_property("max-size-time", 0u64);
+    queue.set_property("max-size-buffers", 0u32);
+    queue.set_property("max-size-bytes", GATE_QUEUE_BYTES);
+    lock(&gate.queues).push(queue.clone());
+    let mut chain = vec![queue];
+    let mut opus_head = None;
     match name {
         "video/x-h264" | "video/x-h265" => {
             let (parser, format) = if name == "video/x-h264" {
@@ -429,15 +546,8 @@ fn link_stream(
                     .build(),
             );
             chain.push(filter);
-            if let Some(v) = vertical {
-                let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height")) else {
-                    bail!("the video size is unknown: cannot crop it");
-                };
-                let crop = v
-                    .crop(w.max(0) as u32, h.max(0) as u32)
-                    .map_err(|e| anyhow!(e))?;
-                clip.set_property("reencode-filter", crop.filter());
-                lock(shared).crop = Some(crop);
+            if let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height")) {
+                lock(shared).video_size = Some((w.max(0) as u32, h.max(0) as u32));
             }
         }
         "audio/mpeg" if !matches!(s.get::<i32>("mpegversion"), Ok(1)) => {
@@ -452,12 +562,47 @@ fn link_stream(
             );
             chain.push(filter);
         }
-        "audio/mpeg" | "audio/x-opus" | "audio/x-ac3" | "audio/x-eac3" => {}
+        "audio/x-opus" => {
+            // mp4mux 1.22 writes Matroska's little-endian OpusHead into dOps unswapped: keep
+            // the header to rewrite dOps.
+            opus_head = s
+                .get::<gst::Array>("streamheader")
+                .ok()
+                .and_then(|a| a.first().and_then(|v| v.get::<gst::Buffer>().ok()))
+                .and_then(|b| b.map_readable().ok().map(|m| m.to_vec()))
+                .filter(|h| h.starts_with(b"OpusHead"));
+        }
+        "audio/mpeg" | "audio/x-ac3" | "audio/x-eac3" => {}
+        "audio/x-raw" => {
+            // MP4 (mp4mux) has no PCM: encode it to AAC, and say so.
+            let channels = s.get::<i32>("channels").unwrap_or(2).clamp(1, 8);
+            chain.push(make("audioconvert")?);
+            let encoder = make("avenc_aac")?;
+            encoder.set_property("bitrate", PCM_AAC_BITRATE_PER_CHANNEL * channels);
+            let rate = s
+                .get::<i32>("rate")
+                .ok()
+                .filter(|r| *r > 0)
+                .unwrap_or(48_000);
+            compensate_encoder_delay(&encoder, rate as u64)?;
+            chain.push(encoder);
+            chain.push(make("aacparse")?);
+            let format = s.get::<&str>("format").unwrap_or("PCM");
+            lock(shared).notes.push(format!(
+                "PCM audio ({format}, {channels} channel(s)) encoded to AAC at {} kbit/s: MP4 \
+                 clips cannot carry PCM",
+                PCM_AAC_BITRATE_PER_CHANNEL * channels / 1000
+            ));
+        }
         n if n.starts_with("video/") => {
             bail!("unsupported video codec {n} (H.264 or H.265 needed)")
         }
         _ => {
-            // Subtitles, data, unsupported audio: not part of clips.
+            // Subtitles, timecode, chapters, unsupported audio: not part of clips, and the
+            // manifest says so.
+            lock(shared)
+                .notes
+                .push(format!("{} track dropped", track_kind(name)));
             let fakesink = make("fakesink")?;
             pipeline.add(&fakesink)?;
             fakesink.sync_state_with_parent()?;
@@ -484,14 +629,17 @@ fn link_stream(
     } else {
         "soun"
     };
-    link_output(pipeline, &src, mux, shared, handler)?;
+    link_output(pipeline, &src, mux, shared, handler, opus_head)?;
     let last = chain.last().ok_or_else(|| anyhow!("empty chain"))?;
     last.static_pad("src")
         .ok_or_else(|| anyhow!("no src pad"))?
         .link(&sink)?;
-    // Hold the stream at its first buffer until the seek; the seek's flush drops it.
+    // Hold the stream at its first buffer until the seek; the seek's flush drops it. A stream
+    // that ends without a buffer counts as there.
     let g = gate.clone();
-    let hit = AtomicBool::new(false);
+    let hit = Arc::new(AtomicBool::new(false));
+    let hit_eos = hit.clone();
+    let is_video = handler == "vide";
     let id = sink.add_probe(
         gst::PadProbeType::BLOCK | gst::PadProbeType::BUFFER,
         move |pad, info| {
@@ -502,10 +650,16 @@ fn link_stream(
                 .sticky_event::<gst::event::Segment>(0)
                 .and_then(|e| e.segment().downcast_ref::<gst::ClockTime>().cloned());
             if let (Some(seg), Some(b)) = (seg, info.buffer())
-                && let Some(t) = b.pts().or(b.dts()).and_then(|t| seg.to_stream_time(t))
+                && let Some(t) = b.pts().or(b.dts())
+                // Audio's first frames can lie before the segment (AAC priming the edit list
+                // hides): what is presented starts at the segment's start.
+                && let Some(t) = seg.to_stream_time(t.max(seg.start().unwrap_or(t)))
             {
                 let mut origin = lock(&g.origin);
                 *origin = Some(origin.map_or(t.nseconds(), |o| o.min(t.nseconds())));
+            }
+            if is_video {
+                *lock(&g.orientation) = orientation(pad);
             }
             g.hits.fetch_add(1, Ordering::SeqCst);
             gst::PadProbeReturn::Ok
@@ -514,6 +668,36 @@ fn link_stream(
     if let Some(id) = id {
         lock(&gate.probes).push((sink.clone(), id));
     }
+    if is_video {
+        let shared = shared.clone();
+        sink.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+            let seg = pad
+                .sticky_event::<gst::event::Segment>(0)
+                .and_then(|e| e.segment().downcast_ref::<gst::ClockTime>().cloned());
+            if let (Some(seg), Some(b)) = (seg, info.buffer())
+                && let Some(t) = b.pts().and_then(|t| seg.to_stream_time(t))
+            {
+                let mut sh = lock(&shared);
+                if sh
+                    .window
+                    .is_some_and(|(s, e)| (s..e).contains(&t.nseconds()))
+                {
+                    sh.frames_in_window += 1;
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
+    let g = gate.clone();
+    sink.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+        if let Some(gst::PadProbeData::Event(e)) = &info.data
+            && e.type_() == gst::EventType::Eos
+            && !hit_eos.swap(true, Ordering::SeqCst)
+        {
+            g.hits.fetch_add(1, Ordering::SeqCst);
+        }
+        gst::PadProbeReturn::Ok
+    });
     for e in &chain {
         e.sync_state_with_parent()?;
     }
@@ -526,6 +710,55 @@ fn link_stream(
     Ok(())
 }
 
+/// Moves the encoder's output back onto the input's timeline; the priming frames that would
+/// go before zero are dropped.
+fn compensate_encoder_delay(encoder: &gst::Element, rate: u64) -> anyhow::Result<()> {
+    let delay = gst::ClockTime::from_nseconds(
+        AAC_ENCODER_DELAY_SAMPLES * gst::ClockTime::SECOND.nseconds() / rate,
+    );
+    let src = encoder
+        .static_pad("src")
+        .ok_or_else(|| anyhow!("encoder without src pad"))?;
+    src.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+        let Some(gst::PadProbeData::Buffer(b)) = info.data.as_mut() else {
+            return gst::PadProbeReturn::Ok;
+        };
+        match b.pts().and_then(|p| p.checked_sub(delay)) {
+            Some(pts) => {
+                let b = b.make_mut();
+                b.set_pts(pts);
+                b.set_dts(b.dts().and_then(|d| d.checked_sub(delay)).or(Some(pts)));
+                gst::PadProbeReturn::Ok
+            }
+            None => gst::PadProbeReturn::Drop,
+        }
+    });
+    Ok(())
+}
+
+/// What a user calls a stream of these caps.
+fn track_kind(caps_name: &str) -> String {
+    match caps_name {
+        n if n.starts_with("text/") || n.starts_with("subtitle/") || n.contains("sub") => {
+            "subtitle".to_owned()
+        }
+        n if n.contains("timecode") => "timecode".to_owned(),
+        n if n.starts_with("audio/") => format!("audio ({n}, not supported in MP4 clips)"),
+        n => n.to_owned(),
+    }
+}
+
+/// The `image-orientation` tag among the pad's sticky tag events.
+fn orientation(pad: &gst::Pad) -> Option<String> {
+    (0..)
+        .map_while(|i| pad.sticky_event::<gst::event::Tag>(i))
+        .find_map(|e| {
+            e.tag()
+                .get::<gst::tags::ImageOrientation>()
+                .map(|v| v.get().to_owned())
+        })
+}
+
 /// Links one clipextract output to the muxer and watches it for the edit list.
 fn link_output(
     pipeline: &gst::Pipeline,
@@ -533,6 +766,7 @@ fn link_output(
     mux: &gst::Element,
     shared: &Arc<Mutex<Shared>>,
     handler: &'static str,
+    opus_head: Option<Vec<u8>>,
 ) -> anyhow::Result<()> {
     // Re-encoded video comes out late (encoder look-ahead, the smart head is held until the
     // next key frame) while audio flows on: bound the muxer's input queues by bytes only, or
@@ -560,6 +794,7 @@ fn link_output(
         let mut sh = lock(shared);
         sh.tracks.push(TrackInfo {
             handler,
+            opus_head,
             ..Default::default()
         });
         sh.tracks.len() - 1
@@ -579,6 +814,13 @@ fn link_output(
                     if let Some(pts) = b.pts() {
                         let end = pts + b.duration().unwrap_or(gst::ClockTime::ZERO);
                         t.end = t.end.max(end.nseconds());
+                        let pts = pts.nseconds();
+                        t.first_pts = Some(t.first_pts.map_or(pts, |p| p.min(pts)));
+                        if t.present_start.is_some_and(|s| pts >= s)
+                            && t.present_stop.is_none_or(|s| pts < s)
+                        {
+                            t.first_shown = Some(t.first_shown.map_or(pts, |p| p.min(pts)));
+                        }
                     }
                 }
                 Some(gst::PadProbeData::Event(e)) => {

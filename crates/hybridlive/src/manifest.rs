@@ -46,6 +46,10 @@ pub struct ClipEntry {
     pub frames_copied: u64,
     /// Frames re-encoded.
     pub frames_encoded: u64,
+    /// What the clip does not carry as the recording had it: dropped tracks (subtitles,
+    /// timecode, unsupported audio), PCM audio encoded to AAC.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
     /// The vertical 9:16 version of the clip, when one was asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vertical: Option<VerticalEntry>,

@@ -1,9 +1,15 @@
-//! Edit lists in MP4 files written by `mp4mux`.
+//! Rewrites the `moov` of MP4 files written by `mp4mux`: what mp4mux 1.22 cannot write itself.
 //!
-//! `mp4mux` drops buffers outside the segment instead of writing an edit list for them, so
-//! `clipextract` keeps the segment around every frame and reports the window to present; this
-//! module then writes that window as each track's edit list. Only the `moov` box is rewritten;
-//! it must come after `mdat` (mp4mux's default), so no chunk offset moves.
+//! - Edit lists: `mp4mux` drops buffers outside the segment instead of writing an edit list for
+//!   them, so `clipextract` keeps the segment around every frame and reports the window to
+//!   present; this module writes that window as each track's edit list, behind an empty edit
+//!   when the track starts later than the clip.
+//! - The video's display matrix (rotation): mp4mux writes identity whatever the tags say.
+//! - The Opus `dOps` box: mp4mux copies Matroska's little-endian `OpusHead` fields into it
+//!   unswapped; it is rebuilt from the `OpusHead`.
+//!
+//! Only the `moov` box is rewritten; it must come after `mdat` (mp4mux's default), so no chunk
+//! offset moves.
 
 use std::fs::OpenOptions;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -12,10 +18,69 @@ use std::path::Path;
 /// What a track presents, in nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TrackEdit {
+    /// Nothing is presented for this long at the start of the movie (an empty edit): the
+    /// track starts later than the clip.
+    pub empty: u64,
     /// Media time (relative to the track's first decode time) of the first presented instant.
     pub media_time: u64,
-    /// How long the track presents.
+    /// How long the track presents (after the empty edit).
     pub duration: u64,
+}
+
+/// What to change in one track.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrackPatch {
+    /// A new edit list; `None` keeps the track's.
+    pub edit: Option<TrackEdit>,
+    /// The track header's 3x3 display matrix (`a b u c d v x y w`, 16.16 / 2.30 fixed point).
+    pub matrix: Option<[i32; 9]>,
+    /// The Opus `OpusHead` (RFC 7845) the track's `dOps` is rebuilt from.
+    pub opus_head: Option<Vec<u8>>,
+}
+
+/// The display matrix of a GStreamer `image-orientation` tag, as qtdemux reads matrices back
+/// (so a clip's orientation round-trips through GStreamer as well as ffmpeg). `None` for
+/// `rotate-0` and unknown values.
+pub fn orientation_matrix(tag: &str) -> Option<[i32; 9]> {
+    const ONE: i32 = 0x1_0000;
+    const W: i32 = 0x4000_0000;
+    let (a, b, c, d) = match tag {
+        "rotate-90" => (0, ONE, -ONE, 0),
+        "rotate-180" => (-ONE, 0, 0, -ONE),
+        "rotate-270" => (0, -ONE, ONE, 0),
+        "flip-rotate-0" => (-ONE, 0, 0, ONE),
+        "flip-rotate-90" => (0, ONE, ONE, 0),
+        "flip-rotate-180" => (ONE, 0, 0, -ONE),
+        "flip-rotate-270" => (0, -ONE, -ONE, 0),
+        _ => return None,
+    };
+    Some([a, b, 0, c, d, 0, 0, 0, W])
+}
+
+/// The `dOps` payload (Opus in ISO BMFF, big-endian) for a clip of a stream with this
+/// `OpusHead` (RFC 7845, little-endian): `None` when `head` is not an `OpusHead`.
+pub fn dops_from_opus_head(head: &[u8]) -> Option<Vec<u8>> {
+    if head.len() < 19 || &head[..8] != b"OpusHead" {
+        return None;
+    }
+    let channels = head[9];
+    // The source's pre-skip is the encoder's priming at the start of the recording; a clip
+    // starts mid-stream and its edit list already says what to present: skipping more would
+    // move the audio early.
+    let pre_skip = 0u16;
+    let rate = u32::from_le_bytes([head[12], head[13], head[14], head[15]]);
+    let gain = i16::from_le_bytes([head[16], head[17]]);
+    let family = head[18];
+    let mut out = vec![0, channels];
+    out.extend_from_slice(&pre_skip.to_be_bytes());
+    out.extend_from_slice(&rate.to_be_bytes());
+    out.extend_from_slice(&gain.to_be_bytes());
+    out.push(family);
+    if family != 0 {
+        // Stream count, coupled count, one mapping byte per channel: same layout in both.
+        out.extend_from_slice(head.get(19..21 + usize::from(channels))?);
+    }
+    Some(out)
 }
 
 fn invalid(msg: impl Into<String>) -> io::Error {
@@ -112,33 +177,99 @@ fn scale(ns: u64, timescale: u32) -> u64 {
     ((ns as u128 * timescale as u128 + 500_000_000) / 1_000_000_000) as u64
 }
 
-fn edts_payload(duration: u64, media_time: u64) -> Vec<u8> {
+/// An `edts` with an optional empty edit (`empty`, movie timescale) then one edit.
+fn edts_payload(empty: u64, duration: u64, media_time: u64) -> Vec<u8> {
+    let mut entries = Vec::new();
+    if empty > 0 {
+        // media_time -1: nothing is presented.
+        entries.push((empty, -1i64));
+    }
+    if duration > 0 || entries.is_empty() {
+        entries.push((duration, media_time.min(i64::MAX as u64) as i64));
+    }
+    let wide = entries
+        .iter()
+        .any(|&(d, m)| d > u32::MAX as u64 || m > i32::MAX as i64);
     let mut elst = Vec::new();
-    let wide = duration > u32::MAX as u64 || media_time > i32::MAX as u64;
     elst.push(u8::from(wide));
     elst.extend_from_slice(&[0, 0, 0]);
-    elst.extend_from_slice(&1u32.to_be_bytes());
-    if wide {
-        elst.extend_from_slice(&duration.to_be_bytes());
-        elst.extend_from_slice(&media_time.to_be_bytes());
-    } else {
-        elst.extend_from_slice(&(duration as u32).to_be_bytes());
-        elst.extend_from_slice(&(media_time as u32).to_be_bytes());
+    elst.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+    for (duration, media_time) in entries {
+        if wide {
+            elst.extend_from_slice(&duration.to_be_bytes());
+            elst.extend_from_slice(&media_time.to_be_bytes());
+        } else {
+            elst.extend_from_slice(&(duration as u32).to_be_bytes());
+            elst.extend_from_slice(&(media_time as i32).to_be_bytes());
+        }
+        // media_rate 1.0
+        elst.extend_from_slice(&[0, 1, 0, 0]);
     }
-    // media_rate 1.0
-    elst.extend_from_slice(&[0, 1, 0, 0]);
     let mut edts = Vec::new();
     write_box(b"elst", &elst, &mut edts);
     edts
 }
 
-/// Replaces every track's edit list with one edit chosen by `edit_for(handler, n)`, where
-/// `handler` is the track's handler type (`vide`, `soun`...) and `n` counts tracks of that
-/// handler in file order; tracks for which it returns `None` keep theirs. Movie and track
-/// durations follow the edits.
-pub fn set_edits(
+/// Offset of the matrix in a `tkhd` payload.
+fn matrix_offset(tkhd: &[u8]) -> usize {
+    if tkhd.first() == Some(&1) { 48 } else { 40 }
+}
+
+fn set_matrix(tkhd: &mut [u8], matrix: &[i32; 9]) -> io::Result<()> {
+    let at = matrix_offset(tkhd);
+    let slot = tkhd
+        .get_mut(at..at + 36)
+        .ok_or_else(|| invalid("truncated tkhd"))?;
+    for (chunk, v) in slot.chunks_exact_mut(4).zip(matrix) {
+        chunk.copy_from_slice(&v.to_be_bytes());
+    }
+    Ok(())
+}
+
+/// Replaces the `dOps` of the `Opus` sample entry in a `minf` payload.
+fn replace_dops(minf: &[u8], dops: &[u8]) -> io::Result<Vec<u8>> {
+    // Fields of an audio sample entry before its child boxes.
+    const AUDIO_ENTRY_HEADER: usize = 28;
+    let mut minf_children = parse_boxes(minf)?;
+    for stbl in minf_children.iter_mut().filter(|b| &b.kind == b"stbl") {
+        let mut stbl_children = parse_boxes(&stbl.payload)?;
+        for stsd in stbl_children.iter_mut().filter(|b| &b.kind == b"stsd") {
+            let head = stsd
+                .payload
+                .get(..8)
+                .ok_or_else(|| invalid("truncated stsd"))?
+                .to_vec();
+            let mut entries = parse_boxes(&stsd.payload[8..])?;
+            for entry in entries.iter_mut().filter(|b| &b.kind == b"Opus") {
+                let fields = entry
+                    .payload
+                    .get(..AUDIO_ENTRY_HEADER)
+                    .ok_or_else(|| invalid("truncated Opus sample entry"))?
+                    .to_vec();
+                let mut children = parse_boxes(&entry.payload[AUDIO_ENTRY_HEADER..])?;
+                children.retain(|b| &b.kind != b"dOps");
+                children.insert(
+                    0,
+                    Mp4Box {
+                        kind: *b"dOps",
+                        payload: dops.to_vec(),
+                    },
+                );
+                entry.payload = [fields, serialize(&children)].concat();
+            }
+            stsd.payload = [head, serialize(&entries)].concat();
+        }
+        stbl.payload = serialize(&stbl_children);
+    }
+    Ok(serialize(&minf_children))
+}
+
+/// Patches every track with what `patch_for(handler, n)` returns, where `handler` is the
+/// track's handler type (`vide`, `soun`...) and `n` counts tracks of that handler in file
+/// order. A new edit list replaces the track's; movie and track durations follow the edits.
+pub fn patch_tracks(
     path: &Path,
-    mut edit_for: impl FnMut(&str, usize) -> Option<TrackEdit>,
+    mut patch_for: impl FnMut(&str, usize) -> TrackPatch,
 ) -> io::Result<()> {
     let mut file = OpenOptions::new().read(true).write(true).open(path)?;
     let len = file.metadata()?.len();
@@ -214,27 +345,41 @@ pub fn set_edits(
             .transpose()?
             .ok_or_else(|| invalid("mdia without mdhd"))?;
         let n = counts.entry(handler.clone()).or_default();
-        let edit = edit_for(&handler, *n);
+        let patch = patch_for(&handler, *n);
         *n += 1;
-        let Some(edit) = edit else {
-            continue;
-        };
-        let duration = scale(edit.duration, movie_ts);
-        let media_time = scale(edit.media_time, track_ts);
-        movie_duration = movie_duration.max(duration);
-        tchildren.retain(|b| &b.kind != b"edts");
         let at = tchildren
             .iter()
             .position(|b| &b.kind == b"tkhd")
             .ok_or_else(|| invalid("trak without tkhd"))?;
-        set_duration(&mut tchildren[at].payload, duration, 20, 28);
-        tchildren.insert(
-            at + 1,
-            Mp4Box {
-                kind: *b"edts",
-                payload: edts_payload(duration, media_time),
-            },
-        );
+        if let Some(matrix) = &patch.matrix {
+            set_matrix(&mut tchildren[at].payload, matrix)?;
+        }
+        if let Some(head) = &patch.opus_head {
+            let dops = dops_from_opus_head(head).ok_or_else(|| invalid("not an OpusHead"))?;
+            for mdia in tchildren.iter_mut().filter(|b| &b.kind == b"mdia") {
+                let mut mchildren = parse_boxes(&mdia.payload)?;
+                for minf in mchildren.iter_mut().filter(|b| &b.kind == b"minf") {
+                    minf.payload = replace_dops(&minf.payload, &dops)?;
+                }
+                mdia.payload = serialize(&mchildren);
+            }
+        }
+        if let Some(edit) = patch.edit {
+            let empty = scale(edit.empty, movie_ts);
+            let duration = scale(edit.duration, movie_ts);
+            let media_time = scale(edit.media_time, track_ts);
+            let total = empty + duration;
+            movie_duration = movie_duration.max(total);
+            tchildren.retain(|b| &b.kind != b"edts");
+            set_duration(&mut tchildren[at].payload, total, 20, 28);
+            tchildren.insert(
+                at + 1,
+                Mp4Box {
+                    kind: *b"edts",
+                    payload: edts_payload(empty, duration, media_time),
+                },
+            );
+        }
         trak.payload = serialize(&tchildren);
     }
     if movie_duration > 0

@@ -100,6 +100,31 @@ pub struct Crop {
     pub width: u32,
     /// Output height.
     pub height: u32,
+    /// `videoflip` `video-direction` that turns the coded picture upright first (a rotated
+    /// source: the crop is in display space, the output has no rotation left to signal).
+    pub turn: Option<&'static str>,
+}
+
+/// The `videoflip` direction that shows a picture as its `image-orientation` tag asks.
+pub fn upright_direction(orientation: &str) -> Option<&'static str> {
+    Some(match orientation {
+        "rotate-90" => "90r",
+        "rotate-180" => "180",
+        "rotate-270" => "90l",
+        "flip-rotate-0" => "horiz",
+        "flip-rotate-90" => "ul-lr",
+        "flip-rotate-180" => "vert",
+        "flip-rotate-270" => "ur-ll",
+        _ => return None,
+    })
+}
+
+/// Whether a picture with this orientation is shown with width and height swapped.
+pub fn swaps_axes(orientation: &str) -> bool {
+    matches!(
+        orientation,
+        "rotate-90" | "rotate-270" | "flip-rotate-90" | "flip-rotate-270"
+    )
 }
 
 fn even(v: u32) -> u32 {
@@ -149,6 +174,7 @@ impl Vertical {
             bottom: height - ch - top,
             width: w,
             height: h,
+            turn: None,
         })
     }
 }
@@ -157,8 +183,12 @@ impl Crop {
     /// The crop and scale as raw video elements for clipextract's `reencode-filter`. (Bare caps
     /// at the end of a bin description do not parse: the caps go into a capsfilter.)
     pub fn filter(&self) -> String {
+        let turn = self
+            .turn
+            .map(|d| format!("videoflip video-direction={d} ! "))
+            .unwrap_or_default();
         format!(
-            "videocrop left={} right={} top={} bottom={} ! videoscale ! \
+            "{turn}videocrop left={} right={} top={} bottom={} ! videoscale ! \
              capsfilter caps=\"video/x-raw,width={},height={},pixel-aspect-ratio=1/1\"",
             self.left, self.right, self.top, self.bottom, self.width, self.height
         )
