@@ -258,3 +258,66 @@ fn the_viewer_page_plays_webrtc_again_after_the_whep_server_restarted() {
     );
     pipeline.set_state(gst::State::Null).unwrap();
 }
+
+/// Installed by the first poll of the page (before the next HLS retry is scheduled): tracks the
+/// page's HLS retry timers (the ones that call `startLoad`), pending and fired.
+const TRACK_HLS_RETRIES: &str = "(() => { \
+    if (!window.retries) { \
+      window.retries = { pending: new Set(), fired: new Set() }; \
+      const set = window.setTimeout, clear = window.clearTimeout; \
+      window.setTimeout = (f, ms, ...args) => { \
+        if (typeof f !== 'function' || !String(f).includes('startLoad')) return set(f, ms, ...args); \
+        const id = set(() => { window.retries.pending.delete(id); window.retries.fired.add(id); f(...args); }, ms); \
+        window.retries.pending.add(id); return id; }; \
+      window.clearTimeout = (id) => { window.retries.pending.delete(id); return clear(id); }; \
+    } \
+    return window.viewer && window.viewer.mode === 'hls' && window.retries.pending.size > 0; \
+  })()";
+
+/// Switches to WebRTC while an HLS retry is pending; then tells whether it was cleared.
+const SWITCH_TO_WEBRTC: &str = "(async () => { \
+    const pending = [...window.retries.pending]; \
+    document.getElementById('webrtc').click(); \
+    const deadline = performance.now() + 20000; \
+    while (window.viewer.mode !== 'webrtc' && performance.now() < deadline) \
+      await new Promise((r) => setTimeout(r, 100)); \
+    const left = pending.filter((id) => window.retries.pending.has(id) || window.retries.fired.has(id)); \
+    return { mode: window.viewer.mode, pending: pending.length, left: left.length }; \
+  })()";
+
+#[test]
+fn leaving_hls_clears_its_retry_timer() {
+    if !in_private_netns("leaving_hls_clears_its_retry_timer") {
+        return;
+    }
+    static INDEX: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        String::from_utf8(runner_asset("index.html")).expect("index.html is UTF-8")
+    });
+    let pipeline = encoded_source(320, 240, "hls-retry");
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let output = WhepOutput::new(
+        &pipeline,
+        &pipeline.by_name("t").unwrap(),
+        None,
+        WhepConfig {
+            loopback_ice: true,
+            ..Default::default()
+        },
+    );
+    // No HLS here: every playlist load fails, and the page schedules a retry.
+    let port = serve_page(INDEX.as_str(), Arc::new(Mutex::new(Some(output))), None);
+    let result = open_in_chromium_with(
+        port,
+        "?mode=hls",
+        60,
+        &[("WAIT", TRACK_HLS_RETRIES), ("RESULT", SWITCH_TO_WEBRTC)],
+    );
+    eprintln!("HLS retry across a switch to WebRTC: {result}");
+    assert_eq!(result["mode"], "webrtc", "{result}");
+    assert!(result["pending"].as_u64().unwrap() > 0, "{result}");
+    assert_eq!(
+        result["left"], 0,
+        "the HLS retry outlived the HLS player (still pending, or fired): {result}"
+    );
+    pipeline.set_state(gst::State::Null).unwrap();
+}
