@@ -668,3 +668,25 @@ fn markers_are_counted_in_the_status_and_listed_on_their_own_route() {
     assert_eq!(got, sent);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `kill -9` between a take's first key frame and its first whole fragment: no sidecar is
+/// left without its recording (the sidecar is written once the MP4 exists), and whatever MP4
+/// there is decodes.
+#[test]
+fn a_kill_before_the_first_fragment_leaves_no_sidecar_without_its_recording() {
+    let dir = scratch("kill-early");
+    let mut runner = start_runner(&dir, false, "");
+    recording(&runner, "start");
+    let take = started_path(&runner.wait_event("recording-started", WAIT));
+    runner.signal("KILL");
+    runner.wait_exit(WAIT);
+    let rec = dir.join("rec");
+    let timeline = hybridlive_timeline::sidecar_path(&take);
+    assert!(
+        !timeline.exists() || take.exists(),
+        "{} without its recording",
+        timeline.display()
+    );
+    assert_folder_clean(&rec);
+    let _ = std::fs::remove_dir_all(&dir);
+}
