@@ -96,8 +96,7 @@ pub fn run(jobs: Vec<Job>, opts: &Options) -> anyhow::Result<ExitCode> {
     crate::init_gstreamer()?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create output folder {}", opts.out.display()))?;
-    let mut manifest = Manifest::load(&opts.out);
-    manifest.errors.clear();
+    let manifest = Manifest::load(&opts.out);
     let mut errors = Vec::new();
     let mut work = VecDeque::new();
     let mut stems: HashMap<String, usize> = HashMap::new();
@@ -171,13 +170,8 @@ pub fn run(jobs: Vec<Job>, opts: &Options) -> anyhow::Result<ExitCode> {
     progress.finish();
     let entries = entries.into_inner().unwrap_or_else(|e| e.into_inner());
     let errors = errors.into_inner().unwrap_or_else(|e| e.into_inner());
-    // Replace entries for the same output, keep the rest of an earlier manifest.
-    let new_outputs: std::collections::HashSet<String> =
-        entries.iter().map(|e| e.output.clone()).collect();
-    manifest.clips.retain(|c| !new_outputs.contains(&c.output));
-    manifest.clips.extend(entries);
-    manifest.errors = errors;
-    manifest.save(&opts.out)?;
+    // Replace entries for the same output, keep the rest (also another run's, made meanwhile).
+    let manifest = Manifest::merge_into(&opts.out, entries, errors)?;
     let failed = manifest.errors.len();
     if failed > 0 {
         eprintln!(
@@ -254,8 +248,21 @@ fn cut_file(
     let fp = progress.file(&source, w.clips.len());
     let mut done = Vec::new();
     let mut failed = Vec::new();
+    let source_id = source_identity(&w.source);
     for (i, clip) in w.clips.iter().enumerate() {
-        let name = clip_name(&w.stem, clip.range, opts.mode);
+        let mut name = clip_name(&w.stem, clip.range, opts.mode);
+        // A clip of another recording with the same name is there: this one gets the
+        // recording's identity in its name.
+        if old
+            .get(&name)
+            .is_some_and(|e| !e.source_id.is_empty() && e.source_id != source_id)
+        {
+            name = clip_name(
+                &format!("{}-{}", w.stem, short_hash(&source_id)),
+                clip.range,
+                opts.mode,
+            );
+        }
         let output = opts.out.join(&name);
         let fail = |what: &str, e: anyhow::Error| {
             let reason = format!("{what}{e:#}");
@@ -266,12 +273,18 @@ fn cut_file(
                 reason,
             }
         };
-        let mut entry = if output.exists() {
-            let entry = old.get(&name).cloned();
-            if entry.is_none() || opts.vertical.is_none() {
+        // Only a clip the manifest knows, of this recording, is skipped; a file without an
+        // entry (a run that was interrupted, or another one still writing its manifest) is
+        // cut again.
+        let known = old
+            .get(&name)
+            .filter(|e| e.source_id.is_empty() || e.source_id == source_id)
+            .cloned();
+        let mut entry = if output.exists() && known.is_some() {
+            if opts.vertical.is_none() {
                 fp.clip_done(i, &format!("{name} exists, skipped"));
             }
-            entry
+            known
         } else {
             let started = Instant::now();
             match cutter::cut(&w.source, clip.range, opts.mode, None, &output, &|f| {
@@ -303,6 +316,7 @@ fn cut_file(
                         range: clip.range.to_string(),
                         mode: mode_name(opts.mode).to_owned(),
                         output: name,
+                        source_id: source_id.clone(),
                         duration: r.duration as f64 / 1e9,
                         first_frame: r.first_frame as f64 / 1e9,
                         markers: clip.markers.clone(),
@@ -369,6 +383,26 @@ fn vertical_name(stem: &str, range: ClipRange, v: &Vertical) -> String {
         file_time(range.end),
         v.region
     )
+}
+
+/// The recording's identity: canonical path, size and modification time.
+fn source_identity(source: &Path) -> String {
+    let path = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_owned());
+    let meta = std::fs::metadata(source).ok();
+    let size = meta.as_ref().map_or(0, |m| m.len());
+    let mtime = meta
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!("{}|{size}|{mtime}", path.display())
+}
+
+/// Eight hex digits of FNV-1a: a short, stable tag for file names.
+fn short_hash(s: &str) -> String {
+    let h = s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{:08x}", h as u32)
 }
 
 /// Default parallelism: the machine's cores.

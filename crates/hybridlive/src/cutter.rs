@@ -139,13 +139,16 @@ fn make(factory: &str) -> anyhow::Result<gst::Element> {
         .with_context(|| format!("GStreamer element {factory} is missing"))
 }
 
-/// The temporary name `output` is written under before it is complete.
+/// The temporary name `output` is written under before it is complete: unique to this
+/// process and cut, so two runs writing the same clip into one folder do not share it.
 pub fn temp_path(output: &Path) -> PathBuf {
+    static CUTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let name = output
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    output.with_file_name(format!(".{name}.part"))
+    let n = CUTS.fetch_add(1, Ordering::Relaxed);
+    output.with_file_name(format!(".{name}.{}-{n}.part", std::process::id()))
 }
 
 /// Cuts `range` of `source` into `output` (MP4). `progress` gets the fraction done. With

@@ -39,6 +39,10 @@ pub struct ClipEntry {
     pub duration: f64,
     /// Stream time (seconds) of the first frame stored in the file (the key frame).
     pub first_frame: f64,
+    /// Which recording this is beyond its name: canonical path, size and modification time,
+    /// so a different recording with the same file name is not taken for this one.
+    #[serde(default)]
+    pub source_id: String,
     /// Labels of the timeline events the clip was cut for.
     #[serde(default)]
     pub markers: Vec<String>,
@@ -98,6 +102,35 @@ impl Manifest {
             })
     }
 
+    /// Merges this run's clips and errors into the manifest of `dir` under an exclusive lock,
+    /// so runs into the same folder at the same time keep each other's clips: an entry for
+    /// the same output replaces the older one, the rest stay.
+    pub fn merge_into(
+        dir: &Path,
+        clips: Vec<ClipEntry>,
+        errors: Vec<ErrorEntry>,
+    ) -> anyhow::Result<Self> {
+        let lock_path = dir.join(format!(".{MANIFEST_NAME}.lock"));
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot write {}", lock_path.display()))?;
+        lock.lock()
+            .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+        let mut manifest = Self::load(dir);
+        let outputs: std::collections::HashSet<&str> =
+            clips.iter().map(|c| c.output.as_str()).collect();
+        manifest
+            .clips
+            .retain(|c| !outputs.contains(c.output.as_str()));
+        manifest.clips.extend(clips);
+        manifest.errors = errors;
+        manifest.save(dir)?;
+        Ok(manifest)
+    }
+
     /// Writes the manifest into `dir` atomically (temporary file, then rename).
     pub fn save(&mut self, dir: &Path) -> anyhow::Result<()> {
         self.version = 1;
@@ -107,7 +140,7 @@ impl Manifest {
                 .unwrap_or(std::cmp::Ordering::Equal)
         });
         let path = dir.join(MANIFEST_NAME);
-        let temp = dir.join(format!(".{MANIFEST_NAME}.part"));
+        let temp = dir.join(format!(".{MANIFEST_NAME}.{}.part", std::process::id()));
         let text = serde_json::to_string_pretty(self)?;
         std::fs::write(&temp, text).with_context(|| format!("cannot write {}", temp.display()))?;
         std::fs::rename(&temp, &path)

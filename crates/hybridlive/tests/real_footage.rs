@@ -385,3 +385,88 @@ fn range_shorter_than_a_frame_is_refused() {
         assert!(clips_in(&out).is_empty(), "{mode}: a clip was written");
     }
 }
+
+fn manifest_outputs(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join("manifest.json")).expect("manifest written");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("manifest is JSON");
+    v["clips"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c["output"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Issue 30 item 9: runs into one folder at the same time keep each other's clips, and two
+/// runs of the same clip both succeed.
+#[test]
+fn concurrent_runs_into_one_folder_keep_every_clip() {
+    let dir = TempDir::new("concurrent");
+    let source = dir.path("rec.mp4");
+    flash_source(&source, &["-c:v", "libx264", "-g", "50", "-c:a", "aac"]);
+    let out = dir.path("out");
+    let spawn = |range: &str| {
+        hybridlive()
+            .arg("clip")
+            .arg(&source)
+            .args(["--range", range, "--mode", "keyframe", "--out"])
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn hybridlive")
+    };
+    let runs = [spawn("1-2"), spawn("1-2"), spawn("3-4"), spawn("2-3")];
+    for r in runs {
+        let o = r.wait_with_output().expect("wait");
+        assert!(
+            o.status.success(),
+            "a concurrent run failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let mut listed = manifest_outputs(&out);
+    listed.sort();
+    listed.dedup();
+    assert_eq!(listed.len(), 3, "manifest lists {listed:?}");
+    for name in &listed {
+        assert!(out.join(name).is_file(), "{name} is listed but missing");
+    }
+}
+
+/// Issue 30 item 10: a different recording with the same file name is cut, not skipped.
+#[test]
+fn same_name_different_recording_is_not_skipped() {
+    let dir = TempDir::new("same-name");
+    std::fs::create_dir_all(dir.path("sa")).expect("sa");
+    std::fs::create_dir_all(dir.path("sb")).expect("sb");
+    let a = dir.path("sa/rec.mp4");
+    let b = dir.path("sb/rec.mp4");
+    flash_source(&a, &["-c:v", "libx264", "-g", "50", "-c:a", "aac"]);
+    common::ffmpeg_source(&b, 6, &["-c:v", "libx264", "-g", "50"], &["-c:a", "aac"]);
+    let out = dir.path("out");
+    let ca = cut_ok(&a, "1-2", "keyframe", &out, &[]);
+    let o = cut(&b, "1-2", "keyframe", &out, &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let clips = clips_in(&out);
+    assert_eq!(clips.len(), 2, "clips: {clips:?}");
+    let cb = clips
+        .iter()
+        .find(|c| **c != ca)
+        .expect("a clip of the second recording");
+    assert_ne!(
+        decode(&ca)[0].md5,
+        decode(cb)[0].md5,
+        "both clips show the same recording"
+    );
+    assert_eq!(manifest_outputs(&out).len(), 2);
+    // A rerun of either skips its own clip.
+    let o = cut(&b, "1-2", "keyframe", &out, &[]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("skipped")
+            || String::from_utf8_lossy(&o.stderr).contains("skipped")
+    );
+    assert_eq!(clips_in(&out).len(), 2);
+}
