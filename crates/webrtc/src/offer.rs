@@ -502,6 +502,61 @@ mod tests {
     }
 
     #[test]
+    fn rejected_sections_are_left_out_and_answered_rejected_in_place() {
+        gst::init().unwrap();
+        let offer = CHROME_LIKE
+            .replace(
+                "m=video 9 UDP/TLS/RTP/SAVPF 96 102 106 127\r\n",
+                "m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:old\r\na=rtpmap:96 VP8/90000\r\n\
+                 m=video 9 UDP/TLS/RTP/SAVPF 96 102 106 127\r\na=mid:1\r\n",
+            )
+            .replace("t=0 0\r\n", "t=0 0\r\na=group:BUNDLE 0 old 1\r\n");
+        let read = read_viewer_offer(&offer).unwrap();
+        // What webrtcbin reads: no rejected section, none in the BUNDLE group.
+        assert_eq!(read.sdp.medias_len(), 2);
+        assert_eq!(read.sdp.attribute_val("group"), Some("BUNDLE 0 1"));
+        assert_eq!(read.h264.as_ref().map(|h| h.payload_type), Some(106));
+        assert_eq!(read.skipped, Skipped::default());
+        // What the viewer gets: its three sections, the rejected one in its place.
+        let answer = "v=0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 106\r\na=mid:1\r\n";
+        let restored = read.rejected.restore(answer);
+        let media: Vec<&str> = restored.lines().filter(|l| l.starts_with("m=")).collect();
+        assert_eq!(
+            media,
+            [
+                "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+                "m=video 0 UDP/TLS/RTP/SAVPF 96",
+                "m=video 9 UDP/TLS/RTP/SAVPF 106"
+            ],
+            "{restored}"
+        );
+        assert!(restored.contains("m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:old\r\n"));
+        // Nothing rejected: the answer as it is.
+        let plain = read_viewer_offer(CHROME_LIKE).unwrap();
+        assert_eq!(plain.rejected.restore(answer), answer);
+    }
+
+    #[test]
+    fn a_send_only_or_inactive_section_is_passed_over() {
+        gst::init().unwrap();
+        let two = CHROME_LIKE.replace(
+            "m=video 9 UDP/TLS/RTP/SAVPF 96 102 106 127\r\n",
+            "m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=sendonly\r\na=rtpmap:96 VP8/90000\r\n\
+             m=video 9 UDP/TLS/RTP/SAVPF 96 102 106 127\r\n",
+        );
+        let read = read_viewer_offer(&two).unwrap();
+        assert_eq!(read.skipped.video, 1);
+        assert_eq!(read.h264.map(|h| h.payload_type), Some(106));
+        let inactive_everywhere = CHROME_LIKE.replace("t=0 0\r\n", "t=0 0\r\na=inactive\r\n");
+        assert_eq!(
+            read_viewer_offer(&inactive_everywhere).err(),
+            Some(OfferError::NoVideo)
+        );
+    }
+
+    #[test]
     fn refuses_offers_without_usable_h264() {
         let vp8_only = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
             m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
