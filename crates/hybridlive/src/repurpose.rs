@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use hybridlive_timeline::{Timeline, parse_time, sidecar_path};
+use hybridlive_timeline::{ClipRange, Timeline, parse_time, sidecar_path};
 
 use crate::batch::{self, Job, Options, PlannedClip, default_jobs, is_recording};
 use crate::clip::Mode;
@@ -102,12 +102,22 @@ fn plan(recording: &Path, lead_in: u64, lead_out: u64, peaks: Option<PeakOptions
     }
     match Timeline::read(&sidecar) {
         Ok(t) => {
+            // A marker near the end must not name (nor list in the manifest) a clip ending
+            // after the recording does: its lead-out is cut at the recording's end.
+            let length = media_duration(recording);
             let clips: Vec<PlannedClip> = t
                 .clips(lead_in, lead_out)
                 .into_iter()
-                .map(|c| PlannedClip {
-                    range: c.range,
-                    markers: c.markers,
+                .filter_map(|c| {
+                    let range = match length {
+                        Some(len) if c.range.start >= len => return None,
+                        Some(len) => ClipRange::new(c.range.start, c.range.end.min(len)).ok()?,
+                        None => c.range,
+                    };
+                    Some(PlannedClip {
+                        range,
+                        markers: c.markers,
+                    })
                 })
                 .collect();
             if clips.is_empty() && peaks.is_none() {
@@ -127,6 +137,16 @@ fn plan(recording: &Path, lead_in: u64, lead_out: u64, peaks: Option<PeakOptions
             reason: e.to_string(),
         },
     }
+}
+
+/// How long `recording` plays, when GStreamer can tell; a file it cannot read is reported by
+/// the cutter, with the reason.
+fn media_duration(recording: &Path) -> Option<u64> {
+    gst::init().ok()?;
+    let uri = glib::filename_to_uri(std::fs::canonicalize(recording).ok()?, None).ok()?;
+    let discoverer = gst_pbutils::Discoverer::new(gst::ClockTime::from_seconds(10)).ok()?;
+    let info = discoverer.discover_uri(&uri).ok()?;
+    info.duration().map(gst::ClockTime::nseconds)
 }
 
 /// Runs `hybridlive repurpose`.
