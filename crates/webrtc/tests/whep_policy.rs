@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use gst::prelude::*;
 use hybridlive_testkit::{eventually_explained, in_private_netns};
-use hybridlive_webrtc::{Audience, WhepConfig, WhepError};
+use hybridlive_webrtc::{Audience, HttpRequest, WhepConfig, WhepError};
 use std::time::Duration;
 
 #[test]
@@ -28,25 +28,40 @@ fn concurrent_offers_never_exceed_max_sessions_and_unconnected_ones_give_their_s
     // Offers made up front, so that the ten POSTs race each other and not the offer making.
     let viewers: Vec<Viewer> = (0..10).map(|_| Viewer::new()).collect();
     let offers: Vec<String> = viewers.iter().map(Viewer::offer).collect();
-    let results: Vec<Result<String, WhepError>> = std::thread::scope(|scope| {
+    // Through the HTTP side, as a crowd of browsers would POST them.
+    let results: Vec<(u16, String)> = std::thread::scope(|scope| {
         let threads: Vec<_> = offers
             .iter()
-            .map(|offer| scope.spawn(|| output.offer(offer).map(|a| a.id)))
+            .map(|offer| {
+                scope.spawn(|| {
+                    let reply = output.handle_http(
+                        "/whep",
+                        HttpRequest {
+                            method: "POST",
+                            path: "",
+                            content_type: Some("application/sdp"),
+                            body: offer.as_bytes(),
+                        },
+                    );
+                    (
+                        reply.status,
+                        String::from_utf8_lossy(&reply.body).into_owned(),
+                    )
+                })
+            })
             .collect();
         threads
             .into_iter()
             .map(|t| t.join().expect("an offer thread"))
             .collect()
     });
-    let answered = results.iter().filter(|r| r.is_ok()).count();
-    let full = results
-        .iter()
-        .filter(|r| matches!(r, Err(WhepError::Full(_))))
-        .count();
+    let created = results.iter().filter(|(status, _)| *status == 201).count();
+    let refused = results.iter().filter(|(status, _)| *status == 503).count();
     assert_eq!(
-        (answered, full),
+        (created, refused),
         (3, 7),
-        "max_sessions = 3, ten concurrent offers: {results:?}"
+        "max_sessions = 3, ten concurrent offers: {:?}",
+        results.iter().map(|(s, _)| s).collect::<Vec<_>>()
     );
     let branches = output.branches();
     assert_eq!(
