@@ -815,8 +815,13 @@ fn install_signal_handlers() {
     // recordings finalised, instead of dying on the spot.
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
-        unsafe {
-            libc::signal(signal, handler as libc::sighandler_t);
+        let previous = unsafe { libc::signal(signal, handler as libc::sighandler_t) };
+        if signal == libc::SIGHUP && previous == libc::SIG_IGN {
+            // Started under `nohup` to outlive the session: a hang-up stays ignored.
+            // SAFETY: restores the disposition the process was started with.
+            unsafe {
+                libc::signal(signal, libc::SIG_IGN);
+            }
         }
     }
 }

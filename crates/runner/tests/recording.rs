@@ -690,3 +690,41 @@ fn a_kill_before_the_first_fragment_leaves_no_sidecar_without_its_recording() {
     assert_folder_clean(&rec);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Started under `nohup` (SIGHUP ignored, to outlive the SSH session), a hang-up does not end
+/// the run; SIGTERM still does, cleanly.
+#[test]
+fn under_nohup_a_hangup_is_ignored() {
+    let dir = scratch("nohup");
+    let mut runner = RunnerChild::start_via(
+        &["nohup"],
+        ENTRY,
+        &pipeline(&dir, true, ""),
+        &dir,
+        &[],
+        &[("HYBRIDLIVE_TOKEN", TOKEN)],
+    );
+    let take = started_path(&runner.wait_event("recording-started", WAIT));
+    wait_file(&take);
+    runner.signal("HUP");
+    // The signal is polled every 100 ms: a shutdown would be announced long before two more
+    // status lines. (This can only miss a bug, never invent one.)
+    for _ in 0..2 {
+        runner.wait_event("status", WAIT);
+    }
+    let events = runner.drain_events();
+    assert!(
+        !events.iter().any(|e| e["event"] == "shutdown"),
+        "a hang-up ended a run started under nohup: {events:?}"
+    );
+    assert_eq!(output_state(&runner), "running");
+    runner.signal("TERM");
+    let status = runner.wait_exit(WAIT);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM ended the run with {status}"
+    );
+    assert!(sidecar(&take)["ended_at"].is_string());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -54,8 +54,31 @@ impl RunnerChild {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> RunnerChild {
-        let child = Self::spawn(entry, file, dir, extra, env);
-        let mut runner = child;
+        Self::start_via(&[], entry, file, dir, extra, env)
+    }
+
+    /// Like [`RunnerChild::start`] without waiting for `ready`: for runs that fail to start.
+    pub fn spawn(
+        entry: &str,
+        file: &Path,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> RunnerChild {
+        Self::spawn_via(&[], entry, file, dir, extra, env)
+    }
+
+    /// Like [`RunnerChild::start`], the runner started through `wrapper` (e.g. `["nohup"]`),
+    /// which must `exec` it: the process id and the signals are then the runner's.
+    pub fn start_via(
+        wrapper: &[&str],
+        entry: &str,
+        file: &Path,
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> RunnerChild {
+        let mut runner = Self::spawn_via(wrapper, entry, file, dir, extra, env);
         let ready = runner.wait_event("ready", Duration::from_secs(30));
         runner.base = ready["viewer"]
             .as_str()
@@ -65,8 +88,8 @@ impl RunnerChild {
         runner
     }
 
-    /// Like [`RunnerChild::start`] without waiting for `ready`: for runs that fail to start.
-    pub fn spawn(
+    fn spawn_via(
+        wrapper: &[&str],
         entry: &str,
         file: &Path,
         dir: &Path,
@@ -80,7 +103,15 @@ impl RunnerChild {
             "--json".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut command = Command::new(std::env::current_exe().expect("the test binary"));
+        let exe = std::env::current_exe().expect("the test binary");
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(exe);
+                command
+            }
+            None => Command::new(exe),
+        };
         command
             .args([
                 "--ignored",
