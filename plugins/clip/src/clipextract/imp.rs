@@ -2,8 +2,8 @@
 //!
 //! Lock order: `pads` (only to clone the pad list) → a pad's `PushState` → its `ClipClock`
 //! → `state` → `stats`. `ClipClock` is held only for a few assignments, so queries, which take
-//! it alone, never wait for a push. `settings` is never held with another lock. Nothing is pushed or posted while
-//! `state` is held. The selector may queue outputs for any stream (video decides where audio
+//! it alone, never wait for a push. `settings` is never held with another lock. Nothing is
+//! pushed or posted while `state` is held. The selector may queue outputs for any stream (video decides where audio
 //! clips start), but each stream's outputs are pushed only by that stream's own thread, under
 //! its `PushState` lock.
 
@@ -1446,6 +1446,7 @@ impl ClipExtract {
                     ps.pending_segment = None;
                     ps.done = false;
                 }
+                *lock(&pair.clock) = ClipClock::default();
                 gst::Pad::event_default(pad, Some(&*self.obj()), event)
             }
             _ => gst::Pad::event_default(pad, Some(&*self.obj()), event),
