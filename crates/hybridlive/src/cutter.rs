@@ -196,16 +196,34 @@ fn cut_to(
         Ok(_) => {}
         Err(e) => bail!("cannot read it: {e}"),
     }
+    // GStreamer takes file names as UTF-8 strings: a lossy conversion would name another file.
+    let Some(location) = source.to_str() else {
+        bail!("its file name is not valid UTF-8, which GStreamer cannot open: rename it");
+    };
+    std::fs::File::open(source).map_err(|e| anyhow!("cannot read it: {e}"))?;
+    let Some(temp_location) = temp.to_str() else {
+        bail!(
+            "the output path {} is not valid UTF-8, which GStreamer cannot write to",
+            temp.display()
+        );
+    };
+    // filesink's failure to open would surface as the pipeline not starting.
+    std::fs::File::create(temp).map_err(|e| {
+        anyhow!(
+            "cannot write the clip into {}: {e}",
+            temp.parent().unwrap_or(temp).display()
+        )
+    })?;
     let pipeline = gst::Pipeline::new();
     let filesrc = make("filesrc")?;
-    filesrc.set_property("location", source.to_string_lossy().as_ref());
+    filesrc.set_property("location", location);
     let parsebin = make("parsebin")?;
     let clip = make("clipextract")?;
     clip.set_property("ranges", range.to_string());
     clip.set_property("mode", mode);
     let mux = make("mp4mux")?;
     let sink = make("filesink")?;
-    sink.set_property("location", temp.to_string_lossy().as_ref());
+    sink.set_property("location", temp_location);
     sink.set_property("async", false);
     pipeline.add_many([&filesrc, &parsebin, &clip, &mux, &sink])?;
     filesrc.link(&parsebin)?;

@@ -110,15 +110,11 @@ impl Manifest {
         clips: Vec<ClipEntry>,
         errors: Vec<ErrorEntry>,
     ) -> anyhow::Result<Self> {
-        let lock_path = dir.join(format!(".{MANIFEST_NAME}.lock"));
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("cannot write {}", lock_path.display()))?;
+        // The folder itself is the lock: a lock file would be left behind.
+        let lock = std::fs::File::open(dir)
+            .with_context(|| format!("cannot open the output folder {}", dir.display()))?;
         lock.lock()
-            .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+            .with_context(|| format!("cannot lock the output folder {}", dir.display()))?;
         let mut manifest = Self::load(dir);
         let outputs: std::collections::HashSet<&str> =
             clips.iter().map(|c| c.output.as_str()).collect();

@@ -470,3 +470,20 @@ fn same_name_different_recording_is_not_skipped() {
     );
     assert_eq!(clips_in(&out).len(), 2);
 }
+
+/// Issue 30 item 13: a file name that is not UTF-8 is named as the problem, not reported as a
+/// recording that cannot be opened.
+#[test]
+fn non_utf8_file_name_is_named_as_the_problem() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = TempDir::new("non-utf8");
+    let good = dir.path("rec.mp4");
+    flash_source(&good, &["-c:v", "libx264", "-g", "50", "-c:a", "aac"]);
+    let bad = dir.0.join(std::ffi::OsStr::from_bytes(b"rec-\xff.mp4"));
+    std::fs::copy(&good, &bad).expect("copy");
+    let o = cut(&bad, "1-2", "exact", &dir.path("out"), &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "exit 0: {stderr}");
+    assert!(stderr.contains("UTF-8"), "unclear error: {stderr}");
+    assert!(!stderr.contains("cannot open the recording"), "{stderr}");
+}
