@@ -106,11 +106,16 @@ struct Runner {
 }
 
 impl Runner {
-    /// Starts the runner in `dir`; with `max_files`, under that `RLIMIT_NOFILE` (soft and hard).
+    /// Starts the runner on [`PIPELINE`] in a scratch folder; with `max_files`, under that
+    /// `RLIMIT_NOFILE` (soft and hard).
     fn start(name: &str, max_files: Option<u64>) -> Runner {
+        Runner::start_with(name, max_files, PIPELINE)
+    }
+
+    fn start_with(name: &str, max_files: Option<u64>, pipeline: &str) -> Runner {
         let dir = scratch(name);
         let file = dir.join("pipeline.toml");
-        std::fs::write(&file, PIPELINE).expect("pipeline file");
+        std::fs::write(&file, pipeline).expect("pipeline file");
         let args = [
             file.to_string_lossy().into_owned(),
             "--http".into(),
@@ -647,4 +652,74 @@ fn http_viewer_mistakes_get_4xx_a_page_on_another_origin_can_read() {
         );
     }
     runner.assert_serves(localhost(), "after the viewers' mistakes");
+}
+
+/// Item 7 through the server: ten viewers offer at once to an output that takes three. Three
+/// get a session, the others a 503 that a page on another origin can read (`Retry-After`
+/// exposed), and the runner serves on once they are gone.
+#[test]
+fn http_more_offers_at_once_than_viewers_get_503_a_page_can_read() {
+    if !in_private_netns("http_more_offers_at_once_than_viewers_get_503_a_page_can_read") {
+        return;
+    }
+    let pipeline = PIPELINE.replace(
+        "loopback_only = true\n",
+        "loopback_only = true\nmax_viewers = 3\n",
+    );
+    assert_ne!(pipeline, PIPELINE);
+    let mut runner = Runner::start_with("crowd", None, &pipeline);
+    let replies: Vec<HttpReply> = std::thread::scope(|scope| {
+        let runner = &runner;
+        let offers: Vec<_> = (0..10u8)
+            .map(|i| {
+                scope.spawn(move || {
+                    // Half of them from another address: the limits per client play too.
+                    let client: IpAddr = if i % 2 == 0 {
+                        localhost()
+                    } else {
+                        OTHER_CLIENT.into()
+                    };
+                    runner.request_from(
+                        client,
+                        "POST",
+                        "/whep",
+                        &[
+                            ("Content-Type", "application/sdp"),
+                            ("Origin", "https://course.example"),
+                        ],
+                        OFFER.as_bytes(),
+                    )
+                })
+            })
+            .collect();
+        offers
+            .into_iter()
+            .map(|o| o.join().expect("an offering thread"))
+            .collect()
+    });
+    let created: Vec<&HttpReply> = replies.iter().filter(|r| r.status == 201).collect();
+    let refused: Vec<&HttpReply> = replies.iter().filter(|r| r.status == 503).collect();
+    assert_eq!(
+        (created.len(), refused.len()),
+        (3, 7),
+        "{:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    for reply in &refused {
+        assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
+        assert!(reply.header("retry-after").is_some(), "{:?}", reply.headers);
+        assert!(
+            reply
+                .header("access-control-expose-headers")
+                .is_some_and(|h| h.contains("Retry-After")),
+            "{:?}",
+            reply.headers
+        );
+    }
+    for reply in created {
+        let location = reply.header("location").expect("Location");
+        let ended = runner.request_from(localhost(), "DELETE", location, &[], b"");
+        assert_eq!(ended.status, 200, "DELETE {location}");
+    }
+    runner.assert_serves(localhost(), "after a crowd of offers");
 }
