@@ -12,7 +12,7 @@ use gstclip::ClipMode;
 use hybridlive_timeline::{ClipRange, ProposedClip, format_time, merge_clips};
 
 use crate::cutter;
-use crate::manifest::{ClipEntry, ErrorEntry, Manifest, VerticalEntry};
+use crate::manifest::{ClipEntry, ErrorEntry, Manifest, SkipEntry, VerticalEntry};
 use crate::peaks::{self, PeakOptions};
 use crate::progress::Progress;
 use crate::vertical::Vertical;
@@ -37,6 +37,13 @@ pub enum Job {
         clips: Vec<PlannedClip>,
         /// Also cut around the loudest moments of the audio (found when the file's turn comes).
         peaks: Option<PeakOptions>,
+    },
+    /// Nothing to cut (a sidecar with no markers or offers): reported, not an error.
+    Skipped {
+        /// The recording.
+        source: PathBuf,
+        /// Why, and how to cut it anyway.
+        reason: String,
     },
     /// Failed before cutting (e.g. a missing sidecar).
     Failed {
@@ -98,10 +105,15 @@ pub fn run(jobs: Vec<Job>, opts: &Options) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot create output folder {}", opts.out.display()))?;
     let manifest = Manifest::load(&opts.out);
     let mut errors = Vec::new();
+    let mut skipped = Vec::new();
     let mut work = VecDeque::new();
     let mut stems: HashMap<String, usize> = HashMap::new();
     for job in jobs {
         match job {
+            Job::Skipped { source, reason } => skipped.push(SkipEntry {
+                source: source.display().to_string(),
+                reason,
+            }),
             Job::Failed { source, reason } => errors.push(ErrorEntry {
                 source: source.display().to_string(),
                 range: None,
@@ -131,6 +143,9 @@ pub fn run(jobs: Vec<Job>, opts: &Options) -> anyhow::Result<ExitCode> {
     }
     let total: usize = work.iter().map(|w| w.clips.len()).sum();
     let progress = Progress::new(total);
+    for s in &skipped {
+        progress.line(&format!("skipped: {}: {}", s.source, s.reason));
+    }
     for e in &errors {
         progress.line(&format!("error: {}: {}", e.source, e.reason));
     }
@@ -171,7 +186,14 @@ pub fn run(jobs: Vec<Job>, opts: &Options) -> anyhow::Result<ExitCode> {
     let entries = entries.into_inner().unwrap_or_else(|e| e.into_inner());
     let errors = errors.into_inner().unwrap_or_else(|e| e.into_inner());
     // Replace entries for the same output, keep the rest (also another run's, made meanwhile).
-    let manifest = Manifest::merge_into(&opts.out, entries, errors)?;
+    let manifest = Manifest::merge_into(&opts.out, entries, errors, skipped)?;
+    if !manifest.skipped.is_empty() {
+        eprintln!(
+            "{} recording(s) with nothing to cut, skipped (see {})",
+            manifest.skipped.len(),
+            opts.out.join(crate::manifest::MANIFEST_NAME).display()
+        );
+    }
     let failed = manifest.errors.len();
     if failed > 0 {
         eprintln!(

@@ -38,6 +38,11 @@ enum Command {
     /// Cut clips out of one recording.
     Clip(clip::Args),
     /// Cut the moments worth sharing out of many recordings, from their sidecar timelines.
+    ///
+    /// A recording whose sidecar lists no markers or offers has nothing to cut: it is reported
+    /// as skipped (in the summary and the manifest's `skipped`), not as an error. To cut such a
+    /// recording anyway, add `--peaks N` (its N loudest moments) or cut a range with
+    /// `hybridlive clip FILE --range START-END`.
     Repurpose(repurpose::Args),
     /// Pre-event check: run a pipeline on test sources, measure glass-to-glass latency in
     /// headless Chromium over WebRTC and HLS, and fail when a budget is exceeded.

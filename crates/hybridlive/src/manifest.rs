@@ -18,6 +18,18 @@ pub struct Manifest {
     /// What failed in the last run.
     #[serde(default)]
     pub errors: Vec<ErrorEntry>,
+    /// Recordings the last run found nothing to cut in (no markers or offers): not errors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SkipEntry>,
+}
+
+/// A recording with nothing to cut.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkipEntry {
+    /// The recording.
+    pub source: String,
+    /// Why there is nothing to cut.
+    pub reason: String,
 }
 
 /// One clip file.
@@ -109,6 +121,7 @@ impl Manifest {
         dir: &Path,
         clips: Vec<ClipEntry>,
         errors: Vec<ErrorEntry>,
+        skipped: Vec<SkipEntry>,
     ) -> anyhow::Result<Self> {
         // The folder itself is the lock: a lock file would be left behind.
         let lock = std::fs::File::open(dir)
@@ -123,6 +136,7 @@ impl Manifest {
             .retain(|c| !outputs.contains(c.output.as_str()));
         manifest.clips.extend(clips);
         manifest.errors = errors;
+        manifest.skipped = skipped;
         manifest.save(dir)?;
         Ok(manifest)
     }

@@ -121,9 +121,13 @@ fn plan(recording: &Path, lead_in: u64, lead_out: u64, peaks: Option<PeakOptions
                 })
                 .collect();
             if clips.is_empty() && peaks.is_none() {
-                return Job::Failed {
+                return Job::Skipped {
                     source: recording.to_owned(),
-                    reason: format!("sidecar {} lists no offers or markers", sidecar.display()),
+                    reason: format!(
+                        "nothing to cut: sidecar {} lists no offers or markers (cut it on its \
+                         loudness peaks with --peaks, or a range with `hybridlive clip`)",
+                        sidecar.display()
+                    ),
                 };
             }
             Job::Ready {
