@@ -192,7 +192,7 @@ fn stopping_the_player_leaves_no_video_frame_callback() {
 /// again. Run in the page: the restart is asked once the page plays, then the page is watched.
 const VIEWER_PAGE_ACROSS_RESTART: &str = "(async () => { \
     const v = window.viewer; const texts = []; \
-    const note = () => { const t = document.getElementById('state').textContent; \
+    const note = () => { const t = `${v.mode}: ${document.getElementById('state').textContent}`; \
       if (texts[texts.length - 1] !== t) texts.push(t); }; \
     const firstPc = v.player.pc; \
     await fetch('/restart', { method: 'POST' }); \
@@ -236,7 +236,8 @@ fn the_viewer_page_plays_webrtc_again_after_the_whep_server_restarted() {
     eprintln!("the viewer page across a WHEP server restart: {result}");
     assert_eq!(*restarts.lock().unwrap(), 1);
     assert_eq!(result["mode"], "webrtc", "{result}");
-    assert_eq!(result["reconnects"], 1, "{result}");
+    // Once, or more on a loaded machine where the new session also stalled for 3 s.
+    assert!(result["reconnects"].as_u64().unwrap() >= 1, "{result}");
     assert!(result["decoded"].as_u64().unwrap() >= 30, "{result}");
     let texts: Vec<&str> = result["texts"]
         .as_array()
@@ -244,17 +245,21 @@ fn the_viewer_page_plays_webrtc_again_after_the_whep_server_restarted() {
         .iter()
         .filter_map(|t| t.as_str())
         .collect();
-    let lost = texts
+    // While it reconnected (seen every 100 ms; it lasts at least the server's 2 s down), the
+    // page said so and showed no figure of the lost session.
+    let reconnecting: Vec<&&str> = texts
         .iter()
-        .position(|t| t.contains("connection lost"))
-        .unwrap_or_else(|| panic!("the page never said the connection was lost: {result}"));
-    let back = texts
-        .iter()
-        .position(|t| t.contains("playing again"))
-        .unwrap_or_else(|| panic!("the page never said it plays again: {result}"));
+        .filter(|t| t.starts_with("reconnecting:"))
+        .collect();
     assert!(
-        texts[lost..back].iter().all(|t| !t.contains("p50")),
-        "a figure shown while the connection was lost: {result}"
+        !reconnecting.is_empty(),
+        "the page never showed it was reconnecting: {result}"
+    );
+    assert!(
+        reconnecting
+            .iter()
+            .all(|t| t.contains("connection lost") && !t.contains("p50")),
+        "{result}"
     );
     pipeline.set_state(gst::State::Null).unwrap();
 }
