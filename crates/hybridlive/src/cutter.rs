@@ -418,7 +418,14 @@ fn cut_to(
         .iter()
         .map(|t| {
             let edit = match (t.present_start, t.present_stop, t.first_dts) {
-                (Some(start), Some(stop), Some(first)) if mode != ClipMode::Keyframe => {
+                // Keyframe clips start on the key frame but end where the range does: frames
+                // decoded before the end can be shown after it (B-frames), and mp4mux's own
+                // edit list shows them.
+                (Some(start), _, Some(first)) if mode == ClipMode::Keyframe => {
+                    let stop = start + range.end.saturating_sub(result.first_frame);
+                    Some(track_edit(start, stop.min(t.end), first, t.first_pts))
+                }
+                (Some(start), Some(stop), Some(first)) => {
                     let start = video_start.map_or(start, |v| v.clamp(start, stop));
                     Some(track_edit(start, stop.min(t.end), first, t.first_pts))
                 }

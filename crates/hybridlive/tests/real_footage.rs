@@ -487,3 +487,46 @@ fn non_utf8_file_name_is_named_as_the_problem() {
     assert!(stderr.contains("UTF-8"), "unclear error: {stderr}");
     assert!(!stderr.contains("cannot open the recording"), "{stderr}");
 }
+
+/// Issue 30 item 12: a `keyframe` clip of a B-frame source starts on the key frame and ends
+/// with the last frame before the end of the range, not one after it.
+#[test]
+fn keyframe_clip_of_bframes_ends_at_the_range_end() {
+    let dir = TempDir::new("keyframe-end");
+    let source = dir.path("bframes.mp4");
+    common::ffmpeg_source(
+        &source,
+        4,
+        &["-c:v", "libx264", "-g", "25", "-bf", "3"],
+        &["-c:a", "aac"],
+    );
+    let src = decode(&source);
+    // Whether a reference frame shown after the end is decoded before it depends on where the
+    // end falls in the mini-GOP: without the fix 2.6 gave one frame too many.
+    for end in [2.5f64, 2.6] {
+        let clip = cut_ok(
+            &source,
+            &format!("1.1-{end}"),
+            "keyframe",
+            &dir.path(&format!("out-{end}")),
+            &[],
+        );
+        let out = decode(&clip);
+        let first = src
+            .iter()
+            .position(|f| f.md5 == out[0].md5)
+            .expect("the clip starts on a source frame");
+        assert!(src[first].key, "the clip starts on a non-key frame");
+        let last = src.iter().rposition(|f| f.time < end).expect("frames");
+        assert_eq!(
+            out.len(),
+            last + 1 - first,
+            "keyframe clip to {end}: frames {first}..={last} of the source expected"
+        );
+        assert_eq!(
+            out.last().map(|f| &f.md5),
+            Some(&src[last].md5),
+            "keyframe clip to {end} ends on another frame"
+        );
+    }
+}
