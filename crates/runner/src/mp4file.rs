@@ -15,12 +15,15 @@
 //!
 //! Durability: `kill -9` loses nothing written (the kernel has it). A power cut loses what the
 //! kernel had not yet put on the disk, so the file is synced at its creation (with its folder,
-//! so the name survives too) and then at least every [`SYNC_EVERY`]: a power cut costs at most
-//! that plus the fragment being written, on a disk that honours flushes.
+//! so the name survives too), then every [`SYNC_EVERY`] and at the end: a power cut costs about
+//! that plus the fragment being written, on a disk that honours flushes. The syncs run on a
+//! thread of their own: on a busy disk one can take seconds, and the muxer's thread waiting
+//! for it would leave whole fragments unwritten, lost on `kill -9`.
 
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 /// Longest time whole fragments stay written but not synced to the disk.
@@ -35,8 +38,10 @@ pub struct FragmentedMp4File {
     pending: Vec<u8>,
     /// Length of the file on disk: always the end of a whole fragment.
     written: u64,
-    /// When the file was last synced to the disk.
+    /// When a sync of the file was last asked for.
     synced_at: Option<Instant>,
+    /// Syncs the file (and, the first time, its folder) away from the muxer's thread.
+    syncer: Option<Syncer>,
 }
 
 impl FragmentedMp4File {
@@ -48,6 +53,7 @@ impl FragmentedMp4File {
             pending: Vec::new(),
             written: 0,
             synced_at: None,
+            syncer: None,
         }
     }
 
@@ -80,7 +86,9 @@ impl FragmentedMp4File {
         if end > 0 {
             self.write(end)?;
         }
-        self.sync()
+        // Not waited for: the sync thread carries it out after the writer is gone.
+        self.request_sync();
+        Ok(())
     }
 
     fn write(&mut self, end: usize) -> std::io::Result<()> {
@@ -91,21 +99,21 @@ impl FragmentedMp4File {
                 .write(true)
                 .create_new(true)
                 .open(&self.path)?;
+            self.syncer = Some(Syncer::start(&file, &self.path)?);
             self.file = Some(file);
+        }
+        if let Some(err) = self.syncer.as_ref().and_then(Syncer::failure) {
+            return Err(err);
         }
         let Some(file) = self.file.as_mut() else {
             return Ok(());
         };
         match file.write_all(&self.pending[..end]) {
             Ok(()) => {
-                let first = self.written == 0;
                 self.written += end as u64;
                 self.pending.drain(..end);
-                if first {
-                    sync_parent(&self.path)?;
-                }
                 if self.synced_at.is_none_or(|t| t.elapsed() >= SYNC_EVERY) {
-                    self.sync()?;
+                    self.request_sync();
                 }
                 Ok(())
             }
@@ -126,12 +134,60 @@ impl FragmentedMp4File {
 }
 
 impl FragmentedMp4File {
-    fn sync(&mut self) -> std::io::Result<()> {
-        if let Some(file) = &self.file {
-            file.sync_data()?;
+    fn request_sync(&mut self) {
+        if let Some(syncer) = &self.syncer {
+            syncer.request();
             self.synced_at = Some(Instant::now());
         }
-        Ok(())
+    }
+}
+
+/// A thread syncing one file to the disk when asked; it ends once its [`Syncer`] is dropped
+/// and the last request is carried out.
+#[derive(Debug)]
+struct Syncer {
+    /// One pending request at most: asking again while one waits adds nothing.
+    requests: mpsc::SyncSender<()>,
+    /// The first sync that failed, reported by the next write.
+    failed: Arc<Mutex<Option<std::io::Error>>>,
+}
+
+impl Syncer {
+    fn start(file: &File, path: &Path) -> std::io::Result<Self> {
+        let file = file.try_clone()?;
+        let path = path.to_path_buf();
+        let (requests, pending) = mpsc::sync_channel::<()>(1);
+        let failed = Arc::new(Mutex::new(None));
+        let report = failed.clone();
+        std::thread::Builder::new()
+            .name("mp4-sync".into())
+            .spawn(move || {
+                let mut named = false;
+                while pending.recv().is_ok() {
+                    let mut synced = file.sync_data();
+                    if synced.is_ok() && !named {
+                        // The first time, the folder too: the file's name must survive as well.
+                        synced = sync_parent(&path);
+                        named = synced.is_ok();
+                    }
+                    if let Err(err) = synced {
+                        report
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(err);
+                    }
+                }
+            })?;
+        Ok(Syncer { requests, failed })
+    }
+
+    fn request(&self) {
+        // Full: a request is already waiting, and it will cover what was written since.
+        let _ = self.requests.try_send(());
+    }
+
+    fn failure(&self) -> Option<std::io::Error> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 

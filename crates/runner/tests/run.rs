@@ -423,8 +423,9 @@ fn workshop_serves_hls_metrics_and_a_guarded_api_and_exits_cleanly_on_sigterm() 
             .status,
         400
     );
+    // GET lists the markers (recording.rs); other methods are refused.
     assert_eq!(
-        runner.request("GET", "/api/markers", &auth, b"").status,
+        runner.request("PUT", "/api/markers", &auth, b"").status,
         405
     );
     let created = runner.request("POST", "/api/markers", &auth, marker);
