@@ -239,6 +239,11 @@ fn packets(file: &Path, stream: &str) -> Vec<(f64, f64)> {
     packets
 }
 
+/// How far a recording's decoded audio may be from its video's span: measured 0.01-0.05 s
+/// on an idle machine and up to 0.28 s with other tests running; a lost second is what the
+/// tests catch.
+const DURATION_SLACK_S: f64 = 0.3;
+
 /// First pts to the end of the last packet.
 fn span(packets: &[(f64, f64)]) -> f64 {
     match (packets.first(), packets.last()) {
@@ -292,14 +297,25 @@ fn audio_has_no_holes_when_the_sender_is_lost_and_comes_back() {
     let (audio_s, video_s) = (span(&audio), span(&video));
     let decoded: f64 = audio.iter().map(|p| p.1).sum();
     eprintln!(
-        "{LOSSES} sender losses: video {video_s:.2} s, audio {audio_s:.2} s (decoded straight \
-         through: {decoded:.2} s), audio holes > 50 ms: {holes:?}"
+        "{LOSSES} sender losses: video {video_s:.2} s ({:?} to {:?}), audio {audio_s:.2} s \
+         ({:?} to {:?}; decoded straight through: {decoded:.2} s), audio holes > 50 ms: \
+         {holes:?}, smaller gaps add up to {:.3} s",
+        video.first(),
+        video.last(),
+        audio.first(),
+        audio.last(),
+        audio
+            .windows(2)
+            .map(|w| (w[1].0 - (w[0].0 + w[0].1)).max(0.0))
+            .sum::<f64>()
     );
     assert!(holes.is_empty(), "the audio has holes: {holes:?}");
     // Decoded straight through (what editors and transcription do), the audio lasts as long
-    // as the video, within two frames.
+    // as the video: each outage used to cost a second. Idle, they match within a frame or two;
+    // the slack is for where the run stops (the last fragment may end its audio a few AAC
+    // frames off its video) on a machine loaded by other tests.
     assert!(
-        (decoded - video_s).abs() <= 2.0 / 30.0,
+        (decoded - video_s).abs() <= DURATION_SLACK_S,
         "{} s of audio decoded against {video_s:.2} s of video",
         decoded
     );
@@ -453,15 +469,86 @@ fn a_looped_file_plays_on_without_a_seam() {
     let decoded: f64 = audio.iter().map(|p| p.1).sum();
     let video_s = span(&video);
     eprintln!(
-        "looped 3 s clip, 12 s run: video {video_s:.2} s in {} frames, audio decoded {decoded:.2} \
-         s, holes: audio {audio_holes:?}, video {video_holes:?}",
-        video.len()
+        "looped 3 s clip, 12 s run: video {video_s:.2} s in {} frames ({:?} to {:?}), audio \
+         decoded {decoded:.2} s ({:?} to {:?}), holes: audio {audio_holes:?}, video \
+         {video_holes:?}",
+        video.len(),
+        video.first(),
+        video.last(),
+        audio.first(),
+        audio.last()
     );
     assert!(audio_holes.is_empty(), "audio holes: {audio_holes:?}");
     assert!(video_holes.is_empty(), "video holes: {video_holes:?}");
+    // As long as the video (see DURATION_SLACK_S): a seam that restarted the decoder cost
+    // about a second.
     assert!(
-        (decoded - video_s).abs() <= 2.0 / 30.0,
+        (decoded - video_s).abs() <= DURATION_SLACK_S,
         "{decoded:.2} s of audio against {video_s:.2} s of video"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_video_only_file_is_on_air_and_said_to_have_no_sound() {
+    let dir = scratch("video-only");
+    let clip = dir.join("silent.mp4");
+    let made = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-y"])
+        .args(["-f", "lavfi", "-i", "testsrc2=s=640x360:r=30"])
+        .args(["-t", "3", "-c:v", "libx264", "-g", "30"])
+        .arg(&clip)
+        .status()
+        .expect("ffmpeg");
+    assert!(made.success(), "ffmpeg could not make the clip");
+    // `audio` is left at its default (true).
+    let file = pipeline(
+        &dir,
+        &format!(
+            "type = \"file\"\nlocation = \"{}\"\nloop = true",
+            clip.display()
+        ),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hybridlive"))
+        .arg("run")
+        .arg(&file)
+        .args(["--http", "127.0.0.1:0", "--json", "--duration", "6"])
+        .current_dir(&dir)
+        .output()
+        .expect("hybridlive run");
+    assert!(
+        out.status.success(),
+        "the run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        events.iter().any(|e| e["event"] == "warning"
+            && e["source"] == "cam"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("no audio track"))),
+        "no warning that the file has no sound: {events:?}"
+    );
+    let last = events
+        .iter()
+        .rfind(|e| e["event"] == "status")
+        .expect("status events");
+    assert_eq!(
+        last["status"]["sources"]["cam"], "primary",
+        "the picture is on air, the source must say so: {last}"
+    );
+    let source = events
+        .iter()
+        .rfind(|e| e["event"] == "source")
+        .expect("a source event");
+    assert_eq!(
+        (&source["state"], &source["audio"]),
+        (&"primary".into(), &"fallback".into()),
+        "{source}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

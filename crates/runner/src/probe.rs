@@ -10,9 +10,16 @@ use gst::glib;
 /// How long discovering one file may take before it is declared unreadable.
 const DISCOVER_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(15);
 
+/// What the runner needs to know of a playable media file.
+#[derive(Debug, Clone, Copy)]
+pub struct MediaFile {
+    /// Whether it has an audio stream (without one, the source's sound is silence).
+    pub has_audio: bool,
+}
+
 /// Whether `path` is a media file the runner can play: a non-empty regular file with a video
 /// stream of sane dimensions that the installed plugins can read. `Err` says why not.
-pub fn media_file(path: &Path) -> Result<(), String> {
+pub fn media_file(path: &Path) -> Result<MediaFile, String> {
     let metadata = std::fs::metadata(path).map_err(|e| format!("cannot read it: {e}"))?;
     if !metadata.is_file() {
         return Err("not a regular file".into());
@@ -42,5 +49,7 @@ pub fn media_file(path: &Path) -> Result<(), String> {
             hybridlive_encoders::MAX_FRAME_PIXELS
         ));
     }
-    Ok(())
+    Ok(MediaFile {
+        has_audio: !info.audio_streams().is_empty(),
+    })
 }

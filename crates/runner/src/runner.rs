@@ -992,9 +992,24 @@ impl Graph<'_> {
                 let path = std::fs::canonicalize(location).with_context(|| {
                     format!("source `{name}`: cannot open {}", location.display())
                 })?;
-                crate::probe::media_file(&path).map_err(|reason| {
+                let media = crate::probe::media_file(&path).map_err(|reason| {
                     anyhow!("source `{name}`: {}: {reason}", location.display())
                 })?;
+                if audio.is_some() && !media.has_audio {
+                    // On air with silence, and reported so (`audio: "fallback"`), rather than
+                    // a source that looks broken.
+                    event(
+                        "warning",
+                        serde_json::json!({
+                            "source": name,
+                            "message": format!(
+                                "{} has no audio track: the source's sound is silence (set \
+                                 `audio = false` if that is meant)",
+                                location.display()
+                            ),
+                        }),
+                    );
+                }
                 let uri = glib::filename_to_uri(&path, None).context("file URI")?;
                 let src = self.fallback_source(
                     name,
@@ -1110,8 +1125,8 @@ impl Graph<'_> {
         }
         src.set_property("retry-timeout", u64::MAX - 1);
         src.set_property("restart-on-eos", restart_on_eos);
-        if restart_on_eos && uri.starts_with("file://") {
-            loop_with_segment_seeks(&src);
+        if restart_on_eos && let Ok((path, _)) = glib::filename_from_uri(uri) {
+            loop_with_segment_seeks(&src, &path);
         }
         if uri.starts_with("rtmp") {
             src.set_property("buffer-duration", RTMP_BUFFER.nseconds() as i64);
@@ -1387,23 +1402,29 @@ impl Graph<'_> {
     }
 }
 
-/// Loops the file of fallbacksrc `src` in place: a segment seek back to the start whenever the
-/// demuxer finishes its segment, instead of an EOS on which fallbacksrc tears the decoder down
-/// and builds it again a second later (a hole, a stutter and an A/V offset at every seam). The
-/// first buffer out of the decoder starts the segment mode; if the file cannot seek, the EOS
-/// restart still loops it.
-fn loop_with_segment_seeks(src: &gst::Element) {
-    src.connect("deep-element-added", false, |args| {
+/// Loops the file `path` of fallbacksrc `src` in place: a segment seek back to the start
+/// whenever the demuxer finishes its segment, instead of an EOS on which fallbacksrc tears the
+/// decoder down and builds it again a second later (the slate, a hole and an A/V offset at
+/// every seam). The first buffer out of the decoder starts the segment mode. A file that was
+/// replaced or truncated since the decoder opened it is read again instead (an error from the
+/// decoder makes fallbacksrc restart it: the new version plays, or the slate covers a file
+/// that is no longer playable); a file that cannot seek still loops by restarting.
+fn loop_with_segment_seeks(src: &gst::Element, path: &std::path::Path) {
+    let path = path.to_path_buf();
+    src.connect("deep-element-added", false, move |args| {
         let element = args.get(2).and_then(|v| v.get::<gst::Element>().ok())?;
         // fallbacksrc's name for the main source's decoder (the slate has its own).
         if element.name() != "dbin-main" {
             return None;
         }
+        let opened = file_identity(&path);
         let started = Arc::new(AtomicBool::new(false));
         // Every stream ends the segment with the seek's seqnum: one seek per loop.
         let looped = Arc::new(Mutex::new(None::<gst::Seqnum>));
-        element.connect_pad_added(move |_, pad| {
-            let (started, looped) = (started.clone(), looped.clone());
+        let path = path.clone();
+        element.connect_pad_added(move |decoder, pad| {
+            let (started, looped, path) = (started.clone(), looped.clone(), path.clone());
+            let decoder = decoder.downgrade();
             pad.add_probe(
                 gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
                 move |pad, info| {
@@ -1416,27 +1437,37 @@ fn loop_with_segment_seeks(src: &gst::Element) {
                         }
                         _ => false,
                     };
-                    if seek_now {
-                        // Not from the streaming thread: the demuxer takes its stream lock to
-                        // seek.
-                        let pad = pad.clone();
-                        std::thread::spawn(move || {
-                            let seek = gst::event::Seek::new(
-                                1.0,
-                                gst::SeekFlags::SEGMENT,
-                                gst::SeekType::Set,
-                                gst::ClockTime::ZERO,
-                                gst::SeekType::None,
-                                gst::ClockTime::NONE,
-                            );
-                            if !pad.send_event(seek) {
-                                gst::debug!(
-                                    gst::CAT_DEFAULT,
-                                    "segment seek refused: the file loops by restarting"
-                                );
-                            }
-                        });
+                    if !seek_now {
+                        return gst::PadProbeReturn::Ok;
                     }
+                    if file_identity(&path) != opened {
+                        if let Some(decoder) = decoder.upgrade() {
+                            decoder.post_error_message(gst::error_msg!(
+                                gst::ResourceError::Read,
+                                ["{} changed while playing: reading it again", path.display()]
+                            ));
+                        }
+                        return gst::PadProbeReturn::Ok;
+                    }
+                    // Not from the streaming thread: the demuxer takes its stream lock to
+                    // seek.
+                    let pad = pad.clone();
+                    std::thread::spawn(move || {
+                        let seek = gst::event::Seek::new(
+                            1.0,
+                            gst::SeekFlags::SEGMENT,
+                            gst::SeekType::Set,
+                            gst::ClockTime::ZERO,
+                            gst::SeekType::None,
+                            gst::ClockTime::NONE,
+                        );
+                        if !pad.send_event(seek) {
+                            gst::debug!(
+                                gst::CAT_DEFAULT,
+                                "segment seek refused: the file loops by restarting"
+                            );
+                        }
+                    });
                     gst::PadProbeReturn::Ok
                 },
             );
@@ -1444,6 +1475,19 @@ fn loop_with_segment_seeks(src: &gst::Element) {
         None
     });
 }
+
+/// Which file is at `path`, and how big and how new it is: `None` when there is none.
+fn file_identity(path: &std::path::Path) -> Option<(u64, u64, u64, Option<std::time::SystemTime>)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.len(), m.modified().ok()))
+}
+
+/// How late audio may arrive and still be laid right after the previous buffer. Stamped at
+/// its arrival instead, each late buffer would leave a hole of a few milliseconds, too short
+/// for audiorate (40 ms tolerance) to fill, and on a loaded machine they add up. Above
+/// audiorate's tolerance, so that a stall's hole is filled.
+const AUDIO_JITTER: gst::ClockTime = gst::ClockTime::from_mseconds(60);
 
 /// Gives every buffer entering `element` the running time at which it arrives, in one plain
 /// time segment. A restarted or switched source starts its timestamps anew; without this,
@@ -1503,8 +1547,10 @@ fn running_time_now(pad: &gst::Pad) -> Option<gst::ClockTime> {
 }
 
 /// `last` holds where the previous buffer ended. Audio (`continuous`) is laid end to end so a
-/// burst neither overlaps nor leaves gaps; video only never goes backwards, and videorate
-/// evens it out.
+/// burst neither overlaps nor leaves gaps, and a buffer a little late (scheduling jitter on a
+/// loaded machine, up to [`AUDIO_JITTER`]) still follows on; only a real stall moves it to
+/// its arrival time, leaving a hole that audiorate fills with silence. Video only never goes
+/// backwards, and videorate evens it out.
 fn stamp_arrival(
     last: &Mutex<Option<gst::ClockTime>>,
     buffer: &mut gst::BufferRef,
@@ -1512,7 +1558,11 @@ fn stamp_arrival(
     continuous: bool,
 ) {
     let mut last = last.lock().unwrap();
-    let pts = last.map_or(now, |end| now.max(end));
+    let pts = match *last {
+        Some(end) if continuous && now <= end + AUDIO_JITTER => end,
+        Some(end) => now.max(end),
+        None => now,
+    };
     let length = match buffer.duration() {
         Some(d) if continuous => d,
         _ => gst::ClockTime::from_nseconds(1),
