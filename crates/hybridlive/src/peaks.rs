@@ -159,7 +159,9 @@ pub fn analyse(recording: &Path) -> anyhow::Result<LoudnessProfile> {
     let linked = Arc::new(Mutex::new((false, None::<String>)));
     // A discarded stream ended: when no audio was linked by then, there is none.
     let discarded_eos = Arc::new(AtomicBool::new(false));
+    let starts = Arc::new(Mutex::new(Starts::default()));
     {
+        let starts = starts.clone();
         let pipeline_weak = pipeline.downgrade();
         let appsink = appsink.clone();
         let linked = linked.clone();
@@ -173,6 +175,7 @@ pub fn analyse(recording: &Path) -> anyhow::Result<LoudnessProfile> {
             let audio = caps
                 .structure(0)
                 .is_some_and(|s| s.name().starts_with("audio/"));
+            watch_start(pad, &starts, audio && !l.0);
             let result = if audio && !l.0 {
                 l.0 = true;
                 link_audio(&pipeline, pad, &appsink)
@@ -276,6 +279,15 @@ pub fn analyse(recording: &Path) -> anyhow::Result<LoudnessProfile> {
         let programme = m
             .loudness_global()
             .map_err(|e| anyhow!("cannot measure loudness: {e}"))?;
+        // Readings count from the first audio sample; clips are cut on the recording's
+        // timeline, which starts with its earliest stream.
+        let offset = starts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .audio_offset();
+        for (t, _) in &mut momentary {
+            *t += offset;
+        }
         Ok(LoudnessProfile {
             programme,
             momentary,
@@ -297,6 +309,47 @@ fn read(m: &EbuR128, rate: u32, samples: u64, out: &mut Vec<(u64, f64)>) -> anyh
         .map_err(|e| anyhow!("cannot measure loudness: {e}"))?;
     out.push((samples * SECOND / rate as u64, lufs));
     Ok(())
+}
+
+/// Where the streams start, in stream time.
+#[derive(Debug, Default)]
+struct Starts {
+    /// The earliest stream's first presented instant: the recording's 0.
+    origin: Option<u64>,
+    /// The measured audio stream's.
+    audio: Option<u64>,
+}
+
+impl Starts {
+    fn audio_offset(&self) -> u64 {
+        match (self.audio, self.origin) {
+            (Some(a), Some(o)) => a.saturating_sub(o),
+            _ => 0,
+        }
+    }
+}
+
+/// Notes the stream time of the stream's first buffer (clipped to its segment: what a
+/// demuxer's edit list hides, like AAC priming, is not presented).
+fn watch_start(pad: &gst::Pad, starts: &Arc<Mutex<Starts>>, measured: bool) {
+    let starts = starts.clone();
+    pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+        let seg = pad
+            .sticky_event::<gst::event::Segment>(0)
+            .and_then(|e| e.segment().downcast_ref::<gst::ClockTime>().cloned());
+        if let (Some(seg), Some(b)) = (seg, info.buffer())
+            && let Some(t) = b.pts().or(b.dts())
+            && let Some(t) = seg.to_stream_time(t.max(seg.start().unwrap_or(t)))
+        {
+            let mut s = starts.lock().unwrap_or_else(|e| e.into_inner());
+            let t = t.nseconds();
+            s.origin = Some(s.origin.map_or(t, |o| o.min(t)));
+            if measured {
+                s.audio.get_or_insert(t);
+            }
+        }
+        gst::PadProbeReturn::Remove
+    });
 }
 
 /// Decodes one audio stream into the appsink.

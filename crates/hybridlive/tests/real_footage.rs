@@ -530,3 +530,47 @@ fn keyframe_clip_of_bframes_ends_at_the_range_end() {
         );
     }
 }
+
+/// Issue 30 item 11: `--peaks` places a burst on the recording's timeline when the audio
+/// starts later than the video.
+#[test]
+fn peaks_follow_the_audio_start_offset() {
+    let dir = TempDir::new("peaks-offset");
+    let rec = dir.path("rec");
+    std::fs::create_dir_all(&rec).expect("mkdir");
+    // Audio from 3 s on, with a noise burst at 9-10 s of the recording.
+    run(Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc2=size=320x240:rate=25:duration=14")
+        .args(["-f", "lavfi", "-i"])
+        .arg(
+            "aevalsrc=0.1*sin(2*PI*440*t)+if(between(t\\,9\\,10)\\,0.6*(2*random(0)-1)\\,0)\
+             :s=48000:d=14",
+        )
+        .args(["-af", "atrim=start=3", "-c:v", "libx264", "-g", "25"])
+        .args(["-pix_fmt", "yuv420p", "-c:a", "aac"])
+        .arg(rec.join("late.mp4")));
+    let out = dir.path("out");
+    let o = hybridlive()
+        .arg("repurpose")
+        .arg(&rec)
+        .arg("--out")
+        .arg(&out)
+        .args(["--peaks", "1", "--peak-threshold", "8"])
+        .args(["--peak-lead-in", "1", "--peak-lead-out", "1"])
+        .args(["--mode", "keyframe"])
+        .output()
+        .expect("run hybridlive");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = std::fs::read_to_string(out.join("manifest.json")).expect("manifest");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let clip = &v["clips"][0];
+    let (start, end) = (
+        clip["start"].as_f64().unwrap_or(f64::NAN),
+        clip["end"].as_f64().unwrap_or(f64::NAN),
+    );
+    assert!(
+        (7.5..=9.0).contains(&start) && (10.0..=11.5).contains(&end),
+        "the burst at 9-10 s gave a clip at {start}-{end} s"
+    );
+}
