@@ -6,7 +6,15 @@
 //! every 3 s while it waited cut off a sender that connected just before (ffmpeg: "Input/output
 //! error", the class on the slate for good).
 //!
-//! Each test runs in a network namespace of its own (fixed ports), one runner at a time.
+//! Also: the audio of a recording has no holes across sender losses and file loops (ffprobe's
+//! packet times, and its decoded length against the video's), a looped file never leaves the
+//! air at a seam, a file without sound is on air and said to be, odd picture sizes are refused
+//! by `validate`, and a failed run names its first error.
+//!
+//! The network tests run in a network namespace of their own (fixed ports), one runner at a
+//! time.
+//!
+//! `cargo nextest run -p hybridlive --test ingest`
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
