@@ -122,6 +122,8 @@ struct Shared {
     crop: Option<Crop>,
     /// Coded size of the video.
     video_size: Option<(u32, u32)>,
+    /// Its pixel aspect ratio (numerator, denominator).
+    video_par: Option<(u32, u32)>,
     /// The range in the recording's stream time, once its origin is known.
     window: Option<(u64, u64)>,
     /// Source video frames that start in `window`.
@@ -288,7 +290,11 @@ fn cut_to(
             lock(&shared).window = Some((range.start + origin, range.end + origin));
             if let Some(v) = vertical {
                 let orientation = lock(&gate.orientation).clone();
-                let crop = vertical_crop(*v, lock(&shared).video_size, orientation.as_deref())?;
+                let (size, par) = {
+                    let sh = lock(&shared);
+                    (sh.video_size, sh.video_par)
+                };
+                let crop = vertical_crop(*v, size, par, orientation.as_deref())?;
                 clip.set_property("reencode-filter", crop.filter());
                 lock(&shared).crop = Some(crop);
             }
@@ -477,22 +483,33 @@ fn track_edit(start: u64, stop: u64, first_dts: u64, first_pts: Option<u64>) -> 
     }
 }
 
-/// The 9:16 crop of the video as it is displayed: a rotated source is turned upright first.
+/// The 9:16 crop of the video as it is displayed: a rotated source is turned upright first,
+/// and non-square pixels (anamorphic PAL/NTSC) are cropped in display pixels then scaled to
+/// square ones.
 fn vertical_crop(
     v: Vertical,
     size: Option<(u32, u32)>,
+    par: Option<(u32, u32)>,
     orientation: Option<&str>,
 ) -> anyhow::Result<Crop> {
     let Some((w, h)) = size else {
         bail!("the video size is unknown: cannot crop it");
     };
     let turn = orientation.and_then(upright_direction);
-    let (w, h) = if orientation.is_some_and(swaps_axes) {
-        (h, w)
-    } else {
-        (w, h)
-    };
-    let mut crop = v.crop(w, h).map_err(|e| anyhow!(e))?;
+    if orientation.is_some_and(swaps_axes) {
+        let mut crop = v.crop(h, w).map_err(|e| anyhow!(e))?;
+        crop.turn = turn;
+        return Ok(crop);
+    }
+    let (n, d) = par.unwrap_or((1, 1));
+    // Display width of the coded picture; the crop is chosen there.
+    let shown = (u64::from(w) * u64::from(n) / u64::from(d)) as u32;
+    let mut crop = v.crop(shown, h).map_err(|e| anyhow!(e))?;
+    if (n, d) != (1, 1) && shown != w {
+        let coded = |x: u32| (u64::from(x) * u64::from(d) / u64::from(n)) as u32;
+        crop.left = coded(crop.left);
+        crop.right = coded(crop.right).min(w.saturating_sub(crop.left + 2));
+    }
     crop.turn = turn;
     Ok(crop)
 }
@@ -575,7 +592,13 @@ fn link_stream(
             );
             chain.push(filter);
             if let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height")) {
-                lock(shared).video_size = Some((w.max(0) as u32, h.max(0) as u32));
+                let mut sh = lock(shared);
+                sh.video_size = Some((w.max(0) as u32, h.max(0) as u32));
+                sh.video_par = s
+                    .get::<gst::Fraction>("pixel-aspect-ratio")
+                    .ok()
+                    .filter(|f| f.numer() > 0 && f.denom() > 0)
+                    .map(|f| (f.numer() as u32, f.denom() as u32));
             }
         }
         "audio/mpeg" if !matches!(s.get::<i32>("mpegversion"), Ok(1)) => {

@@ -135,11 +135,13 @@ fn cut(source: &Path, range: &str, mode: &str, out: &Path, extra: &[&str]) -> Ou
 /// Cuts and returns the clip file, failing with the CLI's stderr.
 fn cut_ok(source: &Path, range: &str, mode: &str, out: &Path, extra: &[&str]) -> PathBuf {
     let o = cut(source, range, mode, out, extra);
+    let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(
         o.status.success(),
-        "{mode} {range}: hybridlive clip failed: {}",
-        String::from_utf8_lossy(&o.stderr)
+        "{mode} {range}: hybridlive clip failed: {stderr}"
     );
+    // Issue 30 item 8: streams starting apart made a gst_segment_clip CRITICAL.
+    assert!(!stderr.contains("CRITICAL"), "{mode} {range}: {stderr}");
     clips_in(out)
         .into_iter()
         .next()
@@ -572,5 +574,43 @@ fn peaks_follow_the_audio_start_offset() {
     assert!(
         (7.5..=9.0).contains(&start) && (10.0..=11.5).contains(&end),
         "the burst at 9-10 s gave a clip at {start}-{end} s"
+    );
+}
+
+/// Issue 30 item 14: a vertical clip of an anamorphic source (720x576, SAR 64:45, shown as
+/// 1024x576) is cropped in display pixels: it looks like the same part of ffmpeg's display.
+#[test]
+fn anamorphic_vertical_clip_is_not_squeezed() {
+    let dir = TempDir::new("anamorphic");
+    let source = dir.path("pal.mp4");
+    run(Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc2=s=720x576:r=25:d=3")
+        .args(["-f", "lavfi", "-i", "sine=d=3"])
+        .args(["-vf", "setsar=64/45", "-c:v", "libx264", "-g", "25"])
+        .args(["-pix_fmt", "yuv420p", "-c:a", "aac"])
+        .arg(&source));
+    let out = dir.path("out");
+    cut_ok(&source, "1-2", "exact", &out, &["--vertical"]);
+    let vertical = clips_in(&out)
+        .into_iter()
+        .find(|p| p.to_string_lossy().contains("vertical"))
+        .expect("vertical clip");
+    let (w, h) = video_size(&vertical);
+    assert_eq!(h, 576);
+    assert!((322..=326).contains(&w), "vertical clip is {w}x{h}");
+    // ffmpeg's display of the source, centre 9:16 crop, against the clip.
+    let reference = dir.path("reference.mp4");
+    run(Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-ss", "1", "-t", "1", "-i"])
+        .arg(&source)
+        .args(["-vf", &format!("scale=1024:576,setsar=1,crop={w}:576")])
+        .args(["-an", "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv420p"])
+        .arg(&reference));
+    let p = psnr(&vertical, &reference, 0, decode(&vertical).len(), &dir.0);
+    let worst = p.iter().cloned().fold(f64::INFINITY, f64::min);
+    assert!(
+        worst > 25.0,
+        "against ffmpeg's display: worst PSNR {worst:.1} dB"
     );
 }
