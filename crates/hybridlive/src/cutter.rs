@@ -414,11 +414,12 @@ fn cut_to(
     // The clip starts on its first video frame: a range starting between two frames would
     // otherwise begin with part of the frame before, which ffmpeg shows from the next frame on
     // and moves the video early against the audio. Tracks share the clip's timeline.
-    // (A video that only begins after the start keeps its empty edit instead.)
+    // (A video that only begins after the start keeps its empty edit instead.) The same holds
+    // for a range starting in a gap of a variable frame rate video.
     let video_start = tracks
         .iter()
         .find(|t| t.handler == "vide")
-        .filter(|t| t.first_pts.zip(t.present_start).is_some_and(|(p, s)| p < s))
+        .filter(|_| result.first_frame < range.start)
         .and_then(|t| t.first_shown);
     let patches: Vec<(&'static str, TrackPatch)> = tracks
         .iter()

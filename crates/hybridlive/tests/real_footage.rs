@@ -614,3 +614,39 @@ fn anamorphic_vertical_clip_is_not_squeezed() {
         "against ffmpeg's display: worst PSNR {worst:.1} dB"
     );
 }
+
+/// Issue 30 item 7: a variable frame rate source (5 of every 30 frames dropped) cut from inside
+/// a gap: audio and video start together and stay in sync.
+#[test]
+fn vfr_range_starting_in_a_gap_stays_in_sync() {
+    let dir = TempDir::new("vfr");
+    let source = dir.path("vfr.mp4");
+    run(Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(
+            "color=c=black:s=320x180:r=30:d=8,\
+             drawbox=c=white:t=fill:enable='lt(mod(t\\,1)\\,0.033)'",
+        )
+        .args(["-f", "lavfi", "-i"])
+        .arg("aevalsrc='if(lt(mod(t\\,1)\\,0.033)\\,0.5*sin(2*PI*1000*t)\\,0)':s=48000:d=8")
+        .args(["-vf", "select='not(between(mod(n\\,30)\\,10\\,14))'"])
+        .args(["-fps_mode", "vfr", "-pix_fmt", "yuv420p", "-c:v", "libx264"])
+        .args(["-g", "60", "-c:a", "aac"])
+        .arg(&source));
+    let expected = decode(&source)
+        .iter()
+        .filter(|f| f.time >= 3.34 && f.time < 6.05)
+        .count();
+    for mode in ["exact", "smart"] {
+        let clip = cut_ok(&source, "3.34-6.05", mode, &dir.path(mode), &[]);
+        assert_in_sync(&clip, mode);
+        let (v, a) = (stream_start(&clip, "v"), stream_start(&clip, "a"));
+        assert!(
+            (v - a).abs() < 0.025,
+            "{mode}: video starts at {v:.3} s, audio at {a:.3} s"
+        );
+        if mode == "exact" {
+            assert_eq!(decode(&clip).len(), expected, "{mode}: frames in the range");
+        }
+    }
+}
