@@ -396,3 +396,50 @@ pub fn patch_tracks(
     file.sync_all()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dops_is_big_endian_from_a_little_endian_opus_head() {
+        // Matroska's OpusHead from ffmpeg: 1 channel, pre-skip 312, 48 kHz, family 0.
+        let head = [
+            b'O', b'p', b'u', b's', b'H', b'e', b'a', b'd', 1, 1, 0x38, 0x01, 0x80, 0xbb, 0, 0, 0,
+            0, 0,
+        ];
+        let dops = dops_from_opus_head(&head).expect("an OpusHead");
+        assert_eq!(dops, [0, 1, 0, 0, 0, 0, 0xbb, 0x80, 0, 0, 0]);
+        assert!(dops_from_opus_head(b"OpusTags").is_none());
+        // Family 1 carries its mapping table.
+        let mut six = head.to_vec();
+        six[9] = 6;
+        six[18] = 1;
+        six.extend_from_slice(&[4, 2, 0, 4, 1, 2, 3, 5]);
+        let dops = dops_from_opus_head(&six).expect("an OpusHead");
+        assert_eq!(&dops[11..], &[4, 2, 0, 4, 1, 2, 3, 5]);
+    }
+
+    #[test]
+    fn empty_edit_comes_first() {
+        let edts = edts_payload(1500, 3000, 20);
+        let boxes = parse_boxes(&edts).expect("boxes");
+        let elst = &boxes[0].payload;
+        assert_eq!(be32(elst, 4).ok(), Some(2), "two entries");
+        assert_eq!(be32(elst, 8).ok(), Some(1500));
+        assert_eq!(be32(elst, 12).ok(), Some(u32::MAX), "media_time -1");
+        assert_eq!(be32(elst, 20).ok(), Some(3000));
+        assert_eq!(be32(elst, 24).ok(), Some(20));
+    }
+
+    #[test]
+    fn orientation_matrices_read_back_as_qtdemux_reads_them() {
+        // qtdemux: (0, 1, -1, 0) is rotate-90; ffmpeg's rotate=90 metadata writes (0, -1, 1, 0),
+        // which qtdemux calls rotate-270.
+        let m = orientation_matrix("rotate-90").expect("matrix");
+        assert_eq!((m[0], m[1], m[3], m[4]), (0, 0x1_0000, -0x1_0000, 0));
+        let m = orientation_matrix("rotate-270").expect("matrix");
+        assert_eq!((m[0], m[1], m[3], m[4]), (0, -0x1_0000, 0x1_0000, 0));
+        assert!(orientation_matrix("rotate-0").is_none());
+    }
+}
