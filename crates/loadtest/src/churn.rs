@@ -157,7 +157,7 @@ pub fn churn(runner: &Runner, config: &ChurnConfig) -> anyhow::Result<ChurnRepor
     let settled = Instant::now();
     settle(runner, config.settle_timeout)?;
     let settle_time = settled.elapsed();
-    let after = quiet_sample(runner.pid())?;
+    let after = sample_back_to(runner.pid(), &baseline, config.settle_timeout)?;
 
     let metrics = runner.request("GET", "/metrics", None, b"")?.text();
     let series = |name: &str| crate::runner::metric(&metrics, name).unwrap_or(f64::NAN);
@@ -287,6 +287,23 @@ fn settle(runner: &Runner, timeout: Duration) -> anyhow::Result<()> {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// A sample once the runner holds no more descriptors and threads than `baseline` (GLib's
+/// shared pool may keep one worker more), or the last one after `timeout`. A session leaves
+/// the pipeline before its elements reach NULL and close their sockets, from a thread of
+/// their own: on a loaded machine that can come well after the counts are quiet for a
+/// moment, so a fixed quiet window would take a late close for a leak. A real leak stays and
+/// shows in the sample taken at the timeout.
+fn sample_back_to(pid: u32, baseline: &Sample, timeout: Duration) -> anyhow::Result<Sample> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let now = quiet_sample(pid)?;
+        let back = now.fds <= baseline.fds && now.threads <= baseline.threads + 1;
+        if back || Instant::now() >= deadline {
+            return Ok(now);
+        }
     }
 }
 
