@@ -278,8 +278,12 @@ fn cut_to(
                 }
                 if let Some(msg) = bus.timed_pop_filtered(
                     gst::ClockTime::from_mseconds(10),
-                    &[gst::MessageType::Error],
+                    &[gst::MessageType::Error, gst::MessageType::Toc],
                 ) {
+                    if msg.type_() == gst::MessageType::Toc {
+                        note_chapters(&shared);
+                        continue;
+                    }
                     return Err(stream_error(&shared, &msg));
                 }
                 if let Some(e) = lock(&shared).error.take() {
@@ -338,6 +342,7 @@ fn cut_to(
                 match msg.view() {
                     MessageView::Eos(_) => break,
                     MessageView::Error(_) => return Err(stream_error(&shared, &msg)),
+                    MessageView::Toc(_) => note_chapters(&shared),
                     MessageView::Element(e) => {
                         if let Some(s) = e.structure() {
                             if s.name() == "clip-started" {
@@ -786,6 +791,15 @@ fn compensate_encoder_delay(encoder: &gst::Element, rate: u64) -> anyhow::Result
         }
     });
     Ok(())
+}
+
+/// The recording has chapters (a table of contents): MP4 clips do not carry them.
+fn note_chapters(shared: &Mutex<Shared>) {
+    const NOTE: &str = "chapters dropped";
+    let mut sh = lock(shared);
+    if !sh.notes.iter().any(|n| n == NOTE) {
+        sh.notes.push(NOTE.to_owned());
+    }
 }
 
 /// What a user calls a stream of these caps.

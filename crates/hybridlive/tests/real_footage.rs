@@ -650,3 +650,33 @@ fn vfr_range_starting_in_a_gap_stays_in_sync() {
         }
     }
 }
+
+/// Issue 30, "also check": chapters are not carried into clips; the manifest says so.
+#[test]
+fn dropped_chapters_are_noted_in_the_manifest() {
+    let dir = TempDir::new("chapters");
+    let plain = dir.path("plain.mkv");
+    flash_source(&plain, &["-c:v", "libx264", "-g", "50", "-c:a", "aac"]);
+    let meta = dir.path("chapters.txt");
+    std::fs::write(
+        &meta,
+        ";FFMETADATA1\n[CHAPTER]\nTIMEBASE=1/1000\nSTART=0\nEND=3000\ntitle=One\n\
+         [CHAPTER]\nTIMEBASE=1/1000\nSTART=3000\nEND=6000\ntitle=Two\n",
+    )
+    .expect("chapters");
+    let source = dir.path("chapters.mkv");
+    run(Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-i"])
+        .arg(&plain)
+        .arg("-i")
+        .arg(&meta)
+        .args(["-map_metadata", "1", "-map_chapters", "1", "-c", "copy"])
+        .arg(&source));
+    let out = dir.path("out");
+    cut_ok(&source, "1-2", "exact", &out, &[]);
+    let manifest = std::fs::read_to_string(out.join("manifest.json")).expect("manifest");
+    assert!(
+        manifest.contains("chapters dropped"),
+        "manifest: {manifest}"
+    );
+}
