@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /` | viewer page (hls.js, vendored) |
 //! | `GET /assets/hls.min.js`, `/assets/whep-player.js`, `/assets/stamp.js` | the page's scripts |
+//! | `GET /favicon.svg` (also `/favicon.ico`) | the page's icon |
 //! | `GET /hls/live.m3u8`, `GET /hls/<segment>.ts` | the HLS output (or LL-HLS parts) |
 //! | `POST /whep`, `DELETE /whep/<id>`, `OPTIONS /whep` | WebRTC viewers (WHEP, no token) |
 //! | `GET /metrics` | Prometheus text |
@@ -62,6 +63,7 @@ const RUNTIME_THREADS: usize = 2;
 const INDEX_HTML: &str = include_str!("../assets/index.html");
 const HLS_JS: &[u8] = include_bytes!("../assets/hls.min.js");
 const HLS_JS_LICENSE: &str = include_str!("../assets/hls.js.LICENSE");
+const FAVICON_SVG: &[u8] = include_bytes!("../assets/favicon.svg");
 
 /// A running server.
 pub struct ServerHandle {
@@ -320,6 +322,15 @@ async fn route(context: Arc<Context>, client: IpAddr, request: Request) -> Respo
             Bytes::from_static(HLS_JS),
         ),
         "/assets/hls.js.LICENSE" if is_get(&method) => text(200, HLS_JS_LICENSE),
+        // The page's icon; `/favicon.ico` too, for clients that ask without reading the page.
+        "/favicon.svg" | "/favicon.ico" if is_get(&method) => respond(
+            200,
+            &[
+                ("Content-Type", "image/svg+xml"),
+                ("Cache-Control", "public, max-age=86400"),
+            ],
+            Bytes::from_static(FAVICON_SVG),
+        ),
         "/assets/whep-player.js" if is_get(&method) => script(hybridlive_webrtc::WHEP_PLAYER_JS),
         "/assets/stamp.js" if is_get(&method) => script(hybridlive_webrtc::STAMP_JS),
         "/metrics" if is_get(&method) => {

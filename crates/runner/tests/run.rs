@@ -730,6 +730,19 @@ fn http_abuse_gets_4xx_while_the_stream_plays_and_the_token_is_never_printed() {
         (playlist.status == 200 && playlist.text().matches(".ts").count() >= 2).then_some(())
     });
 
+    // The page's icon is there: a browser's console shows no 404 for it on every load.
+    let page = request("GET", "/", &[], b"").text();
+    let icon = page
+        .split("<link rel=\"icon\" href=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the page declares its icon");
+    for path in [icon, "/favicon.ico"] {
+        let got = request("GET", path, &[], b"");
+        assert_eq!(got.status, 200, "{path}");
+        assert_eq!(got.header("Content-Type"), "image/svg+xml", "{path}");
+    }
+
     // HLS is watched all along: every segment name it lists, in order.
     let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let watcher = {
