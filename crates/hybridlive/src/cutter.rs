@@ -376,7 +376,7 @@ fn cut_to(
             }
         }
         let Some(first_frame) = first_frame else {
-            bail!("the recording has no video or audio in {range} (it ends before?)");
+            bail!("the recording has no video or audio in {range}: it ended before it?");
         };
         let (crop, notes) = {
             let sh = lock(&shared);

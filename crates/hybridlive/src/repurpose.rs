@@ -108,16 +108,19 @@ fn plan(recording: &Path, lead_in: u64, lead_out: u64, peaks: Option<PeakOptions
             let clips: Vec<PlannedClip> = t
                 .clips(lead_in, lead_out)
                 .into_iter()
-                .filter_map(|c| {
+                .map(|c| {
+                    // A clip starting past the length GStreamer reads (a truncated file) is
+                    // left whole: the cutter then says what is wrong with the recording.
                     let range = match length {
-                        Some(len) if c.range.start >= len => return None,
-                        Some(len) => ClipRange::new(c.range.start, c.range.end.min(len)).ok()?,
-                        None => c.range,
+                        Some(len) if c.range.start < len => {
+                            ClipRange::new(c.range.start, c.range.end.min(len)).unwrap_or(c.range)
+                        }
+                        _ => c.range,
                     };
-                    Some(PlannedClip {
+                    PlannedClip {
                         range,
                         markers: c.markers,
-                    })
+                    }
                 })
                 .collect();
             if clips.is_empty() && peaks.is_none() {

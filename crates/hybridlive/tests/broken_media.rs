@@ -309,7 +309,7 @@ fn corpus(dir: &TempDir, good: &Path) -> Vec<Case> {
         },
         Case {
             file: write("truncated.ts", &ts_bytes[..ts_bytes.len() / 5]),
-            reason: &["truncated.ts", "ends before"],
+            reason: &["truncated.ts", "ended"],
         },
         Case {
             file: write("garbage.mp4", &garbage(256 * 1024, 7)),
