@@ -344,6 +344,13 @@ pub fn patch_tracks(
             .map(|b| timescale(&b.payload))
             .transpose()?
             .ok_or_else(|| invalid("mdia without mdhd"))?;
+        // mp4mux writes a track that never got caps with timescale 0: no player opens the
+        // file. Seen rarely under heavy load; fail the cut loudly rather than leave it.
+        if track_ts == 0 {
+            return Err(invalid(
+                "the muxer wrote a track with no timescale (no media reached it)",
+            ));
+        }
         let n = counts.entry(handler.clone()).or_default();
         let patch = patch_for(&handler, *n);
         *n += 1;
@@ -400,6 +407,53 @@ pub fn patch_tracks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file whose one track has an `mdhd` with `track_timescale`.
+    fn one_track_file(track_timescale: u32) -> std::path::PathBuf {
+        let full = |version_flags: u32, fields: &[u32]| {
+            let mut p = version_flags.to_be_bytes().to_vec();
+            for f in fields {
+                p.extend_from_slice(&f.to_be_bytes());
+            }
+            p
+        };
+        let mut hdlr = full(0, &[0]);
+        hdlr.extend_from_slice(b"vide");
+        hdlr.extend_from_slice(&[0; 13]);
+        let mut mdia = Vec::new();
+        write_box(b"mdhd", &full(0, &[0, 0, track_timescale, 0, 0]), &mut mdia);
+        write_box(b"hdlr", &hdlr, &mut mdia);
+        let mut trak = Vec::new();
+        write_box(b"tkhd", &full(3, &[0; 20]), &mut trak);
+        write_box(b"mdia", &mdia, &mut trak);
+        let mut moov = Vec::new();
+        write_box(b"mvhd", &full(0, &[0, 0, 1000, 0, 0]), &mut moov);
+        write_box(b"trak", &trak, &mut moov);
+        let mut file = Vec::new();
+        write_box(b"ftyp", b"isom\0\0\0\0isom", &mut file);
+        write_box(b"mdat", &[], &mut file);
+        write_box(b"moov", &moov, &mut file);
+        let path = std::env::temp_dir().join(format!(
+            "hybridlive-mp4edit-{}-{track_timescale}.mp4",
+            std::process::id()
+        ));
+        std::fs::write(&path, file).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_track_without_a_timescale_fails_the_rewrite() {
+        let good = one_track_file(12800);
+        let bad = one_track_file(0);
+        let result = (
+            patch_tracks(&good, |_, _| TrackPatch::default()),
+            patch_tracks(&bad, |_, _| TrackPatch::default()),
+        );
+        let _ = (std::fs::remove_file(&good), std::fs::remove_file(&bad));
+        assert!(result.0.is_ok(), "{:?}", result.0);
+        let err = result.1.expect_err("a track with timescale 0 is refused");
+        assert!(err.to_string().contains("no timescale"), "{err}");
+    }
 
     #[test]
     fn dops_is_big_endian_from_a_little_endian_opus_head() {
