@@ -70,10 +70,15 @@ struct Runner {
 impl Runner {
     /// Starts `run FILE --http 127.0.0.1:0 --json` in `dir` and waits for `ready`.
     fn start(file: &Path, dir: &Path, extra: &[&str]) -> Runner {
+        Runner::start_on(file, dir, "127.0.0.1:0", extra)
+    }
+
+    /// [`Runner::start`] listening on `http`.
+    fn start_on(file: &Path, dir: &Path, http: &str, extra: &[&str]) -> Runner {
         let mut args = vec![
             file.to_string_lossy().into_owned(),
             "--http".into(),
-            "127.0.0.1:0".into(),
+            http.into(),
             "--json".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
@@ -1407,6 +1412,114 @@ fn a_looping_file_source_plays_longer_than_the_file() {
     let duration = media_duration(&file);
     // The clip lasts 1 s; looping keeps the programme going for the whole run.
     assert!(duration > 2.5, "recorded {duration} s from a 1 s clip");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Run in the viewer page once it plays WebRTC: asks the test (a console line) to restart the
+/// runner, then watches until a new peer connection decodes 30 frames or HLS plays on, and
+/// returns what it saw.
+const PAGE_ACROSS_RUNNER_RESTART: &str = "(async () => { \
+    const v = window.viewer; const firstPc = v.player.pc; const texts = []; \
+    console.log('RESTART-THE-RUNNER'); \
+    const deadline = performance.now() + 60000; let decoded = 0; let hlsFrom = null; let hlsPlayed = 0; \
+    while (performance.now() < deadline) { \
+      const t = `${v.mode}: ${document.getElementById('state').textContent}`; \
+      if (texts[texts.length - 1] !== t) texts.push(t); \
+      if (v.mode === 'webrtc' && v.player && v.player.pc && v.player.pc !== firstPc) { \
+        const s = await v.player.stats(); decoded = s ? s.framesDecoded : 0; \
+        if (decoded >= 30) break; \
+      } \
+      if (v.mode === 'hls') { \
+        const now = document.querySelector('video').currentTime; \
+        if (hlsFrom === null) hlsFrom = now; \
+        hlsPlayed = now - hlsFrom; if (hlsPlayed >= 2) break; \
+      } \
+      await new Promise((r) => setTimeout(r, 100)); \
+    } \
+    return { mode: v.mode, decoded, hlsPlayed, texts }; \
+  })()";
+
+#[test]
+fn viewer_page_plays_again_after_the_runner_restarted() {
+    if !in_private_netns("viewer_page_plays_again_after_the_runner_restarted") {
+        return;
+    }
+    let dir = scratch("page-restart");
+    let file = dir.join("page.toml");
+    std::fs::write(
+        &file,
+        "[sources.cam]\ntype = \"test\"\nwidth = 640\nheight = 360\n\n\
+         [encoders.video]\ntype = \"h264\"\ninputs = [\"cam\"]\npreset = \"zerolatency\"\n\
+         bitrate = 1200\nkeyframe_interval = 1\n\n\
+         [encoders.voice]\ntype = \"opus\"\ninputs = [\"cam\"]\n\n\
+         [encoders.audio]\ntype = \"aac\"\ninputs = [\"cam\"]\n\n\
+         [outputs.webrtc]\ntype = \"webrtc\"\ninputs = [\"video\", \"voice\"]\nloopback_only = true\n\n\
+         [outputs.hls]\ntype = \"hls\"\ninputs = [\"video\", \"audio\"]\nsegment_duration = 1\n",
+    )
+    .unwrap();
+    // A fixed port, so that the page finds the restarted runner where it left the first.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let mut runner = Runner::start_on(&file, &dir, &addr, &[]);
+    let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/viewer.mjs");
+    let mut page = Command::new("node")
+        .arg(&driver)
+        .arg(format!("http://{addr}/"))
+        .arg("90")
+        .env(
+            "WAIT",
+            "window.viewer && window.viewer.mode === 'webrtc' && window.viewer.latencies.length >= 10",
+        )
+        .env("RESULT", PAGE_ACROSS_RUNNER_RESTART)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("node runs (scripts/setup installs the browser test driver)");
+    let stderr = page.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut log = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("the page never played WebRTC:\n{}", log.join("\n")));
+        let asked = line.contains("RESTART-THE-RUNNER");
+        log.push(line);
+        if asked {
+            break;
+        }
+    }
+    runner.signal(libc::SIGINT);
+    assert!(runner.wait_exit(Duration::from_secs(30)).success());
+    let mut runner = Runner::start_on(&file, &dir, &addr, &[]);
+    let out = page.wait_with_output().expect("the page driver ends");
+    log.extend(rx.try_iter());
+    assert!(
+        out.status.success(),
+        "browser run failed:\n{}",
+        log.join("\n")
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("the viewer page across a runner restart: {result}");
+    let again_webrtc = result["mode"] == "webrtc" && result["decoded"].as_u64() >= Some(30);
+    let on_hls = result["mode"] == "hls" && result["hlsPlayed"].as_f64() >= Some(2.0);
+    assert!(
+        again_webrtc || on_hls,
+        "the page did not play again after the runner restarted: {result}\n{}",
+        log.join("\n")
+    );
+    runner.signal(libc::SIGINT);
+    assert!(runner.wait_exit(Duration::from_secs(30)).success());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
