@@ -40,6 +40,25 @@ static JSON: AtomicBool = AtomicBool::new(false);
 /// Embedded runs ([`run_embedded`]) print nothing: the embedding tool owns the terminal.
 static QUIET: AtomicBool = AtomicBool::new(false);
 
+/// The URLs of the sources (and their backups) as endpoints whose secrets no message shows.
+fn source_endpoints(sources: &[Source]) -> Vec<crate::endpoint::Endpoint> {
+    let mut urls = Vec::new();
+    for source in sources {
+        let fallback = match &source.kind {
+            SourceKind::Network { uri, fallback } => {
+                urls.push(uri.as_str());
+                Some(fallback)
+            }
+            SourceKind::File { fallback, .. } => Some(fallback),
+            _ => None,
+        };
+        urls.extend(fallback.and_then(|f| f.backup_uri.as_deref()));
+    }
+    urls.into_iter()
+        .map(|u| crate::endpoint::Endpoint::new(u, &[]))
+        .collect()
+}
+
 /// The page's address as a browser on this machine opens it: a server listening on every
 /// interface (`0.0.0.0`, `::`) is reached through loopback, not through that address.
 fn viewer_url(addr: std::net::SocketAddr) -> String {
@@ -648,15 +667,30 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
         .collect();
     let bus = ingest.bus().context("pipeline without bus")?;
     let ingest_error: Arc<Mutex<Option<String>>> = Arc::default();
+    let source_urls = source_endpoints(&config.sources);
     let _watch = {
         let runner = runner.clone();
         let ingest_error = ingest_error.clone();
         bus.add_watch(move |_, msg| {
             match msg.view() {
                 gst::MessageView::Error(err) => {
-                    let src = msg.src().map(|s| s.path_string().to_string()).unwrap_or_default();
-                    let text = format!("{src}: {}", err.error());
-                    event("ingest-error", serde_json::json!({"error": text, "debug": err.debug().map(|d| d.to_string())}));
+                    // GStreamer's texts can quote a source's URL, stream key or passphrase
+                    // included: masked like an output's.
+                    let redact = |text: &str| {
+                        source_urls
+                            .iter()
+                            .fold(text.to_string(), |t, url| url.redact(&t))
+                    };
+                    let src = msg
+                        .src()
+                        .map(|s| s.path_string().to_string())
+                        .unwrap_or_default();
+                    let text = redact(&format!("{src}: {}", err.error()));
+                    let debug = err.debug().map(|d| redact(d.as_str()));
+                    event(
+                        "ingest-error",
+                        serde_json::json!({"error": text, "debug": debug}),
+                    );
                     // The first error is the cause (an encoder refusing its input); the
                     // ones after it are the queues and sources stopping because of it.
                     ingest_error.lock().unwrap().get_or_insert(text);
@@ -667,8 +701,9 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
                     if let Some(s) = e.structure()
                         && s.name() == "abr-decision"
                         && let Some(src) = msg.src()
-                        && let Some((output, _)) =
-                            abr_outputs.iter().find(|(_, name)| *name == src.name().as_str())
+                        && let Some((output, _)) = abr_outputs
+                            .iter()
+                            .find(|(_, name)| *name == src.name().as_str())
                     {
                         runner.abr_decision(output, src.name().as_str(), s);
                     }
@@ -688,7 +723,9 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
                     {
                         match hybridlive_offer_timeline::TimelineEntry::from_structure(s) {
                             Ok(entry) => runner.offer(&entry),
-                            Err(err) => event("warning", serde_json::json!({"message": err.to_string()})),
+                            Err(err) => {
+                                event("warning", serde_json::json!({"message": err.to_string()}))
+                            }
                         }
                     }
                 }
@@ -1651,7 +1688,25 @@ fn raw_video_caps(width: u32, height: u32, framerate: gst::Fraction) -> gst::Cap
 
 #[cfg(test)]
 mod tests {
-    use super::viewer_url;
+    use super::{source_endpoints, viewer_url};
+
+    #[test]
+    fn source_secrets_are_masked_in_ingest_errors() {
+        let pipeline = crate::config::parse(
+            "[sources.cam]\ntype = \"rtmp\"\nuri = \"rtmp://127.0.0.1/live/sk_cam_1\"\n\
+             backup_uri = \"srt://127.0.0.1:9100?mode=caller&passphrase=backup-secret\"\n",
+        )
+        .expect("a valid file");
+        let urls = source_endpoints(&pipeline.sources);
+        let text = "Could not connect to rtmp://127.0.0.1/live/sk_cam_1 (backup \
+                    srt://127.0.0.1:9100?mode=caller&passphrase=backup-secret)";
+        let masked = urls.iter().fold(text.to_string(), |t, u| u.redact(&t));
+        assert!(
+            !masked.contains("sk_cam_1") && !masked.contains("backup-secret"),
+            "{masked}"
+        );
+        assert!(masked.contains("rtmp://127.0.0.1/live/****"), "{masked}");
+    }
 
     #[test]
     fn a_server_on_every_interface_is_shown_at_loopback() {
