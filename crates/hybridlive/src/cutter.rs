@@ -88,6 +88,10 @@ struct Gate {
     orientation: Arc<Mutex<Option<String>>>,
     /// The queues in front of the gate, unbounded in time until it opens.
     queues: Arc<Mutex<Vec<gst::Element>>>,
+    /// Set (under the `probes` lock) once the gate opened: a stream the demuxer exposes after
+    /// that must not be held at a gate nobody opens again, or its track reaches the muxer
+    /// with no media at all.
+    opened: Arc<AtomicBool>,
 }
 
 impl Gate {
@@ -98,7 +102,9 @@ impl Gate {
             q.set_property("max-size-buffers", 200u32);
             q.set_property("max-size-bytes", 10u32 * 1024 * 1024);
         }
-        for (pad, id) in lock(&self.probes).drain(..) {
+        let mut probes = lock(&self.probes);
+        self.opened.store(true, Ordering::SeqCst);
+        for (pad, id) in probes.drain(..) {
             pad.remove_probe(id);
         }
     }
@@ -697,34 +703,40 @@ fn link_stream(
     let hit = Arc::new(AtomicBool::new(false));
     let hit_eos = hit.clone();
     let is_video = handler == "vide";
-    let id = sink.add_probe(
-        gst::PadProbeType::BLOCK | gst::PadProbeType::BUFFER,
-        move |pad, info| {
-            if hit.swap(true, Ordering::SeqCst) {
-                return gst::PadProbeReturn::Ok;
-            }
-            let seg = pad
-                .sticky_event::<gst::event::Segment>(0)
-                .and_then(|e| e.segment().downcast_ref::<gst::ClockTime>().cloned());
-            if let (Some(seg), Some(b)) = (seg, info.buffer())
+    // Held across adding the probe, so that the gate cannot open in between unseen.
+    let mut probes = lock(&gate.probes);
+    let opened = gate.opened.load(Ordering::SeqCst);
+    let id = (!opened).then(|| {
+        sink.add_probe(
+            gst::PadProbeType::BLOCK | gst::PadProbeType::BUFFER,
+            move |pad, info| {
+                if hit.swap(true, Ordering::SeqCst) {
+                    return gst::PadProbeReturn::Ok;
+                }
+                let seg = pad
+                    .sticky_event::<gst::event::Segment>(0)
+                    .and_then(|e| e.segment().downcast_ref::<gst::ClockTime>().cloned());
+                if let (Some(seg), Some(b)) = (seg, info.buffer())
                 && let Some(t) = b.pts().or(b.dts())
                 // Audio's first frames can lie before the segment (AAC priming the edit list
                 // hides): what is presented starts at the segment's start.
                 && let Some(t) = seg.to_stream_time(t.max(seg.start().unwrap_or(t)))
-            {
-                let mut origin = lock(&g.origin);
-                *origin = Some(origin.map_or(t.nseconds(), |o| o.min(t.nseconds())));
-            }
-            if is_video {
-                *lock(&g.orientation) = orientation(pad);
-            }
-            g.hits.fetch_add(1, Ordering::SeqCst);
-            gst::PadProbeReturn::Ok
-        },
-    );
-    if let Some(id) = id {
-        lock(&gate.probes).push((sink.clone(), id));
+                {
+                    let mut origin = lock(&g.origin);
+                    *origin = Some(origin.map_or(t.nseconds(), |o| o.min(t.nseconds())));
+                }
+                if is_video {
+                    *lock(&g.orientation) = orientation(pad);
+                }
+                g.hits.fetch_add(1, Ordering::SeqCst);
+                gst::PadProbeReturn::Ok
+            },
+        )
+    });
+    if let Some(Some(id)) = id {
+        probes.push((sink.clone(), id));
     }
+    drop(probes);
     if is_video {
         let shared = shared.clone();
         sink.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
