@@ -484,18 +484,13 @@ async fn whep(context: Arc<Context>, client: IpAddr, request: Request, path: &st
 
 /// The control API: the bearer token first, then a body of at most [`MAX_BODY`] bytes.
 async fn control(context: Arc<Context>, request: Request, path: &str) -> Response {
-    let Some(expected) = &context.token else {
+    if context.token.is_none() {
         return error(
             403,
             "write endpoints are disabled: set [server] token or token_env in the pipeline file",
         );
-    };
-    let given = request
-        .headers()
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes())) {
+    }
+    if !holds_token(&context, &request) {
         return with_header(
             error(401, "missing or wrong bearer token"),
             "WWW-Authenticate",
