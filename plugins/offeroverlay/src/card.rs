@@ -6,9 +6,7 @@
 //! A card is drawn once per content and size. The countdown line is a separate small
 //! rectangle inside the card, so that the ticking digits re-render on their own once a second.
 
-use std::path::Path;
-
-use crate::schedule::Offer;
+use crate::offer::{DecodedImage, Offer, QrMatrix, Theme};
 
 /// Pixel format of cairo's ARGB32 surfaces in memory, as a GStreamer video format.
 #[cfg(target_endian = "little")]
@@ -16,119 +14,23 @@ pub const SURFACE_FORMAT: gst_video::VideoFormat = gst_video::VideoFormat::Bgra;
 #[cfg(target_endian = "big")]
 pub const SURFACE_FORMAT: gst_video::VideoFormat = gst_video::VideoFormat::Argb;
 
-/// Images larger than this on either side are refused rather than decoded.
-const MAX_IMAGE_SIDE: u32 = 8192;
-
-/// An offer image decoded once, as premultiplied cairo ARGB32 pixels.
-#[derive(PartialEq)]
-pub struct DecodedImage {
-    width: u32,
-    height: u32,
-    /// Native-endian ARGB32, premultiplied, stride = width * 4.
-    pixels: Vec<u8>,
-}
-
-impl std::fmt::Debug for DecodedImage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DecodedImage({}x{})", self.width, self.height)
-    }
-}
-
-impl DecodedImage {
-    /// Decodes a PNG or JPEG file (format guessed from its content).
-    pub fn load(path: &Path) -> Result<Self, String> {
-        // A FIFO or a device (`/dev/stdin`, `/dev/zero`) named by a schedule or an API call
-        // would block the caller or never end.
-        let metadata = std::fs::metadata(path).map_err(|e| e.to_string())?;
-        if !metadata.is_file() {
-            return Err("not a regular file".into());
-        }
-        let reader = image::ImageReader::open(path)
-            .map_err(|e| e.to_string())?
-            .with_guessed_format()
-            .map_err(|e| e.to_string())?;
-        let (w, h) = reader.into_dimensions().map_err(|e| e.to_string())?;
-        if w > MAX_IMAGE_SIDE || h > MAX_IMAGE_SIDE {
-            return Err(format!(
-                "{w}x{h} is too large (at most {MAX_IMAGE_SIDE} pixels a side)"
-            ));
-        }
-        let rgba = image::ImageReader::open(path)
-            .map_err(|e| e.to_string())?
-            .with_guessed_format()
-            .map_err(|e| e.to_string())?
-            .decode()
-            .map_err(|e| e.to_string())?
-            .to_rgba8();
-        let (width, height) = rgba.dimensions();
-        if width == 0 || height == 0 {
-            return Err("image is empty".into());
-        }
-        let mut pixels = Vec::with_capacity(rgba.len());
-        for px in rgba.pixels() {
-            let [r, g, b, a] = px.0;
-            let pm = |c: u8| ((c as u32 * a as u32 + 127) / 255) as u8;
-            let word = (a as u32) << 24 | (pm(r) as u32) << 16 | (pm(g) as u32) << 8 | pm(b) as u32;
-            pixels.extend_from_slice(&word.to_ne_bytes());
-        }
-        Ok(Self {
-            width,
-            height,
-            pixels,
-        })
-    }
-
-    fn surface(&self) -> Result<cairo::ImageSurface, cairo::Error> {
-        cairo::ImageSurface::create_for_data(
-            self.pixels.clone(),
-            cairo::Format::ARgb32,
-            self.width as i32,
-            self.height as i32,
-            self.width as i32 * 4,
-        )
-    }
-}
-
-/// A QR code's modules, encoded once per URL.
-#[derive(Debug)]
-pub struct QrMatrix {
-    width: usize,
-    dark: Vec<bool>,
-}
-
 /// Light modules around the code, as the QR specification asks.
 const QR_QUIET_ZONE: usize = 4;
 
-impl QrMatrix {
-    pub fn encode(data: &str) -> Result<Self, String> {
-        let code = qrcode::QrCode::with_error_correction_level(data, qrcode::EcLevel::M)
-            .map_err(|e| format!("cannot encode as a QR code: {e}"))?;
-        let width = code.width();
-        let dark = code
-            .to_colors()
-            .into_iter()
-            .map(|c| c == qrcode::Color::Dark)
-            .collect();
-        Ok(Self { width, dark })
-    }
-
-    /// Modules across, quiet zone included.
-    fn total_modules(&self) -> usize {
-        self.width + 2 * QR_QUIET_ZONE
-    }
+/// Modules across a QR code as drawn, quiet zone included.
+fn qr_total_modules(qr: &QrMatrix) -> usize {
+    qr.width() + 2 * QR_QUIET_ZONE
 }
 
-/// Colours, font and shape of every card.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Theme {
-    /// Pango font family (and optional style), e.g. "Sans" or "Noto Sans Bold".
-    pub font: String,
-    /// 0xAARRGGBB.
-    pub background: u32,
-    pub text: u32,
-    pub accent: u32,
-    /// Corner radius as a fraction of the card width.
-    pub corner_radius: f64,
+/// The decoded image as a cairo surface to paint from.
+fn image_surface(img: &DecodedImage) -> Result<cairo::ImageSurface, cairo::Error> {
+    cairo::ImageSurface::create_for_data(
+        img.pixels().to_vec(),
+        cairo::Format::ARgb32,
+        img.width() as i32,
+        img.height() as i32,
+        img.width() as i32 * 4,
+    )
 }
 
 /// A rendered card body: premultiplied pixels and where the countdown goes inside it.
@@ -238,9 +140,6 @@ fn base_font_px(card_width: u32) -> f64 {
     (card_width as f64 * 0.058).max(6.0)
 }
 
-/// The countdown's label when an offer or its schedule sets none.
-pub const DEFAULT_COUNTDOWN_LABEL: &str = "ends in {time}";
-
 /// Text shown on the countdown line for `remaining_secs` seconds left: `label` with `{time}`
 /// replaced by the time left (`MM:SS`, or `H:MM:SS` from an hour on).
 pub fn countdown_text(label: &str, remaining_secs: u64) -> String {
@@ -274,7 +173,7 @@ pub fn render_card(offer: &Offer, theme: &Theme, width: u32) -> Result<RenderedC
     let mcr = new_context(&scratch)?;
 
     let image_size = offer.image.as_ref().map(|img| {
-        let aspect = img.height as f64 / img.width as f64;
+        let aspect = img.height() as f64 / img.width() as f64;
         let mut w = inner_w;
         let mut h = (w * aspect).round();
         let max_h = (s * 0.5).round();
@@ -286,7 +185,7 @@ pub fn render_card(offer: &Offer, theme: &Theme, width: u32) -> Result<RenderedC
     });
 
     let qr_px = offer.qr.as_ref().map(|qr| {
-        let total = qr.total_modules() as f64;
+        let total = qr_total_modules(qr) as f64;
         // Whole pixels per module keep the code crisp; 3 px survive H.264 at 720p.
         let module = ((s * 0.42) / total).floor().max(3.0);
         (module, module * total)
@@ -363,8 +262,8 @@ pub fn render_card(offer: &Offer, theme: &Theme, width: u32) -> Result<RenderedC
             rounded_rect(cr, x, y, w, h, radius * 0.6);
             cr.clip();
             cr.translate(x, y);
-            cr.scale(w / img.width as f64, h / img.height as f64);
-            let src = img.surface()?;
+            cr.scale(w / img.width() as f64, h / img.height() as f64);
+            let src = image_surface(img)?;
             cr.set_source_surface(&src, 0.0, 0.0)?;
             cr.source().set_filter(cairo::Filter::Good);
             cr.paint()?;
@@ -419,9 +318,9 @@ pub fn render_card(offer: &Offer, theme: &Theme, width: u32) -> Result<RenderedC
             cr.rectangle(qx, qy, px, px);
             cr.fill()?;
             cr.set_source_rgb(0.0, 0.0, 0.0);
-            for my in 0..qr.width {
-                for mx in 0..qr.width {
-                    if qr.dark[my * qr.width + mx] {
+            for my in 0..qr.width() {
+                for mx in 0..qr.width() {
+                    if qr.is_dark(mx, my) {
                         cr.rectangle(
                             qx + (mx + QR_QUIET_ZONE) as f64 * module,
                             qy + (my + QR_QUIET_ZONE) as f64 * module,
@@ -497,21 +396,17 @@ pub fn render_countdown(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::parse_offer_json;
+    use crate::offer::DEFAULT_COUNTDOWN_LABEL;
 
-    #[test]
-    fn an_image_that_is_not_a_regular_file_is_refused_without_blocking() {
-        // Opening a FIFO for reading blocks until a writer comes: a schedule or an API call
-        // naming one would freeze the caller.
-        let dir = std::env::temp_dir().join(format!("offeroverlay-fifo-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let fifo = dir.join("image.png");
-        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
-        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
-        let err = DecodedImage::load(&fifo).expect_err("a FIFO is not an image");
-        assert_eq!(err, "not a regular file");
-        assert!(DecodedImage::load(Path::new("/dev/zero")).is_err());
-        let _ = std::fs::remove_dir_all(&dir);
+    /// An offer as the `show-offer` JSON `json` describes it, without image or QR code: drawing
+    /// needs a well-formed offer, not the schedule's validation.
+    fn offer_from_json(json: &str) -> Offer {
+        Offer {
+            spec: serde_json::from_str(json).unwrap(),
+            image: None,
+            qr: None,
+            end: None,
+        }
     }
 
     fn theme() -> Theme {
@@ -527,11 +422,10 @@ mod tests {
     #[test]
     fn long_text_stays_inside_the_card() {
         let long = "Extraordinarily long workshop kit name ".repeat(20);
-        let offer = parse_offer_json(&format!(
+        let offer = offer_from_json(&format!(
             r#"{{"id": "l", "title": "{long}", "subtitle": "{long}", "price": "{long}", "badge": "{long}"}}"#
-        ))
-        .unwrap();
-        let short = parse_offer_json(r#"{"id": "s", "title": "Kit", "price": "1"}"#).unwrap();
+        ));
+        let short = offer_from_json(r#"{"id": "s", "title": "Kit", "price": "1"}"#);
         gst::init().unwrap();
         let card = render_card(&offer, &theme(), 400).unwrap();
         let small = render_card(&short, &theme(), 400).unwrap();
@@ -550,10 +444,9 @@ mod tests {
     /// lie outside the pill (accent-coloured), on a card whose background is transparent so
     /// that the badge text, drawn in the background colour made opaque, shows wherever it lands.
     fn badge_ink_outside_pill(badge: &str) -> (usize, usize) {
-        let offer = parse_offer_json(&format!(
+        let offer = offer_from_json(&format!(
             r#"{{"id": "b", "title": "T", "price": "P", "badge": "{badge}"}}"#
-        ))
-        .unwrap();
+        ));
         let theme = Theme {
             background: 0x0000_0000,
             text: 0xffff_0000,
@@ -627,40 +520,13 @@ mod tests {
         assert_eq!(countdown_text(DEFAULT_COUNTDOWN_LABEL, 29), "ends in 00:29");
         assert_eq!(countdown_text("ينتهي خلال {time}", 29), "ينتهي خلال 00:29");
         assert_eq!(countdown_text("残り {time}", 3723), "残り 1:02:03");
-        let offer = parse_offer_json(
-            r#"{"id": "c", "title": "T", "price": "P", "countdown": true, "duration": 60, "countdown-label": "残り {time}"}"#,
-        )
-        .unwrap();
-        assert_eq!(offer.countdown_label(), "残り {time}");
-        let err = parse_offer_json(
-            r#"{"id": "c", "title": "T", "price": "P", "countdown-label": "ends soon"}"#,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("countdown-label") && err.contains("{time}"),
-            "{err}"
-        );
-        // A schedule's label applies to every offer that has none of its own.
-        let offers = crate::schedule::parse_schedule(
-            "s.toml".into(),
-            "countdown-label = \"ينتهي خلال {time}\"\n\
-             [[offers]]\nid = \"a\"\ntitle = \"T\"\nprice = \"P\"\n\
-             [[offers]]\nid = \"b\"\ntitle = \"T\"\nprice = \"P\"\ncountdown-label = \"残り {time}\"\n",
-            false,
-            None,
-        )
-        .unwrap();
-        assert_eq!(offers[0].countdown_label(), "ينتهي خلال {time}");
-        assert_eq!(offers[1].countdown_label(), "残り {time}");
     }
 
     #[test]
     fn scripts_and_emoji_have_fonts() {
-        let offer = parse_offer_json(
+        let offer = offer_from_json(
             r#"{"id": "i", "title": "Aquarelle 🎨 Ölfarben", "subtitle": "مجموعة الرسم · ערכת ציור · Набор · 水彩セット · 水彩套装 · जलरंग · ชุดสีน้ำ", "price": "€29"}"#,
-        )
-        .unwrap();
+        );
         gst::init().unwrap();
         let card = render_card(&offer, &theme(), 400).unwrap();
         assert_eq!(card.missing_glyphs, 0, "install fonts (scripts/setup)");

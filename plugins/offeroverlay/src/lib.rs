@@ -13,6 +13,7 @@ use gst::glib;
 
 mod blend;
 mod card;
+mod offer;
 mod offeroverlay;
 mod schedule;
 

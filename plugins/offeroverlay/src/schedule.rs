@@ -1,289 +1,17 @@
 // SPDX-License-Identifier: MPL-2.0
 
-//! Offers and schedules: what a schedule file or a `show-offer` JSON says, parsed with serde,
-//! validated, and with its images decoded, so that nothing read from outside is trusted later.
+//! The schedule parser: reads a schedule file or a `show-offer` JSON into the offer model
+//! (`crate::offer`), validates every offer and decodes its image, so that nothing read from
+//! outside is trusted later. Errors name the file, line, column and field.
 
 use std::collections::HashSet;
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use gst::glib;
 use serde::Deserialize;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
 
-use crate::card::{DecodedImage, QrMatrix};
-
-/// Where a card sits in the frame. Cards sharing an anchor are stacked away from its edge.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash, glib::Enum, Deserialize)]
-#[enum_type(name = "GstOfferOverlayAnchor")]
-#[serde(rename_all = "kebab-case")]
-#[repr(u32)]
-pub enum Anchor {
-    #[enum_value(name = "Top left", nick = "top-left")]
-    TopLeft = 0,
-    #[enum_value(name = "Top centre", nick = "top")]
-    #[serde(alias = "top-center")]
-    Top = 1,
-    #[enum_value(name = "Top right", nick = "top-right")]
-    TopRight = 2,
-    #[enum_value(name = "Middle left", nick = "left")]
-    #[serde(alias = "center-left")]
-    Left = 3,
-    #[enum_value(name = "Centre", nick = "center")]
-    Center = 4,
-    #[enum_value(name = "Middle right", nick = "right")]
-    #[serde(alias = "center-right")]
-    Right = 5,
-    #[enum_value(name = "Bottom left", nick = "bottom-left")]
-    BottomLeft = 6,
-    #[enum_value(name = "Bottom centre", nick = "bottom")]
-    #[serde(alias = "bottom-center")]
-    Bottom = 7,
-    #[default]
-    #[enum_value(name = "Bottom right", nick = "bottom-right")]
-    BottomRight = 8,
-}
-
-impl Anchor {
-    /// Horizontal placement: 0 = left, 1 = centre, 2 = right.
-    pub fn column(self) -> u32 {
-        self as u32 % 3
-    }
-
-    /// Vertical placement: 0 = top, 1 = middle, 2 = bottom.
-    pub fn row(self) -> u32 {
-        self as u32 / 3
-    }
-}
-
-/// A point in time an offer starts or ends at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimeSpec {
-    /// Running time of the stream (time since the pipeline started playing, for a live one).
-    RunningTime(gst::ClockTime),
-    /// Wall-clock time (UTC).
-    Utc(SystemTime),
-}
-
-impl TimeSpec {
-    /// Signed nanoseconds from this point to the frame at `running_time` / `utc`:
-    /// positive once the frame is past it.
-    pub fn elapsed_at(self, running_time: gst::ClockTime, utc: SystemTime) -> i128 {
-        match self {
-            TimeSpec::RunningTime(t) => running_time.nseconds() as i128 - t.nseconds() as i128,
-            TimeSpec::Utc(t) => match utc.duration_since(t) {
-                Ok(d) => d.as_nanos() as i128,
-                Err(e) => -(e.duration().as_nanos() as i128),
-            },
-        }
-    }
-
-    /// The same instant shifted later by `d`.
-    pub fn plus(self, d: Duration) -> TimeSpec {
-        match self {
-            TimeSpec::RunningTime(t) => TimeSpec::RunningTime(
-                t.saturating_add(clock_time(d.as_nanos()).unwrap_or(gst::ClockTime::MAX)),
-            ),
-            // Beyond what SystemTime can hold is "never" for a live class.
-            TimeSpec::Utc(t) => TimeSpec::Utc(t.checked_add(d).unwrap_or(t)),
-        }
-    }
-}
-
-fn parse_clock_string(s: &str) -> Result<TimeSpec, String> {
-    let s = s.trim();
-    // A date means wall-clock time; anything else is a running-time offset.
-    if s.len() >= 10 && s.as_bytes()[4] == b'-' {
-        return humantime::parse_rfc3339_weak(s)
-            .map(TimeSpec::Utc)
-            .map_err(|e| {
-                format!("`{s}` is not an RFC 3339 UTC time (like 2026-11-27T10:30:00Z): {e}")
-            });
-    }
-    if s.contains(':') {
-        // [[HH:]MM:]SS[.fff]
-        let mut total = 0f64;
-        for part in s.split(':') {
-            let v: f64 = part
-                .parse()
-                .map_err(|_| format!("`{s}` is not a time like 01:30 or 1:02:03.5"))?;
-            if !(0.0..60.0).contains(&v) && total > 0.0 {
-                return Err(format!("`{s}`: minutes and seconds must be below 60"));
-            }
-            total = total * 60.0 + v;
-        }
-        return seconds_to_running_time(total);
-    }
-    match humantime::parse_duration(s) {
-        Ok(d) => clock_time(d.as_nanos())
-            .map(TimeSpec::RunningTime)
-            .ok_or_else(|| format!("`{s}` is beyond the largest running time ({TOO_FAR})")),
-        Err(_) => Err(format!(
-            "`{s}` is neither a running-time offset (seconds, \"01:30\", \"90s\") nor a UTC time (\"2026-11-27T10:30:00Z\")"
-        )),
-    }
-}
-
-fn seconds_to_running_time(secs: f64) -> Result<TimeSpec, String> {
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!(
-            "{secs} is not a running-time offset: seconds must be 0 or more"
-        ));
-    }
-    // `as` saturates: anything at or past u64::MAX is refused below, never wrapped.
-    clock_time((secs * 1e9).round() as u128)
-        .map(TimeSpec::RunningTime)
-        .ok_or_else(|| format!("{secs} seconds is beyond the largest running time ({TOO_FAR})"))
-}
-
-/// How far the largest running time reaches, for errors.
-const TOO_FAR: &str = "about 584 years";
-
-/// Nanoseconds as a ClockTime; `None` past `ClockTime::MAX` (u64::MAX is GStreamer's "none",
-/// which `from_nseconds` refuses with a panic).
-fn clock_time(ns: u128) -> Option<gst::ClockTime> {
-    u64::try_from(ns)
-        .ok()
-        .filter(|ns| *ns <= gst::ClockTime::MAX.nseconds())
-        .map(gst::ClockTime::from_nseconds)
-}
-
-impl<'de> Deserialize<'de> for TimeSpec {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct TimeVisitor;
-
-        impl<'de> Visitor<'de> for TimeVisitor {
-            type Value = TimeSpec;
-
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str(
-                    "seconds of running time (90, \"01:30\", \"90s\") or a UTC time (\"2026-11-27T10:30:00Z\")",
-                )
-            }
-
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<TimeSpec, E> {
-                seconds_to_running_time(v as f64).map_err(E::custom)
-            }
-
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<TimeSpec, E> {
-                seconds_to_running_time(v as f64).map_err(E::custom)
-            }
-
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<TimeSpec, E> {
-                seconds_to_running_time(v).map_err(E::custom)
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<TimeSpec, E> {
-                parse_clock_string(v).map_err(E::custom)
-            }
-
-            // TOML's own date-time values arrive as a one-entry map.
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TimeSpec, A::Error> {
-                let Some((_, value)) = map.next_entry::<String, String>()? else {
-                    return Err(de::Error::custom("empty time"));
-                };
-                parse_clock_string(&value).map_err(de::Error::custom)
-            }
-        }
-
-        deserializer.deserialize_any(TimeVisitor)
-    }
-}
-
-/// A colour as 0xAARRGGBB: written "#RRGGBB", "#AARRGGBB" or as an integer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Colour(pub u32);
-
-impl<'de> Deserialize<'de> for Colour {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ColourVisitor;
-
-        impl Visitor<'_> for ColourVisitor {
-            type Value = Colour;
-
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a colour: \"#RRGGBB\", \"#AARRGGBB\" or an integer 0xAARRGGBB")
-            }
-
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Colour, E> {
-                u32::try_from(v)
-                    .map(Colour)
-                    .map_err(|_| E::custom(format!("{v:#x} is more than 0xAARRGGBB")))
-            }
-
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Colour, E> {
-                u64::try_from(v)
-                    .map_err(|_| E::custom("a colour cannot be negative"))
-                    .and_then(|v| self.visit_u64(v))
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Colour, E> {
-                let hex = v.strip_prefix('#').ok_or_else(|| {
-                    E::custom(format!(
-                        "`{v}` is not a colour like \"#1c1f26\" or \"#eb1c1f26\""
-                    ))
-                })?;
-                let value = u32::from_str_radix(hex, 16)
-                    .ok()
-                    .filter(|_| hex.len() == 6 || hex.len() == 8)
-                    .ok_or_else(|| E::custom(format!("`{v}` is not #RRGGBB or #AARRGGBB")))?;
-                Ok(Colour(if hex.len() == 6 {
-                    0xff00_0000 | value
-                } else {
-                    value
-                }))
-            }
-        }
-
-        deserializer.deserialize_any(ColourVisitor)
-    }
-}
-
-/// One offer as written in a schedule file or passed to `show-offer`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct OfferSpec {
-    pub id: String,
-    pub title: String,
-    #[serde(default)]
-    pub subtitle: Option<String>,
-    pub price: String,
-    #[serde(default)]
-    pub badge: Option<String>,
-    /// PNG or JPEG file; relative paths are relative to the schedule file.
-    #[serde(default)]
-    pub image: Option<PathBuf>,
-    /// URL encoded as a QR code on the card.
-    #[serde(default)]
-    pub qr: Option<String>,
-    /// Show "ends in MM:SS" counting down to `end`.
-    #[serde(default)]
-    pub countdown: bool,
-    /// The countdown's text in the card's language, `{time}` standing for the time left
-    /// (default "ends in {time}"); its direction follows its first letter, so an Arabic or
-    /// Hebrew label reads right to left.
-    #[serde(default)]
-    pub countdown_label: Option<String>,
-    #[serde(default)]
-    pub start: Option<TimeSpec>,
-    #[serde(default)]
-    pub end: Option<TimeSpec>,
-    /// Seconds after `start`; an alternative to `end`.
-    #[serde(default)]
-    pub duration: Option<f64>,
-    /// Overrides the element's `anchor` for this card.
-    #[serde(default)]
-    pub anchor: Option<Anchor>,
-    /// Override the element's colours for this card.
-    #[serde(default)]
-    pub background_color: Option<Colour>,
-    #[serde(default)]
-    pub text_color: Option<Colour>,
-    #[serde(default)]
-    pub accent_color: Option<Colour>,
-}
+use crate::offer::{DecodedImage, Offer, OfferSpec, QrMatrix, TimeSpec};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -293,76 +21,6 @@ struct ScheduleFile {
     countdown_label: Option<String>,
     #[serde(default)]
     offers: Vec<OfferSpec>,
-}
-
-/// An offer that passed validation, with its image decoded and its QR code encoded.
-#[derive(Debug)]
-pub struct Offer {
-    pub spec: OfferSpec,
-    pub image: Option<Arc<DecodedImage>>,
-    pub qr: Option<Arc<QrMatrix>>,
-    /// `end`, or `start + duration`, when known without running the stream.
-    pub end: Option<TimeSpec>,
-}
-
-impl Offer {
-    /// The countdown's label, `{time}` standing for the time left.
-    pub fn countdown_label(&self) -> &str {
-        self.spec
-            .countdown_label
-            .as_deref()
-            .unwrap_or(crate::card::DEFAULT_COUNTDOWN_LABEL)
-    }
-
-    /// The element's theme with this offer's colour overrides.
-    pub fn theme(&self, base: &crate::card::Theme) -> crate::card::Theme {
-        let mut theme = base.clone();
-        if let Some(Colour(c)) = self.spec.background_color {
-            theme.background = c;
-        }
-        if let Some(Colour(c)) = self.spec.text_color {
-            theme.text = c;
-        }
-        if let Some(Colour(c)) = self.spec.accent_color {
-            theme.accent = c;
-        }
-        theme
-    }
-
-    /// Whether two offers render the same card (used to keep drawn cards across reloads):
-    /// everything but when and where it shows. Images compare by their pixels, so that an
-    /// image file changed on disk is drawn again on reload.
-    pub fn same_content(&self, other: &Offer) -> bool {
-        if self.image.as_deref() != other.image.as_deref() {
-            return false;
-        }
-        let (a, b) = (&self.spec, &other.spec);
-        (
-            &a.title,
-            &a.subtitle,
-            &a.price,
-            &a.badge,
-            &a.image,
-            &a.qr,
-            a.countdown,
-            &a.countdown_label,
-            a.background_color,
-            a.text_color,
-            a.accent_color,
-        ) == (
-            &b.title,
-            &b.subtitle,
-            &b.price,
-            &b.badge,
-            &b.image,
-            &b.qr,
-            b.countdown,
-            &b.countdown_label,
-            b.background_color,
-            b.text_color,
-            b.accent_color,
-        )
-    }
 }
 
 /// Everything that can be wrong with a schedule or an offer; each names where and which field.
@@ -779,6 +437,7 @@ pub fn format_utc(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::offer::Colour;
 
     /// Found by the offer_schedule fuzz target: running times past `ClockTime::MAX` panicked
     /// in `ClockTime::from_nseconds` instead of being refused.
@@ -803,23 +462,6 @@ mod tests {
         let json =
             r#"{"id": "x", "title": "X", "price": "1", "start": 18000000000, "duration": 1e18}"#;
         assert!(parse_offer_json(json).is_ok());
-    }
-
-    #[test]
-    fn time_forms() {
-        assert_eq!(
-            parse_clock_string("01:30").unwrap(),
-            TimeSpec::RunningTime(gst::ClockTime::from_seconds(90))
-        );
-        assert_eq!(
-            parse_clock_string("90s").unwrap(),
-            TimeSpec::RunningTime(gst::ClockTime::from_seconds(90))
-        );
-        assert!(matches!(
-            parse_clock_string("2026-11-27T10:30:00Z").unwrap(),
-            TimeSpec::Utc(_)
-        ));
-        assert!(parse_clock_string("soon").is_err());
     }
 
     #[test]
@@ -909,5 +551,35 @@ mod tests {
             "[[offers]]\nid = \"a\"\ntitle = \"T\"\nprice = \"1\"\nstart = 2026-11-27T10:30:00Z\n";
         let file: ScheduleFile = parse_document("s.toml", text, Syntax::Toml).unwrap();
         assert!(matches!(file.offers[0].start, Some(TimeSpec::Utc(_))));
+    }
+
+    #[test]
+    fn countdown_labels_need_the_time_and_a_schedule_gives_its_own() {
+        let offer = parse_offer_json(
+            r#"{"id": "c", "title": "T", "price": "P", "countdown": true, "duration": 60, "countdown-label": "残り {time}"}"#,
+        )
+        .unwrap();
+        assert_eq!(offer.countdown_label(), "残り {time}");
+        let err = parse_offer_json(
+            r#"{"id": "c", "title": "T", "price": "P", "countdown-label": "ends soon"}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("countdown-label") && err.contains("{time}"),
+            "{err}"
+        );
+        // A schedule's label applies to every offer that has none of its own.
+        let offers = parse_schedule(
+            "s.toml".into(),
+            "countdown-label = \"ينتهي خلال {time}\"\n\
+             [[offers]]\nid = \"a\"\ntitle = \"T\"\nprice = \"P\"\n\
+             [[offers]]\nid = \"b\"\ntitle = \"T\"\nprice = \"P\"\ncountdown-label = \"残り {time}\"\n",
+            false,
+            None,
+        )
+        .unwrap();
+        assert_eq!(offers[0].countdown_label(), "ينتهي خلال {time}");
+        assert_eq!(offers[1].countdown_label(), "残り {time}");
     }
 }

@@ -75,8 +75,9 @@ use gst_base::subclass::prelude::*;
 use gst_video::subclass::prelude::*;
 
 use crate::blend::{Layout, Prepared, YuvMatrix};
-use crate::card::{self, RenderedCard, Theme};
-use crate::schedule::{self, Anchor, Offer, TimeSpec};
+use crate::card::{self, RenderedCard};
+use crate::offer::{Anchor, Offer, Theme, TimeSpec};
+use crate::schedule;
 use hybridlive_offer_timeline::{Action, TimelineEntry};
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {

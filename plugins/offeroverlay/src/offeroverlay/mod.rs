@@ -7,7 +7,7 @@ use gst::prelude::*;
 
 mod imp;
 
-pub use crate::schedule::Anchor;
+pub use crate::offer::Anchor;
 
 glib::wrapper! {
     /// Burns timed commerce offer cards into raw video and keeps the offer timeline.
