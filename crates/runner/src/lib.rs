@@ -18,6 +18,7 @@ use anyhow::Context as _;
 
 pub mod config;
 mod endpoint;
+pub mod events;
 mod fragment;
 mod hls;
 mod llhls;
@@ -30,6 +31,7 @@ mod srt_listener;
 mod state;
 
 pub use config::{Diagnostic, LatencyTest, Pipeline};
+pub use events::{Event, EventSink, Events};
 pub use runner::RunHandle;
 /// The HTTP connection abuse harness of the `http_connection` fuzz target.
 #[cfg(feature = "fuzzing")]
@@ -149,12 +151,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<()> {
 }
 
 /// Runs a loaded pipeline inside another tool (e.g. `hybridlive latency-test`) until
-/// [`RunHandle::stop`], SIGINT/SIGTERM or `--duration`: like [`run`] but printing nothing;
-/// `on_ready` gets the handle, on the calling thread, once the HTTP server serves.
+/// [`RunHandle::stop`], SIGINT/SIGTERM or `--duration`: like [`run`] but its events go to
+/// `events` (the tool's own [`EventSink`], or [`Events::discard`]) instead of standard
+/// output; `on_ready` gets the handle, on the calling thread, once the HTTP server serves.
 pub fn run_embedded(
     pipeline: Pipeline,
     args: &RunArgs,
+    events: Events,
     on_ready: impl FnOnce(RunHandle) + 'static,
 ) -> anyhow::Result<()> {
-    runner::run_embedded(pipeline, args, on_ready)
+    runner::run_embedded(pipeline, args, events, on_ready)
 }
