@@ -360,7 +360,8 @@ fn run_prepared<T: Send + 'static>(
         .iter()
         .any(|o| matches!(o.kind, OutputKind::Webrtc { .. }));
     let (tx, rx) = mpsc::channel();
-    let ran = hybridlive_runner::run_embedded(pipeline, &run_args, move |handle| {
+    let events = hybridlive_runner::Events::discard();
+    let ran = hybridlive_runner::run_embedded(pipeline, &run_args, events, move |handle| {
         std::thread::spawn(move || {
             // Outputs start after the server: a page opened now could find no WHEP yet and
             // fall back to HLS.

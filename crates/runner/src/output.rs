@@ -17,6 +17,7 @@ use gst::prelude::*;
 
 use crate::config::{EncoderKind, Output, OutputKind};
 use crate::llhls::LlHls;
+use crate::events::Events;
 use crate::mp4file::FragmentedMp4File;
 use crate::state::{self, Marker, OutputStatus, Recording, Shared};
 
@@ -70,6 +71,8 @@ pub struct OutputRunner {
     abr: Mutex<Option<gst::Element>>,
     /// Low-Latency HLS outputs: parts and segments in memory, kept across restarts.
     ll_hls: Option<Arc<LlHls>>,
+    /// Where the run's events go.
+    events: Events,
 }
 
 #[derive(Default)]
@@ -213,6 +216,7 @@ impl OutputRunner {
         config: Output,
         inputs: Vec<Input>,
         shared: Arc<Shared>,
+        events: Events,
     ) -> anyhow::Result<Arc<Self>> {
         let hls_dir_is_temporary = matches!(
             config.kind,
@@ -303,6 +307,7 @@ impl OutputRunner {
                 ..Inner::default()
             }),
             ll_hls,
+            events,
             hls_dir,
             hls_dir_is_temporary,
             whep: Mutex::new(None),
@@ -487,7 +492,7 @@ impl OutputRunner {
                     .is_some()
             });
             if newly {
-                crate::runner::event(
+                self.events.emit(
                     "output-connected",
                     serde_json::json!({"output": self.config.name}),
                 );
@@ -623,7 +628,7 @@ impl OutputRunner {
                         inner.building = false;
                         drop(inner);
                         drop(watch);
-                        tear_down(pipeline.upcast_ref());
+                        tear_down(pipeline.upcast_ref(), &self.events);
                         self.set_state("stopped", None);
                         return;
                     }
@@ -651,7 +656,7 @@ impl OutputRunner {
                 };
                 if torn_down {
                     // A shutdown's force_stop took it meanwhile: it must not play on.
-                    tear_down(pipeline.upcast_ref());
+                    tear_down(pipeline.upcast_ref(), &self.events);
                     return;
                 }
                 self.set_state("running", None);
@@ -726,7 +731,7 @@ impl OutputRunner {
         if let Some(p) = pipeline {
             self.bind_feedback(None);
             self.close_viewers();
-            tear_down(p.upcast_ref());
+            tear_down(p.upcast_ref(), &self.events);
             self.finish_timeline(take);
             // A start that came meanwhile has its own state by now.
             if self.inner.lock().unwrap().generation == generation {
@@ -816,7 +821,7 @@ impl OutputRunner {
                 if let (Some(whep), Some(src)) = (self.whep(), msg.src())
                     && let Some(session) = whep.end_session_of(src)
                 {
-                    crate::runner::event(
+                    self.events.emit(
                         "viewer-error",
                         serde_json::json!({"output": self.config.name, "session": session, "error": err.error().to_string()}),
                     );
@@ -920,7 +925,7 @@ impl OutputRunner {
         if let Some(p) = pipeline {
             self.bind_feedback(None);
             self.close_viewers();
-            tear_down(p.upcast_ref());
+            tear_down(p.upcast_ref(), &self.events);
         }
         self.finish_timeline(take);
         let error = self.describe_failure(error);
@@ -932,7 +937,7 @@ impl OutputRunner {
                 }
             });
         }
-        crate::runner::event(
+        self.events.emit(
             "output-failed",
             serde_json::json!({"output": self.config.name, "error": error, "restart_in_s": delay.as_secs_f64()}),
         );
@@ -949,7 +954,7 @@ impl OutputRunner {
                             o.restarts += 1;
                         }
                     });
-                    crate::runner::event(
+                    runner.events.emit(
                         "output-restart",
                         serde_json::json!({"output": runner.config.name}),
                     );
@@ -996,7 +1001,7 @@ impl OutputRunner {
                 });
             }
         });
-        crate::runner::event(
+        self.events.emit(
             "recording-started",
             serde_json::json!({"output": self.config.name, "path": path, "timeline": timeline_path, "utc_start": utc_start}),
         );
@@ -1040,7 +1045,7 @@ impl OutputRunner {
                 }
             });
         }
-        crate::runner::event(
+        self.events.emit(
             "recording-finished",
             serde_json::json!({"output": self.config.name, "path": take.mp4, "timeline": hybridlive_timeline::sidecar_path(&take.mp4), "empty": empty}),
         );
@@ -1469,20 +1474,20 @@ fn recording_writer(take: Arc<Take>) -> gst_app::AppSink {
 /// threads ran on over freed pads: `gst_pad_pause_task: assertion 'GST_IS_PAD (pad)' failed`
 /// floods, then a crash or a hang at the next shutdown. So a bin that refuses has its children
 /// taken down one by one (sinks first) and locked in NULL, then itself.
-fn tear_down(element: &gst::Element) {
+fn tear_down(element: &gst::Element, events: &Events) {
     if element.set_state(gst::State::Null).is_ok() {
         return;
     }
     if let Some(bin) = element.downcast_ref::<gst::Bin>() {
         for child in bin.iterate_sorted().into_iter().flatten() {
-            tear_down(&child);
+            tear_down(&child, events);
             // The bin's own way down passes READY, which would take the child up again (and
             // the failing one fail again): it stays where it is now.
             child.set_locked_state(true);
         }
     }
     if element.set_state(gst::State::Null).is_err() {
-        crate::runner::event(
+        events.emit(
             "teardown-failed",
             serde_json::json!({"element": element.name().as_str()}),
         );

@@ -2,7 +2,6 @@
 //! encoders), the outputs, the HTTP server, the status line and the shutdown sequence.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal as _, Write as _};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +15,7 @@ use crate::config::{
     VideoFormat,
 };
 use crate::output::{self, Input, OutputRunner, make};
+use crate::events::Events;
 use crate::srt_listener;
 use crate::state::{self, Shared};
 use gstabr::ladder::Ladder;
@@ -35,10 +35,6 @@ const RESTART_TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(3);
 /// The decoding side of an SRT listener source is not restarted on a timer: it starts afresh
 /// when a sender's stream ends (`srt_listener`), and meanwhile waits for the next one.
 const LISTENER_NEVER_RESTARTS: gst::ClockTime = gst::ClockTime::from_seconds(365 * 24 * 3600);
-
-static JSON: AtomicBool = AtomicBool::new(false);
-/// Embedded runs ([`run_embedded`]) print nothing: the embedding tool owns the terminal.
-static QUIET: AtomicBool = AtomicBool::new(false);
 
 /// The URLs of the sources (and their backups) as endpoints whose secrets no message shows.
 fn source_endpoints(sources: &[Source]) -> Vec<crate::endpoint::Endpoint> {
@@ -74,45 +70,6 @@ fn viewer_url(addr: std::net::SocketAddr) -> String {
     format!("http://{}/", std::net::SocketAddr::new(ip, addr.port()))
 }
 
-/// Prints one event: a JSON line with `--json`, a plain line otherwise.
-pub fn event(kind: &str, fields: serde_json::Value) {
-    if QUIET.load(Ordering::Relaxed) {
-        return;
-    }
-    let mut out = std::io::stdout().lock();
-    // On a terminal an event first erases the live status line it replaces; a file, a pipe or
-    // the journal gets plain lines, with no control codes.
-    let erase = if out.is_terminal() { "\r\x1b[K" } else { "" };
-    if JSON.load(Ordering::Relaxed) {
-        let mut object =
-            serde_json::json!({"event": kind, "utc": state::rfc3339(state::utc_now_ns())});
-        if let (Some(o), serde_json::Value::Object(f)) = (object.as_object_mut(), fields) {
-            o.extend(f);
-        }
-        let _ = writeln!(out, "{object}");
-    } else if kind == "ready" {
-        let url = |key: &str| {
-            fields
-                .get(key)
-                .and_then(|v| v.as_str())
-                .unwrap_or_default()
-                .to_string()
-        };
-        let _ = writeln!(
-            out,
-            "{erase}hybridlive: viewer at {}  (metrics {}{})",
-            url("viewer"),
-            url("metrics"),
-            match url("hls").as_str() {
-                "" => String::new(),
-                hls => format!(", HLS {hls}"),
-            }
-        );
-    } else {
-        let _ = writeln!(out, "{erase}{kind}: {fields}");
-    }
-}
-
 /// The two raw streams of a component, each a tee anyone can branch from.
 #[derive(Clone)]
 struct Streams {
@@ -140,6 +97,8 @@ pub struct Runner {
     previous: Mutex<BTreeMap<String, (u64, u64)>>,
     fallback_sources: Vec<(String, gst::Element)>,
     source_states: Mutex<BTreeMap<String, String>>,
+    /// Where this run's events go.
+    events: Events,
 }
 
 impl Runner {
@@ -179,7 +138,7 @@ impl Runner {
             o.add_marker(&marker);
         }
         self.shared.with(|s| s.markers.push(marker.clone()));
-        event(
+        self.events.emit(
             "marker",
             serde_json::json!({"utc": state::rfc3339(marker.utc_ns), "label": marker.label}),
         );
@@ -204,7 +163,7 @@ impl Runner {
                 s.offers_on_screen.remove(&entry.id);
             }
         });
-        event(
+        self.events.emit(
             match entry.action {
                 hybridlive_offer_timeline::Action::Shown => "offer-shown",
                 hybridlive_offer_timeline::Action::Hidden => "offer-hidden",
@@ -238,7 +197,7 @@ impl Runner {
         if self.shutting_down.swap(true, Ordering::SeqCst) {
             return;
         }
-        event("shutdown", serde_json::json!({"reason": reason}));
+        self.events.emit("shutdown", serde_json::json!({"reason": reason}));
         self.shutdown_watchdog();
         for o in &self.outputs {
             o.stop();
@@ -265,6 +224,7 @@ impl Runner {
     /// anyway: 0 when every recording was finalised, 1 otherwise.
     fn shutdown_watchdog(self: &Arc<Self>) {
         let shared = self.shared.clone();
+        let events = self.events.clone();
         let records: Vec<String> = self
             .outputs
             .iter()
@@ -288,7 +248,7 @@ impl Runner {
                 });
                 (stuck, unfinished)
             });
-            event(
+            events.emit(
                 "shutdown-stuck",
                 serde_json::json!({"outputs": stuck, "recordings_finalised": !unfinished}),
             );
@@ -336,7 +296,7 @@ impl Runner {
                 .insert(name.clone(), key.clone())
                 .is_none_or(|previous| previous != key);
             if changed {
-                event(
+                self.events.emit(
                     "source",
                     serde_json::json!({"source": name, "state": state, "audio": audio}),
                 );
@@ -385,7 +345,7 @@ impl Runner {
                 .map(|t| (t.nseconds() as f64 / 1e5).round() / 10.0)
         };
         let loss = input("loss").and_then(|v| v.get::<f64>().ok());
-        event(
+        self.events.emit(
             "abr-decision",
             serde_json::json!({
                 "output": output,
@@ -477,24 +437,32 @@ impl RunHandle {
 
 /// Builds everything, serves, and runs the main loop until shutdown.
 pub fn run(config: Pipeline, args: &RunArgs) -> anyhow::Result<()> {
-    QUIET.store(false, Ordering::Relaxed);
-    run_with(config, args, None)
+    let events = if args.json {
+        Events::json_lines()
+    } else {
+        Events::human()
+    };
+    run_with(config, args, events, None)
 }
 
 /// Like [`run`], printing nothing; `on_ready` gets a handle once the HTTP server serves.
 pub fn run_embedded(
     config: Pipeline,
     args: &RunArgs,
+    events: Events,
     on_ready: impl FnOnce(RunHandle) + 'static,
 ) -> anyhow::Result<()> {
-    QUIET.store(true, Ordering::Relaxed);
-    run_with(config, args, Some(Box::new(on_ready)))
+    run_with(config, args, events, Some(Box::new(on_ready)))
 }
 
 type OnReady = Box<dyn FnOnce(RunHandle)>;
 
-fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyhow::Result<()> {
-    JSON.store(args.json, Ordering::Relaxed);
+fn run_with(
+    config: Pipeline,
+    args: &RunArgs,
+    events: Events,
+    on_ready: Option<OnReady>,
+) -> anyhow::Result<()> {
     // Checked before anything starts: an out-of-range value used to panic once the outputs ran.
     let duration = args
         .duration
@@ -511,7 +479,7 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
         }
         (Some(t), _) => Some(t.clone()),
         (None, Some(var)) => {
-            event(
+            events.emit(
                 "warning",
                 serde_json::json!({"message": format!("{var} is not set: write endpoints are disabled")}),
             );
@@ -534,6 +502,7 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
         fallback_sources: Vec::new(),
         srt_listeners: Vec::new(),
         abr_scalers: BTreeMap::new(),
+        events: events.clone(),
     };
     for source in &config.sources {
         let streams = graph.source(source)?;
@@ -607,7 +576,7 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
                 kind: encoded[name].1.clone(),
             })
             .collect();
-        let runner = OutputRunner::new(o.clone(), inputs, shared.clone())?;
+        let runner = OutputRunner::new(o.clone(), inputs, shared.clone(), events.clone())?;
         temporary
             .0
             .extend(runner.temporary_dir().map(|d| d.to_path_buf()));
@@ -659,6 +628,7 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
         previous: Mutex::new(BTreeMap::new()),
         fallback_sources: std::mem::take(&mut graph.fallback_sources),
         source_states: Mutex::new(BTreeMap::new()),
+        events: events.clone(),
     });
 
     let abr_outputs: Vec<(String, String)> = abr_elements
@@ -687,7 +657,7 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
                         .unwrap_or_default();
                     let text = redact(&format!("{src}: {}", err.error()));
                     let debug = err.debug().map(|d| redact(d.as_str()));
-                    event(
+                    runner.events.emit(
                         "ingest-error",
                         serde_json::json!({"error": text, "debug": debug}),
                     );
@@ -724,7 +694,10 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
                         match hybridlive_offer_timeline::TimelineEntry::from_structure(s) {
                             Ok(entry) => runner.offer(&entry),
                             Err(err) => {
-                                event("warning", serde_json::json!({"message": err.to_string()}))
+                                runner.events.emit(
+                                    "warning",
+                                    serde_json::json!({"message": err.to_string()}),
+                                )
                             }
                         }
                     }
@@ -746,7 +719,13 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
         .outputs
         .iter()
         .find_map(|o| o.hls_dir().map(|d| d.to_path_buf()));
-    let server = crate::server::start(listener, runner.clone(), token, hls_dir.clone())?;
+    let server = crate::server::start(
+        listener,
+        runner.clone(),
+        token,
+        hls_dir.clone(),
+        events.clone(),
+    )?;
     let url = viewer_url(server.addr);
     shared.with(|s| s.viewer_url = url.clone());
     let mut ready = serde_json::json!({"viewer": url, "metrics": format!("{url}metrics")});
@@ -762,7 +741,7 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
             )
         });
         if loopback_webrtc {
-            event(
+            events.emit(
                 "warning",
                 serde_json::json!({"message": format!(
                     "HTTP listens on {} for other machines, but the webrtc output has \
@@ -776,7 +755,7 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
     if hls_dir.is_some() {
         ready["hls"] = format!("{url}hls/live.m3u8").into();
     }
-    event("ready", ready);
+    events.emit("ready", ready);
     if let Some(on_ready) = on_ready {
         on_ready(RunHandle {
             runner: runner.clone(),
@@ -801,22 +780,14 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
         let runner = runner.clone();
         glib::timeout_add_once(duration, move || runner.shutdown("duration"));
     }
-    let terminal = std::io::stdout().is_terminal() && !args.json && !QUIET.load(Ordering::Relaxed);
     {
         let runner = runner.clone();
-        let json = args.json;
         glib::timeout_add_seconds(1, move || {
             runner.tick();
-            if json {
-                let status = runner
-                    .shared
-                    .with(|s| serde_json::to_value(&*s).unwrap_or_default());
-                event("status", serde_json::json!({"status": status}));
-            } else if terminal {
-                let line = runner.status_line();
-                print!("\r\x1b[K{line}");
-                let _ = std::io::stdout().flush();
-            }
+            let status = runner
+                .shared
+                .with(|s| serde_json::to_value(&*s).unwrap_or_default());
+            runner.events.status(&status, &runner.status_line());
             glib::ControlFlow::Continue
         });
     }
@@ -828,13 +799,11 @@ fn run_with(config: Pipeline, args: &RunArgs, on_ready: Option<OnReady>) -> anyh
     for o in &runner.outputs {
         o.cleanup();
     }
-    if terminal {
-        println!();
-    }
+    runner.events.end();
     if let Some(err) = ingest_error.lock().unwrap().take() {
         return Err(anyhow!("the ingest failed: {err}"));
     }
-    event("stopped", serde_json::json!({}));
+    events.emit("stopped", serde_json::json!({}));
     Ok(())
 }
 
@@ -880,6 +849,7 @@ struct Graph<'p> {
     fallback_sources: Vec<(String, gst::Element)>,
     /// The sockets of SRT listener sources, closed once the ingest has stopped.
     srt_listeners: Vec<srt_listener::Listener>,
+    events: Events,
     /// Per abrcontroller transform: its ladder (`None`: bitrate only) and rung capsfilter.
     abr_scalers: BTreeMap<String, (Option<Ladder>, gst::Element, Option<VideoFormat>)>,
 }
@@ -1035,7 +1005,7 @@ impl Graph<'_> {
                 if audio.is_some() && !media.has_audio {
                     // On air with silence, and reported so (`audio: "fallback"`), rather than
                     // a source that looks broken.
-                    event(
+                    self.events.emit(
                         "warning",
                         serde_json::json!({
                             "source": name,
@@ -1155,7 +1125,7 @@ impl Graph<'_> {
             src.set_property("uri", srt_listener::BRIDGE_URI);
             src.set_property("restart-timeout", LISTENER_NEVER_RESTARTS.nseconds());
             let stall = Duration::from_secs_f64(fallback.stall_timeout);
-            let listener = srt_listener::open(name, uri, stall, &src)?;
+            let listener = srt_listener::open(name, uri, stall, &src, self.events.clone())?;
             self.srt_listeners.push(listener);
         } else {
             src.set_property("restart-timeout", RESTART_TIMEOUT.nseconds());

@@ -37,6 +37,8 @@ use http_body_util::Full;
 use hyper::Method;
 use tokio::sync::Semaphore;
 
+use crate::events::Events;
+
 use crate::runner::Runner;
 use crate::state::AbrStatus;
 use transport::{
@@ -138,6 +140,7 @@ pub fn start(
     runner: Arc<Runner>,
     token: Option<String>,
     hls_dir: Option<PathBuf>,
+    events: Events,
 ) -> anyhow::Result<ServerHandle> {
     let addr = listener
         .0
@@ -166,6 +169,7 @@ pub fn start(
         handler,
         RUNTIME_THREADS,
         MAX_WHEP_IN_FLIGHT + MAX_HLS_WAITS + MAX_QUICK,
+        events,
     )
     .context("cannot start the HTTP server")?;
     Ok(ServerHandle { addr, transport })

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow};
 use gst::prelude::*;
+use crate::events::Events;
 
 /// The URI fallbacksrc gets for a listener source: its main source is an `appsrc` fed here.
 pub const BRIDGE_URI: &str = "appsrc://";
@@ -72,6 +73,7 @@ pub fn open(
     uri: &str,
     stall: Duration,
     fallbacksrc: &gst::Element,
+    events: Events,
 ) -> anyhow::Result<Listener> {
     let bridge = Arc::new(Bridge::default());
     let pipeline = gst::Pipeline::with_name(&format!("{name}-srt-listener"));
@@ -149,7 +151,7 @@ pub fn open(
         let (name, pipeline, stop) = (name.to_string(), pipeline.clone(), stop.clone());
         std::thread::Builder::new()
             .name(format!("{name}-srt"))
-            .spawn(move || watch(&name, &pipeline, &bridge, stall, &stop))
+            .spawn(move || watch(&name, &pipeline, &bridge, stall, &stop, &events))
             .context("cannot start the SRT listener's thread")?
     };
     Ok(Listener {
@@ -167,6 +169,7 @@ fn watch(
     bridge: &Bridge,
     stall: Duration,
     stop: &AtomicBool,
+    events: &Events,
 ) {
     let Some(bus) = pipeline.bus() else {
         return;
@@ -208,7 +211,7 @@ fn watch(
             gst::MessageView::Error(err) => err.error().to_string(),
             _ => "end of stream".to_string(),
         };
-        crate::runner::event(
+        events.emit(
             "warning",
             serde_json::json!({
                 "source": name,

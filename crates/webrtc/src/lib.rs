@@ -19,6 +19,16 @@ pub use egress::{Egress, EgressHealth, EgressPublisher, add_egress, register_web
 pub use http::{HttpRequest, HttpResponse, MAX_OFFER_BYTES, read_offer_request};
 pub use nice::add_local_address;
 
+/// This crate's GStreamer debug category: `GST_DEBUG=hybridlive*:5` traces viewer sessions
+/// (never their ids: a session's id is what lets its holder end it).
+pub(crate) static CAT: std::sync::LazyLock<gst::DebugCategory> = std::sync::LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "hybridlive-webrtc",
+        gst::DebugColorFlags::empty(),
+        Some("hybridlive WebRTC: WHEP viewer sessions and WHIP/Janus egress"),
+    )
+});
+
 /// The browser side of WHEP: plays an endpoint and measures glass-to-glass latency from the
 /// capture stamps (ES module, imports `./stamp.js`).
 pub const WHEP_PLAYER_JS: &str = include_str!("../web/whep-player.js");

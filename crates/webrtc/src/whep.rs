@@ -399,7 +399,10 @@ impl WhepOutput {
 
         let answer = match negotiate(&webrtcbin, sdp, self.inner.config.gather_timeout) {
             Ok(answer) => rejected.restore(&answer),
-            Err(e) => return Err(torn_down(self, e)),
+            Err(e) => {
+                gst::info!(crate::CAT, "a viewer's offer failed to negotiate: {e}");
+                return Err(torn_down(self, e));
+            }
         };
         if let Err(e) = watch_rtcp(&webrtcbin, &last_heard) {
             return Err(torn_down(self, e));
@@ -459,7 +462,13 @@ impl WhepOutput {
                 channel,
             },
         );
+        let count = sessions.len();
         drop(sessions);
+        gst::debug!(
+            crate::CAT,
+            "viewer session started ({codec:?}, audio {}); {count} in all",
+            opus.is_some()
+        );
         // The viewer starts with a key frame instead of waiting for the next GOP.
         request_key_frame(&tee_pad);
         Ok(Answer { id, sdp: answer })
@@ -753,6 +762,7 @@ impl WhepOutput {
         let tee_pad = tee_pad.downgrade();
         webrtcbin.connect_notify(Some("ice-connection-state"), move |webrtcbin, _| {
             let state = webrtcbin.property::<WebRTCICEConnectionState>("ice-connection-state");
+            gst::debug!(crate::CAT, "a viewer's ICE connection is {state:?}");
             match state {
                 WebRTCICEConnectionState::Connected | WebRTCICEConnectionState::Completed => {
                     connected.store(true, Ordering::Relaxed);
@@ -1024,6 +1034,7 @@ fn teardown(inner: &Inner, session: Session) {
     let _ = bin.set_state(gst::State::Null);
     let _ = inner.pipeline.remove(&bin);
     inner.freed.store(true, Ordering::Relaxed);
+    gst::debug!(crate::CAT, "viewer session ended and freed");
 }
 
 /// Sets the offer, creates and sets the answer, waits for ICE gathering, returns the answer SDP.

@@ -32,6 +32,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
+use crate::events::Events;
+
 /// What every route answers with.
 pub type Response = hyper::Response<Full<Bytes>>;
 /// A request as the routes get it: the head, and a body to read with [`read_body`].
@@ -229,6 +231,7 @@ impl Transport {
         handler: Handler,
         workers: usize,
         blocking: usize,
+        events: Events,
     ) -> io::Result<Transport> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
@@ -248,7 +251,7 @@ impl Transport {
             (max_total / PER_CLIENT_SHARE).max(MIN_CONNECTIONS / 2),
         );
         let (stop, stopped) = watch::channel(false);
-        let accept = runtime.spawn(accept_loop(listener, table.clone(), handler, stopped));
+        let accept = runtime.spawn(accept_loop(listener, table.clone(), handler, stopped, events));
         Ok(Transport {
             runtime,
             stop,
@@ -279,6 +282,7 @@ async fn accept_loop(
     table: Arc<Places>,
     handler: Handler,
     mut stopped: watch::Receiver<bool>,
+    events: Events,
 ) {
     let mut reported: Vec<Option<i32>> = Vec::new();
     loop {
@@ -310,7 +314,7 @@ async fn accept_loop(
                 // Neither ends the loop, and each kind is reported once.
                 if !reported.contains(&e.raw_os_error()) {
                     reported.push(e.raw_os_error());
-                    crate::runner::event(
+                    events.emit(
                         "warning",
                         serde_json::json!({
                             "message": format!("HTTP server: cannot accept a connection ({e}); it keeps listening")
