@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 pub mod config;
+use config::fragment;
 mod endpoint;
 pub mod events;
-mod fragment;
 mod hls;
 mod llhls;
 mod mp4file;

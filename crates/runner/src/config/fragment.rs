@@ -2,6 +2,8 @@
 
 use gst::prelude::*;
 
+use super::diagnostics::suggest;
+
 /// Parses a gst-launch fragment the way the runner will and reports what would fail at run
 /// time: unknown elements or properties (with the closest known name), bad property values,
 /// and a fragment that does not have exactly one free input and one free output.
@@ -47,7 +49,7 @@ pub fn build(description: &str) -> Result<gst::Bin, (String, Option<String>)> {
                             .iter()
                             .map(|f| f.name().to_string())
                             .collect();
-                        crate::config::suggest(&name, names.iter().map(String::as_str))
+                        suggest(&name, names.iter().map(String::as_str))
                     })
                 }
                 Some(gst::ParseError::NoSuchProperty) => match quoted.as_slice() {
@@ -79,5 +81,5 @@ fn property_suggestion(property: &str, element: &str) -> Option<String> {
         .iter()
         .map(|p| p.name().to_string())
         .collect();
-    crate::config::suggest(property, names.iter().map(String::as_str))
+    suggest(property, names.iter().map(String::as_str))
 }

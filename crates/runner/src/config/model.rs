@@ -1,0 +1,393 @@
+//! The model a pipeline file is read into: plain data, validated, serialisable for the status
+//! API. Nothing here reads TOML.
+
+use std::ops::Range;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+/// A whole validated pipeline file.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pipeline {
+    /// The `[server]` table.
+    pub server: Server,
+    /// `[sources.NAME]` in file order.
+    pub sources: Vec<Source>,
+    /// `[transforms.NAME]` in file order.
+    pub transforms: Vec<Transform>,
+    /// `[encoders.NAME]` in file order.
+    pub encoders: Vec<Encoder>,
+    /// `[outputs.NAME]` in file order.
+    pub outputs: Vec<Output>,
+    /// `[latency_test]`: the run and budgets of `hybridlive latency-test` (unused by `run`).
+    pub latency_test: LatencyTest,
+}
+
+/// `[latency_test]`: how long `hybridlive latency-test` measures and the budgets it checks
+/// (a measured figure above its budget makes the test fail). Flags override each key.
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
+pub struct LatencyTest {
+    /// `duration`: seconds of measurement per path.
+    pub duration: Option<f64>,
+    /// `webrtc_p95_ms`: glass-to-glass p95 over WebRTC, ms.
+    pub webrtc_p95_ms: Option<f64>,
+    /// `hls_p95_ms`: glass-to-glass p95 over HLS, ms.
+    pub hls_p95_ms: Option<f64>,
+    /// `first_frame_ms`: WHEP `POST` to the first WebRTC frame shown, ms.
+    pub first_frame_ms: Option<f64>,
+    /// `interaction_ms`: data-channel round trip p95 ("raise hand" lag), ms.
+    pub interaction_ms: Option<f64>,
+}
+
+/// `[server]`: the HTTP server and its write-access token.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Server {
+    /// `http`: listen address; `--http` overrides it.
+    pub http: Option<String>,
+    /// `token`: bearer token for write endpoints, written in the file.
+    #[serde(skip)]
+    pub token: Option<String>,
+    /// `token_env`: name of an environment variable holding the bearer token.
+    pub token_env: Option<String>,
+}
+
+/// Raw video every source is normalised to.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct VideoFormat {
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Frames per second.
+    pub framerate: u32,
+}
+
+/// Raw audio every source is normalised to.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct AudioFormat {
+    /// Sample rate in Hz.
+    pub rate: u32,
+    /// Number of channels.
+    pub channels: u32,
+}
+
+/// `[sources.NAME]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Source {
+    /// The table name.
+    pub name: String,
+    /// What produces the media.
+    pub kind: SourceKind,
+    /// Normalised raw video.
+    pub video: VideoFormat,
+    /// Normalised raw audio; `None` with `audio = false`.
+    pub audio: Option<AudioFormat>,
+}
+
+/// The `type` of a source and its own keys.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SourceKind {
+    /// `type = "test"`: moving pattern with a wall clock, and a tone.
+    Test {
+        /// `pattern`: a videotestsrc pattern nick.
+        pattern: String,
+        /// `clock`: burn the UTC wall clock into the picture.
+        clock: bool,
+        /// `tone_hz`: frequency of the test tone.
+        tone_hz: f64,
+        /// `microphone`: take the sound from this PulseAudio source instead of the tone
+        /// (empty: the default source), e.g. a presenter's microphone with a test picture.
+        microphone: Option<String>,
+    },
+    /// `type = "file"`: a media file, decoded and paced in real time.
+    File {
+        /// `location`: path of the file.
+        location: PathBuf,
+        /// `loop`: start again at the end (otherwise the run ends with the file).
+        looping: bool,
+        /// What takes over if decoding stalls.
+        fallback: Fallback,
+    },
+    /// `type = "srt"`, `"rtmp"`, `"rtsp"`: a network stream, by URI.
+    Network {
+        /// `uri`: handed to fallbacksrc (uridecodebin3).
+        uri: String,
+        /// What takes over while the stream is stalled or gone.
+        fallback: Fallback,
+    },
+    /// `type = "v4l2"`: a camera and a PulseAudio microphone.
+    V4l2 {
+        /// `device`: the V4L2 device node.
+        device: String,
+        /// `microphone`: PulseAudio source name; empty for the default.
+        microphone: String,
+    },
+}
+
+/// Redundancy of a file or network source: after `stall_timeout` without data the slate
+/// takes over, the source is restarted, and it is given back as soon as it delivers again.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Fallback {
+    /// `stall_timeout`: seconds without data before the slate takes over.
+    pub stall_timeout: f64,
+    /// `slate`: an image or media file shown meanwhile (with silence); black otherwise.
+    pub slate: Option<PathBuf>,
+    /// `backup_uri`: a second source of the same programme, used instead of the slate.
+    pub backup_uri: Option<String>,
+}
+
+/// Which raw stream a transform works on.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Media {
+    /// Raw video.
+    Video,
+    /// Raw audio.
+    Audio,
+}
+
+/// `[transforms.NAME]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Transform {
+    /// The table name.
+    pub name: String,
+    /// The one component it reads from.
+    pub input: String,
+    /// What it does.
+    pub kind: TransformKind,
+}
+
+/// The `type` of a transform.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TransformKind {
+    /// `type = "latencystamp"`: (re)stamp the capture time, e.g. after a slow effect.
+    Latencystamp {
+        /// `overwrite`: replace a stamp already present.
+        overwrite: bool,
+    },
+    /// `type = "offeroverlay"`: offer cards burned into the video; the offers shown land in
+    /// every recording's sidecar timeline; `POST /api/offers` shows and hides them live.
+    Offeroverlay {
+        /// `schedule`: a JSON or TOML schedule file (see plugins/offeroverlay/README.md).
+        schedule: Option<PathBuf>,
+    },
+    /// `type = "abrcontroller"`: adaptive bitrate for an uplink. On raw video, it scales the
+    /// picture to the current rung of its ladder; the one h264 encoder reading from it gets
+    /// its bitrate steered from the feedback of `output` (srtsink statistics for SRT, the
+    /// send backlog for RTMP, webrtcbin statistics for WebRTC).
+    Abrcontroller {
+        /// `output`: the uplink output whose feedback drives the encoder.
+        output: String,
+        /// Span of the `output` value, for diagnostics about it.
+        #[serde(skip)]
+        output_span: Range<usize>,
+        /// `min_bitrate`: kbit/s.
+        min_bitrate: u32,
+        /// `max_bitrate`: kbit/s; the encoder's `bitrate` when absent.
+        max_bitrate: Option<u32>,
+        /// `ladder`: rungs `WIDTHxHEIGHT@FPS:MIN-MAX` (kbit/s); `None` for the default ladder
+        /// cut to the source's size, empty for bitrate only.
+        ladder: Option<Vec<String>>,
+    },
+    /// `type = "gst"`: an escape hatch, a gst-launch fragment on raw video or audio.
+    Gst {
+        /// `media`: which stream the fragment processes.
+        media: Media,
+        /// `pipeline`: the gst-launch description.
+        pipeline: String,
+    },
+}
+
+/// `[encoders.NAME]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Encoder {
+    /// The table name.
+    pub name: String,
+    /// The source or transform it encodes.
+    pub input: String,
+    /// Codec and settings.
+    pub kind: EncoderKind,
+}
+
+/// H.264 encoder presets (x264).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum H264Preset {
+    /// tune=zerolatency, ultrafast, constrained baseline: what WebRTC receivers decode.
+    Zerolatency,
+    /// tune=zerolatency, veryfast, main profile: better pictures for HLS and recordings.
+    Balanced,
+}
+
+/// The `type` of an encoder.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EncoderKind {
+    /// `type = "h264"` (x264).
+    H264 {
+        /// `preset`.
+        preset: H264Preset,
+        /// `bitrate`: kbit/s.
+        bitrate: u32,
+        /// `keyframe_interval`: seconds between IDR frames.
+        keyframe_interval: f64,
+    },
+    /// `type = "vp8"` (libvpx, real-time settings): only the webrtc output sends it.
+    Vp8 {
+        /// `bitrate`: kbit/s.
+        bitrate: u32,
+        /// `keyframe_interval`: seconds between key frames.
+        keyframe_interval: f64,
+    },
+    /// `type = "aac"`.
+    Aac {
+        /// `bitrate`: kbit/s.
+        bitrate: u32,
+    },
+    /// `type = "opus"`.
+    Opus {
+        /// `bitrate`: kbit/s.
+        bitrate: u32,
+    },
+}
+
+impl EncoderKind {
+    /// The raw stream this encoder consumes.
+    pub fn media(&self) -> Media {
+        match self {
+            EncoderKind::H264 { .. } | EncoderKind::Vp8 { .. } => Media::Video,
+            EncoderKind::Aac { .. } | EncoderKind::Opus { .. } => Media::Audio,
+        }
+    }
+}
+
+/// `[outputs.NAME]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Output {
+    /// The table name.
+    pub name: String,
+    /// Encoders it muxes: one video, at most one audio.
+    pub inputs: Vec<String>,
+    /// Where the media goes.
+    pub kind: OutputKind,
+}
+
+/// The `type` of an output.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OutputKind {
+    /// `type = "hls"`: MPEG-TS segments and a live playlist, served at `/hls/live.m3u8`.
+    Hls {
+        /// `segment_duration`: seconds per segment.
+        segment_duration: u32,
+        /// `playlist_length`: segments listed in the live playlist.
+        playlist_length: u32,
+        /// `low_latency`: Low-Latency HLS (fMP4 parts, preload hints, blocking reload) served
+        /// from memory instead of MPEG-TS segment files.
+        low_latency: bool,
+        /// `part_duration_ms`: duration of a Low-Latency HLS part, milliseconds.
+        part_duration_ms: u32,
+        /// `directory`: where segments are written; a fresh temporary folder by default.
+        directory: Option<PathBuf>,
+    },
+    /// `type = "record"`: crash-safe fragmented MP4 plus a sidecar timeline JSON.
+    Record {
+        /// `directory`: folder the recordings go to.
+        directory: PathBuf,
+        /// `autostart`: record from the start (otherwise `POST /api/recording`).
+        autostart: bool,
+    },
+    /// `type = "srt"`: MPEG-TS pushed over SRT (caller, or listener for the far end to pull).
+    Srt {
+        /// `uri`: e.g. `srt://ingest.example:9000?mode=caller`.
+        uri: String,
+    },
+    /// `type = "rtmp"`: FLV pushed to an RTMP server (H.264 + AAC).
+    Rtmp {
+        /// `location`: e.g. `rtmp://live.example/app/stream-key`.
+        location: String,
+    },
+    /// `type = "webrtc"`: WHEP at `/whep`, every viewer fed from the one encode (H.264
+    /// constrained baseline + Opus).
+    Webrtc {
+        /// `max_viewers`: further offers get 503.
+        max_viewers: u32,
+        /// `loopback_only`: ICE on 127.0.0.1 only (viewers on this machine, loopback-only
+        /// networks).
+        loopback_only: bool,
+        /// `playout_delay_ms`: the playout delay asked of viewers whose offer has the
+        /// playout-delay header extension, `[min, max]` (one value in the file sets both), or
+        /// `None` for `"off"`.
+        playout_delay_ms: Option<[u32; 2]>,
+    },
+    /// `type = "whip"`: the encoded streams published to an SFU's WHIP endpoint (RFC 9725)
+    /// with `whipclientsink`, no second encode.
+    Whip {
+        /// `endpoint`: e.g. `https://sfu.example/whip/endpoint`.
+        endpoint: String,
+        /// `token`: bearer token sent with the offer; never shown in the status.
+        #[serde(skip_serializing)]
+        token: Option<String>,
+        /// `loopback_only`: ICE on 127.0.0.1 only (an SFU on this machine).
+        loopback_only: bool,
+    },
+    /// `type = "janus"`: the encoded streams published into a Janus VideoRoom with
+    /// `janusvrwebrtcsink` (Janus's WebSocket API), no second encode.
+    Janus {
+        /// `endpoint`: Janus's WebSocket URL, e.g. `ws://janus.example:8188`.
+        endpoint: String,
+        /// `room_id`: the VideoRoom to publish in (it must exist).
+        room_id: u64,
+        /// `feed_id`: our publisher id in the room; Janus picks one when absent.
+        feed_id: Option<u64>,
+        /// `display_name`: the publisher's name in the room.
+        display_name: String,
+        /// `loopback_only`: ICE on 127.0.0.1 only.
+        loopback_only: bool,
+    },
+}
+
+impl OutputKind {
+    /// The `type` name, as written in pipeline files.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            OutputKind::Hls { .. } => "hls",
+            OutputKind::Record { .. } => "record",
+            OutputKind::Srt { .. } => "srt",
+            OutputKind::Rtmp { .. } => "rtmp",
+            OutputKind::Webrtc { .. } => "webrtc",
+            OutputKind::Whip { .. } => "whip",
+            OutputKind::Janus { .. } => "janus",
+        }
+    }
+
+    /// WebRTC outputs (WHEP viewers, WHIP and Janus egress): H.264 constrained baseline and
+    /// Opus.
+    pub fn is_webrtc(&self) -> bool {
+        matches!(
+            self,
+            OutputKind::Webrtc { .. } | OutputKind::Whip { .. } | OutputKind::Janus { .. }
+        )
+    }
+}
+
+/// An SRT listener URI without a host (`srt://:9000`) would listen on every interface;
+/// like every other listener of the runner it gets 127.0.0.1 unless an address is written
+/// (`srt://0.0.0.0:9000?mode=listener` to accept senders from other machines). Other URIs are
+/// returned unchanged.
+pub fn loopback_if_unbound(uri: String) -> String {
+    let Some(rest) = uri.strip_prefix("srt://:") else {
+        return uri;
+    };
+    // GStreamer's SRT elements listen when the host is left out: keep that meaning.
+    let mode = if rest.contains("mode=") {
+        ""
+    } else if rest.contains('?') {
+        "&mode=listener"
+    } else {
+        "?mode=listener"
+    };
+    format!("srt://127.0.0.1:{rest}{mode}")
+}

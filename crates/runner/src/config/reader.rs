@@ -1,0 +1,413 @@
+//! The typed field reader: the keys of one TOML table read one by one, each mistake reported
+//! as a [`Diagnostic`] on the key or value it is about, and every key left unread reported as
+//! unknown with the closest known one.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+
+use toml::de::{DeTable, DeValue};
+
+use super::diagnostics::{Diagnostic, suggest};
+
+pub(super) type Spanned<T> = toml::Spanned<T>;
+
+/// Reads the component sections of one file, collecting every problem.
+pub(super) struct Reader<'d> {
+    pub(super) diags: &'d mut Vec<Diagnostic>,
+    /// Components declared but unreadable: already reported, so inputs naming them are not.
+    pub(super) broken: BTreeSet<String>,
+}
+
+impl Reader<'_> {
+    /// Reads every `[section.NAME]` table with `read`, after its `inputs` (except for
+    /// sources); a table `read` refuses is remembered in `broken`.
+    pub(super) fn section<T>(
+        &mut self,
+        document: &DeTable,
+        section: &str,
+        mut read: impl FnMut(&mut Vec<Diagnostic>, &mut Fields, &str) -> Option<T>,
+    ) -> Vec<Named<T>> {
+        let Some(DeValue::Table(components)) = document.get(section).map(|v| v.get_ref()) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (key, value) in components.iter() {
+            let name: &str = key.get_ref();
+            let component = format!("{section}.{name}");
+            let DeValue::Table(table) = value.get_ref() else {
+                self.diags.push(Diagnostic {
+                    span: value.span(),
+                    component: Some(component),
+                    key: None,
+                    message: format!(
+                        "expected a table `[{section}.{name}]`, found {}",
+                        type_name(value.get_ref())
+                    ),
+                    help: None,
+                });
+                continue;
+            };
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                self.diags.push(Diagnostic {
+                    span: key.span(),
+                    component: Some(component.clone()),
+                    key: None,
+                    message: "component names use letters, digits, `_` and `-` only".into(),
+                    help: None,
+                });
+            }
+            let mut fields = Fields::new(table, Some(component), key.span());
+            let inputs = if section == "sources" {
+                Vec::new()
+            } else {
+                fields.string_list(self.diags, "inputs")
+            };
+            let read = read(self.diags, &mut fields, name);
+            fields.finish(self.diags);
+            match read {
+                Some(value) => out.push(Named {
+                    value,
+                    span: key.span(),
+                    inputs,
+                }),
+                None => {
+                    self.broken.insert(name.to_string());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The keys of one table, read one by one; whatever is left unread at the end is unknown.
+pub(super) struct Fields<'t, 'i> {
+    pub(super) table: &'t DeTable<'i>,
+    pub(super) component: Option<String>,
+    pub(super) header: Range<usize>,
+    pub(super) known: Vec<&'static str>,
+}
+
+impl<'t, 'i> Fields<'t, 'i> {
+    pub(super) fn new(
+        table: &'t DeTable<'i>,
+        component: Option<String>,
+        header: Range<usize>,
+    ) -> Self {
+        Fields {
+            table,
+            component,
+            header,
+            known: Vec::new(),
+        }
+    }
+
+    pub(super) fn entry(&mut self, key: &'static str) -> Option<&'t Spanned<DeValue<'i>>> {
+        self.known.push(key);
+        self.table.get(key)
+    }
+
+    pub(super) fn error(
+        &self,
+        diags: &mut Vec<Diagnostic>,
+        span: Range<usize>,
+        key: &str,
+        message: String,
+    ) {
+        diags.push(Diagnostic {
+            span,
+            component: self.component.clone(),
+            key: Some(key.to_string()),
+            message,
+            help: None,
+        });
+    }
+
+    pub(super) fn type_error(
+        &self,
+        diags: &mut Vec<Diagnostic>,
+        value: &Spanned<DeValue>,
+        key: &str,
+        want: &str,
+    ) {
+        let got = type_name(value.get_ref());
+        self.error(
+            diags,
+            value.span(),
+            key,
+            format!("expected {want}, found {got}"),
+        );
+    }
+
+    pub(super) fn string(
+        &mut self,
+        diags: &mut Vec<Diagnostic>,
+        key: &'static str,
+    ) -> Option<(String, Range<usize>)> {
+        let value = self.entry(key)?;
+        match value.get_ref().as_str() {
+            Some(s) => Some((s.to_string(), value.span())),
+            None => {
+                self.type_error(diags, value, key, "a string");
+                None
+            }
+        }
+    }
+
+    pub(super) fn required_string(
+        &mut self,
+        diags: &mut Vec<Diagnostic>,
+        key: &'static str,
+    ) -> Option<(String, Range<usize>)> {
+        let present = self.table.contains_key(key);
+        let value = self.string(diags, key);
+        if !present {
+            self.error(
+                diags,
+                self.header.clone(),
+                key,
+                "missing required key".into(),
+            );
+        }
+        value
+    }
+
+    pub(super) fn bool(
+        &mut self,
+        diags: &mut Vec<Diagnostic>,
+        key: &'static str,
+        default: bool,
+    ) -> bool {
+        let Some(value) = self.entry(key) else {
+            return default;
+        };
+        value.get_ref().as_bool().unwrap_or_else(|| {
+            self.type_error(diags, value, key, "true or false");
+            default
+        })
+    }
+
+    pub(super) fn integer(
+        &mut self,
+        diags: &mut Vec<Diagnostic>,
+        key: &'static str,
+        range: Range<i64>,
+        default: u32,
+    ) -> u32 {
+        let Some(value) = self.entry(key) else {
+            return default;
+        };
+        let Some(int) = value.get_ref().as_integer() else {
+            self.type_error(diags, value, key, "an integer");
+            return default;
+        };
+        let digits = int.as_str().replace('_', "");
+        match i64::from_str_radix(&digits, int.radix()) {
+            Ok(n) if range.contains(&n) => n as u32,
+            _ => {
+                let message = format!(
+                    "{} is out of range: expected {}..={}",
+                    int.as_str(),
+                    range.start,
+                    range.end - 1
+                );
+                self.error(diags, value.span(), key, message);
+                default
+            }
+        }
+    }
+
+    /// [`Fields::integer`] for a picture dimension: H.264/H.265 encode 4:2:0 video, whose
+    /// chroma planes are half the size, so an odd width or height validates here instead of
+    /// failing in the encoder once the run has started.
+    pub(super) fn even_integer(
+        &mut self,
+        diags: &mut Vec<Diagnostic>,
+        key: &'static str,
+        range: Range<i64>,
+        default: u32,
+    ) -> u32 {
+        let n = self.integer(diags, key, range, default);
+        if n % 2 == 1
+            && let Some(value) = self.table.get(key)
+        {
+            let message = format!(
+                "{n} is odd: 4:2:0 video (H.264, H.265) needs an even {key}, e.g. {} or {}",
+                n - 1,
+                n + 1
+            );
+            self.error(diags, value.span(), key, message);
+            return default;
+        }
+        n
+    }
+
+    pub(super) fn number(
+        &mut self,
+        diags: &mut Vec<Diagnostic>,
+        key: &'static str,
+        min: f64,
+        max: f64,
+        default: f64,
+    ) -> f64 {
+        let Some(value) = self.entry(key) else {
+            return default;
+        };
+        let parsed = match value.get_ref() {
+            DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
+            DeValue::Integer(i) => i.as_str().replace('_', "").parse::<f64>().ok(),
+            _ => {
+                self.type_error(diags, value, key, "a number");
+                return default;
+            }
+        };
+        match parsed {
+            Some(n) if (min..=max).contains(&n) => n,
+            _ => {
+                self.error(
+                    diags,
+                    value.span(),
+                    key,
+                    format!("out of range: expected {min} to {max}"),
+                );
+                default
+            }
+        }
+    }
+
+    pub(super) fn choice(
+        &mut self,
+        diags: &mut Vec<Diagnostic>,
+        key: &'static str,
+        choices: &[&str],
+        default: &str,
+    ) -> String {
+        let Some((value, span)) = self.string(diags, key) else {
+            return default.to_string();
+        };
+        if choices.contains(&value.as_str()) {
+            return value;
+        }
+        diags.push(Diagnostic {
+            span,
+            component: self.component.clone(),
+            key: Some(key.to_string()),
+            message: format!(
+                "unknown value `{value}`: expected one of {}",
+                choices.join(", ")
+            ),
+            help: suggest(&value, choices.iter().copied()),
+        });
+        default.to_string()
+    }
+
+    pub(super) fn string_list(
+        &mut self,
+        diags: &mut Vec<Diagnostic>,
+        key: &'static str,
+    ) -> Vec<(String, Range<usize>)> {
+        let Some(value) = self.entry(key) else {
+            self.error(
+                diags,
+                self.header.clone(),
+                key,
+                "missing required key".into(),
+            );
+            return Vec::new();
+        };
+        let DeValue::Array(items) = value.get_ref() else {
+            self.type_error(diags, value, key, "an array of component names");
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in items.iter() {
+            match item.get_ref().as_str() {
+                Some(s) => out.push((s.to_string(), item.span())),
+                None => self.type_error(diags, item, key, "a component name (string)"),
+            }
+        }
+        if out.is_empty() && items.is_empty() {
+            self.error(
+                diags,
+                value.span(),
+                key,
+                "must name at least one component".into(),
+            );
+        }
+        out
+    }
+
+    /// Reads the required `type` key: one of `types`, or a diagnostic (with a suggestion
+    /// from `types` and `planned`).
+    pub(super) fn component_type(
+        &mut self,
+        diags: &mut Vec<Diagnostic>,
+        types: &[&str],
+        planned: &[&str],
+    ) -> Option<String> {
+        let (kind, span) = self.required_string(diags, "type")?;
+        if types.contains(&kind.as_str()) {
+            return Some(kind);
+        }
+        if planned.contains(&kind.as_str()) {
+            self.error(
+                diags,
+                span,
+                "type",
+                format!(
+                    "`{kind}` is not supported by this build yet (supported: {})",
+                    types.join(", ")
+                ),
+            );
+            return None;
+        }
+        diags.push(Diagnostic {
+            span,
+            component: self.component.clone(),
+            key: Some("type".into()),
+            message: format!(
+                "unknown type `{kind}`: expected one of {}",
+                types.join(", ")
+            ),
+            help: suggest(&kind, types.iter().chain(planned).copied()),
+        });
+        None
+    }
+
+    /// Reports every key that nothing asked for, with the closest known key.
+    pub(super) fn finish(self, diags: &mut Vec<Diagnostic>) {
+        for (key, _) in self.table.iter() {
+            let name: &str = key.get_ref();
+            if !self.known.contains(&name) {
+                diags.push(Diagnostic {
+                    span: key.span(),
+                    component: self.component.clone(),
+                    key: Some(name.to_string()),
+                    message: format!("unknown key (known keys: {})", self.known.join(", ")),
+                    help: suggest(name, self.known.iter().copied()),
+                });
+            }
+        }
+    }
+}
+
+pub(super) fn type_name(value: &DeValue) -> &'static str {
+    match value {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a date-time",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+/// A component before its inputs are checked: the name, its span and its resolved inputs.
+pub(super) struct Named<T> {
+    pub(super) value: T,
+    pub(super) span: Range<usize>,
+    pub(super) inputs: Vec<(String, Range<usize>)>,
+}
