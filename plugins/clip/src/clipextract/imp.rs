@@ -71,6 +71,40 @@ impl Default for Settings {
 /// A video frame waiting for a synthesized decode time.
 type Pending = (gst::Buffer, i64, bool, bool, bool);
 
+/// Hands frames of stream `index` whose decode time the synthesizer worked out to the
+/// selector, in decode order.
+fn push_synthesized(
+    selector: &mut Selector<gst::Buffer>,
+    index: usize,
+    ready: Vec<(Pending, i64, i64)>,
+) {
+    for ((data, duration, key, disposable, splice), pts, dts) in ready {
+        selector.push(
+            index,
+            Frame {
+                data,
+                pts,
+                dts,
+                duration,
+                key,
+                disposable,
+                splice,
+            },
+        );
+    }
+}
+
+/// A selector for the clips `ranges`, in `mode`, with no streams yet.
+fn selector_for(mode: Mode, ranges: &[ClipRange]) -> Selector<gst::Buffer> {
+    Selector::new(
+        mode,
+        ranges
+            .iter()
+            .map(|r| (r.start as i64, r.end as i64))
+            .collect(),
+    )
+}
+
 /// Per sink pad, under `state`.
 #[derive(Debug, Default)]
 struct StreamInfo {
@@ -549,6 +583,12 @@ impl ClipExtract {
             .cloned()
     }
 
+    /// The other pad of `pad`'s pair: a sink pad's src pad and the reverse.
+    fn linked_pad(&self, pad: &gst::Pad) -> Option<gst::Pad> {
+        self.pair_for(pad)
+            .map(|p| if &p.sink == pad { p.src } else { p.sink })
+    }
+
     /// Reads and checks the ranges from the properties.
     fn load_ranges(&self) -> Result<Config, gst::ErrorMessage> {
         let settings = lock(&self.settings).clone();
@@ -622,13 +662,7 @@ impl ClipExtract {
             }
             pads.len()
         };
-        let mut selector = Selector::new(
-            mode,
-            ranges
-                .iter()
-                .map(|r| (r.start as i64, r.end as i64))
-                .collect(),
-        );
+        let mut selector = selector_for(mode, &ranges);
         for _ in 0..n {
             selector.add_stream();
         }
@@ -734,20 +768,7 @@ impl ClipExtract {
                     .dts_synth
                     .get_or_insert_with(|| DtsSynth::new(DEFAULT_DEPTH, fd));
                 let ready = synth.push((buffer, duration, key, disposable, splice), pts);
-                for ((data, duration, key, disposable, splice), pts, dts) in ready {
-                    st.selector.push(
-                        index,
-                        Frame {
-                            data,
-                            pts,
-                            dts,
-                            duration,
-                            key,
-                            disposable,
-                            splice,
-                        },
-                    );
-                }
+                push_synthesized(&mut st.selector, index, ready);
             } else {
                 st.selector.push(
                     index,
@@ -1352,20 +1373,7 @@ impl ClipExtract {
                         .as_mut()
                         .map(|s| s.drain())
                         .unwrap_or_default();
-                    for ((data, duration, key, disposable, splice), pts, dts) in waiting {
-                        st.selector.push(
-                            pair.index,
-                            Frame {
-                                data,
-                                pts,
-                                dts,
-                                duration,
-                                key,
-                                disposable,
-                                splice,
-                            },
-                        );
-                    }
+                    push_synthesized(&mut st.selector, pair.index, waiting);
                     st.selector.eos(pair.index);
                 }
                 let _ = self.drain_own(pair.index);
@@ -1405,13 +1413,7 @@ impl ClipExtract {
                             ranges,
                             reencode_filter,
                         }) => {
-                            let mut selector = Selector::new(
-                                mode,
-                                ranges
-                                    .iter()
-                                    .map(|r| (r.start as i64, r.end as i64))
-                                    .collect(),
-                            );
+                            let mut selector = selector_for(mode, &ranges);
                             for info in &st.streams {
                                 let i = selector.add_stream();
                                 if let Some(kind) = info.kind {
@@ -1591,16 +1593,7 @@ impl ElementImpl for ClipExtract {
                     |imp| imp.sink_event(pad, event),
                 )
             })
-            .iterate_internal_links_function(|pad, parent| {
-                ClipExtract::catch_panic_pad_function(
-                    parent,
-                    || gst::Iterator::from_vec(vec![]),
-                    |imp| match imp.pair_for(pad) {
-                        Some(p) => gst::Iterator::from_vec(vec![p.src]),
-                        None => gst::Iterator::from_vec(vec![]),
-                    },
-                )
-            })
+            .iterate_internal_links_function(iterate_internal_links)
             .build();
         let src_templ = self.obj().pad_template("src_%u")?;
         let src = gst::Pad::builder_from_template(&src_templ)
@@ -1619,16 +1612,7 @@ impl ElementImpl for ClipExtract {
                     |imp| imp.src_query(pad, query),
                 )
             })
-            .iterate_internal_links_function(|pad, parent| {
-                ClipExtract::catch_panic_pad_function(
-                    parent,
-                    || gst::Iterator::from_vec(vec![]),
-                    |imp| match imp.pair_for(pad) {
-                        Some(p) => gst::Iterator::from_vec(vec![p.sink]),
-                        None => gst::Iterator::from_vec(vec![]),
-                    },
-                )
-            })
+            .iterate_internal_links_function(iterate_internal_links)
             .build();
         let index = {
             let mut st = lock(&self.state);
@@ -1695,6 +1679,16 @@ impl ElementImpl for ClipExtract {
         }
         Ok(ret)
     }
+}
+
+/// Internal links of a sink or src pad: the other pad of its pair, so that queries and
+/// events forwarded by GStreamer's defaults reach the right stream.
+fn iterate_internal_links(pad: &gst::Pad, parent: Option<&gst::Object>) -> gst::Iterator<gst::Pad> {
+    ClipExtract::catch_panic_pad_function(
+        parent,
+        || gst::Iterator::from_vec(vec![]),
+        |imp| gst::Iterator::from_vec(imp.linked_pad(pad).into_iter().collect()),
+    )
 }
 
 #[cfg(test)]

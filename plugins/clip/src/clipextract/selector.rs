@@ -251,6 +251,19 @@ impl<T: Clone> Selector<T> {
         self.streams.iter().any(|s| s.kind.is_none() && !s.eos)
     }
 
+    /// The clip stream `si` goes on to, or `None` past the last one: the stream is then done
+    /// (what it held is dropped and `Done` queued).
+    fn next_clip_or_finish(&mut self, si: usize) -> Option<usize> {
+        let s = &mut self.streams[si];
+        if s.next_clip < self.ranges.len() {
+            return Some(s.next_clip);
+        }
+        s.done = true;
+        s.held.clear();
+        s.out.push_back(Output::Done);
+        None
+    }
+
     /// Feeds one frame in decode order.
     pub fn push(&mut self, stream: usize, frame: Frame<T>) {
         match self.streams[stream].kind {
@@ -379,14 +392,9 @@ impl<T: Clone> Selector<T> {
             if s.done {
                 break;
             }
-            let c = s.next_clip;
-            if c >= self.ranges.len() {
-                let s = &mut self.streams[si];
-                s.done = true;
-                s.held.clear();
-                s.out.push_back(Output::Done);
+            let Some(c) = self.next_clip_or_finish(si) else {
                 break;
-            }
+            };
             let (start, _) = self.ranges[c];
             if f.pts < start {
                 break;
@@ -548,14 +556,9 @@ impl<T: Clone> Selector<T> {
                 }
                 continue;
             }
-            let c = s.next_clip;
-            if c >= self.ranges.len() {
-                let s = &mut self.streams[si];
-                s.done = true;
-                s.held.clear();
-                s.out.push_back(Output::Done);
+            let Some(c) = self.next_clip_or_finish(si) else {
                 return;
-            }
+            };
             let (start, _) = self.ranges[c];
             match self.decisions[c] {
                 Decision::Skipped => {
@@ -594,6 +597,7 @@ impl<T: Clone> Selector<T> {
                     };
                     // Without durations (Matroska without BlockDuration) a frame ends where the
                     // next begins: wait for it rather than drop the frame holding the start.
+                    let s = &self.streams[si];
                     let fend = match (fdur, s.held.get(1)) {
                         (d, _) if d > 0 => fpts + d,
                         (_, Some(next)) => next.pts.max(fpts + 1),
@@ -685,15 +689,20 @@ mod tests {
         v
     }
 
-    #[test]
-    fn exact_starts_from_the_key_frame_before_and_stops_at_the_end() {
-        let mut s = Selector::new(Mode::Exact, vec![(13 * F, 17 * F)]);
+    /// What one video stream of three closed GOPs gives out for the clip `range` in `mode`.
+    fn cut_closed_gops(mode: Mode, range: (i64, i64)) -> Vec<Output<i64>> {
+        let mut s = Selector::new(mode, vec![range]);
         let v = s.add_stream();
         s.set_kind(v, Kind::Video);
         for f in closed_gops(3) {
             s.push(v, f);
         }
-        let out = s.take_output(v);
+        s.take_output(v)
+    }
+
+    #[test]
+    fn exact_starts_from_the_key_frame_before_and_stops_at_the_end() {
+        let out = cut_closed_gops(Mode::Exact, (13 * F, 17 * F));
         let Output::Start {
             present_start,
             present_stop,
@@ -717,13 +726,7 @@ mod tests {
 
     #[test]
     fn keyframe_mode_presents_from_the_key_frame() {
-        let mut s = Selector::new(Mode::Keyframe, vec![(13 * F, 17 * F)]);
-        let v = s.add_stream();
-        s.set_kind(v, Kind::Video);
-        for f in closed_gops(3) {
-            s.push(v, f);
-        }
-        let out = s.take_output(v);
+        let out = cut_closed_gops(Mode::Keyframe, (13 * F, 17 * F));
         let Output::Start {
             present_start,
             present_stop,
@@ -766,13 +769,7 @@ mod tests {
 
     #[test]
     fn smart_reencodes_up_to_the_next_key_frame() {
-        let mut s = Selector::new(Mode::Smart, vec![(13 * F, 25 * F)]);
-        let v = s.add_stream();
-        s.set_kind(v, Kind::Video);
-        for f in closed_gops(3) {
-            s.push(v, f);
-        }
-        let out = s.take_output(v);
+        let out = cut_closed_gops(Mode::Smart, (13 * F, 25 * F));
         let junction = out
             .iter()
             .position(|o| matches!(o, Output::Junction))
