@@ -18,6 +18,7 @@ use anyhow::Context as _;
 
 pub mod config;
 use config::fragment;
+mod control;
 mod endpoint;
 pub mod events;
 mod hls;

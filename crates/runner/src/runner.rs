@@ -70,6 +70,36 @@ fn viewer_url(addr: std::net::SocketAddr) -> String {
     format!("http://{}/", std::net::SocketAddr::new(ip, addr.port()))
 }
 
+impl crate::control::Control for Runner {
+    fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    fn whep(&self) -> Option<hybridlive_webrtc::WhepOutput> {
+        self.outputs.iter().find_map(|o| o.whep())
+    }
+
+    fn ll_hls(&self) -> Option<Arc<crate::llhls::LlHls>> {
+        self.outputs.iter().find_map(|o| o.ll_hls())
+    }
+
+    fn hls_playlist_length(&self) -> Option<usize> {
+        self.outputs.iter().find_map(|o| o.hls_playlist_length())
+    }
+
+    fn control_offer(&self, show: Option<&str>, hide: Option<&str>) -> usize {
+        Runner::control_offer(self, show, hide)
+    }
+
+    fn marker(&self, label: String) -> state::Marker {
+        Runner::marker(self, label)
+    }
+
+    fn recording(&self, start: bool, output: Option<&str>) -> Result<Vec<String>, String> {
+        Runner::recording(self, start, output)
+    }
+}
+
 /// The two raw streams of a component, each a tee anyone can branch from.
 #[derive(Clone)]
 struct Streams {

@@ -39,7 +39,7 @@ use tokio::sync::Semaphore;
 
 use crate::events::Events;
 
-use crate::runner::Runner;
+use crate::control::Control;
 use crate::state::AbrStatus;
 use transport::{
     BodyError, LIMITS, Places, Request, Response, Transport, declared_length, read_body,
@@ -127,7 +127,7 @@ struct Turns {
 }
 
 struct Context {
-    runner: Arc<Runner>,
+    run: Arc<dyn Control>,
     token: Option<String>,
     hls_dir: Option<PathBuf>,
     segment_times: crate::hls::SegmentTimes,
@@ -137,7 +137,7 @@ struct Context {
 /// Serves `listener` until [`ServerHandle::stop`].
 pub fn start(
     listener: Listener,
-    runner: Arc<Runner>,
+    run: Arc<dyn Control>,
     token: Option<String>,
     hls_dir: Option<PathBuf>,
     events: Events,
@@ -146,13 +146,9 @@ pub fn start(
         .0
         .local_addr()
         .context("the HTTP server has no local address")?;
-    let hls_window = runner
-        .outputs
-        .iter()
-        .find_map(|o| o.hls_playlist_length())
-        .unwrap_or(5);
+    let hls_window = run.hls_playlist_length().unwrap_or(5);
     let context = Arc::new(Context {
-        runner,
+        run,
         token,
         hls_dir: hls_dir.and_then(|d| std::fs::canonicalize(d).ok()),
         segment_times: crate::hls::SegmentTimes::new(hls_window),
@@ -346,7 +342,7 @@ async fn route(context: Arc<Context>, client: IpAddr, request: Request) -> Respo
                         ("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
                         ("Cache-Control", "no-store"),
                     ],
-                    metrics(&context.runner),
+                    metrics(context.run.as_ref()),
                 )
             })
             .await
@@ -355,13 +351,13 @@ async fn route(context: Arc<Context>, client: IpAddr, request: Request) -> Respo
             let context = context.clone();
             let host = holds_token(&context, &request);
             on_blocking_pool(&context.clone().turns.quick, move || {
-                json(200, &status(&context.runner, host))
+                json(200, &status(context.run.as_ref(), host))
             })
             .await
         }
         p if p.starts_with("/hls/") && is_get(&method) => {
             let name = p["/hls/".len()..].to_string();
-            match context.runner.outputs.iter().find_map(|o| o.ll_hls()) {
+            match context.run.ll_hls() {
                 Some(ll) => {
                     let query = request.uri().query().unwrap_or("").to_string();
                     on_blocking_pool(&context.turns.hls_waits, move || {
@@ -388,7 +384,7 @@ async fn route(context: Arc<Context>, client: IpAddr, request: Request) -> Respo
             }
         }
         "/api/markers" if is_get(&method) => {
-            let markers = context.runner.shared.with(|s| s.markers.all().to_vec());
+            let markers = context.run.shared().with(|s| s.markers.all().to_vec());
             json(200, &serde_json::json!({ "markers": markers }))
         }
         "/api/markers" | "/api/recording" | "/api/offers" => error(405, "use POST"),
@@ -398,11 +394,11 @@ async fn route(context: Arc<Context>, client: IpAddr, request: Request) -> Respo
 }
 
 /// `host`: the request holds the control token, and may read the viewers' questions.
-fn status(runner: &Runner, host: bool) -> serde_json::Value {
-    let mut status = runner
-        .shared
+fn status(run: &dyn Control, host: bool) -> serde_json::Value {
+    let mut status = run
+        .shared()
         .with(|s| serde_json::to_value(&*s).unwrap_or_default());
-    if let Some(whep) = runner.outputs.iter().find_map(|o| o.whep()) {
+    if let Some(whep) = run.whep() {
         // Viewers by an opaque id (never the WHEP resource, which ends the session), and their
         // questions for the host only.
         let audience = match host {
@@ -424,7 +420,7 @@ fn status(runner: &Runner, host: bool) -> serde_json::Value {
 
 /// WHEP (viewer routes: no token; an SDP offer of at most `MAX_OFFER_BYTES`).
 async fn whep(context: Arc<Context>, client: IpAddr, request: Request, path: &str) -> Response {
-    if context.runner.outputs.iter().all(|o| o.whep().is_none()) {
+    if context.run.whep().is_none() {
         return cors(error(503, "no WebRTC output is running"));
     }
     let limit = hybridlive_webrtc::MAX_OFFER_BYTES;
@@ -454,7 +450,7 @@ async fn whep(context: Arc<Context>, client: IpAddr, request: Request, path: &st
     let answer = {
         let context = context.clone();
         move || {
-            let Some(whep) = context.runner.outputs.iter().find_map(|o| o.whep()) else {
+            let Some(whep) = context.run.whep() else {
                 return cors(error(503, "no WebRTC output is running"));
             };
             let reply = whep.handle_http(
@@ -559,9 +555,9 @@ fn offers(context: &Context, body: &[u8]) -> Response {
     };
     let taken = match (object.get("show"), object.get("hide")) {
         (Some(offer @ serde_json::Value::Object(_)), None) => {
-            context.runner.control_offer(Some(&offer.to_string()), None)
+            context.run.control_offer(Some(&offer.to_string()), None)
         }
-        (None, Some(serde_json::Value::String(id))) => context.runner.control_offer(None, Some(id)),
+        (None, Some(serde_json::Value::String(id))) => context.run.control_offer(None, Some(id)),
         _ => {
             return error(
                 400,
@@ -589,7 +585,7 @@ fn markers(context: &Context, body: &[u8]) -> Response {
         Some(serde_json::Value::String(s)) => s.clone(),
         Some(_) => return error(400, "`label` must be a string"),
     };
-    let marker = context.runner.marker(label);
+    let marker = context.run.marker(label);
     json(
         201,
         &serde_json::json!({"utc": crate::state::rfc3339(marker.utc_ns), "utc_ns": marker.utc_ns, "label": marker.label}),
@@ -607,7 +603,7 @@ fn recording(context: &Context, body: &[u8]) -> Response {
         _ => return error(400, "`action` must be \"start\" or \"stop\""),
     };
     let output = object.get("output").and_then(|o| o.as_str());
-    match context.runner.recording(start, output) {
+    match context.run.recording(start, output) {
         Ok(names) => json(
             202,
             &serde_json::json!({"action": if start { "start" } else { "stop" }, "outputs": names}),
@@ -673,8 +669,8 @@ fn label(value: &str) -> String {
 }
 
 /// Prometheus text exposition of the runner's figures.
-pub fn metrics(runner: &Runner) -> String {
-    let mut out = runner.shared.with(|s| {
+pub fn metrics(run: &dyn Control) -> String {
+    let mut out = run.shared().with(|s| {
         let mut out = String::new();
         out.push_str("# HELP hybridlive_latency_ms Capture-to-here latency per path over the meter window, milliseconds.\n");
         out.push_str("# TYPE hybridlive_latency_ms gauge\n");
@@ -746,7 +742,7 @@ pub fn metrics(runner: &Runner) -> String {
         let _ = writeln!(out, "hybridlive_markers_total {}", s.markers.len());
         out
     });
-    if let Some(whep) = runner.outputs.iter().find_map(|o| o.whep()) {
+    if let Some(whep) = run.whep() {
         out.push_str(&viewer_metrics(
             whep.session_count(),
             &whep.viewer_latencies(),
