@@ -881,49 +881,50 @@ mod tests {
         }
     }
 
-    #[test]
-    fn loss_spike_cuts_on_the_next_tick_once() {
+    /// A default controller after `ticks` clear ticks at 2 Mbit/s, and the time it is at.
+    fn after_clear_ticks(ticks: u32) -> (Controller, Duration) {
         let mut c = Controller::new(Config::default());
         let mut t = Duration::ZERO;
-        run(&mut c, &mut t, 10, clear(2_000_000));
+        run(&mut c, &mut t, ticks, clear(2_000_000));
+        (c, t)
+    }
+
+    /// `clear(sent_bps)` with a `loss` fraction reported.
+    fn with_loss(sent_bps: u64, loss: f64) -> Observation {
+        Observation {
+            loss: Some(loss),
+            ..clear(sent_bps)
+        }
+    }
+
+    /// `clear(sent_bps)` with a smoothed RTT of `rtt_ms`.
+    fn with_rtt(sent_bps: u64, rtt_ms: u64) -> Observation {
+        Observation {
+            rtt: Some(ms(rtt_ms)),
+            ..clear(sent_bps)
+        }
+    }
+
+    #[test]
+    fn loss_spike_cuts_on_the_next_tick_once() {
+        let (mut c, mut t) = after_clear_ticks(10);
         let before = c.target_bps();
-        let d = run(
-            &mut c,
-            &mut t,
-            1,
-            Observation {
-                loss: Some(0.3),
-                ..clear(2_000_000)
-            },
-        );
+        let d = run(&mut c, &mut t, 1, with_loss(2_000_000, 0.3));
         assert_eq!(d.direction, Direction::Decrease);
         assert_eq!(d.reason, Reason::Loss);
         // Below what the encoder really sent (2 Mbit/s), by at most half of it.
         assert!(d.target_bps < before && d.target_bps < 2_000_000);
         assert!(d.target_bps >= 1_000_000, "{}", d.target_bps);
         // The same episode reported again within the hold-off does not cut again.
-        let again = run(
-            &mut c,
-            &mut t,
-            1,
-            Observation {
-                loss: Some(0.3),
-                ..clear(2_000_000)
-            },
-        );
+        let again = run(&mut c, &mut t, 1, with_loss(2_000_000, 0.3));
         assert_eq!(again.direction, Direction::Hold);
         assert_eq!(again.target_bps, d.target_bps);
     }
 
     #[test]
     fn a_key_frame_is_requested_once_a_loss_episode_ends() {
-        let mut c = Controller::new(Config::default());
-        let mut t = Duration::ZERO;
-        run(&mut c, &mut t, 10, clear(2_000_000));
-        let lossy = Observation {
-            loss: Some(0.4),
-            ..clear(2_000_000)
-        };
+        let (mut c, mut t) = after_clear_ticks(10);
+        let lossy = with_loss(2_000_000, 0.4);
         let cut = run(&mut c, &mut t, 1, lossy);
         assert_eq!(cut.direction, Direction::Decrease);
         assert!(!cut.recovery_key_frame);
@@ -936,9 +937,7 @@ mod tests {
 
     #[test]
     fn a_measured_delivery_rate_sets_the_depth_of_a_loss_cut() {
-        let mut c = Controller::new(Config::default());
-        let mut t = Duration::ZERO;
-        run(&mut c, &mut t, 5, clear(2_000_000));
+        let (mut c, mut t) = after_clear_ticks(5);
         // The transport saw 60 % loss and measured 700 kbit/s getting through: one cut to
         // 90 % of that, not the 15 % a capped loss factor would give.
         let d = run(
@@ -963,9 +962,7 @@ mod tests {
 
     #[test]
     fn an_acknowledged_rate_with_a_standing_queue_cuts_to_it_once() {
-        let mut c = Controller::new(Config::default());
-        let mut t = Duration::ZERO;
-        run(&mut c, &mut t, 10, clear(2_000_000));
+        let (mut c, mut t) = after_clear_ticks(10);
         // The link fell to a tenth: the queue stands 250 ms over the base RTT and the
         // receiver acknowledges 280 kbit/s of the stream. One tick later the target is 90 %
         // of it, before any loss report came back.
@@ -1015,9 +1012,7 @@ mod tests {
 
     #[test]
     fn a_cut_to_the_acknowledged_rate_ends_with_a_key_frame() {
-        let mut c = Controller::new(Config::default());
-        let mut t = Duration::ZERO;
-        run(&mut c, &mut t, 10, clear(2_000_000));
+        let (mut c, mut t) = after_clear_ticks(10);
         let d = run(
             &mut c,
             &mut t,
@@ -1034,14 +1029,9 @@ mod tests {
 
     #[test]
     fn moderate_loss_holds_then_cuts_when_it_persists() {
-        let mut c = Controller::new(Config::default());
-        let mut t = Duration::ZERO;
-        run(&mut c, &mut t, 1, clear(2_000_000));
+        let (mut c, mut t) = after_clear_ticks(1);
         let start = c.target_bps();
-        let moderate = Observation {
-            loss: Some(0.05),
-            ..clear(2_000_000)
-        };
+        let moderate = with_loss(2_000_000, 0.05);
         for _ in 0..2 {
             let d = run(&mut c, &mut t, 1, moderate);
             assert_eq!(d.target_bps, start);
@@ -1066,21 +1056,11 @@ mod tests {
 
     #[test]
     fn rtt_rise_decreases_within_500_ms() {
-        let mut c = Controller::new(Config::default());
-        let mut t = Duration::ZERO;
-        run(&mut c, &mut t, 20, clear(2_000_000));
+        let (mut c, mut t) = after_clear_ticks(20);
         let before = c.target_bps();
         let mut decreased_after = None;
         for i in 1..=5 {
-            let d = run(
-                &mut c,
-                &mut t,
-                1,
-                Observation {
-                    rtt: Some(ms(40 + 60 * i)),
-                    ..clear(2_000_000)
-                },
-            );
+            let d = run(&mut c, &mut t, 1, with_rtt(2_000_000, 40 + 60 * i));
             if d.direction == Direction::Decrease {
                 decreased_after = Some(i);
                 assert_eq!(d.reason, Reason::Rtt);
@@ -1093,20 +1073,10 @@ mod tests {
 
     #[test]
     fn a_fast_growing_delay_cuts_deeper() {
-        let mut c = Controller::new(Config::default());
-        let mut t = Duration::ZERO;
-        run(&mut c, &mut t, 20, clear(2_000_000));
+        let (mut c, mut t) = after_clear_ticks(20);
         // A queue filling at 1.5 s per second (2.5× what the link carries is sent): the delay
         // jumps by 150 ms in one 100 ms tick.
-        let d = run(
-            &mut c,
-            &mut t,
-            1,
-            Observation {
-                rtt: Some(ms(40 + 150)),
-                ..clear(2_000_000)
-            },
-        );
+        let d = run(&mut c, &mut t, 1, with_rtt(2_000_000, 40 + 150));
         assert_eq!(d.reason, Reason::Rtt);
         assert_eq!(d.target_bps, 1_000_000, "halved at most");
         // A slow creep cuts by 15 %.
@@ -1114,15 +1084,7 @@ mod tests {
         run(&mut c, &mut t, 20, clear(2_000_000));
         let mut last = None;
         for i in 1..=12 {
-            let d = run(
-                &mut c,
-                &mut t,
-                1,
-                Observation {
-                    rtt: Some(ms(40 + 10 * i)),
-                    ..clear(2_000_000)
-                },
-            );
+            let d = run(&mut c, &mut t, 1, with_rtt(2_000_000, 40 + 10 * i));
             if d.direction == Direction::Decrease {
                 last = Some(d);
                 break;
@@ -1191,15 +1153,7 @@ mod tests {
         let d = run(&mut c, &mut t, 200, clear(2_500_000));
         assert_eq!(d.target_bps, 2_500_000);
         for _ in 0..50 {
-            let d = run(
-                &mut c,
-                &mut t,
-                4,
-                Observation {
-                    loss: Some(0.5),
-                    ..clear(100_000)
-                },
-            );
+            let d = run(&mut c, &mut t, 4, with_loss(100_000, 0.5));
             assert!(d.target_bps >= 300_000);
         }
         assert_eq!(c.target_bps(), 300_000);
@@ -1238,19 +1192,9 @@ mod tests {
 
     #[test]
     fn probing_slows_where_the_link_broke_and_climbs_past_it() {
-        let mut c = Controller::new(Config::default());
-        let mut t = Duration::ZERO;
-        run(&mut c, &mut t, 5, clear(2_000_000));
+        let (mut c, mut t) = after_clear_ticks(5);
         // The link breaks at about 2 Mbit/s.
-        let cut = run(
-            &mut c,
-            &mut t,
-            1,
-            Observation {
-                loss: Some(0.3),
-                ..clear(2_000_000)
-            },
-        );
+        let cut = run(&mut c, &mut t, 1, with_loss(2_000_000, 0.3));
         assert_eq!(cut.direction, Direction::Decrease);
         let mut targets = Vec::new();
         for _ in 0..100 {
@@ -1276,18 +1220,8 @@ mod tests {
 
     #[test]
     fn no_increase_right_after_a_decrease() {
-        let mut c = Controller::new(Config::default());
-        let mut t = Duration::ZERO;
-        run(&mut c, &mut t, 5, clear(2_000_000));
-        let cut = run(
-            &mut c,
-            &mut t,
-            1,
-            Observation {
-                loss: Some(0.4),
-                ..clear(2_000_000)
-            },
-        );
+        let (mut c, mut t) = after_clear_ticks(5);
+        let cut = run(&mut c, &mut t, 1, with_loss(2_000_000, 0.4));
         let d = run(&mut c, &mut t, 9, clear(2_000_000));
         assert_eq!(d.target_bps, cut.target_bps, "no increase within 1 s");
         let d = run(&mut c, &mut t, 10, clear(2_000_000));
@@ -1303,15 +1237,7 @@ mod tests {
         let mut t = Duration::ZERO;
         // The encoder cannot fill 4 Mbit/s: it sends 2.
         run(&mut c, &mut t, 20, clear(2_000_000));
-        let d = run(
-            &mut c,
-            &mut t,
-            1,
-            Observation {
-                rtt: Some(ms(300)),
-                ..clear(2_000_000)
-            },
-        );
+        let d = run(&mut c, &mut t, 1, with_rtt(2_000_000, 300));
         assert_eq!(d.reason, Reason::Rtt);
         // The delay jumped by 260 ms in 100 ms: halved, from the 2 Mbit/s really sent.
         assert_eq!(d.target_bps, 1_000_000);
@@ -1339,9 +1265,7 @@ mod tests {
 
     #[test]
     fn measured_ceilings_do_not_hold_off_the_loss_factor() {
-        let mut c = Controller::new(Config::default());
-        let mut t = Duration::ZERO;
-        run(&mut c, &mut t, 5, clear(2_000_000));
+        let (mut c, mut t) = after_clear_ticks(5);
         // Heavy loss reported every 200 ms; the transport's delivery rate is about what the
         // encoder sends (retransmissions make it look so), which alone cuts by 10 % a report.
         let mut deep_cuts = 0;
@@ -1399,15 +1323,7 @@ mod tests {
             while rtt > 40 {
                 rtt = rtt.saturating_sub(drain_ms_per_tick).max(40);
                 let sent = c.encoder_bps();
-                run(
-                    &mut c,
-                    &mut t,
-                    1,
-                    Observation {
-                        rtt: Some(ms(rtt)),
-                        ..clear(sent)
-                    },
-                );
+                run(&mut c, &mut t, 1, with_rtt(sent, rtt));
             }
             let mut targets = Vec::new();
             for _ in 0..30 {
