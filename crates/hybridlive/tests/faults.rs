@@ -13,13 +13,18 @@
 //! the rows are also appended there as JSON lines (`scripts/faults` runs the whole suite with
 //! 20 kills and prints the table).
 
-use hybridlive_testkit::{eventually, eventually_explained};
+use hybridlive_testkit::media::{framemd5, probed_duration};
+use hybridlive_testkit::process::{ChildGuard, gst_launch, helper_process, sh};
+use hybridlive_testkit::runner_child::{RunnerChild, RunnerCommand};
+use hybridlive_testkit::senders::{self, FfmpegOptions, Redialing};
+use hybridlive_testkit::time::{now_ms, utc_ms};
+use hybridlive_testkit::{eventually, eventually_explained, in_private_namespaces};
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
@@ -27,353 +32,15 @@ use gst::prelude::*;
 // ---------------------------------------------------------------------------------------------
 // Isolation and helper processes
 
-/// Runs `test` again in fresh network and mount namespaces (only `lo`, up; mounts private).
-/// Returns true inside them (run the body), false in the parent (the child's result counts).
-fn isolated(test: &str) -> bool {
-    if std::env::var_os("HYBRIDLIVE_FAULT_NS").is_some() {
-        return true;
-    }
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let status = Command::new("unshare")
-        .args(["--net", "--mount", "--propagation", "private", "--"])
-        .args(["sh", "-c"])
-        .arg(format!(
-            "ip link set lo up && exec \"{}\" --exact {test} --include-ignored --nocapture \
-             --test-threads=1",
-            exe.display()
-        ))
-        .env("HYBRIDLIVE_FAULT_NS", "1")
-        .status()
-        .expect("unshare runs (the fault tests need root for namespaces)");
-    assert!(status.success(), "{test} failed inside its namespaces");
-    false
-}
-
-/// A helper process that dies with the test, even when an assertion fails first.
-struct KillOnDrop(Child);
-
-impl KillOnDrop {
-    fn kill(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-
-    /// SIGINT (gst-launch -e: EOS, files finished), then waits up to 10 s for the exit.
-    fn interrupt(mut self) {
-        // SAFETY: plain kill(2) on our own child.
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGINT);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.0.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sh(command: &str) {
-    let status = Command::new("sh")
-        .args(["-c", command])
-        .status()
-        .expect("sh");
-    assert!(status.success(), "`{command}` failed");
-}
-
-fn gst_launch(args: &str) -> KillOnDrop {
-    KillOnDrop(
-        Command::new("gst-launch-1.0")
-            .args(["-q", "-e"])
-            .args(args.split_whitespace())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("gst-launch-1.0"),
-    )
-}
-
-/// The same test binary started for one ignored helper "test" (an RTSP server).
-fn helper_process(name: &str) -> KillOnDrop {
-    KillOnDrop(
-        Command::new(std::env::current_exe().expect("test binary"))
-            .args(["--ignored", "--exact", name, "--nocapture"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the helper process"),
-    )
-}
-
-// ---------------------------------------------------------------------------------------------
-// The runner under test
-
-struct Runner {
-    child: Child,
-    events: mpsc::Receiver<serde_json::Value>,
-    skipped: Mutex<Vec<serde_json::Value>>,
-    log: Arc<Mutex<Vec<serde_json::Value>>>,
-    addr: String,
-}
-
-impl Runner {
-    /// `hybridlive run FILE --http 127.0.0.1:0 --json` in `dir`, once it reports `ready`.
-    fn start(file: &Path, dir: &Path) -> Runner {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hybridlive"))
-            .arg("run")
-            .arg(file)
-            .args(["--http", "127.0.0.1:0", "--json"])
-            .current_dir(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start hybridlive run");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, events) = mpsc::channel();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let all = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if value["event"] != "status" {
-                        all.lock().unwrap().push(value.clone());
-                    }
-                    if tx.send(value).is_err() {
-                        break;
-                    }
-                }
-            }
-        });
-        let mut runner = Runner {
-            child,
-            events,
-            skipped: Mutex::new(Vec::new()),
-            log,
-            addr: String::new(),
-        };
-        let ready = runner.wait_event("ready", Duration::from_secs(30));
-        runner.addr = ready["viewer"]
-            .as_str()
-            .expect("viewer URL")
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
-        runner
-    }
-
-    /// The next event for which `matches` holds.
-    fn wait(
-        &self,
-        what: &str,
-        timeout: Duration,
-        matches: impl Fn(&serde_json::Value) -> bool,
-    ) -> serde_json::Value {
-        // Events that came while another was awaited (e.g. `recording-started` before
-        // `ready` on a loaded machine) are still there for the next wait.
-        {
-            let mut skipped = self.skipped.lock().unwrap();
-            if let Some(i) = skipped.iter().position(&matches) {
-                return skipped.remove(i);
-            }
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(event) if matches(&event) => return event,
-                Ok(event) => {
-                    assert_ne!(event["event"], "ingest-error", "the ingest failed: {event}");
-                    if event["event"] != "status" {
-                        self.skipped.lock().unwrap().push(event);
-                    }
-                }
-                Err(_) => panic!(
-                    "no {what} within {timeout:?}; events so far: {:?}",
-                    self.log.lock().unwrap()
-                ),
-            }
-        }
-    }
-
-    fn wait_event(&self, kind: &str, timeout: Duration) -> serde_json::Value {
-        self.wait(&format!("`{kind}` event"), timeout, |e| e["event"] == kind)
-    }
-
-    fn wait_output_event(&self, kind: &str, output: &str) -> serde_json::Value {
-        self.wait(
-            &format!("`{kind}` of output `{output}`"),
-            Duration::from_secs(30),
-            |e| e["event"] == kind && e["output"] == output,
-        )
-    }
-
-    /// Waits for the `source` event that puts `state` ("primary" / "fallback") on air.
-    fn wait_source(&self, state: &str, timeout: Duration) {
-        self.wait(&format!("source `{state}`"), timeout, |e| {
-            e["event"] == "source" && e["state"] == state
-        });
-    }
-
-    /// Drops the events of that kind that came while another was awaited, so that the next
-    /// wait sees only new ones (e.g. the slate reported at start-up, before the primary).
-    fn forget(&self, kind: &str) {
-        self.skipped.lock().unwrap().retain(|e| e["event"] != kind);
-    }
-
-    /// Every event so far (status lines excluded) of that kind.
-    fn logged(&self, kind: &str) -> Vec<serde_json::Value> {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| e["event"] == kind)
-            .cloned()
-            .collect()
-    }
-
-    fn get(&self, path: &str) -> (u16, Vec<u8>) {
-        http(&self.addr, "GET", path, "", b"").unwrap_or((0, Vec::new()))
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let (_, body) = self.get("/api/status");
-        serde_json::from_slice(&body).unwrap_or_default()
-    }
-
-    /// The name of the newest segment in the live playlist.
-    fn last_segment(&self) -> Option<String> {
-        let (status, body) = self.get("/hls/live.m3u8");
-        (status == 200).then_some(())?;
-        String::from_utf8_lossy(&body)
-            .lines()
-            .rfind(|l| l.ends_with(".ts"))
-            .map(str::to_string)
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: plain kill(2) on our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, signal);
-        }
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() >= deadline {
-                // Where it hangs, for whoever reads the failure.
-                let stacks = Command::new("gdb")
-                    .args(["-p", &self.child.id().to_string(), "-batch"])
-                    .args(["-ex", "thread apply all bt 12"])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default();
-                panic!(
-                    "the runner did not exit within {timeout:?}; events: {:?}\n{stacks}",
-                    self.log.lock().unwrap()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGINT, and the exit status once the outputs are finalised.
-    fn stop(&mut self) -> std::process::ExitStatus {
-        self.signal(libc::SIGINT);
-        let status = self.wait_exit(Duration::from_secs(30));
-        for stuck in self.logged("shutdown-stuck") {
-            eprintln!("the shutdown hung and the runner's watchdog ended it: {stuck}");
-        }
-        status
-    }
-}
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One HTTP/1.1 request on its own connection; `None` when nothing answers.
-fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &str,
-    body: &[u8],
-) -> Option<(u16, Vec<u8>)> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n{headers}\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).ok()?;
-    stream.write_all(body).ok()?;
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let mut body = raw[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body);
-    }
-    Some((status, body))
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(end) = data.windows(2).position(|w| w == b"\r\n") {
-        let size =
-            usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16).unwrap_or(0);
-        if size == 0 || data.len() < end + 4 + size {
-            break;
-        }
-        out.extend_from_slice(&data[end + 2..end + 2 + size]);
-        data = &data[end + 4 + size..];
-    }
-    out
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// Milliseconds since the epoch of `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-fn utc_ms(rfc3339: &str) -> i64 {
-    let n = |a: usize, b: usize| rfc3339[a..b].parse::<i64>().expect("timestamp digits");
-    let (y, m, d) = (n(0, 4), n(5, 7), n(8, 10));
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    ((days * 24 + n(11, 13)) * 60 + n(14, 16)) * 60_000 + n(17, 19) * 1000 + n(20, 23)
+/// `hybridlive run FILE --http 127.0.0.1:0 --json` in `dir`, once it reports `ready`.
+fn start_runner(file: &Path, dir: &Path) -> RunnerChild {
+    RunnerCommand::binary(Path::new(env!("CARGO_BIN_EXE_hybridlive")), file, dir)
+        .quiet()
+        .start()
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hybridlive-faults-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch folder");
-    dir
+    hybridlive_testkit::scratch_dir("faults", name)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -403,22 +70,7 @@ fn playback(file: &Path) -> Playback {
             errors: String::new(),
         };
     }
-    let probe = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "format=duration",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(file)
-        .output()
-        .expect("ffprobe is installed");
-    let duration = String::from_utf8_lossy(&probe.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0.0);
+    let duration = probed_duration(file).unwrap_or(0.0);
     let decode = Command::new("ffmpeg")
         .args(["-nostdin", "-v", "error", "-i"])
         .arg(file)
@@ -429,14 +81,7 @@ fn playback(file: &Path) -> Playback {
     if !decode.status.success() && errors.is_empty() {
         errors = format!("ffmpeg exited with {}", decode.status);
     }
-    let framemd5 = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "quiet", "-i"])
-        .arg(file)
-        .args(["-map", "0:v", "-f", "framemd5", "-"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    let (frames, video_span) = video_frames(&framemd5);
+    let (frames, video_span) = video_frames(&String::from_utf8_lossy(&framemd5(file)));
     Playback {
         duration,
         frames,
@@ -543,7 +188,7 @@ struct Viewer {
 
 impl Viewer {
     /// Joins the runner's `/whep` endpoint and waits until frames arrive.
-    fn join(runner: &Runner) -> Viewer {
+    fn join(runner: &RunnerChild) -> Viewer {
         gst_init();
         let pipeline = gst::Pipeline::new();
         let webrtcbin = gst::ElementFactory::make("webrtcbin")
@@ -604,14 +249,15 @@ impl Viewer {
         let sdp =
             hybridlive_webrtc::set_local_description(&webrtcbin, &offer, Duration::from_secs(10))
                 .expect("local offer");
-        let (status, answer) = http(
-            &runner.addr,
+        let (status, answer) = hybridlive_testkit::http::http(
+            &runner.addr(),
             "POST",
             "/whep",
-            "Content-Type: application/sdp\r\n",
+            &[("Content-Type", "application/sdp")],
             sdp.as_bytes(),
         )
-        .expect("the runner answers WHEP");
+        .expect("the runner answers WHEP")
+        .into_parts();
         assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
         let answer = gst_sdp::SDPMessage::parse_buffer(&answer).expect("an SDP answer");
         let answer =
@@ -649,7 +295,7 @@ struct Progress {
 }
 
 struct Watched<'a> {
-    runner: &'a Runner,
+    runner: &'a RunnerChild,
     recording: Option<PathBuf>,
     viewer: Option<&'a Viewer>,
     uplink: Option<PathBuf>,
@@ -800,7 +446,7 @@ impl Rng {
 
 #[test]
 fn kill_9_during_recording_loses_at_most_a_second() {
-    if !isolated("kill_9_during_recording_loses_at_most_a_second") {
+    if !in_private_namespaces("kill_9_during_recording_loses_at_most_a_second") {
         return;
     }
     // CI kills 4 times; `scripts/faults` sets 20.
@@ -813,12 +459,12 @@ fn kill_9_during_recording_loses_at_most_a_second() {
     let mut rng = Rng::new();
     let mut rows = Vec::new();
     for i in 0..kills {
-        let mut runner = Runner::start(&config, &dir);
-        let started = runner.wait_event("recording-started", Duration::from_secs(30));
+        let mut runner = start_runner(&config, &dir);
+        let started = runner.wait_for_event("recording-started", Duration::from_secs(30));
         // Anywhere from the first fragment being written to several fragments in.
         let moment = Duration::from_secs_f64(0.2 + rng.next() * 6.0);
         std::thread::sleep(moment);
-        runner.signal(libc::SIGKILL);
+        runner.signal("KILL");
         let killed_ms = now_ms();
         runner.wait_exit(Duration::from_secs(10));
         let file = PathBuf::from(started["path"].as_str().unwrap());
@@ -880,45 +526,14 @@ fn kill_9_during_recording_loses_at_most_a_second() {
 /// `stall_timeout` of the sources below: seconds without media before the slate takes over.
 const STALL_S: f64 = 1.0;
 
-/// An SRT caller that, like a real encoder, dials again whenever the connection fails; drop
-/// it to kill it (SIGKILL, no goodbye on the wire).
-struct SrtSender {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-fn srt_sender(port: u16) -> SrtSender {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let thread = std::thread::spawn(move || {
-        while !flag.load(Ordering::SeqCst) {
-            let child = gst_launch(&format!(
-                "videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=180,framerate=30/1 \
-                 ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! mpegtsmux name=m \
-                 ! srtsink uri=srt://127.0.0.1:{port}?mode=caller \
-                 audiotestsrc is-live=true ! audioconvert ! avenc_aac ! m."
-            ));
-            let mut child = child;
-            while !flag.load(Ordering::SeqCst) && child.0.try_wait().ok().flatten().is_none() {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            child.kill();
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    });
-    SrtSender {
-        stop,
-        thread: Some(thread),
-    }
-}
-
-impl Drop for SrtSender {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+/// A contribution encoder dialing an SRT listener on 127.0.0.1:`port`.
+fn srt_sender(port: u16) -> String {
+    format!(
+        "videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=180,framerate=30/1 \
+         ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=30 ! mpegtsmux name=m \
+         ! srtsink uri=srt://127.0.0.1:{port}?mode=caller \
+         audiotestsrc is-live=true ! audioconvert ! avenc_aac ! m."
+    )
 }
 
 /// The RTSP server of the source test (gst-rtsp-server), in a process of its own so that it
@@ -957,9 +572,9 @@ fn primary_source_dies<P>(test: &str, fault: &str, source_toml: &str, primary: i
     // The primary first: `validate` (in write_config) refuses a file source that is missing.
     let live = primary();
     let config = write_config(&dir, &[source_toml, ENCODERS, HLS, RECORD, WEBRTC]);
-    let mut runner = Runner::start(&config, &dir);
-    let started = runner.wait_event("recording-started", Duration::from_secs(30));
-    runner.wait_source("primary", Duration::from_secs(30));
+    let mut runner = start_runner(&config, &dir);
+    let started = runner.wait_for_event("recording-started", Duration::from_secs(30));
+    runner.wait_for_source("primary", Duration::from_secs(30));
     runner.forget("source");
     let viewer = Viewer::join(&runner);
     let watched = Watched {
@@ -975,7 +590,7 @@ fn primary_source_dies<P>(test: &str, fault: &str, source_toml: &str, primary: i
     // status tick that reports it), and every output goes on.
     let lost_at = Instant::now();
     drop(live);
-    runner.wait_source("fallback", Duration::from_secs(20));
+    runner.wait_for_source("fallback", Duration::from_secs(20));
     let to_slate = lost_at.elapsed().as_secs_f64();
     let watched = Watched {
         runner: &runner,
@@ -989,7 +604,7 @@ fn primary_source_dies<P>(test: &str, fault: &str, source_toml: &str, primary: i
     // It returns and is taken back.
     let back_at = Instant::now();
     let _live = primary();
-    runner.wait_source("primary", Duration::from_secs(30));
+    runner.wait_for_source("primary", Duration::from_secs(30));
     let to_primary = back_at.elapsed().as_secs_f64();
     let watched = Watched {
         runner: &runner,
@@ -1001,7 +616,7 @@ fn primary_source_dies<P>(test: &str, fault: &str, source_toml: &str, primary: i
     let frames = p.viewer_frames;
     // What HLS players fetch decodes (the primary's pictures and sound).
     let segment = p.hls_segment.clone().expect("an HLS segment");
-    let (status, data) = runner.get(&format!("/hls/{segment}"));
+    let (status, data) = runner.get(&format!("/hls/{segment}")).into_parts();
     assert_eq!(status, 200, "GET /hls/{segment}");
     let fetched = dir.join("fetched.ts");
     std::fs::write(&fetched, data).unwrap();
@@ -1052,7 +667,7 @@ fn primary_source_dies<P>(test: &str, fault: &str, source_toml: &str, primary: i
 
 #[test]
 fn srt_sender_killed_the_slate_covers_and_the_sender_comes_back() {
-    if !isolated("srt_sender_killed_the_slate_covers_and_the_sender_comes_back") {
+    if !in_private_namespaces("srt_sender_killed_the_slate_covers_and_the_sender_comes_back") {
         return;
     }
     primary_source_dies(
@@ -1066,13 +681,13 @@ width = 640
 height = 360
 stall_timeout = 1
 "#,
-        || srt_sender(9000),
+        || Redialing::gst_launch(srt_sender(9000)),
     );
 }
 
 #[test]
 fn rtsp_server_stopped_the_slate_covers_and_the_camera_comes_back() {
-    if !isolated("rtsp_server_stopped_the_slate_covers_and_the_camera_comes_back") {
+    if !in_private_namespaces("rtsp_server_stopped_the_slate_covers_and_the_camera_comes_back") {
         return;
     }
     primary_source_dies(
@@ -1097,78 +712,14 @@ stall_timeout = 1
     );
 }
 
-/// nginx with the RTMP module (Debian `libnginx-mod-rtmp`) as the test's own process: its
-/// config in `dir`, one `live` application on 127.0.0.1:1935, no daemon, no master process.
-fn rtmp_server(dir: &Path) -> KillOnDrop {
-    let module = ["/usr/lib/nginx/modules", "/usr/share/nginx/modules"]
-        .iter()
-        .map(|d| Path::new(d).join("ngx_rtmp_module.so"))
-        .find(|m| m.exists())
-        .expect("the nginx RTMP module (scripts/setup installs libnginx-mod-rtmp)");
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "load_module {};\ndaemon off;\nmaster_process off;\npid {}/nginx.pid;\n\
-             error_log {}/nginx.log warn;\nevents {{ worker_connections 64; }}\n\
-             rtmp {{ server {{ listen 127.0.0.1:1935; application live {{ live on; }} }} }}\n",
-            module.display(),
-            dir.display(),
-            dir.display()
-        ),
-    )
-    .unwrap();
-    let server = KillOnDrop(
-        Command::new("nginx")
-            .arg("-c")
-            .arg(&conf)
-            .arg("-p")
-            .arg(dir)
-            .arg("-e")
-            .arg(dir.join("nginx.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx (scripts/setup installs it)"),
-    );
-    eventually(Duration::from_secs(20), "nginx to listen for RTMP", || {
-        TcpStream::connect("127.0.0.1:1935").ok().map(|_| ())
-    });
-    server
-}
-
-/// A contribution encoder publishing to the RTMP server, like OBS would: ffmpeg (its own
-/// RTMP client, not GStreamer's) sending H.264 + AAC in FLV, paced in real time.
-fn rtmp_publisher() -> KillOnDrop {
-    KillOnDrop(
-        Command::new("ffmpeg")
-            .args(["-nostdin", "-v", "error", "-re"])
-            .args(["-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30"])
-            .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
-            .args([
-                "-c:v",
-                "libx264",
-                "-preset",
-                "ultrafast",
-                "-tune",
-                "zerolatency",
-            ])
-            .args(["-g", "30", "-pix_fmt", "yuv420p", "-c:a", "aac"])
-            .args(["-f", "flv", "rtmp://127.0.0.1:1935/live/cam"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ffmpeg"),
-    )
-}
-
 #[test]
 fn rtmp_publisher_killed_the_slate_covers_and_the_publisher_comes_back() {
-    if !isolated("rtmp_publisher_killed_the_slate_covers_and_the_publisher_comes_back") {
+    if !in_private_namespaces("rtmp_publisher_killed_the_slate_covers_and_the_publisher_comes_back")
+    {
         return;
     }
     let dir = scratch("rtmp-server");
-    let _nginx = rtmp_server(&dir);
+    let _nginx = senders::nginx_rtmp(&dir, 1935);
     // uridecodebin3 picks rtmp2src (rank primary + 1) for rtmp://; it plays from nginx-rtmp
     // (ffmpeg's `-listen 1` server is what it could not play from), so the runner keeps it.
     primary_source_dies(
@@ -1182,7 +733,17 @@ width = 640
 height = 360
 stall_timeout = 1
 "#,
-        rtmp_publisher,
+        // A contribution encoder publishing like OBS would: ffmpeg (its own RTMP client, not
+        // GStreamer's) sending H.264 + AAC in FLV, paced in real time.
+        || {
+            senders::ffmpeg_rtmp(
+                "rtmp://127.0.0.1:1935/live/cam",
+                FfmpegOptions {
+                    light: true,
+                    ..FfmpegOptions::default()
+                },
+            )
+        },
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -1205,7 +766,8 @@ impl Drop for FileInPlace {
 
 #[test]
 fn file_truncated_while_read_the_slate_covers_and_the_file_comes_back() {
-    if !isolated("file_truncated_while_read_the_slate_covers_and_the_file_comes_back") {
+    if !in_private_namespaces("file_truncated_while_read_the_slate_covers_and_the_file_comes_back")
+    {
         return;
     }
     // Not the scratch folder of the run (primary_source_dies starts that afresh).
@@ -1253,7 +815,7 @@ stall_timeout = 1
 // 3. An output's peer or storage disappears
 
 /// Failures and restarts the runner reported for one output.
-fn failures_of(runner: &Runner, output: &str) -> (Vec<serde_json::Value>, usize) {
+fn failures_of(runner: &RunnerChild, output: &str) -> (Vec<serde_json::Value>, usize) {
     let failed: Vec<_> = runner
         .logged("output-failed")
         .into_iter()
@@ -1268,7 +830,7 @@ fn failures_of(runner: &Runner, output: &str) -> (Vec<serde_json::Value>, usize)
 }
 
 /// No output but `except` failed or restarted.
-fn assert_only_failed(runner: &Runner, except: &str) {
+fn assert_only_failed(runner: &RunnerChild, except: &str) {
     let others: Vec<_> = runner
         .logged("output-failed")
         .into_iter()
@@ -1298,7 +860,7 @@ inputs = ["video", "audio"]
 uri = "srt://127.0.0.1:9300?mode=caller"
 "#;
 
-fn srt_listener(file: &Path) -> KillOnDrop {
+fn srt_listener(file: &Path) -> ChildGuard {
     gst_launch(&format!(
         "srtsrc uri=srt://127.0.0.1:9300?mode=listener ! filesink location={}",
         file.display()
@@ -1307,15 +869,15 @@ fn srt_listener(file: &Path) -> KillOnDrop {
 
 #[test]
 fn srt_listener_gone_the_uplink_retries_and_the_rest_goes_on() {
-    if !isolated("srt_listener_gone_the_uplink_retries_and_the_rest_goes_on") {
+    if !in_private_namespaces("srt_listener_gone_the_uplink_retries_and_the_rest_goes_on") {
         return;
     }
     let dir = scratch("srt-output");
     let config = write_config(&dir, &[TEST_SOURCE, ENCODERS, HLS, RECORD, WEBRTC, UPLINK]);
     let first = dir.join("uplink-1.ts");
     let listener = srt_listener(&first);
-    let mut runner = Runner::start(&config, &dir);
-    let started = runner.wait_event("recording-started", Duration::from_secs(30));
+    let mut runner = start_runner(&config, &dir);
+    let started = runner.wait_for_event("recording-started", Duration::from_secs(30));
     let recording = PathBuf::from(started["path"].as_str().unwrap());
     let viewer = Viewer::join(&runner);
     let watched = Watched {
@@ -1329,7 +891,7 @@ fn srt_listener_gone_the_uplink_retries_and_the_rest_goes_on() {
     // The far end vanishes without a word (SIGKILL): SRT notices when the peer falls silent.
     listener.kill();
     let gone_at = Instant::now();
-    runner.wait_output_event("output-failed", "uplink");
+    runner.wait_for_output_event("output-failed", "uplink");
     let noticed = gone_at.elapsed().as_secs_f64();
     let watched = Watched {
         runner: &runner,
@@ -1339,8 +901,8 @@ fn srt_listener_gone_the_uplink_retries_and_the_rest_goes_on() {
     };
     let p = watched.all_advance(&p, &["uplink"], "the other outputs to go on");
     // It retries with back-off while the listener is away.
-    runner.wait_output_event("output-restart", "uplink");
-    runner.wait_output_event("output-failed", "uplink");
+    runner.wait_for_output_event("output-restart", "uplink");
+    runner.wait_for_output_event("output-failed", "uplink");
     let state = runner.status()["outputs"]["uplink"].clone();
     assert_ne!(state["state"], "running", "{state}");
     assert!(state["last_error"].is_string(), "{state}");
@@ -1431,8 +993,8 @@ fn whip_server_process() {
     }
 }
 
-fn whip_server(count_file: &Path) -> KillOnDrop {
-    KillOnDrop(
+fn whip_server(count_file: &Path) -> ChildGuard {
+    ChildGuard(
         Command::new(std::env::current_exe().expect("test binary"))
             .args(["--ignored", "--exact", "whip_server_process", "--nocapture"])
             .env("HYBRIDLIVE_WHIP_FRAMES", count_file)
@@ -1452,17 +1014,17 @@ fn whip_frames(count_file: &Path) -> u64 {
 
 #[test]
 fn whip_server_down_the_egress_retries_and_the_rest_goes_on() {
-    if !isolated("whip_server_down_the_egress_retries_and_the_rest_goes_on") {
+    if !in_private_namespaces("whip_server_down_the_egress_retries_and_the_rest_goes_on") {
         return;
     }
     let dir = scratch("whip-down");
     let config = write_config(&dir, &[TEST_SOURCE, ENCODERS, HLS, RECORD, WEBRTC, WHIP]);
     let first = dir.join("whip-1.frames");
     let server = whip_server(&first);
-    let mut runner = Runner::start(&config, &dir);
-    let started = runner.wait_event("recording-started", Duration::from_secs(30));
+    let mut runner = start_runner(&config, &dir);
+    let started = runner.wait_for_event("recording-started", Duration::from_secs(30));
     let recording = PathBuf::from(started["path"].as_str().unwrap());
-    runner.wait_output_event("output-connected", "whip");
+    runner.wait_for_output_event("output-connected", "whip");
     eventually(Duration::from_secs(30), "frames at the WHIP server", || {
         (whip_frames(&first) >= 60).then_some(())
     });
@@ -1479,12 +1041,12 @@ fn whip_server_down_the_egress_retries_and_the_rest_goes_on() {
     // runner notices the silence of its RTCP.
     server.kill();
     let gone_at = Instant::now();
-    let failed = runner.wait_output_event("output-failed", "whip");
+    let failed = runner.wait_for_output_event("output-failed", "whip");
     let noticed = gone_at.elapsed().as_secs_f64();
     let p = watched.all_advance(&p, &[], "the other outputs to go on");
     // It retries with back-off while the server is away; each try is refused.
-    runner.wait_output_event("output-restart", "whip");
-    runner.wait_output_event("output-failed", "whip");
+    runner.wait_for_output_event("output-restart", "whip");
+    runner.wait_for_output_event("output-failed", "whip");
     let state = runner.status()["outputs"]["whip"].clone();
     assert!(
         state["state"] != "connected" && state["state"] != "running",
@@ -1498,7 +1060,7 @@ fn whip_server_down_the_egress_retries_and_the_rest_goes_on() {
     let second = dir.join("whip-2.frames");
     let server = whip_server(&second);
     let back_at = Instant::now();
-    runner.wait_output_event("output-connected", "whip");
+    runner.wait_for_output_event("output-connected", "whip");
     eventually(
         Duration::from_secs(30),
         "frames at the WHIP server again",
@@ -1538,13 +1100,13 @@ fn whip_server_down_the_egress_retries_and_the_rest_goes_on() {
 
 #[test]
 fn hls_folder_unwritable_hls_retries_and_the_rest_goes_on() {
-    if !isolated("hls_folder_unwritable_hls_retries_and_the_rest_goes_on") {
+    if !in_private_namespaces("hls_folder_unwritable_hls_retries_and_the_rest_goes_on") {
         return;
     }
     let dir = scratch("hls-readonly");
     let config = write_config(&dir, &[TEST_SOURCE, ENCODERS, HLS, RECORD, WEBRTC]);
-    let mut runner = Runner::start(&config, &dir);
-    let started = runner.wait_event("recording-started", Duration::from_secs(30));
+    let mut runner = start_runner(&config, &dir);
+    let started = runner.wait_for_event("recording-started", Duration::from_secs(30));
     let recording = PathBuf::from(started["path"].as_str().unwrap());
     let viewer = Viewer::join(&runner);
     let watched = Watched {
@@ -1570,14 +1132,14 @@ fn hls_folder_unwritable_hls_retries_and_the_rest_goes_on() {
         hls.display(),
         staging.display()
     ));
-    let failed = runner.wait_output_event("output-failed", "hls");
+    let failed = runner.wait_for_output_event("output-failed", "hls");
     let error = failed["error"].as_str().unwrap_or_default().to_string();
     let p = watched.all_advance(&p, &["hls"], "the other outputs to go on");
-    runner.wait_output_event("output-restart", "hls");
-    runner.wait_output_event("output-failed", "hls");
+    runner.wait_for_output_event("output-restart", "hls");
+    runner.wait_for_output_event("output-failed", "hls");
     let p = watched.all_advance(&p, &["hls"], "the other outputs to go on");
     // The playlist still answers (the last one written), so players keep what they have.
-    let (status, _) = runner.get("/hls/live.m3u8");
+    let (status, _) = runner.get("/hls/live.m3u8").into_parts();
     assert_eq!(status, 200);
 
     let before = media_sequence(&runner).unwrap_or(0);
@@ -1596,7 +1158,7 @@ fn hls_folder_unwritable_hls_retries_and_the_rest_goes_on() {
     // The playlist players reload: the old run's last segment still listed (the window is 5
     // segments), then a discontinuity, then the new run; every listed segment is served and
     // decodes.
-    let (_, playlist) = runner.get("/hls/live.m3u8");
+    let (_, playlist) = runner.get("/hls/live.m3u8").into_parts();
     let playlist = String::from_utf8_lossy(&playlist).into_owned();
     let listed: Vec<&str> = playlist.lines().filter(|l| l.ends_with(".ts")).collect();
     let old_at = listed
@@ -1612,7 +1174,7 @@ fn hls_folder_unwritable_hls_retries_and_the_rest_goes_on() {
         "no discontinuity after the old run's {last_before}:\n{playlist}"
     );
     for segment in &listed {
-        let (status, data) = runner.get(&format!("/hls/{segment}"));
+        let (status, data) = runner.get(&format!("/hls/{segment}")).into_parts();
         assert_eq!(
             status, 200,
             "{segment} is listed but not served:\n{playlist}"
@@ -1664,13 +1226,13 @@ fn hls_folder_unwritable_hls_retries_and_the_rest_goes_on() {
 /// it has played a segment of the HLS output's first run and then 2 s into the first segment
 /// after a discontinuity (hls.js numbers runs in `frag.cc`).
 struct HlsBrowser {
-    child: KillOnDrop,
+    child: ChildGuard,
     output: Option<std::thread::JoinHandle<String>>,
 }
 
 impl HlsBrowser {
     /// Starts the browser and returns once it plays the first run's segments.
-    fn start(runner: &Runner) -> HlsBrowser {
+    fn start(runner: &RunnerChild) -> HlsBrowser {
         let driver =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/viewer.mjs");
         // Evaluated every 200 ms: notes (and logs, for the test to wait on) when a first-run
@@ -1691,7 +1253,7 @@ impl HlsBrowser {
             return window.result !== undefined; })()";
         let mut child = Command::new("node")
             .arg(&driver)
-            .arg(format!("http://{}/?mode=hls", runner.addr))
+            .arg(format!("http://{}/?mode=hls", runner.addr()))
             .arg("90")
             .env("WAIT", wait)
             .stdout(Stdio::piped())
@@ -1718,7 +1280,7 @@ impl HlsBrowser {
             .recv_timeout(Duration::from_secs(60))
             .expect("hls.js in Chromium to play the first run");
         HlsBrowser {
-            child: KillOnDrop(child),
+            child: ChildGuard(child),
             output: Some(output),
         }
     }
@@ -1764,7 +1326,7 @@ impl HlsBrowser {
 /// half PLAYING (fixed: `tear_down` in output.rs; the HLS-folder test now requires a clean
 /// exit); the other fault tests still accept the watchdog because what a user would notice is
 /// asserted by the callers either way: the recordings play and nothing is lost.
-fn assert_stopped(runner: &mut Runner) {
+fn assert_stopped(runner: &mut RunnerChild) {
     let status = runner.stop();
     assert!(
         status.success() || !runner.logged("shutdown-stuck").is_empty(),
@@ -1773,8 +1335,8 @@ fn assert_stopped(runner: &mut Runner) {
 }
 
 /// `#EXT-X-MEDIA-SEQUENCE` of the live playlist.
-fn media_sequence(runner: &Runner) -> Option<u64> {
-    let (status, body) = runner.get("/hls/live.m3u8");
+fn media_sequence(runner: &RunnerChild) -> Option<u64> {
+    let (status, body) = runner.get("/hls/live.m3u8").into_parts();
     (status == 200).then_some(())?;
     String::from_utf8_lossy(&body)
         .lines()
@@ -1784,7 +1346,9 @@ fn media_sequence(runner: &Runner) -> Option<u64> {
 
 #[test]
 fn disk_full_the_recording_keeps_what_it_wrote_and_resumes_when_space_returns() {
-    if !isolated("disk_full_the_recording_keeps_what_it_wrote_and_resumes_when_space_returns") {
+    if !in_private_namespaces(
+        "disk_full_the_recording_keeps_what_it_wrote_and_resumes_when_space_returns",
+    ) {
         return;
     }
     let dir = scratch("disk-full");
@@ -1798,8 +1362,8 @@ fn disk_full_the_recording_keeps_what_it_wrote_and_resumes_when_space_returns() 
     let ballast = rec.join("ballast");
     std::fs::write(&ballast, vec![0u8; 2_000_000]).unwrap();
     let config = write_config(&dir, &[TEST_SOURCE, ENCODERS, HLS, RECORD, WEBRTC]);
-    let mut runner = Runner::start(&config, &dir);
-    let started = runner.wait_event("recording-started", Duration::from_secs(30));
+    let mut runner = start_runner(&config, &dir);
+    let started = runner.wait_for_event("recording-started", Duration::from_secs(30));
     let first = PathBuf::from(started["path"].as_str().unwrap());
     let viewer = Viewer::join(&runner);
     let watched = Watched {
@@ -1811,7 +1375,7 @@ fn disk_full_the_recording_keeps_what_it_wrote_and_resumes_when_space_returns() 
     let p = watched.all_advance(&Progress::default(), &[], "every output to produce");
 
     // The disk fills up: the recording reports it; what it wrote stays playable.
-    let failed = runner.wait_output_event("output-failed", "recording");
+    let failed = runner.wait_for_output_event("output-failed", "recording");
     let error = failed["error"].as_str().unwrap_or_default().to_string();
     let recorded_for = (utc_ms(failed["utc"].as_str().unwrap())
         - utc_ms(started["utc_start"].as_str().unwrap())) as f64
@@ -1820,8 +1384,8 @@ fn disk_full_the_recording_keeps_what_it_wrote_and_resumes_when_space_returns() 
     let p = watched.all_advance(&p, &["recording"], "the other outputs to go on");
     // Still full: the retries fail too, with back-off; whatever a retry managed to write
     // before failing is whole fragments that play, never an empty or broken file.
-    runner.wait_output_event("output-restart", "recording");
-    runner.wait_output_event("output-failed", "recording");
+    runner.wait_for_output_event("output-restart", "recording");
+    runner.wait_for_output_event("output-failed", "recording");
     let p = watched.all_advance(&p, &["recording"], "the other outputs to go on");
     let retries: Vec<_> = std::fs::read_dir(&rec)
         .unwrap()
@@ -1963,7 +1527,7 @@ fn frames_received(file: &Path) -> Vec<(f64, u32)> {
 
 #[test]
 fn uplink_collapses_to_a_tenth_for_10_s_and_the_stream_recovers() {
-    if !isolated("uplink_collapses_to_a_tenth_for_10_s_and_the_stream_recovers") {
+    if !in_private_namespaces("uplink_collapses_to_a_tenth_for_10_s_and_the_stream_recovers") {
         return;
     }
     const CAPACITY_KBPS: u64 = 3000;
@@ -1982,7 +1546,7 @@ fn uplink_collapses_to_a_tenth_for_10_s_and_the_stream_recovers() {
     // The receiving platform in a network namespace of its own, behind a veth pair whose
     // sending side is shaped by tc tbf (a 200 ms queue, tail drop beyond).
     let received = dir.join("received.ts");
-    let receiver = KillOnDrop(
+    let receiver = ChildGuard(
         Command::new("unshare")
             .args(["--net", "--", "sh", "-c"])
             .arg(format!(
@@ -2038,8 +1602,8 @@ inputs = ["uplink-video", "audio"]
 uri = "srt://10.213.9.2:9300?mode=caller"
 "#;
     let config = write_config(&dir, &[TEST_SOURCE, ENCODERS, HLS, RECORD, uplink]);
-    let mut runner = Runner::start(&config, &dir);
-    let started = runner.wait_event("recording-started", Duration::from_secs(30));
+    let mut runner = start_runner(&config, &dir);
+    let started = runner.wait_for_event("recording-started", Duration::from_secs(30));
     let recording = PathBuf::from(started["path"].as_str().unwrap());
     let stop_watching = Arc::new(AtomicBool::new(false));
     let growth = watch_growth(received.clone(), stop_watching.clone());
@@ -2049,7 +1613,7 @@ uri = "srt://10.213.9.2:9300?mode=caller"
         viewer: None,
         uplink: Some(received.clone()),
     };
-    let uplink_abr = |runner: &Runner| runner.status()["abr"]["uplink"].clone();
+    let uplink_abr = |runner: &RunnerChild| runner.status()["abr"]["uplink"].clone();
     // A roomy link: the uplink runs on its top rung (960x540, at least 800 kbit/s).
     eventually(
         Duration::from_secs(30),

@@ -19,12 +19,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use clap::Parser as _;
-use hybridlive_testkit::runner_child::{ARGS_VAR, RunnerChild};
+use hybridlive_testkit::runner_child::{ENTRY, RunnerChild, RunnerCommand};
 use hybridlive_testkit::senders::{self, FfmpegOptions, Sender};
 use hybridlive_testkit::{eventually_explained, in_private_netns};
 
-const ENTRY: &str = "runner_child_process";
 /// Generous: the machine may be loaded by other test binaries.
 const WAIT: Duration = Duration::from_secs(30);
 /// Moments (seconds after the runner is ready) at which senders connect: around the 3 s at
@@ -33,37 +31,10 @@ const SWEEP: &[f64] = &[0.5, 1.5, 2.5, 3.0, 4.5];
 /// Status ticks (one a second) a sender must stay on air once it got there.
 const STAYS_FOR_TICKS: usize = 3;
 
-#[derive(clap::Parser)]
-struct ChildCli {
-    #[command(flatten)]
-    run: hybridlive_runner::RunArgs,
-}
-
-/// The runner in a child process, started by [`RunnerChild`].
-#[test]
-#[ignore = "entry point of the runner child process started by the other tests"]
-fn runner_child_process() {
-    let args: Vec<String> =
-        serde_json::from_str(&std::env::var(ARGS_VAR).expect(ARGS_VAR)).expect("a JSON list");
-    let cli = ChildCli::parse_from(std::iter::once("hybridlive-run".to_string()).chain(args));
-    let code = match hybridlive_runner::run(&cli.run) {
-        Ok(()) => 0,
-        Err(err) => {
-            eprintln!("run failed: {err:#}");
-            1
-        }
-    };
-    std::process::exit(code);
-}
+hybridlive_testkit::runner_child_entry!();
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "hybridlive-ingest-test-{name}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch folder");
-    dir
+    hybridlive_testkit::scratch_dir("ingest-test", name)
 }
 
 /// The source `cam` from `source` (its `type` and `uri`), 640x360, H.264 + AAC into a recording.
@@ -96,7 +67,7 @@ fn cam_state(status: &serde_json::Value) -> Option<String> {
 /// sender still connected. Returns the seconds from the sender's start to on air.
 fn goes_on_air(dir: &Path, source: &str, delay: f64, start: &dyn Fn() -> Sender) -> (String, f64) {
     let file = pipeline(dir, source);
-    let mut runner = RunnerChild::start(ENTRY, &file, dir, &[], &[]);
+    let runner = RunnerCommand::entry(ENTRY, &file, dir).start();
     std::thread::sleep(Duration::from_secs_f64(delay));
     let mut sender = start();
     let label = sender.label.clone();
@@ -169,6 +140,7 @@ fn ffmpeg_over_srt_goes_on_air_whenever_it_connects() {
     let options = FfmpegOptions {
         bframes: false,
         audio: true,
+        light: false,
     };
     sweep("ffmpeg-srt", SRT_LISTENER, SWEEP, &|| {
         senders::ffmpeg_srt(9000, options)
@@ -183,6 +155,7 @@ fn ffmpeg_with_b_frames_and_no_sound_over_srt_goes_on_air() {
     let options = FfmpegOptions {
         bframes: true,
         audio: false,
+        light: false,
     };
     sweep(
         "ffmpeg-srt-bframes",
@@ -212,6 +185,7 @@ fn ffmpeg_over_rtmp_goes_on_air_whenever_it_publishes() {
     let options = FfmpegOptions {
         bframes: false,
         audio: true,
+        light: false,
     };
     sweep(
         "ffmpeg-rtmp",
@@ -267,10 +241,11 @@ fn audio_has_no_holes_when_the_sender_is_lost_and_comes_back() {
     }
     let dir = scratch("audio-holes");
     let file = pipeline(&dir, &format!("{SRT_LISTENER}\nstall_timeout = 1"));
-    let mut runner = RunnerChild::start(ENTRY, &file, &dir, &[], &[]);
+    let mut runner = RunnerCommand::entry(ENTRY, &file, &dir).start();
     let options = FfmpegOptions {
         bframes: false,
         audio: true,
+        light: false,
     };
     let state = |runner: &mut RunnerChild, want: &str| {
         runner.wait_event_where("status", WAIT, |s| cam_state(s).as_deref() == Some(want));

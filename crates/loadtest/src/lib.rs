@@ -59,23 +59,18 @@ pub fn init() -> anyhow::Result<()> {
 /// candidates on real interfaces only), so no WebRTC traffic can leave the machine. Returns
 /// `None` when already inside (carry on), or the exit code of the run inside.
 pub fn reexec_in_netns(veth: bool) -> Option<i32> {
-    if std::env::var_os("HYBRIDLIVE_NETNS").is_some() {
+    if std::env::var_os(hybridlive_testkit::INSIDE_VAR).is_some() {
         return None;
     }
     let exe = std::env::current_exe().ok()?;
     let setup = if veth {
-        "ip link add hl0 type veth peer name hl1 && \
-         ip addr add 10.213.0.1/24 dev hl0 && ip addr add 10.213.0.2/24 dev hl1 && \
-         ip link set hl0 up && ip link set hl1 up && "
+        hybridlive_testkit::VETH_SETUP
     } else {
         ""
     };
-    let status = std::process::Command::new("unshare")
-        .args(["--net", "--", "sh", "-c"])
-        .arg(format!("ip link set lo up && {setup}exec \"$0\" \"$@\""))
+    let status = hybridlive_testkit::unshare_command(false, setup)
         .arg(exe)
         .args(std::env::args_os().skip(1))
-        .env("HYBRIDLIVE_NETNS", "1")
         .status();
     Some(match status {
         Ok(status) => status.code().unwrap_or(1),

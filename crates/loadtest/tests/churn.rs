@@ -6,7 +6,7 @@
 use hybridlive_loadtest::churn::{ChurnConfig, Kind, churn};
 use hybridlive_loadtest::runner::{Runner, child_main};
 use hybridlive_testkit::in_private_netns;
-use std::process::Command;
+use hybridlive_testkit::runner_child::{ENTRY, RunnerCommand};
 use std::time::Duration;
 
 /// The runner in a child process: the churn test starts this test binary again with only this
@@ -27,15 +27,11 @@ fn viewer_churn_leaves_no_session_branch_descriptor_or_thread_behind() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("churn.toml");
     std::fs::write(&file, hybridlive_loadtest::CHURN_PIPELINE).unwrap();
-    let mut command = Command::new(std::env::current_exe().unwrap());
-    command.args([
-        "--ignored",
-        "--exact",
-        "runner_child_process",
-        "--nocapture",
-        "--test-threads=1",
-    ]);
-    let runner = Runner::start(command, true, &file, &dir, Duration::from_secs(60)).unwrap();
+    let runner = Runner::start(
+        RunnerCommand::entry(ENTRY, &file, &dir),
+        Duration::from_secs(60),
+    )
+    .unwrap();
     // The warm-up runs as many cycles as the measurement, so the baseline is taken after the
     // runner has already held as many viewers at once: what grows after that is kept per
     // session, not the high-water mark of the heap.

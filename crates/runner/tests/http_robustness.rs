@@ -4,17 +4,16 @@
 //! network namespace of its own); during and after each, the runner must keep serving the API,
 //! HLS and WHEP.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser as _;
 use hybridlive_testkit::http::{
     HttpReply, connect_from, connect_with_receive_buffer, http, http_from, read_reply,
 };
+use hybridlive_testkit::runner_child::{ENTRY, RunnerChild, RunnerCommand};
 use hybridlive_testkit::{eventually, eventually_explained, in_private_netns};
 
 const TOKEN: &str = "robustness-token-71c3";
@@ -61,46 +60,15 @@ const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
     a=setup:actpass\r\na=rtcp-mux\r\n\
     a=rtpmap:102 H264/90000\r\na=fmtp:102 packetization-mode=1;profile-level-id=42e01f\r\n";
 
-#[derive(clap::Parser)]
-struct ChildCli {
-    #[command(flatten)]
-    run: hybridlive_runner::RunArgs,
-}
-
-/// The runner in a child process: the tests start this test binary again with only this test
-/// selected and the arguments in `HYBRIDLIVE_RUNNER_ARGS`.
-#[test]
-#[ignore = "entry point of the runner child process started by the other tests"]
-fn runner_child_process() {
-    let args: Vec<String> = serde_json::from_str(
-        &std::env::var("HYBRIDLIVE_RUNNER_ARGS").expect("HYBRIDLIVE_RUNNER_ARGS"),
-    )
-    .expect("JSON list of arguments");
-    let cli = ChildCli::parse_from(std::iter::once("hybridlive-run".to_string()).chain(args));
-    let code = match hybridlive_runner::run(&cli.run) {
-        Ok(()) => 0,
-        Err(err) => {
-            eprintln!("run failed: {err:#}");
-            1
-        }
-    };
-    std::process::exit(code);
-}
+hybridlive_testkit::runner_child_entry!();
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "hybridlive-http-robustness-{name}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch folder");
-    dir
+    hybridlive_testkit::scratch_dir("http-robustness", name)
 }
 
 /// The runner serving [`PIPELINE`], with all it prints kept.
 struct Runner {
-    child: Child,
-    log: Arc<Mutex<String>>,
+    child: RunnerChild,
     addr: String,
     dir: PathBuf,
 }
@@ -116,76 +84,19 @@ impl Runner {
         let dir = scratch(name);
         let file = dir.join("pipeline.toml");
         std::fs::write(&file, pipeline).expect("pipeline file");
-        let args = [
-            file.to_string_lossy().into_owned(),
-            "--http".into(),
-            "127.0.0.1:0".into(),
-            "--json".into(),
-        ];
-        let exe = std::env::current_exe().expect("test binary");
-        let mut command = match max_files {
-            Some(n) => {
-                let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(exe);
-                c
-            }
-            None => Command::new(exe),
-        };
-        let mut child = command
-            .args([
-                "--ignored",
-                "--exact",
-                "runner_child_process",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(
-                "HYBRIDLIVE_RUNNER_ARGS",
-                serde_json::to_string(&args).expect("JSON"),
-            )
-            .env("ROBUSTNESS_TOKEN", TOKEN)
-            .current_dir(&dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the runner");
-        let log = Arc::new(Mutex::new(String::new()));
-        let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().expect("stdout"));
-        let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().expect("stderr"));
-        for stream in [stdout, stderr] {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
+        let mut command = RunnerCommand::entry(ENTRY, &file, &dir)
+            .env(&[("ROBUSTNESS_TOKEN", TOKEN)])
+            .keep_stderr();
+        if let Some(n) = max_files {
+            command = command.via(&["prlimit", &format!("--nofile={n}:{n}"), "--"]);
         }
-        let mut runner = Runner {
+        let mut child = command.spawn();
+        child.wait_ready(Duration::from_secs(60));
+        let runner = Runner {
+            addr: child.addr(),
             child,
-            log,
-            addr: String::new(),
             dir,
         };
-        let ready = eventually_explained(
-            Duration::from_secs(60),
-            || {
-                runner.log().lines().find_map(|l| {
-                    let json = l.find('{').map_or("", |i| &l[i..]);
-                    serde_json::from_str::<serde_json::Value>(json)
-                        .ok()
-                        .filter(|e| e["event"] == "ready")
-                })
-            },
-            || format!("no `ready` from the runner:\n{}", runner.log()),
-        );
-        runner.addr = ready["viewer"]
-            .as_str()
-            .expect("viewer URL")
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string();
         eventually_explained(
             Duration::from_secs(60),
             || {
@@ -198,17 +109,15 @@ impl Runner {
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.child.output()
     }
 
     /// Fails the test, with the runner's output, when the runner has exited.
     fn assert_alive(&mut self, during: &str) {
-        if let Some(status) = self.child.try_wait().expect("wait") {
-            // Let the reader threads drain the pipes.
-            std::thread::sleep(Duration::from_millis(300));
+        if let Some(status) = self.child.try_exit() {
             panic!(
                 "the runner died {during} ({status}):\n{}",
-                tail(&self.log(), 30)
+                hybridlive_testkit::tail_lines(&self.log(), 30)
             );
         }
     }
@@ -272,15 +181,9 @@ impl Runner {
 
 impl Drop for Runner {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 fn localhost() -> IpAddr {

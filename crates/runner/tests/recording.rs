@@ -6,49 +6,21 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use clap::Parser as _;
 use hybridlive_testkit::eventually;
-use hybridlive_testkit::runner_child::{ARGS_VAR, Answer, RunnerChild, request};
+use hybridlive_testkit::http::HttpReply;
+use hybridlive_testkit::media::{decoded_video_frames, probed_duration};
+use hybridlive_testkit::runner_child::{ENTRY, RunnerChild, RunnerCommand, request};
 
 const TOKEN: &str = "recording-test-token-7a21";
-const ENTRY: &str = "runner_child_process";
 /// Generous: the machine may be loaded by other test binaries.
 const WAIT: Duration = Duration::from_secs(60);
 
-#[derive(clap::Parser)]
-struct ChildCli {
-    #[command(flatten)]
-    run: hybridlive_runner::RunArgs,
-}
-
-/// The runner in a child process, started by [`RunnerChild`].
-#[test]
-#[ignore = "entry point of the runner child process started by the other tests"]
-fn runner_child_process() {
-    let args: Vec<String> =
-        serde_json::from_str(&std::env::var(ARGS_VAR).expect(ARGS_VAR)).expect("a JSON list");
-    let cli = ChildCli::parse_from(std::iter::once("hybridlive-run".to_string()).chain(args));
-    let code = match hybridlive_runner::run(&cli.run) {
-        Ok(()) => 0,
-        Err(err) => {
-            eprintln!("run failed: {err:#}");
-            1
-        }
-    };
-    std::process::exit(code);
-}
+hybridlive_testkit::runner_child_entry!();
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "hybridlive-recording-test-{name}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch folder");
-    dir
+    hybridlive_testkit::scratch_dir("recording-test", name)
 }
 
 /// A test picture and tone, H.264 + AAC, into a record output `rec` writing to `rec/`;
@@ -89,20 +61,16 @@ autostart = {autostart}
 }
 
 fn start_runner(dir: &Path, autostart: bool, extra: &str) -> RunnerChild {
-    RunnerChild::start(
-        ENTRY,
-        &pipeline(dir, autostart, extra),
-        dir,
-        &[],
-        &[("HYBRIDLIVE_TOKEN", TOKEN)],
-    )
+    RunnerCommand::entry(ENTRY, &pipeline(dir, autostart, extra), dir)
+        .env(&[("HYBRIDLIVE_TOKEN", TOKEN)])
+        .start()
 }
 
-fn post(runner: &RunnerChild, path: &str, body: &str) -> Answer {
+fn post(runner: &RunnerChild, path: &str, body: &str) -> HttpReply {
     post_to(&runner.addr(), path, body)
 }
 
-fn post_to(addr: &str, path: &str, body: &str) -> Answer {
+fn post_to(addr: &str, path: &str, body: &str) -> HttpReply {
     let bearer = format!("Bearer {TOKEN}");
     request(
         addr,
@@ -177,33 +145,10 @@ fn started_path(event: &serde_json::Value) -> PathBuf {
 
 /// Seconds of media ffprobe reads from `file`, and the video frames ffmpeg decodes.
 fn readable(file: &Path) -> (f64, usize) {
-    let probe = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "format=duration",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(file)
-        .output()
-        .expect("ffprobe is installed");
-    let duration: f64 = String::from_utf8_lossy(&probe.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0.0);
-    let decode = Command::new("ffmpeg")
-        .args(["-v", "quiet", "-i"])
-        .arg(file)
-        .args(["-map", "0:v", "-f", "framemd5", "-"])
-        .output()
-        .expect("ffmpeg is installed");
-    let frames = String::from_utf8_lossy(&decode.stdout)
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .count();
-    (duration, frames)
+    (
+        probed_duration(file).unwrap_or(0.0),
+        decoded_video_frames(file),
+    )
 }
 
 fn assert_readable(file: &Path) {
@@ -265,7 +210,7 @@ fn assert_folder_clean(dir: &Path) {
 #[test]
 fn a_second_take_right_after_a_stop_keeps_the_first_and_its_marker() {
     let dir = scratch("second-take");
-    let mut runner = start_runner(&dir, false, "");
+    let runner = start_runner(&dir, false, "");
     recording(&runner, "start");
     let first = started_path(&runner.wait_event("recording-started", WAIT));
     wait_file(&first);
@@ -345,7 +290,7 @@ fn a_take_never_overwrites_a_file_already_in_the_folder() {
         std::fs::write(&timeline, format!("earlier sidecar {s}")).unwrap();
         planted.push((s, mp4, timeline));
     }
-    let mut runner = start_runner(&dir, false, "");
+    let runner = start_runner(&dir, false, "");
     let mut takes = Vec::new();
     for _ in 0..2 {
         recording(&runner, "start");
@@ -459,7 +404,7 @@ fn quick_start_stop_sequences_end_in_the_state_last_asked_for() {
 #[test]
 fn every_marker_of_concurrent_bursts_reaches_the_sidecar() {
     let dir = scratch("markers");
-    let mut runner = start_runner(&dir, false, "");
+    let runner = start_runner(&dir, false, "");
     recording(&runner, "start");
     let take = started_path(&runner.wait_event("recording-started", WAIT));
     wait_file(&take);
@@ -548,13 +493,10 @@ fn failed_starts_leave_no_temporary_hls_folder() {
     let dir = scratch("failed-start");
     let hls_output = "\n[outputs.hls]\ntype = \"hls\"\ninputs = [\"video\", \"audio\"]\n";
     let toml = pipeline(&dir, true, hls_output);
-    let mut runner = RunnerChild::spawn(
-        ENTRY,
-        &toml,
-        &dir,
-        &["--duration", "1e30"],
-        &[("HYBRIDLIVE_TOKEN", TOKEN)],
-    );
+    let mut runner = RunnerCommand::entry(ENTRY, &toml, &dir)
+        .args(&["--duration", "1e30"])
+        .env(&[("HYBRIDLIVE_TOKEN", TOKEN)])
+        .spawn();
     let status = runner.wait_exit(WAIT);
     assert_eq!(
         status.code(),
@@ -570,7 +512,9 @@ fn failed_starts_leave_no_temporary_hls_folder() {
         "framerate = 30\nmicrophone = \"no-such-microphone\"\n",
     );
     std::fs::write(&toml, text).unwrap();
-    let mut runner = RunnerChild::spawn(ENTRY, &toml, &dir, &[], &[("HYBRIDLIVE_TOKEN", TOKEN)]);
+    let mut runner = RunnerCommand::entry(ENTRY, &toml, &dir)
+        .env(&[("HYBRIDLIVE_TOKEN", TOKEN)])
+        .spawn();
     let status = runner.wait_exit(WAIT);
     let events = runner.drain_events();
     assert!(
@@ -595,17 +539,11 @@ fn a_restart_into_an_old_hls_folder_never_serves_its_ended_playlist() {
          #EXTINF:1.0,\nsegment00000.ts\n#EXTINF:1.0,\nsegment00001.ts\n#EXT-X-ENDLIST\n",
     )
     .unwrap();
-    let runner = RunnerChild::start(
-        ENTRY,
-        &pipeline(
+    let runner = RunnerCommand::entry(ENTRY, &pipeline(
             &dir,
             false,
             "\n[outputs.hls]\ntype = \"hls\"\ninputs = [\"video\", \"audio\"]\ndirectory = \"hls\"\n",
-        ),
-        &dir,
-        &[],
-        &[("HYBRIDLIVE_TOKEN", TOKEN)],
-    );
+        ), &dir).env(&[("HYBRIDLIVE_TOKEN", TOKEN)]).start();
     let playlist = eventually(WAIT, "a playlist of this run", || {
         let answer = runner.request("GET", "/hls/live.m3u8", &[], b"");
         let text = answer.text();
@@ -624,7 +562,7 @@ fn a_restart_into_an_old_hls_folder_never_serves_its_ended_playlist() {
 #[test]
 fn markers_are_counted_in_the_status_and_listed_on_their_own_route() {
     let dir = scratch("marker-list");
-    let mut runner = start_runner(&dir, false, "");
+    let runner = start_runner(&dir, false, "");
     let addr = runner.addr();
     let labels: Vec<String> = (0..240).map(|i| format!("moment number {i:03}")).collect();
     for chunk in labels.chunks(40) {
@@ -696,14 +634,10 @@ fn a_kill_before_the_first_fragment_leaves_no_sidecar_without_its_recording() {
 #[test]
 fn under_nohup_a_hangup_is_ignored() {
     let dir = scratch("nohup");
-    let mut runner = RunnerChild::start_via(
-        &["nohup"],
-        ENTRY,
-        &pipeline(&dir, true, ""),
-        &dir,
-        &[],
-        &[("HYBRIDLIVE_TOKEN", TOKEN)],
-    );
+    let mut runner = RunnerCommand::entry(ENTRY, &pipeline(&dir, true, ""), &dir)
+        .via(&["nohup"])
+        .env(&[("HYBRIDLIVE_TOKEN", TOKEN)])
+        .start();
     let take = started_path(&runner.wait_event("recording-started", WAIT));
     wait_file(&take);
     runner.signal("HUP");

@@ -3,323 +3,73 @@
 //! its token and limits, a failing output is restarted while the others keep running, and
 //! SIGTERM finalises the recording and exits 0.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use clap::Parser as _;
-use hybridlive_testkit::{eventually, in_private_netns};
+use hybridlive_testkit::media::{decoded_video_frames, ffprobe, media_duration};
+use hybridlive_testkit::process::{ChildGuard, GroupGuard, sh};
+use hybridlive_testkit::runner_child::{self, ENTRY, RunnerChild, RunnerCommand};
+use hybridlive_testkit::senders::Redialing;
+use hybridlive_testkit::time::{now_ms, utc_ms};
+use hybridlive_testkit::{
+    eventually, in_private_netns, metric, shipped_pipeline, tail_lines, viewer_page,
+};
 
 const TOKEN: &str = "test-token-5f1c";
 
-#[derive(clap::Parser)]
-struct ChildCli {
-    #[command(flatten)]
-    run: hybridlive_runner::RunArgs,
+hybridlive_testkit::runner_child_entry!();
+
+/// Starts `run FILE --http 127.0.0.1:0 --json EXTRA...` in `dir`, with the API token set, and
+/// waits for `ready`.
+fn start_runner(file: &Path, dir: &Path, extra: &[&str]) -> RunnerChild {
+    runner_command(file, dir).args(extra).start()
 }
 
-/// The runner in a child process: the other tests start this test binary again with only this
-/// test selected and the arguments in `HYBRIDLIVE_RUNNER_ARGS`.
-#[test]
-#[ignore = "entry point of the runner child process started by the other tests"]
-fn runner_child_process() {
-    let args: Vec<String> = serde_json::from_str(
-        &std::env::var("HYBRIDLIVE_RUNNER_ARGS").expect("HYBRIDLIVE_RUNNER_ARGS"),
-    )
-    .expect("JSON list of arguments");
-    let cli = ChildCli::parse_from(std::iter::once("hybridlive-run".to_string()).chain(args));
-    let code = match hybridlive_runner::run(&cli.run) {
-        Ok(()) => 0,
-        Err(err) => {
-            eprintln!("run failed: {err:#}");
-            1
-        }
-    };
-    std::process::exit(code);
+/// The runner on `file` in `dir`, with the API token set.
+fn runner_command(file: &Path, dir: &Path) -> RunnerCommand {
+    RunnerCommand::entry(ENTRY, file, dir).env(&[("HYBRIDLIVE_TOKEN", TOKEN)])
 }
 
-fn pipeline(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../pipelines")
-        .join(name)
-        .canonicalize()
-        .expect("shipped pipeline")
+/// A runner child whose stdout and stderr are both kept, for tests that read everything it
+/// prints (the token must never show) or expect it to fail before `ready`.
+fn logged_runner(file: &Path, dir: &Path, env: &[(&str, &str)]) -> RunnerChild {
+    RunnerCommand::entry(ENTRY, file, dir)
+        .env(env)
+        .keep_stderr()
+        .spawn()
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "hybridlive-runner-test-{name}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch folder");
-    dir
-}
-
-struct Runner {
-    child: Child,
-    events: mpsc::Receiver<serde_json::Value>,
-    base: String,
-}
-
-impl Runner {
-    /// Starts `run FILE --http 127.0.0.1:0 --json` in `dir` and waits for `ready`.
-    fn start(file: &Path, dir: &Path, extra: &[&str]) -> Runner {
-        Runner::start_on(file, dir, "127.0.0.1:0", extra)
-    }
-
-    /// [`Runner::start`] listening on `http`.
-    fn start_on(file: &Path, dir: &Path, http: &str, extra: &[&str]) -> Runner {
-        let mut args = vec![
-            file.to_string_lossy().into_owned(),
-            "--http".into(),
-            http.into(),
-            "--json".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut child = Command::new(std::env::current_exe().expect("test binary"))
-            .args([
-                "--ignored",
-                "--exact",
-                "runner_child_process",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(
-                "HYBRIDLIVE_RUNNER_ARGS",
-                serde_json::to_string(&args).unwrap(),
-            )
-            .env("HYBRIDLIVE_TOKEN", TOKEN)
-            .current_dir(dir)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the runner");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, events) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                // libtest prints `test runner_child_process ... ` before the first line.
-                let json = line.find('{').map_or("", |i| &line[i..]);
-                if let Ok(value) = serde_json::from_str::<serde_json::Value>(json)
-                    && tx.send(value).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        let mut runner = Runner {
-            child,
-            events,
-            base: String::new(),
-        };
-        let ready = runner.wait_event("ready", Duration::from_secs(20));
-        runner.base = ready["viewer"]
-            .as_str()
-            .expect("viewer URL")
-            .trim_end_matches('/')
-            .to_string();
-        runner
-    }
-
-    fn wait_event(&mut self, kind: &str, timeout: Duration) -> serde_json::Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(event) if event["event"] == kind => return event,
-                Ok(event) => {
-                    assert_ne!(event["event"], "ingest-error", "the ingest failed: {event}");
-                }
-                Err(_) => panic!("no `{kind}` event within {timeout:?}"),
-            }
-        }
-    }
-
-    fn addr(&self) -> String {
-        self.base.trim_start_matches("http://").to_string()
-    }
-
-    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-        http(&self.addr(), method, path, headers, body)
-    }
-
-    fn get(&self, path: &str) -> Response {
-        self.request("GET", path, &[], b"")
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: plain kill(2) on our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, signal);
-        }
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the runner did not exit within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Response {
-    status: u16,
-    headers: BTreeMap<String, String>,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(&name.to_ascii_lowercase())
-            .map_or("", String::as_str)
-    }
-}
-
-/// A minimal HTTP/1.1 client: one request per connection.
-fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    // The server may answer (413) before reading the whole body.
-    let _ = stream.write_all(body);
-    let mut raw = Vec::new();
-    let _ = stream.read_to_end(&mut raw);
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("HTTP response head");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    let chunked = matches!(
-        headers_get(&headers, "transfer-encoding"),
-        Some(v) if v.eq_ignore_ascii_case("chunked")
-    );
-    if chunked {
-        body = dechunk(&body);
-    }
-    Response {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn headers_get<'a>(headers: &'a BTreeMap<String, String>, name: &str) -> Option<&'a str> {
-    headers.get(name).map(String::as_str)
-}
-
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(end) = data.windows(2).position(|w| w == b"\r\n") {
-        let size =
-            usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16).unwrap_or(0);
-        if size == 0 || data.len() < end + 4 + size {
-            break;
-        }
-        out.extend_from_slice(&data[end + 2..end + 2 + size]);
-        data = &data[end + 4 + size..];
-    }
-    out
-}
-
-fn ffprobe(args: &[&str], file: &Path) -> String {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error"])
-        .args(args)
-        .arg(file)
-        .output()
-        .expect("ffprobe is installed");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn media_duration(file: &Path) -> f64 {
-    ffprobe(
-        &["-show_entries", "format=duration", "-of", "csv=p=0"],
-        file,
-    )
-    .trim()
-    .parse()
-    .unwrap_or_else(|_| panic!("ffprobe reads no duration from {}", file.display()))
-}
-
-fn decoded_video_frames(file: &Path) -> usize {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "quiet", "-i"])
-        .arg(file)
-        .args(["-map", "0:v", "-f", "framemd5", "-"])
-        .output()
-        .expect("ffmpeg is installed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .count()
-}
-
-fn metric(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series))
-        .and_then(|v| v.trim().parse().ok())
+    hybridlive_testkit::scratch_dir("runner-test", name)
 }
 
 #[test]
 fn workshop_serves_hls_metrics_and_a_guarded_api_and_exits_cleanly_on_sigterm() {
     let dir = scratch("workshop");
-    let mut runner = Runner::start(&pipeline("workshop.toml"), &dir, &[]);
+    let mut runner = start_runner(&shipped_pipeline("workshop.toml"), &dir, &[]);
     let first = runner.wait_event("recording-started", Duration::from_secs(10));
 
     // The viewer page plays /hls/live.m3u8 with the vendored hls.js.
     let page = runner.get("/");
     assert_eq!(page.status, 200);
-    assert!(page.header("content-type").starts_with("text/html"));
+    assert!(
+        page.header("content-type")
+            .unwrap_or_default()
+            .starts_with("text/html")
+    );
     assert!(page.text().contains("/assets/hls.min.js") && page.text().contains("/hls/live.m3u8"));
     let js = runner.get("/assets/hls.min.js");
     assert_eq!(js.status, 200);
-    assert!(js.header("content-type").starts_with("text/javascript"));
+    assert!(
+        js.header("content-type")
+            .unwrap_or_default()
+            .starts_with("text/javascript")
+    );
     assert!(js.body.len() > 100_000);
 
     // HLS: a live playlist of 1 s segments, served with the right types and cache headers.
@@ -328,17 +78,22 @@ fn workshop_serves_hls_metrics_and_a_guarded_api_and_exits_cleanly_on_sigterm() 
         (r.status == 200 && r.text().matches(".ts").count() >= 2).then_some(r)
     });
     assert_eq!(
-        playlist.header("content-type"),
+        playlist.header("content-type").unwrap_or_default(),
         "application/vnd.apple.mpegurl"
     );
-    assert!(playlist.header("cache-control").contains("no-cache"));
+    assert!(
+        playlist
+            .header("cache-control")
+            .unwrap_or_default()
+            .contains("no-cache")
+    );
     let text = playlist.text();
     assert!(text.contains("#EXT-X-TARGETDURATION:1"), "{text}");
     // Program-date-time: the capture time of each segment's first frame, read from its stamp.
     let dates: Vec<i64> = text
         .lines()
         .filter_map(|l| l.strip_prefix("#EXT-X-PROGRAM-DATE-TIME:"))
-        .map(chrono_free_ms)
+        .map(utc_ms)
         .collect();
     assert_eq!(dates.len(), text.matches("#EXTINF").count(), "{text}");
     for pair in dates.windows(2) {
@@ -360,8 +115,16 @@ fn workshop_serves_hls_metrics_and_a_guarded_api_and_exits_cleanly_on_sigterm() 
         .to_string();
     let segment = runner.get(&format!("/hls/{segment_name}"));
     assert_eq!(segment.status, 200);
-    assert_eq!(segment.header("content-type"), "video/mp2t");
-    assert!(segment.header("cache-control").contains("max-age"));
+    assert_eq!(
+        segment.header("content-type").unwrap_or_default(),
+        "video/mp2t"
+    );
+    assert!(
+        segment
+            .header("cache-control")
+            .unwrap_or_default()
+            .contains("max-age")
+    );
     let segment_file = dir.join("segment.ts");
     std::fs::write(&segment_file, &segment.body).unwrap();
     let streams = ffprobe(
@@ -507,110 +270,13 @@ fn workshop_serves_hls_metrics_and_a_guarded_api_and_exits_cleanly_on_sigterm() 
 
     // SIGTERM: EOS, the recording is finalised, exit 0.
     std::thread::sleep(Duration::from_secs(2));
-    runner.signal(libc::SIGTERM);
+    runner.signal("TERM");
     let status = runner.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "exit status {status}");
     let second_file = PathBuf::from(second["path"].as_str().unwrap());
     assert!(media_duration(&second_file) > 1.0);
     assert!(decoded_video_frames(&second_file) > 30);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A runner child whose stdout and stderr are both kept, for tests that read everything it
-/// prints (the token must never show) or expect it to fail before `ready`.
-struct LoggedRunner {
-    child: Child,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl LoggedRunner {
-    fn start(file: &Path, dir: &Path, env: &[(&str, &str)]) -> LoggedRunner {
-        let args = [
-            file.to_string_lossy().into_owned(),
-            "--http".into(),
-            "127.0.0.1:0".into(),
-            "--json".into(),
-        ];
-        let mut child = Command::new(std::env::current_exe().expect("test binary"))
-            .args([
-                "--ignored",
-                "--exact",
-                "runner_child_process",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(
-                "HYBRIDLIVE_RUNNER_ARGS",
-                serde_json::to_string(&args).unwrap(),
-            )
-            .envs(env.iter().copied())
-            .current_dir(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the runner");
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let stdout: Box<dyn std::io::Read + Send> = Box::new(child.stdout.take().expect("stdout"));
-        let stderr: Box<dyn std::io::Read + Send> = Box::new(child.stderr.take().expect("stderr"));
-        for stream in [stdout, stderr] {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
-        }
-        LoggedRunner { child, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    /// Waits for the `ready` event and returns the server address.
-    fn ready(&self) -> String {
-        let event = eventually(Duration::from_secs(30), "the ready event", || {
-            self.log().lines().find_map(|l| {
-                let json = l.find('{').map_or("", |i| &l[i..]);
-                serde_json::from_str::<serde_json::Value>(json)
-                    .ok()
-                    .filter(|e| e["event"] == "ready")
-            })
-        });
-        event["viewer"]
-            .as_str()
-            .expect("viewer URL")
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string()
-    }
-
-    /// Waits until the child exits, at most `timeout` (a longer run is a hang).
-    fn exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                // Let the reader threads drain the pipes.
-                std::thread::sleep(Duration::from_millis(200));
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the runner still runs after {timeout:?}: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for LoggedRunner {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn file_source_pipeline(location: &str) -> String {
@@ -680,9 +346,9 @@ fn broken_file_sources_fail_at_start_naming_the_file_and_the_reason() {
     for (file, reason) in cases {
         let toml = dir.join("broken-file.toml");
         std::fs::write(&toml, file_source_pipeline(&file.to_string_lossy())).unwrap();
-        let mut runner = LoggedRunner::start(&toml, &dir, &[]);
-        let status = runner.exit(Duration::from_secs(90));
-        let log = runner.log();
+        let mut runner = logged_runner(&toml, &dir, &[]);
+        let status = runner.wait_exit(Duration::from_secs(90));
+        let log = runner.output();
         assert!(
             !status.success(),
             "{}: the run went on: {log}",
@@ -725,10 +391,11 @@ fn http_abuse_gets_4xx_while_the_stream_plays_and_the_token_is_never_printed() {
         )
     };
     std::fs::write(&toml, pipeline(&format!("token = \"{SECRET}\""))).unwrap();
-    let runner = LoggedRunner::start(&toml, &dir, &[("GST_DEBUG", "3")]);
-    let addr = runner.ready();
+    let mut runner = logged_runner(&toml, &dir, &[("GST_DEBUG", "3")]);
+    runner.wait_ready(Duration::from_secs(30));
+    let addr = runner.addr();
     let request = |method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]| {
-        http(&addr, method, path, headers, body)
+        runner_child::request(&addr, method, path, headers, body)
     };
     eventually(Duration::from_secs(30), "the first HLS segments", || {
         let playlist = request("GET", "/hls/live.m3u8", &[], b"");
@@ -745,7 +412,11 @@ fn http_abuse_gets_4xx_while_the_stream_plays_and_the_token_is_never_printed() {
     for path in [icon, "/favicon.ico"] {
         let got = request("GET", path, &[], b"");
         assert_eq!(got.status, 200, "{path}");
-        assert_eq!(got.header("Content-Type"), "image/svg+xml", "{path}");
+        assert_eq!(
+            got.header("Content-Type").unwrap_or_default(),
+            "image/svg+xml",
+            "{path}"
+        );
     }
 
     // HLS is watched all along: every segment name it lists, in order.
@@ -756,7 +427,7 @@ fn http_abuse_gets_4xx_while_the_stream_plays_and_the_token_is_never_printed() {
         std::thread::spawn(move || {
             let mut seen: Vec<String> = Vec::new();
             while watching.load(std::sync::atomic::Ordering::SeqCst) {
-                let playlist = http(&addr, "GET", "/hls/live.m3u8", &[], b"");
+                let playlist = runner_child::request(&addr, "GET", "/hls/live.m3u8", &[], b"");
                 assert_eq!(playlist.status, 200, "the playlist went away");
                 for line in playlist.text().lines().filter(|l| l.ends_with(".ts")) {
                     if !seen.iter().any(|s| s == line) {
@@ -971,20 +642,21 @@ fn http_abuse_gets_4xx_while_the_stream_plays_and_the_token_is_never_printed() {
         tried.get()
     );
 
-    let log = runner.log();
+    let log = runner.output();
     assert!(!log.contains(SECRET), "the token was printed:\n{log}");
     drop(runner);
 
     // The same for a token from the environment.
     std::fs::write(&toml, pipeline("token_env = \"ABUSE_TOKEN\"")).unwrap();
-    let runner = LoggedRunner::start(
+    let mut runner = logged_runner(
         &toml,
         &dir,
         &[("ABUSE_TOKEN", ENV_SECRET), ("GST_DEBUG", "3")],
     );
-    let addr = runner.ready();
+    runner.wait_ready(Duration::from_secs(30));
+    let addr = runner.addr();
     let bearer = format!("Bearer {ENV_SECRET}");
-    let created = http(
+    let created = runner_child::request(
         &addr,
         "POST",
         "/api/markers",
@@ -992,7 +664,7 @@ fn http_abuse_gets_4xx_while_the_stream_plays_and_the_token_is_never_printed() {
         marker,
     );
     assert_eq!(created.status, 201);
-    let wrong = http(
+    let wrong = runner_child::request(
         &addr,
         "POST",
         "/api/markers",
@@ -1000,7 +672,7 @@ fn http_abuse_gets_4xx_while_the_stream_plays_and_the_token_is_never_printed() {
         marker,
     );
     assert_eq!(wrong.status, 401);
-    let log = runner.log();
+    let log = runner.output();
     assert!(!log.contains(ENV_SECRET), "the token was printed:\n{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -1008,11 +680,11 @@ fn http_abuse_gets_4xx_while_the_stream_plays_and_the_token_is_never_printed() {
 #[test]
 fn recording_survives_kill_9() {
     let dir = scratch("kill9");
-    let mut runner = Runner::start(&pipeline("record.toml"), &dir, &[]);
+    let mut runner = start_runner(&shipped_pipeline("record.toml"), &dir, &[]);
     let started = runner.wait_event("recording-started", Duration::from_secs(10));
-    let utc_start_ms = chrono_free_ms(started["utc_start"].as_str().unwrap());
+    let utc_start_ms = utc_ms(started["utc_start"].as_str().unwrap());
     std::thread::sleep(Duration::from_secs(4));
-    runner.signal(libc::SIGKILL);
+    runner.signal("KILL");
     let killed_at_ms = now_ms();
     runner.wait_exit(Duration::from_secs(5));
     let file = PathBuf::from(started["path"].as_str().unwrap());
@@ -1035,7 +707,7 @@ fn hls_pipeline_plays_in_headless_chromium_and_stops_after_its_duration() {
     let dir = scratch("hls");
     // Long enough for a browser that starts slowly on a loaded machine to find the page up
     // (with 8 s, one CI run's Chromium came after the runner had ended and dumped nothing).
-    let mut runner = Runner::start(&pipeline("hls.toml"), &dir, &["--duration", "25"]);
+    let mut runner = start_runner(&shipped_pipeline("hls.toml"), &dir, &["--duration", "25"]);
     eventually(Duration::from_secs(10), "two HLS segments", || {
         let r = runner.get("/hls/live.m3u8");
         (r.status == 200 && r.text().matches(".ts").count() >= 2).then_some(())
@@ -1095,80 +767,14 @@ fn hls_pipeline_plays_in_headless_chromium_and_stops_after_its_duration() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn tail_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// An SRT caller that, like a real encoder, dials again whenever the connection fails.
-struct SrtSender {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-fn srt_sender() -> SrtSender {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let thread = std::thread::spawn(move || {
-        while !flag.load(Ordering::SeqCst) {
-            let mut child = Command::new("gst-launch-1.0")
-                .args([
-                    "-q",
-                    "videotestsrc",
-                    "is-live=true",
-                    "!",
-                    "video/x-raw,width=640,height=360,framerate=30/1",
-                ])
-                .args([
-                    "!",
-                    "x264enc",
-                    "tune=zerolatency",
-                    "key-int-max=30",
-                    "!",
-                    "mpegtsmux",
-                    "name=m",
-                ])
-                .args(["!", "srtsink", "uri=srt://127.0.0.1:9000?mode=caller"])
-                .args([
-                    "audiotestsrc",
-                    "is-live=true",
-                    "!",
-                    "audioconvert",
-                    "!",
-                    "avenc_aac",
-                    "!",
-                    "m.",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("gst-launch-1.0");
-            while !flag.load(Ordering::SeqCst) && child.try_wait().ok().flatten().is_none() {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    });
-    SrtSender {
-        stop,
-        thread: Some(thread),
-    }
-}
-
-impl Drop for SrtSender {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
+/// A contribution encoder dialing `ingest.toml`'s SRT listener on 127.0.0.1:9000.
+const SRT_SENDER: &str = "videotestsrc is-live=true ! video/x-raw,width=640,height=360,framerate=30/1 \
+     ! x264enc tune=zerolatency key-int-max=30 ! mpegtsmux name=m \
+     ! srtsink uri=srt://127.0.0.1:9000?mode=caller \
+     audiotestsrc is-live=true ! audioconvert ! avenc_aac ! m.";
 
 /// Waits for the `source` event that puts `state` on air.
-fn wait_source_state(runner: &mut Runner, state: &str) {
+fn wait_source_state(runner: &mut RunnerChild, state: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -1183,9 +789,9 @@ fn wait_source_state(runner: &mut Runner, state: &str) {
 #[test]
 fn ingest_takes_an_srt_contribution_and_the_slate_covers_while_the_sender_is_gone() {
     let dir = scratch("ingest");
-    let mut runner = Runner::start(&pipeline("ingest.toml"), &dir, &[]);
+    let mut runner = start_runner(&shipped_pipeline("ingest.toml"), &dir, &[]);
     let started = runner.wait_event("recording-started", Duration::from_secs(10));
-    let sender = srt_sender();
+    let sender = Redialing::gst_launch(SRT_SENDER.into());
     wait_source_state(&mut runner, "primary");
     let playlist = eventually(
         Duration::from_secs(20),
@@ -1235,17 +841,16 @@ fn ingest_takes_an_srt_contribution_and_the_slate_covers_while_the_sender_is_gon
     );
 
     // It comes back: the source is given back.
-    let _sender = srt_sender();
+    let _sender = Redialing::gst_launch(SRT_SENDER.into());
     wait_source_state(&mut runner, "primary");
     std::thread::sleep(Duration::from_secs(1));
-    runner.signal(libc::SIGINT);
+    runner.signal("INT");
     let stopped_at_ms = now_ms();
     let status = runner.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "exit status {status}");
     // Nothing was lost across the two switches: the recording covers the whole run.
     let file = PathBuf::from(started["path"].as_str().unwrap());
-    let ran =
-        (stopped_at_ms - chrono_free_ms(started["utc_start"].as_str().unwrap())) as f64 / 1000.0;
+    let ran = (stopped_at_ms - utc_ms(started["utc_start"].as_str().unwrap())) as f64 / 1000.0;
     let duration = media_duration(&file);
     assert!(
         (ran - duration).abs() <= 1.0,
@@ -1258,12 +863,12 @@ fn ingest_takes_an_srt_contribution_and_the_slate_covers_while_the_sender_is_gon
 #[test]
 fn uplink_pushes_rtmp_and_serves_srt_and_survives_a_missing_platform() {
     let dir = scratch("uplink");
-    let mut runner = Runner::start(&pipeline("uplink.toml"), &dir, &[]);
+    let mut runner = start_runner(&shipped_pipeline("uplink.toml"), &dir, &[]);
     // No RTMP server yet: that output fails and is retried; the others run on.
     let failed = runner.wait_event("output-failed", Duration::from_secs(10));
     assert_eq!(failed["output"], "platform");
     let flv = dir.join("platform.flv");
-    let server = KillOnDrop(
+    let server = ChildGuard(
         Command::new("ffmpeg")
             .args([
                 "-v",
@@ -1303,7 +908,7 @@ fn uplink_pushes_rtmp_and_serves_srt_and_survives_a_missing_platform() {
                 .then_some(())
         },
     );
-    runner.signal(libc::SIGINT);
+    runner.signal("INT");
     assert!(runner.wait_exit(Duration::from_secs(15)).success());
     drop(server);
     for file in [&ts, &flv] {
@@ -1323,37 +928,6 @@ fn uplink_pushes_rtmp_and_serves_srt_and_survives_a_missing_platform() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A helper process that dies with the test, even when an assertion fails first.
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// Milliseconds since the epoch of `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-fn chrono_free_ms(rfc3339: &str) -> i64 {
-    let n = |a: usize, b: usize| rfc3339[a..b].parse::<i64>().expect("timestamp digits");
-    let (y, m, d) = (n(0, 4), n(5, 7), n(8, 10));
-    // Days from civil (Howard Hinnant).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    ((days * 24 + n(11, 13)) * 60 + n(14, 16)) * 60_000 + n(17, 19) * 1000 + n(20, 23)
 }
 
 #[test]
@@ -1404,7 +978,7 @@ fn a_looping_file_source_plays_longer_than_the_file() {
          [outputs.rec]\ntype = \"record\"\ninputs = [\"video\", \"audio\"]\ndirectory = \"rec\"\n",
     )
     .unwrap();
-    let mut runner = Runner::start(&config, &dir, &["--duration", "4"]);
+    let mut runner = start_runner(&config, &dir, &["--duration", "4"]);
     let started = runner.wait_event("recording-started", Duration::from_secs(10));
     let status = runner.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "exit status {status}");
@@ -1463,7 +1037,7 @@ fn viewer_page_plays_again_after_the_runner_restarted() {
         .map(|a| a.port())
         .unwrap();
     let addr = format!("127.0.0.1:{port}");
-    let mut runner = Runner::start_on(&file, &dir, &addr, &[]);
+    let mut runner = runner_command(&file, &dir).http(&addr).start();
     let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/viewer.mjs");
     let mut page = Command::new("node")
         .arg(&driver)
@@ -1499,9 +1073,9 @@ fn viewer_page_plays_again_after_the_runner_restarted() {
             break;
         }
     }
-    runner.signal(libc::SIGINT);
+    runner.signal("INT");
     assert!(runner.wait_exit(Duration::from_secs(30)).success());
-    let mut runner = Runner::start_on(&file, &dir, &addr, &[]);
+    let mut runner = runner_command(&file, &dir).http(&addr).start();
     let out = page.wait_with_output().expect("the page driver ends");
     log.extend(rx.try_iter());
     assert!(
@@ -1518,7 +1092,7 @@ fn viewer_page_plays_again_after_the_runner_restarted() {
         "the page did not play again after the runner restarted: {result}\n{}",
         log.join("\n")
     );
-    runner.signal(libc::SIGINT);
+    runner.signal("INT");
     assert!(runner.wait_exit(Duration::from_secs(30)).success());
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -1561,9 +1135,9 @@ loopback_only = true
 "#,
     )
     .unwrap();
-    let runner = Runner::start(&file, &dir, &[]);
+    let runner = start_runner(&file, &dir, &[]);
     let result = viewer_page(
-        &runner,
+        &runner.base,
         "window.viewer && window.viewer.mode === 'webrtc' && window.viewer.latencies.length >= 60",
         "(async () => { \
                const rtt = await window.viewer.player.raiseHand('Which brush for the edges?'); \
@@ -1672,9 +1246,9 @@ loopback_only = true
 "#,
     )
     .unwrap();
-    let runner = Runner::start(&file, &dir, &[]);
+    let runner = start_runner(&file, &dir, &[]);
     let result = viewer_page(
-        &runner,
+        &runner.base,
         "window.viewer && window.viewer.mode === 'webrtc' && window.viewer.player",
         "(async () => { \
                const until = performance.now() + 20000; \
@@ -1746,7 +1320,7 @@ directory = "rec"
 "#,
     )
     .unwrap();
-    let mut runner = Runner::start(&file, &dir, &[]);
+    let runner = start_runner(&file, &dir, &[]);
     let started = runner.wait_event("recording-started", Duration::from_secs(10));
     let bearer = format!("Bearer {TOKEN}");
     let auth = [("Authorization", bearer.as_str())];
@@ -1802,32 +1376,6 @@ directory = "rec"
     assert!(offer["at"].as_f64().unwrap() > 0.0);
 }
 
-/// Runs a shell command, panicking with its output when it fails.
-fn sh(command: &str) {
-    let out = Command::new("sh")
-        .args(["-c", command])
-        .output()
-        .expect("sh");
-    assert!(
-        out.status.success(),
-        "`{command}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A helper process and everything it started, killed with the test.
-struct KillGroupOnDrop(Child);
-
-impl Drop for KillGroupOnDrop {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the process group this test created.
-        unsafe {
-            libc::kill(-(self.0.id() as i32), libc::SIGKILL);
-        }
-        let _ = self.0.wait();
-    }
-}
-
 /// The latest `status` and every `abr-decision` a runner printed so far.
 #[derive(Default)]
 struct Seen {
@@ -1839,7 +1387,7 @@ impl Seen {
     /// Reads events until `done` holds for what was seen.
     fn until(
         &mut self,
-        runner: &mut Runner,
+        runner: &mut RunnerChild,
         timeout: Duration,
         what: &str,
         done: &dyn Fn(&serde_json::Value, &[serde_json::Value]) -> bool,
@@ -1847,14 +1395,14 @@ impl Seen {
         let deadline = Instant::now() + timeout;
         while !done(&self.status, &self.decisions) {
             let left = deadline.saturating_duration_since(Instant::now());
-            match runner.events.recv_timeout(left) {
-                Ok(event) if event["event"] == "status" => self.status = event["status"].clone(),
-                Ok(event) if event["event"] == "abr-decision" => self.decisions.push(event),
-                Ok(event) => {
+            match runner.next_event(left) {
+                Some(event) if event["event"] == "status" => self.status = event["status"].clone(),
+                Some(event) if event["event"] == "abr-decision" => self.decisions.push(event),
+                Some(event) => {
                     assert_ne!(event["event"], "ingest-error", "{event}");
                     eprintln!("{event}");
                 }
-                Err(_) => panic!(
+                None => panic!(
                     "timed out waiting for {what}; last status {}; decisions {:#?}",
                     self.status,
                     self.decisions.iter().rev().take(10).collect::<Vec<_>>()
@@ -1876,7 +1424,7 @@ fn an_srt_uplink_squeezed_by_tc_tbf_gets_a_lower_bitrate_from_its_abrcontroller(
     let dir = scratch("abr-tbf");
     // A receiver that listens again whenever a connection ends (as a real one would), in a
     // process group of its own so that the whole loop dies with the test.
-    let receiver = KillGroupOnDrop(
+    let receiver = GroupGuard(
         Command::new("unshare")
             .process_group(0)
             .args(["--net", "--", "sh", "-c"])
@@ -1923,7 +1471,7 @@ uri = "srt://10.213.0.2:9100?mode=caller&latency=200"
 "#,
     )
     .expect("pipeline file");
-    let mut runner = Runner::start(&file, &dir, &[]);
+    let mut runner = start_runner(&file, &dir, &[]);
     // A roomy link: the contribution runs and its encoder makes its full bitrate.
     let mut seen = Seen::default();
     let video_kbps = |status: &serde_json::Value| {
@@ -2015,7 +1563,7 @@ uri = "srt://10.213.0.2:9100?mode=caller&latency=200"
         abr_gauge(&metrics, "decisions_total").is_some_and(|n| n > before as f64),
         "{metrics}"
     );
-    runner.signal(libc::SIGINT);
+    runner.signal("INT");
     assert!(runner.wait_exit(Duration::from_secs(15)).success());
     drop(receiver);
     let _ = std::fs::remove_dir_all(&dir);
@@ -2025,9 +1573,9 @@ uri = "srt://10.213.0.2:9100?mode=caller&latency=200"
 fn low_latency_hls_serves_parts_blocks_reloads_and_plays_in_chromium() {
     let dir = scratch("llhls");
     let file = dir.join("llhls.toml");
-    let hls = std::fs::read_to_string(pipeline("hls.toml")).unwrap();
+    let hls = std::fs::read_to_string(shipped_pipeline("hls.toml")).unwrap();
     std::fs::write(&file, hls + "low_latency = true\npart_duration_ms = 200\n").unwrap();
-    let runner = Runner::start(&file, &dir, &["--duration", "40"]);
+    let runner = start_runner(&file, &dir, &["--duration", "40"]);
 
     let playlist = eventually(Duration::from_secs(15), "two complete segments", || {
         let r = runner.get("/hls/live.m3u8");
@@ -2066,7 +1614,10 @@ fn low_latency_hls_serves_parts_blocks_reloads_and_plays_in_chromium() {
     );
     let hinted = runner.get(&format!("/hls/part{}.{}.m4s", hint.0, hint.1));
     assert_eq!(hinted.status, 200);
-    assert_eq!(hinted.header("content-type"), "video/iso.segment");
+    assert_eq!(
+        hinted.header("content-type").unwrap_or_default(),
+        "video/iso.segment"
+    );
     assert_eq!(runner.get("/hls/live.m3u8?_HLS_msn=999999").status, 400);
 
     // The initialisation segment plus a complete segment decode: one second of 720p30.
@@ -2082,7 +1633,7 @@ fn low_latency_hls_serves_parts_blocks_reloads_and_plays_in_chromium() {
 
     // hls.js in Chromium plays the parts (lowLatencyMode) from the viewer page.
     let result = viewer_page(
-        &runner,
+        &runner.base,
         "window.viewer && window.viewer.mode === 'hls' && window.viewer.hls \
              && window.viewer.hls.playingDate && document.querySelector('video').currentTime > 3",
         "(() => { const h = window.viewer.hls; \
@@ -2111,7 +1662,7 @@ fn sfu_pipeline_publishes_the_shared_encode_over_whip_and_retries_a_missing_janu
     // The WHIP server pipelines/sfu.toml names (a private network namespace: the port is ours);
     // no Janus: that output fails and retries while the others go on.
     let server = hybridlive_testkit::WhipServer::start(8190);
-    let mut runner = Runner::start(&pipeline("sfu.toml"), &dir, &[]);
+    let mut runner = start_runner(&shipped_pipeline("sfu.toml"), &dir, &[]);
     let connected = runner.wait_event("output-connected", Duration::from_secs(30));
     assert_eq!(connected["output"], "whip");
     eventually(Duration::from_secs(30), "frames at the WHIP server", || {
@@ -2147,7 +1698,7 @@ fn sfu_pipeline_publishes_the_shared_encode_over_whip_and_retries_a_missing_janu
         "{metrics}"
     );
     assert_eq!(runner.get("/hls/live.m3u8").status, 200);
-    runner.signal(libc::SIGINT);
+    runner.signal("INT");
     assert!(runner.wait_exit(Duration::from_secs(20)).success());
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
@@ -2187,7 +1738,7 @@ loopback_only = true
         ),
     )
     .expect("pipeline file");
-    let mut runner = Runner::start(&file, &dir, &[]);
+    let mut runner = start_runner(&file, &dir, &[]);
     runner.wait_event("output-connected", Duration::from_secs(30));
     eventually(Duration::from_secs(30), "frames at the WHIP server", || {
         (server.frames() >= 30).then_some(())
@@ -2196,7 +1747,7 @@ loopback_only = true
         let body = runner.get(path).text();
         assert!(!body.contains("sfu-secret-7d2"), "{path} shows the token");
     }
-    runner.signal(libc::SIGINT);
+    runner.signal("INT");
     assert!(runner.wait_exit(Duration::from_secs(20)).success());
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -2245,7 +1796,7 @@ display_name = "class"
         ),
     )
     .expect("pipeline file");
-    let mut runner = Runner::start(&file, &dir, &[]);
+    let mut runner = start_runner(&file, &dir, &[]);
     let connected = runner.wait_event("output-connected", Duration::from_secs(30));
     assert_eq!(connected["output"], "room");
     eventually(Duration::from_secs(20), "the feed in the room", || {
@@ -2262,7 +1813,7 @@ display_name = "class"
     assert_eq!(status["outputs"]["room"]["state"], "connected", "{status}");
     assert_eq!(status["outputs"]["room"]["kind"], "janus", "{status}");
     drop(subscriber);
-    runner.signal(libc::SIGINT);
+    runner.signal("INT");
     assert!(runner.wait_exit(Duration::from_secs(20)).success());
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -2308,7 +1859,7 @@ loopback_only = true
     .expect("pipeline file");
     // Everything here crosses `lo`: packets the size of a real link's, for tbf to shape.
     sh("ip link set lo mtu 1500");
-    let mut runner = Runner::start(&file, &dir, &[]);
+    let mut runner = start_runner(&file, &dir, &[]);
     runner.wait_event("output-connected", Duration::from_secs(30));
     // The path to the SFU narrows to 600 kbit/s: only the SFU's receiver reports (loss, RTT)
     // can tell the controller, which probed up to its ceiling on the clean link.
@@ -2330,25 +1881,7 @@ loopback_only = true
         "{informed}"
     );
     assert!(server.frames() > 0);
-    runner.signal(libc::SIGINT);
+    runner.signal("INT");
     assert!(runner.wait_exit(Duration::from_secs(20)).success());
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Opens the viewer page in headless Chromium (`tests/browser/viewer.mjs`, at most 40 s), waits
-/// until the JavaScript condition `wait` holds, and returns what the expression `result`
-/// evaluates to there.
-fn viewer_page(runner: &Runner, wait: &str, result: &str) -> serde_json::Value {
-    let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/viewer.mjs");
-    let out = Command::new("node")
-        .arg(&driver)
-        .arg(format!("{}/", runner.base))
-        .arg("40")
-        .env("WAIT", wait)
-        .env("RESULT", result)
-        .output()
-        .expect("node runs (scripts/setup installs the browser test driver)");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "browser run failed:\n{stderr}");
-    serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -33,19 +33,30 @@ impl HttpReply {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// The body as JSON (`Null` when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_default()
+    }
+
+    /// Status and body, for a caller that needs no headers.
+    pub fn into_parts(self) -> (u16, Vec<u8>) {
+        (self.status, self.body)
+    }
+
+    /// What a request that nothing answered gets: status 0, no headers, no body.
+    pub fn unanswered() -> HttpReply {
+        HttpReply {
+            status: 0,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
 }
 
 /// Connects to `addr` from `source` (any free port), so one test can be several clients.
 pub fn connect_from(source: IpAddr, addr: &str) -> std::io::Result<TcpStream> {
-    let target: SocketAddr = addr
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| std::io::Error::other(format!("{addr} resolves to nothing")))?;
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(target),
-        socket2::Type::STREAM,
-        None,
-    )?;
+    let (socket, target) = socket_for(addr)?;
     socket.bind(&SocketAddr::new(source, 0).into())?;
     socket.connect_timeout(&target.into(), ANSWER_TIMEOUT)?;
     Ok(socket.into())
@@ -54,6 +65,15 @@ pub fn connect_from(source: IpAddr, addr: &str) -> std::io::Result<TcpStream> {
 /// Connects to `addr` with a receive buffer of about `bytes` (the kernel's minimum at least):
 /// a client that reads slowly, or never.
 pub fn connect_with_receive_buffer(addr: &str, bytes: usize) -> std::io::Result<TcpStream> {
+    let (socket, target) = socket_for(addr)?;
+    // Before connecting, so the window announced in the handshake is small too.
+    socket.set_recv_buffer_size(bytes)?;
+    socket.connect_timeout(&target.into(), ANSWER_TIMEOUT)?;
+    Ok(socket.into())
+}
+
+/// A TCP socket, not yet connected, of the family `addr` resolves to.
+fn socket_for(addr: &str) -> std::io::Result<(socket2::Socket, SocketAddr)> {
     let target: SocketAddr = addr
         .to_socket_addrs()?
         .next()
@@ -63,10 +83,7 @@ pub fn connect_with_receive_buffer(addr: &str, bytes: usize) -> std::io::Result<
         socket2::Type::STREAM,
         None,
     )?;
-    // Before connecting, so the window announced in the handshake is small too.
-    socket.set_recv_buffer_size(bytes)?;
-    socket.connect_timeout(&target.into(), ANSWER_TIMEOUT)?;
-    Ok(socket.into())
+    Ok((socket, target))
 }
 
 /// One request on its own connection (`Connection: close`) from `source`, answered within
@@ -80,6 +97,19 @@ pub fn http_from(
     body: &[u8],
 ) -> std::io::Result<HttpReply> {
     let mut stream = connect_from(source, addr)?;
+    exchange(&mut stream, addr, method, path, headers, body)
+}
+
+/// Sends one request (`Connection: close`) on `stream`, already connected to `addr`, and reads
+/// the answer, waiting at most [`ANSWER_TIMEOUT`] for each read.
+pub fn exchange(
+    stream: &mut TcpStream,
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpReply> {
     stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -92,7 +122,7 @@ pub fn http_from(
     stream.write_all(head.as_bytes())?;
     // A server may answer (413) and close before it reads the whole body.
     let _ = stream.write_all(body);
-    read_reply(&mut stream)
+    read_reply(stream)
 }
 
 /// [`http_from`] from 127.0.0.1.

@@ -8,8 +8,11 @@ use std::process::Command;
 
 pub mod http;
 mod janus;
+pub mod media;
+pub mod process;
 pub mod runner_child;
 pub mod senders;
+pub mod time;
 mod whip;
 
 pub use janus::{Janus, JanusSubscriber};
@@ -19,33 +22,66 @@ pub use whip::{WhipServer, free_tcp_port};
 /// 127.0.0.1. Returns true when the caller is already inside it (and should run the test
 /// body), false when the test ran in a child process (whose failure fails the caller).
 pub fn in_private_netns(test: &str) -> bool {
-    in_private_netns_with(test, "")
+    in_namespaces(test, Namespaces::Net, "")
 }
 
 /// Like [`in_private_netns`], with a veth pair `hl0` (10.213.0.1) / `hl1` (10.213.0.2) inside
 /// the namespace: two test hosts for servers that refuse loopback (Janus gathers no ICE
 /// candidates on `lo`).
 pub fn in_private_netns_with_veth(test: &str) -> bool {
-    in_private_netns_with(
-        test,
-        "ip link add hl0 type veth peer name hl1 && \
-         ip addr add 10.213.0.1/24 dev hl0 && ip addr add 10.213.0.2/24 dev hl1 && \
-         ip link set hl0 up && ip link set hl1 up && ",
-    )
+    in_namespaces(test, Namespaces::Net, VETH_SETUP)
 }
 
-fn in_private_netns_with(test: &str, setup: &str) -> bool {
-    if std::env::var_os("HYBRIDLIVE_NETNS").is_some() {
+/// Like [`in_private_netns`], in a private mount namespace too (tmpfs and read-only mounts
+/// stay the test's own), with the ignored tests of the binary selectable as well.
+pub fn in_private_namespaces(test: &str) -> bool {
+    in_namespaces(test, Namespaces::NetAndMount, "")
+}
+
+/// Shell commands that make the veth pair `hl0` (10.213.0.1) / `hl1` (10.213.0.2), up, in the
+/// current network namespace; each ends in `&&`.
+pub const VETH_SETUP: &str = "ip link add hl0 type veth peer name hl1 && \
+     ip addr add 10.213.0.1/24 dev hl0 && ip addr add 10.213.0.2/24 dev hl1 && \
+     ip link set hl0 up && ip link set hl1 up && ";
+
+/// Set in a process that runs inside the namespaces a test made for itself.
+pub const INSIDE_VAR: &str = "HYBRIDLIVE_NETNS";
+
+#[derive(Clone, Copy)]
+enum Namespaces {
+    Net,
+    NetAndMount,
+}
+
+/// `unshare` starting `sh -c "ip link set lo up && SETUP exec \"$0\" \"$@\""` in a new network
+/// namespace (and mount namespace, private, with `mount`), with [`INSIDE_VAR`] set: the caller
+/// appends the program and its arguments.
+pub fn unshare_command(mount: bool, setup: &str) -> Command {
+    let mut command = Command::new("unshare");
+    command.arg("--net");
+    if mount {
+        command.args(["--mount", "--propagation", "private"]);
+    }
+    command
+        .args(["--", "sh", "-c"])
+        .arg(format!("ip link set lo up && {setup}exec \"$0\" \"$@\""))
+        .env(INSIDE_VAR, "1");
+    command
+}
+
+fn in_namespaces(test: &str, namespaces: Namespaces, setup: &str) -> bool {
+    if std::env::var_os(INSIDE_VAR).is_some() {
         return true;
     }
     let exe = std::env::current_exe().expect("the test binary's path");
-    let status = Command::new("unshare")
-        .args(["--net", "--", "sh", "-c"])
-        .arg(format!(
-            "ip link set lo up && {setup}exec \"{}\" --exact {test} --nocapture --test-threads=1",
-            exe.display()
-        ))
-        .env("HYBRIDLIVE_NETNS", "1")
+    let mut command = unshare_command(matches!(namespaces, Namespaces::NetAndMount), setup);
+    command
+        .arg(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"]);
+    if matches!(namespaces, Namespaces::NetAndMount) {
+        command.arg("--include-ignored");
+    }
+    let status = command
         .status()
         .expect("unshare runs (the network tests need root for a network namespace)");
     assert!(
@@ -53,6 +89,58 @@ fn in_private_netns_with(test: &str, setup: &str) -> bool {
         "{test} failed inside its network namespace"
     );
     false
+}
+
+/// The path of a pipeline shipped in `pipelines/`.
+pub fn shipped_pipeline(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../pipelines")
+        .join(name)
+        .canonicalize()
+        .expect("shipped pipeline")
+}
+
+/// The value of a Prometheus series in exposition text (`name` or `name{labels}` exactly as
+/// printed).
+pub fn metric(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
+/// The last `n` lines of `text`.
+pub fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Opens the viewer page at `base` (`http://127.0.0.1:PORT`) in headless Chromium
+/// (`tests/browser/viewer.mjs`, at most 40 s), waits until the JavaScript condition `wait`
+/// holds, and returns what the expression `result` evaluates to there.
+pub fn viewer_page(base: &str, wait: &str, result: &str) -> serde_json::Value {
+    let driver =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/viewer.mjs");
+    let out = Command::new("node")
+        .arg(&driver)
+        .arg(format!("{base}/"))
+        .arg("40")
+        .env("WAIT", wait)
+        .env("RESULT", result)
+        .output()
+        .expect("node runs (scripts/setup installs the browser test driver)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "browser run failed:\n{stderr}");
+    serde_json::from_slice(&out.stdout).expect("the browser driver prints JSON")
+}
+
+/// A fresh, empty folder `hybridlive-SUITE-NAME-PID` in the temporary folder.
+pub fn scratch_dir(suite: &str, name: &str) -> std::path::PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("hybridlive-{suite}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    dir
 }
 
 /// Waits (up to 30 s) until process `pid` (started as `unshare --net …`) is in a network

@@ -4,6 +4,8 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// A sender process; killed on drop.
@@ -49,22 +51,40 @@ pub struct FfmpegOptions {
     pub bframes: bool,
     /// An AAC sine tone next to the video.
     pub audio: bool,
+    /// 320x180 at `-preset ultrafast`, for tests that run much else on the machine, instead
+    /// of 640x360 at `veryfast`.
+    pub light: bool,
 }
 
-/// ffmpeg's arguments for a 640x360@30 test picture (and tone) in H.264 (and AAC), key frame
-/// every second, paced in real time, to `format` at `url`.
+impl Default for FfmpegOptions {
+    /// No B-frames, a tone, 640x360.
+    fn default() -> Self {
+        FfmpegOptions {
+            bframes: false,
+            audio: true,
+            light: false,
+        }
+    }
+}
+
+/// ffmpeg's arguments for a 640x360@30 (320x180 when light) test picture (and tone) in H.264
+/// (and AAC), key frame every second, paced in real time, to `format` at `url`.
 fn ffmpeg(options: FfmpegOptions, format: &str, url: &str) -> Command {
+    let (size, preset) = match options.light {
+        true => ("320x180", "ultrafast"),
+        false => ("640x360", "veryfast"),
+    };
     let mut command = Command::new("ffmpeg");
     command.args(["-nostdin", "-v", "error", "-re"]).args([
         "-f",
         "lavfi",
         "-i",
-        "testsrc2=s=640x360:r=30",
+        &format!("testsrc2=s={size}:r=30"),
     ]);
     if options.audio {
         command.args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]);
     }
-    command.args(["-c:v", "libx264", "-preset", "veryfast", "-g", "30"]);
+    command.args(["-c:v", "libx264", "-preset", preset, "-g", "30"]);
     command.args(["-pix_fmt", "yuv420p"]);
     if options.bframes {
         command.args(["-bf", "2"]);
@@ -151,4 +171,43 @@ pub fn nginx_rtmp(dir: &Path, port: u16) -> Sender {
             .map(|_| ())
     });
     server
+}
+
+/// A sender that, like a real encoder, dials again whenever its connection fails: a
+/// `gst-launch-1.0 -q -e` pipeline started again 200 ms after each exit. Dropping it kills the
+/// running one (SIGKILL, no goodbye on the wire) and stops the redialing.
+pub struct Redialing {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Redialing {
+    /// Runs the pipeline `description` (split at white space) until dropped.
+    pub fn gst_launch(description: String) -> Redialing {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::SeqCst) {
+                let mut child = crate::process::gst_launch(&description);
+                while !flag.load(Ordering::SeqCst) && child.0.try_wait().ok().flatten().is_none() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                child.kill();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        Redialing {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Redialing {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }

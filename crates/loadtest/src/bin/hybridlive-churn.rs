@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use hybridlive_loadtest::churn::{ChurnConfig, churn};
 use hybridlive_loadtest::runner::{ARGS_ENV, Runner, child_main};
+use hybridlive_testkit::runner_child::RunnerCommand;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -58,10 +59,7 @@ fn main() -> anyhow::Result<()> {
         }
     };
     let runner = Runner::start(
-        std::process::Command::new(std::env::current_exe()?),
-        true,
-        &file,
-        &dir,
+        RunnerCommand::args_in_env(&std::env::current_exe()?, &file, &dir),
         Duration::from_secs(60),
     )?;
     eprintln!(

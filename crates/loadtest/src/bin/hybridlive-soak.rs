@@ -16,6 +16,7 @@ use hybridlive_loadtest::plot::{Panel, Series, svg};
 use hybridlive_loadtest::process::Sample;
 use hybridlive_loadtest::runner::{Runner, http};
 use hybridlive_loadtest::viewer::{Viewer, ViewerOptions};
+use hybridlive_testkit::runner_child::RunnerCommand;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -91,10 +92,7 @@ fn soak(
     scratch: &std::path::Path,
 ) -> anyhow::Result<()> {
     let mut runner = Runner::start(
-        std::process::Command::new(hybridlive),
-        false,
-        pipeline,
-        scratch,
+        RunnerCommand::binary(hybridlive, pipeline, scratch),
         Duration::from_secs(60),
     )?;
     eprintln!("runner pid {} at {}", runner.pid(), runner.addr());
