@@ -1,0 +1,306 @@
+//! Outputs, each in its own GStreamer pipeline fed from the ingest through appsink → appsrc.
+//!
+//! A separate pipeline per output is what isolates them: a full disk or a failing muxer posts
+//! an error on that output's bus only, the output is torn down and started again with
+//! back-off, and the ingest and the other outputs never notice. Every output pipeline shares
+//! the ingest's clock and base time, so running times (and the capture stamps derived from
+//! them) mean the same everywhere.
+//!
+//! Layout: [`supervisor`] owns what every output has in common (start, stop, restarts with
+//! back-off, generations, its state in the shared status, the egress checks, the teardown and
+//! the appsrc side of each pipeline). Each kind lives in a file of its own behind [`Kind`]:
+//! what it adds to a new pipeline and what it tells the rest of the runner.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use gst::prelude::*;
+
+use crate::config::{EncoderKind, Output, OutputKind};
+use crate::endpoint::Endpoint;
+use crate::events::Events;
+use crate::llhls::LlHls;
+use crate::state::{self, Marker, Shared};
+
+mod egress;
+mod hls;
+mod janus;
+mod record;
+mod rtmp;
+mod srt;
+mod supervisor;
+mod tees;
+mod webrtc;
+mod whip;
+
+pub use supervisor::OutputRunner;
+
+/// One encoded stream an output consumes.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// Encoder name.
+    pub encoder: String,
+    /// Its codec.
+    pub kind: EncoderKind,
+}
+
+/// What an output kind adds to the supervisor: its elements and what it reports.
+///
+/// A kind is made once per run ([`kind_for`]) and builds a fresh pipeline on every (re)start;
+/// anything it keeps across restarts (an HLS folder, the LL-HLS store) lives in it.
+pub(crate) trait Kind: Send + Sync {
+    /// Adds the kind's sink side to a new `pipeline`: the element the inputs link into and,
+    /// for a recording, the take it writes.
+    fn build_sink(&self, pipeline: &gst::Pipeline) -> anyhow::Result<Sink>;
+
+    /// The pad an input links into.
+    fn input_pad(&self, link: &InputLink<'_>) -> anyhow::Result<gst::Pad>;
+
+    /// Completes a pipeline once every input is linked into it.
+    fn finish_build(&self, _pipeline: &gst::Pipeline, _inputs: &[Input]) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Where the output sends its media, for messages: `None` for outputs that serve or write
+    /// locally.
+    fn endpoint(&self) -> Option<Endpoint> {
+        None
+    }
+
+    /// Whether a warning from the element named `src` means the output has failed.
+    fn warning_is_failure(&self, _src: &str) -> bool {
+        false
+    }
+
+    /// Whether a stop tears the pipeline down at once instead of sending EOS through it.
+    fn stops_by_teardown(&self) -> bool {
+        false
+    }
+
+    /// Points `abr` at the feedback elements of `pipeline`, or at nothing while the output is
+    /// down. Kinds that cannot be steered do nothing.
+    fn bind_feedback(&self, _abr: &gst::Element, _pipeline: Option<&gst::Pipeline>) {}
+
+    /// Called every status tick while `abr` steers the output: follows feedback that moves
+    /// while the pipeline runs (a new viewer).
+    fn follow_feedback(&self, _abr: &gst::Element, _pipeline: Option<gst::Pipeline>) {}
+
+    /// The link of the running publisher to its SFU (WHIP/Janus).
+    fn egress(&self) -> Option<hybridlive_webrtc::EgressHealth> {
+        None
+    }
+
+    /// The pipeline is gone or going (stop, failure): forget its egress link.
+    fn release(&self) {}
+
+    /// The pipeline is about to be torn down: end the sessions it serves.
+    fn close_sessions(&self) {}
+
+    /// The WHEP sessions, while a WebRTC output runs.
+    fn whep(&self) -> Option<hybridlive_webrtc::WhepOutput> {
+        None
+    }
+
+    /// The Low-Latency HLS store of a `low_latency` HLS output.
+    fn ll_hls(&self) -> Option<Arc<LlHls>> {
+        None
+    }
+
+    /// Where HLS playlists and segments are written.
+    fn hls_dir(&self) -> Option<&Path> {
+        None
+    }
+
+    /// Segments the live playlist lists.
+    fn hls_playlist_length(&self) -> Option<usize> {
+        None
+    }
+
+    /// A folder the runner made for this output and removes at the end.
+    fn temporary_dir(&self) -> Option<&Path> {
+        None
+    }
+
+    /// Whether the output starts with the runner.
+    fn autostart(&self) -> bool {
+        true
+    }
+
+    /// Whether this is a recording output (started and stopped through the API).
+    fn is_record(&self) -> bool {
+        false
+    }
+}
+
+/// What [`Kind::build_sink`] added to a pipeline.
+pub(crate) struct Sink {
+    /// The element the inputs link into.
+    pub element: gst::Element,
+    /// The files a recording writes, from this start to its stop.
+    pub take: Option<Arc<dyn Take>>,
+}
+
+impl Sink {
+    /// A sink that writes no take.
+    fn new(element: gst::Element) -> Sink {
+        Sink {
+            element,
+            take: None,
+        }
+    }
+}
+
+/// One input being linked into a new pipeline.
+pub(crate) struct InputLink<'a> {
+    /// The pipeline being built.
+    pub pipeline: &'a gst::Pipeline,
+    /// What [`Kind::build_sink`] returned.
+    pub sink: &'a gst::Element,
+    /// The input.
+    pub input: &'a Input,
+    /// Its medium as the muxers name their pads: `video`, `video-vp8` or `audio`.
+    pub medium: &'a str,
+    /// The appsrc the input is pushed into.
+    pub appsrc: &'a gst_app::AppSrc,
+    /// Ingest appsinks by encoder, which can be asked for a key frame.
+    pub keyframe_requesters: &'a [(String, gst::Element)],
+}
+
+impl InputLink<'_> {
+    /// Requests a pad of `template` from the sink.
+    fn request_pad(&self, template: &str) -> anyhow::Result<gst::Pad> {
+        self.sink
+            .request_pad_simple(template)
+            .with_context(|| format!("{} has no {template} pad", self.sink.name()))
+    }
+}
+
+/// A recording's files from one start to its stop (or failure), fed by the supervisor.
+pub(crate) trait Take: Send + Sync {
+    /// The first key frame went in; it was captured at `utc_start_ns`.
+    fn begin(&self, utc_start_ns: u64);
+    /// Updates the take's size and duration (`recorded_s` seconds of video) in the status.
+    fn refresh(&self, recorded_s: f64);
+    /// The pipeline is done: the take ends with `recorded_s` seconds of video.
+    fn finish(&self, recorded_s: f64);
+    /// Adds a marker to the take's timeline.
+    fn add_marker(&self, marker: &Marker);
+    /// An offer appeared or left at `utc_ns`.
+    fn add_offer(&self, entry: &hybridlive_offer_timeline::TimelineEntry, utc_ns: u64);
+}
+
+/// What a kind is made with.
+pub(crate) struct Context<'a> {
+    /// The output's name.
+    pub name: &'a str,
+    /// The run's shared figures.
+    pub shared: &'a Arc<Shared>,
+    /// Where the run's events go.
+    pub events: &'a Events,
+}
+
+/// Makes the kind of `config`, ready to build pipelines.
+fn kind_for(config: &Output, cx: &Context<'_>) -> anyhow::Result<Box<dyn Kind>> {
+    Ok(match &config.kind {
+        OutputKind::Hls {
+            directory,
+            low_latency,
+            segment_duration,
+            playlist_length,
+            part_duration_ms,
+        } => Box::new(hls::Hls::new(
+            cx,
+            hls::Settings {
+                directory: directory.clone(),
+                low_latency: *low_latency,
+                segment_duration: *segment_duration,
+                playlist_length: *playlist_length,
+                part_duration_ms: *part_duration_ms,
+            },
+        )?),
+        OutputKind::Record {
+            directory,
+            autostart,
+        } => Box::new(record::Record::new(cx, directory, *autostart)?),
+        OutputKind::Srt { uri } => Box::new(srt::Srt::new(uri)),
+        OutputKind::Rtmp { location } => Box::new(rtmp::Rtmp::new(location)),
+        OutputKind::Webrtc {
+            max_viewers,
+            loopback_only,
+            playout_delay_ms,
+        } => Box::new(webrtc::Webrtc::new(
+            *max_viewers,
+            *loopback_only,
+            *playout_delay_ms,
+        )),
+        OutputKind::Whip {
+            endpoint,
+            token,
+            loopback_only,
+        } => Box::new(whip::new(endpoint, token.as_deref(), *loopback_only)),
+        OutputKind::Janus {
+            endpoint,
+            room_id,
+            feed_id,
+            display_name,
+            loopback_only,
+        } => Box::new(janus::new(
+            endpoint,
+            *room_id,
+            *feed_id,
+            display_name.clone(),
+            *loopback_only,
+        )),
+    })
+}
+
+/// Temporary folders removed when this is dropped: at the end of a run, and also when its
+/// start-up fails half-way or it unwinds from a panic.
+#[derive(Debug, Default)]
+pub struct TemporaryDirs(pub Vec<PathBuf>);
+
+impl Drop for TemporaryDirs {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Creates an element, with a name unless `name` is empty.
+pub fn make(factory: &str, name: &str) -> anyhow::Result<gst::Element> {
+    let mut builder = gst::ElementFactory::make(factory);
+    if !name.is_empty() {
+        builder = builder.name(name);
+    }
+    builder
+        .build()
+        .with_context(|| format!("the GStreamer element `{factory}` is not installed"))
+}
+
+/// The capture time latencystamp attached to a buffer, UTC nanoseconds.
+pub(crate) fn capture_utc_ns(buffer: &gst::BufferRef) -> Option<u64> {
+    let caps = gst::Caps::builder("timestamp/x-unix").build();
+    buffer
+        .iter_meta::<gst::ReferenceTimestampMeta>()
+        .find(|m| m.reference().is_subset(&caps))
+        .map(|m| m.timestamp().nseconds())
+}
+
+/// Stores a latencymeter report under a path name.
+pub fn record_latency(shared: &Shared, path: &str, report: &gst::StructureRef) {
+    let p50 = report.get::<f64>("window-p50-ms").unwrap_or(0.0);
+    let p95 = report.get::<f64>("window-p95-ms").unwrap_or(0.0);
+    let count = report.get::<u64>("count").unwrap_or(0);
+    shared.with(|s| {
+        s.latency.insert(
+            path.to_string(),
+            state::Latency {
+                p50_ms: p50,
+                p95_ms: p95,
+                count,
+            },
+        );
+    });
+}
