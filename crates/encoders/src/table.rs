@@ -7,7 +7,10 @@ use crate::{EncoderProperties, KeyFrameRequest, MediaKind, RateUnit};
 /// Pseudo factory name of the row shared by every FFmpeg (`avenc_*`) encoder.
 pub(crate) const AVENC_GENERIC: &str = "avenc_*";
 
-const fn video(
+/// A row for an encoder of `kind` with the defaults: 1 bit/s steps, no rate-control buffer
+/// property, key frames (video only) requested with a force-key-unit event.
+const fn row(
+    kind: MediaKind,
     factory: &'static str,
     bitrate_property: &'static str,
     unit: RateUnit,
@@ -17,27 +20,12 @@ const fn video(
         factory,
         bitrate_property,
         unit,
-        kind: MediaKind::Video,
+        kind,
         live_update,
-        key_frame: KeyFrameRequest::ForceKeyUnitEvent,
-        granularity_bps: 1,
-        vbv_ms_property: None,
-    }
-}
-
-const fn audio(
-    factory: &'static str,
-    bitrate_property: &'static str,
-    unit: RateUnit,
-    live_update: bool,
-) -> EncoderProperties {
-    EncoderProperties {
-        factory,
-        bitrate_property,
-        unit,
-        kind: MediaKind::Audio,
-        live_update,
-        key_frame: KeyFrameRequest::NotApplicable,
+        key_frame: match kind {
+            MediaKind::Video => KeyFrameRequest::ForceKeyUnitEvent,
+            MediaKind::Audio => KeyFrameRequest::NotApplicable,
+        },
         granularity_bps: 1,
         vbv_ms_property: None,
     }
@@ -55,6 +43,7 @@ impl EncoderProperties {
     }
 }
 
+use MediaKind::{Audio, Video};
 use RateUnit::{BitsPerSecond as Bps, KilobitsPerSecond as Kbps};
 
 /// Every encoder this project knows how to steer, one row per element factory.
@@ -64,31 +53,31 @@ use RateUnit::{BitsPerSecond as Bps, KilobitsPerSecond as Kbps};
 pub static ENCODERS: &[EncoderProperties] = &[
     // Software video encoders.
     // vbv-buf-capacity (ms) is re-read with the bitrate while PLAYING.
-    video("x264enc", "bitrate", Kbps, true).with_vbv_ms("vbv-buf-capacity"),
-    video("x265enc", "bitrate", Kbps, true),
-    video("openh264enc", "bitrate", Bps, true),
+    row(Video, "x264enc", "bitrate", Kbps, true).with_vbv_ms("vbv-buf-capacity"),
+    row(Video, "x265enc", "bitrate", Kbps, true),
+    row(Video, "openh264enc", "bitrate", Bps, true),
     // libvpx re-reads its configuration when target-bitrate changes while running.
     // Its property is in bit/s but libvpx stores kbit/s: 1 kbit/s steps.
-    video("vp8enc", "target-bitrate", Bps, true).with_granularity(1000),
-    video("vp9enc", "target-bitrate", Bps, true).with_granularity(1000),
-    video("av1enc", "target-bitrate", Kbps, false),
-    video("svtav1enc", "target-bitrate", Kbps, false),
-    video("rav1enc", "bitrate", Bps, false),
-    video("theoraenc", "bitrate", Kbps, true),
+    row(Video, "vp8enc", "target-bitrate", Bps, true).with_granularity(1000),
+    row(Video, "vp9enc", "target-bitrate", Bps, true).with_granularity(1000),
+    row(Video, "av1enc", "target-bitrate", Kbps, false),
+    row(Video, "svtav1enc", "target-bitrate", Kbps, false),
+    row(Video, "rav1enc", "bitrate", Bps, false),
+    row(Video, "theoraenc", "bitrate", Kbps, true),
     // FFmpeg encoders read `bitrate` only when they open the codec.
-    video(AVENC_GENERIC, "bitrate", Bps, false),
+    row(Video, AVENC_GENERIC, "bitrate", Bps, false),
     // Hardware video encoders.
-    video("nvh264enc", "bitrate", Kbps, true),
-    video("nvh265enc", "bitrate", Kbps, true),
-    video("vaapih264enc", "bitrate", Kbps, true),
-    video("vaapih265enc", "bitrate", Kbps, true),
-    video("vah264enc", "bitrate", Kbps, true),
-    video("vah265enc", "bitrate", Kbps, true),
-    video("qsvh264enc", "bitrate", Kbps, true),
-    video("qsvh265enc", "bitrate", Kbps, true),
+    row(Video, "nvh264enc", "bitrate", Kbps, true),
+    row(Video, "nvh265enc", "bitrate", Kbps, true),
+    row(Video, "vaapih264enc", "bitrate", Kbps, true),
+    row(Video, "vaapih265enc", "bitrate", Kbps, true),
+    row(Video, "vah264enc", "bitrate", Kbps, true),
+    row(Video, "vah265enc", "bitrate", Kbps, true),
+    row(Video, "qsvh264enc", "bitrate", Kbps, true),
+    row(Video, "qsvh265enc", "bitrate", Kbps, true),
     // Audio encoders.
-    audio("opusenc", "bitrate", Bps, true),
-    audio("voaacenc", "bitrate", Bps, false),
-    audio("fdkaacenc", "bitrate", Bps, false),
-    audio("lamemp3enc", "bitrate", Kbps, false),
+    row(Audio, "opusenc", "bitrate", Bps, true),
+    row(Audio, "voaacenc", "bitrate", Bps, false),
+    row(Audio, "fdkaacenc", "bitrate", Bps, false),
+    row(Audio, "lamemp3enc", "bitrate", Kbps, false),
 ];
