@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use hybridlive_testkit::eventually;
 use hybridlive_testkit::http::HttpReply;
-use hybridlive_testkit::media::{decoded_video_frames, probed_duration};
+use hybridlive_testkit::media::{decoded_video_frames, media_duration, probed_duration};
 use hybridlive_testkit::runner_child::{ENTRY, RunnerChild, RunnerCommand, request};
+use hybridlive_testkit::shipped_pipeline;
+use hybridlive_testkit::time::{now_ms, utc_ms};
 
 const TOKEN: &str = "recording-test-token-7a21";
 /// Generous: the machine may be loaded by other test binaries.
@@ -660,5 +662,32 @@ fn under_nohup_a_hangup_is_ignored() {
         "SIGTERM ended the run with {status}"
     );
     assert!(sidecar(&take)["ended_at"].is_string());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn recording_survives_kill_9() {
+    let dir = scratch("kill9");
+    let mut runner = RunnerCommand::entry(ENTRY, &shipped_pipeline("record.toml"), &dir)
+        .env(&[("HYBRIDLIVE_TOKEN", TOKEN)])
+        .start();
+    let started = runner.wait_event("recording-started", Duration::from_secs(10));
+    let utc_start_ms = utc_ms(started["utc_start"].as_str().unwrap());
+    std::thread::sleep(Duration::from_secs(4));
+    runner.signal("KILL");
+    let killed_at_ms = now_ms();
+    runner.wait_exit(Duration::from_secs(5));
+    let file = PathBuf::from(started["path"].as_str().unwrap());
+    let ran = (killed_at_ms - utc_start_ms) as f64 / 1000.0;
+    let duration = media_duration(&file);
+    assert!(
+        (ran - duration).abs() <= 1.0,
+        "ran {ran:.2} s from the first frame, the file holds {duration:.2} s"
+    );
+    let frames = decoded_video_frames(&file);
+    assert!(
+        frames as f64 >= (duration - 0.5) * 30.0,
+        "{frames} frames decode in {duration} s"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
