@@ -491,26 +491,27 @@ mod tests {
     fn validation_errors_point_at_the_key() {
         let dir = std::env::temp_dir().join(format!("offeroverlay-pos-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let toml = dir.join("s.toml");
-        std::fs::write(
-            &toml,
+        // The error of loading `text` saved as `name`, and the path it names the file by.
+        let load_error = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            let err = load_schedule(&path).unwrap_err().to_string();
+            (err, path.display().to_string())
+        };
+        let (err, path) = load_error(
+            "s.toml",
             "[[offers]]\nid = \"a\"\ntitle = \"A\"\nprice = \"1\"\n\n[[offers]]\nid = \"b\"\ntitle = \"B\"\nprice = \"2\"\n  image = \"missing.png\"\n",
-        )
-        .unwrap();
-        let err = load_schedule(&toml).unwrap_err().to_string();
+        );
         assert!(
-            err.starts_with(&format!("{}:10:3: offers[1].image: ", toml.display())),
+            err.starts_with(&format!("{path}:10:3: offers[1].image: ")),
             "{err}"
         );
-        let json = dir.join("s.json");
-        std::fs::write(
-            &json,
+        let (err, path) = load_error(
+            "s.json",
             "{\"offers\": [{\"id\": \"a\", \"title\": \"A\", \"price\": \"1\"},\n {\"id\": \"a\",\n  \"title\": \"B\", \"price\": \"2\"}]}",
-        )
-        .unwrap();
-        let err = load_schedule(&json).unwrap_err().to_string();
+        );
         assert!(
-            err.starts_with(&format!("{}:2:3: offers[1].id: ", json.display())),
+            err.starts_with(&format!("{path}:2:3: offers[1].id: ")),
             "{err}"
         );
         let err = parse_offer_json(
