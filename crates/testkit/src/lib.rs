@@ -6,6 +6,7 @@
 
 use std::process::Command;
 
+pub mod faults;
 pub mod http;
 mod janus;
 pub mod media;
