@@ -17,6 +17,7 @@ use gstclip::{CLIP_START_EVENT, ClipMode};
 use hybridlive_timeline::ClipRange;
 
 use crate::mp4edit::{TrackEdit, TrackPatch, orientation_matrix, patch_tracks};
+use crate::readers::{lock, make, on_parsed_stream, presented_stream_time};
 use crate::vertical::{Crop, Vertical, swaps_axes, upright_direction};
 
 /// How far before the clip the recording is seeked to. Demuxers of fragmented files land each
@@ -137,16 +138,6 @@ struct Shared {
     notes: Vec<String>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn make(factory: &str) -> anyhow::Result<gst::Element> {
-    gst::ElementFactory::make(factory)
-        .build()
-        .with_context(|| format!("GStreamer element {factory} is missing"))
-}
-
 /// The temporary name `output` is written under before it is complete: unique to this
 /// process and cut, so two runs writing the same clip into one folder do not share it.
 pub fn temp_path(output: &Path) -> PathBuf {
@@ -243,16 +234,12 @@ fn cut_to(
     let gate = Gate::default();
 
     {
-        let pipeline_weak = pipeline.downgrade();
         let clip = clip.clone();
         let mux = mux.clone();
         let shared = shared.clone();
         let gate = gate.clone();
-        parsebin.connect_pad_added(move |_, pad| {
-            let Some(pipeline) = pipeline_weak.upgrade() else {
-                return;
-            };
-            if let Err(e) = link_stream(&pipeline, pad, &clip, &mux, &shared, &gate) {
+        on_parsed_stream(&pipeline, &parsebin, move |pipeline, pad| {
+            if let Err(e) = link_stream(pipeline, pad, &clip, &mux, &shared, &gate) {
                 lock(&shared).error.get_or_insert(e.to_string());
             }
         });
@@ -713,15 +700,9 @@ fn link_stream(
                 if hit.swap(true, Ordering::SeqCst) {
                     return gst::PadProbeReturn::Ok;
                 }
-                let seg = pad
-                    .sticky_event::<gst::event::Segment>(0)
-                    .and_then(|e| e.segment().downcast_ref::<gst::ClockTime>().cloned());
-                if let (Some(seg), Some(b)) = (seg, info.buffer())
-                && let Some(t) = b.pts().or(b.dts())
                 // Audio's first frames can lie before the segment (AAC priming the edit list
                 // hides): what is presented starts at the segment's start.
-                && let Some(t) = seg.to_stream_time(t.max(seg.start().unwrap_or(t)))
-                {
+                if let Some(t) = info.buffer().and_then(|b| presented_stream_time(pad, b)) {
                     let mut origin = lock(&g.origin);
                     *origin = Some(origin.map_or(t.nseconds(), |o| o.min(t.nseconds())));
                 }

@@ -11,6 +11,7 @@ mod manifest;
 mod mp4edit;
 mod peaks;
 mod progress;
+mod readers;
 mod repurpose;
 mod vertical;
 

@@ -25,6 +25,8 @@ use gst::prelude::*;
 use gst_app::AppSink;
 use hybridlive_timeline::{ClipRange, ProposedClip};
 
+use crate::readers::{lock, make, on_parsed_stream, presented_stream_time};
+
 /// Nanoseconds per second.
 const SECOND: u64 = 1_000_000_000;
 
@@ -126,12 +128,6 @@ pub fn peak_clips(profile: &LoudnessProfile, opts: &PeakOptions) -> Vec<Proposed
     clips
 }
 
-fn make(factory: &str) -> anyhow::Result<gst::Element> {
-    gst::ElementFactory::make(factory)
-        .build()
-        .with_context(|| format!("GStreamer element {factory} is missing"))
-}
-
 /// Decodes the first audio stream of `recording` and measures its loudness.
 pub fn analyse(recording: &Path) -> anyhow::Result<LoudnessProfile> {
     if !recording.is_file() {
@@ -162,15 +158,11 @@ pub fn analyse(recording: &Path) -> anyhow::Result<LoudnessProfile> {
     let starts = Arc::new(Mutex::new(Starts::default()));
     {
         let starts = starts.clone();
-        let pipeline_weak = pipeline.downgrade();
         let appsink = appsink.clone();
         let linked = linked.clone();
         let discarded_eos = discarded_eos.clone();
-        parsebin.connect_pad_added(move |_, pad| {
-            let Some(pipeline) = pipeline_weak.upgrade() else {
-                return;
-            };
-            let mut l = linked.lock().unwrap_or_else(|e| e.into_inner());
+        on_parsed_stream(&pipeline, &parsebin, move |pipeline, pad| {
+            let mut l = lock(&linked);
             let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
             let audio = caps
                 .structure(0)
@@ -178,9 +170,9 @@ pub fn analyse(recording: &Path) -> anyhow::Result<LoudnessProfile> {
             watch_start(pad, &starts, audio && !l.0);
             let result = if audio && !l.0 {
                 l.0 = true;
-                link_audio(&pipeline, pad, &appsink)
+                link_audio(pipeline, pad, &appsink)
             } else {
-                link_discard(&pipeline, pad, &discarded_eos)
+                link_discard(pipeline, pad, &discarded_eos)
             };
             if let Err(e) = result {
                 l.1.get_or_insert(format!("{e:#}"));
@@ -205,7 +197,7 @@ pub fn analyse(recording: &Path) -> anyhow::Result<LoudnessProfile> {
                 return Err(bus_error(&msg));
             }
             {
-                let l = linked.lock().unwrap_or_else(|e| e.into_inner());
+                let l = lock(&linked);
                 if let Some(e) = &l.1 {
                     bail!("{e}");
                 }
@@ -281,10 +273,7 @@ pub fn analyse(recording: &Path) -> anyhow::Result<LoudnessProfile> {
             .map_err(|e| anyhow!("cannot measure loudness: {e}"))?;
         // Readings count from the first audio sample; clips are cut on the recording's
         // timeline, which starts with its earliest stream.
-        let offset = starts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .audio_offset();
+        let offset = lock(&starts).audio_offset();
         for (t, _) in &mut momentary {
             *t += offset;
         }
@@ -334,14 +323,8 @@ impl Starts {
 fn watch_start(pad: &gst::Pad, starts: &Arc<Mutex<Starts>>, measured: bool) {
     let starts = starts.clone();
     pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
-        let seg = pad
-            .sticky_event::<gst::event::Segment>(0)
-            .and_then(|e| e.segment().downcast_ref::<gst::ClockTime>().cloned());
-        if let (Some(seg), Some(b)) = (seg, info.buffer())
-            && let Some(t) = b.pts().or(b.dts())
-            && let Some(t) = seg.to_stream_time(t.max(seg.start().unwrap_or(t)))
-        {
-            let mut s = starts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = info.buffer().and_then(|b| presented_stream_time(pad, b)) {
+            let mut s = lock(&starts);
             let t = t.nseconds();
             s.origin = Some(s.origin.map_or(t, |o| o.min(t)));
             if measured {
