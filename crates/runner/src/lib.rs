@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
+mod capture;
 pub mod config;
 use config::fragment;
 mod control;

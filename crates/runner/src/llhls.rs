@@ -132,7 +132,7 @@ impl LlHls {
                 duration = buffer.duration();
             }
             // The muxer copies the first sample's metas to the header; the samples keep theirs.
-            utc_ns = utc_ns.or_else(|| crate::output::capture_utc_ns(buffer));
+            utc_ns = utc_ns.or_else(|| crate::capture::capture_utc_ns(buffer));
             data.extend_from_slice(map.as_slice());
         }
         let mut state = self.state.lock().unwrap();

@@ -279,15 +279,6 @@ pub fn make(factory: &str, name: &str) -> anyhow::Result<gst::Element> {
         .with_context(|| format!("the GStreamer element `{factory}` is not installed"))
 }
 
-/// The capture time latencystamp attached to a buffer, UTC nanoseconds.
-pub(crate) fn capture_utc_ns(buffer: &gst::BufferRef) -> Option<u64> {
-    let caps = gst::Caps::builder("timestamp/x-unix").build();
-    buffer
-        .iter_meta::<gst::ReferenceTimestampMeta>()
-        .find(|m| m.reference().is_subset(&caps))
-        .map(|m| m.timestamp().nseconds())
-}
-
 /// Stores a latencymeter report under a path name.
 pub fn record_latency(shared: &Shared, path: &str, report: &gst::StructureRef) {
     let p50 = report.get::<f64>("window-p50-ms").unwrap_or(0.0);

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use gst::prelude::*;
 
-use super::{Context, Input, InputLink, Kind, Take, capture_utc_ns, kind_for, make};
+use super::{Context, Input, InputLink, Kind, Take, kind_for, make};
+use crate::capture::capture_utc_ns;
 use crate::config::{EncoderKind, Output};
 use crate::events::Events;
 use crate::llhls::LlHls;
