@@ -13,6 +13,22 @@ fn v<T: ToValue>(x: T) -> glib::Value {
 
 const SEC: gst::ClockTime = gst::ClockTime::SECOND;
 
+/// A run of `schedule` over I420 frames of `size` at 10 fps, cards fading in and out over
+/// `fade_ms`.
+fn scheduled_run(schedule: &str, (width, height): (u32, u32), fade_ms: u32) -> Run {
+    Run::new(
+        "I420",
+        width,
+        height,
+        10,
+        &[
+            ("schedule", v(schedule)),
+            ("fade-in", v(fade_ms)),
+            ("fade-out", v(fade_ms)),
+        ],
+    )
+}
+
 #[test]
 fn card_appears_where_and_when_scheduled_and_timeline_is_sent() {
     let dir = TempDir::new("when");
@@ -24,17 +40,7 @@ fn card_appears_where_and_when_scheduled_and_timeline_is_sent() {
         ),
     );
     let (w, h) = (640, 360);
-    let mut run = Run::new(
-        "I420",
-        w,
-        h,
-        10,
-        &[
-            ("schedule", v(&schedule)),
-            ("fade-in", v(0u32)),
-            ("fade-out", v(0u32)),
-        ],
-    );
+    let mut run = scheduled_run(&schedule, (w, h), 0);
     let (x0, x1, y1) = expected_bottom_right(w, h, 0.3, 0.03);
     let mut shown_at = None;
     let mut hidden_at = None;
@@ -100,17 +106,7 @@ fn fades_are_monotonic() {
         r#"{"offers": [{"id": "f", "title": "Fading", "price": "1 €", "start": 0, "end": 3}]}"#,
     );
     let (w, h) = (480, 270);
-    let mut run = Run::new(
-        "I420",
-        w,
-        h,
-        10,
-        &[
-            ("schedule", v(&schedule)),
-            ("fade-in", v(1000u32)),
-            ("fade-out", v(1000u32)),
-        ],
-    );
+    let mut run = scheduled_run(&schedule, (w, h), 1000);
     let (x0, x1, y1) = expected_bottom_right(w, h, 0.3, 0.03);
     // A band at the card's bottom: card background whatever the content above.
     let region = (x0 as u32 + 10, y1 as u32 - 8, x1 as u32 - 10, y1 as u32 - 3);
@@ -193,16 +189,18 @@ fn every_listed_format_at_odd_sizes() {
     }
 }
 
-#[test]
-fn overlay_meta_is_attached_when_downstream_accepts_it() {
-    let dir = TempDir::new("meta");
-    let schedule = dir.write("s.toml", &offer_toml("m", "qr = \"https://example.com/m\""));
+/// A playing offeroverlay harness showing `schedule` at once (no fade-in) over a plain
+/// 320x240 I420 background; `downstream` sets what the sink side takes before it starts.
+fn playing_harness(
+    schedule: &str,
+    downstream: impl FnOnce(&mut gst_check::Harness),
+) -> (gst_check::Harness, gst::Element) {
     init();
     let mut h = gst_check::Harness::new("offeroverlay");
     let overlay = h.element().unwrap();
-    overlay.set_property("schedule", &schedule);
+    overlay.set_property("schedule", schedule);
     overlay.set_property("fade-in", 0u32);
-    h.set_sink_caps_str("video/x-raw(meta:GstVideoOverlayComposition),format=I420,width=320,height=240,framerate=10/1");
+    downstream(&mut h);
     h.add_src_parse(
         &format!(
             "videotestsrc pattern=solid-color foreground-color={BACKGROUND} ! capsfilter caps=\
@@ -211,6 +209,16 @@ fn overlay_meta_is_attached_when_downstream_accepts_it() {
         false,
     );
     h.play();
+    (h, overlay)
+}
+
+#[test]
+fn overlay_meta_is_attached_when_downstream_accepts_it() {
+    let dir = TempDir::new("meta");
+    let schedule = dir.write("s.toml", &offer_toml("m", "qr = \"https://example.com/m\""));
+    let (mut h, overlay) = playing_harness(&schedule, |h| {
+        h.set_sink_caps_str("video/x-raw(meta:GstVideoOverlayComposition),format=I420,width=320,height=240,framerate=10/1");
+    });
     h.push_from_src().unwrap();
     let buf = h.pull().unwrap();
     let meta = buf
@@ -233,22 +241,11 @@ fn overlay_meta_is_attached_when_downstream_accepts_it() {
 fn overlay_meta_is_attached_when_the_allocation_query_accepts_it() {
     let dir = TempDir::new("alloc");
     let schedule = dir.write("s.toml", &offer_toml("a", ""));
-    init();
-    let mut h = gst_check::Harness::new("offeroverlay");
-    let overlay = h.element().unwrap();
-    overlay.set_property("schedule", &schedule);
-    overlay.set_property("fade-in", 0u32);
     // Plain caps, but downstream says in the allocation query that it draws compositions.
-    h.set_sink_caps_str("video/x-raw,format=I420,width=320,height=240,framerate=10/1");
-    h.add_propose_allocation_meta(gst_video::VideoOverlayCompositionMeta::meta_api(), None);
-    h.add_src_parse(
-        &format!(
-            "videotestsrc pattern=solid-color foreground-color={BACKGROUND} ! capsfilter caps=\
-             video/x-raw,format=I420,width=320,height=240,framerate=10/1"
-        ),
-        false,
-    );
-    h.play();
+    let (mut h, overlay) = playing_harness(&schedule, |h| {
+        h.set_sink_caps_str("video/x-raw,format=I420,width=320,height=240,framerate=10/1");
+        h.add_propose_allocation_meta(gst_video::VideoOverlayCompositionMeta::meta_api(), None);
+    });
     h.push_from_src().unwrap();
     let buf = h.pull().unwrap();
     assert!(
@@ -319,17 +316,7 @@ fn pair(a: &str, id: &str) -> (String, String) {
 fn schedule_reloads_by_property_and_signal_and_keeps_the_old_one_when_bad() {
     let dir = TempDir::new("reload");
     let path = dir.write("s.toml", &offer_toml("a", ""));
-    let mut run = Run::new(
-        "I420",
-        320,
-        240,
-        10,
-        &[
-            ("schedule", v(&path)),
-            ("fade-in", v(0u32)),
-            ("fade-out", v(0u32)),
-        ],
-    );
+    let mut run = scheduled_run(&path, (320, 240), 0);
     let (_, ev) = run.step();
     assert_eq!(actions(&ev), [pair("shown", "a")]);
 
@@ -443,17 +430,7 @@ fn offers_with_duration_and_utc_times() {
             offer_toml("short", "start = 0.5\nduration = 0.5"),
         ),
     );
-    let mut run = Run::new(
-        "I420",
-        320,
-        240,
-        10,
-        &[
-            ("schedule", v(&schedule)),
-            ("fade-in", v(0u32)),
-            ("fade-out", v(0u32)),
-        ],
-    );
+    let mut run = scheduled_run(&schedule, (320, 240), 0);
     let mut seen = Vec::new();
     for _ in 0..12 {
         let (frame, ev) = run.step();
@@ -903,17 +880,7 @@ fn a_fading_countdown_card_draws_without_glib_criticals() {
         "[[offers]]\nid = \"c\"\ntitle = \"Countdown\"\nprice = \"9 €\"\ncountdown = true\nstart = 0\nend = 3\n",
     );
     let (w, h) = (640, 360);
-    let mut run = Run::new(
-        "I420",
-        w,
-        h,
-        10,
-        &[
-            ("schedule", v(&schedule)),
-            ("fade-in", v(1000u32)),
-            ("fade-out", v(1000u32)),
-        ],
-    );
+    let mut run = scheduled_run(&schedule, (w, h), 1000);
     let (x0, x1, y1) = expected_bottom_right(w, h, 0.3, 0.03);
     let region = (x0 as u32 + 10, y1 as u32 - 8, x1 as u32 - 10, y1 as u32 - 3);
     let strengths: Vec<f64> = (0..31).map(|_| run.step().0.strength(region)).collect();
@@ -935,20 +902,8 @@ fn a_fading_countdown_card_draws_without_glib_criticals() {
 fn cards_are_blended_when_downstream_takes_any_caps() {
     let dir = TempDir::new("any");
     let schedule = dir.write("s.toml", &offer_toml("y", ""));
-    init();
     // Like fakesink, appsink, shmsink or proxysink: ANY caps, no allocation meta.
-    let mut h = gst_check::Harness::new("offeroverlay");
-    let overlay = h.element().unwrap();
-    overlay.set_property("schedule", &schedule);
-    overlay.set_property("fade-in", 0u32);
-    h.add_src_parse(
-        &format!(
-            "videotestsrc pattern=solid-color foreground-color={BACKGROUND} ! capsfilter caps=\
-             video/x-raw,format=I420,width=320,height=240,framerate=10/1"
-        ),
-        false,
-    );
-    h.play();
+    let (mut h, overlay) = playing_harness(&schedule, |_| {});
     h.push_from_src().unwrap();
     let buf = h.pull().unwrap();
     assert!(
