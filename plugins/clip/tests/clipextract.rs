@@ -267,10 +267,18 @@ fn two_clips_each_zero_based_with_markers() {
     assert!(frames_in < 380, "read {frames_in} frames");
 }
 
-#[test]
-fn exact_segment_for_players() {
-    let src = source("seg");
-    let run = run(&src, "ranges=1.3-2.1 mode=exact exact-segment=true").expect("pipeline");
+/// The first clip's video: its presentation start and stop as the clip-start event
+/// announces them, and the segment (start, stop) it was sent with.
+struct FirstClip {
+    present_start: u64,
+    present_stop: Option<u64>,
+    segment: Option<(u64, Option<u64>)>,
+}
+
+/// Cuts a fresh source named after `name` with the element properties `props`.
+fn first_video_clip(name: &str, props: &str) -> FirstClip {
+    let src = source(name);
+    let run = run(&src, props).expect("pipeline");
     let _ = std::fs::remove_file(&src);
     let clip = &clips(&run.video)[0];
     let Item::ClipStart {
@@ -281,33 +289,36 @@ fn exact_segment_for_players() {
     else {
         unreachable!()
     };
-    let seg = clip.iter().find_map(|i| match i {
+    let segment = clip.iter().find_map(|i| match i {
         Item::Segment { start, stop } => Some((*start, *stop)),
         _ => None,
     });
-    assert_eq!(seg, Some((present_start, present_stop)));
+    FirstClip {
+        present_start,
+        present_stop,
+        segment,
+    }
+}
+
+#[test]
+fn exact_segment_for_players() {
+    let FirstClip {
+        present_start,
+        present_stop,
+        segment,
+    } = first_video_clip("seg", "ranges=1.3-2.1 mode=exact exact-segment=true");
+    assert_eq!(segment, Some((present_start, present_stop)));
 }
 
 #[test]
 fn keyframe_mode_starts_on_the_key_frame() {
-    let src = source("kf");
-    let run = run(&src, "ranges=3.3-4.1 mode=keyframe").expect("pipeline");
-    let _ = std::fs::remove_file(&src);
-    let clip = &clips(&run.video)[0];
-    let Item::ClipStart {
+    let FirstClip {
         present_start,
         present_stop,
-        ..
-    } = clip[0]
-    else {
-        unreachable!()
-    };
-    let seg_start = clip.iter().find_map(|i| match i {
-        Item::Segment { start, .. } => Some(*start),
-        _ => None,
-    });
+        segment,
+    } = first_video_clip("kf", "ranges=3.3-4.1 mode=keyframe");
     assert_eq!(
-        seg_start,
+        segment.map(|(start, _)| start),
         Some(present_start),
         "presentation starts on the key frame"
     );
