@@ -141,19 +141,30 @@ impl<'t, 'i> Fields<'t, 'i> {
         );
     }
 
+    /// The value of `key` as `convert` reads it, with the value itself for its span; `None`
+    /// when the key is absent, or when `convert` refuses it, which is reported as not `want`.
+    fn typed<T>(
+        &mut self,
+        diags: &mut Vec<Diagnostic>,
+        key: &'static str,
+        want: &str,
+        convert: impl FnOnce(&'t DeValue<'i>) -> Option<T>,
+    ) -> Option<(T, &'t Spanned<DeValue<'i>>)> {
+        let value = self.entry(key)?;
+        let Some(converted) = convert(value.get_ref()) else {
+            self.type_error(diags, value, key, want);
+            return None;
+        };
+        Some((converted, value))
+    }
+
     pub(super) fn string(
         &mut self,
         diags: &mut Vec<Diagnostic>,
         key: &'static str,
     ) -> Option<(String, Range<usize>)> {
-        let value = self.entry(key)?;
-        match value.get_ref().as_str() {
-            Some(s) => Some((s.to_string(), value.span())),
-            None => {
-                self.type_error(diags, value, key, "a string");
-                None
-            }
-        }
+        let (s, value) = self.typed(diags, key, "a string", DeValue::as_str)?;
+        Some((s.to_string(), value.span()))
     }
 
     pub(super) fn required_string(
@@ -180,13 +191,8 @@ impl<'t, 'i> Fields<'t, 'i> {
         key: &'static str,
         default: bool,
     ) -> bool {
-        let Some(value) = self.entry(key) else {
-            return default;
-        };
-        value.get_ref().as_bool().unwrap_or_else(|| {
-            self.type_error(diags, value, key, "true or false");
-            default
-        })
+        self.typed(diags, key, "true or false", DeValue::as_bool)
+            .map_or(default, |(b, _)| b)
     }
 
     pub(super) fn integer(
@@ -196,11 +202,7 @@ impl<'t, 'i> Fields<'t, 'i> {
         range: Range<i64>,
         default: u32,
     ) -> u32 {
-        let Some(value) = self.entry(key) else {
-            return default;
-        };
-        let Some(int) = value.get_ref().as_integer() else {
-            self.type_error(diags, value, key, "an integer");
+        let Some((int, value)) = self.typed(diags, key, "an integer", DeValue::as_integer) else {
             return default;
         };
         let digits = int.as_str().replace('_', "");
@@ -252,19 +254,16 @@ impl<'t, 'i> Fields<'t, 'i> {
         max: f64,
         default: f64,
     ) -> f64 {
-        let Some(value) = self.entry(key) else {
+        let digits = |v: &DeValue| match v {
+            DeValue::Float(f) => Some(f.as_str().replace('_', "")),
+            DeValue::Integer(i) => Some(i.as_str().replace('_', "")),
+            _ => None,
+        };
+        let Some((digits, value)) = self.typed(diags, key, "a number", digits) else {
             return default;
         };
-        let parsed = match value.get_ref() {
-            DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
-            DeValue::Integer(i) => i.as_str().replace('_', "").parse::<f64>().ok(),
-            _ => {
-                self.type_error(diags, value, key, "a number");
-                return default;
-            }
-        };
-        match parsed {
-            Some(n) if (min..=max).contains(&n) => n,
+        match digits.parse::<f64>() {
+            Ok(n) if (min..=max).contains(&n) => n,
             _ => {
                 self.error(
                     diags,
