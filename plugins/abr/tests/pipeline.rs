@@ -5,13 +5,8 @@ use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 
-fn init() {
-    static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| {
-        gst::init().expect("GStreamer initialises");
-        gstabr::plugin_register_static().expect("abr plugin registers");
-    });
-}
+mod common;
+use common::{StopOnDrop, init, rtt_and_loss_inputs};
 
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
@@ -84,15 +79,6 @@ fn wait_for_decision(
         }
     }
     None
-}
-
-/// Sets the pipeline to NULL however the test ends.
-struct StopOnDrop(gst::Pipeline);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.set_state(gst::State::Null);
-    }
 }
 
 #[test]
@@ -219,20 +205,11 @@ fn srtsink_statistics_are_followed() {
     sender.set_state(gst::State::Playing).unwrap();
     let abr = sender.by_name("abr").unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut inputs = None;
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        let i = abr
-            .property::<gst::Structure>("stats")
-            .get::<gst::Structure>("inputs")
-            .unwrap();
-        if i.has_field("rtt") && i.has_field("loss") {
-            inputs = Some(i);
-            break;
-        }
-    }
-    let inputs = inputs.expect("srtsink RTT and loss reach the controller");
+    let inputs = rtt_and_loss_inputs(
+        &abr,
+        Duration::from_secs(10),
+        "srtsink RTT and loss reach the controller",
+    );
     assert!(inputs.get::<gst::ClockTime>("rtt").unwrap() < gst::ClockTime::from_seconds(1));
     assert_eq!(inputs.get::<f64>("loss").unwrap(), 0.0);
 }

@@ -2,26 +2,12 @@
 //! loopback ICE (in a private network namespace: nothing leaves 127.0.0.1), the receiver's
 //! RTCP reports reach the sender's statistics.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gst::prelude::*;
 
-fn init() {
-    static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| {
-        gst::init().expect("GStreamer initialises");
-        gstabr::plugin_register_static().expect("abr plugin registers");
-    });
-}
-
-/// Sets the pipeline to NULL however the test ends.
-struct StopOnDrop(gst::Pipeline);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.set_state(gst::State::Null);
-    }
-}
+mod common;
+use common::{StopOnDrop, init, rtt_and_loss_inputs};
 
 /// Offer from `send`, answer from `recv`, candidates both ways.
 fn connect(send: &gst::Element, recv: &gst::Element) {
@@ -108,20 +94,11 @@ fn webrtcbin_receiver_reports_reach_the_controller() {
 
     let abr = pipeline.by_name("abr").unwrap();
     // Waiting, not measuring: ICE, DTLS and the first receiver reports take seconds under load.
-    let deadline = Instant::now() + Duration::from_secs(45);
-    let mut inputs = None;
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        let i = abr
-            .property::<gst::Structure>("stats")
-            .get::<gst::Structure>("inputs")
-            .unwrap();
-        if i.has_field("rtt") && i.has_field("loss") {
-            inputs = Some(i);
-            break;
-        }
-    }
-    let inputs = inputs.expect("webrtcbin receiver reports reach the controller");
+    let inputs = rtt_and_loss_inputs(
+        &abr,
+        Duration::from_secs(45),
+        "webrtcbin receiver reports reach the controller",
+    );
     let loss = inputs.get::<f64>("loss").unwrap();
     assert!((0.0..=0.02).contains(&loss), "{loss} on loopback");
     assert!(inputs.get::<gst::ClockTime>("rtt").unwrap() < gst::ClockTime::from_mseconds(500));
