@@ -108,10 +108,39 @@ struct Streams {
 }
 
 /// Per-encoder counters, written by a pad probe and read by the status tick.
-#[derive(Default)]
 struct Counter {
     bytes: AtomicU64,
     buffers: AtomicU64,
+    /// A video encoder: its buffers are frames, so it has a frame rate.
+    video: bool,
+}
+
+impl Counter {
+    fn new(video: bool) -> Self {
+        Self {
+            bytes: AtomicU64::new(0),
+            buffers: AtomicU64::new(0),
+            video,
+        }
+    }
+}
+
+/// An encoder's kbit/s and (video) frames per second between two readings of its counts
+/// (bytes, buffers, when), over the time that really passed. The first reading has no
+/// interval: what was counted before it is not one second's worth.
+fn encoder_rates(
+    previous: Option<(u64, u64, std::time::Instant)>,
+    (bytes, buffers, now): (u64, u64, std::time::Instant),
+    video: bool,
+) -> Option<(f64, Option<f64>)> {
+    let (pb, pn, then) = previous?;
+    let seconds = now.checked_duration_since(then)?.as_secs_f64();
+    if seconds <= 0.0 {
+        return None;
+    }
+    let kbps = bytes.saturating_sub(pb) as f64 * 8.0 / 1000.0 / seconds;
+    let fps = video.then(|| buffers.saturating_sub(pn) as f64 / seconds);
+    Some((kbps, fps))
 }
 
 /// The whole running thing, shared with the HTTP server and the GLib callbacks.
@@ -124,7 +153,8 @@ pub struct Runner {
     main_loop: glib::MainLoop,
     shutting_down: AtomicBool,
     counters: BTreeMap<String, Arc<Counter>>,
-    previous: Mutex<BTreeMap<String, (u64, u64)>>,
+    /// Each encoder's counts at the previous tick, and when that was.
+    previous: Mutex<BTreeMap<String, (u64, u64, std::time::Instant)>>,
     fallback_sources: Vec<(String, gst::Element)>,
     source_states: Mutex<BTreeMap<String, String>>,
     /// Where this run's events go.
@@ -290,18 +320,22 @@ impl Runner {
         for (name, counter) in &self.counters {
             let bytes = counter.bytes.load(Ordering::Relaxed);
             let buffers = counter.buffers.load(Ordering::Relaxed);
-            let (pb, pn) = self
+            let now = std::time::Instant::now();
+            let previous = self
                 .previous
                 .lock()
                 .unwrap()
-                .insert(name.clone(), (bytes, buffers))
-                .unwrap_or((0, 0));
+                .insert(name.clone(), (bytes, buffers, now));
             self.shared.with(|s| {
                 let e = s.encoders.entry(name.clone()).or_default();
                 e.bytes = bytes;
                 e.buffers = buffers;
-                e.kbps = (bytes - pb) as f64 * 8.0 / 1000.0;
-                e.fps = (buffers - pn) as f64;
+                if let Some((kbps, fps)) =
+                    encoder_rates(previous, (bytes, buffers, now), counter.video)
+                {
+                    e.kbps = kbps;
+                    e.fps = fps;
+                }
             });
         }
         let mut viewers = 0;
@@ -407,7 +441,10 @@ impl Runner {
         self.shared.with(|s| {
             let mut parts = Vec::new();
             for (name, e) in &s.encoders {
-                parts.push(format!("{name} {:.0} fps {:.0} kbit/s", e.fps, e.kbps));
+                match e.fps {
+                    Some(fps) => parts.push(format!("{name} {fps:.0} fps {:.0} kbit/s", e.kbps)),
+                    None => parts.push(format!("{name} {:.0} kbit/s", e.kbps)),
+                }
             }
             for (path, l) in &s.latency {
                 parts.push(format!("{path} p95 {:.1} ms", l.p95_ms));
@@ -569,7 +606,7 @@ fn run_with(
             .context("encoder input")?
             .clone();
         let framerate = source_of(&config, &e.input).map_or(30, |s| s.video.framerate);
-        let counter = Arc::new(Counter::default());
+        let counter = Arc::new(Counter::new(e.kind.media() == Media::Video));
         let steering = config
             .transforms
             .iter()
@@ -1688,7 +1725,7 @@ fn raw_video_caps(width: u32, height: u32, framerate: gst::Fraction) -> gst::Cap
 
 #[cfg(test)]
 mod tests {
-    use super::{source_endpoints, viewer_url};
+    use super::{Duration, encoder_rates, source_endpoints, viewer_url};
 
     #[test]
     fn source_secrets_are_masked_in_ingest_errors() {
@@ -1706,6 +1743,21 @@ mod tests {
             "{masked}"
         );
         assert!(masked.contains("rtmp://127.0.0.1/live/****"), "{masked}");
+    }
+
+    #[test]
+    fn encoder_rates_wait_for_an_interval_and_give_frames_for_video_only() {
+        let start = std::time::Instant::now();
+        // The first tick comes after the ingest ran a while: no rate from that.
+        assert_eq!(encoder_rates(None, (137_000, 43, start), true), None);
+        let later = start + Duration::from_secs(2);
+        let (kbps, fps) =
+            encoder_rates(Some((137_000, 43, start)), (337_000, 103, later), true).unwrap();
+        assert!((kbps - 800.0).abs() < 1e-9, "{kbps}");
+        assert_eq!(fps, Some(30.0));
+        let (_, fps) =
+            encoder_rates(Some((0, 0, start)), (32_000, 94, later), false).unwrap();
+        assert_eq!(fps, None, "audio buffers are not frames");
     }
 
     #[test]

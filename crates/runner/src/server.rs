@@ -672,27 +672,34 @@ fn label(value: &str) -> String {
 pub fn metrics(run: &dyn Control) -> String {
     let mut out = run.shared().with(|s| {
         let mut out = String::new();
-        out.push_str("# HELP hybridlive_latency_ms Capture-to-here latency per path over the meter window, milliseconds.\n");
-        out.push_str("# TYPE hybridlive_latency_ms gauge\n");
+        // Two gauges, not a summary: the quantiles are the meter's over its window, and
+        // there is no running sum to go with them.
+        out.push_str("# HELP hybridlive_latency_p50_seconds Capture-to-here latency per path, median over the meter window.\n");
+        out.push_str("# TYPE hybridlive_latency_p50_seconds gauge\n");
         for (path, l) in &s.latency {
-            let p = label(path);
-            let _ = writeln!(out, "hybridlive_latency_ms{{path=\"{p}\",quantile=\"0.5\"}} {}", l.p50_ms);
-            let _ = writeln!(out, "hybridlive_latency_ms{{path=\"{p}\",quantile=\"0.95\"}} {}", l.p95_ms);
+            let _ = writeln!(out, "hybridlive_latency_p50_seconds{{path=\"{}\"}} {}", label(path), l.p50_ms / 1000.0);
+        }
+        out.push_str("# HELP hybridlive_latency_p95_seconds Capture-to-here latency per path, 95th percentile over the meter window.\n");
+        out.push_str("# TYPE hybridlive_latency_p95_seconds gauge\n");
+        for (path, l) in &s.latency {
+            let _ = writeln!(out, "hybridlive_latency_p95_seconds{{path=\"{}\"}} {}", label(path), l.p95_ms / 1000.0);
         }
         out.push_str("# HELP hybridlive_latency_frames_total Frames measured per path.\n");
         out.push_str("# TYPE hybridlive_latency_frames_total counter\n");
         for (path, l) in &s.latency {
             let _ = writeln!(out, "hybridlive_latency_frames_total{{path=\"{}\"}} {}", label(path), l.count);
         }
-        out.push_str("# HELP hybridlive_encoder_bitrate_kbps Encoder output over the last second, kbit/s.\n");
-        out.push_str("# TYPE hybridlive_encoder_bitrate_kbps gauge\n");
+        out.push_str("# HELP hybridlive_encoder_bits_per_second Encoder output over the last second.\n");
+        out.push_str("# TYPE hybridlive_encoder_bits_per_second gauge\n");
         for (name, e) in &s.encoders {
-            let _ = writeln!(out, "hybridlive_encoder_bitrate_kbps{{encoder=\"{}\"}} {}", label(name), e.kbps);
+            let _ = writeln!(out, "hybridlive_encoder_bits_per_second{{encoder=\"{}\"}} {}", label(name), e.kbps * 1000.0);
         }
-        out.push_str("# HELP hybridlive_encoder_fps Encoded buffers over the last second.\n");
-        out.push_str("# TYPE hybridlive_encoder_fps gauge\n");
+        out.push_str("# HELP hybridlive_encoder_frames_per_second Video frames encoded over the last second.\n");
+        out.push_str("# TYPE hybridlive_encoder_frames_per_second gauge\n");
         for (name, e) in &s.encoders {
-            let _ = writeln!(out, "hybridlive_encoder_fps{{encoder=\"{}\"}} {}", label(name), e.fps);
+            if let Some(fps) = e.fps {
+                let _ = writeln!(out, "hybridlive_encoder_frames_per_second{{encoder=\"{}\"}} {fps}", label(name));
+            }
         }
         out.push_str("# HELP hybridlive_encoder_bytes_total Bytes produced per encoder.\n");
         out.push_str("# TYPE hybridlive_encoder_bytes_total counter\n");
@@ -758,21 +765,21 @@ pub fn metrics(run: &dyn Control) -> String {
     out
 }
 
-/// One gauge of [`abr_metrics`]: name suffix, help text, value.
+/// One gauge of [`abr_metrics`]: name suffix, help text, value (in base units).
 type AbrGauge = (&'static str, &'static str, fn(&AbrStatus) -> Option<u64>);
 
 /// Per output steered by an abrcontroller: what it decided last.
 fn abr_metrics(out: &mut String, abr: &std::collections::BTreeMap<String, AbrStatus>) {
     let gauges: [AbrGauge; 4] = [
         (
-            "target_kbps",
-            "Rate the abrcontroller believes the uplink carries, kbit/s.",
-            |a| Some(a.target_kbps),
+            "target_bits_per_second",
+            "Rate the abrcontroller believes the uplink carries.",
+            |a| Some(a.target_kbps.saturating_mul(1000)),
         ),
         (
-            "bitrate_kbps",
-            "Bitrate the abrcontroller gave the encoder, kbit/s.",
-            |a| Some(a.bitrate_kbps),
+            "bitrate_bits_per_second",
+            "Bitrate the abrcontroller gave the encoder.",
+            |a| Some(a.bitrate_kbps.saturating_mul(1000)),
         ),
         (
             "rung",
@@ -780,9 +787,9 @@ fn abr_metrics(out: &mut String, abr: &std::collections::BTreeMap<String, AbrSta
             |a| a.rung.map(u64::from),
         ),
         (
-            "estimate_kbps",
-            "Explicit estimate the abrcontroller followed, kbit/s.",
-            |a| a.estimate_kbps,
+            "estimate_bits_per_second",
+            "Explicit estimate the abrcontroller followed.",
+            |a| a.estimate_kbps.map(|k| k.saturating_mul(1000)),
         ),
     ];
     for (name, help, value) in gauges {
@@ -828,16 +835,22 @@ fn viewer_metrics(viewers: usize, reported: &[hybridlive_webrtc::ViewerLatency])
     p50.sort_by(f64::total_cmp);
     let median_p50 = p50[p50.len() / 2];
     let worst_p95 = reported.iter().map(|l| l.p95_ms).fold(f64::MIN, f64::max);
-    out.push_str("# HELP hybridlive_viewer_latency_ms Glass-to-glass latency reported by WebRTC viewers' pages, milliseconds.\n");
-    out.push_str("# TYPE hybridlive_viewer_latency_ms gauge\n");
+    out.push_str("# HELP hybridlive_viewer_latency_p50_seconds Glass-to-glass latency WebRTC viewers' pages report: the median of their medians.\n");
+    out.push_str("# TYPE hybridlive_viewer_latency_p50_seconds gauge\n");
     let _ = writeln!(
         out,
-        "hybridlive_viewer_latency_ms{{stat=\"median_p50\"}} {median_p50}"
+        "hybridlive_viewer_latency_p50_seconds {}",
+        median_p50 / 1000.0
     );
+    out.push_str("# HELP hybridlive_viewer_latency_worst_p95_seconds Glass-to-glass latency WebRTC viewers' pages report: the worst viewer's 95th percentile.\n");
+    out.push_str("# TYPE hybridlive_viewer_latency_worst_p95_seconds gauge\n");
     let _ = writeln!(
         out,
-        "hybridlive_viewer_latency_ms{{stat=\"worst_p95\"}} {worst_p95}"
+        "hybridlive_viewer_latency_worst_p95_seconds {}",
+        worst_p95 / 1000.0
     );
+    out.push_str("# HELP hybridlive_viewer_latency_reports WebRTC viewers whose pages report their latency.\n");
+    out.push_str("# TYPE hybridlive_viewer_latency_reports gauge\n");
     let _ = writeln!(out, "hybridlive_viewer_latency_reports {}", reported.len());
     out
 }
@@ -845,6 +858,92 @@ fn viewer_metrics(viewers: usize, reported: &[hybridlive_webrtc::ViewerLatency])
 #[cfg(test)]
 mod tests {
     use super::constant_time_eq;
+    use crate::control::Control;
+    use crate::state::{EncoderStats, Latency, Marker, Shared};
+
+    /// A run with only figures: what /metrics reads.
+    #[derive(Default)]
+    struct Figures(Shared);
+
+    impl Control for Figures {
+        fn shared(&self) -> &Shared {
+            &self.0
+        }
+        fn whep(&self) -> Option<hybridlive_webrtc::WhepOutput> {
+            None
+        }
+        fn ll_hls(&self) -> Option<std::sync::Arc<crate::llhls::LlHls>> {
+            None
+        }
+        fn hls_playlist_length(&self) -> Option<usize> {
+            None
+        }
+        fn control_offer(&self, _: Option<&str>, _: Option<&str>) -> usize {
+            0
+        }
+        fn marker(&self, label: String) -> Marker {
+            Marker { utc_ns: 0, label }
+        }
+        fn recording(&self, _: bool, _: Option<&str>) -> Result<Vec<String>, String> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[test]
+    fn metrics_are_in_base_units_without_quantile_gauges() {
+        let run = Figures::default();
+        run.0.with(|s| {
+            s.latency.insert(
+                "hls".into(),
+                Latency {
+                    p50_ms: 120.0,
+                    p95_ms: 250.0,
+                    count: 90,
+                },
+            );
+            s.encoders.insert(
+                "video".into(),
+                EncoderStats {
+                    bytes: 1000,
+                    buffers: 30,
+                    kbps: 800.0,
+                    fps: Some(30.0),
+                },
+            );
+            s.encoders.insert(
+                "audio".into(),
+                EncoderStats {
+                    bytes: 100,
+                    buffers: 47,
+                    kbps: 128.0,
+                    fps: None,
+                },
+            );
+        });
+        let text = super::metrics(&run);
+        for line in [
+            "hybridlive_latency_p50_seconds{path=\"hls\"} 0.12",
+            "hybridlive_latency_p95_seconds{path=\"hls\"} 0.25",
+            "hybridlive_encoder_bits_per_second{encoder=\"video\"} 800000",
+            "hybridlive_encoder_frames_per_second{encoder=\"video\"} 30",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+        assert!(!text.contains("quantile="), "{text}");
+        assert!(!text.contains("_ms{") && !text.contains("kbps"), "{text}");
+        assert!(
+            !text.contains("frames_per_second{encoder=\"audio\"}"),
+            "audio has no frame rate: {text}"
+        );
+        // Every sample belongs to a family declared with HELP and TYPE.
+        for sample in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = sample.split(['{', ' ']).next().unwrap_or_default();
+            assert!(
+                text.contains(&format!("# TYPE {name} ")),
+                "{name} has no TYPE line"
+            );
+        }
+    }
 
     #[test]
     fn compares_tokens() {

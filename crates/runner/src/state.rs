@@ -26,10 +26,10 @@ pub struct EncoderStats {
     pub bytes: u64,
     /// Buffers (frames) produced since start.
     pub buffers: u64,
-    /// Output rate over the last second, kbit/s.
+    /// Output rate over the last second, kbit/s (0 until a second has passed).
     pub kbps: f64,
-    /// Buffers over the last second.
-    pub fps: f64,
+    /// Frames per second over the last second: video encoders only.
+    pub fps: Option<f64>,
 }
 
 /// The current recording of a `record` output.

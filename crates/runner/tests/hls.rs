@@ -175,22 +175,18 @@ fn workshop_serves_hls_metrics_and_a_guarded_api_and_exits_cleanly_on_sigterm() 
         "latency metrics of the hls path",
         || {
             let m = runner.get("/metrics").text();
-            m.contains("hybridlive_latency_ms{path=\"hls\",quantile=\"0.95\"}")
+            m.contains("hybridlive_latency_p95_seconds{path=\"hls\"}")
                 .then_some(m)
         },
     );
-    let p95 = metric(
+    let p95 = metric(&metrics, "hybridlive_latency_p95_seconds{path=\"hls\"}").expect("p95");
+    assert!(p95 > 0.0 && p95 < 2.0, "hls p95 {p95} s");
+    let bits = metric(
         &metrics,
-        "hybridlive_latency_ms{path=\"hls\",quantile=\"0.95\"}",
-    )
-    .expect("p95");
-    assert!(p95 > 0.0 && p95 < 2000.0, "hls p95 {p95} ms");
-    let kbps = metric(
-        &metrics,
-        "hybridlive_encoder_bitrate_kbps{encoder=\"video\"}",
+        "hybridlive_encoder_bits_per_second{encoder=\"video\"}",
     )
     .expect("bitrate");
-    assert!(kbps > 100.0, "video at {kbps} kbit/s");
+    assert!(bits > 100_000.0, "video at {bits} bit/s");
     assert!(
         metric(&metrics, "hybridlive_recording_bytes{output=\"recording\"}")
             .expect("recording size")

@@ -211,7 +211,7 @@ uri = "srt://10.213.0.2:9100?mode=caller&latency=200"
     };
     let metrics = runner.get("/metrics").text();
     assert!(
-        abr_gauge(&metrics, "target_kbps").is_some_and(|t| t >= 2500.0),
+        abr_gauge(&metrics, "target_bits_per_second").is_some_and(|t| t >= 2_500_000.0),
         "{metrics}"
     );
     let before = seen.decisions.len();
@@ -259,9 +259,9 @@ uri = "srt://10.213.0.2:9100?mode=caller&latency=200"
     );
     // The gauges followed the cut: a bitrate and a target the link carries, a lower rung.
     let metrics = runner.get("/metrics").text();
-    for name in ["bitrate_kbps", "target_kbps"] {
+    for name in ["bitrate_bits_per_second", "target_bits_per_second"] {
         assert!(
-            abr_gauge(&metrics, name).is_some_and(|b| b < 1000.0),
+            abr_gauge(&metrics, name).is_some_and(|b| b < 1_000_000.0),
             "{name}: {metrics}"
         );
     }
