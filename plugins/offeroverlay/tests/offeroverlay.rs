@@ -13,6 +13,24 @@ fn v<T: ToValue>(x: T) -> glib::Value {
 
 const SEC: gst::ClockTime = gst::ClockTime::SECOND;
 
+/// Asserts that a card's left, right and bottom edges lie within 2 pixels of where
+/// `expected_bottom_right` puts them; `what` names the case when they do not.
+fn assert_card_edges(
+    (left, right, bottom): (u32, u32, u32),
+    (x0, x1, y1): (i64, i64, i64),
+    what: &str,
+) {
+    assert!((left as i64 - x0).abs() <= 2, "{what}: left {left} vs {x0}");
+    assert!(
+        (right as i64 - x1).abs() <= 2,
+        "{what}: right {right} vs {x1}"
+    );
+    assert!(
+        (bottom as i64 - y1).abs() <= 2,
+        "{what}: bottom {bottom} vs {y1}"
+    );
+}
+
 /// A run of `schedule` over I420 frames of `size` at 10 fps, cards fading in and out over
 /// `fade_ms`.
 fn scheduled_run(schedule: &str, (width, height): (u32, u32), fade_ms: u32) -> Run {
@@ -67,9 +85,7 @@ fn card_appears_where_and_when_scheduled_and_timeline_is_sent() {
             assert_eq!(bbox, None, "no card at {t}");
         } else {
             let (bx0, _by0, bx1, by1) = bbox.unwrap_or_else(|| panic!("card missing at {t}"));
-            assert!((bx0 as i64 - x0).abs() <= 2, "left edge {bx0} vs {x0}");
-            assert!((bx1 as i64 - x1).abs() <= 2, "right edge {bx1} vs {x1}");
-            assert!((by1 as i64 - y1).abs() <= 2, "bottom edge {by1} vs {y1}");
+            assert_card_edges((bx0, bx1, by1), (x0, x1, y1), &format!("at {t}"));
         }
     }
     assert_eq!(shown_at, Some(SEC));
@@ -165,18 +181,7 @@ fn every_listed_format_at_odd_sizes() {
             let (bx0, by0, bx1, by1) = frame
                 .card_bbox()
                 .unwrap_or_else(|| panic!("{format} {w}x{h}: no card"));
-            assert!(
-                (bx0 as i64 - x0).abs() <= 2,
-                "{format} {w}x{h}: left {bx0} vs {x0}"
-            );
-            assert!(
-                (bx1 as i64 - x1).abs() <= 2,
-                "{format} {w}x{h}: right {bx1} vs {x1}"
-            );
-            assert!(
-                (by1 as i64 - y1).abs() <= 2,
-                "{format} {w}x{h}: bottom {by1} vs {y1}"
-            );
+            assert_card_edges((bx0, bx1, by1), (x0, x1, y1), &format!("{format} {w}x{h}"));
             // Top padding, away from the rounded corners: the card background colour.
             let d = frame.diff_at((bx0 + bx1) / 2, by0 + 2, card_bg);
             assert!(d <= 18, "{format} {w}x{h}: card background off by {d}");
@@ -839,18 +844,7 @@ fn resolution_change_midstream_redraws_at_the_new_size() {
                 }
             }
         }
-        assert!(
-            (bx0 as i64 - x0).abs() <= 2,
-            "{w}x{hgt}: left {bx0} vs {x0}"
-        );
-        assert!(
-            (bx1 as i64 - x1).abs() <= 2,
-            "{w}x{hgt}: right {bx1} vs {x1}"
-        );
-        assert!(
-            (by1 as i64 - y1).abs() <= 2,
-            "{w}x{hgt}: bottom {by1} vs {y1}"
-        );
+        assert_card_edges((bx0, bx1, by1), (x0, x1, y1), &format!("{w}x{hgt}"));
     }
     assert_eq!(
         overlay

@@ -1,6 +1,7 @@
 //! A WHEP viewer: a receive-only `webrtcbin` that offers H.264 (and Opus), takes the answer,
 //! counts the video access units it receives and, when it decodes, measures glass-to-glass
-//! latency from the capture stamps with `latencymeter`.
+//! latency from the capture stamps with `latencymeter` (registered by the caller, e.g.
+//! `hybridlive_loadtest::init`). The load tests' viewers and the fault suite's are this one.
 
 use anyhow::{Context as _, anyhow};
 use gst::prelude::*;
