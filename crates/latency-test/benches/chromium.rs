@@ -232,11 +232,11 @@ fn report_playout_delay(
     numbers: impl Fn(&serde_json::Value) -> Vec<f64>,
 ) {
     let configured = hybridlive_runner::load(file).ok().and_then(|p| {
-        p.outputs.iter().find_map(|o| match o.kind {
-            hybridlive_runner::config::OutputKind::Webrtc {
-                playout_delay_ms, ..
-            } => Some(playout_delay_ms),
-            _ => None,
+        p.outputs.iter().find_map(|o| {
+            o.kind
+                .as_any()
+                .downcast_ref::<hybridlive_runner::WebrtcOutput>()
+                .map(|w| w.playout_delay_ms)
         })
     });
     let configured = match configured {

@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use clap::Parser as _;
-use hybridlive_runner::config::{OutputKind, SourceKind};
+use hybridlive_runner::config::SourceKind;
+use hybridlive_runner::{RecordOutput, WebrtcOutput};
 use serde::Serialize;
 
 pub use stats::Summary;
@@ -211,12 +212,12 @@ pub fn measure(args: &Args) -> anyhow::Result<Report> {
     let scratch =
         std::env::temp_dir().join(format!("hybridlive-latency-test-{}", std::process::id()));
     let changes = prepare(&mut pipeline, &scratch);
-    let has = |want: fn(&OutputKind) -> bool| pipeline.outputs.iter().any(|o| want(&o.kind));
+    let has = |kind: &str| pipeline.outputs.iter().any(|o| o.kind.type_name() == kind);
     let mut paths = Vec::new();
-    if has(|k| matches!(k, OutputKind::Webrtc { .. })) && args.only != Some(ViewerPath::Hls) {
+    if has("webrtc") && args.only != Some(ViewerPath::Hls) {
         paths.push(ViewerPath::Webrtc);
     }
-    if has(|k| matches!(k, OutputKind::Hls { .. })) && args.only != Some(ViewerPath::Webrtc) {
+    if has("hls") && args.only != Some(ViewerPath::Webrtc) {
         paths.push(ViewerPath::Hls);
     }
     if paths.is_empty() {
@@ -358,7 +359,7 @@ fn run_prepared<T: Send + 'static>(
     let serves_webrtc = pipeline
         .outputs
         .iter()
-        .any(|o| matches!(o.kind, OutputKind::Webrtc { .. }));
+        .any(|o| o.kind.type_name() == "webrtc");
     let (tx, rx) = mpsc::channel();
     let events = hybridlive_runner::Events::discard();
     let ran = hybridlive_runner::run_embedded(pipeline, &run_args, events, move |handle| {
@@ -426,11 +427,8 @@ fn prepare(pipeline: &mut hybridlive_runner::Pipeline, scratch: &Path) -> Vec<St
             };
         }
     }
-    pipeline.outputs.retain(|o| match o.kind {
-        OutputKind::Srt { .. }
-        | OutputKind::Rtmp { .. }
-        | OutputKind::Whip { .. }
-        | OutputKind::Janus { .. } => {
+    pipeline.outputs.retain(|o| match o.kind.type_name() {
+        "srt" | "rtmp" | "whip" | "janus" => {
             changes.push(format!(
                 "output `{}` left out (it pushes elsewhere)",
                 o.name
@@ -440,16 +438,15 @@ fn prepare(pipeline: &mut hybridlive_runner::Pipeline, scratch: &Path) -> Vec<St
         _ => true,
     });
     for output in &mut pipeline.outputs {
-        match &mut output.kind {
-            OutputKind::Webrtc { loopback_only, .. } => *loopback_only = true,
-            OutputKind::Record { directory, .. } => {
-                *directory = scratch.join(&output.name);
-                changes.push(format!(
-                    "output `{}` records into a scratch folder, deleted afterwards",
-                    output.name
-                ));
-            }
-            _ => {}
+        let settings = output.kind.as_any_mut();
+        if let Some(webrtc) = settings.downcast_mut::<WebrtcOutput>() {
+            webrtc.loopback_only = true;
+        } else if let Some(record) = settings.downcast_mut::<RecordOutput>() {
+            record.directory = scratch.join(&output.name);
+            changes.push(format!(
+                "output `{}` records into a scratch folder, deleted afterwards",
+                output.name
+            ));
         }
     }
     changes

@@ -15,7 +15,7 @@ pub mod churn;
 pub mod plot;
 pub mod process;
 pub mod runner;
-pub mod viewer;
+pub use hybridlive_testkit::viewer;
 
 /// The pipeline churn runs by default: a small test picture (churn is about sessions, not
 /// pixels), one H.264 and one Opus encode, WebRTC on loopback.

@@ -34,6 +34,9 @@ mod state;
 
 pub use config::{Diagnostic, LatencyTest, Pipeline};
 pub use events::{Event, EventSink, Events};
+pub use output::{
+    HlsOutput, JanusOutput, RecordOutput, RtmpOutput, SrtOutput, WebrtcOutput, WhipOutput,
+};
 pub use runner::RunHandle;
 /// The HTTP connection abuse harness of the `http_connection` fuzz target.
 #[cfg(feature = "fuzzing")]

@@ -799,13 +799,10 @@ fn run_with(
     if server.addr.ip().is_unspecified() {
         ready["listening"] = server.addr.to_string().into();
         let loopback_webrtc = config.outputs.iter().any(|o| {
-            matches!(
-                o.kind,
-                crate::config::OutputKind::Webrtc {
-                    loopback_only: true,
-                    ..
-                }
-            )
+            o.kind
+                .as_any()
+                .downcast_ref::<output::WebrtcOutput>()
+                .is_some_and(|w| w.loopback_only)
         });
         if loopback_webrtc {
             events.emit(

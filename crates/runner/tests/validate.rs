@@ -391,7 +391,8 @@ fn srt_listeners_without_a_host_bind_loopback() {
         else {
             panic!("not a network source");
         };
-        let hybridlive_runner::config::OutputKind::Srt { uri: out } = &pipeline.outputs[0].kind
+        let Some(hybridlive_runner::SrtOutput { uri: out }) =
+            pipeline.outputs[0].kind.as_any().downcast_ref()
         else {
             panic!("not an SRT output");
         };
@@ -464,17 +465,18 @@ fn webrtc_playout_delay_is_read_in_every_form() {
         );
         let pipeline = hybridlive_runner::parse_named("delay.toml", &text)
             .unwrap_or_else(|e| panic!("`{line}` refused: {e}"));
-        match &pipeline
+        let kind = &pipeline
             .outputs
             .iter()
             .find(|o| o.name == "live")
             .unwrap()
-            .kind
+            .kind;
+        match kind
+            .as_any()
+            .downcast_ref::<hybridlive_runner::WebrtcOutput>()
         {
-            hybridlive_runner::config::OutputKind::Webrtc {
-                playout_delay_ms, ..
-            } => *playout_delay_ms,
-            other => panic!("not a webrtc output: {other:?}"),
+            Some(webrtc) => webrtc.playout_delay_ms,
+            None => panic!("not a webrtc output: {kind:?}"),
         }
     };
     let default = hybridlive_webrtc::DEFAULT_PLAYOUT_DELAY;

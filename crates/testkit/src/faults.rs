@@ -6,11 +6,7 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-
-use gst::prelude::*;
 
 use crate::media::{framemd5, probed_duration};
 use crate::runner_child::RunnerChild;
@@ -150,75 +146,19 @@ pub fn gst_init() {
     ONCE.call_once(|| gst::init().expect("GStreamer initialises"));
 }
 
-/// A WHEP viewer: a receive-only webrtcbin that counts the H.264 frames it gets.
-pub struct Viewer {
-    pipeline: gst::Pipeline,
-    frames: Arc<AtomicU64>,
-}
+/// A WHEP viewer of the runner: a receive-only webrtcbin that counts the H.264 frames it gets.
+pub struct Viewer(crate::viewer::Viewer);
 
 impl Viewer {
     /// Joins the runner's `/whep` endpoint and waits until frames arrive.
     pub fn join(runner: &RunnerChild) -> Viewer {
         gst_init();
-        let pipeline = gst::Pipeline::new();
-        let webrtcbin = gst::ElementFactory::make("webrtcbin")
-            .property_from_str("bundle-policy", "max-bundle")
-            .build()
-            .expect("webrtcbin");
-        hybridlive_webrtc::add_local_address(&webrtcbin, "127.0.0.1").expect("libnice agent");
-        pipeline.add(&webrtcbin).unwrap();
-        let caps = gst::Caps::builder("application/x-rtp")
-            .field("media", "video")
-            .field("encoding-name", "H264")
-            .field("clock-rate", 90000i32)
-            .field("payload", 102i32)
-            .field("packetization-mode", "1")
-            .field("profile-level-id", "42e01f")
-            .build();
-        webrtcbin.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
-            "add-transceiver",
-            &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &caps],
-        );
-        let frames = Arc::new(AtomicU64::new(0));
-        let (weak, counter) = (pipeline.downgrade(), frames.clone());
-        webrtcbin.connect_pad_added(move |_, pad| {
-            let Some(pipeline) = weak.upgrade() else {
-                return;
-            };
-            let Ok(bin) = gst::parse::bin_from_description(
-                "rtph264depay ! video/x-h264,alignment=au ! fakesink name=frames",
-                true,
-            ) else {
-                return;
-            };
-            if pipeline.add(&bin).is_err() {
-                return;
-            }
-            let _ = bin.sync_state_with_parent();
-            if let Some(sink) = bin.by_name("frames").and_then(|s| s.static_pad("sink")) {
-                let counter = counter.clone();
-                sink.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    gst::PadProbeReturn::Ok
-                });
-            }
-            if let Some(sink) = bin.static_pad("sink") {
-                let _ = pad.link(&sink);
-            }
-        });
-        pipeline.set_state(gst::State::Playing).unwrap();
-
-        let promise = gst::Promise::new();
-        webrtcbin.emit_by_name::<()>("create-offer", &[&None::<gst::Structure>, &promise]);
-        promise.wait();
-        let offer = promise
-            .get_reply()
-            .expect("an offer")
-            .get::<gst_webrtc::WebRTCSessionDescription>("offer")
-            .expect("an offer");
-        let sdp =
-            hybridlive_webrtc::set_local_description(&webrtcbin, &offer, Duration::from_secs(10))
-                .expect("local offer");
+        let viewer = crate::viewer::Viewer::new(&crate::viewer::ViewerOptions {
+            audio: false,
+            ..Default::default()
+        })
+        .expect("a WHEP viewer");
+        let sdp = viewer.offer(Duration::from_secs(10)).expect("local offer");
         let (status, answer) = crate::http::http(
             &runner.addr(),
             "POST",
@@ -228,14 +168,10 @@ impl Viewer {
         )
         .expect("the runner answers WHEP")
         .into_parts();
-        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
-        let answer = gst_sdp::SDPMessage::parse_buffer(&answer).expect("an SDP answer");
-        let answer =
-            gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Answer, answer);
-        let promise = gst::Promise::new();
-        webrtcbin.emit_by_name::<()>("set-remote-description", &[&answer, &promise]);
-        promise.wait();
-        let viewer = Viewer { pipeline, frames };
+        let answer = String::from_utf8_lossy(&answer);
+        assert_eq!(status, 201, "{answer}");
+        viewer.accept(&answer).expect("an SDP answer");
+        let viewer = Viewer(viewer);
         eventually(Duration::from_secs(30), "WHEP frames", || {
             (viewer.frames() >= 30).then_some(())
         });
@@ -244,13 +180,7 @@ impl Viewer {
 
     /// H.264 frames received so far.
     pub fn frames(&self) -> u64 {
-        self.frames.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Viewer {
-    fn drop(&mut self) {
-        let _ = self.pipeline.set_state(gst::State::Null);
+        self.0.video_units()
     }
 }
 

@@ -14,6 +14,7 @@ pub mod process;
 pub mod runner_child;
 pub mod senders;
 pub mod time;
+pub mod viewer;
 mod whip;
 
 pub use janus::{Janus, JanusSubscriber};

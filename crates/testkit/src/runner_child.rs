@@ -351,8 +351,10 @@ impl RunnerChild {
     }
 
     /// Waits up to `timeout` for the `ready` event and takes the server's address from it.
+    /// What came before it (e.g. `recording-started` on a loaded machine) is kept for
+    /// [`RunnerChild::wait_for`].
     pub fn wait_ready(&mut self, timeout: Duration) {
-        let ready = self.wait_event("ready", timeout);
+        let ready = self.wait_for_event("ready", timeout);
         self.base = ready["viewer"]
             .as_str()
             .expect("the ready event names the viewer URL")

@@ -7,10 +7,10 @@ use std::ops::Range;
 
 use super::diagnostics::{Diagnostic, suggest};
 use super::model::{
-    Encoder, EncoderKind, H264Preset, Media, Output, OutputKind, Source, Transform, TransformKind,
+    Encoder, EncoderKind, H264Preset, Media, Output, Source, Transform, TransformKind,
 };
-use super::outputs::ABR_OUTPUT_TYPES;
 use super::reader::Named;
+use crate::output::HlsOutput;
 
 /// Checks how the components read from each other, adding a diagnostic per problem; inputs
 /// naming a `broken` component (already reported) are not reported again.
@@ -159,9 +159,9 @@ impl Graph<'_> {
                                 )),
                             });
                         }
-                        if let OutputKind::Hls {
+                        if let Some(&HlsOutput {
                             segment_duration, ..
-                        } = o.value.kind
+                        }) = o.value.kind.as_any().downcast_ref()
                         {
                             let per_segment = f64::from(segment_duration) / keyframe_interval;
                             if (per_segment - per_segment.round()).abs() > 1e-6 {
@@ -180,7 +180,7 @@ impl Graph<'_> {
                     EncoderKind::Vp8 { .. } => {
                         video += 1;
                         vp8 += 1;
-                        if !matches!(o.value.kind, OutputKind::Webrtc { .. }) {
+                        if o.value.kind.type_name() != "webrtc" {
                             self.diags.push(Diagnostic {
                                 span: span.clone(),
                                 component: Some(component.clone()),
@@ -192,7 +192,7 @@ impl Graph<'_> {
                             });
                         }
                     }
-                    EncoderKind::Opus { .. } if matches!(o.value.kind, OutputKind::Rtmp { .. }) => {
+                    EncoderKind::Opus { .. } if o.value.kind.type_name() == "rtmp" => {
                         audio += 1;
                         self.diags.push(Diagnostic {
                             span: span.clone(),
@@ -202,7 +202,7 @@ impl Graph<'_> {
                             help: Some("use an encoder with `type = \"aac\"` for RTMP".into()),
                         });
                     }
-                    EncoderKind::Opus { .. } if matches!(o.value.kind, OutputKind::Hls { .. }) => {
+                    EncoderKind::Opus { .. } if o.value.kind.type_name() == "hls" => {
                         audio += 1;
                         self.diags.push(Diagnostic {
                             span: span.clone(),
@@ -227,7 +227,7 @@ impl Graph<'_> {
                     EncoderKind::Aac { .. } | EncoderKind::Opus { .. } => audio += 1,
                 }
             }
-            if matches!(o.value.kind, OutputKind::Webrtc { .. }) {
+            if o.value.kind.type_name() == "webrtc" {
                 webrtc_outputs += 1;
                 if webrtc_outputs > 1 {
                     self.diags.push(Diagnostic {
@@ -240,7 +240,7 @@ impl Graph<'_> {
                     });
                 }
             }
-            if matches!(o.value.kind, OutputKind::Hls { .. }) {
+            if o.value.kind.type_name() == "hls" {
                 hls_outputs += 1;
                 if hls_outputs > 1 {
                     self.diags.push(Diagnostic {
@@ -255,8 +255,8 @@ impl Graph<'_> {
             }
             // WebRTC viewers get the first codec their offer has: one H.264 and one VP8 encoder
             // may both feed it, in the order of preference.
-            let video_ok = video == 1
-                || (matches!(o.value.kind, OutputKind::Webrtc { .. }) && video == 2 && vp8 == 1);
+            let video_ok =
+                video == 1 || (o.value.kind.type_name() == "webrtc" && video == 2 && vp8 == 1);
             if resolved && !o.inputs.is_empty() && (!video_ok || audio > 1) {
                 self.diags.push(Diagnostic {
                     span: o.span.clone(),
@@ -374,14 +374,15 @@ impl Graph<'_> {
                 continue;
             };
             let kind = target.value.kind.type_name();
-            if !ABR_OUTPUT_TYPES.contains(&kind) {
+            let steerable = crate::output::steerable_type_names();
+            if !steerable.contains(&kind) {
                 self.diags.push(Diagnostic {
                     span: output_span.clone(),
                     component: Some(component.clone()),
                     key: Some("output".into()),
                     message: format!(
                         "`{output}` is a {kind} output, which gives no feedback about its link (expected one of {})",
-                        ABR_OUTPUT_TYPES.join(", ")
+                        steerable.join(", ")
                     ),
                     help: None,
                 });

@@ -11,9 +11,14 @@
 //! - `model`: the types a file is read into ([`Pipeline`] and its parts);
 //! - `reader`: the typed field reader (`Fields`) and the per-section loop;
 //! - `fragment`: the escape-hatch gst-launch fragments (uses `diagnostics`);
-//! - `server`, `latency_test`, `sources`, `transforms`, `encoders`, `outputs`: one section
-//!   kind each, reading its tables with `reader` into `model`;
+//! - `server`, `latency_test`, `sources`, `transforms`, `encoders`: one section kind each,
+//!   reading its tables with `reader` into `model`;
+//! - `outputs`: reads an output's `type` and hands its table to that kind's file in
+//!   `crate::output`, which reads it with `reader` into its own [`OutputSpec`] (the registry
+//!   there says which types exist). `crate::output` uses only `diagnostics`, `model` and
+//!   `reader` from here, never `outputs`, `graph` or this module;
 //! - `graph`: the checks across components (inputs, media, codecs, loops, abrcontrollers);
+//!   the kinds an abrcontroller may steer come from the output registry;
 //! - this module: [`parse`], which wires them together.
 
 use std::collections::BTreeSet;
@@ -28,7 +33,7 @@ mod graph;
 mod latency_test;
 mod model;
 mod outputs;
-mod reader;
+pub(crate) mod reader;
 mod server;
 mod sources;
 mod transforms;
@@ -36,7 +41,7 @@ mod transforms;
 pub use diagnostics::{Diagnostic, line_column, suggest};
 pub use model::{
     AudioFormat, Encoder, EncoderKind, Fallback, H264Preset, LatencyTest, Media, Output,
-    OutputKind, Pipeline, Server, Source, SourceKind, Transform, TransformKind, VideoFormat,
+    OutputSpec, Pipeline, Server, Source, SourceKind, Transform, TransformKind, VideoFormat,
     loopback_if_unbound,
 };
 

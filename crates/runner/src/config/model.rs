@@ -270,106 +270,45 @@ pub struct Output {
     pub name: String,
     /// Encoders it muxes: one video, at most one audio.
     pub inputs: Vec<String>,
-    /// Where the media goes.
-    pub kind: OutputKind,
+    /// Where the media goes, read by its kind.
+    pub kind: Box<dyn OutputSpec>,
 }
 
-/// The `type` of an output.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum OutputKind {
-    /// `type = "hls"`: MPEG-TS segments and a live playlist, served at `/hls/live.m3u8`.
-    Hls {
-        /// `segment_duration`: seconds per segment.
-        segment_duration: u32,
-        /// `playlist_length`: segments listed in the live playlist.
-        playlist_length: u32,
-        /// `low_latency`: Low-Latency HLS (fMP4 parts, preload hints, blocking reload) served
-        /// from memory instead of MPEG-TS segment files.
-        low_latency: bool,
-        /// `part_duration_ms`: duration of a Low-Latency HLS part, milliseconds.
-        part_duration_ms: u32,
-        /// `directory`: where segments are written; a fresh temporary folder by default.
-        directory: Option<PathBuf>,
-    },
-    /// `type = "record"`: crash-safe fragmented MP4 plus a sidecar timeline JSON.
-    Record {
-        /// `directory`: folder the recordings go to.
-        directory: PathBuf,
-        /// `autostart`: record from the start (otherwise `POST /api/recording`).
-        autostart: bool,
-    },
-    /// `type = "srt"`: MPEG-TS pushed over SRT (caller, or listener for the far end to pull).
-    Srt {
-        /// `uri`: e.g. `srt://ingest.example:9000?mode=caller`.
-        uri: String,
-    },
-    /// `type = "rtmp"`: FLV pushed to an RTMP server (H.264 + AAC).
-    Rtmp {
-        /// `location`: e.g. `rtmp://live.example/app/stream-key`.
-        location: String,
-    },
-    /// `type = "webrtc"`: WHEP at `/whep`, every viewer fed from the one encode (H.264
-    /// constrained baseline + Opus).
-    Webrtc {
-        /// `max_viewers`: further offers get 503.
-        max_viewers: u32,
-        /// `loopback_only`: ICE on 127.0.0.1 only (viewers on this machine, loopback-only
-        /// networks).
-        loopback_only: bool,
-        /// `playout_delay_ms`: the playout delay asked of viewers whose offer has the
-        /// playout-delay header extension, `[min, max]` (one value in the file sets both), or
-        /// `None` for `"off"`.
-        playout_delay_ms: Option<[u32; 2]>,
-    },
-    /// `type = "whip"`: the encoded streams published to an SFU's WHIP endpoint (RFC 9725)
-    /// with `whipclientsink`, no second encode.
-    Whip {
-        /// `endpoint`: e.g. `https://sfu.example/whip/endpoint`.
-        endpoint: String,
-        /// `token`: bearer token sent with the offer; never shown in the status.
-        #[serde(skip_serializing)]
-        token: Option<String>,
-        /// `loopback_only`: ICE on 127.0.0.1 only (an SFU on this machine).
-        loopback_only: bool,
-    },
-    /// `type = "janus"`: the encoded streams published into a Janus VideoRoom with
-    /// `janusvrwebrtcsink` (Janus's WebSocket API), no second encode.
-    Janus {
-        /// `endpoint`: Janus's WebSocket URL, e.g. `ws://janus.example:8188`.
-        endpoint: String,
-        /// `room_id`: the VideoRoom to publish in (it must exist).
-        room_id: u64,
-        /// `feed_id`: our publisher id in the room; Janus picks one when absent.
-        feed_id: Option<u64>,
-        /// `display_name`: the publisher's name in the room.
-        display_name: String,
-        /// `loopback_only`: ICE on 127.0.0.1 only.
-        loopback_only: bool,
-    },
-}
-
-impl OutputKind {
+/// The parsed table of one output, whatever its kind: each kind (`crate::output::*`) reads
+/// its own settings into a type of its own, and the model holds it as this trait object.
+/// Callers that need one kind's settings downcast with [`OutputSpec::as_any`].
+pub trait OutputSpec: std::fmt::Debug + Send + Sync + 'static {
     /// The `type` name, as written in pipeline files.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            OutputKind::Hls { .. } => "hls",
-            OutputKind::Record { .. } => "record",
-            OutputKind::Srt { .. } => "srt",
-            OutputKind::Rtmp { .. } => "rtmp",
-            OutputKind::Webrtc { .. } => "webrtc",
-            OutputKind::Whip { .. } => "whip",
-            OutputKind::Janus { .. } => "janus",
-        }
-    }
-
+    fn type_name(&self) -> &'static str;
     /// WebRTC outputs (WHEP viewers, WHIP and Janus egress): H.264 constrained baseline and
     /// Opus.
-    pub fn is_webrtc(&self) -> bool {
-        matches!(
-            self,
-            OutputKind::Webrtc { .. } | OutputKind::Whip { .. } | OutputKind::Janus { .. }
-        )
+    fn is_webrtc(&self) -> bool {
+        false
+    }
+    /// The settings, for a downcast to the kind's own type.
+    fn as_any(&self) -> &dyn std::any::Any;
+    /// The settings, for a downcast to the kind's own type, to change them.
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+    /// A copy in a new box.
+    fn clone_box(&self) -> Box<dyn OutputSpec>;
+    /// The settings as JSON (without `type`), secrets left out.
+    fn settings_json(&self) -> serde_json::Value;
+}
+
+impl Clone for Box<dyn OutputSpec> {
+    fn clone(&self) -> Self {
+        self.clone_box()
+    }
+}
+
+impl Serialize for dyn OutputSpec {
+    /// `{"type": ..., settings...}`, as the tagged enum the kinds once were.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut value = self.settings_json();
+        if let Some(object) = value.as_object_mut() {
+            object.insert("type".into(), self.type_name().into());
+        }
+        value.serialize(serializer)
     }
 }
 

@@ -9,19 +9,19 @@ use toml::de::{DeTable, DeValue};
 
 use super::diagnostics::{Diagnostic, suggest};
 
-pub(super) type Spanned<T> = toml::Spanned<T>;
+pub(crate) type Spanned<T> = toml::Spanned<T>;
 
 /// Reads the component sections of one file, collecting every problem.
-pub(super) struct Reader<'d> {
-    pub(super) diags: &'d mut Vec<Diagnostic>,
+pub(crate) struct Reader<'d> {
+    pub(crate) diags: &'d mut Vec<Diagnostic>,
     /// Components declared but unreadable: already reported, so inputs naming them are not.
-    pub(super) broken: BTreeSet<String>,
+    pub(crate) broken: BTreeSet<String>,
 }
 
 impl Reader<'_> {
     /// Reads every `[section.NAME]` table with `read`, after its `inputs` (except for
     /// sources); a table `read` refuses is remembered in `broken`.
-    pub(super) fn section<T>(
+    pub(crate) fn section<T>(
         &mut self,
         document: &DeTable,
         section: &str,
@@ -83,15 +83,15 @@ impl Reader<'_> {
 }
 
 /// The keys of one table, read one by one; whatever is left unread at the end is unknown.
-pub(super) struct Fields<'t, 'i> {
-    pub(super) table: &'t DeTable<'i>,
-    pub(super) component: Option<String>,
-    pub(super) header: Range<usize>,
-    pub(super) known: Vec<&'static str>,
+pub(crate) struct Fields<'t, 'i> {
+    pub(crate) table: &'t DeTable<'i>,
+    pub(crate) component: Option<String>,
+    pub(crate) header: Range<usize>,
+    pub(crate) known: Vec<&'static str>,
 }
 
 impl<'t, 'i> Fields<'t, 'i> {
-    pub(super) fn new(
+    pub(crate) fn new(
         table: &'t DeTable<'i>,
         component: Option<String>,
         header: Range<usize>,
@@ -104,12 +104,12 @@ impl<'t, 'i> Fields<'t, 'i> {
         }
     }
 
-    pub(super) fn entry(&mut self, key: &'static str) -> Option<&'t Spanned<DeValue<'i>>> {
+    pub(crate) fn entry(&mut self, key: &'static str) -> Option<&'t Spanned<DeValue<'i>>> {
         self.known.push(key);
         self.table.get(key)
     }
 
-    pub(super) fn error(
+    pub(crate) fn error(
         &self,
         diags: &mut Vec<Diagnostic>,
         span: Range<usize>,
@@ -125,7 +125,7 @@ impl<'t, 'i> Fields<'t, 'i> {
         });
     }
 
-    pub(super) fn type_error(
+    pub(crate) fn type_error(
         &self,
         diags: &mut Vec<Diagnostic>,
         value: &Spanned<DeValue>,
@@ -158,7 +158,7 @@ impl<'t, 'i> Fields<'t, 'i> {
         Some((converted, value))
     }
 
-    pub(super) fn string(
+    pub(crate) fn string(
         &mut self,
         diags: &mut Vec<Diagnostic>,
         key: &'static str,
@@ -167,7 +167,7 @@ impl<'t, 'i> Fields<'t, 'i> {
         Some((s.to_string(), value.span()))
     }
 
-    pub(super) fn required_string(
+    pub(crate) fn required_string(
         &mut self,
         diags: &mut Vec<Diagnostic>,
         key: &'static str,
@@ -185,7 +185,7 @@ impl<'t, 'i> Fields<'t, 'i> {
         value
     }
 
-    pub(super) fn bool(
+    pub(crate) fn bool(
         &mut self,
         diags: &mut Vec<Diagnostic>,
         key: &'static str,
@@ -195,7 +195,7 @@ impl<'t, 'i> Fields<'t, 'i> {
             .map_or(default, |(b, _)| b)
     }
 
-    pub(super) fn integer(
+    pub(crate) fn integer(
         &mut self,
         diags: &mut Vec<Diagnostic>,
         key: &'static str,
@@ -224,7 +224,7 @@ impl<'t, 'i> Fields<'t, 'i> {
     /// [`Fields::integer`] for a picture dimension: H.264/H.265 encode 4:2:0 video, whose
     /// chroma planes are half the size, so an odd width or height validates here instead of
     /// failing in the encoder once the run has started.
-    pub(super) fn even_integer(
+    pub(crate) fn even_integer(
         &mut self,
         diags: &mut Vec<Diagnostic>,
         key: &'static str,
@@ -246,7 +246,7 @@ impl<'t, 'i> Fields<'t, 'i> {
         n
     }
 
-    pub(super) fn number(
+    pub(crate) fn number(
         &mut self,
         diags: &mut Vec<Diagnostic>,
         key: &'static str,
@@ -276,7 +276,7 @@ impl<'t, 'i> Fields<'t, 'i> {
         }
     }
 
-    pub(super) fn choice(
+    pub(crate) fn choice(
         &mut self,
         diags: &mut Vec<Diagnostic>,
         key: &'static str,
@@ -302,7 +302,7 @@ impl<'t, 'i> Fields<'t, 'i> {
         default.to_string()
     }
 
-    pub(super) fn string_list(
+    pub(crate) fn string_list(
         &mut self,
         diags: &mut Vec<Diagnostic>,
         key: &'static str,
@@ -340,7 +340,7 @@ impl<'t, 'i> Fields<'t, 'i> {
 
     /// Reads the required `type` key: one of `types`, or a diagnostic (with a suggestion
     /// from `types` and `planned`).
-    pub(super) fn component_type(
+    pub(crate) fn component_type(
         &mut self,
         diags: &mut Vec<Diagnostic>,
         types: &[&str],
@@ -376,7 +376,7 @@ impl<'t, 'i> Fields<'t, 'i> {
     }
 
     /// Reports every key that nothing asked for, with the closest known key.
-    pub(super) fn finish(self, diags: &mut Vec<Diagnostic>) {
+    pub(crate) fn finish(self, diags: &mut Vec<Diagnostic>) {
         for (key, _) in self.table.iter() {
             let name: &str = key.get_ref();
             if !self.known.contains(&name) {
@@ -392,7 +392,7 @@ impl<'t, 'i> Fields<'t, 'i> {
     }
 }
 
-pub(super) fn type_name(value: &DeValue) -> &'static str {
+pub(crate) fn type_name(value: &DeValue) -> &'static str {
     match value {
         DeValue::String(_) => "a string",
         DeValue::Integer(_) => "an integer",
@@ -405,8 +405,8 @@ pub(super) fn type_name(value: &DeValue) -> &'static str {
 }
 
 /// A component before its inputs are checked: the name, its span and its resolved inputs.
-pub(super) struct Named<T> {
-    pub(super) value: T,
-    pub(super) span: Range<usize>,
-    pub(super) inputs: Vec<(String, Range<usize>)>,
+pub(crate) struct Named<T> {
+    pub(crate) value: T,
+    pub(crate) span: Range<usize>,
+    pub(crate) inputs: Vec<(String, Range<usize>)>,
 }

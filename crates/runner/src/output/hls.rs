@@ -8,23 +8,63 @@ use std::time::Duration;
 use anyhow::Context as _;
 use gst::prelude::*;
 
-use super::{Context, InputLink, Kind, Sink, make};
+use serde::Serialize;
+
+use super::{Context, InputLink, Kind, OutputFactory, Sink, make, settings};
+use crate::config::reader::Fields;
+use crate::config::{Diagnostic, OutputSpec};
 use crate::llhls::LlHls;
 
-/// The settings of an HLS output.
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
+const TYPE: &str = "hls";
+
+/// `type = "hls"`: MPEG-TS segments and a live playlist, served at `/hls/live.m3u8`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HlsOutput {
+    /// `segment_duration`: seconds per segment.
     pub segment_duration: u32,
+    /// `playlist_length`: segments listed in the live playlist.
     pub playlist_length: u32,
+    /// `low_latency`: Low-Latency HLS (fMP4 parts, preload hints, blocking reload) served
+    /// from memory instead of MPEG-TS segment files.
     pub low_latency: bool,
+    /// `part_duration_ms`: duration of a Low-Latency HLS part, milliseconds.
     pub part_duration_ms: u32,
-    /// A fresh temporary folder when `None`.
+    /// `directory`: where segments are written; a fresh temporary folder by default.
     pub directory: Option<PathBuf>,
 }
 
+output_spec!(HlsOutput, TYPE);
+
+/// The HLS kind in the registry.
+pub(super) struct Factory;
+
+impl OutputFactory for Factory {
+    fn type_name(&self) -> &'static str {
+        TYPE
+    }
+
+    /// MPEG-TS segments, or Low-Latency HLS parts served from memory.
+    fn parse(&self, diags: &mut Vec<Diagnostic>, f: &mut Fields) -> Option<Box<dyn OutputSpec>> {
+        Some(Box::new(HlsOutput {
+            segment_duration: f.integer(diags, "segment_duration", 1..11, 1),
+            playlist_length: f.integer(diags, "playlist_length", 2..31, 5),
+            low_latency: f.bool(diags, "low_latency", false),
+            part_duration_ms: f.integer(diags, "part_duration_ms", 100..2001, 200),
+            directory: f.string(diags, "directory").map(|d| PathBuf::from(d.0)),
+        }))
+    }
+
+    fn prepare(&self, spec: &dyn OutputSpec, cx: &Context<'_>) -> anyhow::Result<Box<dyn Kind>> {
+        Ok(Box::new(Hls::new(
+            cx,
+            settings::<HlsOutput>(spec)?.clone(),
+        )?))
+    }
+}
+
 /// An HLS output: its folder, fixed for the whole run, and (LL-HLS) its store.
-pub(crate) struct Hls {
-    settings: Settings,
+struct Hls {
+    settings: HlsOutput,
     dir: PathBuf,
     /// Whether the runner made `dir` (a temporary one) and removes it at the end.
     dir_is_temporary: bool,
@@ -34,7 +74,7 @@ pub(crate) struct Hls {
 
 impl Hls {
     /// Creates the folder (and, for Low-Latency HLS, the store).
-    pub(crate) fn new(cx: &Context<'_>, settings: Settings) -> anyhow::Result<Hls> {
+    fn new(cx: &Context<'_>, settings: HlsOutput) -> anyhow::Result<Hls> {
         let dir_is_temporary = settings.directory.is_none();
         let dir = settings.directory.clone().unwrap_or_else(|| {
             std::env::temp_dir().join(format!("hybridlive-{}-{}", std::process::id(), cx.name))

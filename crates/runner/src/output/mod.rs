@@ -17,11 +17,39 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use gst::prelude::*;
 
-use crate::config::{EncoderKind, Output, OutputKind};
+use crate::config::reader::Fields;
+use crate::config::{Diagnostic, EncoderKind, Output, OutputSpec};
 use crate::endpoint::Endpoint;
 use crate::events::Events;
 use crate::llhls::LlHls;
 use crate::state::{self, Marker, Shared};
+
+/// Implements [`OutputSpec`] for a kind's settings type (`Clone + Serialize`) named
+/// `$type_name` in pipeline files.
+macro_rules! output_spec {
+    ($settings:ty, $type_name:expr $(, webrtc: $webrtc:literal)?) => {
+        impl crate::config::OutputSpec for $settings {
+            fn type_name(&self) -> &'static str {
+                $type_name
+            }
+            $(fn is_webrtc(&self) -> bool {
+                $webrtc
+            })?
+            fn as_any(&self) -> &dyn std::any::Any {
+                self
+            }
+            fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+                self
+            }
+            fn clone_box(&self) -> Box<dyn crate::config::OutputSpec> {
+                Box::new(self.clone())
+            }
+            fn settings_json(&self) -> serde_json::Value {
+                serde_json::to_value(self).unwrap_or_default()
+            }
+        }
+    };
+}
 
 mod egress;
 mod hls;
@@ -34,7 +62,72 @@ mod tees;
 mod webrtc;
 mod whip;
 
+pub use hls::HlsOutput;
+pub use janus::JanusOutput;
+pub use record::RecordOutput;
+pub use rtmp::RtmpOutput;
+pub use srt::SrtOutput;
 pub use supervisor::OutputRunner;
+pub use webrtc::WebrtcOutput;
+pub use whip::WhipOutput;
+
+/// Every output kind. A new kind is its file and a line here: the `type` names the pipeline
+/// file accepts (and suggests), and the kinds an abrcontroller may steer, follow from this.
+const KINDS: &[&dyn OutputFactory] = &[
+    &hls::Factory,
+    &record::Factory,
+    &srt::Factory,
+    &rtmp::Factory,
+    &webrtc::Factory,
+    &whip::Factory,
+    &janus::Factory,
+];
+
+/// An output kind as the registry knows it.
+pub(crate) trait OutputFactory: Sync {
+    /// The `type` name, as written in pipeline files.
+    fn type_name(&self) -> &'static str;
+
+    /// Whether an abrcontroller can follow the kind's link (it gives feedback).
+    fn steerable(&self) -> bool {
+        false
+    }
+
+    /// Reads and validates the kind's `[outputs.NAME]` table (`type` and `inputs` aside).
+    fn parse(&self, diags: &mut Vec<Diagnostic>, f: &mut Fields) -> Option<Box<dyn OutputSpec>>;
+
+    /// Makes the kind ready to build pipelines from settings this factory parsed.
+    fn prepare(&self, spec: &dyn OutputSpec, cx: &Context<'_>) -> anyhow::Result<Box<dyn Kind>>;
+}
+
+/// The `type` names of every output kind.
+pub(crate) fn type_names() -> Vec<&'static str> {
+    KINDS.iter().map(|k| k.type_name()).collect()
+}
+
+/// The `type` names of the kinds an abrcontroller can steer.
+pub(crate) fn steerable_type_names() -> Vec<&'static str> {
+    KINDS
+        .iter()
+        .filter(|k| k.steerable())
+        .map(|k| k.type_name())
+        .collect()
+}
+
+/// The kind named `type_name`.
+pub(crate) fn factory(type_name: &str) -> Option<&'static dyn OutputFactory> {
+    KINDS.iter().copied().find(|k| k.type_name() == type_name)
+}
+
+/// `spec` as the settings type `T` of the factory that parsed it.
+fn settings<T: 'static>(spec: &dyn OutputSpec) -> anyhow::Result<&T> {
+    spec.as_any().downcast_ref::<T>().with_context(|| {
+        format!(
+            "the settings of a {} output are not its own",
+            spec.type_name()
+        )
+    })
+}
 
 /// One encoded stream an output consumes.
 #[derive(Debug, Clone)]
@@ -202,57 +295,10 @@ pub(crate) struct Context<'a> {
 
 /// Makes the kind of `config`, ready to build pipelines.
 fn kind_for(config: &Output, cx: &Context<'_>) -> anyhow::Result<Box<dyn Kind>> {
-    Ok(match &config.kind {
-        OutputKind::Hls {
-            directory,
-            low_latency,
-            segment_duration,
-            playlist_length,
-            part_duration_ms,
-        } => Box::new(hls::Hls::new(
-            cx,
-            hls::Settings {
-                directory: directory.clone(),
-                low_latency: *low_latency,
-                segment_duration: *segment_duration,
-                playlist_length: *playlist_length,
-                part_duration_ms: *part_duration_ms,
-            },
-        )?),
-        OutputKind::Record {
-            directory,
-            autostart,
-        } => Box::new(record::Record::new(cx, directory, *autostart)?),
-        OutputKind::Srt { uri } => Box::new(srt::Srt::new(uri)),
-        OutputKind::Rtmp { location } => Box::new(rtmp::Rtmp::new(location)),
-        OutputKind::Webrtc {
-            max_viewers,
-            loopback_only,
-            playout_delay_ms,
-        } => Box::new(webrtc::Webrtc::new(
-            *max_viewers,
-            *loopback_only,
-            *playout_delay_ms,
-        )),
-        OutputKind::Whip {
-            endpoint,
-            token,
-            loopback_only,
-        } => Box::new(whip::new(endpoint, token.as_deref(), *loopback_only)),
-        OutputKind::Janus {
-            endpoint,
-            room_id,
-            feed_id,
-            display_name,
-            loopback_only,
-        } => Box::new(janus::new(
-            endpoint,
-            *room_id,
-            *feed_id,
-            display_name.clone(),
-            *loopback_only,
-        )),
-    })
+    let type_name = config.kind.type_name();
+    factory(type_name)
+        .with_context(|| format!("no output kind `{type_name}`"))?
+        .prepare(&*config.kind, cx)
 }
 
 /// Temporary folders removed when this is dropped: at the end of a run, and also when its

@@ -8,7 +8,11 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 use gst::prelude::*;
 
-use super::{Context, InputLink, Kind, Sink, Take, make};
+use serde::Serialize;
+
+use super::{Context, InputLink, Kind, OutputFactory, Sink, Take, make, settings};
+use crate::config::reader::Fields;
+use crate::config::{Diagnostic, OutputSpec};
 use crate::events::Events;
 use crate::mp4file::FragmentedMp4File;
 use crate::state::{self, Marker, Recording, Shared};
@@ -16,8 +20,48 @@ use crate::state::{self, Marker, Recording, Shared};
 /// mp4mux fragment length: at most this much media is lost on `kill -9`.
 const FRAGMENT_MS: u32 = 500;
 
+const TYPE: &str = "record";
+
+/// `type = "record"`: crash-safe fragmented MP4 plus a sidecar timeline JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordOutput {
+    /// `directory`: folder the recordings go to.
+    pub directory: PathBuf,
+    /// `autostart`: record from the start (otherwise `POST /api/recording`).
+    pub autostart: bool,
+}
+
+output_spec!(RecordOutput, TYPE);
+
+/// The record kind in the registry.
+pub(super) struct Factory;
+
+impl OutputFactory for Factory {
+    fn type_name(&self) -> &'static str {
+        TYPE
+    }
+
+    fn parse(&self, diags: &mut Vec<Diagnostic>, f: &mut Fields) -> Option<Box<dyn OutputSpec>> {
+        Some(Box::new(RecordOutput {
+            directory: f
+                .string(diags, "directory")
+                .map_or_else(|| PathBuf::from("recordings"), |d| PathBuf::from(d.0)),
+            autostart: f.bool(diags, "autostart", true),
+        }))
+    }
+
+    fn prepare(&self, spec: &dyn OutputSpec, cx: &Context<'_>) -> anyhow::Result<Box<dyn Kind>> {
+        let settings = settings::<RecordOutput>(spec)?;
+        Ok(Box::new(Record::new(
+            cx,
+            &settings.directory,
+            settings.autostart,
+        )?))
+    }
+}
+
 /// A record output: where its takes go.
-pub(crate) struct Record {
+struct Record {
     name: String,
     /// Absolute: events and the API show it, and the runner's working folder is not the
     /// user's.
@@ -29,11 +73,7 @@ pub(crate) struct Record {
 
 impl Record {
     /// Creates the folder.
-    pub(crate) fn new(
-        cx: &Context<'_>,
-        directory: &Path,
-        autostart: bool,
-    ) -> anyhow::Result<Record> {
+    fn new(cx: &Context<'_>, directory: &Path, autostart: bool) -> anyhow::Result<Record> {
         std::fs::create_dir_all(directory)
             .with_context(|| format!("cannot create {}", directory.display()))?;
         Ok(Record {

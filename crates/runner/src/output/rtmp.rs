@@ -2,24 +2,62 @@
 
 use gst::prelude::*;
 
-use super::{InputLink, Kind, Sink, make};
+use serde::Serialize;
+
+use super::{Context, InputLink, Kind, OutputFactory, Sink, make, settings};
+use crate::config::reader::Fields;
+use crate::config::{Diagnostic, OutputSpec};
 use crate::endpoint::Endpoint;
 
 /// Longest send backlog kept before an RTMP sink.
 const RTMP_BACKLOG: gst::ClockTime = gst::ClockTime::from_seconds(5);
 
-/// An RTMP output.
-pub(crate) struct Rtmp {
-    location: String,
+const TYPE: &str = "rtmp";
+
+/// `type = "rtmp"`: FLV pushed to an RTMP server (H.264 + AAC).
+#[derive(Debug, Clone, Serialize)]
+pub struct RtmpOutput {
+    /// `location`: e.g. `rtmp://live.example/app/stream-key`.
+    pub location: String,
 }
 
-impl Rtmp {
-    /// An output publishing to `location`.
-    pub(crate) fn new(location: &str) -> Rtmp {
-        Rtmp {
-            location: location.to_string(),
-        }
+output_spec!(RtmpOutput, TYPE);
+
+/// The RTMP kind in the registry.
+pub(super) struct Factory;
+
+impl OutputFactory for Factory {
+    fn type_name(&self) -> &'static str {
+        TYPE
     }
+
+    fn steerable(&self) -> bool {
+        true
+    }
+
+    fn parse(&self, diags: &mut Vec<Diagnostic>, f: &mut Fields) -> Option<Box<dyn OutputSpec>> {
+        let (location, span) = f.required_string(diags, "location")?;
+        if !(location.starts_with("rtmp://") || location.starts_with("rtmps://")) {
+            f.error(
+                diags,
+                span,
+                "location",
+                format!("`{location}` is not an rtmp:// URL"),
+            );
+        }
+        Some(Box::new(RtmpOutput { location }))
+    }
+
+    fn prepare(&self, spec: &dyn OutputSpec, _cx: &Context<'_>) -> anyhow::Result<Box<dyn Kind>> {
+        Ok(Box::new(Rtmp {
+            location: settings::<RtmpOutput>(spec)?.location.clone(),
+        }))
+    }
+}
+
+/// An RTMP output.
+struct Rtmp {
+    location: String,
 }
 
 impl Kind for Rtmp {

@@ -2,21 +2,56 @@
 
 use gst::prelude::*;
 
-use super::{InputLink, Kind, Sink, make};
+use serde::Serialize;
+
+use super::{Context, InputLink, Kind, OutputFactory, Sink, make, settings};
+use crate::config::reader::Fields;
+use crate::config::{Diagnostic, OutputSpec, loopback_if_unbound};
 use crate::endpoint::Endpoint;
 
-/// An SRT output.
-pub(crate) struct Srt {
-    uri: String,
+const TYPE: &str = "srt";
+
+/// `type = "srt"`: MPEG-TS pushed over SRT (caller, or listener for the far end to pull).
+#[derive(Debug, Clone, Serialize)]
+pub struct SrtOutput {
+    /// `uri`: e.g. `srt://ingest.example:9000?mode=caller`.
+    pub uri: String,
 }
 
-impl Srt {
-    /// An output sending to `uri`.
-    pub(crate) fn new(uri: &str) -> Srt {
-        Srt {
-            uri: uri.to_string(),
-        }
+output_spec!(SrtOutput, TYPE);
+
+/// The SRT kind in the registry.
+pub(super) struct Factory;
+
+impl OutputFactory for Factory {
+    fn type_name(&self) -> &'static str {
+        TYPE
     }
+
+    fn steerable(&self) -> bool {
+        true
+    }
+
+    fn parse(&self, diags: &mut Vec<Diagnostic>, f: &mut Fields) -> Option<Box<dyn OutputSpec>> {
+        let (uri, span) = f.required_string(diags, "uri")?;
+        if !uri.starts_with("srt://") {
+            f.error(diags, span, "uri", format!("`{uri}` is not an srt:// URI"));
+        }
+        Some(Box::new(SrtOutput {
+            uri: loopback_if_unbound(uri),
+        }))
+    }
+
+    fn prepare(&self, spec: &dyn OutputSpec, _cx: &Context<'_>) -> anyhow::Result<Box<dyn Kind>> {
+        Ok(Box::new(Srt {
+            uri: settings::<SrtOutput>(spec)?.uri.clone(),
+        }))
+    }
+}
+
+/// An SRT output.
+struct Srt {
+    uri: String,
 }
 
 impl Kind for Srt {

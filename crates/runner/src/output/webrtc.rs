@@ -5,11 +5,113 @@ use std::sync::Mutex;
 use anyhow::Context as _;
 use gst::prelude::*;
 
-use super::{Input, InputLink, Kind, Sink, tees};
-use crate::config::EncoderKind;
+use serde::Serialize;
+use toml::de::DeValue;
+
+use super::{Context, Input, InputLink, Kind, OutputFactory, Sink, settings, tees};
+use crate::config::reader::{Fields, Spanned};
+use crate::config::{Diagnostic, EncoderKind, OutputSpec, suggest};
+
+const TYPE: &str = "webrtc";
+
+/// `type = "webrtc"`: WHEP at `/whep`, every viewer fed from the one encode (H.264
+/// constrained baseline + Opus).
+#[derive(Debug, Clone, Serialize)]
+pub struct WebrtcOutput {
+    /// `max_viewers`: further offers get 503.
+    pub max_viewers: u32,
+    /// `loopback_only`: ICE on 127.0.0.1 only (viewers on this machine, loopback-only
+    /// networks).
+    pub loopback_only: bool,
+    /// `playout_delay_ms`: the playout delay asked of viewers whose offer has the
+    /// playout-delay header extension, `[min, max]` (one value in the file sets both), or
+    /// `None` for `"off"`.
+    pub playout_delay_ms: Option<[u32; 2]>,
+}
+
+output_spec!(WebrtcOutput, TYPE, webrtc: true);
+
+/// The WebRTC kind in the registry.
+pub(super) struct Factory;
+
+impl OutputFactory for Factory {
+    fn type_name(&self) -> &'static str {
+        TYPE
+    }
+
+    fn steerable(&self) -> bool {
+        true
+    }
+
+    /// WHEP viewers served at `/whep`.
+    fn parse(&self, diags: &mut Vec<Diagnostic>, f: &mut Fields) -> Option<Box<dyn OutputSpec>> {
+        Some(Box::new(WebrtcOutput {
+            max_viewers: f.integer(diags, "max_viewers", 1..1001, 64),
+            loopback_only: f.bool(diags, "loopback_only", false),
+            playout_delay_ms: playout_delay(f, diags, "playout_delay_ms"),
+        }))
+    }
+
+    fn prepare(&self, spec: &dyn OutputSpec, _cx: &Context<'_>) -> anyhow::Result<Box<dyn Kind>> {
+        let settings = settings::<WebrtcOutput>(spec)?;
+        Ok(Box::new(Webrtc::new(
+            settings.max_viewers,
+            settings.loopback_only,
+            settings.playout_delay_ms,
+        )))
+    }
+}
+
+/// A playout delay in ms: `[min, max]`, one integer for both, or `"off"` (not negotiated).
+fn playout_delay(
+    f: &mut Fields,
+    diags: &mut Vec<Diagnostic>,
+    key: &'static str,
+) -> Option<[u32; 2]> {
+    const MAX: i64 = 40_950;
+    let default = hybridlive_webrtc::DEFAULT_PLAYOUT_DELAY;
+    let default = Some([default.min, default.max]);
+    let Some(value) = f.entry(key) else {
+        return default;
+    };
+    let ms = |item: &Spanned<DeValue>| {
+        let int = item.get_ref().as_integer()?;
+        i64::from_str_radix(&int.as_str().replace('_', ""), int.radix())
+            .ok()
+            .filter(|n| (0..=MAX).contains(n))
+            .map(|n| n as u32)
+    };
+    let delay = match value.get_ref() {
+        DeValue::String(s) if s == "off" => return None,
+        DeValue::Integer(_) => ms(value).map(|n| (n, n)),
+        DeValue::Array(items) if items.len() == 2 => {
+            let mut items = items.iter();
+            ms(items.next()?).zip(ms(items.next()?))
+        }
+        _ => None,
+    };
+    match delay {
+        Some((min, max)) if min <= max => Some([min, max]),
+        _ => {
+            diags.push(Diagnostic {
+                span: value.span(),
+                component: f.component.clone(),
+                key: Some(key.to_string()),
+                message: format!(
+                    "expected [min, max] or one value in ms (0..={MAX}, min <= max), or \"off\""
+                ),
+                help: match value.get_ref() {
+                    DeValue::String(s) => suggest(s, ["off"]),
+                    _ => None,
+                },
+            });
+            default
+        }
+    }
+}
 
 /// A WebRTC (WHEP) output.
-pub(crate) struct Webrtc {
+struct Webrtc {
     max_viewers: u32,
     loopback_only: bool,
     playout_delay_ms: Option<[u32; 2]>,
@@ -19,11 +121,7 @@ pub(crate) struct Webrtc {
 
 impl Webrtc {
     /// An output serving at most `max_viewers`.
-    pub(crate) fn new(
-        max_viewers: u32,
-        loopback_only: bool,
-        playout_delay_ms: Option<[u32; 2]>,
-    ) -> Webrtc {
+    fn new(max_viewers: u32, loopback_only: bool, playout_delay_ms: Option<[u32; 2]>) -> Webrtc {
         Webrtc {
             max_viewers,
             loopback_only,
