@@ -376,6 +376,29 @@ fn unit_conversion_per_encoder() {
     assert!(checked >= 4, "only {checked} encoders installed");
 }
 
+/// Runs `ticks` ticks sending what x264enc is set to, and notes every new height the
+/// capsfilter is given in `heights`.
+fn ticks_at_encoder_rate(
+    r: &mut Rig,
+    capsfilter: &gst::Element,
+    ticks: u32,
+    heights: &mut Vec<i32>,
+) {
+    for _ in 0..ticks {
+        let bytes = r.x264_kbps() as usize * 1000 / 80;
+        r.tick(bytes);
+        let h = capsfilter
+            .property::<gst::Caps>("caps")
+            .structure(0)
+            .unwrap()
+            .get::<i32>("height")
+            .unwrap();
+        if heights.last() != Some(&h) {
+            heights.push(h);
+        }
+    }
+}
+
 #[test]
 fn rung_changes_set_caps_force_a_key_frame_and_do_not_oscillate() {
     init();
@@ -433,19 +456,7 @@ fn rung_changes_set_caps_force_a_key_frame_and_do_not_oscillate() {
                 .field("bitrate", estimate)
                 .build(),
         );
-        for _ in 0..10 {
-            let bytes = r.x264_kbps() as usize * 1000 / 80;
-            r.tick(bytes);
-            let h = capsfilter
-                .property::<gst::Caps>("caps")
-                .structure(0)
-                .unwrap()
-                .get::<i32>("height")
-                .unwrap();
-            if heights.last() != Some(&h) {
-                heights.push(h);
-            }
-        }
+        ticks_at_encoder_rate(&mut r, &capsfilter, 10, &mut heights);
     }
     assert_eq!(heights, [540], "one step down to 540p, no flapping back");
     assert_eq!(key_requests.load(std::sync::atomic::Ordering::SeqCst), 1);
@@ -465,19 +476,7 @@ fn rung_changes_set_caps_force_a_key_frame_and_do_not_oscillate() {
             .build(),
     );
     heights.clear();
-    for _ in 0..200 {
-        let bytes = r.x264_kbps() as usize * 1000 / 80;
-        r.tick(bytes);
-        let h = capsfilter
-            .property::<gst::Caps>("caps")
-            .structure(0)
-            .unwrap()
-            .get::<i32>("height")
-            .unwrap();
-        if heights.last() != Some(&h) {
-            heights.push(h);
-        }
-    }
+    ticks_at_encoder_rate(&mut r, &capsfilter, 200, &mut heights);
     assert_eq!(heights, [540, 720]);
     assert!(r.x264_kbps() <= 3200);
     assert_eq!(key_requests.load(std::sync::atomic::Ordering::SeqCst), 2);
