@@ -83,6 +83,31 @@ pub fn dops_from_opus_head(head: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// A track mp4mux wrote without any media (timescale 0): no player opens such a file.
+#[derive(Debug)]
+pub struct EmptyTrack;
+
+impl std::fmt::Display for EmptyTrack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the muxer wrote a track with no timescale (no media reached it)")
+    }
+}
+
+impl std::error::Error for EmptyTrack {}
+
+impl EmptyTrack {
+    /// Whether `err` (or what it wraps) is this.
+    pub fn is_cause_of(err: &anyhow::Error) -> bool {
+        err.chain().any(|cause| {
+            cause.is::<EmptyTrack>()
+                || cause
+                    .downcast_ref::<io::Error>()
+                    .and_then(|e| e.get_ref())
+                    .is_some_and(|inner| inner.is::<EmptyTrack>())
+        })
+    }
+}
+
 fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
@@ -347,9 +372,7 @@ pub fn patch_tracks(
         // mp4mux writes a track that never got caps with timescale 0: no player opens the
         // file. Seen rarely under heavy load; fail the cut loudly rather than leave it.
         if track_ts == 0 {
-            return Err(invalid(
-                "the muxer wrote a track with no timescale (no media reached it)",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, EmptyTrack));
         }
         let n = counts.entry(handler.clone()).or_default();
         let patch = patch_for(&handler, *n);
