@@ -6,11 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
 use super::diagnostics::{Diagnostic, suggest};
-use super::model::{
-    Encoder, EncoderKind, H264Preset, Media, Output, Source, Transform, TransformKind,
-};
+use super::model::{Encoder, EncoderKind, Media, Output, Source, Transform, TransformKind};
 use super::reader::Named;
-use crate::output::HlsOutput;
 
 /// Checks how the components read from each other, adding a diagnostic per problem; inputs
 /// naming a `broken` component (already reported) are not reported again.
@@ -119,8 +116,8 @@ impl Graph<'_> {
             }
         }
         let encoder_names: Vec<&str> = encoders.iter().map(|n| n.value.name.as_str()).collect();
-        let mut hls_outputs = 0;
-        let mut webrtc_outputs = 0;
+        // Outputs served at one fixed path: how many of each kind so far.
+        let mut served: BTreeMap<&str, usize> = BTreeMap::new();
         for o in outputs {
             let component = format!("outputs.{}", o.value.name);
             let mut video = 0;
@@ -140,115 +137,36 @@ impl Graph<'_> {
                     continue;
                 };
                 match &encoder.value.kind {
-                    EncoderKind::H264 {
-                        keyframe_interval,
-                        preset,
-                        ..
-                    } => {
-                        video += 1;
-                        if o.value.kind.is_webrtc() && *preset != H264Preset::Zerolatency {
-                            self.diags.push(Diagnostic {
-                                span: span.clone(),
-                                component: Some(component.clone()),
-                                key: Some("inputs".into()),
-                                message: format!(
-                                    "`{input}` is not constrained baseline, which browsers need over WebRTC"
-                                ),
-                                help: Some(format!(
-                                    "set `preset = \"zerolatency\"` in [encoders.{input}]"
-                                )),
-                            });
-                        }
-                        if let Some(&HlsOutput {
-                            segment_duration, ..
-                        }) = o.value.kind.as_any().downcast_ref()
-                        {
-                            let per_segment = f64::from(segment_duration) / keyframe_interval;
-                            if (per_segment - per_segment.round()).abs() > 1e-6 {
-                                self.diags.push(Diagnostic {
-                                    span: span.clone(),
-                                    component: Some(component.clone()),
-                                    key: Some("inputs".into()),
-                                    message: format!(
-                                        "HLS segments of {segment_duration} s need a keyframe interval that divides them; `{input}` has {keyframe_interval} s"
-                                    ),
-                                    help: Some(format!("set `keyframe_interval = {segment_duration}` in [encoders.{input}]")),
-                                });
-                            }
-                        }
-                    }
+                    EncoderKind::H264 { .. } => video += 1,
                     EncoderKind::Vp8 { .. } => {
                         video += 1;
                         vp8 += 1;
-                        if o.value.kind.type_name() != "webrtc" {
-                            self.diags.push(Diagnostic {
-                                span: span.clone(),
-                                component: Some(component.clone()),
-                                key: Some("inputs".into()),
-                                message: format!(
-                                    "`{input}` is VP8, which only the webrtc output sends"
-                                ),
-                                help: Some("use an encoder with `type = \"h264\"` here".into()),
-                            });
-                        }
-                    }
-                    EncoderKind::Opus { .. } if o.value.kind.type_name() == "rtmp" => {
-                        audio += 1;
-                        self.diags.push(Diagnostic {
-                            span: span.clone(),
-                            component: Some(component.clone()),
-                            key: Some("inputs".into()),
-                            message: format!("`{input}` is Opus, which RTMP (FLV) cannot carry"),
-                            help: Some("use an encoder with `type = \"aac\"` for RTMP".into()),
-                        });
-                    }
-                    EncoderKind::Opus { .. } if o.value.kind.type_name() == "hls" => {
-                        audio += 1;
-                        self.diags.push(Diagnostic {
-                            span: span.clone(),
-                            component: Some(component.clone()),
-                            key: Some("inputs".into()),
-                            message: format!(
-                                "`{input}` is Opus, which browsers do not play from HLS MPEG-TS"
-                            ),
-                            help: Some("use an encoder with `type = \"aac\"` for HLS".into()),
-                        });
-                    }
-                    EncoderKind::Aac { .. } if o.value.kind.is_webrtc() => {
-                        audio += 1;
-                        self.diags.push(Diagnostic {
-                            span: span.clone(),
-                            component: Some(component.clone()),
-                            key: Some("inputs".into()),
-                            message: format!("`{input}` is AAC; WebRTC carries Opus"),
-                            help: Some("use an encoder with `type = \"opus\"` for WebRTC".into()),
-                        });
                     }
                     EncoderKind::Aac { .. } | EncoderKind::Opus { .. } => audio += 1,
                 }
-            }
-            if o.value.kind.type_name() == "webrtc" {
-                webrtc_outputs += 1;
-                if webrtc_outputs > 1 {
+                // What the kind cannot carry, or needs of the encoder: the kind says.
+                if let Some(refusal) = o.value.kind.refuses_input(input, &encoder.value.kind) {
                     self.diags.push(Diagnostic {
-                        span: o.span.clone(),
+                        span: span.clone(),
                         component: Some(component.clone()),
-                        key: None,
-                        message: "only one webrtc output is served at /whep; remove this one"
-                            .into(),
-                        help: None,
+                        key: Some("inputs".into()),
+                        message: refusal.message,
+                        help: refusal.help,
                     });
                 }
             }
-            if o.value.kind.type_name() == "hls" {
-                hls_outputs += 1;
-                if hls_outputs > 1 {
+            let type_name = o.value.kind.type_name();
+            if let Some(path) = o.value.kind.served_at() {
+                let count = served.entry(type_name).or_default();
+                *count += 1;
+                if *count > 1 {
                     self.diags.push(Diagnostic {
                         span: o.span.clone(),
                         component: Some(component.clone()),
                         key: None,
-                        message: "only one hls output is served at /hls/live.m3u8; remove this one"
-                            .into(),
+                        message: format!(
+                            "only one {type_name} output is served at {path}; remove this one"
+                        ),
                         help: None,
                     });
                 }

@@ -41,8 +41,8 @@ mod transforms;
 pub use diagnostics::{Diagnostic, line_column, suggest};
 pub use model::{
     AudioFormat, Encoder, EncoderKind, Fallback, H264Preset, LatencyTest, Media, Output,
-    OutputSpec, Pipeline, Server, Source, SourceKind, Transform, TransformKind, VideoFormat,
-    loopback_if_unbound,
+    OutputSpec, Pipeline, Refusal, Server, Source, SourceKind, Transform, TransformKind,
+    VideoFormat, loopback_if_unbound,
 };
 
 use reader::{Fields, Reader};

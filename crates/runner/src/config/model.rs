@@ -280,9 +280,19 @@ pub struct Output {
 pub trait OutputSpec: std::fmt::Debug + Send + Sync + 'static {
     /// The `type` name, as written in pipeline files.
     fn type_name(&self) -> &'static str;
-    /// WebRTC outputs (WHEP viewers, WHIP and Janus egress): H.264 constrained baseline and
-    /// Opus.
-    fn is_webrtc(&self) -> bool {
+    /// Why this output cannot take the encoder `input` (of `encoder`'s kind) as an input, if
+    /// it cannot: a codec it cannot carry, or encoder settings it needs.
+    fn refuses_input(&self, _input: &str, _encoder: &EncoderKind) -> Option<Refusal> {
+        None
+    }
+    /// The one HTTP path the output is served at, for kinds of which one output at most can
+    /// be served.
+    fn served_at(&self) -> Option<&'static str> {
+        None
+    }
+    /// Whether a VP8 encoder may feed it beside an H.264 one (viewers pick the first codec
+    /// their offer has).
+    fn takes_vp8_beside_h264(&self) -> bool {
         false
     }
     /// The settings, for a downcast to the kind's own type.
@@ -293,6 +303,15 @@ pub trait OutputSpec: std::fmt::Debug + Send + Sync + 'static {
     fn clone_box(&self) -> Box<dyn OutputSpec>;
     /// The settings as JSON (without `type`), secrets left out.
     fn settings_json(&self) -> serde_json::Value;
+}
+
+/// Why an output refuses an input, as a diagnostic on that input says it.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// What is wrong.
+    pub message: String,
+    /// What to change.
+    pub help: Option<String>,
 }
 
 impl Clone for Box<dyn OutputSpec> {

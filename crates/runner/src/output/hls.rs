@@ -10,9 +10,9 @@ use gst::prelude::*;
 
 use serde::Serialize;
 
-use super::{Context, InputLink, Kind, OutputFactory, Sink, make, settings};
+use super::{Context, InputLink, Kind, OutputFactory, Sink, make, refuse_vp8, settings};
 use crate::config::reader::Fields;
-use crate::config::{Diagnostic, OutputSpec};
+use crate::config::{Diagnostic, EncoderKind, OutputSpec, Refusal};
 use crate::llhls::LlHls;
 
 const TYPE: &str = "hls";
@@ -33,7 +33,35 @@ pub struct HlsOutput {
     pub directory: Option<PathBuf>,
 }
 
-output_spec!(HlsOutput, TYPE);
+output_spec!(HlsOutput, TYPE, {
+    fn refuses_input(&self, input: &str, encoder: &EncoderKind) -> Option<Refusal> {
+        match encoder {
+            EncoderKind::H264 {
+                keyframe_interval, ..
+            } => {
+                let segment_duration = self.segment_duration;
+                let per_segment = f64::from(segment_duration) / keyframe_interval;
+                ((per_segment - per_segment.round()).abs() > 1e-6).then(|| Refusal {
+                    message: format!(
+                        "HLS segments of {segment_duration} s need a keyframe interval that divides them; `{input}` has {keyframe_interval} s"
+                    ),
+                    help: Some(format!(
+                        "set `keyframe_interval = {segment_duration}` in [encoders.{input}]"
+                    )),
+                })
+            }
+            EncoderKind::Opus { .. } => Some(Refusal {
+                message: format!("`{input}` is Opus, which browsers do not play from HLS MPEG-TS"),
+                help: Some("use an encoder with `type = \"aac\"` for HLS".into()),
+            }),
+            _ => refuse_vp8(input, encoder),
+        }
+    }
+
+    fn served_at(&self) -> Option<&'static str> {
+        Some("/hls/live.m3u8")
+    }
+});
 
 /// The HLS kind in the registry.
 pub(super) struct Factory;

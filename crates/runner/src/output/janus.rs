@@ -4,9 +4,9 @@
 use serde::Serialize;
 
 use super::egress::Publisher;
-use super::{Context, Kind, OutputFactory, settings};
+use super::{Context, Kind, OutputFactory, refuse_for_webrtc, refuse_vp8, settings};
 use crate::config::reader::Fields;
-use crate::config::{Diagnostic, OutputSpec};
+use crate::config::{Diagnostic, EncoderKind, OutputSpec, Refusal};
 
 const TYPE: &str = "janus";
 
@@ -25,7 +25,11 @@ pub struct JanusOutput {
     pub loopback_only: bool,
 }
 
-output_spec!(JanusOutput, TYPE, webrtc: true);
+output_spec!(JanusOutput, TYPE, {
+    fn refuses_input(&self, input: &str, encoder: &EncoderKind) -> Option<Refusal> {
+        refuse_for_webrtc(input, encoder).or_else(|| refuse_vp8(input, encoder))
+    }
+});
 
 /// The Janus kind in the registry.
 pub(super) struct Factory;

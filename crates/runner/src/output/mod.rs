@@ -18,23 +18,21 @@ use anyhow::Context as _;
 use gst::prelude::*;
 
 use crate::config::reader::Fields;
-use crate::config::{Diagnostic, EncoderKind, Output, OutputSpec};
+use crate::config::{Diagnostic, EncoderKind, H264Preset, Output, OutputSpec, Refusal};
 use crate::endpoint::Endpoint;
 use crate::events::Events;
 use crate::llhls::LlHls;
 use crate::state::{self, Marker, Shared};
 
 /// Implements [`OutputSpec`] for a kind's settings type (`Clone + Serialize`) named
-/// `$type_name` in pipeline files.
+/// `$type_name` in pipeline files; the block, if any, holds the kind's own rules
+/// (`refuses_input`, `served_at`...).
 macro_rules! output_spec {
-    ($settings:ty, $type_name:expr $(, webrtc: $webrtc:literal)?) => {
+    ($settings:ty, $type_name:expr $(, { $($rules:tt)* })?) => {
         impl crate::config::OutputSpec for $settings {
             fn type_name(&self) -> &'static str {
                 $type_name
             }
-            $(fn is_webrtc(&self) -> bool {
-                $webrtc
-            })?
             fn as_any(&self) -> &dyn std::any::Any {
                 self
             }
@@ -47,6 +45,7 @@ macro_rules! output_spec {
             fn settings_json(&self) -> serde_json::Value {
                 serde_json::to_value(self).unwrap_or_default()
             }
+            $($($rules)*)?
         }
     };
 }
@@ -301,6 +300,33 @@ fn kind_for(config: &Output, cx: &Context<'_>) -> anyhow::Result<Box<dyn Kind>> 
         .prepare(&*config.kind, cx)
 }
 
+/// VP8 goes to WebRTC viewers only: every other kind refuses it.
+fn refuse_vp8(input: &str, encoder: &EncoderKind) -> Option<Refusal> {
+    matches!(encoder, EncoderKind::Vp8 { .. }).then(|| Refusal {
+        message: format!("`{input}` is VP8, which only the webrtc output sends"),
+        help: Some("use an encoder with `type = \"h264\"` here".into()),
+    })
+}
+
+/// What WebRTC (viewers and SFU egress) needs: H.264 constrained baseline, and Opus.
+fn refuse_for_webrtc(input: &str, encoder: &EncoderKind) -> Option<Refusal> {
+    match encoder {
+        EncoderKind::H264 { preset, .. } if *preset != H264Preset::Zerolatency => Some(Refusal {
+            message: format!(
+                "`{input}` is not constrained baseline, which browsers need over WebRTC"
+            ),
+            help: Some(format!(
+                "set `preset = \"zerolatency\"` in [encoders.{input}]"
+            )),
+        }),
+        EncoderKind::Aac { .. } => Some(Refusal {
+            message: format!("`{input}` is AAC; WebRTC carries Opus"),
+            help: Some("use an encoder with `type = \"opus\"` for WebRTC".into()),
+        }),
+        _ => None,
+    }
+}
+
 /// Temporary folders removed when this is dropped: at the end of a run, and also when its
 /// start-up fails half-way or it unwinds from a panic.
 #[derive(Debug, Default)]
@@ -340,4 +366,65 @@ pub fn record_latency(shared: &Shared, path: &str, report: &gst::StructureRef) {
             },
         );
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{steerable_type_names, type_names};
+
+    /// Every problem `text` has, as `validate` words them.
+    fn problems(text: &str) -> Vec<String> {
+        match crate::config::parse(text) {
+            Ok(_) => Vec::new(),
+            Err(diags) => diags.into_iter().map(|d| d.message).collect(),
+        }
+    }
+
+    const INGEST: &str = "[sources.cam]\ntype = \"test\"\n\n\
+         [encoders.v]\ntype = \"h264\"\ninputs = [\"cam\"]\n\n\
+         [encoders.a]\ntype = \"opus\"\ninputs = [\"cam\"]\n\n";
+
+    #[test]
+    fn the_registry_names_each_kind_once_in_the_order_diagnostics_list_them() {
+        assert_eq!(
+            type_names(),
+            ["hls", "record", "srt", "rtmp", "webrtc", "whip", "janus"]
+        );
+        assert_eq!(
+            steerable_type_names(),
+            ["srt", "rtmp", "webrtc", "whip", "janus"]
+        );
+    }
+
+    #[test]
+    fn a_second_output_served_at_one_path_is_refused() {
+        let text = format!(
+            "{INGEST}[outputs.one]\ntype = \"hls\"\ninputs = [\"v\"]\n\n\
+             [outputs.two]\ntype = \"hls\"\ninputs = [\"v\"]\n"
+        );
+        assert_eq!(
+            problems(&text),
+            ["only one hls output is served at /hls/live.m3u8; remove this one"]
+        );
+    }
+
+    #[test]
+    fn an_output_refuses_a_codec_it_cannot_carry() {
+        let text = format!(
+            "{INGEST}[outputs.up]\ntype = \"rtmp\"\ninputs = [\"v\", \"a\"]\n\
+             location = \"rtmp://127.0.0.1/live/key\"\n"
+        );
+        assert_eq!(
+            problems(&text),
+            ["`a` is Opus, which RTMP (FLV) cannot carry"]
+        );
+    }
+
+    #[test]
+    fn an_unknown_output_type_is_refused_with_a_suggestion() {
+        let text = format!("{INGEST}[outputs.up]\ntype = \"rtpm\"\ninputs = [\"v\"]\n");
+        let diags = crate::config::parse(&text).err().unwrap_or_default();
+        assert_eq!(diags.len(), 1, "{diags:?}");
+        assert_eq!(diags[0].help.as_deref(), Some("did you mean `rtmp`?"));
+    }
 }

@@ -10,9 +10,9 @@ use gst::prelude::*;
 
 use serde::Serialize;
 
-use super::{Context, InputLink, Kind, OutputFactory, Sink, Take, make, settings};
+use super::{Context, InputLink, Kind, OutputFactory, Sink, Take, make, refuse_vp8, settings};
 use crate::config::reader::Fields;
-use crate::config::{Diagnostic, OutputSpec};
+use crate::config::{Diagnostic, EncoderKind, OutputSpec, Refusal};
 use crate::events::Events;
 use crate::mp4file::FragmentedMp4File;
 use crate::state::{self, Marker, Recording, Shared};
@@ -31,7 +31,11 @@ pub struct RecordOutput {
     pub autostart: bool,
 }
 
-output_spec!(RecordOutput, TYPE);
+output_spec!(RecordOutput, TYPE, {
+    fn refuses_input(&self, input: &str, encoder: &EncoderKind) -> Option<Refusal> {
+        refuse_vp8(input, encoder)
+    }
+});
 
 /// The record kind in the registry.
 pub(super) struct Factory;

@@ -4,9 +4,9 @@ use gst::prelude::*;
 
 use serde::Serialize;
 
-use super::{Context, InputLink, Kind, OutputFactory, Sink, make, settings};
+use super::{Context, InputLink, Kind, OutputFactory, Sink, make, refuse_vp8, settings};
 use crate::config::reader::Fields;
-use crate::config::{Diagnostic, OutputSpec};
+use crate::config::{Diagnostic, EncoderKind, OutputSpec, Refusal};
 use crate::endpoint::Endpoint;
 
 /// Longest send backlog kept before an RTMP sink.
@@ -21,7 +21,17 @@ pub struct RtmpOutput {
     pub location: String,
 }
 
-output_spec!(RtmpOutput, TYPE);
+output_spec!(RtmpOutput, TYPE, {
+    fn refuses_input(&self, input: &str, encoder: &EncoderKind) -> Option<Refusal> {
+        match encoder {
+            EncoderKind::Opus { .. } => Some(Refusal {
+                message: format!("`{input}` is Opus, which RTMP (FLV) cannot carry"),
+                help: Some("use an encoder with `type = \"aac\"` for RTMP".into()),
+            }),
+            _ => refuse_vp8(input, encoder),
+        }
+    }
+});
 
 /// The RTMP kind in the registry.
 pub(super) struct Factory;

@@ -4,9 +4,9 @@ use gst::prelude::*;
 
 use serde::Serialize;
 
-use super::{Context, InputLink, Kind, OutputFactory, Sink, make, settings};
+use super::{Context, InputLink, Kind, OutputFactory, Sink, make, refuse_vp8, settings};
 use crate::config::reader::Fields;
-use crate::config::{Diagnostic, OutputSpec, loopback_if_unbound};
+use crate::config::{Diagnostic, EncoderKind, OutputSpec, Refusal, loopback_if_unbound};
 use crate::endpoint::Endpoint;
 
 const TYPE: &str = "srt";
@@ -18,7 +18,11 @@ pub struct SrtOutput {
     pub uri: String,
 }
 
-output_spec!(SrtOutput, TYPE);
+output_spec!(SrtOutput, TYPE, {
+    fn refuses_input(&self, input: &str, encoder: &EncoderKind) -> Option<Refusal> {
+        refuse_vp8(input, encoder)
+    }
+});
 
 /// The SRT kind in the registry.
 pub(super) struct Factory;

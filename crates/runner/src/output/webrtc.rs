@@ -8,9 +8,11 @@ use gst::prelude::*;
 use serde::Serialize;
 use toml::de::DeValue;
 
-use super::{Context, Input, InputLink, Kind, OutputFactory, Sink, settings, tees};
+use super::{
+    Context, Input, InputLink, Kind, OutputFactory, Sink, refuse_for_webrtc, settings, tees,
+};
 use crate::config::reader::{Fields, Spanned};
-use crate::config::{Diagnostic, EncoderKind, OutputSpec, suggest};
+use crate::config::{Diagnostic, EncoderKind, OutputSpec, Refusal, suggest};
 
 const TYPE: &str = "webrtc";
 
@@ -29,7 +31,19 @@ pub struct WebrtcOutput {
     pub playout_delay_ms: Option<[u32; 2]>,
 }
 
-output_spec!(WebrtcOutput, TYPE, webrtc: true);
+output_spec!(WebrtcOutput, TYPE, {
+    fn refuses_input(&self, input: &str, encoder: &EncoderKind) -> Option<Refusal> {
+        refuse_for_webrtc(input, encoder)
+    }
+
+    fn served_at(&self) -> Option<&'static str> {
+        Some("/whep")
+    }
+
+    fn takes_vp8_beside_h264(&self) -> bool {
+        true
+    }
+});
 
 /// The WebRTC kind in the registry.
 pub(super) struct Factory;
