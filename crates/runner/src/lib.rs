@@ -112,7 +112,7 @@ pub fn load(path: &Path) -> anyhow::Result<Pipeline> {
 /// Validates pipeline text; `file` is the name used in diagnostics. GStreamer must be
 /// initialised ([`init`]) because escape-hatch fragments are parsed.
 pub fn parse_named(file: &str, text: &str) -> Result<Pipeline, InvalidPipeline> {
-    config::parse(text).map_err(|diags| InvalidPipeline {
+    config::parse(text, &output::Registry).map_err(|diags| InvalidPipeline {
         file: file.to_string(),
         count: diags.len(),
         rendered: diags

@@ -10,21 +10,29 @@ use super::model::{Encoder, EncoderKind, Media, Output, Source, Transform, Trans
 use super::reader::Named;
 
 /// Checks how the components read from each other, adding a diagnostic per problem; inputs
-/// naming a `broken` component (already reported) are not reported again.
+/// naming a `broken` component (already reported) are not reported again. `steerable`: the
+/// output types an abrcontroller may watch.
 pub(super) fn check(
     diags: &mut Vec<Diagnostic>,
     broken: &BTreeSet<String>,
+    steerable: &[&str],
     sources: &[Named<Source>],
     transforms: &[Named<Transform>],
     encoders: &[Named<Encoder>],
     outputs: &[Named<Output>],
 ) {
-    Graph { diags, broken }.check_all(sources, transforms, encoders, outputs);
+    Graph {
+        diags,
+        broken,
+        steerable,
+    }
+    .check_all(sources, transforms, encoders, outputs);
 }
 
 struct Graph<'a> {
     diags: &'a mut Vec<Diagnostic>,
     broken: &'a BTreeSet<String>,
+    steerable: &'a [&'a str],
 }
 
 impl Graph<'_> {
@@ -292,15 +300,14 @@ impl Graph<'_> {
                 continue;
             };
             let kind = target.value.kind.type_name();
-            let steerable = crate::output::steerable_type_names();
-            if !steerable.contains(&kind) {
+            if !self.steerable.contains(&kind) {
                 self.diags.push(Diagnostic {
                     span: output_span.clone(),
                     component: Some(component.clone()),
                     key: Some("output".into()),
                     message: format!(
                         "`{output}` is a {kind} output, which gives no feedback about its link (expected one of {})",
-                        steerable.join(", ")
+                        self.steerable.join(", ")
                     ),
                     help: None,
                 });

@@ -13,12 +13,12 @@
 //! - `fragment`: the escape-hatch gst-launch fragments (uses `diagnostics`);
 //! - `server`, `latency_test`, `sources`, `transforms`, `encoders`: one section kind each,
 //!   reading its tables with `reader` into `model`;
-//! - `outputs`: reads an output's `type` and hands its table to that kind's file in
-//!   `crate::output`, which reads it with `reader` into its own [`OutputSpec`] (the registry
-//!   there says which types exist). `crate::output` uses only `diagnostics`, `model` and
-//!   `reader` from here, never `outputs`, `graph` or this module;
+//! - `outputs`: reads an output's `type` and hands its table to that kind through
+//!   `OutputKinds`, which the caller of [`parse`] passes in (the registry in
+//!   `crate::output`, whose kinds read their tables with `reader` into an [`OutputSpec`]):
+//!   nothing here imports the output kinds, which import this;
 //! - `graph`: the checks across components (inputs, media, codecs, loops, abrcontrollers);
-//!   the kinds an abrcontroller may steer come from the output registry;
+//!   what a kind refuses it says through [`OutputSpec`];
 //! - this module: [`parse`], which wires them together.
 
 use std::collections::BTreeSet;
@@ -45,6 +45,7 @@ pub use model::{
     VideoFormat, loopback_if_unbound,
 };
 
+pub(crate) use outputs::OutputKinds;
 use reader::{Fields, Reader};
 
 const SECTIONS: &[&str] = &[
@@ -56,8 +57,9 @@ const SECTIONS: &[&str] = &[
     "latency_test",
 ];
 
-/// Reads a pipeline file. On failure, every problem found is returned, in file order.
-pub fn parse(text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
+/// Reads a pipeline file, its outputs read by `kinds`. On failure, every problem found is
+/// returned, in file order.
+pub(crate) fn parse(text: &str, kinds: &dyn OutputKinds) -> Result<Pipeline, Vec<Diagnostic>> {
     let (document, syntax) = DeTable::parse_recoverable(text);
     let mut diags: Vec<Diagnostic> = syntax
         .iter()
@@ -77,7 +79,7 @@ pub fn parse(text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
         diags: &mut diags,
         broken: BTreeSet::new(),
     };
-    let pipeline = pipeline(&mut reader, &document);
+    let pipeline = pipeline(&mut reader, &document, kinds);
     if diags.is_empty() {
         Ok(pipeline)
     } else {
@@ -86,7 +88,7 @@ pub fn parse(text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
     }
 }
 
-fn pipeline(reader: &mut Reader, document: &DeTable) -> Pipeline {
+fn pipeline(reader: &mut Reader, document: &DeTable, kinds: &dyn OutputKinds) -> Pipeline {
     let root = Fields::new(document, None, 0..0);
     for (key, value) in document.iter() {
         let name: &str = key.get_ref();
@@ -106,7 +108,9 @@ fn pipeline(reader: &mut Reader, document: &DeTable) -> Pipeline {
     let sources = reader.section(document, "sources", sources::source);
     let transforms = reader.section(document, "transforms", transforms::transform);
     let encoders = reader.section(document, "encoders", encoders::encoder);
-    let outputs = reader.section(document, "outputs", outputs::output);
+    let outputs = reader.section(document, "outputs", |diags, f, name| {
+        outputs::output(kinds, diags, f, name)
+    });
     let latency_test = latency_test::read(reader.diags, document);
     // A source table that is there but refused (an unknown `type`, ...) has its own error;
     // "no source" would only send the reader looking for a table they wrote.
@@ -131,6 +135,7 @@ fn pipeline(reader: &mut Reader, document: &DeTable) -> Pipeline {
     graph::check(
         reader.diags,
         &reader.broken,
+        &kinds.steerable_type_names(),
         &sources,
         &transforms,
         &encoders,

@@ -18,7 +18,9 @@ use anyhow::Context as _;
 use gst::prelude::*;
 
 use crate::config::reader::Fields;
-use crate::config::{Diagnostic, EncoderKind, H264Preset, Output, OutputSpec, Refusal};
+use crate::config::{
+    Diagnostic, EncoderKind, H264Preset, Output, OutputKinds, OutputSpec, Refusal,
+};
 use crate::endpoint::Endpoint;
 use crate::events::Events;
 use crate::llhls::LlHls;
@@ -100,12 +102,12 @@ pub(crate) trait OutputFactory: Sync {
 }
 
 /// The `type` names of every output kind.
-pub(crate) fn type_names() -> Vec<&'static str> {
+fn type_names() -> Vec<&'static str> {
     KINDS.iter().map(|k| k.type_name()).collect()
 }
 
 /// The `type` names of the kinds an abrcontroller can steer.
-pub(crate) fn steerable_type_names() -> Vec<&'static str> {
+fn steerable_type_names() -> Vec<&'static str> {
     KINDS
         .iter()
         .filter(|k| k.steerable())
@@ -114,8 +116,30 @@ pub(crate) fn steerable_type_names() -> Vec<&'static str> {
 }
 
 /// The kind named `type_name`.
-pub(crate) fn factory(type_name: &str) -> Option<&'static dyn OutputFactory> {
+fn factory(type_name: &str) -> Option<&'static dyn OutputFactory> {
     KINDS.iter().copied().find(|k| k.type_name() == type_name)
+}
+
+/// The registry as the pipeline file reader takes it ([`crate::config::parse`]).
+pub(crate) struct Registry;
+
+impl OutputKinds for Registry {
+    fn type_names(&self) -> Vec<&'static str> {
+        type_names()
+    }
+
+    fn steerable_type_names(&self) -> Vec<&'static str> {
+        steerable_type_names()
+    }
+
+    fn parse(
+        &self,
+        type_name: &str,
+        diags: &mut Vec<Diagnostic>,
+        f: &mut Fields,
+    ) -> Option<Box<dyn OutputSpec>> {
+        factory(type_name)?.parse(diags, f)
+    }
 }
 
 /// `spec` as the settings type `T` of the factory that parsed it.
@@ -374,7 +398,7 @@ mod tests {
 
     /// Every problem `text` has, as `validate` words them.
     fn problems(text: &str) -> Vec<String> {
-        match crate::config::parse(text) {
+        match crate::config::parse(text, &super::Registry) {
             Ok(_) => Vec::new(),
             Err(diags) => diags.into_iter().map(|d| d.message).collect(),
         }
@@ -423,7 +447,9 @@ mod tests {
     #[test]
     fn an_unknown_output_type_is_refused_with_a_suggestion() {
         let text = format!("{INGEST}[outputs.up]\ntype = \"rtpm\"\ninputs = [\"v\"]\n");
-        let diags = crate::config::parse(&text).err().unwrap_or_default();
+        let diags = crate::config::parse(&text, &super::Registry)
+            .err()
+            .unwrap_or_default();
         assert_eq!(diags.len(), 1, "{diags:?}");
         assert_eq!(diags[0].help.as_deref(), Some("did you mean `rtmp`?"));
     }
