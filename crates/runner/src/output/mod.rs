@@ -8,8 +8,15 @@
 //!
 //! Layout: [`supervisor`] owns what every output has in common (start, stop, restarts with
 //! back-off, generations, its state in the shared status, the egress checks, the teardown and
-//! the appsrc side of each pipeline). Each kind lives in a file of its own behind [`Kind`]:
-//! what it adds to a new pipeline and what it tells the rest of the runner.
+//! the appsrc side of each pipeline). Each kind lives in a file of its own: its settings type
+//! ([`OutputSpec`], with the inputs it refuses), its `Factory` ([`OutputFactory`]: reads its
+//! `[outputs.NAME]` table, says whether an abrcontroller can steer it) and its [`Kind`]: what
+//! it adds to a new pipeline and what it tells the rest of the runner (HLS folder, LL-HLS
+//! store, WHEP sessions, feedback, endpoint). A new kind is that file, its `mod` line and a
+//! line in [`KINDS`]; `tees` and `egress` hold what the WebRTC kinds share.
+//!
+//! Dependencies: this uses `config` (model, reader, diagnostics), never the other way round:
+//! `config::parse` gets the kinds as [`Registry`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
