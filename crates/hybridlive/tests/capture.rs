@@ -7,28 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use hybridlive_testkit::eventually;
+use hybridlive_testkit::{TempDir, eventually};
 
 /// The tone the fake microphone plays: far from the test source's own 440 Hz tone.
 const MIC_HZ: f64 = 1000.0;
-
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir =
-            std::env::temp_dir().join(format!("hybridlive-capture-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch folder");
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A PulseAudio daemon of the test's own: no autospawn, no D-Bus, no system config; one
 /// socket in `dir` and a null sink `room` whose monitor `room.monitor` is the microphone.
@@ -156,7 +138,7 @@ fn audio_samples(file: &Path) -> Vec<f64> {
 
 #[test]
 fn a_pulseaudio_microphone_is_recorded_with_its_tone() {
-    let scratch = Scratch::new("pulse");
+    let scratch = TempDir::new("pulse");
     let pulse = PulseDaemon::start(&scratch.0);
     let mut speaker = pulse.play_tone();
     let pipeline = write_pipeline(
@@ -217,7 +199,7 @@ fn a_pulseaudio_microphone_is_recorded_with_its_tone() {
 
 #[test]
 fn a_missing_pulseaudio_server_is_a_clear_error() {
-    let scratch = Scratch::new("no-pulse");
+    let scratch = TempDir::new("no-pulse");
     let pipeline = write_pipeline(
         &scratch.0,
         "[sources.cam]\ntype = \"test\"\nwidth = 320\nheight = 180\nmicrophone = \"\"\n",
@@ -243,7 +225,7 @@ fn a_missing_pulseaudio_server_is_a_clear_error() {
 
 #[test]
 fn a_missing_v4l2_camera_is_a_clear_error_naming_the_device() {
-    let scratch = Scratch::new("v4l2");
+    let scratch = TempDir::new("v4l2");
     let device = "/dev/video-hybridlive-missing";
     let pipeline = write_pipeline(
         &scratch.0,

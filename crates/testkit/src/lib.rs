@@ -136,6 +136,29 @@ pub fn viewer_page(base: &str, wait: &str, result: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("the browser driver prints JSON")
 }
 
+/// A fresh folder under the system temp dir, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// `hybridlive-test-NAME-N-PID`, empty (N counts the folders this process made).
+    pub fn new(name: &str) -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(scratch_dir("test", &format!("{name}-{n}")))
+    }
+
+    /// The path of `name` in the folder.
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A fresh, empty folder `hybridlive-SUITE-NAME-PID` in the temporary folder.
 pub fn scratch_dir(suite: &str, name: &str) -> std::path::PathBuf {
     let dir =
