@@ -185,6 +185,22 @@ impl<'t, 'i> Fields<'t, 'i> {
         value
     }
 
+    /// A required URL whose scheme is one of `schemes`; otherwise the error says the value
+    /// "is not {what}". The value is returned either way (every mistake is reported).
+    pub(crate) fn required_url(
+        &mut self,
+        diags: &mut Vec<Diagnostic>,
+        key: &'static str,
+        schemes: &[&str],
+        what: &str,
+    ) -> Option<String> {
+        let (url, span) = self.required_string(diags, key)?;
+        if !schemes.iter().any(|scheme| url.starts_with(scheme)) {
+            self.error(diags, span, key, format!("`{url}` is not {what}"));
+        }
+        Some(url)
+    }
+
     pub(crate) fn bool(
         &mut self,
         diags: &mut Vec<Diagnostic>,

@@ -44,15 +44,12 @@ impl OutputFactory for Factory {
     }
 
     fn parse(&self, diags: &mut Vec<Diagnostic>, f: &mut Fields) -> Option<Box<dyn OutputSpec>> {
-        let (endpoint, span) = f.required_string(diags, "endpoint")?;
-        if !(endpoint.starts_with("ws://") || endpoint.starts_with("wss://")) {
-            f.error(
-                diags,
-                span,
-                "endpoint",
-                format!("`{endpoint}` is not a ws:// or wss:// URL (Janus's WebSocket API)"),
-            );
-        }
+        let endpoint = f.required_url(
+            diags,
+            "endpoint",
+            &["ws://", "wss://"],
+            "a ws:// or wss:// URL (Janus's WebSocket API)",
+        )?;
         if !f.table.contains_key("room_id") {
             f.error(
                 diags,

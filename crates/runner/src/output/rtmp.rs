@@ -46,15 +46,12 @@ impl OutputFactory for Factory {
     }
 
     fn parse(&self, diags: &mut Vec<Diagnostic>, f: &mut Fields) -> Option<Box<dyn OutputSpec>> {
-        let (location, span) = f.required_string(diags, "location")?;
-        if !(location.starts_with("rtmp://") || location.starts_with("rtmps://")) {
-            f.error(
-                diags,
-                span,
-                "location",
-                format!("`{location}` is not an rtmp:// URL"),
-            );
-        }
+        let location = f.required_url(
+            diags,
+            "location",
+            &["rtmp://", "rtmps://"],
+            "an rtmp:// URL",
+        )?;
         Some(Box::new(RtmpOutput { location }))
     }
 

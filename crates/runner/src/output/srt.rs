@@ -37,10 +37,7 @@ impl OutputFactory for Factory {
     }
 
     fn parse(&self, diags: &mut Vec<Diagnostic>, f: &mut Fields) -> Option<Box<dyn OutputSpec>> {
-        let (uri, span) = f.required_string(diags, "uri")?;
-        if !uri.starts_with("srt://") {
-            f.error(diags, span, "uri", format!("`{uri}` is not an srt:// URI"));
-        }
+        let uri = f.required_url(diags, "uri", &["srt://"], "an srt:// URI")?;
         Some(Box::new(SrtOutput {
             uri: loopback_if_unbound(uri),
         }))

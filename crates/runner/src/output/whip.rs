@@ -41,15 +41,12 @@ impl OutputFactory for Factory {
     }
 
     fn parse(&self, diags: &mut Vec<Diagnostic>, f: &mut Fields) -> Option<Box<dyn OutputSpec>> {
-        let (endpoint, span) = f.required_string(diags, "endpoint")?;
-        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-            f.error(
-                diags,
-                span,
-                "endpoint",
-                format!("`{endpoint}` is not an http:// or https:// WHIP endpoint URL"),
-            );
-        }
+        let endpoint = f.required_url(
+            diags,
+            "endpoint",
+            &["http://", "https://"],
+            "an http:// or https:// WHIP endpoint URL",
+        )?;
         let token = f.string(diags, "token").map(|t| t.0);
         if let Some(value) = f.table.get("token")
             && token.as_deref().is_some_and(str::is_empty)
