@@ -167,11 +167,17 @@ pub fn cut(
         mode
     };
     let mut result = cut_to(source, range, mode, vertical, &temp, progress);
-    if result.as_ref().is_err_and(crate::mp4edit::EmptyTrack::is_cause_of) {
+    if result
+        .as_ref()
+        .is_err_and(crate::mp4edit::EmptyTrack::is_cause_of)
+    {
         // Now and then (about 1 cut in 50 with four cuts at once on two cores) a keyframe
         // cut's audio reaches mp4mux with neither caps nor media; the cause is not found yet.
         // The cut is checked, so such a clip is never kept: it is cut again, once.
-        gst::info!(gst::CAT_DEFAULT, "a track of the clip came out empty: cutting it again");
+        gst::info!(
+            gst::CAT_DEFAULT,
+            "a track of the clip came out empty: cutting it again"
+        );
         result = cut_to(source, range, mode, vertical, &temp, progress);
     }
     match result {

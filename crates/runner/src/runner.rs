@@ -14,8 +14,8 @@ use crate::config::{
     EncoderKind, Fallback, H264Preset, Media, Pipeline, Source, SourceKind, TransformKind,
     VideoFormat,
 };
-use crate::output::{self, Input, OutputRunner, make};
 use crate::events::Events;
+use crate::output::{self, Input, OutputRunner, make};
 use crate::srt_listener;
 use crate::state::{self, Shared};
 use gstabr::ladder::Ladder;
@@ -257,7 +257,8 @@ impl Runner {
         if self.shutting_down.swap(true, Ordering::SeqCst) {
             return;
         }
-        self.events.emit("shutdown", serde_json::json!({"reason": reason}));
+        self.events
+            .emit("shutdown", serde_json::json!({"reason": reason}));
         self.shutdown_watchdog();
         for o in &self.outputs {
             o.stop();
@@ -760,12 +761,9 @@ fn run_with(
                     {
                         match hybridlive_offer_timeline::TimelineEntry::from_structure(s) {
                             Ok(entry) => runner.offer(&entry),
-                            Err(err) => {
-                                runner.events.emit(
-                                    "warning",
-                                    serde_json::json!({"message": err.to_string()}),
-                                )
-                            }
+                            Err(err) => runner
+                                .events
+                                .emit("warning", serde_json::json!({"message": err.to_string()})),
                         }
                     }
                 }
@@ -1753,8 +1751,7 @@ mod tests {
             encoder_rates(Some((137_000, 43, start)), (337_000, 103, later), true).unwrap();
         assert!((kbps - 800.0).abs() < 1e-9, "{kbps}");
         assert_eq!(fps, Some(30.0));
-        let (_, fps) =
-            encoder_rates(Some((0, 0, start)), (32_000, 94, later), false).unwrap();
+        let (_, fps) = encoder_rates(Some((0, 0, start)), (32_000, 94, later), false).unwrap();
         assert_eq!(fps, None, "audio buffers are not frames");
     }
 

@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::events::Events;
 use anyhow::{Context as _, anyhow};
 use gst::prelude::*;
-use crate::events::Events;
 
 /// The URI fallbacksrc gets for a listener source: its main source is an `appsrc` fed here.
 pub const BRIDGE_URI: &str = "appsrc://";

@@ -251,7 +251,13 @@ impl Transport {
             (max_total / PER_CLIENT_SHARE).max(MIN_CONNECTIONS / 2),
         );
         let (stop, stopped) = watch::channel(false);
-        let accept = runtime.spawn(accept_loop(listener, table.clone(), handler, stopped, events));
+        let accept = runtime.spawn(accept_loop(
+            listener,
+            table.clone(),
+            handler,
+            stopped,
+            events,
+        ));
         Ok(Transport {
             runtime,
             stop,
