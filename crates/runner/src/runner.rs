@@ -606,7 +606,8 @@ fn run_with(
             .get(&e.input)
             .context("encoder input")?
             .clone();
-        let framerate = source_of(&config, &e.input).map_or(30, |s| s.video.framerate);
+        let framerate = source_of(&config, &e.input)
+            .map_or(crate::config::Framerate::whole(30), |s| s.video.framerate);
         let counter = Arc::new(Counter::new(e.kind.media() == Media::Video));
         let steering = config
             .transforms
@@ -977,7 +978,7 @@ impl Graph<'_> {
         let caps = make("capsfilter", "")?;
         caps.set_property(
             "caps",
-            raw_video_caps(v.width, v.height, gst::Fraction::new(v.framerate as i32, 1)),
+            raw_video_caps(v.width, v.height, fraction(v.framerate)),
         );
         self.add_chain(&[&convert, &scale, &rate, &caps])?;
         Ok((convert, caps))
@@ -1274,8 +1275,12 @@ impl Graph<'_> {
                 let mut chain = vec![scale];
                 let framerates = ladder.as_ref().is_some_and(|l| {
                     l.rungs().iter().any(|r| {
-                        r.framerate
-                            .is_some_and(|(n, d)| video.is_none_or(|v| n != v.framerate * d))
+                        r.framerate.is_some_and(|(n, d)| {
+                            video.is_none_or(|v| {
+                                u64::from(n) * u64::from(v.framerate.denominator)
+                                    != u64::from(v.framerate.numerator) * u64::from(d)
+                            })
+                        })
                     })
                 });
                 if framerates {
@@ -1327,7 +1332,7 @@ impl Graph<'_> {
         name: &str,
         kind: &EncoderKind,
         input: &Streams,
-        framerate: u32,
+        framerate: crate::config::Framerate,
         counter: Arc<Counter>,
         steering: Option<&crate::config::Transform>,
     ) -> anyhow::Result<(gst::Element, Option<gst::Element>)> {
@@ -1347,7 +1352,7 @@ impl Graph<'_> {
                 };
                 enc.set_property_from_str("speed-preset", speed);
                 enc.set_property("bitrate", *bitrate);
-                let gop = ((f64::from(framerate) * keyframe_interval).round() as u32).max(1);
+                let gop = ((framerate.fps() * keyframe_interval).round() as u32).max(1);
                 enc.set_property("key-int-max", gop);
                 // Without this x264 adds IDRs on scene cuts and HLS segments come out uneven.
                 enc.set_property("option-string", "scenecut=0");
@@ -1396,10 +1401,7 @@ impl Graph<'_> {
                         let framerate = rung
                             .framerate
                             .map(|(n, d)| gst::Fraction::new(n as i32, d as i32))
-                            .unwrap_or(gst::Fraction::new(
-                                video.map_or(framerate, |v| v.framerate) as i32,
-                                1,
-                            ));
+                            .unwrap_or_else(|| fraction(video.map_or(framerate, |v| v.framerate)));
                         caps.set_property(
                             "caps",
                             raw_video_caps(rung.width, rung.height, framerate),
@@ -1425,7 +1427,7 @@ impl Graph<'_> {
                 enc.set_property_from_str("end-usage", "cbr");
                 enc.set_property_from_str("error-resilient", "default+partitions");
                 enc.set_property("threads", 2i32);
-                let gop = ((f64::from(framerate) * keyframe_interval).round() as i32).max(1);
+                let gop = ((framerate.fps() * keyframe_interval).round() as i32).max(1);
                 enc.set_property("keyframe-max-dist", gop);
                 // The encoder table knows the unit (vp8enc: bit/s in `target-bitrate`).
                 hybridlive_encoders::Encoder::new(&enc)?
@@ -1708,6 +1710,14 @@ fn bridge(
 }
 
 /// The raw video every source is normalised to (and a rung is scaled to): I420, square pixels.
+/// A frame rate as caps want it.
+fn fraction(rate: crate::config::Framerate) -> gst::Fraction {
+    gst::Fraction::new(
+        i32::try_from(rate.numerator).unwrap_or(i32::MAX),
+        i32::try_from(rate.denominator).unwrap_or(1),
+    )
+}
+
 fn raw_video_caps(width: u32, height: u32, framerate: gst::Fraction) -> gst::Caps {
     gst::Caps::builder("video/x-raw")
         .field("format", "I420")

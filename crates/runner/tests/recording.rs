@@ -691,3 +691,58 @@ fn recording_survives_kill_9() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A source declared at 29.97 fps (NTSC cameras and phones) runs at 30000/1001: the take says
+/// so and holds that many frames a second, where a whole 30 fps would repeat a frame about
+/// every 33 s.
+#[test]
+fn a_29_97_source_is_recorded_at_30000_1001() {
+    let dir = scratch("ntsc-rate");
+    let toml = pipeline(&dir, true, "");
+    let text = std::fs::read_to_string(&toml)
+        .unwrap()
+        .replace("framerate = 30\n", "framerate = 29.97\n");
+    std::fs::write(&toml, text).unwrap();
+    let mut runner = RunnerCommand::entry(ENTRY, &toml, &dir)
+        .env(&[("HYBRIDLIVE_TOKEN", TOKEN)])
+        .start();
+    let take = started_path(&runner.wait_event("recording-started", WAIT));
+    wait_file(&take);
+    hybridlive_testkit::eventually_explained(
+        WAIT,
+        || {
+            runner.status()["outputs"]["rec"]["recording"]["duration_s"]
+                .as_f64()
+                .is_some_and(|d| d >= 4.0)
+                .then_some(())
+        },
+        || {
+            format!(
+                "4 s were never recorded: {}",
+                runner.status()["outputs"]["rec"]
+            )
+        },
+    );
+    runner.signal("TERM");
+    let status = runner.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(0), "the runner ended with {status}");
+    let probe = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+        .args(["stream=r_frame_rate,avg_frame_rate", "-of", "default=nw=1"])
+        .arg(&take)
+        .output()
+        .expect("ffprobe");
+    let probed = String::from_utf8_lossy(&probe.stdout);
+    assert!(
+        probed.contains("r_frame_rate=30000/1001"),
+        "{}: {probed}",
+        take.display()
+    );
+    let (duration, frames) = readable(&take);
+    let fps = frames as f64 / duration;
+    assert!(
+        (fps - 29.97).abs() < 0.2,
+        "{frames} frames in {duration} s: {fps} fps"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -82,6 +82,25 @@ fn broken_files_report_position_component_key_and_suggestion() {
             ],
         ),
         (
+            "type = \"test\"",
+            "type = \"test\"\nframerate = \"30000/0\"",
+            &[
+                "broken.toml:4:13: error: sources.cam: `framerate`: `30000/0` is not a frame rate from 1 to 120 fps",
+            ],
+        ),
+        (
+            "type = \"test\"",
+            "type = \"test\"\nframerate = 240.5",
+            &["broken.toml:4:13: error: sources.cam: `framerate`: `240.5` is not a frame rate"],
+        ),
+        (
+            "type = \"test\"",
+            "type = \"test\"\nframerate = true",
+            &[
+                "broken.toml:4:13: error: sources.cam: `framerate`: expected a frame rate (30, 29.97 or \"30000/1001\"), found",
+            ],
+        ),
+        (
             "inputs = [\"cam\"]\n\n[encoders.audio]",
             "inputs = [\"cma\"]\n\n[encoders.audio]",
             &[

@@ -40,7 +40,7 @@ mod transforms;
 
 pub use diagnostics::{Diagnostic, line_column, suggest};
 pub use model::{
-    AudioFormat, Encoder, EncoderKind, Fallback, H264Preset, LatencyTest, Media, Output,
+    AudioFormat, Encoder, EncoderKind, Fallback, Framerate, H264Preset, LatencyTest, Media, Output,
     OutputSpec, Pipeline, Refusal, Server, Source, SourceKind, Transform, TransformKind,
     VideoFormat, loopback_if_unbound,
 };

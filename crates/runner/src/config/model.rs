@@ -59,7 +59,102 @@ pub struct VideoFormat {
     /// Height in pixels.
     pub height: u32,
     /// Frames per second.
-    pub framerate: u32,
+    pub framerate: Framerate,
+}
+
+/// A frame rate as a fraction: `30/1`, or `30000/1001` for the "29.97" of NTSC-derived
+/// cameras and phones (normalised to a whole 30, such a source gets a repeated frame about
+/// every 33 s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Framerate {
+    /// Frames...
+    pub numerator: u32,
+    /// ...per this many seconds.
+    pub denominator: u32,
+}
+
+impl Framerate {
+    /// The highest rate a source may have.
+    pub const MAX_FPS: u32 = 120;
+
+    /// A whole number of frames per second.
+    pub const fn whole(fps: u32) -> Self {
+        Self {
+            numerator: fps,
+            denominator: 1,
+        }
+    }
+
+    /// Frames per second.
+    pub fn fps(self) -> f64 {
+        f64::from(self.numerator) / f64::from(self.denominator)
+    }
+
+    /// The nearest whole number of frames per second (29.97 → 30): for what counts whole
+    /// frames, such as a key-frame interval.
+    pub fn rounded(self) -> u32 {
+        ((self.fps()).round() as u32).max(1)
+    }
+
+    /// Reads `30`, `29.97` (the NTSC rates 23.976, 29.97, 59.94 and 119.88 are read as
+    /// n×1000/1001), `12.5` or `30000/1001`; `None` for anything else or a rate outside
+    /// 1..=120 fps.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        let rate = if let Some((n, d)) = text.split_once('/') {
+            let (n, d) = (n.trim().parse::<u32>().ok()?, d.trim().parse::<u32>().ok()?);
+            (d > 0).then_some(Self {
+                numerator: n,
+                denominator: d,
+            })?
+        } else {
+            let fps: f64 = text.parse().ok()?;
+            if !fps.is_finite() || fps <= 0.0 {
+                return None;
+            }
+            let ntsc = fps * 1001.0 / 1000.0;
+            if fps.fract() != 0.0 && (ntsc - ntsc.round()).abs() < 0.005 {
+                Self {
+                    numerator: ntsc.round() as u32 * 1000,
+                    denominator: 1001,
+                }
+            } else {
+                // Milliframes, reduced: 12.5 → 25/2.
+                let milli = (fps * 1000.0).round() as u32;
+                let gcd = gcd(milli, 1000);
+                Self {
+                    numerator: milli / gcd,
+                    denominator: 1000 / gcd,
+                }
+            }
+        };
+        (1.0..=f64::from(Self::MAX_FPS))
+            .contains(&rate.fps())
+            .then_some(rate)
+    }
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a.max(1) } else { gcd(b, a % b) }
+}
+
+impl std::fmt::Display for Framerate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.denominator {
+            1 => write!(f, "{}", self.numerator),
+            d => write!(f, "{}/{d}", self.numerator),
+        }
+    }
+}
+
+/// A whole rate as a number (as before fractions were accepted), any other as `"n/d"`.
+impl Serialize for Framerate {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.denominator {
+            1 => serializer.serialize_u32(self.numerator),
+            _ => serializer.collect_str(self),
+        }
+    }
 }
 
 /// Raw audio every source is normalised to.
@@ -348,4 +443,38 @@ pub fn loopback_if_unbound(uri: String) -> String {
         "?mode=listener"
     };
     format!("srt://127.0.0.1:{rest}{mode}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Framerate;
+
+    #[test]
+    fn frame_rates_read_as_fractions() {
+        let rate = |n, d| {
+            Some(Framerate {
+                numerator: n,
+                denominator: d,
+            })
+        };
+        assert_eq!(Framerate::parse("30"), rate(30, 1));
+        assert_eq!(Framerate::parse("29.97"), rate(30000, 1001));
+        assert_eq!(Framerate::parse("23.976"), rate(24000, 1001));
+        assert_eq!(Framerate::parse("59.94"), rate(60000, 1001));
+        assert_eq!(Framerate::parse("12.5"), rate(25, 2));
+        assert_eq!(Framerate::parse("30000/1001"), rate(30000, 1001));
+        assert_eq!(Framerate::parse(" 25 / 1 "), rate(25, 1));
+        for bad in [
+            "0", "0.5", "121", "30/0", "abc", "NaN", "-30", "inf", "1e9/1",
+        ] {
+            assert_eq!(Framerate::parse(bad), None, "{bad}");
+        }
+        assert_eq!(Framerate::parse("29.97").map(|r| r.rounded()), Some(30));
+        assert_eq!(
+            Framerate::parse("30000/1001")
+                .map(|r| r.to_string())
+                .as_deref(),
+            Some("30000/1001")
+        );
+    }
 }

@@ -8,6 +8,7 @@ use std::ops::Range;
 use toml::de::{DeTable, DeValue};
 
 use super::diagnostics::{Diagnostic, suggest};
+use super::model::Framerate;
 
 pub(crate) type Spanned<T> = toml::Spanned<T>;
 
@@ -233,6 +234,45 @@ impl<'t, 'i> Fields<'t, 'i> {
                 );
                 self.error(diags, value.span(), key, message);
                 default
+            }
+        }
+    }
+
+    /// A frame rate: an integer (with [`Fields::integer`]'s range check), a decimal such as
+    /// `29.97` or a fraction such as `"30000/1001"` (see [`Framerate::parse`]).
+    pub(crate) fn framerate(
+        &mut self,
+        diags: &mut Vec<Diagnostic>,
+        key: &'static str,
+        default: Framerate,
+    ) -> Framerate {
+        let max = i64::from(Framerate::MAX_FPS);
+        match self.table.get(key).map(|v| v.get_ref()) {
+            None => {
+                self.known.push(key);
+                default
+            }
+            Some(DeValue::Integer(_)) => {
+                Framerate::whole(self.integer(diags, key, 1..max + 1, default.numerator))
+            }
+            Some(_) => {
+                let text = |v: &DeValue| match v {
+                    DeValue::Float(f) => Some(f.as_str().replace('_', "")),
+                    DeValue::String(s) => Some(s.to_string()),
+                    _ => None,
+                };
+                let want = "a frame rate (30, 29.97 or \"30000/1001\")";
+                let Some((text, value)) = self.typed(diags, key, want, text) else {
+                    return default;
+                };
+                Framerate::parse(&text).unwrap_or_else(|| {
+                    let message = format!(
+                        "`{text}` is not a frame rate from 1 to {max} fps: give an integer, a \
+                         decimal such as 29.97 or a fraction such as \"30000/1001\""
+                    );
+                    self.error(diags, value.span(), key, message);
+                    default
+                })
             }
         }
     }

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use super::diagnostics::Diagnostic;
-use super::model::{AudioFormat, Fallback, Source, SourceKind, VideoFormat, loopback_if_unbound};
+use super::model::{
+    AudioFormat, Fallback, Framerate, Source, SourceKind, VideoFormat, loopback_if_unbound,
+};
 use super::reader::Fields;
 
 const SOURCE_TYPES: &[&str] = &["test", "file", "srt", "rtmp", "rtsp", "v4l2"];
@@ -14,7 +16,7 @@ pub(super) fn source(diags: &mut Vec<Diagnostic>, f: &mut Fields, _name: &str) -
     let video = VideoFormat {
         width: f.even_integer(diags, "width", 16..7681, 1280),
         height: f.even_integer(diags, "height", 16..4321, 720),
-        framerate: f.integer(diags, "framerate", 1..121, 30),
+        framerate: f.framerate(diags, "framerate", Framerate::whole(30)),
     };
     let has_audio = f.bool(diags, "audio", true);
     let audio = AudioFormat {
