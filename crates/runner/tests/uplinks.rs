@@ -513,3 +513,69 @@ loopback_only = true
     assert!(runner.wait_exit(Duration::from_secs(20)).success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An even UDP port whose successor (RTCP) is free too, on loopback.
+fn free_rtp_port() -> u16 {
+    for _ in 0..100 {
+        let Ok(socket) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let port = socket.local_addr().map_or(0, |a| a.port()) & !1;
+        drop(socket);
+        if port > 1024
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port + 1)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!("no free even UDP port pair on loopback");
+}
+
+/// A `rist` output sends the shared encode to a RIST receiver (GStreamer's ristsrc, as a
+/// decoder at the far end would run it): what arrives demuxes into H.264 that decodes and
+/// AAC.
+#[test]
+fn a_rist_output_reaches_a_rist_receiver_that_decodes_it() {
+    let dir = scratch_dir("runner-test", "rist");
+    let port = free_rtp_port();
+    let received = dir.join("received.ts");
+    let _receiver = hybridlive_testkit::process::gst_launch(&format!(
+        "ristsrc address=127.0.0.1 port={port} ! rtpmp2tdepay ! filesink location={}",
+        received.display()
+    ));
+    let file = dir.join("rist.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[sources.cam]\ntype = \"test\"\nwidth = 320\nheight = 180\n\n\
+             [encoders.video]\ntype = \"h264\"\ninputs = [\"cam\"]\n\n\
+             [encoders.audio]\ntype = \"aac\"\ninputs = [\"cam\"]\n\n\
+             [outputs.contribution]\ntype = \"rist\"\ninputs = [\"video\", \"audio\"]\n\
+             uri = \"rist://127.0.0.1:{port}\"\n"
+        ),
+    )
+    .expect("write the pipeline");
+    let runner = test_runner(&file, &dir).start();
+    eventually(
+        Duration::from_secs(60),
+        "three seconds of the RIST stream to arrive",
+        || (decoded_video_frames(&received) >= 90).then_some(()),
+    );
+    let streams = ffprobe(
+        &["-show_entries", "stream=codec_name", "-of", "csv=p=0"],
+        &received,
+    );
+    assert!(
+        streams.lines().any(|c| c == "h264") && streams.lines().any(|c| c == "aac"),
+        "the receiver got {streams:?}"
+    );
+    assert_eq!(
+        runner.status()["outputs"]["contribution"]["state"],
+        "running",
+        "{}",
+        runner.status()
+    );
+    drop(runner);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -519,3 +519,23 @@ fn a_webrtc_output_takes_one_h264_and_one_vp8_encoder() {
     let live = pipeline.outputs.iter().find(|o| o.name == "live").unwrap();
     assert_eq!(live.inputs, ["vp8", "video", "voice"]);
 }
+
+#[test]
+fn a_rist_output_needs_a_rist_url_with_an_even_port() {
+    let text = |uri: &str| {
+        format!(
+            "[sources.cam]\ntype = \"test\"\n\n\
+             [encoders.video]\ntype = \"h264\"\ninputs = [\"cam\"]\n\n\
+             [outputs.contribution]\ntype = \"rist\"\ninputs = [\"video\"]\nuri = \"{uri}\"\n"
+        )
+    };
+    assert!(hybridlive_runner::parse_named("rist.toml", &text("rist://127.0.0.1:5004")).is_ok());
+    let odd = errors(&text("rist://127.0.0.1:5005"));
+    assert!(
+        odd.contains("broken.toml:11:7: error: outputs.contribution: `uri`: port 5005"),
+        "{odd}"
+    );
+    assert!(odd.contains("even port"), "{odd}");
+    let srt = errors(&text("srt://127.0.0.1:5004"));
+    assert!(srt.contains("is not a rist:// URL"), "{srt}");
+}

@@ -63,6 +63,7 @@ mod egress;
 mod hls;
 mod janus;
 mod record;
+mod rist;
 mod rtmp;
 mod srt;
 mod supervisor;
@@ -89,6 +90,7 @@ const KINDS: &[&dyn OutputFactory] = &[
     &webrtc::Factory,
     &whip::Factory,
     &janus::Factory,
+    &rist::Factory,
 ];
 
 /// An output kind as the registry knows it.
@@ -419,7 +421,9 @@ mod tests {
     fn the_registry_names_each_kind_once_in_the_order_diagnostics_list_them() {
         assert_eq!(
             type_names(),
-            ["hls", "record", "srt", "rtmp", "webrtc", "whip", "janus"]
+            [
+                "hls", "record", "srt", "rtmp", "webrtc", "whip", "janus", "rist"
+            ]
         );
         assert_eq!(
             steerable_type_names(),
