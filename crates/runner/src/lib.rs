@@ -101,18 +101,26 @@ pub fn init() -> anyhow::Result<()> {
     )
 }
 
-/// Reads and validates one pipeline file.
+/// Reads and validates one pipeline file. Relative paths in it (a file source's `location`,
+/// a `slate`, an offer `schedule`, an output's `directory`) are read from the file's folder.
 pub fn load(path: &Path) -> anyhow::Result<Pipeline> {
     init()?;
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    parse_named(&path.display().to_string(), &text).map_err(anyhow::Error::new)
+    let base = path.parent().unwrap_or(Path::new(""));
+    parse_in(&path.display().to_string(), base, &text).map_err(anyhow::Error::new)
 }
 
-/// Validates pipeline text; `file` is the name used in diagnostics. GStreamer must be
-/// initialised ([`init`]) because escape-hatch fragments are parsed.
+/// Validates pipeline text; `file` is the name used in diagnostics, and relative paths are
+/// read from the working directory. GStreamer must be initialised ([`init`]) because
+/// escape-hatch fragments are parsed.
 pub fn parse_named(file: &str, text: &str) -> Result<Pipeline, InvalidPipeline> {
-    config::parse(text, &output::Registry).map_err(|diags| InvalidPipeline {
+    parse_in(file, Path::new(""), text)
+}
+
+/// [`parse_named`] with relative paths read from `base`.
+pub fn parse_in(file: &str, base: &Path, text: &str) -> Result<Pipeline, InvalidPipeline> {
+    config::parse(text, base, &output::Registry).map_err(|diags| InvalidPipeline {
         file: file.to_string(),
         count: diags.len(),
         rendered: diags

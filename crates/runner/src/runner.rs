@@ -1737,6 +1737,7 @@ mod tests {
         let pipeline = crate::config::parse(
             "[sources.cam]\ntype = \"rtmp\"\nuri = \"rtmp://127.0.0.1/live/sk_cam_1\"\n\
              backup_uri = \"srt://127.0.0.1:9100?mode=caller&passphrase=backup-secret\"\n",
+            std::path::Path::new(""),
             &crate::output::Registry,
         )
         .expect("a valid file");

@@ -13,7 +13,7 @@ use hybridlive_testkit::media::{decoded_video_frames, ffprobe, media_duration};
 use hybridlive_testkit::runner_child::test_runner;
 use hybridlive_testkit::time::{now_ms, utc_ms};
 use hybridlive_testkit::{
-    eventually, metric, scratch_dir, shipped_pipeline, tail_lines, viewer_page,
+    eventually, metric, scratch_dir, shipped_pipeline, shipped_pipeline_in, tail_lines, viewer_page,
 };
 
 hybridlive_testkit::runner_child_entry!();
@@ -21,7 +21,7 @@ hybridlive_testkit::runner_child_entry!();
 #[test]
 fn workshop_serves_hls_metrics_and_a_guarded_api_and_exits_cleanly_on_sigterm() {
     let dir = scratch_dir("runner-test", "workshop");
-    let mut runner = test_runner(&shipped_pipeline("workshop.toml"), &dir).start();
+    let mut runner = test_runner(&shipped_pipeline_in("workshop.toml", &dir), &dir).start();
     let first = runner.wait_event("recording-started", Duration::from_secs(10));
 
     // The viewer page plays /hls/live.m3u8 with the vendored hls.js.
@@ -250,7 +250,7 @@ fn hls_pipeline_plays_in_headless_chromium_and_stops_after_its_duration() {
     let dir = scratch_dir("runner-test", "hls");
     // Long enough for a browser that starts slowly on a loaded machine to find the page up
     // (with 8 s, one CI run's Chromium came after the runner had ended and dumped nothing).
-    let mut runner = test_runner(&shipped_pipeline("hls.toml"), &dir)
+    let mut runner = test_runner(&shipped_pipeline_in("hls.toml", &dir), &dir)
         .args(&["--duration", "25"])
         .start();
     eventually(Duration::from_secs(10), "two HLS segments", || {

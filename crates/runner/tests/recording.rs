@@ -12,7 +12,7 @@ use hybridlive_testkit::eventually;
 use hybridlive_testkit::http::HttpReply;
 use hybridlive_testkit::media::{decoded_video_frames, media_duration, probed_duration};
 use hybridlive_testkit::runner_child::{ENTRY, RunnerChild, RunnerCommand, request};
-use hybridlive_testkit::shipped_pipeline;
+use hybridlive_testkit::shipped_pipeline_in;
 use hybridlive_testkit::time::{now_ms, utc_ms};
 
 const TOKEN: &str = "recording-test-token-7a21";
@@ -668,7 +668,7 @@ fn under_nohup_a_hangup_is_ignored() {
 #[test]
 fn recording_survives_kill_9() {
     let dir = scratch("kill9");
-    let mut runner = RunnerCommand::entry(ENTRY, &shipped_pipeline("record.toml"), &dir)
+    let mut runner = RunnerCommand::entry(ENTRY, &shipped_pipeline_in("record.toml", &dir), &dir)
         .env(&[("HYBRIDLIVE_TOKEN", TOKEN)])
         .start();
     let started = runner.wait_event("recording-started", Duration::from_secs(10));

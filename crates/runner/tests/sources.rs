@@ -12,7 +12,7 @@ use hybridlive_testkit::media::{decoded_video_frames, ffprobe, media_duration};
 use hybridlive_testkit::runner_child::{ENTRY, RunnerChild, RunnerCommand, test_runner};
 use hybridlive_testkit::senders::Redialing;
 use hybridlive_testkit::time::{now_ms, utc_ms};
-use hybridlive_testkit::{eventually, metric, scratch_dir, shipped_pipeline};
+use hybridlive_testkit::{eventually, metric, scratch_dir, shipped_pipeline_in};
 
 hybridlive_testkit::runner_child_entry!();
 
@@ -129,7 +129,7 @@ fn wait_source_state(runner: &mut RunnerChild, state: &str) {
 #[test]
 fn ingest_takes_an_srt_contribution_and_the_slate_covers_while_the_sender_is_gone() {
     let dir = scratch_dir("runner-test", "ingest");
-    let mut runner = test_runner(&shipped_pipeline("ingest.toml"), &dir).start();
+    let mut runner = test_runner(&shipped_pipeline_in("ingest.toml", &dir), &dir).start();
     let started = runner.wait_event("recording-started", Duration::from_secs(10));
     let sender = Redialing::gst_launch(SRT_SENDER.into());
     wait_source_state(&mut runner, "primary");

@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 use hybridlive_testkit::media::{decoded_video_frames, ffprobe};
 use hybridlive_testkit::process::{ChildGuard, GroupGuard, sh};
 use hybridlive_testkit::runner_child::{RunnerChild, test_runner};
-use hybridlive_testkit::{eventually, in_private_netns, metric, scratch_dir, shipped_pipeline};
+use hybridlive_testkit::{eventually, in_private_netns, metric, scratch_dir, shipped_pipeline_in};
 
 hybridlive_testkit::runner_child_entry!();
 
 #[test]
 fn uplink_pushes_rtmp_and_serves_srt_and_survives_a_missing_platform() {
     let dir = scratch_dir("runner-test", "uplink");
-    let mut runner = test_runner(&shipped_pipeline("uplink.toml"), &dir).start();
+    let mut runner = test_runner(&shipped_pipeline_in("uplink.toml", &dir), &dir).start();
     // No RTMP server yet: that output fails and is retried; the others run on.
     let failed = runner.wait_event("output-failed", Duration::from_secs(10));
     assert_eq!(failed["output"], "platform");
@@ -290,7 +290,7 @@ fn sfu_pipeline_publishes_the_shared_encode_over_whip_and_retries_a_missing_janu
     // The WHIP server pipelines/sfu.toml names (a private network namespace: the port is ours);
     // no Janus: that output fails and retries while the others go on.
     let server = hybridlive_testkit::WhipServer::start(8190);
-    let mut runner = test_runner(&shipped_pipeline("sfu.toml"), &dir).start();
+    let mut runner = test_runner(&shipped_pipeline_in("sfu.toml", &dir), &dir).start();
     let connected = runner.wait_event("output-connected", Duration::from_secs(30));
     assert_eq!(connected["output"], "whip");
     eventually(Duration::from_secs(30), "frames at the WHIP server", || {

@@ -539,3 +539,56 @@ fn a_rist_output_needs_a_rist_url_with_an_even_port() {
     let srt = errors(&text("srt://127.0.0.1:5004"));
     assert!(srt.contains("is not a rist:// URL"), "{srt}");
 }
+
+/// Relative paths are read from the pipeline file's folder, wherever the command runs: a
+/// slate beside the file is found, recordings go beside it, and a missing file is named with
+/// where it was looked for.
+#[test]
+fn relative_paths_are_read_from_the_pipeline_files_folder() {
+    init();
+    let dir = std::env::temp_dir().join(format!(
+        "hybridlive-validate-relative-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(dir.join("media")).unwrap();
+    std::fs::write(dir.join("media/slate.png"), b"not checked here").unwrap();
+    let file = dir.join("class.toml");
+    std::fs::write(
+        &file,
+        "[sources.cam]\ntype = \"srt\"\nuri = \"srt://127.0.0.1:9000?mode=listener\"\n\
+         slate = \"media/slate.png\"\n\n\
+         [encoders.video]\ntype = \"h264\"\ninputs = [\"cam\"]\n\n\
+         [outputs.rec]\ntype = \"record\"\ninputs = [\"video\"]\ndirectory = \"takes\"\n",
+    )
+    .unwrap();
+    // The tests run in the crate's folder, not the file's.
+    assert_ne!(std::env::current_dir().unwrap(), dir);
+    let pipeline = hybridlive_runner::load(&file).expect("the slate beside the file is found");
+    let hybridlive_runner::config::SourceKind::Network { fallback, .. } = &pipeline.sources[0].kind
+    else {
+        panic!("not a network source");
+    };
+    assert_eq!(
+        fallback.slate.as_deref(),
+        Some(dir.join("media/slate.png").as_path())
+    );
+    let Some(record) = pipeline.outputs[0]
+        .kind
+        .as_any()
+        .downcast_ref::<hybridlive_runner::RecordOutput>()
+    else {
+        panic!("not a record output");
+    };
+    assert_eq!(record.directory, dir.join("takes"));
+
+    std::fs::remove_file(dir.join("media/slate.png")).unwrap();
+    let err = hybridlive_runner::load(&file)
+        .expect_err("the slate is gone")
+        .to_string();
+    assert!(
+        err.contains("`media/slate.png` is not a file (looked for")
+            && err.contains(&dir.join("media/slate.png").display().to_string()),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

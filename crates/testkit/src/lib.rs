@@ -93,6 +93,17 @@ fn in_namespaces(test: &str, namespaces: Namespaces, setup: &str) -> bool {
     false
 }
 
+/// A copy of the pipeline shipped as `pipelines/NAME`, at `dir/pipelines/NAME`: its relative
+/// paths are read from the file's folder, so `../recordings` is `dir/recordings`, as the
+/// shipped file's is `./recordings` in the checkout.
+pub fn shipped_pipeline_in(name: &str, dir: &std::path::Path) -> std::path::PathBuf {
+    let folder = dir.join("pipelines");
+    let copy = folder.join(name);
+    std::fs::create_dir_all(&folder).expect("the test's folder");
+    std::fs::copy(shipped_pipeline(name), &copy).expect("copy the shipped pipeline");
+    copy
+}
+
 /// The path of a pipeline shipped in `pipelines/`.
 pub fn shipped_pipeline(name: &str) -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -57,9 +57,14 @@ const SECTIONS: &[&str] = &[
     "latency_test",
 ];
 
-/// Reads a pipeline file, its outputs read by `kinds`. On failure, every problem found is
+/// Reads a pipeline file, its outputs read by `kinds` and its relative paths from `base` (the
+/// file's folder; empty for the working directory). On failure, every problem found is
 /// returned, in file order.
-pub(crate) fn parse(text: &str, kinds: &dyn OutputKinds) -> Result<Pipeline, Vec<Diagnostic>> {
+pub(crate) fn parse(
+    text: &str,
+    base: &std::path::Path,
+    kinds: &dyn OutputKinds,
+) -> Result<Pipeline, Vec<Diagnostic>> {
     let (document, syntax) = DeTable::parse_recoverable(text);
     let mut diags: Vec<Diagnostic> = syntax
         .iter()
@@ -77,6 +82,7 @@ pub(crate) fn parse(text: &str, kinds: &dyn OutputKinds) -> Result<Pipeline, Vec
     let document = document.into_inner();
     let mut reader = Reader {
         diags: &mut diags,
+        base,
         broken: BTreeSet::new(),
     };
     let pipeline = pipeline(&mut reader, &document, kinds);

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::ops::Range;
+use std::path::{Path, PathBuf};
 
 use toml::de::{DeTable, DeValue};
 
@@ -15,6 +16,8 @@ pub(crate) type Spanned<T> = toml::Spanned<T>;
 /// Reads the component sections of one file, collecting every problem.
 pub(crate) struct Reader<'d> {
     pub(crate) diags: &'d mut Vec<Diagnostic>,
+    /// The folder relative paths in the file are read from: the pipeline file's own.
+    pub(crate) base: &'d Path,
     /// Components declared but unreadable: already reported, so inputs naming them are not.
     pub(crate) broken: BTreeSet<String>,
 }
@@ -61,6 +64,7 @@ impl Reader<'_> {
                 });
             }
             let mut fields = Fields::new(table, Some(component), key.span());
+            fields.base = self.base.to_path_buf();
             let inputs = if section == "sources" {
                 Vec::new()
             } else {
@@ -89,6 +93,8 @@ pub(crate) struct Fields<'t, 'i> {
     pub(crate) component: Option<String>,
     pub(crate) header: Range<usize>,
     pub(crate) known: Vec<&'static str>,
+    /// The folder relative paths are read from (empty: the working directory).
+    pub(crate) base: PathBuf,
 }
 
 impl<'t, 'i> Fields<'t, 'i> {
@@ -102,6 +108,7 @@ impl<'t, 'i> Fields<'t, 'i> {
             component,
             header,
             known: Vec::new(),
+            base: PathBuf::new(),
         }
     }
 
@@ -166,6 +173,17 @@ impl<'t, 'i> Fields<'t, 'i> {
     ) -> Option<(String, Range<usize>)> {
         let (s, value) = self.typed(diags, key, "a string", DeValue::as_str)?;
         Some((s.to_string(), value.span()))
+    }
+
+    /// A path, relative ones read from the pipeline file's folder (as every config format
+    /// users know does), with the text as written for messages.
+    pub(crate) fn path(
+        &mut self,
+        diags: &mut Vec<Diagnostic>,
+        key: &'static str,
+    ) -> Option<(PathBuf, String, Range<usize>)> {
+        let (text, span) = self.string(diags, key)?;
+        Some((self.base.join(&text), text, span))
     }
 
     pub(crate) fn required_string(

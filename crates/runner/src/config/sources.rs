@@ -1,7 +1,5 @@
 //! `[sources.NAME]`: what produces the media, and the fallback that covers its stalls.
 
-use std::path::PathBuf;
-
 use super::diagnostics::Diagnostic;
 use super::model::{
     AudioFormat, Fallback, Framerate, Source, SourceKind, VideoFormat, loopback_if_unbound,
@@ -34,17 +32,13 @@ pub(super) fn source(diags: &mut Vec<Diagnostic>, f: &mut Fields, _name: &str) -
             let location = f.required_string(diags, "location");
             let looping = f.bool(diags, "loop", false);
             let fallback = fallback(diags, f);
-            let (location, span) = location?;
-            if !std::path::Path::new(&location).is_file() {
-                f.error(
-                    diags,
-                    span,
-                    "location",
-                    format!("`{location}` is not a file"),
-                );
+            let (text, span) = location?;
+            let location = f.base.join(&text);
+            if !location.is_file() {
+                f.error(diags, span, "location", not_a_file(&location, &text));
             }
             SourceKind::File {
-                location: PathBuf::from(location),
+                location,
                 looping,
                 fallback,
             }
@@ -85,14 +79,24 @@ pub(super) fn source(diags: &mut Vec<Diagnostic>, f: &mut Fields, _name: &str) -
     })
 }
 
+/// "`text` is not a file", and where it was looked for when that is not the text itself (a
+/// path relative to the pipeline file's folder).
+pub(super) fn not_a_file(path: &std::path::Path, text: &str) -> String {
+    if path == std::path::Path::new(text) {
+        format!("`{text}` is not a file")
+    } else {
+        format!("`{text}` is not a file (looked for {})", path.display())
+    }
+}
+
 /// The fallback keys of a file or network source.
 fn fallback(diags: &mut Vec<Diagnostic>, f: &mut Fields) -> Fallback {
     let stall_timeout = f.number(diags, "stall_timeout", 0.1, 60.0, 1.0);
-    let slate = f.string(diags, "slate").map(|(path, span)| {
-        if !std::path::Path::new(&path).is_file() {
-            f.error(diags, span, "slate", format!("`{path}` is not a file"));
+    let slate = f.path(diags, "slate").map(|(path, text, span)| {
+        if !path.is_file() {
+            f.error(diags, span, "slate", not_a_file(&path, &text));
         }
-        PathBuf::from(path)
+        path
     });
     let backup_uri = f.string(diags, "backup_uri").map(|(uri, span)| {
         if !uri.contains("://") {

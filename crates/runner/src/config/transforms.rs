@@ -1,7 +1,5 @@
 //! `[transforms.NAME]`: raw-media processing between a source and its encoders.
 
-use std::path::PathBuf;
-
 use toml::de::DeValue;
 
 use super::diagnostics::Diagnostic;
@@ -24,15 +22,11 @@ pub(super) fn transform(
             overwrite: f.bool(diags, "overwrite", true),
         },
         "offeroverlay" => {
-            let schedule = f.string(diags, "schedule").map(|(path, span)| {
-                let path = PathBuf::from(path);
+            let schedule = f.path(diags, "schedule").map(|(path, text, span)| {
                 if !path.is_file() {
-                    f.error(
-                        diags,
-                        span,
-                        "schedule",
-                        format!("`{}` is not a readable file", path.display()),
-                    );
+                    let mut message = super::sources::not_a_file(&path, &text);
+                    message = message.replacen("is not a file", "is not a readable file", 1);
+                    f.error(diags, span, "schedule", message);
                 }
                 path
             });

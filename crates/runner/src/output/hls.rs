@@ -78,7 +78,7 @@ impl OutputFactory for Factory {
             playlist_length: f.integer(diags, "playlist_length", 2..31, 5),
             low_latency: f.bool(diags, "low_latency", false),
             part_duration_ms: f.integer(diags, "part_duration_ms", 100..2001, 200),
-            directory: f.string(diags, "directory").map(|d| PathBuf::from(d.0)),
+            directory: f.path(diags, "directory").map(|(path, _, _)| path),
         }))
     }
 

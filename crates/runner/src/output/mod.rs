@@ -407,7 +407,7 @@ mod tests {
 
     /// Every problem `text` has, as `validate` words them.
     fn problems(text: &str) -> Vec<String> {
-        match crate::config::parse(text, &super::Registry) {
+        match crate::config::parse(text, std::path::Path::new(""), &super::Registry) {
             Ok(_) => Vec::new(),
             Err(diags) => diags.into_iter().map(|d| d.message).collect(),
         }
@@ -458,7 +458,7 @@ mod tests {
     #[test]
     fn an_unknown_output_type_is_refused_with_a_suggestion() {
         let text = format!("{INGEST}[outputs.up]\ntype = \"rtpm\"\ninputs = [\"v\"]\n");
-        let diags = crate::config::parse(&text, &super::Registry)
+        let diags = crate::config::parse(&text, std::path::Path::new(""), &super::Registry)
             .err()
             .unwrap_or_default();
         assert_eq!(diags.len(), 1, "{diags:?}");

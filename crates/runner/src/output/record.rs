@@ -48,8 +48,8 @@ impl OutputFactory for Factory {
     fn parse(&self, diags: &mut Vec<Diagnostic>, f: &mut Fields) -> Option<Box<dyn OutputSpec>> {
         Some(Box::new(RecordOutput {
             directory: f
-                .string(diags, "directory")
-                .map_or_else(|| PathBuf::from("recordings"), |d| PathBuf::from(d.0)),
+                .path(diags, "directory")
+                .map_or_else(|| f.base.join("recordings"), |(path, _, _)| path),
             autostart: f.bool(diags, "autostart", true),
         }))
     }
