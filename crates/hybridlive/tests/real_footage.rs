@@ -679,3 +679,43 @@ fn dropped_chapters_are_noted_in_the_manifest() {
         "manifest: {manifest}"
     );
 }
+
+/// Matroska stores times in milliseconds, so a 29.97 fps camera's frames sit on a
+/// 33/34 ms grid: clips still hold exactly the frames that start in the range, at
+/// 30000/1001.
+#[test]
+fn ntsc_rate_matroska_clips_hold_the_frames_of_the_range() {
+    let dir = TempDir::new("ntsc-mkv");
+    let source = dir.path("ntsc.mkv");
+    run(Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg("testsrc2=s=320x180:r=30000/1001:d=8")
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000:d=8",
+        ])
+        .args([
+            "-c:v", "libx264", "-g", "60", "-pix_fmt", "yuv420p", "-c:a", "aac",
+        ])
+        .arg(&source));
+    let expected = decode(&source)
+        .iter()
+        .filter(|f| f.time >= 2.5 && f.time < 5.3)
+        .count();
+    for mode in ["exact", "smart", "reencode"] {
+        let clip = cut_ok(&source, "2.5-5.3", mode, &dir.path(mode), &[]);
+        assert_eq!(decode(&clip).len(), expected, "{mode}: frames in the range");
+        let rate = hybridlive_testkit::media::ffprobe(
+            &[
+                "-select_streams",
+                "v:0",
+                "-show_entries",
+                "stream=r_frame_rate",
+            ],
+            &clip,
+        );
+        assert!(rate.contains("r_frame_rate=30000/1001"), "{mode}: {rate}");
+    }
+}
