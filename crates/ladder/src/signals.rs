@@ -86,6 +86,11 @@ impl<T: Copy + PartialOrd> MinWindow<T> {
         self.samples.front().map(|&(_, s)| s)
     }
 
+    /// The newest sample, `None` when empty (it is always kept: nothing newer is smaller).
+    pub fn latest(&self) -> Option<T> {
+        self.samples.back().map(|&(_, s)| s)
+    }
+
     /// Time of the oldest sample still counted, `None` when empty.
     pub fn oldest(&self) -> Option<Duration> {
         self.samples.front().map(|&(t, _)| t)
@@ -194,6 +199,7 @@ mod tests {
         w.add(s(1.2), 8);
         // 5 is older than a second; 7 is the lowest left.
         assert_eq!(w.min(), Some(7));
+        assert_eq!(w.latest(), Some(8));
         w.expire(s(2.5));
         assert_eq!(w.min(), None);
     }

@@ -96,6 +96,8 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use hybridlive_ladder::signals::{Ewma, MinWindow};
+
 use crate::ladder::Ladder;
 
 /// Tunables of the controller. Rates in bit/s.
@@ -322,8 +324,8 @@ pub struct Controller {
     rung_up_since: Option<Duration>,
     congestion_bps: Option<u64>,
     step: f64,
-    rtts: VecDeque<(Duration, Duration)>,
-    sent_avg: Option<f64>,
+    rtts: MinWindow<Duration>,
+    sent_avg: Ewma,
     sent_history: VecDeque<(Duration, u64)>,
     last_loss_report: Option<Duration>,
     loss_episode: bool,
@@ -353,8 +355,8 @@ impl Controller {
             rung_up_since: None,
             congestion_bps: None,
             step: FIRST_STEP,
-            rtts: VecDeque::new(),
-            sent_avg: None,
+            rtts: MinWindow::new(RTT_WINDOW),
+            sent_avg: Ewma::new(SENT_SMOOTHING),
             sent_history: VecDeque::new(),
             last_loss_report: None,
             loss_episode: false,
@@ -414,7 +416,7 @@ impl Controller {
 
     /// Lowest RTT seen over the last 30 s.
     pub fn base_rtt(&self) -> Option<Duration> {
-        self.rtts.iter().map(|&(_, rtt)| rtt).min()
+        self.rtts.min()
     }
 
     fn encoder_rate(&self) -> u64 {
@@ -431,27 +433,17 @@ impl Controller {
         let now = obs.now;
 
         if let Some(rtt) = obs.rtt {
-            self.rtts.push_back((now, rtt));
-            while self
-                .rtts
-                .front()
-                .is_some_and(|&(t, _)| now.saturating_sub(t) > RTT_WINDOW)
-            {
-                self.rtts.pop_front();
-            }
+            self.rtts.add(now, rtt);
         }
         let queuing_delay = obs
             .rtt
             .zip(self.base_rtt())
             .map(|(rtt, base)| rtt.saturating_sub(base));
         // Reports may carry an RTT only when they are fresh: keep using the last one known.
-        let rtt = self.rtts.back().map_or(Duration::ZERO, |&(_, rtt)| rtt);
+        let rtt = self.rtts.latest().unwrap_or(Duration::ZERO);
         let holdoff = (rtt * 2).max(Duration::from_millis(300));
         if let Some(sent) = obs.sent_bps {
-            self.sent_avg = Some(match self.sent_avg {
-                Some(avg) => avg + (sent as f64 - avg) * SENT_SMOOTHING,
-                None => sent as f64,
-            });
+            self.sent_avg.add(sent as f64);
             self.sent_history.push_back((now, sent));
             while self
                 .sent_history
@@ -467,6 +459,7 @@ impl Controller {
         let encoder_lagging = since_decrease.is_some_and(|d| d < ENCODER_SETTLE)
             && self
                 .sent_avg
+                .value()
                 .is_some_and(|sent| sent > self.target_bps as f64 * 1.15);
         // Ceilings from measured rates do not extend the hold-off: a series of shallow cuts
         // to what got through must not keep the loss factor from ever applying.
@@ -499,6 +492,7 @@ impl Controller {
         // from a target nobody reaches would change nothing.
         let effective = self
             .sent_avg
+            .value()
             .filter(|&s| s > 0.0)
             .map_or(target, |s| target.min(s));
         let mut ceilings: Vec<(u64, Reason)> = Vec::new();
@@ -648,6 +642,7 @@ impl Controller {
             // worth of frames is noisy) if known, else the target.
             self.congestion_bps = Some(
                 self.sent_avg
+                    .value()
                     .map_or(self.target_bps, |s| s as u64)
                     .max(ceiling),
             );
@@ -675,6 +670,7 @@ impl Controller {
         } else if self.last_increase.is_some()
             && self
                 .sent_avg
+                .value()
                 .is_some_and(|s| s < self.encoder_bps as f64 * PROBE_FOLLOW)
         {
             // The last step has not reached the link yet: stacking another on it would
@@ -697,7 +693,7 @@ impl Controller {
             if let Some(estimate) = obs.estimate_bps {
                 limit = limit.min(estimate);
             }
-            if let Some(sent) = self.sent_avg.filter(|&s| s > 0.0) {
+            if let Some(sent) = self.sent_avg.value().filter(|&s| s > 0.0) {
                 limit = limit.min((sent * 1.5) as u64 + 100_000);
             }
             let proposed = ((target * (1.0 + step)) as u64).min(limit);
@@ -748,7 +744,7 @@ impl Controller {
     /// the link and carefully past it instead of concluding that the link has grown.
     fn learn_from_drain(&mut self, now: Duration, delay: Option<Duration>) {
         let (Some((peak_at, peak)), Some(delay), Some(sent)) =
-            (self.drain_peak, delay, self.sent_avg)
+            (self.drain_peak, delay, self.sent_avg.value())
         else {
             return;
         };
@@ -787,7 +783,7 @@ impl Controller {
             None => Vec::new(),
         };
         if window.is_empty() {
-            self.sent_avg
+            self.sent_avg.value()
         } else {
             Some(window.iter().sum::<u64>() as f64 / window.len() as f64)
         }
