@@ -38,6 +38,8 @@
 //!    sustained loss). The pin caps every later climb. When the link cannot carry the
 //!    pinned rung, rules 1 and 2 take the viewer down as they would without a pin, and
 //!    [`Decision::pin_overridden`] says so; the selector climbs back to the pin by rule 5.
+//!    Unpinning (automatic again) climbs by rule 5 too, but a pin to a lower rung starts
+//!    no hold-off: it said nothing about the link.
 //! 4. **Start**: the viewer starts at once on the highest rung whose bitrate is at most
 //!    `start_bps` (800 kbit/s: the 640x360 rung of the default ladder), not on the top rung
 //!    blindly, since a viewer that cannot carry it would begin with a freeze. Rules 1–3 apply
@@ -239,7 +241,9 @@ pub struct Decision {
     /// The target changed on this tick to a rung other than the current one: ask for a key
     /// frame on `target` and switch at it (then call [`RungSelector::switched`]).
     pub switch_requested: bool,
-    /// A switch to `target` waits for its key frame.
+    /// A switch to `target` waits for its key frame. When it turns false without a
+    /// [`switched`](RungSelector::switched) call, the switch was called off (e.g. the viewer
+    /// pinned the current rung again): stay on `rung`.
     pub switch_pending: bool,
     /// Which way the target moved on this tick.
     pub direction: Direction,
@@ -553,7 +557,9 @@ impl RungSelector {
 
         if self.target != before {
             self.up_since = None;
-            if self.target > before {
+            // Only a link that failed has to prove itself longer; a viewer choosing a lower
+            // quality said nothing about the link.
+            if self.target > before && matches!(reason, Reason::Estimate | Reason::Loss) {
                 self.last_down = Some(now);
             }
         }
@@ -1014,6 +1020,26 @@ mod tests {
         v.selector.set_pin(None).unwrap();
         v.run(secs(5.0), |_| 5_000_000);
         assert_eq!(v.rung(), TOP);
+    }
+
+    #[test]
+    fn unpinning_climbs_without_the_hold_off_of_a_failed_link() {
+        let mut v = Viewer::new();
+        v.run(secs(10.0), |_| 5_000_000);
+        v.selector.set_pin(Some(LOW)).unwrap();
+        v.run(secs(3.0), |_| 5_000_000);
+        assert_eq!(v.rung(), LOW);
+        let pinned_at = v.now - secs(3.0);
+        v.selector.set_pin(None).unwrap();
+        let unpinned_at = v.now;
+        v.run(secs(20.0), |_| 5_000_000);
+        assert_eq!(v.rung(), TOP);
+        let first_up = v.moves().into_iter().find(|m| m.0 > unpinned_at).unwrap();
+        let config = SelectorConfig::default();
+        // Proven for the usual hold, not held off as after a link failure.
+        assert_eq!(first_up.3, Reason::Climb);
+        assert!(first_up.0 >= unpinned_at + config.up_hold, "{first_up:?}");
+        assert!(first_up.0 < pinned_at + config.down_holdoff, "{first_up:?}");
     }
 
     #[test]
