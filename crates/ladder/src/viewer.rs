@@ -471,8 +471,10 @@ impl RungSelector {
         if obs.jitter.is_some() {
             self.last_jitter = obs.jitter;
         }
-        let queuing = obs
-            .rtt
+        // Receiver reports come about once a second: a queue seen in one counts until the
+        // next says otherwise.
+        let queuing = self
+            .last_rtt
             .zip(self.rtts.min())
             .is_some_and(|(rtt, base)| rtt.saturating_sub(base) >= self.config.queuing_delay);
 
@@ -1147,15 +1149,19 @@ mod tests {
         let mut v = Viewer::new();
         v.run(secs(5.0), |_| 1_500_000);
         assert_eq!(v.rung(), MID);
-        // The estimate says 5 Mbit/s, but the RTT is 300 ms above its 40 ms minimum.
-        for _ in 0..200 {
+        // The estimate says 5 Mbit/s, but every receiver report (each second) shows an RTT
+        // 300 ms above its 40 ms minimum.
+        for i in 0..200 {
             let d = v.tick(Observation {
                 estimate_bps: Some(5_000_000),
-                rtt: Some(Duration::from_millis(340)),
+                rtt: (i % 10 == 0).then_some(Duration::from_millis(340)),
                 ..Default::default()
             });
-            assert_eq!((d.target, d.reason), (MID, Reason::Queuing));
+            assert_eq!((d.target, d.reason), (MID, Reason::Queuing), "tick {i}");
         }
+        // The queue drains: climbing resumes after the hold.
+        v.run(secs(10.0), |_| 5_000_000);
+        assert_eq!(v.rung(), TOP);
     }
 
     #[test]
