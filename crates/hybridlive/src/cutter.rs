@@ -242,6 +242,13 @@ fn cut_to(
     mux.link(&sink)?;
 
     let shared = Arc::new(Mutex::new(Shared::default()));
+    // qtdemux reads a MOV/MP4 timecode track into tags and exposes no stream for it, so it
+    // would be dropped without the note every other dropped track gets.
+    if crate::mp4edit::track_handlers(source).is_ok_and(|h| h.iter().any(|h| h == "tmcd")) {
+        lock(&shared)
+            .notes
+            .push("timecode track dropped: clips carry no timecode".into());
+    }
     // Buffers pass into clipextract only after the seek (or right away when none is needed),
     // so nothing from the file's start reaches the muxer.
     let gate = Gate::default();

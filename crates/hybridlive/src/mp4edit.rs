@@ -289,18 +289,12 @@ fn replace_dops(minf: &[u8], dops: &[u8]) -> io::Result<Vec<u8>> {
     Ok(serialize(&minf_children))
 }
 
-/// Patches every track with what `patch_for(handler, n)` returns, where `handler` is the
-/// track's handler type (`vide`, `soun`...) and `n` counts tracks of that handler in file
-/// order. A new edit list replaces the track's; movie and track durations follow the edits.
-pub fn patch_tracks(
-    path: &Path,
-    mut patch_for: impl FnMut(&str, usize) -> TrackPatch,
-) -> io::Result<()> {
-    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+/// The top-level `moov` of `file`: its offset, its bytes, and whether an `mdat` came before
+/// it (only then can it be rewritten in place at the end).
+fn read_moov(file: &mut std::fs::File) -> io::Result<(u64, Vec<u8>, bool)> {
     let len = file.metadata()?.len();
-    // Find the top-level moov.
     let mut pos = 0u64;
-    let mut moov: Option<(u64, u64)> = None;
+    let mut moov: Option<(u64, u64, bool)> = None;
     let mut seen_mdat = false;
     while pos + 8 <= len {
         file.seek(SeekFrom::Start(pos))?;
@@ -318,30 +312,74 @@ pub fn patch_tracks(
         }
         match &h[4..8] {
             b"mdat" => seen_mdat = true,
-            b"moov" => {
-                if !seen_mdat {
-                    return Err(invalid("moov before mdat: cannot rewrite it in place"));
-                }
-                moov = Some((pos, size));
-            }
+            b"moov" => moov = Some((pos, size, seen_mdat)),
             _ => {}
         }
         pos += size;
     }
-    let (moov_pos, moov_size) = moov.ok_or_else(|| invalid("no moov box"))?;
+    let (moov_pos, moov_size, after_mdat) = moov.ok_or_else(|| invalid("no moov box"))?;
     let mut moov_bytes = vec![0u8; moov_size as usize];
     file.seek(SeekFrom::Start(moov_pos))?;
     file.read_exact(&mut moov_bytes)?;
+    Ok((moov_pos, moov_bytes, after_mdat))
+}
+
+/// The boxes inside a `moov` box (its own header skipped).
+fn moov_children(moov_bytes: &[u8]) -> io::Result<Vec<Mp4Box>> {
+    let size32 = moov_bytes
+        .get(..4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or_else(|| invalid("truncated moov"))?;
+    let header = if size32 == 1 { 16 } else { 8 };
+    parse_boxes(
+        moov_bytes
+            .get(header..)
+            .ok_or_else(|| invalid("truncated moov"))?,
+    )
+}
+
+/// The handler type of a `trak` (`vide`, `soun`, `tmcd`...).
+fn handler_of(trak: &Mp4Box) -> io::Result<String> {
+    let mdia = parse_boxes(&trak.payload)?
+        .into_iter()
+        .find(|b| &b.kind == b"mdia")
+        .ok_or_else(|| invalid("trak without mdia"))?;
+    parse_boxes(&mdia.payload)?
+        .iter()
+        .find(|b| &b.kind == b"hdlr")
+        .and_then(|b| b.payload.get(8..12))
+        .map(|h| String::from_utf8_lossy(h).into_owned())
+        .ok_or_else(|| invalid("mdia without hdlr"))
+}
+
+/// The handler types of an MP4/MOV file's tracks, in file order (`vide`, `soun`, `tmcd`...).
+pub fn track_handlers(path: &Path) -> io::Result<Vec<String>> {
+    let mut file = std::fs::File::open(path)?;
+    let (_, moov_bytes, _) = read_moov(&mut file)?;
+    moov_children(&moov_bytes)?
+        .iter()
+        .filter(|b| &b.kind == b"trak")
+        .map(handler_of)
+        .collect()
+}
+
+/// Patches every track with what `patch_for(handler, n)` returns, where `handler` is the
+/// track's handler type (`vide`, `soun`...) and `n` counts tracks of that handler in file
+/// order. A new edit list replaces the track's; movie and track durations follow the edits.
+pub fn patch_tracks(
+    path: &Path,
+    mut patch_for: impl FnMut(&str, usize) -> TrackPatch,
+) -> io::Result<()> {
+    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+    let (moov_pos, moov_bytes, after_mdat) = read_moov(&mut file)?;
+    if !after_mdat {
+        return Err(invalid("moov before mdat: cannot rewrite it in place"));
+    }
+    file.seek(SeekFrom::Start(moov_pos + moov_bytes.len() as u64))?;
     let mut rest = Vec::new();
     file.read_to_end(&mut rest)?;
 
-    let header =
-        if u32::from_be_bytes([moov_bytes[0], moov_bytes[1], moov_bytes[2], moov_bytes[3]]) == 1 {
-            16
-        } else {
-            8
-        };
-    let mut children = parse_boxes(&moov_bytes[header..])?;
+    let mut children = moov_children(&moov_bytes)?;
     let movie_ts = children
         .iter()
         .find(|b| &b.kind == b"mvhd")
@@ -357,12 +395,7 @@ pub fn patch_tracks(
             .find(|b| &b.kind == b"mdia")
             .ok_or_else(|| invalid("trak without mdia"))?;
         let mchildren = parse_boxes(&mdia.payload)?;
-        let handler = mchildren
-            .iter()
-            .find(|b| &b.kind == b"hdlr")
-            .and_then(|b| b.payload.get(8..12))
-            .map(|h| String::from_utf8_lossy(h).into_owned())
-            .ok_or_else(|| invalid("mdia without hdlr"))?;
+        let handler = handler_of(trak)?;
         let track_ts = mchildren
             .iter()
             .find(|b| &b.kind == b"mdhd")

@@ -680,6 +680,47 @@ fn dropped_chapters_are_noted_in_the_manifest() {
     );
 }
 
+/// A camera's MOV timecode track (tmcd) is not carried into clips; the manifest says so, as
+/// for every other dropped track, and the clip's picture and sound are whole.
+#[test]
+fn a_dropped_timecode_track_is_noted_in_the_manifest() {
+    let dir = TempDir::new("timecode");
+    let source = dir.path("camera.mov");
+    run(Command::new("ffmpeg")
+        .args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=s=320x180:r=25:d=6",
+        ])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000:d=6",
+        ])
+        .args([
+            "-c:v", "libx264", "-g", "25", "-pix_fmt", "yuv420p", "-c:a", "aac",
+        ])
+        .args(["-timecode", "01:00:00:00"])
+        .arg(&source));
+    let out = dir.path("out");
+    let clip = cut_ok(&source, "1-3", "exact", &out, &[]);
+    let manifest = std::fs::read_to_string(out.join("manifest.json")).expect("manifest");
+    assert!(
+        manifest.contains("timecode track dropped"),
+        "manifest: {manifest}"
+    );
+    assert_eq!(decode(&clip).len(), 50, "2 s at 25 fps");
+    assert!(
+        stream_start(&clip, "a").is_finite(),
+        "the clip has its sound"
+    );
+}
+
 /// Matroska stores times in milliseconds, so a 29.97 fps camera's frames sit on a
 /// 33/34 ms grid: clips still hold exactly the frames that start in the range, at
 /// 30000/1001.
