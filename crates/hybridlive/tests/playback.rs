@@ -143,7 +143,7 @@ fn gstreamer_playback_of_exact_and_smart_clips() {
         if mode == "smart" {
             // The whole clip. (`exact`: GStreamer 1.22's qtdemux ends an edit whose media
             // time skips a long GOP head at the clip's next key frame, ffmpeg's own
-            // `-ss -c copy` files included; see the README.)
+            // `-ss -c copy` files included; see docs/elements.md, clipextract.)
             assert_eq!(shown.video.len(), expected, "{mode}: frames shown");
             let (_, a_end) = shown.audio.expect("audio presented");
             assert!(

@@ -77,8 +77,8 @@ impl Default for WhepConfig {
 /// Asked of viewers unless configured otherwise. Minimum 0 lets Chromium shrink its jitter
 /// buffer and render on its low-latency path; a maximum above 0 keeps it off the 0/0 path
 /// ("render at once"), which measured worse at p95 with more freezes; 200 ms bounds the buffer
-/// on a jittery network without binding on a good one. See the README's WebRTC section for the
-/// measurements.
+/// on a jittery network without binding on a good one. The measurements are in
+/// docs/benchmarks.md ("Playout delay").
 pub const DEFAULT_PLAYOUT_DELAY: PlayoutDelayMs = PlayoutDelayMs { min: 0, max: 200 };
 
 /// Why an offer or a delete failed.

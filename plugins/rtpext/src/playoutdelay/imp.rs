@@ -29,7 +29,7 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 
 const DEFAULT_MIN_DELAY_MS: u32 = 0;
 /// The runner's default too: measured in Chromium, any maximum above 0 let the jitter buffer
-/// shrink as far as 0/0 did without 0/0's worse 95th percentile (README, "Playout delay").
+/// shrink as far as 0/0 did without 0/0's worse 95th percentile (docs/benchmarks.md, "Playout delay").
 const DEFAULT_MAX_DELAY_MS: u32 = 200;
 /// Bytes of extension data.
 const SIZE: usize = 3;
