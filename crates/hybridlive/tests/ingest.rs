@@ -81,11 +81,14 @@ fn goes_on_air(dir: &Path, source: &str, delay: f64, start: &dyn Fn() -> Sender)
                 cut_off = Some(exit);
                 return Some(());
             }
-            let status = runner.wait_event("status", WAIT);
-            let state = cam_state(&status);
-            let on_air = state.as_deref() == Some("primary");
-            *last.borrow_mut() = state;
-            on_air.then_some(())
+            // The `source` event comes as the source goes on air (a status line only once a
+            // second); a short wait so that a sender cut off is noticed.
+            let event = runner.next_event(Duration::from_millis(500))?;
+            if event["event"] == "status" {
+                *last.borrow_mut() = cam_state(&event);
+            }
+            (event["event"] == "source" && event["source"] == "cam" && event["state"] == "primary")
+                .then_some(())
         },
         || {
             format!(
@@ -121,7 +124,7 @@ fn sweep(name: &str, source: &str, delays: &[f64], start: &dyn Fn() -> Sender) {
         let (label, on_air) = goes_on_air(&dir, source, delay, start);
         rows.push(format!(
             "{label}: started {delay:.1} s after the runner, on air {on_air:.1} s later \
-             (status ticks once a second)"
+             (its source event)"
         ));
     }
     for row in rows {

@@ -157,6 +157,8 @@ pub struct Runner {
     previous: Mutex<BTreeMap<String, (u64, u64, std::time::Instant)>>,
     fallback_sources: Vec<(String, gst::Element)>,
     source_states: Mutex<BTreeMap<String, String>>,
+    /// Set from a streaming thread when a source's fallbackswitch changed its active pad.
+    sources_switched: Arc<AtomicBool>,
     /// Where this run's events go.
     events: Events,
 }
@@ -347,6 +349,12 @@ impl Runner {
             viewers += o.whep().map_or(0, |w| w.session_count());
         }
         self.shared.with(|s| s.viewers = viewers);
+        self.check_sources();
+    }
+
+    /// Reports each fallback source that went on or off air since the last check: from the
+    /// status tick, and within 100 ms of a fallbackswitch changing its active pad.
+    fn check_sources(&self) {
         for (name, src) in &self.fallback_sources {
             // What is on air is the picture: a sender without sound (or a file without an
             // audio track) is on air with silence, and says so in `audio`.
@@ -568,6 +576,7 @@ fn run_with(
         pipeline: &ingest,
         streams: BTreeMap::new(),
         fallback_sources: Vec::new(),
+        sources_switched: Arc::new(AtomicBool::new(false)),
         srt_listeners: Vec::new(),
         abr_scalers: BTreeMap::new(),
         events: events.clone(),
@@ -697,6 +706,7 @@ fn run_with(
         previous: Mutex::new(BTreeMap::new()),
         fallback_sources: std::mem::take(&mut graph.fallback_sources),
         source_states: Mutex::new(BTreeMap::new()),
+        sources_switched: graph.sources_switched.clone(),
         events: events.clone(),
     });
 
@@ -830,6 +840,9 @@ fn run_with(
     {
         let runner = runner.clone();
         glib::timeout_add(Duration::from_millis(100), move || {
+            if runner.sources_switched.swap(false, Ordering::SeqCst) {
+                runner.check_sources();
+            }
             match SIGNAL.load(Ordering::SeqCst) {
                 0 => {}
                 libc::SIGTERM => runner.shutdown("SIGTERM"),
@@ -910,6 +923,8 @@ struct Graph<'p> {
     pipeline: &'p gst::Pipeline,
     streams: BTreeMap<String, Streams>,
     fallback_sources: Vec<(String, gst::Element)>,
+    /// Raised when any source's fallbackswitch changes its active pad.
+    sources_switched: Arc<AtomicBool>,
     /// The sockets of SRT listener sources, closed once the ingest has stopped.
     srt_listeners: Vec<srt_listener::Listener>,
     events: Events,
@@ -1202,6 +1217,22 @@ impl Graph<'_> {
             src.set_property("buffer-duration", RTMP_BUFFER.nseconds() as i64);
         }
         src.set_property("immediate-fallback", true);
+        // A source going on or off air is reported as it happens, not at the next status tick
+        // (up to a second later).
+        let switched = self.sources_switched.clone();
+        src.connect("deep-element-added", false, move |args| {
+            let element = args.get(2).and_then(|v| v.get::<gst::Element>().ok())?;
+            if element
+                .factory()
+                .is_some_and(|f| f.name() == "fallbackswitch")
+            {
+                let switched = switched.clone();
+                element.connect_notify(Some("active-pad"), move |_, _| {
+                    switched.store(true, Ordering::SeqCst);
+                });
+            }
+            None
+        });
         let fallback_uri = match (&fallback.backup_uri, &fallback.slate) {
             (Some(uri), _) => Some(uri.clone()),
             (None, Some(path)) => {
