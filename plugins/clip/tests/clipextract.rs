@@ -109,12 +109,18 @@ fn record(sink: &gst::Element, items: Arc<Mutex<Vec<Item>>>) {
 
 fn run(src: &Path, props: &str) -> Result<Run, String> {
     init();
+    // The sinks do not preroll (async=false): clipextract passes a clip's video from the key
+    // frame before it and its audio from the clip's start, and two prerolling sinks behind
+    // 1 s queues tied the streams together (the video sink waited for the audio one, whose
+    // data qtdemux could not reach past the full video queue: a stall once in a few hundred
+    // runs). What these tests check is the element's output, not the sinks' preroll.
     let desc = format!(
         "filesrc location={} ! qtdemux name=d \
          d.video_0 ! queue ! h264parse ! c.sink_0 \
          d.audio_0 ! queue ! aacparse ! c.sink_1 \
          clipextract name=c {props} \
-         c.src_0 ! fakesink name=v sync=false c.src_1 ! fakesink name=a sync=false",
+         c.src_0 ! fakesink name=v sync=false async=false \
+         c.src_1 ! fakesink name=a sync=false async=false",
         src.display()
     );
     let pipeline = gst::parse::launch(&desc)
