@@ -15,7 +15,7 @@
 //!   reading its tables with `reader` into `model`;
 //! - `outputs`: reads an output's `type` and hands its table to that kind through
 //!   `OutputKinds`, which the caller of [`parse`] passes in (the registry in
-//!   `crate::output`, whose kinds read their tables with `reader` into an [`OutputSpec`]):
+//!   the `output` module, whose kinds read their tables with `reader` into an [`OutputSpec`]):
 //!   nothing here imports the output kinds, which import this;
 //! - `graph`: the checks across components (inputs, media, codecs, loops, abrcontrollers);
 //!   what a kind refuses it says through [`OutputSpec`];

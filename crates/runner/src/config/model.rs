@@ -369,7 +369,7 @@ pub struct Output {
     pub kind: Box<dyn OutputSpec>,
 }
 
-/// The parsed table of one output, whatever its kind: each kind (`crate::output::*`) reads
+/// The parsed table of one output, whatever its kind: each kind (in the `output` module) reads
 /// its own settings into a type of its own, and the model holds it as this trait object.
 /// Callers that need one kind's settings downcast with [`OutputSpec::as_any`].
 pub trait OutputSpec: std::fmt::Debug + Send + Sync + 'static {

@@ -1,6 +1,6 @@
 //! `[outputs.NAME]`: where the encoded media goes. Each output kind reads its own table in its
 //! own file; this reads `type` and hands the table to that kind through [`OutputKinds`],
-//! which the caller of [`super::parse`] provides (the registry in `crate::output`), so that
+//! which the caller of [`super::parse`] provides (the registry of the `output` module), so that
 //! the config does not depend on the kinds that depend on it.
 
 use super::diagnostics::Diagnostic;
