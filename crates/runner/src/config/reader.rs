@@ -87,6 +87,16 @@ impl Reader<'_> {
     }
 }
 
+/// "`text` is not WHAT", and where it was looked for when that is not the text itself (a
+/// path relative to the pipeline file's folder).
+pub(crate) fn not_a(path: &Path, text: &str, what: &str) -> String {
+    if path == Path::new(text) {
+        format!("`{text}` is not {what}")
+    } else {
+        format!("`{text}` is not {what} (looked for {})", path.display())
+    }
+}
+
 /// The keys of one table, read one by one; whatever is left unread at the end is unknown.
 pub(crate) struct Fields<'t, 'i> {
     pub(crate) table: &'t DeTable<'i>,

@@ -4,7 +4,7 @@ use super::diagnostics::Diagnostic;
 use super::model::{
     AudioFormat, Fallback, Framerate, Source, SourceKind, VideoFormat, loopback_if_unbound,
 };
-use super::reader::Fields;
+use super::reader::{Fields, not_a};
 
 const SOURCE_TYPES: &[&str] = &["test", "file", "srt", "rtmp", "rtsp", "v4l2"];
 
@@ -35,7 +35,7 @@ pub(super) fn source(diags: &mut Vec<Diagnostic>, f: &mut Fields, _name: &str) -
             let (text, span) = location?;
             let location = f.base.join(&text);
             if !location.is_file() {
-                f.error(diags, span, "location", not_a_file(&location, &text));
+                f.error(diags, span, "location", not_a(&location, &text, "a file"));
             }
             SourceKind::File {
                 location,
@@ -79,22 +79,12 @@ pub(super) fn source(diags: &mut Vec<Diagnostic>, f: &mut Fields, _name: &str) -
     })
 }
 
-/// "`text` is not a file", and where it was looked for when that is not the text itself (a
-/// path relative to the pipeline file's folder).
-pub(super) fn not_a_file(path: &std::path::Path, text: &str) -> String {
-    if path == std::path::Path::new(text) {
-        format!("`{text}` is not a file")
-    } else {
-        format!("`{text}` is not a file (looked for {})", path.display())
-    }
-}
-
 /// The fallback keys of a file or network source.
 fn fallback(diags: &mut Vec<Diagnostic>, f: &mut Fields) -> Fallback {
     let stall_timeout = f.number(diags, "stall_timeout", 0.1, 60.0, 1.0);
     let slate = f.path(diags, "slate").map(|(path, text, span)| {
         if !path.is_file() {
-            f.error(diags, span, "slate", not_a_file(&path, &text));
+            f.error(diags, span, "slate", not_a(&path, &text, "a file"));
         }
         path
     });

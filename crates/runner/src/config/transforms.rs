@@ -5,7 +5,7 @@ use toml::de::DeValue;
 use super::diagnostics::Diagnostic;
 use super::fragment;
 use super::model::{Media, Transform, TransformKind};
-use super::reader::Fields;
+use super::reader::{Fields, not_a};
 
 const TRANSFORM_TYPES: &[&str] = &["latencystamp", "offeroverlay", "abrcontroller", "gst"];
 const PLANNED_TRANSFORM_TYPES: &[&str] = &[];
@@ -24,8 +24,7 @@ pub(super) fn transform(
         "offeroverlay" => {
             let schedule = f.path(diags, "schedule").map(|(path, text, span)| {
                 if !path.is_file() {
-                    let mut message = super::sources::not_a_file(&path, &text);
-                    message = message.replacen("is not a file", "is not a readable file", 1);
+                    let message = not_a(&path, &text, "a readable file");
                     f.error(diags, span, "schedule", message);
                 }
                 path
