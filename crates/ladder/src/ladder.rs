@@ -1,8 +1,7 @@
 //! The ladder of rungs: which resolution and framerate go with which bitrate.
 //!
 //! A ladder is written as a string so that it can be set from `gst-launch-1.0`:
-//! rungs separated by `;`, each `WIDTHxHEIGHT@FPS:MIN-MAX` with the bitrate range in kbit/s,
-//! e.g. `1280x720@30:1500-4000;640x360@30:200-1200`. `@FPS` may be a fraction (`@30000/1001`)
+//! rungs separated by `;`, each `WIDTHxHEIGHT@FPS:MIN-MAX` with the bitrate range in kbit/s, e.g. `1280x720@30:1500-4000;640x360@30:200-1200`. `@FPS` may be a fraction (`@30000/1001`)
 //! or left out (keep the source framerate). Rungs are kept sorted from the highest bitrate down.
 
 use std::fmt;
@@ -94,6 +93,21 @@ impl Ladder {
     /// Always `false`: a ladder has at least one rung.
     pub fn is_empty(&self) -> bool {
         false
+    }
+
+    /// Reads one rung encoded at one bitrate, `WIDTHxHEIGHT@FPS:KBPS` (`@FPS` optional), as a
+    /// ladder encoder's rungs are written in pipeline files.
+    pub fn parse_fixed_rung(text: &str) -> Result<Rung, LadderError> {
+        let (video, kbps) = text.rsplit_once(':').unwrap_or((text, ""));
+        let kbps = kbps.trim();
+        let valid = !kbps.is_empty() && kbps.bytes().all(|b| b.is_ascii_digit());
+        if !valid || video.contains(';') {
+            return Err(LadderError(format!(
+                "rung '{text}': expected WIDTHxHEIGHT@FPS:KBPS, one bitrate in kbit/s"
+            )));
+        }
+        parse_rung(&format!("{video}:{kbps}-{kbps}"))
+            .map_err(|why| LadderError(format!("rung '{text}': {why}")))
     }
 
     /// The default viewer ladder for a 720p30 source ([`VIEWER_LADDER_720P30`]).
@@ -213,6 +227,23 @@ mod tests {
             ]
         );
         assert_eq!(ladder.to_string(), VIEWER_LADDER_720P30);
+    }
+
+    #[test]
+    fn one_figure_is_a_rung_at_one_bitrate() {
+        let rung = Ladder::parse_fixed_rung("640x360@30:700").unwrap();
+        assert_eq!((rung.width, rung.height), (640, 360));
+        assert_eq!((rung.min_bps, rung.max_bps), (700_000, 700_000));
+        assert_eq!(rung.framerate, Some((30, 1)));
+        for bad in [
+            "640x360@30:0",
+            "640x360@30:1-2",
+            "640x360@30",
+            "640x360:7;1x1:1",
+            "x:5",
+        ] {
+            assert!(Ladder::parse_fixed_rung(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

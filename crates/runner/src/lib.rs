@@ -27,6 +27,7 @@ mod llhls;
 mod mp4file;
 mod output;
 mod probe;
+mod rungs;
 mod runner;
 mod server;
 mod srt_listener;

@@ -11,8 +11,8 @@ use gst::prelude::*;
 
 use crate::RunArgs;
 use crate::config::{
-    EncoderKind, Fallback, H264Preset, Media, Pipeline, Source, SourceKind, TransformKind,
-    VideoFormat,
+    EncoderKind, Fallback, H264Preset, Media, Pipeline, RungSpec, Source, SourceKind,
+    TransformKind, VideoFormat,
 };
 use crate::events::Events;
 use crate::output::{self, Input, OutputRunner, make};
@@ -626,6 +626,44 @@ fn run_with(
             Some(t) if e.kind.media() == Media::Video => Some(t),
             _ => None,
         };
+        if let EncoderKind::H264 {
+            keyframe_interval, ..
+        } = &e.kind
+            && !e.rungs.is_empty()
+        {
+            // A ladder: one encoder per rung off the same raw video, key frames aligned.
+            let keys = crate::rungs::LadderKeys::new(Duration::from_secs_f64(*keyframe_interval));
+            for (index, rung) in e.rungs.iter().enumerate() {
+                let name = RungSpec::encoder_name(&e.name, index);
+                let kind = match &e.kind {
+                    EncoderKind::H264 {
+                        preset,
+                        keyframe_interval,
+                        ..
+                    } => EncoderKind::H264 {
+                        preset: *preset,
+                        bitrate: rung.bitrate,
+                        keyframe_interval: *keyframe_interval,
+                    },
+                    other => other.clone(),
+                };
+                let counter = Arc::new(Counter::new(true));
+                let (tee, _) = graph.encoder(
+                    &name,
+                    &kind,
+                    &input,
+                    framerate,
+                    counter.clone(),
+                    None,
+                    Some(rung),
+                )?;
+                let encoder = ingest.by_name(&name).context("a rung's encoder")?;
+                keys.add_rung(&encoder, &tee);
+                counters.insert(name.clone(), counter);
+                encoded.insert(name, (tee, kind));
+            }
+            continue;
+        }
         let (tee, abr) = graph.encoder(
             &e.name,
             &e.kind,
@@ -633,6 +671,7 @@ fn run_with(
             framerate,
             counter.clone(),
             steering,
+            None,
         )?;
         if let (Some(abr), Some(t)) = (abr, steering)
             && let TransformKind::Abrcontroller { output, .. } = &t.kind
@@ -646,22 +685,55 @@ fn run_with(
     let mut outputs = Vec::new();
     let mut temporary = output::TemporaryDirs::default();
     for o in &config.outputs {
-        let inputs: Vec<Input> = o
-            .inputs
-            .iter()
-            .map(|name| Input {
-                encoder: name.clone(),
-                kind: encoded[name].1.clone(),
-            })
-            .collect();
-        let runner = OutputRunner::new(o.clone(), inputs, shared.clone(), events.clone())?;
+        // An output that serves a ladder takes every rung of it; the others the top one,
+        // which has the encoder's own name (recordings keep the best picture).
+        let mut inputs: Vec<Input> = Vec::new();
+        for name in &o.inputs {
+            let rungs = config
+                .encoders
+                .iter()
+                .find(|e| &e.name == name)
+                .map(|e| e.rungs.as_slice())
+                .unwrap_or_default();
+            if rungs.len() > 1 && o.kind.takes_rungs() {
+                let source_rate = config
+                    .encoders
+                    .iter()
+                    .find(|e| &e.name == name)
+                    .and_then(|e| source_of(&config, &e.input))
+                    .map_or(crate::config::Framerate::whole(30), |s| s.video.framerate);
+                for (index, rung) in rungs.iter().enumerate() {
+                    let encoder = RungSpec::encoder_name(name, index);
+                    inputs.push(Input {
+                        kind: encoded[&encoder].1.clone(),
+                        encoder,
+                        rung: Some(output::RungInput {
+                            index,
+                            ladder: name.clone(),
+                            width: rung.width,
+                            height: rung.height,
+                            framerate: rung.framerate.unwrap_or(source_rate),
+                            bitrate: rung.bitrate,
+                        }),
+                    });
+                }
+            } else {
+                inputs.push(Input {
+                    encoder: name.clone(),
+                    kind: encoded[name].1.clone(),
+                    rung: None,
+                });
+            }
+        }
+        let runner = OutputRunner::new(o.clone(), inputs.clone(), shared.clone(), events.clone())?;
         temporary
             .0
             .extend(runner.temporary_dir().map(|d| d.to_path_buf()));
         if let Some((_, abr)) = abr_elements.iter().find(|(output, _)| *output == o.name) {
             runner.set_abr(abr.clone());
         }
-        for name in &o.inputs {
+        for input in &inputs {
+            let name = &input.encoder;
             let appsink = bridge(&ingest, &encoded[name].0, &runner, name)?;
             if encoded[name].1.media() == Media::Video {
                 runner.add_keyframe_requester(name, appsink);
@@ -1366,9 +1438,29 @@ impl Graph<'_> {
         framerate: crate::config::Framerate,
         counter: Arc<Counter>,
         steering: Option<&crate::config::Transform>,
+        rung: Option<&RungSpec>,
     ) -> anyhow::Result<(gst::Element, Option<gst::Element>)> {
         let tee = self.tee(&format!("{name}-tee"))?;
         let mut abr = None;
+        // A rung of a ladder: its own picture size (and frame rate) off the raw video.
+        let mut scaler = Vec::new();
+        let mut framerate = framerate;
+        if let Some(rung) = rung {
+            let scale = make("videoscale", &format!("{name}-scale"))?;
+            scaler.push(scale);
+            if let Some(rate) = rung.framerate
+                && rate != framerate
+            {
+                scaler.push(make("videorate", "")?);
+                framerate = rate;
+            }
+            let caps = make("capsfilter", "")?;
+            caps.set_property(
+                "caps",
+                raw_video_caps(rung.width, rung.height, fraction(framerate)),
+            );
+            scaler.push(caps);
+        }
         let chain: Vec<gst::Element> = match kind {
             EncoderKind::H264 {
                 preset,
@@ -1384,7 +1476,9 @@ impl Graph<'_> {
                 enc.set_property_from_str("speed-preset", speed);
                 enc.set_property("bitrate", *bitrate);
                 let gop = ((framerate.fps() * keyframe_interval).round() as u32).max(1);
-                enc.set_property("key-int-max", gop);
+                // A rung's key frames come from its ladder's schedule (crate::rungs), the
+                // same frames on every rung; x264's own count is only a safety net.
+                enc.set_property("key-int-max", if rung.is_some() { gop * 2 } else { gop });
                 // Without this x264 adds IDRs on scene cuts and HLS segments come out uneven.
                 enc.set_property("option-string", "scenecut=0");
                 enc.set_property("bframes", 0u32);
@@ -1407,8 +1501,8 @@ impl Graph<'_> {
                 );
                 // The capture stamp goes into the bitstream as SEI, for players and other tools.
                 let sei = make("latencystamp", &format!("{name}-sei"))?;
-                let meter = make("latencymeter", &format!("meter-{name}"))?;
-                let mut chain = vec![enc.clone()];
+                let mut chain = std::mem::take(&mut scaler);
+                chain.push(enc.clone());
                 if let Some(t) = steering
                     && let TransformKind::Abrcontroller {
                         min_bitrate,
@@ -1441,7 +1535,13 @@ impl Graph<'_> {
                     chain.push(controller.clone());
                     abr = Some(controller);
                 }
-                chain.extend([profile_caps, parse, au, sei, meter]);
+                chain.extend([profile_caps, parse, au, sei]);
+                // The encode latency is the ladder's top rung's (the other rungs' differ
+                // by their scaling only).
+                // (Names from the file never hold '@': only a lower rung's does.)
+                if !name.contains('@') {
+                    chain.push(make("latencymeter", &format!("meter-{name}"))?);
+                }
                 chain
             }
             EncoderKind::Vp8 {

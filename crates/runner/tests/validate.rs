@@ -592,3 +592,114 @@ fn relative_paths_are_read_from_the_pipeline_files_folder() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A ladder encoder over the 1280x720@30 test source, with `rungs` as given.
+fn ladder_file(rungs: &str) -> String {
+    format!(
+        "[sources.cam]\ntype = \"test\"\n\n\
+         [encoders.video]\ntype = \"h264\"\ninputs = [\"cam\"]\nrungs = {rungs}\n\n\
+         [outputs.live]\ntype = \"webrtc\"\ninputs = [\"video\"]\n"
+    )
+}
+
+#[test]
+fn a_ladder_encoder_reads_its_rungs_highest_first() {
+    init();
+    let text = ladder_file(r#"["1280x720@30:2500", "640x360@30:700", "320x180:200"]"#);
+    let pipeline = hybridlive_runner::parse_named("ladder.toml", &text)
+        .unwrap_or_else(|e| panic!("refused: {e}"));
+    let rungs: Vec<(u32, u32, u32)> = pipeline.encoders[0]
+        .rungs
+        .iter()
+        .map(|r| (r.width, r.height, r.bitrate))
+        .collect();
+    assert_eq!(rungs, [(1280, 720, 2500), (640, 360, 700), (320, 180, 200)]);
+    // The top rung's bitrate is the encoder's.
+    match &pipeline.encoders[0].kind {
+        hybridlive_runner::config::EncoderKind::H264 { bitrate, .. } => {
+            assert_eq!(*bitrate, 2500)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_ladder_that_does_not_fit_its_source_is_refused_where_it_is_written() {
+    init();
+    // (rungs, expected fragments): the rungs line is line 7, its array starts at column 9.
+    let table: &[(&str, &[&str])] = &[
+        (
+            r#"["1920x1080@30:4000", "640x360@30:700"]"#,
+            &[
+                "broken.toml:7:10: error: encoders.video: `rungs`: rung 1920x1080 is above the source's 1280x720",
+            ],
+        ),
+        (
+            r#"["1280x720@30:2500", "640x360@60:700"]"#,
+            &[
+                "broken.toml:7:30: error: encoders.video: `rungs`: rung 640x360 asks for more frames per second than the source's 30",
+            ],
+        ),
+        (
+            r#"["640x360@30:700", "1280x720@30:2500"]"#,
+            &[
+                "broken.toml:7:28: error: encoders.video: `rungs`: bitrates out of order: 2500 kbit/s is not below the rung before it (700 kbit/s)",
+            ],
+        ),
+        (
+            r#"["1280x720@30:2500", "640x480@30:700"]"#,
+            &[
+                "broken.toml:7:30: error: encoders.video: `rungs`: rung 640x480 does not fit the 1280x720 source",
+            ],
+        ),
+        (
+            r#"["1280x720@30:2500", "641x361@30:700"]"#,
+            &[
+                "broken.toml:7:30: error: encoders.video: `rungs`: 641x361: width and height must be even",
+            ],
+        ),
+        (
+            r#"["1280x720@30:2500-4000"]"#,
+            &[
+                "broken.toml:7:10: error: encoders.video: `rungs`: rung '1280x720@30:2500-4000': expected WIDTHxHEIGHT@FPS:KBPS, one bitrate in kbit/s",
+            ],
+        ),
+        (
+            r#"["1280x720@30"]"#,
+            &[
+                "broken.toml:7:10: error: encoders.video: `rungs`: rung '1280x720@30': expected WIDTHxHEIGHT@FPS:KBPS",
+            ],
+        ),
+        (
+            "[]",
+            &["broken.toml:7:9: error: encoders.video: `rungs`: a ladder needs at least one rung"],
+        ),
+        (
+            "\"720p\"",
+            &["`rungs`: expected an array of rungs, found a string"],
+        ),
+    ];
+    for (rungs, expected) in table {
+        let report = errors(&ladder_file(rungs));
+        for fragment in *expected {
+            assert!(
+                report.contains(fragment),
+                "{rungs}: want `{fragment}` in:\n{report}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_ladder_encoder_cannot_be_steered_by_an_abrcontroller() {
+    init();
+    let text = "[sources.cam]\ntype = \"test\"\n\n\
+         [transforms.abr]\ntype = \"abrcontroller\"\ninputs = [\"cam\"]\noutput = \"up\"\n\n\
+         [encoders.video]\ntype = \"h264\"\ninputs = [\"abr\"]\nrungs = [\"1280x720@30:2500\", \"640x360@30:700\"]\n\n\
+         [outputs.up]\ntype = \"webrtc\"\ninputs = [\"video\"]\n";
+    let report = errors(text);
+    assert!(
+        report.contains("`abr` is an abrcontroller, which steers one encode for one uplink"),
+        "{report}"
+    );
+}

@@ -109,6 +109,11 @@ impl Graph<'_> {
         self.check_abrcontrollers(transforms, encoders, outputs);
         for e in encoders {
             let component = format!("encoders.{}", e.value.name);
+            if let Some((input, _)) = e.inputs.first()
+                && !e.value.rungs.is_empty()
+            {
+                self.check_rungs(&component, e, input, sources, transforms);
+            }
             if let Some((input, span)) =
                 self.single_input(&component, e, &raw, "a source or transform")
                 && e.value.kind.media() == Media::Audio
@@ -375,6 +380,93 @@ impl Graph<'_> {
             return None;
         }
         Some((input.clone(), span.clone()))
+    }
+
+    /// A ladder's rungs fit its source: none larger than the source's picture or faster than
+    /// its frame rate, each the source's shape (a rung of another aspect ratio would stretch
+    /// the picture), and not steered by an abrcontroller (it scales one encode for one link).
+    fn check_rungs(
+        &mut self,
+        component: &str,
+        encoder: &Named<Encoder>,
+        input: &str,
+        sources: &[Named<Source>],
+        transforms: &[Named<Transform>],
+    ) {
+        if let Some(t) = transforms.iter().find(|t| t.value.name == input)
+            && matches!(t.value.kind, TransformKind::Abrcontroller { .. })
+        {
+            self.diags.push(Diagnostic {
+                span: encoder.span.clone(),
+                component: Some(component.to_string()),
+                key: Some("rungs".into()),
+                message: format!(
+                    "`{input}` is an abrcontroller, which steers one encode for one uplink: a ladder encoder cannot read from it"
+                ),
+                help: Some("read from the abrcontroller's input instead".into()),
+            });
+            return;
+        }
+        let Some(video) = self.source_video(input, sources, transforms) else {
+            return;
+        };
+        for rung in &encoder.value.rungs {
+            let size = format!("{}x{}", rung.width, rung.height);
+            let source = format!("{}x{}", video.width, video.height);
+            let message = if rung.width > video.width || rung.height > video.height {
+                Some(format!(
+                    "rung {size} is above the source's {source}: a rung scales down, never up"
+                ))
+            } else if rung
+                .framerate
+                .is_some_and(|rate| rate.fps() > video.framerate.fps() + 1e-6)
+            {
+                Some(format!(
+                    "rung {size} asks for more frames per second than the source's {}",
+                    video.framerate.fps()
+                ))
+            } else {
+                // Sizes are rounded to even numbers: 2 pixels of slack either way.
+                let expected =
+                    f64::from(rung.width) * f64::from(video.height) / f64::from(video.width);
+                ((expected - f64::from(rung.height)).abs() > 2.0).then(|| {
+                    format!(
+                        "rung {size} does not fit the {source} source: another shape would stretch the picture (expected a height of about {expected:.0})"
+                    )
+                })
+            };
+            if let Some(message) = message {
+                self.diags.push(Diagnostic {
+                    span: rung.span.clone(),
+                    component: Some(component.to_string()),
+                    key: Some("rungs".into()),
+                    message,
+                    help: None,
+                });
+            }
+        }
+    }
+
+    /// The picture of the source that `name` (a source or transform) reads from.
+    fn source_video<'s>(
+        &self,
+        name: &str,
+        sources: &'s [Named<Source>],
+        transforms: &[Named<Transform>],
+    ) -> Option<&'s super::model::VideoFormat> {
+        let mut current = name;
+        for _ in 0..=transforms.len() {
+            if let Some(s) = sources.iter().find(|s| s.value.name == current) {
+                return Some(&s.value.video);
+            }
+            current = &transforms
+                .iter()
+                .find(|t| t.value.name == current)?
+                .inputs
+                .first()?
+                .0;
+        }
+        None
     }
 
     fn has_audio(

@@ -41,7 +41,7 @@ mod transforms;
 pub use diagnostics::{Diagnostic, line_column, suggest};
 pub use model::{
     AudioFormat, Encoder, EncoderKind, Fallback, Framerate, H264Preset, LatencyTest, Media, Output,
-    OutputSpec, Pipeline, Refusal, Server, Source, SourceKind, Transform, TransformKind,
+    OutputSpec, Pipeline, Refusal, RungSpec, Server, Source, SourceKind, Transform, TransformKind,
     VideoFormat, loopback_if_unbound,
 };
 

@@ -304,6 +304,37 @@ pub struct Encoder {
     pub input: String,
     /// Codec and settings.
     pub kind: EncoderKind,
+    /// `rungs` (h264 only): a ladder encoded once, highest first; empty for one rendition.
+    /// The encoder's own name is the top rung; the others are `NAME@1`, `NAME@2`... Outputs
+    /// that serve a ladder (WebRTC viewers, HLS) take every rung, the others the top one.
+    pub rungs: Vec<RungSpec>,
+}
+
+/// One rung of a ladder encoder: `"WIDTHxHEIGHT@FPS:KBPS"` in a pipeline file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RungSpec {
+    /// Width in pixels (even).
+    pub width: u32,
+    /// Height in pixels (even).
+    pub height: u32,
+    /// Frames per second; `None` keeps the source's.
+    pub framerate: Option<Framerate>,
+    /// The rung's bitrate, kbit/s.
+    pub bitrate: u32,
+    /// Where the rung is written, for diagnostics that need the source (size, rate).
+    #[serde(skip)]
+    pub span: Range<usize>,
+}
+
+impl RungSpec {
+    /// The name of rung `index` of encoder `encoder`: the encoder's own for the top rung.
+    pub fn encoder_name(encoder: &str, index: usize) -> String {
+        if index == 0 {
+            encoder.to_string()
+        } else {
+            format!("{encoder}@{index}")
+        }
+    }
 }
 
 /// H.264 encoder presets (x264).
@@ -388,6 +419,11 @@ pub trait OutputSpec: std::fmt::Debug + Send + Sync + 'static {
     /// Whether a VP8 encoder may feed it beside an H.264 one (viewers pick the first codec
     /// their offer has).
     fn takes_vp8_beside_h264(&self) -> bool {
+        false
+    }
+    /// Whether it serves every rung of a ladder encoder (viewers on a rung each); the others
+    /// take the top rung only.
+    fn takes_rungs(&self) -> bool {
         false
     }
     /// The settings, for a downcast to the kind's own type.

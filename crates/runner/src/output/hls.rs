@@ -1,8 +1,10 @@
 //! `type = "hls"`: MPEG-TS segments and a live playlist written to a folder by hlssink2, or,
-//! with `low_latency`, Low-Latency HLS: fMP4 parts kept in memory ([`LlHls`]).
+//! with `low_latency`, Low-Latency HLS: fMP4 parts kept in memory ([`LlHls`]). A ladder
+//! encoder's rungs become renditions under a multivariant playlist: an fMP4 muxer per rung
+//! into the same store (Low-Latency or plain), the audio muxed into each.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -10,10 +12,10 @@ use gst::prelude::*;
 
 use serde::Serialize;
 
-use super::{Context, InputLink, Kind, OutputFactory, Sink, make, refuse_vp8, settings};
+use super::{Context, Input, InputLink, Kind, OutputFactory, Sink, make, refuse_vp8, settings};
 use crate::config::reader::Fields;
 use crate::config::{Diagnostic, EncoderKind, OutputSpec, Refusal};
-use crate::llhls::LlHls;
+use crate::llhls::{LlHls, Rendition};
 
 const TYPE: &str = "hls";
 
@@ -34,6 +36,10 @@ pub struct HlsOutput {
 }
 
 output_spec!(HlsOutput, TYPE, {
+    fn takes_rungs(&self) -> bool {
+        true
+    }
+
     fn refuses_input(&self, input: &str, encoder: &EncoderKind) -> Option<Refusal> {
         match encoder {
             EncoderKind::H264 {
@@ -90,15 +96,22 @@ impl OutputFactory for Factory {
     }
 }
 
-/// An HLS output: its folder, fixed for the whole run, and (LL-HLS) its store.
+/// An HLS output: its folder, fixed for the whole run, and (LL-HLS, ladders) its store.
 struct Hls {
     settings: HlsOutput,
     dir: PathBuf,
     /// Whether the runner made `dir` (a temporary one) and removes it at the end.
     dir_is_temporary: bool,
-    /// Low-Latency HLS: parts and segments in memory, kept across restarts.
-    ll_hls: Option<Arc<LlHls>>,
+    /// fMP4 segments (and parts) in memory, kept across restarts: made at the start for
+    /// Low-Latency HLS, at the first build for a ladder of plain HLS.
+    store: Mutex<Option<Arc<LlHls>>>,
 }
+
+/// The bin all of an HLS output's elements live in: the audio tee and, per rendition, an
+/// fMP4 muxer and its appsink, or hlssink2 for plain HLS of one rendition.
+const BIN: &str = "hls";
+/// The tee that hands the audio to every rendition's muxer.
+const AUDIO_TEE: &str = "hls-audio";
 
 impl Hls {
     /// Creates the folder (and, for Low-Latency HLS, the store).
@@ -123,7 +136,7 @@ impl Hls {
                     .with_context(|| format!("cannot remove the old {}", stale.display()));
             }
         }
-        let ll_hls = settings.low_latency.then(|| {
+        let store = settings.low_latency.then(|| {
             Arc::new(LlHls::new(
                 Duration::from_secs(u64::from(settings.segment_duration)),
                 Duration::from_millis(u64::from(settings.part_duration_ms)),
@@ -134,31 +147,46 @@ impl Hls {
             settings,
             dir,
             dir_is_temporary,
-            ll_hls,
+            store: Mutex::new(store),
         })
     }
 
-    /// isofmp4mux into an appsink that hands each chunk to the store.
-    fn build_low_latency(
-        &self,
-        pipeline: &gst::Pipeline,
-        store: &Arc<LlHls>,
-    ) -> anyhow::Result<gst::Element> {
-        let store = store.clone();
-        // After a failure this is a new muxer: the store marks the discontinuity.
-        store.restart();
-        // One fragment per segment (fragments start on key frames), one chunk per part.
-        let mux = make("isofmp4mux", "sink")?;
+    /// The store; a ladder of plain HLS gets one the first time it is built.
+    fn store(&self) -> Arc<LlHls> {
+        self.store
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| {
+                Arc::new(LlHls::plain(
+                    Duration::from_secs(u64::from(self.settings.segment_duration)),
+                    self.settings.playlist_length as usize,
+                ))
+            })
+            .clone()
+    }
+
+    /// The muxer of rendition `index` in `bin`, made with its appsink on first use:
+    /// isofmp4mux with one fragment per segment (fragments start on key frames) and, for
+    /// Low-Latency HLS, one chunk per part.
+    fn muxer(&self, bin: &gst::Bin, index: usize) -> anyhow::Result<gst::Element> {
+        let name = format!("mux{index}");
+        if let Some(mux) = bin.by_name(&name) {
+            return Ok(mux);
+        }
+        let store = self.store();
+        let mux = make("isofmp4mux", &name)?;
         mux.set_property(
             "fragment-duration",
             gst::ClockTime::from_seconds(u64::from(self.settings.segment_duration)),
         );
-        mux.set_property(
-            "chunk-duration",
-            gst::ClockTime::from_mseconds(u64::from(self.settings.part_duration_ms)),
-        );
+        if self.settings.low_latency {
+            mux.set_property(
+                "chunk-duration",
+                gst::ClockTime::from_mseconds(u64::from(self.settings.part_duration_ms)),
+            );
+        }
         let appsink = gst_app::AppSink::builder()
-            .name("llhls")
+            .name(format!("llhls{index}"))
             .sync(false)
             .async_(false)
             .buffer_list(true)
@@ -169,24 +197,27 @@ impl Hls {
                 .new_sample(move |sink| {
                     let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
                     if let Some(list) = sample.buffer_list() {
-                        store.push_chunk(list);
+                        store.push_chunk(index, list);
                     } else if let Some(buffer) = sample.buffer_owned() {
                         let mut list = gst::BufferList::new();
                         list.get_mut().unwrap().add(buffer);
-                        store.push_chunk(&list);
+                        store.push_chunk(index, &list);
                     }
                     Ok(gst::FlowSuccess::Ok)
                 })
-                .eos(move |_| on_eos.finish())
+                .eos(move |_| on_eos.finish_track(index))
                 .build(),
         );
-        pipeline.add_many([&mux, appsink.upcast_ref()])?;
+        bin.add_many([&mux, appsink.upcast_ref()])?;
         mux.link(&appsink)?;
         Ok(mux)
     }
 
-    /// hlssink2 writing into the folder.
-    fn build_segments(&self, pipeline: &gst::Pipeline) -> anyhow::Result<gst::Element> {
+    /// hlssink2 writing into the folder, made on first use.
+    fn segment_sink(&self, bin: &gst::Bin) -> anyhow::Result<gst::Element> {
+        if let Some(sink) = bin.by_name("sink") {
+            return Ok(sink);
+        }
         let dir = &self.dir;
         let segment_duration = self.settings.segment_duration;
         let playlist_length = self.settings.playlist_length;
@@ -217,30 +248,121 @@ impl Hls {
         }) {
             split.set_property("start-index", next as i32);
         }
-        pipeline.add(&sink)?;
+        bin.add(&sink)?;
         Ok(sink)
     }
 }
 
+/// `pad` of an element inside `bin`, as a pad of the bin.
+fn ghost(bin: &gst::Bin, pad: &gst::Pad) -> anyhow::Result<gst::Pad> {
+    let ghost = gst::GhostPad::builder_with_target(pad)?
+        .name(format!(
+            "{}-{}",
+            pad.parent_element().map(|e| e.name()).unwrap_or_default(),
+            pad.name()
+        ))
+        .build();
+    bin.add_pad(&ghost)?;
+    Ok(ghost.upcast())
+}
+
+fn the_bin(link: &InputLink<'_>) -> anyhow::Result<gst::Bin> {
+    link.sink
+        .clone()
+        .downcast::<gst::Bin>()
+        .map_err(|_| anyhow::anyhow!("the HLS sink is not a bin"))
+}
+
 impl Kind for Hls {
     fn build_sink(&self, pipeline: &gst::Pipeline) -> anyhow::Result<Sink> {
-        let element = match &self.ll_hls {
-            Some(store) => self.build_low_latency(pipeline, store)?,
-            None => self.build_segments(pipeline)?,
-        };
-        Ok(Sink::new(element))
+        // What goes in depends on the inputs (one rendition or a ladder): see input_pad.
+        let bin = gst::Bin::with_name(BIN);
+        pipeline.add(&bin)?;
+        Ok(Sink::new(bin.upcast()))
     }
 
     fn input_pad(&self, link: &InputLink<'_>) -> anyhow::Result<gst::Pad> {
-        if self.ll_hls.is_some() {
-            link.request_pad("sink_%u")
-        } else {
-            link.request_pad(link.medium)
+        let bin = the_bin(link)?;
+        let target = match (link.medium, &link.input.rung) {
+            ("video", Some(rung)) => self
+                .muxer(&bin, rung.index)?
+                .request_pad_simple("sink_%u")
+                .context("isofmp4mux has no sink_%u pad")?,
+            ("video", None) if self.settings.low_latency => self
+                .muxer(&bin, 0)?
+                .request_pad_simple("sink_%u")
+                .context("isofmp4mux has no sink_%u pad")?,
+            ("video", None) => self
+                .segment_sink(&bin)?
+                .request_pad_simple("video")
+                .context("hlssink2 has no video pad")?,
+            // Every rendition's muxer gets it (finish_build): audio rides with each rung.
+            ("audio", _) => {
+                let tee = make("tee", AUDIO_TEE)?;
+                bin.add(&tee)?;
+                tee.static_pad("sink").context("tee without sink pad")?
+            }
+            (medium, _) => anyhow::bail!("an HLS output takes no {medium} input"),
+        };
+        ghost(&bin, &target)
+    }
+
+    fn finish_build(&self, pipeline: &gst::Pipeline, inputs: &[Input]) -> anyhow::Result<()> {
+        let bin = pipeline
+            .by_name(BIN)
+            .and_then(|e| e.downcast::<gst::Bin>().ok())
+            .context("no HLS bin")?;
+        let mut rungs: Vec<_> = inputs.iter().filter_map(|i| i.rung.as_ref()).collect();
+        rungs.sort_by_key(|r| r.index);
+        // A new pipeline is new muxers: after a failure the store marks the discontinuity.
+        if rungs.len() > 1 || self.settings.low_latency {
+            let store = self.store();
+            store.set_renditions(
+                rungs
+                    .iter()
+                    .map(|r| Rendition {
+                        width: r.width,
+                        height: r.height,
+                        fps: r.framerate.fps(),
+                        bitrate_bps: u64::from(r.bitrate) * 1000,
+                    })
+                    .collect(),
+            );
+            store.restart();
         }
+        let Some(tee) = bin.by_name(AUDIO_TEE) else {
+            return Ok(());
+        };
+        let mut sinks = Vec::new();
+        for index in 0.. {
+            match bin.by_name(&format!("mux{index}")) {
+                Some(mux) => sinks.push(
+                    mux.request_pad_simple("sink_%u")
+                        .context("isofmp4mux has no sink_%u pad")?,
+                ),
+                None => break,
+            }
+        }
+        if let Some(sink) = bin.by_name("sink") {
+            sinks.push(
+                sink.request_pad_simple("audio")
+                    .context("hlssink2 has no audio pad")?,
+            );
+        }
+        for (i, sink) in sinks.iter().enumerate() {
+            let queue = make("queue", &format!("hls-audio-queue{i}"))?;
+            bin.add(&queue)?;
+            tee.link(&queue)?;
+            queue
+                .static_pad("src")
+                .context("queue without src pad")?
+                .link(sink)?;
+        }
+        Ok(())
     }
 
     fn ll_hls(&self) -> Option<Arc<LlHls>> {
-        self.ll_hls.clone()
+        self.store.lock().unwrap().clone()
     }
 
     fn hls_dir(&self) -> Option<&Path> {

@@ -164,10 +164,31 @@ fn settings<T: 'static>(spec: &dyn OutputSpec) -> anyhow::Result<&T> {
 /// One encoded stream an output consumes.
 #[derive(Debug, Clone)]
 pub struct Input {
-    /// Encoder name.
+    /// Encoder name (`NAME@N` for rung N of a ladder encoder).
     pub encoder: String,
     /// Its codec.
     pub kind: EncoderKind,
+    /// Which rung of a ladder encoder this is, for outputs that serve every rung
+    /// ([`crate::config::OutputSpec::takes_rungs`]); `None` for a single rendition.
+    pub rung: Option<RungInput>,
+}
+
+/// A rung of a ladder encoder as an output receives it: IDRs aligned with the other rungs,
+/// the same running times.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RungInput {
+    /// Its place in the ladder, 0 for the top.
+    pub index: usize,
+    /// The ladder encoder's name.
+    pub ladder: String,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Frames per second.
+    pub framerate: crate::config::Framerate,
+    /// Bitrate the rung is encoded at, kbit/s.
+    pub bitrate: u32,
 }
 
 /// What an output kind adds to the supervisor: its elements and what it reports.

@@ -738,8 +738,9 @@ impl OutputRunner {
             pipeline.add_many([appsrc.upcast_ref(), &queue, &parser])?;
             gst::Element::link_many([appsrc.upcast_ref(), &queue, &parser])?;
             let mut last = parser;
-            // The meter reads the SEI capture stamps: H.264 only.
-            if medium == "video" {
+            // The meter reads the SEI capture stamps: H.264 only, and of a ladder the top
+            // rung (one meter per output: the rungs' latencies differ by their scaling).
+            if medium == "video" && input.rung.as_ref().is_none_or(|r| r.index == 0) {
                 let meter = make("latencymeter", &format!("meter-{}", self.name))?;
                 pipeline.add(&meter)?;
                 last.link(&meter)?;

@@ -10,20 +10,24 @@ use super::{InputLink, Sink, make};
 pub(super) fn build_sink(pipeline: &gst::Pipeline) -> anyhow::Result<Sink> {
     // A fakesink on each keeps the tees flowing and lets EOS finish the pipeline without
     // viewers.
-    let video = make("tee", "video")?;
-    let audio = make("tee", "audio")?;
-    let vp8 = make("tee", "video-vp8")?;
-    for tee in [&video, &audio, &vp8] {
-        tee.set_property("allow-not-linked", true);
-        let queue = make("queue", &format!("{}-keepalive-queue", tee.name()))?;
-        queue.set_property_from_str("leaky", "downstream");
-        let sink = make("fakesink", &format!("{}-keepalive", tee.name()))?;
-        sink.set_property("sync", false);
-        sink.set_property("async", false);
-        pipeline.add_many([tee, &queue, &sink])?;
-        gst::Element::link_many([tee, &queue, &sink])?;
-    }
+    let video = keepalive_tee(pipeline, "video")?;
+    keepalive_tee(pipeline, "audio")?;
+    keepalive_tee(pipeline, "video-vp8")?;
     Ok(Sink::new(video))
+}
+
+/// A tee named `name` in `pipeline`, with its keep-alive branch.
+fn keepalive_tee(pipeline: &gst::Pipeline, name: &str) -> anyhow::Result<gst::Element> {
+    let tee = make("tee", name)?;
+    tee.set_property("allow-not-linked", true);
+    let queue = make("queue", &format!("{name}-keepalive-queue"))?;
+    queue.set_property_from_str("leaky", "downstream");
+    let sink = make("fakesink", &format!("{name}-keepalive"))?;
+    sink.set_property("sync", false);
+    sink.set_property("async", false);
+    pipeline.add_many([&tee, &queue, &sink])?;
+    gst::Element::link_many([&tee, &queue, &sink])?;
+    Ok(tee)
 }
 
 /// The tee of the input's medium.
@@ -50,11 +54,21 @@ pub(super) fn input_pad(link: &InputLink<'_>) -> anyhow::Result<gst::Pad> {
             }
             gst::PadProbeReturn::Ok
         });
+    // A lower rung of a ladder gets a tee of its own; the top rung is the `video` tee.
+    if let Some(rung) = link.input.rung.as_ref().filter(|r| r.index > 0) {
+        let tee = keepalive_tee(link.pipeline, &rung_tee_name(rung.index))?;
+        return tee.static_pad("sink").context("tee without sink pad");
+    }
     let template = link.medium;
     link.pipeline
         .by_name(template)
         .and_then(|tee| tee.static_pad("sink"))
         .with_context(|| format!("no {template} tee"))
+}
+
+/// The tee of rung `index` (> 0) of a ladder.
+pub(super) fn rung_tee_name(index: usize) -> String {
+    format!("video@{index}")
 }
 
 /// Removes the tees no input feeds.

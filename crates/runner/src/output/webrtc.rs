@@ -43,6 +43,10 @@ output_spec!(WebrtcOutput, TYPE, {
     fn takes_vp8_beside_h264(&self) -> bool {
         true
     }
+
+    fn takes_rungs(&self) -> bool {
+        true
+    }
 });
 
 /// The WebRTC kind in the registry.
