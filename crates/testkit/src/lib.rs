@@ -10,6 +10,7 @@ pub mod faults;
 pub mod http;
 mod janus;
 pub mod media;
+pub mod netns;
 pub mod process;
 pub mod runner_child;
 pub mod senders;

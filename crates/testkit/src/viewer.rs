@@ -165,6 +165,11 @@ impl Viewer {
         Ok(())
     }
 
+    /// The viewer's pipeline, for a caller that watches its bus or its caps.
+    pub fn pipeline(&self) -> &gst::Pipeline {
+        &self.pipeline
+    }
+
     /// Video access units received so far.
     pub fn video_units(&self) -> u64 {
         self.video_units.load(Ordering::Relaxed)
