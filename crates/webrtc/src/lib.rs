@@ -13,6 +13,7 @@ mod egress;
 mod http;
 mod nice;
 mod offer;
+mod rungs;
 mod whep;
 
 pub use egress::{Egress, EgressHealth, EgressPublisher, add_egress, register_webrtc_elements};
@@ -38,6 +39,7 @@ pub use offer::{
     H264Offer, OfferError, PLAYOUT_DELAY_URI, RejectedSections, Skipped, VideoCodec, ViewerOffer,
     choose_h264, choose_opus, choose_vp8, read_viewer_offer, video_extmap_id,
 };
+pub use rungs::{RungCounts, RungStatus, RungSwitch, quality_pin, rung_message};
 pub use whep::{
     Answer, Audience, Branches, DEFAULT_PLAYOUT_DELAY, MAX_ECHO_BACKLOG, MAX_HAND_TEXT,
     PlayoutDelayMs, RaisedHand, SessionInfo, ViewerLatency, WhepConfig, WhepError, WhepOutput,
@@ -49,5 +51,6 @@ pub use whep::{
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing {
+    pub use crate::rungs::read_report_blocks;
     pub use crate::whep::{hand_text, latency_report};
 }

@@ -8,7 +8,7 @@ use gst_rtp::prelude::*;
 use gst_webrtc::{WebRTCICEConnectionState, WebRTCICEGatheringState, WebRTCSDPType};
 use std::collections::HashMap;
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,8 @@ use crate::nice::add_local_address;
 use crate::offer::{
     OfferError, PLAYOUT_DELAY_URI, Skipped, VideoCodec, ViewerOffer, read_viewer_offer,
 };
+use crate::rungs::{RungCounts, RungState, RungStatus, RungSwitch, quality_pin};
+use hybridlive_ladder::{Ladder, Rung, RungSelector, SelectorConfig};
 
 /// Settings of the WHEP output.
 #[derive(Debug, Clone)]
@@ -122,6 +124,9 @@ pub struct SessionInfo {
     /// Bytes queued on the session's data channel that the viewer has not taken yet (at most
     /// about [`MAX_ECHO_BACKLOG`]: echoes beyond are dropped).
     pub data_channel_backlog: u64,
+    /// The session's rung and what its selector knows (outputs serving a ladder of more than
+    /// one rung to an H.264 viewer; `None` otherwise).
+    pub rung: Option<RungStatus>,
 }
 
 /// Bytes of data-channel messages a session may have waiting for its viewer before echoes are
@@ -179,7 +184,12 @@ struct Session {
     reported: Arc<Mutex<Option<ViewerLatency>>>,
     /// The viewer's data channel, once it opened one.
     channel: Arc<Mutex<Option<gst_webrtc::WebRTCDataChannel>>>,
+    /// The viewer's rung (ladder sessions) and the tee pad of each rung, highest first.
+    rungs: Option<(Arc<RungState>, Vec<gst::Pad>)>,
 }
+
+/// Called on every completed rung switch (see [`WhepOutput::on_rung_switch`]).
+type SwitchHook = Arc<dyn Fn(RungSwitch) + Send + Sync>;
 
 /// Glass-to-glass latency a viewer's page measured and reported over its data channel
 /// (`{"type":"latency","p50_ms":..,"p95_ms":..}`): figures only, nothing about the viewer.
@@ -207,6 +217,12 @@ struct Inner {
     closed: AtomicBool,
     /// A session was torn down since the watchdog last gave freed memory back.
     freed: AtomicBool,
+    /// The rungs H.264 viewers are switched between, highest first, with their tees (the first
+    /// is the H.264 tee of `videos`); `None` for a single rendition.
+    ladder: Option<(Ladder, Vec<gst::Element>)>,
+    on_switch: Mutex<Option<SwitchHook>>,
+    /// Rung switches completed, all sessions.
+    switches_total: AtomicU64,
 }
 
 /// WHEP sessions fed from one tee of encoded video per codec (H.264: byte-stream, access units,
@@ -236,8 +252,58 @@ impl WhepOutput {
         audio_tee: Option<&gst::Element>,
         config: WhepConfig,
     ) -> Self {
+        Self::build(pipeline, videos, None, audio_tee, config)
+    }
+
+    /// Serves H.264 viewers from a ladder encoded once: `rungs` are the rungs, highest first,
+    /// each with the tee of its encoded video (H.264 byte-stream, access units, constrained
+    /// baseline, SPS/PPS at every IDR, IDRs aligned across rungs, the same running times on
+    /// all). Each viewer receives one rung at a time on one continuous track, the rung its
+    /// network carries (see [`hybridlive_ladder::RungSelector`]) or the one it pinned, and is
+    /// switched at an IDR of the new rung. `vp8` serves viewers that offer no H.264 (one
+    /// rendition). One rung serves exactly as [`WhepOutput::new`].
+    pub fn with_ladder(
+        pipeline: &gst::Pipeline,
+        mut rungs: Vec<(Rung, gst::Element)>,
+        vp8: Option<&gst::Element>,
+        audio_tee: Option<&gst::Element>,
+        config: WhepConfig,
+    ) -> Self {
+        // The same order as the ladder's own (highest bitrate first, stable), so that a rung's
+        // index is the selector's.
+        rungs.sort_by(|(a, _), (b, _)| b.max_bps.cmp(&a.max_bps).then(b.min_bps.cmp(&a.min_bps)));
+        let mut videos: Vec<(VideoCodec, &gst::Element)> = Vec::new();
+        if let Some((_, top)) = rungs.first() {
+            videos.push((VideoCodec::H264, top));
+        }
+        if let Some(vp8) = vp8 {
+            videos.push((VideoCodec::Vp8, vp8));
+        }
+        let text: Vec<String> = rungs.iter().map(|(rung, _)| rung.to_string()).collect();
+        let ladder = match Ladder::parse(&text.join(";")) {
+            Ok(ladder) if rungs.len() > 1 => Some((
+                ladder,
+                rungs.iter().map(|(_, tee)| tee.clone()).collect::<Vec<_>>(),
+            )),
+            Ok(_) => None,
+            Err(e) => {
+                gst::warning!(crate::CAT, "ladder not usable, top rung only: {e}");
+                None
+            }
+        };
+        Self::build(pipeline, &videos, ladder, audio_tee, config)
+    }
+
+    fn build(
+        pipeline: &gst::Pipeline,
+        videos: &[(VideoCodec, &gst::Element)],
+        ladder: Option<(Ladder, Vec<gst::Element>)>,
+        audio_tee: Option<&gst::Element>,
+        config: WhepConfig,
+    ) -> Self {
         register_rtp_extensions();
-        for (_, tee) in videos {
+        let lower_rungs = ladder.iter().flat_map(|(_, tees)| tees.iter().skip(1));
+        for tee in videos.iter().map(|(_, tee)| *tee).chain(lower_rungs) {
             coalesce_key_frame_requests(tee, config.min_key_frame_interval);
         }
         let inner = Arc::new(Inner {
@@ -253,6 +319,9 @@ impl WhepOutput {
             reserved: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             freed: AtomicBool::new(false),
+            ladder,
+            on_switch: Mutex::new(None),
+            switches_total: AtomicU64::new(0),
         });
         spawn_watchdog(Arc::downgrade(&inner));
         Self { inner }
@@ -303,6 +372,12 @@ impl WhepOutput {
             .videos
             .iter()
             .map(|(_, tee)| tee)
+            .chain(
+                self.inner
+                    .ladder
+                    .iter()
+                    .flat_map(|(_, tees)| tees.iter().skip(1)),
+            )
             .chain(&self.inner.audio_tee)
             .flat_map(|tee| tee.src_pads())
             .filter(|pad| {
@@ -336,8 +411,48 @@ impl WhepOutput {
                     .unwrap()
                     .as_ref()
                     .map_or(0, |c| c.property::<u64>("buffered-amount")),
+                rung: s.rungs.as_ref().map(|(state, _)| state.status()),
             })
             .collect()
+    }
+
+    /// Calls `hook` on every completed rung switch of every session (from the output's
+    /// watchdog thread; keep it short). Replaces the hook set before.
+    pub fn on_rung_switch(&self, hook: Box<dyn Fn(RungSwitch) + Send + Sync>) {
+        *self.inner.on_switch.lock().unwrap() = Some(Arc::from(hook));
+    }
+
+    /// Viewers per rung and switches so far (for `/metrics`); empty for a single rendition.
+    pub fn rung_counts(&self) -> RungCounts {
+        let Some((ladder, _)) = &self.inner.ladder else {
+            return RungCounts::default();
+        };
+        let mut viewers = vec![0; ladder.len()];
+        for session in self.inner.sessions.lock().unwrap().values() {
+            if let Some((state, _)) = &session.rungs {
+                let rung = state.current.load(Ordering::Acquire);
+                if let Some(count) = viewers.get_mut(rung) {
+                    *count += 1;
+                }
+            }
+        }
+        RungCounts {
+            viewers,
+            switches_total: self.inner.switches_total.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Pins session `id` to `rung` (`None`: automatic), as its viewer's page does over the
+    /// data channel. A rung the ladder lacks is ignored; sessions without a ladder ignore it.
+    pub fn pin_rung(&self, id: &str, rung: Option<usize>) -> Result<(), WhepError> {
+        let sessions = self.inner.sessions.lock().unwrap();
+        let session = sessions
+            .get(id)
+            .ok_or_else(|| WhepError::UnknownSession(id.to_string()))?;
+        if let Some((state, _)) = &session.rungs {
+            state.pin(rung);
+        }
+        Ok(())
     }
 
     /// Starts a session for `offer` (SDP text) and returns its answer once ICE gathering is done
@@ -379,9 +494,11 @@ impl WhepOutput {
         // The slot is taken before anything is built: an offer negotiating counts as a viewer.
         let _slot = Slot::take(&self.inner)?;
         let id = session_id();
+        // Never the resource id: this one is published (see `RaisedHand::viewer`).
+        let viewer = session_id();
         let last_heard = Arc::new(Mutex::new(Instant::now()));
-        let (bin, webrtcbin) = self
-            .build_branch(&id, &video, opus, playout_delay, skipped)
+        let (bin, webrtcbin, rung_state) = self
+            .build_branch(&id, &viewer, &video, opus, playout_delay, skipped)
             .map_err(|e| WhepError::Negotiation(e.to_string()))?;
 
         self.inner
@@ -404,19 +521,27 @@ impl WhepOutput {
                 return Err(torn_down(self, e));
             }
         };
-        if let Err(e) = watch_rtcp(&webrtcbin, &last_heard) {
+        if let Err(e) = watch_rtcp(&webrtcbin, &last_heard, rung_state.clone()) {
             return Err(torn_down(self, e));
         }
 
         let mut tee_pads: Vec<(gst::Element, gst::Pad)> = Vec::new();
-        let mut feeds = vec![(&video_tee, "video")];
-        if let (Some(audio_tee), Some(_)) = (&self.inner.audio_tee, opus) {
-            feeds.push((audio_tee, "audio"));
+        let mut feeds = vec![(video_tee.clone(), "video".to_string())];
+        if let (Some(_), Some((_, tees))) = (&rung_state, &self.inner.ladder) {
+            feeds.extend(
+                tees.iter()
+                    .enumerate()
+                    .skip(1)
+                    .map(|(rung, tee)| (tee.clone(), format!("video_{rung}"))),
+            );
         }
-        for (tee, ghost) in feeds {
+        if let (Some(audio_tee), Some(_)) = (&self.inner.audio_tee, opus) {
+            feeds.push((audio_tee.clone(), "audio".to_string()));
+        }
+        for (tee, ghost) in &feeds {
             let linked = tee.request_pad_simple("src_%u").and_then(|pad| {
                 tee_pads.push((tee.clone(), pad.clone()));
-                let sink = bin.static_pad(ghost).expect("ghost pad");
+                let sink = bin.static_pad(ghost)?;
                 pad.link(&sink).ok()
             });
             if linked.is_none() {
@@ -429,12 +554,23 @@ impl WhepOutput {
                 ));
             }
         }
-        let tee_pad = tee_pads[0].1.clone();
+        let rungs = rung_state.map(|state| {
+            let count = state.ladder.len();
+            let pads: Vec<gst::Pad> = tee_pads[..count].iter().map(|(_, p)| p.clone()).collect();
+            (state, pads)
+        });
+        // The viewer starts on its selector's start rung: that rung's key frame is the one it
+        // needs.
+        let start = rungs
+            .as_ref()
+            .map_or(0, |(state, _)| state.current.load(Ordering::Acquire));
+        let tee_pad = tee_pads[start].1.clone();
         let connected = Arc::new(AtomicBool::new(false));
         self.watch_ice(&id, &webrtcbin, &tee_pad, &connected);
         let reported = Arc::new(Mutex::new(None));
         let channel = Arc::new(Mutex::new(None));
-        self.serve_data_channel(&webrtcbin, &reported, &channel);
+        let pin_to = rungs.as_ref().map(|(state, _)| Arc::downgrade(state));
+        self.serve_data_channel(&webrtcbin, &viewer, &reported, &channel, pin_to);
         let mut sessions = self.inner.sessions.lock().unwrap();
         if self.inner.closed.load(Ordering::SeqCst) {
             // The output shut down while this offer was negotiated: its branch goes with it
@@ -460,6 +596,7 @@ impl WhepOutput {
                 last_heard,
                 reported,
                 channel,
+                rungs,
             },
         );
         let count = sessions.len();
@@ -530,14 +667,16 @@ impl WhepOutput {
         }
     }
 
+    #[allow(clippy::type_complexity)]
     fn build_branch(
         &self,
         id: &str,
+        viewer: &str,
         video: &VideoFormat,
         opus_payload_type: Option<u32>,
         playout_delay: Option<(u32, PlayoutDelayMs)>,
         skipped: Skipped,
-    ) -> Result<(gst::Bin, gst::Element), gst::glib::BoolError> {
+    ) -> Result<(gst::Bin, gst::Element, Option<Arc<RungState>>), gst::glib::BoolError> {
         let bin = gst::Bin::with_name(&format!("whep-{id}"));
         let queue = self.viewer_queue()?;
         // The SSRC is chosen here and written into the caps webrtcbin answers from: the answer
@@ -647,10 +786,33 @@ impl WhepOutput {
             .expect("capssetter/identity src")
             .link(&sink)
             .map_err(|e| gst::glib::bool_error!("linking to webrtcbin: {e}"))?;
-        let ghost = gst::GhostPad::builder_with_target(&queue.static_pad("sink").expect("queue"))?
-            .name("video")
-            .build();
-        bin.add_pad(&ghost)?;
+        let ladder = match (video, &self.inner.ladder) {
+            (VideoFormat::H264 { .. }, Some((ladder, _))) => Some(ladder.clone()),
+            _ => None,
+        };
+        let rung_state = match ladder {
+            None => {
+                let ghost =
+                    gst::GhostPad::builder_with_target(&queue.static_pad("sink").expect("queue"))?
+                        .name("video")
+                        .build();
+                bin.add_pad(&ghost)?;
+                None
+            }
+            Some(ladder) => {
+                let mut config = SelectorConfig::new(ladder.clone());
+                // Opus at its default rate goes to the viewer too.
+                config.other_bps = opus_payload_type.map_or(0, |_| 64_000);
+                let state = Arc::new(RungState::new(
+                    ladder,
+                    RungSelector::new(config),
+                    viewer.to_string(),
+                    ssrc,
+                ));
+                self.add_rung_switch(&bin, &queue, &pay, &state)?;
+                Some(state)
+            }
+        };
 
         if let Some(pt) = opus_payload_type {
             let queue = self.viewer_queue()?;
@@ -679,7 +841,64 @@ impl WhepOutput {
                     .build();
             bin.add_pad(&ghost)?;
         }
-        Ok((bin, webrtcbin))
+        Ok((bin, webrtcbin, rung_state))
+    }
+
+    /// A ghost pad per rung (`video`, `video_1`, ...) into a funnel in front of `queue`, with
+    /// the probes that let only the viewer's rung through (see [`crate::rungs`]); and a count of
+    /// what `pay` sends, for the throughput the viewer's reports confirm.
+    fn add_rung_switch(
+        &self,
+        bin: &gst::Bin,
+        queue: &gst::Element,
+        pay: &gst::Element,
+        state: &Arc<RungState>,
+    ) -> Result<(), gst::glib::BoolError> {
+        // The new rung's caps (resolution, SPS) are re-sent when its first buffer passes, so
+        // the payloader and webrtcbin follow without renegotiation.
+        let funnel = gst::ElementFactory::make("funnel")
+            .property("forward-sticky-events", true)
+            .build()?;
+        bin.add(&funnel)?;
+        funnel.link(queue)?;
+        for rung in 0..state.ladder.len() {
+            let sink = funnel
+                .request_pad_simple("sink_%u")
+                .ok_or_else(|| gst::glib::bool_error!("funnel gave no sink pad"))?;
+            let weak = Arc::downgrade(state);
+            sink.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                let Some(buffer) = info.buffer() else {
+                    return gst::PadProbeReturn::Ok;
+                };
+                let key = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+                match weak.upgrade() {
+                    Some(state) if state.admit(rung, key) => gst::PadProbeReturn::Ok,
+                    _ => gst::PadProbeReturn::Drop,
+                }
+            });
+            let name = match rung {
+                0 => "video".to_string(),
+                n => format!("video_{n}"),
+            };
+            let ghost = gst::GhostPad::builder_with_target(&sink)?
+                .name(name)
+                .build();
+            bin.add_pad(&ghost)?;
+        }
+        let weak = Arc::downgrade(state);
+        pay.static_pad("src").expect("payloader src").add_probe(
+            gst::PadProbeType::BUFFER,
+            move |_, info| {
+                if let (Some(buffer), Some(state)) = (info.buffer(), weak.upgrade()) {
+                    state
+                        .sent_bytes
+                        .fetch_add(buffer.size() as u64, Ordering::Relaxed);
+                    state.sent_packets.fetch_add(1, Ordering::Relaxed);
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+        Ok(())
     }
 
     /// A slow viewer loses media rather than holding the others back.
@@ -701,23 +920,32 @@ impl WhepOutput {
     fn serve_data_channel(
         &self,
         webrtcbin: &gst::Element,
+        viewer: &str,
         reported: &Arc<Mutex<Option<ViewerLatency>>>,
         opened: &Arc<Mutex<Option<gst_webrtc::WebRTCDataChannel>>>,
+        rungs: Option<Weak<RungState>>,
     ) {
         let opened = opened.clone();
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        // Never the resource id: this one is published (see `RaisedHand::viewer`).
-        let viewer = session_id();
+        let viewer = viewer.to_string();
         let reported = reported.clone();
         webrtcbin.connect("on-data-channel", false, move |values| {
             let channel = values[1].get::<gst_webrtc::WebRTCDataChannel>().ok()?;
             *opened.lock().unwrap() = Some(channel.clone());
             let (weak, viewer, reported) = (weak.clone(), viewer.clone(), reported.clone());
+            let rungs = rungs.clone();
             channel.connect("on-message-string", false, move |values| {
                 let channel = values[0].get::<gst_webrtc::WebRTCDataChannel>().ok()?;
                 let message = values[1].get::<Option<String>>().ok()??;
                 if let Some(latency) = latency_report(&message) {
                     *reported.lock().unwrap() = Some(latency);
+                    return None;
+                }
+                if let Some(pin) = quality_pin(&message) {
+                    // The answer is the next `rung` message, not an echo.
+                    if let Some(state) = rungs.as_ref().and_then(Weak::upgrade) {
+                        state.pin(pin);
+                    }
                     return None;
                 }
                 // Echo first: the round trip measures the interaction path, not our bookkeeping.
@@ -833,7 +1061,11 @@ fn sendonly_pad(
 
 /// Records the arrival of every RTCP packet from the viewer (receiver reports, NACK, PLI): the
 /// proof that it is still there.
-fn watch_rtcp(webrtcbin: &gst::Element, last_heard: &Arc<Mutex<Instant>>) -> Result<(), String> {
+fn watch_rtcp(
+    webrtcbin: &gst::Element,
+    last_heard: &Arc<Mutex<Instant>>,
+    rungs: Option<Arc<RungState>>,
+) -> Result<(), String> {
     let rtpbin = webrtcbin
         .downcast_ref::<gst::Bin>()
         .and_then(|b| {
@@ -848,8 +1080,16 @@ fn watch_rtcp(webrtcbin: &gst::Element, last_heard: &Arc<Mutex<Instant>>) -> Res
         .emit_by_name::<Option<gst::glib::Object>>("get-internal-session", &[&0u32])
         .ok_or("no RTP session after negotiation")?;
     let heard = last_heard.clone();
-    session.connect("on-receiving-rtcp", false, move |_| {
+    let rungs = rungs.map(|state| Arc::downgrade(&state));
+    session.connect("on-receiving-rtcp", false, move |values| {
         *heard.lock().unwrap() = Instant::now();
+        // The viewer's receiver reports feed its rung selector.
+        if let Some(state) = rungs.as_ref().and_then(Weak::upgrade)
+            && let Some(Ok(buffer)) = values.get(1).map(|v| v.get::<gst::Buffer>())
+            && let Ok(map) = buffer.map_readable()
+        {
+            state.read_rtcp(&map);
+        }
         None
     });
     Ok(())
@@ -883,14 +1123,16 @@ pub fn hand_text(message: &str) -> Option<String> {
     Some(text.chars().take(MAX_HAND_TEXT).collect())
 }
 
-/// Tears down sessions whose viewer fell silent. Ends when the output is dropped.
+/// Tears down sessions whose viewer fell silent, and ticks the rung selectors. Ends when the
+/// output is dropped.
 fn spawn_watchdog(inner: Weak<Inner>) {
     std::thread::spawn(move || {
         loop {
-            std::thread::sleep(Duration::from_millis(500));
+            std::thread::sleep(RUNG_TICK);
             let Some(inner) = inner.upgrade() else {
                 return;
             };
+            tick_rungs(&inner);
             let timeout = inner.config.viewer_timeout;
             let connect_timeout = inner.config.connect_timeout;
             let silent: Vec<Session> = {
@@ -916,10 +1158,73 @@ fn spawn_watchdog(inner: Weak<Inner>) {
     });
 }
 
+/// How often the rung selectors are fed (and silent viewers looked for).
+const RUNG_TICK: Duration = Duration::from_millis(250);
+
+/// Feeds every ladder session's selector what its viewer reported, then does what it decided:
+/// asks the target rung for a key frame, tells the page and the hook of a completed switch.
+/// The session table is only read under its lock; the GStreamer calls come after.
+fn tick_rungs(inner: &Inner) {
+    if inner.ladder.is_none() {
+        return;
+    }
+    type Ticked = (
+        Arc<RungState>,
+        Vec<gst::Pad>,
+        Option<gst_webrtc::WebRTCDataChannel>,
+    );
+    let ladder_sessions: Vec<Ticked> = inner
+        .sessions
+        .lock()
+        .unwrap()
+        .values()
+        .filter_map(|s| {
+            let (state, pads) = s.rungs.as_ref()?;
+            let channel = s.channel.lock().unwrap().clone();
+            Some((state.clone(), pads.clone(), channel))
+        })
+        .collect();
+    let hook = inner.on_switch.lock().unwrap().clone();
+    for (state, pads, channel) in ladder_sessions {
+        let actions = state.tick();
+        if let Some(pad) = actions.key_frame.and_then(|rung| pads.get(rung)) {
+            request_key_frame(pad);
+        }
+        let open = channel.as_ref().filter(|c| {
+            c.property::<gst_webrtc::WebRTCDataChannelState>("ready-state")
+                == gst_webrtc::WebRTCDataChannelState::Open
+        });
+        // A page that opened its channel after the first tick still learns its rung.
+        let message = match open {
+            Some(_) if !state.told.swap(true, Ordering::Relaxed) => Some(state.message()),
+            _ => actions.message,
+        };
+        if let (Some(channel), Some(message)) = (open, message)
+            && channel.property::<u64>("buffered-amount") < MAX_ECHO_BACKLOG
+        {
+            channel.emit_by_name::<()>("send-string", &[&Some(message.as_str())]);
+        }
+        if let Some(switch) = actions.switched {
+            inner.switches_total.fetch_add(1, Ordering::Relaxed);
+            gst::debug!(
+                crate::CAT,
+                "a viewer went from rung {} to {} ({}), {:?} after the request",
+                switch.from,
+                switch.to,
+                switch.reason,
+                actions.switch_time.unwrap_or_default()
+            );
+            if let Some(hook) = &hook {
+                hook(switch);
+            }
+        }
+    }
+}
+
 /// Gives the heap pages freed by torn-down sessions back to the system. A session holds about
 /// 1 MB (DTLS, SRTP, RTX storage, queues) spread over many threads' malloc arenas; glibc keeps
 /// what they free, so after a crowd of viewers leaves the process would stay at its peak.
-/// Called from the watchdog thread, at most every 500 ms, never from a streaming thread.
+/// Called from the watchdog thread, at most every [`RUNG_TICK`], never from a streaming thread.
 fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim has no preconditions; it only returns free pages to the kernel.

@@ -1,0 +1,475 @@
+//! Per-viewer rungs of a ladder encoded once: real webrtcbin viewers over loopback ICE in a
+//! network namespace of their own, switched between three x264 rungs on one continuous track.
+
+mod common;
+
+use common::init;
+use gst::prelude::*;
+use hybridlive_ladder::Rung;
+use hybridlive_testkit::{eventually, eventually_explained, in_private_netns};
+use hybridlive_webrtc::{RungSwitch, WhepConfig, WhepOutput, add_local_address};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The test ladder: the default viewer ladder's bitrates (what the selector reasons with) at a
+/// quarter of its sizes, to spare the machine.
+const RUNGS: [(u32, u32, u64); 3] = [
+    (640, 360, 2_500_000),
+    (320, 180, 700_000),
+    (160, 90, 200_000),
+];
+
+/// A live source scaled and encoded once per rung, as the runner's ladder encoder does: one
+/// key-frame interval for all, a key-frame request reaching any rung's tee forces one on
+/// every rung (so IDRs stay aligned), each rung on a tee `r0`, `r1`, `r2`.
+fn ladder_source() -> gst::Pipeline {
+    init();
+    let mut description = String::from(
+        "videotestsrc is-live=true pattern=ball ! \
+         video/x-raw,format=I420,width=640,height=360,framerate=30/1 ! \
+         latencystamp ! tee name=raw ",
+    );
+    for (i, (width, height, bps)) in RUNGS.iter().enumerate() {
+        description.push_str(&format!(
+            "raw. ! queue max-size-buffers=2 ! videoscale ! video/x-raw,width={width},height={height} ! \
+             x264enc name=e{i} tune=zerolatency speed-preset=ultrafast key-int-max=30 \
+             option-string=scenecut=0 bitrate={} ! video/x-h264,profile=constrained-baseline ! \
+             h264parse name=p{i} config-interval=-1 ! \
+             video/x-h264,stream-format=byte-stream,alignment=au ! \
+             latencystamp mode=sei stream-id=rung{i} ! tee name=r{i} allow-not-linked=true ",
+            bps / 1000
+        ));
+    }
+    let pipeline = gst::parse::launch(&description)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let encoders: Vec<gst::Pad> = (0..RUNGS.len())
+        .map(|i| {
+            pipeline
+                .by_name(&format!("e{i}"))
+                .unwrap()
+                .static_pad("src")
+                .unwrap()
+        })
+        .collect();
+    for i in 0..RUNGS.len() {
+        let others: Vec<gst::Pad> = encoders
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, pad)| pad.clone())
+            .collect();
+        // Below the parser, so the copies sent into the other encoders never come back here.
+        let parser = pipeline.by_name(&format!("p{i}")).unwrap();
+        parser.static_pad("src").unwrap().add_probe(
+            gst::PadProbeType::EVENT_UPSTREAM,
+            move |_, info| {
+                if let Some(event) = info.event()
+                    && gst_video::UpstreamForceKeyUnitEvent::parse(event).is_ok()
+                {
+                    for pad in &others {
+                        pad.send_event(event.clone());
+                    }
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+    }
+    pipeline
+}
+
+fn ladder_output(pipeline: &gst::Pipeline) -> WhepOutput {
+    let rungs = RUNGS
+        .iter()
+        .enumerate()
+        .map(|(i, &(width, height, bps))| {
+            (
+                Rung {
+                    width,
+                    height,
+                    framerate: Some((30, 1)),
+                    min_bps: bps,
+                    max_bps: bps,
+                },
+                pipeline.by_name(&format!("r{i}")).unwrap(),
+            )
+        })
+        .collect();
+    let output = WhepOutput::with_ladder(
+        pipeline,
+        rungs,
+        None,
+        None,
+        WhepConfig {
+            loopback_ice: true,
+            // The switches below wait on key frames: do not hold their requests back long.
+            min_key_frame_interval: Duration::from_millis(200),
+            ..Default::default()
+        },
+    );
+    pipeline.set_state(gst::State::Playing).unwrap();
+    output
+}
+
+/// What a viewer saw.
+#[derive(Default)]
+struct Seen {
+    /// Decoded (or parsed) frame sizes, one entry per change, with the frames count then.
+    sizes: Vec<(i32, i32, u64)>,
+    ssrcs: Vec<u32>,
+    last_seq: Option<u16>,
+    /// Packets whose sequence number did not follow the one before.
+    seq_gaps: u64,
+    errors: Vec<String>,
+    /// `rung` messages from the server.
+    messages: Vec<serde_json::Value>,
+}
+
+/// A receive-only webrtcbin viewer with a data channel, that decodes (or only parses) the
+/// video and records the sizes, the RTP stream and any error.
+struct RungViewer {
+    pipeline: gst::Pipeline,
+    webrtcbin: gst::Element,
+    channel: gst_webrtc::WebRTCDataChannel,
+    frames: Arc<AtomicU64>,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl RungViewer {
+    fn new(decode: bool) -> Self {
+        let pipeline = gst::Pipeline::new();
+        let webrtcbin = gst::ElementFactory::make("webrtcbin")
+            .property_from_str("bundle-policy", "max-bundle")
+            .build()
+            .unwrap();
+        add_local_address(&webrtcbin, "127.0.0.1").unwrap();
+        pipeline.add(&webrtcbin).unwrap();
+        let caps = gst::Caps::builder("application/x-rtp")
+            .field("media", "video")
+            .field("encoding-name", "H264")
+            .field("clock-rate", 90000i32)
+            .field("payload", 102i32)
+            .field("packetization-mode", "1")
+            .field("profile-level-id", "42e01f")
+            .build();
+        webrtcbin.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
+            "add-transceiver",
+            &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &caps],
+        );
+        let frames = Arc::new(AtomicU64::new(0));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let (pipe, counter, record) = (pipeline.downgrade(), frames.clone(), seen.clone());
+        webrtcbin.connect_pad_added(move |_, pad| {
+            let Some(pipeline) = pipe.upgrade() else {
+                return;
+            };
+            let description = if decode {
+                "rtph264depay name=depay ! h264parse ! avdec_h264 name=out ! fakesink name=sink async=false"
+            } else {
+                "rtph264depay name=depay ! h264parse name=out ! fakesink name=sink async=false"
+            };
+            let bin = gst::parse::bin_from_description(description, true).unwrap();
+            pipeline.add(&bin).unwrap();
+            bin.sync_state_with_parent().unwrap();
+            let depay = bin.by_name("depay").unwrap().static_pad("sink").unwrap();
+            let rtp = record.clone();
+            depay.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                if let Some(buffer) = info.buffer()
+                    && let Ok(packet) = gst_rtp::RTPBuffer::from_buffer_readable(buffer)
+                {
+                    let mut seen = rtp.lock().unwrap();
+                    let (ssrc, seq) = (packet.ssrc(), packet.seq());
+                    if !seen.ssrcs.contains(&ssrc) {
+                        seen.ssrcs.push(ssrc);
+                    }
+                    if seen.last_seq.is_some_and(|last| last.wrapping_add(1) != seq) {
+                        seen.seq_gaps += 1;
+                    }
+                    seen.last_seq = Some(seq);
+                }
+                gst::PadProbeReturn::Ok
+            });
+            let out = bin.by_name("out").unwrap().static_pad("src").unwrap();
+            let (sizes, count) = (record.clone(), counter.clone());
+            out.add_probe(
+                gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+                move |pad, info| {
+                    if info.buffer().is_some() {
+                        count.fetch_add(1, Ordering::SeqCst);
+                    } else if let Some(gst::EventView::Caps(caps)) =
+                        info.event().map(|e| e.view())
+                        && let Some(s) = caps.caps().structure(0)
+                        && let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height"))
+                    {
+                        let mut seen = sizes.lock().unwrap();
+                        if seen.sizes.last().is_none_or(|&(lw, lh, _)| (lw, lh) != (w, h)) {
+                            let n = count.load(Ordering::SeqCst);
+                            seen.sizes.push((w, h, n));
+                        }
+                        let _ = pad;
+                    }
+                    gst::PadProbeReturn::Ok
+                },
+            );
+            pad.link(&bin.static_pad("sink").unwrap()).unwrap();
+        });
+        // webrtcbin makes data channels only once it runs.
+        pipeline.set_state(gst::State::Playing).unwrap();
+        let channel = webrtcbin.emit_by_name::<gst_webrtc::WebRTCDataChannel>(
+            "create-data-channel",
+            &[&"interaction", &None::<gst::Structure>],
+        );
+        let messages = seen.clone();
+        channel.connect("on-message-string", false, move |values| {
+            let text = values[1].get::<Option<String>>().ok()??;
+            if let Ok(value) = serde_json::from_str::<serde_json::Value>(&text)
+                && value["type"] == "rung"
+            {
+                messages.lock().unwrap().messages.push(value);
+            }
+            None
+        });
+        let errors = seen.clone();
+        let bus = pipeline.bus().unwrap();
+        bus.set_sync_handler(move |_, message| {
+            if let gst::MessageView::Error(err) = message.view() {
+                errors.lock().unwrap().errors.push(format!(
+                    "{}: {}",
+                    err.src().map(|s| s.path_string()).unwrap_or_default(),
+                    err.error()
+                ));
+            }
+            gst::BusSyncReply::Drop
+        });
+        RungViewer {
+            pipeline,
+            webrtcbin,
+            channel,
+            frames,
+            seen,
+        }
+    }
+
+    /// Offers, takes the answer, and reports every second as browsers do.
+    fn connect(&self, output: &WhepOutput) -> String {
+        let promise = gst::Promise::new();
+        self.webrtcbin
+            .emit_by_name::<()>("create-offer", &[&None::<gst::Structure>, &promise]);
+        promise.wait();
+        let offer = promise
+            .get_reply()
+            .unwrap()
+            .get::<gst_webrtc::WebRTCSessionDescription>("offer")
+            .unwrap();
+        let offer = hybridlive_webrtc::set_local_description(
+            &self.webrtcbin,
+            &offer,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let answer = output.offer(&offer).expect("an answer");
+        let sdp = gst_sdp::SDPMessage::parse_buffer(answer.sdp.as_bytes()).unwrap();
+        let description =
+            gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Answer, sdp);
+        let promise = gst::Promise::new();
+        self.webrtcbin
+            .emit_by_name::<()>("set-remote-description", &[&description, &promise]);
+        promise.wait();
+        let rtpbin = self
+            .webrtcbin
+            .downcast_ref::<gst::Bin>()
+            .unwrap()
+            .iterate_elements()
+            .into_iter()
+            .filter_map(Result::ok)
+            .find(|e| e.factory().is_some_and(|f| f.name() == "rtpbin"))
+            .unwrap();
+        let session = rtpbin.emit_by_name::<gst::glib::Object>("get-internal-session", &[&0u32]);
+        session.set_property("rtcp-min-interval", 1_000_000_000u64);
+        answer.id
+    }
+
+    /// Sends `message` once the data channel is open.
+    fn send(&self, message: &str) {
+        eventually(Duration::from_secs(20), "the data channel to open", || {
+            (self
+                .channel
+                .property::<gst_webrtc::WebRTCDataChannelState>("ready-state")
+                == gst_webrtc::WebRTCDataChannelState::Open)
+                .then_some(())
+        });
+        self.channel
+            .emit_by_name::<()>("send-string", &[&Some(message)]);
+    }
+
+    fn frames(&self) -> u64 {
+        self.frames.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `frames` more frames of `height` came out; returns when the first did.
+    fn wait_height(&self, height: i32, frames: u64) {
+        eventually_explained(
+            Duration::from_secs(30),
+            || {
+                let seen = self.seen.lock().unwrap();
+                let &(_, h, at) = seen.sizes.last()?;
+                (h == height && self.frames() >= at + frames).then_some(())
+            },
+            || {
+                let seen = self.seen.lock().unwrap();
+                format!(
+                    "no {frames} frames of height {height}: sizes {:?}, {} frames, errors {:?}",
+                    seen.sizes,
+                    self.frames(),
+                    seen.errors
+                )
+            },
+        );
+    }
+}
+
+impl Drop for RungViewer {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+#[test]
+fn a_pinned_viewer_is_switched_between_rungs_on_one_continuous_track() {
+    if !in_private_netns("a_pinned_viewer_is_switched_between_rungs_on_one_continuous_track") {
+        return;
+    }
+    let pipeline = ladder_source();
+    let output = ladder_output(&pipeline);
+    let switches: Arc<Mutex<Vec<RungSwitch>>> = Arc::default();
+    let heard = switches.clone();
+    output.on_rung_switch(Box::new(move |switch| heard.lock().unwrap().push(switch)));
+
+    let viewer = RungViewer::new(true);
+    let id = viewer.connect(&output);
+    // Without a bandwidth estimate the viewer starts, and stays, on the 700 kbit/s rung.
+    viewer.wait_height(180, 30);
+    eventually(
+        Duration::from_secs(20),
+        "the page to learn its rung",
+        || {
+            let seen = viewer.seen.lock().unwrap();
+            let last = seen.messages.last()?;
+            (last["rung"] == 1 && last["auto"] == true && last["height"] == 180).then_some(())
+        },
+    );
+
+    let mut took = Vec::new();
+    for (rung, height) in [(0, 360), (2, 90), (0, 360)] {
+        let asked = Instant::now();
+        viewer.send(&format!(r#"{{"type":"quality","rung":{rung}}}"#));
+        viewer.wait_height(height, 0);
+        took.push(asked.elapsed());
+        viewer.wait_height(height, 30);
+    }
+    eprintln!("pin to frames of the new rung decoded: {took:?} (key-frame interval 1 s)");
+
+    let seen = viewer.seen.lock().unwrap();
+    let heights: Vec<i32> = seen.sizes.iter().map(|&(_, h, _)| h).collect();
+    assert_eq!(heights, vec![180, 360, 90, 360], "{:?}", seen.sizes);
+    assert_eq!(seen.ssrcs.len(), 1, "one track: {:?}", seen.ssrcs);
+    assert_eq!(seen.seq_gaps, 0, "sequence numbers run on across switches");
+    assert!(seen.errors.is_empty(), "{:?}", seen.errors);
+    let told = seen.messages.last().unwrap();
+    assert_eq!(
+        (told["rung"].as_u64(), told["auto"].as_bool()),
+        (Some(0), Some(false))
+    );
+    drop(seen);
+
+    let info = output.sessions().pop().unwrap();
+    let rung = info.rung.expect("a ladder session reports its rung");
+    assert_eq!((rung.rung, rung.height, rung.pinned), (0, 360, Some(0)));
+    assert_eq!(rung.switches, 3);
+    let heard = eventually(
+        Duration::from_secs(10),
+        "the hook to hear 3 switches",
+        || {
+            let heard = switches.lock().unwrap().clone();
+            (heard.len() == 3).then_some(heard)
+        },
+    );
+    let path: Vec<(usize, usize, &str)> = heard.iter().map(|s| (s.from, s.to, s.reason)).collect();
+    assert_eq!(path, vec![(1, 0, "pin"), (0, 2, "pin"), (2, 0, "pin")]);
+    assert!(heard.iter().all(|s| s.viewer != id && !s.viewer.is_empty()));
+    assert_eq!(output.rung_counts().viewers, vec![1, 0, 0]);
+    assert_eq!(output.rung_counts().switches_total, 3);
+
+    // Back to automatic: the page is told so.
+    viewer.send(r#"{"type":"quality","rung":null}"#);
+    eventually(Duration::from_secs(10), "auto to be confirmed", || {
+        let seen = viewer.seen.lock().unwrap();
+        (seen.messages.last()?["auto"] == true).then_some(())
+    });
+    output.close_all();
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn one_viewer_forced_down_leaves_the_others_rung_alone_and_reports_feed_the_selector() {
+    if !in_private_netns(
+        "one_viewer_forced_down_leaves_the_others_rung_alone_and_reports_feed_the_selector",
+    ) {
+        return;
+    }
+    let pipeline = ladder_source();
+    let output = ladder_output(&pipeline);
+    let (down, other) = (RungViewer::new(false), RungViewer::new(false));
+    let down_id = down.connect(&output);
+    let other_id = other.connect(&output);
+    down.wait_height(180, 30);
+    other.wait_height(180, 30);
+
+    down.send(r#"{"type":"quality","rung":2}"#);
+    down.wait_height(90, 60);
+    let other_before = other.frames();
+    eventually(Duration::from_secs(20), "the other viewer to go on", || {
+        (other.frames() > other_before + 30).then_some(())
+    });
+    let heights: Vec<i32> = other
+        .seen
+        .lock()
+        .unwrap()
+        .sizes
+        .iter()
+        .map(|s| s.1)
+        .collect();
+    assert_eq!(heights, vec![180], "the other viewer stays on its rung");
+    let rung_of = |id: &str| {
+        output
+            .sessions()
+            .into_iter()
+            .find(|s| s.id == id)
+            .and_then(|s| s.rung)
+            .unwrap()
+    };
+    assert_eq!(rung_of(&down_id).rung, 2);
+    assert_eq!(rung_of(&other_id).rung, 1);
+    assert_eq!(rung_of(&other_id).switches, 0);
+    assert_eq!(output.rung_counts().viewers, vec![0, 1, 1]);
+
+    // The viewers' receiver reports reach the selector: loss (none here), round trip and
+    // what got through.
+    let fed = eventually(Duration::from_secs(20), "the selector to be fed", || {
+        let status = rung_of(&other_id);
+        (status.loss.is_some() && status.rtt.is_some() && status.throughput_bps.is_some())
+            .then_some(status)
+    });
+    assert!(fed.loss.unwrap() < 0.05, "{fed:?}");
+    assert!(fed.rtt.unwrap() < Duration::from_secs(1), "{fed:?}");
+    assert!(fed.throughput_bps.unwrap() > 0, "{fed:?}");
+    for viewer in [&down, &other] {
+        let seen = viewer.seen.lock().unwrap();
+        assert_eq!(seen.ssrcs.len(), 1);
+        assert!(seen.errors.is_empty(), "{:?}", seen.errors);
+    }
+    output.close_all();
+    pipeline.set_state(gst::State::Null).unwrap();
+}
