@@ -124,7 +124,10 @@ impl LadderKeys {
             move |_, info| match info.event() {
                 Some(event) if gst_video::UpstreamForceKeyUnitEvent::parse(event).is_ok() => {
                     schedule.request();
-                    gst::PadProbeReturn::Drop
+                    // Taken and handled here: returning Drop for an upstream event made
+                    // GStreamer 1.22 unref it twice (a CRITICAL per request).
+                    let _ = info.data.take();
+                    gst::PadProbeReturn::Handled
                 }
                 _ => gst::PadProbeReturn::Ok,
             },

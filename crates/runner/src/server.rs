@@ -414,6 +414,36 @@ fn status(run: &dyn Control, host: bool) -> serde_json::Value {
             "viewers": whep.session_count(),
             "raised_hands": hands,
         });
+        // Each viewer's rung, when the output serves a ladder: figures only, in no particular
+        // order, without the session's id (its credential) or address.
+        let rungs: Vec<serde_json::Value> = whep
+            .sessions()
+            .into_iter()
+            .filter_map(|s| s.rung)
+            .map(|r| {
+                serde_json::json!({
+                    "rung": r.rung,
+                    "width": r.width,
+                    "height": r.height,
+                    "bitrate_bps": r.bitrate,
+                    "target": r.target,
+                    "estimate_bps": r.estimate_bps,
+                    "throughput_bps": r.throughput_bps,
+                    "loss": r.loss,
+                    "rtt_ms": r.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    "switches": r.switches,
+                    "pinned": r.pinned,
+                    "pin_overridden": r.pin_overridden,
+                    "reason": r.reason,
+                })
+            })
+            .collect();
+        let counts = whep.rung_counts();
+        if !counts.viewers.is_empty() {
+            status["webrtc"]["sessions"] = serde_json::Value::Array(rungs);
+            status["webrtc"]["viewers_per_rung"] = serde_json::json!(counts.viewers);
+            status["webrtc"]["rung_switches"] = serde_json::json!(counts.switches_total);
+        }
     }
     status
 }
@@ -754,6 +784,24 @@ pub fn metrics(run: &dyn Control) -> String {
             whep.session_count(),
             &whep.viewer_latencies(),
         ));
+        let counts = whep.rung_counts();
+        if !counts.viewers.is_empty() {
+            out.push_str("# HELP hybridlive_webrtc_rung_viewers WebRTC viewers receiving each rung of the ladder (0 the highest).\n");
+            out.push_str("# TYPE hybridlive_webrtc_rung_viewers gauge\n");
+            for (rung, viewers) in counts.viewers.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "hybridlive_webrtc_rung_viewers{{rung=\"{rung}\"}} {viewers}"
+                );
+            }
+            out.push_str("# HELP hybridlive_webrtc_rung_switches_total Rung switches completed by WebRTC viewers.\n");
+            out.push_str("# TYPE hybridlive_webrtc_rung_switches_total counter\n");
+            let _ = writeln!(
+                out,
+                "hybridlive_webrtc_rung_switches_total {}",
+                counts.switches_total
+            );
+        }
         let branches = whep.branches();
         out.push_str("# HELP hybridlive_webrtc_branches webrtcbin elements in the WebRTC output's pipeline (one per session; more means a leak).\n");
         out.push_str("# TYPE hybridlive_webrtc_branches gauge\n");

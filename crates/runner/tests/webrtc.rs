@@ -310,3 +310,99 @@ loopback_only = true
     assert!(answer.text().contains("H264/90000"), "{}", answer.text());
     assert!(!answer.text().contains("VP8"), "{}", answer.text());
 }
+
+/// A ladder encoder (three rungs) behind the webrtc output: Chromium decodes the rung the
+/// status says the viewer is on, the metrics count it, and the status names no session.
+#[test]
+fn a_ladder_viewer_decodes_the_rung_the_status_reports() {
+    if !in_private_netns("a_ladder_viewer_decodes_the_rung_the_status_reports") {
+        return;
+    }
+    let dir = scratch_dir("runner-test", "webrtc-ladder");
+    let file = dir.join("ladder.toml");
+    std::fs::write(
+        &file,
+        r#"
+[sources.cam]
+type = "test"
+width = 1280
+height = 720
+framerate = 30
+
+[encoders.video]
+type = "h264"
+inputs = ["cam"]
+rungs = ["1280x720@30:2500", "640x360@30:700", "320x180@30:200"]
+
+[encoders.voice]
+type = "opus"
+inputs = ["cam"]
+
+[outputs.webrtc]
+type = "webrtc"
+inputs = ["video", "voice"]
+loopback_only = true
+"#,
+    )
+    .unwrap();
+    let runner = test_runner(&file, &dir).start();
+    // Every rung is encoded: each has its own encoder rate in the status.
+    let status = eventually(Duration::from_secs(30), "every rung encodes", || {
+        let status = runner.get("/api/status").json();
+        let rates = &status["encoders"];
+        ["video", "video@1", "video@2"]
+            .iter()
+            .all(|name| rates[name]["kbps"].as_f64().is_some_and(|k| k > 0.0))
+            .then_some(status)
+    });
+    eprintln!("encoders: {}", status["encoders"]);
+    let result = viewer_page(
+        &runner.base,
+        "window.viewer && window.viewer.mode === 'webrtc' && window.viewer.player",
+        "(async () => { \
+               const until = performance.now() + 20000; \
+               let s = await window.viewer.player.stats(); \
+               while ((!s || s.framesDecoded < 60) && performance.now() < until) { \
+                 await new Promise((r) => setTimeout(r, 100)); \
+                 s = await window.viewer.player.stats(); } \
+               const status = await (await fetch('/api/status')).json(); \
+               const metrics = await (await fetch('/metrics')).text(); \
+               return { framesDecoded: s.framesDecoded, height: s.frameHeight, \
+                        status: status.webrtc, metrics }; })()",
+    );
+    let webrtc = &result["status"];
+    eprintln!(
+        "chromium on a ladder: decoded {} frames at {}p; status {webrtc}",
+        result["framesDecoded"], result["height"]
+    );
+    assert!(result["framesDecoded"].as_u64().unwrap() >= 60, "{result}");
+    let sessions = webrtc["sessions"].as_array().expect("sessions with rungs");
+    assert_eq!(sessions.len(), 1, "{webrtc}");
+    let session = &sessions[0];
+    assert_eq!(result["height"], session["height"], "{webrtc}");
+    // No session id, no address: the resource id ends the session.
+    let text = session.to_string();
+    assert!(
+        !text.contains("\"id\"") && !text.contains("127.0.0.1"),
+        "{text}"
+    );
+    let per_rung = webrtc["viewers_per_rung"]
+        .as_array()
+        .expect("viewers per rung");
+    assert_eq!(per_rung.len(), 3, "{webrtc}");
+    assert_eq!(
+        per_rung.iter().filter_map(|v| v.as_u64()).sum::<u64>(),
+        1,
+        "{webrtc}"
+    );
+    let metrics = result["metrics"].as_str().unwrap_or_default();
+    let counted: f64 = (0..3)
+        .filter_map(|r| {
+            metric(
+                metrics,
+                &format!("hybridlive_webrtc_rung_viewers{{rung=\"{r}\"}}"),
+            )
+        })
+        .sum();
+    assert_eq!(counted, 1.0, "{metrics}");
+}

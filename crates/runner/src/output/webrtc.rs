@@ -70,13 +70,15 @@ impl OutputFactory for Factory {
         }))
     }
 
-    fn prepare(&self, spec: &dyn OutputSpec, _cx: &Context<'_>) -> anyhow::Result<Box<dyn Kind>> {
+    fn prepare(&self, spec: &dyn OutputSpec, cx: &Context<'_>) -> anyhow::Result<Box<dyn Kind>> {
         let settings = settings::<WebrtcOutput>(spec)?;
-        Ok(Box::new(Webrtc::new(
+        let mut webrtc = Webrtc::new(
             settings.max_viewers,
             settings.loopback_only,
             settings.playout_delay_ms,
-        )))
+        );
+        webrtc.events = Some(cx.events.clone());
+        Ok(Box::new(webrtc))
     }
 }
 
@@ -135,6 +137,8 @@ struct Webrtc {
     playout_delay_ms: Option<[u32; 2]>,
     /// The WHEP sessions of the running pipeline.
     whep: Mutex<Option<hybridlive_webrtc::WhepOutput>>,
+    /// Where viewers' rung switches are told.
+    events: Option<crate::events::Events>,
 }
 
 impl Webrtc {
@@ -145,6 +149,7 @@ impl Webrtc {
             loopback_only,
             playout_delay_ms,
             whep: Mutex::new(None),
+            events: None,
         }
     }
 }
@@ -161,30 +166,79 @@ impl Kind for Webrtc {
     fn finish_build(&self, pipeline: &gst::Pipeline, inputs: &[Input]) -> anyhow::Result<()> {
         let audio = pipeline.by_name("audio").context("no audio tee")?;
         let audio_fed = audio.static_pad("sink").is_some_and(|pad| pad.is_linked());
-        // In the order of the inputs: the first codec a viewer offers wins.
-        let mut videos = Vec::new();
+        let config = hybridlive_webrtc::WhepConfig {
+            loopback_ice: self.loopback_only,
+            max_sessions: self.max_viewers as usize,
+            playout_delay: self
+                .playout_delay_ms
+                .map(|[min, max]| hybridlive_webrtc::PlayoutDelayMs { min, max }),
+            ..Default::default()
+        };
+        let audio = audio_fed.then_some(&audio);
+        // A ladder: every rung on a tee of its own, each viewer on one of them.
+        let mut rungs = Vec::new();
         for input in inputs {
-            let (codec, tee) = match input.kind {
-                EncoderKind::H264 { .. } => (hybridlive_webrtc::VideoCodec::H264, "video"),
-                EncoderKind::Vp8 { .. } => (hybridlive_webrtc::VideoCodec::Vp8, "video-vp8"),
-                _ => continue,
-            };
-            videos.push((codec, pipeline.by_name(tee).context("no video tee")?));
+            if let Some(rung) = &input.rung {
+                let tee = match rung.index {
+                    0 => "video".to_string(),
+                    index => tees::rung_tee_name(index),
+                };
+                let framerate = (rung.framerate.numerator, rung.framerate.denominator);
+                let bps = u64::from(rung.bitrate) * 1000;
+                rungs.push((
+                    hybridlive_ladder::Rung {
+                        width: rung.width,
+                        height: rung.height,
+                        framerate: Some(framerate),
+                        min_bps: bps,
+                        max_bps: bps,
+                    },
+                    pipeline.by_name(&tee).context("no rung tee")?,
+                ));
+            }
         }
-        let videos: Vec<_> = videos.iter().map(|(codec, tee)| (*codec, tee)).collect();
-        let whep = hybridlive_webrtc::WhepOutput::with_codecs(
-            pipeline,
-            &videos,
-            audio_fed.then_some(&audio),
-            hybridlive_webrtc::WhepConfig {
-                loopback_ice: self.loopback_only,
-                max_sessions: self.max_viewers as usize,
-                playout_delay: self
-                    .playout_delay_ms
-                    .map(|[min, max]| hybridlive_webrtc::PlayoutDelayMs { min, max }),
-                ..Default::default()
-            },
-        );
+        let whep = if rungs.is_empty() {
+            // In the order of the inputs: the first codec a viewer offers wins.
+            let mut videos = Vec::new();
+            for input in inputs {
+                let (codec, tee) = match input.kind {
+                    EncoderKind::H264 { .. } => (hybridlive_webrtc::VideoCodec::H264, "video"),
+                    EncoderKind::Vp8 { .. } => (hybridlive_webrtc::VideoCodec::Vp8, "video-vp8"),
+                    _ => continue,
+                };
+                videos.push((codec, pipeline.by_name(tee).context("no video tee")?));
+            }
+            let videos: Vec<_> = videos.iter().map(|(codec, tee)| (*codec, tee)).collect();
+            hybridlive_webrtc::WhepOutput::with_codecs(pipeline, &videos, audio, config)
+        } else {
+            let vp8 = inputs
+                .iter()
+                .any(|i| matches!(i.kind, EncoderKind::Vp8 { .. }))
+                .then(|| pipeline.by_name("video-vp8"))
+                .flatten();
+            let whep = hybridlive_webrtc::WhepOutput::with_ladder(
+                pipeline,
+                rungs,
+                vp8.as_ref(),
+                audio,
+                config,
+            );
+            if let Some(events) = self.events.clone() {
+                whep.on_rung_switch(Box::new(move |switch| {
+                    events.emit(
+                        "viewer-rung",
+                        serde_json::json!({
+                            "viewer": switch.viewer,
+                            "from": switch.from,
+                            "to": switch.to,
+                            "reason": switch.reason,
+                            "estimate_bps": switch.estimate_bps,
+                        }),
+                    );
+                }));
+            }
+            whep
+        };
         *self.whep.lock().unwrap() = Some(whep);
         tees::remove_unfed(pipeline)
     }
