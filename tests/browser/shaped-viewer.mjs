@@ -5,9 +5,9 @@
 //
 //   node tests/browser/shaped-viewer.mjs BASE SECONDS
 //
-// BASE is `http://SERVER:PORT` (no trailing slash). The page is served by the driver itself at
-// BASE/__shaped-viewer, same origin as the runner, so the runner's modules load as they do for
-// its own viewer page. Page console lines and errors go to stderr.
+// BASE is `http://SERVER:PORT` (no trailing slash). The page is the driver's own, written into
+// a document of the runner's origin, so the runner's modules load as they do for its own
+// viewer page. Page console lines and errors go to stderr.
 import { launch } from './chromium.mjs';
 
 const [base, secondsArg] = process.argv.slice(2);
@@ -38,8 +38,8 @@ try {
 const TICK = `(async () => {
   const s = window.player ? await window.player.stats('video') : null;
   const pick = (k) => (s && s[k] !== undefined ? s[k] : null);
-  const latencies = window.latencies.splice(0);
-  const states = window.states.splice(0);
+  const latencies = (window.latencies || []).splice(0);
+  const states = (window.states || []).splice(0);
   return {
     connected: !!(window.player && window.player.connected),
     failed: window.failed || null,
@@ -64,8 +64,10 @@ try {
   const page = context.pages()[0] || await context.newPage();
   page.on('console', (msg) => console.error(`page: ${msg.text()}`));
   page.on('pageerror', (err) => { errors++; console.error(`page error: ${err.message}`); });
-  await page.route(`${base}/__shaped-viewer`, (route) => route.fulfill({ contentType: 'text/html', body: PAGE }));
-  await page.goto(`${base}/__shaped-viewer`);
+  // A document of the runner's own origin (and address space), rewritten: a page from
+  // elsewhere may not load the runner's modules from a private address.
+  await page.goto(`${base}/api/status`);
+  await page.setContent(PAGE);
   const start = Date.now();
   let next = start + 1000;
   while (Date.now() - start < seconds * 1000) {
