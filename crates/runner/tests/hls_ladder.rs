@@ -3,6 +3,7 @@
 //! against the rules of RFC 8216bis, every rendition decodes at its rung's size, hls.js in
 //! headless Chromium plays the ladder and switches rung without a stall, and through a
 //! throttled link (a viewer host behind `tc tbf`) it settles on a lower rung and keeps playing.
+//! Without `low_latency` the ladder is plain HLS: whole segments, no LL-HLS tags.
 //!
 //! `cargo nextest run -p hybridlive-runner --test hls_ladder`
 
@@ -381,6 +382,62 @@ fn a_ladder_is_a_multivariant_playlist_of_ll_hls_renditions_that_hls_js_switches
     );
     assert_no_long_stall(&result, 0.0, 1.0);
     assert!(result["parts"].as_u64().unwrap_or(0) > 0, "{result}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_plain_hls_ladder_lists_whole_segments_and_plays_in_hls_js() {
+    let dir = scratch_dir("runner-test", "hls-ladder-plain");
+    let runner = test_runner(&ladder_pipeline(&dir, "ball", false), &dir)
+        .args(&["--duration", "60"])
+        .start();
+    let variants = wait_for_ladder(&runner);
+    assert_eq!(variants.len(), 3);
+    // Players that know nothing of parts: whole fMP4 segments, no LL-HLS tags.
+    let playlist = eventually(Duration::from_secs(20), "three segments of 360p", || {
+        let r = runner.get("/hls/r1/live.m3u8");
+        (r.status == 200 && r.text().matches("#EXTINF:").count() >= 3).then(|| r.text())
+    });
+    for tag in [
+        "#EXT-X-PART",
+        "#EXT-X-PRELOAD-HINT",
+        "#EXT-X-SERVER-CONTROL",
+        "#EXT-X-RENDITION-REPORT",
+    ] {
+        assert!(!playlist.contains(tag), "{tag} in\n{playlist}");
+    }
+    let target: f64 = playlist
+        .lines()
+        .find_map(|l| l.strip_prefix("#EXT-X-TARGETDURATION:"))
+        .and_then(|t| t.parse().ok())
+        .expect("TARGETDURATION");
+    let segments: Vec<&str> = playlist.lines().filter(|l| l.starts_with("seg")).collect();
+    for extinf in playlist.lines().filter_map(|l| l.strip_prefix("#EXTINF:")) {
+        let duration: f64 = extinf.trim_end_matches(',').parse().unwrap();
+        assert!(duration.round() <= target, "{playlist}");
+    }
+    let mut data = runner.get("/hls/r1/init.mp4").body;
+    data.extend(
+        runner
+            .get(&format!("/hls/r1/{}", segments[segments.len() - 1]))
+            .body,
+    );
+    let file = dir.join("r1.mp4");
+    std::fs::write(&file, data).unwrap();
+    assert_eq!(decoded_video_frames(&file), 30, "{playlist}");
+
+    let result = viewer_page(
+        &runner.base,
+        &watch("h.levels.length === 3 && v.currentTime > 4"),
+        WATCHED,
+    );
+    println!("hls.js on a plain ladder: {result}");
+    assert_eq!(
+        result["levels"].as_array().map(Vec::len),
+        Some(3),
+        "{result}"
+    );
+    assert!(result["played"].as_f64().unwrap_or(0.0) > 4.0, "{result}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
