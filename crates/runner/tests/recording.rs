@@ -746,3 +746,67 @@ fn a_29_97_source_is_recorded_at_30000_1001() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A ladder encoder feeds the recording its top rung only: the take has the full picture,
+/// however many lower rungs the viewers get.
+#[test]
+fn a_recording_of_a_ladder_keeps_the_top_rung() {
+    let dir = scratch("ladder");
+    let file = dir.join("ladder.toml");
+    std::fs::write(
+        &file,
+        r#"
+[server]
+token_env = "HYBRIDLIVE_TOKEN"
+
+[sources.cam]
+type = "test"
+width = 640
+height = 360
+framerate = 30
+
+[encoders.video]
+type = "h264"
+inputs = ["cam"]
+rungs = ["640x360@30:1000", "320x180@30:300"]
+
+[encoders.audio]
+type = "aac"
+inputs = ["cam"]
+
+[outputs.rec]
+type = "record"
+inputs = ["video", "audio"]
+directory = "rec"
+autostart = false
+"#,
+    )
+    .expect("write the pipeline");
+    let runner = RunnerCommand::entry(ENTRY, &file, &dir)
+        .env(&[("HYBRIDLIVE_TOKEN", TOKEN)])
+        .start();
+    recording(&runner, "start");
+    let take = started_path(&runner.wait_event("recording-started", WAIT));
+    wait_file(&take);
+    // Both rungs encode meanwhile (the lower one for nobody here).
+    eventually(WAIT, "both rungs to encode", || {
+        let encoders = runner.status()["encoders"].clone();
+        (encoders["video@1"]["kbps"].as_f64().unwrap_or(0.0) > 0.0).then_some(())
+    });
+    recording(&runner, "stop");
+    runner.wait_event("recording-finished", WAIT);
+    assert_readable(&take);
+    let size = hybridlive_testkit::media::ffprobe(
+        &[
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=width,height",
+            "-of",
+            "csv=p=0",
+        ],
+        &take,
+    );
+    assert_eq!(size.trim(), "640,360", "{}", take.display());
+    let _ = std::fs::remove_dir_all(&dir);
+}
