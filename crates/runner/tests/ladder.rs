@@ -68,6 +68,7 @@ fn gst_height(report: &serde_json::Value) -> u64 {
 /// Waits until `reports` shows `height` in `settled` reports in a row (from decoded frames),
 /// and returns the index of the first of them.
 fn settles_on(
+    runner: &RunnerChild,
     name: &str,
     viewer: &dyn Fn() -> Vec<serde_json::Value>,
     height_of: fn(&serde_json::Value) -> u64,
@@ -85,7 +86,11 @@ fn settles_on(
         },
         || {
             let heights: Vec<u64> = viewer().iter().map(height_of).collect();
-            format!("{name} never settled on {height} lines; heights each second: {heights:?}")
+            format!(
+                "{name} never settled on {height} lines; heights each second: {heights:?}; \
+                 sessions in /api/status: {}",
+                runner.status()["webrtc"]["sessions"]
+            )
         },
     )
 }
@@ -191,6 +196,7 @@ fn three_viewers_settle_on_the_rung_their_link_carries() {
     // "Within a few seconds" on an idle machine; the deadline allows for a loaded one.
     let settle = Duration::from_secs(60);
     let fast_at = settles_on(
+        &runner,
         "5000 kbit/s Chromium",
         &|| fast.reports(),
         browser_height,
@@ -199,6 +205,7 @@ fn three_viewers_settle_on_the_rung_their_link_carries() {
         settle,
     );
     let middle_at = settles_on(
+        &runner,
         "1500 kbit/s webrtcbin",
         &|| middle.reports(),
         gst_height,
@@ -207,6 +214,7 @@ fn three_viewers_settle_on_the_rung_their_link_carries() {
         settle,
     );
     let slow_at = settles_on(
+        &runner,
         "600 kbit/s Chromium",
         &|| slow.reports(),
         browser_height,
@@ -313,6 +321,7 @@ fn a_viewer_whose_link_drops_moves_down_and_back_up_alone() {
     );
     let timeout = Duration::from_secs(60);
     let on_top = settles_on(
+        &runner,
         "stepped Chromium",
         &|| stepped.reports(),
         browser_height,
@@ -321,6 +330,7 @@ fn a_viewer_whose_link_drops_moves_down_and_back_up_alone() {
         timeout,
     );
     let steady_from = settles_on(
+        &runner,
         "steady webrtcbin",
         &|| steady.reports(),
         gst_height,
@@ -332,6 +342,7 @@ fn a_viewer_whose_link_drops_moves_down_and_back_up_alone() {
     let before_drop = stepped.reports().len() - 1;
     stepped_host.set_rate_kbit(600);
     let down_at = settles_on(
+        &runner,
         "Chromium at 600 kbit/s",
         &|| stepped.reports()[before_drop..].to_vec(),
         browser_height,
@@ -351,6 +362,7 @@ fn a_viewer_whose_link_drops_moves_down_and_back_up_alone() {
     let before_rise = stepped.reports().len() - 1;
     stepped_host.set_rate_kbit(5000);
     settles_on(
+        &runner,
         "Chromium back at 5000 kbit/s",
         &|| stepped.reports()[before_rise..].to_vec(),
         browser_height,
