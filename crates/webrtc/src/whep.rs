@@ -873,7 +873,10 @@ impl WhepOutput {
                 let key = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
                 match weak.upgrade() {
                     Some(state) if state.admit(rung, key) => gst::PadProbeReturn::Ok,
-                    _ => gst::PadProbeReturn::Drop,
+                    // Handled, not Drop: gstreamer-rs takes the buffer out of the probe info
+                    // (and frees it here), and GStreamer 1.22 then unrefs the empty slot of a
+                    // dropped buffer with a critical warning per buffer.
+                    _ => gst::PadProbeReturn::Handled,
                 }
             });
             let name = match rung {
@@ -1308,7 +1311,10 @@ fn coalesce_key_frame_requests(tee: &gst::Element, interval: Duration) {
                 );
             });
         }
-        gst::PadProbeReturn::Drop
+        // Taken and handled rather than dropped: GStreamer 1.22 unrefs an upstream event
+        // dropped by a probe twice (a CRITICAL per held request).
+        let _ = info.data.take();
+        gst::PadProbeReturn::Handled
     });
 }
 

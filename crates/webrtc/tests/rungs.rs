@@ -80,7 +80,9 @@ fn ladder_source() -> gst::Pipeline {
     pipeline
 }
 
-fn ladder_output(pipeline: &gst::Pipeline) -> WhepOutput {
+/// A WHEP output over the ladder of [`ladder_source`]. Key-frame requests reach the encoders
+/// at most once per `key_frame_interval`.
+fn ladder_output(pipeline: &gst::Pipeline, key_frame_interval: Duration) -> WhepOutput {
     let rungs = RUNGS
         .iter()
         .enumerate()
@@ -104,8 +106,7 @@ fn ladder_output(pipeline: &gst::Pipeline) -> WhepOutput {
         None,
         WhepConfig {
             loopback_ice: true,
-            // The switches below wait on key frames: do not hold their requests back long.
-            min_key_frame_interval: Duration::from_millis(200),
+            min_key_frame_interval: key_frame_interval,
             ..Default::default()
         },
     );
@@ -122,7 +123,19 @@ struct Seen {
     last_seq: Option<u16>,
     /// Packets whose sequence number did not follow the one before.
     seq_gaps: u64,
+    /// Errors and warnings on the viewer's bus.
     errors: Vec<String>,
+    /// The rungs received (stream ids of the capture stamps), one entry per change.
+    rungs: Vec<String>,
+    /// Changes of rung on a frame that is not a key frame (a decoder cannot start there).
+    delta_switches: u64,
+    /// Frames other than key frames without a capture stamp.
+    unstamped: u64,
+    /// A key frame came since the last stamped frame.
+    key_since_stamp: bool,
+    last_pts: Option<gst::ClockTime>,
+    /// Access units earlier than the one before.
+    pts_backwards: u64,
     /// `rung` messages from the server.
     messages: Vec<serde_json::Value>,
 }
@@ -166,9 +179,13 @@ impl RungViewer {
                 return;
             };
             let description = if decode {
-                "rtph264depay name=depay ! h264parse ! avdec_h264 name=out ! fakesink name=sink async=false"
+                "rtph264depay name=depay ! h264parse name=parse ! \
+                 video/x-h264,stream-format=byte-stream,alignment=au ! \
+                 avdec_h264 name=out ! fakesink name=sink async=false"
             } else {
-                "rtph264depay name=depay ! h264parse name=out ! fakesink name=sink async=false"
+                "rtph264depay name=depay ! h264parse name=parse ! \
+                 video/x-h264,stream-format=byte-stream,alignment=au ! \
+                 identity name=out ! fakesink name=sink async=false"
             };
             let bin = gst::parse::bin_from_description(description, true).unwrap();
             pipeline.add(&bin).unwrap();
@@ -184,11 +201,57 @@ impl RungViewer {
                     if !seen.ssrcs.contains(&ssrc) {
                         seen.ssrcs.push(ssrc);
                     }
-                    if seen.last_seq.is_some_and(|last| last.wrapping_add(1) != seq) {
+                    if seen
+                        .last_seq
+                        .is_some_and(|last| last.wrapping_add(1) != seq)
+                    {
                         seen.seq_gaps += 1;
                     }
                     seen.last_seq = Some(seq);
                 }
+                gst::PadProbeReturn::Ok
+            });
+            // Which rung each access unit comes from: the stream id of its capture stamp.
+            let parse = bin.by_name("parse").unwrap().static_pad("src").unwrap();
+            let units = record.clone();
+            parse.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                let Some(buffer) = info.buffer() else {
+                    return gst::PadProbeReturn::Ok;
+                };
+                let Ok(map) = buffer.map_readable() else {
+                    return gst::PadProbeReturn::Ok;
+                };
+                let stamp = hybridlive_stamp::find_stamp(
+                    hybridlive_stamp::Codec::H264,
+                    hybridlive_stamp::Framing::AnnexB,
+                    &map,
+                );
+                let mut seen = units.lock().unwrap();
+                if let Some(pts) = buffer.pts() {
+                    if seen.last_pts.is_some_and(|last| pts < last) {
+                        seen.pts_backwards += 1;
+                    }
+                    seen.last_pts = Some(pts);
+                }
+                let key = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+                if key && has_slice(&map) {
+                    seen.key_since_stamp = true;
+                }
+                let Ok(Some(stamp)) = stamp else {
+                    // Parameter sets alone (the payloader repeats them when a key frame is
+                    // asked for) are no frame; a key frame may come without the SEI.
+                    if !key && has_slice(&map) {
+                        seen.unstamped += 1;
+                    }
+                    return gst::PadProbeReturn::Ok;
+                };
+                if seen.rungs.last() != Some(&stamp.stream_id) {
+                    if !key && !seen.key_since_stamp {
+                        seen.delta_switches += 1;
+                    }
+                    seen.rungs.push(stamp.stream_id);
+                }
+                seen.key_since_stamp = key;
                 gst::PadProbeReturn::Ok
             });
             let out = bin.by_name("out").unwrap().static_pad("src").unwrap();
@@ -198,13 +261,16 @@ impl RungViewer {
                 move |pad, info| {
                     if info.buffer().is_some() {
                         count.fetch_add(1, Ordering::SeqCst);
-                    } else if let Some(gst::EventView::Caps(caps)) =
-                        info.event().map(|e| e.view())
+                    } else if let Some(gst::EventView::Caps(caps)) = info.event().map(|e| e.view())
                         && let Some(s) = caps.caps().structure(0)
                         && let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height"))
                     {
                         let mut seen = sizes.lock().unwrap();
-                        if seen.sizes.last().is_none_or(|&(lw, lh, _)| (lw, lh) != (w, h)) {
+                        if seen
+                            .sizes
+                            .last()
+                            .is_none_or(|&(lw, lh, _)| (lw, lh) != (w, h))
+                        {
                             let n = count.load(Ordering::SeqCst);
                             seen.sizes.push((w, h, n));
                         }
@@ -234,13 +300,16 @@ impl RungViewer {
         let errors = seen.clone();
         let bus = pipeline.bus().unwrap();
         bus.set_sync_handler(move |_, message| {
-            if let gst::MessageView::Error(err) = message.view() {
-                errors.lock().unwrap().errors.push(format!(
-                    "{}: {}",
-                    err.src().map(|s| s.path_string()).unwrap_or_default(),
-                    err.error()
-                ));
-            }
+            // A decoder fed a frame it cannot decode warns (and errors only after several).
+            let (src, error) = match message.view() {
+                gst::MessageView::Error(err) => (err.src(), err.error()),
+                gst::MessageView::Warning(warning) => (warning.src(), warning.error()),
+                _ => return gst::BusSyncReply::Drop,
+            };
+            errors.lock().unwrap().errors.push(format!(
+                "{}: {error}",
+                src.map(|s| s.path_string()).unwrap_or_default(),
+            ));
             gst::BusSyncReply::Drop
         });
         RungViewer {
@@ -330,6 +399,12 @@ impl RungViewer {
     }
 }
 
+/// Whether an Annex B access unit holds a coded slice (NAL unit type 1 or 5).
+fn has_slice(au: &[u8]) -> bool {
+    au.windows(4)
+        .any(|w| w[..3] == [0, 0, 1] && matches!(w[3] & 0x1f, 1 | 5))
+}
+
 impl Drop for RungViewer {
     fn drop(&mut self) {
         let _ = self.pipeline.set_state(gst::State::Null);
@@ -342,7 +417,10 @@ fn a_pinned_viewer_is_switched_between_rungs_on_one_continuous_track() {
         return;
     }
     let pipeline = ladder_source();
-    let output = ladder_output(&pipeline);
+    // Key-frame requests held back for longer than the test: every switch waits for a key
+    // frame the encoders make by themselves (every 30 frames), and the frames of the target
+    // rung before it must not reach the viewer.
+    let output = ladder_output(&pipeline, Duration::from_secs(60));
     let switches: Arc<Mutex<Vec<RungSwitch>>> = Arc::default();
     let heard = switches.clone();
     output.on_rung_switch(Box::new(move |switch| heard.lock().unwrap().push(switch)));
@@ -369,11 +447,25 @@ fn a_pinned_viewer_is_switched_between_rungs_on_one_continuous_track() {
         took.push(asked.elapsed());
         viewer.wait_height(height, 30);
     }
-    eprintln!("pin to frames of the new rung decoded: {took:?} (key-frame interval 1 s)");
+    eprintln!("pin to the first decoded frame of the new rung, no key-frame request: {took:?}");
 
     let seen = viewer.seen.lock().unwrap();
     let heights: Vec<i32> = seen.sizes.iter().map(|&(_, h, _)| h).collect();
     assert_eq!(heights, vec![180, 360, 90, 360], "{:?}", seen.sizes);
+    let what = format!(
+        "rungs {:?}, delta switches {}, unstamped {}, pts backwards {}",
+        seen.rungs, seen.delta_switches, seen.unstamped, seen.pts_backwards
+    );
+    assert_eq!(seen.rungs, ["rung1", "rung0", "rung2", "rung0"], "{what}");
+    assert_eq!(
+        seen.delta_switches, 0,
+        "every switch is at a key frame: {what}"
+    );
+    assert_eq!(seen.unstamped, 0, "{what}");
+    assert_eq!(
+        seen.pts_backwards, 0,
+        "timestamps run on across switches: {what}"
+    );
     assert_eq!(seen.ssrcs.len(), 1, "one track: {:?}", seen.ssrcs);
     assert_eq!(seen.seq_gaps, 0, "sequence numbers run on across switches");
     assert!(seen.errors.is_empty(), "{:?}", seen.errors);
@@ -420,14 +512,21 @@ fn one_viewer_forced_down_leaves_the_others_rung_alone_and_reports_feed_the_sele
         return;
     }
     let pipeline = ladder_source();
-    let output = ladder_output(&pipeline);
+    // Switches ask for a key frame, which comes at once.
+    let output = ladder_output(&pipeline, Duration::from_millis(200));
     let (down, other) = (RungViewer::new(false), RungViewer::new(false));
     let down_id = down.connect(&output);
     let other_id = other.connect(&output);
     down.wait_height(180, 30);
     other.wait_height(180, 30);
 
+    let asked = Instant::now();
     down.send(r#"{"type":"quality","rung":2}"#);
+    down.wait_height(90, 0);
+    eprintln!(
+        "pin to the first frame of the new rung, with a key-frame request: {:?}",
+        asked.elapsed()
+    );
     down.wait_height(90, 60);
     let other_before = other.frames();
     eventually(Duration::from_secs(20), "the other viewer to go on", || {
@@ -468,6 +567,7 @@ fn one_viewer_forced_down_leaves_the_others_rung_alone_and_reports_feed_the_sele
     for viewer in [&down, &other] {
         let seen = viewer.seen.lock().unwrap();
         assert_eq!(seen.ssrcs.len(), 1);
+        assert_eq!(seen.delta_switches, 0);
         assert!(seen.errors.is_empty(), "{:?}", seen.errors);
     }
     output.close_all();
