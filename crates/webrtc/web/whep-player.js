@@ -32,19 +32,26 @@ function iceGatheringDone(pc, timeoutMs) {
  * next one waits `detail.retryInMs`, and `'playing'` when a new session is up again.
  * `withoutHeaderExtensions`: RTP header extension URIs the offer leaves out (benchmarks compare
  * with and without the playout-delay extension this way).
+ * `onRung(rung)` is told the quality the server sends, on every change, when it serves a
+ * ladder: `{ rung, width, height, bitrate, auto, pin_overridden, rungs: [{ width, height,
+ * bitrate }, ...] }` (rung 0 the highest); `setQuality(n)` pins rung `n`, `setQuality(null)`
+ * goes back to automatic (kept across reconnections).
  * The first offer failing rejects the returned promise; after that, the player keeps trying
  * until `stop()`.
  * Returns { pc, postedAt, stop(), stats(), ... } (`pc` and `postedAt` are the current
  * session's).
  */
 export async function playWhep(video, endpoint, {
-  onLatency = () => {}, onState = () => {}, token, withoutHeaderExtensions = [],
+  onLatency = () => {}, onState = () => {}, onRung = () => {}, token, withoutHeaderExtensions = [],
 } = {}) {
   const captureByRtp = new Map();
   let stampsRead = 0;
   let stopped = false;
   let session = null;
   let retryTimer = null;
+  // The viewer's choice of quality (null: automatic) and the last rung the server reported.
+  let pinned = null;
+  let rung = null;
   const stream = new MediaStream();
   video.srcObject = stream;
 
@@ -83,11 +90,19 @@ export async function playWhep(video, endpoint, {
       channel.onmessage = (event) => {
         try {
           const echo = JSON.parse(event.data);
+          if (echo.type === 'rung') {
+            if (current === session) { rung = echo; onRung(echo); }
+            return;
+          }
           const waiter = current.pending.get(echo.id);
           if (waiter) { current.pending.delete(echo.id); waiter(performance.now() - echo.sentAt); }
         } catch (_) { /* not ours */ }
       };
       current.channelOpen = new Promise((resolve) => { channel.onopen = resolve; });
+      // A new session after a loss keeps the quality the viewer chose.
+      current.channelOpen.then(() => {
+        if (pinned !== null) channel.send(JSON.stringify({ type: 'quality', rung: pinned }));
+      });
 
       // Read the SEI of each received frame without altering it.
       const { readable, writable } = transceiver.receiver.createEncodedStreams();
@@ -225,6 +240,16 @@ export async function playWhep(video, endpoint, {
     /** Sends a question to the host; resolves to the data-channel round trip in ms. */
     raiseHand(text) {
       return roundTrip({ type: 'hand', text });
+    },
+    /** The quality the server last reported (see `onRung`), null before it did or without a ladder. */
+    get rung() { return rung; },
+    /** Pins rung `n` (0 the highest), or `null` for automatic; the server answers with a rung report. */
+    async setQuality(n) {
+      pinned = Number.isInteger(n) && n >= 0 ? n : null;
+      const current = session;
+      if (!current) return;
+      await current.channelOpen;
+      current.channel.send(JSON.stringify({ type: 'quality', rung: pinned }));
     },
     /** Data-channel round trip in ms, without raising a hand (the server echoes it). */
     ping() {
