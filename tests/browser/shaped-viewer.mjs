@@ -24,14 +24,11 @@ import { playWhep } from '/assets/whep-player.js';
 window.latencies = [];
 window.states = [];
 const video = document.getElementById('v');
-try {
-  window.player = await playWhep(video, '/whep', {
-    onLatency: (ms) => window.latencies.push(ms),
-    onState: (state, detail) => window.states.push({ state, detail }),
-  });
-} catch (err) {
-  window.failed = String(err.message || err);
-}
+// Not a top-level await: the document's load would wait for the whole WHEP exchange.
+playWhep(video, '/whep', {
+  onLatency: (ms) => window.latencies.push(ms),
+  onState: (state, detail) => window.states.push({ state, detail }),
+}).then((player) => { window.player = player; }, (err) => { window.failed = String(err.message || err); });
 </script>`;
 
 // Read once a second: what a viewer would notice (size, frames, freezes) and what the link did.
@@ -67,7 +64,7 @@ try {
   // A document of the runner's own origin (and address space), rewritten: a page from
   // elsewhere may not load the runner's modules from a private address.
   await page.goto(`${base}/api/status`);
-  await page.setContent(PAGE);
+  await page.setContent(PAGE, { waitUntil: 'domcontentloaded' });
   const start = Date.now();
   let next = start + 1000;
   while (Date.now() - start < seconds * 1000) {
