@@ -684,7 +684,9 @@ impl LlHls {
             .iter()
             .map(|t| t.longest_segment)
             .fold(0.0, f64::max);
-        let part_target = longest_part.max(self.part_target.as_secs_f64());
+        // Written in milliseconds: rounded up, or the longest part would be above it.
+        let part_target =
+            (longest_part.max(self.part_target.as_secs_f64()) * 1000.0).ceil() / 1000.0;
         let target = longest_segment
             .max(self.segment_target.as_secs_f64())
             .round()
@@ -1454,5 +1456,25 @@ mod tests {
         assert_eq!(hls.respond("r1/live.m3u8", "_HLS_msn=1").status, 400);
         hls.finish();
         assert!(text(hls.respond("r0/live.m3u8", "")).ends_with("seg1.m4s\n#EXT-X-ENDLIST\n"));
+    }
+
+    #[test]
+    fn the_part_target_covers_a_part_a_fraction_of_a_millisecond_longer() {
+        gst::init().unwrap();
+        let hls = LlHls::new(Duration::from_secs(1), Duration::from_millis(200), 3);
+        let mut first = chunk(true, 200, None, true);
+        first
+            .get_mut()
+            .unwrap()
+            .get_mut(1)
+            .unwrap()
+            .set_duration(gst::ClockTime::from_nseconds(203_090_000));
+        hls.push_chunk(0, &first);
+        let playlist = text(hls.respond("live.m3u8", ""));
+        assert!(
+            playlist.contains("#EXT-X-PART-INF:PART-TARGET=0.204\n"),
+            "{playlist}"
+        );
+        assert!(playlist.contains("DURATION=0.20309,"), "{playlist}");
     }
 }

@@ -266,8 +266,10 @@ fn a_ladder_is_a_multivariant_playlist_of_ll_hls_renditions_that_hls_js_switches
         .collect();
     for (i, media) in playlists.iter().enumerate() {
         assert!(media.last_part >= (msn, part), "rendition {i}: {media:?}");
-        assert_eq!(media.part_target, playlists[0].part_target);
-        assert_eq!(media.target_duration, playlists[0].target_duration);
+        assert_eq!(media.part_target, 0.2, "rendition {i}");
+        // Every segment on the 1 s grid, the first one too (it is shorter, never longer): the
+        // target duration is the configured one and stays so.
+        assert_eq!(media.target_duration, 1.0, "rendition {i}");
         for (segment, date) in &media.dates {
             if let Some(top) = playlists[0].dates.get(segment) {
                 assert_eq!(
@@ -295,10 +297,8 @@ fn a_ladder_is_a_multivariant_playlist_of_ll_hls_renditions_that_hls_js_switches
             "rendition {i}"
         );
         for (uri, (last_msn, last_part)) in &media.reports {
-            assert!(
-                (*last_msn, *last_part) >= (msn, part),
-                "{uri} reported behind"
-            );
+            // Another rendition may be a part behind at the moment this one was answered.
+            assert!(*last_msn + 1 >= msn, "{uri} reported far behind: {media:?}");
             let rendition = uri.trim_start_matches("../").trim_end_matches("/live.m3u8");
             let reported = runner.get(&format!("/hls/{rendition}/part{last_msn}.{last_part}.m4s"));
             assert_eq!(reported.status, 200, "the part {uri} reports is not there");

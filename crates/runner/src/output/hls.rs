@@ -213,6 +213,42 @@ impl Hls {
         Ok(mux)
     }
 
+    /// The video pad of rendition `index`'s muxer. Its first fragment ends on the segment grid.
+    ///
+    /// The encoders put key frames at whole key-frame intervals of running time, and the muxer
+    /// cuts a fragment at the first key frame one fragment duration after the fragment began:
+    /// a stream joined at 0.13 s would make a first segment of 0.13–2.0 s (the key frame at
+    /// 1.0 s comes too early), above the target duration, which the playlist would then have
+    /// to raise. Asking for a split at the next whole segment after the first frame puts every
+    /// fragment (and so every part) of every rendition on the same grid.
+    fn video_pad(&self, bin: &gst::Bin, index: usize) -> anyhow::Result<gst::Pad> {
+        let mux = self.muxer(bin, index)?;
+        let pad = mux
+            .request_pad_simple("sink_%u")
+            .context("isofmp4mux has no sink_%u pad")?;
+        let segment = gst::ClockTime::from_seconds(u64::from(self.settings.segment_duration));
+        let weak = mux.downgrade();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |pad, info| {
+            let Some(pts) = info.buffer().and_then(|b| b.pts()) else {
+                return gst::PadProbeReturn::Ok;
+            };
+            let running_time = pad.sticky_event::<gst::event::Segment>(0).and_then(|e| {
+                e.segment()
+                    .downcast_ref::<gst::ClockTime>()?
+                    .to_running_time(pts)
+            });
+            if let (Some(running_time), Some(mux)) = (running_time, weak.upgrade()) {
+                let next = (running_time.nseconds() / segment.nseconds() + 1) * segment.nseconds();
+                mux.emit_by_name::<()>(
+                    "split-at-running-time",
+                    &[&gst::ClockTime::from_nseconds(next)],
+                );
+            }
+            gst::PadProbeReturn::Remove
+        });
+        Ok(pad)
+    }
+
     /// hlssink2 writing into the folder, made on first use.
     fn segment_sink(&self, bin: &gst::Bin) -> anyhow::Result<gst::Element> {
         if let Some(sink) = bin.by_name("sink") {
@@ -284,14 +320,8 @@ impl Kind for Hls {
     fn input_pad(&self, link: &InputLink<'_>) -> anyhow::Result<gst::Pad> {
         let bin = the_bin(link)?;
         let target = match (link.medium, &link.input.rung) {
-            ("video", Some(rung)) => self
-                .muxer(&bin, rung.index)?
-                .request_pad_simple("sink_%u")
-                .context("isofmp4mux has no sink_%u pad")?,
-            ("video", None) if self.settings.low_latency => self
-                .muxer(&bin, 0)?
-                .request_pad_simple("sink_%u")
-                .context("isofmp4mux has no sink_%u pad")?,
+            ("video", Some(rung)) => self.video_pad(&bin, rung.index)?,
+            ("video", None) if self.settings.low_latency => self.video_pad(&bin, 0)?,
             ("video", None) => self
                 .segment_sink(&bin)?
                 .request_pad_simple("video")
