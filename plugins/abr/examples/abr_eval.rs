@@ -102,7 +102,17 @@ struct Args {
     delay_ms: u32,
     rtcp_interval_ms: u64,
     out: PathBuf,
+    /// Resolution ladder for abrcontroller (SRT link): the source is the top rung's size and
+    /// a capsfilter before the encoder follows the controller's rung.
+    ladder: Option<gstabr::ladder::Ladder>,
+    /// Third octet of the first veth pair's addresses: two harnesses (e.g. this build and
+    /// the previous one) can run side by side.
+    link_base: u8,
 }
+
+/// The default ladder cut to a 1280x720 source: the rungs a runner's abrcontroller uses on a
+/// 720p source without a `ladder` key.
+const DEFAULT_LADDER_720P: &str = "1280x720@30:1500-4000;960x540@30:800-2200;640x360@30:0-1200";
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
@@ -115,6 +125,8 @@ fn parse_args() -> Result<Args> {
         delay_ms: 20,
         rtcp_interval_ms: 250,
         out: PathBuf::from("target/abr-eval"),
+        ladder: None,
+        link_base: 200,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -142,11 +154,25 @@ fn parse_args() -> Result<Args> {
             }
             "--receiver" => args.receiver = Some(value()?.parse().context("--receiver")?),
             "--repeat" => args.repeat = value()?.parse().context("--repeat")?,
+            "--ladder" => {
+                let text = value()?;
+                let text = if text == "default" {
+                    DEFAULT_LADDER_720P.to_string()
+                } else {
+                    text
+                };
+                args.ladder = Some(
+                    gstabr::ladder::Ladder::parse(&text)
+                        .map_err(|e| anyhow::anyhow!("--ladder '{text}': {e}"))?,
+                );
+            }
+            "--link-base" => args.link_base = value()?.parse().context("--link-base")?,
             "--help" | "-h" => {
                 println!(
                     "abr-eval [--link netsim|srt-tbf] [--profile KBPS:SECS,...] \
                      [--modes fixed,gcc,abr,abr-rr,abr-gcc] [--fixed-kbps N] [--delay-ms N] \
-                     [--rtcp-interval-ms N] [--repeat N] [--out DIR]"
+                     [--rtcp-interval-ms N] [--repeat N] [--out DIR] \
+                     [--ladder default|LADDER (srt-tbf)] [--link-base N (srt-tbf)]"
                 );
                 std::process::exit(0);
             }
@@ -160,6 +186,12 @@ fn parse_args() -> Result<Args> {
             .find(|m| m.uses_gcc() || **m == Mode::AbrRr)
     {
         bail!("mode {} needs RTP: not available over SRT", m.name());
+    }
+    if args.ladder.is_some() && args.link != Link::SrtTbf {
+        bail!("--ladder is implemented for --link srt-tbf only");
+    }
+    if args.link_base > 250 {
+        bail!("--link-base must leave room for the links (at most 250)");
     }
     Ok(args)
 }
@@ -454,13 +486,11 @@ impl Namespace {
     }
 
     /// Adds veth pair `index`; returns the sending device and the receiver's address.
-    fn add_link(&self, index: usize) -> Result<(String, String)> {
+    fn add_link(&self, index: usize, base: u8) -> Result<(String, String)> {
         let id = std::process::id() % 10_000;
         let (a, b) = (format!("abr{id}x{index}a"), format!("abr{id}x{index}b"));
-        let (ip_a, ip_b) = (
-            format!("10.213.{}.1", 200 + index),
-            format!("10.213.{}.2", 200 + index),
-        );
+        let octet = base as usize + index;
+        let (ip_a, ip_b) = (format!("10.213.{octet}.1"), format!("10.213.{octet}.2"));
         command(&["ip", "link", "add", &a, "type", "veth", "peer", "name", &b])?;
         self.devices.lock().unwrap().push(a.clone());
         command(&["ip", "link", "set", &b, "netns", &self.name])?;
@@ -549,7 +579,7 @@ fn build_srt(
     ns: &Namespace,
     index: usize,
 ) -> Result<Run> {
-    let (device, address) = ns.add_link(index)?;
+    let (device, address) = ns.add_link(index, args.link_base)?;
     let port = 5000 + index as u16;
     let exe = std::env::current_exe()?;
     let mut receiver = std::process::Command::new("ip")
@@ -590,14 +620,35 @@ fn build_srt(
             }
         });
     }
-    let abr = match mode {
+    let mut abr = match mode {
         Mode::Abr => {
             "! abrcontroller name=abr srtsink-name=srt min-bitrate=150000 max-bitrate=6000000"
+                .to_string()
         }
-        _ => "",
+        _ => String::new(),
+    };
+    // With a ladder the source has the top rung's size, and the capsfilter the controller
+    // sets scales it to the current rung (the fixed encoder stays at the top rung).
+    let (width, height, scaler) = match &args.ladder {
+        Some(ladder) => {
+            let top = &ladder.rungs()[0];
+            if mode == Mode::Abr {
+                let _ = write!(abr, " capsfilter-name=rung ladder=\"{ladder}\"");
+            }
+            (
+                top.width,
+                top.height,
+                format!(
+                    "! videoscale ! videorate ! capsfilter name=rung \
+                     caps=video/x-raw,width={},height={},framerate=30/1",
+                    top.width, top.height
+                ),
+            )
+        }
+        None => (640, 360, String::new()),
     };
     let description = format!(
-        "videotestsrc is-live=true pattern=zone-plate kx2=20 ky2=20 kt=1 ! video/x-raw,width=640,height=360,framerate=30/1 \
+        "videotestsrc is-live=true pattern=zone-plate kx2=20 ky2=20 kt=1 ! video/x-raw,width={width},height={height},framerate=30/1 {scaler} \
          ! x264enc name=enc tune=zerolatency speed-preset=ultrafast bitrate={kbps} key-int-max=60 \
          ! latencystamp mode=sei stream-id={name} {abr} ! mpegtsmux alignment=7 \
          ! srtsink name=srt uri=srt://{address}:{port}?mode=caller latency=200",
@@ -1084,17 +1135,20 @@ fn main() -> Result<()> {
         "report.md",
         &format!(
             "# abr-eval\n\nLink: {}. Profile: {}; fixed bitrate {} kbit/s; {}; \
-             640x360@30 moving zone plate (x264 meets its target within 5 %) with x264 ultrafast/zerolatency.\n\n{table}\n\n![step response](step-response.svg)\n",
+             moving zone plate at 30 fps (x264 meets its target within 5 %) with x264 ultrafast/zerolatency.\n\n{table}\n\n![step response](step-response.svg)\n",
             match args.link {
                 Link::Netsim => format!(
                     "RTP (rtpbin) through netsim (policer, burst = 250 ms of capacity), one-way delay {} ms, \
                      RTCP interval {} ms, receiver jitterbuffer 200 ms",
                     args.delay_ms, args.rtcp_interval_ms
                 ),
-                Link::SrtTbf =>
+                Link::SrtTbf => format!(
                     "MPEG-TS over SRT (latency 200 ms) across a veth pair into a network \
-                     namespace, tc tbf (200 ms queue) on the sending side"
-                        .to_string(),
+                     namespace, tc tbf (200 ms queue) on the sending side{}",
+                    args.ladder.as_ref().map_or(String::new(), |l| format!(
+                        "; abrcontroller with the ladder `{l}` (source at the top rung's size)"
+                    ))
+                ),
             },
             args.profile
                 .iter()

@@ -88,10 +88,28 @@
 //! # Ladder
 //!
 //! With a ladder, the encoder gets `min(target, rung maximum)`. The controller drops to a
-//! lower rung on the tick the target falls below the current rung's minimum, and climbs one
-//! rung only once the target has stayed at or above the next rung's minimum × `rung_up_margin`
-//! for `rung_up_hold`. Together with overlapping rung ranges this hysteresis keeps a target
-//! hovering around a rung boundary from flipping resolutions.
+//! lower rung on the tick the target falls below the current rung's minimum. A rung's
+//! *threshold* is its minimum × `rung_up_margin`. Climbing takes one of two kinds of evidence:
+//!
+//! * **the target alone** (what probing believes, e.g. capped by an explicit estimate): one
+//!   rung up, once the target has stayed at or above the next rung's threshold for
+//!   `rung_up_hold` (4 s by default);
+//! * **what the link carried**: once the target has been past the band where the link last
+//!   broke (above 105 % of the rate at the last cut) with every signal clear for half of
+//!   `rung_up_hold`, the climb goes straight to the highest rung whose threshold both the
+//!   target and the smoothed send rate have covered (the send rate for at least 300 ms, on
+//!   clear ticks), however many rungs up: one decision, one key frame. This "grown" time is
+//!   not restarted by a climb, so the rung after it needs no new hold, only its threshold
+//!   delivered on the rung just reached (the encoder, capped by a rung's maximum, can prove
+//!   only what that rung lets it send: over the default ladder 360p proves 540p, 540p proves
+//!   720p). Any decrease or elevated signal clears the evidence.
+//!
+//! The half hold starts only once the target leaves the band where the link last broke, a
+//! few probe steps after the link came back: a link that recovers for only 2 s is cut again
+//! before a rung changes (`a_link_that_recovers_for_2_s_changes_no_rung`). Together with
+//! overlapping rung ranges this hysteresis keeps a target hovering around a rung boundary
+//! from flipping resolutions: a rung is climbed only with a threshold 15 % above its minimum
+//! and dropped only below that minimum.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -121,7 +139,8 @@ pub struct Config {
     pub increase_hold: Duration,
     /// Minimum time between two upward steps.
     pub probe_interval: Duration,
-    /// How long the target must afford the next rung before climbing to it.
+    /// How long the target must afford the next rung before climbing to it; half of it once
+    /// the link has carried the rung's threshold (see the module documentation).
     pub rung_up_hold: Duration,
     /// Factor over the next rung's minimum the target must reach before climbing.
     pub rung_up_margin: f64,
@@ -305,6 +324,9 @@ const DRAIN_EPISODE: Duration = Duration::from_secs(5);
 /// A probe step waits until the encoder sends at least this share of the rate it was given
 /// (the target, capped by the rung): a step the link never saw tells nothing about it.
 const PROBE_FOLLOW: f64 = 0.7;
+/// How long the smoothed send rate must cover a rung's threshold before it counts as
+/// delivered evidence for that rung (a key frame lifts it for a tick or two).
+const RUNG_DELIVERED_FOR: Duration = Duration::from_millis(300);
 
 /// The bitrate controller state machine.
 #[derive(Debug, Clone)]
@@ -322,6 +344,12 @@ pub struct Controller {
     /// readings that followed each other within the hold-off.
     last_acked: Option<(Duration, u64)>,
     rung_up_since: Option<Duration>,
+    /// Since when the target has been past the band where the link last broke with every
+    /// signal clear: how long the link has shown more than it carried then.
+    grown_since: Option<Duration>,
+    /// Per rung, since when the smoothed send rate has covered its threshold (minimum ×
+    /// `rung_up_margin`) on clear ticks: what the link carried, not what the target hopes.
+    delivered_since: Vec<Option<Duration>>,
     congestion_bps: Option<u64>,
     step: f64,
     rtts: MinWindow<Duration>,
@@ -353,6 +381,8 @@ impl Controller {
             last_increase: None,
             last_acked: None,
             rung_up_since: None,
+            grown_since: None,
+            delivered_since: Vec::new(),
             congestion_bps: None,
             step: FIRST_STEP,
             rtts: MinWindow::new(RTT_WINDOW),
@@ -394,6 +424,7 @@ impl Controller {
                 .as_ref()
                 .map(|l| l.rung_for(self.target_bps));
             self.rung_up_since = None;
+            self.delivered_since.clear();
         }
         self.encoder_bps = self.encoder_rate();
         ladder_changed
@@ -719,6 +750,8 @@ impl Controller {
             self.loss_episode = false;
             recovery_key_frame = true;
         }
+        let clear = direction != Direction::Decrease && reason != Reason::Caution;
+        self.track_climb_evidence(now, clear);
         let rung_changed = self.update_rung(now);
         let recovery_key_frame = recovery_key_frame && !rung_changed;
         self.encoder_bps = self.encoder_rate();
@@ -789,8 +822,42 @@ impl Controller {
         }
     }
 
+    /// Threshold the target must reach to climb to `rung`.
+    fn rung_threshold(&self, ladder: &Ladder, rung: usize) -> f64 {
+        ladder.rungs()[rung].min_bps as f64 * self.config.rung_up_margin
+    }
+
+    /// Keeps the evidence a climb past the next rung, or a shortened hold, needs: how long
+    /// the link has shown more than where it last broke, and which rungs the rate it carried
+    /// covers. Any congestion signal or decrease clears both.
+    fn track_climb_evidence(&mut self, now: Duration, clear: bool) {
+        let Some(ladder) = self.config.ladder.clone() else {
+            return;
+        };
+        self.delivered_since.resize(ladder.len(), None);
+        if !clear {
+            self.grown_since = None;
+            self.delivered_since.fill(None);
+            return;
+        }
+        let past_band = self
+            .congestion_bps
+            .is_none_or(|c| self.target_bps as f64 >= c as f64 * NEAR_CONGESTION_ABOVE);
+        if past_band {
+            self.grown_since.get_or_insert(now);
+        }
+        let sent = self.sent_avg.value().unwrap_or(0.0);
+        for rung in 0..ladder.len() {
+            if sent >= self.rung_threshold(&ladder, rung) {
+                self.delivered_since[rung].get_or_insert(now);
+            } else {
+                self.delivered_since[rung] = None;
+            }
+        }
+    }
+
     fn update_rung(&mut self, now: Duration) -> bool {
-        let (Some(ladder), Some(current)) = (&self.config.ladder, self.rung) else {
+        let (Some(ladder), Some(current)) = (self.config.ladder.clone(), self.rung) else {
             return false;
         };
         let rungs = ladder.rungs();
@@ -803,18 +870,41 @@ impl Controller {
         if current == 0 {
             return false;
         }
-        let needed = rungs[current - 1].min_bps as f64 * self.config.rung_up_margin;
-        if (target as f64) < needed {
+        // The target alone (what probing believes): one rung after the full hold.
+        let mut climb_to = None;
+        if (target as f64) < self.rung_threshold(&ladder, current - 1) {
             self.rung_up_since = None;
-            return false;
+        } else {
+            let since = *self.rung_up_since.get_or_insert(now);
+            if now.saturating_sub(since) >= self.config.rung_up_hold {
+                climb_to = Some(current - 1);
+            }
         }
-        let since = *self.rung_up_since.get_or_insert(now);
-        if now.saturating_sub(since) >= self.config.rung_up_hold {
-            self.rung = Some(current - 1);
-            self.rung_up_since = None;
-            return true;
+        // What the link carried: once it has shown more than where it last broke for half
+        // the hold, straight to the highest rung whose threshold both the target and the
+        // delivered rate cover, however many rungs up.
+        let grown_for = self.grown_since.map(|t| now.saturating_sub(t));
+        if grown_for.is_some_and(|g| g >= self.config.rung_up_hold / 2)
+            && let Some(best) = (0..current).find(|&r| {
+                target as f64 >= self.rung_threshold(&ladder, r)
+                    && self
+                        .delivered_since
+                        .get(r)
+                        .copied()
+                        .flatten()
+                        .is_some_and(|t| now.saturating_sub(t) >= RUNG_DELIVERED_FOR)
+            })
+        {
+            climb_to = Some(climb_to.map_or(best, |c: usize| c.min(best)));
         }
-        false
+        match climb_to {
+            Some(rung) => {
+                self.rung = Some(rung);
+                self.rung_up_since = None;
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -1460,5 +1550,128 @@ mod tests {
         assert_eq!(climbs.len(), 1, "{climbs:?}");
         assert_eq!(climbs[0].1, Some(2));
         assert_eq!(c.target_bps(), 1_200_000);
+    }
+
+    /// The default ladder cut to a 720p source: three rungs, as a runner uses it.
+    fn ladder_720p() -> Ladder {
+        Ladder::parse("1280x720@30:1500-4000;960x540@30:800-2200;640x360@30:0-1200")
+            .expect("ladder parses")
+    }
+
+    /// A policer of `capacity(t)` bit/s: the encoder sends what it is given, whatever
+    /// exceeds the link is lost and reported on the next tick. Runs until `until`, returns
+    /// every decision.
+    fn through_link(
+        c: &mut Controller,
+        t: &mut Duration,
+        until: Duration,
+        capacity: impl Fn(Duration) -> u64,
+    ) -> Vec<Decision> {
+        let mut decisions = Vec::new();
+        while *t < until {
+            *t += TICK;
+            let sent = c.encoder_bps();
+            let link = capacity(*t);
+            let loss = if sent > link {
+                1.0 - link as f64 / sent as f64
+            } else {
+                0.0
+            };
+            decisions.push(c.update(&Observation {
+                now: *t,
+                loss: Some(loss),
+                ..clear(sent)
+            }));
+        }
+        decisions
+    }
+
+    /// A 3-rung controller that spent 20 s on an 800 kbit/s link (a fifth of 4 Mbit/s),
+    /// starting at 2.5 Mbit/s.
+    fn settled_on_a_fifth(ladder: Ladder) -> (Controller, Duration) {
+        let mut c = Controller::new(Config {
+            start_bps: 2_500_000,
+            ladder: Some(ladder),
+            ..Default::default()
+        });
+        let mut t = Duration::ZERO;
+        through_link(&mut c, &mut t, Duration::from_secs(20), |_| 800_000);
+        (c, t)
+    }
+
+    #[test]
+    fn climbs_two_rungs_within_5_s_of_the_link_coming_back() {
+        let (mut c, mut t) = settled_on_a_fifth(ladder_720p());
+        assert_eq!(c.rung(), Some(2), "360p on 800 kbit/s");
+        let rise = t;
+        let decisions = through_link(&mut c, &mut t, rise + Duration::from_secs(15), |_| {
+            4_000_000
+        });
+        // 80 % of the new capacity given to the encoder, which needs the 720p rung.
+        let at_80 = decisions
+            .iter()
+            .find(|d| d.encoder_bps >= 3_200_000)
+            .map(|d| d.time - rise)
+            .expect("reaches 80 % of 4 Mbit/s");
+        assert!(at_80 <= Duration::from_secs(5), "80 % after {at_80:?}");
+        let climbs: Vec<(Duration, Option<usize>)> = decisions
+            .iter()
+            .filter(|d| d.rung_changed)
+            .map(|d| (d.time - rise, d.rung))
+            .collect();
+        assert_eq!(climbs.last().map(|c| c.1), Some(Some(0)), "{climbs:?}");
+        assert!(
+            climbs.len() <= 2,
+            "one key frame per rung at most: {climbs:?}"
+        );
+        // Never before the link has shown its new rate for half the hold.
+        assert!(climbs[0].0 >= Duration::from_secs(2), "{climbs:?}");
+        assert!(
+            decisions.iter().all(|d| d.direction != Direction::Decrease),
+            "no congestion on the way up"
+        );
+    }
+
+    #[test]
+    fn a_rung_the_link_carried_is_reached_in_one_decision() {
+        // 360p may use up to 2 Mbit/s: on it the link already carries the 720p threshold
+        // (1500 × 1.15), so the climb skips 540p: one rung change, one key frame.
+        let ladder = Ladder::parse("1280x720@30:1500-4000;960x540@30:800-2200;640x360@30:0-2000")
+            .expect("ladder parses");
+        let (mut c, mut t) = settled_on_a_fifth(ladder);
+        assert_eq!(c.rung(), Some(2));
+        let rise = t;
+        let decisions = through_link(&mut c, &mut t, rise + Duration::from_secs(10), |_| {
+            4_000_000
+        });
+        let climbs: Vec<Option<usize>> = decisions
+            .iter()
+            .filter(|d| d.rung_changed)
+            .map(|d| d.rung)
+            .collect();
+        assert_eq!(climbs, vec![Some(0)]);
+    }
+
+    #[test]
+    fn a_link_that_recovers_for_2_s_changes_no_rung() {
+        // Whatever the phase of the controller's probing when the link comes back.
+        for offset_ms in (0..3000).step_by(250) {
+            let (mut c, mut t) = settled_on_a_fifth(ladder_720p());
+            let start = t + ms(offset_ms);
+            through_link(&mut c, &mut t, start, |_| 800_000);
+            // Four times: 2 s at 4 Mbit/s, 6 s at 800 kbit/s.
+            let cycle = Duration::from_secs(8);
+            let decisions = through_link(&mut c, &mut t, start + cycle * 4, |now| {
+                let into = (now - start).as_millis() % cycle.as_millis();
+                if into < 2000 { 4_000_000 } else { 800_000 }
+            });
+            let changes: Vec<(Duration, Option<usize>)> = decisions
+                .iter()
+                .filter(|d| d.rung_changed)
+                .map(|d| (d.time - start, d.rung))
+                .collect();
+            assert!(changes.is_empty(), "offset {offset_ms} ms: {changes:?}");
+            assert_eq!(c.rung(), Some(2));
+        }
     }
 }
