@@ -497,10 +497,12 @@ impl LlHls {
         match asked {
             Asked::Playlist => self.playlist(track, query, deadline),
             Asked::Init(run) => {
+                // A run that is not there yet may start soon (a restart); one that is over never.
                 let state = self.wait(deadline, |s| {
-                    s.tracks
-                        .get(track)
-                        .is_some_and(|t| t.inits.contains_key(&run))
+                    s.ended
+                        || s.tracks
+                            .get(track)
+                            .is_some_and(|t| t.inits.contains_key(&run))
                         || s.run > run
                 });
                 match state.tracks.get(track).and_then(|t| t.inits.get(&run)) {
@@ -1476,5 +1478,57 @@ mod tests {
             "{playlist}"
         );
         assert!(playlist.contains("DURATION=0.20309,"), "{playlist}");
+    }
+
+    #[test]
+    fn odd_names_and_queries_get_a_4xx_at_once() {
+        gst::init().unwrap();
+        // Segments of 20 s: a request that waits, waits a minute (three target durations).
+        let hls = LlHls::new(Duration::from_secs(20), Duration::from_millis(250), 3);
+        hls.set_renditions(ladder()[..2].to_vec());
+        let init = init_segment(b'5');
+        for track in 0..2 {
+            push_segment(&hls, track, 0, 100, Some(&init));
+        }
+        // An ended stream waits for nothing: every answer below comes at once.
+        hls.finish();
+        let started = Instant::now();
+        for (name, query) in [
+            ("", ""),
+            ("/", ""),
+            ("r", ""),
+            ("r0", ""),
+            ("r0/", ""),
+            ("r-1/live.m3u8", ""),
+            ("r+1/live.m3u8", ""),
+            ("r18446744073709551616/live.m3u8", ""),
+            ("r0/../live.m3u8", ""),
+            ("r0/r0/live.m3u8", ""),
+            ("r0/init99.mp4", ""),
+            ("r0/init-1.mp4", ""),
+            ("r0/seg.m4s", ""),
+            ("r0/seg99999999999999999999.m4s", ""),
+            ("r0/part0.m4s", ""),
+            ("r0/part0.99999999999999999999.m4s", ""),
+            ("r0/part.0.m4s", ""),
+            ("r1/part18446744073709551615.0.m4s", ""),
+            ("r0/live.m3u8", "_HLS_msn=18446744073709551615"),
+            ("r0/live.m3u8", "_HLS_msn=-1"),
+            ("r0/live.m3u8", "_HLS_part=0"),
+            ("r0/live.m3u8", "_HLS_msn=0&_HLS_part=x"),
+        ] {
+            let status = hls.respond(name, query).status;
+            assert!((400..500).contains(&status), "{name}?{query}: {status}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "a request waited out its deadline"
+        );
+        // What is there is still served after the odd ones.
+        assert_eq!(hls.respond("r1/seg0.m4s", "").status, 200);
+        assert_eq!(
+            hls.respond("r0/live.m3u8", "_HLS_msn=0&_HLS_part=0").status,
+            200
+        );
     }
 }

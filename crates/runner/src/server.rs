@@ -6,6 +6,7 @@
 //! | `GET /assets/hls.min.js`, `/assets/whep-player.js`, `/assets/stamp.js` | the page's scripts |
 //! | `GET /favicon.svg` (also `/favicon.ico`) | the page's icon |
 //! | `GET /hls/live.m3u8`, `GET /hls/<segment>.ts` | the HLS output (or LL-HLS parts) |
+//! | `GET /hls/r<N>/live.m3u8`, `GET /hls/r<N>/<part>` | rendition N of a ladder (`live.m3u8` is then multivariant) |
 //! | `POST /whep`, `DELETE /whep/<id>`, `OPTIONS /whep` | WebRTC viewers (WHEP, no token) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /api/status` | JSON status (raised hands' questions only with the token) |
