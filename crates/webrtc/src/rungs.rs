@@ -24,6 +24,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hybridlive_ladder::{Decision, Ladder, Observation, Reason, Rung, RungSelector};
 
+/// How long an estimate that did not change is taken as current.
+const ESTIMATE_HELD: Duration = Duration::from_secs(2);
+
 /// One completed switch of one viewer, as told to [`crate::WhepOutput::on_rung_switch`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct RungSwitch {
@@ -219,6 +222,8 @@ pub(crate) struct Feedback {
     pub report: Option<(ReportBlock, Option<Duration>)>,
     /// The first extended sequence number the viewer reported, for the packets delivered.
     pub first_seq: Option<u32>,
+    /// The latest bandwidth estimate (rtpgccbwe over transport-wide CC) and when it came.
+    pub estimate: Option<(u64, Instant)>,
 }
 
 /// The rung state of one session: shared by the funnel probes (streaming threads), the data
@@ -325,15 +330,25 @@ impl RungState {
     /// Records the viewer's receiver reports in an RTCP packet.
     pub fn read_rtcp(&self, rtcp: &[u8]) {
         let now = ntp_mid_now();
-        let Some(block) = read_report_blocks(rtcp)
+        let block = read_report_blocks(rtcp)
             .into_iter()
-            .find(|b| b.ssrc == self.ssrc)
-        else {
+            .find(|b| b.ssrc == self.ssrc);
+        let mut feedback = self.feedback.lock().unwrap();
+        // rtpgccbwe tells an estimate only when it changes: while the viewer keeps sending
+        // feedback, one that holds steady is still current.
+        if let Some((_, at)) = &mut feedback.estimate {
+            *at = Instant::now();
+        }
+        let Some(block) = block else {
             return;
         };
-        let mut feedback = self.feedback.lock().unwrap();
         feedback.first_seq.get_or_insert(block.highest_seq);
         feedback.report = Some((block, round_trip(&block, now)));
+    }
+
+    /// Records a new bandwidth estimate towards the viewer, bit/s.
+    pub fn estimate(&self, bps: u64) {
+        self.feedback.lock().unwrap().estimate = Some((bps, Instant::now()));
     }
 
     /// Sets the viewer's pin (`None`: automatic); a rung the ladder lacks is ignored.
@@ -343,12 +358,21 @@ impl RungState {
 
     /// One tick: feeds the selector what arrived since the last one.
     pub fn tick(&self) -> TickActions {
-        let (report, first_seq) = {
+        let (report, first_seq, estimate) = {
             let mut feedback = self.feedback.lock().unwrap();
-            (feedback.report.take(), feedback.first_seq)
+            (
+                feedback.report.take(),
+                feedback.first_seq,
+                feedback.estimate,
+            )
         };
         let mut obs = Observation {
             now: self.started.elapsed(),
+            // Stale once the viewer's feedback stopped (see `read_rtcp`); its receiver reports
+            // (loss) still move it then.
+            estimate_bps: estimate
+                .filter(|(_, at)| at.elapsed() < ESTIMATE_HELD)
+                .map(|(bps, _)| bps),
             ..Default::default()
         };
         if let Some((block, rtt)) = report {

@@ -473,6 +473,10 @@ impl WhepOutput {
             .find(|(c, _)| *c == codec)
             .map(|(_, tee)| tee.clone())
             .ok_or(OfferError::NoH264)?;
+        // Transport-wide congestion control, when the viewer offers it: the estimate that
+        // chooses its rung.
+        let twcc_id = crate::offer::video_extmap_id(&offer.sdp, TWCC_URI)
+            .filter(|_| self.inner.ladder.is_some() && codec == VideoCodec::H264);
         let ViewerOffer {
             sdp,
             h264,
@@ -498,7 +502,17 @@ impl WhepOutput {
         let viewer = session_id();
         let last_heard = Arc::new(Mutex::new(Instant::now()));
         let (bin, webrtcbin, rung_state) = self
-            .build_branch(&id, &viewer, &video, opus, playout_delay, skipped)
+            .build_branch(
+                &id,
+                &viewer,
+                &video,
+                opus,
+                HeaderExtensions {
+                    playout_delay,
+                    twcc_id,
+                },
+                skipped,
+            )
             .map_err(|e| WhepError::Negotiation(e.to_string()))?;
 
         self.inner
@@ -674,9 +688,13 @@ impl WhepOutput {
         viewer: &str,
         video: &VideoFormat,
         opus_payload_type: Option<u32>,
-        playout_delay: Option<(u32, PlayoutDelayMs)>,
+        extensions: HeaderExtensions,
         skipped: Skipped,
     ) -> Result<(gst::Bin, gst::Element, Option<Arc<RungState>>), gst::glib::BoolError> {
+        let HeaderExtensions {
+            playout_delay,
+            twcc_id,
+        } = extensions;
         let bin = gst::Bin::with_name(&format!("whep-{id}"));
         let queue = self.viewer_queue()?;
         // The SSRC is chosen here and written into the caps webrtcbin answers from: the answer
@@ -746,6 +764,17 @@ impl WhepOutput {
                 .make_mut()
                 .set(format!("extmap-{id}"), PLAYOUT_DELAY_URI);
         }
+        if let Some(id) = twcc_id {
+            // Every packet numbered transport-wide; the viewer's feedback on them goes to
+            // rtpgccbwe (see `estimate_bandwidth`).
+            let ext = gst_rtp::RTPHeaderExtension::create_from_uri(TWCC_URI)
+                .ok_or_else(|| gst::glib::bool_error!("no rtphdrexttwcc"))?;
+            ext.set_id(id);
+            pay.emit_by_name::<()>("add-extension", &[&ext]);
+            let codec = codec.make_mut();
+            codec.set(format!("extmap-{id}"), TWCC_URI);
+            codec.set("rtcp-fb-transport-cc", true);
+        }
         let setter = match setter_caps {
             Some(caps) => gst::ElementFactory::make("capssetter")
                 .property("caps", caps)
@@ -810,6 +839,9 @@ impl WhepOutput {
                     ssrc,
                 ));
                 self.add_rung_switch(&bin, &queue, &pay, &state)?;
+                if twcc_id.is_some() {
+                    estimate_bandwidth(&webrtcbin, &state)?;
+                }
                 Some(state)
             }
         };
@@ -1019,6 +1051,13 @@ impl WhepOutput {
     }
 }
 
+/// The RTP header extensions a viewer's video gets: (id, delay) of the playout delay, the id
+/// of transport-wide CC.
+struct HeaderExtensions {
+    playout_delay: Option<(u32, PlayoutDelayMs)>,
+    twcc_id: Option<u32>,
+}
+
 /// The video format a viewer's answer uses.
 enum VideoFormat {
     H264 {
@@ -1159,6 +1198,61 @@ fn spawn_watchdog(inner: Weak<Inner>) {
             }
         }
     });
+}
+
+/// URI of the transport-wide congestion control RTP header extension.
+const TWCC_URI: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+
+/// Puts `rtpgccbwe` (Google congestion control over transport-wide CC feedback) in front of the
+/// session's RTP session: its estimate of the bandwidth towards the viewer feeds the viewer's
+/// rung selector. It paces the packets at the estimate, holding at most about 30 ms of them
+/// (it sends the rest at once): a burst towards a slow link is spread rather than lost.
+fn estimate_bandwidth(
+    webrtcbin: &gst::Element,
+    state: &Arc<RungState>,
+) -> Result<(), gst::glib::BoolError> {
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        if gst::ElementFactory::find("rtpgccbwe").is_none() {
+            // Only failure is a plugin registered twice: then it is there.
+            let _ = gstrsrtp::plugin_register_static();
+        }
+    });
+    let rungs = state.ladder.rungs();
+    let top = rungs.first().map_or(2_500_000, |r| r.max_bps);
+    let lowest = rungs.last().map_or(200_000, |r| r.max_bps);
+    let start = state.selector.lock().unwrap().config().start_bps;
+    let weak = Arc::downgrade(state);
+    let (min, start, max) = (
+        clamp_u32(lowest / 2),
+        // Enough for the start rung with audio and headers: pacing below it would delay the
+        // first seconds of every viewer.
+        clamp_u32(start + start / 2),
+        // Twice the top rung: enough to prove it comfortable, no more.
+        clamp_u32(top * 2),
+    );
+    gst::ElementFactory::find("rtpgccbwe").ok_or_else(|| gst::glib::bool_error!("no rtpgccbwe"))?;
+    webrtcbin.connect("request-aux-sender", false, move |_| {
+        let bwe = gst::ElementFactory::make("rtpgccbwe")
+            .property("min-bitrate", min)
+            .property("estimated-bitrate", start)
+            .property("max-bitrate", max)
+            .build()
+            .ok()?;
+        let weak = weak.clone();
+        bwe.connect_notify(Some("estimated-bitrate"), move |bwe, _| {
+            if let Some(state) = weak.upgrade() {
+                let bps = bwe.property::<u32>("estimated-bitrate");
+                state.estimate(u64::from(bps));
+            }
+        });
+        Some(bwe.to_value())
+    });
+    Ok(())
+}
+
+fn clamp_u32(bps: u64) -> u32 {
+    u32::try_from(bps).unwrap_or(u32::MAX).max(1)
 }
 
 /// How often the rung selectors are fed (and silent viewers looked for).

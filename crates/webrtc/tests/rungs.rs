@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 /// The test ladder: the default viewer ladder's bitrates (what the selector reasons with) at a
 /// quarter of its sizes, to spare the machine.
+const TWCC_URI: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+
 const RUNGS: [(u32, u32, u64); 3] = [
     (640, 360, 2_500_000),
     (320, 180, 700_000),
@@ -151,7 +153,8 @@ struct RungViewer {
 }
 
 impl RungViewer {
-    fn new(decode: bool) -> Self {
+    /// With `twcc`, the viewer offers transport-wide congestion control, as browsers do.
+    fn new(decode: bool, twcc: bool) -> Self {
         let pipeline = gst::Pipeline::new();
         let webrtcbin = gst::ElementFactory::make("webrtcbin")
             .property_from_str("bundle-policy", "max-bundle")
@@ -159,7 +162,7 @@ impl RungViewer {
             .unwrap();
         add_local_address(&webrtcbin, "127.0.0.1").unwrap();
         pipeline.add(&webrtcbin).unwrap();
-        let caps = gst::Caps::builder("application/x-rtp")
+        let mut caps = gst::Caps::builder("application/x-rtp")
             .field("media", "video")
             .field("encoding-name", "H264")
             .field("clock-rate", 90000i32)
@@ -167,6 +170,11 @@ impl RungViewer {
             .field("packetization-mode", "1")
             .field("profile-level-id", "42e01f")
             .build();
+        if twcc {
+            let caps = caps.make_mut();
+            caps.set("extmap-3", TWCC_URI);
+            caps.set("rtcp-fb-transport-cc", true);
+        }
         webrtcbin.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
             "add-transceiver",
             &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &caps],
@@ -425,7 +433,7 @@ fn a_pinned_viewer_is_switched_between_rungs_on_one_continuous_track() {
     let heard = switches.clone();
     output.on_rung_switch(Box::new(move |switch| heard.lock().unwrap().push(switch)));
 
-    let viewer = RungViewer::new(true);
+    let viewer = RungViewer::new(true, false);
     let id = viewer.connect(&output);
     // Without a bandwidth estimate the viewer starts, and stays, on the 700 kbit/s rung.
     viewer.wait_height(180, 30);
@@ -505,16 +513,21 @@ fn a_pinned_viewer_is_switched_between_rungs_on_one_continuous_track() {
 }
 
 #[test]
-fn one_viewer_forced_down_leaves_the_others_rung_alone_and_reports_feed_the_selector() {
+fn one_viewer_forced_down_leaves_the_others_rung_alone_and_feedback_moves_a_viewer_up() {
     if !in_private_netns(
-        "one_viewer_forced_down_leaves_the_others_rung_alone_and_reports_feed_the_selector",
+        "one_viewer_forced_down_leaves_the_others_rung_alone_and_feedback_moves_a_viewer_up",
     ) {
         return;
     }
     let pipeline = ladder_source();
     // Switches ask for a key frame, which comes at once.
     let output = ladder_output(&pipeline, Duration::from_millis(200));
-    let (down, other) = (RungViewer::new(false), RungViewer::new(false));
+    let switches: Arc<Mutex<Vec<RungSwitch>>> = Arc::default();
+    let heard = switches.clone();
+    output.on_rung_switch(Box::new(move |switch| heard.lock().unwrap().push(switch)));
+    // Two viewers without transport-wide CC (no estimate: they stay on the start rung unless
+    // they pin another), one with it, as browsers offer.
+    let (down, other) = (RungViewer::new(false, false), RungViewer::new(false, false));
     let down_id = down.connect(&output);
     let other_id = other.connect(&output);
     down.wait_height(180, 30);
@@ -528,10 +541,54 @@ fn one_viewer_forced_down_leaves_the_others_rung_alone_and_reports_feed_the_sele
         asked.elapsed()
     );
     down.wait_height(90, 60);
-    let other_before = other.frames();
-    eventually(Duration::from_secs(20), "the other viewer to go on", || {
-        (other.frames() > other_before + 30).then_some(())
-    });
+    let rung_of = |id: &str| {
+        output
+            .sessions()
+            .into_iter()
+            .find(|s| s.id == id)
+            .and_then(|s| s.rung)
+            .unwrap()
+    };
+
+    // The receiver reports reach the selector: loss (none here), round trip, what got through.
+    let fed = eventually_explained(
+        Duration::from_secs(20),
+        || {
+            let status = rung_of(&other_id);
+            (status.loss.is_some() && status.rtt.is_some() && status.throughput_bps.is_some())
+                .then_some(status)
+        },
+        || format!("the selector is not fed: {:?}", rung_of(&other_id)),
+    );
+    assert!(fed.loss.unwrap() < 0.05, "{fed:?}");
+    assert!(fed.rtt.unwrap() < Duration::from_secs(1), "{fed:?}");
+    assert!(fed.throughput_bps.unwrap() > 0, "{fed:?}");
+    assert_eq!(fed.estimate_bps, None, "no TWCC, no estimate: {fed:?}");
+
+    // rtpgccbwe's estimate from the TWCC viewer's feedback finds loopback wide open: from the
+    // start rung it goes to the top.
+    let climber = RungViewer::new(false, true);
+    let climber_id = climber.connect(&output);
+    climber.wait_height(360, 30);
+    let status = rung_of(&climber_id);
+    assert!(
+        status.estimate_bps.is_some_and(|e| e >= 2_500_000),
+        "{status:?}"
+    );
+    let climbed = switches.lock().unwrap().clone();
+    let climbed = climbed
+        .iter()
+        .find(|s| s.to == 0)
+        .expect("the climb was heard");
+    assert_eq!(climbed.from, 1);
+    assert!(
+        ["initial", "climb"].contains(&climbed.reason),
+        "{climbed:?}"
+    );
+    assert!(climbed.estimate_bps.is_some(), "{climbed:?}");
+    eprintln!("estimate with TWCC on loopback: {:?}", status.estimate_bps);
+
+    // Through all this, the viewer that did nothing stayed where it was.
     let heights: Vec<i32> = other
         .seen
         .lock()
@@ -541,30 +598,11 @@ fn one_viewer_forced_down_leaves_the_others_rung_alone_and_reports_feed_the_sele
         .map(|s| s.1)
         .collect();
     assert_eq!(heights, vec![180], "the other viewer stays on its rung");
-    let rung_of = |id: &str| {
-        output
-            .sessions()
-            .into_iter()
-            .find(|s| s.id == id)
-            .and_then(|s| s.rung)
-            .unwrap()
-    };
     assert_eq!(rung_of(&down_id).rung, 2);
     assert_eq!(rung_of(&other_id).rung, 1);
     assert_eq!(rung_of(&other_id).switches, 0);
-    assert_eq!(output.rung_counts().viewers, vec![0, 1, 1]);
-
-    // The viewers' receiver reports reach the selector: loss (none here), round trip and
-    // what got through.
-    let fed = eventually(Duration::from_secs(20), "the selector to be fed", || {
-        let status = rung_of(&other_id);
-        (status.loss.is_some() && status.rtt.is_some() && status.throughput_bps.is_some())
-            .then_some(status)
-    });
-    assert!(fed.loss.unwrap() < 0.05, "{fed:?}");
-    assert!(fed.rtt.unwrap() < Duration::from_secs(1), "{fed:?}");
-    assert!(fed.throughput_bps.unwrap() > 0, "{fed:?}");
-    for viewer in [&down, &other] {
+    assert_eq!(output.rung_counts().viewers, vec![1, 1, 1]);
+    for viewer in [&down, &other, &climber] {
         let seen = viewer.seen.lock().unwrap();
         assert_eq!(seen.ssrcs.len(), 1);
         assert_eq!(seen.delta_switches, 0);
