@@ -17,7 +17,8 @@
 //!   the hinted next part waits until it is complete).
 //!
 //! Ladders: each rung has a muxer of its own feeding a track of this store. With more than one,
-//! `live.m3u8` is the multivariant playlist (an `EXT-X-STREAM-INF` per rung, top first, with
+//! `live.m3u8` is the multivariant playlist (an `EXT-X-STREAM-INF` per rung, the middle one
+//! first, where players start, then the others top first; with
 //! BANDWIDTH and AVERAGE-BANDWIDTH measured from the stored segments, CODECS read from the
 //! rendition's own initialisation segment) and rendition `N` answers the requests above under
 //! `rN/`, its playlist naming the others' last segment and part (`EXT-X-RENDITION-REPORT`) so a
@@ -579,6 +580,12 @@ impl LlHls {
         if ready.is_empty() {
             return no_segment_yet();
         }
+        // Players start on the first variant listed (hls.js does, unless told otherwise): the
+        // middle rung, which a constrained viewer can carry from the first part on and from
+        // which an unconstrained one climbs within a few segments. Then the rest, top first.
+        let mut ready = ready;
+        let start = ready.remove(ready.len() / 2);
+        ready.insert(0, start);
         let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-INDEPENDENT-SEGMENTS\n");
         for (i, track) in ready {
             let rendition = state.renditions.get(i);
@@ -1291,6 +1298,14 @@ mod tests {
             .map(|w| (w[0], w[1]))
             .collect();
         assert_eq!(variants.len(), 3, "{multivariant}");
+        let uris: Vec<&str> = variants.iter().map(|(_, uri)| *uri).collect();
+        assert_eq!(
+            uris,
+            ["r1/live.m3u8", "r0/live.m3u8", "r2/live.m3u8"],
+            "players start on the first: the middle rung"
+        );
+        let mut variants = variants;
+        variants.sort_by_key(|(_, uri)| *uri);
         for (i, (inf, uri)) in variants.iter().enumerate() {
             assert_eq!(*uri, format!("r{i}/live.m3u8"));
             assert!(inf.contains("CODECS=\"avc1.42c01f,mp4a.40.2\""), "{inf}");
