@@ -190,6 +190,14 @@ fn parse_args() -> Result<Args> {
     if args.ladder.is_some() && args.link != Link::SrtTbf {
         bail!("--ladder is implemented for --link srt-tbf only");
     }
+    if let Some(ladder) = &args.ladder
+        && ladder
+            .rungs()
+            .iter()
+            .any(|r| r.framerate.is_some_and(|f| f != (30, 1)))
+    {
+        bail!("--ladder: the source runs at 30 fps, every rung must keep @30");
+    }
     if args.link_base > 250 {
         bail!("--link-base must leave room for the links (at most 250)");
     }
@@ -628,7 +636,9 @@ fn build_srt(
         _ => String::new(),
     };
     // With a ladder the source has the top rung's size, and the capsfilter the controller
-    // sets scales it to the current rung (the fixed encoder stays at the top rung).
+    // sets scales it to the current rung (the fixed encoder stays at the top rung). No
+    // videorate (rungs keep 30 fps, checked in parse_args): on a loaded machine it would pad
+    // late frames with duplicates the encoder turns into nothing.
     let (width, height, scaler) = match &args.ladder {
         Some(ladder) => {
             let top = &ladder.rungs()[0];
@@ -639,7 +649,7 @@ fn build_srt(
                 top.width,
                 top.height,
                 format!(
-                    "! videoscale ! videorate ! capsfilter name=rung \
+                    "! videoscale ! capsfilter name=rung \
                      caps=video/x-raw,width={},height={},framerate=30/1",
                     top.width, top.height
                 ),
@@ -1060,6 +1070,43 @@ fn render_table(args: &Args, rounds: &[Figures]) -> String {
     table
 }
 
+/// The reaction to each drop and the time to 80 % after each rise, round by round: on a
+/// shared machine the spread says as much as the median.
+fn render_rounds(args: &Args, rounds: &[Figures]) -> String {
+    let mut table = String::from(
+        "| round | step | mode | under capacity after drop | 80 % reached after rise | longest freeze |\n|---|---|---|---|---|---|\n",
+    );
+    for (n, round) in rounds.iter().enumerate() {
+        for i in 1..args.profile.len() {
+            for &mode in &args.modes {
+                let Some(f) = round.get(&(i, mode)) else {
+                    continue;
+                };
+                let rise = args.profile[i].0 > args.profile[i - 1].0;
+                let _ = writeln!(
+                    table,
+                    "| {} | {} | {} | {} | {} | {:.0} ms |",
+                    n + 1,
+                    i + 1,
+                    mode.name(),
+                    if rise {
+                        "–".into()
+                    } else {
+                        fmt_opt(f.reaction_s, "s")
+                    },
+                    if rise {
+                        fmt_opt(f.t80_s, "s")
+                    } else {
+                        "–".into()
+                    },
+                    f.longest_freeze_ms,
+                );
+            }
+        }
+    }
+    table
+}
+
 fn main() -> Result<()> {
     let args = parse_args()?;
     if let Some(port) = args.receiver {
@@ -1084,6 +1131,8 @@ fn main() -> Result<()> {
     let total = *boundaries.last().unwrap_or(&0.0);
     let table = render_table(&args, &rounds);
     println!("{table}");
+    let per_round = render_rounds(&args, &rounds);
+    println!("{per_round}");
 
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
@@ -1135,7 +1184,7 @@ fn main() -> Result<()> {
         "report.md",
         &format!(
             "# abr-eval\n\nLink: {}. Profile: {}; fixed bitrate {} kbit/s; {}; \
-             moving zone plate at 30 fps (x264 meets its target within 5 %) with x264 ultrafast/zerolatency.\n\n{table}\n\n![step response](step-response.svg)\n",
+             moving zone plate at 30 fps (x264 meets its target within 5 %) with x264 ultrafast/zerolatency.\n\n{table}\n\nEvery round (the spread behind the medians):\n\n{per_round}\n![step response](step-response.svg)\n",
             match args.link {
                 Link::Netsim => format!(
                     "RTP (rtpbin) through netsim (policer, burst = 250 ms of capacity), one-way delay {} ms, \

@@ -357,7 +357,7 @@ pub struct AbrController {
         blurb = "Growing send backlog that cuts the bitrate, in milliseconds (1-60000)",
         get, set, type = u32, member = backlog_threshold, minimum = 1, maximum = 60_000, default = DEFAULT_BACKLOG_THRESHOLD_MS)]
     #[property(name = "rung-up-hold", nick = "Rung up hold",
-        blurb = "How long the bitrate must afford the next rung before climbing to it, in milliseconds (0-600000)",
+        blurb = "How long the bitrate must afford the next rung before climbing to it, in milliseconds (0-600000); half of it once the link carried the rung's rate (then several rungs at once)",
         get, set, type = u32, member = rung_up_hold, maximum = 600_000, default = DEFAULT_RUNG_UP_HOLD_MS)]
     #[property(name = "vbv-capacity", nick = "VBV capacity",
         blurb = "Rate-control buffer the encoder is given, in milliseconds of its bitrate (0: leave the encoder's; only encoders whose table row names one, e.g. x264enc vbv-buf-capacity): bounds how far a key frame bursts above the link's rate (0-10000)",
@@ -462,9 +462,13 @@ impl ElementImpl for AbrController {
                  of a cut, the queuing delay drains at s s/s while r is sent), never \
                  above max-bitrate, the estimate or 1.5x the measured encoder output, and \
                  no step while the encoder sends less than 70% of the last one. \
-                 Rungs: down on the tick the target falls below the rung minimum, up one \
+                 Rungs: down on the tick the target falls below the rung minimum; up one \
                  rung after the target has stayed at 1.15x the next rung's minimum for \
-                 rung-up-hold; each rung change sets the capsfilter caps and forces a \
+                 rung-up-hold, or, once the target has been above 105% of the rate where \
+                 congestion was last seen with every signal clear for half of \
+                 rung-up-hold, straight to the highest rung whose 1.15x minimum both the \
+                 target and the smoothed send rate (for 300 ms) cover, however many rungs \
+                 up (that time is not restarted by a climb: holds do not stack); each rung change sets the capsfilter caps and forces a \
                  key frame, and so does the end of a loss episode that cut the bitrate (first report \
                  under loss-threshold once the encoder follows). Element message abr-decision, posted at start and on every change of bitrate or rung, \
                  with fields: time (guint64 ns, clock time), running-time (guint64 ns), inputs \
