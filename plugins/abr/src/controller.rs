@@ -96,13 +96,15 @@
 //!   `rung_up_hold` (4 s by default);
 //! * **what the link carried**: once the target has been past the band where the link last
 //!   broke (above 105 % of the rate at the last cut) with every signal clear for half of
-//!   `rung_up_hold`, the climb goes straight to the highest rung whose threshold both the
-//!   target and the smoothed send rate have covered (the send rate for at least 300 ms, on
-//!   clear ticks), however many rungs up: one decision, one key frame. This "grown" time is
-//!   not restarted by a climb, so the rung after it needs no new hold, only its threshold
-//!   delivered on the rung just reached (the encoder, capped by a rung's maximum, can prove
-//!   only what that rung lets it send: over the default ladder 360p proves 540p, 540p proves
-//!   720p). Any decrease or elevated signal clears the evidence.
+//!   `rung_up_hold`, the climb goes straight to the highest rung whose threshold the target
+//!   covers and whose minimum the link delivered (the smoothed send rate, for at least 300
+//!   ms, on clear ticks), however many rungs up: one decision, one key frame. This "grown"
+//!   time is not restarted by a climb, so the rung after it needs no new hold, only its
+//!   minimum delivered on the rung just reached (the encoder, capped by a rung's maximum, can
+//!   prove only what that rung lets it send: over the default ladder 360p, up to 1200
+//!   kbit/s, proves 540p's 800, and 540p, up to 2200, proves 720p's 1500). Any decrease or
+//!   elevated signal clears the evidence. The margin stays the target's: a rung is climbed
+//!   with a target 15 % above its minimum and left only below that minimum.
 //!
 //! The half hold starts only once the target leaves the band where the link last broke, a
 //! few probe steps after the link came back: a link that recovers for only 2 s is cut again
@@ -324,7 +326,7 @@ const DRAIN_EPISODE: Duration = Duration::from_secs(5);
 /// A probe step waits until the encoder sends at least this share of the rate it was given
 /// (the target, capped by the rung): a step the link never saw tells nothing about it.
 const PROBE_FOLLOW: f64 = 0.7;
-/// How long the smoothed send rate must cover a rung's threshold before it counts as
+/// How long the smoothed send rate must cover a rung's minimum before it counts as
 /// delivered evidence for that rung (a key frame lifts it for a tick or two).
 const RUNG_DELIVERED_FOR: Duration = Duration::from_millis(300);
 
@@ -347,8 +349,8 @@ pub struct Controller {
     /// Since when the target has been past the band where the link last broke with every
     /// signal clear: how long the link has shown more than it carried then.
     grown_since: Option<Duration>,
-    /// Per rung, since when the smoothed send rate has covered its threshold (minimum ×
-    /// `rung_up_margin`) on clear ticks: what the link carried, not what the target hopes.
+    /// Per rung, since when the smoothed send rate has covered its minimum on clear ticks:
+    /// what the link carried, not what the target hopes.
     delivered_since: Vec<Option<Duration>>,
     congestion_bps: Option<u64>,
     step: f64,
@@ -846,9 +848,12 @@ impl Controller {
         if past_band {
             self.grown_since.get_or_insert(now);
         }
+        // The rung's minimum, not its threshold: the link carrying the least the rung is ever
+        // encoded at is the proof; the margin that keeps rungs from flapping is the target's
+        // (a rung is left only when the target falls below its minimum).
         let sent = self.sent_avg.value().unwrap_or(0.0);
-        for rung in 0..ladder.len() {
-            if sent >= self.rung_threshold(&ladder, rung) {
+        for (rung, r) in ladder.rungs().iter().enumerate() {
+            if sent >= r.min_bps as f64 {
                 self.delivered_since[rung].get_or_insert(now);
             } else {
                 self.delivered_since[rung] = None;
@@ -881,8 +886,8 @@ impl Controller {
             }
         }
         // What the link carried: once it has shown more than where it last broke for half
-        // the hold, straight to the highest rung whose threshold both the target and the
-        // delivered rate cover, however many rungs up.
+        // the hold, straight to the highest rung whose threshold the target covers and whose
+        // minimum the link delivered, however many rungs up.
         let grown_for = self.grown_since.map(|t| now.saturating_sub(t));
         if grown_for.is_some_and(|g| g >= self.config.rung_up_hold / 2)
             && let Some(best) = (0..current).find(|&r| {
@@ -1634,8 +1639,8 @@ mod tests {
 
     #[test]
     fn a_rung_the_link_carried_is_reached_in_one_decision() {
-        // 360p may use up to 2 Mbit/s: on it the link already carries the 720p threshold
-        // (1500 × 1.15), so the climb skips 540p: one rung change, one key frame.
+        // 360p may use up to 2 Mbit/s: on it the link already carries 720p's minimum (1500
+        // kbit/s), so the climb skips 540p: one rung change, one key frame.
         let ladder = Ladder::parse("1280x720@30:1500-4000;960x540@30:800-2200;640x360@30:0-2000")
             .expect("ladder parses");
         let (mut c, mut t) = settled_on_a_fifth(ladder);
