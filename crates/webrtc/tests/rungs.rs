@@ -611,3 +611,110 @@ fn one_viewer_forced_down_leaves_the_others_rung_alone_and_feedback_moves_a_view
     output.close_all();
     pipeline.set_state(gst::State::Null).unwrap();
 }
+
+/// CPU time of this process (user and system), from `getrusage`.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes into the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// Share of one core the process used over `window`.
+fn cores_used(window: Duration) -> f64 {
+    let (cpu, wall) = (cpu_time(), Instant::now());
+    std::thread::sleep(window);
+    (cpu_time() - cpu).as_secs_f64() / wall.elapsed().as_secs_f64()
+}
+
+/// Measures, not a check: CPU per viewer on the top rung served as a single rendition (as
+/// before the ladder), from the ladder (every rung's tee into the viewer's funnel), and from
+/// the ladder with transport-wide CC (an rtpgccbwe pacing thread per viewer). Viewers and
+/// server share the process; the encoders run in every phase and are subtracted.
+///
+///   cargo nextest run -p hybridlive-webrtc --test rungs --run-ignored only --no-capture
+///   RUNG_COST_VIEWERS=16 ... (default 8)
+#[test]
+#[ignore = "a measurement: run it on an idle machine"]
+fn measure_cpu_per_viewer() {
+    if !hybridlive_testkit::in_private_namespaces("measure_cpu_per_viewer") {
+        return;
+    }
+    let viewers: usize = std::env::var("RUNG_COST_VIEWERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let window = Duration::from_secs(10);
+    let config = WhepConfig {
+        loopback_ice: true,
+        max_sessions: 1000,
+        ..Default::default()
+    };
+    let mut figures = Vec::new();
+    for phase in [
+        "encoders only",
+        "single rendition",
+        "ladder",
+        "ladder + TWCC",
+    ] {
+        let pipeline = ladder_source();
+        let output = match phase {
+            "single rendition" => WhepOutput::new(
+                &pipeline,
+                &pipeline.by_name("r0").unwrap(),
+                None,
+                config.clone(),
+            ),
+            _ => ladder_output(&pipeline, Duration::from_secs(1)),
+        };
+        pipeline.set_state(gst::State::Playing).unwrap();
+        let count = if phase == "encoders only" { 0 } else { viewers };
+        let mut served = Vec::new();
+        for _ in 0..count {
+            let viewer = RungViewer::new(false, phase == "ladder + TWCC");
+            let id = viewer.connect(&output);
+            let _ = output.pin_rung(&id, Some(0));
+            served.push(viewer);
+        }
+        for viewer in &served {
+            // A TWCC viewer's estimate may take it below its pin on a busy machine.
+            let before = viewer.frames();
+            eventually(Duration::from_secs(30), "30 frames", || {
+                (viewer.frames() > before + 30).then_some(())
+            });
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let used = cores_used(window);
+        let estimates: Vec<Option<u64>> = output
+            .sessions()
+            .iter()
+            .map(|s| s.rung.as_ref().and_then(|r| r.estimate_bps))
+            .collect();
+        eprintln!(
+            "{phase}: viewers per rung {:?}, estimates {estimates:?}",
+            output.rung_counts().viewers
+        );
+        for viewer in &served {
+            let before = viewer.frames();
+            eventually(Duration::from_secs(10), "frames to keep coming", || {
+                (viewer.frames() > before).then_some(())
+            });
+        }
+        eprintln!("{phase}: {count} viewers, {:.1} % of a core", used * 100.0);
+        figures.push((phase, count, used));
+        output.close_all();
+        drop(served);
+        pipeline.set_state(gst::State::Null).unwrap();
+    }
+    let base = figures[0].2;
+    for (phase, count, used) in &figures[1..] {
+        eprintln!(
+            "{phase}: {:.2} % of a core per viewer (server and viewer)",
+            (used - base) * 100.0 / *count as f64
+        );
+    }
+}
