@@ -22,14 +22,14 @@ use hybridlive_loadtest::runner::{ARGS_ENV, Runner, child_main};
 use hybridlive_testkit::netns::{BrowserViewer, ViewerHost, ViewerReports as _, quantile};
 use hybridlive_testkit::runner_child::RunnerCommand;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Parser)]
 struct Cli {
     /// Seconds measured per mode, after the warm-up.
     #[arg(long, default_value_t = 60)]
     seconds: u32,
-    /// Seconds before measuring: joining, the first rung choices.
+    /// Seconds before measuring, once every page plays: joining, the first rung choices.
     #[arg(long, default_value_t = 15)]
     warmup: u32,
 }
@@ -113,11 +113,22 @@ fn run_mode(cli: &Cli, scratch: &Path, ladder: bool) -> anyhow::Result<ModeFigur
         .enumerate()
         .map(|(i, kbit)| ViewerHost::new(i as u8, *kbit))
         .collect();
-    let lifetime = cli.warmup + cli.seconds + 30;
+    let lifetime = cli.warmup + cli.seconds + 150;
     let viewers: Vec<BrowserViewer> = hosts
         .iter()
         .map(|h| BrowserViewer::start(h, &format!("http://{}:{port}", h.server_ip()), lifetime))
         .collect();
+    // The warm-up counts from the moment every page plays (a loaded machine starts Chromium
+    // slowly); a viewer whose link cannot carry the stream may never decode a frame, so what
+    // counts is its first report.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while viewers.iter().any(|v| v.reports().is_empty()) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "a viewer's page did not start within 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     std::thread::sleep(Duration::from_secs(cli.warmup.into()));
     let from: Vec<usize> = viewers.iter().map(|v| v.reports().len()).collect();
     let cpu_from = Sample::read(runner.pid()).context("the runner is gone")?;
