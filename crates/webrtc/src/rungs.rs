@@ -12,9 +12,19 @@
 //! buffer arrives, which is what makes rtph264pay pick up the new SPS/PPS and resolution; an
 //! input-selector would add a second, racing notion of the active pad.
 //!
-//! The decision is the [`RungSelector`]'s; the session's watchdog tick feeds it an
-//! [`Observation`] built from the viewer's receiver reports (read here from the RTCP packets,
-//! [`read_report_blocks`]) and the bytes sent.
+//! The decision is the [`RungSelector`]'s; the session's watchdog tick (every 250 ms) feeds it
+//! an [`Observation`] built from:
+//! - the bandwidth estimate of `rtpgccbwe` (Google congestion control over transport-wide CC
+//!   feedback), for viewers that offer TWCC (browsers do). The estimate is not capped at what
+//!   is sent: while the delay stays flat it grows by up to 8 % a second towards its maximum
+//!   (here twice the top rung), so a viewer on a low rung can climb without padding; on a link
+//!   that cannot carry the rung climbed to, the climb is the probe: over-use makes the
+//!   estimate fall (to 85 % of what got through) and the selector steps down at once.
+//! - the viewer's receiver reports (read here from the RTCP packets, [`read_report_blocks`]):
+//!   loss, round trip, jitter, and the packets delivered (times the mean size of the packets
+//!   sent, for the delivered throughput). A viewer without TWCC (GStreamer's webrtcbin as
+//!   shipped) has only these: it leaves a rung on loss but never climbs above the start rung
+//!   on its own (nothing proves a higher one) unless it pins one.
 //!
 //! Lock order: `selector`, then `feedback` or `status`; no GStreamer call while any is held.
 

@@ -568,7 +568,13 @@ fn one_viewer_forced_down_leaves_the_others_rung_alone_and_feedback_moves_a_view
     // rtpgccbwe's estimate from the TWCC viewer's feedback finds loopback wide open: from the
     // start rung it goes to the top.
     let climber = RungViewer::new(false, true);
+    let joined = Instant::now();
     let climber_id = climber.connect(&output);
+    climber.wait_height(360, 0);
+    eprintln!(
+        "TWCC viewer on the top rung {:?} after joining",
+        joined.elapsed()
+    );
     climber.wait_height(360, 30);
     let status = rung_of(&climber_id);
     assert!(
