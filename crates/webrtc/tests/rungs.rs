@@ -121,6 +121,8 @@ fn ladder_output(pipeline: &gst::Pipeline, key_frame_interval: Duration) -> Whep
 struct Seen {
     /// Decoded (or parsed) frame sizes, one entry per change, with the frames count then.
     sizes: Vec<(i32, i32, u64)>,
+    /// When the last size change came out (the decoder's caps, just before its first frame).
+    size_changed: Option<Instant>,
     ssrcs: Vec<u32>,
     last_seq: Option<u16>,
     /// Packets whose sequence number did not follow the one before.
@@ -281,6 +283,7 @@ impl RungViewer {
                         {
                             let n = count.load(Ordering::SeqCst);
                             seen.sizes.push((w, h, n));
+                            seen.size_changed = Some(Instant::now());
                         }
                         let _ = pad;
                     }
@@ -385,14 +388,15 @@ impl RungViewer {
         self.frames.load(Ordering::SeqCst)
     }
 
-    /// Waits until `frames` more frames of `height` came out; returns when the first did.
-    fn wait_height(&self, height: i32, frames: u64) {
+    /// Waits until `frames` more frames of `height` came out; returns when the size changed to
+    /// it.
+    fn wait_height(&self, height: i32, frames: u64) -> Instant {
         eventually_explained(
             Duration::from_secs(30),
             || {
                 let seen = self.seen.lock().unwrap();
                 let &(_, h, at) = seen.sizes.last()?;
-                (h == height && self.frames() >= at + frames).then_some(())
+                (h == height && self.frames() >= at + frames).then_some(seen.size_changed?)
             },
             || {
                 let seen = self.seen.lock().unwrap();
@@ -403,7 +407,7 @@ impl RungViewer {
                     seen.errors
                 )
             },
-        );
+        )
     }
 }
 
@@ -451,9 +455,7 @@ fn a_pinned_viewer_is_switched_between_rungs_on_one_continuous_track() {
     for (rung, height) in [(0, 360), (2, 90), (0, 360)] {
         let asked = Instant::now();
         viewer.send(&format!(r#"{{"type":"quality","rung":{rung}}}"#));
-        viewer.wait_height(height, 0);
-        took.push(asked.elapsed());
-        viewer.wait_height(height, 30);
+        took.push(viewer.wait_height(height, 30) - asked);
     }
     eprintln!("pin to the first decoded frame of the new rung, no key-frame request: {took:?}");
 
@@ -535,12 +537,11 @@ fn one_viewer_forced_down_leaves_the_others_rung_alone_and_feedback_moves_a_view
 
     let asked = Instant::now();
     down.send(r#"{"type":"quality","rung":2}"#);
-    down.wait_height(90, 0);
+    let switched = down.wait_height(90, 60);
     eprintln!(
         "pin to the first frame of the new rung, with a key-frame request: {:?}",
-        asked.elapsed()
+        switched - asked
     );
-    down.wait_height(90, 60);
     let rung_of = |id: &str| {
         output
             .sessions()
@@ -570,12 +571,11 @@ fn one_viewer_forced_down_leaves_the_others_rung_alone_and_feedback_moves_a_view
     let climber = RungViewer::new(false, true);
     let joined = Instant::now();
     let climber_id = climber.connect(&output);
-    climber.wait_height(360, 0);
+    let climbed_at = climber.wait_height(360, 30);
     eprintln!(
         "TWCC viewer on the top rung {:?} after joining",
-        joined.elapsed()
+        climbed_at - joined
     );
-    climber.wait_height(360, 30);
     let status = rung_of(&climber_id);
     assert!(
         status.estimate_bps.is_some_and(|e| e >= 2_500_000),
