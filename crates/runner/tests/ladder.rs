@@ -19,9 +19,12 @@ use hybridlive_testkit::{
 hybridlive_testkit::runner_child_entry!();
 hybridlive_testkit::whep_viewer_child_entry!();
 
-/// Why the ladder tests wait: what they test is not in the runner yet.
-const LADDER_PENDING: &str = "needs the ladder encoder (`rungs` in an h264 encoder) and \
-    per-session rung switching in the WHEP output (issue 16), not landed yet";
+/// Why the ladder tests wait. The ladder encoder and per-viewer switching have landed; on
+/// 2026-12-07 (21:40 UTC, load 16) the viewers' bandwidth estimates (rtpgccbwe from TWCC)
+/// stayed near the rate each received (176 and 246 kbit/s on 180-line rungs, none for the
+/// webrtcbin viewer), so nobody climbed: the 5000 kbit/s viewer went 360 → 180 lines and stayed.
+const LADDER_PENDING: &str = "WHEP viewers do not climb above their start rung yet: \
+    the bandwidth estimate stays near the rate a viewer receives (no probing)";
 
 /// A 720p30 camera, its video encoded once (`rungs`: the issue's default ladder, or none) and
 /// Opus, served over WHEP to viewers on other hosts.
@@ -175,7 +178,7 @@ fn shaped_viewers_decode_the_single_encode() {
 /// frames or decoder errors; the unconstrained one never leaves the top rung once on it. The
 /// runner's `/api/status` names the same rungs.
 #[test]
-#[ignore = "needs the ladder encoder and WHEP rung switching (issue 16), not landed yet"]
+#[ignore = "WHEP viewers do not climb yet: rtpgccbwe estimates stay near what they receive"]
 fn three_viewers_settle_on_the_rung_their_link_carries() {
     if !in_private_namespaces("three_viewers_settle_on_the_rung_their_link_carries") {
         return;
@@ -300,7 +303,7 @@ fn three_viewers_settle_on_the_rung_their_link_carries() {
 /// without a freeze longer than 500 ms, and back up to 720 later; another viewer at 5000 kbit/s
 /// stays on the top rung, without a gap, throughout.
 #[test]
-#[ignore = "needs the ladder encoder and WHEP rung switching (issue 16), not landed yet"]
+#[ignore = "WHEP viewers do not climb yet: rtpgccbwe estimates stay near what they receive"]
 fn a_viewer_whose_link_drops_moves_down_and_back_up_alone() {
     if !in_private_namespaces("a_viewer_whose_link_drops_moves_down_and_back_up_alone") {
         return;

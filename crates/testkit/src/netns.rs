@@ -366,8 +366,8 @@ macro_rules! whep_viewer_child_entry {
     };
 }
 
-/// The `webrtcbin` viewer of [`crate::viewer`], decoding, in a child process inside a viewer
-/// host: POSTs its offer to `/whep` of the server, plays, and reports once a second: `t` (s),
+/// The `webrtcbin` viewer of [`crate::viewer`], decoding and sending transport-wide congestion
+/// control feedback as browsers do, in a child process inside a viewer host: POSTs its offer to `/whep` of the server, plays, and reports once a second: `t` (s),
 /// `units` (video access units decoded so far), `width`, `height` (of the decoded picture),
 /// `longest_gap_ms` (the longest time without a new picture in that second, at 50 ms
 /// resolution), `freezes` (gaps of 500 ms or more so far, after the first picture), `errors`
@@ -450,6 +450,7 @@ fn play_whep(orders: &str) -> anyhow::Result<()> {
         decode: true,
         meter_windows: Vec::new(),
         audio: true,
+        twcc: true,
     })?;
     let errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let bus = viewer.pipeline().bus().context("a pipeline bus")?;

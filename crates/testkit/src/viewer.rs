@@ -9,6 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// The RTP header extension of transport-wide congestion control.
+const TWCC_URI: &str = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+
 /// How a viewer is built.
 #[derive(Debug, Clone)]
 pub struct ViewerOptions {
@@ -21,6 +24,9 @@ pub struct ViewerOptions {
     pub meter_windows: Vec<Duration>,
     /// Ask for Opus as well.
     pub audio: bool,
+    /// Offer transport-wide congestion control feedback, as browsers do: a server that
+    /// estimates each viewer's bandwidth (a rung ladder) has an estimate for this one too.
+    pub twcc: bool,
 }
 
 impl Default for ViewerOptions {
@@ -30,6 +36,7 @@ impl Default for ViewerOptions {
             decode: false,
             meter_windows: Vec::new(),
             audio: true,
+            twcc: false,
         }
     }
 }
@@ -54,7 +61,7 @@ impl Viewer {
             hybridlive_webrtc::add_local_address(&webrtcbin, "127.0.0.1")?;
         }
         pipeline.add(&webrtcbin)?;
-        let video = gst::Caps::builder("application/x-rtp")
+        let mut video = gst::Caps::builder("application/x-rtp")
             .field("media", "video")
             .field("encoding-name", "H264")
             .field("clock-rate", 90000i32)
@@ -62,6 +69,11 @@ impl Viewer {
             .field("packetization-mode", "1")
             .field("profile-level-id", "42e01f")
             .build();
+        if options.twcc {
+            let video = video.make_mut();
+            video.set("extmap-3", TWCC_URI);
+            video.set("rtcp-fb-transport-cc", true);
+        }
         webrtcbin.emit_by_name::<gst_webrtc::WebRTCRTPTransceiver>(
             "add-transceiver",
             &[&gst_webrtc::WebRTCRTPTransceiverDirection::Recvonly, &video],

@@ -101,6 +101,7 @@ fn soak(
         decode: true,
         meter_windows: vec![Duration::from_secs_f64(cli.interval), WINDOW],
         audio: true,
+        twcc: false,
     };
     let mut viewers = Vec::new();
     for _ in 0..cli.viewers {
