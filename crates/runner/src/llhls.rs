@@ -431,14 +431,35 @@ impl LlHls {
             }
             return;
         }
+        // The renditions go on from one media sequence number: a muxer that had begun a
+        // segment the others had not drops it (its parts, the newest, were no segment yet).
+        let common = state
+            .tracks
+            .iter()
+            .filter_map(|t| t.segments.back())
+            .map(|s| s.msn)
+            .min();
         for track in &mut state.tracks {
             track.ended = false;
-            if track.segments.back().is_some_and(|s| s.parts.is_empty()) {
+            while track.segments.back().is_some_and(|s| {
+                s.parts.is_empty() || (!s.complete && common.is_some_and(|c| s.msn > c))
+            }) {
                 track.segments.pop_back();
                 track.next_msn -= 1;
             }
             track.end_open_segment();
             track.pending_discontinuity = !track.segments.is_empty();
+        }
+        // A rendition that had nothing yet starts where the others go on.
+        let next = state
+            .tracks
+            .iter()
+            .filter(|t| !t.segments.is_empty())
+            .map(|t| t.next_msn)
+            .max()
+            .unwrap_or(0);
+        for track in state.tracks.iter_mut().filter(|t| t.segments.is_empty()) {
+            track.next_msn = track.next_msn.max(next);
         }
         state.run += 1;
         drop(state);
@@ -1545,5 +1566,61 @@ mod tests {
             hls.respond("r0/live.m3u8", "_HLS_msn=0&_HLS_part=0").status,
             200
         );
+    }
+
+    #[test]
+    fn after_a_restart_every_rendition_goes_on_from_one_sequence_number() {
+        gst::init().unwrap();
+        let hls = LlHls::new(Duration::from_secs(1), Duration::from_millis(250), 3);
+        hls.set_renditions(ladder());
+        let init = init_segment(b'5');
+        // The output fails while rendition 0 is half-way through segment 1 and rendition 1 has
+        // just begun segment 2; rendition 2's muxer had written nothing yet.
+        push_segment(&hls, 0, 0, 100, Some(&init));
+        push_segment(&hls, 1, 0, 100, Some(&init));
+        push_segment(&hls, 1, 1, 100, None);
+        for p in 0..2u64 {
+            let utc = T0 + 1_000_000_000 + p * 250_000_000;
+            hls.push_chunk(0, &rung_chunk(p == 0, 100, Some(utc), None));
+        }
+        hls.push_chunk(1, &rung_chunk(true, 100, Some(T0 + 2_000_000_000), None));
+        hls.restart();
+        // The new muxers start together at 5 s.
+        for track in 0..3 {
+            push_segment(&hls, track, 5, 100, Some(&init));
+            hls.push_chunk(
+                track,
+                &rung_chunk(true, 100, Some(T0 + 6_000_000_000), None),
+            );
+        }
+        let playlists: Vec<String> = (0..3)
+            .map(|i| text(hls.respond(&format!("r{i}/live.m3u8"), "")))
+            .collect();
+        for (i, playlist) in playlists.iter().enumerate() {
+            assert!(
+                playlist.contains(
+                    "#EXT-X-DISCONTINUITY\n#EXT-X-MAP:URI=\"init1.mp4\"\n\
+                     #EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:25.000Z\n\
+                     #EXT-X-PART:DURATION=0.25000,URI=\"part2.0.m4s\",INDEPENDENT=YES\n"
+                ) || (i == 2 && playlist.contains("#EXT-X-MEDIA-SEQUENCE:2\n")),
+                "rendition {i}: the new run is not segment 2:\n{playlist}"
+            );
+            assert!(playlist.contains("seg2.m4s\n"), "{playlist}");
+            assert!(playlist.contains("part3.0.m4s"), "{playlist}");
+        }
+        // Rendition 0's interrupted segment 1 is complete with what it had; rendition 1's
+        // lone part of the old segment 2 is gone.
+        assert!(
+            playlists[0].contains("#EXTINF:0.50000,\nseg1.m4s\n"),
+            "{}",
+            playlists[0]
+        );
+        assert!(
+            playlists[1].contains("#EXTINF:1.00000,\nseg1.m4s\n"),
+            "{}",
+            playlists[1]
+        );
+        assert_eq!(hls.respond("r2/seg2.m4s", "").status, 200);
+        assert_eq!(hls.respond("r2/init1.mp4", "").status, 200);
     }
 }
