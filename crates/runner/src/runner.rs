@@ -654,8 +654,7 @@ fn run_with(
                     &input,
                     framerate,
                     counter.clone(),
-                    None,
-                    Some(rung),
+                    EncoderRole::Rung(rung),
                 )?;
                 let encoder = ingest.by_name(&name).context("a rung's encoder")?;
                 keys.add_rung(&encoder, &tee);
@@ -670,8 +669,7 @@ fn run_with(
             &input,
             framerate,
             counter.clone(),
-            steering,
-            None,
+            steering.map_or(EncoderRole::Single, EncoderRole::Steered),
         )?;
         if let (Some(abr), Some(t)) = (abr, steering)
             && let TransformKind::Abrcontroller { output, .. } = &t.kind
@@ -1437,9 +1435,13 @@ impl Graph<'_> {
         input: &Streams,
         framerate: crate::config::Framerate,
         counter: Arc<Counter>,
-        steering: Option<&crate::config::Transform>,
-        rung: Option<&RungSpec>,
+        role: EncoderRole<'_>,
     ) -> anyhow::Result<(gst::Element, Option<gst::Element>)> {
+        let (steering, rung) = match role {
+            EncoderRole::Single => (None, None),
+            EncoderRole::Steered(t) => (Some(t), None),
+            EncoderRole::Rung(r) => (None, Some(r)),
+        };
         let tee = self.tee(&format!("{name}-tee"))?;
         let mut abr = None;
         // A rung of a ladder: its own picture size (and frame rate) off the raw video.
@@ -1838,6 +1840,17 @@ fn bridge(
     tee.link(&queue)?;
     queue.link(&appsink)?;
     Ok(appsink.upcast())
+}
+
+/// What an encoder in the ingest is for.
+#[derive(Clone, Copy)]
+enum EncoderRole<'a> {
+    /// One encode, at its configured bitrate.
+    Single,
+    /// One encode whose bitrate (and picture, through its scaler) this abrcontroller steers.
+    Steered(&'a crate::config::Transform),
+    /// One rung of a ladder encoder (never steered: `validate` refuses it).
+    Rung(&'a RungSpec),
 }
 
 /// The raw video every source is normalised to (and a rung is scaled to): I420, square pixels.
