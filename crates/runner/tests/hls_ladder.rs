@@ -24,13 +24,23 @@ const RUNGS: [(u32, u32); 3] = [(1280, 720), (640, 360), (320, 180)];
 
 /// A test source through a three-rung ladder and AAC into one HLS output.
 fn ladder_pipeline(dir: &Path, pattern: &str, low_latency: bool) -> PathBuf {
+    pipeline_with_rungs(
+        dir,
+        pattern,
+        low_latency,
+        r#"["1280x720@30:2500", "640x360@30:700", "320x180@30:200"]"#,
+    )
+}
+
+/// A test source through a ladder of `rungs` (TOML) and AAC into one HLS output.
+fn pipeline_with_rungs(dir: &Path, pattern: &str, low_latency: bool, rungs: &str) -> PathBuf {
     let file = dir.join("ladder.toml");
     std::fs::write(
         &file,
         format!(
             "[sources.cam]\ntype = \"test\"\npattern = \"{pattern}\"\n\n\
              [encoders.video]\ntype = \"h264\"\ninputs = [\"cam\"]\nkeyframe_interval = 1\n\
-             rungs = [\"1280x720@30:2500\", \"640x360@30:700\", \"320x180@30:200\"]\n\n\
+             rungs = {rungs}\n\n\
              [encoders.audio]\ntype = \"aac\"\ninputs = [\"cam\"]\nbitrate = 64\n\n\
              [outputs.hls]\ntype = \"hls\"\ninputs = [\"video\", \"audio\"]\n\
              segment_duration = 1\nplaylist_length = 5\nlow_latency = {low_latency}\n\
@@ -392,6 +402,32 @@ fn a_ladder_is_a_multivariant_playlist_of_ll_hls_renditions_that_hls_js_switches
     );
     assert_no_long_stall(&result, 0.0, 1.0);
     assert!(result["parts"].as_u64().unwrap_or(0) > 0, "{result}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_ladder_of_one_rung_keeps_the_single_rendition_paths() {
+    let dir = scratch_dir("runner-test", "hls-one-rung");
+    let file = pipeline_with_rungs(&dir, "ball", true, r#"["640x360@30:700"]"#);
+    let runner = test_runner(&file, &dir).args(&["--duration", "30"]).start();
+    let playlist = eventually(Duration::from_secs(20), "two complete segments", || {
+        let r = runner.get("/hls/live.m3u8");
+        (r.status == 200 && r.text().matches("#EXTINF").count() >= 2).then(|| r.text())
+    });
+    assert!(!playlist.contains("#EXT-X-STREAM-INF"), "{playlist}");
+    assert!(!playlist.contains("#EXT-X-RENDITION-REPORT"), "{playlist}");
+    check_media(&playlist);
+    // The last one: the first is shorter (it ends on the segment grid).
+    let segment = playlist
+        .lines()
+        .rfind(|l| l.starts_with("seg"))
+        .expect("a complete segment");
+    let mut data = runner.get("/hls/init.mp4").body;
+    data.extend(runner.get(&format!("/hls/{segment}")).body);
+    let mp4 = dir.join("segment.mp4");
+    std::fs::write(&mp4, data).unwrap();
+    assert_eq!(decoded_video_frames(&mp4), 30, "{segment}");
+    assert_eq!(runner.get("/hls/r0/live.m3u8").status, 404);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -345,8 +345,8 @@ impl Kind for Hls {
         let mut rungs: Vec<_> = inputs.iter().filter_map(|i| i.rung.as_ref()).collect();
         rungs.sort_by_key(|r| r.index);
         // A new pipeline is new muxers: after a failure the store marks the discontinuity.
-        if rungs.len() > 1 || self.settings.low_latency {
-            let store = self.store();
+        // (The store exists when muxers feed it: Low-Latency HLS, or rungs of a ladder.)
+        if let Some(store) = self.ll_hls() {
             store.set_renditions(
                 rungs
                     .iter()
