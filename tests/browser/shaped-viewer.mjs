@@ -1,7 +1,8 @@
 // One WebRTC viewer in Debian's headless Chromium, for tests and benchmarks that shape its link:
 // plays BASE's `/whep` with the runner's own `/assets/whep-player.js` and prints, once a second,
-// one JSON line on stdout with the video inbound-rtp statistics and the glass-to-glass latency
-// of every frame shown since the line before. Ends after SECONDS (the session DELETEd).
+// one JSON line on stdout with the video inbound-rtp statistics, the glass-to-glass latency of
+// every frame shown since the line before and the picture size changes shown since then (wall
+// clock ms). Ends after SECONDS (the session DELETEd).
 //
 //   node tests/browser/shaped-viewer.mjs BASE SECONDS
 //
@@ -23,7 +24,18 @@ const PAGE = `<!doctype html><meta charset="utf-8"><title>shaped viewer</title>
 import { playWhep } from '/assets/whep-player.js';
 window.latencies = [];
 window.states = [];
+window.sizes = [];
 const video = document.getElementById('v');
+// When the picture size changes (a rung switch reaches the screen), on the wall clock.
+let shownHeight = 0;
+const onFrame = (now, meta) => {
+  if (meta.height !== shownHeight) {
+    shownHeight = meta.height;
+    window.sizes.push({ utcMs: Date.now(), width: meta.width, height: meta.height });
+  }
+  video.requestVideoFrameCallback(onFrame);
+};
+video.requestVideoFrameCallback(onFrame);
 // Not a top-level await: the document's load would wait for the whole WHEP exchange.
 playWhep(video, '/whep', {
   onLatency: (ms) => window.latencies.push(ms),
@@ -37,6 +49,7 @@ const TICK = `(async () => {
   const pick = (k) => (s && s[k] !== undefined ? s[k] : null);
   const latencies = (window.latencies || []).splice(0);
   const states = (window.states || []).splice(0);
+  const sizes = (window.sizes || []).splice(0);
   return {
     connected: !!(window.player && window.player.connected),
     failed: window.failed || null,
@@ -46,7 +59,7 @@ const TICK = `(async () => {
     bytesReceived: pick('bytesReceived'), keyFramesDecoded: pick('keyFramesDecoded'),
     packetsLost: pick('packetsLost'), pliCount: pick('pliCount'), nackCount: pick('nackCount'),
     decoderImplementation: pick('decoderImplementation'),
-    latencies, states,
+    latencies, states, sizes,
   };
 })()`;
 

@@ -297,8 +297,10 @@ pub trait ViewerReports {
 /// `framesDropped`, `freezeCount`, `totalFreezesDuration` (s), `bytesReceived`,
 /// `keyFramesDecoded`, `packetsLost`, `pliCount`, `nackCount`; `connected`; `latencies` (the
 /// glass-to-glass latency of each frame shown since the last report, in ms, from the capture
-/// stamps); `t` (s since playing started); `errors` (page errors so far). Browser and driver
-/// are killed when it drops.
+/// stamps); `sizes` (each change of the picture's size shown since the last report:
+/// `{utcMs, width, height}`, the wall clock when the first frame of the new size was shown);
+/// `t` (s since playing started); `errors` (page errors so far). Browser and driver are killed
+/// when it drops.
 pub struct BrowserViewer {
     process: GroupGuard,
     reports: Reports,

@@ -11,8 +11,11 @@
 //! (`hybridlive_testkit::netns`). After `--warmup` seconds it measures for `--seconds`: per
 //! viewer the delivered bitrate against its link, freezes per minute and seconds frozen
 //! (Chromium's `freezeCount`, `totalFreezesDuration`), the glass-to-glass p95 from the capture
-//! stamps, the height it decoded most; and the runner's CPU. Figures go to the
-//! `scripts/bench` summary, the ladder's against the single encode's.
+//! stamps, the height it decoded most; and the runner's CPU. With the ladder it then steps the
+//! 5000 kbit/s link to 600 and back and times, on the wall clock, the link change → the first
+//! frame of a lower rung shown, and back → the first frame of the top rung (the estimator's
+//! reaction included). Figures go to the `scripts/bench` summary, the ladder's against the
+//! single encode's.
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -48,10 +51,70 @@ struct ViewerFigures {
     height: u64,
 }
 
-/// What one mode gave: the viewers in [`LINKS`] order and the runner's CPU (% of one core).
+/// What one mode gave: the viewers in [`LINKS`] order and the runner's CPU (% of one core);
+/// for the ladder, how long the top viewer took to show a lower rung after its link fell to
+/// 600 kbit/s and the top rung again after it came back (ms; `None`: not on the top rung
+/// before, or no switch within the wait).
 struct ModeFigures {
     viewers: Vec<ViewerFigures>,
     cpu_percent: f64,
+    step_down_ms: Option<f64>,
+    step_up_ms: Option<f64>,
+}
+
+/// The first size change to `height` (or below it, with `below`) a viewer showed at or after
+/// `since_ms` (wall clock), waiting up to `timeout`: its wall-clock time.
+fn shown_size(
+    viewer: &BrowserViewer,
+    since_ms: i64,
+    height: u64,
+    below: bool,
+    timeout: Duration,
+) -> Option<i64> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let found = viewer
+            .reports()
+            .iter()
+            .flat_map(|r| r["sizes"].as_array().cloned().unwrap_or_default())
+            .filter_map(|s| Some((s["utcMs"].as_f64()? as i64, s["height"].as_u64()?)))
+            .find(|(at, h)| *at >= since_ms && if below { *h < height } else { *h == height });
+        if let Some((at, _)) = found {
+            return Some(at);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Steps `host`'s link 5000 → 600 → 5000 kbit/s: how long until `viewer` shows a rung below
+/// the top, and the top again (ms), if it was on the top rung to begin with.
+fn step_times(host: &ViewerHost, viewer: &BrowserViewer) -> (Option<f64>, Option<f64>) {
+    let on_top = viewer
+        .latest()
+        .is_some_and(|r| r["frameHeight"].as_u64() == Some(720));
+    if !on_top {
+        println!("ladder: the 5000 kbit/s viewer is not on the top rung: no step measured");
+        return (None, None);
+    }
+    let dropped = hybridlive_testkit::time::now_ms();
+    host.set_rate_kbit(600);
+    let down = shown_size(viewer, dropped, 720, true, Duration::from_secs(40));
+    let risen = hybridlive_testkit::time::now_ms();
+    host.set_rate_kbit(5000);
+    let up = down.and_then(|_| shown_size(viewer, risen, 720, false, Duration::from_secs(90)));
+    let down_ms = down.map(|at| (at - dropped) as f64);
+    let up_ms = up.map(|at| (at - risen) as f64);
+    let show = |ms: Option<f64>| ms.map_or("no switch".into(), |ms| format!("{ms:.0} ms"));
+    println!(
+        "ladder: link 5000 → 600 kbit/s: lower rung shown after {}; back to 5000: top rung \
+         shown after {}",
+        show(down_ms),
+        show(up_ms)
+    );
+    (down_ms, up_ms)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -113,7 +176,8 @@ fn run_mode(cli: &Cli, scratch: &Path, ladder: bool) -> anyhow::Result<ModeFigur
         .enumerate()
         .map(|(i, kbit)| ViewerHost::new(i as u8, *kbit))
         .collect();
-    let lifetime = cli.warmup + cli.seconds + 150;
+    // Joining, and the link step after the window (at most 130 s).
+    let lifetime = cli.warmup + cli.seconds + 300;
     let viewers: Vec<BrowserViewer> = hosts
         .iter()
         .map(|h| BrowserViewer::start(h, &format!("http://{}:{port}", h.server_ip()), lifetime))
@@ -143,6 +207,10 @@ fn run_mode(cli: &Cli, scratch: &Path, ladder: bool) -> anyhow::Result<ModeFigur
         figures.push(viewer_figures(host.rate_kbit(), &reports[first..=last]));
     }
     let cpu_percent = cpu_to.cpu_percent_since(&cpu_from);
+    let (step_down_ms, step_up_ms) = match ladder {
+        true => step_times(&hosts[2], &viewers[2]),
+        false => (None, None),
+    };
     for f in &figures {
         println!(
             "{mode}: {:>4} kbit/s link: {:.0} kbit/s delivered ({:.0} %), {:.1} freezes/min \
@@ -163,6 +231,8 @@ fn run_mode(cli: &Cli, scratch: &Path, ladder: bool) -> anyhow::Result<ModeFigur
     Ok(ModeFigures {
         viewers: figures,
         cpu_percent,
+        step_down_ms,
+        step_up_ms,
     })
 }
 
@@ -236,6 +306,27 @@ fn report(single: &ModeFigures, ladder: &ModeFigures) {
         baseline: Some(("single encode", single.cpu_percent)),
         better: Better::Lower,
     });
+    for (case, value) in [
+        (
+            "link 5000 -> 600 kbit/s: first lower-rung frame shown",
+            ladder.step_down_ms,
+        ),
+        (
+            "link back to 5000 kbit/s: first top-rung frame shown",
+            ladder.step_up_ms,
+        ),
+    ] {
+        if let Some(value) = value {
+            record(&Figure {
+                benchmark: BENCHMARK,
+                case,
+                value,
+                unit: "ms",
+                baseline: None,
+                better: Better::Lower,
+            });
+        }
+    }
     println!(
         "CPU ladder / single encode: {:.2}",
         ladder.cpu_percent / single.cpu_percent.max(1e-3)
