@@ -257,6 +257,28 @@ pub(crate) struct RungState {
     pub started: Instant,
     /// The page was told its rung since its data channel opened.
     pub told: std::sync::atomic::AtomicBool,
+    /// Timestamp of the last buffer forwarded, ns ([`NO_PTS`]: none yet).
+    last_pts: AtomicU64,
+    /// A key frame of the target came too early to switch at: ask for another.
+    rekey: std::sync::atomic::AtomicBool,
+}
+
+/// No timestamp forwarded yet.
+const NO_PTS: u64 = u64::MAX;
+
+/// How much later than the frame before it a switching key frame of the same instant is sent:
+/// two ticks of the 90 kHz RTP clock, so that its RTP timestamp is later too.
+const NUDGE_NS: u64 = 2 * 1_000_000_000 / 90_000 + 1;
+
+/// What becomes of a buffer at a session's rung switch (see [`RungState::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// On to the viewer.
+    Pass,
+    /// On to the viewer with this timestamp (ns).
+    Later(u64),
+    /// Not for this viewer.
+    Drop,
 }
 
 /// What the tick remembers between ticks.
@@ -305,6 +327,8 @@ impl RungState {
             }),
             started: Instant::now(),
             told: std::sync::atomic::AtomicBool::new(false),
+            last_pts: AtomicU64::new(NO_PTS),
+            rekey: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -319,22 +343,49 @@ impl RungState {
         )
     }
 
-    /// Whether a buffer of `rung` goes on to the viewer (`key`: it starts a GOP). Lock-free for
-    /// the rung forwarded and for every delta frame; a key frame of the target rung switches.
-    pub fn admit(&self, rung: usize, key: bool) -> bool {
+    /// Whether a buffer of `rung` may go on to the viewer (`key`: it starts a GOP): the cheap
+    /// filter on each rung's own thread, before [`admit`](Self::admit) decides. Lock-free.
+    pub fn may_admit(&self, rung: usize, key: bool) -> bool {
+        rung == self.current.load(Ordering::Acquire)
+            || (key && rung == self.target.load(Ordering::Acquire))
+    }
+
+    /// What becomes of a buffer of `rung` with timestamp `pts` (ns); called for one buffer at
+    /// a time, in the order they reach the viewer. A key frame of the target rung switches. The
+    /// timestamps the viewer sees must keep rising (a browser drops a frame no later than the
+    /// last one it decoded): a key frame of the same instant as the frame just sent (the
+    /// usual case: the rungs' key frames are aligned and the current rung's came first) goes
+    /// [`Admit::Later`], one earlier than it (that rung's encoder runs a frame behind) is
+    /// dropped and another key frame asked for. Lock-free but for the switch itself.
+    pub fn admit(&self, rung: usize, key: bool, pts: Option<u64>) -> Admit {
         if rung == self.current.load(Ordering::Acquire) {
-            return true;
+            if let Some(pts) = pts {
+                self.last_pts.store(pts, Ordering::Relaxed);
+            }
+            return Admit::Pass;
         }
         if !key || rung != self.target.load(Ordering::Acquire) {
-            return false;
+            return Admit::Drop;
         }
+        let last = self.last_pts.load(Ordering::Relaxed);
+        let admit = match pts {
+            Some(pts) if last != NO_PTS && pts < last => {
+                self.rekey.store(true, Ordering::Relaxed);
+                return Admit::Drop;
+            }
+            Some(pts) if last != NO_PTS && pts == last => Admit::Later(pts + NUDGE_NS),
+            _ => Admit::Pass,
+        };
         let mut selector = self.selector.lock().unwrap();
-        if selector.switched(rung) {
-            self.current.store(rung, Ordering::Release);
-            true
-        } else {
-            false
+        if !selector.switched(rung) {
+            return Admit::Drop;
         }
+        self.current.store(rung, Ordering::Release);
+        match (admit, pts) {
+            (Admit::Later(pts), _) | (_, Some(pts)) => self.last_pts.store(pts, Ordering::Relaxed),
+            _ => {}
+        }
+        admit
     }
 
     /// Records the viewer's receiver reports in an RTCP packet.
@@ -410,8 +461,11 @@ impl RungState {
         let decision = selector.update(&obs);
         self.target.store(decision.target, Ordering::Release);
         let mut status = self.status.lock().unwrap();
-        if decision.switch_requested {
+        let rekey = self.rekey.swap(false, Ordering::Relaxed) && decision.switch_pending;
+        if decision.switch_requested || rekey {
             actions.key_frame = Some(decision.target);
+        }
+        if decision.switch_requested {
             status.pending = Some((decision.reason, decision.estimate_bps, Instant::now()));
         }
         let current = decision.rung;
@@ -565,19 +619,42 @@ mod tests {
             7,
         );
         // Starts on the 360p rung.
-        assert!(state.admit(1, false));
-        assert!(!state.admit(0, true));
+        assert_eq!(state.admit(1, false, Some(10)), Admit::Pass);
+        assert!(!state.may_admit(0, true));
+        assert_eq!(state.admit(0, true, Some(11)), Admit::Drop);
         state.pin(Some(2));
         let actions = state.tick();
         assert_eq!(actions.key_frame, Some(2));
-        assert!(
-            !state.admit(2, false),
+        assert!(state.may_admit(2, true) && !state.may_admit(2, false));
+        assert_eq!(
+            state.admit(2, false, Some(11)),
+            Admit::Drop,
             "a delta frame cannot start the decoder"
         );
-        assert!(state.admit(1, false), "the old rung flows until the switch");
-        assert!(state.admit(2, true));
-        assert!(!state.admit(1, false), "and stops at it");
-        assert!(state.admit(2, false));
+        assert_eq!(
+            state.admit(1, false, Some(20_000_000)),
+            Admit::Pass,
+            "the old rung flows until the switch"
+        );
+        assert_eq!(
+            state.admit(2, true, Some(10)),
+            Admit::Drop,
+            "a key frame earlier than what the viewer has would take time back"
+        );
+        assert_eq!(state.tick().key_frame, Some(2), "so another is asked for");
+        assert_eq!(state.tick().key_frame, None, "once");
+        assert_eq!(
+            state.admit(2, true, Some(20_000_000)),
+            Admit::Later(20_000_000 + NUDGE_NS),
+            "one of the same instant goes a little later"
+        );
+        assert_eq!(
+            state.admit(1, false, Some(53_000_000)),
+            Admit::Drop,
+            "and the old rung stops"
+        );
+        assert!(!state.may_admit(1, false));
+        assert_eq!(state.admit(2, false, Some(53_000_000)), Admit::Pass);
         let actions = state.tick();
         let switch = actions.switched.unwrap();
         assert_eq!((switch.from, switch.to, switch.reason), (1, 2, "pin"));

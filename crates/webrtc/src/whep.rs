@@ -16,7 +16,7 @@ use crate::nice::add_local_address;
 use crate::offer::{
     OfferError, PLAYOUT_DELAY_URI, Skipped, VideoCodec, ViewerOffer, read_viewer_offer,
 };
-use crate::rungs::{RungCounts, RungState, RungStatus, RungSwitch, quality_pin};
+use crate::rungs::{Admit, RungCounts, RungState, RungStatus, RungSwitch, quality_pin};
 use hybridlive_ladder::{Ladder, Rung, RungSelector, SelectorConfig};
 
 /// Settings of the WHEP output.
@@ -904,7 +904,11 @@ impl WhepOutput {
                 };
                 let key = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
                 match weak.upgrade() {
-                    Some(state) if state.admit(rung, key) => gst::PadProbeReturn::Ok,
+                    Some(state) if state.may_admit(rung, key) => {
+                        // Read by the probe on the funnel's output, in this same call.
+                        ARRIVING_RUNG.set(rung);
+                        gst::PadProbeReturn::Ok
+                    }
                     // Handled, not Drop: gstreamer-rs takes the buffer out of the probe info
                     // (and frees it here), and GStreamer 1.22 then unrefs the empty slot of a
                     // dropped buffer with a critical warning per buffer.
@@ -920,6 +924,39 @@ impl WhepOutput {
                 .build();
             bin.add_pad(&ghost)?;
         }
+        // The rungs arrive on threads of their own; funnel pushes one buffer at a time (under
+        // its source pad's stream lock), so the decision made here is final: a buffer of the
+        // old rung that passed its sink probe just before the switch is dropped here rather
+        // than reaching the viewer after the new rung's key frame.
+        // A key frame that reaches the funnel and is then refused here has had its caps sent
+        // on all the same; the next buffer of the rung in use sends its own again.
+        let weak = Arc::downgrade(state);
+        funnel.static_pad("src").expect("funnel src").add_probe(
+            gst::PadProbeType::BUFFER,
+            move |_, info| {
+                let Some(buffer) = info.buffer() else {
+                    return gst::PadProbeReturn::Ok;
+                };
+                let key = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+                let pts = buffer.pts().map(gst::ClockTime::nseconds);
+                let Some(state) = weak.upgrade() else {
+                    return gst::PadProbeReturn::Handled;
+                };
+                match state.admit(ARRIVING_RUNG.get(), key, pts) {
+                    Admit::Pass => gst::PadProbeReturn::Ok,
+                    Admit::Later(pts) => {
+                        // The buffer is the tee's, shared: only its metadata is copied.
+                        if let Some(buffer) = info.buffer_mut() {
+                            buffer
+                                .make_mut()
+                                .set_pts(gst::ClockTime::from_nseconds(pts));
+                        }
+                        gst::PadProbeReturn::Ok
+                    }
+                    Admit::Drop => gst::PadProbeReturn::Handled,
+                }
+            },
+        );
         let weak = Arc::downgrade(state);
         pay.static_pad("src").expect("payloader src").add_probe(
             gst::PadProbeType::BUFFER,
@@ -1049,6 +1086,12 @@ impl WhepOutput {
             }
         });
     }
+}
+
+thread_local! {
+    /// The rung of the buffer this thread is pushing into a session's funnel: set by the rung's
+    /// sink pad probe, read by the probe on the funnel's output further down the same call.
+    static ARRIVING_RUNG: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
 }
 
 /// The RTP header extensions a viewer's video gets: (id, delay) of the playout delay, the id
