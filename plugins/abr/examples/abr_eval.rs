@@ -1184,7 +1184,7 @@ fn main() -> Result<()> {
         "report.md",
         &format!(
             "# abr-eval\n\nLink: {}. Profile: {}; fixed bitrate {} kbit/s; {}; \
-             moving zone plate at 30 fps (x264 meets its target within 5 %) with x264 ultrafast/zerolatency.\n\n{table}\n\nEvery round (the spread behind the medians):\n\n{per_round}\n![step response](step-response.svg)\n",
+             moving zone plate at 30 fps (x264 meets its target within 5 % on an idle machine; a starved CPU makes fewer frames and fewer bits) with x264 ultrafast/zerolatency.\n\n{table}\n\nEvery round (the spread behind the medians):\n\n{per_round}\n![step response](step-response.svg)\n",
             match args.link {
                 Link::Netsim => format!(
                     "RTP (rtpbin) through netsim (policer, burst = 250 ms of capacity), one-way delay {} ms, \
