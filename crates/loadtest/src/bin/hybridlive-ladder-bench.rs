@@ -45,6 +45,8 @@ const LINKS: [u32; 3] = [600, 1500, 5000];
 struct ViewerFigures {
     link_kbit: u32,
     delivered_kbit: f64,
+    /// Frames decoded per second: a viewer that decodes nothing has no freezes either.
+    fps: f64,
     freezes_per_min: f64,
     frozen_s: f64,
     p95_ms: Option<f64>,
@@ -213,11 +215,12 @@ fn run_mode(cli: &Cli, scratch: &Path, ladder: bool) -> anyhow::Result<ModeFigur
     };
     for f in &figures {
         println!(
-            "{mode}: {:>4} kbit/s link: {:.0} kbit/s delivered ({:.0} %), {:.1} freezes/min \
-             ({:.1} s frozen), p95 {}, {} lines",
+            "{mode}: {:>4} kbit/s link: {:.0} kbit/s delivered ({:.0} %), {:.1} fps decoded, \
+             {:.1} freezes/min ({:.1} s frozen), p95 {}, {} lines",
             f.link_kbit,
             f.delivered_kbit,
             100.0 * f.delivered_kbit / f64::from(f.link_kbit),
+            f.fps,
             f.freezes_per_min,
             f.frozen_s,
             f.p95_ms.map_or("–".into(), |p| format!("{p:.0} ms")),
@@ -260,6 +263,7 @@ fn viewer_figures(link_kbit: u32, reports: &[serde_json::Value]) -> ViewerFigure
     ViewerFigures {
         link_kbit,
         delivered_kbit: delta("bytesReceived") * 8.0 / 1000.0 / seconds,
+        fps: delta("framesDecoded") / seconds,
         freezes_per_min: delta("freezeCount") * 60.0 / seconds,
         frozen_s: delta("totalFreezesDuration"),
         p95_ms: quantile(&latencies, 0.95),
@@ -277,6 +281,14 @@ fn report(single: &ModeFigures, ladder: &ModeFigures) {
             value: l.delivered_kbit / f64::from(link),
             unit: "ratio",
             baseline: Some(("single encode", s.delivered_kbit / f64::from(link))),
+            better: Better::Higher,
+        });
+        record(&Figure {
+            benchmark: BENCHMARK,
+            case: &format!("{link} kbit/s viewer: frames decoded per second (ladder)"),
+            value: l.fps,
+            unit: "fps",
+            baseline: Some(("single encode", s.fps)),
             better: Better::Higher,
         });
         record(&Figure {
