@@ -58,6 +58,12 @@ fn start_runner(file: &Path, dir: &Path) -> (RunnerChild, u16) {
     (runner, port)
 }
 
+/// A viewer's reports so far.
+type ReportsOf<'a> = &'a dyn Fn() -> Vec<serde_json::Value>;
+
+/// The decoded picture height in one of a viewer's reports.
+type HeightOf = fn(&serde_json::Value) -> u64;
+
 /// The decoded picture height of a Chromium report (0 before the first frame).
 fn browser_height(report: &serde_json::Value) -> u64 {
     report["frameHeight"].as_u64().unwrap_or(0)
@@ -73,8 +79,8 @@ fn gst_height(report: &serde_json::Value) -> u64 {
 fn settles_on(
     runner: &RunnerChild,
     name: &str,
-    viewer: &dyn Fn() -> Vec<serde_json::Value>,
-    height_of: fn(&serde_json::Value) -> u64,
+    viewer: ReportsOf,
+    height_of: HeightOf,
     height: u64,
     settled: usize,
     timeout: Duration,
@@ -231,13 +237,7 @@ fn three_viewers_settle_on_the_rung_their_link_carries() {
     let fast_reports = || fast.reports();
     let middle_reports = || middle.reports();
     let slow_reports = || slow.reports();
-    let viewers: [(
-        &str,
-        &dyn Fn() -> Vec<serde_json::Value>,
-        fn(&serde_json::Value) -> u64,
-        usize,
-        u64,
-    ); 3] = [
+    let viewers: [(&str, ReportsOf, HeightOf, usize, u64); 3] = [
         ("5000", &fast_reports, browser_height, fast_at, 720),
         ("1500", &middle_reports, gst_height, middle_at, 360),
         ("600", &slow_reports, browser_height, slow_at, 180),
