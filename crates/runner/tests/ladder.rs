@@ -74,15 +74,18 @@ fn gst_height(report: &serde_json::Value) -> u64 {
     report["height"].as_u64().unwrap_or(0)
 }
 
-/// Waits until `reports` shows `height` in `settled` reports in a row (from decoded frames),
-/// and returns the index of the first of them.
+/// Reports in a row on one rung that count as settled there.
+const SETTLED: usize = 3;
+
+/// Waits until `viewer` (behind `host`) shows `height` in [`SETTLED`] reports in a row (from
+/// decoded frames), and returns the index of the first of them.
 fn settles_on(
     runner: &RunnerChild,
+    host: &ViewerHost,
     name: &str,
     viewer: ReportsOf,
     height_of: HeightOf,
     height: u64,
-    settled: usize,
     timeout: Duration,
 ) -> usize {
     eventually_explained(
@@ -90,15 +93,16 @@ fn settles_on(
         || {
             let heights: Vec<u64> = viewer().iter().map(height_of).collect();
             heights
-                .windows(settled)
+                .windows(SETTLED)
                 .position(|w| w.iter().all(|h| *h == height))
         },
         || {
             let heights: Vec<u64> = viewer().iter().map(height_of).collect();
             format!(
                 "{name} never settled on {height} lines; heights each second: {heights:?}; \
-                 sessions in /api/status: {}",
-                runner.status()["webrtc"]["sessions"]
+                 sessions in /api/status: {}; its link: {}",
+                runner.status()["webrtc"]["sessions"],
+                host.link_stats()
             )
         },
     )
@@ -206,29 +210,29 @@ fn three_viewers_settle_on_the_rung_their_link_carries() {
     let settle = Duration::from_secs(60);
     let fast_at = settles_on(
         &runner,
+        &hosts[0],
         "5000 kbit/s Chromium",
         &|| fast.reports(),
         browser_height,
         720,
-        3,
         settle,
     );
     let middle_at = settles_on(
         &runner,
+        &hosts[1],
         "1500 kbit/s webrtcbin",
         &|| middle.reports(),
         gst_height,
         360,
-        3,
         settle,
     );
     let slow_at = settles_on(
         &runner,
+        &hosts[2],
         "600 kbit/s Chromium",
         &|| slow.reports(),
         browser_height,
         180,
-        3,
         settle,
     );
 
@@ -325,20 +329,20 @@ fn a_viewer_whose_link_drops_moves_down_and_back_up_alone() {
     let timeout = Duration::from_secs(60);
     let on_top = settles_on(
         &runner,
+        &stepped_host,
         "stepped Chromium",
         &|| stepped.reports(),
         browser_height,
         720,
-        3,
         timeout,
     );
     let steady_from = settles_on(
         &runner,
+        &steady_host,
         "steady webrtcbin",
         &|| steady.reports(),
         gst_height,
         720,
-        3,
         timeout,
     );
 
@@ -346,11 +350,11 @@ fn a_viewer_whose_link_drops_moves_down_and_back_up_alone() {
     stepped_host.set_rate_kbit(600);
     let down_at = settles_on(
         &runner,
+        &stepped_host,
         "Chromium at 600 kbit/s",
         &|| stepped.reports()[before_drop..].to_vec(),
         browser_height,
         180,
-        3,
         timeout,
     ) + before_drop;
     let reports = stepped.reports();
@@ -366,11 +370,11 @@ fn a_viewer_whose_link_drops_moves_down_and_back_up_alone() {
     stepped_host.set_rate_kbit(5000);
     settles_on(
         &runner,
+        &stepped_host,
         "Chromium back at 5000 kbit/s",
         &|| stepped.reports()[before_rise..].to_vec(),
         browser_height,
         720,
-        3,
         Duration::from_secs(90),
     );
     let last = stepped.reports().len() - 1;

@@ -137,6 +137,22 @@ impl ViewerHost {
         *self.kbit.lock().unwrap_or_else(|e| e.into_inner()) = kbit;
     }
 
+    /// What the link's shaper did so far (`tc -s qdisc show`): bytes and packets sent, packets
+    /// dropped because the queue was full, its backlog now. For failure messages: tells a link
+    /// that dropped from a sender that misjudged it.
+    pub fn link_stats(&self) -> String {
+        Command::new("tc")
+            .args(["-s", "qdisc", "show", "dev", &self.device()])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_else(|e| format!("tc: {e}"))
+    }
+
     /// `program` run inside this host's network namespace (`nsenter --net`; the mount
     /// namespace and the file system stay the test's): add arguments and spawn.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
