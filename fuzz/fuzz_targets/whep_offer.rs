@@ -1,5 +1,7 @@
 //! What the WHEP endpoint reads from a viewer before any element is built for it (content type,
-//! size, UTF-8, SDP, H.264/Opus choice), and the JSON viewers send over the data channel.
+//! size, UTF-8, SDP, H.264/Opus choice), the JSON viewers send over the data channel (latency
+//! reports, raised hands, quality pins) and the RTCP receiver reports that feed each viewer's
+//! rung selector.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -13,6 +15,10 @@ enum Input<'a> {
         body: &'a [u8],
     },
     DataChannel(&'a str),
+    Rtcp {
+        packet: &'a [u8],
+        now_ntp_mid: u32,
+    },
 }
 
 fuzz_target!(|input: Input| {
@@ -43,6 +49,21 @@ fuzz_target!(|input: Input| {
             }
             if let Some(text) = hybridlive_webrtc::fuzzing::hand_text(message) {
                 assert!(text.chars().count() <= hybridlive_webrtc::MAX_HAND_TEXT);
+            }
+            // A pin is a rung index or automatic; whether the ladder has it is checked later.
+            let _ = hybridlive_webrtc::quality_pin(message);
+        }
+        Input::Rtcp {
+            packet,
+            now_ntp_mid,
+        } => {
+            let blocks = hybridlive_webrtc::fuzzing::read_report_blocks(packet);
+            // A report block is 24 bytes of a packet at least 32 bytes long.
+            assert!(blocks.len() * 24 <= packet.len());
+            for block in &blocks {
+                if let Some(rtt) = hybridlive_webrtc::fuzzing::round_trip(block, now_ntp_mid) {
+                    assert!(rtt < std::time::Duration::from_secs(10));
+                }
             }
         }
     }
