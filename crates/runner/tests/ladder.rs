@@ -275,7 +275,9 @@ fn three_viewers_settle_on_the_rung_their_link_carries() {
         assert!(
             dropped <= decoded * 0.01 && freezes <= 1.0 && frozen <= 0.5,
             "the {name} kbit/s viewer after settling: {dropped} frames dropped of {decoded}, \
-             {freezes} freezes, {frozen:.2} s frozen"
+             {freezes} freezes, {frozen:.2} s frozen; rung switches: {:?}; last report: {}",
+            runner.logged("viewer-rung"),
+            reports[last]
         );
         assert_eq!(reports[last]["errors"], 0, "page errors: {}", reports[last]);
     }
@@ -362,7 +364,10 @@ fn a_viewer_whose_link_drops_moves_down_and_back_up_alone() {
     // Each freeze of the step was shorter than 500 ms: together they were.
     assert!(
         frozen <= 0.5,
-        "the step down froze the picture {freezes} times for {frozen:.2} s in all"
+        "the step down froze the picture {freezes} times for {frozen:.2} s in all; \
+         rung switches: {:?}; reports: {:?}",
+        runner.logged("viewer-rung"),
+        &reports[before_drop..]
     );
     assert!(on_top < before_drop);
 
