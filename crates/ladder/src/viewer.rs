@@ -64,6 +64,37 @@
 //! cannot see capacity nobody uses): a viewer on a low rung proves a higher one only if the
 //! transport probes. [`Decision::probe_bps`] is the rate the estimate must reach to climb
 //! next, for the caller to pad up to when it can.
+//!
+//! # Capped estimates and trials
+//!
+//! With [`SelectorConfig::estimate_capped`] (the caller's estimator is `rtpgccbwe`, which
+//! cuts to 0.85× the rate received on any over-use, a key frame queued behind the link
+//! included, and climbs back only to 1.5× that rate unless it is above it already, when it
+//! grows 8 % a second whatever the link carries) the estimate is a hint only:
+//!
+//! * Rule 1 needs confirmation: the estimate moves the viewer down only while the link shows
+//!   congestion (a mean loss of at least `loss_low`, 2 %, over the loss window, or a queue in
+//!   the RTT as in rule 5), or when it fell under half of both its peak since the target
+//!   last changed and the rate sent ([`Observation::sent_bytes`] plus `other_bps`): over-use
+//!   on a link that carries the rung cuts it to 0.85× of what arrives, not to half, and an
+//!   estimate still growing after a climb is not under half its own peak. A real fall (a
+//!   5000 → 600 kbit/s step loses three packets in four) does both, so it still goes down
+//!   at once, straight to the rung the estimate carries. Not during a trial (below).
+//! 6. **Up on trial**: when the estimate does not make the next rung comfortable, the
+//!    selector switches one rung up anyway once every receiver report on the current rung
+//!    has shown loss below `loss_low` and no queue for `trial_after` (20 s), not within
+//!    `down_holdoff` of a move down. While the trial rung has been received for less than
+//!    `trial_window` (6 s), the first report with loss or a queue takes the viewer back at
+//!    once (the estimate, which lags, is not consulted); otherwise the trial rung is kept.
+//!    Every failed trial of a rung doubles the wait before the next trial of it (20, 40, 80
+//!    s…, at most `trial_backoff_max`, 240 s); a trial kept resets it. A link that cannot
+//!    carry the next rung pays a second or two of congestion at ever longer intervals
+//!    (trials at about 20, 60 and 140 s, then ever rarer, at most one every four minutes);
+//!    one that can is on it about 20 s after the start. The reports that failed a trial describe the
+//!    trial rung: they count against the rung returned to only once a new report arrives.
+//!    A climb by rule 5 is a trial too (a capped estimate also overshoots: it grows while
+//!    the delay stays flat, the link's limit unseen), held by the same back-off once a trial
+//!    of that rung failed.
 
 use std::fmt;
 use std::time::Duration;
@@ -103,6 +134,22 @@ pub struct SelectorConfig {
     pub estimate_max_age: Duration,
     /// RTT above its recent minimum by this much means a queue: no climbing.
     pub queuing_delay: Duration,
+    /// The estimate follows what is sent rather than the link (a delay-based estimator such
+    /// as `rtpgccbwe`, which cuts it to 0.85× the received rate on any over-use and climbs
+    /// back only to 1.5× that rate, yet above it grows unseen limits away): an estimate alone
+    /// moves no viewer down, and every climb is a bounded trial (rule 6). `false`: the
+    /// estimate is the link's capacity.
+    pub estimate_capped: bool,
+    /// Loss fraction (0–1) a clean link stays below; a report at or above it is a sign of
+    /// congestion (capped estimates and trials only).
+    pub loss_low: f64,
+    /// How long loss and queuing must stay clean on a rung before the first trial of the
+    /// next one (doubled after every failed trial).
+    pub trial_after: Duration,
+    /// How long a trial rung must stay clean, once received, to be kept.
+    pub trial_window: Duration,
+    /// The longest wait between trials, however many failed.
+    pub trial_backoff_max: Duration,
 }
 
 impl SelectorConfig {
@@ -122,6 +169,11 @@ impl SelectorConfig {
             loss_reports: 2,
             estimate_max_age: Duration::from_secs(3),
             queuing_delay: Duration::from_millis(150),
+            estimate_capped: false,
+            loss_low: 0.02,
+            trial_after: Duration::from_secs(20),
+            trial_window: Duration::from_secs(6),
+            trial_backoff_max: Duration::from_secs(240),
         }
     }
 }
@@ -150,6 +202,9 @@ pub struct Observation {
     /// Bytes the viewer is known to have received so far (a counter: TWCC feedback or
     /// receiver reports); its growth per tick is the delivered throughput.
     pub delivered_bytes: Option<u64>,
+    /// Bytes of video sent to the viewer so far (a counter); its growth per tick is the
+    /// sending rate, which a capped estimate is compared with (rule 1).
+    pub sent_bytes: Option<u64>,
 }
 
 /// Which way the target rung moved on a tick.
@@ -205,6 +260,10 @@ pub enum Reason {
     Steady,
     /// On the highest rung allowed (the top, or the pin).
     Top,
+    /// Loss and queuing stayed clean for long enough: one rung up on trial (rule 6).
+    Trial,
+    /// Loss or queuing on a trial rung: back at once (rule 6).
+    TrialFailed,
 }
 
 impl Reason {
@@ -225,6 +284,8 @@ impl Reason {
             Reason::Climb => "climb",
             Reason::Steady => "steady",
             Reason::Top => "top",
+            Reason::Trial => "trial",
+            Reason::TrialFailed => "trial-failed",
         }
     }
 }
@@ -296,6 +357,9 @@ impl std::error::Error for PinOutOfRange {}
 const START_SAMPLE: Duration = Duration::from_secs(1);
 /// How long the lowest RTT is remembered as the path's base RTT.
 const RTT_WINDOW: Duration = Duration::from_secs(30);
+/// A capped estimate below this share of the rate sent and of its peak on the rung moves a
+/// viewer down unconfirmed.
+const DEEP_FALL: f64 = 0.5;
 /// Weight of the newest tick in the smoothed delivered throughput.
 const THROUGHPUT_SMOOTHING: f64 = 0.3;
 
@@ -321,6 +385,20 @@ pub struct RungSelector {
     throughput: Ewma,
     last_delivered: Option<(Duration, u64)>,
     switches: u64,
+    /// Since when loss and queuing have been clean on the target (rule 6).
+    clean_since: Option<Duration>,
+    /// The trial in progress: the rung it left, and when the trial rung was first received.
+    trial: Option<(usize, Option<Duration>)>,
+    /// Per rung, trials of it failed since the last one kept.
+    failed_trials: Vec<u32>,
+    /// A trial just failed: the loss and queuing reported describe the trial rung, not the
+    /// one returned to, until the switch back is done and one more report came (it still
+    /// covers time on the trial rung).
+    stale_congestion: bool,
+    sending: Ewma,
+    last_sent: Option<(Duration, u64)>,
+    /// The highest estimate since the target last changed.
+    peak_estimate: Option<u64>,
 }
 
 impl RungSelector {
@@ -333,6 +411,7 @@ impl RungSelector {
             .position(|r| r.max_bps <= config.start_bps)
             .unwrap_or(config.ladder.len() - 1);
         let loss_window = config.loss_window;
+        let rungs = config.ladder.len();
         RungSelector {
             config,
             current: start,
@@ -352,6 +431,13 @@ impl RungSelector {
             throughput: Ewma::new(THROUGHPUT_SMOOTHING),
             last_delivered: None,
             switches: 0,
+            clean_since: None,
+            trial: None,
+            failed_trials: vec![0; rungs],
+            stale_congestion: false,
+            sending: Ewma::new(THROUGHPUT_SMOOTHING),
+            last_sent: None,
+            peak_estimate: None,
         }
     }
 
@@ -447,6 +533,7 @@ impl RungSelector {
 
         if let Some(estimate) = obs.estimate_bps {
             self.last_estimate = Some((now, estimate));
+            self.peak_estimate = Some(self.peak_estimate.map_or(estimate, |p| p.max(estimate)));
             self.start_estimates.add(now, estimate);
         }
         self.start_estimates.expire(now);
@@ -455,7 +542,15 @@ impl RungSelector {
             .filter(|&(t, _)| now.saturating_sub(t) <= self.config.estimate_max_age)
             .map(|(_, e)| e);
 
-        if let Some(loss) = obs.loss {
+        // After a failed trial the reports describe the trial rung, until the switch back is
+        // done and one more report came (it still covers time on the trial rung).
+        let stale = self.stale_congestion;
+        if stale && self.current == self.target && (obs.loss.is_some() || obs.rtt.is_some()) {
+            self.stale_congestion = false;
+        }
+        if let Some(loss) = obs.loss
+            && !stale
+        {
             self.loss.add(now, loss);
         }
         self.loss.expire(now);
@@ -465,7 +560,9 @@ impl RungSelector {
 
         if let Some(rtt) = obs.rtt {
             self.rtts.add(now, rtt);
-            self.last_rtt = Some(rtt);
+            if !stale {
+                self.last_rtt = Some(rtt);
+            }
         }
         self.rtts.expire(now);
         if obs.jitter.is_some() {
@@ -489,6 +586,15 @@ impl RungSelector {
             self.last_delivered = Some((now, bytes));
         }
         let throughput = self.throughput.value().map(|t| t as u64);
+        if let Some(bytes) = obs.sent_bytes {
+            if let Some((t0, bytes0)) = self.last_sent {
+                let dt = now.saturating_sub(t0).as_secs_f64();
+                if dt > 0.0 && bytes >= bytes0 {
+                    self.sending.add((bytes - bytes0) as f64 * 8.0 / dt);
+                }
+            }
+            self.last_sent = Some((now, bytes));
+        }
 
         let before = self.target;
         let lowest = self.lowest();
@@ -496,8 +602,50 @@ impl RungSelector {
         let ceiling = self.pin.unwrap_or(0);
         let reason;
 
-        if let Some(e) = estimate
+        // Congestion as the viewer sees it: a report of loss, or a queue in the round trip.
+        let bad_report = !stale && (obs.loss.is_some_and(|l| l >= self.config.loss_low) || queuing);
+        let congested =
+            !stale && (queuing || self.loss.mean().is_some_and(|l| l >= self.config.loss_low));
+        if bad_report {
+            self.clean_since = None;
+        } else if obs.loss.is_some() && !stale {
+            self.clean_since.get_or_insert(now);
+        }
+        // A trial whose rung the target left (a pin, a fall on loss) is over.
+        if self.trial.is_some() && before != self.trial_rung() {
+            self.trial = None;
+        }
+        if let Some((_, received)) = &mut self.trial
+            && received.is_none()
+            && self.current == self.target
+        {
+            *received = Some(now);
+        }
+
+        if let Some((from, _)) = self.trial
+            && bad_report
+        {
+            // Rule 6: the trial rung congests the link: back at once.
+            let failed = &mut self.failed_trials[self.target];
+            *failed = failed.saturating_add(1);
+            self.target = from;
+            self.trial = None;
+            reason = Reason::TrialFailed;
+            self.loss.clear();
+            self.stale_congestion = true;
+            // The queue the trial built is not the returned-to rung's.
+            self.last_rtt = None;
+        } else if let Some(e) = estimate
             && !self.carries(self.target, e)
+            // A capped estimate below the rung may say only that little more than the rung
+            // was sent (or that the estimator reacted to its own bursts): without loss or a
+            // queue it moves no viewer down, unless it fell far below what is sent (over-use
+            // cuts it to 0.85× what arrives: only a link that lets through much less than is
+            // sent takes it under half).
+            && (!self.config.estimate_capped
+                || (self.trial.is_none()
+                    && !stale
+                    && (congested || self.fell_below_sending(e))))
         {
             // Rule 1: the link no longer carries the target.
             if self.target == lowest {
@@ -557,11 +705,26 @@ impl RungSelector {
             reason = self.climb(now, estimate, queuing, ceiling);
         }
 
+        if let Some((_, Some(received))) = self.trial
+            && now.saturating_sub(received) >= self.config.trial_window
+        {
+            // Rule 6: the trial rung stayed clean: kept.
+            self.trial = None;
+            self.failed_trials[self.target] = 0;
+        }
         if self.target != before {
             self.up_since = None;
+            // Whatever was clean was clean on another rung.
+            self.clean_since = None;
+            self.peak_estimate = None;
             // Only a link that failed has to prove itself longer; a viewer choosing a lower
             // quality said nothing about the link.
-            if self.target > before && matches!(reason, Reason::Estimate | Reason::Loss) {
+            if self.target > before
+                && matches!(
+                    reason,
+                    Reason::Estimate | Reason::Loss | Reason::TrialFailed
+                )
+            {
                 self.last_down = Some(now);
             }
         }
@@ -604,6 +767,11 @@ impl RungSelector {
             self.up_since = None;
             return Reason::Top;
         }
+        if self.trial.is_some() {
+            // Rule 6: a trial in progress is proven by loss and queuing, not the estimate.
+            self.up_since = None;
+            return Reason::Trial;
+        }
         let Some(e) = estimate else {
             self.up_since = None;
             return Reason::NoEstimate;
@@ -620,7 +788,7 @@ impl RungSelector {
         let next = self.target - 1;
         if !self.comfortable(next, e) {
             self.up_since = None;
-            return Reason::Steady;
+            return self.try_next(now, next);
         }
         let since = *self.up_since.get_or_insert(now);
         if self
@@ -632,8 +800,65 @@ impl RungSelector {
         if now.saturating_sub(since) < self.config.up_hold {
             return Reason::Holding;
         }
+        if self.config.estimate_capped {
+            // A capped estimate can overshoot too (it grows while the delay stays flat, the
+            // link's limit unseen): its climb is a trial like any other, with the same
+            // back-off after failed ones.
+            if self.failed_trials[next] > 0 && !self.clean_for_trial(now, next) {
+                return Reason::HoldOff;
+            }
+            self.trial = Some((self.target, None));
+        }
         self.target = next;
         Reason::Climb
+    }
+
+    /// Loss and queuing have been clean for the back-off of trials of `next`.
+    fn clean_for_trial(&self, now: Duration, next: usize) -> bool {
+        let wait = self
+            .config
+            .trial_after
+            .saturating_mul(1 << self.failed_trials[next].min(16))
+            .min(self.config.trial_backoff_max);
+        self.clean_since
+            .is_some_and(|t| now.saturating_sub(t) >= wait)
+    }
+
+    /// A capped estimate `e` that fell to under half its peak on this rung and under half the
+    /// rate sent: the link lets through much less than is sent. (One still growing after a
+    /// climb is under half the rate sent too, but not under half its own peak.)
+    fn fell_below_sending(&self, e: u64) -> bool {
+        let sent = self
+            .sending
+            .value()
+            .map(|sent| sent + self.config.other_bps as f64);
+        let e = e as f64;
+        sent.is_some_and(|sent| e < DEEP_FALL * sent)
+            && self
+                .peak_estimate
+                .is_some_and(|peak| e < DEEP_FALL * peak as f64)
+    }
+
+    /// The rung the trial in progress climbed to.
+    fn trial_rung(&self) -> usize {
+        self.trial
+            .map_or(usize::MAX, |(from, _)| from.saturating_sub(1))
+    }
+
+    /// Rule 6: one rung up on trial once loss and queuing have been clean for the back-off.
+    fn try_next(&mut self, now: Duration, next: usize) -> Reason {
+        if !self.config.estimate_capped {
+            return Reason::Steady;
+        }
+        let after_fall = self
+            .last_down
+            .is_some_and(|t| now.saturating_sub(t) < self.config.down_holdoff);
+        if after_fall || !self.clean_for_trial(now, next) {
+            return Reason::Steady;
+        }
+        self.trial = Some((self.target, None));
+        self.target = next;
+        Reason::Trial
     }
 }
 
@@ -1240,5 +1465,225 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A link of `capacity(t)` bit/s seen through an estimator bounded by what is sent, as
+    /// `rtpgccbwe` is: the estimate grows by at most 8 % a second and never past 1.5× the
+    /// received rate; over-use (the link full, or every 3 s the self-inflicted queue of a key
+    /// frame burst) cuts it to 0.85× the received rate. Receiver reports each second: the
+    /// loss a tbf link inflicts on what exceeds it, and its 200 ms queue in the RTT.
+    struct CappedLink {
+        viewer: Viewer,
+        estimate: f64,
+        sent_bytes: u64,
+        /// The estimate grows past 1.5× the received rate while the delay stays flat (as
+        /// rtpgccbwe's does once it is above that bound), up to 5 Mbit/s.
+        overshoots: bool,
+    }
+
+    /// Audio beside the video, as in a WHEP session with Opus.
+    const AUDIO: u64 = 64_000;
+
+    impl CappedLink {
+        fn new() -> Self {
+            let config = SelectorConfig {
+                estimate_capped: true,
+                other_bps: AUDIO,
+                ..SelectorConfig::default()
+            };
+            CappedLink {
+                viewer: Viewer::with(config),
+                // rtpgccbwe's start guess in the WHEP session: 1.5× the start rung.
+                estimate: 1_200_000.0,
+                sent_bytes: 0,
+                overshoots: false,
+            }
+        }
+
+        fn run(&mut self, duration: Duration, capacity: impl Fn(Duration) -> u64) {
+            let end = self.viewer.now + duration;
+            while self.viewer.now < end {
+                let t = self.viewer.now + TICK;
+                let link = capacity(t) as f64;
+                let rung = self.viewer.selector.rung();
+                let sent = self.viewer.selector.config().ladder.rungs()[rung].max_bps as f64
+                    + AUDIO as f64;
+                let received = sent.min(link);
+                self.sent_bytes += (sent - AUDIO as f64) as u64 / 8 / 10;
+                let burst = !self.overshoots && t.as_millis().is_multiple_of(3000);
+                let bound = if self.overshoots {
+                    5_000_000.0
+                } else {
+                    1.5 * received
+                };
+                self.estimate = if sent > link || burst {
+                    (self.estimate * 0.95).min(0.85 * received)
+                } else {
+                    (self.estimate * 1.08f64.powf(TICK.as_secs_f64())).min(bound)
+                };
+                let report = t.as_millis().is_multiple_of(1000);
+                let queue = if sent > link { 200 } else { 0 };
+                self.viewer.tick(Observation {
+                    estimate_bps: Some(self.estimate as u64),
+                    loss: report.then_some(1.0 - received / sent),
+                    rtt: report.then_some(Duration::from_millis(40 + queue)),
+                    sent_bytes: Some(self.sent_bytes),
+                    ..Default::default()
+                });
+            }
+        }
+
+        fn trials(&self) -> usize {
+            self.viewer
+                .moves()
+                .iter()
+                .filter(|m| m.3 == Reason::Trial)
+                .count()
+        }
+
+        /// Share of the ticks from `from` on spent receiving `rung`.
+        fn share_on(&self, rung: usize, from: Duration) -> f64 {
+            let rungs = self.viewer.rungs_since(from);
+            rungs.iter().filter(|&&r| r == rung).count() as f64 / rungs.len() as f64
+        }
+    }
+
+    fn capped(capacity: u64) -> CappedLink {
+        let mut link = CappedLink::new();
+        link.run(secs(120.0), |_| capacity);
+        link
+    }
+
+    #[test]
+    fn a_capped_estimate_on_a_5000_kbps_link_reaches_the_top_and_stays() {
+        let link = capped(5_000_000);
+        let v = &link.viewer;
+        // The estimate never shows 720p comfortable (it stays below 1.5× what is sent):
+        // the climb is a trial, once loss and queuing were clean for `trial_after`.
+        let config = SelectorConfig::default();
+        let top_at = v
+            .decisions
+            .iter()
+            .find(|d| d.rung == TOP)
+            .expect("reaches 720p")
+            .time;
+        assert!(
+            top_at <= config.trial_after + secs(5.0),
+            "{top_at:?}: {:?}",
+            v.moves()
+        );
+        assert!(
+            v.rungs_since(top_at).iter().all(|&r| r == TOP),
+            "{:?}",
+            v.moves()
+        );
+        assert_eq!(link.trials(), 1, "{:?}", v.moves());
+        assert_eq!(v.selector.switches(), 1);
+        // Although the estimate fell below the top rung at every key-frame burst.
+        assert!(
+            v.decisions
+                .iter()
+                .filter(|d| d.time > top_at)
+                .any(|d| d.estimate_bps < Some(2_500_000))
+        );
+    }
+
+    #[test]
+    fn a_capped_estimate_on_a_1500_kbps_link_tries_720p_rarely() {
+        let link = capped(1_500_000);
+        let v = &link.viewer;
+        assert_eq!(v.rung(), MID, "{:?}", v.moves());
+        // Over two minutes: trials at most every 20, 40, 80 s, each back on its first report.
+        assert!(link.trials() <= 3, "{:?}", v.moves());
+        assert!(v.selector.switches() <= 6, "{:?}", v.moves());
+        assert!(link.share_on(MID, Duration::ZERO) >= 0.95);
+        for m in v.moves().iter().filter(|m| m.2 == Direction::Down) {
+            assert_eq!((m.1, m.3), (MID, Reason::TrialFailed), "{:?}", v.moves());
+        }
+        // The back-off grows: each trial waits longer than the one before.
+        let trials: Vec<Duration> = v
+            .moves()
+            .iter()
+            .filter(|m| m.3 == Reason::Trial)
+            .map(|m| m.0)
+            .collect();
+        for gaps in trials.windows(3) {
+            assert!(gaps[2] - gaps[1] > gaps[1] - gaps[0], "{trials:?}");
+        }
+    }
+
+    #[test]
+    fn a_capped_estimate_on_a_600_kbps_link_keeps_180p() {
+        let link = capped(600_000);
+        let v = &link.viewer;
+        assert_eq!(v.rung(), LOW);
+        // Down on the first report of loss on the start rung.
+        let down = v.moves()[0];
+        assert_eq!(
+            (down.1, down.2, down.3),
+            (LOW, Direction::Down, Reason::Estimate)
+        );
+        assert!(down.0 <= secs(1.0), "{down:?}");
+        assert!(link.trials() <= 3, "{:?}", v.moves());
+        assert!(link.share_on(LOW, secs(2.0)) >= 0.95);
+    }
+
+    #[test]
+    fn a_capped_estimate_stepping_from_5000_to_600_goes_down_at_once() {
+        let mut link = CappedLink::new();
+        link.run(secs(40.0), |_| 5_000_000);
+        assert_eq!(link.viewer.rung(), TOP);
+        let step = link.viewer.now;
+        link.run(secs(40.0), |_| 600_000);
+        let down = link
+            .viewer
+            .moves()
+            .into_iter()
+            .find(|m| m.0 > step)
+            .expect("down");
+        // Straight to 180p, on the first estimate after the step: it fell below half of what
+        // is sent, which no over-use of a link that carries the rung does.
+        assert_eq!(
+            (down.1, down.2, down.3),
+            (LOW, Direction::Down, Reason::Estimate)
+        );
+        assert!(down.0 <= step + TICK, "{down:?}");
+        assert_eq!(link.viewer.rung(), LOW);
+        // And back up by trials once the link is back: 180p → 360p → 720p.
+        let back = link.viewer.now;
+        link.run(secs(120.0), |_| 5_000_000);
+        assert_eq!(link.viewer.rung(), TOP, "{:?}", link.viewer.moves());
+        let ups: Vec<_> = link
+            .viewer
+            .moves()
+            .into_iter()
+            .filter(|m| m.0 > back)
+            .collect();
+        assert_eq!(ups.len(), 2, "{ups:?}");
+        assert!(ups.iter().all(|m| m.2 == Direction::Up));
+    }
+
+    #[test]
+    fn an_overshooting_estimate_on_a_1500_kbps_link_climbs_on_trial_and_comes_back() {
+        let mut link = CappedLink::new();
+        link.overshoots = true;
+        link.run(secs(120.0), |_| 1_500_000);
+        let v = &link.viewer;
+        let moves = v.moves();
+        assert_eq!(v.rung(), MID, "{moves:?}");
+        // The estimate makes 720p look comfortable: the climb happens, is a trial, and the
+        // first report of loss takes the viewer back to 360p, not below.
+        let first_up = moves
+            .iter()
+            .find(|m| m.2 == Direction::Up)
+            .expect("a climb");
+        assert_eq!((first_up.1, first_up.3), (TOP, Reason::Climb), "{moves:?}");
+        for m in moves.iter().filter(|m| m.2 == Direction::Down) {
+            assert_eq!((m.1, m.3), (MID, Reason::TrialFailed), "{moves:?}");
+        }
+        // And the back-off holds later climbs, estimate or not.
+        let ups = moves.iter().filter(|m| m.2 == Direction::Up).count();
+        assert!(ups <= 3, "{moves:?}");
+        assert!(link.share_on(MID, Duration::ZERO) >= 0.9, "{moves:?}");
     }
 }

@@ -15,11 +15,13 @@
 //! The decision is the [`RungSelector`]'s; the session's watchdog tick (every 250 ms) feeds it
 //! an [`Observation`] built from:
 //! - the bandwidth estimate of `rtpgccbwe` (Google congestion control over transport-wide CC
-//!   feedback), for viewers that offer TWCC (browsers do). The estimate is not capped at what
-//!   is sent: while the delay stays flat it grows by up to 8 % a second towards its maximum
-//!   (here twice the top rung), so a viewer on a low rung can climb without padding; on a link
-//!   that cannot carry the rung climbed to, the climb is the probe: over-use makes the
-//!   estimate fall (to 85 % of what got through) and the selector steps down at once.
+//!   feedback), for viewers that offer TWCC (browsers do). The estimate follows what is sent,
+//!   not the link: any over-use (a key-frame burst queued behind the link is enough) cuts it
+//!   to 85 % of the received rate, from below 1.5× that rate it climbs back only to 1.5× it,
+//!   and above it grows by 8 % a second whatever the link carries. So the selector runs with
+//!   `estimate_capped`: the estimate alone moves no viewer down (loss or a queue must confirm
+//!   it, or it must fall far below what is sent), and every climb is a bounded trial (rule 6
+//!   of [`hybridlive_ladder::viewer`]).
 //! - the viewer's receiver reports (read here from the RTCP packets, [`read_report_blocks`]):
 //!   loss, round trip, jitter, and the packets delivered (times the mean size of the packets
 //!   sent, for the delivered throughput). A viewer without TWCC (GStreamer's webrtcbin as
@@ -434,6 +436,7 @@ impl RungState {
             estimate_bps: estimate
                 .filter(|(_, at)| at.elapsed() < ESTIMATE_HELD)
                 .map(|(bps, _)| bps),
+            sent_bytes: Some(self.sent_bytes.load(Ordering::Relaxed)),
             ..Default::default()
         };
         if let Some((block, rtt)) = report {
