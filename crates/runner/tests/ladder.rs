@@ -188,7 +188,7 @@ fn shaped_viewers_decode_the_single_encode() {
 /// frames or decoder errors; the unconstrained one never leaves the top rung once on it. The
 /// runner's `/api/status` names the same rungs.
 #[test]
-#[ignore = "WHEP viewers do not climb yet: rtpgccbwe estimates stay near what they receive"]
+#[ignore = "viewers settle on 720/360/180, but under load Chromium drops 3-6 % of frames (1 % allowed; the single encode drops as many)"]
 fn three_viewers_settle_on_the_rung_their_link_carries() {
     if !in_private_namespaces("three_viewers_settle_on_the_rung_their_link_carries") {
         return;
@@ -309,7 +309,7 @@ fn three_viewers_settle_on_the_rung_their_link_carries() {
 /// without a freeze longer than 500 ms, and back up to 720 later; another viewer at 5000 kbit/s
 /// stays on the top rung, without a gap, throughout.
 #[test]
-#[ignore = "WHEP viewers do not climb yet: rtpgccbwe estimates stay near what they receive"]
+#[ignore = "the move down confirms loss from receiver reports: a 5000 -> 600 step freezes 1.6-2.6 s (0.5 s allowed)"]
 fn a_viewer_whose_link_drops_moves_down_and_back_up_alone() {
     if !in_private_namespaces("a_viewer_whose_link_drops_moves_down_and_back_up_alone") {
         return;
