@@ -224,10 +224,21 @@ fn packets(file: &Path, stream: &str) -> Vec<(f64, f64)> {
     packets
 }
 
-/// How far a recording's decoded audio may be from its video's span: measured 0.01-0.05 s
-/// on an idle machine and up to 0.28 s with other tests running; a lost second is what the
-/// tests catch.
+/// How far a recording's decoded audio may fall short of its video's span: measured
+/// 0.01-0.05 s on an idle machine and up to 0.28 s with other tests running; a lost second
+/// (what the tests catch) makes the audio shorter.
 const DURATION_SLACK_S: f64 = 0.3;
+
+/// How much longer than the video the audio may be: where the run stops, the video still in
+/// flight behind a loaded encoder is cut (measured up to 0.34 s in CI with other tests and
+/// builds running), while the audio is cheap and never behind.
+const AUDIO_TAIL_SLACK_S: f64 = 0.6;
+
+/// Whether `audio_s` of decoded audio goes with `video_s` of video: no second lost, no tail
+/// longer than a loaded machine leaves.
+fn durations_match(audio_s: f64, video_s: f64) -> bool {
+    audio_s >= video_s - DURATION_SLACK_S && audio_s <= video_s + AUDIO_TAIL_SLACK_S
+}
 
 /// First pts to the end of the last packet.
 fn span(packets: &[(f64, f64)]) -> f64 {
@@ -301,7 +312,7 @@ fn audio_has_no_holes_when_the_sender_is_lost_and_comes_back() {
     // the slack is for where the run stops (the last fragment may end its audio a few AAC
     // frames off its video) on a machine loaded by other tests.
     assert!(
-        (decoded - video_s).abs() <= DURATION_SLACK_S,
+        durations_match(decoded, video_s),
         "{} s of audio decoded against {video_s:.2} s of video",
         decoded
     );
@@ -469,7 +480,7 @@ fn a_looped_file_plays_on_without_a_seam() {
     // As long as the video (see DURATION_SLACK_S): a seam that restarted the decoder cost
     // about a second.
     assert!(
-        (decoded - video_s).abs() <= DURATION_SLACK_S,
+        durations_match(decoded, video_s),
         "{decoded:.2} s of audio against {video_s:.2} s of video"
     );
     let _ = std::fs::remove_dir_all(&dir);
