@@ -286,7 +286,15 @@ fn a_ladder_is_a_multivariant_playlist_of_ll_hls_renditions_that_hls_js_switches
         .collect();
     for (i, media) in playlists.iter().enumerate() {
         assert!(media.last_part >= (msn, part), "rendition {i}: {media:?}");
-        assert_eq!(media.part_target, 0.2, "rendition {i}");
+        // The configured 200 ms, or a few ms more when a part came out that much longer
+        // (the first one, cut on the segment grid, did in CI: 0.20515 s, PART-TARGET=0.206):
+        // never below a part, and the same in every rendition.
+        assert!(
+            (0.2..0.22).contains(&media.part_target),
+            "rendition {i}: PART-TARGET {}",
+            media.part_target
+        );
+        assert_eq!(media.part_target, playlists[0].part_target, "rendition {i}");
         // Every segment on the 1 s grid, the first one too (it is shorter, never longer): the
         // target duration is the configured one and stays so.
         assert_eq!(media.target_duration, 1.0, "rendition {i}");
