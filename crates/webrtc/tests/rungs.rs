@@ -351,24 +351,7 @@ impl RungViewer {
         )
         .unwrap();
         let answer = output.offer(&offer).expect("an answer");
-        let sdp = gst_sdp::SDPMessage::parse_buffer(answer.sdp.as_bytes()).unwrap();
-        let description =
-            gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Answer, sdp);
-        let promise = gst::Promise::new();
-        self.webrtcbin
-            .emit_by_name::<()>("set-remote-description", &[&description, &promise]);
-        promise.wait();
-        let rtpbin = self
-            .webrtcbin
-            .downcast_ref::<gst::Bin>()
-            .unwrap()
-            .iterate_elements()
-            .into_iter()
-            .filter_map(Result::ok)
-            .find(|e| e.factory().is_some_and(|f| f.name() == "rtpbin"))
-            .unwrap();
-        let session = rtpbin.emit_by_name::<gst::glib::Object>("get-internal-session", &[&0u32]);
-        session.set_property("rtcp-min-interval", 1_000_000_000u64);
+        common::take_answer(&self.webrtcbin, &answer.sdp);
         answer.id
     }
 

@@ -201,25 +201,7 @@ impl Viewer {
     }
 
     pub fn answer(&self, sdp: &str) {
-        let sdp = gst_sdp::SDPMessage::parse_buffer(sdp.as_bytes()).unwrap();
-        let answer =
-            gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Answer, sdp);
-        let promise = gst::Promise::new();
-        self.webrtcbin
-            .emit_by_name::<()>("set-remote-description", &[&answer, &promise]);
-        promise.wait();
-        // Report every second, as browsers do (GStreamer's default is every 5 s).
-        let rtpbin = self
-            .webrtcbin
-            .downcast_ref::<gst::Bin>()
-            .unwrap()
-            .iterate_elements()
-            .into_iter()
-            .filter_map(Result::ok)
-            .find(|e| e.factory().is_some_and(|f| f.name() == "rtpbin"))
-            .unwrap();
-        let session = rtpbin.emit_by_name::<gst::glib::Object>("get-internal-session", &[&0u32]);
-        session.set_property("rtcp-min-interval", 1_000_000_000u64);
+        take_answer(&self.webrtcbin, sdp);
     }
 
     /// Waits until the meter counted `frames` stamped frames; returns its stats.
@@ -276,4 +258,25 @@ pub fn decode_and_count(
             gst::PadProbeReturn::Ok
         });
     pad.link(&decode.static_pad("sink").unwrap()).unwrap();
+}
+
+/// Gives a receiving `webrtcbin` the WHEP answer `sdp`, and has it report every second, as
+/// browsers do (GStreamer's default is every 5 s).
+#[allow(dead_code)]
+pub fn take_answer(webrtcbin: &gst::Element, sdp: &str) {
+    let sdp = gst_sdp::SDPMessage::parse_buffer(sdp.as_bytes()).unwrap();
+    let answer = gst_webrtc::WebRTCSessionDescription::new(gst_webrtc::WebRTCSDPType::Answer, sdp);
+    let promise = gst::Promise::new();
+    webrtcbin.emit_by_name::<()>("set-remote-description", &[&answer, &promise]);
+    promise.wait();
+    let rtpbin = webrtcbin
+        .downcast_ref::<gst::Bin>()
+        .unwrap()
+        .iterate_elements()
+        .into_iter()
+        .filter_map(Result::ok)
+        .find(|e| e.factory().is_some_and(|f| f.name() == "rtpbin"))
+        .unwrap();
+    let session = rtpbin.emit_by_name::<gst::glib::Object>("get-internal-session", &[&0u32]);
+    session.set_property("rtcp-min-interval", 1_000_000_000u64);
 }
