@@ -617,7 +617,6 @@ fn run_with(
             .clone();
         let framerate = source_of(&config, &e.input)
             .map_or(crate::config::Framerate::whole(30), |s| s.video.framerate);
-        let counter = Arc::new(Counter::new(e.kind.media() == Media::Video));
         let steering = config
             .transforms
             .iter()
@@ -663,6 +662,7 @@ fn run_with(
             }
             continue;
         }
+        let counter = Arc::new(Counter::new(e.kind.media() == Media::Video));
         let (tee, abr) = graph.encoder(
             &e.name,
             &e.kind,
@@ -687,20 +687,15 @@ fn run_with(
         // which has the encoder's own name (recordings keep the best picture).
         let mut inputs: Vec<Input> = Vec::new();
         for name in &o.inputs {
-            let rungs = config
+            let ladder = config
                 .encoders
                 .iter()
-                .find(|e| &e.name == name)
-                .map(|e| e.rungs.as_slice())
-                .unwrap_or_default();
-            if rungs.len() > 1 && o.kind.takes_rungs() {
-                let source_rate = config
-                    .encoders
-                    .iter()
-                    .find(|e| &e.name == name)
-                    .and_then(|e| source_of(&config, &e.input))
+                .find(|e| &e.name == name && e.rungs.len() > 1)
+                .filter(|_| o.kind.takes_rungs());
+            if let Some(ladder) = ladder {
+                let source_rate = source_of(&config, &ladder.input)
                     .map_or(crate::config::Framerate::whole(30), |s| s.video.framerate);
-                for (index, rung) in rungs.iter().enumerate() {
+                for (index, rung) in ladder.rungs.iter().enumerate() {
                     let encoder = RungSpec::encoder_name(name, index);
                     inputs.push(Input {
                         kind: encoded[&encoder].1.clone(),
