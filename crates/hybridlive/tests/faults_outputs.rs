@@ -19,7 +19,6 @@ use hybridlive_testkit::faults::{
 };
 use hybridlive_testkit::process::{ChildGuard, gst_launch, sh};
 use hybridlive_testkit::runner_child::{RunnerChild, RunnerCommand};
-use hybridlive_testkit::time::{now_ms, utc_ms};
 use hybridlive_testkit::{eventually, in_private_namespaces, scratch_dir};
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::{Path, PathBuf};
@@ -114,9 +113,11 @@ fn srt_listener_gone_the_uplink_retries_and_the_rest_goes_on() {
     let (failed, restarts) = failures_of(&runner, "uplink");
     assert_only_failed(&runner, "uplink");
     drop(viewer);
-    let stopped_ms = now_ms();
+    let stopped_at = Instant::now();
     assert_stopped(&mut runner);
-    let ran = (stopped_ms - utc_ms(started["utc_start"].as_str().unwrap())) as f64 / 1000.0;
+    let ran = stopped_at
+        .duration_since(runner.seen_at(&started))
+        .as_secs_f64();
     let played = assert_plays(&recording);
     listener.interrupt();
     // A live stream cut by the sender's shutdown may end in half a frame: what counts is that
@@ -261,9 +262,11 @@ fn whip_server_down_the_egress_retries_and_the_rest_goes_on() {
     let (failures, restarts) = failures_of(&runner, "whip");
     assert_only_failed(&runner, "whip");
     drop(viewer);
-    let stopped_ms = now_ms();
+    let stopped_at = Instant::now();
     assert_stopped(&mut runner);
-    let ran = (stopped_ms - utc_ms(started["utc_start"].as_str().unwrap())) as f64 / 1000.0;
+    let ran = stopped_at
+        .duration_since(runner.seen_at(&started))
+        .as_secs_f64();
     let played = assert_plays(&recording);
     let frames_after = whip_frames(&second);
     server.kill();
@@ -384,7 +387,7 @@ fn hls_folder_unwritable_hls_retries_and_the_rest_goes_on() {
     assert_only_failed(&runner, "hls");
     let in_browser = browser.finish();
     drop(viewer);
-    let stopped_ms = now_ms();
+    let stopped_at = Instant::now();
     // The failed outputs were taken down whole (tear_down in output.rs): SIGINT finishes every
     // output and the runner exits 0 on its own, without its shutdown watchdog.
     let status = runner.stop();
@@ -394,7 +397,9 @@ fn hls_folder_unwritable_hls_retries_and_the_rest_goes_on() {
         "the shutdown hung after the HLS restarts: {:?}",
         runner.logged("shutdown-stuck")
     );
-    let ran = (stopped_ms - utc_ms(started["utc_start"].as_str().unwrap())) as f64 / 1000.0;
+    let ran = stopped_at
+        .duration_since(runner.seen_at(&started))
+        .as_secs_f64();
     let played = assert_plays(&recording);
     report(
         "output storage gone: HLS folder turned read-only, writable later",

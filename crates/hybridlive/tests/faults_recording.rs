@@ -18,7 +18,6 @@ use hybridlive_testkit::faults::{
 };
 use hybridlive_testkit::process::sh;
 use hybridlive_testkit::runner_child::RunnerCommand;
-use hybridlive_testkit::time::{now_ms, utc_ms};
 use hybridlive_testkit::{eventually, in_private_namespaces, scratch_dir};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -53,10 +52,12 @@ fn kill_9_during_recording_loses_at_most_a_second() {
         let moment = Duration::from_secs_f64(0.2 + rng.uniform() * 6.0);
         std::thread::sleep(moment);
         runner.signal("KILL");
-        let killed_ms = now_ms();
+        let killed_at = Instant::now();
         runner.wait_exit(Duration::from_secs(10));
         let file = PathBuf::from(started["path"].as_str().unwrap());
-        let ran = (killed_ms - utc_ms(started["utc_start"].as_str().unwrap())) as f64 / 1000.0;
+        let ran = killed_at
+            .duration_since(runner.seen_at(&started))
+            .as_secs_f64();
         let p = playback(&file);
         eprintln!(
             "kill {}: after {:.2} s of recording: {:.2} s in the file, {} frames, lost {:.2} s{}",
@@ -147,9 +148,10 @@ fn disk_full_the_recording_keeps_what_it_wrote_and_resumes_when_space_returns() 
     // The disk fills up: the recording reports it; what it wrote stays playable.
     let failed = runner.wait_for_output_event("output-failed", "recording");
     let error = failed["error"].as_str().unwrap_or_default().to_string();
-    let recorded_for = (utc_ms(failed["utc"].as_str().unwrap())
-        - utc_ms(started["utc_start"].as_str().unwrap())) as f64
-        / 1000.0;
+    let recorded_for = runner
+        .seen_at(&failed)
+        .duration_since(runner.seen_at(&started))
+        .as_secs_f64();
     let kept = assert_plays(&first);
     let p = watched.all_advance(&p, &["recording"], "the other outputs to go on");
     // Still full: the retries fail too, with back-off; whatever a retry managed to write

@@ -20,7 +20,6 @@ use hybridlive_testkit::faults::{
 use hybridlive_testkit::process::helper_process;
 use hybridlive_testkit::runner_child::RunnerCommand;
 use hybridlive_testkit::senders::{self, FfmpegOptions, Redialing};
-use hybridlive_testkit::time::{now_ms, utc_ms};
 use hybridlive_testkit::{eventually, in_private_namespaces, scratch_dir};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -143,10 +142,12 @@ fn primary_source_dies<P>(test: &str, fault: &str, source_toml: &str, primary: i
         .map(|o| o.values().filter_map(|v| v["restarts"].as_u64()).sum())
         .unwrap_or(0);
     drop(viewer);
-    let stopped_ms = now_ms();
+    let stopped_at = Instant::now();
     let status = runner.stop();
     let file = PathBuf::from(started["path"].as_str().unwrap());
-    let ran = (stopped_ms - utc_ms(started["utc_start"].as_str().unwrap())) as f64 / 1000.0;
+    let ran = stopped_at
+        .duration_since(runner.seen_at(&started))
+        .as_secs_f64();
     let played = playback(&file);
     report(
         fault,

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use hybridlive_testkit::media::{decoded_video_frames, ffprobe, media_duration};
 use hybridlive_testkit::runner_child::{ENTRY, RunnerChild, RunnerCommand, test_runner};
 use hybridlive_testkit::senders::Redialing;
-use hybridlive_testkit::time::{now_ms, utc_ms};
 use hybridlive_testkit::{eventually, metric, scratch_dir, shipped_pipeline_in};
 
 hybridlive_testkit::runner_child_entry!();
@@ -185,12 +184,14 @@ fn ingest_takes_an_srt_contribution_and_the_slate_covers_while_the_sender_is_gon
     wait_source_state(&mut runner, "primary");
     std::thread::sleep(Duration::from_secs(1));
     runner.signal("INT");
-    let stopped_at_ms = now_ms();
+    let stopped_at = Instant::now();
     let status = runner.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "exit status {status}");
     // Nothing was lost across the two switches: the recording covers the whole run.
     let file = PathBuf::from(started["path"].as_str().unwrap());
-    let ran = (stopped_at_ms - utc_ms(started["utc_start"].as_str().unwrap())) as f64 / 1000.0;
+    let ran = stopped_at
+        .duration_since(runner.seen_at(&started))
+        .as_secs_f64();
     let duration = media_duration(&file);
     assert!(
         (ran - duration).abs() <= 1.0,

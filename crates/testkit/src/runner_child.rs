@@ -280,9 +280,10 @@ impl RunnerCommand {
         let mut child = command.spawn()?;
         let output = Arc::new(Mutex::new(String::new()));
         let history = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::new(Mutex::new(Vec::new()));
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, events) = mpsc::channel();
-        let (kept, all) = (output.clone(), history.clone());
+        let (kept, all, when) = (output.clone(), history.clone(), seen.clone());
         let mut readers = vec![std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 keep_line(&kept, &line);
@@ -291,6 +292,7 @@ impl RunnerCommand {
                 if let Ok(value) = serde_json::from_str::<serde_json::Value>(json) {
                     if value["event"] != "status" {
                         lock(&all).push(value.clone());
+                        lock(&when).push((Instant::now(), value.clone()));
                     }
                     // The test may have stopped listening; the output is still kept.
                     let _ = tx.send(value);
@@ -310,6 +312,7 @@ impl RunnerCommand {
             events: Mutex::new(events),
             skipped: Mutex::new(Vec::new()),
             history,
+            seen,
             output,
             readers,
             base: String::new(),
@@ -336,6 +339,9 @@ pub struct RunnerChild {
     skipped: Mutex<Vec<serde_json::Value>>,
     /// Every event so far, status lines aside.
     history: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// Every event of `history` with the moment this process read it (the monotonic clock:
+    /// the wall clock of the events' `utc` may be stepped while a test runs).
+    seen: Arc<Mutex<Vec<(Instant, serde_json::Value)>>>,
     /// Every line printed so far (stdout, and stderr when kept).
     output: Arc<Mutex<String>>,
     /// The threads reading stdout and stderr.
@@ -477,6 +483,17 @@ impl RunnerChild {
             .filter(|e| e["event"] == kind)
             .cloned()
             .collect()
+    }
+
+    /// When this process read `event` (one returned by a wait or [`RunnerChild::logged`]),
+    /// on the monotonic clock: durations between events, or from one to now, that hold when
+    /// the machine's wall clock is stepped (NTP on a freshly booted machine) during a test.
+    pub fn seen_at(&self, event: &serde_json::Value) -> Instant {
+        lock(&self.seen)
+            .iter()
+            .find(|(_, e)| e == event)
+            .map(|(at, _)| *at)
+            .unwrap_or_else(|| panic!("{event} was never printed by this runner"))
     }
 
     /// Every event printed so far and not yet consumed by a wait.
