@@ -57,7 +57,7 @@ fn source_endpoints(sources: &[Source]) -> Vec<crate::endpoint::Endpoint> {
 
 /// The page's address as a browser on this machine opens it: a server listening on every
 /// interface (`0.0.0.0`, `::`) is reached through loopback, not through that address.
-fn viewer_url(addr: std::net::SocketAddr) -> String {
+fn viewer_url(addr: std::net::SocketAddr, https: bool) -> String {
     let ip = match addr.ip() {
         std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
             std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
@@ -67,7 +67,8 @@ fn viewer_url(addr: std::net::SocketAddr) -> String {
         }
         ip => ip,
     };
-    format!("http://{}/", std::net::SocketAddr::new(ip, addr.port()))
+    let scheme = if https { "https" } else { "http" };
+    format!("{scheme}://{}/", std::net::SocketAddr::new(ip, addr.port()))
 }
 
 impl crate::control::Control for Runner {
@@ -569,7 +570,19 @@ fn run_with(
         .clone()
         .or_else(|| config.server.http.clone())
         .unwrap_or_else(|| DEFAULT_HTTP.to_string());
-    let listener = crate::server::bind(&addr)?;
+    let mut listener = crate::server::bind(&addr)?;
+    // Read again at start (not only at validation): the files may have changed since.
+    if let Some(tls) = &config.server.tls {
+        let tls = crate::server::tls::server_config(&tls.cert, &tls.key).map_err(|e| {
+            let key = match e.file {
+                crate::server::tls::TlsFile::Cert => "tls_cert",
+                crate::server::tls::TlsFile::Key => "tls_key",
+            };
+            anyhow!("[server] {key}: {e}")
+        })?;
+        listener = listener.with_tls(tls);
+    }
+    let https = listener.is_tls();
 
     let ingest = gst::Pipeline::with_name("ingest");
     let mut graph = Graph {
@@ -867,7 +880,7 @@ fn run_with(
         hls_dir.clone(),
         events.clone(),
     )?;
-    let url = viewer_url(server.addr);
+    let url = viewer_url(server.addr, https);
     shared.with(|s| s.viewer_url = url.clone());
     let mut ready = serde_json::json!({"viewer": url, "metrics": format!("{url}metrics")});
     if server.addr.ip().is_unspecified() {
@@ -1908,16 +1921,20 @@ mod tests {
     #[test]
     fn a_server_on_every_interface_is_shown_at_loopback() {
         assert_eq!(
-            viewer_url("0.0.0.0:8080".parse().unwrap()),
+            viewer_url("0.0.0.0:8080".parse().unwrap(), false),
             "http://127.0.0.1:8080/"
         );
         assert_eq!(
-            viewer_url("[::]:8080".parse().unwrap()),
+            viewer_url("[::]:8080".parse().unwrap(), false),
             "http://[::1]:8080/"
         );
         assert_eq!(
-            viewer_url("192.0.2.7:80".parse().unwrap()),
+            viewer_url("192.0.2.7:80".parse().unwrap(), false),
             "http://192.0.2.7:80/"
+        );
+        assert_eq!(
+            viewer_url("0.0.0.0:8443".parse().unwrap(), true),
+            "https://127.0.0.1:8443/"
         );
     }
 }

@@ -24,6 +24,7 @@
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod abuse;
+pub mod tls;
 mod transport;
 
 use std::fmt::Write as _;
@@ -83,7 +84,25 @@ impl ServerHandle {
 }
 
 /// A bound listening socket, not yet served.
-pub struct Listener(std::net::TcpListener);
+pub struct Listener {
+    socket: std::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Listener {
+    /// Serves HTTPS with `config` (see [`tls::server_config`]) instead of plain HTTP.
+    pub fn with_tls(self, config: Arc<rustls::ServerConfig>) -> Listener {
+        Listener {
+            tls: Some(config),
+            ..self
+        }
+    }
+
+    /// Whether it serves HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+}
 
 /// Connections the kernel completes before the server accepts them (capped by
 /// `net.core.somaxconn`). std's 128 dropped handshakes when a few hundred viewers reloaded at
@@ -97,7 +116,7 @@ pub fn bind(addr: &str) -> anyhow::Result<Listener> {
         .with_context(|| format!("cannot listen on {addr}"))?
     {
         match listen(address) {
-            Ok(listener) => return Ok(Listener(listener)),
+            Ok(socket) => return Ok(Listener { socket, tls: None }),
             Err(e) => failure = Some(e),
         }
     }
@@ -144,7 +163,7 @@ pub fn start(
     events: Events,
 ) -> anyhow::Result<ServerHandle> {
     let addr = listener
-        .0
+        .socket
         .local_addr()
         .context("the HTTP server has no local address")?;
     let hls_window = run.hls_playlist_length().unwrap_or(5);
@@ -162,7 +181,8 @@ pub fn start(
     let handler: transport::Handler =
         Arc::new(move |client, request| Box::pin(route(context.clone(), client, request)));
     let transport = Transport::start(
-        listener.0,
+        listener.socket,
+        listener.tls,
         handler,
         RUNTIME_THREADS,
         MAX_WHEP_IN_FLIGHT + MAX_HLS_WAITS + MAX_QUICK,

@@ -11,6 +11,7 @@ pub mod http;
 mod janus;
 pub mod media;
 pub mod netns;
+pub mod nginx;
 pub mod process;
 pub mod runner_child;
 pub mod senders;

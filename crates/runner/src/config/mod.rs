@@ -41,8 +41,8 @@ mod transforms;
 pub use diagnostics::{Diagnostic, line_column, suggest};
 pub use model::{
     AudioFormat, Encoder, EncoderKind, Fallback, Framerate, H264Preset, LatencyTest, Media, Output,
-    OutputSpec, Pipeline, Refusal, RungSpec, Server, Source, SourceKind, Transform, TransformKind,
-    VideoFormat, loopback_if_unbound,
+    OutputSpec, Pipeline, Refusal, RungSpec, Server, ServerTls, Source, SourceKind, Transform,
+    TransformKind, VideoFormat, loopback_if_unbound,
 };
 
 pub(crate) use outputs::OutputKinds;
@@ -110,7 +110,7 @@ fn pipeline(reader: &mut Reader, document: &DeTable, kinds: &dyn OutputKinds) ->
             root.type_error(reader.diags, value, name, "a table");
         }
     }
-    let server = server::read(reader.diags, document);
+    let server = server::read(reader.diags, document, reader.base);
     let sources = reader.section(document, "sources", sources::source);
     let transforms = reader.section(document, "transforms", transforms::transform);
     let encoders = reader.section(document, "encoders", encoders::encoder);

@@ -49,6 +49,18 @@ pub struct Server {
     pub token: Option<String>,
     /// `token_env`: name of an environment variable holding the bearer token.
     pub token_env: Option<String>,
+    /// `tls_cert` and `tls_key`: the server speaks HTTPS with them.
+    pub tls: Option<ServerTls>,
+}
+
+/// `tls_cert` / `tls_key` of `[server]`, both given (relative paths read from the pipeline
+/// file's folder), both checked readable and a matching pair at validation.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerTls {
+    /// `tls_cert`: the server's certificate, then its chain, PEM.
+    pub cert: PathBuf,
+    /// `tls_key`: the certificate's private key, PEM.
+    pub key: PathBuf,
 }
 
 /// Raw video every source is normalised to.

@@ -12,6 +12,11 @@
 //!   idle keep-alive connection) has a deadline; a connection finishes its request and closes
 //!   when it reaches its lifetime. See [`LIMITS`].
 //!
+//! - With a certificate ([`Transport::start`]'s `tls`) every connection is HTTPS: the TLS
+//!   handshake has the request head's deadline, and counts against the same caps, so a
+//!   handshake that never completes frees its place like a slow head does. A plain HTTP
+//!   request on that port is answered 400, in plain HTTP, saying to use HTTPS.
+//!
 //! Bodies are the routes' business: they are read only through [`read_body`], with a size
 //! limit and a deadline.
 
@@ -31,6 +36,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use crate::events::Events;
 
@@ -86,6 +92,8 @@ const MIN_CONNECTIONS: usize = 16;
 const PER_CLIENT_SHARE: usize = 4;
 /// How long the accept loop rests after running out of descriptors or memory.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// The first byte of a TLS handshake record: a client that starts otherwise speaks plain HTTP.
+const TLS_HANDSHAKE: u8 = 0x16;
 /// How long `stop` waits for open requests to finish.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -225,9 +233,10 @@ pub struct Transport {
 
 impl Transport {
     /// Serves `listener` with `handler` on a runtime of `workers` threads, whose blocking pool
-    /// (for the handlers that wait) has at most `blocking` threads.
+    /// (for the handlers that wait) has at most `blocking` threads; over TLS with `tls`.
     pub fn start(
         listener: std::net::TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
         handler: Handler,
         workers: usize,
         blocking: usize,
@@ -253,6 +262,7 @@ impl Transport {
         let (stop, stopped) = watch::channel(false);
         let accept = runtime.spawn(accept_loop(
             listener,
+            tls.map(TlsAcceptor::from),
             table.clone(),
             handler,
             stopped,
@@ -285,6 +295,7 @@ impl Transport {
 
 async fn accept_loop(
     listener: tokio::net::TcpListener,
+    tls: Option<TlsAcceptor>,
     table: Arc<Places>,
     handler: Handler,
     mut stopped: watch::Receiver<bool>,
@@ -300,18 +311,32 @@ async fn accept_loop(
             Ok((stream, peer)) => match Places::take(&table, peer.ip()) {
                 Some(admission) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(serve(
-                        stream,
-                        peer.ip(),
-                        handler.clone(),
-                        stopped.clone(),
-                        admission,
-                        LIMITS,
-                    ));
+                    match &tls {
+                        None => tokio::spawn(serve(
+                            stream,
+                            peer.ip(),
+                            handler.clone(),
+                            stopped.clone(),
+                            admission,
+                            LIMITS,
+                        )),
+                        Some(acceptor) => tokio::spawn(serve_tls(
+                            stream,
+                            peer.ip(),
+                            acceptor.clone(),
+                            handler.clone(),
+                            stopped.clone(),
+                            admission,
+                            LIMITS,
+                        )),
+                    };
                 }
-                // Without reading: it is closed at once whatever it sent.
+                // Without reading: it is closed at once whatever it sent. A TLS client would
+                // take the plain answer for a broken handshake: it only sees the close.
                 None => {
-                    let _ = stream.try_write(REFUSAL);
+                    if tls.is_none() {
+                        let _ = stream.try_write(REFUSAL);
+                    }
                 }
             },
             Err(e) => {
@@ -344,6 +369,100 @@ pub(super) async fn serve<Io>(
     io: Io,
     client: IpAddr,
     handler: Handler,
+    stopped: watch::Receiver<bool>,
+    admission: impl Send + 'static,
+    limits: Limits,
+) where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = StallGuard::new(io, &limits);
+    serve_guarded(io, client, handler, stopped, admission, limits).await;
+}
+
+/// [`serve`] over TLS: the handshake first, within [`Limits::header_timeout`]; a client that
+/// speaks plain HTTP instead gets a 400 that says to use HTTPS.
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    client: IpAddr,
+    acceptor: TlsAcceptor,
+    handler: Handler,
+    stopped: watch::Receiver<bool>,
+    admission: impl Send + 'static,
+    limits: Limits,
+) {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(limits.header_timeout, stream.peek(&mut first)).await {
+        Ok(Ok(1..)) => {}
+        // Silent past the deadline, closed, or failed: the place is freed with the task.
+        _ => return,
+    }
+    if first[0] != TLS_HANDSHAKE {
+        serve(
+            stream,
+            client,
+            plain_http_refusal(),
+            stopped,
+            admission,
+            limits,
+        )
+        .await;
+        return;
+    }
+    // Under the TLS layer, so that a client that stops reading is caught in the handshake
+    // too, and closing lingers on the socket itself.
+    let handshake = acceptor.accept(StallGuard::new(stream, &limits));
+    // A handshake that failed (the client distrusts the certificate, or sent garbage) has
+    // already been answered with an alert by rustls; one that stalled is dropped.
+    if let Ok(Ok(tls)) = tokio::time::timeout(limits.header_timeout, handshake).await {
+        serve_guarded(tls, client, handler, stopped, admission, limits).await;
+    }
+}
+
+/// The routes of a TLS port for a plain HTTP client: every request is answered 400, then the
+/// connection is closed.
+fn plain_http_refusal() -> Handler {
+    Arc::new(|_client, request| {
+        let host = request
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .filter(|h| {
+                h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '-' | '[' | ']'))
+            })
+            .unwrap_or("this-server")
+            .to_string();
+        let body = serde_json::json!({
+            "error": format!("this server speaks HTTPS: use https://{host}/"),
+        })
+        .to_string()
+            + "\n";
+        Box::pin(async move {
+            let mut response = hyper::Response::new(Full::new(Bytes::from(body)));
+            *response.status_mut() = hyper::StatusCode::BAD_REQUEST;
+            let headers = response.headers_mut();
+            headers.insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            headers.insert(
+                hyper::header::CACHE_CONTROL,
+                hyper::header::HeaderValue::from_static("no-store"),
+            );
+            headers.insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+            response
+        })
+    })
+}
+
+/// [`serve`] on a socket already behind a [`StallGuard`] (under the TLS layer for HTTPS).
+async fn serve_guarded<Io>(
+    io: Io,
+    client: IpAddr,
+    handler: Handler,
     mut stopped: watch::Receiver<bool>,
     admission: impl Send + 'static,
     limits: Limits,
@@ -359,7 +478,7 @@ pub(super) async fn serve<Io>(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(MAX_HEAD_BYTES.max(8192))
-        .serve_connection(TokioIo::new(StallGuard::new(io, &limits)), service);
+        .serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let end = tokio::time::sleep(limits.max_lifetime);
     tokio::pin!(end);
@@ -513,6 +632,77 @@ mod tests {
         assert_eq!(length, body.len());
         assert!(head.starts_with("HTTP/1.1 503 "));
         assert!(serde_json::from_str::<serde_json::Value>(body).is_ok());
+    }
+
+    /// A client that starts a TLS handshake and stalls loses its connection after the head
+    /// timeout, and its place (counted against the connection caps) comes back.
+    #[tokio::test]
+    async fn a_stalled_tls_handshake_is_dropped_and_frees_its_place() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        let dir = std::env::temp_dir().join(format!("hybridlive-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a folder");
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("the openssl CLI runs");
+        assert!(made.status.success(), "{made:?}");
+        let config = super::super::tls::server_config(&cert, &key).expect("a TLS config");
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server_end, peer) = listener.accept().await.expect("accept");
+        let places = Places::new(4, 4);
+        let place = Places::take(&places, peer.ip()).expect("a place");
+        // The first bytes of a handshake record, and nothing more.
+        client
+            .write_all(&[TLS_HANDSHAKE, 0x03, 0x01])
+            .await
+            .expect("write");
+        let handler: Handler = Arc::new(|_, _| {
+            Box::pin(async { hyper::Response::new(Full::new(Bytes::from_static(b"ok"))) })
+        });
+        let limits = Limits {
+            header_timeout: Duration::from_millis(300),
+            ..LIMITS
+        };
+        let (_running, stopped) = watch::channel(false);
+        let connection = tokio::spawn(serve_tls(
+            server_end,
+            peer.ip(),
+            TlsAcceptor::from(config),
+            handler,
+            stopped,
+            place,
+            limits,
+        ));
+        tokio::time::timeout(Duration::from_secs(30), connection)
+            .await
+            .expect("the stalled handshake is given up")
+            .expect("the connection task ends cleanly");
+        assert_eq!(places.in_use(), 0, "the place is given back");
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(30), client.read_to_end(&mut rest))
+            .await
+            .expect("the client sees the connection close");
+        assert!(closed.is_ok() || rest.is_empty(), "{closed:?}");
     }
 
     #[test]

@@ -1,0 +1,355 @@
+//! HTTPS: the runner serving it itself (`[server] tls_cert` / `tls_key`), and nginx in front
+//! of a plain-HTTP runner as `docs/deployment.md` deploys it (TLS at nginx, WHEP and the API
+//! proxied, HLS cached with request collapsing). Certificates are self-signed, made with the
+//! `openssl` CLI; the clients here trust exactly that certificate.
+//!
+//! `cargo nextest run -p hybridlive-runner --test proxy`
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hybridlive_testkit::http::{ANSWER_TIMEOUT, HttpReply, parse_reply};
+use hybridlive_testkit::nginx::{Certificate, self_signed_certificate};
+use hybridlive_testkit::runner_child::test_runner;
+use hybridlive_testkit::viewer::{Viewer, ViewerOptions};
+use hybridlive_testkit::{eventually, in_private_netns, scratch_dir};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+hybridlive_testkit::runner_child_entry!();
+
+/// A camera, WebRTC viewers and Low-Latency HLS (200 ms parts, 1 s segments).
+const PIPELINE: &str = "[sources.cam]\ntype = \"test\"\nwidth = 640\nheight = 360\n\n\
+    [encoders.video]\ntype = \"h264\"\ninputs = [\"cam\"]\npreset = \"zerolatency\"\n\
+    bitrate = 1200\nkeyframe_interval = 1\n\n\
+    [encoders.voice]\ntype = \"opus\"\ninputs = [\"cam\"]\n\n\
+    [encoders.audio]\ntype = \"aac\"\ninputs = [\"cam\"]\n\n\
+    [outputs.webrtc]\ntype = \"webrtc\"\ninputs = [\"video\", \"voice\"]\nloopback_only = true\n\n\
+    [outputs.hls]\ntype = \"hls\"\ninputs = [\"video\", \"audio\"]\nsegment_duration = 1\n\
+    low_latency = true\npart_duration_ms = 200\n";
+
+/// A client that trusts `cert` (and nothing else).
+fn trusting(cert: &Path) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for der in CertificateDer::pem_file_iter(cert).expect("the certificate file") {
+        roots
+            .add(der.expect("a PEM certificate"))
+            .expect("a usable anchor");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// One HTTPS request (`Connection: close`) to `addr` for the name `localhost`, answered within
+/// [`ANSWER_TIMEOUT`]. `Err` when the handshake fails (an untrusted certificate) or nothing
+/// answers.
+fn https(
+    client: &Arc<rustls::ClientConfig>,
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpReply> {
+    let tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+    let name = ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+    let connection =
+        rustls::ClientConnection::new(client.clone(), name).map_err(std::io::Error::other)?;
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    tls.write_all(head.as_bytes())?;
+    tls.write_all(body)?;
+    tls.flush()?;
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let error = loop {
+        match tls.read(&mut chunk) {
+            Ok(0) => break None,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => break Some(e),
+        }
+    };
+    match (parse_reply(&raw), error) {
+        (Some(reply), _) => Ok(reply),
+        (None, Some(e)) => Err(e),
+        (None, None) => Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the connection closed without a response",
+        )),
+    }
+}
+
+/// `GET` over HTTPS; [`HttpReply::unanswered`] when nothing answers.
+fn get(client: &Arc<rustls::ClientConfig>, addr: &str, path: &str) -> HttpReply {
+    https(client, addr, "GET", path, &[], b"").unwrap_or_else(|_| HttpReply::unanswered())
+}
+
+/// The part the playlist hints at next (`EXT-X-PRELOAD-HINT`): its media sequence number and
+/// part index, the query of the blocking reload that waits for it.
+fn hinted_part(playlist: &str) -> Option<(u64, u64)> {
+    let rest = playlist
+        .split("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"")
+        .nth(1)?;
+    let name = rest.split('"').next()?;
+    let (msn, part) = name
+        .trim_start_matches(|c: char| !c.is_ascii_digit())
+        .trim_end_matches(".m4s")
+        .split_once('.')?;
+    Some((msn.parse().ok()?, part.parse().ok()?))
+}
+
+/// A live LL-HLS playlist with a part hinted, fetched with `get`.
+fn live_playlist(get: impl Fn(&str) -> HttpReply) -> String {
+    eventually(Duration::from_secs(30), "an LL-HLS playlist", || {
+        let reply = get("/hls/live.m3u8");
+        let text = reply.text();
+        (reply.status == 200 && text.contains("#EXTINF") && hinted_part(&text).is_some())
+            .then_some(text)
+    })
+}
+
+/// A receive-only WebRTC viewer that decodes H.264: offers over `post` (which returns the
+/// answer's status, body and `Location`) and waits for 30 decoded frames.
+fn whep_viewer(post: impl FnOnce(&str) -> HttpReply) -> (Viewer, String) {
+    hybridlive_testkit::faults::gst_init();
+    let viewer = Viewer::new(&ViewerOptions {
+        audio: false,
+        decode: true,
+        ..Default::default()
+    })
+    .expect("a WHEP viewer");
+    let offer = viewer.offer(Duration::from_secs(10)).expect("an offer");
+    let answer = post(&offer);
+    assert_eq!(answer.status, 201, "WHEP: {}", answer.text());
+    let location = answer
+        .header("location")
+        .expect("a WHEP answer names its session")
+        .to_string();
+    viewer.accept(&answer.text()).expect("the answer applies");
+    assert!(
+        viewer.wait_video(30, Duration::from_secs(60)),
+        "the viewer decoded {} frames in 60 s",
+        viewer.video_units()
+    );
+    (viewer, location)
+}
+
+/// Writes the pipeline with `server` as its `[server]` table in a fresh folder.
+fn pipeline_file(name: &str, server: &str) -> (PathBuf, PathBuf) {
+    let dir = scratch_dir("runner-test", name);
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(&file, format!("{server}\n{PIPELINE}")).expect("write the pipeline");
+    (dir, file)
+}
+
+/// The runner itself on HTTPS: the API, the page, the metrics, LL-HLS (a blocking reload and
+/// its part) and a WHEP viewer that decodes, all over TLS to a client that trusts the
+/// self-signed certificate; a plain HTTP request is answered 400 saying to use HTTPS, and
+/// connections that never finish their handshake are closed.
+#[test]
+fn the_runner_serves_every_route_over_https() {
+    if !in_private_netns("the_runner_serves_every_route_over_https") {
+        return;
+    }
+    let (dir, file) = pipeline_file(
+        "https",
+        "[server]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n",
+    );
+    let Certificate { cert, .. } = self_signed_certificate(&dir);
+    let runner = test_runner(&file, &dir).start();
+    assert!(runner.base.starts_with("https://"), "{}", runner.base);
+    let addr = runner.base.trim_start_matches("https://").to_string();
+    let client = trusting(&cert);
+    let get = |path: &str| get(&client, &addr, path);
+
+    let status = get("/api/status");
+    assert_eq!(status.status, 200, "{}", status.text());
+    let shown = status.json()["viewer_url"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(shown.starts_with("https://"), "the status shows {shown:?}");
+    let page = get("/");
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("<video"), "{}", page.text());
+    let metrics = get("/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.text().contains("hybridlive_"), "{}", metrics.text());
+
+    let playlist = live_playlist(get);
+    let (msn, part) = hinted_part(&playlist).expect("a hinted part");
+    let blocked = get(&format!("/hls/live.m3u8?_HLS_msn={msn}&_HLS_part={part}"));
+    assert_eq!(blocked.status, 200, "{}", blocked.text());
+    let listed = format!("part{msn}.{part}.m4s");
+    assert!(blocked.text().contains(&listed), "{}", blocked.text());
+    let media = get(&format!("/hls/{listed}"));
+    assert_eq!(media.status, 200);
+    assert!(!media.body.is_empty());
+
+    let (viewer, location) = whep_viewer(|offer| {
+        https(
+            &client,
+            &addr,
+            "POST",
+            "/whep",
+            &[("Content-Type", "application/sdp")],
+            offer.as_bytes(),
+        )
+        .expect("WHEP over HTTPS")
+    });
+    let gone = https(&client, &addr, "DELETE", &location, &[], b"").expect("DELETE");
+    assert!((200..300).contains(&gone.status), "{}", gone.text());
+    drop(viewer);
+
+    // Plain HTTP on the HTTPS port: a clear answer in plain HTTP, not a broken handshake.
+    let plain = hybridlive_testkit::http::http(&addr, "GET", "/api/status", &[], b"")
+        .expect("a plain answer");
+    assert_eq!(plain.status, 400, "{}", plain.text());
+    assert!(plain.text().contains("HTTPS"), "{}", plain.text());
+
+    // A client that does not trust the certificate gets no answer.
+    let other = dir.join("other");
+    std::fs::create_dir_all(&other).expect("a folder");
+    let stranger = trusting(&self_signed_certificate(&other).cert);
+    assert!(https(&stranger, &addr, "GET", "/api/status", &[], b"").is_err());
+
+    // A connection that never starts its handshake, and one that stops in the middle of it,
+    // are closed by the server (after the head timeout, 15 s), not kept for ever.
+    let mut silent = TcpStream::connect(&addr).expect("connect");
+    let mut stalled = TcpStream::connect(&addr).expect("connect");
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .expect("the start of a ClientHello");
+    for (what, socket) in [("silent", &mut silent), ("stalled", &mut stalled)] {
+        socket
+            .set_read_timeout(Some(Duration::from_secs(90)))
+            .expect("timeout");
+        let mut byte = [0u8; 64];
+        let started = Instant::now();
+        match socket.read(&mut byte) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!(
+                "{what} handshake: {other:?} after {:?} instead of a close",
+                started.elapsed()
+            ),
+        }
+    }
+    assert_eq!(get("/api/status").status, 200, "the server serves on");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `tls_cert` and `tls_key` are checked where they are written, at validation: both or
+/// neither, files that exist and read as PEM, and a key that is the certificate's. A run
+/// refuses to start with the same message.
+#[test]
+fn tls_files_are_checked_at_validation_and_at_start() {
+    hybridlive_runner::init().expect("GStreamer initialises");
+    let dir = scratch_dir("runner-test", "tls-validate");
+    let ours = self_signed_certificate(&dir);
+    let other_dir = dir.join("other");
+    std::fs::create_dir_all(&other_dir).expect("a folder");
+    self_signed_certificate(&other_dir);
+    std::fs::write(dir.join("garbage.pem"), "not a certificate\n").expect("write");
+    let valid = "[server]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n";
+    let load = |server: &str| {
+        let file = dir.join("tls.toml");
+        std::fs::write(&file, format!("{server}\n{PIPELINE}")).expect("write the pipeline");
+        hybridlive_runner::load(&file).map_err(|e| e.to_string())
+    };
+    let pipeline = load(valid).expect("a certificate and its key");
+    let tls = pipeline.server.tls.expect("TLS is on");
+    assert_eq!(tls.cert, ours.cert);
+    assert_eq!(tls.key, ours.key);
+
+    // (the [server] table, fragments of the error a user must see)
+    let table: &[(&str, &[&str])] = &[
+        (
+            "[server]\ntls_cert = \"nope.pem\"\ntls_key = \"key.pem\"\n",
+            &[
+                "tls.toml:2:12",
+                "`tls_cert`",
+                "`nope.pem`",
+                "nope.pem)",
+                "No such file",
+            ],
+        ),
+        (
+            "[server]\ntls_cert = \"cert.pem\"\n",
+            &["`tls_cert`: needs `tls_key` as well"],
+        ),
+        (
+            "[server]\ntls_key = \"key.pem\"\n",
+            &["`tls_key`: needs `tls_cert` as well"],
+        ),
+        (
+            "[server]\ntls_cert = \"garbage.pem\"\ntls_key = \"key.pem\"\n",
+            &["`tls_cert`", "`garbage.pem`", "holds no certificate"],
+        ),
+        (
+            // The key where the certificate goes.
+            "[server]\ntls_cert = \"key.pem\"\ntls_key = \"key.pem\"\n",
+            &["`tls_cert`", "holds no certificate"],
+        ),
+        (
+            "[server]\ntls_cert = \"cert.pem\"\ntls_key = \"cert.pem\"\n",
+            &["`tls_key`", "holds no private key"],
+        ),
+        (
+            "[server]\ntls_cert = \"cert.pem\"\ntls_key = \"other/key.pem\"\n",
+            &[
+                "`tls_key`",
+                "`other/key.pem`",
+                "is not the private key of the certificate",
+            ],
+        ),
+        (
+            "[server]\ntls_cert = \"other\"\ntls_key = \"key.pem\"\n",
+            &["`tls_cert`", "is not a file"],
+        ),
+    ];
+    for (server, fragments) in table {
+        let error = load(server).expect_err(server);
+        eprintln!("{error}");
+        for fragment in *fragments {
+            assert!(
+                error.contains(fragment),
+                "{server}: `{fragment}` is not in\n{error}"
+            );
+        }
+    }
+
+    // `hybridlive run` refuses such a file before anything starts, with the same message.
+    let (run_dir, file) = pipeline_file("tls-start", valid);
+    self_signed_certificate(&run_dir);
+    std::fs::remove_file(run_dir.join("key.pem")).expect("remove the key");
+    let mut runner = test_runner(&file, &run_dir).keep_stderr().spawn();
+    let exit = runner.wait_exit(Duration::from_secs(60));
+    assert!(!exit.success());
+    let output = runner.output();
+    assert!(
+        output.contains("tls_key") && output.contains("key.pem") && output.contains("No such file"),
+        "{output}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&run_dir);
+}
