@@ -65,6 +65,10 @@ fuzz_target!(|input: Input| {
                     assert!(rtt < std::time::Duration::from_secs(10));
                 }
             }
+            // Statuses come from two-byte chunks of at most 14 each, or from runs.
+            for feedback in hybridlive_webrtc::fuzzing::read_twcc_feedback(packet) {
+                assert!(feedback.statuses.len() <= usize::from(u16::MAX));
+            }
         }
     }
 });

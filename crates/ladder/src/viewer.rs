@@ -85,7 +85,9 @@
 //!    has shown loss below `loss_low` and no queue for `trial_after` (20 s), not within
 //!    `down_holdoff` of a move down. While the trial rung has been received for less than
 //!    `trial_window` (6 s), the first report with loss or a queue takes the viewer back at
-//!    once (the estimate, which lags, is not consulted); otherwise the trial rung is kept.
+//!    once (the estimate, which lags, is not consulted), to the rung the trial left, or lower
+//!    when what got through (the rung's rate less the loss reported) no longer carries that
+//!    one either (the link itself fell during the trial); otherwise the trial rung is kept.
 //!    Every failed trial of a rung doubles the wait before the next trial of it (20, 40, 80
 //!    s…, at most `trial_backoff_max`, 240 s); a trial kept resets it. A link that cannot
 //!    carry the next rung pays a second or two of congestion at ever longer intervals
@@ -625,10 +627,18 @@ impl RungSelector {
         if let Some((from, _)) = self.trial
             && bad_report
         {
-            // Rule 6: the trial rung congests the link: back at once.
+            // Rule 6: the trial rung congests the link: back at once, and lower still if what
+            // got through no longer carries the rung the trial left (the link fell during the
+            // trial: one switch, not two). Not the estimate: the trial's own congestion sends
+            // it as low as a fallen link would.
             let failed = &mut self.failed_trials[self.target];
             *failed = failed.saturating_add(1);
-            self.target = from;
+            self.target = match obs.loss.map(|loss| self.delivered_at(loss)) {
+                Some(through) if !self.carries(from, through) => {
+                    self.highest_for(through, self.config.down_below).max(from)
+                }
+                _ => from,
+            };
             self.trial = None;
             reason = Reason::TrialFailed;
             self.loss.clear();
@@ -837,6 +847,14 @@ impl RungSelector {
             && self
                 .peak_estimate
                 .is_some_and(|peak| e < DEEP_FALL * peak as f64)
+    }
+
+    /// What reaches the viewer when the rung it receives loses `loss` of its packets: over a
+    /// link that drops what exceeds it (a full queue), that link's capacity. The rung's
+    /// nominal rate rather than the rate measured sending, which lags a switch.
+    fn delivered_at(&self, loss: f64) -> u64 {
+        let sent = self.config.ladder.rungs()[self.current].max_bps + self.config.other_bps;
+        (sent as f64 * (1.0 - loss.clamp(0.0, 1.0))) as u64
     }
 
     /// The rung the trial in progress climbed to.
@@ -1685,5 +1703,28 @@ mod tests {
         let ups = moves.iter().filter(|m| m.2 == Direction::Up).count();
         assert!(ups <= 3, "{moves:?}");
         assert!(link.share_on(MID, Duration::ZERO) >= 0.9, "{moves:?}");
+    }
+    #[test]
+    fn a_link_that_falls_during_a_trial_goes_straight_to_the_rung_it_carries() {
+        let mut link = CappedLink::new();
+        let mut waited = Duration::ZERO;
+        while link.viewer.rung() != TOP {
+            link.run(secs(1.0), |_| 5_000_000);
+            waited += secs(1.0);
+            assert!(waited < secs(60.0), "{:?}", link.viewer.moves());
+        }
+        // Two seconds into the trial of 720p, the link falls to 600 kbit/s.
+        link.run(secs(2.0), |_| 5_000_000);
+        let fell = link.viewer.now;
+        link.run(secs(10.0), |_| 600_000);
+        let v = &link.viewer;
+        let downs: Vec<_> = v
+            .moves()
+            .into_iter()
+            .filter(|m| m.0 > fell && m.2 == Direction::Down)
+            .collect();
+        assert_eq!(downs.len(), 1, "one switch: {downs:?}");
+        assert_eq!((downs[0].1, downs[0].3), (LOW, Reason::TrialFailed));
+        assert_eq!(v.rung(), LOW);
     }
 }

@@ -51,6 +51,6 @@ pub use whep::{
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing {
-    pub use crate::rungs::{read_report_blocks, round_trip};
+    pub use crate::rungs::{read_report_blocks, read_twcc_feedback, round_trip};
     pub use crate::whep::{hand_text, latency_report};
 }

@@ -22,8 +22,13 @@
 //!   `estimate_capped`: the estimate alone moves no viewer down (loss or a queue must confirm
 //!   it, or it must fall far below what is sent), and every climb is a bounded trial (rule 6
 //!   of [`hybridlive_ladder::viewer`]).
+//! - for those viewers, the loss in the transport-wide CC feedback itself
+//!   ([`read_twcc_feedback`]: which packets arrived, every 50–250 ms), observed every 40
+//!   packets or at least once a second: a link that fell shows in a few hundred
+//!   milliseconds, where receiver reports come once a second;
 //! - the viewer's receiver reports (read here from the RTCP packets, [`read_report_blocks`]):
-//!   loss, round trip, jitter, and the packets delivered (times the mean size of the packets
+//!   loss (when there is no transport-wide feedback), round trip, jitter, and the packets
+//!   delivered (times the mean size of the packets
 //!   sent, for the delivered throughput). A viewer without TWCC (GStreamer's webrtcbin as
 //!   shipped) has only these: it leaves a rung on loss but never climbs above the start rung
 //!   on its own (nothing proves a higher one) unless it pins one.
@@ -205,6 +210,78 @@ pub fn read_report_blocks(rtcp: &[u8]) -> Vec<ReportBlock> {
     blocks
 }
 
+/// What one transport-wide congestion control feedback packet says arrived: packets
+/// `base_seq .. base_seq + statuses.len()` (transport-wide sequence numbers, wrapping), each
+/// received or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TwccFeedback {
+    /// The transport-wide sequence number of the first status.
+    pub base_seq: u16,
+    /// One per packet: `true` if it arrived.
+    pub statuses: Vec<bool>,
+}
+
+/// The transport-wide CC feedback packets (RTPFB, FMT 15:
+/// draft-holmer-rmcat-transport-wide-cc-extensions-01 section 3.1) of a compound RTCP packet:
+/// only which packets arrived, not when. Browsers send one every 50–250 ms, where receiver
+/// reports come about once a second: loss seen here moves a viewer off a rung its link no
+/// longer carries in a fraction of the time. Anything malformed ends the reading: what came
+/// before it is returned.
+pub fn read_twcc_feedback(rtcp: &[u8]) -> Vec<TwccFeedback> {
+    let mut feedback = Vec::new();
+    let mut rest = rtcp;
+    while rest.len() >= 4 {
+        if rest[0] >> 6 != 2 {
+            break;
+        }
+        let len = (usize::from(u16::from_be_bytes([rest[2], rest[3]])) + 1) * 4;
+        let Some(packet) = rest.get(..len) else {
+            break;
+        };
+        if packet[1] == 205
+            && packet[0] & 0x1f == 15
+            && let Some(read) = twcc_statuses(packet)
+        {
+            feedback.push(read);
+        }
+        rest = &rest[len..];
+    }
+    feedback
+}
+
+/// The statuses of one feedback packet (`packet`: exactly its length), `None` if its chunks
+/// do not cover its status count.
+fn twcc_statuses(packet: &[u8]) -> Option<TwccFeedback> {
+    let head = packet.get(12..20)?;
+    let base_seq = u16::from_be_bytes([head[0], head[1]]);
+    let count = usize::from(u16::from_be_bytes([head[2], head[3]]));
+    let mut statuses = Vec::with_capacity(count);
+    let mut chunks = packet[20..].chunks_exact(2);
+    while statuses.len() < count {
+        let chunk = chunks.next()?;
+        let chunk = u16::from_be_bytes([chunk[0], chunk[1]]);
+        let left = count - statuses.len();
+        if chunk & 0x8000 == 0 {
+            // Run length: one two-bit symbol repeated (00: not received).
+            let received = (chunk >> 13) & 0b11 != 0;
+            let run = usize::from(chunk & 0x1fff).min(left);
+            statuses.extend(std::iter::repeat_n(received, run));
+        } else if chunk & 0x4000 == 0 {
+            // Status vector of 14 one-bit symbols.
+            statuses.extend((0..14).rev().take(left).map(|bit| chunk >> bit & 1 != 0));
+        } else {
+            // Status vector of 7 two-bit symbols.
+            statuses.extend(
+                (0..7)
+                    .rev()
+                    .take(left)
+                    .map(|sym| (chunk >> (2 * sym)) & 0b11 != 0),
+            );
+        }
+    }
+    Some(TwccFeedback { base_seq, statuses })
+}
+
 /// Round-trip time from a report block received at `now_ntp_mid` (middle 32 bits of the NTP
 /// time, the clock rtpbin stamps its sender reports with). `None` without a sender report to
 /// refer to, or for an implausible result (clocks apart).
@@ -236,6 +313,59 @@ pub(crate) struct Feedback {
     pub first_seq: Option<u32>,
     /// The latest bandwidth estimate (rtpgccbwe over transport-wide CC) and when it came.
     pub estimate: Option<(u64, Instant)>,
+    /// Packets transport-wide CC feedback reported as arrived and as lost since the loss was
+    /// last observed, and since when.
+    pub twcc_counts: (u32, u32, Option<Instant>),
+    /// The transport-wide sequence number after the last one counted: a packet reported
+    /// again (browsers re-report one that came late) is not counted twice.
+    pub twcc_next: Option<u16>,
+    /// The viewer sends transport-wide CC feedback: its loss is read from that, not from
+    /// the receiver reports.
+    pub twcc_seen: bool,
+}
+
+/// Loss from transport-wide CC feedback is observed once this many packets are reported...
+const TWCC_MIN_PACKETS: u32 = 40;
+/// ...or this long after the first one, whichever comes first: at 720p about a tick's worth
+/// of packets, on the lowest rung about a second's.
+const TWCC_MAX_WAIT: Duration = Duration::from_secs(1);
+
+impl Feedback {
+    /// Counts the statuses of one transport-wide CC feedback packet.
+    fn add_twcc(&mut self, feedback: &TwccFeedback) {
+        self.twcc_seen = true;
+        let (received, lost, since) = &mut self.twcc_counts;
+        for (i, &arrived) in feedback.statuses.iter().enumerate() {
+            let seq = feedback.base_seq.wrapping_add(i as u16);
+            if self
+                .twcc_next
+                .is_some_and(|next| (seq.wrapping_sub(next) as i16) < 0)
+            {
+                continue;
+            }
+            if arrived {
+                *received += 1;
+            } else {
+                *lost += 1;
+            }
+            since.get_or_insert_with(Instant::now);
+            self.twcc_next = Some(seq.wrapping_add(1));
+        }
+    }
+
+    /// The loss fraction of the packets counted, once there are enough of them (or they
+    /// waited long enough); counting starts again.
+    fn take_twcc_loss(&mut self) -> Option<f64> {
+        let (received, lost, since) = self.twcc_counts;
+        let total = received + lost;
+        let ready = total >= TWCC_MIN_PACKETS
+            || (total > 0 && since.is_some_and(|t| t.elapsed() >= TWCC_MAX_WAIT));
+        if !ready {
+            return None;
+        }
+        self.twcc_counts = (0, 0, None);
+        Some(f64::from(lost) / f64::from(total))
+    }
 }
 
 /// The rung state of one session: shared by the funnel probes (streaming threads), the data
@@ -396,7 +526,11 @@ impl RungState {
         let block = read_report_blocks(rtcp)
             .into_iter()
             .find(|b| b.ssrc == self.ssrc);
+        let twcc = read_twcc_feedback(rtcp);
         let mut feedback = self.feedback.lock().unwrap();
+        for read in &twcc {
+            feedback.add_twcc(read);
+        }
         // rtpgccbwe tells an estimate only when it changes: while the viewer keeps sending
         // feedback, one that holds steady is still current.
         if let Some((_, at)) = &mut feedback.estimate {
@@ -421,12 +555,14 @@ impl RungState {
 
     /// One tick: feeds the selector what arrived since the last one.
     pub fn tick(&self) -> TickActions {
-        let (report, first_seq, estimate) = {
+        let (report, first_seq, estimate, twcc_loss) = {
             let mut feedback = self.feedback.lock().unwrap();
+            let twcc_loss = feedback.twcc_seen.then(|| feedback.take_twcc_loss());
             (
                 feedback.report.take(),
                 feedback.first_seq,
                 feedback.estimate,
+                twcc_loss,
             )
         };
         let mut obs = Observation {
@@ -439,8 +575,13 @@ impl RungState {
             sent_bytes: Some(self.sent_bytes.load(Ordering::Relaxed)),
             ..Default::default()
         };
+        // A viewer that sends transport-wide CC feedback tells every few packets which ones
+        // arrived; its receiver reports' loss covers the same packets a second late.
+        obs.loss = twcc_loss.flatten();
         if let Some((block, rtt)) = report {
-            obs.loss = Some(f64::from(block.fraction_lost) / 256.0);
+            if twcc_loss.is_none() {
+                obs.loss = Some(f64::from(block.fraction_lost) / 256.0);
+            }
             obs.rtt = rtt;
             obs.jitter = Some(Duration::from_nanos(
                 u64::from(block.jitter) * 1_000_000_000 / 90_000,
@@ -689,5 +830,73 @@ mod tests {
             state.feedback.lock().unwrap().report.is_none(),
             "taken once"
         );
+    }
+    /// A transport-wide CC feedback packet for 30 packets from sequence number 65530 (it
+    /// wraps): a run of 10 received, a one-bit vector (10 received, 4 lost), a two-bit vector
+    /// of which 6 symbols count (4 received, 2 lost), then zeros for the receive deltas.
+    fn twcc_feedback() -> Vec<u8> {
+        let mut fb = vec![0x8f, 205, 0, 12, 0, 0, 0, 1, 1, 2, 3, 4];
+        fb.extend_from_slice(&65530u16.to_be_bytes());
+        fb.extend_from_slice(&30u16.to_be_bytes());
+        fb.extend_from_slice(&[0, 0, 9, 0]);
+        for chunk in [0x200a_u16, 0xbff0, 0xd245] {
+            fb.extend_from_slice(&chunk.to_be_bytes());
+        }
+        fb.resize(52, 0);
+        fb
+    }
+
+    #[test]
+    fn twcc_feedback_is_read_and_garbage_is_not() {
+        let mut compound = receiver_report();
+        compound.extend_from_slice(&twcc_feedback());
+        let read = read_twcc_feedback(&compound);
+        assert_eq!(read.len(), 1, "the RR and PLI are not feedback");
+        assert_eq!(read[0].base_seq, 65530);
+        let arrived = read[0].statuses.iter().filter(|&&a| a).count();
+        assert_eq!((read[0].statuses.len(), arrived), (30, 24));
+        assert!(read[0].statuses[..10].iter().all(|&a| a));
+        assert_eq!(&read[0].statuses[20..24], &[false; 4]);
+        assert_eq!(
+            &read[0].statuses[24..],
+            &[true, false, true, true, false, true]
+        );
+        // Truncated at every length: never a panic, never statuses from half a packet.
+        let fb = twcc_feedback();
+        for len in 0..fb.len() {
+            assert!(read_twcc_feedback(&fb[..len]).is_empty(), "{len}");
+        }
+        // A status count its chunks do not cover is no feedback.
+        let mut short = fb.clone();
+        short[14..16].copy_from_slice(&60u16.to_be_bytes());
+        assert!(read_twcc_feedback(&short).is_empty());
+    }
+
+    #[test]
+    fn twcc_feedback_gives_the_loss_once_and_receiver_reports_no_longer_do() {
+        let ladder = Ladder::viewer_720p30();
+        let state = RungState::new(
+            ladder.clone(),
+            RungSelector::new(SelectorConfig::new(ladder)),
+            "v".into(),
+            0x0102_0304,
+        );
+        let fb = twcc_feedback();
+        state.read_rtcp(&fb);
+        // The same packets reported again (a browser re-reports one that came late) count
+        // once: 30 packets are not yet enough for an observation...
+        state.read_rtcp(&fb);
+        state.tick();
+        assert_eq!(state.status().loss, None);
+        // ...the next ten (all received) are: 6 lost of 40.
+        let mut next = twcc_feedback();
+        next[12..14].copy_from_slice(&24u16.to_be_bytes());
+        next[14..16].copy_from_slice(&10u16.to_be_bytes());
+        state.read_rtcp(&next);
+        // The RR's quarter lost is about the same packets, late: not counted.
+        state.read_rtcp(&receiver_report());
+        state.tick();
+        let loss = state.status().loss.unwrap();
+        assert!((loss - 6.0 / 40.0).abs() < 1e-9, "{loss}");
     }
 }
