@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hybridlive_testkit::http::{ANSWER_TIMEOUT, HttpReply, parse_reply};
-use hybridlive_testkit::nginx::{Certificate, self_signed_certificate};
+use hybridlive_testkit::nginx::{Certificate, Nginx, self_signed_certificate};
 use hybridlive_testkit::runner_child::test_runner;
 use hybridlive_testkit::viewer::{Viewer, ViewerOptions};
-use hybridlive_testkit::{eventually, in_private_netns, scratch_dir};
+use hybridlive_testkit::{eventually, free_tcp_port, in_private_netns, scratch_dir};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 
@@ -352,4 +352,140 @@ fn tls_files_are_checked_at_validation_and_at_start() {
     );
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&run_dir);
+}
+
+/// The nginx configuration of `docs/deployment.md` (its first `nginx` block), listening on
+/// 127.0.0.1:`port` with `cert`, caching in `cache`, in front of the runner at `origin`.
+fn documented_nginx_config(port: u16, cert: &Certificate, cache: &Path, origin: &str) -> String {
+    let doc = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/deployment.md"),
+    )
+    .expect("docs/deployment.md");
+    let block = doc
+        .split("```nginx\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("an nginx block in docs/deployment.md");
+    let mut config = block.to_string();
+    for (from, to) in [
+        (
+            "listen 443 ssl http2;",
+            format!("listen 127.0.0.1:{port} ssl http2;"),
+        ),
+        (
+            "/etc/ssl/hybridlive/fullchain.pem",
+            cert.cert.display().to_string(),
+        ),
+        (
+            "/etc/ssl/hybridlive/privkey.pem",
+            cert.key.display().to_string(),
+        ),
+        ("/var/cache/nginx/hybridlive", cache.display().to_string()),
+        ("server 127.0.0.1:8080;", format!("server {origin};")),
+    ] {
+        assert!(
+            config.contains(from),
+            "docs/deployment.md's nginx block no longer has `{from}`: update this test"
+        );
+        config = config.replace(from, &to);
+    }
+    config
+}
+
+/// `n` clients asking `path` through `addr` at the same moment; their answers.
+fn at_once(client: &Arc<rustls::ClientConfig>, addr: &str, path: &str, n: usize) -> Vec<HttpReply> {
+    let start = std::sync::Barrier::new(n);
+    std::thread::scope(|scope| {
+        let asked: Vec<_> = (0..n)
+            .map(|_| {
+                scope.spawn(|| {
+                    start.wait();
+                    get(client, addr, path)
+                })
+            })
+            .collect();
+        asked
+            .into_iter()
+            .map(|a| a.join().expect("a client thread"))
+            .collect()
+    })
+}
+
+/// The deployment of `docs/deployment.md`: nginx terminating TLS (self-signed) in front of a
+/// plain-HTTP runner on loopback. Through it, over HTTPS: the API answers, a WebRTC viewer
+/// posts its offer to `/whep`, decodes frames and ends its session with `DELETE` on the
+/// `Location`, and identical Low-Latency HLS requests made at once (a blocking playlist
+/// reload, then a part) reach the runner once.
+#[test]
+fn nginx_in_front_proxies_whep_and_the_api_and_collapses_hls_requests() {
+    if !in_private_netns("nginx_in_front_proxies_whep_and_the_api_and_collapses_hls_requests") {
+        return;
+    }
+    const CLIENTS: usize = 60;
+    let (dir, file) = pipeline_file("nginx", "");
+    let runner = test_runner(&file, &dir).start();
+    let certificate = self_signed_certificate(&dir);
+    let port = free_tcp_port();
+    let config = documented_nginx_config(port, &certificate, &dir.join("cache"), &runner.addr());
+    let nginx = Nginx::start(&dir.join("nginx"), &config, port);
+    let addr = nginx.addr();
+    let client = trusting(&certificate.cert);
+
+    let status = get(&client, &addr, "/api/status");
+    assert_eq!(
+        status.status,
+        200,
+        "{}\n{}",
+        status.text(),
+        nginx.error_log()
+    );
+    assert!(status.json()["viewer_url"].is_string(), "{}", status.text());
+
+    let (viewer, location) = whep_viewer(|offer| {
+        https(
+            &client,
+            &addr,
+            "POST",
+            "/whep",
+            &[("Content-Type", "application/sdp")],
+            offer.as_bytes(),
+        )
+        .expect("WHEP through nginx")
+    });
+    assert!(location.starts_with("/whep/"), "{location}");
+    let gone = https(&client, &addr, "DELETE", &location, &[], b"").expect("DELETE");
+    assert!((200..300).contains(&gone.status), "{}", gone.text());
+    drop(viewer);
+
+    let playlist = live_playlist(|path| get(&client, &addr, path));
+    let (msn, part) = hinted_part(&playlist).expect("a hinted part");
+    let blocking = format!("/hls/live.m3u8?_HLS_msn={msn}&_HLS_part={part}");
+    let listed = format!("part{msn}.{part}.m4s");
+    let media = format!("/hls/{listed}");
+    for (path, what) in [(&blocking, "blocking reload"), (&media, "part")] {
+        let answers = at_once(&client, &addr, path, CLIENTS);
+        for answer in &answers {
+            assert_eq!(answer.status, 200, "{what}: {}", answer.text());
+        }
+        if path == &blocking {
+            assert!(answers.iter().all(|a| a.text().contains(&listed)));
+        }
+        let log = nginx.log();
+        let logged: Vec<_> = log.iter().filter(|l| &l.uri == path).collect();
+        let to_origin = logged.iter().filter(|l| l.to_origin).count();
+        eprintln!(
+            "{CLIENTS} identical {what} requests through nginx: {to_origin} reached the runner \
+             ({:?})",
+            logged.iter().map(|l| l.cache.as_str()).collect::<Vec<_>>()
+        );
+        assert_eq!(logged.len(), CLIENTS, "{what}: nginx logged {logged:?}");
+        assert!(
+            to_origin <= 2,
+            "{what}: {to_origin} of {CLIENTS} identical requests reached the runner \
+             (cache statuses {:?}; the answer's Cache-Control: {:?})",
+            logged.iter().map(|l| l.cache.as_str()).collect::<Vec<_>>(),
+            answers[0].header("cache-control")
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
