@@ -42,6 +42,11 @@ pub use runner::RunHandle;
 /// The HTTP connection abuse harness of the `http_connection` fuzz target.
 #[cfg(feature = "fuzzing")]
 pub use server::abuse as http_abuse;
+/// The LL-HLS playlist query parser, for the `hls_query` fuzz target.
+#[cfg(feature = "fuzzing")]
+pub mod hls_query {
+    pub use crate::llhls::{PlaylistQuery, parse_playlist_query};
+}
 
 /// Arguments of `hybridlive validate`.
 #[derive(Debug, Clone, clap::Args)]

@@ -9,12 +9,23 @@
 //! Each chunk becomes a part, each fragment a segment (fragments start on key frames). This
 //! module keeps the recent segments in memory and answers the HLS requests:
 //!
-//! - `live.m3u8[?_HLS_msn=M[&_HLS_part=P]]`: the playlist (version 9) with
-//!   `EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES`, `EXT-X-PART-INF`, parts of the last segments,
-//!   `EXT-X-PRELOAD-HINT` for the next part and `EXT-X-PROGRAM-DATE-TIME` from the capture
-//!   stamps; with `_HLS_msn` the answer waits until that segment (or part) exists.
+//! - `live.m3u8[?_HLS_msn=M[&_HLS_part=P]][&_HLS_skip=YES]`: the playlist (version 9) with
+//!   `EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,...,CAN-SKIP-UNTIL=<6 target durations>`,
+//!   `EXT-X-PART-INF`, parts of the last segments, `EXT-X-PRELOAD-HINT` for the next part and
+//!   `EXT-X-PROGRAM-DATE-TIME` from the capture stamps. As RFC 8216bis 6.2.5 has it: with
+//!   `_HLS_msn` the answer waits until that segment (or part) exists, a part one past the end
+//!   of a segment being part 0 of the next; a request more than two segments or more than
+//!   three seconds of parts ahead is refused (400) at once; `_HLS_skip` gets a delta update,
+//!   the segments older than `CAN-SKIP-UNTIL` replaced by `EXT-X-SKIP`.
 //! - `init.mp4`, `seg<M>.m4s` (a complete segment) and `part<M>.<P>.m4s` (a part; asking for
-//!   the hinted next part waits until it is complete).
+//!   the hinted next part waits until it is complete, whichever segment it starts).
+//!
+//! Waiting takes no thread: a waiting request is a task asleep on a watch channel the store
+//! bumps at every change, so thousands wait at once. For caches in front (a CDN collapsing
+//! identical requests): media are `immutable`; a blocking reload, whose URL names what it
+//! waited for, is cacheable for three target durations; the plain playlist is `no-cache` with
+//! an `ETag` (304 on `If-None-Match`), and gzipped for a client that accepts it. Each state of
+//! a playlist is rendered (and compressed) once, however many clients were waiting for it.
 //!
 //! Ladders: each rung has a muxer of its own feeding a track of this store. With more than one,
 //! `live.m3u8` is the multivariant playlist (an `EXT-X-STREAM-INF` per rung, the middle one
@@ -38,15 +49,36 @@
 //! initialisation segment (`EXT-X-MAP:URI="init<run>.mp4"`), as RFC 8216 requires when the
 //! encoding parameters or timestamps may change.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::hash::{DefaultHasher, Hasher as _};
+use std::io::Write as _;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// How many complete segments before the live edge still list their parts.
 const SEGMENTS_WITH_PARTS: u64 = 3;
 
-/// A response for the HTTP server: status, content type, cache policy, body.
+/// `CAN-SKIP-UNTIL` in target durations: RFC 8216bis 4.4.3.8 asks for at least six.
+const SKIP_UNTIL_TARGETS: f64 = 6.0;
+
+/// Parts, segments and initialisation segments never change once served under their name,
+/// so a cache may keep them without asking again (`immutable`). Not for a year, though: a
+/// runner started again numbers its segments from 0 and reuses the names, and an edge cache
+/// holding the previous run's would serve them in the new playlist. Ten minutes is far
+/// longer than anything stays listed, and bounds that mix-up to a runner restarted within
+/// ten minutes of its start.
+const MEDIA_CACHE: &str = "public, max-age=600, immutable";
+
+/// The plain playlist changes with every part: a cache must ask again each time, and the
+/// entity tag makes the answer a cheap 304 when nothing changed.
+const PLAYLIST_CACHE: &str = "no-cache";
+
+/// A response for the HTTP server: status, headers, body.
 #[derive(Debug)]
 pub struct Reply {
     /// HTTP status code.
@@ -54,9 +86,145 @@ pub struct Reply {
     /// `Content-Type`.
     pub content_type: &'static str,
     /// `Cache-Control`.
-    pub cache: &'static str,
-    /// The body.
+    pub cache: Cow<'static, str>,
+    /// The body (empty for a 304).
     pub body: Arc<[u8]>,
+    /// `ETag` (quoted), for playlists.
+    pub etag: Option<String>,
+    /// `Content-Encoding` of the body (`gzip` when the client accepted it).
+    pub content_encoding: Option<&'static str>,
+    /// The body depends on `Accept-Encoding`: `Vary: Accept-Encoding`.
+    pub vary_encoding: bool,
+    /// The playlist text and its compressed form, kept for the conditions of the request.
+    rendered: Option<Arc<Rendered>>,
+}
+
+/// What the request says that changes the answer, besides its path and query.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Conditions<'a> {
+    /// `If-None-Match`.
+    pub if_none_match: Option<&'a str>,
+    /// `Accept-Encoding`.
+    pub accept_encoding: Option<&'a str>,
+}
+
+/// A rendered playlist, shared by every request answered from the same store state.
+#[derive(Debug)]
+struct Rendered {
+    body: Arc<[u8]>,
+    /// A hash of the text, so a restarted runner never reuses one for other contents.
+    etag: String,
+    /// Made on first request for it; `None` if compression failed.
+    gzip: OnceLock<Option<Arc<[u8]>>>,
+}
+
+impl Rendered {
+    fn new(body: Vec<u8>) -> Rendered {
+        let mut hasher = DefaultHasher::new();
+        hasher.write(&body);
+        Rendered {
+            etag: format!("\"{:016x}-{:x}\"", hasher.finish(), body.len()),
+            body: body.into(),
+            gzip: OnceLock::new(),
+        }
+    }
+
+    fn gzip(&self) -> Option<Arc<[u8]>> {
+        self.gzip
+            .get_or_init(|| {
+                let mut encoder =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                encoder.write_all(&self.body).ok()?;
+                encoder.finish().ok().map(Arc::from)
+            })
+            .clone()
+    }
+
+    /// The tag of the compressed form: another representation, another tag (RFC 9110 8.8.3).
+    fn gzip_etag(&self) -> String {
+        format!("{}-gz\"", self.etag.trim_end_matches('"'))
+    }
+}
+
+/// What a playlist request's query string asks for (RFC 8216bis 6.2.5).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PlaylistQuery {
+    /// `_HLS_msn`: answer once the playlist holds this media sequence number.
+    pub msn: Option<u64>,
+    /// `_HLS_part`: ... and this part of it.
+    pub part: Option<u64>,
+    /// `_HLS_skip=YES` or `v2`: a delta update.
+    pub skip: bool,
+}
+
+/// Reads the `_HLS_` directives of a playlist request; parameters of other names (a cache
+/// buster) are ignored. A directive given twice, a number written otherwise than in plain
+/// digits, `_HLS_part` without `_HLS_msn` or an unknown `_HLS_skip` value is refused with the
+/// reason, for a 400.
+pub fn parse_playlist_query(query: &str) -> Result<PlaylistQuery, &'static str> {
+    fn number(value: &str, what: &'static str) -> Result<u64, &'static str> {
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(what);
+        }
+        value.parse().map_err(|_| what)
+    }
+    let mut asked = PlaylistQuery::default();
+    let mut skip_seen = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "_HLS_msn" => {
+                if asked.msn.is_some() {
+                    return Err("_HLS_msn is given twice");
+                }
+                asked.msn = Some(number(value, "_HLS_msn must be a number")?);
+            }
+            "_HLS_part" => {
+                if asked.part.is_some() {
+                    return Err("_HLS_part is given twice");
+                }
+                asked.part = Some(number(value, "_HLS_part must be a number")?);
+            }
+            "_HLS_skip" => {
+                if skip_seen {
+                    return Err("_HLS_skip is given twice");
+                }
+                skip_seen = true;
+                // v2 also skips EXT-X-DATERANGE tags; these playlists have none.
+                asked.skip = match value {
+                    "YES" | "v2" => true,
+                    _ => return Err("_HLS_skip must be YES or v2"),
+                };
+            }
+            _ => {}
+        }
+    }
+    if asked.part.is_some() && asked.msn.is_none() {
+        return Err("_HLS_part needs _HLS_msn");
+    }
+    Ok(asked)
+}
+
+/// Whether an `Accept-Encoding` value accepts gzip (with a q-value above 0).
+fn accepts_gzip(accept_encoding: &str) -> bool {
+    accept_encoding.split(',').any(|coding| {
+        let mut params = coding.split(';').map(str::trim);
+        let name = params.next().unwrap_or_default();
+        let zero = params.any(|p| {
+            p.strip_prefix("q=")
+                .and_then(|q| q.trim().parse::<f32>().ok())
+                .is_some_and(|q| q <= 0.0)
+        });
+        (name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip")) && !zero
+    })
+}
+
+/// Whether `If-None-Match` names `etag` (weak comparison, RFC 9110 13.1.2) or is `*`.
+fn none_match(if_none_match: &str, etag: &str) -> bool {
+    if_none_match
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }
 
 /// What the multivariant playlist says of a rendition that its segments do not show.
@@ -139,6 +307,20 @@ impl Track {
             .and_then(|s| s.parts.get(index))
     }
 
+    /// Part `index` of segment `msn`; one past the last part of a segment that is over is
+    /// part 0 of the next (RFC 8216bis 6.2.5.2), which is how the preload hint named it.
+    fn resolve_part(&self, msn: u64, index: usize) -> Option<&Part> {
+        self.part(msn, index).or_else(|| {
+            let segment = self.segments.iter().find(|s| s.msn == msn)?;
+            let over = segment.complete || self.segments.back().is_some_and(|l| l.msn > msn);
+            if over && index == segment.parts.len() {
+                self.part(msn.checked_add(1)?, 0)
+            } else {
+                None
+            }
+        })
+    }
+
     /// Whether the playlist holds part `index` of segment `msn`, or anything after it (RFC
     /// 8216bis 6.2.5.2: a blocking reload is answered once it does).
     fn has_part_or_later(&self, msn: u64, index: usize) -> bool {
@@ -210,6 +392,8 @@ struct State {
     /// The current muxer run.
     run: u64,
     ended: bool,
+    /// One more at every change: what a rendered playlist is of.
+    version: u64,
 }
 
 impl State {
@@ -226,11 +410,23 @@ impl State {
     }
 }
 
+/// A rendered media playlist: its rendition, and whether it is a delta update.
+type PlaylistKey = (usize, bool);
+
 /// The HLS store of one HLS output: fed by the muxers' appsinks, read by the HTTP server.
+///
+/// Requests that wait (a blocking playlist reload, the hinted next part) wait on a watch
+/// channel bumped at every change, not on a thread: thousands can wait at once.
+///
+/// Lock order: `state`, then `rendered`.
 #[derive(Debug)]
 pub struct LlHls {
     state: Mutex<State>,
-    changed: Condvar,
+    /// Carries [`State::version`] after every change.
+    changed: watch::Sender<u64>,
+    /// The last playlist rendered per (rendition, delta update), with the version it is of:
+    /// every client waiting for the same part gets the same text, rendered once.
+    rendered: Mutex<HashMap<PlaylistKey, (u64, Arc<Rendered>)>>,
     segment_target: Duration,
     part_target: Duration,
     /// Complete segments listed in the playlist.
@@ -295,7 +491,8 @@ impl LlHls {
     ) -> Self {
         LlHls {
             state: Mutex::new(State::default()),
-            changed: Condvar::new(),
+            changed: watch::Sender::new(0),
+            rendered: Mutex::new(HashMap::new()),
             segment_target,
             part_target,
             window: window.max(2),
@@ -311,6 +508,15 @@ impl LlHls {
         if state.tracks.len() < count {
             state.tracks.resize_with(count, Track::default);
         }
+        self.publish(state);
+    }
+
+    /// Marks a change of `state` and wakes the requests waiting for one.
+    fn publish(&self, mut state: std::sync::MutexGuard<'_, State>) {
+        state.version += 1;
+        let version = state.version;
+        drop(state);
+        self.changed.send_replace(version);
     }
 
     /// Takes one chunk (buffer list) from the `isofmp4mux` of rendition `track`.
@@ -346,8 +552,7 @@ impl LlHls {
             state.track_mut(track).inits.insert(run, init);
         }
         if data.is_empty() {
-            drop(state);
-            self.changed.notify_all();
+            self.publish(state);
             return;
         }
         let duration = duration.map_or(self.part_target.as_secs_f64(), |d| {
@@ -414,8 +619,7 @@ impl LlHls {
                 independent: fragment_start,
             });
         }
-        drop(state);
-        self.changed.notify_all();
+        self.publish(state);
     }
 
     /// The output restarts with new muxers: the segments in progress end here (their parts are
@@ -429,6 +633,7 @@ impl LlHls {
                 track.inits.clear();
                 track.ended = false;
             }
+            self.publish(state);
             return;
         }
         // The renditions go on from one media sequence number: a muxer that had begun a
@@ -462,8 +667,7 @@ impl LlHls {
             track.next_msn = track.next_msn.max(next);
         }
         state.run += 1;
-        drop(state);
-        self.changed.notify_all();
+        self.publish(state);
     }
 
     /// The stream ended: the last segments are complete and the playlists get `EXT-X-ENDLIST`.
@@ -483,23 +687,77 @@ impl LlHls {
         t.end_open_segment();
         t.ended = true;
         state.ended = state.tracks.iter().all(|t| t.ended);
-        drop(state);
-        self.changed.notify_all();
+        self.publish(state);
     }
 
-    /// Answers a request for `name` (the path below `/hls/`) with its query string.
-    pub fn respond(&self, name: &str, query: &str) -> Reply {
+    /// Answers a request for `name` (the path below `/hls/`) with its query string, as
+    /// [`LlHls::answer`] does for a request without conditions, blocking the calling thread
+    /// while the request waits.
+    #[cfg(test)]
+    fn respond(&self, name: &str, query: &str) -> Reply {
+        match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(self.answer(name, query, Conditions::default())),
+            Err(_) => reply(
+                503,
+                "text/plain; charset=utf-8",
+                "no-store",
+                Arc::from(&b"cannot wait for the HLS output"[..]),
+            ),
+        }
+    }
+
+    /// Answers a request for `name` (the path below `/hls/`) with its query string. A request
+    /// for what is not there yet (blocking playlist reload, the hinted next part) waits for it
+    /// asynchronously, at most three target durations. A playlist comes with an entity tag:
+    /// 304 when `If-None-Match` names it, gzip when `Accept-Encoding` allows.
+    pub async fn answer(&self, name: &str, query: &str, conditions: Conditions<'_>) -> Reply {
+        let mut reply = self.respond_to(name, query).await;
+        let Some(rendered) = reply.rendered.clone() else {
+            return reply;
+        };
+        if reply.status != 200 {
+            return reply;
+        }
+        reply.vary_encoding = true;
+        let gzip = conditions
+            .accept_encoding
+            .is_some_and(accepts_gzip)
+            .then(|| rendered.gzip())
+            .flatten();
+        let etag = if gzip.is_some() {
+            rendered.gzip_etag()
+        } else {
+            rendered.etag.clone()
+        };
+        if conditions
+            .if_none_match
+            .is_some_and(|tags| none_match(tags, &etag))
+        {
+            reply.status = 304;
+            reply.body = Arc::from(&[][..]);
+        } else if let Some(gzip) = gzip {
+            reply.body = gzip;
+            reply.content_encoding = Some("gzip");
+        }
+        reply.etag = Some(etag);
+        reply
+    }
+
+    async fn respond_to(&self, name: &str, query: &str) -> Reply {
         // A blocking request waits at most three target durations (RFC 8216bis 6.2.5.2).
         let deadline = Instant::now() + 3 * self.segment_target.max(Duration::from_secs(1));
         let ladder = self.state.lock().unwrap().is_ladder();
         if !ladder {
             return match asked(name) {
-                Some(asked) => self.respond_track(0, asked, query, deadline),
+                Some(asked) => self.respond_track(0, asked, query, deadline).await,
                 None => not_found(),
             };
         }
         if name == "live.m3u8" {
-            return self.multivariant(deadline);
+            return self.multivariant(deadline).await;
         }
         // `rN/NAME`: rendition N (digits as written by `multivariant`, so one name each).
         let rendition = name.strip_prefix('r').and_then(|n| n.split_once('/'));
@@ -512,23 +770,31 @@ impl LlHls {
         if track >= self.state.lock().unwrap().tracks.len() {
             return not_found();
         }
-        self.respond_track(track, asked, query, deadline)
+        self.respond_track(track, asked, query, deadline).await
     }
 
-    fn respond_track(&self, track: usize, asked: Asked, query: &str, deadline: Instant) -> Reply {
+    async fn respond_track(
+        &self,
+        track: usize,
+        asked: Asked,
+        query: &str,
+        deadline: Instant,
+    ) -> Reply {
         match asked {
-            Asked::Playlist => self.playlist(track, query, deadline),
+            Asked::Playlist => self.playlist(track, query, deadline).await,
             Asked::Init(run) => {
                 // A run that is not there yet may start soon (a restart); one that is over never.
-                let state = self.wait(deadline, |s| {
+                self.wait(deadline, |s| {
                     s.ended
                         || s.tracks
                             .get(track)
                             .is_some_and(|t| t.inits.contains_key(&run))
                         || s.run > run
-                });
+                })
+                .await;
+                let state = self.state.lock().unwrap();
                 match state.tracks.get(track).and_then(|t| t.inits.get(&run)) {
-                    Some(init) => reply(200, "video/mp4", IMMUTABLE, init.clone()),
+                    Some(init) => reply(200, "video/mp4", MEDIA_CACHE, init.clone()),
                     None => not_found(),
                 }
             }
@@ -545,52 +811,67 @@ impl LlHls {
                             .iter()
                             .flat_map(|p| p.data.iter().copied())
                             .collect();
-                        reply(200, "video/iso.segment", IMMUTABLE, body.into())
+                        reply(200, "video/iso.segment", MEDIA_CACHE, body.into())
                     }
                     None => not_found(),
                 }
             }
             Asked::Part(msn, index) => {
-                // The preload hint names the next part before it exists: hold the request.
-                let state = self.wait(deadline, |s| {
+                // The preload hint names the next part before it exists: hold the request
+                // until it is complete, whichever segment it turns out to start.
+                self.wait(deadline, |s| {
                     s.ended
                         || s.tracks.get(track).is_none_or(|t| {
-                            t.part(msn, index).is_some() || !t.is_hinted(msn, index)
+                            t.resolve_part(msn, index).is_some() || !t.is_hinted(msn, index)
                         })
-                });
-                match state.tracks.get(track).and_then(|t| t.part(msn, index)) {
-                    Some(p) => reply(200, "video/iso.segment", IMMUTABLE, p.data.clone()),
+                })
+                .await;
+                let state = self.state.lock().unwrap();
+                match state
+                    .tracks
+                    .get(track)
+                    .and_then(|t| t.resolve_part(msn, index))
+                {
+                    Some(p) => reply(200, "video/iso.segment", MEDIA_CACHE, p.data.clone()),
                     None => not_found(),
                 }
             }
         }
     }
 
-    fn wait(
-        &self,
-        deadline: Instant,
-        mut ready: impl FnMut(&State) -> bool,
-    ) -> std::sync::MutexGuard<'_, State> {
-        let mut state = self.state.lock().unwrap();
-        while !ready(&state) {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
+    /// Waits until `ready` holds of the state or `deadline` passes; whether it holds. No
+    /// thread waits: the task sleeps on the change channel.
+    async fn wait(&self, deadline: Instant, mut ready: impl FnMut(&State) -> bool) -> bool {
+        let mut changes = self.changed.subscribe();
+        loop {
+            // Seen before the state is read: a change after this read wakes the wait below.
+            changes.borrow_and_update();
+            let holds = {
+                let state = self.state.lock().unwrap();
+                ready(&state)
+            };
+            if holds {
+                return true;
             }
-            state = self.changed.wait_timeout(state, deadline - now).unwrap().0;
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                // The deadline passed (or the store is gone, which it cannot while borrowed).
+                _ => return false,
+            }
         }
-        state
     }
 
     /// The multivariant playlist: a variant stream per rendition, the top rung first.
-    fn multivariant(&self, deadline: Instant) -> Reply {
+    async fn multivariant(&self, deadline: Instant) -> Reply {
         // BANDWIDTH is measured: wait for a complete segment of every rendition.
-        let state = self.wait(deadline, |s| {
+        self.wait(deadline, |s| {
             s.ended
                 || s.tracks
                     .iter()
                     .all(|t| t.segments.iter().any(|seg| seg.complete))
-        });
+        })
+        .await;
+        let state = self.state.lock().unwrap();
         // A rendition whose muxer has written nothing yet (or failed) is left out for now.
         let ready: Vec<(usize, &Track)> = state
             .tracks
@@ -636,72 +917,118 @@ impl LlHls {
             }
             let _ = write!(out, "\nr{i}/live.m3u8\n");
         }
-        playlist_reply(out)
+        playlist_reply(
+            Arc::new(Rendered::new(out.into_bytes())),
+            PLAYLIST_CACHE.into(),
+        )
     }
 
-    fn playlist(&self, track: usize, query: &str, deadline: Instant) -> Reply {
-        let param = |key: &str| {
-            query
-                .split('&')
-                .filter_map(|kv| kv.split_once('='))
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| v.parse::<u64>())
-        };
-        let msn = match param("_HLS_msn").transpose() {
-            Ok(m) => m,
-            Err(_) => return bad_request("_HLS_msn must be a number"),
-        };
-        let part_index = match param("_HLS_part").transpose() {
-            Ok(p) => p,
-            Err(_) => return bad_request("_HLS_part must be a number"),
-        };
-        if part_index.is_some() && msn.is_none() {
-            return bad_request("_HLS_part needs _HLS_msn");
+    /// RFC 8216bis 6.2.5.2: a blocking reload for a segment more than two past the last one,
+    /// or for a part further past the last part than the Advance Part Limit (three seconds of
+    /// parts), is answered 400 at once instead of waiting out its deadline.
+    fn too_far_ahead(&self, track: usize, msn: u64, part: Option<u64>) -> Option<&'static str> {
+        let state = self.state.lock().unwrap();
+        let t = state.tracks.get(track)?;
+        // "The last Media Segment": the last one listed whole (with its EXTINF); before the
+        // first is, the one in progress.
+        let last_segment = t
+            .segments
+            .iter()
+            .rev()
+            .find(|s| s.complete)
+            .map_or(t.next_msn.saturating_sub(1), |s| s.msn);
+        if msn > last_segment.saturating_add(2) {
+            return Some("_HLS_msn is too far in the future");
         }
-        if msn.is_some() && !self.low_latency {
+        let part = part?;
+        let (last_msn, last_part) = t.last_part()?;
+        let part_target = self.part_target.as_secs_f64().max(0.001);
+        let limit = if part_target < 1.0 {
+            (3.0 / part_target).ceil() as u64
+        } else {
+            3
+        };
+        // Parts counted across segments at the nominal number per segment: the real count of
+        // a segment is only known once it is over.
+        let per_segment = (self.segment_target.as_secs_f64() / part_target)
+            .round()
+            .max(1.0) as u64;
+        let asked = msn.saturating_mul(per_segment).saturating_add(part);
+        let last = last_msn
+            .saturating_mul(per_segment)
+            .saturating_add(last_part as u64);
+        (asked > last.saturating_add(limit)).then_some("_HLS_part is too far in the future")
+    }
+
+    async fn playlist(&self, track: usize, query: &str, deadline: Instant) -> Reply {
+        let asked = match parse_playlist_query(query) {
+            Ok(asked) => asked,
+            Err(reason) => return bad_request(reason),
+        };
+        if asked.msn.is_some() && !self.low_latency {
             return bad_request("this HLS output does not block playlist reloads");
         }
-        let state = match msn {
+        let listable = |s: &State| {
+            s.tracks.get(track).is_some_and(|t| {
+                t.segments
+                    .iter()
+                    .any(|seg| self.low_latency || seg.complete)
+            })
+        };
+        let ready = match asked.msn {
             Some(msn) => {
-                {
-                    // Further ahead than the next two segments can never be answered in time.
-                    let state = self.state.lock().unwrap();
-                    if state
-                        .tracks
-                        .get(track)
-                        .is_some_and(|t| msn > t.next_msn + 1)
-                    {
-                        return bad_request("_HLS_msn is too far in the future");
-                    }
+                if let Some(reason) = self.too_far_ahead(track, msn, asked.part) {
+                    return bad_request(reason);
                 }
+                let part = asked.part.map(|p| usize::try_from(p).unwrap_or(usize::MAX));
                 self.wait(deadline, |s| {
                     s.ended
-                        || s.tracks.get(track).is_none_or(|t| match part_index {
-                            Some(p) => t.has_part_or_later(msn, p as usize),
+                        || s.tracks.get(track).is_none_or(|t| match part {
+                            Some(p) => t.has_part_or_later(msn, p),
                             None => t.has_segment_or_later(msn),
                         })
                 })
+                .await
             }
-            None => self.wait(deadline, |s| {
-                s.tracks.get(track).is_some_and(|t| {
-                    t.segments
-                        .iter()
-                        .any(|seg| self.low_latency || seg.complete)
-                })
-            }),
+            None => self.wait(deadline, listable).await,
         };
-        let listable = state.tracks.get(track).is_some_and(|t| {
-            t.segments
-                .iter()
-                .any(|seg| self.low_latency || seg.complete)
-        });
-        if !listable {
+        let state = self.state.lock().unwrap();
+        if !listable(&state) {
             return no_segment_yet();
         }
-        playlist_reply(self.render(&state, track))
+        // Plain HLS offers no delta updates (no CAN-SKIP-UNTIL): a full playlist answers all.
+        let rendered = self.rendered(&state, track, asked.skip && self.low_latency);
+        drop(state);
+        let cache = match (asked.msn, ready) {
+            (None, _) => Cow::Borrowed(PLAYLIST_CACHE),
+            // Its URL names the part it waited for, so the answer serves every client asking
+            // it: a cache in front collapses them into one request to the origin.
+            (Some(_), true) => Cow::Owned(format!(
+                "public, max-age={}",
+                3 * self.segment_target.as_secs().max(1)
+            )),
+            // Timed out without what it asked for: no cache may hand this out for that URL.
+            (Some(_), false) => Cow::Borrowed("no-store"),
+        };
+        playlist_reply(rendered, cache)
     }
 
-    fn render(&self, state: &State, index: usize) -> String {
+    /// The playlist of rendition `track` as `state` has it, rendered once per change.
+    fn rendered(&self, state: &State, track: usize, delta: bool) -> Arc<Rendered> {
+        let mut cache = self.rendered.lock().unwrap();
+        if let Some((version, rendered)) = cache.get(&(track, delta))
+            && *version == state.version
+        {
+            return rendered.clone();
+        }
+        let rendered = Arc::new(Rendered::new(self.render(state, track, delta).into_bytes()));
+        cache.insert((track, delta), (state.version, rendered.clone()));
+        rendered
+    }
+
+    /// The media playlist of rendition `index`; with `skip`, a delta update (RFC 8216bis
+    /// 6.2.5.1): the segments before the skip boundary replaced by `EXT-X-SKIP`.
+    fn render(&self, state: &State, index: usize, delta: bool) -> String {
         let track = &state.tracks[index];
         // The same targets in every rendition: a player switching rung keeps its timing.
         let longest_part = state
@@ -731,6 +1058,21 @@ impl LlHls {
             .filter(|s| self.low_latency || s.complete)
             .collect();
         let newest = listed.last().map_or(0, |s| s.msn);
+        let skip_until = SKIP_UNTIL_TARGETS * target as f64;
+        let skipped = if delta {
+            // Whole segments that end before the boundary, CAN-SKIP-UNTIL before the end.
+            let boundary = listed.iter().map(|s| s.duration()).sum::<f64>() - skip_until;
+            let mut end = 0.0;
+            listed
+                .iter()
+                .take_while(|s| {
+                    end += s.duration();
+                    s.complete && s.msn + SEGMENTS_WITH_PARTS <= newest && end <= boundary + 1e-6
+                })
+                .count()
+        } else {
+            0
+        };
         // Every tag that left the playlist counts, and the first listed segment's own (the
         // playlist starts with its run's EXT-X-MAP, so no tag is written before it).
         let discontinuity_sequence = track.dropped_discontinuities
@@ -749,7 +1091,8 @@ impl LlHls {
         if self.low_latency {
             let _ = write!(
                 out,
-                "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={:.3}\n\
+                "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK={:.3},\
+                 CAN-SKIP-UNTIL={skip_until:.1}\n\
                  #EXT-X-PART-INF:PART-TARGET={part_target:.3}\n",
                 3.0 * part_target,
             );
@@ -761,7 +1104,10 @@ impl LlHls {
             listed.first().map_or(0, |s| s.msn),
             init_uri(listed.first().map_or(state.run, |s| s.run)),
         );
-        for (i, segment) in listed.iter().enumerate() {
+        if skipped > 0 {
+            let _ = writeln!(out, "#EXT-X-SKIP:SKIPPED-SEGMENTS={skipped}");
+        }
+        for (i, segment) in listed.iter().enumerate().skip(skipped) {
             if segment.discontinuity && i > 0 {
                 let _ = write!(
                     out,
@@ -835,8 +1181,6 @@ impl LlHls {
         out
     }
 }
-
-const IMMUTABLE: &str = "public, max-age=60, immutable";
 
 /// The initialisation segment of a run: `init.mp4` for the first, as before any restart.
 fn init_uri(run: u64) -> String {
@@ -937,13 +1281,17 @@ fn aac_types(esds: &[u8]) -> Option<(u8, u8)> {
     Some((object_type, audio_object_type))
 }
 
-fn playlist_reply(text: String) -> Reply {
-    reply(
-        200,
-        "application/vnd.apple.mpegurl",
-        "no-cache, no-store",
-        text.into_bytes().into(),
-    )
+fn playlist_reply(rendered: Arc<Rendered>, cache: Cow<'static, str>) -> Reply {
+    Reply {
+        body: rendered.body.clone(),
+        rendered: Some(rendered),
+        ..reply(
+            200,
+            "application/vnd.apple.mpegurl",
+            cache,
+            Arc::from(&[][..]),
+        )
+    }
 }
 
 fn no_segment_yet() -> Reply {
@@ -955,12 +1303,21 @@ fn no_segment_yet() -> Reply {
     )
 }
 
-fn reply(status: u16, content_type: &'static str, cache: &'static str, body: Arc<[u8]>) -> Reply {
+fn reply(
+    status: u16,
+    content_type: &'static str,
+    cache: impl Into<Cow<'static, str>>,
+    body: Arc<[u8]>,
+) -> Reply {
     Reply {
         status,
         content_type,
-        cache,
+        cache: cache.into(),
         body,
+        etag: None,
+        content_encoding: None,
+        vary_encoding: false,
+        rendered: None,
     }
 }
 
@@ -1099,6 +1456,218 @@ mod tests {
             playlist.ends_with("seg2.m4s\n#EXT-X-ENDLIST\n"),
             "{playlist}"
         );
+    }
+
+    /// Blocks on `respond` on a thread of its own.
+    fn ask(hls: &Arc<LlHls>, name: &str, query: &str) -> std::thread::JoinHandle<Reply> {
+        let (hls, name, query) = (hls.clone(), name.to_string(), query.to_string());
+        std::thread::spawn(move || hls.respond(&name, &query))
+    }
+
+    #[test]
+    fn one_part_past_the_end_of_a_segment_is_part_0_of_the_next() {
+        gst::init().unwrap();
+        // Segments of 20 s: a request that waited out its deadline would take a minute and
+        // come back without the part; these come back with it.
+        let hls = Arc::new(LlHls::new(
+            Duration::from_secs(20),
+            Duration::from_millis(250),
+            3,
+        ));
+        push_segment(&hls, 0, 0, 100, Some(&init_segment(b'5')));
+        // Segment 0 has four parts; the hint names part 0.4, which may start segment 1.
+        let playlist = text(hls.respond("live.m3u8", ""));
+        assert!(
+            playlist.ends_with("#EXT-X-PRELOAD-HINT:TYPE=PART,URI=\"part0.4.m4s\"\n"),
+            "{playlist}"
+        );
+        let hinted = ask(&hls, "part0.4.m4s", "");
+        let reload = ask(&hls, "live.m3u8", "_HLS_msn=0&_HLS_part=4");
+        // It does: a key frame starts segment 1 (its first part 777 bytes of payload).
+        hls.push_chunk(0, &rung_chunk(true, 777, Some(T0 + 1_000_000_000), None));
+        let part = hinted.join().unwrap();
+        assert_eq!(part.status, 200);
+        assert_eq!(part.body.len(), 8 + 777, "not part 1.0");
+        assert_eq!(part.body, hls.respond("part1.0.m4s", "").body);
+        let reload = reload.join().unwrap();
+        assert_eq!(reload.status, 200);
+        assert_eq!(reload.cache, "public, max-age=60");
+        let playlist = text(reload);
+        assert!(
+            playlist.contains("#EXT-X-PART:DURATION=0.25000,URI=\"part1.0.m4s\",INDEPENDENT=YES\n"),
+            "{playlist}"
+        );
+        assert!(
+            playlist.contains("#EXTINF:1.00000,\nseg0.m4s\n"),
+            "{playlist}"
+        );
+        // Segment 0 is over: its part 5 never comes, and is no hint (no wait either).
+        assert_eq!(hls.respond("part0.5.m4s", "").status, 404);
+    }
+
+    #[test]
+    fn a_request_too_far_ahead_is_refused_at_once() {
+        gst::init().unwrap();
+        let hls = LlHls::new(Duration::from_secs(20), Duration::from_millis(250), 3);
+        push_segment(&hls, 0, 0, 100, Some(&init_segment(b'5')));
+        hls.push_chunk(0, &rung_chunk(true, 100, None, None));
+        // The last part is 1.0; with 250 ms parts the Advance Part Limit is 12 parts, and
+        // segments are 80 parts (20 s) long nominally.
+        for query in [
+            "_HLS_msn=1&_HLS_part=13",
+            "_HLS_msn=1&_HLS_part=999999",
+            "_HLS_msn=2&_HLS_part=0",
+            "_HLS_msn=3",
+            "_HLS_msn=0&_HLS_part=18446744073709551615",
+        ] {
+            let reply = hls.respond("live.m3u8", query);
+            let status = reply.status;
+            assert_eq!(status, 400, "{query}: {}", text(reply));
+        }
+        // What exists is answered at once, however it is asked for.
+        for query in [
+            "_HLS_msn=1&_HLS_part=0",
+            "_HLS_msn=0&_HLS_part=3",
+            "_HLS_msn=0",
+        ] {
+            assert_eq!(hls.respond("live.m3u8", query).status, 200, "{query}");
+        }
+    }
+
+    #[test]
+    fn a_delta_update_skips_what_is_older_than_six_target_durations() {
+        gst::init().unwrap();
+        let hls = LlHls::new(Duration::from_secs(1), Duration::from_millis(250), 10);
+        let init = init_segment(b'5');
+        for seg in 0..12u64 {
+            push_segment(&hls, 0, seg, 100, (seg == 0).then_some(init.as_slice()));
+        }
+        hls.push_chunk(0, &rung_chunk(true, 100, Some(T0 + 12_000_000_000), None));
+        let full = text(hls.respond("live.m3u8", ""));
+        assert!(full.contains(",CAN-SKIP-UNTIL=6.0\n"), "{full}");
+        assert!(full.contains("#EXT-X-MEDIA-SEQUENCE:2\n"), "{full}");
+        let delta = text(hls.respond("live.m3u8", "_HLS_skip=YES"));
+        // Listed: segments 2..=11 (10 s) and 0.25 s of segment 12; the boundary is 6 s before
+        // that end, 4.25 s in: segments 2, 3, 4 and 5 end before it.
+        assert!(
+            delta.contains("#EXT-X-SKIP:SKIPPED-SEGMENTS=4\n"),
+            "{delta}"
+        );
+        assert!(delta.contains("#EXT-X-MEDIA-SEQUENCE:2\n"), "{delta}");
+        for msn in 2..=5 {
+            assert!(!delta.contains(&format!("seg{msn}.m4s")), "{delta}");
+        }
+        // Everything from the first segment kept on is the full playlist's text.
+        let kept = |p: &str| {
+            p[p.find("#EXT-X-PROGRAM-DATE-TIME:2023-11-14T22:13:26")
+                .unwrap()..]
+                .to_string()
+        };
+        assert_eq!(kept(&delta), kept(&full));
+        assert_eq!(text(hls.respond("live.m3u8", "_HLS_skip=v2")), delta);
+        assert_eq!(hls.respond("live.m3u8", "_HLS_skip=NO").status, 400);
+    }
+
+    #[test]
+    fn playlists_carry_an_entity_tag_and_come_gzipped_when_asked() {
+        gst::init().unwrap();
+        let hls = LlHls::new(Duration::from_secs(1), Duration::from_millis(250), 3);
+        push_segment(&hls, 0, 0, 100, Some(&init_segment(b'5')));
+        let answer = |query: &str, conditions: Conditions<'_>| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap()
+                .block_on(hls.answer("live.m3u8", query, conditions))
+        };
+        let plain = answer("", Conditions::default());
+        assert_eq!(plain.cache, "no-cache");
+        assert!(plain.vary_encoding);
+        let etag = plain.etag.clone().expect("an ETag");
+        let same = answer(
+            "",
+            Conditions {
+                if_none_match: Some(&format!("\"other\", W/{etag}")),
+                ..Default::default()
+            },
+        );
+        assert_eq!((same.status, same.body.len()), (304, 0));
+        let gzip = answer(
+            "",
+            Conditions {
+                accept_encoding: Some("br;q=1, gzip;q=0.5"),
+                ..Default::default()
+            },
+        );
+        assert_eq!(gzip.content_encoding, Some("gzip"));
+        let gz_etag = gzip.etag.clone().unwrap();
+        assert_ne!(gz_etag, etag, "one tag per representation");
+        let mut unzipped = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(&gzip.body[..]),
+            &mut unzipped,
+        )
+        .unwrap();
+        assert_eq!(unzipped, &plain.body[..]);
+        for refused in ["gzip;q=0", "identity", "br"] {
+            let reply = answer(
+                "",
+                Conditions {
+                    accept_encoding: Some(refused),
+                    ..Default::default()
+                },
+            );
+            assert_eq!(reply.content_encoding, None, "{refused}");
+            assert_eq!(reply.body, plain.body);
+        }
+        // A new part: the old tag no longer matches.
+        hls.push_chunk(0, &rung_chunk(true, 100, None, None));
+        let changed = answer(
+            "",
+            Conditions {
+                if_none_match: Some(&etag),
+                ..Default::default()
+            },
+        );
+        assert_eq!(changed.status, 200);
+        assert_ne!(changed.etag.as_deref(), Some(etag.as_str()));
+        // Media are immutable; errors are never stored.
+        assert!(hls.respond("part0.0.m4s", "").cache.contains("immutable"));
+        assert!(hls.respond("seg0.m4s", "").cache.contains("immutable"));
+        assert!(hls.respond("init.mp4", "").cache.contains("immutable"));
+        assert_eq!(hls.respond("seg9.m4s", "").cache, "no-store");
+    }
+
+    #[test]
+    fn playlist_queries_are_read_strictly() {
+        let ok = |msn, part, skip| Ok(PlaylistQuery { msn, part, skip });
+        for (query, expected) in [
+            ("", ok(None, None, false)),
+            ("_HLS_msn=7", ok(Some(7), None, false)),
+            ("_HLS_msn=7&_HLS_part=2", ok(Some(7), Some(2), false)),
+            (
+                "_HLS_part=2&_HLS_msn=7&_HLS_skip=YES",
+                ok(Some(7), Some(2), true),
+            ),
+            ("_HLS_skip=v2&t=123&&x", ok(None, None, true)),
+            ("_HLS_msn=+7", Err("_HLS_msn must be a number")),
+            ("_HLS_msn=", Err("_HLS_msn must be a number")),
+            ("_HLS_msn", Err("_HLS_msn must be a number")),
+            (
+                "_HLS_msn=18446744073709551616",
+                Err("_HLS_msn must be a number"),
+            ),
+            ("_HLS_msn=1&_HLS_msn=2", Err("_HLS_msn is given twice")),
+            ("_HLS_msn=1&_HLS_part=-1", Err("_HLS_part must be a number")),
+            ("_HLS_part=1", Err("_HLS_part needs _HLS_msn")),
+            ("_HLS_skip=yes", Err("_HLS_skip must be YES or v2")),
+            (
+                "_HLS_skip=YES&_HLS_skip=YES",
+                Err("_HLS_skip is given twice"),
+            ),
+        ] {
+            assert_eq!(parse_playlist_query(query), expected, "{query}");
+        }
     }
 
     #[test]

@@ -54,9 +54,11 @@ pub const MAX_BODY: usize = 16 * 1024;
 const MAX_WHEP_IN_FLIGHT: usize = 32;
 /// ... and from one client address, so one client cannot take them all.
 const MAX_WHEP_IN_FLIGHT_PER_CLIENT: usize = 8;
-/// Low-Latency HLS requests waiting for a part or segment (blocking playlist reload, preload
-/// hint): each holds a thread for up to three target durations.
-const MAX_HLS_WAITS: usize = 256;
+/// Low-Latency HLS requests in flight, most of them waiting for a part (blocking playlist
+/// reload, preload hint) for up to three target durations. A waiting request is a sleeping
+/// task, no thread: the bound is its connection's memory and descriptor. More are answered
+/// 503 with `Retry-After` at once.
+const MAX_HLS_WAITS: usize = 8192;
 /// Other handlers that read runner state or a file; they take milliseconds.
 const MAX_QUICK: usize = 16;
 /// How long a request waits for its turn before it is answered 503.
@@ -166,6 +168,7 @@ pub fn start(
         .socket
         .local_addr()
         .context("the HTTP server has no local address")?;
+    raise_descriptor_limit();
     let hls_window = run.hls_playlist_length().unwrap_or(5);
     let context = Arc::new(Context {
         run,
@@ -185,7 +188,7 @@ pub fn start(
         listener.tls,
         handler,
         RUNTIME_THREADS,
-        MAX_WHEP_IN_FLIGHT + MAX_HLS_WAITS + MAX_QUICK,
+        MAX_WHEP_IN_FLIGHT + MAX_QUICK,
         events,
     )
     .context("cannot start the HTTP server")?;
@@ -380,20 +383,28 @@ async fn route(context: Arc<Context>, client: IpAddr, request: Request) -> Respo
             let name = p["/hls/".len()..].to_string();
             match context.run.ll_hls() {
                 Some(ll) => {
+                    let Ok(_turn) = context.turns.hls_waits.try_acquire() else {
+                        return with_header(
+                            busy(1, "too many HLS requests at once; retry"),
+                            "Access-Control-Allow-Origin",
+                            "*",
+                        );
+                    };
                     let query = request.uri().query().unwrap_or("").to_string();
-                    on_blocking_pool(&context.turns.hls_waits, move || {
-                        let reply = ll.respond(&name, &query);
-                        respond(
-                            reply.status,
-                            &[
-                                ("Content-Type", reply.content_type),
-                                ("Cache-Control", reply.cache),
-                                ("Access-Control-Allow-Origin", "*"),
-                            ],
-                            Bytes::from_owner(reply.body),
-                        )
-                    })
-                    .await
+                    let header = |name: hyper::header::HeaderName| {
+                        request
+                            .headers()
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string)
+                    };
+                    let if_none_match = header(hyper::header::IF_NONE_MATCH);
+                    let accept_encoding = header(hyper::header::ACCEPT_ENCODING);
+                    let conditions = crate::llhls::Conditions {
+                        if_none_match: if_none_match.as_deref(),
+                        accept_encoding: accept_encoding.as_deref(),
+                    };
+                    ll_hls_response(ll.answer(&name, &query, conditions).await)
                 }
                 None => {
                     let context = context.clone();
@@ -411,6 +422,45 @@ async fn route(context: Arc<Context>, client: IpAddr, request: Request) -> Respo
         "/api/markers" | "/api/recording" | "/api/offers" => error(405, "use POST"),
         "/" | "/metrics" | "/api/status" => error(405, "use GET"),
         _ => error(404, "not found"),
+    }
+}
+
+/// An answer of the LL-HLS store as an HTTP response.
+fn ll_hls_response(reply: crate::llhls::Reply) -> Response {
+    let mut headers = vec![
+        ("Cache-Control", &*reply.cache),
+        ("Access-Control-Allow-Origin", "*"),
+    ];
+    if reply.status != 304 {
+        headers.push(("Content-Type", reply.content_type));
+    }
+    if let Some(etag) = &reply.etag {
+        headers.push(("ETag", etag));
+    }
+    if let Some(encoding) = reply.content_encoding {
+        headers.push(("Content-Encoding", encoding));
+    }
+    if reply.vary_encoding {
+        headers.push(("Vary", "Accept-Encoding"));
+    }
+    respond(reply.status, &headers, Bytes::from_owner(reply.body))
+}
+
+/// Raises this process's soft limit of open descriptors to its hard limit: thousands of
+/// viewers long-polling LL-HLS hold a connection each, and the transport caps connections at
+/// half the descriptors left when it starts, so this runs before it does.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct they are given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
     }
 }
 

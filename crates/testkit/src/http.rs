@@ -111,6 +111,20 @@ pub fn exchange(
     body: &[u8],
 ) -> std::io::Result<HttpReply> {
     stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+    send_request(stream, addr, method, path, headers, body)?;
+    read_reply(stream)
+}
+
+/// Sends one request (`Connection: close`) on `stream` without reading the answer: a test
+/// holding thousands of requests open sends them all, then reads each with [`read_reply`].
+pub fn send_request(
+    stream: &mut TcpStream,
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<()> {
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -122,7 +136,32 @@ pub fn exchange(
     stream.write_all(head.as_bytes())?;
     // A server may answer (413) and close before it reads the whole body.
     let _ = stream.write_all(body);
-    read_reply(stream)
+    Ok(())
+}
+
+/// Raises this process's soft limit of open descriptors to its hard limit (a test that holds
+/// thousands of connections); the new soft limit.
+pub fn raise_descriptor_limit() -> libc::rlim_t {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct they are given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                ..limit
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    limit.rlim_cur
 }
 
 /// [`http_from`] from 127.0.0.1.
