@@ -392,6 +392,29 @@ fn documented_nginx_config(port: u16, cert: &Certificate, cache: &Path, origin: 
     config
 }
 
+/// A runner on plain HTTP on loopback with nginx in front, as documented.
+struct Deployment {
+    dir: PathBuf,
+    runner: hybridlive_testkit::runner_child::RunnerChild,
+    nginx: Nginx,
+    certificate: Certificate,
+}
+
+fn deploy(name: &str) -> Deployment {
+    let (dir, file) = pipeline_file(name, "");
+    let runner = test_runner(&file, &dir).start();
+    let certificate = self_signed_certificate(&dir);
+    let port = free_tcp_port();
+    let config = documented_nginx_config(port, &certificate, &dir.join("cache"), &runner.addr());
+    let nginx = Nginx::start(&dir.join("nginx"), &config, port);
+    Deployment {
+        dir,
+        runner,
+        nginx,
+        certificate,
+    }
+}
+
 /// `n` clients asking `path` through `addr` at the same moment; their answers.
 fn at_once(client: &Arc<rustls::ClientConfig>, addr: &str, path: &str, n: usize) -> Vec<HttpReply> {
     let start = std::sync::Barrier::new(n);
@@ -422,12 +445,12 @@ fn nginx_in_front_proxies_whep_and_the_api_and_collapses_hls_requests() {
         return;
     }
     const CLIENTS: usize = 60;
-    let (dir, file) = pipeline_file("nginx", "");
-    let runner = test_runner(&file, &dir).start();
-    let certificate = self_signed_certificate(&dir);
-    let port = free_tcp_port();
-    let config = documented_nginx_config(port, &certificate, &dir.join("cache"), &runner.addr());
-    let nginx = Nginx::start(&dir.join("nginx"), &config, port);
+    let Deployment {
+        dir,
+        runner: _runner,
+        nginx,
+        certificate,
+    } = deploy("nginx");
     let addr = nginx.addr();
     let client = trusting(&certificate.cert);
 
@@ -487,5 +510,97 @@ fn nginx_in_front_proxies_whep_and_the_api_and_collapses_hls_requests() {
             answers[0].header("cache-control")
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What a viewer page reports once it plays: HLS for 3 s (hls.js in Low-Latency mode, with
+/// its parts), or 10 WebRTC latency figures.
+const PAGE_PLAYS: &str = "window.viewer && ((window.viewer.mode === 'hls' && window.viewer.hls \
+    && document.querySelector('video').currentTime > 3) \
+    || (window.viewer.mode === 'webrtc' && window.viewer.latencies.length >= 10))";
+const PAGE_RESULT: &str = "(() => { const v = window.viewer; const h = v.hls; \
+    const d = h && (h.latestLevelDetails || (h.levels[h.currentLevel] || {}).details); \
+    return { mode: v.mode, lowLatency: h ? h.lowLatencyMode : null, \
+             parts: d && d.partList ? d.partList.length : 0, \
+             played: document.querySelector('video').currentTime, \
+             latencies: v.latencies.length, secure: window.isSecureContext, \
+             url: location.href }; })()";
+
+/// The viewer page in headless Chromium through nginx over HTTPS, with the self-signed
+/// certificate trusted by its key (and nothing else): `?mode=hls` plays Low-Latency HLS with
+/// hls.js, and the default page plays WebRTC over WHEP through nginx.
+#[test]
+fn chromium_plays_the_page_through_nginx_over_https() {
+    if !in_private_netns("chromium_plays_the_page_through_nginx_over_https") {
+        return;
+    }
+    let Deployment {
+        dir,
+        runner: _runner,
+        nginx,
+        certificate,
+    } = deploy("nginx-chromium");
+    // Chromium trusts the certificate by the hash of its public key, through a wrapper the
+    // browser driver starts instead of /usr/bin/chromium.
+    let spki = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -in '{}' -pubkey -noout | openssl pkey -pubin -outform der \
+             | openssl dgst -sha256 -binary | base64",
+            certificate.cert.display()
+        ))
+        .output()
+        .expect("openssl runs");
+    let spki = String::from_utf8_lossy(&spki.stdout).trim().to_string();
+    assert!(!spki.is_empty());
+    let wrapper = dir.join("chromium");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec /usr/bin/chromium --ignore-certificate-errors-spki-list={spki} \"$@\"\n"),
+    )
+    .expect("write the wrapper");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("make it executable");
+    let base = format!("https://localhost:{}/", nginx.port);
+    let driver = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser/viewer.mjs");
+    let out = std::process::Command::new("node")
+        .arg(&driver)
+        .arg(format!("{base}?mode=hls"))
+        .arg(&base)
+        .arg("60")
+        .env("CHROMIUM", &wrapper)
+        .env("WAIT", PAGE_PLAYS)
+        .env("RESULT", PAGE_RESULT)
+        .output()
+        .expect("node runs (scripts/setup installs the browser test driver)");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "browser run failed:\n{log}\nnginx:\n{}",
+        nginx.error_log()
+    );
+    let pages: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("the browser driver prints JSON");
+    eprintln!("the page through nginx over HTTPS: {pages}");
+    let (hls, webrtc) = (&pages[0], &pages[1]);
+    assert_eq!(hls["mode"], "hls", "{pages}");
+    assert_eq!(hls["lowLatency"], true, "{pages}");
+    assert!(hls["parts"].as_u64().unwrap_or(0) > 0, "{pages}");
+    assert!(hls["played"].as_f64().unwrap_or(0.0) > 3.0, "{pages}");
+    assert_eq!(webrtc["mode"], "webrtc", "{pages}");
+    assert!(webrtc["latencies"].as_u64().unwrap_or(0) >= 10, "{pages}");
+    for page in [hls, webrtc] {
+        assert_eq!(page["secure"], true, "{pages}");
+    }
+    // The page's HLS came through the cache: parts were served to it by nginx.
+    let log = nginx.log();
+    assert!(
+        log.iter()
+            .any(|l| l.uri.starts_with("/hls/part") && l.status == 200),
+        "no part through nginx: {log:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
