@@ -90,7 +90,7 @@ enum Program {
 }
 
 /// Where the runner's stderr goes.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Stderr {
     Inherit,
     Null,
@@ -273,8 +273,8 @@ impl RunnerCommand {
             .stdout(Stdio::piped())
             .stderr(match self.stderr {
                 Stderr::Inherit => Stdio::inherit(),
-                Stderr::Null => Stdio::null(),
-                Stderr::Keep => Stdio::piped(),
+                // Quiet keeps the last lines, for a failure to show how the runner ended.
+                Stderr::Null | Stderr::Keep => Stdio::piped(),
             })
             .envs(self.env);
         let mut child = command.spawn()?;
@@ -299,11 +299,20 @@ impl RunnerCommand {
                 }
             }
         })];
+        let stderr_tail = Arc::new(Mutex::new(std::collections::VecDeque::new()));
         if let Some(stderr) = child.stderr.take() {
-            let kept = output.clone();
+            let kept = (self.stderr == Stderr::Keep).then(|| output.clone());
+            let tail = stderr_tail.clone();
             readers.push(std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    keep_line(&kept, &line);
+                    if let Some(kept) = &kept {
+                        keep_line(kept, &line);
+                    }
+                    let mut tail = lock(&tail);
+                    if tail.len() == STDERR_TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
                 }
             }));
         }
@@ -314,6 +323,7 @@ impl RunnerCommand {
             history,
             seen,
             output,
+            stderr_tail,
             readers,
             base: String::new(),
         })
@@ -325,6 +335,9 @@ fn keep_line(output: &Mutex<String>, line: &str) {
     output.push_str(line);
     output.push('\n');
 }
+
+/// How many of the last lines of a runner's stderr are kept (see [`RunnerChild::post_mortem`]).
+const STDERR_TAIL_LINES: usize = 40;
 
 /// The lock even when a test thread panicked while holding it: what it guards is a log.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -342,6 +355,8 @@ pub struct RunnerChild {
     /// Every event of `history` with the moment this process read it (the monotonic clock:
     /// the wall clock of the events' `utc` may be stepped while a test runs).
     seen: Arc<Mutex<Vec<(Instant, serde_json::Value)>>>,
+    /// The last lines the runner wrote to stderr (none when its stderr is the test's).
+    stderr_tail: Arc<Mutex<std::collections::VecDeque<String>>>,
     /// Every line printed so far (stdout, and stderr when kept).
     output: Arc<Mutex<String>>,
     /// The threads reading stdout and stderr.
@@ -395,6 +410,11 @@ impl RunnerChild {
                     }
                 }
                 None => {
+                    let ended = self.post_mortem();
+                    assert!(
+                        ended.starts_with("the runner is running"),
+                        "no `{kind}` event; other events: {others:?}; {ended}"
+                    );
                     let status = match self.base.is_empty() {
                         true => serde_json::Value::Null,
                         false => self.status()["outputs"].clone(),
@@ -441,8 +461,9 @@ impl RunnerChild {
                     }
                 }
                 None => panic!(
-                    "no {what} within {timeout:?}; events so far: {:?}",
-                    lock(&self.history)
+                    "no {what} within {timeout:?}; events so far: {:?}; {}",
+                    lock(&self.history),
+                    self.post_mortem()
                 ),
             }
         }
@@ -483,6 +504,39 @@ impl RunnerChild {
             .filter(|e| e["event"] == kind)
             .cloned()
             .collect()
+    }
+
+    /// Whether the runner still runs, or how it ended (exit code or signal) with the last
+    /// lines of its stderr: what a test that stopped hearing from it reports. The child is
+    /// not reaped.
+    pub fn post_mortem(&self) -> String {
+        // SAFETY: waitid writes only into `info`; WNOWAIT leaves the child to `wait_exit`.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let found = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                self.child.id(),
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: waitid filled `info` for an exited child (si_pid non-zero).
+        let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+        let ended = if found != 0 {
+            "the runner's state is unknown (already reaped)".to_string()
+        } else if pid == 0 {
+            "the runner is running".to_string()
+        } else if code == libc::CLD_EXITED {
+            format!("the runner exited with code {status}")
+        } else {
+            format!("the runner was killed by signal {status}")
+        };
+        let tail = lock(&self.stderr_tail);
+        if tail.is_empty() {
+            return ended;
+        }
+        let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
+        format!("{ended}; the end of its stderr:\n{}", lines.join("\n"))
     }
 
     /// When this process read `event` (one returned by a wait or [`RunnerChild::logged`]),
@@ -628,4 +682,32 @@ pub fn request(
     let mut stream = TcpStream::connect(addr).expect("connect to the runner");
     crate::http::exchange(&mut stream, addr, method, path, headers, body)
         .unwrap_or_else(|e| panic!("no HTTP answer to {method} {path}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A "runner" that dies at once (a shell given a script that does not exist): a wait for
+    /// its events fails at once, saying how it ended and what it last wrote.
+    #[test]
+    fn a_runner_that_dies_is_reported_with_its_exit_and_stderr() {
+        let dir = std::env::temp_dir();
+        let mut runner = RunnerCommand::binary(Path::new("/bin/sh"), Path::new("x.toml"), &dir)
+            .quiet()
+            .spawn();
+        let failure = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            runner.wait_for("a `ready` event", Duration::from_secs(60), |e| {
+                e["event"] == "ready"
+            })
+        }))
+        .expect_err("no event can come");
+        let message = failure
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default();
+        assert!(message.contains("exited with code"), "{message}");
+        assert!(message.contains("run"), "the shell's complaint: {message}");
+        runner.wait_exit(Duration::from_secs(10));
+    }
 }
