@@ -573,10 +573,10 @@ fn run_with(
     let mut listener = crate::server::bind(&addr)?;
     // Read again at start (not only at validation): the files may have changed since.
     if let Some(tls) = &config.server.tls {
-        let tls = crate::server::tls::server_config(&tls.cert, &tls.key).map_err(|e| {
+        let tls = crate::config::tls::server_config(&tls.cert, &tls.key).map_err(|e| {
             let key = match e.file {
-                crate::server::tls::TlsFile::Cert => "tls_cert",
-                crate::server::tls::TlsFile::Key => "tls_key",
+                crate::config::tls::TlsFile::Cert => "tls_cert",
+                crate::config::tls::TlsFile::Key => "tls_key",
             };
             anyhow!("[server] {key}: {e}")
         })?;

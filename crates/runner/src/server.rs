@@ -24,7 +24,6 @@
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod abuse;
-pub mod tls;
 mod transport;
 
 use std::fmt::Write as _;
@@ -92,7 +91,7 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Serves HTTPS with `config` (see [`tls::server_config`]) instead of plain HTTP.
+    /// Serves HTTPS with `config` (see [`crate::config::tls::server_config`]) instead of plain HTTP.
     pub fn with_tls(self, config: Arc<rustls::ServerConfig>) -> Listener {
         Listener {
             tls: Some(config),

@@ -164,7 +164,7 @@ fn pipeline_file(name: &str, server: &str) -> (PathBuf, PathBuf) {
 /// The runner itself on HTTPS: the API, the page, the metrics, LL-HLS (a blocking reload and
 /// its part) and a WHEP viewer that decodes, all over TLS to a client that trusts the
 /// self-signed certificate; a plain HTTP request is answered 400 saying to use HTTPS, and
-/// connections that never finish their handshake are closed.
+/// connections that never finish their handshake, or their request head after it, are closed.
 #[test]
 fn the_runner_serves_every_route_over_https() {
     if !in_private_netns("the_runner_serves_every_route_over_https") {
@@ -234,6 +234,18 @@ fn the_runner_serves_every_route_over_https() {
 
     // A connection that never starts its handshake, and one that stops in the middle of it,
     // are closed by the server (after the head timeout, 15 s), not kept for ever.
+    let mut slowloris = {
+        let tcp = TcpStream::connect(&addr).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(90)))
+            .expect("timeout");
+        let name = ServerName::try_from("localhost").expect("a name");
+        let connection = rustls::ClientConnection::new(client.clone(), name).expect("a TLS client");
+        let mut tls = rustls::StreamOwned::new(connection, tcp);
+        tls.write_all(b"GET /api/status HTTP/1.1\r\nHost: localhost\r\n")
+            .expect("half a request head, over TLS");
+        tls.flush().expect("sent");
+        tls
+    };
     let mut silent = TcpStream::connect(&addr).expect("connect");
     let mut stalled = TcpStream::connect(&addr).expect("connect");
     stalled
@@ -254,6 +266,14 @@ fn the_runner_serves_every_route_over_https() {
             ),
         }
     }
+    // Past the handshake, the plain connection's limits hold: a request head that never
+    // ends (slowloris) loses its connection too. Whatever the server sends before closing
+    // (an alert, a 408) is read until the end.
+    let end = slowloris.read_to_end(&mut Vec::new());
+    assert!(
+        !matches!(&end, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "a TLS request head that never ends is kept open: {end:?}"
+    );
     assert_eq!(get("/api/status").status, 200, "the server serves on");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -36,6 +36,7 @@ mod outputs;
 pub(crate) mod reader;
 mod server;
 mod sources;
+pub(crate) mod tls;
 mod transforms;
 
 pub use diagnostics::{Diagnostic, line_column, suggest};

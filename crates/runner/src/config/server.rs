@@ -8,7 +8,7 @@ use toml::de::{DeTable, DeValue};
 use super::diagnostics::Diagnostic;
 use super::model::{Server, ServerTls};
 use super::reader::Fields;
-use crate::server::tls::{TlsFile, server_config};
+use super::tls::{TlsFile, server_config};
 
 /// Reads the optional `[server]` table; relative paths are read from `base`.
 pub(super) fn read(diags: &mut Vec<Diagnostic>, document: &DeTable, base: &Path) -> Server {

@@ -659,7 +659,7 @@ mod tests {
             .output()
             .expect("the openssl CLI runs");
         assert!(made.status.success(), "{made:?}");
-        let config = super::super::tls::server_config(&cert, &key).expect("a TLS config");
+        let config = crate::config::tls::server_config(&cert, &key).expect("a TLS config");
         let _ = std::fs::remove_dir_all(&dir);
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -1,5 +1,5 @@
 //! HTTPS: the certificate chain and private key of `[server] tls_cert` / `tls_key`, read into
-//! the rustls configuration the transport serves with.
+//! the rustls configuration the server's transport serves with.
 //!
 //! The same reading checks the files at `hybridlive validate` and at start, so a file that
 //! validates is one the server can use: PEM, at least one certificate, one private key
