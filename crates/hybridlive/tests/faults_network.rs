@@ -18,7 +18,7 @@ use hybridlive_testkit::faults::{
 };
 use hybridlive_testkit::process::{ChildGuard, sh};
 use hybridlive_testkit::runner_child::{RunnerChild, RunnerCommand};
-use hybridlive_testkit::time::{now_ms, utc_ms};
+use hybridlive_testkit::time::now_ms;
 use hybridlive_testkit::{eventually, in_private_namespaces, scratch_dir};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -214,22 +214,25 @@ uri = "srt://10.213.9.2:9300?mode=caller"
         .unwrap_or_default();
 
     // The venue's uplink collapses to a tenth for 10 s.
+    // Moments on the monotonic clock (an event's, when this test read it: the runner prints
+    // each at once), since the wall clock may be stepped during the test.
     let collapsed_ms = now_ms();
+    let collapsed = Instant::now();
     shape(CAPACITY_KBPS / 10);
     let during_kbps = sample_rate(&received, 10.0);
-    let restored_ms = now_ms();
+    let restored = Instant::now();
     shape(CAPACITY_KBPS);
     let p = watched.all_advance(&p, &[], "every output to go on through the collapse");
     // Back to the top rung and 80 % of the bitrate of before (rungs go up only after the
     // bitrate has afforded the next one for 4 s).
     let recovered = eventually(Duration::from_secs(60), "the uplink to recover", || {
         runner.logged("abr-decision").into_iter().find(|d| {
-            utc_ms(d["utc"].as_str().unwrap_or_default()) > restored_ms
+            runner.seen_at(d) > restored
                 && d["rung"] == 0
                 && d["bitrate_kbps"].as_u64().unwrap_or_default() * 10 >= before_bitrate * 8
         })
     });
-    let recovered_ms = utc_ms(recovered["utc"].as_str().unwrap());
+    let recovered_at = runner.seen_at(&recovered);
     let after_kbps = mean(&sample_rate(&received, 4.0));
     let end_ms = now_ms();
     watched.all_advance(&p, &[], "every output to produce");
@@ -240,19 +243,21 @@ uri = "srt://10.213.9.2:9300?mode=caller"
     let in_collapse: Vec<&serde_json::Value> = decisions
         .iter()
         .filter(|d| {
-            let t = utc_ms(d["utc"].as_str().unwrap_or_default());
-            t > collapsed_ms && t <= restored_ms
+            let t = runner.seen_at(d);
+            t > collapsed && t <= restored
         })
         .collect();
     let first_cut = in_collapse
         .iter()
         .find(|d| d["direction"] == "decrease")
         .expect("a decrease during the collapse");
-    let cut_s = (utc_ms(first_cut["utc"].as_str().unwrap()) - collapsed_ms) as f64 / 1000.0;
+    let since_collapse =
+        |d: &serde_json::Value| runner.seen_at(d).duration_since(collapsed).as_secs_f64();
+    let cut_s = since_collapse(first_cut);
     for d in &in_collapse {
         eprintln!(
             "{:+.1} s: {} kbit/s rung {} ({})",
-            (utc_ms(d["utc"].as_str().unwrap_or_default()) - collapsed_ms) as f64 / 1000.0,
+            since_collapse(d),
             d["bitrate_kbps"],
             d["rung"],
             d["reason"]
@@ -262,7 +267,7 @@ uri = "srt://10.213.9.2:9300?mode=caller"
         .iter()
         .find(|d| d["bitrate_kbps"].as_u64() < Some(CAPACITY_KBPS / 10))
         .expect("a decision under the collapsed capacity during the collapse");
-    let down_s = (utc_ms(under_capacity["utc"].as_str().unwrap()) - collapsed_ms) as f64 / 1000.0;
+    let down_s = since_collapse(under_capacity);
     let lowest_kbps = in_collapse
         .iter()
         .filter_map(|d| d["bitrate_kbps"].as_u64())
@@ -271,12 +276,12 @@ uri = "srt://10.213.9.2:9300?mode=caller"
     let lowest_rung = decisions
         .iter()
         .filter(|d| {
-            let t = utc_ms(d["utc"].as_str().unwrap_or_default());
-            t > collapsed_ms && t <= recovered_ms
+            let t = runner.seen_at(d);
+            t > collapsed && t <= recovered_at
         })
         .max_by_key(|d| d["rung"].as_u64())
         .expect("decisions after the collapse");
-    let recover_s = (recovered_ms - restored_ms) as f64 / 1000.0;
+    let recover_s = recovered_at.duration_since(restored).as_secs_f64();
     let stall_s = longest_stall(&growth, collapsed_ms - 2000, end_ms);
     let (failures, restarts) = failures_of(&runner, "uplink");
     assert_only_failed(&runner, "none");
