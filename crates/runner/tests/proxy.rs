@@ -513,7 +513,15 @@ fn nginx_in_front_proxies_whep_and_the_api_and_collapses_hls_requests() {
         if path == &blocking {
             assert!(answers.iter().all(|a| a.text().contains(&listed)));
         }
-        let log = nginx.log();
+        // nginx logs a request as it finishes it: all are answered, so all will be there.
+        let log = eventually(
+            Duration::from_secs(30),
+            "every request in nginx's log",
+            || {
+                let log = nginx.log();
+                (log.iter().filter(|l| &l.uri == path).count() >= CLIENTS).then_some(log)
+            },
+        );
         let logged: Vec<_> = log.iter().filter(|l| &l.uri == path).collect();
         let to_origin = logged.iter().filter(|l| l.to_origin).count();
         eprintln!(
