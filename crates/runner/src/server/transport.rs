@@ -379,8 +379,9 @@ pub(super) async fn serve<Io>(
     serve_guarded(io, client, handler, stopped, admission, limits).await;
 }
 
-/// [`serve`] over TLS: the handshake first, within [`Limits::header_timeout`]; a client that
-/// speaks plain HTTP instead gets a 400 that says to use HTTPS.
+/// [`serve`] over TLS: the handshake first, complete within [`Limits::header_timeout`] of the
+/// connection's start; a client that speaks plain HTTP instead gets a 400 that says to use
+/// HTTPS.
 async fn serve_tls(
     stream: tokio::net::TcpStream,
     client: IpAddr,
@@ -390,8 +391,11 @@ async fn serve_tls(
     admission: impl Send + 'static,
     limits: Limits,
 ) {
+    // One deadline for the first byte and the whole handshake: a client that sends a byte at
+    // a time gets no more time than a silent one.
+    let deadline = tokio::time::Instant::now() + limits.header_timeout;
     let mut first = [0u8; 1];
-    match tokio::time::timeout(limits.header_timeout, stream.peek(&mut first)).await {
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
         Ok(Ok(1..)) => {}
         // Silent past the deadline, closed, or failed: the place is freed with the task.
         _ => return,
@@ -413,7 +417,7 @@ async fn serve_tls(
     let handshake = acceptor.accept(StallGuard::new(stream, &limits));
     // A handshake that failed (the client distrusts the certificate, or sent garbage) has
     // already been answered with an alert by rustls; one that stalled is dropped.
-    if let Ok(Ok(tls)) = tokio::time::timeout(limits.header_timeout, handshake).await {
+    if let Ok(Ok(tls)) = tokio::time::timeout_at(deadline, handshake).await {
         serve_guarded(tls, client, handler, stopped, admission, limits).await;
     }
 }
