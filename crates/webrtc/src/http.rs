@@ -154,9 +154,11 @@ impl WhepOutput {
                 response
             }
             Err(WhepError::Offer(e)) => offer_refused(&e),
-            Err(e @ (WhepError::Full(_) | WhepError::Closed)) => HttpResponse::new(503)
-                .header("Retry-After", "10")
-                .text(e.to_string()),
+            Err(e @ (WhepError::Full(_) | WhepError::Closed | WhepError::NoCandidates)) => {
+                HttpResponse::new(503)
+                    .header("Retry-After", "10")
+                    .text(e.to_string())
+            }
             Err(e @ WhepError::UnknownSession(_)) => HttpResponse::new(404).text(e.to_string()),
             Err(e @ WhepError::Negotiation(_)) => match missing {
                 // webrtcbin fails such an offer as it fails itself: the viewer's mistake all

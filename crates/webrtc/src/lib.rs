@@ -41,7 +41,7 @@ pub use offer::{
 };
 pub use rungs::{RungCounts, RungStatus, RungSwitch, quality_pin, rung_message};
 pub use whep::{
-    Answer, Audience, Branches, DEFAULT_PLAYOUT_DELAY, MAX_ECHO_BACKLOG, MAX_HAND_TEXT,
+    Answer, Audience, Branches, DEFAULT_PLAYOUT_DELAY, IcePorts, MAX_ECHO_BACKLOG, MAX_HAND_TEXT,
     PlayoutDelayMs, RaisedHand, SessionInfo, ViewerLatency, WhepConfig, WhepError, WhepOutput,
     set_local_description,
 };

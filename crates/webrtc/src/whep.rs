@@ -25,6 +25,15 @@ pub struct WhepConfig {
     /// Gather ICE candidates on 127.0.0.1 only (loopback-only networks and single-host setups;
     /// viewers must then be on the same machine).
     pub loopback_ice: bool,
+    /// Offer passive TCP candidates (ICE-TCP, RFC 6544) beside the UDP ones in every answer: a
+    /// viewer whose network drops UDP connects over TCP instead of falling back to HLS. A
+    /// viewer that can use UDP still does (UDP candidates have the higher priority).
+    pub ice_tcp: bool,
+    /// The local ports every session's ICE candidates take theirs from, inclusive (`None`: any
+    /// port the system gives). Each session holds one UDP and, with `ice_tcp`, one listening
+    /// TCP port of the range while it lives: a firewall opens just these, and the range bounds
+    /// the viewers (a session that finds no free port answers without that candidate).
+    pub ice_ports: Option<IcePorts>,
     /// How long an offer may wait for ICE gathering before the answer is sent as it is.
     pub gather_timeout: Duration,
     /// Viewers at most, counting offers still being negotiated; further offers are refused
@@ -51,6 +60,28 @@ pub struct WhepConfig {
     pub playout_delay: Option<PlayoutDelayMs>,
 }
 
+/// A range of local ports for ICE candidates, inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IcePorts {
+    /// Lowest port (at least 1).
+    pub min: u16,
+    /// Highest port (at least `min`).
+    pub max: u16,
+}
+
+impl IcePorts {
+    /// How many ports the range holds: the most sessions that can each have a candidate of
+    /// each transport at once.
+    pub fn len(&self) -> usize {
+        usize::from(self.max.saturating_sub(self.min)) + 1
+    }
+
+    /// Never: a range holds its `min` at least (kept for clippy's `len_without_is_empty`).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
 /// Bounds of the playout delay (jitter buffer plus render delay) asked of a viewer, ms
 /// (0-40950, sent in 10 ms steps). `0..0` asks to render every frame as soon as it is decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +96,8 @@ impl Default for WhepConfig {
     fn default() -> Self {
         Self {
             loopback_ice: false,
+            ice_tcp: true,
+            ice_ports: None,
             gather_timeout: Duration::from_secs(3),
             max_sessions: 64,
             connect_timeout: Duration::from_secs(5),
@@ -101,6 +134,10 @@ pub enum WhepError {
     /// webrtcbin could not negotiate: HTTP 500 (or 400 when the offer was refused).
     #[error("negotiation failed: {0}")]
     Negotiation(String),
+    /// The answer would carry no candidate a viewer can connect to (every port of
+    /// [`WhepConfig::ice_ports`] taken, or no usable address): HTTP 503.
+    #[error("no ICE candidate could be gathered (no free port in the ICE port range?)")]
+    NoCandidates,
 }
 
 /// The answer to an offer.
@@ -535,6 +572,14 @@ impl WhepOutput {
                 return Err(torn_down(self, e));
             }
         };
+        if !has_reachable_candidate(&answer) {
+            gst::warning!(
+                crate::CAT,
+                "a viewer's answer has no UDP or passive TCP candidate (ICE port range full?)"
+            );
+            let _ = torn_down(self, String::new());
+            return Err(WhepError::NoCandidates);
+        }
         if let Err(e) = watch_rtcp(&webrtcbin, &last_heard, rung_state.clone()) {
             return Err(torn_down(self, e));
         }
@@ -784,9 +829,7 @@ impl WhepOutput {
         let webrtcbin = gst::ElementFactory::make("webrtcbin")
             .property_from_str("bundle-policy", "max-bundle")
             .build()?;
-        if self.inner.config.loopback_ice {
-            add_local_address(&webrtcbin, "127.0.0.1")?;
-        }
+        configure_ice(&webrtcbin, &self.inner.config)?;
         bin.add_many([&queue, &pay, &setter, &webrtcbin])?;
         gst::Element::link_many([&queue, &pay, &setter])?;
         // webrtcbin gives a section of the offer the first transceiver of its kind not yet
@@ -1244,6 +1287,51 @@ fn spawn_watchdog(inner: Weak<Inner>) {
             }
         }
     });
+}
+
+/// Whether `sdp` has a candidate a viewer can connect to: a UDP one or a passive TCP one. An
+/// active TCP candidate (port 9) listens on nothing: libnice lists it even when every port of
+/// the range is taken.
+fn has_reachable_candidate(sdp: &str) -> bool {
+    sdp.lines()
+        .filter_map(|line| line.trim().strip_prefix("a=candidate:"))
+        .any(|candidate| {
+            let fields: Vec<&str> = candidate.split_whitespace().collect();
+            match fields.get(2).map(|t| t.to_ascii_lowercase()) {
+                Some(t) if t == "udp" => true,
+                Some(t) if t == "tcp" => fields.windows(2).any(|w| w == ["tcptype", "passive"]),
+                _ => false,
+            }
+        })
+}
+
+/// Sets the ICE agent of a session's `webrtcbin` (libnice, through the `GstWebRTCICE` object's
+/// own properties) as the output is configured: the transports its candidates use, their port
+/// range and, on loopback-only networks, the one address they are gathered on. Before
+/// negotiation: libnice reads them when it gathers.
+fn configure_ice(
+    webrtcbin: &gst::Element,
+    config: &WhepConfig,
+) -> Result<(), gst::glib::BoolError> {
+    let ice = webrtcbin.property::<gst::glib::Object>("ice-agent");
+    for name in ["ice-tcp", "min-rtp-port", "max-rtp-port"] {
+        if ice.find_property(name).is_none() {
+            return Err(gst::glib::bool_error!(
+                "webrtcbin's ICE agent has no {name} property (GStreamer 1.22's libnice agent has)"
+            ));
+        }
+    }
+    ice.set_property("ice-tcp", config.ice_tcp);
+    if let Some(ports) = config.ice_ports {
+        // In this order: libnice refuses a minimum above the maximum at every step, and the
+        // maximum starts at 65535.
+        ice.set_property("min-rtp-port", u32::from(ports.min));
+        ice.set_property("max-rtp-port", u32::from(ports.max.max(ports.min)));
+    }
+    if config.loopback_ice {
+        add_local_address(webrtcbin, "127.0.0.1")?;
+    }
+    Ok(())
 }
 
 /// URI of the transport-wide congestion control RTP header extension.
