@@ -25,6 +25,18 @@ function iceGatheringDone(pc, timeoutMs) {
 }
 
 /**
+ * How a viewer reads `transport`: what carries the media ('WebRTC' over UDP, 'WebRTC over
+ * TCP' when the network let no UDP through, 'WebRTC via a TURN relay (tcp)'...).
+ */
+export function transportLabel(transport) {
+  if (!transport) return 'WebRTC';
+  if (transport.candidateType === 'relay') {
+    return `WebRTC via a TURN relay${transport.relayProtocol ? ` (${transport.relayProtocol})` : ''}`;
+  }
+  return transport.protocol === 'tcp' ? 'WebRTC over TCP' : 'WebRTC';
+}
+
+/**
  * Starts playing `endpoint` (a WHEP URL) in `video`.
  * `onLatency(ms, stamp)` is called for every displayed frame whose stamp was read.
  * `onState(state, detail)` is told `'lost'` (with the reason) when the connection is lost and
@@ -271,6 +283,35 @@ export async function playWhep(video, endpoint, {
         }
       }
       return null;
+    },
+    /**
+     * What carries the current session, from the selected ICE candidate pair: `{ protocol,
+     * candidateType, relayProtocol, remoteProtocol }` of this side's candidate ('udp' or 'tcp';
+     * 'host', 'srflx', 'prflx' or 'relay'; the relay's protocol to its TURN server) and the
+     * server's; null before a pair is selected. One offer carries every candidate kind: ICE
+     * tries UDP and TCP at once and keeps the best pair that works, UDP when it can.
+     */
+    async transport() {
+      if (!session) return null;
+      const report = await session.pc.getStats();
+      let pair = null;
+      for (const s of report.values()) {
+        if (s.type === 'transport' && s.selectedCandidatePairId) pair = report.get(s.selectedCandidatePairId);
+      }
+      if (!pair) {
+        for (const s of report.values()) {
+          if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s;
+        }
+      }
+      const local = pair && report.get(pair.localCandidateId);
+      const remote = pair && report.get(pair.remoteCandidateId);
+      if (!local) return null;
+      return {
+        protocol: local.protocol,
+        candidateType: local.candidateType,
+        relayProtocol: local.relayProtocol || null,
+        remoteProtocol: remote ? remote.protocol : null,
+      };
     },
     /** The inbound-rtp statistics of the `kind` ('video' or 'audio') track of the current session. */
     async stats(kind = 'video') {

@@ -29,6 +29,12 @@ pub struct WebrtcOutput {
     /// playout-delay header extension, `[min, max]` (one value in the file sets both), or
     /// `None` for `"off"`.
     pub playout_delay_ms: Option<[u32; 2]>,
+    /// `ice_tcp`: passive TCP candidates (ICE-TCP) beside the UDP ones in every answer, for
+    /// viewers whose network drops UDP.
+    pub ice_tcp: bool,
+    /// `ice_ports`: `[min, max]`, the local UDP and TCP ports of the viewers' ICE candidates
+    /// (each viewer holds one of each while it watches); `None`: any port.
+    pub ice_ports: Option<[u16; 2]>,
 }
 
 output_spec!(WebrtcOutput, TYPE, {
@@ -63,20 +69,19 @@ impl OutputFactory for Factory {
 
     /// WHEP viewers served at `/whep`.
     fn parse(&self, diags: &mut Vec<Diagnostic>, f: &mut Fields) -> Option<Box<dyn OutputSpec>> {
+        let max_viewers = f.integer(diags, "max_viewers", 1..1001, 64);
         Some(Box::new(WebrtcOutput {
-            max_viewers: f.integer(diags, "max_viewers", 1..1001, 64),
+            max_viewers,
             loopback_only: f.bool(diags, "loopback_only", false),
             playout_delay_ms: playout_delay(f, diags, "playout_delay_ms"),
+            ice_tcp: f.bool(diags, "ice_tcp", true),
+            ice_ports: ice_ports(f, diags, "ice_ports", max_viewers),
         }))
     }
 
     fn prepare(&self, spec: &dyn OutputSpec, cx: &Context<'_>) -> anyhow::Result<Box<dyn Kind>> {
         let settings = settings::<WebrtcOutput>(spec)?;
-        let mut webrtc = Webrtc::new(
-            settings.max_viewers,
-            settings.loopback_only,
-            settings.playout_delay_ms,
-        );
+        let mut webrtc = Webrtc::new(settings);
         webrtc.events = Some(cx.events.clone());
         Ok(Box::new(webrtc))
     }
@@ -130,11 +135,59 @@ fn playout_delay(
     }
 }
 
+/// `[min, max]` local ports for ICE candidates, holding at least `max_viewers` ports: libnice
+/// binds a port per viewer (and per transport) and cannot share one between sessions.
+fn ice_ports(
+    f: &mut Fields,
+    diags: &mut Vec<Diagnostic>,
+    key: &'static str,
+    max_viewers: u32,
+) -> Option<[u16; 2]> {
+    let value = f.entry(key)?;
+    let port = |item: &Spanned<DeValue>| {
+        let int = item.get_ref().as_integer()?;
+        i64::from_str_radix(&int.as_str().replace('_', ""), int.radix())
+            .ok()
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| *n > 0)
+    };
+    let range = match value.get_ref() {
+        DeValue::Array(items) if items.len() == 2 => port(&items[0]).zip(port(&items[1])),
+        _ => None,
+    };
+    let message = match range {
+        Some((min, max)) if min <= max => {
+            let ports = u32::from(max - min) + 1;
+            if ports >= max_viewers {
+                return Some([min, max]);
+            }
+            format!(
+                "[{min}, {max}] holds {ports} ports, fewer than max_viewers ({max_viewers}): every \
+                 viewer holds a port of the range while it watches"
+            )
+        }
+        _ => "expected [min, max]: two ports (1..=65535), min <= max".to_string(),
+    };
+    diags.push(Diagnostic {
+        span: value.span(),
+        component: f.component.clone(),
+        key: Some(key.to_string()),
+        message,
+        help: Some(format!(
+            "e.g. `{key} = [20000, 20099]`, opened for UDP and TCP in the firewall, for up to \
+             100 viewers"
+        )),
+    });
+    None
+}
+
 /// A WebRTC (WHEP) output.
 struct Webrtc {
     max_viewers: u32,
     loopback_only: bool,
     playout_delay_ms: Option<[u32; 2]>,
+    ice_tcp: bool,
+    ice_ports: Option<[u16; 2]>,
     /// The WHEP sessions of the running pipeline.
     whep: Mutex<Option<hybridlive_webrtc::WhepOutput>>,
     /// Where viewers' rung switches are told.
@@ -142,12 +195,14 @@ struct Webrtc {
 }
 
 impl Webrtc {
-    /// An output serving at most `max_viewers`.
-    fn new(max_viewers: u32, loopback_only: bool, playout_delay_ms: Option<[u32; 2]>) -> Webrtc {
+    /// An output as its table in the pipeline file says.
+    fn new(settings: &WebrtcOutput) -> Webrtc {
         Webrtc {
-            max_viewers,
-            loopback_only,
-            playout_delay_ms,
+            max_viewers: settings.max_viewers,
+            loopback_only: settings.loopback_only,
+            playout_delay_ms: settings.playout_delay_ms,
+            ice_tcp: settings.ice_tcp,
+            ice_ports: settings.ice_ports,
             whep: Mutex::new(None),
             events: None,
         }
@@ -168,6 +223,10 @@ impl Kind for Webrtc {
         let audio_fed = audio.static_pad("sink").is_some_and(|pad| pad.is_linked());
         let config = hybridlive_webrtc::WhepConfig {
             loopback_ice: self.loopback_only,
+            ice_tcp: self.ice_tcp,
+            ice_ports: self
+                .ice_ports
+                .map(|[min, max]| hybridlive_webrtc::IcePorts { min, max }),
             max_sessions: self.max_viewers as usize,
             playout_delay: self
                 .playout_delay_ms
