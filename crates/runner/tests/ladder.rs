@@ -23,9 +23,6 @@ hybridlive_testkit::whep_viewer_child_entry!();
 /// 2026-12-07 (21:40 UTC, load 16) the viewers' bandwidth estimates (rtpgccbwe from TWCC)
 /// stayed near the rate each received (176 and 246 kbit/s on 180-line rungs, none for the
 /// webrtcbin viewer), so nobody climbed: the 5000 kbit/s viewer went 360 → 180 lines and stayed.
-const LADDER_PENDING: &str = "WHEP viewers do not climb above their start rung yet: \
-    the bandwidth estimate stays near the rate a viewer receives (no probing)";
-
 /// A 720p30 camera, its video encoded once (`rungs`: the issue's default ladder, or none) and
 /// Opus, served over WHEP to viewers on other hosts.
 fn pipeline(dir: &Path, ladder: bool) -> std::path::PathBuf {
@@ -193,7 +190,6 @@ fn three_viewers_settle_on_the_rung_their_link_carries() {
     if !in_private_namespaces("three_viewers_settle_on_the_rung_their_link_carries") {
         return;
     }
-    eprintln!("{LADDER_PENDING}");
     let dir = scratch_dir("runner-test", "ladder-three");
     let (runner, port) = start_runner(&pipeline(&dir, true), &dir);
     let hosts = [
@@ -309,12 +305,11 @@ fn three_viewers_settle_on_the_rung_their_link_carries() {
 /// without a freeze longer than 500 ms, and back up to 720 later; another viewer at 5000 kbit/s
 /// stays on the top rung, without a gap, throughout.
 #[test]
-#[ignore = "the move down confirms loss from receiver reports: a 5000 -> 600 step freezes 1.6-2.6 s (0.5 s allowed)"]
+#[ignore = "a 5000 -> 600 step froze 1.8-4.1 s in three runs on a loaded machine (0.5 s allowed): loss is read from TWCC feedback, but a drop during a climb trial takes two switches (back, then down) and the link's queue drains first"]
 fn a_viewer_whose_link_drops_moves_down_and_back_up_alone() {
     if !in_private_namespaces("a_viewer_whose_link_drops_moves_down_and_back_up_alone") {
         return;
     }
-    eprintln!("{LADDER_PENDING}");
     let dir = scratch_dir("runner-test", "ladder-step");
     let (runner, port) = start_runner(&pipeline(&dir, true), &dir);
     let (stepped_host, steady_host) = (ViewerHost::new(0, 5000), ViewerHost::new(1, 5000));
