@@ -381,6 +381,8 @@ fn identity_encoding(runner: &RunnerChild) -> Option<String> {
 fn two_thousand_blocking_reloads_wait_at_once_and_all_get_their_part() {
     const CLIENTS: usize = 2000;
     const ADDRESSES: u8 = 8;
+    /// The pipeline's and the server's own threads, well under one per waiting request.
+    const MAX_RUNNER_THREADS: usize = 200;
     let limit = raise_descriptor_limit();
     assert!(
         limit as usize > CLIENTS + 256,
@@ -406,6 +408,22 @@ fn two_thousand_blocking_reloads_wait_at_once_and_all_get_their_part() {
             .unwrap_or_else(|e| panic!("client {i} cannot send: {e}"));
         streams.push(stream);
     }
+    // Waiting is a sleeping task each, not a thread: the runner has no more threads than
+    // before (a thread each was 256 at most, and the rest queued).
+    let threads = std::fs::read_to_string(format!("/proc/{}/status", runner.pid()))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|n| n.trim().parse::<usize>().ok())
+        })
+        .expect("the runner's thread count");
+    println!("runner threads with {CLIENTS} requests waiting: {threads}");
+    assert!(
+        threads < MAX_RUNNER_THREADS,
+        "{threads} threads for {CLIENTS} waiting requests"
+    );
     let mut failures = Vec::new();
     for (i, stream) in streams.iter_mut().enumerate() {
         match read_reply(stream) {
