@@ -1,8 +1,8 @@
 //! Low-Latency HLS from `hybridlive run`, checked against RFC 8216bis (draft-pantos-hls-
 //! rfc8216bis) as a client reads it: blocking playlist reload, the part one past the end of a
 //! segment, requests too far ahead, delta updates, cache headers a CDN can use, `ETag` and
-//! `If-None-Match`, gzip; and thousands of blocking reloads waiting at once, every one
-//! answered with the part it asked for.
+//! `If-None-Match`, gzip; hls.js in Chromium playing with delta updates; and thousands of
+//! blocking reloads waiting at once, every one answered with the part it asked for.
 //!
 //! `cargo nextest run -p hybridlive-runner --test llhls_conformance`
 
@@ -442,5 +442,34 @@ fn two_thousand_blocking_reloads_wait_at_once_and_all_get_their_part() {
         failures.len(),
         &failures[..failures.len().min(5)]
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// hls.js, an independent reader of the same RFC, plays the parts and merges the delta
+/// updates it asks for (`_HLS_skip=YES`) into the playlist it has.
+#[test]
+fn hls_js_plays_with_delta_updates() {
+    let dir = scratch_dir("runner-test", "llhls-delta");
+    let runner = start_runner(&dir);
+    // Long enough already that its next reloads skip segments.
+    playlist_with(&runner, 8);
+    let result = hybridlive_testkit::viewer_page(
+        &runner.base,
+        "window.viewer && window.viewer.mode === 'hls' && window.viewer.hls \
+             && window.viewer.hls.latestLevelDetails \
+             && window.viewer.hls.latestLevelDetails.skippedSegments > 0 \
+             && document.querySelector('video').currentTime > 3",
+        "(() => { const d = window.viewer.hls.latestLevelDetails; \
+               return { skipped: d.skippedSegments, failed: !!d.deltaUpdateFailed, \
+                        segments: d.fragments.length, parts: d.partList ? d.partList.length : 0, \
+                        played: document.querySelector('video').currentTime }; })()",
+    );
+    println!("hls.js with delta updates: {result}");
+    assert!(result["skipped"].as_u64().unwrap_or(0) > 0, "{result}");
+    assert_eq!(result["failed"], false, "{result}");
+    assert!(result["parts"].as_u64().unwrap_or(0) > 0, "{result}");
+    // The merged playlist still holds the skipped segments (ten are listed).
+    assert!(result["segments"].as_u64().unwrap_or(0) >= 8, "{result}");
+    assert!(result["played"].as_f64().unwrap_or(0.0) > 3.0, "{result}");
     let _ = std::fs::remove_dir_all(&dir);
 }
