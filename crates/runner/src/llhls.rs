@@ -1639,6 +1639,22 @@ mod tests {
     }
 
     #[test]
+    fn a_blocking_reload_that_times_out_is_not_cacheable() {
+        gst::init().unwrap();
+        // 1 s segments: a blocking request waits at most 3 s.
+        let hls = LlHls::new(Duration::from_secs(1), Duration::from_millis(250), 3);
+        push_segment(&hls, 0, 0, 100, Some(&init_segment(b'5')));
+        // The hinted part never comes (the encoder stalled).
+        let reply = hls.respond("live.m3u8", "_HLS_msn=0&_HLS_part=4");
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.cache, "no-store",
+            "a cache would serve it for that part"
+        );
+        assert!(!text(reply).contains("part1.0.m4s"));
+    }
+
+    #[test]
     fn playlist_queries_are_read_strictly() {
         let ok = |msn, part, skip| Ok(PlaylistQuery { msn, part, skip });
         for (query, expected) in [
