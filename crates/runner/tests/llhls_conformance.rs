@@ -424,6 +424,9 @@ fn two_thousand_blocking_reloads_wait_at_once_and_all_get_their_part() {
         threads < MAX_RUNNER_THREADS,
         "{threads} threads for {CLIENTS} waiting requests"
     );
+    // The page and the API answer meanwhile.
+    assert_eq!(runner.get("/").status, 200);
+    assert_eq!(runner.get("/api/status").status, 200);
     let mut failures = Vec::new();
     for (i, stream) in streams.iter_mut().enumerate() {
         match read_reply(stream) {
