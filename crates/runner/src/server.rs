@@ -16,11 +16,12 @@
 //! | `POST /api/offers` | `{"show": {offer}}` or `{"hide": "id"}` (token) |
 //!
 //! The transport (connections, timeouts, limits) is in [`transport`]. Routes answer on the
-//! runtime's threads when they only copy static data; the ones that wait or lock runner state
-//! run on its blocking pool, each kind behind its own bound, so a kind that waits long (WHEP
-//! negotiation waiting on ICE gathering, LL-HLS blocking reloads) never starves the others. A
-//! body is read only after its route accepted the head (token, declared length), with a size
-//! limit and a deadline.
+//! runtime's threads when they only copy static data, and so does LL-HLS: its blocking
+//! reloads and hinted parts wait as sleeping tasks (thousands at once, see [`crate::llhls`]).
+//! The routes that block or lock runner state run on its blocking pool, each kind behind its
+//! own bound, so a kind that waits long (WHEP negotiation waiting on ICE gathering) never
+//! starves the others. A body is read only after its route accepted the head (token,
+//! declared length), with a size limit and a deadline.
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod abuse;
