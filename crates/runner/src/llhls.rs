@@ -307,14 +307,20 @@ impl Track {
             .and_then(|s| s.parts.get(index))
     }
 
-    /// Part `index` of segment `msn`; one past the last part of a segment that is over is
-    /// part 0 of the next (RFC 8216bis 6.2.5.2), which is how the preload hint named it.
+    /// Part `index` of segment `msn`; one past the last part of a segment that is over (the
+    /// next one began) is part 0 of the next (RFC 8216bis 6.2.5.2), which is how the preload
+    /// hint named it.
     fn resolve_part(&self, msn: u64, index: usize) -> Option<&Part> {
         self.part(msn, index).or_else(|| {
             let segment = self.segments.iter().find(|s| s.msn == msn)?;
-            let over = segment.complete || self.segments.back().is_some_and(|l| l.msn > msn);
-            if over && index == segment.parts.len() {
-                self.part(msn.checked_add(1)?, 0)
+            let next = self
+                .segments
+                .iter()
+                .find(|s| Some(s.msn) == msn.checked_add(1))?;
+            // Not across a restart: that part needs another initialisation segment, which
+            // only the playlist's EXT-X-MAP after the discontinuity tells a player.
+            if index == segment.parts.len() && !next.discontinuity {
+                next.parts.first()
             } else {
                 None
             }
@@ -1738,6 +1744,10 @@ mod tests {
         assert_eq!(&*hls.respond("init1.mp4", "").body, b"FTYPMOOV");
         // Segments of the old run are still served while listed.
         assert_eq!(hls.respond("seg1.m4s", "").status, 200);
+        // The part the old run's hint named (one past its last) is not the new run's first:
+        // that one needs the new initialisation segment.
+        assert_eq!(hls.respond("part2.1.m4s", "").status, 404);
+        assert_eq!(hls.respond("part3.0.m4s", "").status, 200);
 
         // Once the old run has left the window, the playlist starts with the new run's map
         // and counts the discontinuity that left.
