@@ -13,7 +13,7 @@ use std::time::Duration;
 use hybridlive_testkit::netns::ViewerHost;
 use hybridlive_testkit::process::sh;
 use hybridlive_testkit::runner_child::{RunnerChild, test_runner};
-use hybridlive_testkit::{free_tcp_port, in_private_netns, scratch_dir};
+use hybridlive_testkit::{free_tcp_port, in_private_namespaces, in_private_netns, scratch_dir};
 
 hybridlive_testkit::runner_child_entry!();
 
@@ -22,7 +22,12 @@ const ICE_PORTS: [u16; 2] = [20000, 20063];
 
 /// A 640x360 camera, stamped, encoded once for WebRTC (H.264 + Opus) and HLS (H.264 + AAC).
 fn pipeline(dir: &Path) -> PathBuf {
-    let file = dir.join("ice-tcp.toml");
+    pipeline_with(dir, true)
+}
+
+/// [`pipeline`], with or without TCP candidates.
+fn pipeline_with(dir: &Path, ice_tcp: bool) -> PathBuf {
+    let file = dir.join(format!("ice-tcp-{ice_tcp}.toml"));
     std::fs::write(
         &file,
         format!(
@@ -32,7 +37,7 @@ fn pipeline(dir: &Path) -> PathBuf {
              [encoders.voice]\ntype = \"opus\"\ninputs = [\"cam\"]\n\n\
              [encoders.audio]\ntype = \"aac\"\ninputs = [\"cam\"]\n\n\
              [outputs.webrtc]\ntype = \"webrtc\"\ninputs = [\"video\", \"voice\"]\n\
-             ice_tcp = true\nice_ports = [{}, {}]\n\n\
+             ice_tcp = {ice_tcp}\nice_ports = [{}, {}]\n\n\
              [outputs.hls]\ntype = \"hls\"\ninputs = [\"video\", \"audio\"]\nsegment_duration = 1\n",
             ICE_PORTS[0], ICE_PORTS[1]
         ),
@@ -271,4 +276,90 @@ fn malformed_ice_keys_are_refused_where_they_are_written() {
             );
         }
     }
+}
+
+/// Drops `percent` % of the packets arriving in `host` (from the server: media, and TCP's
+/// segments with it), at random.
+fn lose_in(host: &ViewerHost, percent: u32) {
+    let status = host
+        .command("sh")
+        .arg("-c")
+        .arg(format!(
+            "nft add table inet loss && \
+             nft add chain inet loss in '{{ type filter hook input priority 10; }}' && \
+             nft add rule inet loss in numgen random mod 100 lt {percent} drop"
+        ))
+        .status()
+        .expect("nft runs");
+    assert!(status.success(), "nft loss rule in the viewer host failed");
+}
+
+/// `rounds` joins of the runner's page on `port` from `host`, each on `protocol`; prints
+/// first frame, join time, glass-to-glass p50/p95 and packets lost, labelled `label`.
+fn measure_joins(host: &ViewerHost, port: u16, rounds: usize, protocol: &str, label: &str) {
+    let (mut first, mut join, mut all, mut lost, mut frames) =
+        (Vec::new(), Vec::new(), Vec::new(), 0.0, 0.0);
+    for _ in 0..rounds {
+        let result = measure_from(host, port, 8);
+        let summary = summary(&result);
+        assert_eq!(result["mode"], "webrtc", "{summary}");
+        assert_eq!(result["transport"]["protocol"], protocol, "{summary}");
+        first.push(result["firstFrameMs"].as_f64().unwrap_or(f64::NAN));
+        join.push(result["joinMs"].as_f64().unwrap_or(f64::NAN));
+        all.extend(latencies(&result));
+        lost += result["packetsLost"].as_f64().unwrap_or(0.0);
+        frames += result["framesDecoded"].as_f64().unwrap_or(0.0);
+    }
+    eprintln!(
+        "ICE-TCP bench: {label}: first frame p50 {:.0} ms (each: {first:.0?}), join p50 {:.0} ms \
+         (each: {join:.0?}); glass-to-glass p50 {:.1} ms, p95 {:.1} ms over {} frames; RTP \
+         packets lost {lost}, frames decoded {frames}",
+        percentile(&first, 0.5),
+        percentile(&join, 0.5),
+        percentile(&all, 0.5),
+        percentile(&all, 0.95),
+        all.len()
+    );
+}
+
+/// The measurement behind docs/benchmarks.md ("ICE over TCP"), not a test: Chromium joins the
+/// runner's page from a host with UDP, first from a runner without TCP candidates (as before
+/// ICE-TCP), then, from one with them, from that host and from one whose UDP is dropped, in
+/// turns (`ROUNDS` each, 8 s of figures per join), on a clean path and then with 2 % of the
+/// packets towards the viewers lost; prints first frame, join time, glass-to-glass p50/p95 and
+/// packets lost per way.
+///
+/// `cargo nextest run -p hybridlive-runner --test ice_tcp --run-ignored only --no-capture measure`
+#[test]
+#[ignore = "a measurement (minutes), run by hand: see docs/benchmarks.md"]
+fn measure_udp_against_tcp_in_chromium() {
+    if !in_private_namespaces("measure_udp_against_tcp_in_chromium") {
+        return;
+    }
+    const ROUNDS: usize = 4;
+    let dir = scratch_dir("runner-bench", "ice-tcp");
+    let (open, closed) = (ViewerHost::new(0, 50_000), ViewerHost::new(1, 50_000));
+    drop_udp_of(&closed);
+    {
+        let (mut before, port) = start_runner(&pipeline_with(&dir, false), &dir);
+        measure_joins(
+            &open,
+            port,
+            ROUNDS,
+            "udp",
+            "0 % loss, UDP, no TCP candidates",
+        );
+        before.signal("INT");
+        before.wait_exit(Duration::from_secs(30));
+    }
+    let (_runner, port) = start_runner(&pipeline(&dir), &dir);
+    for loss in [0, 2] {
+        if loss > 0 {
+            lose_in(&open, loss);
+            lose_in(&closed, loss);
+        }
+        measure_joins(&open, port, ROUNDS, "udp", &format!("{loss} % loss, UDP"));
+        measure_joins(&closed, port, ROUNDS, "tcp", &format!("{loss} % loss, TCP"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use gst::prelude::*;
 use hybridlive_testkit::process::sh;
-use hybridlive_testkit::{eventually_explained, in_private_netns};
+use hybridlive_testkit::{eventually_explained, in_private_namespaces, in_private_netns};
 use hybridlive_webrtc::{IcePorts, WhepConfig, WhepError};
 use std::time::Duration;
 
@@ -236,4 +236,57 @@ fn an_offer_that_finds_no_free_port_is_refused() {
     first.wait_frames(30, Duration::from_secs(30));
     output.close_all();
     pipeline.set_state(gst::State::Null).unwrap();
+}
+
+/// Open file descriptors and threads of this process.
+fn fds_and_threads() -> (usize, usize) {
+    let count = |dir: &str| std::fs::read_dir(dir).map_or(0, |d| d.count());
+    (count("/proc/self/fd"), count("/proc/self/task"))
+}
+
+/// The measurement behind docs/benchmarks.md ("ICE over TCP"), not a test: what passive TCP
+/// candidates cost the server, 16 connected webrtcbin viewers with and without them: time from
+/// offer to answer (ICE gathering included), and file descriptors and threads per session.
+///
+/// `cargo nextest run -p hybridlive-webrtc --test ice_tcp --run-ignored only --no-capture measure`
+#[test]
+#[ignore = "a measurement, run by hand: see docs/benchmarks.md"]
+fn measure_the_cost_of_tcp_candidates() {
+    if !in_private_namespaces("measure_the_cost_of_tcp_candidates") {
+        return;
+    }
+    const VIEWERS: usize = 16;
+    for ice_tcp in [false, true, false, true] {
+        let (pipeline, output) = sender_with(WhepConfig {
+            loopback_ice: true,
+            ice_tcp,
+            ..Default::default()
+        });
+        let viewers: Vec<Viewer> = (0..VIEWERS).map(|_| Viewer::new()).collect();
+        let offers: Vec<String> = viewers.iter().map(Viewer::offer).collect();
+        let (fds, threads) = fds_and_threads();
+        let mut answer_ms = Vec::new();
+        for (viewer, offer) in viewers.iter().zip(&offers) {
+            let started = std::time::Instant::now();
+            let answer = output.offer(offer).expect("an answer");
+            answer_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+            viewer.answer(&answer.sdp);
+        }
+        for viewer in &viewers {
+            viewer.wait_frames(10, Duration::from_secs(60));
+        }
+        let (fds_after, threads_after) = fds_and_threads();
+        answer_ms.sort_by(f64::total_cmp);
+        eprintln!(
+            "ICE-TCP cost: ice_tcp {ice_tcp}: offer to answer p50 {:.1} ms, max {:.1} ms; per \
+             session {:.1} fds, {:.1} threads",
+            answer_ms[VIEWERS / 2],
+            answer_ms[VIEWERS - 1],
+            (fds_after as f64 - fds as f64) / VIEWERS as f64,
+            (threads_after as f64 - threads as f64) / VIEWERS as f64,
+        );
+        output.close_all();
+        drop(viewers);
+        pipeline.set_state(gst::State::Null).unwrap();
+    }
 }
