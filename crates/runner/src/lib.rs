@@ -42,6 +42,9 @@ pub use runner::RunHandle;
 /// The HTTP connection abuse harness of the `http_connection` fuzz target.
 #[cfg(feature = "fuzzing")]
 pub use server::abuse as http_abuse;
+/// Who a request is from behind a trusted proxy, for the `forwarded_for` fuzz target.
+#[cfg(feature = "fuzzing")]
+pub use server::forwarded;
 /// The LL-HLS playlist query parser, for the `hls_query` fuzz target.
 #[cfg(feature = "fuzzing")]
 pub mod hls_query {

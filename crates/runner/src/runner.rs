@@ -582,6 +582,16 @@ fn run_with(
         })?;
         listener = listener.with_tls(tls);
     }
+    let trusted_proxies = config
+        .server
+        .trusted_proxies
+        .iter()
+        .map(|p| {
+            p.parse()
+                .map_err(|e| anyhow!("[server] trusted_proxies: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    listener = listener.with_trusted_proxies(trusted_proxies);
     let https = listener.is_tls();
 
     let ingest = gst::Pipeline::with_name("ingest");

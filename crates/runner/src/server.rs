@@ -25,6 +25,7 @@
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod abuse;
+pub mod forwarded;
 mod transport;
 
 use std::fmt::Write as _;
@@ -89,6 +90,7 @@ impl ServerHandle {
 pub struct Listener {
     socket: std::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
+    trusted_proxies: Vec<forwarded::ProxyNet>,
 }
 
 impl Listener {
@@ -96,6 +98,14 @@ impl Listener {
     pub fn with_tls(self, config: Arc<rustls::ServerConfig>) -> Listener {
         Listener {
             tls: Some(config),
+            ..self
+        }
+    }
+
+    /// Believes the `X-Forwarded-For` of requests from these proxies (see [`forwarded`]).
+    pub fn with_trusted_proxies(self, trusted_proxies: Vec<forwarded::ProxyNet>) -> Listener {
+        Listener {
+            trusted_proxies,
             ..self
         }
     }
@@ -118,7 +128,13 @@ pub fn bind(addr: &str) -> anyhow::Result<Listener> {
         .with_context(|| format!("cannot listen on {addr}"))?
     {
         match listen(address) {
-            Ok(socket) => return Ok(Listener { socket, tls: None }),
+            Ok(socket) => {
+                return Ok(Listener {
+                    socket,
+                    tls: None,
+                    trusted_proxies: Vec::new(),
+                });
+            }
             Err(e) => failure = Some(e),
         }
     }
@@ -181,8 +197,13 @@ pub fn start(
             whep: Places::new(MAX_WHEP_IN_FLIGHT, MAX_WHEP_IN_FLIGHT_PER_CLIENT),
         },
     });
-    let handler: transport::Handler =
-        Arc::new(move |client, request| Box::pin(route(context.clone(), client, request)));
+    let trusted = Arc::new(listener.trusted_proxies);
+    let handler: transport::Handler = Arc::new(move |peer, request| {
+        // The connection caps count connections (the proxy's, behind one); the per-client
+        // caps of the routes count clients.
+        let client = forwarded::client(peer, request.headers(), &trusted);
+        Box::pin(route(context.clone(), client, request))
+    });
     let transport = Transport::start(
         listener.socket,
         listener.tls,

@@ -703,3 +703,40 @@ fn a_ladder_encoder_cannot_be_steered_by_an_abrcontroller() {
         "{report}"
     );
 }
+
+#[test]
+fn trusted_proxies_must_be_addresses_or_networks() {
+    init();
+    let good =
+        format!("{VALID}\n[server]\ntrusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\", \"::1\"]\n");
+    let pipeline = hybridlive_runner::parse_named("valid.toml", &good).expect("valid");
+    assert_eq!(
+        pipeline.server.trusted_proxies,
+        ["127.0.0.1", "10.0.0.0/8", "::1"]
+    );
+    let lines = VALID.lines().count();
+    let bad = format!(
+        "{VALID}\n[server]\ntrusted_proxies = [\"127.0.0.1\", \"nginx\", \"10.0.0.0/40\", 5]\n"
+    );
+    let report = errors(&bad);
+    let line = lines + 3;
+    for expected in [
+        format!(
+            "broken.toml:{line}:33: error: server: `trusted_proxies`: `nginx` is not an IP \
+             address or network"
+        ),
+        format!(
+            "broken.toml:{line}:42: error: server: `trusted_proxies`: `10.0.0.0/40`: the prefix \
+             length must be 0 to 32"
+        ),
+        format!("broken.toml:{line}:57: error: server: `trusted_proxies`: expected an address"),
+    ] {
+        assert!(report.contains(&expected), "{expected}\nin:\n{report}");
+    }
+    let not_a_list = format!("{VALID}\n[server]\ntrusted_proxies = \"127.0.0.1\"\n");
+    assert!(
+        errors(&not_a_list).contains("`trusted_proxies`: expected an array of addresses"),
+        "{}",
+        errors(&not_a_list)
+    );
+}

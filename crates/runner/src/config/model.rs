@@ -51,6 +51,9 @@ pub struct Server {
     pub token_env: Option<String>,
     /// `tls_cert` and `tls_key`: the server speaks HTTPS with them.
     pub tls: Option<ServerTls>,
+    /// `trusted_proxies`: reverse proxies (addresses or networks, checked) whose
+    /// `X-Forwarded-For` names the client, for the per-client caps.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `tls_cert` / `tls_key` of `[server]`, both given (relative paths read from the pipeline

@@ -1,5 +1,5 @@
-//! `[server]`: the HTTP listen address, the write-access token, and the certificate and key
-//! the server speaks HTTPS with.
+//! `[server]`: the HTTP listen address, the write-access token, the certificate and key
+//! the server speaks HTTPS with, and the reverse proxies it believes.
 
 use std::path::Path;
 
@@ -9,6 +9,7 @@ use super::diagnostics::Diagnostic;
 use super::model::{Server, ServerTls};
 use super::reader::Fields;
 use super::tls::{TlsFile, server_config};
+use crate::server::forwarded::ProxyNet;
 
 /// Reads the optional `[server]` table; relative paths are read from `base`.
 pub(super) fn read(diags: &mut Vec<Diagnostic>, document: &DeTable, base: &Path) -> Server {
@@ -34,13 +35,48 @@ pub(super) fn read(diags: &mut Vec<Diagnostic>, document: &DeTable, base: &Path)
     let token = f.string(diags, "token").map(|t| t.0);
     let token_env = f.string(diags, "token_env").map(|t| t.0);
     let tls = tls(diags, &mut f);
+    let trusted_proxies = trusted_proxies(diags, &mut f);
     f.finish(diags);
     Server {
         http: http.map(|h| h.0),
         token,
         token_env,
         tls,
+        trusted_proxies,
     }
+}
+
+/// `trusted_proxies`: an array of addresses or networks (`127.0.0.1`, `10.0.0.0/8`, `::1`).
+fn trusted_proxies(diags: &mut Vec<Diagnostic>, f: &mut Fields) -> Vec<String> {
+    let Some(value) = f.entry("trusted_proxies") else {
+        return Vec::new();
+    };
+    let DeValue::Array(items) = value.get_ref() else {
+        f.type_error(
+            diags,
+            value,
+            "trusted_proxies",
+            "an array of addresses or networks",
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for item in items.iter() {
+        let Some(text) = item.get_ref().as_str() else {
+            f.type_error(
+                diags,
+                item,
+                "trusted_proxies",
+                "an address or network (string)",
+            );
+            continue;
+        };
+        match text.parse::<ProxyNet>() {
+            Ok(_) => out.push(text.to_string()),
+            Err(reason) => f.error(diags, item.span(), "trusted_proxies", reason),
+        }
+    }
+    out
 }
 
 /// `tls_cert` and `tls_key`: both or neither, and a pair the server can serve with (read here
