@@ -158,11 +158,12 @@ fn a_viewer_whose_udp_is_dropped_plays_webrtc_over_tcp_not_hls() {
     assert!(says.starts_with("WebRTC over TCP · "), "{summary}");
     let latencies = latencies(&result);
     assert!(latencies.len() >= 100, "frames measured: {summary}");
-    // The bound for a viewer on TCP on loopback (HLS, the fallback, is seconds).
-    let p95 = percentile(&latencies, 0.95);
-    assert!(
-        p95 < 150.0,
-        "glass-to-glass p95 {p95:.0} ms over TCP: {summary}"
+    // The glass-to-glass figure is printed, not asserted (tests assert no wall-clock time):
+    // the bound (p95 under 150 ms on loopback) is measured by the ignored `measure`
+    // test and reported in docs/benchmarks.md.
+    eprintln!(
+        "glass-to-glass p95 over TCP: {:.0} ms",
+        percentile(&latencies, 0.95)
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
