@@ -436,6 +436,7 @@ async fn route(context: Arc<Context>, client: IpAddr, request: Request) -> Respo
                 }
             }
         }
+        "/api/time" if is_get(&method) => server_time(),
         "/api/markers" if is_get(&method) => {
             let markers = context.run.shared().with(|s| s.markers.all().to_vec());
             json(200, &serde_json::json!({ "markers": markers }))
@@ -444,6 +445,24 @@ async fn route(context: Arc<Context>, client: IpAddr, request: Request) -> Respo
         "/" | "/metrics" | "/api/status" => error(405, "use GET"),
         _ => error(404, "not found"),
     }
+}
+
+/// The server's realtime clock, which capture stamps are written in (UTC): a viewer elsewhere
+/// estimates its clock's offset from it (`hybridlive latency-test --url`). Never cached: a
+/// stored answer would be a wrong clock.
+fn server_time() -> Response {
+    let ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    respond(
+        200,
+        &[
+            ("Content-Type", "application/json"),
+            ("Cache-Control", "no-store"),
+            ("Access-Control-Allow-Origin", "*"),
+        ],
+        serde_json::json!({ "utc_ns": ns }).to_string(),
+    )
 }
 
 /// An answer of the LL-HLS store as an HTTP response.
