@@ -2,7 +2,9 @@
 //! each request under its WHEP prefix to [`WhepOutput::handle_http`].
 
 use crate::offer::{OfferError, ViewerOffer, read_viewer_offer};
+use crate::turn::ice_server_links;
 use crate::whep::{WhepError, WhepOutput};
+use std::time::SystemTime;
 
 /// Largest SDP offer accepted (browsers send 4-10 kB).
 pub const MAX_OFFER_BYTES: usize = 64 * 1024;
@@ -38,10 +40,11 @@ impl HttpResponse {
             headers: vec![
                 // Viewer pages may live on another origin (a CMS, a course platform).
                 ("Access-Control-Allow-Origin".into(), "*".into()),
-                // Retry-After too: a page told 503 reads when to try again.
+                // Retry-After too: a page told 503 reads when to try again; Link names the
+                // ICE servers (a cross-origin page sees no other header unless told).
                 (
                     "Access-Control-Expose-Headers".into(),
-                    "Location, Retry-After".into(),
+                    "Location, Retry-After, Link".into(),
                 ),
             ],
             body: Vec::new(),
@@ -110,7 +113,8 @@ impl WhepOutput {
     pub fn handle_http(&self, prefix: &str, req: HttpRequest<'_>) -> HttpResponse {
         let resource = req.path.strip_prefix('/').filter(|id| !id.is_empty());
         match (req.method, resource) {
-            ("OPTIONS", _) => HttpResponse::new(204)
+            ("OPTIONS", _) => self
+                .with_ice_servers(HttpResponse::new(204))
                 .header("Access-Control-Allow-Methods", "POST, DELETE, OPTIONS")
                 .header(
                     "Access-Control-Allow-Headers",
@@ -136,6 +140,16 @@ impl WhepOutput {
         }
     }
 
+    /// Adds a `Link: <url>; rel="ice-server"` header per configured STUN/TURN server, TURN ones
+    /// with a credential made for this response (RFC 9725 section 4.4). Never logged.
+    fn with_ice_servers(&self, mut response: HttpResponse) -> HttpResponse {
+        let config = self.config();
+        for link in ice_server_links(&config.ice_servers, config.turn.as_ref(), SystemTime::now()) {
+            response = response.header("Link", &link);
+        }
+        response
+    }
+
     fn post(&self, prefix: &str, req: HttpRequest<'_>) -> HttpResponse {
         let offer = match read_offer_request(&req) {
             Ok(offer) => offer,
@@ -147,7 +161,8 @@ impl WhepOutput {
         match self.start_session(offer) {
             Ok(answer) => {
                 let location = format!("{}/{}", prefix.trim_end_matches('/'), answer.id);
-                let mut response = HttpResponse::new(201)
+                let mut response = self
+                    .with_ice_servers(HttpResponse::new(201))
                     .header("Content-Type", "application/sdp")
                     .header("Location", &location);
                 response.body = answer.sdp.into_bytes();

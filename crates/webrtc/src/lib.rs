@@ -14,6 +14,7 @@ mod http;
 mod nice;
 mod offer;
 mod rungs;
+pub mod turn;
 mod whep;
 
 pub use egress::{Egress, EgressHealth, EgressPublisher, add_egress, register_webrtc_elements};
@@ -40,6 +41,7 @@ pub use offer::{
     choose_h264, choose_opus, choose_vp8, read_viewer_offer, video_extmap_id,
 };
 pub use rungs::{RungCounts, RungStatus, RungSwitch, quality_pin, rung_message};
+pub use turn::{IceServer, IceServerError, IceServerKind, TurnAuth, TurnCredential, TurnSecret};
 pub use whep::{
     Answer, Audience, Branches, DEFAULT_PLAYOUT_DELAY, IcePorts, MAX_ECHO_BACKLOG, MAX_HAND_TEXT,
     PlayoutDelayMs, RaisedHand, SessionInfo, ViewerLatency, WhepConfig, WhepError, WhepOutput,

@@ -17,6 +17,7 @@ use crate::offer::{
     OfferError, PLAYOUT_DELAY_URI, Skipped, VideoCodec, ViewerOffer, read_viewer_offer,
 };
 use crate::rungs::{Admit, RungCounts, RungState, RungStatus, RungSwitch, quality_pin};
+use crate::turn::{IceServer, TurnAuth};
 use hybridlive_ladder::{Ladder, Rung, RungSelector, SelectorConfig};
 
 /// Settings of the WHEP output.
@@ -58,6 +59,13 @@ pub struct WhepConfig {
     /// The playout delay asked of viewers that offer the playout-delay header extension
     /// (`None`: not negotiated, browsers pick their own jitter buffer).
     pub playout_delay: Option<PlayoutDelayMs>,
+    /// STUN/TURN servers named to viewers in `Link: <...>; rel="ice-server"` headers of the
+    /// answer and of OPTIONS (RFC 9725): a viewer whose network lets nothing but TCP to a
+    /// relay out plays through it.
+    pub ice_servers: Vec<IceServer>,
+    /// Short-lived credentials for the TURN servers of `ice_servers`, one per answer (`None`:
+    /// TURN URLs are named without one).
+    pub turn: Option<TurnAuth>,
 }
 
 /// A range of local ports for ICE candidates, inclusive.
@@ -105,6 +113,8 @@ impl Default for WhepConfig {
             viewer_queue: Duration::from_millis(500),
             viewer_timeout: Duration::from_secs(15),
             playout_delay: Some(DEFAULT_PLAYOUT_DELAY),
+            ice_servers: Vec::new(),
+            turn: None,
         }
     }
 }
@@ -386,6 +396,11 @@ impl WhepOutput {
             .values()
             .filter_map(|s| *s.reported.lock().unwrap())
             .collect()
+    }
+
+    /// The settings it was made with.
+    pub(crate) fn config(&self) -> &WhepConfig {
+        &self.inner.config
     }
 
     /// Number of live sessions.
@@ -1666,7 +1681,12 @@ fn random_u32() -> u32 {
 
 /// 128 random bits as hex: the resource URL is the only credential of a viewer session.
 fn session_id() -> String {
-    let mut bytes = [0u8; 16];
+    random_hex(16)
+}
+
+/// `len` random bytes as hex.
+pub(crate) fn random_hex(len: usize) -> String {
+    let mut bytes = vec![0u8; len];
     if std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
         .is_err()
@@ -1676,7 +1696,10 @@ fn session_id() -> String {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
-        bytes = (t ^ (&bytes as *const _ as u128)).to_le_bytes();
+        let seed = (t ^ (bytes.as_ptr() as u128)).to_le_bytes();
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = seed[i % seed.len()];
+        }
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
