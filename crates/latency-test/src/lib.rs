@@ -8,11 +8,17 @@
 //! from joining to the first frame. Prints a table (or JSON), writes a latency histogram (SVG)
 //! and fails (exit code 2) when a figure exceeds its budget (flags or `[latency_test]` in the
 //! file).
+//!
+//! With `--url` (or `--whep`) it watches a running deployment instead, from wherever it runs
+//! ([`remote`]); `latency-test merge` puts the reports of several vantage points side by side.
 
 #![warn(missing_docs)]
 
 mod browser;
+pub mod clock;
+mod merge;
 mod plot;
+pub mod remote;
 mod stats;
 
 use std::io::{Read as _, Write as _};
@@ -43,7 +49,11 @@ const HLS_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Arguments of `hybridlive latency-test`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    /// `merge`: the reports of several vantage points in one table.
+    #[command(subcommand)]
+    pub command: Option<Subcommand>,
     /// The pipeline file to test (its sources are replaced by test sources of the same format).
     #[arg(value_name = "FILE", default_value = "pipelines/workshop.toml")]
     pub file: PathBuf,
@@ -75,6 +85,50 @@ pub struct Args {
     /// Budget: data-channel round trip p95 in ms (overrides `interaction_ms`).
     #[arg(long, value_name = "MS")]
     pub interaction_ms: Option<f64>,
+    /// Watch a running deployment at this address (its viewer page, e.g. http://host:8080/)
+    /// with a built-in WebRTC receiver instead of running FILE.
+    #[arg(long, value_name = "URL", conflicts_with = "only")]
+    pub url: Option<String>,
+    /// The WHEP endpoint to watch, when it is not `/whep` under `--url`.
+    #[arg(long, value_name = "URL", conflicts_with = "only")]
+    pub whep: Option<String>,
+    /// `--url`: also write the report as JSON to this file (for `latency-test merge`).
+    #[arg(long, value_name = "FILE")]
+    pub json_out: Option<PathBuf>,
+    /// `--url`: the name of this vantage point in the report [default: the host name].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// `--url` budget: glass-to-glass p95 in ms (the same as `--webrtc-p95-ms`).
+    #[arg(long, value_name = "MS")]
+    pub budget_g2g_ms: Option<f64>,
+    /// `--url` budget: WHEP POST to the first decoded frame, in ms.
+    #[arg(long, value_name = "MS")]
+    pub budget_first_frame_ms: Option<f64>,
+    /// `--url` budget: median HTTP round trip to the origin, in ms.
+    #[arg(long, value_name = "MS")]
+    pub budget_http_rtt_ms: Option<f64>,
+    /// `--url`: glass-to-glass is not printed when the clock offset's uncertainty exceeds this
+    /// fraction of the glass-to-glass budget (or of the median measured).
+    #[arg(long, value_name = "FRACTION", default_value_t = remote::DEFAULT_MAX_CLOCK_UNCERTAINTY)]
+    pub max_clock_uncertainty: f64,
+    /// `--url`: clock exchanges with the server; the one with the lowest round trip is used.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub clock_samples: usize,
+    /// Tests only: pretend this machine's clock is off by this many ms.
+    #[arg(long, value_name = "MS", hide = true, allow_hyphen_values = true)]
+    pub clock_skew_ms: Option<f64>,
+}
+
+/// Subcommands of `hybridlive latency-test`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Subcommand {
+    /// One table of the reports (`--url --json-out`) of several vantage points; exit code 2
+    /// when one of them exceeded a budget.
+    Merge {
+        /// The JSON reports.
+        #[arg(value_name = "REPORT", required = true)]
+        reports: Vec<PathBuf>,
+    },
 }
 
 /// A delivery path to a viewer.
@@ -171,6 +225,12 @@ impl Report {
 /// `hybridlive latency-test`: runs the test, prints the report; `Ok(EXIT_OVER_BUDGET)` when a
 /// budget is exceeded or a path did not play.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(Subcommand::Merge { reports }) = &args.command {
+        return merge::run(reports);
+    }
+    if args.url.is_some() || args.whep.is_some() {
+        return remote::run(&args);
+    }
     let report = measure(&args)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -183,7 +243,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for failure in &report.failures {
         eprintln!("latency-test: {failure}");
     }
-    for b in report.budgets.iter().filter(|b| !b.ok) {
+    report_exceeded(&report.budgets);
+    Ok(ExitCode::from(EXIT_OVER_BUDGET))
+}
+
+/// Names on stderr every budget exceeded.
+fn report_exceeded(budgets: &[BudgetCheck]) {
+    for b in budgets.iter().filter(|b| !b.ok) {
         match b.measured_ms {
             Some(ms) => eprintln!(
                 "latency-test: over budget: {} = {} ms, measured {ms:.1} ms",
@@ -195,7 +261,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ),
         }
     }
-    Ok(ExitCode::from(EXIT_OVER_BUDGET))
 }
 
 /// Runs the pipeline and the browser, and returns what was measured (writing the plot).
