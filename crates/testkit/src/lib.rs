@@ -6,6 +6,7 @@
 
 use std::process::Command;
 
+pub mod coturn;
 pub mod faults;
 pub mod http;
 mod janus;
