@@ -46,8 +46,10 @@ enum Command {
     /// `hybridlive clip FILE --range START-END`.
     Repurpose(repurpose::Args),
     /// Pre-event check: run a pipeline on test sources, measure glass-to-glass latency in
-    /// headless Chromium over WebRTC and HLS, and fail when a budget is exceeded.
-    LatencyTest(hybridlive_latency_test::Args),
+    /// headless Chromium over WebRTC and HLS, and fail when a budget is exceeded; with `--url`,
+    /// watch a running deployment from here; `merge` puts several vantage points side by side.
+    // Boxed: its many flags would make every other command as large.
+    LatencyTest(Box<hybridlive_latency_test::Args>),
 }
 
 fn main() -> ExitCode {
@@ -57,7 +59,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => hybridlive_runner::validate(&args).map(|()| ExitCode::SUCCESS),
         Command::Clip(args) => clip::run(args),
         Command::Repurpose(args) => repurpose::run(args),
-        Command::LatencyTest(args) => hybridlive_latency_test::run(args),
+        Command::LatencyTest(args) => hybridlive_latency_test::run(*args),
     };
     match result {
         Ok(code) => code,

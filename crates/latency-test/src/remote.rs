@@ -640,7 +640,7 @@ pub fn render(report: &RemoteReport) -> String {
         report.whep, report.vantage, report.duration_s
     );
     out += &format!(
-        "clock offset to the server  {:+.1} ms ± {:.1} ms (best of {} exchanges)\n",
+        "clock offset to the server  {:+.2} ms ± {:.2} ms (best of {} exchanges)\n",
         c.offset_ms, c.uncertainty_ms, c.samples
     );
     out += &format!(

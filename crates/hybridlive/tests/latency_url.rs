@@ -1,0 +1,157 @@
+//! `hybridlive latency-test --url`: a running `hybridlive run` watched from outside with the
+//! built-in WebRTC receiver; budgets, a skewed viewer clock, wrong addresses and `merge`.
+//! Runs in a private network namespace: only 127.0.0.1 exists.
+//!
+//! `cargo nextest run -p hybridlive --test latency_url`
+
+use hybridlive_testkit::faults::{ENCODERS, TEST_SOURCE, WEBRTC, write_config};
+use hybridlive_testkit::runner_child::RunnerCommand;
+use hybridlive_testkit::{TempDir, eventually, in_private_netns};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// The `hybridlive` binary under test.
+const HYBRIDLIVE: &str = env!("CARGO_BIN_EXE_hybridlive");
+
+fn latency_test(args: &[&str]) -> Output {
+    let out = Command::new(HYBRIDLIVE)
+        .arg("latency-test")
+        .args(args)
+        .output()
+        .expect("hybridlive runs");
+    println!(
+        "latency-test {}: {}\n{}{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn url_mode_measures_a_running_server_checks_budgets_and_merges() {
+    if !in_private_netns("url_mode_measures_a_running_server_checks_budgets_and_merges") {
+        return;
+    }
+    let dir = TempDir::new("latency-url");
+    let config = write_config(
+        Path::new(HYBRIDLIVE),
+        &dir.0,
+        &[TEST_SOURCE, ENCODERS, WEBRTC],
+    );
+    let runner = RunnerCommand::binary(Path::new(HYBRIDLIVE), &config, &dir.0)
+        .quiet()
+        .start();
+    // The WebRTC output starts after the server answers.
+    eventually(Duration::from_secs(60), "the WHEP endpoint", || {
+        (runner.request("OPTIONS", "/whep", &[], b"").status == 204).then_some(())
+    });
+    let url = format!("http://{}/", runner.addr());
+    let loose = dir.path("loose.json");
+    let strict = dir.path("strict.json");
+
+    // A viewer whose clock is 5 s behind the server's, within loose budgets.
+    let out = latency_test(&[
+        "--url",
+        &url,
+        "--duration",
+        "3",
+        "--name",
+        "skewed-viewer",
+        "--json-out",
+        loose.to_str().unwrap(),
+        "--budget-g2g-ms",
+        "60000",
+        "--budget-first-frame-ms",
+        "60000",
+        "--clock-skew-ms",
+        "-5000",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("glass-to-glass (WebRTC)     p50"), "{text}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&loose).unwrap()).unwrap();
+    assert_eq!(report["vantage"], "skewed-viewer");
+    assert!(report["frames"].as_u64().unwrap() > 0, "{report}");
+    let clock = &report["clock"];
+    let (offset, uncertainty) = (
+        clock["offset_ms"].as_f64().unwrap(),
+        clock["uncertainty_ms"].as_f64().unwrap(),
+    );
+    // Both ends share this machine's clock: the estimate finds the injected skew, within its
+    // own uncertainty (and a margin for the time between the clock reads).
+    assert!(
+        (offset - 5000.0).abs() <= uncertainty + 50.0,
+        "offset {offset} ± {uncertainty} ms"
+    );
+    let g2g = report["g2g_ms"]["p50"].as_f64().unwrap();
+    // Uncorrected, every figure would be about 5 s below the truth, so negative.
+    assert!(
+        g2g > 0.0 && g2g < 5000.0,
+        "g2g p50 {g2g} ms: skew not corrected"
+    );
+    assert!(report["first_frame_ms"].as_f64().unwrap() > 0.0);
+    assert!(report["http_rtt_ms"]["count"].as_u64().unwrap() >= 1);
+
+    // No first frame comes 1 ms after the offer: over budget, named.
+    let out = latency_test(&[
+        "--url",
+        &url,
+        "--duration",
+        "1",
+        "--name",
+        "strict-viewer",
+        "--json-out",
+        strict.to_str().unwrap(),
+        "--budget-first-frame-ms",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("over budget: first_frame_ms = 1 ms, measured"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("EXCEEDED"));
+
+    // One table of both vantage points; exit code 2 because one is over budget.
+    let out = latency_test(&["merge", loose.to_str().unwrap(), strict.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let table = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = table.lines().collect();
+    assert_eq!(rows.len(), 4, "{table}");
+    assert!(rows[1].starts_with("skewed-viewer") && rows[1].ends_with("ok"));
+    assert!(rows[2].starts_with("strict-viewer") && rows[2].ends_with("OVER: first_frame_ms"));
+    assert!(rows[3].ends_with("1 of 2 over budget"), "{table}");
+
+    // A WHEP address the server does not serve: a clear error, not "over budget".
+    let wrong = format!("http://{}/nowhere", runner.addr());
+    let out = latency_test(&["--whep", &wrong, "--duration", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&wrong) && stderr.contains("answered 404"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_server_that_is_not_there_is_a_clear_error() {
+    if !in_private_netns("a_server_that_is_not_there_is_a_clear_error") {
+        return;
+    }
+    // Nothing listens on port 1 in a fresh namespace.
+    let out = latency_test(&["--url", "http://127.0.0.1:1/", "--duration", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("http://127.0.0.1:1/") && stderr.contains("cannot connect"),
+        "{stderr}"
+    );
+    let out = latency_test(&["merge", "/nonexistent/report.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/report.json"));
+}
