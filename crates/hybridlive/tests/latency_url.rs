@@ -108,6 +108,11 @@ fn url_mode_measures_a_running_server_checks_budgets_and_merges() {
         strict.to_str().unwrap(),
         "--budget-first-frame-ms",
         "1",
+        // No clock is known to 1 µs: the figure is refused rather than printed wrong.
+        "--budget-g2g-ms",
+        "0.01",
+        "--max-clock-uncertainty",
+        "0.1",
     ]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -115,7 +120,19 @@ fn url_mode_measures_a_running_server_checks_budgets_and_merges() {
         stderr.contains("over budget: first_frame_ms = 1 ms, measured"),
         "{stderr}"
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("EXCEEDED"));
+    assert!(
+        stderr.contains("over budget: g2g_p95_ms = 0.01 ms, not measured"),
+        "{stderr}"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("EXCEEDED"), "{text}");
+    assert!(
+        text.contains("glass-to-glass (WebRTC)     not trustworthy, not printed"),
+        "{text}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&strict).unwrap()).unwrap();
+    assert!(report["g2g_ms"].is_null() && report["frames"].as_u64().unwrap() > 0);
 
     // One table of both vantage points; exit code 2 because one is over budget.
     let out = latency_test(&["merge", loose.to_str().unwrap(), strict.to_str().unwrap()]);
@@ -124,7 +141,10 @@ fn url_mode_measures_a_running_server_checks_budgets_and_merges() {
     let rows: Vec<&str> = table.lines().collect();
     assert_eq!(rows.len(), 4, "{table}");
     assert!(rows[1].starts_with("skewed-viewer") && rows[1].ends_with("ok"));
-    assert!(rows[2].starts_with("strict-viewer") && rows[2].ends_with("OVER: first_frame_ms"));
+    assert!(
+        rows[2].starts_with("strict-viewer")
+            && rows[2].ends_with("OVER: g2g_p95_ms, first_frame_ms")
+    );
     assert!(rows[3].ends_with("1 of 2 over budget"), "{table}");
 
     // A WHEP address the server does not serve: a clear error, not "over budget".

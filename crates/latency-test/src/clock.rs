@@ -62,8 +62,8 @@ pub fn untrustworthy(clock: &ClockOffset, reference_ms: f64, max_fraction: f64) 
     let allowed = reference_ms * max_fraction;
     (clock.uncertainty_ms > allowed).then(|| {
         format!(
-            "the clock offset to the server is known to ±{:.1} ms (half a {:.1} ms round trip), \
-             more than {:.0} % of {reference_ms:.1} ms",
+            "the clock offset to the server is known to ±{:.2} ms (half a {:.2} ms round trip), \
+             more than {:.0} % of {reference_ms:.2} ms",
             clock.uncertainty_ms,
             clock.rtt_ms,
             max_fraction * 100.0
@@ -136,7 +136,7 @@ mod tests {
         let clock = estimate(&[exchange(0, 0, 30 * MS, 30 * MS)]).unwrap();
         assert_eq!(clock.uncertainty_ms, 30.0);
         let why = untrustworthy(&clock, 100.0, 0.1).unwrap();
-        assert!(why.contains("±30.0 ms"), "{why}");
+        assert!(why.contains("±30.00 ms"), "{why}");
         assert!(untrustworthy(&clock, 400.0, 0.1).is_none());
     }
 }

@@ -697,6 +697,9 @@ pub fn run(args: &Args) -> anyhow::Result<std::process::ExitCode> {
         return Ok(std::process::ExitCode::SUCCESS);
     }
     crate::report_exceeded(&report.budgets);
+    if let Some(why) = &report.g2g_untrusted {
+        eprintln!("latency-test: glass-to-glass not trustworthy, not measured: {why}");
+    }
     Ok(std::process::ExitCode::from(crate::EXIT_OVER_BUDGET))
 }
 
