@@ -35,6 +35,15 @@ pub struct WebrtcOutput {
     /// `ice_ports`: `[min, max]`, the local UDP and TCP ports of the viewers' ICE candidates
     /// (each viewer holds one of each while it watches); `None`: any port.
     pub ice_ports: Option<[u16; 2]>,
+    /// `ice_servers`: STUN/TURN URLs (`stun:host:3478`, `turn:host:3478?transport=tcp`,
+    /// `turns:host:443?transport=tcp`) named to viewers in WHEP `Link` headers.
+    pub ice_servers: Vec<String>,
+    /// `turn_secret_env`: the environment variable holding the secret shared with the TURN
+    /// server (coturn's `static-auth-secret`); every viewer gets a credential made from it.
+    /// The secret itself is never in the pipeline file.
+    pub turn_secret_env: Option<String>,
+    /// `turn_ttl`: seconds a TURN credential stays valid.
+    pub turn_ttl: u32,
 }
 
 output_spec!(WebrtcOutput, TYPE, {
@@ -70,18 +79,37 @@ impl OutputFactory for Factory {
     /// WHEP viewers served at `/whep`.
     fn parse(&self, diags: &mut Vec<Diagnostic>, f: &mut Fields) -> Option<Box<dyn OutputSpec>> {
         let max_viewers = f.integer(diags, "max_viewers", 1..1001, 64);
+        let (ice_servers, first_turn) = ice_servers(f, diags);
+        let turn_secret_env = turn_secret_env(f, diags);
+        if let (Some(span), None) = (first_turn, &turn_secret_env) {
+            // Browsers refuse a TURN server without a credential (InvalidAccessError).
+            diags.push(Diagnostic {
+                span,
+                component: f.component.clone(),
+                key: Some("ice_servers".into()),
+                message: "a turn: server needs credentials: set turn_secret_env to the \
+                          environment variable holding the secret shared with it"
+                    .into(),
+                help: Some("e.g. `turn_secret_env = \"HYBRIDLIVE_TURN_SECRET\"`".into()),
+            });
+        }
         Some(Box::new(WebrtcOutput {
             max_viewers,
             loopback_only: f.bool(diags, "loopback_only", false),
             playout_delay_ms: playout_delay(f, diags, "playout_delay_ms"),
             ice_tcp: f.bool(diags, "ice_tcp", true),
             ice_ports: ice_ports(f, diags, "ice_ports", max_viewers),
+            ice_servers,
+            turn_secret_env,
+            turn_ttl: f.integer(diags, "turn_ttl", 60..86_401, 3600),
         }))
     }
 
     fn prepare(&self, spec: &dyn OutputSpec, cx: &Context<'_>) -> anyhow::Result<Box<dyn Kind>> {
         let settings = settings::<WebrtcOutput>(spec)?;
         let mut webrtc = Webrtc::new(settings);
+        // Read before anything starts: a missing secret stops the start, naming the variable.
+        webrtc.turn = webrtc.turn_auth()?;
         webrtc.events = Some(cx.events.clone());
         Ok(Box::new(webrtc))
     }
@@ -181,6 +209,71 @@ fn ice_ports(
     None
 }
 
+/// `ice_servers`: every entry a STUN/TURN URL, refused where it is written; and where the
+/// first TURN one is.
+fn ice_servers(
+    f: &mut Fields,
+    diags: &mut Vec<Diagnostic>,
+) -> (Vec<String>, Option<std::ops::Range<usize>>) {
+    const KEY: &str = "ice_servers";
+    let Some(value) = f.entry(KEY) else {
+        return (Vec::new(), None);
+    };
+    let DeValue::Array(items) = value.get_ref() else {
+        f.type_error(diags, value, KEY, "an array of stun:/turn: URLs");
+        return (Vec::new(), None);
+    };
+    let mut servers = Vec::new();
+    let mut first_turn = None;
+    for item in items.iter() {
+        let Some(url) = item.get_ref().as_str() else {
+            f.type_error(diags, item, KEY, "a stun:/turn: URL (string)");
+            continue;
+        };
+        match hybridlive_webrtc::IceServer::parse(url) {
+            Ok(server) => {
+                if server.kind() == hybridlive_webrtc::IceServerKind::Turn && first_turn.is_none() {
+                    first_turn = Some(item.span());
+                }
+                servers.push(url.to_string());
+            }
+            Err(e) => diags.push(Diagnostic {
+                span: item.span(),
+                component: f.component.clone(),
+                key: Some(KEY.to_string()),
+                message: format!("`{url}`: {}", e.reason),
+                help: Some(
+                    "e.g. \"stun:turn.example.org:3478\", \"turn:turn.example.org:3478?transport=udp\", \
+                     \"turns:turn.example.org:443?transport=tcp\""
+                        .into(),
+                ),
+            }),
+        }
+    }
+    (servers, first_turn)
+}
+
+/// `turn_secret_env`: the name of an environment variable (not the secret).
+fn turn_secret_env(f: &mut Fields, diags: &mut Vec<Diagnostic>) -> Option<String> {
+    let (name, span) = f.string(diags, "turn_secret_env")?;
+    let ok = !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        return Some(name);
+    }
+    diags.push(Diagnostic {
+        span,
+        component: f.component.clone(),
+        key: Some("turn_secret_env".into()),
+        message: "expected the name of an environment variable (letters, digits, _), not the \
+                  secret itself"
+            .into(),
+        help: Some("e.g. `turn_secret_env = \"HYBRIDLIVE_TURN_SECRET\"`".into()),
+    });
+    None
+}
+
 /// A WebRTC (WHEP) output.
 struct Webrtc {
     max_viewers: u32,
@@ -188,6 +281,11 @@ struct Webrtc {
     playout_delay_ms: Option<[u32; 2]>,
     ice_tcp: bool,
     ice_ports: Option<[u16; 2]>,
+    ice_servers: Vec<String>,
+    turn_secret_env: Option<String>,
+    turn_ttl: u32,
+    /// TURN credentials' secret and lifetime, read from the environment when prepared.
+    turn: Option<hybridlive_webrtc::TurnAuth>,
     /// The WHEP sessions of the running pipeline.
     whep: Mutex<Option<hybridlive_webrtc::WhepOutput>>,
     /// Where viewers' rung switches are told.
@@ -203,9 +301,34 @@ impl Webrtc {
             playout_delay_ms: settings.playout_delay_ms,
             ice_tcp: settings.ice_tcp,
             ice_ports: settings.ice_ports,
+            ice_servers: settings.ice_servers.clone(),
+            turn_secret_env: settings.turn_secret_env.clone(),
+            turn_ttl: settings.turn_ttl,
+            turn: None,
             whep: Mutex::new(None),
             events: None,
         }
+    }
+}
+
+impl Webrtc {
+    /// The TURN secret from the environment, when `turn_secret_env` names one. `Err` names
+    /// the variable, never its value.
+    fn turn_auth(&self) -> anyhow::Result<Option<hybridlive_webrtc::TurnAuth>> {
+        let Some(name) = &self.turn_secret_env else {
+            return Ok(None);
+        };
+        let secret = std::env::var(name).ok().filter(|s| !s.is_empty());
+        let secret = secret.with_context(|| {
+            format!(
+                "webrtc output: turn_secret_env names {name}, which is not set (or empty): \
+                 export the secret shared with the TURN server as {name}"
+            )
+        })?;
+        Ok(Some(hybridlive_webrtc::TurnAuth {
+            secret: hybridlive_webrtc::TurnSecret::new(secret),
+            ttl: std::time::Duration::from_secs(u64::from(self.turn_ttl)),
+        }))
     }
 }
 
@@ -231,6 +354,12 @@ impl Kind for Webrtc {
             playout_delay: self
                 .playout_delay_ms
                 .map(|[min, max]| hybridlive_webrtc::PlayoutDelayMs { min, max }),
+            ice_servers: self
+                .ice_servers
+                .iter()
+                .map(|url| hybridlive_webrtc::IceServer::parse(url))
+                .collect::<Result<_, _>>()?,
+            turn: self.turn.clone(),
             ..Default::default()
         };
         let audio = audio_fed.then_some(&audio);
