@@ -4,7 +4,7 @@
 //!
 //! `cargo nextest run -p hybridlive --test latency_url`
 
-use hybridlive_testkit::faults::{ENCODERS, TEST_SOURCE, WEBRTC, write_config};
+use hybridlive_testkit::faults::{ENCODERS, HLS, TEST_SOURCE, WEBRTC, write_config};
 use hybridlive_testkit::runner_child::RunnerCommand;
 use hybridlive_testkit::{TempDir, eventually, in_private_netns};
 use std::path::Path;
@@ -174,4 +174,57 @@ fn a_server_that_is_not_there_is_a_clear_error() {
     let out = latency_test(&["merge", "/nonexistent/report.json"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/report.json"));
+}
+
+#[test]
+fn url_mode_plays_hls_through_the_viewer_page_in_chromium() {
+    if !in_private_netns("url_mode_plays_hls_through_the_viewer_page_in_chromium") {
+        return;
+    }
+    let dir = TempDir::new("latency-url-hls");
+    let config = write_config(
+        Path::new(HYBRIDLIVE),
+        &dir.0,
+        &[TEST_SOURCE, ENCODERS, WEBRTC, HLS],
+    );
+    let runner = RunnerCommand::binary(Path::new(HYBRIDLIVE), &config, &dir.0)
+        .quiet()
+        .start();
+    // A viewer joins a running stream: wait for its first segments and for WHEP.
+    eventually(Duration::from_secs(60), "two HLS segments", || {
+        let playlist = runner.get("/hls/live.m3u8");
+        (playlist.status == 200 && playlist.text().matches("#EXTINF").count() >= 2).then_some(())
+    });
+    eventually(Duration::from_secs(60), "the WHEP endpoint", || {
+        (runner.request("OPTIONS", "/whep", &[], b"").status == 204).then_some(())
+    });
+    let report_file = dir.path("hls.json");
+    let out = latency_test(&[
+        "--url",
+        &format!("http://{}/", runner.addr()),
+        "--duration",
+        "3",
+        "--chromium",
+        "hls",
+        "--hls-p95-ms",
+        "60000",
+        "--json-out",
+        report_file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_file).unwrap()).unwrap();
+    let hls = &report["chromium"][0];
+    assert_eq!(hls["path"], "hls", "{report}");
+    assert_eq!(hls["played"], "hls", "{report}");
+    assert!(hls["frames"].as_u64().unwrap() > 0, "{report}");
+    assert!(hls["g2g_ms"]["p50"].as_f64().unwrap() > 0.0, "{report}");
+    let budget = report["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "hls_p95_ms")
+        .expect("the HLS budget is checked");
+    assert_eq!(budget["measured_ms"], hls["g2g_ms"]["p95"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Chromium, HLS"));
 }

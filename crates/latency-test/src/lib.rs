@@ -95,6 +95,10 @@ pub struct Args {
     /// `--url`: also write the report as JSON to this file (for `latency-test merge`).
     #[arg(long, value_name = "FILE")]
     pub json_out: Option<PathBuf>,
+    /// `--url`: also play the deployment's viewer page over these paths in headless Chromium
+    /// (when installed), for the browser's figure. `--hls-p95-ms` budgets its HLS p95.
+    #[arg(long, value_name = "PATH", value_enum, value_delimiter = ',')]
+    pub chromium: Vec<ViewerPath>,
     /// `--url`: the name of this vantage point in the report [default: the host name].
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -142,7 +146,7 @@ pub enum ViewerPath {
 }
 
 impl ViewerPath {
-    fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             ViewerPath::Webrtc => "WebRTC",
             ViewerPath::Hls => "HLS",

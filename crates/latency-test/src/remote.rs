@@ -16,7 +16,7 @@ use gst::prelude::*;
 use serde::Serialize;
 
 use crate::clock::{self, ClockOffset, Sample};
-use crate::{Args, BudgetCheck, DEFAULT_DURATION_S, Summary, ms};
+use crate::{Args, BudgetCheck, DEFAULT_DURATION_S, Summary, ViewerPath, ms};
 
 /// How long a connection or an answer may take before the server counts as unreachable.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,8 +61,26 @@ pub struct RemoteReport {
     pub g2g_ms: Option<Summary>,
     /// Why `g2g_ms` is left out although frames were measured.
     pub g2g_untrusted: Option<String>,
+    /// What Chromium measured on the deployment's viewer page (`--chromium`).
+    pub chromium: Vec<BrowserPath>,
     /// The budgets checked.
     pub budgets: Vec<BudgetCheck>,
+}
+
+/// The viewer page in headless Chromium over one path, as a viewer's browser plays it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BrowserPath {
+    /// The path asked for.
+    pub path: ViewerPath,
+    /// What the page played (`webrtc`, `hls`; a WebRTC page that fell back says `hls`).
+    pub played: String,
+    /// Frames shown with a capture stamp.
+    pub frames: usize,
+    /// Glass-to-glass per shown frame on the server's clock, ms; `None` when the page did not
+    /// play the path asked for, or the clock is not trustworthy.
+    pub g2g_ms: Option<Summary>,
+    /// Page start to the first frame shown, ms.
+    pub first_frame_ms: Option<f64>,
 }
 
 impl RemoteReport {
@@ -577,6 +595,17 @@ pub fn measure(args: &Args) -> anyhow::Result<RemoteReport> {
         let _ = connection.request("DELETE", &path, None, b"");
     }
 
+    let page = format!(
+        "http://{}{}{}",
+        origin.authority,
+        origin.path,
+        if origin.path.contains('?') { '&' } else { '?' }
+    );
+    let mut chromium = Vec::new();
+    for path in &args.chromium {
+        chromium.push(browse(&page, *path, duration, &clock)?);
+    }
+
     let corrected = |join: bool| -> Vec<f64> {
         raw.iter()
             .filter(|(at, _)| (*at < first_at + JOIN) == join)
@@ -601,11 +630,50 @@ pub fn measure(args: &Args) -> anyhow::Result<RemoteReport> {
         join_frames: join.len(),
         join_g2g_ms: trusted(Summary::of(&join)),
         g2g_ms: trusted(summary),
+        chromium: chromium
+            .into_iter()
+            .map(|mut p| {
+                p.g2g_ms = trusted(p.g2g_ms);
+                p
+            })
+            .collect(),
         g2g_untrusted: untrusted,
         budgets: Vec::new(),
     };
     report.budgets = budgets(&report, args);
     Ok(report)
+}
+
+/// Plays the viewer page `page` (ending in `?` or `&`) over `path` in headless Chromium for
+/// `duration` seconds after its first frame. The page times frames on this machine's clock:
+/// the offset moves them onto the server's.
+fn browse(
+    page: &str,
+    path: ViewerPath,
+    duration: f64,
+    clock: &ClockOffset,
+) -> anyhow::Result<BrowserPath> {
+    let mode = match path {
+        ViewerPath::Webrtc => "webrtc",
+        ViewerPath::Hls => "hls",
+    };
+    let url = format!("{page}mode={mode}&measure={duration}");
+    let result = crate::browser::open_pages(std::slice::from_ref(&url), duration + 90.0)
+        .with_context(|| format!("Chromium on {url}"))?;
+    let result = result.into_iter().next().unwrap_or_default();
+    let played = result["mode"].as_str().unwrap_or("nothing").to_string();
+    let latencies: Vec<f64> = result["latencies"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_f64()).collect())
+        .unwrap_or_default();
+    let corrected: Vec<f64> = latencies.iter().map(|l| l + clock.offset_ms).collect();
+    Ok(BrowserPath {
+        path,
+        g2g_ms: (played == mode).then(|| Summary::of(&corrected)).flatten(),
+        played,
+        frames: corrected.len(),
+        first_frame_ms: result["firstFrameMs"].as_f64(),
+    })
 }
 
 fn with_slash(path: &str) -> String {
@@ -628,6 +696,16 @@ fn budgets(report: &RemoteReport, args: &Args) -> Vec<BudgetCheck> {
             "first_frame_ms",
             args.budget_first_frame_ms.or(args.first_frame_ms),
             report.first_frame_ms,
+        ),
+        (
+            "hls_p95_ms",
+            args.hls_p95_ms,
+            report
+                .chromium
+                .iter()
+                .find(|p| p.path == ViewerPath::Hls)
+                .and_then(|p| p.g2g_ms)
+                .map(|s| s.p95),
         ),
         (
             "http_rtt_ms",
@@ -690,6 +768,27 @@ pub fn render(report: &RemoteReport) -> String {
             report.join_frames,
             ms(Some(s.max))
         );
+    }
+    for p in &report.chromium {
+        let label = format!("Chromium, {}", p.path.label());
+        match p.g2g_ms {
+            Some(s) => {
+                out += &format!(
+                    "{label:<27} p50 {}  p95 {}  max {}  ({} frames, first frame {})\n",
+                    ms(Some(s.p50)),
+                    ms(Some(s.p95)),
+                    ms(Some(s.max)),
+                    s.count,
+                    ms(p.first_frame_ms)
+                );
+            }
+            None => {
+                out += &format!(
+                    "{label:<27} played {}, {} stamped frames: no figure\n",
+                    p.played, p.frames
+                )
+            }
+        }
     }
     for b in &report.budgets {
         out += &format!(
