@@ -249,3 +249,83 @@ fn no_link_without_ice_servers() {
     output.close_all();
     pipeline.set_state(gst::State::Null).unwrap();
 }
+
+/// Plays `/whep` until 60 frames are decoded (or 30 s), then reports the peer connection's
+/// ICE servers, what carries the media, and the frames decoded.
+const RELAY_PAGE: &str = r#"<!doctype html>
+<video id="v" autoplay muted playsinline></video>
+<script type="module">
+import { playWhep } from '/whep-player.js';
+const player = await playWhep(document.getElementById('v'), '/whep');
+const deadline = performance.now() + 30000;
+let s = null;
+while (performance.now() < deadline) {
+  s = await player.stats();
+  if (s && s.framesDecoded >= 60) break;
+  await new Promise((r) => setTimeout(r, 100));
+}
+const iceServers = player.pc.getConfiguration().iceServers;
+const transport = await player.transport();
+await player.stop();
+window.result = { iceServers, transport, framesDecoded: s ? s.framesDecoded : 0 };
+</script>
+"#;
+
+/// coturn's relay ports in [`Coturn::start`].
+const RELAY_PORTS: &str = "49160-49400";
+
+#[test]
+fn chromium_plays_through_the_turn_relay_when_only_tcp_to_it_gets_through() {
+    if !in_private_netns("chromium_plays_through_the_turn_relay_when_only_tcp_to_it_gets_through") {
+        return;
+    }
+    assert!(
+        coturn::available(),
+        "coturn is not installed: scripts/setup"
+    );
+    let turn = Coturn::start(free_tcp_port(), SECRET);
+    let (pipeline, output) = sender_with(WhepConfig {
+        // No ICE-TCP: the relay is the only way left.
+        ice_tcp: false,
+        ice_servers: vec![
+            IceServer::parse(&format!("turn:127.0.0.1:{}?transport=tcp", turn.port)).unwrap(),
+        ],
+        ..config(turn.port, Duration::from_secs(600))
+    });
+    // Every UDP datagram dropped but those to or from the relay's ports (coturn to the
+    // server): the browser reaches the server only over TCP to coturn.
+    hybridlive_testkit::process::sh(&format!(
+        "nft add table inet turn && \
+         nft add chain inet turn in '{{ type filter hook input priority 0; }}' && \
+         nft add rule inet turn in meta l4proto udp udp sport != {RELAY_PORTS} \
+         udp dport != {RELAY_PORTS} drop"
+    ));
+    let port = serve_page(
+        RELAY_PAGE,
+        std::sync::Arc::new(std::sync::Mutex::new(Some(output.clone()))),
+        None,
+    );
+    let result = open_in_chromium(port, "", 60);
+    eprintln!("chromium through coturn: {result}");
+    let servers = result["iceServers"].as_array().expect("iceServers");
+    assert_eq!(servers.len(), 1, "{result}");
+    assert!(
+        servers[0]["username"]
+            .as_str()
+            .is_some_and(|u| u.contains(':')),
+        "the page passed the TURN credential: {result}"
+    );
+    assert_eq!(
+        result["transport"]["candidateType"],
+        "relay",
+        "{result}\n{}",
+        turn.log()
+    );
+    assert_eq!(result["transport"]["relayProtocol"], "tcp", "{result}");
+    assert!(
+        result["framesDecoded"].as_u64().unwrap_or(0) >= 60,
+        "{result}"
+    );
+    output.close_all();
+    pipeline.set_state(gst::State::Null).unwrap();
+}

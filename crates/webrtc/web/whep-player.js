@@ -24,6 +24,71 @@ function iceGatheringDone(pc, timeoutMs) {
   });
 }
 
+/** How long the OPTIONS asking for the ICE servers may take before the offer goes without
+ * them (a viewer whose UDP works does not need them). */
+const ICE_SERVERS_TIMEOUT_MS = 1500;
+
+/**
+ * The ICE servers in a `Link` header (RFC 9725 section 4.4: `<turn:...>; rel="ice-server";
+ * username="..."; credential="..."`; several, comma-separated, as a browser joins repeated
+ * headers), as RTCPeerConnection's `iceServers`. A TURN server without a credential is left
+ * out: RTCPeerConnection refuses it (InvalidAccessError).
+ */
+export function parseIceServerLinks(header) {
+  if (!header) return [];
+  const servers = [];
+  // Link values are separated by commas outside <...> and "..." (URLs and params hold none of
+  // those the server sends, but other servers may quote them).
+  const values = [];
+  let current = '';
+  let inUrl = false;
+  let inQuote = false;
+  for (const c of header) {
+    if (c === '<' && !inQuote) inUrl = true;
+    else if (c === '>' && !inQuote) inUrl = false;
+    else if (c === '"' && !inUrl) inQuote = !inQuote;
+    if (c === ',' && !inUrl && !inQuote) { values.push(current); current = ''; } else current += c;
+  }
+  values.push(current);
+  for (const value of values) {
+    const url = value.match(/^\s*<([^>]*)>/);
+    if (!url) continue;
+    const params = {};
+    for (const m of value.slice(url[0].length).matchAll(/;\s*([A-Za-z-]+)\s*=\s*(?:"([^"]*)"|([^;\s]*))/g)) {
+      params[m[1].toLowerCase()] = m[2] !== undefined ? m[2] : m[3];
+    }
+    if (!(params.rel || '').split(/\s+/).includes('ice-server')) continue;
+    const server = { urls: url[1] };
+    if (/^turns?:/i.test(url[1])) {
+      if (params.username === undefined || params.credential === undefined) continue;
+      server.username = params.username;
+      server.credential = params.credential;
+    } else if (!/^stuns?:/i.test(url[1])) {
+      continue;
+    }
+    servers.push(server);
+  }
+  return servers;
+}
+
+/**
+ * Asks the WHEP endpoint for its ICE servers (OPTIONS, as RFC 9725 allows before an offer):
+ * `[]` when it names none, does not answer in time or fails. Never throws.
+ */
+export async function fetchIceServers(endpoint, token) {
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), ICE_SERVERS_TIMEOUT_MS);
+  try {
+    const headers = token ? { Authorization: `Bearer ${token}` } : {};
+    const response = await fetch(endpoint, { method: 'OPTIONS', headers, signal: abort.signal });
+    return parseIceServerLinks(response.headers.get('Link'));
+  } catch (_) {
+    return [];
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /**
  * How a viewer reads `transport`: what carries the media ('WebRTC' over UDP, 'WebRTC over
  * TCP' when the network let no UDP through, 'WebRTC via a TURN relay (tcp)'...).
@@ -84,6 +149,11 @@ export async function playWhep(video, endpoint, {
 
   /** One WHEP session: a peer connection, its offer and answer, its data channel. */
   async function connect() {
+    // Asked while the peer connection and its offer are made: it costs a good network no
+    // wait. The servers join the candidates gathered at setLocalDescription; ICE tries every
+    // pair at once by priority (UDP host/srflx, then TCP, then relay last), so a viewer with
+    // UDP still connects over UDP, and one with only TCP to the relay gets through it.
+    const iceServers = fetchIceServers(endpoint, token);
     const pc = new RTCPeerConnection({ encodedInsertableStreams: true });
     const current = {
       pc, resource: null, postedAt: null, channel: null, channelOpen: null, pending: new Map(), nextId: 1,
@@ -136,7 +206,10 @@ export async function playWhep(video, endpoint, {
         stream.addTrack(event.track);
       };
 
-      await pc.setLocalDescription(await pc.createOffer());
+      const offer = await pc.createOffer();
+      const servers = await iceServers;
+      if (servers.length) pc.setConfiguration({ ...pc.getConfiguration(), iceServers: servers });
+      await pc.setLocalDescription(offer);
       await iceGatheringDone(pc, 2000);
       const headers = { 'Content-Type': 'application/sdp' };
       if (token) headers.Authorization = `Bearer ${token}`;
