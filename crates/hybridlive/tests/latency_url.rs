@@ -7,9 +7,12 @@
 use hybridlive_testkit::faults::{ENCODERS, HLS, TEST_SOURCE, WEBRTC, write_config};
 use hybridlive_testkit::runner_child::RunnerCommand;
 use hybridlive_testkit::{TempDir, eventually, in_private_netns};
+use std::io::{Read as _, Write as _};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 /// The `hybridlive` binary under test.
 const HYBRIDLIVE: &str = env!("CARGO_BIN_EXE_hybridlive");
@@ -227,4 +230,128 @@ fn url_mode_plays_hls_through_the_viewer_page_in_chromium() {
         .expect("the HLS budget is checked");
     assert_eq!(budget["measured_ms"], hls["g2g_ms"]["p95"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("Chromium, HLS"));
+}
+
+/// A TCP relay to `target` that holds what the client sends for `up` and what the server sends
+/// back for `down`: a slow, asymmetric path to the origin. Returns its address.
+fn delaying_relay(target: String, up: Duration, down: Duration) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a relay port");
+    let addr = listener
+        .local_addr()
+        .expect("the relay's address")
+        .to_string();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let (Ok(client), Ok(server)) = (client, TcpStream::connect(&target)) else {
+                continue;
+            };
+            let (Ok(client_out), Ok(server_out)) = (client.try_clone(), server.try_clone()) else {
+                continue;
+            };
+            hold(client, server_out, up);
+            hold(server, client_out, down);
+        }
+    });
+    addr
+}
+
+/// Copies `from` to `to`, each chunk `delay` after it arrived.
+fn hold(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16384];
+        while let Ok(n @ 1..) = from.read(&mut buf) {
+            if tx
+                .send((Instant::now() + delay, buf[..n].to_vec()))
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for (due, chunk) in rx {
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            if to.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Write);
+    });
+}
+
+#[test]
+fn a_slow_asymmetric_path_widens_the_clock_bound_and_the_figure_is_refused() {
+    if !in_private_netns("a_slow_asymmetric_path_widens_the_clock_bound_and_the_figure_is_refused")
+    {
+        return;
+    }
+    let dir = TempDir::new("latency-url-slow");
+    let config = write_config(
+        Path::new(HYBRIDLIVE),
+        &dir.0,
+        &[TEST_SOURCE, ENCODERS, WEBRTC],
+    );
+    let runner = RunnerCommand::binary(Path::new(HYBRIDLIVE), &config, &dir.0)
+        .quiet()
+        .start();
+    eventually(Duration::from_secs(60), "the WHEP endpoint", || {
+        (runner.request("OPTIONS", "/whep", &[], b"").status == 204).then_some(())
+    });
+    // 60 ms towards the origin, nothing back: the worst case for an NTP-style estimate.
+    let relay = delaying_relay(runner.addr(), Duration::from_millis(60), Duration::ZERO);
+    let url = format!("http://{relay}/");
+    let skew_ms = 3000.0;
+    let report_file = dir.path("slow.json");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "--url",
+            &url,
+            "--duration",
+            "2",
+            "--clock-skew-ms",
+            "3000",
+            "--json-out",
+            report_file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = latency_test(&args);
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report_file).unwrap()).unwrap();
+        (out, report)
+    };
+
+    // A 100 ms budget cannot be checked with a clock known to ±30 ms or worse.
+    let (out, report) = run(&["--budget-g2g-ms", "100"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("glass-to-glass not trustworthy"),
+        "{stderr}"
+    );
+    assert!(report["g2g_ms"].is_null() && report["frames"].as_u64().unwrap() > 0);
+    let rtt = report["http_rtt_ms"]["min"].as_f64().unwrap();
+    assert!(
+        rtt >= 60.0,
+        "every round trip crosses the relay's 60 ms: {rtt}"
+    );
+    let clock = &report["clock"];
+    let (offset, uncertainty) = (
+        clock["offset_ms"].as_f64().unwrap(),
+        clock["uncertainty_ms"].as_f64().unwrap(),
+    );
+    assert!(uncertainty >= 30.0, "±{uncertainty} ms");
+    // Both ends read this machine's clock: the true offset is minus the injected skew, and
+    // the reported bound holds it whatever the asymmetry (1 ms for the rounding of reads).
+    assert!(
+        (offset + skew_ms).abs() <= uncertainty + 1.0,
+        "offset {offset} ± {uncertainty} ms, true {}",
+        -skew_ms
+    );
+
+    // With a bound the producer accepts, the figure is printed, skew corrected.
+    let (out, report) = run(&["--budget-g2g-ms", "60000", "--max-clock-uncertainty", "1"]);
+    assert_eq!(out.status.code(), Some(0));
+    let g2g = report["g2g_ms"]["p50"].as_f64().unwrap();
+    assert!(g2g > 0.0 && g2g < skew_ms, "g2g p50 {g2g} ms");
 }
