@@ -57,6 +57,7 @@ fn ice_server_keys_are_read_with_their_defaults() {
         Some("HYBRIDLIVE_TURN_SECRET")
     );
     assert_eq!(set.turn_ttl, 600);
+    assert!(!set.server_relay);
     // STUN alone needs no secret.
     assert!(webrtc_output("ice_servers = [\"stun:192.0.2.1\"]").is_ok());
 }
@@ -97,6 +98,10 @@ fn malformed_ice_server_keys_are_refused_where_they_are_written() {
                 "turn.toml:13:19",
                 "expected the name of an environment variable",
             ],
+        ),
+        (
+            "ice_servers = [\"stun:host\"]\nserver_relay = true",
+            &["turn.toml:13:16", "server_relay needs a turn: server"],
         ),
         (
             "turn_ttl = 5",

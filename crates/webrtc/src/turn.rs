@@ -130,6 +130,32 @@ impl IceServer {
     pub fn kind(&self) -> IceServerKind {
         self.kind
     }
+
+    /// The URI webrtcbin's `turn-server` takes (`turn://user:pass@host:port?transport=...`,
+    /// user and password percent-encoded: coturn's usernames hold a `:`), for a TURN server.
+    pub fn webrtcbin_turn_uri(&self, credential: &TurnCredential) -> Option<String> {
+        if self.kind != IceServerKind::Turn {
+            return None;
+        }
+        let (scheme, rest) = self.url.split_once(':')?;
+        Some(format!(
+            "{scheme}://{}:{}@{rest}",
+            percent_encode(&credential.username),
+            percent_encode(&credential.password)
+        ))
+    }
+}
+
+/// Everything but RFC 3986's unreserved characters as `%XX`.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// The secret shared with the TURN server (coturn's `static-auth-secret`). Its `Debug` does
@@ -263,6 +289,21 @@ mod tests {
         let shown = format!("{secret:?} {c:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!shown.contains(&c.password), "{shown}");
+    }
+
+    #[test]
+    fn webrtcbin_gets_the_credential_percent_encoded() {
+        let c = TurnCredential {
+            username: "17:ab".into(),
+            password: "a+b/c=".into(),
+        };
+        let turn = IceServer::parse("turn:127.0.0.1:3478?transport=tcp").unwrap();
+        assert_eq!(
+            turn.webrtcbin_turn_uri(&c).as_deref(),
+            Some("turn://17%3Aab:a%2Bb%2Fc%3D@127.0.0.1:3478?transport=tcp")
+        );
+        let stun = IceServer::parse("stun:127.0.0.1").unwrap();
+        assert_eq!(stun.webrtcbin_turn_uri(&c), None);
     }
 
     #[test]

@@ -66,6 +66,10 @@ pub struct WhepConfig {
     /// Short-lived credentials for the TURN servers of `ice_servers`, one per answer (`None`:
     /// TURN URLs are named without one).
     pub turn: Option<TurnAuth>,
+    /// The server's own `webrtcbin` gathers a relay candidate on the first TURN server of
+    /// `ice_servers` too (with a credential of its own per session): for a server behind NAT,
+    /// whose host candidates viewers cannot reach.
+    pub server_relay: bool,
 }
 
 /// A range of local ports for ICE candidates, inclusive.
@@ -115,6 +119,7 @@ impl Default for WhepConfig {
             playout_delay: Some(DEFAULT_PLAYOUT_DELAY),
             ice_servers: Vec::new(),
             turn: None,
+            server_relay: false,
         }
     }
 }
@@ -1345,6 +1350,22 @@ fn configure_ice(
     }
     if config.loopback_ice {
         add_local_address(webrtcbin, "127.0.0.1")?;
+    }
+    if config.server_relay {
+        let turn = config
+            .ice_servers
+            .iter()
+            .find(|s| s.kind() == crate::turn::IceServerKind::Turn);
+        if let (Some(turn), Some(auth)) = (turn, &config.turn) {
+            let credential = crate::turn::TurnCredential::for_session(
+                &auth.secret,
+                auth.ttl,
+                std::time::SystemTime::now(),
+            );
+            if let Some(uri) = turn.webrtcbin_turn_uri(&credential) {
+                webrtcbin.set_property("turn-server", uri);
+            }
+        }
     }
     Ok(())
 }

@@ -342,3 +342,39 @@ fn chromium_plays_through_the_turn_relay_when_only_tcp_to_it_gets_through() {
     output.close_all();
     pipeline.set_state(gst::State::Null).unwrap();
 }
+
+#[test]
+fn the_server_gathers_a_relay_candidate_when_told_to() {
+    if !in_private_netns("the_server_gathers_a_relay_candidate_when_told_to") {
+        return;
+    }
+    assert!(
+        coturn::available(),
+        "coturn is not installed: scripts/setup"
+    );
+    let turn = Coturn::start(free_tcp_port(), SECRET);
+    let relay_in = |server_relay: bool| {
+        let (pipeline, output) = sender_with(WhepConfig {
+            server_relay,
+            ..config(turn.port, Duration::from_secs(600))
+        });
+        let viewer = Viewer::new();
+        let answer = output.offer(&viewer.offer()).expect("an answer");
+        output.close_all();
+        viewer.pipeline.set_state(gst::State::Null).unwrap();
+        pipeline.set_state(gst::State::Null).unwrap();
+        let relay = answer
+            .sdp
+            .lines()
+            .any(|l| l.starts_with("a=candidate:") && l.contains(" typ relay"));
+        (relay, answer.sdp)
+    };
+    let (relay, sdp) = relay_in(true);
+    assert!(
+        relay,
+        "no relay candidate from coturn:\n{sdp}\ncoturn:\n{}",
+        turn.log()
+    );
+    let (relay, sdp) = relay_in(false);
+    assert!(!relay, "a relay candidate without server_relay:\n{sdp}");
+}

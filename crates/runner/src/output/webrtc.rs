@@ -44,6 +44,9 @@ pub struct WebrtcOutput {
     pub turn_secret_env: Option<String>,
     /// `turn_ttl`: seconds a TURN credential stays valid.
     pub turn_ttl: u32,
+    /// `server_relay`: the runner's own sessions gather a relay candidate on the first TURN
+    /// server too (a runner behind NAT).
+    pub server_relay: bool,
 }
 
 output_spec!(WebrtcOutput, TYPE, {
@@ -81,6 +84,21 @@ impl OutputFactory for Factory {
         let max_viewers = f.integer(diags, "max_viewers", 1..1001, 64);
         let (ice_servers, first_turn) = ice_servers(f, diags);
         let turn_secret_env = turn_secret_env(f, diags);
+        let server_relay = f.bool(diags, "server_relay", false);
+        if server_relay
+            && first_turn.is_none()
+            && let Some(value) = f.entry("server_relay")
+        {
+            diags.push(Diagnostic {
+                span: value.span(),
+                component: f.component.clone(),
+                key: Some("server_relay".into()),
+                message: "server_relay needs a turn: server in ice_servers".into(),
+                help: Some(
+                    "e.g. `ice_servers = [\"turn:turn.example.org:3478?transport=udp\"]`".into(),
+                ),
+            });
+        }
         if let (Some(span), None) = (first_turn, &turn_secret_env) {
             // Browsers refuse a TURN server without a credential (InvalidAccessError).
             diags.push(Diagnostic {
@@ -102,6 +120,7 @@ impl OutputFactory for Factory {
             ice_servers,
             turn_secret_env,
             turn_ttl: f.integer(diags, "turn_ttl", 60..86_401, 3600),
+            server_relay,
         }))
     }
 
@@ -284,6 +303,7 @@ struct Webrtc {
     ice_servers: Vec<String>,
     turn_secret_env: Option<String>,
     turn_ttl: u32,
+    server_relay: bool,
     /// TURN credentials' secret and lifetime, read from the environment when prepared.
     turn: Option<hybridlive_webrtc::TurnAuth>,
     /// The WHEP sessions of the running pipeline.
@@ -304,6 +324,7 @@ impl Webrtc {
             ice_servers: settings.ice_servers.clone(),
             turn_secret_env: settings.turn_secret_env.clone(),
             turn_ttl: settings.turn_ttl,
+            server_relay: settings.server_relay,
             turn: None,
             whep: Mutex::new(None),
             events: None,
@@ -360,6 +381,7 @@ impl Kind for Webrtc {
                 .map(|url| hybridlive_webrtc::IceServer::parse(url))
                 .collect::<Result<_, _>>()?,
             turn: self.turn.clone(),
+            server_relay: self.server_relay,
             ..Default::default()
         };
         let audio = audio_fed.then_some(&audio);
