@@ -24,6 +24,13 @@ function iceGatheringDone(pc, timeoutMs) {
   });
 }
 
+/** How long an offer made with STUN/TURN servers waits for its candidates before it is sent
+ * with those it has. Their candidates need not be in the offer (WHEP here has no trickle ICE,
+ * but the browser checks from every candidate it gathers later, and the server learns the
+ * address as peer-reflexive from the check), while a TURN server that never answers would
+ * hold the offer until the 2 s cap: a viewer with UDP must not wait for it. */
+const SERVER_CANDIDATES_MS = 250;
+
 /** How long the OPTIONS asking for the ICE servers may take before the offer goes without
  * them (a viewer whose UDP works does not need them). */
 const ICE_SERVERS_TIMEOUT_MS = 1500;
@@ -210,7 +217,7 @@ export async function playWhep(video, endpoint, {
       const servers = await iceServers;
       if (servers.length) pc.setConfiguration({ ...pc.getConfiguration(), iceServers: servers });
       await pc.setLocalDescription(offer);
-      await iceGatheringDone(pc, 2000);
+      await iceGatheringDone(pc, servers.length ? SERVER_CANDIDATES_MS : 2000);
       const headers = { 'Content-Type': 'application/sdp' };
       if (token) headers.Authorization = `Bearer ${token}`;
       // Join time runs from the offer leaving (ICE gathering is the browser's own business).
