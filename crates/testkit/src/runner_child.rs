@@ -510,18 +510,27 @@ impl RunnerChild {
     /// lines of its stderr: what a test that stopped hearing from it reports. The child is
     /// not reaped.
     pub fn post_mortem(&self) -> String {
-        // SAFETY: waitid writes only into `info`; WNOWAIT leaves the child to `wait_exit`.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let found = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                self.child.id(),
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            )
+        // A runner whose stdout just closed is exiting: its exit becomes visible a moment
+        // later. Only failing tests call this, so waiting a little for it costs nothing.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let (found, pid, code, status) = loop {
+            // SAFETY: waitid writes only into `info`; WNOWAIT leaves the child to `wait_exit`.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            let found = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    self.child.id(),
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                )
+            };
+            // SAFETY: waitid filled `info` for an exited child (si_pid non-zero).
+            let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+            if found != 0 || pid != 0 || Instant::now() >= deadline {
+                break (found, pid, code, status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
         };
-        // SAFETY: waitid filled `info` for an exited child (si_pid non-zero).
-        let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
         let ended = if found != 0 {
             "the runner's state is unknown (already reaped)".to_string()
         } else if pid == 0 {
