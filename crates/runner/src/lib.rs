@@ -22,6 +22,7 @@ use config::fragment;
 mod control;
 mod endpoint;
 pub mod events;
+mod forwarded;
 mod hls;
 mod llhls;
 mod mp4file;
@@ -44,7 +45,9 @@ pub use runner::RunHandle;
 pub use server::abuse as http_abuse;
 /// Who a request is from behind a trusted proxy, for the `forwarded_for` fuzz target.
 #[cfg(feature = "fuzzing")]
-pub use server::forwarded;
+pub mod forwarded_for {
+    pub use crate::forwarded::client_of_lines;
+}
 /// The LL-HLS playlist query parser, for the `hls_query` fuzz target.
 #[cfg(feature = "fuzzing")]
 pub mod hls_query {

@@ -25,7 +25,6 @@
 
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod abuse;
-pub mod forwarded;
 mod transport;
 
 use std::fmt::Write as _;
@@ -43,6 +42,7 @@ use tokio::sync::Semaphore;
 use crate::events::Events;
 
 use crate::control::Control;
+use crate::forwarded::ProxyNet;
 use crate::state::AbrStatus;
 use transport::{
     BodyError, LIMITS, Places, Request, Response, Transport, declared_length, read_body,
@@ -90,7 +90,7 @@ impl ServerHandle {
 pub struct Listener {
     socket: std::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    trusted_proxies: Vec<forwarded::ProxyNet>,
+    trusted_proxies: Vec<ProxyNet>,
 }
 
 impl Listener {
@@ -102,8 +102,8 @@ impl Listener {
         }
     }
 
-    /// Believes the `X-Forwarded-For` of requests from these proxies (see [`forwarded`]).
-    pub fn with_trusted_proxies(self, trusted_proxies: Vec<forwarded::ProxyNet>) -> Listener {
+    /// Believes the `X-Forwarded-For` of requests from these proxies (see [`crate::forwarded`]).
+    pub fn with_trusted_proxies(self, trusted_proxies: Vec<ProxyNet>) -> Listener {
         Listener {
             trusted_proxies,
             ..self
@@ -201,7 +201,7 @@ pub fn start(
     let handler: transport::Handler = Arc::new(move |peer, request| {
         // The connection caps count connections (the proxy's, behind one); the per-client
         // caps of the routes count clients.
-        let client = forwarded::client(peer, request.headers(), &trusted);
+        let client = crate::forwarded::client(peer, request.headers(), &trusted);
         Box::pin(route(context.clone(), client, request))
     });
     let transport = Transport::start(

@@ -9,7 +9,7 @@ use super::diagnostics::Diagnostic;
 use super::model::{Server, ServerTls};
 use super::reader::Fields;
 use super::tls::{TlsFile, server_config};
-use crate::server::forwarded::ProxyNet;
+use crate::forwarded::ProxyNet;
 
 /// Reads the optional `[server]` table; relative paths are read from `base`.
 pub(super) fn read(diags: &mut Vec<Diagnostic>, document: &DeTable, base: &Path) -> Server {
