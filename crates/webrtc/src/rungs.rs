@@ -708,6 +708,17 @@ mod tests {
         assert_eq!(message["rungs"][2]["height"], 180);
     }
 
+    /// A session on the default 720p ladder whose video SSRC is `ssrc`.
+    fn viewer_state(ssrc: u32) -> RungState {
+        let ladder = Ladder::viewer_720p30();
+        RungState::new(
+            ladder.clone(),
+            RungSelector::new(SelectorConfig::new(ladder)),
+            "v".into(),
+            ssrc,
+        )
+    }
+
     /// An RR from SSRC 1 about SSRC 0x01020304 (a quarter lost, 300 lost in all, jitter 900)
     /// followed by a PLI, as viewers send them in one compound packet.
     fn receiver_report() -> Vec<u8> {
@@ -755,13 +766,7 @@ mod tests {
 
     #[test]
     fn only_a_key_frame_of_the_target_switches() {
-        let ladder = Ladder::viewer_720p30();
-        let state = RungState::new(
-            ladder.clone(),
-            RungSelector::new(SelectorConfig::new(ladder)),
-            "v".into(),
-            7,
-        );
+        let state = viewer_state(7);
         // Starts on the 360p rung.
         assert_eq!(state.admit(1, false, Some(10)), Admit::Pass);
         assert!(!state.may_admit(0, true));
@@ -813,13 +818,7 @@ mod tests {
 
     #[test]
     fn receiver_reports_feed_the_selector() {
-        let ladder = Ladder::viewer_720p30();
-        let state = RungState::new(
-            ladder.clone(),
-            RungSelector::new(SelectorConfig::new(ladder)),
-            "v".into(),
-            0x0102_0304,
-        );
+        let state = viewer_state(0x0102_0304);
         state.sent_packets.store(10, Ordering::Relaxed);
         state.sent_bytes.store(12_000, Ordering::Relaxed);
         state.read_rtcp(&receiver_report());
@@ -874,13 +873,7 @@ mod tests {
 
     #[test]
     fn twcc_feedback_gives_the_loss_once_and_receiver_reports_no_longer_do() {
-        let ladder = Ladder::viewer_720p30();
-        let state = RungState::new(
-            ladder.clone(),
-            RungSelector::new(SelectorConfig::new(ladder)),
-            "v".into(),
-            0x0102_0304,
-        );
+        let state = viewer_state(0x0102_0304);
         let fb = twcc_feedback();
         state.read_rtcp(&fb);
         // The same packets reported again (a browser re-reports one that came late) count
