@@ -6,6 +6,8 @@
 //!
 //! `cargo nextest run -p hybridlive-runner --test ice_tcp`
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -192,24 +194,7 @@ fn a_viewer_whose_udp_works_keeps_udp() {
 
 /// The WebRTC output of a file whose `[outputs.live]` table ends with `keys`.
 fn webrtc_output(keys: &str) -> Result<hybridlive_runner::WebrtcOutput, String> {
-    hybridlive_runner::init().expect("GStreamer initialises");
-    let text = format!(
-        "[sources.cam]\ntype = \"test\"\n\n\
-         [encoders.video]\ntype = \"h264\"\ninputs = [\"cam\"]\npreset = \"zerolatency\"\n\n\
-         [outputs.live]\ntype = \"webrtc\"\ninputs = [\"video\"]\n{keys}\n"
-    );
-    let pipeline = hybridlive_runner::parse_named("ice.toml", &text).map_err(|e| e.to_string())?;
-    let output = pipeline
-        .outputs
-        .iter()
-        .find(|o| o.name == "live")
-        .expect("the output");
-    Ok(output
-        .kind
-        .as_any()
-        .downcast_ref::<hybridlive_runner::WebrtcOutput>()
-        .expect("a webrtc output")
-        .clone())
+    common::webrtc_output("ice.toml", keys)
 }
 
 #[test]

@@ -4,6 +4,8 @@
 //!
 //! `cargo nextest run -p hybridlive-runner --test turn`
 
+mod common;
+
 use std::time::Duration;
 
 use hybridlive_testkit::http::http;
@@ -12,25 +14,10 @@ use hybridlive_testkit::{free_tcp_port, in_private_netns, scratch_dir};
 
 hybridlive_testkit::runner_child_entry!();
 
-const PIPELINE: &str = "[sources.cam]\ntype = \"test\"\n\n\
-     [encoders.video]\ntype = \"h264\"\ninputs = [\"cam\"]\npreset = \"zerolatency\"\n\n\
-     [outputs.live]\ntype = \"webrtc\"\ninputs = [\"video\"]\n";
+const PIPELINE: &str = common::WEBRTC_PIPELINE;
 
 fn webrtc_output(keys: &str) -> Result<hybridlive_runner::WebrtcOutput, String> {
-    hybridlive_runner::init().expect("GStreamer initialises");
-    let text = format!("{PIPELINE}{keys}\n");
-    let pipeline = hybridlive_runner::parse_named("turn.toml", &text).map_err(|e| e.to_string())?;
-    let output = pipeline
-        .outputs
-        .iter()
-        .find(|o| o.name == "live")
-        .expect("the output");
-    Ok(output
-        .kind
-        .as_any()
-        .downcast_ref::<hybridlive_runner::WebrtcOutput>()
-        .expect("a webrtc output")
-        .clone())
+    common::webrtc_output("turn.toml", keys)
 }
 
 #[test]
